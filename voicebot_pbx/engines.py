@@ -1,0 +1,99 @@
+"""The process-wide engines: models loaded once, shared by every call, and the bounded
+thread pool that runs their blocking inference off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from voicebot_pbx.config import Config
+from voicebot_pbx.models import PIPER_JOE, SILERO_VAD, WHISPER_TINY_EN, resolve_model_path
+from voicebot_pbx.stt import SttEngine, load_stt
+from voicebot_pbx.tts import PiperTts
+from voicebot_pbx.vad import SileroVad
+
+log = structlog.get_logger("voicebot_pbx.engines")
+T = TypeVar("T")
+
+
+class EngineTimeout(Exception):
+    def __init__(self, stage: str, timeout_s: float) -> None:
+        super().__init__(f"{stage} took longer than {timeout_s:.1f} s")
+        self.stage = stage
+        self.timeout_s = timeout_s
+
+
+def disable_telemetry() -> None:
+    """Nothing leaves the machine: turn off every library's telemetry we know of."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("RASA_TELEMETRY_ENABLED", "false")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@dataclass(slots=True)
+class Engines:
+    vad: SileroVad
+    stt: SttEngine
+    tts: PiperTts
+    pool: ThreadPoolExecutor
+    load_s: float = 0.0
+
+    async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
+        """Run blocking ``fn`` in the shared pool under a timeout."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await loop.run_in_executor(self.pool, fn)
+        except TimeoutError:
+            raise EngineTimeout(stage, timeout_s) from None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def load_engines(config: Config) -> Engines:
+    disable_telemetry()
+    started = time.perf_counter()
+    vad = SileroVad(resolve_model_path(config.vad.model_path, SILERO_VAD))
+    # No English Vosk model is packaged: the vosk engine needs an admin's model folder.
+    stt_dir = (
+        resolve_model_path(config.stt.model_dir, WHISPER_TINY_EN)
+        if config.stt.engine == "whisper"
+        else (Path(config.stt.model_dir) if config.stt.model_dir else None)
+    )
+    stt_options: dict[str, object] = {}
+    if config.stt.engine == "whisper":
+        stt_options = {
+            "compute_type": config.stt.compute_type,
+            "cpu_threads": config.stt.cpu_threads,
+            "beam_size": config.stt.beam_size,
+            "language": config.stt.language,
+            "short_input": config.stt.short_input,
+        }
+    stt = load_stt(config.stt.engine, stt_dir, **stt_options)
+    tts_model = resolve_model_path(config.tts.model_path, PIPER_JOE)
+    tts = PiperTts(
+        tts_model,
+        config_path=None if not config.tts.config_path else resolve_model_path(
+            config.tts.config_path, PIPER_JOE
+        ),
+        volume=config.tts.volume,
+        length_scale=config.tts.length_scale,
+        cpu_threads=config.tts.cpu_threads,
+    )
+    pool = ThreadPoolExecutor(
+        max_workers=config.inference.pool_threads, thread_name_prefix="inference"
+    )
+    load_s = time.perf_counter() - started
+    log.info("engines_loaded", stt=config.stt.engine, stt_model=str(stt_dir), load_s=round(load_s, 2))
+    return Engines(vad=vad, stt=stt, tts=tts, pool=pool, load_s=load_s)

@@ -1,0 +1,1 @@
+"""Pure wire codecs (no I/O)."""

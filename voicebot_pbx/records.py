@@ -1,0 +1,79 @@
+"""Call records: one per call, written even when the call ends badly.
+
+A turn's latencies are measured on the bot's clock from the end of the caller's speech
+(VAD end minus the configured silence). Records go to a JSON-lines file in the state
+folder, written off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    turn_id: int
+    kind: str = "speech"  # speech | dtmf | greeting
+    transcript: str = ""
+    stt_confidence: float | None = None
+    intent: str | None = None
+    confidence: float | None = None
+    dialogue: str = ""
+    reply_text: str = ""
+    reply_source: str = ""  # cache | tts | clip | mixed
+    fallbacks: list[str] = field(default_factory=list)
+    barged_in: bool = False
+    played_ms: float | None = None
+    end_of_speech_to_stt_ms: float | None = None
+    stt_to_dialogue_ms: float | None = None
+    tts_first_audio_ms: float | None = None
+    end_of_speech_to_first_frame_ms: float | None = None
+
+
+@dataclass(slots=True)
+class CallRecord:
+    call_id: str
+    pbx: str
+    peer: str
+    caller_id: str | None = None
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    end_reason: str = ""
+    transfer_target: str | None = None
+    rate_hz: int = 8000
+    turns: list[TurnRecord] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class JsonlRecorder:
+    """Appends one JSON line per finished call; thread-safe, called via ``asyncio.to_thread``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, line: str) -> None:
+        with self._lock, self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+
+    async def write(self, record: CallRecord) -> None:
+        line = json.dumps(record.to_json(), ensure_ascii=False)
+        await asyncio.to_thread(self._write, line)
+
+    def read_all(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open(encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]

@@ -1,0 +1,95 @@
+"""Composition root: load models once, build the shared pieces, serve calls, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from voicebot_pbx.config import Config
+from voicebot_pbx.dialogue import Dialogue, RuleDialogue
+from voicebot_pbx.engines import Engines, load_engines
+from voicebot_pbx.prompts import ClipLibrary, TtsCache
+from voicebot_pbx.records import JsonlRecorder
+from voicebot_pbx.session import Shared, make_handler
+from voicebot_pbx.transport.audiosocket import AudioSocketServer
+
+log = structlog.get_logger("voicebot_pbx.service")
+
+WARM_RATES_HZ = (8000, 16000)
+
+
+def build_dialogue(config: Config) -> tuple[Dialogue, list[str]]:
+    """The configured brain and the fixed texts it can say (to warm the TTS cache)."""
+    rules = RuleDialogue.from_config(config.dialogue)
+    return rules, rules.static_texts()
+
+
+def warm_tts_cache(engines: Engines, cache: TtsCache, texts: list[str]) -> int:
+    """Synthesize every static text at every call rate not yet cached. Blocking."""
+    made = 0
+    for text in dict.fromkeys(texts):
+        for rate_hz in WARM_RATES_HZ:
+            if cache.get(text, rate_hz) is None:
+                cache.put(text, rate_hz, engines.tts.synthesize_all(text, rate_hz))
+                made += 1
+    return made
+
+
+def warm_stt(engines: Engines) -> None:
+    """One decode so the first caller does not pay for lazy initialisation."""
+    stream = engines.stt.new_stream(8000)
+    stream.accept(bytes(16000))
+    stream.finish()
+    stream.close()
+
+
+async def build_shared(config: Config) -> Shared:
+    started = time.perf_counter()
+    engines = await asyncio.to_thread(load_engines, config)
+    dialogue, texts = build_dialogue(config)
+    state_dir = Path(config.state_dir)
+    cache_dir = Path(config.tts.cache_dir) if config.tts.cache_dir else state_dir / "tts-cache"
+    cache = TtsCache(engines.tts.voice_id, cache_dir)
+    made = await asyncio.to_thread(warm_tts_cache, engines, cache, texts)
+    await asyncio.to_thread(warm_stt, engines)
+    log.info(
+        "ready_to_serve",
+        startup_s=round(time.perf_counter() - started, 2),
+        tts_cache_new=made,
+        tts_cache_texts=len(texts),
+    )
+    return Shared(
+        config=config,
+        engines=engines,
+        dialogue=dialogue,
+        tts_cache=cache,
+        clips=ClipLibrary({}),
+        recorder=JsonlRecorder(state_dir / "calls.jsonl"),
+    )
+
+
+async def serve(
+    config: Config, *, on_ready: Callable[[AudioSocketServer], None] | None = None
+) -> None:
+    shared = await build_shared(config)
+    server = AudioSocketServer(config.server, make_handler(shared))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    if on_ready is not None:
+        on_ready(server)
+    try:
+        await stop.wait()
+        log.info("stopping", active_calls=len(server.calls))
+    finally:
+        await server.close()
+        shared.engines.close()

@@ -1,0 +1,473 @@
+"""One call: the brain loop that owns all of the call's state.
+
+Inbound audio runs through VAD and the pure ``TurnTaker``; STT runs in a per-call worker
+task (blocking inference in the shared pool); replies come from the dialogue and are
+played through the call's ``Speaker`` (the one owner of outgoing audio): cached/clip audio
+at once, otherwise Piper sentence by sentence. Every result carries the turn it belongs to;
+stale ones are dropped. Barge-in is ``speaker.interrupt()`` (synchronous) plus cancelling
+the reply task, so no frame of the old reply can be written afterwards.
+
+Worker tasks call back into the session only through synchronous methods, so all state
+changes happen on the event loop without interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from voicebot_pbx.config import Config
+from voicebot_pbx.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
+from voicebot_pbx.engines import Engines, EngineTimeout
+from voicebot_pbx.prompts import ClipLibrary, TtsCache
+from voicebot_pbx.records import CallRecord, JsonlRecorder, TurnRecord
+from voicebot_pbx.stt import SttResult
+from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
+from voicebot_pbx.turns import (
+    BargeIn,
+    TurnAction,
+    TurnConfig,
+    TurnTaker,
+    UtteranceEnded,
+    UtteranceStarted,
+)
+
+log = structlog.get_logger("voicebot_pbx.session")
+
+# Replies longer than this are not kept in the TTS cache (they are rarely repeated).
+_CACHEABLE_TEXT_CHARS = 300
+_STT_QUEUE_ITEMS = 512
+
+
+@dataclass(slots=True)
+class Shared:
+    """What every call of the process shares."""
+
+    config: Config
+    engines: Engines
+    dialogue: Dialogue
+    tts_cache: TtsCache
+    clips: ClipLibrary
+    recorder: JsonlRecorder | None = None
+    control: CallControl | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    turn_id: int
+    speech_end_at: float  # loop time
+
+
+class CallSession:
+    def __init__(self, media: CallMedia, shared: Shared) -> None:
+        self.media = media
+        self.shared = shared
+        self.config = shared.config
+        self.engines = shared.engines
+        self.speaker = media.speaker
+        self.call = CallInfo(call_id=media.call_id, pbx=media.pbx)
+        self.record = CallRecord(call_id=media.call_id, pbx=media.pbx, peer=media.peer)
+        vad = self.config.vad
+        self.turns = TurnTaker(
+            TurnConfig(
+                threshold=vad.threshold,
+                neg_threshold=vad.neg_threshold,
+                min_speech_ms=vad.min_speech_ms,
+                end_silence_ms=vad.end_silence_ms,
+                lookback_ms=vad.lookback_ms,
+                barge_in_min_speech_ms=vad.barge_in_min_speech_ms,
+                barge_in_threshold=vad.barge_in_threshold,
+            )
+        )
+        self._group: asyncio.TaskGroup | None = None
+        self._stt_queue: asyncio.Queue[_Audio | _Finish] = asyncio.Queue(_STT_QUEUE_ITEMS)
+        self._utterance_open = False
+        # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
+        self._recent: deque[tuple[float, bytes]] = deque(maxlen=100)
+        self._fed_s = 0.0
+        self._reply_task: asyncio.Task[None] | None = None
+        self._reply_seq = 0
+        self._reply_started = False
+        self._reply_turn: TurnRecord | None = None
+        self._carry_text = ""
+        self._ending = False
+        self._dtmf_buffer = ""
+        self._dtmf_expect: int | None = None
+        self._dtmf_task: asyncio.Task[None] | None = None
+        self._tts_cancel: threading.Event | None = None
+        self.rate_hz = media.rate_hz
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        structlog.contextvars.bind_contextvars(call_id=self.media.call_id)
+        self.rate_hz = await self.media.wait_for_rate(0.3)
+        self.record.rate_hz = self.rate_hz
+        self.vad = self.engines.vad.new_stream(self.rate_hz)
+        self.stt = self.engines.stt.new_stream(self.rate_hz)
+        log.info("session_started", rate_hz=self.rate_hz, dialogue=self.shared.dialogue.name)
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                stt_worker = group.create_task(self._stt_worker())
+                greeting = TurnRecord(turn_id=0, kind="greeting")
+                self._start_reply(greeting, self.shared.dialogue.start(self.call), loop.time())
+                try:
+                    await self._main_loop()
+                finally:
+                    self._cancel_reply()
+                    stt_worker.cancel()
+                    if self._dtmf_task is not None:
+                        self._dtmf_task.cancel()
+        except Exception as exc:
+            self.record.errors.append(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self._group = None
+            self.record.ended_at = time.time()
+            if not self.record.end_reason:
+                self.record.end_reason = "error"
+            with contextlib.suppress(Exception):
+                self.stt.close()
+            await self._write_record()
+            with contextlib.suppress(Exception):
+                await self.shared.dialogue.end(self.call)
+
+    async def _write_record(self) -> None:
+        if self.shared.recorder is None:
+            return
+        try:
+            async with asyncio.timeout(5.0):
+                await asyncio.shield(self.shared.recorder.write(self.record))
+        except Exception as exc:  # the record must never take the call down
+            log.error("record_write_failed", error=str(exc))
+
+    async def _main_loop(self) -> None:
+        while True:
+            event = await self.media.inbound.get()
+            match event:
+                case AudioIn():
+                    self._on_audio(event)
+                case DtmfIn(digit, at_s):
+                    self._on_dtmf(digit, at_s)
+                case CallEnded(reason, _at_s):
+                    if not self.record.end_reason:
+                        self.record.end_reason = reason
+                    log.info("session_ended", reason=self.record.end_reason)
+                    return
+
+    # --- audio in ----------------------------------------------------------------------
+
+    def _on_audio(self, event: AudioIn) -> None:
+        pcm = event.pcm
+        self._fed_s += len(pcm) / (2 * self.rate_hz)
+        self._recent.append((self._fed_s, pcm))
+        if self._utterance_open:
+            self._feed_stt(pcm)
+        for window_start_s, prob in self.vad.process_timed(pcm):
+            for action in self.turns.on_vad(prob, window_start_s):
+                self._apply(action, event.at_s)
+
+    def _to_loop_time(self, stream_s: float, frame_at: float) -> float:
+        """Map VAD stream time to loop time using the frame that just arrived."""
+        return frame_at - (self._fed_s - stream_s)
+
+    def _apply(self, action: TurnAction, frame_at: float) -> None:
+        match action:
+            case UtteranceStarted(turn_id, onset_s):
+                self._utterance_open = True
+                start_s = onset_s - self.config.vad.lookback_ms / 1000.0
+                for end_s, pcm in self._recent:
+                    if end_s > start_s:
+                        self._feed_stt(pcm)
+                if self._reply_task is not None and not self._reply_started:
+                    # The caller went on talking before we answered: answer the whole thing.
+                    self._carry_text = self._reply_turn.transcript if self._reply_turn else ""
+                    self._cancel_reply()
+                log.debug("utterance_started", turn_id=turn_id)
+            case UtteranceEnded(turn_id, speech_end_s, _decided_s):
+                self._utterance_open = False
+                speech_end_at = self._to_loop_time(speech_end_s, frame_at)
+                self._put_stt(_Finish(turn_id, speech_end_at))
+            case BargeIn(turn_id, _onset_s, _decided_s):
+                log.info("barge_in", turn_id=turn_id)
+                if self._reply_turn is not None:
+                    self._reply_turn.barged_in = True
+                self._interrupt()
+
+    def _feed_stt(self, pcm: bytes) -> None:
+        self._put_stt(_Audio(pcm))
+
+    def _put_stt(self, item: _Audio | _Finish) -> None:
+        try:
+            self._stt_queue.put_nowait(item)
+        except asyncio.QueueFull:
+            log.warning("stt_queue_full")
+
+    async def _stt_worker(self) -> None:
+        stt_timeout_s = self.config.stt.timeout_s
+        while True:
+            item = await self._stt_queue.get()
+            if isinstance(item, _Audio):
+                chunks = [item.pcm]
+                finish: _Finish | None = None
+                while not self._stt_queue.empty():
+                    nxt = self._stt_queue.get_nowait()
+                    if isinstance(nxt, _Finish):
+                        finish = nxt
+                        break
+                    chunks.append(nxt.pcm)
+                pcm = b"".join(chunks)
+                await self.engines.run(
+                    "stt", stt_timeout_s, functools.partial(self.stt.accept, pcm)
+                )
+                if finish is None:
+                    continue
+                item = finish
+            loop = asyncio.get_running_loop()
+            try:
+                result = await self.engines.run("stt", stt_timeout_s, self.stt.finish)
+            except EngineTimeout as exc:
+                log.warning("stt_timeout", timeout_s=exc.timeout_s)
+                result = SttResult("", None)
+                self.record.errors.append("stt_timeout")
+            self._on_transcript(item.turn_id, result, item.speech_end_at, loop.time())
+
+    def _on_transcript(
+        self, turn_id: int, result: SttResult, speech_end_at: float, now: float
+    ) -> None:
+        if turn_id != self.turns.turn_id or self._utterance_open:
+            log.debug("stale_transcript", turn_id=turn_id)
+            return
+        text = " ".join(part for part in (self._carry_text, result.text.strip()) if part)
+        self._carry_text = ""
+        turn = TurnRecord(
+            turn_id=turn_id,
+            transcript=text,
+            stt_confidence=result.confidence,
+            end_of_speech_to_stt_ms=round((now - speech_end_at) * 1000.0, 1),
+        )
+        log.info("transcript", turn_id=turn_id, text=text, stt_ms=turn.end_of_speech_to_stt_ms)
+        if not text:
+            turn.fallbacks.append("stt_empty")
+            self.record.turns.append(turn)
+            return
+        self._start_reply(turn, self.shared.dialogue.respond(self.call, text), speech_end_at)
+
+    # --- DTMF ------------------------------------------------------------------------
+
+    def _on_dtmf(self, digit: str, at_s: float) -> None:
+        log.info("dtmf", digit=digit)
+        if self.turns.bot_speaking:
+            self._interrupt()
+        if self._dtmf_expect is None:
+            self._send_dtmf(digit, at_s)
+            return
+        if digit == "#":
+            self._flush_dtmf(at_s)
+            return
+        self._dtmf_buffer += digit
+        if len(self._dtmf_buffer) >= self._dtmf_expect:
+            self._flush_dtmf(at_s)
+        elif self._group is not None:
+            if self._dtmf_task is not None:
+                self._dtmf_task.cancel()
+            self._dtmf_task = self._group.create_task(self._dtmf_timeout(at_s))
+
+    async def _dtmf_timeout(self, at_s: float) -> None:
+        await asyncio.sleep(3.0)
+        self._flush_dtmf(at_s)
+
+    def _flush_dtmf(self, at_s: float) -> None:
+        digits, self._dtmf_buffer, self._dtmf_expect = self._dtmf_buffer, "", None
+        if digits:
+            self._send_dtmf(digits, at_s)
+
+    def _send_dtmf(self, digits: str, at_s: float) -> None:
+        turn = TurnRecord(turn_id=self.turns.turn_id, kind="dtmf", transcript=digits)
+        self._start_reply(turn, self.shared.dialogue.dtmf(self.call, digits), at_s)
+
+    # --- replies -----------------------------------------------------------------------
+
+    def _start_reply(
+        self, turn: TurnRecord, make_turn: Awaitable[DialogueTurn], origin_at: float
+    ) -> None:
+        self._cancel_reply()
+        if self._group is None or self._ending:
+            if asyncio.iscoroutine(make_turn):
+                make_turn.close()
+            return
+        self._reply_seq += 1
+        self._reply_started = False
+        self._reply_turn = turn
+        self.record.turns.append(turn)
+        self._reply_task = self._group.create_task(
+            self._reply(self._reply_seq, turn, make_turn, origin_at)
+        )
+
+    def _cancel_reply(self) -> None:
+        if self._tts_cancel is not None:
+            self._tts_cancel.set()
+        if self._reply_task is not None and not self._reply_task.done():
+            self._reply_task.cancel()
+        self._reply_task = None
+
+    def _interrupt(self) -> None:
+        """Barge-in: silence the bot now and drop the reply being produced."""
+        self.speaker.interrupt()
+        self._cancel_reply()
+        self.turns.set_bot_speaking(False)
+
+    async def _reply(
+        self,
+        seq: int,
+        turn: TurnRecord,
+        make_turn: Awaitable[DialogueTurn],
+        origin_at: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        dialogue_started = loop.time()
+        try:
+            async with asyncio.timeout(self.config.dialogue.timeout_s):
+                answer = await make_turn
+        except TimeoutError:
+            log.warning("dialogue_timeout", timeout_s=self.config.dialogue.timeout_s)
+            turn.fallbacks.append("dialogue_timeout")
+            answer = DialogueTurn(replies=(BotReply(text=self.config.dialogue.reprompt),))
+        turn.stt_to_dialogue_ms = round((loop.time() - dialogue_started) * 1000.0, 1)
+        turn.intent = answer.intent
+        turn.confidence = answer.confidence
+        turn.dialogue = answer.source
+        turn.reply_text = " ".join(r.text for r in answer.replies if r.text)
+        if answer.collect_dtmf_digits:
+            self._dtmf_expect = answer.collect_dtmf_digits
+            self._dtmf_buffer = ""
+        generation = self.speaker.generation
+
+        def on_first_frame(written_at: float) -> None:
+            if seq != self._reply_seq:
+                return
+            self._reply_started = True
+            self.turns.set_bot_speaking(True)
+            if turn.kind != "greeting":
+                turn.end_of_speech_to_first_frame_ms = round((written_at - origin_at) * 1000.0, 1)
+            log.info(
+                "reply_started",
+                turn_id=turn.turn_id,
+                latency_ms=turn.end_of_speech_to_first_frame_ms,
+                source=turn.reply_source,
+            )
+
+        def on_done(written_at: float) -> None:
+            if seq != self._reply_seq:
+                return
+            self.turns.set_bot_speaking(False)
+            if answer.end is not None and self._group is not None:
+                self._group.create_task(self._end_call(answer))
+
+        self.speaker.mark(on_first_frame, generation)
+        sources: list[str] = []
+        for reply in answer.replies:
+            source = await self._play(reply, generation, turn, origin_at)
+            if source:
+                sources.append(source)
+        turn.reply_source = "+".join(dict.fromkeys(sources))
+        if not self.speaker.mark(on_done, generation):
+            return
+        if not answer.replies and answer.end is not None:
+            await self._end_call(answer)
+
+    async def _play(
+        self, reply: BotReply, generation: int, turn: TurnRecord, origin_at: float
+    ) -> str:
+        sources: list[str] = []
+        if reply.clip:
+            pcm = self.shared.clips.get(reply.clip, self.rate_hz)
+            if pcm is not None:
+                self.speaker.enqueue(pcm, generation)
+                sources.append("clip")
+            elif not reply.text:
+                turn.fallbacks.append(f"clip_missing:{reply.clip}")
+        if reply.text:
+            sources.append(await self._speak(reply.text, generation, turn, origin_at))
+        self.speaker.end_segment(generation)
+        return "+".join(sources)
+
+    async def _speak(self, text: str, generation: int, turn: TurnRecord, origin_at: float) -> str:
+        loop = asyncio.get_running_loop()
+        cached = self.shared.tts_cache.get(text, self.rate_hz)
+        if cached is not None:
+            if turn.tts_first_audio_ms is None:
+                turn.tts_first_audio_ms = 0.0
+            self.speaker.enqueue(cached, generation)
+            return "cache"
+        cancel = threading.Event()
+        self._tts_cancel = cancel
+        chunks: list[bytes] = []
+        sentences = self.engines.tts.synthesize(text, self.rate_hz, cancel)
+        started = loop.time()
+        complete = False
+        try:
+            while True:
+                chunk = await self.engines.run(
+                    "tts", self.config.tts.timeout_s, lambda: next(sentences, None)
+                )
+                if chunk is None:
+                    complete = True
+                    break
+                if turn.tts_first_audio_ms is None:
+                    turn.tts_first_audio_ms = round((loop.time() - started) * 1000.0, 1)
+                if not self.speaker.enqueue(chunk, generation):
+                    break
+                chunks.append(chunk)
+                await self.speaker.wait_for_room()
+        except EngineTimeout:
+            turn.fallbacks.append("tts_timeout")
+            self.record.errors.append("tts_timeout")
+        finally:
+            cancel.set()
+        if complete and chunks and len(text) <= _CACHEABLE_TEXT_CHARS:
+            self.shared.tts_cache.put(text, self.rate_hz, b"".join(chunks))
+        return "tts"
+
+    async def _end_call(self, answer: DialogueTurn) -> None:
+        if self._ending:
+            return
+        self._ending = True
+        if answer.end == "transfer":
+            target = answer.transfer_target or "agents"
+            self.record.transfer_target = target
+            self.record.end_reason = "transferred"
+            log.info("transfer", target=target)
+            control = self.shared.control
+            transferred = False
+            if control is not None:
+                with contextlib.suppress(Exception):
+                    transferred = await control.transfer(self.media.call_id, target)
+            if not transferred:
+                # Without call control, 0x00 lets the dialplan continue (e.g. to the queue).
+                await self.media.hangup("transferred")
+        else:
+            self.record.end_reason = "bot_hangup"
+            await self.media.hangup("bot_hangup")
+
+
+def make_handler(shared: Shared) -> Callable[[CallMedia], Awaitable[None]]:
+    async def handle(media: CallMedia) -> None:
+        await CallSession(media, shared).run()
+
+    return handle

@@ -1,0 +1,168 @@
+"""The one owner of a call's outgoing audio.
+
+Producers ``enqueue`` PCM tagged with the generation they were started under; the pacer
+(``run``) writes exactly one frame per tick against an absolute monotonic deadline, a
+silence frame when nothing is queued. ``interrupt()`` is synchronous: it bumps the
+generation and empties the queue, so no frame of an older reply can be written after it
+returns (late producers are rejected at ``enqueue``).
+
+Markers let the session learn when a point of the queue reaches the wire (first frame of a
+reply, end of a reply) without polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from voicebot_pbx.audio import FRAME_MS, Reframer, frame_bytes
+
+WriteFrame = Callable[[bytes, bool], Awaitable[None]]
+"""Writes one frame to the wire: ``(pcm, is_silence)``."""
+
+
+@dataclass(slots=True)
+class Marker:
+    """Fired (``callback(written_at_s)``) when the pacer reaches it in the queue."""
+
+    callback: Callable[[float], None]
+    generation: int
+
+
+class Speaker:
+    def __init__(
+        self,
+        rate_hz: int,
+        *,
+        frame_ms: int = FRAME_MS,
+        max_buffered_s: float = 60.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.frame_ms = frame_ms
+        self._frame_s = frame_ms / 1000.0
+        self._rate_hz = rate_hz
+        self._frame_size = frame_bytes(rate_hz, frame_ms)
+        self._silence = bytes(self._frame_size)
+        self._queue: deque[bytes | Marker] = deque()
+        self._queued_frames = 0
+        self._reframer = Reframer(self._frame_size)
+        self._generation = 0
+        self._max_buffered_frames = int(max_buffered_s / self._frame_s)
+        self._room = asyncio.Event()
+        self._room.set()
+        self._clock = clock
+        self.frames_written = 0
+        self.audio_frames_written = 0
+        self.stalls = 0
+        self.last_audio_at_s: float | None = None
+
+    # --- producer side (session) --------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def rate_hz(self) -> int:
+        return self._rate_hz
+
+    @property
+    def busy(self) -> bool:
+        """True while audio (not silence) is queued."""
+        return self._queued_frames > 0 or self._reframer.pending_bytes > 0
+
+    @property
+    def buffered_s(self) -> float:
+        return self._queued_frames * self._frame_s
+
+    def set_rate(self, rate_hz: int) -> None:
+        """Change the outbound rate (only before any audio is queued)."""
+        if rate_hz == self._rate_hz:
+            return
+        if self.busy:
+            raise RuntimeError("cannot change the rate while audio is queued")
+        self._rate_hz = rate_hz
+        self._frame_size = frame_bytes(rate_hz, self.frame_ms)
+        self._silence = bytes(self._frame_size)
+        self._reframer = Reframer(self._frame_size)
+
+    def interrupt(self) -> int:
+        """Stop at once: drop everything queued; returns the new generation."""
+        self._generation += 1
+        self._queue.clear()
+        self._queued_frames = 0
+        self._reframer = Reframer(self._frame_size)
+        self._room.set()
+        return self._generation
+
+    def enqueue(self, pcm: bytes, generation: int) -> bool:
+        """Queue PCM at the call's rate; False (nothing queued) if ``generation`` is stale."""
+        if generation != self._generation:
+            return False
+        for frame in self._reframer.feed(pcm):
+            self._queue.append(frame)
+            self._queued_frames += 1
+        if self._queued_frames >= self._max_buffered_frames:
+            self._room.clear()
+        return True
+
+    def end_segment(self, generation: int) -> bool:
+        """Pad the remainder of the current segment to a whole frame."""
+        if generation != self._generation:
+            return False
+        tail = self._reframer.flush()
+        if tail:
+            self._queue.append(tail)
+            self._queued_frames += 1
+        return True
+
+    def mark(self, callback: Callable[[float], None], generation: int) -> bool:
+        if generation != self._generation:
+            return False
+        self.end_segment(generation)
+        self._queue.append(Marker(callback, generation))
+        return True
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+    # --- pacer ---------------------------------------------------------------------
+
+    def _next_frame(self, now_s: float) -> tuple[bytes, bool]:
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, Marker):
+                if item.generation == self._generation:
+                    item.callback(now_s)
+                continue
+            self._queued_frames -= 1
+            if self._queued_frames < self._max_buffered_frames:
+                self._room.set()
+            return item, False
+        return self._silence, True
+
+    async def run(self, write: WriteFrame) -> None:
+        """Write one frame per tick until cancelled. Never bursts to catch up."""
+        loop = asyncio.get_running_loop()
+        clock = self._clock or loop.time
+        origin_s = clock()
+        tick = 0
+        while True:
+            deadline_s = origin_s + tick * self._frame_s
+            delay_s = deadline_s - clock()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            elif delay_s < -self._frame_s:
+                # We fell behind by more than a frame (stall): re-anchor, don't burst.
+                self.stalls += 1
+                origin_s = clock()
+                tick = 0
+            frame, is_silence = self._next_frame(clock())
+            await write(frame, is_silence)
+            self.frames_written += 1
+            if not is_silence:
+                self.audio_frames_written += 1
+                self.last_audio_at_s = clock()
+            tick += 1

@@ -1,0 +1,339 @@
+"""AudioSocket server: Asterisk connects (it is the TCP client), one call per connection.
+
+Behaviour follows Asterisk's ``res/res_audiosocket.c`` and ``apps/app_audiosocket.c``:
+the UUID is the first message; audio arrives as 20 ms slin frames (0x10 at 8 kHz from the
+``AudioSocket()`` app, 0x12 at 16 kHz from ``Dial(AudioSocket/.../c(slin16))``); a caller
+hang-up is plain EOF. Asterisk neither paces nor buffers what we send, and drops the call
+after 2 s with nothing sent either way, so the ``Speaker`` writes one frame per 20 ms from
+the UUID on (silence when idle). We send only audio kinds and 0x00 (hangup): anything
+else makes Asterisk tear the call down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from voicebot_pbx.config import ServerConfig
+from voicebot_pbx.protocol import audiosocket as wire
+from voicebot_pbx.speaker import Speaker
+from voicebot_pbx.transport import AudioIn, CallEnded, CallMedia, DtmfIn, InboundEvent
+
+log = structlog.get_logger("voicebot_pbx.audiosocket")
+
+CallHandler = Callable[[CallMedia], Awaitable[None]]
+
+_READ_CHUNK_BYTES = 4096
+_SEND_BUFFER_BYTES = 64 * 1024
+_INBOUND_QUEUE_FRAMES = 500  # 10 s of 20 ms frames
+
+
+class AudioSocketCall:
+    """One connected call: decoder + inbound queue + paced speaker over one TCP stream."""
+
+    pbx = "asterisk"
+
+    def __init__(
+        self,
+        call_uuid: uuid.UUID,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        decoder: wire.Decoder,
+        config: ServerConfig,
+        peer: str,
+    ) -> None:
+        self.call_id = str(call_uuid)
+        self.peer = peer
+        self._reader = reader
+        self._writer = writer
+        self._decoder = decoder
+        self._config = config
+        self.speaker = Speaker(config.default_rate_hz)
+        self.inbound: asyncio.Queue[InboundEvent] = asyncio.Queue(_INBOUND_QUEUE_FRAMES)
+        self._rate_known = asyncio.Event()
+        self._rate_hz = config.default_rate_hz
+        self._closed = asyncio.Event()
+        self.end_reason: str | None = None
+        self.bytes_in = 0
+        self.frames_in = 0
+
+    @property
+    def rate_hz(self) -> int:
+        return self._rate_hz
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_for_rate(self, timeout_s: float) -> int:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._rate_known.wait()
+        return self._rate_hz
+
+    # --- inbound ---------------------------------------------------------------------
+
+    async def read_loop(self, pending: list[wire.Message]) -> None:
+        """Read until EOF or bad input; ``pending`` came in the same read as the UUID."""
+        reason = "caller_hangup"
+        try:
+            ended = await self._dispatch(pending)
+            while ended is None:
+                async with asyncio.timeout(self._config.read_timeout_s):
+                    data = await self._reader.read(_READ_CHUNK_BYTES)
+                if not data:
+                    self._decoder.check_eof()
+                    break
+                self.bytes_in += len(data)
+                ended = await self._dispatch(self._decoder.feed(data))
+            if ended is not None:
+                reason = ended
+        except wire.ProtocolError as exc:
+            reason = exc.reason
+            log.warning("bad_input", reason=exc.reason, detail=exc.detail, peer=self.peer)
+        except TimeoutError:
+            reason = "read_timeout"
+        except (ConnectionError, OSError) as exc:
+            reason = f"connection_error:{type(exc).__name__}"
+        finally:
+            self._mark_closed(reason)
+
+    async def _dispatch(self, messages: list[wire.Message]) -> str | None:
+        """Queue inbound events; returns an end reason when the peer ended the call."""
+        now_s = asyncio.get_running_loop().time()
+        for message in messages:
+            match message:
+                case wire.Audio(rate_hz, pcm):
+                    self.frames_in += 1
+                    if not self._rate_known.is_set():
+                        self._learn_rate(rate_hz)
+                    elif rate_hz != self._rate_hz:
+                        raise wire.ProtocolError(
+                            "rate_changed", f"{self._rate_hz} Hz -> {rate_hz} Hz"
+                        )
+                    await self.inbound.put(AudioIn(pcm, rate_hz, now_s))
+                case wire.Dtmf(digit):
+                    await self.inbound.put(DtmfIn(digit, now_s))
+                case wire.Hangup():
+                    return "peer_hangup"
+                case wire.Error(code):
+                    return f"peer_error_{code if code is not None else 'none'}"
+                case wire.Uuid():
+                    raise wire.ProtocolError("repeated_uuid", "a second UUID message")
+        return None
+
+    def _learn_rate(self, rate_hz: int) -> None:
+        if rate_hz != self._rate_hz:
+            if rate_hz not in (8000, 16000):
+                raise wire.ProtocolError("unsupported_rate", f"{rate_hz} Hz")
+            if not self.speaker.busy:
+                self.speaker.set_rate(rate_hz)
+                self._rate_hz = rate_hz
+            else:
+                raise wire.ProtocolError("rate_changed", f"audio at {rate_hz} Hz after speaking")
+        self._rate_known.set()
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self.end_reason = reason
+        self._closed.set()
+        self.speaker.interrupt()
+        loop = asyncio.get_running_loop()
+        event = CallEnded(reason, loop.time())
+        try:
+            self.inbound.put_nowait(event)
+        except asyncio.QueueFull:
+            # The session is behind; make room: the end matters more than old audio.
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.inbound.get_nowait()
+            self.inbound.put_nowait(event)
+
+    # --- outbound --------------------------------------------------------------------
+
+    async def write_frame(self, pcm: bytes, is_silence: bool) -> None:
+        if self._closed.is_set():
+            return
+        try:
+            self._writer.write(wire.encode_audio(pcm, self._rate_hz))
+            async with asyncio.timeout(self._config.write_timeout_s):
+                await self._writer.drain()
+        except TimeoutError:
+            log.warning("bad_input", reason="peer_not_reading", peer=self.peer)
+            self._mark_closed("peer_not_reading")
+            self._writer.transport.abort()
+        except (ConnectionError, OSError) as exc:
+            self._mark_closed(f"connection_error:{type(exc).__name__}")
+
+    async def run_pacer(self) -> None:
+        await self.speaker.run(self.write_frame)
+
+    async def hangup(self, reason: str) -> None:
+        """Send 0x00 (the dialplan continues at its next priority) and close."""
+        if self._closed.is_set():
+            return
+        self._mark_closed(reason)
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            self._writer.write(wire.encode_hangup())
+            async with asyncio.timeout(self._config.write_timeout_s):
+                await self._writer.drain()
+
+    async def close(self) -> None:
+        self._mark_closed(self.end_reason or "closed")
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._writer.wait_closed()
+
+
+class AudioSocketServer:
+    def __init__(self, config: ServerConfig, handler: CallHandler) -> None:
+        self._config = config
+        self._handler = handler
+        self._server: asyncio.Server | None = None
+        self.calls: dict[str, AudioSocketCall] = {}
+        self._connections: set[asyncio.Task[None]] = set()
+        self.calls_total = 0
+        self.calls_rejected = 0
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("server not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._on_connect, host=self._config.host, port=self._config.port, reuse_address=True
+        )
+        log.info("audiosocket_listening", host=self._config.host, port=self.port)
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self, grace_s: float = 2.0) -> None:
+        """Stop accepting; end every call with 0x00 (its dialplan continues); wait ``grace_s``."""
+        await self.stop_accepting()
+        for call in list(self.calls.values()):
+            await call.hangup("shutdown")
+        if self._connections:
+            _done, pending = await asyncio.wait(self._connections, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve_connection(reader, writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER_BYTES)
+        writer.transport.set_write_buffer_limits(high=16 * 1024)
+        decoder = wire.Decoder()
+        try:
+            call_uuid, pending = await self._read_uuid(reader, decoder)
+        except wire.ProtocolError as exc:
+            log.warning("bad_input", reason=exc.reason, detail=exc.detail, peer=peer)
+            await self._close_writer(writer)
+            return
+        call_id = str(call_uuid)
+        if len(self.calls) >= self._config.max_calls:
+            self.calls_rejected += 1
+            log.warning(
+                "call_rejected",
+                reason="max_calls",
+                call_id=call_id,
+                peer=peer,
+                max_calls=self._config.max_calls,
+            )
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write(wire.encode_hangup())
+            await self._close_writer(writer)
+            return
+        call = AudioSocketCall(call_uuid, reader, writer, decoder, self._config, peer)
+        self.calls[call_id] = call
+        self.calls_total += 1
+        structlog.contextvars.bind_contextvars(call_id=call_id)
+        log.info("call_started", peer=peer, pbx="asterisk")
+        try:
+            async with asyncio.TaskGroup() as group:
+                reader_task = group.create_task(call.read_loop(pending))
+                pacer_task = group.create_task(call.run_pacer())
+                try:
+                    async with asyncio.timeout(self._config.max_call_duration_s):
+                        await self._handler(call)
+                except TimeoutError:
+                    log.warning("call_max_duration", limit_s=self._config.max_call_duration_s)
+                    await call.hangup("max_duration")
+                except Exception:
+                    log.exception("session_crashed")
+                    await call.hangup("session_error")
+                finally:
+                    if not call.closed:
+                        await call.hangup("bot_hangup")
+                    reader_task.cancel()
+                    pacer_task.cancel()
+        finally:
+            await call.close()
+            self.calls.pop(call_id, None)
+            log.info(
+                "call_closed",
+                reason=call.end_reason,
+                frames_in=call.frames_in,
+                frames_out=call.speaker.frames_written,
+                stalls=call.speaker.stalls,
+            )
+            structlog.contextvars.unbind_contextvars("call_id")
+
+    async def _read_uuid(
+        self, reader: asyncio.StreamReader, decoder: wire.Decoder
+    ) -> tuple[uuid.UUID, list[wire.Message]]:
+        try:
+            async with asyncio.timeout(self._config.first_message_timeout_s):
+                while True:
+                    data = await reader.read(_READ_CHUNK_BYTES)
+                    if not data:
+                        decoder.check_eof()
+                        raise wire.ProtocolError("eof_before_uuid", "peer closed before a UUID")
+                    messages = decoder.feed(data)
+                    if messages:
+                        break
+        except TimeoutError:
+            raise wire.ProtocolError("no_uuid", "no first message in time") from None
+        except (ConnectionError, OSError) as exc:
+            raise wire.ProtocolError("connection_error", type(exc).__name__) from None
+        first = messages[0]
+        if not isinstance(first, wire.Uuid):
+            raise wire.ProtocolError("first_message_not_uuid", type(first).__name__)
+        if first.value.variant != uuid.RFC_4122 or first.value.int == 0:
+            raise wire.ProtocolError("malformed_uuid", str(first.value))
+        return first.value, messages[1:]
+
+    @staticmethod
+    async def _close_writer(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(1.0):
+                await writer.wait_closed()

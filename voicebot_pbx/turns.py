@@ -1,0 +1,119 @@
+"""Turn-taking, pure: VAD probabilities and playback state in, turn actions out.
+
+No asyncio and no clock: every call takes the time (seconds) as a parameter, so tests can
+drive whole conversations on a scripted timeline. The session executes the actions.
+
+* ``UtteranceStarted``: the caller began a turn; start feeding STT (with look-back audio).
+* ``UtteranceEnded``: the caller finished; finalise STT, then answer.
+* ``BargeIn``: the caller talks over the bot long enough: silence the bot now.
+
+While the bot is speaking the VAD threshold is raised (echo gating) and a barge-in needs
+``barge_in_min_speech_ms`` of caller speech, so a cough or the line echo of the bot's own
+voice does not cut it off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voicebot_pbx.vad import Endpointer, SpeechEnded, SpeechStarted
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    threshold: float = 0.5
+    neg_threshold: float = 0.35
+    min_speech_ms: int = 160
+    end_silence_ms: int = 400
+    lookback_ms: int = 300
+    barge_in_min_speech_ms: int = 200
+    barge_in_threshold: float = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceStarted:
+    turn_id: int
+    onset_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceEnded:
+    turn_id: int
+    speech_end_s: float
+    decided_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class BargeIn:
+    turn_id: int
+    onset_s: float
+    decided_s: float
+
+
+TurnAction = UtteranceStarted | UtteranceEnded | BargeIn
+
+
+class TurnTaker:
+    def __init__(self, config: TurnConfig) -> None:
+        self.config = config
+        self._endpointer = Endpointer(
+            threshold=config.threshold,
+            neg_threshold=config.neg_threshold,
+            min_speech_ms=config.min_speech_ms,
+            end_silence_ms=config.end_silence_ms,
+            lookback_ms=config.lookback_ms,
+        )
+        self._turn_id = 0
+        self._onset_s: float | None = None
+        self._bot_speaking = False
+        self._barged = False
+
+    @property
+    def turn_id(self) -> int:
+        return self._turn_id
+
+    @property
+    def caller_speaking(self) -> bool:
+        return self._endpointer.in_speech
+
+    @property
+    def bot_speaking(self) -> bool:
+        return self._bot_speaking
+
+    def set_bot_speaking(self, speaking: bool) -> None:
+        """Playback started/stopped: switch the VAD threshold (echo gating)."""
+        if speaking == self._bot_speaking:
+            return
+        self._bot_speaking = speaking
+        if speaking:
+            self._endpointer.set_threshold(
+                self.config.barge_in_threshold,
+                max(self.config.neg_threshold, self.config.barge_in_threshold - 0.15),
+            )
+        else:
+            self._endpointer.set_threshold(self.config.threshold, self.config.neg_threshold)
+
+    def on_vad(self, prob: float, now_s: float) -> list[TurnAction]:
+        actions: list[TurnAction] = []
+        event = self._endpointer.update(prob, now_s)
+        match event:
+            case SpeechStarted(at_s):
+                self._turn_id += 1
+                self._onset_s = at_s
+                self._barged = False
+                actions.append(UtteranceStarted(self._turn_id, at_s))
+            case SpeechEnded(at_s, speech_end_s):
+                self._onset_s = None
+                actions.append(UtteranceEnded(self._turn_id, speech_end_s, at_s))
+            case None:
+                pass
+        if (
+            self._bot_speaking
+            and not self._barged
+            and self._onset_s is not None
+            and self._endpointer.in_speech
+            and now_s - self._onset_s >= self.config.barge_in_min_speech_ms / 1000.0
+        ):
+            self._barged = True
+            actions.append(BargeIn(self._turn_id, self._onset_s, now_s))
+        return actions

@@ -1,0 +1,257 @@
+"""Silero voice activity detection with plain onnxruntime + numpy (no torch), and a pure
+endpointer that turns per-window speech probabilities into start/end-of-speech events.
+
+One :class:`SileroVad` (one ``onnxruntime.InferenceSession``) per process, one
+:class:`VadStream` per call direction. ``VadStream.process`` is synchronous and costs about
+0.1 ms of CPU per 32 ms window, so calling it inline on the event loop for each 20 ms frame
+is acceptable; ``InferenceSession.run`` is thread-safe, so streams may also be driven from a
+thread pool.
+
+The streaming logic mirrors ``OnnxWrapper.__call__`` in silero-vad 6.2.3's ``utils_vad.py``:
+8 kHz takes 256-sample windows, 16 kHz 512; each window is prefixed with the last 32 (8 kHz)
+or 64 (16 kHz) samples of the previous window (zeros at the start); the recurrent state is a
+2x1x128 float32 tensor starting at zeros.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+log = structlog.get_logger(__name__)
+
+_WINDOW_SAMPLES = {8000: 256, 16000: 512}
+_CONTEXT_SAMPLES = {8000: 32, 16000: 64}
+_STATE_SHAPE = (2, 1, 128)
+
+
+def import_onnxruntime() -> Any:
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    disable = getattr(onnxruntime, "disable_telemetry_events", None)
+    if disable is not None:
+        disable()
+    return onnxruntime
+
+
+class SileroVad:
+    """The silero VAD ONNX model, loaded once; hands out independent :class:`VadStream` s."""
+
+    def __init__(self, model_path: Path, *, threads: int = 1) -> None:
+        ort = import_onnxruntime()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.model_path = Path(model_path)
+        self._session: onnxruntime.InferenceSession = ort.InferenceSession(
+            str(self.model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        log.debug("vad.loaded", model=str(self.model_path), threads=threads)
+
+    def new_stream(self, rate_hz: int) -> VadStream:
+        return VadStream(self, rate_hz)
+
+    def _run(
+        self, x: npt.NDArray[np.float32], state: npt.NDArray[np.float32], rate_hz: int
+    ) -> tuple[float, npt.NDArray[np.float32]]:
+        out, new_state = self._session.run(
+            None, {"input": x, "state": state, "sr": np.array(rate_hz, dtype=np.int64)}
+        )
+        return float(out[0, 0]), new_state
+
+
+class VadStream:
+    """Per-stream VAD state: accepts PCM of any length, re-windows it, keeps RNN state."""
+
+    def __init__(self, vad: SileroVad, rate_hz: int) -> None:
+        if rate_hz not in _WINDOW_SAMPLES:
+            raise ValueError(f"silero VAD supports 8000 or 16000 Hz, not {rate_hz}")
+        self._vad = vad
+        self.rate_hz = rate_hz
+        self.window_samples = _WINDOW_SAMPLES[rate_hz]
+        self._context_samples = _CONTEXT_SAMPLES[rate_hz]
+        self._window_bytes = self.window_samples * 2
+        self._pending = bytearray()
+        self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
+        self._context = np.zeros(self._context_samples, dtype=np.float32)
+        self._windows_done = 0
+
+    @property
+    def window_ms(self) -> float:
+        return 1000.0 * self.window_samples / self.rate_hz
+
+    @property
+    def window_s(self) -> float:
+        return self.window_samples / self.rate_hz
+
+    @property
+    def windows_done(self) -> int:
+        """Windows processed since creation or the last :meth:`reset`."""
+        return self._windows_done
+
+    def reset(self) -> None:
+        """Forget the RNN state, the context and any partial window."""
+        self._pending.clear()
+        self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
+        self._context = np.zeros(self._context_samples, dtype=np.float32)
+        self._windows_done = 0
+
+    def process(self, pcm: bytes) -> list[float]:
+        """Feed int16 mono PCM (e.g. one 20 ms frame); one probability per completed window."""
+        return [prob for _, prob in self.process_timed(pcm)]
+
+    def process_timed(self, pcm: bytes) -> list[tuple[float, float]]:
+        """Like :meth:`process` but returns ``(window_start_s, probability)`` pairs.
+
+        ``window_start_s`` is stream time (audio fed since the last reset), the time base
+        :meth:`Endpointer.update` expects.
+        """
+        self._pending += pcm
+        results: list[tuple[float, float]] = []
+        size = self._window_bytes
+        while len(self._pending) >= size:
+            window = np.frombuffer(bytes(self._pending[:size]), dtype="<i2")
+            del self._pending[:size]
+            samples = window.astype(np.float32) / np.float32(32768.0)
+            x = np.concatenate((self._context, samples))[np.newaxis, :]
+            prob, self._state = self._vad._run(x, self._state, self.rate_hz)
+            self._context = samples[-self._context_samples :]
+            results.append((self._windows_done * self.window_s, prob))
+            self._windows_done += 1
+        return results
+
+
+# --- endpointing (pure) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    at_s: float
+    """Onset: time of the first window of the speech run."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    at_s: float
+    """When the end was decided (after ``end_silence_ms`` of silence)."""
+    speech_end_s: float
+    """When speech actually stopped (time of the first silent window)."""
+
+
+EndpointEvent = SpeechStarted | SpeechEnded
+
+
+class Endpointer:
+    """Hysteresis endpointer over VAD probabilities. Pure: no clock, no I/O, no asyncio.
+
+    Call :meth:`update` once per VAD window with the window's *start* time in seconds
+    (``VadStream.process_timed`` gives it). A window counts as speech when its probability
+    is ``>= threshold`` and as silence when it is ``< neg_threshold``; probabilities in
+    between keep the current state (silero's own hysteresis).
+
+    * ``SpeechStarted(at_s=onset)`` once speech has lasted ``min_speech_ms`` without a
+      silent window (a shorter blip is dropped).
+    * ``SpeechEnded(at_s=now, speech_end_s=...)`` once silence has lasted
+      ``end_silence_ms``; a speech window before that cancels the pending end.
+
+    Durations are differences of window start times, so a decision is taken on the first
+    window whose start is at least the given time after the onset/silence start.
+    ``lookback_s`` is how much audio before ``SpeechStarted.at_s`` the caller should keep
+    (ring buffer) and hand to STT, since the VAD fires a little after the true onset.
+    Thresholds can be changed at run time (e.g. raised while the bot is talking).
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        neg_threshold: float = 0.35,
+        min_speech_ms: int = 250,
+        end_silence_ms: int = 700,
+        lookback_ms: int = 300,
+    ) -> None:
+        self._threshold = 0.5
+        self._neg_threshold = 0.35
+        self.set_threshold(threshold, neg_threshold)
+        if min_speech_ms < 0 or end_silence_ms < 0 or lookback_ms < 0:
+            raise ValueError("durations must be >= 0")
+        self.min_speech_s = min_speech_ms / 1000.0
+        self.end_silence_s = end_silence_ms / 1000.0
+        self.lookback_s = lookback_ms / 1000.0
+        self._onset_s: float | None = None
+        self._in_speech = False
+        self._silence_start_s: float | None = None
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @property
+    def neg_threshold(self) -> float:
+        return self._neg_threshold
+
+    @property
+    def in_speech(self) -> bool:
+        """True between SpeechStarted and SpeechEnded."""
+        return self._in_speech
+
+    def set_threshold(self, threshold: float, neg_threshold: float | None = None) -> None:
+        """Change thresholds now; ``neg_threshold`` defaults to ``threshold - 0.15``."""
+        if neg_threshold is None:
+            neg_threshold = max(0.01, threshold - 0.15)
+        if not 0.0 < neg_threshold <= threshold < 1.0:
+            raise ValueError(
+                f"need 0 < neg_threshold <= threshold < 1, got {neg_threshold}, {threshold}"
+            )
+        self._threshold = threshold
+        self._neg_threshold = neg_threshold
+
+    def set_end_silence_ms(self, end_silence_ms: int) -> None:
+        if end_silence_ms < 0:
+            raise ValueError("end_silence_ms must be >= 0")
+        self.end_silence_s = end_silence_ms / 1000.0
+
+    def reset(self) -> None:
+        """Back to idle without emitting anything (e.g. after a barge-in was handled)."""
+        self._onset_s = None
+        self._in_speech = False
+        self._silence_start_s = None
+
+    def update(self, prob: float, now_s: float) -> EndpointEvent | None:
+        is_speech = prob >= self._threshold
+        is_silence = prob < self._neg_threshold
+
+        if not self._in_speech:
+            if self._onset_s is None:
+                if not is_speech:
+                    return None
+                self._onset_s = now_s
+            elif is_silence:
+                self._onset_s = None  # a blip shorter than min_speech: drop it
+                return None
+            if now_s - self._onset_s >= self.min_speech_s:
+                self._in_speech = True
+                self._silence_start_s = None
+                return SpeechStarted(at_s=self._onset_s)
+            return None
+
+        if is_speech:
+            self._silence_start_s = None
+            return None
+        if is_silence:
+            if self._silence_start_s is None:
+                self._silence_start_s = now_s
+            if now_s - self._silence_start_s >= self.end_silence_s:
+                ended = SpeechEnded(at_s=now_s, speech_end_s=self._silence_start_s)
+                self.reset()
+                return ended
+        return None
