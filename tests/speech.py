@@ -30,7 +30,7 @@ def espeak_pcm(
         check=True,
         capture_output=True,
     ).stdout
-    raw = subprocess.run(
+    raw: bytes = subprocess.run(
         [
             "sox",
             "-q",
@@ -101,7 +101,7 @@ def add_noise(pcm: bytes, snr_db: float, seed: int = 0) -> bytes:
 
 def telephone_band(pcm: bytes, rate_hz: int) -> bytes:
     """300-3400 Hz band-pass with sox (what a PSTN leg leaves of the speech)."""
-    return subprocess.run(
+    out: bytes = subprocess.run(
         [
             "sox",
             "-q",
@@ -126,6 +126,7 @@ def telephone_band(pcm: bytes, rate_hz: int) -> bytes:
         check=True,
         capture_output=True,
     ).stdout
+    return out
 
 
 def frames(pcm: bytes, rate_hz: int, frame_ms: int = 20) -> list[bytes]:

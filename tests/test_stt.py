@@ -6,8 +6,8 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from speech import espeak_pcm, frames, silence
 
+from tests.speech import espeak_pcm, frames, silence
 from voicebot_pbx.models import VOSK_KO, model_path
 from voicebot_pbx.stt import (
     SttResult,
@@ -38,8 +38,10 @@ def words(text: str) -> set[str]:
 
 def caller(text: str, rate_hz: int = 8000) -> bytes:
     # VAD hands STT the speech plus ~300 ms of lookback and the trailing silence.
-    return silence(300, rate_hz) + espeak_pcm(text, rate_hz, voice="en-gb", speed=140) + silence(
-        300, rate_hz
+    return (
+        silence(300, rate_hz)
+        + espeak_pcm(text, rate_hz, voice="en-gb", speed=140)
+        + silence(300, rate_hz)
     )
 
 
@@ -183,8 +185,7 @@ def test_guard_flags_repetition() -> None:
 def test_guard_flags_too_many_words_for_the_audio() -> None:
     text = "one two three four five six seven eight nine ten eleven twelve"
     assert (
-        degenerate_reason(text, n_tokens=14, max_new_tokens=40, duration_s=1.0)
-        == "too_many_words"
+        degenerate_reason(text, n_tokens=14, max_new_tokens=40, duration_s=1.0) == "too_many_words"
     )
     assert degenerate_reason(text, n_tokens=14, max_new_tokens=40, duration_s=4.0) is None
 
@@ -213,35 +214,33 @@ def vosk_engine() -> VoskEngine:
 def test_vosk_streams_partials_and_final(vosk_engine: VoskEngine, rate_hz: int) -> None:
     assert vosk_engine.name == "vosk"
     stream = vosk_engine.new_stream(rate_hz)
-    korean = espeak_pcm("안녕하세요. 영업 시간이 어떻게 되나요?", rate_hz, voice="ko", speed=130)
+    other = vosk_engine.new_stream(rate_hz)  # another call at the same time, hearing silence
+    korean = espeak_pcm("안녕하세요", rate_hz, voice="ko", speed=160)
     pcm = silence(300, rate_hz) + korean + silence(500, rate_hz)
-    partials = [p for f in frames(pcm, rate_hz) if (p := stream.accept(f)) is not None]
+    partials: list[str] = []
+    for i, frame in enumerate(frames(pcm, rate_hz)):
+        partial = stream.accept(frame)
+        if partial is not None:
+            partials.append(partial)
+        if i % 4 == 0:  # interleaved, but less of it: Vosk is not cheap even on silence
+            assert other.accept(silence(80, rate_hz)) is None
     assert partials, "no partial result while speech was fed"
     assert all(isinstance(p, str) and p for p in partials)
-    assert len(set(partials)) == len(partials)  # only changes are reported
+    assert all(a != b for a, b in zip(partials, partials[1:], strict=False))  # changes only
     result = stream.finish()
     assert isinstance(result, SttResult)
     assert result.text  # the Korean model hears *something* Korean-ish
     assert result.confidence is not None and 0.0 <= result.confidence <= 1.0
+    assert other.finish() == SttResult("", None)  # no leak between recognizers
 
     # the same recognizer carries on with the next utterance: silence -> nothing
-    for frame in frames(silence(1000, rate_hz), rate_hz):
+    for frame in frames(silence(600, rate_hz), rate_hz):
         assert stream.accept(frame) is None
     assert stream.finish() == SttResult("", None)
     stream.close()
+    other.close()
     with pytest.raises(RuntimeError):
         stream.accept(silence(20, rate_hz))
-
-
-@pytest.mark.models
-def test_vosk_streams_are_independent(vosk_engine: VoskEngine) -> None:
-    a, b = vosk_engine.new_stream(8000), vosk_engine.new_stream(8000)
-    korean = espeak_pcm("안녕하세요", 8000, voice="ko", speed=130)
-    for fa, fb in zip(frames(korean, 8000), frames(silence(len(korean) // 16), 8000), strict=True):
-        a.accept(fa)
-        b.accept(fb)
-    assert b.finish().text == ""
-    assert a.finish().text != ""
 
 
 def test_load_stt_rejects_unknown_engine_and_vosk_without_model() -> None:

@@ -271,10 +271,13 @@ class SimulatedCaller:
             for index, step in enumerate(steps):
                 if self._closed.is_set():
                     break
+                following = steps[index + 1] if index + 1 < len(steps) else None
+                barge_next = isinstance(following, Say) and following.barge_in_after_s is not None
                 match step:
                     case Say(barge_in_after_s=None):
                         await self._say(index, step)
-                        await self._wait_reply_done(loop.time(), self.reply_timeout_s)
+                        if not barge_next:  # a barge-in step waits for the reply to start
+                            await self._wait_reply_done(loop.time(), self.reply_timeout_s)
                     case Say(barge_in_after_s=float(delay_s)):
                         onset = await self._wait_reply_start(loop.time(), self.reply_timeout_s)
                         if onset is not None:

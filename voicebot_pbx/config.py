@@ -43,7 +43,7 @@ class VadConfig:
     threshold: float = 0.5
     neg_threshold: float = 0.35
     min_speech_ms: int = 160
-    end_silence_ms: int = 400
+    end_silence_ms: int = 300
     lookback_ms: int = 300
     # Caller speech needed while the bot talks before the bot stops (barge-in).
     barge_in_min_speech_ms: int = 200
@@ -85,7 +85,7 @@ class RuleConfig:
 def _default_rules() -> tuple[RuleConfig, ...]:
     return (
         RuleConfig(
-            keywords=("opening hours", "open", "hours", "close", "closing"),
+            keywords=("opening hours", "open", "opening", "hours", "hour", "close", "closing"),
             reply="We are open Monday to Friday from eight am to six pm, "
             "and Saturday from nine am to one pm.",
         ),
@@ -153,8 +153,18 @@ class Config:
 
 T = TypeVar("T")
 
-# Field names whose values are masked by ``check-config``.
-SECRET_MARKERS = ("secret", "password", "api_key", "token")
+# Field names whose values are masked by ``check-config``: matched against whole words of the
+# name (``auth_token``, ``api_key`` but not ``max_tokens``). Names ending in ``_env`` hold the
+# *name* of an environment variable, not a secret, and are shown.
+SECRET_MARKERS = ("secret", "password", "passwd", "api_key", "token")
+
+
+def is_secret_field(name: str) -> bool:
+    words = name.lower().split("_")
+    if words[-1] == "env":
+        return False
+    joined = f"_{'_'.join(words)}_"
+    return any(f"_{marker}_" in joined for marker in SECRET_MARKERS)
 
 
 def _type_name(tp: object) -> str:
@@ -274,7 +284,7 @@ def as_dict(config: object, *, mask_secrets: bool = True) -> dict[str, Any]:
                 as_dict(v, mask_secrets=mask_secrets) if dataclasses.is_dataclass(v) else v
                 for v in value
             ]
-        elif mask_secrets and value and any(m in f.name for m in SECRET_MARKERS):
+        elif mask_secrets and value and is_secret_field(f.name):
             result[f.name] = "********"
         else:
             result[f.name] = value

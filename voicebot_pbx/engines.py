@@ -84,9 +84,9 @@ def load_engines(config: Config) -> Engines:
     tts_model = resolve_model_path(config.tts.model_path, PIPER_JOE)
     tts = PiperTts(
         tts_model,
-        config_path=None if not config.tts.config_path else resolve_model_path(
-            config.tts.config_path, PIPER_JOE
-        ),
+        config_path=None
+        if not config.tts.config_path
+        else resolve_model_path(config.tts.config_path, PIPER_JOE),
         volume=config.tts.volume,
         length_scale=config.tts.length_scale,
         cpu_threads=config.tts.cpu_threads,
@@ -95,5 +95,7 @@ def load_engines(config: Config) -> Engines:
         max_workers=config.inference.pool_threads, thread_name_prefix="inference"
     )
     load_s = time.perf_counter() - started
-    log.info("engines_loaded", stt=config.stt.engine, stt_model=str(stt_dir), load_s=round(load_s, 2))
+    log.info(
+        "engines_loaded", stt=config.stt.engine, stt_model=str(stt_dir), load_s=round(load_s, 2)
+    )
     return Engines(vad=vad, stt=stt, tts=tts, pool=pool, load_s=load_s)

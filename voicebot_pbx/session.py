@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -33,6 +34,7 @@ from voicebot_pbx.stt import SttResult
 from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 from voicebot_pbx.turns import (
     BargeIn,
+    PauseStarted,
     TurnAction,
     TurnConfig,
     TurnTaker,
@@ -41,6 +43,7 @@ from voicebot_pbx.turns import (
 )
 
 log = structlog.get_logger("voicebot_pbx.session")
+T = TypeVar("T")
 
 # Replies longer than this are not kept in the TTS cache (they are rarely repeated).
 _CACHEABLE_TEXT_CHARS = 300
@@ -68,7 +71,29 @@ class _Audio:
 @dataclass(frozen=True, slots=True)
 class _Finish:
     turn_id: int
+    pause_id: int
     speech_end_at: float  # loop time
+
+
+@dataclass(frozen=True, slots=True)
+class _Speculate:
+    turn_id: int
+    pause_id: int
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Speculation:
+    turn_id: int
+    pause_id: int
+    result: SttResult
+
+
+class BatchTranscriber(Protocol):
+    """An engine that transcribes a whole utterance at once (Whisper): it can transcribe
+    speculatively at a pause, so the end of the turn finds the transcript (nearly) ready."""
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult: ...
 
 
 class CallSession:
@@ -93,8 +118,15 @@ class CallSession:
             )
         )
         self._group: asyncio.TaskGroup | None = None
-        self._stt_queue: asyncio.Queue[_Audio | _Finish] = asyncio.Queue(_STT_QUEUE_ITEMS)
+        self._stt_queue: asyncio.Queue[_Audio | _Finish | _Speculate] = asyncio.Queue(
+            _STT_QUEUE_ITEMS
+        )
         self._utterance_open = False
+        # The utterance so far (for speculative transcription at pauses).
+        self._utterance_pcm = bytearray()
+        self._speculation: _Speculation | None = None
+        transcribe = getattr(shared.engines.stt, "transcribe", None)
+        self._batch: BatchTranscriber | None = shared.engines.stt if callable(transcribe) else None  # type: ignore[assignment]
         # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
         self._recent: deque[tuple[float, bytes]] = deque(maxlen=100)
         self._fed_s = 0.0
@@ -190,6 +222,8 @@ class CallSession:
         match action:
             case UtteranceStarted(turn_id, onset_s):
                 self._utterance_open = True
+                self._utterance_pcm.clear()
+                self._speculation = None
                 start_s = onset_s - self.config.vad.lookback_ms / 1000.0
                 for end_s, pcm in self._recent:
                     if end_s > start_s:
@@ -202,7 +236,10 @@ class CallSession:
             case UtteranceEnded(turn_id, speech_end_s, _decided_s):
                 self._utterance_open = False
                 speech_end_at = self._to_loop_time(speech_end_s, frame_at)
-                self._put_stt(_Finish(turn_id, speech_end_at))
+                self._put_stt(_Finish(turn_id, self.turns.pause_id, speech_end_at))
+            case PauseStarted(turn_id, pause_id, _since_s):
+                if self._batch is not None:
+                    self._put_stt(_Speculate(turn_id, pause_id, bytes(self._utterance_pcm)))
             case BargeIn(turn_id, _onset_s, _decided_s):
                 log.info("barge_in", turn_id=turn_id)
                 if self._reply_turn is not None:
@@ -210,42 +247,78 @@ class CallSession:
                 self._interrupt()
 
     def _feed_stt(self, pcm: bytes) -> None:
-        self._put_stt(_Audio(pcm))
+        if self._batch is not None:
+            self._utterance_pcm += pcm
+        else:
+            self._put_stt(_Audio(pcm))
 
-    def _put_stt(self, item: _Audio | _Finish) -> None:
+    def _put_stt(self, item: _Audio | _Finish | _Speculate) -> None:
         try:
             self._stt_queue.put_nowait(item)
         except asyncio.QueueFull:
             log.warning("stt_queue_full")
 
     async def _stt_worker(self) -> None:
-        stt_timeout_s = self.config.stt.timeout_s
+        loop = asyncio.get_running_loop()
         while True:
-            item = await self._stt_queue.get()
-            if isinstance(item, _Audio):
-                chunks = [item.pcm]
-                finish: _Finish | None = None
-                while not self._stt_queue.empty():
-                    nxt = self._stt_queue.get_nowait()
-                    if isinstance(nxt, _Finish):
-                        finish = nxt
-                        break
-                    chunks.append(nxt.pcm)
-                pcm = b"".join(chunks)
-                await self.engines.run(
-                    "stt", stt_timeout_s, functools.partial(self.stt.accept, pcm)
-                )
-                if finish is None:
+            items = [await self._stt_queue.get()]
+            while not self._stt_queue.empty():
+                items.append(self._stt_queue.get_nowait())
+            audio: list[bytes] = []
+            for item in items:
+                if isinstance(item, _Audio):
+                    # Streaming engine: one call for whatever audio queued up.
+                    audio.append(item.pcm)
                     continue
-                item = finish
-            loop = asyncio.get_running_loop()
-            try:
-                result = await self.engines.run("stt", stt_timeout_s, self.stt.finish)
-            except EngineTimeout as exc:
-                log.warning("stt_timeout", timeout_s=exc.timeout_s)
-                result = SttResult("", None)
-                self.record.errors.append("stt_timeout")
-            self._on_transcript(item.turn_id, result, item.speech_end_at, loop.time())
+                if audio:
+                    await self._stt_call(functools.partial(self.stt.accept, b"".join(audio)))
+                    audio = []
+                await self._stt_command(item, loop)
+            if audio:
+                await self._stt_call(functools.partial(self.stt.accept, b"".join(audio)))
+
+    async def _stt_command(
+        self, item: _Finish | _Speculate, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        match item:
+            case _Speculate(turn_id, pause_id, pcm):
+                if self._is_stale_pause(turn_id, pause_id):
+                    return
+                assert self._batch is not None
+                batch = self._batch
+                result = await self._stt_call(
+                    functools.partial(batch.transcribe, pcm, self.rate_hz)
+                )
+                if result is not None:
+                    self._speculation = _Speculation(turn_id, pause_id, result)
+            case _Finish(turn_id, pause_id, speech_end_at):
+                spec = self._speculation
+                if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
+                    result = spec.result
+                elif self._batch is not None:
+                    batch = self._batch
+                    pcm = bytes(self._utterance_pcm)
+                    result = await self._stt_call(
+                        functools.partial(batch.transcribe, pcm, self.rate_hz)
+                    )
+                else:
+                    result = await self._stt_call(self.stt.finish)
+                self._speculation = None
+                self._utterance_pcm.clear()
+                self._on_transcript(
+                    turn_id, result or SttResult("", None), speech_end_at, loop.time()
+                )
+
+    def _is_stale_pause(self, turn_id: int, pause_id: int) -> bool:
+        return (turn_id, pause_id) != (self.turns.turn_id, self.turns.pause_id)
+
+    async def _stt_call(self, fn: Callable[[], T]) -> T | None:
+        try:
+            return await self.engines.run("stt", self.config.stt.timeout_s, fn)
+        except EngineTimeout as exc:
+            log.warning("stt_timeout", timeout_s=exc.timeout_s)
+            self.record.errors.append("stt_timeout")
+            return None
 
     def _on_transcript(
         self, turn_id: int, result: SttResult, speech_end_at: float, now: float

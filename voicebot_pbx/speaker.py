@@ -17,7 +17,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import structlog
+
 from voicebot_pbx.audio import FRAME_MS, Reframer, frame_bytes
+
+log = structlog.get_logger("voicebot_pbx.speaker")
 
 WriteFrame = Callable[[bytes, bool], Awaitable[None]]
 """Writes one frame to the wire: ``(pcm, is_silence)``."""
@@ -135,7 +139,12 @@ class Speaker:
             item = self._queue.popleft()
             if isinstance(item, Marker):
                 if item.generation == self._generation:
-                    item.callback(now_s)
+                    try:
+                        item.callback(now_s)
+                    except Exception:
+                        # A session bug must not stop the pacer: the call would go silent
+                        # and Asterisk hangs up after 2 s without frames.
+                        log.exception("marker_callback_failed")
                 continue
             self._queued_frames -= 1
             if self._queued_frames < self._max_buffered_frames:

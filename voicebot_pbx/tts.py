@@ -109,6 +109,7 @@ class PiperTts:
         from piper import PiperConfig, PiperVoice
 
         self.model_path = Path(model_path)
+        self._model_size = self.model_path.stat().st_size
         self.config_path = (
             Path(config_path)
             if config_path
@@ -132,8 +133,12 @@ class PiperTts:
 
     @property
     def voice_id(self) -> str:
-        """Identifies the sound of this voice + settings (for audio cache keys)."""
-        return f"{self.model_path.name}|volume={self.volume:g}|length_scale={self.length_scale:g}"
+        """Identifies the sound of this voice + settings (for audio cache keys): file name and
+        size (a different voice saved under the same name almost surely differs in size)."""
+        return (
+            f"{self.model_path.name}|{self._model_size}|volume={self.volume:g}"
+            f"|length_scale={self.length_scale:g}"
+        )
 
     def synthesize(
         self, text: str, rate_hz: int, cancel: threading.Event | None = None

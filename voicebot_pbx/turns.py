@@ -24,7 +24,7 @@ class TurnConfig:
     threshold: float = 0.5
     neg_threshold: float = 0.35
     min_speech_ms: int = 160
-    end_silence_ms: int = 400
+    end_silence_ms: int = 300
     lookback_ms: int = 300
     barge_in_min_speech_ms: int = 200
     barge_in_threshold: float = 0.6
@@ -50,7 +50,21 @@ class BargeIn:
     decided_s: float
 
 
-TurnAction = UtteranceStarted | UtteranceEnded | BargeIn
+@dataclass(frozen=True, slots=True)
+class PauseStarted:
+    """The caller stopped talking (first silent window); the turn may or may not be over.
+
+    The session can start a speculative transcription of the audio so far, so little is
+    left to do if the pause becomes the end of the turn. ``pause_id`` increases with every
+    pause; a result for an older pause is stale.
+    """
+
+    turn_id: int
+    pause_id: int
+    since_s: float
+
+
+TurnAction = UtteranceStarted | UtteranceEnded | BargeIn | PauseStarted
 
 
 class TurnTaker:
@@ -67,10 +81,16 @@ class TurnTaker:
         self._onset_s: float | None = None
         self._bot_speaking = False
         self._barged = False
+        self._pause_id = 0
+        self._in_pause = False
 
     @property
     def turn_id(self) -> int:
         return self._turn_id
+
+    @property
+    def pause_id(self) -> int:
+        return self._pause_id
 
     @property
     def caller_speaking(self) -> bool:
@@ -104,9 +124,16 @@ class TurnTaker:
                 actions.append(UtteranceStarted(self._turn_id, at_s))
             case SpeechEnded(at_s, speech_end_s):
                 self._onset_s = None
+                self._in_pause = False
                 actions.append(UtteranceEnded(self._turn_id, speech_end_s, at_s))
             case None:
-                pass
+                silence_since_s = self._endpointer.silence_since_s
+                if silence_since_s is None:
+                    self._in_pause = False
+                elif not self._in_pause:
+                    self._in_pause = True
+                    self._pause_id += 1
+                    actions.append(PauseStarted(self._turn_id, self._pause_id, silence_since_s))
         if (
             self._bot_speaking
             and not self._barged

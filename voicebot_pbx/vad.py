@@ -204,6 +204,11 @@ class Endpointer:
         """True between SpeechStarted and SpeechEnded."""
         return self._in_speech
 
+    @property
+    def silence_since_s(self) -> float | None:
+        """While in speech: start of the current run of silent windows (a pending end)."""
+        return self._silence_start_s if self._in_speech else None
+
     def set_threshold(self, threshold: float, neg_threshold: float | None = None) -> None:
         """Change thresholds now; ``neg_threshold`` defaults to ``threshold - 0.15``."""
         if neg_threshold is None:

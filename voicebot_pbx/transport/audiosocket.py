@@ -98,6 +98,8 @@ class AudioSocketCall:
             log.warning("bad_input", reason=exc.reason, detail=exc.detail, peer=self.peer)
         except TimeoutError:
             reason = "read_timeout"
+        except ConnectionResetError:
+            reason = "caller_hangup"  # a peer closing with unread data resets the connection
         except (ConnectionError, OSError) as exc:
             reason = f"connection_error:{type(exc).__name__}"
         finally:

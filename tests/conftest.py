@@ -1,0 +1,70 @@
+"""Shared fixtures: real engines loaded once per test session, a live bot on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from voicebot_pbx.config import Config
+from voicebot_pbx.engines import Engines
+from voicebot_pbx.session import Shared
+from voicebot_pbx.transport.audiosocket import AudioSocketServer
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RASA_TELEMETRY_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def engines() -> Iterator[Engines]:
+    """The real models (silero, Whisper tiny.en, Piper joe), loaded once."""
+    from voicebot_pbx.config import load_config
+    from voicebot_pbx.engines import load_engines
+    from voicebot_pbx.service import warm_stt
+
+    loaded = load_engines(load_config())
+    warm_stt(loaded)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="session")
+def tts_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tts-cache")
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    engines: Engines,
+    config: Config,
+    cache_dir: Path,
+    state_dir: Path,
+) -> AsyncIterator[tuple[AudioSocketServer, Shared]]:
+    """Start the AudioSocket server with a real session on a free port; yield (server, shared)."""
+    from voicebot_pbx.prompts import ClipLibrary, TtsCache
+    from voicebot_pbx.records import JsonlRecorder
+    from voicebot_pbx.service import build_dialogue, warm_tts_cache
+    from voicebot_pbx.session import make_handler
+
+    dialogue, texts = build_dialogue(config)
+    cache = TtsCache(engines.tts.voice_id, cache_dir)
+    await asyncio.to_thread(warm_tts_cache, engines, cache, texts)
+    shared = Shared(
+        config=config,
+        engines=engines,
+        dialogue=dialogue,
+        tts_cache=cache,
+        clips=ClipLibrary({}),
+        recorder=JsonlRecorder(state_dir / "calls.jsonl"),
+    )
+    server = AudioSocketServer(config.server, make_handler(shared))
+    await server.start()
+    try:
+        yield server, shared
+    finally:
+        await server.close()

@@ -1,0 +1,181 @@
+"""config.py: defaults without a file, errors that name the key and the file, masking."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from voicebot_pbx.config import (
+    Config,
+    ConfigError,
+    ServerConfig,
+    as_dict,
+    load_config,
+    parse_config,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO_ROOT / "voicebot.example.toml"
+
+
+@pytest.fixture(autouse=True)
+def _no_env_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOICEBOT_CONFIG", raising=False)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "voicebot.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_load_without_a_file() -> None:
+    config = load_config()
+    assert config == Config()
+    assert config.server == ServerConfig()
+    assert config.server.port == 9092
+    assert config.server.default_rate_hz == 8000
+
+
+def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[server]\nport = 9100\n")
+    monkeypatch.setenv("VOICEBOT_CONFIG", str(path))
+    assert load_config().server.port == 9100
+
+
+def test_values_are_read_and_frozen(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, '[server]\nhost = "::1"\nmax_calls = 4\nwrite_timeout_s = 1\n')
+    )
+    assert config.server.host == "::1"
+    assert config.server.max_calls == 4
+    assert config.server.write_timeout_s == 1.0
+    assert isinstance(config.server.write_timeout_s, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("bogus = 1\n", "'bogus'"),
+        ("[server]\nprot = 9092\n", "'server.prot'"),
+        ("[nosuchsection]\nx = 1\n", "'nosuchsection'"),
+        (
+            '[[dialogue.rules]]\nkeywords = ["hi"]\nreply = "hello"\nthen_do = "hangup"\n',
+            "'dialogue.rules[0].then_do'",
+        ),
+    ],
+)
+def test_unknown_key_names_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "unknown key" in message
+    assert key in message
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[server]\nport = "9092"\n', "server.port"),
+        ("[server]\nport = true\n", "server.port"),  # bool is not an int here
+        ("[server]\nport = 9092.5\n", "server.port"),
+        ('[server]\nwrite_timeout_s = "2"\n', "server.write_timeout_s"),
+        ("[server]\nhost = 127\n", "server.host"),
+        ('[stt]\nengine = "kaldi"\n', "stt.engine"),
+        ('[dialogue]\nrules = "none"\n', "dialogue.rules"),
+        ('[[dialogue.rules]]\nkeywords = "hi"\nreply = "x"\n', "dialogue.rules[0].keywords"),
+        ("server = 5\n", "server"),
+    ],
+)
+def test_wrong_type_names_the_key_and_the_file(tmp_path: Path, text: str, key: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert key in message
+
+
+def test_invalid_values_are_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\ndefault_rate_hz = 44100\nmax_calls = 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert "server.default_rate_hz" in str(info.value)
+    assert "server.max_calls" in str(info.value)
+
+
+def test_missing_file_and_bad_toml_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match="nope.toml"):
+        load_config(missing)
+    broken = write(tmp_path, "[server\nport = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(broken)
+    assert str(broken) in str(info.value)
+
+
+def test_parse_config_reports_its_source() -> None:
+    with pytest.raises(ConfigError, match=r"^inline: unknown key 'x'"):
+        parse_config({"x": 1}, "inline")
+
+
+@pytest.mark.skipif(
+    not EXAMPLE.exists(),
+    reason="voicebot.example.toml is not written yet (the lead adds it at the repo root)",
+)
+def test_example_file_loads() -> None:
+    config = load_config(EXAMPLE)
+    assert isinstance(config, Config)
+
+
+# --- masking --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Llm:
+    api_key: str = ""
+    max_tokens: int = 256
+    api_key_env: str = "VOICEBOT_LLM_API_KEY"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _WithSecrets:
+    password: str = "hunter2"
+    client_secret: str = "s3cr3t"
+    auth_token: str = "tok"
+    empty_password: str = ""
+    host: str = "example.invalid"
+    llm: _Llm = dataclasses.field(default_factory=lambda: _Llm(api_key="sk-123"))
+
+
+def test_as_dict_masks_secrets_and_only_secrets() -> None:
+    shown = as_dict(_WithSecrets())
+    assert shown == {
+        "password": "********",
+        "client_secret": "********",
+        "auth_token": "********",
+        "empty_password": "",  # unset: shown as unset, nothing to hide
+        "host": "example.invalid",
+        "llm": {
+            "api_key": "********",
+            "max_tokens": 256,  # a count, not a token
+            "api_key_env": "VOICEBOT_LLM_API_KEY",  # the NAME of an env var, not its value
+        },
+    }
+    assert as_dict(_WithSecrets(), mask_secrets=False)["llm"]["api_key"] == "sk-123"
+
+
+def test_as_dict_of_the_real_config_round_trips() -> None:
+    data = as_dict(Config())
+    assert data["server"]["port"] == 9092
+    assert isinstance(data["dialogue"]["rules"], list)
+    assert data["dialogue"]["rules"][0]["keywords"]
+    # Everything as_dict shows can be loaded back (tuples shown as lists).
+    assert parse_config(data, "round-trip") == Config()

@@ -1,0 +1,441 @@
+"""Speaker: the pacer and its queue, run in virtual time (deterministic, no real sleeping).
+
+``VirtualTimeLoop`` is an asyncio loop whose clock only moves when every task is waiting:
+``select(timeout)`` polls without blocking and then jumps the clock forward by ``timeout``.
+The Speaker reads ``loop.time()``, so ``asyncio.sleep`` and the pacer's absolute deadlines
+run exactly as in real time, only instantly. A "CPU stall" is ``loop.stall(s)``: the clock
+jumps while a callback runs, as when the process is descheduled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import pytest
+from structlog.testing import capture_logs
+
+from voicebot_pbx.speaker import Speaker
+
+T = TypeVar("T")
+FRAME_S = 0.02
+EPS = 1e-6
+
+
+class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        events = super().select(0)
+        if not events:
+            if timeout is None:
+                raise RuntimeError("virtual time: every task waits and no timer is set")
+            self.now += max(0.0, timeout)
+        return events
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    def __init__(self) -> None:
+        self._virtual = _VirtualSelector()
+        super().__init__(self._virtual)
+
+    def time(self) -> float:
+        return self._virtual.now
+
+    def stall(self, seconds: float) -> None:
+        self._virtual.now += seconds
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
+        return runner.run(main())
+
+
+def loop() -> VirtualTimeLoop:
+    current = asyncio.get_running_loop()
+    assert isinstance(current, VirtualTimeLoop)
+    return current
+
+
+class Wire:
+    """A fake ``write``: records (time, pcm, is_silence); optional per-frame behaviour."""
+
+    def __init__(self, on_write: Callable[[int], Awaitable[None]] | None = None) -> None:
+        self.frames: list[tuple[float, bytes, bool]] = []
+        self._on_write = on_write
+
+    async def __call__(self, pcm: bytes, is_silence: bool) -> None:
+        self.frames.append((asyncio.get_running_loop().time(), pcm, is_silence))
+        if self._on_write is not None:
+            await self._on_write(len(self.frames) - 1)
+
+    @property
+    def times(self) -> list[float]:
+        return [t for t, _, _ in self.frames]
+
+    def gaps(self) -> list[float]:
+        times = self.times
+        return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+    def audio(self) -> list[bytes]:
+        return [pcm for _, pcm, silent in self.frames if not silent]
+
+
+async def pace_for(speaker: Speaker, wire: Wire, seconds: float) -> None:
+    task = asyncio.create_task(speaker.run(wire))
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def frame(value: int, size: int = 320) -> bytes:
+    """A recognisable non-silent frame."""
+    return bytes([value & 0xFF, 0x10]) * (size // 2)
+
+
+def has_burst(times: list[float], run_frames: int = 3, within_s: float = 0.002) -> bool:
+    """True when ``run_frames`` consecutive frames were written within ``within_s``."""
+    return any(
+        times[i + run_frames - 1] - times[i] < within_s for i in range(len(times) - run_frames + 1)
+    )
+
+
+# --- idle -------------------------------------------------------------------------------------
+
+
+def test_silence_when_idle_one_frame_per_tick() -> None:
+    async def main() -> Wire:
+        wire = Wire()
+        await pace_for(Speaker(8000), wire, 1.01)
+        return wire
+
+    wire = run(main)
+    assert len(wire.frames) == 51  # t = 0, 0.02, ..., 1.00
+    assert all(silent and pcm == bytes(320) for _, pcm, silent in wire.frames)
+    assert all(t == pytest.approx(i * FRAME_S, abs=EPS) for i, t in enumerate(wire.times))
+
+
+def test_silence_frames_follow_the_rate() -> None:
+    async def main() -> Wire:
+        speaker = Speaker(8000)
+        speaker.set_rate(16000)
+        wire = Wire()
+        await pace_for(speaker, wire, 0.05)
+        return wire
+
+    assert {len(pcm) for _, pcm, _ in run(main).frames} == {640}
+
+
+def test_set_rate_refused_while_audio_is_queued() -> None:
+    speaker = Speaker(8000)
+    speaker.enqueue(frame(1), speaker.generation)
+    with pytest.raises(RuntimeError):
+        speaker.set_rate(16000)
+
+
+# --- queue ------------------------------------------------------------------------------------
+
+
+def test_frames_play_in_order_then_silence() -> None:
+    async def main() -> tuple[Wire, Speaker]:
+        speaker = Speaker(8000)
+        generation = speaker.generation
+        # Fed in odd-sized pieces: the speaker reframes.
+        pcm = b"".join(frame(i) for i in range(1, 6))
+        for start in range(0, len(pcm), 123):
+            assert speaker.enqueue(pcm[start : start + 123], generation)
+        assert speaker.buffered_s == pytest.approx(5 * FRAME_S)
+        assert speaker.busy
+        wire = Wire()
+        await pace_for(speaker, wire, 0.21)
+        return wire, speaker
+
+    wire, speaker = run(main)
+    assert wire.audio() == [frame(i) for i in range(1, 6)]
+    assert [silent for _, _, silent in wire.frames[:5]] == [False] * 5
+    assert all(silent for _, _, silent in wire.frames[5:])
+    assert not speaker.busy
+    assert speaker.audio_frames_written == 5
+    assert speaker.frames_written == len(wire.frames)
+
+
+def test_end_segment_pads_the_last_partial_frame() -> None:
+    speaker = Speaker(8000)
+    generation = speaker.generation
+    speaker.enqueue(b"\x01\x02" * 50, generation)
+    assert speaker.busy and speaker.buffered_s == 0  # a partial frame waits for more
+    assert speaker.end_segment(generation)
+
+    async def main() -> Wire:
+        wire = Wire()
+        await pace_for(speaker, wire, 0.01)
+        return wire
+
+    assert run(main).audio() == [b"\x01\x02" * 50 + bytes(220)]
+
+
+# --- interrupt and generations -----------------------------------------------------------------
+
+
+def test_interrupt_drops_everything_at_once() -> None:
+    async def main() -> tuple[Wire, Speaker, float]:
+        speaker = Speaker(8000)
+        generation = speaker.generation
+        speaker.enqueue(b"".join(frame(i) for i in range(50)) + b"\x05\x05" * 30, generation)
+        wire = Wire()
+        interrupted_at: list[float] = []
+
+        def barge_in() -> None:
+            interrupted_at.append(loop().time())
+            new_generation = speaker.interrupt()
+            assert new_generation == generation + 1
+            assert not speaker.busy and speaker.buffered_s == 0
+
+        loop().call_at(0.105, barge_in)  # between two ticks, from outside the pacer
+        await pace_for(speaker, wire, 0.5)
+        return wire, speaker, interrupted_at[0]
+
+    wire, speaker, at = run(main)
+    before = [f for f in wire.frames if f[0] < at]
+    after = [f for f in wire.frames if f[0] > at]
+    assert [pcm for _, pcm, _ in before] == [frame(i) for i in range(6)]
+    assert after and all(silent for _, _, silent in after)  # nothing of the old reply
+    assert speaker.generation == 1
+
+
+def test_stale_generation_is_rejected() -> None:
+    speaker = Speaker(8000)
+    old = speaker.generation
+    new = speaker.interrupt()
+    fired: list[float] = []
+    assert not speaker.enqueue(frame(1), old)
+    assert not speaker.end_segment(old)
+    assert not speaker.mark(fired.append, old)
+    assert not speaker.busy and speaker.buffered_s == 0
+    assert speaker.enqueue(frame(2), new)
+
+    async def main() -> Wire:
+        wire = Wire()
+        await pace_for(speaker, wire, 0.05)
+        return wire
+
+    assert run(main).audio() == [frame(2)]
+    assert fired == []
+
+
+def test_interrupt_drops_a_partial_frame_too() -> None:
+    speaker = Speaker(8000)
+    speaker.enqueue(b"\x07\x07" * 10, speaker.generation)
+    new = speaker.interrupt()
+    assert not speaker.busy
+    speaker.end_segment(new)
+    assert speaker.buffered_s == 0
+
+
+# --- markers --------------------------------------------------------------------------------
+
+
+def test_markers_fire_in_order_when_the_pacer_reaches_them() -> None:
+    async def main() -> list[tuple[str, Any, float]]:
+        speaker = Speaker(8000)
+        events: list[tuple[str, Any, float]] = []
+
+        async def on_write(index: int) -> None:
+            _, pcm, silent = wire.frames[index]
+            events.append(("frame", None if silent else pcm[0], loop().time()))
+
+        wire = Wire(on_write)
+        g = speaker.generation
+        speaker.mark(lambda t: events.append(("mark", "start", t)), g)
+        speaker.enqueue(frame(1) + frame(2) + frame(3), g)
+        speaker.mark(lambda t: events.append(("mark", "a_done", t)), g)
+        speaker.enqueue(frame(4) + b"\x04\x04", g)  # a partial frame: mark pads it
+        speaker.mark(lambda t: events.append(("mark", "b_done", t)), g)
+        await pace_for(speaker, wire, 0.13)
+        return events
+
+    events = run(main)
+    assert events[:9] == [
+        ("mark", "start", pytest.approx(0.0)),
+        ("frame", 1, pytest.approx(0.0)),
+        ("frame", 2, pytest.approx(0.02)),
+        ("frame", 3, pytest.approx(0.04)),
+        ("mark", "a_done", pytest.approx(0.06)),  # all of segment a is on the wire
+        ("frame", 4, pytest.approx(0.06)),
+        ("frame", 4, pytest.approx(0.08)),  # the padded partial frame
+        ("mark", "b_done", pytest.approx(0.10)),
+        ("frame", None, pytest.approx(0.10)),
+    ]
+    assert [e[1] for e in events if e[0] == "mark"] == ["start", "a_done", "b_done"]
+
+
+def test_markers_never_fire_after_interrupt() -> None:
+    async def main() -> tuple[list[str], Wire]:
+        speaker = Speaker(8000)
+        fired: list[str] = []
+        g = speaker.generation
+        speaker.enqueue(b"".join(frame(i) for i in range(10)), g)
+        speaker.mark(lambda t: fired.append("old_end"), g)
+        wire = Wire()
+
+        def barge_in() -> None:
+            new = speaker.interrupt()
+            speaker.enqueue(frame(99), new)
+            speaker.mark(lambda t: fired.append("new_end"), new)
+
+        loop().call_at(0.05, barge_in)
+        await pace_for(speaker, wire, 0.5)
+        return fired, wire
+
+    fired, wire = run(main)
+    assert fired == ["new_end"]
+    assert wire.audio()[-1] == frame(99)
+
+
+def test_a_failing_marker_callback_does_not_stop_the_pacer() -> None:
+    def boom(_t: float) -> None:
+        raise RuntimeError("session bug")
+
+    async def main() -> Wire:
+        speaker = Speaker(8000)
+        g = speaker.generation
+        speaker.enqueue(frame(1), g)
+        speaker.mark(boom, g)
+        speaker.enqueue(frame(2), g)
+        wire = Wire()
+        await pace_for(speaker, wire, 0.21)
+        return wire
+
+    with capture_logs() as logs:
+        wire = run(main)
+    assert wire.audio() == [frame(1), frame(2)]
+    assert len(wire.frames) == 11  # still one frame per tick
+    assert [e["event"] for e in logs] == ["marker_callback_failed"]
+
+
+# --- pacing: absolute deadline, no drift, no catch-up burst ---------------------------------
+
+
+def test_slow_writes_do_not_drift() -> None:
+    # Each write takes 5 ms: a pacer sleeping a relative 20 ms would drift to 25 ms per frame.
+    async def slow(_index: int) -> None:
+        await asyncio.sleep(0.005)
+
+    async def main() -> Wire:
+        wire = Wire(slow)
+        await pace_for(Speaker(8000), wire, 10.001)
+        return wire
+
+    wire = run(main)
+    assert len(wire.frames) == 501
+    assert wire.times[-1] == pytest.approx(10.0, abs=EPS)
+    assert max(abs(g - FRAME_S) for g in wire.gaps()) < EPS
+
+
+@pytest.mark.parametrize("stall_s", [0.07, 0.2, 1.0])
+@pytest.mark.parametrize("kind", ["await", "cpu"])
+def test_stall_is_followed_by_a_re_anchor_not_a_burst(stall_s: float, kind: str) -> None:
+    async def stall_once(index: int) -> None:
+        if index == 10:
+            if kind == "await":
+                await asyncio.sleep(stall_s)  # e.g. drain() blocked on a full socket
+            else:
+                loop().stall(stall_s)  # the process was descheduled
+
+    async def main() -> tuple[Wire, Speaker]:
+        speaker = Speaker(8000)
+        speaker.enqueue(b"".join(frame(i) for i in range(200)), speaker.generation)
+        wire = Wire(stall_once)
+        await pace_for(speaker, wire, 2.001)
+        return wire, speaker
+
+    wire, speaker = run(main)
+    gaps = wire.gaps()
+    assert gaps[10] == pytest.approx(stall_s, abs=EPS)  # the stall itself
+    assert all(g == pytest.approx(FRAME_S, abs=EPS) for g in gaps[:10] + gaps[11:])
+    assert not has_burst(wire.times)
+    assert speaker.stalls == 1
+    # Frames lost to the stall are not made up: count == elapsed / 20 ms (+1 for t = 0).
+    assert len(wire.frames) == round((2.0 - stall_s) / FRAME_S) + 2
+    # Audio continues in order; nothing skipped, nothing repeated.
+    assert wire.audio() == [frame(i) for i in range(len(wire.frames))]
+
+
+def test_short_stall_keeps_the_original_grid() -> None:
+    # Late by less than a frame: write at once, then back on the absolute grid.
+    async def stall_once(index: int) -> None:
+        if index == 10:
+            await asyncio.sleep(0.03)
+
+    async def main() -> tuple[Wire, Speaker]:
+        speaker = Speaker(8000)
+        wire = Wire(stall_once)
+        await pace_for(speaker, wire, 1.001)
+        return wire, speaker
+
+    wire, speaker = run(main)
+    assert speaker.stalls == 0
+    assert wire.times[11] == pytest.approx(0.23, abs=EPS)
+    assert all(t == pytest.approx(i * FRAME_S, abs=EPS) for i, t in enumerate(wire.times) if i > 11)
+    assert not has_burst(wire.times)
+
+
+def test_burst_detector_can_fail() -> None:
+    assert has_burst([0.0, 0.02, 0.0201, 0.0202, 0.06])
+    assert not has_burst([0.0, 0.02, 0.0201, 0.04, 0.06])
+
+
+# --- back-pressure ----------------------------------------------------------------------------
+
+
+def test_wait_for_room_blocks_until_the_pacer_drains() -> None:
+    async def main() -> tuple[float, int]:
+        speaker = Speaker(8000, max_buffered_s=0.1)  # 5 frames
+        g = speaker.generation
+        assert speaker.enqueue(b"".join(frame(i) for i in range(8)), g)
+        assert speaker.buffered_s == pytest.approx(0.16)
+        waiter = asyncio.create_task(speaker.wait_for_room())
+        await asyncio.sleep(0.001)
+        assert not waiter.done()  # full: the producer must wait
+        wire = Wire()
+        pacer = asyncio.create_task(speaker.run(wire))
+        await waiter
+        woke_at = loop().time()
+        written = len(wire.frames)
+        pacer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pacer
+        return woke_at, written
+
+    woke_at, written = run(main)
+    # 8 queued, room below 5: after the 4th frame (written at 0.001 + 3 * 20 ms).
+    assert written == 4
+    assert woke_at == pytest.approx(0.061, abs=EPS)
+
+
+def test_interrupt_releases_a_waiting_producer() -> None:
+    async def main() -> bool:
+        speaker = Speaker(8000, max_buffered_s=0.1)
+        speaker.enqueue(bytes(range(256)) * 20, speaker.generation)
+        waiter = asyncio.create_task(speaker.wait_for_room())
+        await asyncio.sleep(0.01)
+        blocked = not waiter.done()
+        speaker.interrupt()
+        await asyncio.wait_for(waiter, 0.001)
+        return blocked
+
+    assert run(main)
+
+
+def test_room_is_free_below_the_limit() -> None:
+    async def main() -> None:
+        speaker = Speaker(8000, max_buffered_s=0.1)
+        speaker.enqueue(frame(1) * 4, speaker.generation)
+        await asyncio.wait_for(speaker.wait_for_room(), 0.001)
+
+    run(main)
