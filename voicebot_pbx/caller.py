@@ -22,6 +22,9 @@ from voicebot_pbx.audio import FRAME_MS, frame_bytes, rms_dbfs, split_frames
 from voicebot_pbx.protocol import audiosocket as wire
 
 SPEECH_FLOOR_DBFS = -50.0
+# A quiet run this long (300 ms) means the bot stopped; pauses between Piper's sentences
+# are shorter (measured: at most ~240 ms).
+QUIET_FRAMES = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +54,9 @@ class TurnTiming:
     speech_start_s: float
     speech_end_s: float
     first_reply_frame_s: float | None = None
-    # Barge-in: the bot's last old-reply frame, and any non-silent frame after it while the
-    # caller was still talking (stale frames; must be zero).
+    # Barge-in: when the bot went quiet (start of a quiet run of QUIET_FRAMES) while the
+    # caller talked, and any non-silent frame after that before the caller finished
+    # (stale frames; must be zero).
     bot_silent_s: float | None = None
     stale_frames: int = 0
 
@@ -133,10 +137,13 @@ class SimulatedCaller:
         self._last_voice_s: float | None = None
         self._voice_event = asyncio.Event()
         self._closed = asyncio.Event()
+        self._hanging_up = False  # we (the caller) closed first: EOF after it is not the bot's
         self._tick = 0
         self._origin_s = 0.0
         self._writer: asyncio.StreamWriter | None = None
         self._open_turn: TurnTiming | None = None
+        self._quiet_since_s: float | None = None
+        self._quiet_frames = 0
 
     # --- receiving -------------------------------------------------------------------
 
@@ -163,7 +170,7 @@ class SimulatedCaller:
         except (ConnectionError, OSError):
             pass
         finally:
-            self.result.closed_by_bot = True
+            self.result.closed_by_bot = not self._hanging_up
             self._closed.set()
 
     def _on_bot_frame(self, pcm: bytes, now_s: float) -> None:
@@ -173,20 +180,29 @@ class SimulatedCaller:
         if voiced:
             self._last_voice_s = now_s
             self._voice_event.set()
+            self._quiet_since_s = None
+            self._quiet_frames = 0
+        else:
+            if self._quiet_since_s is None:
+                self._quiet_since_s = now_s
+            self._quiet_frames += 1
         turn = self._open_turn
         if turn is None:
             return
-        if turn.bot_silent_s is not None and now_s < turn.speech_end_s and voiced:
-            turn.stale_frames += 1
-        if voiced and turn.first_reply_frame_s is None and now_s >= turn.speech_end_s:
-            turn.first_reply_frame_s = now_s
-        if (
-            not voiced
-            and turn.bot_silent_s is None
-            and now_s >= turn.speech_start_s
-            and now_s < turn.speech_end_s
+        if voiced:
+            if turn.bot_silent_s is not None and now_s < turn.speech_end_s:
+                turn.stale_frames += 1
+            if turn.first_reply_frame_s is None and now_s >= turn.speech_end_s:
+                turn.first_reply_frame_s = now_s
+        elif (
+            turn.bot_silent_s is None
+            and self._quiet_frames >= QUIET_FRAMES
+            and self._quiet_since_s is not None
+            and turn.speech_start_s <= now_s < turn.speech_end_s
         ):
-            turn.bot_silent_s = now_s
+            # The bot has been quiet for a while (longer than the pauses inside a reply):
+            # it stopped when that quiet run began.
+            turn.bot_silent_s = max(self._quiet_since_s, turn.speech_start_s)
 
     # --- sending ---------------------------------------------------------------------
 
@@ -295,6 +311,7 @@ class SimulatedCaller:
                 await self._idle(hangup_after_s)
         finally:
             self._open_turn = None
+            self._hanging_up = not self._closed.is_set()
             with contextlib.suppress(ConnectionError, OSError):
                 writer.close()
                 async with asyncio.timeout(2.0):

@@ -43,7 +43,10 @@ class VadConfig:
     threshold: float = 0.5
     neg_threshold: float = 0.35
     min_speech_ms: int = 160
-    end_silence_ms: int = 300
+    # The turn ends after end_silence_ms of silence when the transcript (made speculatively
+    # at the pause) looks complete, else after end_silence_max_ms.
+    end_silence_ms: int = 200
+    end_silence_max_ms: int = 700
     lookback_ms: int = 300
     # Caller speech needed while the bot talks before the bot stops (barge-in).
     barge_in_min_speech_ms: int = 200
@@ -261,6 +264,8 @@ def _validate(config: Config, source: str) -> None:
         problems.append("server.max_calls must be at least 1")
     if not 0.0 < config.vad.neg_threshold <= config.vad.threshold < 1.0:
         problems.append("vad thresholds need 0 < neg_threshold <= threshold < 1")
+    if config.vad.end_silence_max_ms < config.vad.end_silence_ms:
+        problems.append("vad.end_silence_max_ms must be >= vad.end_silence_ms")
     if config.inference.pool_threads < 1:
         problems.append("inference.pool_threads must be at least 1")
     for index, rule in enumerate(config.dialogue.rules):

@@ -30,7 +30,7 @@ from voicebot_pbx.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.engines import Engines, EngineTimeout
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.records import CallRecord, JsonlRecorder, TurnRecord
-from voicebot_pbx.stt import SttResult
+from voicebot_pbx.stt import SttResult, SttStream
 from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 from voicebot_pbx.turns import (
     BargeIn,
@@ -40,6 +40,7 @@ from voicebot_pbx.turns import (
     TurnTaker,
     UtteranceEnded,
     UtteranceStarted,
+    looks_complete,
 )
 
 log = structlog.get_logger("voicebot_pbx.session")
@@ -112,6 +113,7 @@ class CallSession:
                 neg_threshold=vad.neg_threshold,
                 min_speech_ms=vad.min_speech_ms,
                 end_silence_ms=vad.end_silence_ms,
+                end_silence_max_ms=vad.end_silence_max_ms,
                 lookback_ms=vad.lookback_ms,
                 barge_in_min_speech_ms=vad.barge_in_min_speech_ms,
                 barge_in_threshold=vad.barge_in_threshold,
@@ -130,6 +132,8 @@ class CallSession:
         # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
         self._recent: deque[tuple[float, bytes]] = deque(maxlen=100)
         self._fed_s = 0.0
+        self._last_window_s = 0.0
+        self._last_frame_at = 0.0
         self._reply_task: asyncio.Task[None] | None = None
         self._reply_seq = 0
         self._reply_started = False
@@ -140,6 +144,7 @@ class CallSession:
         self._dtmf_expect: int | None = None
         self._dtmf_task: asyncio.Task[None] | None = None
         self._tts_cancel: threading.Event | None = None
+        self.stt: SttStream | None = None
         self.rate_hz = media.rate_hz
 
     # --- lifecycle -------------------------------------------------------------------
@@ -150,7 +155,9 @@ class CallSession:
         self.rate_hz = await self.media.wait_for_rate(0.3)
         self.record.rate_hz = self.rate_hz
         self.vad = self.engines.vad.new_stream(self.rate_hz)
-        self.stt = self.engines.stt.new_stream(self.rate_hz)
+        # Batch engines (Whisper) get the utterance from the session; streaming engines
+        # (Vosk) get a stream per call, fed continuously.
+        self.stt = None if self._batch is not None else self.engines.stt.new_stream(self.rate_hz)
         log.info("session_started", rate_hz=self.rate_hz, dialogue=self.shared.dialogue.name)
         try:
             async with asyncio.TaskGroup() as group:
@@ -173,8 +180,9 @@ class CallSession:
             self.record.ended_at = time.time()
             if not self.record.end_reason:
                 self.record.end_reason = "error"
-            with contextlib.suppress(Exception):
-                self.stt.close()
+            if self.stt is not None:
+                with contextlib.suppress(Exception):
+                    self.stt.close()
             await self._write_record()
             with contextlib.suppress(Exception):
                 await self.shared.dialogue.end(self.call)
@@ -211,8 +219,24 @@ class CallSession:
         if self._utterance_open:
             self._feed_stt(pcm)
         for window_start_s, prob in self.vad.process_timed(pcm):
+            self._last_window_s = window_start_s
+            self._last_frame_at = event.at_s
             for action in self.turns.on_vad(prob, window_start_s):
                 self._apply(action, event.at_s)
+            self._maybe_end_early()
+
+    def _maybe_end_early(self) -> None:
+        """End the turn at the short silence if the speculative transcript looks complete."""
+        spec = self._speculation
+        if (
+            spec is None
+            or self._is_stale_pause(spec.turn_id, spec.pause_id)
+            or not looks_complete(spec.result.text)
+        ):
+            return
+        ended = self.turns.end_turn_early(self._last_window_s)
+        if ended is not None:
+            self._apply(ended, self._last_frame_at)
 
     def _to_loop_time(self, stream_s: float, frame_at: float) -> float:
         """Map VAD stream time to loop time using the frame that just arrived."""
@@ -270,11 +294,11 @@ class CallSession:
                     # Streaming engine: one call for whatever audio queued up.
                     audio.append(item.pcm)
                     continue
-                if audio:
+                if audio and self.stt is not None:
                     await self._stt_call(functools.partial(self.stt.accept, b"".join(audio)))
-                    audio = []
+                audio = []
                 await self._stt_command(item, loop)
-            if audio:
+            if audio and self.stt is not None:
                 await self._stt_call(functools.partial(self.stt.accept, b"".join(audio)))
 
     async def _stt_command(
@@ -291,6 +315,7 @@ class CallSession:
                 )
                 if result is not None:
                     self._speculation = _Speculation(turn_id, pause_id, result)
+                    self._maybe_end_early()
             case _Finish(turn_id, pause_id, speech_end_at):
                 spec = self._speculation
                 if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
@@ -301,8 +326,10 @@ class CallSession:
                     result = await self._stt_call(
                         functools.partial(batch.transcribe, pcm, self.rate_hz)
                     )
-                else:
+                elif self.stt is not None:
                     result = await self._stt_call(self.stt.finish)
+                else:
+                    result = None
                 self._speculation = None
                 self._utterance_pcm.clear()
                 self._on_transcript(

@@ -18,13 +18,45 @@ from dataclasses import dataclass
 
 from voicebot_pbx.vad import Endpointer, SpeechEnded, SpeechStarted
 
+# A transcript ending in one of these is probably not the end of what the caller says.
+_CONTINUATION_WORDS = frozenset(
+    """a an the and or but so because if then to of for from with at in on by my our your
+    his her their its is are was were be am i i'm we you he she they it that this these those
+    what which who when where how uh um er hmm like number account postcode code dash
+    please""".split()
+)
+_SPOKEN_DIGITS = frozenset(
+    "zero oh one two three four five six seven eight nine double triple".split()
+)
+
+
+def looks_complete(text: str) -> bool:
+    """Pure heuristic: does this transcript read like a finished turn?
+
+    Incomplete: empty, trailing conjunction/preposition/article/filler ("my account number
+    is ..."), or a run of digits being read out (callers pause between digit groups).
+    """
+    words = [w.strip(".,?!;:\"'") for w in text.lower().split()]
+    words = [w for w in words if w]
+    if not words:
+        return False
+    last = words[-1]
+    if last in _CONTINUATION_WORDS or last in _SPOKEN_DIGITS:
+        return False
+    if text.rstrip().endswith((",", "-", "...")):
+        return False
+    return not any(ch.isdigit() for ch in last)
+
 
 @dataclass(frozen=True, slots=True)
 class TurnConfig:
     threshold: float = 0.5
     neg_threshold: float = 0.35
     min_speech_ms: int = 160
-    end_silence_ms: int = 300
+    # Silence that ends a turn whose transcript looks complete (the speculative transcript
+    # made at the pause decides), and the longest silence before a turn ends regardless.
+    end_silence_ms: int = 200
+    end_silence_max_ms: int = 700
     lookback_ms: int = 300
     barge_in_min_speech_ms: int = 200
     barge_in_threshold: float = 0.6
@@ -74,7 +106,7 @@ class TurnTaker:
             threshold=config.threshold,
             neg_threshold=config.neg_threshold,
             min_speech_ms=config.min_speech_ms,
-            end_silence_ms=config.end_silence_ms,
+            end_silence_ms=config.end_silence_max_ms,
             lookback_ms=config.lookback_ms,
         )
         self._turn_id = 0
@@ -112,6 +144,22 @@ class TurnTaker:
             )
         else:
             self._endpointer.set_threshold(self.config.threshold, self.config.neg_threshold)
+
+    def pause_s(self, now_s: float) -> float | None:
+        """How long the caller has been silent inside the current utterance."""
+        since_s = self._endpointer.silence_since_s
+        return None if since_s is None else now_s - since_s
+
+    def end_turn_early(self, now_s: float) -> UtteranceEnded | None:
+        """End the utterance now (the pause is ``end_silence_ms`` long and the transcript
+        looks complete); None unless the caller is in such a pause."""
+        since_s = self._endpointer.silence_since_s
+        if since_s is None or now_s - since_s < self.config.end_silence_ms / 1000.0:
+            return None
+        self._endpointer.reset()
+        self._onset_s = None
+        self._in_pause = False
+        return UtteranceEnded(self._turn_id, since_s, now_s)
 
     def on_vad(self, prob: float, now_s: float) -> list[TurnAction]:
         actions: list[TurnAction] = []

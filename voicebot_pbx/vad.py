@@ -62,11 +62,12 @@ class SileroVad:
         return VadStream(self, rate_hz)
 
     def _run(
-        self, x: npt.NDArray[np.float32], state: npt.NDArray[np.float32], rate_hz: int
+        self,
+        x: npt.NDArray[np.float32],
+        state: npt.NDArray[np.float32],
+        sr: npt.NDArray[np.int64],
     ) -> tuple[float, npt.NDArray[np.float32]]:
-        out, new_state = self._session.run(
-            None, {"input": x, "state": state, "sr": np.array(rate_hz, dtype=np.int64)}
-        )
+        out, new_state = self._session.run(None, {"input": x, "state": state, "sr": sr})
         return float(out[0, 0]), new_state
 
 
@@ -83,7 +84,9 @@ class VadStream:
         self._window_bytes = self.window_samples * 2
         self._pending = bytearray()
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
-        self._context = np.zeros(self._context_samples, dtype=np.float32)
+        self._sr = np.array(rate_hz, dtype=np.int64)
+        # [context | window]: the context is the previous window's tail (zeros at first)
+        self._x = np.zeros((1, self._context_samples + self.window_samples), dtype=np.float32)
         self._windows_done = 0
 
     @property
@@ -103,7 +106,7 @@ class VadStream:
         """Forget the RNN state, the context and any partial window."""
         self._pending.clear()
         self._state = np.zeros(_STATE_SHAPE, dtype=np.float32)
-        self._context = np.zeros(self._context_samples, dtype=np.float32)
+        self._x[:] = 0.0
         self._windows_done = 0
 
     def process(self, pcm: bytes) -> list[float]:
@@ -119,13 +122,14 @@ class VadStream:
         self._pending += pcm
         results: list[tuple[float, float]] = []
         size = self._window_bytes
+        n = self.window_samples
         while len(self._pending) >= size:
-            window = np.frombuffer(bytes(self._pending[:size]), dtype="<i2")
+            x = self._x
+            x[0, : self._context_samples] = x[0, -self._context_samples :]
+            x[0, self._context_samples :] = np.frombuffer(self._pending, dtype="<i2", count=n)
+            x[0, self._context_samples :] *= np.float32(1.0 / 32768.0)
             del self._pending[:size]
-            samples = window.astype(np.float32) / np.float32(32768.0)
-            x = np.concatenate((self._context, samples))[np.newaxis, :]
-            prob, self._state = self._vad._run(x, self._state, self.rate_hz)
-            self._context = samples[-self._context_samples :]
+            prob, self._state = self._vad._run(x, self._state, self._sr)
             results.append((self._windows_done * self.window_s, prob))
             self._windows_done += 1
         return results

@@ -31,6 +31,10 @@ CallHandler = Callable[[CallMedia], Awaitable[None]]
 _READ_CHUNK_BYTES = 4096
 _SEND_BUFFER_BYTES = 64 * 1024
 _INBOUND_QUEUE_FRAMES = 500  # 10 s of 20 ms frames
+# After the media side is gone (caller hang-up, bad input, stuck peer) the session gets
+# ``CallEnded``; if it has not returned this long after, it is cancelled so a stuck session
+# cannot keep a dead call (and its ``max_calls`` slot) alive.
+HANDLER_GRACE_S = 5.0
 
 
 class AudioSocketCall:
@@ -61,6 +65,7 @@ class AudioSocketCall:
         self.end_reason: str | None = None
         self.bytes_in = 0
         self.frames_in = 0
+        self.inbound_dropped = 0
 
     @property
     def rate_hz(self) -> int:
@@ -82,7 +87,7 @@ class AudioSocketCall:
         """Read until EOF or bad input; ``pending`` came in the same read as the UUID."""
         reason = "caller_hangup"
         try:
-            ended = await self._dispatch(pending)
+            ended = self._dispatch(pending)
             while ended is None:
                 async with asyncio.timeout(self._config.read_timeout_s):
                     data = await self._reader.read(_READ_CHUNK_BYTES)
@@ -90,7 +95,7 @@ class AudioSocketCall:
                     self._decoder.check_eof()
                     break
                 self.bytes_in += len(data)
-                ended = await self._dispatch(self._decoder.feed(data))
+                ended = self._dispatch(self._decoder.feed(data))
             if ended is not None:
                 reason = ended
         except wire.ProtocolError as exc:
@@ -104,8 +109,24 @@ class AudioSocketCall:
             reason = f"connection_error:{type(exc).__name__}"
         finally:
             self._mark_closed(reason)
+        # Not cancelled: the peer hung up or broke the protocol. Free the socket now rather
+        # than when the session returns (Asterisk's dialplan continues on close).
+        self._writer.close()
 
-    async def _dispatch(self, messages: list[wire.Message]) -> str | None:
+    def _put(self, event: InboundEvent) -> None:
+        """Queue without ever blocking the reader: if the session is 10 s behind, drop the
+        oldest event. A blocked reader would miss the caller's hang-up and stall Asterisk."""
+        try:
+            self.inbound.put_nowait(event)
+        except asyncio.QueueFull:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.inbound.get_nowait()
+            self.inbound.put_nowait(event)
+            if self.inbound_dropped == 0:
+                log.warning("inbound_overflow", queue_frames=self.inbound.maxsize, peer=self.peer)
+            self.inbound_dropped += 1
+
+    def _dispatch(self, messages: list[wire.Message]) -> str | None:
         """Queue inbound events; returns an end reason when the peer ended the call."""
         now_s = asyncio.get_running_loop().time()
         for message in messages:
@@ -118,9 +139,9 @@ class AudioSocketCall:
                         raise wire.ProtocolError(
                             "rate_changed", f"{self._rate_hz} Hz -> {rate_hz} Hz"
                         )
-                    await self.inbound.put(AudioIn(pcm, rate_hz, now_s))
+                    self._put(AudioIn(pcm, rate_hz, now_s))
                 case wire.Dtmf(digit):
-                    await self.inbound.put(DtmfIn(digit, now_s))
+                    self._put(DtmfIn(digit, now_s))
                 case wire.Hangup():
                     return "peer_hangup"
                 case wire.Error(code):
@@ -187,16 +208,36 @@ class AudioSocketCall:
 
     async def close(self) -> None:
         self._mark_closed(self.end_reason or "closed")
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-            async with asyncio.timeout(1.0):
-                await self._writer.wait_closed()
+        await _close_writer(self._writer)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+async def _close_writer(writer: asyncio.StreamWriter, timeout_s: float = 1.0) -> None:
+    """Close, flushing what is buffered; abort if the peer does not take it in time (a
+    transport closed with unsent data otherwise stays open as long as the peer never reads)."""
+    writer.close()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except (ConnectionError, OSError):
+        pass
 
 
 class AudioSocketServer:
-    def __init__(self, config: ServerConfig, handler: CallHandler) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        handler: CallHandler,
+        *,
+        handler_grace_s: float = HANDLER_GRACE_S,
+    ) -> None:
         self._config = config
         self._handler = handler
+        self._handler_grace_s = handler_grace_s
         self._server: asyncio.Server | None = None
         self.calls: dict[str, AudioSocketCall] = {}
         self._connections: set[asyncio.Task[None]] = set()
@@ -222,8 +263,8 @@ class AudioSocketServer:
     async def close(self, grace_s: float = 2.0) -> None:
         """Stop accepting; end every call with 0x00 (its dialplan continues); wait ``grace_s``."""
         await self.stop_accepting()
-        for call in list(self.calls.values()):
-            await call.hangup("shutdown")
+        # Concurrently: one peer that does not read must not hold up the others' 0x00.
+        await asyncio.gather(*(call.hangup("shutdown") for call in list(self.calls.values())))
         if self._connections:
             _done, pending = await asyncio.wait(self._connections, timeout=grace_s)
             for task in pending:
@@ -258,7 +299,7 @@ class AudioSocketServer:
             call_uuid, pending = await self._read_uuid(reader, decoder)
         except wire.ProtocolError as exc:
             log.warning("bad_input", reason=exc.reason, detail=exc.detail, peer=peer)
-            await self._close_writer(writer)
+            await _close_writer(writer)
             return
         call_id = str(call_uuid)
         if len(self.calls) >= self._config.max_calls:
@@ -272,7 +313,7 @@ class AudioSocketServer:
             )
             with contextlib.suppress(ConnectionError, OSError):
                 writer.write(wire.encode_hangup())
-            await self._close_writer(writer)
+            await _close_writer(writer)
             return
         call = AudioSocketCall(call_uuid, reader, writer, decoder, self._config, peer)
         self.calls[call_id] = call
@@ -283,20 +324,22 @@ class AudioSocketServer:
             async with asyncio.TaskGroup() as group:
                 reader_task = group.create_task(call.read_loop(pending))
                 pacer_task = group.create_task(call.run_pacer())
+                handler_task = group.create_task(self._run_handler(call))
+                closed_task = group.create_task(call.wait_closed())
                 try:
-                    async with asyncio.timeout(self._config.max_call_duration_s):
-                        await self._handler(call)
-                except TimeoutError:
-                    log.warning("call_max_duration", limit_s=self._config.max_call_duration_s)
-                    await call.hangup("max_duration")
-                except Exception:
-                    log.exception("session_crashed")
-                    await call.hangup("session_error")
+                    await asyncio.wait(
+                        (handler_task, closed_task), return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not handler_task.done():
+                        # The media side is gone and the session has its CallEnded.
+                        await asyncio.wait((handler_task,), timeout=self._handler_grace_s)
+                        if not handler_task.done():
+                            log.warning("session_overran", grace_s=self._handler_grace_s)
+                            handler_task.cancel()
                 finally:
-                    if not call.closed:
-                        await call.hangup("bot_hangup")
                     reader_task.cancel()
                     pacer_task.cancel()
+                    closed_task.cancel()
         finally:
             await call.close()
             self.calls.pop(call_id, None)
@@ -308,6 +351,20 @@ class AudioSocketServer:
                 stalls=call.speaker.stalls,
             )
             structlog.contextvars.unbind_contextvars("call_id")
+
+    async def _run_handler(self, call: AudioSocketCall) -> None:
+        try:
+            async with asyncio.timeout(self._config.max_call_duration_s):
+                await self._handler(call)
+        except TimeoutError:
+            log.warning("call_max_duration", limit_s=self._config.max_call_duration_s)
+            await call.hangup("max_duration")
+        except Exception:
+            log.exception("session_crashed")
+            await call.hangup("session_error")
+        finally:
+            if not call.closed:
+                await call.hangup("bot_hangup")
 
     async def _read_uuid(
         self, reader: asyncio.StreamReader, decoder: wire.Decoder
@@ -332,10 +389,3 @@ class AudioSocketServer:
         if first.value.variant != uuid.RFC_4122 or first.value.int == 0:
             raise wire.ProtocolError("malformed_uuid", str(first.value))
         return first.value, messages[1:]
-
-    @staticmethod
-    async def _close_writer(writer: asyncio.StreamWriter) -> None:
-        writer.close()
-        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-            async with asyncio.timeout(1.0):
-                await writer.wait_closed()

@@ -1,0 +1,227 @@
+"""Turn-taking: the pure TurnTaker on synthetic VAD sequences, and whole calls on a
+scripted timeline (fake engines with set delays, virtual time) through the real session."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from voicebot_pbx.config import DialogueConfig, RuleConfig, load_config
+from voicebot_pbx.dialogue import RuleDialogue
+from voicebot_pbx.prompts import ClipLibrary, TtsCache
+from voicebot_pbx.session import CallSession, Shared
+from voicebot_pbx.testing import (
+    FakeEngines,
+    FakeMedia,
+    ScriptedStt,
+    ToneTts,
+    run_virtual,
+    tone,
+)
+from voicebot_pbx.turns import (
+    BargeIn,
+    PauseStarted,
+    TurnConfig,
+    TurnTaker,
+    UtteranceEnded,
+    UtteranceStarted,
+    looks_complete,
+)
+
+WINDOW_S = 0.032
+
+
+def feed(taker: TurnTaker, probs: list[tuple[float, float]]) -> list[tuple[float, object]]:
+    """probs: (duration_s, prob) runs -> [(time, action)]."""
+    out: list[tuple[float, object]] = []
+    now = 0.0
+    for duration, prob in probs:
+        end = now + duration
+        while now < end - 1e-9:
+            out.extend((now, action) for action in taker.on_vad(prob, now))
+            now += WINDOW_S
+    return out
+
+
+def test_utterance_start_pause_and_end_at_max_silence() -> None:
+    taker = TurnTaker(TurnConfig(min_speech_ms=160, end_silence_ms=200, end_silence_max_ms=700))
+    events = feed(taker, [(0.32, 0.02), (1.0, 0.95), (1.0, 0.02)])
+    kinds = [type(a) for _, a in events]
+    assert kinds == [UtteranceStarted, PauseStarted, UtteranceEnded]
+    started = events[0][1]
+    assert isinstance(started, UtteranceStarted) and started.onset_s == pytest.approx(0.32, abs=0.04)
+    ended_at, ended = events[2]
+    assert isinstance(ended, UtteranceEnded)
+    assert ended.speech_end_s == pytest.approx(1.32, abs=0.04)
+    assert ended_at - ended.speech_end_s == pytest.approx(0.7, abs=0.04)
+
+
+def test_end_turn_early_only_after_the_short_silence() -> None:
+    taker = TurnTaker(TurnConfig(end_silence_ms=200, end_silence_max_ms=700))
+    feed(taker, [(0.5, 0.95), (0.1, 0.02)])
+    assert taker.end_turn_early(0.5 + 0.1) is None  # only 100 ms of silence
+    ended = taker.end_turn_early(0.5 + 0.25)
+    assert isinstance(ended, UtteranceEnded) and ended.speech_end_s == pytest.approx(0.51, abs=0.04)
+    assert not taker.caller_speaking
+
+
+def test_blip_shorter_than_min_speech_is_not_a_turn() -> None:
+    taker = TurnTaker(TurnConfig(min_speech_ms=160))
+    assert feed(taker, [(0.1, 0.95), (1.0, 0.02)]) == []
+
+
+def test_barge_in_needs_min_speech_and_the_raised_threshold() -> None:
+    config = TurnConfig(barge_in_min_speech_ms=200, barge_in_threshold=0.6)
+    taker = TurnTaker(config)
+    taker.set_bot_speaking(True)
+    # A cough (100 ms) and an echo of the bot below the raised threshold: nothing.
+    assert feed(taker, [(0.1, 0.95), (0.5, 0.02), (1.0, 0.55)]) == []
+    taker = TurnTaker(config)
+    taker.set_bot_speaking(True)
+    events = feed(taker, [(0.6, 0.95)])
+    barge = [(t, a) for t, a in events if isinstance(a, BargeIn)]
+    assert len(barge) == 1
+    at, action = barge[0]
+    assert isinstance(action, BargeIn) and at - action.onset_s >= 0.2
+    # The same echo level is speech when the bot is quiet.
+    quiet = TurnTaker(config)
+    assert any(isinstance(a, UtteranceStarted) for _, a in feed(quiet, [(1.0, 0.55)]))
+
+
+@pytest.mark.parametrize(
+    ("text", "complete"),
+    [
+        ("what are your opening hours", True),
+        ("my account number is", False),
+        ("my account number is one two three", False),
+        ("it's 4 5 6", False),
+        ("I want to speak to", False),
+        ("uh", False),
+        ("", False),
+        ("goodbye.", True),
+    ],
+)
+def test_looks_complete(text: str, complete: bool) -> None:
+    assert looks_complete(text) is complete
+
+
+# --- scripted timelines through the real session -----------------------------------------
+
+HOURS = 440
+AGENT = 660
+TARIFF = 880
+ACCOUNT = 550
+DIGITS = 770
+PHRASES = {
+    HOURS: "what are your opening hours",
+    AGENT: "agent please now",
+    TARIFF: "tell me about tariffs",
+    ACCOUNT: "my account number is",
+    DIGITS: "one two three",
+}
+LONG = "First sentence here. Second sentence here. Third sentence here. Fourth one."
+
+
+def make_shared(stt_delay_s: float = 0.1, tts_first_s: float = 0.15) -> Shared:
+    base = load_config()
+    rules = (
+        RuleConfig(keywords=("hours",), reply="We open at eight."),
+        RuleConfig(keywords=("tariffs",), reply=LONG),
+        RuleConfig(keywords=("three",), reply="Thanks, got your account."),
+        RuleConfig(keywords=("agent",), reply="Transferring you.", then="transfer", target="q"),
+    )
+    config = dataclasses.replace(
+        base, dialogue=DialogueConfig(greeting="Hi.", reprompt="Pardon?", rules=rules)
+    )
+    engines = FakeEngines(ScriptedStt(PHRASES, delay_s=stt_delay_s), ToneTts(tts_first_s))
+    cache = TtsCache("tone", None)
+    for text in ("Hi.", "We open at eight."):
+        cache.put(text, 8000, engines.script_tts.synthesize_all(text, 8000))
+    return Shared(
+        config=config,
+        engines=engines,
+        dialogue=RuleDialogue.from_config(config.dialogue),
+        tts_cache=cache,
+        clips=ClipLibrary({}),
+    )
+
+
+async def timeline(
+    shared: Shared, script: list[tuple[float, bytes | str]], until_s: float
+) -> tuple[FakeMedia, CallSession]:
+    media = FakeMedia()
+    session = CallSession(media, shared)
+    async with asyncio.TaskGroup() as group:
+        pacer = group.create_task(media.speaker.run(media.write))
+        runner = group.create_task(session.run())
+        await media.play_caller(script)
+        await media.silence_until(until_s)
+        if not runner.done():
+            await media.hangup("caller_hangup")
+        await runner
+        pacer.cancel()
+    return media, session
+
+
+def test_cached_reply_latency_is_short_silence_plus_stt() -> None:
+    shared = make_shared(stt_delay_s=0.1)
+    speech = tone(1.0, 8000, HOURS)
+    media, session = run_virtual(timeline(shared, [(3.0, speech)], until_s=6.0))
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+    assert turn.transcript == PHRASES[HOURS] and turn.reply_source == "cache"
+    speech_end = 3.0 + 1.0
+    first = min(t for t in media.voiced_times() if t > speech_end)
+    # One 32 ms VAD window to see the silence, 200 ms short end-of-turn (the speculative
+    # transcript took 100 ms, so it was ready), then the next 20 ms tick.
+    assert first - speech_end == pytest.approx(0.2 + 0.032, abs=0.045)
+    assert first - speech_end < 0.35
+
+
+def test_incomplete_phrase_waits_for_the_rest() -> None:
+    shared = make_shared()
+    part1 = tone(1.0, 8000, ACCOUNT)
+    part2 = tone(0.8, 8000, DIGITS)
+    # "my account number is" ... 450 ms pause ... "one two three"
+    media, session = run_virtual(timeline(shared, [(3.0, part1), (4.45, part2)], until_s=8.0))
+    speech_turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in speech_turns] == ["my account number is one two three"]
+    assert speech_turns[0].reply_text == "Thanks, got your account."
+    # No bot audio while the caller paused mid-sentence (after the greeting ended).
+    assert not [t for t in media.voiced_times() if 4.0 < t < 5.25]
+
+
+def test_barge_in_silences_the_bot_within_a_frame_and_nothing_stale_follows() -> None:
+    shared = make_shared()
+    question = tone(1.0, 8000, TARIFF)
+    interrupt = tone(1.0, 8000, HOURS)
+    media, session = run_virtual(
+        timeline(shared, [(2.0, question), (5.0, interrupt)], until_s=9.0)
+    )
+    turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert turns[0].barged_in and turns[1].transcript == PHRASES[HOURS]
+    voiced = media.voiced_times()
+    # The long reply was playing when the caller started at 5.0 ...
+    assert any(4.5 < t < 5.0 for t in voiced)
+    # ... and stopped once the caller had spoken barge_in_min_speech_ms (+ one VAD window
+    # and one frame), with no frame of it while the caller was still talking.
+    cutoff = 5.0 + 0.2 + 0.064 + 0.02
+    assert not [t for t in voiced if cutoff < t < 6.0]
+    # The answer to the interrupting question came after it.
+    assert any(6.0 < t < 7.0 for t in voiced)
+
+
+def test_transfer_after_the_reply_has_played() -> None:
+    shared = make_shared()
+    media, session = run_virtual(timeline(shared, [(2.0, tone(1.0, 8000, AGENT))], until_s=8.0))
+    assert media.hangups == ["transferred"]
+    assert session.record.end_reason == "transferred" and session.record.transfer_target == "q"
+    last_voice = max(media.voiced_times())
+    assert last_voice > 3.0  # "Transferring you." was played before the hand-off
+
+
+def test_silence_and_noise_free_call_makes_no_turn() -> None:
+    shared = make_shared()
+    _media, session = run_virtual(timeline(shared, [], until_s=10.0))
+    assert [t for t in session.record.turns if t.kind == "speech"] == []

@@ -1,0 +1,281 @@
+"""Scripted fakes for timeline tests: a virtual-time event loop, engines with set delays,
+and in-memory call media. Shared by the tests; nothing here touches a model or a socket.
+
+With ``VirtualTimeLoop`` a whole call (caller speech at t, STT delay, TTS first byte ...)
+runs in a few milliseconds of real time and its latencies are exact, so tests can assert
+them without depending on the machine's load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import selectors
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from voicebot_pbx.audio import frame_bytes, rms_dbfs
+from voicebot_pbx.engines import Engines, EngineTimeout
+from voicebot_pbx.speaker import Speaker
+from voicebot_pbx.stt import SttResult
+from voicebot_pbx.transport import AudioIn, CallEnded, DtmfIn, InboundEvent
+
+T = TypeVar("T")
+
+
+# --- virtual time ------------------------------------------------------------------------
+
+
+class _InstantSelector(selectors.DefaultSelector):
+    """Never blocks: a wait for ``timeout`` seconds advances the loop's virtual clock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop: VirtualTimeLoop | None = None
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if self.loop is not None and timeout is not None and timeout > 0:
+            self.loop.advance(timeout)
+        return super().select(0)
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock only moves when every task is waiting for a timer."""
+
+    def __init__(self) -> None:
+        selector = _InstantSelector()
+        super().__init__(selector)
+        selector.loop = self
+        self._virtual_now_s = 0.0
+
+    def time(self) -> float:
+        return self._virtual_now_s
+
+    def advance(self, seconds: float) -> None:
+        self._virtual_now_s += seconds
+
+
+def run_virtual(coro: Any) -> Any:
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+# --- fake engines ---------------------------------------------------------------------------
+
+
+def tone(duration_s: float, rate_hz: int, freq_hz: float = 440.0, level: float = 0.3) -> bytes:
+    n = int(duration_s * rate_hz)
+    samples = level * np.sin(2 * math.pi * freq_hz * np.arange(n) / rate_hz)
+    return (samples * 32767).astype("<i2").tobytes()
+
+
+class EnergyVad:
+    """Stands in for silero: probability from the window's level (speech = loud)."""
+
+    def __init__(self, speech_dbfs: float = -35.0) -> None:
+        self.speech_dbfs = speech_dbfs
+
+    def new_stream(self, rate_hz: int) -> EnergyVadStream:
+        return EnergyVadStream(rate_hz, self.speech_dbfs)
+
+
+class EnergyVadStream:
+    def __init__(self, rate_hz: int, speech_dbfs: float) -> None:
+        self.rate_hz = rate_hz
+        self.window_s = (256 if rate_hz == 8000 else 512) / rate_hz
+        self._window_bytes = (256 if rate_hz == 8000 else 512) * 2
+        self._pending = bytearray()
+        self._done = 0
+        self.speech_dbfs = speech_dbfs
+
+    def process_timed(self, pcm: bytes) -> list[tuple[float, float]]:
+        self._pending += pcm
+        out: list[tuple[float, float]] = []
+        while len(self._pending) >= self._window_bytes:
+            window = bytes(self._pending[: self._window_bytes])
+            del self._pending[: self._window_bytes]
+            level = rms_dbfs(window)
+            # Level -> probability: ~0.02 for silence, ~0.98 for loud audio.
+            prob = 0.98 if level >= self.speech_dbfs else 0.02
+            out.append((self._done * self.window_s, prob))
+            self._done += 1
+        return out
+
+
+@dataclass
+class ScriptedStt:
+    """A transcriber for tone "speech": each voiced stretch of the audio is a tone whose
+    frequency names a phrase (``phrases[freq_hz]``); the transcript joins the phrases of
+    the stretches heard so far. Each decode takes ``delay_s`` (virtual) seconds."""
+
+    phrases: dict[int, str]
+    delay_s: float = 0.1
+    decodes: int = 0
+    name: str = "scripted"
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
+        self.decodes += 1
+        samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
+        frame = rate_hz // 50
+        words: list[str] = []
+        current: list[np.ndarray[Any, Any]] = []
+        for start in range(0, len(samples), frame):
+            chunk = samples[start : start + frame]
+            loud = chunk.size and np.sqrt(np.mean(chunk * chunk)) > 300
+            if loud:
+                current.append(chunk)
+            elif current:
+                words.append(self._phrase(np.concatenate(current), rate_hz))
+                current = []
+        if current:
+            words.append(self._phrase(np.concatenate(current), rate_hz))
+        text = " ".join(w for w in words if w)
+        return SttResult(text, 0.9 if text else None)
+
+    def _phrase(self, samples: np.ndarray[Any, Any], rate_hz: int) -> str:
+        spectrum = np.abs(np.fft.rfft(samples))
+        peak_hz = float(np.argmax(spectrum)) * rate_hz / samples.size
+        best = min(self.phrases, key=lambda f: abs(f - peak_hz))
+        return self.phrases[best] if abs(best - peak_hz) < 25 else ""
+
+    def new_stream(self, rate_hz: int) -> Any:
+        raise NotImplementedError("the session uses transcribe() for batch engines")
+
+
+@dataclass
+class ToneTts:
+    """Each sentence becomes a tone of ``seconds_per_char`` per character, after
+    ``first_audio_s`` (first sentence) / ``per_sentence_s`` (later ones)."""
+
+    first_audio_s: float = 0.15
+    per_sentence_s: float = 0.05
+    seconds_per_char: float = 0.06
+    voice_id: str = "tone"
+    sentences_made: int = 0
+
+    def synthesize(
+        self, text: str, rate_hz: int, cancel: threading.Event | None = None
+    ) -> Iterator[bytes]:
+        from voicebot_pbx.tts import split_sentences
+
+        for sentence in split_sentences(text):
+            if cancel is not None and cancel.is_set():
+                return
+            self.sentences_made += 1
+            yield tone(len(sentence) * self.seconds_per_char, rate_hz)
+
+    def synthesize_all(self, text: str, rate_hz: int) -> bytes:
+        return b"".join(self.synthesize(text, rate_hz))
+
+
+class FakeEngines(Engines):
+    """Engines whose blocking calls take a set (virtual) time instead of a thread."""
+
+    def __init__(self, stt: ScriptedStt, tts: ToneTts, vad: EnergyVad | None = None) -> None:
+        super().__init__(
+            vad=vad or EnergyVad(),  # type: ignore[arg-type]
+            stt=stt,
+            tts=tts,  # type: ignore[arg-type]
+            pool=ThreadPoolExecutor(max_workers=1),
+        )
+        self.script_stt = stt
+        self.script_tts = tts
+        self._first_sentence = True
+
+    async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
+        delay_s = 0.0
+        if stage == "stt":
+            delay_s = self.script_stt.delay_s
+        elif stage == "tts":
+            delay_s = (
+                self.script_tts.first_audio_s
+                if self._first_sentence
+                else self.script_tts.per_sentence_s
+            )
+        if delay_s > timeout_s:
+            await asyncio.sleep(timeout_s)
+            raise EngineTimeout(stage, timeout_s)
+        await asyncio.sleep(delay_s)
+        result = fn()
+        if stage == "tts":
+            self._first_sentence = result is None
+        return result
+
+
+# --- in-memory call media ---------------------------------------------------------------
+
+
+@dataclass
+class FakeMedia:
+    """A call whose peer is a script: frames in at 20 ms, frames out recorded with times."""
+
+    call_id: str = "00000000-0000-4000-8000-000000000001"
+    pbx: str = "test"
+    peer: str = "script"
+    rate: int = 8000
+    inbound: asyncio.Queue[InboundEvent] = field(default_factory=lambda: asyncio.Queue(1000))
+    sent: list[tuple[float, bool]] = field(default_factory=list)  # (time, voiced)
+    hangups: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.speaker = Speaker(self.rate)
+
+    @property
+    def rate_hz(self) -> int:
+        return self.rate
+
+    async def wait_for_rate(self, timeout_s: float) -> int:
+        return self.rate
+
+    async def hangup(self, reason: str) -> None:
+        self.hangups.append(reason)
+        self.speaker.interrupt()
+        loop = asyncio.get_running_loop()
+        self.inbound.put_nowait(CallEnded(reason, loop.time()))
+
+    async def write(self, pcm: bytes, is_silence: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.sent.append((loop.time(), not is_silence and rms_dbfs(pcm) > -50))
+
+    async def play_caller(self, script: list[tuple[float, bytes | str]]) -> None:
+        """Send caller audio (``bytes``) or a DTMF digit (``str``) starting at time ``t``,
+        silence in between, one frame per 20 ms, like Asterisk."""
+        loop = asyncio.get_running_loop()
+        size = frame_bytes(self.rate)
+        start = loop.time()
+        tick = 0
+        for at_s, item in script:
+            while start + tick * 0.02 < at_s:
+                await self._frame(bytes(size), start + tick * 0.02)
+                tick += 1
+            if isinstance(item, str):
+                self.inbound.put_nowait(DtmfIn(item, loop.time()))
+                continue
+            for offset in range(0, len(item), size):
+                chunk = item[offset : offset + size].ljust(size, b"\0")
+                await self._frame(chunk, start + tick * 0.02)
+                tick += 1
+
+    async def silence_until(self, end_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        size = frame_bytes(self.rate)
+        while loop.time() < end_s:
+            await self._frame(bytes(size), loop.time() + 0.02)
+
+    async def _frame(self, pcm: bytes, at_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        delay = at_s - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self.inbound.put(AudioIn(pcm, self.rate, loop.time()))
+
+    def voiced_times(self) -> list[float]:
+        return [t for t, voiced in self.sent if voiced]
