@@ -52,6 +52,9 @@ class VadConfig:
     barge_in_min_speech_ms: int = 200
     # VAD threshold while the bot is speaking (echo gating).
     barge_in_threshold: float = 0.6
+    # While the bot speaks, caller audio this much quieter than the bot's own recent output
+    # is taken for line echo and not for speech (0 turns echo gating off).
+    echo_margin_db: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,37 @@ class DialogueConfig:
     timeout_s: float = 3.0
 
 
+_BACKCHANNELS = (
+    "uh-huh", "uh huh", "mm-hmm", "mhm", "mm", "hmm", "yeah", "yep", "yes", "okay", "ok",
+    "right", "sure", "alright", "all right", "i see", "got it",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    # No input: after the bot finishes, this much caller silence -> still_there; after
+    # no_input_max of those in a row -> no_input_goodbye and hang up.
+    no_input_s: float = 8.0
+    no_input_max: int = 2
+    still_there: str = "Are you still there?"
+    no_input_goodbye: str = "I haven't heard anything, so I'll end the call now. Goodbye."
+    # Not understood (empty transcript, low STT confidence, or no dialogue match) this many
+    # times in a row -> give up: transfer to give_up_target, or say give_up_goodbye and hang up.
+    not_understood_max: int = 3
+    min_stt_confidence: float = 0.0
+    clarify: str = "Sorry, I didn't catch that. Could you say it again?"
+    give_up_target: str = "agents"
+    give_up_transfer: str = "Let me put you through to someone who can help."
+    give_up_goodbye: str = "I'm sorry I couldn't help today. Please call again later. Goodbye."
+    # Anything unexpected inside a call: apologise, then give up as above.
+    apology: str = "I'm sorry, something went wrong on my side."
+    # Before server.max_call_duration_s ends the call: say this, then give up as above.
+    wrap_up_before_s: float = 20.0
+    wrap_up: str = "We're nearly out of time for this call."
+    # Said while the bot talks, these do not interrupt it (the bot pauses, then goes on).
+    backchannels: tuple[str, ...] = _BACKCHANNELS
+
+
 @dataclass(frozen=True, slots=True)
 class RasaConfig:
     url: str = "http://127.0.0.1:5005"
@@ -150,6 +184,7 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
     rasa: RasaConfig = field(default_factory=RasaConfig)
+    fallbacks: FallbackConfig = field(default_factory=FallbackConfig)
     log: LogConfig = field(default_factory=LogConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 

@@ -37,6 +37,8 @@ class DialogueTurn:
     # True when the brain could not understand (out of scope / NLU fallback): the LLM may answer.
     needs_fallback: bool = False
     entities: dict[str, str] = field(default_factory=dict)
+    # Fallbacks taken to produce this turn (e.g. "nlu_unavailable"), for the call record.
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

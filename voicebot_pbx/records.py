@@ -14,12 +14,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(slots=True)
 class TurnRecord:
     turn_id: int
+    seq: int = 0  # position in the call (unique per call; turn_id repeats for DTMF turns)
     kind: str = "speech"  # speech | dtmf | greeting
     transcript: str = ""
     stt_confidence: float | None = None
@@ -55,8 +56,22 @@ class CallRecord:
         return dataclasses.asdict(self)
 
 
+class Recorder(Protocol):
+    """Where call records go. ``turn_finished`` is called as each turn completes (so a crash
+    loses at most the turn in progress); ``call_ended`` once at the end with the whole
+    record (every turn again, final values win). Implementations do their I/O off the
+    event loop and never raise into the call."""
+
+    async def call_started(self, call: CallRecord) -> None: ...
+
+    async def turn_finished(self, call: CallRecord, turn: TurnRecord) -> None: ...
+
+    async def call_ended(self, call: CallRecord) -> None: ...
+
+
 class JsonlRecorder:
-    """Appends one JSON line per finished call; thread-safe, called via ``asyncio.to_thread``."""
+    """One JSON line per finished call (``read_all``), plus ``kind: turn`` lines written as
+    turns complete; thread-safe, writes via ``asyncio.to_thread``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -68,12 +83,21 @@ class JsonlRecorder:
             handle.write(line + "\n")
             handle.flush()
 
-    async def write(self, record: CallRecord) -> None:
-        line = json.dumps(record.to_json(), ensure_ascii=False)
-        await asyncio.to_thread(self._write, line)
+    async def call_started(self, call: CallRecord) -> None:
+        return None
+
+    async def turn_finished(self, call: CallRecord, turn: TurnRecord) -> None:
+        line = {"kind": "turn", "call_id": call.call_id, **dataclasses.asdict(turn)}
+        await asyncio.to_thread(self._write, json.dumps(line, ensure_ascii=False))
+
+    async def call_ended(self, call: CallRecord) -> None:
+        line = {"kind": "call", **call.to_json()}
+        await asyncio.to_thread(self._write, json.dumps(line, ensure_ascii=False))
 
     def read_all(self) -> list[dict[str, Any]]:
+        """The finished calls (``kind: call`` lines)."""
         if not self.path.exists():
             return []
         with self.path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+            lines = [json.loads(line) for line in handle if line.strip()]
+        return [line for line in lines if line.get("kind") == "call"]

@@ -27,7 +27,15 @@ WARM_RATES_HZ = (8000, 16000)
 def build_dialogue(config: Config) -> tuple[Dialogue, list[str]]:
     """The configured brain and the fixed texts it can say (to warm the TTS cache)."""
     rules = RuleDialogue.from_config(config.dialogue)
-    return rules, rules.static_texts()
+    return rules, rules.static_texts() + fallback_texts(config)
+
+
+def fallback_texts(config: Config) -> list[str]:
+    """What the fallback paths say: cached at start-up so they play even if TTS fails."""
+    f = config.fallbacks
+    texts = [f.still_there, f.no_input_goodbye, f.clarify, f.apology, f.wrap_up]
+    texts.append(f.give_up_transfer if f.give_up_target else f.give_up_goodbye)
+    return [t for t in texts if t]
 
 
 def warm_tts_cache(engines: Engines, cache: TtsCache, texts: list[str]) -> int:

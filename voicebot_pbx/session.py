@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import threading
 import time
@@ -25,11 +26,12 @@ from typing import Protocol, TypeVar
 
 import structlog
 
+from voicebot_pbx.audio import rms_dbfs
 from voicebot_pbx.config import Config
 from voicebot_pbx.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.engines import Engines, EngineTimeout
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
-from voicebot_pbx.records import CallRecord, JsonlRecorder, TurnRecord
+from voicebot_pbx.records import CallRecord, Recorder, TurnRecord
 from voicebot_pbx.stt import SttResult, SttStream
 from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 from voicebot_pbx.turns import (
@@ -60,7 +62,7 @@ class Shared:
     dialogue: Dialogue
     tts_cache: TtsCache
     clips: ClipLibrary
-    recorder: JsonlRecorder | None = None
+    recorder: Recorder | None = None
     control: CallControl | None = None
 
 
@@ -137,6 +139,7 @@ class CallSession:
         self._reply_task: asyncio.Task[None] | None = None
         self._reply_seq = 0
         self._reply_started = False
+        self._reply_first_frame_at: float | None = None
         self._reply_turn: TurnRecord | None = None
         self._carry_text = ""
         self._ending = False
@@ -145,6 +148,12 @@ class CallSession:
         self._dtmf_task: asyncio.Task[None] | None = None
         self._tts_cancel: threading.Event | None = None
         self.stt: SttStream | None = None
+        self.fallbacks = shared.config.fallbacks
+        self._backchannels = frozenset(_norm(b) for b in self.fallbacks.backchannels)
+        self._paused_turn: TurnRecord | None = None
+        self._not_understood = 0
+        self._no_input_count = 0
+        self._no_input_task: asyncio.Task[None] | None = None
         self.rate_hz = media.rate_hz
 
     # --- lifecycle -------------------------------------------------------------------
@@ -159,22 +168,34 @@ class CallSession:
         # (Vosk) get a stream per call, fed continuously.
         self.stt = None if self._batch is not None else self.engines.stt.new_stream(self.rate_hz)
         log.info("session_started", rate_hz=self.rate_hz, dialogue=self.shared.dialogue.name)
+        if self.shared.recorder is not None:
+            try:
+                async with asyncio.timeout(5.0):
+                    await self.shared.recorder.call_started(self.record)
+            except Exception as exc:
+                log.error("record_write_failed", error=str(exc))
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 stt_worker = group.create_task(self._stt_worker())
+                wrap_up = group.create_task(self._wrap_up_timer())
                 greeting = TurnRecord(turn_id=0, kind="greeting")
                 self._start_reply(greeting, self.shared.dialogue.start(self.call), loop.time())
                 try:
                     await self._main_loop()
                 finally:
                     self._cancel_reply()
+                    self._cancel_no_input()
                     stt_worker.cancel()
+                    wrap_up.cancel()
                     if self._dtmf_task is not None:
                         self._dtmf_task.cancel()
         except Exception as exc:
+            # Anything unexpected: never a silent socket. Apologise, then hand over.
+            log.exception("session_error")
             self.record.errors.append(f"{type(exc).__name__}: {exc}")
-            raise
+            self.record.end_reason = "error"
+            await self._apologise_and_leave()
         finally:
             self._group = None
             self.record.ended_at = time.time()
@@ -192,9 +213,27 @@ class CallSession:
             return
         try:
             async with asyncio.timeout(5.0):
-                await asyncio.shield(self.shared.recorder.write(self.record))
+                await asyncio.shield(self.shared.recorder.call_ended(self.record))
         except Exception as exc:  # the record must never take the call down
             log.error("record_write_failed", error=str(exc))
+
+    def _add_turn(self, turn: TurnRecord) -> None:
+        turn.seq = len(self.record.turns)
+        self.record.turns.append(turn)
+
+    def _turn_finished(self, turn: TurnRecord) -> None:
+        """Write a completed turn now (a crash later loses nothing of it)."""
+        recorder = self.shared.recorder
+        if recorder is None or self._group is None:
+            return
+        self._group.create_task(self._write_turn(recorder, turn))
+
+    async def _write_turn(self, recorder: Recorder, turn: TurnRecord) -> None:
+        try:
+            async with asyncio.timeout(5.0):
+                await recorder.turn_finished(self.record, turn)
+        except Exception as exc:
+            log.error("record_write_failed", error=str(exc), turn=turn.seq)
 
     async def _main_loop(self) -> None:
         while True:
@@ -218,12 +257,22 @@ class CallSession:
         self._recent.append((self._fed_s, pcm))
         if self._utterance_open:
             self._feed_stt(pcm)
+        echo = self._looks_like_echo(pcm)
         for window_start_s, prob in self.vad.process_timed(pcm):
+            if echo:
+                prob = 0.0
             self._last_window_s = window_start_s
             self._last_frame_at = event.at_s
             for action in self.turns.on_vad(prob, window_start_s):
                 self._apply(action, event.at_s)
             self._maybe_end_early()
+
+    def _looks_like_echo(self, pcm: bytes) -> bool:
+        """While the bot talks, audio well below its own level is the line echo of it."""
+        margin_db = self.config.vad.echo_margin_db
+        if margin_db <= 0 or not self.turns.bot_speaking:
+            return False
+        return rms_dbfs(pcm) < self.speaker.recent_peak_dbfs - margin_db
 
     def _maybe_end_early(self) -> None:
         """End the turn at the short silence if the speculative transcript looks complete."""
@@ -245,6 +294,8 @@ class CallSession:
     def _apply(self, action: TurnAction, frame_at: float) -> None:
         match action:
             case UtteranceStarted(turn_id, onset_s):
+                self._cancel_no_input()
+                self._no_input_count = 0
                 self._utterance_open = True
                 self._utterance_pcm.clear()
                 self._speculation = None
@@ -265,10 +316,18 @@ class CallSession:
                 if self._batch is not None:
                     self._put_stt(_Speculate(turn_id, pause_id, bytes(self._utterance_pcm)))
             case BargeIn(turn_id, _onset_s, _decided_s):
+                interrupted = self._reply_turn
+                if interrupted is None or not self._reply_started:
+                    return
+                # Go silent now, but keep the reply: if the caller only said "uh-huh" (or
+                # coughed), it goes on; real words discard it when the transcript comes.
                 log.info("barge_in", turn_id=turn_id)
-                if self._reply_turn is not None:
-                    self._reply_turn.barged_in = True
-                self._interrupt()
+                self.speaker.pause()
+                self.turns.set_bot_speaking(False)
+                self._paused_turn = interrupted
+                if self._reply_first_frame_at is not None:
+                    played_s = self._last_frame_at - self._reply_first_frame_at
+                    interrupted.played_ms = round(played_s * 1000.0, 1)
 
     def _feed_stt(self, pcm: bytes) -> None:
         if self._batch is not None:
@@ -362,17 +421,135 @@ class CallSession:
             end_of_speech_to_stt_ms=round((now - speech_end_at) * 1000.0, 1),
         )
         log.info("transcript", turn_id=turn_id, text=text, stt_ms=turn.end_of_speech_to_stt_ms)
-        if not text:
-            turn.fallbacks.append("stt_empty")
-            self.record.turns.append(turn)
+        paused = self._paused_turn
+        if paused is not None:
+            self._paused_turn = None
+            if not text or _norm(text) in self._backchannels:
+                # A backchannel, a cough, line noise: the bot goes on where it stopped.
+                self.speaker.resume()
+                self.turns.set_bot_speaking(True)
+                turn.kind = "backchannel"
+                turn.fallbacks.append("backchannel_ignored" if text else "false_interruption")
+                self._add_turn(turn)
+                self._turn_finished(turn)
+                return
+            paused.barged_in = True
+            self._turn_finished(paused)
+            self._interrupt()
+        low_confidence = (
+            result.confidence is not None and result.confidence < self.fallbacks.min_stt_confidence
+        )
+        if not text or low_confidence:
+            turn.fallbacks.append("stt_low_confidence" if text else "stt_empty")
+            self._start_reply(turn, self._not_understood_turn(), speech_end_at)
             return
         self._start_reply(turn, self.shared.dialogue.respond(self.call, text), speech_end_at)
+
+    async def _not_understood_turn(self) -> DialogueTurn:
+        return DialogueTurn(
+            replies=(BotReply(text=self.fallbacks.clarify),), source="fallback", needs_fallback=True
+        )
+
+    def _give_up_turn(self, reason: str) -> DialogueTurn:
+        """Hand the caller to a person (or say goodbye when there is nobody to hand to)."""
+        target = self.fallbacks.give_up_target
+        if target:
+            return DialogueTurn(
+                replies=(BotReply(text=self.fallbacks.give_up_transfer),),
+                end="transfer",
+                transfer_target=target,
+                source="fallback",
+                fallbacks=(reason,),
+            )
+        return DialogueTurn(
+            replies=(BotReply(text=self.fallbacks.give_up_goodbye),),
+            end="hangup",
+            source="fallback",
+            fallbacks=(reason,),
+        )
+
+    # --- timers ------------------------------------------------------------------------
+
+    def _cancel_no_input(self) -> None:
+        if self._no_input_task is not None:
+            self._no_input_task.cancel()
+            self._no_input_task = None
+
+    def _start_no_input(self) -> None:
+        self._cancel_no_input()
+        if self._group is not None and self.fallbacks.no_input_s > 0 and not self._ending:
+            self._no_input_task = self._group.create_task(self._no_input_wait())
+
+    async def _no_input_wait(self) -> None:
+        await asyncio.sleep(self.fallbacks.no_input_s)
+        self._no_input_task = None
+        if self.turns.caller_speaking or self._utterance_open:
+            return
+        self._no_input_count += 1
+        loop = asyncio.get_running_loop()
+        turn = TurnRecord(turn_id=self.turns.turn_id, kind="no_input")
+        if self._no_input_count > self.fallbacks.no_input_max:
+            turn.fallbacks.append("no_input_goodbye")
+            answer = DialogueTurn(
+                replies=(BotReply(text=self.fallbacks.no_input_goodbye),),
+                end="hangup",
+                source="fallback",
+            )
+        else:
+            turn.fallbacks.append("no_input")
+            answer = DialogueTurn(
+                replies=(BotReply(text=self.fallbacks.still_there),), source="fallback"
+            )
+        self._start_reply(turn, _ready(answer), loop.time(), keep_no_input_count=True)
+
+    async def _wrap_up_timer(self) -> None:
+        limit_s = self.config.server.max_call_duration_s - self.fallbacks.wrap_up_before_s
+        if limit_s <= 0:
+            return
+        await asyncio.sleep(limit_s)
+        log.info("call_wrap_up", after_s=limit_s)
+        give_up = self._give_up_turn("max_duration")
+        answer = DialogueTurn(
+            replies=(BotReply(text=self.fallbacks.wrap_up), *give_up.replies),
+            end=give_up.end,
+            transfer_target=give_up.transfer_target,
+            source="fallback",
+            fallbacks=("max_duration",),
+        )
+        loop = asyncio.get_running_loop()
+        turn = TurnRecord(turn_id=self.turns.turn_id, kind="wrap_up")
+        self._interrupt()
+        self._start_reply(turn, _ready(answer), loop.time())
+
+    async def _apologise_and_leave(self) -> None:
+        """After an unexpected error: say sorry (cached audio, no engine needed), then
+        transfer or hang up. Bounded in time; never raises."""
+        try:
+            self.speaker.interrupt()
+            generation = self.speaker.generation
+            give_up = self._give_up_turn("error")
+            for text in (self.fallbacks.apology, *(r.text for r in give_up.replies)):
+                pcm = self.shared.tts_cache.get(text, self.rate_hz)
+                if pcm is not None:
+                    self.speaker.enqueue(pcm, generation)
+            played = asyncio.Event()
+            self.speaker.mark(lambda _at: played.set(), generation)
+            async with asyncio.timeout(15.0):
+                await played.wait()
+            await self._end_call(give_up)
+        except Exception as exc:
+            log.error("apology_failed", error=str(exc))
+            with contextlib.suppress(Exception):
+                await self.media.hangup("error")
 
     # --- DTMF ------------------------------------------------------------------------
 
     def _on_dtmf(self, digit: str, at_s: float) -> None:
         log.info("dtmf", digit=digit)
-        if self.turns.bot_speaking:
+        self._cancel_no_input()
+        self._no_input_count = 0
+        if self.turns.bot_speaking or self.speaker.paused:
+            self._paused_turn = None
             self._interrupt()
         if self._dtmf_expect is None:
             self._send_dtmf(digit, at_s)
@@ -404,17 +581,26 @@ class CallSession:
     # --- replies -----------------------------------------------------------------------
 
     def _start_reply(
-        self, turn: TurnRecord, make_turn: Awaitable[DialogueTurn], origin_at: float
+        self,
+        turn: TurnRecord,
+        make_turn: Awaitable[DialogueTurn],
+        origin_at: float,
+        *,
+        keep_no_input_count: bool = False,
     ) -> None:
         self._cancel_reply()
+        self._cancel_no_input()
+        if not keep_no_input_count:
+            self._no_input_count = 0
         if self._group is None or self._ending:
             if asyncio.iscoroutine(make_turn):
                 make_turn.close()
             return
         self._reply_seq += 1
         self._reply_started = False
+        self._reply_first_frame_at = None
         self._reply_turn = turn
-        self.record.turns.append(turn)
+        self._add_turn(turn)
         self._reply_task = self._group.create_task(
             self._reply(self._reply_seq, turn, make_turn, origin_at)
         )
@@ -448,7 +634,22 @@ class CallSession:
             log.warning("dialogue_timeout", timeout_s=self.config.dialogue.timeout_s)
             turn.fallbacks.append("dialogue_timeout")
             answer = DialogueTurn(replies=(BotReply(text=self.config.dialogue.reprompt),))
+        except Exception as exc:
+            log.exception("dialogue_error")
+            self.record.errors.append(f"dialogue: {type(exc).__name__}: {exc}")
+            give_up = self._give_up_turn("dialogue_error")
+            answer = dataclasses.replace(
+                give_up, replies=(BotReply(text=self.fallbacks.apology), *give_up.replies)
+            )
+        if turn.kind in ("speech", "dtmf"):
+            if answer.needs_fallback:
+                self._not_understood += 1
+                if self._not_understood >= self.fallbacks.not_understood_max:
+                    answer = self._give_up_turn("not_understood")
+            else:
+                self._not_understood = 0
         turn.stt_to_dialogue_ms = round((loop.time() - dialogue_started) * 1000.0, 1)
+        turn.fallbacks.extend(answer.fallbacks)
         turn.intent = answer.intent
         turn.confidence = answer.confidence
         turn.dialogue = answer.source
@@ -462,6 +663,7 @@ class CallSession:
             if seq != self._reply_seq:
                 return
             self._reply_started = True
+            self._reply_first_frame_at = written_at
             self.turns.set_bot_speaking(True)
             if turn.kind != "greeting":
                 turn.end_of_speech_to_first_frame_ms = round((written_at - origin_at) * 1000.0, 1)
@@ -476,8 +678,13 @@ class CallSession:
             if seq != self._reply_seq:
                 return
             self.turns.set_bot_speaking(False)
+            if self._reply_first_frame_at is not None:
+                turn.played_ms = round((written_at - self._reply_first_frame_at) * 1000.0, 1)
+            self._turn_finished(turn)
             if answer.end is not None and self._group is not None:
                 self._group.create_task(self._end_call(answer))
+            else:
+                self._start_no_input()
 
         self.speaker.mark(on_first_frame, generation)
         sources: list[str] = []
@@ -564,6 +771,14 @@ class CallSession:
         else:
             self.record.end_reason = "bot_hangup"
             await self.media.hangup("bot_hangup")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().replace(".", " ").replace(",", " ").replace("!", " ").split())
+
+
+async def _ready(answer: DialogueTurn) -> DialogueTurn:
+    return answer
 
 
 def make_handler(shared: Shared) -> Callable[[CallMedia], Awaitable[None]]:

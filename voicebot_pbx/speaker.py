@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from voicebot_pbx.audio import FRAME_MS, Reframer, frame_bytes
+from voicebot_pbx.audio import FRAME_MS, Reframer, frame_bytes, rms_dbfs
 
 log = structlog.get_logger("voicebot_pbx.speaker")
 
@@ -57,6 +57,9 @@ class Speaker:
         self._room = asyncio.Event()
         self._room.set()
         self._clock = clock
+        self._paused = False
+        # Levels of the last frames written (for echo gating on the inbound side).
+        self._recent_dbfs: deque[float] = deque(maxlen=12)
         self.frames_written = 0
         self.audio_frames_written = 0
         self.stalls = 0
@@ -92,8 +95,26 @@ class Speaker:
         self._silence = bytes(self._frame_size)
         self._reframer = Reframer(self._frame_size)
 
+    @property
+    def recent_peak_dbfs(self) -> float:
+        """Loudest of the last ~240 ms of frames written (-120 when silent)."""
+        return max(self._recent_dbfs, default=-120.0)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Go silent from the next frame but keep the queue (the caller may only be saying
+        "uh-huh"): ``resume()`` continues where it stopped, ``interrupt()`` drops it."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
     def interrupt(self) -> int:
         """Stop at once: drop everything queued; returns the new generation."""
+        self._paused = False
         self._generation += 1
         self._queue.clear()
         self._queued_frames = 0
@@ -135,6 +156,8 @@ class Speaker:
     # --- pacer ---------------------------------------------------------------------
 
     def _next_frame(self, now_s: float) -> tuple[bytes, bool]:
+        if self._paused:
+            return self._silence, True
         while self._queue:
             item = self._queue.popleft()
             if isinstance(item, Marker):
@@ -170,6 +193,7 @@ class Speaker:
                 tick = 0
             frame, is_silence = self._next_frame(clock())
             await write(frame, is_silence)
+            self._recent_dbfs.append(-120.0 if is_silence else rms_dbfs(frame))
             self.frames_written += 1
             if not is_silence:
                 self.audio_frames_written += 1

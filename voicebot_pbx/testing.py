@@ -224,6 +224,9 @@ class FakeMedia:
     inbound: asyncio.Queue[InboundEvent] = field(default_factory=lambda: asyncio.Queue(1000))
     sent: list[tuple[float, bool]] = field(default_factory=list)  # (time, voiced)
     hangups: list[str] = field(default_factory=list)
+    # Line echo: every bot frame comes back this many dB quieter in the next caller frame.
+    echo_db: float | None = None
+    _echo: bytes = b""
 
     def __post_init__(self) -> None:
         self.speaker = Speaker(self.rate)
@@ -244,6 +247,10 @@ class FakeMedia:
     async def write(self, pcm: bytes, is_silence: bool) -> None:
         loop = asyncio.get_running_loop()
         self.sent.append((loop.time(), not is_silence and rms_dbfs(pcm) > -50))
+        if self.echo_db is not None:
+            gain = 10 ** (-self.echo_db / 20)
+            samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) * gain
+            self._echo = samples.astype("<i2").tobytes()
 
     async def play_caller(self, script: list[tuple[float, bytes | str]]) -> None:
         """Send caller audio (``bytes``) or a DTMF digit (``str``) starting at time ``t``,
@@ -275,6 +282,12 @@ class FakeMedia:
         delay = at_s - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        if self._echo and len(self._echo) == len(pcm):
+            mixed = np.frombuffer(pcm, dtype="<i2").astype(np.int32) + np.frombuffer(
+                self._echo, dtype="<i2"
+            )
+            pcm = np.clip(mixed, -32768, 32767).astype("<i2").tobytes()
+            self._echo = b""
         await self.inbound.put(AudioIn(pcm, self.rate, loop.time()))
 
     def voiced_times(self) -> list[float]:
