@@ -188,3 +188,63 @@ def test_caller_never_waits_more_than_1_5_s_of_silence_for_an_answer() -> None:
     media, _session = run_virtual(timeline(shared, [(2.0, tone(1.0, 8000, AGENT))], until_s=10.0))
     first = min(t for t in media.voiced_times() if t > 3.0)
     assert first - 3.0 < 1.5
+
+
+class FailingTts:
+    voice_id = "broken"
+
+    def synthesize(self, text: str, rate_hz: int, cancel: object = None) -> object:
+        raise RuntimeError("voice model unreadable")
+        yield b""  # pragma: no cover
+
+    def synthesize_all(self, text: str, rate_hz: int) -> bytes:
+        raise RuntimeError("voice model unreadable")
+
+
+def test_tts_failure_uses_the_backup_voice() -> None:
+    shared = make_shared()
+    backup = shared.engines.tts
+    shared.engines.tts = FailingTts()  # type: ignore[assignment]
+    shared.engines.tts_backup = backup
+    media, session = run_virtual(timeline(shared, [(2.0, tone(1.0, 8000, AGENT))], until_s=10.0))
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+    assert "tts_failed" in turn.fallbacks and turn.reply_source == "tts_backup"
+    assert [t for t in media.voiced_times() if t > 3.0]
+    assert media.hangups == ["transferred"]
+
+
+def test_tts_failure_without_backup_plays_the_intent_clip(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from voicebot_pbx.audio import write_wav
+    from voicebot_pbx.prompts import ClipLibrary
+
+    clip_path = Path(str(tmp_path)) / "rule3.wav"
+    write_wav(clip_path, tone(0.5, 16000, 500), 16000)  # any rate: converted on load
+    shared = dataclasses.replace(make_shared(), clips=ClipLibrary({"rule3": clip_path}))
+    shared.engines.tts = FailingTts()  # type: ignore[assignment]
+    media, session = run_virtual(timeline(shared, [(2.0, tone(1.0, 8000, AGENT))], until_s=10.0))
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+    assert turn.intent == "rule3" and turn.reply_source == "clip"
+    assert "tts_clip" in turn.fallbacks
+    voiced = [t for t in media.voiced_times() if t > 3.0]
+    assert len(voiced) == pytest.approx(25, abs=1)  # the 0.5 s clip
+
+
+def test_tts_failure_with_nothing_else_transfers_with_the_cached_line() -> None:
+    shared = make_shared()
+    give_up = shared.config.fallbacks.give_up_transfer
+    shared.tts_cache.put(give_up, 8000, tone(1.0, 8000, 300))
+    shared.engines.tts = FailingTts()  # type: ignore[assignment]
+    media, session = run_virtual(
+        timeline(shared, [(2.0, tone(1.0, 8000, HOURS + 0))], until_s=10.0)
+    )
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+    # "We open at eight." is cached, so that one still plays; ask something uncached:
+    assert turn.reply_source == "cache"
+    media, session = run_virtual(timeline(shared, [(2.0, tone(1.0, 8000, TARIFF))], until_s=10.0))
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+    assert "tts_unavailable" in turn.fallbacks
+    assert media.hangups == ["transferred"]
+    voiced = [t for t in media.voiced_times() if t > 3.0]
+    assert len(voiced) == pytest.approx(50, abs=1)  # the cached 1 s give-up line

@@ -23,9 +23,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from voicebot_pbx.prompts import ClipLibrary, clip_paths
+
     config = load_config(args.config)
     print(json.dumps(as_dict(config), indent=2))
-    return 0
+    clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))
+    if config.prompts.dir and not Path(config.prompts.dir).is_dir():
+        clips.problems.append(f"prompts.dir {config.prompts.dir}: not a folder")
+    for problem in clips.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if clips.problems else 0
 
 
 def reply_segments(pcm: bytes, rate_hz: int, gap_s: float = 0.6) -> list[bytes]:

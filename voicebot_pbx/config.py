@@ -78,6 +78,9 @@ class TtsConfig:
     cpu_threads: int = 1
     cache_dir: str = ""  # empty: <state_dir>/tts-cache
     timeout_s: float = 10.0
+    # A second Piper voice used when the first fails or times out (empty: none).
+    backup_model_path: str = ""
+    backup_config_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,16 @@ class RasaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptsConfig:
+    """Pre-recorded clips (WAV, any rate; converted once at load). Every ``*.wav`` in
+    ``dir`` is a clip named by its file stem (``hold.wav`` -> "hold"); ``clips`` adds or
+    overrides entries as "name=path" (relative paths are relative to ``dir``)."""
+
+    dir: str = ""
+    clips: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -185,6 +198,7 @@ class Config:
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
     rasa: RasaConfig = field(default_factory=RasaConfig)
     fallbacks: FallbackConfig = field(default_factory=FallbackConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -308,6 +322,10 @@ def _validate(config: Config, source: str) -> None:
             problems.append(f"dialogue.rules[{index}] needs keywords and a reply")
         if rule.then == "transfer" and not rule.target:
             problems.append(f"dialogue.rules[{index}] transfers but has no target")
+    for entry in config.prompts.clips:
+        name, sep, path = entry.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            problems.append(f"prompts.clips entry {entry!r} is not name=path")
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
 

@@ -47,6 +47,7 @@ class Engines:
     tts: PiperTts
     pool: ThreadPoolExecutor
     load_s: float = 0.0
+    tts_backup: PiperTts | None = None  # a second voice for when the first one fails
 
     async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
         """Run blocking ``fn`` in the shared pool under a timeout."""
@@ -91,6 +92,16 @@ def load_engines(config: Config) -> Engines:
         length_scale=config.tts.length_scale,
         cpu_threads=config.tts.cpu_threads,
     )
+    tts_backup = None
+    if config.tts.backup_model_path:
+        tts_backup = PiperTts(
+            Path(config.tts.backup_model_path),
+            config_path=Path(config.tts.backup_config_path)
+            if config.tts.backup_config_path
+            else None,
+            volume=config.tts.volume,
+            cpu_threads=config.tts.cpu_threads,
+        )
     pool = ThreadPoolExecutor(
         max_workers=config.inference.pool_threads, thread_name_prefix="inference"
     )
@@ -98,4 +109,4 @@ def load_engines(config: Config) -> Engines:
     log.info(
         "engines_loaded", stt=config.stt.engine, stt_model=str(stt_dir), load_s=round(load_s, 2)
     )
-    return Engines(vad=vad, stt=stt, tts=tts, pool=pool, load_s=load_s)
+    return Engines(vad=vad, stt=stt, tts=tts, pool=pool, load_s=load_s, tts_backup=tts_backup)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import wave
 from collections import OrderedDict
 from pathlib import Path
 
@@ -90,8 +91,24 @@ class TtsCache:
             Path(tmp).unlink(missing_ok=True)
 
 
+def clip_paths(directory: str, entries: tuple[str, ...]) -> dict[str, Path]:
+    """Clip name -> WAV path from a prompts folder and "name=path" entries."""
+    base = Path(directory) if directory else Path.cwd()
+    paths: dict[str, Path] = {}
+    if directory and base.is_dir():
+        paths.update({wav.stem: wav for wav in sorted(base.glob("*.wav"))})
+    for entry in entries:
+        name, _sep, path = entry.partition("=")
+        candidate = Path(path.strip())
+        paths[name.strip()] = candidate if candidate.is_absolute() else base / candidate
+    return paths
+
+
 class ClipLibrary:
-    """Pre-recorded WAV clips (any rate) by name, converted once per call rate."""
+    """Pre-recorded WAV clips (any rate) by name, converted once per call rate.
+
+    Unreadable or missing files are collected in ``problems`` (``check-config`` prints
+    them) instead of failing the service."""
 
     def __init__(self, clips: dict[str, Path]) -> None:
         self._sources: dict[str, tuple[bytes, int]] = {}
@@ -100,7 +117,7 @@ class ClipLibrary:
         for name, path in clips.items():
             try:
                 self._sources[name] = read_wav(path)
-            except (OSError, ValueError, EOFError) as exc:
+            except (OSError, ValueError, EOFError, wave.Error) as exc:
                 self.problems.append(f"clip {name!r}: {path}: {exc}")
 
     def names(self) -> list[str]:

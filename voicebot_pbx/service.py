@@ -14,7 +14,7 @@ import structlog
 from voicebot_pbx.config import Config
 from voicebot_pbx.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.engines import Engines, load_engines
-from voicebot_pbx.prompts import ClipLibrary, TtsCache
+from voicebot_pbx.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.records import JsonlRecorder
 from voicebot_pbx.session import Shared, make_handler
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
@@ -64,6 +64,9 @@ async def build_shared(config: Config) -> Shared:
     state_dir = Path(config.state_dir)
     cache_dir = Path(config.tts.cache_dir) if config.tts.cache_dir else state_dir / "tts-cache"
     cache = TtsCache(engines.tts.voice_id, cache_dir)
+    clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))
+    for problem in clips.problems:
+        log.warning("clip_unusable", problem=problem)
     made = await asyncio.to_thread(warm_tts_cache, engines, cache, texts)
     await asyncio.to_thread(warm_stt, engines)
     log.info(
@@ -77,7 +80,7 @@ async def build_shared(config: Config) -> Shared:
         engines=engines,
         dialogue=dialogue,
         tts_cache=cache,
-        clips=ClipLibrary({}),
+        clips=clips,
         recorder=JsonlRecorder(state_dir / "calls.jsonl"),
     )
 

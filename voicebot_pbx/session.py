@@ -20,7 +20,7 @@ import functools
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -90,6 +90,12 @@ class _Speculation:
     turn_id: int
     pause_id: int
     result: SttResult
+
+
+class SpeechSynth(Protocol):
+    def synthesize(
+        self, text: str, rate_hz: int, cancel: threading.Event | None = None
+    ) -> Iterator[bytes]: ...
 
 
 class BatchTranscriber(Protocol):
@@ -692,6 +698,16 @@ class CallSession:
             source = await self._play(reply, generation, turn, origin_at)
             if source:
                 sources.append(source)
+        if answer.replies and not sources:
+            # Not a word could be produced (TTS down, no clip): hand over, using the
+            # give-up line that was cached at start-up.
+            answer = self._give_up_turn("tts_unavailable")
+            turn.fallbacks.append("tts_unavailable")
+            for reply in answer.replies:
+                cached = self.shared.tts_cache.get(reply.text, self.rate_hz)
+                if cached is not None:
+                    self.speaker.enqueue(cached, generation)
+                    sources.append("cache")
         turn.reply_source = "+".join(dict.fromkeys(sources))
         if not self.speaker.mark(on_done, generation):
             return
@@ -715,17 +731,44 @@ class CallSession:
         return "+".join(sources)
 
     async def _speak(self, text: str, generation: int, turn: TurnRecord, origin_at: float) -> str:
-        loop = asyncio.get_running_loop()
         cached = self.shared.tts_cache.get(text, self.rate_hz)
         if cached is not None:
             if turn.tts_first_audio_ms is None:
                 turn.tts_first_audio_ms = 0.0
             self.speaker.enqueue(cached, generation)
             return "cache"
+        voices = [("tts", self.engines.tts)]
+        if self.engines.tts_backup is not None:
+            voices.append(("tts_backup", self.engines.tts_backup))
+        for source, voice in voices:
+            try:
+                await self._synthesize(voice, text, generation, turn)
+                return source
+            except EngineTimeout:
+                turn.fallbacks.append(f"{source}_timeout")
+                self.record.errors.append(f"{source}_timeout")
+            except Exception as exc:
+                log.error("tts_failed", source=source, error=f"{type(exc).__name__}: {exc}")
+                turn.fallbacks.append(f"{source}_failed")
+                self.record.errors.append(f"{source}: {type(exc).__name__}: {exc}")
+        # No voice could say it: a recorded clip for this intent, if there is one.
+        clip = self.shared.clips.get(turn.intent, self.rate_hz) if turn.intent else None
+        if clip is not None:
+            self.speaker.enqueue(clip, generation)
+            turn.fallbacks.append("tts_clip")
+            return "clip"
+        return ""
+
+    async def _synthesize(
+        self, voice: SpeechSynth, text: str, generation: int, turn: TurnRecord
+    ) -> None:
+        """Sentence by sentence into the speaker; raises if the voice fails before the
+        first sentence (after that, what was said stays said)."""
+        loop = asyncio.get_running_loop()
         cancel = threading.Event()
         self._tts_cancel = cancel
         chunks: list[bytes] = []
-        sentences = self.engines.tts.synthesize(text, self.rate_hz, cancel)
+        sentences = voice.synthesize(text, self.rate_hz, cancel)
         started = loop.time()
         complete = False
         try:
@@ -742,14 +785,14 @@ class CallSession:
                     break
                 chunks.append(chunk)
                 await self.speaker.wait_for_room()
-        except EngineTimeout:
-            turn.fallbacks.append("tts_timeout")
-            self.record.errors.append("tts_timeout")
+        except Exception:
+            if not chunks:
+                raise
+            turn.fallbacks.append("tts_failed_midway")
         finally:
             cancel.set()
         if complete and chunks and len(text) <= _CACHEABLE_TEXT_CHARS:
             self.shared.tts_cache.put(text, self.rate_hz, b"".join(chunks))
-        return "tts"
 
     async def _end_call(self, answer: DialogueTurn) -> None:
         if self._ending:
