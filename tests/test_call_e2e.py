@@ -130,7 +130,10 @@ def test_silent_caller_and_background_noise_make_no_turn(
     result, records = asyncio.run(one_call(engines, tmp_path, tts_cache_dir, steps))
     assert result.greeting_heard
     assert speech_turns(records) == []
-    assert len(reply_segments(bytes(result.bot_pcm), 8000)) == 1  # the greeting only
+    # Nothing but the greeting and, after 8 s of caller silence, "are you still there?".
+    (record,) = records
+    assert [t["kind"] for t in record["turns"]] == ["greeting", "no_input"]  # type: ignore[union-attr,index]
+    assert len(reply_segments(bytes(result.bot_pcm), 8000)) == 2
 
 
 def test_barge_in_stops_the_bot_with_no_stale_frames(

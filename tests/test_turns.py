@@ -51,7 +51,8 @@ def test_utterance_start_pause_and_end_at_max_silence() -> None:
     kinds = [type(a) for _, a in events]
     assert kinds == [UtteranceStarted, PauseStarted, UtteranceEnded]
     started = events[0][1]
-    assert isinstance(started, UtteranceStarted) and started.onset_s == pytest.approx(0.32, abs=0.04)
+    assert isinstance(started, UtteranceStarted)
+    assert started.onset_s == pytest.approx(0.32, abs=0.04)
     ended_at, ended = events[2]
     assert isinstance(ended, UtteranceEnded)
     assert ended.speech_end_s == pytest.approx(1.32, abs=0.04)
@@ -63,7 +64,8 @@ def test_end_turn_early_only_after_the_short_silence() -> None:
     feed(taker, [(0.5, 0.95), (0.1, 0.02)])
     assert taker.end_turn_early(0.5 + 0.1) is None  # only 100 ms of silence
     ended = taker.end_turn_early(0.5 + 0.25)
-    assert isinstance(ended, UtteranceEnded) and ended.speech_end_s == pytest.approx(0.51, abs=0.04)
+    assert isinstance(ended, UtteranceEnded)
+    assert ended.speech_end_s == pytest.approx(0.51, abs=0.04)
     assert not taker.caller_speaking
 
 
@@ -196,9 +198,7 @@ def test_barge_in_silences_the_bot_within_a_frame_and_nothing_stale_follows() ->
     shared = make_shared()
     question = tone(1.0, 8000, TARIFF)
     interrupt = tone(1.0, 8000, HOURS)
-    media, session = run_virtual(
-        timeline(shared, [(2.0, question), (5.0, interrupt)], until_s=9.0)
-    )
+    media, session = run_virtual(timeline(shared, [(2.0, question), (5.0, interrupt)], until_s=9.0))
     turns = [t for t in session.record.turns if t.kind == "speech"]
     assert turns[0].barged_in and turns[1].transcript == PHRASES[HOURS]
     voiced = media.voiced_times()
