@@ -225,3 +225,32 @@ def test_silence_and_noise_free_call_makes_no_turn() -> None:
     shared = make_shared()
     _media, session = run_virtual(timeline(shared, [], until_s=10.0))
     assert [t for t in session.record.turns if t.kind == "speech"] == []
+
+
+def test_inbound_audio_at_another_rate_is_converted_for_the_session() -> None:
+    shared = make_shared()
+
+    async def run() -> tuple[FakeMedia, CallSession]:
+        from voicebot_pbx.audio import resample
+        from voicebot_pbx.transport import AudioIn
+
+        media = FakeMedia()  # the session runs at 8 kHz ...
+        session = CallSession(media, shared)
+        async with asyncio.TaskGroup() as group:
+            pacer = group.create_task(media.speaker.run(media.write))
+            runner = group.create_task(session.run())
+            loop = asyncio.get_running_loop()
+            # ... and the caller's audio arrives at 16 kHz (640-byte frames).
+            speech = resample(tone(1.0, 8000, HOURS), 8000, 16000)
+            audio = bytes(16000 * 2 * 2) + speech + bytes(16000 * 2 * 2)
+            for offset in range(0, len(audio), 640):
+                await asyncio.sleep(0.02)
+                await media.inbound.put(AudioIn(audio[offset : offset + 640], 16000, loop.time()))
+            await media.hangup("caller_hangup")
+            await runner
+            pacer.cancel()
+        return media, session
+
+    _media, session = run_virtual(run())
+    turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in turns] == [PHRASES[HOURS]]

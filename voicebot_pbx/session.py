@@ -26,7 +26,7 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from voicebot_pbx.audio import rms_dbfs
+from voicebot_pbx.audio import Resampler, rms_dbfs
 from voicebot_pbx.config import Config
 from voicebot_pbx.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.engines import Engines, EngineTimeout
@@ -157,6 +157,7 @@ class CallSession:
         self.fallbacks = shared.config.fallbacks
         self._backchannels = frozenset(_norm(b) for b in self.fallbacks.backchannels)
         self._paused_turn: TurnRecord | None = None
+        self._inbound_resampler: Resampler | None = None
         self._not_understood = 0
         self._no_input_count = 0
         self._no_input_task: asyncio.Task[None] | None = None
@@ -259,6 +260,13 @@ class CallSession:
 
     def _on_audio(self, event: AudioIn) -> None:
         pcm = event.pcm
+        if event.rate_hz != self.rate_hz:
+            # The caller's first audio came after the session had to pick a rate: convert.
+            if self._inbound_resampler is None:
+                self._inbound_resampler = Resampler(event.rate_hz, self.rate_hz)
+            pcm = self._inbound_resampler.process(pcm)
+            if not pcm:
+                return
         self._fed_s += len(pcm) / (2 * self.rate_hz)
         self._recent.append((self._fed_s, pcm))
         if self._utterance_open:
