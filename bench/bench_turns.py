@@ -44,6 +44,8 @@ port = {port}
 max_calls = 64
 [log]
 format = "json"
+[dialogue]
+engine = "rules"
 [[dialogue.rules]]
 keywords = ["opening hours", "open", "opening", "hours"]
 reply = "We are open Monday to Friday from eight am to six pm."

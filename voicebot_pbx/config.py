@@ -118,7 +118,7 @@ def _default_rules() -> tuple[RuleConfig, ...]:
 
 @dataclass(frozen=True, slots=True)
 class DialogueConfig:
-    engine: Literal["rules", "rasa"] = "rules"
+    engine: Literal["rules", "rasa"] = "rasa"
     greeting: str = "Hello, thanks for calling Northwind Energy. How can I help you today?"
     reprompt: str = "Sorry, I didn't catch that. Could you say it again?"
     rules: tuple[RuleConfig, ...] = field(default_factory=_default_rules)

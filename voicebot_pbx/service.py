@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -18,6 +21,10 @@ from voicebot_pbx.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.records import JsonlRecorder
 from voicebot_pbx.session import Shared, make_handler
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
+
+if TYPE_CHECKING:
+    from voicebot_pbx.nlu import RasaDialogue
+    from voicebot_pbx.rasa_server import RasaServer
 
 log = structlog.get_logger("voicebot_pbx.service")
 
@@ -85,22 +92,85 @@ async def build_shared(config: Config) -> Shared:
     )
 
 
+def rasa_server_for(config: Config) -> RasaServer:
+    """The managed Rasa server described by the config (not started)."""
+    from voicebot_pbx.rasa_server import RasaServer, default_rasa_venv
+
+    url = urlsplit(config.rasa.url)
+    venv = Path(config.rasa.venv_dir) if config.rasa.venv_dir else default_rasa_venv()
+    cache = Path(os.environ.get("VOICEBOT_CACHE") or Path(config.state_dir).parent)
+    redis_url = os.environ.get(config.rasa.redis_url_env) or None
+    return RasaServer(
+        Path(config.rasa.project_dir),
+        venv,
+        host=url.hostname or "127.0.0.1",
+        port=url.port or 5005,
+        models_dir=cache / "rasa-models",
+        redis_url=redis_url,
+    )
+
+
+async def start_rasa(shared: Shared, server: RasaServer | None, rasa: RasaDialogue) -> None:
+    """Train/start the managed Rasa server (if any), then pre-synthesize its static
+    responses. Calls are served by the rule dialogue until Rasa answers."""
+    started = time.perf_counter()
+    if server is not None:
+        await asyncio.to_thread(server.ensure_trained)
+        await server.start()
+    texts = await rasa.static_responses()
+    made = await asyncio.to_thread(warm_tts_cache, shared.engines, shared.tts_cache, texts)
+    log.info(
+        "rasa_ready",
+        ready_s=round(time.perf_counter() - started, 2),
+        responses=len(texts),
+        tts_cache_new=made,
+    )
+
+
+async def _start_rasa_logged(shared: Shared, server: RasaServer | None, rasa: RasaDialogue) -> None:
+    try:
+        await start_rasa(shared, server, rasa)
+    except Exception as exc:  # the bot keeps serving on the rule dialogue
+        log.error("rasa_unavailable", error=f"{type(exc).__name__}: {exc}")
+
+
 async def serve(
     config: Config, *, on_ready: Callable[[AudioSocketServer], None] | None = None
 ) -> None:
     shared = await build_shared(config)
-    server = AudioSocketServer(config.server, make_handler(shared))
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    if on_ready is not None:
-        on_ready(server)
-    try:
-        await stop.wait()
-        log.info("stopping", active_calls=len(server.calls))
-    finally:
-        await server.close()
-        shared.engines.close()
+    async with contextlib.AsyncExitStack() as stack:
+        rasa: RasaDialogue | None = None
+        rasa_server: RasaServer | None = None
+        if config.dialogue.engine == "rasa":
+            from voicebot_pbx.fallbacks import FallbackDialogue
+            from voicebot_pbx.nlu import RasaDialogue
+
+            rasa = RasaDialogue(config.rasa.url, timeout_s=config.rasa.timeout_s)
+            stack.push_async_callback(rasa.aclose)
+            shared.dialogue = FallbackDialogue(
+                rasa, shared.dialogue, timeout_s=config.rasa.timeout_s
+            )
+            if config.rasa.manage:
+                rasa_server = rasa_server_for(config)
+                stack.push_async_callback(rasa_server.stop)
+        server = AudioSocketServer(config.server, make_handler(shared))
+        await server.start()
+        stack.callback(shared.engines.close)
+        stack.push_async_callback(server.close)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        if on_ready is not None:
+            on_ready(server)
+        async with asyncio.TaskGroup() as group:
+            rasa_task = (
+                group.create_task(_start_rasa_logged(shared, rasa_server, rasa))
+                if rasa is not None
+                else None
+            )
+            await stop.wait()
+            log.info("stopping", active_calls=len(server.calls))
+            if rasa_task is not None:
+                rasa_task.cancel()
