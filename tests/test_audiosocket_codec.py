@@ -179,6 +179,19 @@ def test_oversized_audio_rejected_from_the_header_before_buffering() -> None:
     assert info.value.reason == "oversized_audio"
 
 
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [(b"\x01\xff\xff", "bad_uuid"), (b"\x01\x00\x11", "bad_uuid"), (b"\x03\xff\xff", "bad_dtmf")],
+)
+def test_fixed_size_kinds_with_a_wrong_length_fail_from_the_header(
+    header: bytes, reason: str
+) -> None:
+    # Not after waiting for a payload that can never be valid.
+    with pytest.raises(wire.ProtocolError) as info:
+        wire.Decoder().feed(header)
+    assert info.value.reason == reason
+
+
 def test_oversized_limit_is_inclusive() -> None:
     assert decode_all(fixture("slin_10"), max_audio_bytes=8) == [wire.Audio(8000, FOUR_SAMPLES)]
     with pytest.raises(wire.ProtocolError) as info:

@@ -237,6 +237,41 @@ def test_interrupt_drops_a_partial_frame_too() -> None:
     assert speaker.buffered_s == 0
 
 
+def test_pause_keeps_the_queue_and_resume_continues() -> None:
+    async def main() -> tuple[Wire, Speaker]:
+        speaker = Speaker(8000)
+        speaker.enqueue(b"".join(frame(i) for i in range(6)), speaker.generation)
+        wire = Wire()
+        loop().call_at(0.045, speaker.pause)  # after frames 0, 1, 2
+        loop().call_at(0.105, speaker.resume)
+        await pace_for(speaker, wire, 0.31)
+        return wire, speaker
+
+    wire, speaker = run(main)
+    played = [None if silent else pcm for _, pcm, silent in wire.frames]
+    assert played[:3] == [frame(0), frame(1), frame(2)]
+    assert played[3:6] == [None, None, None]  # paused: silence, nothing dropped
+    assert played[6:9] == [frame(3), frame(4), frame(5)]
+    assert all(p is None for p in played[9:])
+    assert not speaker.paused
+
+
+def test_interrupt_ends_a_pause() -> None:
+    speaker = Speaker(8000)
+    speaker.pause()
+    assert speaker.paused
+    new = speaker.interrupt()
+    assert not speaker.paused
+    speaker.enqueue(frame(7), new)
+
+    async def main() -> Wire:
+        wire = Wire()
+        await pace_for(speaker, wire, 0.01)
+        return wire
+
+    assert run(main).audio() == [frame(7)]
+
+
 # --- markers --------------------------------------------------------------------------------
 
 
@@ -364,6 +399,33 @@ def test_stall_is_followed_by_a_re_anchor_not_a_burst(stall_s: float, kind: str)
     assert len(wire.frames) == round((2.0 - stall_s) / FRAME_S) + 2
     # Audio continues in order; nothing skipped, nothing repeated.
     assert wire.audio() == [frame(i) for i in range(len(wire.frames))]
+
+
+@pytest.mark.parametrize("stall_s", [0.03, 0.07, 0.2])
+def test_stall_while_the_pacer_sleeps_is_not_followed_by_a_burst(stall_s: float) -> None:
+    # The process is descheduled while the pacer waits for its next tick, so it wakes up
+    # late. Lateness must be judged after the sleep, not only before it.
+    async def main() -> tuple[Wire, Speaker]:
+        speaker = Speaker(8000)
+        speaker.enqueue(b"".join(frame(i) for i in range(200)), speaker.generation)
+        wire = Wire()
+        loop().call_at(0.205, loop().stall, stall_s)  # between tick 10 and tick 11
+        await pace_for(speaker, wire, 2.001)
+        return wire, speaker
+
+    wire, speaker = run(main)
+    times = wire.times
+    # Never 3 frames within less than one frame period (a 2-frame catch-up is allowed only
+    # when less than a frame late, by design, to keep 50 frames/s).
+    spans = [times[i + 2] - times[i] for i in range(len(times) - 2)]
+    assert min(spans) >= FRAME_S - EPS
+    late_s = 0.205 + stall_s - 0.22
+    if late_s > FRAME_S:
+        # Re-anchored at the late wake-up: one frame then, then every 20 ms again.
+        assert speaker.stalls == 1
+        assert times[11] == pytest.approx(0.205 + stall_s, abs=EPS)
+        assert all(g == pytest.approx(FRAME_S, abs=EPS) for g in wire.gaps()[11:])
+    assert wire.audio() == [frame(i) for i in range(len(times))]
 
 
 def test_short_stall_keeps_the_original_grid() -> None:

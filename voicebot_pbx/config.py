@@ -33,7 +33,7 @@ class ServerConfig:
     # Outbound writes that cannot drain within this time mean the peer stopped reading.
     write_timeout_s: float = 2.0
     # No inbound bytes at all for this long ends the call (Asterisk streams continuously).
-    read_timeout_s: float = 30.0
+    read_timeout_s: float = 300.0
     max_call_duration_s: float = 1800.0
 
 

@@ -186,12 +186,16 @@ class Speaker:
             delay_s = deadline_s - clock()
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
-            elif delay_s < -self._frame_s:
-                # We fell behind by more than a frame (stall): re-anchor, don't burst.
+            # Judge lateness after the sleep too: the process may have been descheduled
+            # while waiting. Up to a frame late: write now and stay on the grid (at most two
+            # frames close together, the rate stays 50/s). More: a stall; re-anchor here
+            # instead of bursting the missed frames.
+            now_s = clock()
+            if now_s - deadline_s > self._frame_s:
                 self.stalls += 1
-                origin_s = clock()
+                origin_s = now_s
                 tick = 0
-            frame, is_silence = self._next_frame(clock())
+            frame, is_silence = self._next_frame(now_s)
             await write(frame, is_silence)
             self._recent_dbfs.append(-120.0 if is_silence else rms_dbfs(frame))
             self.frames_written += 1

@@ -199,6 +199,14 @@ class Decoder:
                 raise ProtocolError(
                     "oversized_audio", f"{length} bytes > limit {self._max_audio_bytes}"
                 )
+            # Fixed-size kinds: a wrong length is known from the header alone; waiting for
+            # up to 64 KiB of a payload that can never be valid would hide the error.
+            if kind_byte == Kind.UUID and length != 16:
+                self._failed = True
+                raise ProtocolError("bad_uuid", f"UUID payload of {length} bytes, want 16")
+            if kind_byte == Kind.DTMF and length != 1:
+                self._failed = True
+                raise ProtocolError("bad_dtmf", f"DTMF payload of {length} bytes, want 1")
             if len(self._buffer) < HEADER_BYTES + length:
                 break
             payload = bytes(self._buffer[HEADER_BYTES : HEADER_BYTES + length])

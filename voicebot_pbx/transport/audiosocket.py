@@ -60,7 +60,11 @@ class AudioSocketCall:
         self.speaker = Speaker(config.default_rate_hz)
         self.inbound: asyncio.Queue[InboundEvent] = asyncio.Queue(_INBOUND_QUEUE_FRAMES)
         self._rate_known = asyncio.Event()
-        self._rate_hz = config.default_rate_hz
+        self._rate_hz = config.default_rate_hz  # outbound (the speaker's) rate
+        self._inbound_rate_hz: int | None = None  # from the first inbound audio frame
+        # Once ``wait_for_rate`` has answered, the session works at that rate: the outbound
+        # rate must not change under it any more.
+        self._rate_committed = False
         self._closed = asyncio.Event()
         self.end_reason: str | None = None
         self.bytes_in = 0
@@ -79,6 +83,7 @@ class AudioSocketCall:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self._rate_known.wait()
+        self._rate_committed = True
         return self._rate_hz
 
     # --- inbound ---------------------------------------------------------------------
@@ -133,11 +138,11 @@ class AudioSocketCall:
             match message:
                 case wire.Audio(rate_hz, pcm):
                     self.frames_in += 1
-                    if not self._rate_known.is_set():
+                    if self._inbound_rate_hz is None:
                         self._learn_rate(rate_hz)
-                    elif rate_hz != self._rate_hz:
+                    elif rate_hz != self._inbound_rate_hz:
                         raise wire.ProtocolError(
-                            "rate_changed", f"{self._rate_hz} Hz -> {rate_hz} Hz"
+                            "rate_changed", f"{self._inbound_rate_hz} Hz -> {rate_hz} Hz"
                         )
                     self._put(AudioIn(pcm, rate_hz, now_s))
                 case wire.Dtmf(digit):
@@ -151,14 +156,18 @@ class AudioSocketCall:
         return None
 
     def _learn_rate(self, rate_hz: int) -> None:
+        if rate_hz not in (8000, 16000):
+            raise wire.ProtocolError("unsupported_rate", f"{rate_hz} Hz")
+        self._inbound_rate_hz = rate_hz
         if rate_hz != self._rate_hz:
-            if rate_hz not in (8000, 16000):
-                raise wire.ProtocolError("unsupported_rate", f"{rate_hz} Hz")
-            if not self.speaker.busy:
+            if self._rate_committed or self.speaker.busy:
+                # The caller was silent (Asterisk sent nothing) until after the session
+                # started at the default rate. Keep speaking at that rate: Asterisk accepts
+                # any slin kind and converts; AudioIn.rate_hz tells the session the truth.
+                log.info("rate_mismatch", inbound_hz=rate_hz, outbound_hz=self._rate_hz)
+            else:
                 self.speaker.set_rate(rate_hz)
                 self._rate_hz = rate_hz
-            else:
-                raise wire.ProtocolError("rate_changed", f"audio at {rate_hz} Hz after speaking")
         self._rate_known.set()
 
     def _mark_closed(self, reason: str) -> None:
