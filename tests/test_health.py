@@ -1,0 +1,163 @@
+"""The health/readiness/metrics endpoint, over real TCP on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
+
+import pytest
+
+from voicebot_pbx.health import (
+    HealthServer,
+    parse_cidrs,
+    peer_allowed,
+    readiness_report,
+)
+
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    async def bounded() -> T:
+        async with asyncio.timeout(15.0):
+            return await main()
+
+    return asyncio.run(bounded())
+
+
+async def request(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return status, headers, body
+
+
+async def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    return await request(port, f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+
+
+def test_health_ready_and_metrics() -> None:
+    state = {"models": False, "draining": False}
+
+    def readiness() -> Mapping[str, Any]:
+        return readiness_report(
+            models_loaded=state["models"],
+            draining=state["draining"],
+            rasa="degraded",
+            ami="connected",
+            active_calls=2,
+        )
+
+    async def main() -> None:
+        server = HealthServer(
+            readiness, metrics=lambda: "voicebot_calls_active 2\n", host="127.0.0.1", port=0
+        )
+        await server.start()
+        try:
+            status, headers, body = await get(server.port, "/health")
+            assert status == 200 and json.loads(body) == {"status": "alive"}
+            assert headers["Content-Type"] == "application/json"
+            assert int(headers["Content-Length"]) == len(body)
+
+            status, _, body = await get(server.port, "/ready")
+            assert status == 503
+            assert json.loads(body)["status"] == "starting"
+
+            state["models"] = True
+            status, _, body = await get(server.port, "/ready?verbose=1")
+            report = json.loads(body)
+            assert status == 200
+            assert report["ready"] is True and report["status"] == "degraded"
+            assert report["rasa"] == "degraded" and report["ami"] == "connected"
+            assert report["active_calls"] == 2
+
+            state["draining"] = True
+            status, _, body = await get(server.port, "/ready")
+            assert status == 503 and json.loads(body)["status"] == "draining"
+
+            status, headers, body = await get(server.port, "/metrics")
+            assert status == 200
+            assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            assert body == b"voicebot_calls_active 2\n"
+
+            status, headers, body = await get(server.port, "/health", method="HEAD")
+            assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
+        finally:
+            await server.close()
+
+    run(main)
+
+
+def test_errors_and_bad_requests() -> None:
+    async def broken() -> Mapping[str, Any]:
+        raise RuntimeError("rasa probe exploded")
+
+    async def main() -> None:
+        server = HealthServer(broken, port=0, request_timeout_s=0.3)
+        await server.start()
+        try:
+            assert (await get(server.port, "/nope"))[0] == 404
+            assert (await get(server.port, "/metrics"))[0] == 404  # no metrics provider
+            status, headers, _ = await get(server.port, "/health", method="POST")
+            assert status == 405 and headers["Allow"] == "GET, HEAD"
+            status, _, body = await get(server.port, "/ready")
+            assert status == 503 and json.loads(body)["ready"] is False
+            assert (await request(server.port, b"garbage\r\n\r\n"))[0] == 400
+            assert (await request(server.port, b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n"))[
+                0
+            ] == 400
+            # A client that sends nothing is disconnected after the request timeout.
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            async with asyncio.timeout(3.0):
+                assert await reader.read() == b""
+            writer.close()
+            # The server still answers afterwards.
+            assert (await get(server.port, "/health"))[0] == 200
+        finally:
+            await server.close()
+
+    run(main)
+
+
+def test_clients_outside_the_allowlist_are_refused() -> None:
+    async def main() -> None:
+        server = HealthServer(lambda: {"ready": True}, port=0, allow_cidrs=("10.0.0.0/8",))
+        await server.start()
+        try:
+            assert (await get(server.port, "/health"))[0] == 403
+        finally:
+            await server.close()
+
+    run(main)
+
+
+def test_peer_allowed() -> None:
+    loopback = ("127.0.0.0/8", "::1/128")
+    assert peer_allowed("127.0.0.1", loopback)
+    assert peer_allowed("::1", loopback)
+    assert peer_allowed("::ffff:127.0.0.1", loopback)  # IPv4-mapped
+    assert not peer_allowed("10.1.2.3", loopback)
+    assert not peer_allowed("not-an-ip", loopback)
+    assert peer_allowed("10.1.2.3", ["10.1.2.0/24"])
+    assert peer_allowed("fe80::1%eth0", ["fe80::/10"])
+    assert peer_allowed("203.0.113.9", [])  # empty allowlist: no restriction
+    assert peer_allowed("192.0.2.7", parse_cidrs(["192.0.2.7"]))
+    assert peer_allowed("10.9.9.9", ["10.1.2.3/8"])  # host bits tolerated
+    with pytest.raises(ValueError):
+        parse_cidrs(["10.0.0.0/33"])
+    with pytest.raises(ValueError):
+        peer_allowed("10.0.0.1", ["nonsense"])
+
+
+def test_readiness_report() -> None:
+    assert readiness_report(models_loaded=True)["status"] == "ok"
+    assert readiness_report(models_loaded=True, ami="disconnected")["ready"] is True
+    assert readiness_report(models_loaded=False)["ready"] is False

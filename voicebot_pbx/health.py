@@ -1,0 +1,293 @@
+"""Health endpoint: a tiny HTTP/1.0-style server on loopback (no framework).
+
+* ``GET /health`` -- liveness: 200 whenever the event loop answers.
+* ``GET /ready``  -- readiness: the JSON of the readiness callable; 200 when its ``"ready"``
+  is true, else 503. ``readiness_report()`` builds that dict: ready = models loaded and not
+  draining. Rasa unreachable ("degraded": the rules dialogue answers) and AMI disconnected
+  (only transfer/hang-up degrade) are reported but do not make the bot unready.
+* ``GET /metrics`` -- Prometheus text from an optional callable (404 without one).
+
+One request per connection (``Connection: close``), bounded request size, a timeout on every
+read and write, a cap on concurrent connections, and a client allowlist (loopback by default).
+``peer_allowed()`` is the pure allowlist check, also usable for the AudioSocket listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import structlog
+
+log = structlog.get_logger("voicebot_pbx.health")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+ReadinessFn = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
+MetricsFn = Callable[[], str | Awaitable[str]]
+
+LOOPBACK_CIDRS = ("127.0.0.0/8", "::1/128")
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_MAX_LINE_BYTES = 8192
+_MAX_HEADERS = 64
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Allowlists (pure)
+
+
+def parse_cidrs(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """Networks from CIDR strings ("10.0.0.0/8", "192.0.2.7", "::1/128"); ValueError if bad.
+
+    Host bits are allowed ("10.1.2.3/8" means 10.0.0.0/8), so a config typo is not fatal
+    in a surprising way; a malformed entry is.
+    """
+    networks = []
+    for text in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP network: {text!r}") from None
+    return tuple(networks)
+
+
+def peer_allowed(addr: str, allowlist_cidrs: Iterable[str | Network]) -> bool:
+    """True when ``addr`` (an IP string, as in ``peername[0]``) is inside the allowlist.
+
+    An empty allowlist allows everyone. IPv4-mapped IPv6 (``::ffff:10.0.0.5``) is matched as
+    IPv4, a zone (``fe80::1%eth0``) is ignored, anything unparsable is refused. A malformed
+    CIDR raises ValueError (validate config with ``parse_cidrs`` first).
+    """
+    networks = tuple(
+        item
+        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network)
+        else parse_cidrs((item,))[0]
+        for item in allowlist_cidrs
+    )
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Readiness
+
+
+def readiness_report(
+    *,
+    models_loaded: bool,
+    draining: bool = False,
+    rasa: Literal["ok", "degraded", "disabled"] = "disabled",
+    ami: Literal["connected", "disconnected", "disabled"] = "disabled",
+    active_calls: int | None = None,
+) -> dict[str, Any]:
+    """The dict ``/ready`` serves. ``rasa``: "ok" reachable, "degraded" unreachable (the rule
+    dialogue answers), "disabled"; ``ami``: "connected", "disconnected", "disabled"."""
+    ready = models_loaded and not draining
+    if not ready:
+        overall = "draining" if draining else "starting"
+    elif rasa == "degraded" or ami == "disconnected":
+        overall = "degraded"
+    else:
+        overall = "ok"
+    report: dict[str, Any] = {
+        "ready": ready,
+        "status": overall,
+        "models_loaded": models_loaded,
+        "draining": draining,
+        "rasa": rasa,
+        "ami": ami,
+    }
+    if active_calls is not None:
+        report["active_calls"] = active_calls
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Server
+
+
+class HealthServer:
+    def __init__(
+        self,
+        readiness: ReadinessFn,
+        *,
+        metrics: MetricsFn | None = None,
+        host: str = "127.0.0.1",
+        port: int = 9093,
+        allow_cidrs: Iterable[str] = LOOPBACK_CIDRS,
+        request_timeout_s: float = 5.0,
+        provider_timeout_s: float = 2.0,
+        max_connections: int = 16,
+    ) -> None:
+        self._readiness = readiness
+        self._metrics = metrics
+        self.host = host
+        self._port = port
+        self._allow = parse_cidrs(allow_cidrs)
+        self._request_timeout_s = request_timeout_s
+        self._provider_timeout_s = provider_timeout_s
+        self._max_connections = max_connections
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.requests = 0
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        if self._server is not None and self._server.sockets:
+            return int(self._server.sockets[0].getsockname()[1])
+        return self._port
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self._port, limit=_MAX_LINE_BYTES
+        )
+        if self._allow and not peer_allowed(self.host, self._allow):
+            log.warning("health_not_on_loopback", host=self.host)
+        log.info("health_listening", host=self.host, port=self.port)
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for writer in list(self._writers):
+            writer.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._request_timeout_s):
+                await server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._writers.add(writer)
+        refuse: tuple[int, str] | None = None
+        if not peer_allowed(peer_ip, self._allow):
+            log.warning("health_client_refused", peer=peer_ip)
+            refuse = (403, "forbidden")
+        elif len(self._writers) > self._max_connections:
+            refuse = (503, "busy")
+        try:
+            await self._serve_one(reader, writer, refuse)
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+
+    async def _serve_one(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        refuse: tuple[int, str] | None,
+    ) -> None:
+        # The request is read even when it will be refused: closing with unread input would
+        # reset the connection instead of delivering the answer.
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                request_line = await reader.readline()
+                for _ in range(_MAX_HEADERS):
+                    header = await reader.readline()
+                    if header in (b"\r\n", b"\n", b""):
+                        break
+                else:
+                    raise ValueError("too many headers")
+        except ValueError:  # a line over the limit (LimitOverrunError) or too many headers
+            await self._send(writer, 400, {"error": "bad request"}, head=False)
+            return
+        if refuse is not None:
+            await self._send(writer, refuse[0], {"error": refuse[1]}, head=False)
+            return
+        parts = request_line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            await self._send(writer, 400, {"error": "bad request"}, head=False)
+            return
+        method, target, _version = parts
+        path = target.split("?", 1)[0]
+        self.requests += 1
+        head = method == "HEAD"
+        if method not in ("GET", "HEAD"):
+            await self._send(writer, 405, {"error": "method not allowed"}, head=False)
+            return
+        if path == "/health":
+            await self._send(writer, 200, {"status": "alive"}, head=head)
+        elif path == "/ready":
+            report = await self._call_readiness()
+            code = 200 if report.get("ready") is True else 503
+            await self._send(writer, code, report, head=head)
+        elif path == "/metrics" and self._metrics is not None:
+            text = await self._call_metrics()
+            if text is None:
+                await self._send(writer, 503, {"error": "metrics unavailable"}, head=head)
+            else:
+                body = text.encode("utf-8")
+                await self._write(writer, 200, PROMETHEUS_CONTENT_TYPE, body, head=head)
+        else:
+            await self._send(writer, 404, {"error": "not found"}, head=head)
+
+    async def _call_readiness(self) -> Mapping[str, Any]:
+        try:
+            result = self._readiness()
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(self._provider_timeout_s):
+                    result = await result
+            return dict(result)
+        except Exception as exc:  # a broken provider is "not ready", not a crashed server
+            log.warning("readiness_check_failed", error=f"{type(exc).__name__}: {exc}")
+            return {"ready": False, "status": "error", "error": "readiness check failed"}
+
+    async def _call_metrics(self) -> str | None:
+        assert self._metrics is not None
+        try:
+            result = self._metrics()
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(self._provider_timeout_s):
+                    result = await result
+            return str(result)
+        except Exception as exc:
+            log.warning("metrics_failed", error=f"{type(exc).__name__}: {exc}")
+            return None
+
+    async def _send(
+        self, writer: asyncio.StreamWriter, code: int, payload: Mapping[str, Any], *, head: bool
+    ) -> None:
+        body = (json.dumps(payload, sort_keys=True, default=str) + "\n").encode("utf-8")
+        await self._write(writer, code, "application/json", body, head=head)
+
+    async def _write(
+        self, writer: asyncio.StreamWriter, code: int, content_type: str, body: bytes, *, head: bool
+    ) -> None:
+        headers = (
+            f"HTTP/1.1 {code} {_REASONS.get(code, 'Status')}\r\n"
+            f"Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\n"
+            "Connection: close\r\n"
+        )
+        if code == 405:
+            headers += "Allow: GET, HEAD\r\n"
+        writer.write(headers.encode("ascii") + b"\r\n" + (b"" if head else body))
+        async with asyncio.timeout(self._request_timeout_s):
+            await writer.drain()

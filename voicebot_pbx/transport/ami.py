@@ -1,0 +1,1110 @@
+"""Asterisk call control over AMI (panoramisk 1.4, wrapped).
+
+The media of a call flows over AudioSocket; this module is the control beside it:
+
+* **UUID -> channel.** The dialplan runs ``AudioSocket(<uuid>,host:port)`` (or
+  ``Dial(AudioSocket/host:port/<uuid>/c(slin16))``). Asterisk announces every dialplan step
+  with a ``Newexten`` event (``Application``/``AppData``, main/manager_channels.c), so the
+  UUID the bot receives as its call id maps to the caller's channel name. ``Hangup`` events
+  remove the entry; after every (re)connect ``CoreShowChannels`` rebuilds the map, so calls
+  that started while AMI was down can still be transferred.
+* **Transfer** = ``Redirect`` of the caller's channel to ``transfer_context``/exten (an agent
+  queue): Asterisk pulls the channel out of AudioSocket (the bot sees EOF) and runs the
+  dialplan there. **Hang-up** = ``Hangup`` of that channel.
+* **DTMF** from ``DTMFEnd`` events, for Asterisk versions whose AudioSocket does not forward
+  DTMF (before 20.14/21.9/22.4 app_audiosocket.c forwards voice frames only).
+  ``DtmfDeduper`` drops the AMI copy when the AudioSocket copy also arrives.
+* **Outbound calls**: ``originate()`` sends an async ``Originate`` and waits for its
+  ``OriginateResponse`` (a list response: the ack, then the event with the same ActionID).
+
+panoramisk is used for the wire protocol (``AMIProtocol``: framing, ActionIDs, list responses)
+and event dispatch, but not for connection management: its futures never time out, it
+re-queues unanswered actions on reconnect (a Redirect replayed minutes later would move a
+stranger's call), it reconnects at a fixed interval and fires coroutine callbacks with
+``ensure_future``. Here every action runs under ``asyncio.timeout``, actions pending when the
+connection drops fail at once with ``AmiNotConnected``, reconnects back off exponentially
+(with jitter) up to ``reconnect_max_s``, and event callbacks run in a task this client owns.
+Calls in progress never depend on AMI: without it only transfer/hang-up degrade (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import random
+import re
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+from panoramisk.actions import Action
+from panoramisk.ami_protocol import AMIProtocol
+from panoramisk.manager import Manager
+
+log = structlog.get_logger("voicebot_pbx.ami")
+
+
+@dataclass(frozen=True, slots=True)
+class AmiConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "voicebot"
+    # The secret comes from this environment variable, or from secret_file when set
+    # (``$VAR`` in the path is expanded, e.g. ``${CREDENTIALS_DIRECTORY}/ami-secret``).
+    secret_env: str = "VOICEBOT_AMI_SECRET"
+    secret_file: str = ""
+    action_timeout_s: float = 5.0
+    reconnect_max_s: float = 30.0
+    # transfer(call_id, "agents") redirects to transfer_context,agents,transfer_priority;
+    # transfer(call_id, "ctx,exten") to ctx,exten,transfer_priority.
+    transfer_context: str = "voicebot-transfer"
+    transfer_exten: str = "agents"
+    transfer_priority: int = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors (translated at this adapter; ``retryable`` says whether trying again may help)
+
+
+class AmiError(Exception):
+    retryable = False
+
+
+class AmiConfigError(AmiError, ValueError):
+    """The AMI secret is missing or unreadable."""
+
+
+class AmiNotConnected(AmiError):
+    retryable = True
+
+
+class AmiTimeout(AmiError):
+    retryable = True
+
+
+class AmiAuthFailed(AmiError):
+    """Asterisk answered the Login with an error (wrong user/secret or ACL)."""
+
+
+class AmiActionFailed(AmiError):
+    """Asterisk answered ``Response: Error``; the message is Asterisk's."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed messages and events
+
+
+@dataclass(frozen=True, slots=True)
+class AmiMessage:
+    """One AMI response or event: headers in wire order, repeated headers kept."""
+
+    headers: tuple[tuple[str, str], ...]
+
+    def get(self, name: str, default: str = "") -> str:
+        wanted = name.lower()
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return default
+
+    def get_all(self, name: str) -> tuple[str, ...]:
+        wanted = name.lower()
+        return tuple(value for key, value in self.headers if key.lower() == wanted)
+
+    @property
+    def event(self) -> str:
+        return self.get("Event")
+
+    @property
+    def response(self) -> str:
+        return self.get("Response")
+
+    @property
+    def message(self) -> str:
+        return self.get("Message")
+
+    @property
+    def success(self) -> bool:
+        # astman_send_ack -> "Success"; Command -> "Follows"; Logoff -> "Goodbye".
+        return self.response in ("Success", "Follows", "Goodbye")
+
+    @classmethod
+    def from_panoramisk(cls, message: Any) -> AmiMessage:
+        pairs: list[tuple[str, str]] = []
+        for key, value in message.items():
+            if key == "content":  # panoramisk keeps a Follows body under this key
+                continue
+            if isinstance(value, list):
+                pairs.extend((str(key), str(item)) for item in value)
+            else:
+                pairs.append((str(key), str(value)))
+        return cls(tuple(pairs))
+
+
+def _int(text: str, default: int = -1) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class NewextenEvent:
+    """A channel is about to run ``application(app_data)`` at context,exten,priority."""
+
+    channel: str
+    uniqueid: str
+    linkedid: str
+    context: str
+    exten: str
+    priority: int
+    application: str
+    app_data: str
+
+
+@dataclass(frozen=True, slots=True)
+class HangupEvent:
+    channel: str
+    uniqueid: str
+    cause: int
+    cause_txt: str
+
+
+@dataclass(frozen=True, slots=True)
+class DtmfEndEvent:
+    channel: str
+    uniqueid: str
+    digit: str
+    duration_ms: int
+    direction: str  # "Received" (from the caller) or "Sent"
+
+
+@dataclass(frozen=True, slots=True)
+class OriginateResponseEvent:
+    action_id: str
+    response: str  # "Success" or "Failure"
+    channel: str
+    context: str
+    exten: str
+    reason: int
+    uniqueid: str
+
+
+@dataclass(frozen=True, slots=True)
+class CoreShowChannelEvent:
+    channel: str
+    uniqueid: str
+    context: str
+    exten: str
+    priority: int
+    application: str
+    application_data: str
+    duration: str
+    bridge_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OtherEvent:
+    name: str
+    message: AmiMessage
+
+
+AmiEvent = (
+    NewextenEvent
+    | HangupEvent
+    | DtmfEndEvent
+    | OriginateResponseEvent
+    | CoreShowChannelEvent
+    | OtherEvent
+)
+
+
+def parse_event(message: AmiMessage) -> AmiEvent:
+    """The typed form of an AMI event (``OtherEvent`` for the ones this bot does not use)."""
+    name = message.event
+    key = name.lower()
+    get = message.get
+    if key == "newexten":
+        return NewextenEvent(
+            channel=get("Channel"),
+            uniqueid=get("Uniqueid"),
+            linkedid=get("Linkedid"),
+            context=get("Context"),
+            exten=get("Exten") or get("Extension"),
+            priority=_int(get("Priority")),
+            application=get("Application"),
+            app_data=get("AppData"),
+        )
+    if key == "hangup":
+        return HangupEvent(
+            channel=get("Channel"),
+            uniqueid=get("Uniqueid"),
+            cause=_int(get("Cause")),
+            cause_txt=get("Cause-txt"),
+        )
+    if key == "dtmfend":
+        return DtmfEndEvent(
+            channel=get("Channel"),
+            uniqueid=get("Uniqueid"),
+            digit=get("Digit"),
+            duration_ms=_int(get("DurationMs")),
+            direction=get("Direction"),
+        )
+    if key == "originateresponse":
+        return OriginateResponseEvent(
+            action_id=get("ActionID"),
+            response=get("Response"),
+            channel=get("Channel"),
+            context=get("Context"),
+            exten=get("Exten"),
+            reason=_int(get("Reason")),
+            uniqueid=get("Uniqueid"),
+        )
+    if key == "coreshowchannel":
+        return CoreShowChannelEvent(
+            channel=get("Channel"),
+            uniqueid=get("Uniqueid"),
+            context=get("Context"),
+            exten=get("Exten"),
+            priority=_int(get("Priority")),
+            application=get("Application"),
+            application_data=get("ApplicationData"),
+            duration=get("Duration"),
+            bridge_id=get("BridgeId"),
+        )
+    return OtherEvent(name=name, message=message)
+
+
+def audiosocket_uuid(application: str, app_data: str) -> str | None:
+    """The call UUID in a dialplan step that hands the channel to AudioSocket, else None.
+
+    ``AudioSocket(<uuid>,<host:port>)`` (app_audiosocket.c: ``AST_APP_ARG(idStr)`` first) or
+    ``Dial(AudioSocket/<host:port>/<uuid>[/<options>][,...])`` (chan_audiosocket's dial
+    string). The UUID is returned in canonical lower-case form, as the bot's ``call_id``.
+    """
+    app = application.strip().lower()
+    if app == "audiosocket":
+        candidate = app_data.split(",", 1)[0]
+    elif app == "dial":
+        candidate = ""
+        for dest in app_data.split(",", 1)[0].split("&"):
+            parts = dest.strip().split("/")
+            if len(parts) >= 3 and parts[0].lower() == "audiosocket":
+                candidate = parts[2]
+                break
+        if not candidate:
+            return None
+    else:
+        return None
+    return _canonical_uuid(candidate)
+
+
+def _canonical_uuid(text: str) -> str | None:
+    text = text.strip()
+    if len(text) != 36:  # only the hyphenated form Asterisk's uuid_parse() accepts
+        return None
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Outbound calls
+
+OriginateOutcome = Literal["answered", "no_answer", "busy", "failed"]
+
+
+def originate_outcome(reason: int) -> OriginateOutcome:
+    """Map OriginateResponse ``Reason`` to an outcome.
+
+    The reason is an ``enum ast_control_frame_type`` value (include/asterisk/frame.h:
+    HANGUP=1, RINGING=3, ANSWER=4, BUSY=5, CONGESTION=8) chosen by ``pbx_dial_reason()`` in
+    main/pbx.c: ANSWER when answered; HANGUP when the dial was hung up; BUSY for cause
+    USER_BUSY; CONGESTION for rejected/out-of-order/congestion causes; RINGING for
+    NO_ANSWER/ANSWERED_ELSEWHERE ("remote end was ringing but isn't anymore"); 0 for any
+    other failure (e.g. unallocated number, no such endpoint).
+    """
+    if reason == 4:
+        return "answered"
+    if reason == 3:
+        return "no_answer"
+    if reason == 5:
+        return "busy"
+    return "failed"  # 0 failure, 1 hangup, 8 congestion, anything unexpected
+
+
+@dataclass(frozen=True, slots=True)
+class OriginateResult:
+    outcome: OriginateOutcome
+    reason: int | None  # OriginateResponse Reason; None when no response came
+    channel: str  # the dialled channel as Asterisk named it (or as requested)
+    uniqueid: str  # of the new channel; "" or "<null>" when none was created
+    message: str = ""  # Asterisk's error message or ours
+
+    @property
+    def answered(self) -> bool:
+        return self.outcome == "answered"
+
+
+async def originate(
+    ami: AmiClient,
+    channel: str,
+    *,
+    context: str,
+    exten: str,
+    caller_id: str = "",
+    variables: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+    priority: int = 1,
+    channel_id: str = "",
+) -> OriginateResult:
+    """Place an outbound call: dial ``channel`` (e.g. ``PJSIP/1001``) for up to ``timeout_s``
+    and, once answered, run the dialplan at context,exten,priority on it.
+
+    Uses ``Async: true`` (manager.c ``action_originate`` -> ``fast_originate`` thread): the
+    action is acked at once with "Originate successfully queued" and the outcome arrives as
+    an ``OriginateResponse`` event carrying the same ActionID. ``channel_id`` sets the new
+    channel's Uniqueid (``ChannelId``). Never raises for AMI trouble: the outcome is
+    ``failed`` with a message.
+    """
+    action: dict[str, str | list[str]] = {
+        "Action": "Originate",
+        "Channel": channel,
+        "Context": context,
+        "Exten": exten,
+        "Priority": str(priority),
+        "Timeout": str(max(1, round(timeout_s * 1000))),
+        "Async": "true",
+    }
+    if caller_id:
+        action["CallerID"] = caller_id
+    if channel_id:
+        action["ChannelId"] = channel_id
+    if variables:
+        action["Variable"] = [f"{name}={value}" for name, value in variables.items()]
+    # The OriginateResponse comes when the callee answers or the dial gives up, i.e. up to
+    # the dial timeout after the ack.
+    wait_s = timeout_s + ami.action_timeout_s + 5.0
+    try:
+        result = await ami.send_action(action, timeout_s=wait_s)
+    except (AmiError, ValueError) as exc:
+        log.warning("ami_originate_failed", channel=channel, error=str(exc))
+        return OriginateResult("failed", None, channel, "", str(exc))
+    messages = result if isinstance(result, list) else [result]
+    first = messages[0]
+    if not first.success:
+        log.warning("ami_originate_refused", channel=channel, message=first.message)
+        return OriginateResult("failed", None, channel, "", first.message or "refused")
+    response = next((m for m in messages if m.event.lower() == "originateresponse"), None)
+    if response is None:
+        return OriginateResult("failed", None, channel, "", "no OriginateResponse")
+    event = parse_event(response)
+    assert isinstance(event, OriginateResponseEvent)
+    outcome = originate_outcome(event.reason)
+    log.info(
+        "ami_originate",
+        channel=event.channel or channel,
+        outcome=outcome,
+        reason=event.reason,
+        uniqueid=event.uniqueid,
+    )
+    return OriginateResult(outcome, event.reason, event.channel or channel, event.uniqueid)
+
+
+# ---------------------------------------------------------------------------------------------
+# DTMF from two sources
+
+
+class DtmfDeduper:
+    """Keeps one copy of each key press when both AudioSocket (0x03) and AMI deliver it.
+
+    Pure: time is a parameter. Per call: once a digit has come from the media path, that
+    Asterisk forwards DTMF over AudioSocket and AMI digits for the call are dropped. Before
+    that, a digit equal to the last one accepted from the *other* source within
+    ``window_s`` is the same key press (both are sent on key release) and is dropped once.
+    """
+
+    def __init__(self, window_s: float = 0.5, max_calls: int = 4096) -> None:
+        self.window_s = window_s
+        self.max_calls = max_calls
+        self._calls: dict[str, _DtmfState] = {}
+
+    def accept(
+        self, call_id: str, digit: str, source: Literal["media", "ami"], at_s: float
+    ) -> bool:
+        state = self._calls.get(call_id)
+        if state is None:
+            if len(self._calls) >= self.max_calls:
+                self._calls.pop(next(iter(self._calls)))
+            state = self._calls[call_id] = _DtmfState()
+        if source == "ami" and state.media_seen:
+            return False
+        if source == "media":
+            state.media_seen = True
+        other = state.last_ami if source == "media" else state.last_media
+        if other is not None and other[0] == digit and 0.0 <= at_s - other[1] <= self.window_s:
+            if source == "media":
+                state.last_ami = None
+            else:
+                state.last_media = None
+            return False
+        if source == "media":
+            state.last_media = (digit, at_s)
+        else:
+            state.last_ami = (digit, at_s)
+        return True
+
+    def forget(self, call_id: str) -> None:
+        self._calls.pop(call_id, None)
+
+
+@dataclass(slots=True)
+class _DtmfState:
+    media_seen: bool = False
+    last_media: tuple[str, float] | None = None
+    last_ami: tuple[str, float] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Secrets
+
+
+def load_secret(config: AmiConfig, environ: Mapping[str, str] | None = None) -> str:
+    """The AMI secret from ``secret_file`` (if set) or ``$secret_env``. Never logged."""
+    env = os.environ if environ is None else environ
+    if config.secret_file:
+        path = Path(os.path.expandvars(config.secret_file))
+        try:
+            secret = path.read_text(encoding="utf-8").strip("\r\n")
+        except OSError as exc:
+            raise AmiConfigError(f"AMI secret file {path}: {exc.strerror or exc}") from None
+        source = f"file {path}"
+    else:
+        secret = env.get(config.secret_env, "")
+        source = f"${config.secret_env}"
+    if not secret:
+        raise AmiConfigError(f"AMI secret is empty ({source}); set it or disable [ami]")
+    if "\r" in secret or "\n" in secret:
+        raise AmiConfigError(f"AMI secret ({source}) contains a line break")
+    return secret
+
+
+class _RedactSecrets(logging.Filter):
+    """panoramisk logs whole actions in some error paths; never let a Login through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken record: drop it rather than risk leaking
+            return False
+        return "secret" not in text.lower()
+
+
+_WIRE_LOG = logging.getLogger("voicebot_pbx.ami.panoramisk")
+_WIRE_LOG.addFilter(_RedactSecrets())
+
+
+# ---------------------------------------------------------------------------------------------
+# panoramisk, with its connection management replaced
+
+
+class _Manager(Manager):  # type: ignore[misc]
+    """One per TCP connection, so a late ``connection_lost`` of an old one is recognisable."""
+
+    def __init__(self, owner: AmiClient, host: str, port: int) -> None:
+        super().__init__(host=host, port=port, log=_WIRE_LOG, forgetable_actions=("ping", "login"))
+        # panoramisk registers send_awaiting_actions on FullyBooted, which replays actions
+        # that were pending when the previous connection dropped. Those have already failed
+        # here (AmiNotConnected); replaying a Redirect later could move the wrong call.
+        self.callbacks.clear()
+        self.patterns.clear()
+        self._owner = owner
+        self.register_event("*", self._on_event)
+
+    def _on_event(self, _manager: Any, message: Any) -> None:
+        # Synchronous on purpose: panoramisk would ensure_future() a coroutine (unowned).
+        self._owner._on_wire_event(self, message)
+
+    def connection_lost(self, exc: object) -> None:
+        # Replaces panoramisk's version, which schedules its own fixed-interval reconnect.
+        self._connected = False
+        self.awaiting_actions.clear()
+        self._owner._on_connection_lost(self, exc)
+
+
+class _Protocol(AMIProtocol):  # type: ignore[misc]
+    def __init__(self, manager: _Manager) -> None:
+        super().__init__()
+        self._manager = manager
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # What Manager.connection_made does, minus its login and pinger (ours are awaited).
+        # Done here, not after create_connection returns, so the banner can't arrive first.
+        self.factory = self._manager
+        self.log = _WIRE_LOG
+        self.config = self._manager.config
+        self.encoding = "utf8"
+        self._manager.protocol = self
+        self._manager.responses = self.responses
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The client
+
+DtmfCallback = Callable[[str, str], Awaitable[None] | None]
+EventCallback = Callable[[AmiEvent], Awaitable[None] | None]
+
+# Event classes requested at login (manager.c set_eventmask): Hangup and OriginateResponse
+# are "call", Newexten "dialplan", DTMFEnd "dtmf".
+EVENT_MASK = "call,dialplan,dtmf"
+_BACKOFF_BASE_S = 0.5
+_EVENT_QUEUE_SIZE = 1000
+_MAX_MAPPED_CALLS = 10_000
+_HANDLED = frozenset({"newexten", "hangup", "dtmfend"})
+_SAFE_VALUE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+_SAFE_DIALPLAN_NAME = re.compile(r"^[^\x00-\x1f\x7f,]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class _DtmfItem:
+    call_id: str
+    digit: str
+
+
+@dataclass(slots=True)
+class _Connection:
+    manager: _Manager
+    protocol: _Protocol | None = None
+    logged_in: bool = False
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    inflight: set[asyncio.Future[Any]] = field(default_factory=set)
+
+
+class AmiClient:
+    """Call control over AMI; implements ``CallControl`` (``transfer``) and more.
+
+    ``start()`` returns at once; the client connects in the background and keeps
+    reconnecting. ``connected`` says whether actions can be sent right now.
+    """
+
+    pbx = "asterisk"
+
+    def __init__(
+        self,
+        config: AmiConfig,
+        *,
+        on_dtmf: DtmfCallback | None = None,
+        secret: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        ping_interval_s: float = 20.0,
+        callback_timeout_s: float = 2.0,
+    ) -> None:
+        self.config = config
+        self._secret = secret
+        self._environ = environ
+        self._on_dtmf = on_dtmf
+        self._listeners: list[EventCallback] = []
+        self._ping_interval_s = ping_interval_s
+        self._callback_timeout_s = callback_timeout_s
+        self._channels: dict[str, str] = {}  # call_id -> caller's channel name
+        self._calls: dict[str, str] = {}  # channel name -> call_id
+        self._resync_hangups: set[str] | None = None
+        self.dtmf = DtmfDeduper()
+        self._conn: _Connection | None = None
+        self._events: asyncio.Queue[AmiEvent | _DtmfItem] = asyncio.Queue(_EVENT_QUEUE_SIZE)
+        self._connected_evt = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._closing = False
+        self.ami_version = ""
+        self.connects = 0
+        self.dropped_events = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        conn = self._conn
+        return (
+            conn is not None
+            and conn.logged_in
+            and conn.protocol is not None
+            and not conn.protocol.closed
+        )
+
+    @property
+    def action_timeout_s(self) -> float:
+        return self.config.action_timeout_s
+
+    async def start(self) -> None:
+        """Load the secret (``AmiConfigError`` if missing) and connect in the background."""
+        if self._runner is not None:
+            return
+        if self._secret is None:
+            self._secret = load_secret(self.config, self._environ)
+        self._closing = False
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="ami-dispatch")
+        self._runner = asyncio.create_task(self._run(), name="ami-connect")
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._connected_evt.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.connected:
+            try:
+                await self._send({"Action": "Logoff"}, timeout_s=min(1.0, self.action_timeout_s))
+            except AmiError:
+                pass
+        tasks = [task for task in (self._runner, self._dispatcher) if task is not None]
+        for task in tasks:
+            task.cancel()
+        self._drop_connection(AmiNotConnected("AMI client closed"))
+        # return_exceptions: the tasks' own CancelledError is collected, while a cancellation
+        # of close() itself still propagates.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._runner = self._dispatcher = None
+
+    def add_listener(self, callback: EventCallback) -> None:
+        """Receive every typed event (run in the client's dispatch task, under a timeout)."""
+        self._listeners.append(callback)
+
+    # -- call control (CallControl) --------------------------------------------------------
+
+    def channel_for(self, call_id: str) -> str | None:
+        return self._channels.get(_canonical_uuid(call_id) or call_id)
+
+    def mapped_calls(self) -> dict[str, str]:
+        """call_id -> channel for every call currently known (diagnostics)."""
+        return dict(self._channels)
+
+    def forget(self, call_id: str) -> None:
+        """Drop what is known about a finished call (Hangup events do this too)."""
+        key = _canonical_uuid(call_id) or call_id
+        channel = self._channels.pop(key, None)
+        if channel is not None and self._calls.get(channel) == key:
+            del self._calls[channel]
+        self.dtmf.forget(key)
+
+    def transfer_destination(self, target: str) -> tuple[str, str]:
+        """``"exten"`` -> (transfer_context, exten); ``"ctx,exten"``; ``""`` -> the default."""
+        target = target.strip()
+        if not target:
+            return self.config.transfer_context, self.config.transfer_exten
+        if "," in target:
+            context, exten = (part.strip() for part in target.split(",", 1))
+        else:
+            context, exten = self.config.transfer_context, target
+        for name in (context, exten):
+            if not _SAFE_DIALPLAN_NAME.match(name):
+                raise ValueError(f"invalid transfer target {target!r}")
+        return context, exten
+
+    async def transfer(self, call_id: str, target: str) -> bool:
+        """Redirect the caller's channel to the target; False when that did not happen."""
+        try:
+            context, exten = self.transfer_destination(target)
+        except ValueError as exc:
+            log.warning("ami_transfer_invalid", call_id=call_id, error=str(exc))
+            return False
+        channel = self._ready_channel("transfer", call_id)
+        if channel is None:
+            return False
+        action = {
+            "Action": "Redirect",
+            "Channel": channel,
+            "Context": context,
+            "Exten": exten,
+            "Priority": str(self.config.transfer_priority),
+        }
+        ok = await self._simple_action("transfer", call_id, action)
+        if ok:
+            log.info("ami_transfer", call_id=call_id, channel=channel, context=context, exten=exten)
+        return ok
+
+    async def hangup(self, call_id: str, cause: int = 16) -> bool:
+        """Hang up the caller's channel (cause 16 = normal clearing)."""
+        channel = self._ready_channel("hangup", call_id)
+        if channel is None:
+            return False
+        action = {"Action": "Hangup", "Channel": channel, "Cause": str(cause)}
+        ok = await self._simple_action("hangup", call_id, action)
+        if ok:
+            log.info("ami_hangup", call_id=call_id, channel=channel)
+        return ok
+
+    async def get_var(self, call_id: str, name: str) -> str | None:
+        """A channel variable or function of the caller's channel (None if unavailable)."""
+        channel = self._ready_channel("get_var", call_id)
+        if channel is None:
+            return None
+        try:
+            result = _single(
+                await self.send_action({"Action": "Getvar", "Channel": channel, "Variable": name})
+            )
+        except (AmiError, ValueError) as exc:
+            log.warning("ami_getvar_failed", call_id=call_id, variable=name, error=str(exc))
+            return None
+        if not result.success:
+            log.warning("ami_getvar_failed", call_id=call_id, variable=name, error=result.message)
+            return None
+        return result.get("Value")
+
+    async def set_var(self, call_id: str, name: str, value: str) -> bool:
+        channel = self._ready_channel("set_var", call_id)
+        if channel is None:
+            return False
+        action = {"Action": "Setvar", "Channel": channel, "Variable": name, "Value": value}
+        return await self._simple_action("set_var", call_id, action)
+
+    def accept_media_dtmf(self, call_id: str, digit: str) -> bool:
+        """For the AudioSocket path: False if this digit already came via AMI."""
+        at_s = asyncio.get_running_loop().time()
+        return self.dtmf.accept(_canonical_uuid(call_id) or call_id, digit, "media", at_s)
+
+    async def core_show_channels(self) -> list[CoreShowChannelEvent]:
+        """All channels (a list response ending with ``EventList: Complete``)."""
+        messages = _as_list(await self.send_action({"Action": "CoreShowChannels"}))
+        if not messages[0].success:
+            raise AmiActionFailed(messages[0].message or "CoreShowChannels refused")
+        events = [parse_event(m) for m in messages if m.event.lower() == "coreshowchannel"]
+        return [e for e in events if isinstance(e, CoreShowChannelEvent)]
+
+    async def send_action(
+        self, action: Mapping[str, str | Sequence[str]], *, timeout_s: float | None = None
+    ) -> AmiMessage | list[AmiMessage]:
+        """Send any action; one message, or a list for list responses (and async Originate).
+
+        Raises ``AmiNotConnected``, ``AmiTimeout`` (after ``timeout_s``, default
+        ``action_timeout_s``) or ``ValueError`` for a header value with a line break.
+        """
+        if not self.connected:
+            raise AmiNotConnected("AMI is not connected")
+        return await self._send(action, timeout_s=timeout_s)
+
+    # -- internals: actions ----------------------------------------------------------------
+
+    def _ready_channel(self, op: str, call_id: str) -> str | None:
+        channel = self.channel_for(call_id)
+        if not self.connected:
+            log.warning(
+                "ami_degraded",
+                op=op,
+                call_id=call_id,
+                reason="AMI not connected; the call continues without it",
+            )
+            return None
+        if channel is None:
+            log.warning("ami_no_channel", op=op, call_id=call_id)
+            return None
+        return channel
+
+    async def _simple_action(self, op: str, call_id: str, action: Mapping[str, str]) -> bool:
+        try:
+            result = _single(await self.send_action(action))
+        except (AmiError, ValueError) as exc:
+            log.warning(f"ami_{op}_failed", call_id=call_id, error=str(exc))
+            return False
+        if not result.success:
+            log.warning(f"ami_{op}_failed", call_id=call_id, error=result.message)
+            return False
+        return True
+
+    async def _send(
+        self, action: Mapping[str, str | Sequence[str]], *, timeout_s: float | None
+    ) -> AmiMessage | list[AmiMessage]:
+        conn = self._conn
+        if conn is None or conn.protocol is None or conn.protocol.closed:
+            raise AmiNotConnected("AMI is not connected")
+        fields: dict[str, str | list[str]] = {}
+        for key, value in action.items():
+            values = [value] if isinstance(value, str) else list(value)
+            for item in (key, *values):
+                if not _SAFE_VALUE.match(item):
+                    raise ValueError(f"AMI header {key!r} contains a control character")
+            fields[key] = value if isinstance(value, str) else values
+        name = str(fields.get("Action", "?"))
+        packet = Action(fields)
+        # as_list=None lets panoramisk detect list responses (EventList: start, "will
+        # follow", async Originate); AMIProtocol.send's default False would turn that off.
+        future: asyncio.Future[Any] = conn.protocol.send(packet, as_list=None)
+        conn.inflight.add(future)
+        limit_s = self.action_timeout_s if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(limit_s):
+                result = await future
+        except TimeoutError:
+            conn.protocol.responses.pop(packet.id, None)
+            raise AmiTimeout(f"AMI {name}: no response within {limit_s:g} s") from None
+        finally:
+            conn.inflight.discard(future)
+        if isinstance(result, list):
+            return [AmiMessage.from_panoramisk(m) for m in result]
+        return AmiMessage.from_panoramisk(result)
+
+    # -- internals: connection -------------------------------------------------------------
+
+    def _backoff_s(self, attempt: int) -> float:
+        ceiling = min(self.config.reconnect_max_s, _BACKOFF_BASE_S * 2.0 ** min(attempt, 16))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                await self._connect_once()
+            except Exception as exc:  # the supervisor must survive anything but cancellation
+                self._drop_connection(AmiNotConnected("AMI connect failed"))
+                if not isinstance(exc, OSError | TimeoutError | AmiError):
+                    log.exception("ami_connect_error")
+                delay = self._backoff_s(attempt)
+                attempt += 1
+                log.warning(
+                    "ami_connect_failed",
+                    host=self.config.host,
+                    port=self.config.port,
+                    user=self.config.username,
+                    error=_describe(exc),
+                    attempt=attempt,
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            await self._hold_connection()
+            self._drop_connection(AmiNotConnected("AMI connection lost"))
+            if self._closing:
+                return
+            delay = self._backoff_s(0)
+            log.warning(
+                "ami_disconnected",
+                host=self.config.host,
+                port=self.config.port,
+                retry_in_s=round(delay, 2),
+                effect="calls continue; AMI transfer and hang-up unavailable until reconnected",
+            )
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        conn = _Connection(_Manager(self, self.config.host, self.config.port))
+        self._conn = conn
+        async with asyncio.timeout(self.action_timeout_s):
+            _transport, protocol = await loop.create_connection(
+                lambda: _Protocol(conn.manager), self.config.host, self.config.port
+            )
+        conn.protocol = protocol
+        assert self._secret is not None
+        reply = await self._send(
+            {
+                "Action": "Login",
+                "Username": self.config.username,
+                "Secret": self._secret,
+                "Events": EVENT_MASK,
+            },
+            timeout_s=self.action_timeout_s,
+        )
+        login = _single(reply)
+        if not login.success:
+            raise AmiAuthFailed(login.message or "login refused")
+        conn.logged_in = True
+        self.ami_version = str(protocol.version or "")
+        self.connects += 1
+        self._connected_evt.set()
+        log.info(
+            "ami_connected",
+            host=self.config.host,
+            port=self.config.port,
+            user=self.config.username,
+            ami_version=self.ami_version,
+        )
+        await self._resync()
+
+    async def _hold_connection(self) -> None:
+        """Return when the connection is gone; Ping it when idle (half-open TCP, stuck PBX)."""
+        conn = self._conn
+        if conn is None:
+            return
+        while not conn.lost.is_set():
+            try:
+                async with asyncio.timeout(self._ping_interval_s):
+                    await conn.lost.wait()
+                return
+            except TimeoutError:
+                pass
+            try:
+                await self._send({"Action": "Ping"}, timeout_s=self.action_timeout_s)
+            except AmiTimeout:
+                log.warning("ami_ping_timeout", timeout_s=self.action_timeout_s)
+                return
+            except AmiNotConnected:
+                return
+
+    def _drop_connection(self, error: AmiError) -> None:
+        conn, self._conn = self._conn, None
+        self._connected_evt.clear()
+        if conn is None:
+            return
+        conn.logged_in = False
+        conn.lost.set()
+        for future in conn.inflight:
+            if not future.done():
+                future.set_exception(error)
+        conn.inflight.clear()
+        if conn.protocol is not None and conn.protocol.transport is not None:
+            conn.protocol.transport.close()
+
+    def _on_connection_lost(self, manager: _Manager, exc: object) -> None:
+        conn = self._conn
+        if conn is None or conn.manager is not manager:
+            return  # an older connection finishing its close
+        conn.logged_in = False
+        self._connected_evt.clear()
+        conn.lost.set()
+        error = AmiNotConnected("AMI connection lost")
+        for future in conn.inflight:
+            if not future.done():
+                future.set_exception(error)
+        conn.inflight.clear()
+
+    async def _resync(self) -> None:
+        """Rebuild UUID -> channel from CoreShowChannels (calls seen while AMI was away)."""
+        before = dict(self._channels)
+        self._resync_hangups = set()
+        try:
+            channels = await self.core_show_channels()
+        except AmiError as exc:
+            log.warning("ami_resync_failed", error=str(exc))
+            return
+        finally:
+            hung_up, self._resync_hangups = self._resync_hangups, None
+        listed: dict[str, str] = {}
+        for chan in channels:
+            call_id = audiosocket_uuid(chan.application, chan.application_data)
+            if call_id is not None:
+                listed[call_id] = chan.channel
+        for call_id, channel in before.items():
+            if call_id not in listed and self._channels.get(call_id) == channel:
+                self._unbind(channel)
+        for call_id, channel in listed.items():
+            if channel not in hung_up:
+                self._bind(call_id, channel)
+        log.info("ami_resync", channels=len(channels), calls=len(listed))
+
+    # -- internals: events -----------------------------------------------------------------
+
+    def _on_wire_event(self, manager: _Manager, message: Any) -> None:
+        conn = self._conn
+        if conn is None or conn.manager is not manager:
+            return
+        if not self._listeners and str(message.get("Event", "")).lower() not in _HANDLED:
+            return
+        event = parse_event(AmiMessage.from_panoramisk(message))
+        if isinstance(event, NewextenEvent):
+            call_id = audiosocket_uuid(event.application, event.app_data)
+            if call_id is not None:
+                self._bind(call_id, event.channel)
+        elif isinstance(event, HangupEvent):
+            if self._resync_hangups is not None:
+                self._resync_hangups.add(event.channel)
+            call_id = self._unbind(event.channel)
+            if call_id is not None:
+                self.dtmf.forget(call_id)
+        elif isinstance(event, DtmfEndEvent):
+            self._on_dtmf_event(event)
+        if self._listeners:
+            self._enqueue(event)
+
+    def _on_dtmf_event(self, event: DtmfEndEvent) -> None:
+        if event.direction.lower() != "received" or self._on_dtmf is None:
+            return
+        call_id = self._calls.get(event.channel)
+        if call_id is None or not event.digit:
+            return
+        at_s = asyncio.get_running_loop().time()
+        if self.dtmf.accept(call_id, event.digit, "ami", at_s):
+            self._enqueue(_DtmfItem(call_id, event.digit))
+
+    def _enqueue(self, item: AmiEvent | _DtmfItem) -> None:
+        try:
+            self._events.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped_events += 1
+            if self.dropped_events in (1, 10, 100) or self.dropped_events % 1000 == 0:
+                log.warning("ami_events_dropped", dropped=self.dropped_events)
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            item = await self._events.get()
+            if isinstance(item, _DtmfItem):
+                if self._on_dtmf is not None:
+                    await self._run_callback(self._on_dtmf, item.call_id, item.digit)
+            else:
+                for listener in list(self._listeners):
+                    await self._run_callback(listener, item)
+
+    async def _run_callback(
+        self, callback: Callable[..., Awaitable[None] | None], *args: Any
+    ) -> None:
+        try:
+            result = callback(*args)
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(self._callback_timeout_s):
+                    await result
+        except TimeoutError:
+            log.warning("ami_callback_timeout", callback=getattr(callback, "__name__", "?"))
+        except Exception:
+            log.exception("ami_callback_failed", callback=getattr(callback, "__name__", "?"))
+
+    def _bind(self, call_id: str, channel: str) -> None:
+        old = self._channels.get(call_id)
+        if old is not None and old != channel:
+            self._calls.pop(old, None)
+        previous_call = self._calls.get(channel)
+        if previous_call is not None and previous_call != call_id:
+            self._channels.pop(previous_call, None)
+        if call_id not in self._channels and len(self._channels) >= _MAX_MAPPED_CALLS:
+            oldest = next(iter(self._channels))
+            self._calls.pop(self._channels.pop(oldest), None)
+        self._channels[call_id] = channel
+        self._calls[channel] = call_id
+
+    def _unbind(self, channel: str) -> str | None:
+        call_id = self._calls.pop(channel, None)
+        if call_id is not None and self._channels.get(call_id) == channel:
+            del self._channels[call_id]
+        return call_id
+
+
+def _single(result: AmiMessage | list[AmiMessage]) -> AmiMessage:
+    return result[0] if isinstance(result, list) else result
+
+
+def _as_list(result: AmiMessage | list[AmiMessage]) -> list[AmiMessage]:
+    return result if isinstance(result, list) else [result]
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
