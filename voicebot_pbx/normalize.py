@@ -108,7 +108,7 @@ _NOT_AFTER_AT_HOUR = frozenset(
 _CLOCK_RE = re.compile(r"(\d{1,2})[:.](\d{2})")
 _DIGIT_ORDINAL_RE = re.compile(r"(\d{1,2})(st|nd|rd|th)")
 _POSTCODE_RE = re.compile(r"([a-z]{1,2}\d[a-z\d]?)(\d[a-z]{2})")
-_POSTCODE_PIECE_RE = re.compile(r"[a-z\d]{1,4}")
+_POSTCODE_PIECE_RE = re.compile(r"[a-z\d]{1,7}")
 
 # Text clean-up, applied in order on the lower-cased text.
 _CLEANUPS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -164,6 +164,8 @@ class _Parser:
         total = 0
         n = 0
         current = self.under_100(i)
+        if current is None and self.tok(i) == "a" and self.tok(i + 1) in ("hundred", "thousand"):
+            current = (1, 1)  # "a hundred"
         if current is None:
             return None
         value, used = current
@@ -238,10 +240,9 @@ class _Parser:
             return None
         if w.isdigit() and len(w) <= 2 and 0 < int(w) <= 12:
             return int(w), 0, 1
-        if w in _UNITS or w in ("ten", "eleven", "twelve"):
-            value = _UNITS.get(w) or _TEENS[w]
-            if value > 0:
-                return value, 0, 1
+        value = _UNITS.get(w, _TEENS.get(w, 0))
+        if 0 < value <= 12:
+            return value, 0, 1
         return None
 
     def minutes(self, i: int, *, allow_oh: bool) -> tuple[int, int] | None:
@@ -423,11 +424,7 @@ class _Parser:
             parts.append(item[0])
             words.append(self.tok(j))
             j += item[1]
-        # trailing "oh"/"o" is a word ("... two three oh"), a leading one needs 2 digits after
-        while words and words[-1] in _ZERO_WORDS:
-            words.pop()
-            parts.pop()
-            j -= 1
+        # a leading "oh"/"o" needs 2 digits after it ("oh i see", "oh two" stay words)
         if words and words[0] in _ZERO_WORDS and len(words) < 3:
             return None
         repeated = any(w in _REPEAT_WORDS for w in words)
@@ -441,7 +438,8 @@ class _Parser:
         best: tuple[str, int] | None = None
         for j in range(i, min(i + 8, len(self.t))):
             w = self.t[j]
-            piece = str(_UNITS[w]) if w in _UNITS else w
+            number = _UNITS.get(w, _TEENS.get(w))  # "e fourteen" -> "e14"
+            piece = str(number) if number is not None else w
             if not _POSTCODE_PIECE_RE.fullmatch(piece):
                 break
             if len(piece) > 1 and piece.isalpha():

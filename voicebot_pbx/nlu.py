@@ -1,0 +1,309 @@
+"""``RasaDialogue``: the ``Dialogue`` brain backed by a Rasa server over loopback HTTP.
+
+One turn = ``POST /webhooks/rest/webhook`` (Rasa runs NLU, policies and the responses) and then
+``GET /conversations/{id}/tracker`` to read what Rasa acted on: the intent of the last user
+event and whether Rasa fell back. (The tracker's ``latest_message`` field is not usable for
+this: it can show an older message, e.g. after ``action_default_fallback`` reverted the turn.)
+
+Rasa's reply messages map onto ``DialogueTurn``:
+
+* ``{"text": ...}`` -> ``BotReply(text=...)``
+* ``{"custom": {"action": "play_clip", "clip": NAME}}`` -> ``BotReply(clip=NAME)``
+* ``{"custom": {"action": "transfer", "target": NAME}}`` -> ``end="transfer"``
+* ``{"custom": {"action": "hangup"}}`` -> ``end="hangup"``
+* ``{"custom": {"action": "collect_dtmf", "max_digits": N}}`` -> ``collect_dtmf_digits=N``
+
+Every request runs under ``timeout_s``; every failure becomes ``DialogueUnavailable`` so the
+session can fall back to the rule dialogue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import structlog
+
+from voicebot_pbx.dialogue import BotReply, CallInfo, DialogueTurn, EndAction
+from voicebot_pbx.normalize import normalize
+
+__all__ = ["FALLBACK_INTENTS", "DialogueUnavailable", "RasaDialogue", "parse_bot_messages"]
+
+log = structlog.get_logger(__name__)
+
+# Turns with these intents are handed to the LLM fallback (needs_fallback=True).
+FALLBACK_INTENTS = frozenset({"nlu_fallback", "out_of_scope"})
+# Rasa's core fallback: the policies had no answer for an understood intent.
+_CORE_FALLBACK_ACTIONS = frozenset({"action_default_fallback", "action_two_stage_fallback"})
+_DTMF_RE = re.compile(r"[0-9*#A-D]{1,32}")
+
+
+class DialogueUnavailable(Exception):
+    """Rasa could not produce a turn. ``retryable``: worth trying again shortly (timeout,
+    connection refused while restarting, 5xx); False for errors a retry will not fix."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class _ActedOn:
+    intent: str | None
+    confidence: float | None
+    entities: dict[str, str]
+    core_fallback: bool
+
+
+def parse_bot_messages(
+    messages: Sequence[Mapping[str, Any]],
+) -> tuple[tuple[BotReply, ...], EndAction | None, str | None, int | None]:
+    """Rasa REST channel messages -> (replies, end, transfer_target, collect_dtmf_digits)."""
+    replies: list[BotReply] = []
+    end: EndAction | None = None
+    target: str | None = None
+    dtmf_digits: int | None = None
+    for msg in messages:
+        text = msg.get("text")
+        if isinstance(text, str) and text.strip():
+            replies.append(BotReply(text=text.strip()))
+        custom = msg.get("custom")
+        if not isinstance(custom, Mapping):
+            continue
+        action = custom.get("action")
+        if action == "play_clip" and isinstance(custom.get("clip"), str):
+            replies.append(BotReply(clip=str(custom["clip"])))
+        elif action == "transfer":
+            end = "transfer"
+            target = str(custom.get("target") or "agents")
+        elif action == "hangup":
+            end = "hangup"
+            target = None
+        elif action == "collect_dtmf":
+            try:
+                dtmf_digits = max(1, int(custom.get("max_digits", 1)))
+            except (TypeError, ValueError):
+                log.warning("rasa.bad_collect_dtmf", payload=dict(custom))
+        else:
+            log.warning("rasa.unknown_custom_payload", payload=dict(custom))
+    return tuple(replies), end, target, dtmf_digits
+
+
+def _acted_on(tracker: Mapping[str, Any]) -> _ActedOn:
+    """The last user event of the tracker and whether a core fallback followed it."""
+    events = tracker.get("events") or []
+    core_fallback = False
+    for event in reversed(events):
+        kind = event.get("event")
+        if kind == "action" and event.get("name") in _CORE_FALLBACK_ACTIONS:
+            core_fallback = True
+        elif kind == "user":
+            parse = event.get("parse_data") or {}
+            intent = parse.get("intent") or {}
+            entities: dict[str, str] = {}
+            for ent in parse.get("entities") or []:
+                if ent.get("entity") and ent.get("value") is not None:
+                    entities[str(ent["entity"])] = str(ent["value"])
+            confidence = intent.get("confidence")
+            return _ActedOn(
+                intent=intent.get("name"),
+                confidence=float(confidence) if confidence is not None else None,
+                entities=entities,
+                core_fallback=core_fallback,
+            )
+    return _ActedOn(None, None, {}, core_fallback)
+
+
+class RasaDialogue:
+    """``Dialogue`` implementation over the Rasa REST channel (one Rasa sender per call)."""
+
+    name = "rasa"
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:5005",
+        *,
+        timeout_s: float = 2.0,
+        auth_token: str | None = None,
+        forget_on_end: bool = True,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        """``forget_on_end``: empty the call's tracker when the call ends (the in-memory
+        tracker store never evicts; with Redis, ``record_exp`` expires trackers anyway)."""
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.forget_on_end = forget_on_end
+        self._params = {"token": auth_token} if auth_token else {}
+        self._own_client = client is None
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_keepalive_connections=8),
+            trust_env=False,  # loopback only: never through an HTTP proxy
+        )
+
+    async def aclose(self) -> None:
+        if self._own_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> RasaDialogue:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        url = f"{self.base_url}{path}"
+        query = {**self._params, **(params or {})}
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                resp = await self._client.request(
+                    method,
+                    url,
+                    json=json_body,
+                    params=query,
+                    headers={"Accept": "application/json"},
+                )
+        except TimeoutError as exc:
+            raise DialogueUnavailable(
+                f"{method} {path}: timeout after {self.timeout_s} s", retryable=True
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise DialogueUnavailable(f"{method} {path}: {exc!r}", retryable=True) from exc
+        except httpx.TransportError as exc:
+            raise DialogueUnavailable(f"{method} {path}: {exc!r}", retryable=True) from exc
+        except httpx.HTTPError as exc:
+            raise DialogueUnavailable(f"{method} {path}: {exc!r}", retryable=False) from exc
+        if resp.status_code >= 400:
+            raise DialogueUnavailable(
+                f"{method} {path}: HTTP {resp.status_code}: {resp.text[:200]}",
+                retryable=resp.status_code >= 500 or resp.status_code == 429,
+            )
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise DialogueUnavailable(f"{method} {path}: invalid JSON", retryable=False) from exc
+
+    async def _turn(self, call: CallInfo, message: str) -> DialogueTurn:
+        body = {
+            "sender": call.call_id,
+            "message": message,
+            "metadata": {
+                "call_id": call.call_id,
+                "caller_id": call.caller_id,
+                "pbx": call.pbx,
+                "profile": call.profile,
+            },
+        }
+        messages = await self._request("POST", "/webhooks/rest/webhook", json_body=body)
+        if not isinstance(messages, list):
+            raise DialogueUnavailable("webhook did not return a list", retryable=False)
+        tracker = await self._request(
+            "GET",
+            f"/conversations/{quote(call.call_id, safe='')}/tracker",
+            params={"include_events": "AFTER_RESTART"},
+        )
+        if not isinstance(tracker, Mapping):
+            raise DialogueUnavailable("tracker is not an object", retryable=False)
+        acted = _acted_on(tracker)
+        replies, end, target, dtmf_digits = parse_bot_messages(messages)
+        needs_fallback = acted.intent in FALLBACK_INTENTS or acted.core_fallback
+        log.debug(
+            "rasa.turn",
+            call_id=call.call_id,
+            intent=acted.intent,
+            confidence=acted.confidence,
+            core_fallback=acted.core_fallback,
+            n_replies=len(replies),
+            end=end,
+        )
+        return DialogueTurn(
+            replies=replies,
+            end=end,
+            transfer_target=target,
+            collect_dtmf_digits=dtmf_digits,
+            intent=acted.intent,
+            confidence=acted.confidence,
+            source="rasa",
+            needs_fallback=needs_fallback,
+            entities=acted.entities,
+        )
+
+    # -- Dialogue protocol -----------------------------------------------------------------
+
+    async def start(self, call: CallInfo) -> DialogueTurn:
+        """Call start: the greeting and the keypad menu."""
+        return await self._turn(call, "/greet")
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        """One recognised caller utterance (normalised here; never Rasa's /intent syntax)."""
+        normalized = normalize(text)
+        if not normalized:
+            # nothing Rasa could classify: let the caller's session decide (LLM / reprompt)
+            return DialogueTurn(source="rasa", needs_fallback=True)
+        return await self._turn(call, normalized)
+
+    async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
+        """Keypad digits: ``/dtmf{"digits":"..."}`` (menu choice or an account number)."""
+        if not _DTMF_RE.fullmatch(digits):
+            raise ValueError(f"not DTMF digits: {digits!r}")
+        return await self._turn(call, "/dtmf" + json.dumps({"digits": digits}))
+
+    async def end(self, call: CallInfo) -> None:
+        """Forget the call's conversation (best effort: the call is over either way)."""
+        if not self.forget_on_end:
+            return
+        try:
+            await self._request(
+                "PUT",
+                f"/conversations/{quote(call.call_id, safe='')}/tracker/events",
+                json_body=[],
+            )
+        except DialogueUnavailable as exc:
+            log.warning("rasa.forget_failed", call_id=call.call_id, error=str(exc))
+
+    # -- extras ----------------------------------------------------------------------------
+
+    async def ping(self) -> str:
+        """The loaded model file name; DialogueUnavailable when the server is not ready."""
+        status = await self._request("GET", "/status")
+        model = status.get("model_file") if isinstance(status, Mapping) else None
+        if not model:
+            raise DialogueUnavailable("Rasa has no model loaded", retryable=True)
+        return str(model)
+
+    async def static_responses(self) -> list[str]:
+        """Every response text of the domain without ``{slot}`` placeholders, in domain
+        order, once each: what the TTS cache can synthesise at startup."""
+        domain = await self._request("GET", "/domain")
+        if not isinstance(domain, Mapping):
+            raise DialogueUnavailable("domain is not an object", retryable=False)
+        texts: list[str] = []
+        seen: set[str] = set()
+        responses = domain.get("responses") or {}
+        for variations in responses.values():
+            for variation in variations or []:
+                text = variation.get("text") if isinstance(variation, Mapping) else None
+                if not isinstance(text, str) or not text.strip() or "{" in text:
+                    continue
+                text = text.strip()
+                if text not in seen:
+                    seen.add(text)
+                    texts.append(text)
+        return texts
