@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from voicebot_pbx.config import ConfigError, as_dict, load_config
+import structlog
+
+from voicebot_pbx.config import Config, ConfigError, as_dict, load_config
 from voicebot_pbx.logs import configure_logging
 
 
@@ -116,6 +118,72 @@ def _call(args: argparse.Namespace) -> int:
     return 0
 
 
+async def originate_call(
+    config: Config,
+    to: str,
+    *,
+    caller_id: str = "",
+    profile: str = "",
+    variables: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Place an outbound call over AMI; the answered leg runs AudioSocket into this bot
+    with a fresh UUID (and VOICEBOT_PROFILE, read back by the bot over AMI). The outcome
+    is printed, logged and appended to <state_dir>/outbound.jsonl."""
+    import time
+    import uuid
+
+    from voicebot_pbx.transport.ami import AmiClient, originate
+
+    call_uuid = str(uuid.uuid4())
+    channel_vars = {"VOICEBOT_UUID": call_uuid, **(variables or {})}
+    if profile:
+        channel_vars["VOICEBOT_PROFILE"] = profile
+    ami = AmiClient(config.ami)
+    await ami.start()
+    try:
+        await ami.wait_connected(config.ami.action_timeout_s)
+        result = await originate(
+            ami,
+            to,
+            context=config.ami.outbound_context,
+            exten=config.ami.outbound_exten,
+            caller_id=caller_id,
+            variables=channel_vars,
+            timeout_s=config.ami.outbound_timeout_s,
+        )
+    finally:
+        await ami.close()
+    outcome = {
+        "call_id": call_uuid,
+        "to": to,
+        "profile": profile,
+        "outcome": result.outcome,
+        "reason": result.reason,
+        "channel": result.channel,
+        "message": result.message,
+        "at": time.time(),
+    }
+    log_file = Path(config.state_dir) / "outbound.jsonl"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(outcome) + "\n")
+    structlog.get_logger("voicebot_pbx.cli").info("originate_done", **outcome)
+    return outcome
+
+
+def _originate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log.format, config.log.level)
+    variables = dict(v.split("=", 1) for v in args.var or [])
+    outcome = asyncio.run(
+        originate_call(
+            config, args.to, caller_id=args.caller_id, profile=args.profile, variables=variables
+        )
+    )
+    print(json.dumps(outcome, indent=2))
+    return 0 if outcome["outcome"] == "answered" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot-pbx", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--no-transcribe", action="store_true", help="don't transcribe the bot")
     call.add_argument("--json", action="store_true", help="print a JSON report")
     call.set_defaults(func=_call)
+
+    orig = sub.add_parser("originate", help="place an outbound call through Asterisk (AMI)")
+    orig.add_argument("--to", required=True, help="channel to dial, e.g. PJSIP/1001")
+    orig.add_argument("--caller-id", default="", help='e.g. "Northwind <8005550100>"')
+    orig.add_argument("--profile", default="", help="bot profile for the call")
+    orig.add_argument("--var", action="append", help="channel variable K=V (repeatable)")
+    orig.add_argument("--config", type=Path)
+    orig.set_defaults(func=_originate)
     return parser
 
 

@@ -35,6 +35,12 @@ class ServerConfig:
     # No inbound bytes at all for this long ends the call (Asterisk streams continuously).
     read_timeout_s: float = 300.0
     max_call_duration_s: float = 1800.0
+    # Peers allowed to connect (CIDRs). Empty: loopback only; needed when host is not
+    # a loopback address.
+    allow: tuple[str, ...] = ()
+    # On SIGTERM: stop accepting, let calls finish for up to drain_s, then send each
+    # remaining call 0x00 so its dialplan continues (e.g. to the agent queue).
+    drain_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +183,53 @@ class PromptsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AmiConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "voicebot"
+    # The secret comes from this environment variable, or from secret_file when set
+    # (``$VAR`` in the path is expanded, e.g. ``${CREDENTIALS_DIRECTORY}/ami-secret``).
+    secret_env: str = "VOICEBOT_AMI_SECRET"
+    secret_file: str = ""
+    action_timeout_s: float = 5.0
+    reconnect_max_s: float = 30.0
+    # transfer(call_id, "agents") redirects to transfer_context,agents,transfer_priority;
+    # transfer(call_id, "ctx,exten") to ctx,exten,transfer_priority.
+    transfer_context: str = "voicebot-transfer"
+    transfer_exten: str = "agents"
+    transfer_priority: int = 1
+    # `voicebot-pbx originate`: the answered leg runs this dialplan, which must do
+    # Answer() + AudioSocket(${VOICEBOT_UUID},host:port) (dialplans/asterisk/extensions.conf).
+    outbound_context: str = "voicebot-outbound"
+    outbound_exten: str = "s"
+    outbound_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """HTTP on loopback: /health (liveness), /ready (readiness), /metrics (Prometheus)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9091
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileConfig:
+    """A bot persona for some calls, chosen by the AudioSocket port the call arrives on
+    (``port``: an extra listener) or by the channel variable VOICEBOT_PROFILE that the
+    dialplan sets before AudioSocket() (read over AMI). Empty fields keep the defaults."""
+
+    name: str = ""
+    port: int = 0
+    greeting: str = ""
+    greeting_clip: str = ""  # a pre-recorded clip played instead (first word at once)
+    transfer_target: str = ""
+    dialogue: Literal["", "rules", "rasa"] = ""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -199,6 +252,9 @@ class Config:
     rasa: RasaConfig = field(default_factory=RasaConfig)
     fallbacks: FallbackConfig = field(default_factory=FallbackConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    ami: AmiConfig = field(default_factory=AmiConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    profiles: tuple[ProfileConfig, ...] = ()
     log: LogConfig = field(default_factory=LogConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -322,12 +378,47 @@ def _validate(config: Config, source: str) -> None:
             problems.append(f"dialogue.rules[{index}] needs keywords and a reply")
         if rule.then == "transfer" and not rule.target:
             problems.append(f"dialogue.rules[{index}] transfers but has no target")
+    try:
+        import ipaddress
+
+        for cidr in config.server.allow:
+            ipaddress.ip_network(cidr, strict=False)
+    except ValueError as exc:
+        problems.append(f"server.allow: {exc}")
+    if not config.server.allow and not _is_loopback(config.server.host):
+        problems.append(
+            f"server.host {config.server.host!r} is not loopback: list the PBX addresses "
+            "allowed to connect in server.allow"
+        )
+    if config.ami.enabled and not 0 < config.ami.port <= 65535:
+        problems.append("ami.port out of range")
+    names = [p.name for p in config.profiles]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        problems.append("every [[profiles]] entry needs a unique name")
+    ports = [p.port for p in config.profiles if p.port]
+    if config.server.port in ports or len(set(ports)) != len(ports):
+        problems.append("profile ports must differ from each other and from server.port")
     for entry in config.prompts.clips:
         name, sep, path = entry.partition("=")
         if not sep or not name.strip() or not path.strip():
             problems.append(f"prompts.clips entry {entry!r} is not name=path")
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def profile_named(config: Config, name: str | None) -> ProfileConfig | None:
+    return next((p for p in config.profiles if name and p.name == name), None)
 
 
 def as_dict(config: object, *, mask_secrets: bool = True) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -20,11 +21,13 @@ from voicebot_pbx.engines import Engines, load_engines
 from voicebot_pbx.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.records import JsonlRecorder
 from voicebot_pbx.session import Shared, make_handler
+from voicebot_pbx.transport import DtmfIn
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
 if TYPE_CHECKING:
     from voicebot_pbx.nlu import RasaDialogue
     from voicebot_pbx.rasa_server import RasaServer
+    from voicebot_pbx.transport.ami import AmiClient
 
 log = structlog.get_logger("voicebot_pbx.service")
 
@@ -134,43 +137,138 @@ async def _start_rasa_logged(shared: Shared, server: RasaServer | None, rasa: Ra
         log.error("rasa_unavailable", error=f"{type(exc).__name__}: {exc}")
 
 
+@dataclass(slots=True)
+class _State:
+    models_loaded: bool = False
+    draining: bool = False
+    servers: list[AudioSocketServer] = field(default_factory=list)
+    rasa: RasaDialogue | None = None
+    rasa_ok: bool = False
+    ami: AmiClient | None = None
+
+    def active_calls(self) -> int:
+        return sum(len(server.calls) for server in self.servers)
+
+    def readiness(self) -> dict[str, object]:
+        from voicebot_pbx.health import readiness_report
+
+        return readiness_report(
+            models_loaded=self.models_loaded,
+            draining=self.draining,
+            rasa="disabled" if self.rasa is None else ("ok" if self.rasa_ok else "degraded"),
+            ami="disabled"
+            if self.ami is None
+            else ("connected" if self.ami.connected else "disconnected"),
+            active_calls=self.active_calls(),
+        )
+
+
+async def _watch_rasa(state: _State, rasa: RasaDialogue) -> None:
+    """Keep the readiness report's Rasa field current."""
+    from voicebot_pbx.nlu import DialogueUnavailable
+
+    while True:
+        try:
+            await rasa.ping()
+            state.rasa_ok = True
+        except DialogueUnavailable:
+            state.rasa_ok = False
+        await asyncio.sleep(5.0)
+
+
+async def drain(servers: list[AudioSocketServer], drain_s: float) -> None:
+    """Stop accepting; give calls in progress up to ``drain_s`` to finish, then send each
+    remaining call 0x00 (its dialplan continues, e.g. to the agent queue)."""
+    for server in servers:
+        await server.stop_accepting()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(drain_s):
+            await asyncio.gather(*(server.wait_idle() for server in servers))
+    remaining = sum(len(server.calls) for server in servers)
+    log.info("drain_done", handed_back=remaining)
+    await asyncio.gather(*(server.close(reason="drained") for server in servers))
+
+
 async def serve(
     config: Config, *, on_ready: Callable[[AudioSocketServer], None] | None = None
 ) -> None:
-    shared = await build_shared(config)
+    from voicebot_pbx import sdnotify
+
+    state = _State()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
     async with contextlib.AsyncExitStack() as stack:
-        rasa: RasaDialogue | None = None
+        if config.health.enabled:
+            from voicebot_pbx.health import HealthServer
+
+            health = HealthServer(state.readiness, host=config.health.host, port=config.health.port)
+            await health.start()
+            stack.push_async_callback(health.close)
+        sdnotify.status("loading models")
+        shared = await build_shared(config)
+        stack.callback(shared.engines.close)
+        state.models_loaded = True
         rasa_server: RasaServer | None = None
         if config.dialogue.engine == "rasa":
             from voicebot_pbx.fallbacks import FallbackDialogue
             from voicebot_pbx.nlu import RasaDialogue
 
-            rasa = RasaDialogue(config.rasa.url, timeout_s=config.rasa.timeout_s)
-            stack.push_async_callback(rasa.aclose)
+            state.rasa = RasaDialogue(config.rasa.url, timeout_s=config.rasa.timeout_s)
+            stack.push_async_callback(state.rasa.aclose)
             shared.dialogue = FallbackDialogue(
-                rasa, shared.dialogue, timeout_s=config.rasa.timeout_s
+                state.rasa, shared.dialogue, timeout_s=config.rasa.timeout_s
             )
             if config.rasa.manage:
                 rasa_server = rasa_server_for(config)
                 stack.push_async_callback(rasa_server.stop)
-        server = AudioSocketServer(config.server, make_handler(shared))
-        await server.start()
-        stack.callback(shared.engines.close)
-        stack.push_async_callback(server.close)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, stop.set)
+        dtmf_filter = None
+        if config.ami.enabled:
+            from voicebot_pbx.transport.ami import AmiClient
+
+            def on_ami_dtmf(call_id: str, digit: str) -> None:
+                for server in state.servers:
+                    call = server.calls.get(call_id)
+                    if call is not None:
+                        with contextlib.suppress(asyncio.QueueFull):
+                            call.inbound.put_nowait(DtmfIn(digit, loop.time()))
+
+            state.ami = AmiClient(config.ami, on_dtmf=on_ami_dtmf)
+            await state.ami.start()
+            stack.push_async_callback(state.ami.close)
+            shared.control = state.ami
+            dtmf_filter = state.ami.accept_media_dtmf
+        handler = make_handler(shared)
+        state.servers.append(AudioSocketServer(config.server, handler, dtmf_filter=dtmf_filter))
+        for profile in config.profiles:
+            if profile.port:
+                state.servers.append(
+                    AudioSocketServer(
+                        config.server,
+                        handler,
+                        port=profile.port,
+                        profile=profile.name,
+                        dtmf_filter=dtmf_filter,
+                    )
+                )
+        for server in state.servers:
+            await server.start()
+        sdnotify.ready(f"serving on port {config.server.port}")
         if on_ready is not None:
-            on_ready(server)
+            on_ready(state.servers[0])
         async with asyncio.TaskGroup() as group:
-            rasa_task = (
-                group.create_task(_start_rasa_logged(shared, rasa_server, rasa))
-                if rasa is not None
-                else None
-            )
+            background = [group.create_task(sdnotify.watchdog_heartbeat())]
+            if state.rasa is not None:
+                background.append(
+                    group.create_task(_start_rasa_logged(shared, rasa_server, state.rasa))
+                )
+                background.append(group.create_task(_watch_rasa(state, state.rasa)))
             await stop.wait()
-            log.info("stopping", active_calls=len(server.calls))
-            if rasa_task is not None:
-                rasa_task.cancel()
+            state.draining = True
+            log.info("stopping", active_calls=state.active_calls(), drain_s=config.server.drain_s)
+            sdnotify.stopping(f"draining {state.active_calls()} calls")
+            await drain(state.servers, config.server.drain_s)
+            for task in background:
+                task.cancel()

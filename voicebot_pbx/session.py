@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 import structlog
 
 from voicebot_pbx.audio import Resampler, rms_dbfs
-from voicebot_pbx.config import Config
+from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.engines import Engines, EngineTimeout
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
@@ -158,6 +158,7 @@ class CallSession:
         self._backchannels = frozenset(_norm(b) for b in self.fallbacks.backchannels)
         self._paused_turn: TurnRecord | None = None
         self._inbound_resampler: Resampler | None = None
+        self.profile: ProfileConfig | None = None
         self._not_understood = 0
         self._no_input_count = 0
         self._no_input_task: asyncio.Task[None] | None = None
@@ -174,7 +175,13 @@ class CallSession:
         # Batch engines (Whisper) get the utterance from the session; streaming engines
         # (Vosk) get a stream per call, fed continuously.
         self.stt = None if self._batch is not None else self.engines.stt.new_stream(self.rate_hz)
-        log.info("session_started", rate_hz=self.rate_hz, dialogue=self.shared.dialogue.name)
+        await self._choose_profile()
+        log.info(
+            "session_started",
+            rate_hz=self.rate_hz,
+            dialogue=self.shared.dialogue.name,
+            profile=self.call.profile,
+        )
         if self.shared.recorder is not None:
             try:
                 async with asyncio.timeout(5.0):
@@ -187,7 +194,7 @@ class CallSession:
                 stt_worker = group.create_task(self._stt_worker())
                 wrap_up = group.create_task(self._wrap_up_timer())
                 greeting = TurnRecord(turn_id=0, kind="greeting")
-                self._start_reply(greeting, self.shared.dialogue.start(self.call), loop.time())
+                self._start_reply(greeting, self._greeting(), loop.time())
                 try:
                     await self._main_loop()
                 finally:
@@ -214,6 +221,36 @@ class CallSession:
             await self._write_record()
             with contextlib.suppress(Exception):
                 await self.shared.dialogue.end(self.call)
+
+    async def _choose_profile(self) -> None:
+        """The call's profile: from its listener, else the dialplan's VOICEBOT_PROFILE
+        channel variable (over AMI), else the default."""
+        name: str | None = getattr(self.media, "profile", None)
+        get_var = getattr(self.shared.control, "get_var", None)
+        if name is None and get_var is not None and self.config.profiles:
+            try:
+                async with asyncio.timeout(0.5):
+                    name = await get_var(self.media.call_id, "VOICEBOT_PROFILE")
+            except Exception as exc:
+                log.info("profile_lookup_failed", error=f"{type(exc).__name__}: {exc}")
+        self.profile = profile_named(self.config, name)
+        if name and self.profile is None:
+            log.warning("unknown_profile", profile=name)
+        if self.profile is not None:
+            self.call = dataclasses.replace(self.call, profile=self.profile.name)
+            self.record.profile = self.profile.name
+
+    async def _greeting(self) -> DialogueTurn:
+        profile = self.profile
+        if profile is not None and (profile.greeting_clip or profile.greeting):
+            clip_ok = bool(profile.greeting_clip) and (
+                self.shared.clips.get(profile.greeting_clip, self.rate_hz) is not None
+            )
+            reply = (
+                BotReply(clip=profile.greeting_clip) if clip_ok else BotReply(text=profile.greeting)
+            )
+            return DialogueTurn(replies=(reply,), intent="greet", source="profile")
+        return await self.shared.dialogue.start(self.call)
 
     async def _write_record(self) -> None:
         if self.shared.recorder is None:
@@ -466,7 +503,9 @@ class CallSession:
 
     def _give_up_turn(self, reason: str) -> DialogueTurn:
         """Hand the caller to a person (or say goodbye when there is nobody to hand to)."""
-        target = self.fallbacks.give_up_target
+        target = (self.profile.transfer_target if self.profile else "") or (
+            self.fallbacks.give_up_target
+        )
         if target:
             return DialogueTurn(
                 replies=(BotReply(text=self.fallbacks.give_up_transfer),),

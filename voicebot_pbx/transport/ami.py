@@ -47,26 +47,9 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.manager import Manager
 
+from voicebot_pbx.config import AmiConfig
+
 log = structlog.get_logger("voicebot_pbx.ami")
-
-
-@dataclass(frozen=True, slots=True)
-class AmiConfig:
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = 5038
-    username: str = "voicebot"
-    # The secret comes from this environment variable, or from secret_file when set
-    # (``$VAR`` in the path is expanded, e.g. ``${CREDENTIALS_DIRECTORY}/ami-secret``).
-    secret_env: str = "VOICEBOT_AMI_SECRET"
-    secret_file: str = ""
-    action_timeout_s: float = 5.0
-    reconnect_max_s: float = 30.0
-    # transfer(call_id, "agents") redirects to transfer_context,agents,transfer_priority;
-    # transfer(call_id, "ctx,exten") to ctx,exten,transfer_priority.
-    transfer_context: str = "voicebot-transfer"
-    transfer_exten: str = "agents"
-    transfer_priority: int = 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from voicebot_pbx.config import ServerConfig
+from voicebot_pbx.health import parse_cidrs, peer_allowed
 from voicebot_pbx.protocol import audiosocket as wire
 from voicebot_pbx.speaker import Speaker
 from voicebot_pbx.transport import AudioIn, CallEnded, CallMedia, DtmfIn, InboundEvent
@@ -67,6 +69,8 @@ class AudioSocketCall:
         self._rate_committed = False
         self._closed = asyncio.Event()
         self.end_reason: str | None = None
+        self.profile: str | None = None
+        self.dtmf_filter: Callable[[str, str], bool] | None = None
         self.bytes_in = 0
         self.frames_in = 0
         self.inbound_dropped = 0
@@ -146,7 +150,8 @@ class AudioSocketCall:
                         )
                     self._put(AudioIn(pcm, rate_hz, now_s))
                 case wire.Dtmf(digit):
-                    self._put(DtmfIn(digit, now_s))
+                    if self.dtmf_filter is None or self.dtmf_filter(self.call_id, digit):
+                        self._put(DtmfIn(digit, now_s))
                 case wire.Hangup():
                     return "peer_hangup"
                 case wire.Error(code):
@@ -243,8 +248,17 @@ class AudioSocketServer:
         handler: CallHandler,
         *,
         handler_grace_s: float = HANDLER_GRACE_S,
+        port: int | None = None,
+        profile: str | None = None,
+        dtmf_filter: Callable[[str, str], bool] | None = None,
     ) -> None:
+        """``port``/``profile``: an extra listener whose calls get that bot profile.
+        ``dtmf_filter(call_id, digit)`` may drop a digit (already delivered over AMI)."""
         self._config = config
+        self._listen_port = config.port if port is None else port
+        self.profile = profile
+        self._dtmf_filter = dtmf_filter
+        self._allow = parse_cidrs(config.allow) if config.allow else ()
         self._handler = handler
         self._handler_grace_s = handler_grace_s
         self._server: asyncio.Server | None = None
@@ -252,6 +266,8 @@ class AudioSocketServer:
         self._connections: set[asyncio.Task[None]] = set()
         self.calls_total = 0
         self.calls_rejected = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def port(self) -> int:
@@ -261,19 +277,23 @@ class AudioSocketServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._on_connect, host=self._config.host, port=self._config.port, reuse_address=True
+            self._on_connect, host=self._config.host, port=self._listen_port, reuse_address=True
         )
         log.info("audiosocket_listening", host=self._config.host, port=self.port)
+
+    async def wait_idle(self) -> None:
+        """Until no call is in progress."""
+        await self._idle.wait()
 
     async def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
 
-    async def close(self, grace_s: float = 2.0) -> None:
+    async def close(self, grace_s: float = 2.0, reason: str = "shutdown") -> None:
         """Stop accepting; end every call with 0x00 (its dialplan continues); wait ``grace_s``."""
         await self.stop_accepting()
         # Concurrently: one peer that does not read must not hold up the others' 0x00.
-        await asyncio.gather(*(call.hangup("shutdown") for call in list(self.calls.values())))
+        await asyncio.gather(*(call.hangup(reason) for call in list(self.calls.values())))
         if self._connections:
             _done, pending = await asyncio.wait(self._connections, timeout=grace_s)
             for task in pending:
@@ -297,6 +317,11 @@ class AudioSocketServer:
     ) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        if not self._peer_allowed(peername[0] if peername else ""):
+            self.calls_rejected += 1
+            log.warning("call_rejected", reason="peer_not_allowed", peer=peer)
+            await _close_writer(writer)
+            return
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -325,7 +350,10 @@ class AudioSocketServer:
             await _close_writer(writer)
             return
         call = AudioSocketCall(call_uuid, reader, writer, decoder, self._config, peer)
+        call.profile = self.profile
+        call.dtmf_filter = self._dtmf_filter
         self.calls[call_id] = call
+        self._idle.clear()
         self.calls_total += 1
         structlog.contextvars.bind_contextvars(call_id=call_id)
         log.info("call_started", peer=peer, pbx="asterisk")
@@ -352,6 +380,8 @@ class AudioSocketServer:
         finally:
             await call.close()
             self.calls.pop(call_id, None)
+            if not self.calls:
+                self._idle.set()
             log.info(
                 "call_closed",
                 reason=call.end_reason,
@@ -374,6 +404,15 @@ class AudioSocketServer:
         finally:
             if not call.closed:
                 await call.hangup("bot_hangup")
+
+    def _peer_allowed(self, address: str) -> bool:
+        """Loopback only by default; ``server.allow`` CIDRs when the PBX is elsewhere."""
+        if not self._allow:
+            try:
+                return ipaddress.ip_address(address.split("%")[0]).is_loopback
+            except ValueError:
+                return address == ""  # e.g. a Unix socket peer in tests
+        return peer_allowed(address, self._allow)
 
     async def _read_uuid(
         self, reader: asyncio.StreamReader, decoder: wire.Decoder
