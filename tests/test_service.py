@@ -1,0 +1,303 @@
+"""The service as an admin runs it, and its call-control features.
+
+* a real ``voicebot-pbx serve`` process: sd_notify READY/STOPPING on a test socket, the
+  health endpoint, a profile selected by listen port, SIGTERM drain (0x00 to the call in
+  progress, records complete);
+* profile selection by the dialplan's VOICEBOT_PROFILE over (fake) AMI, and an outbound
+  Originate whose AudioSocket leg hears the outbound greeting first;
+* the peer allowlist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import structlog
+
+from tests.fake_ami import FakeAmi
+from tests.speech import have_espeak
+from tests.test_turns import make_shared
+from voicebot_pbx.caller import Pause, SimulatedCaller
+from voicebot_pbx.config import (
+    AmiConfig,
+    ConfigError,
+    ProfileConfig,
+    ServerConfig,
+    load_config,
+    parse_config,
+)
+from voicebot_pbx.records import JsonlRecorder
+from voicebot_pbx.session import make_handler
+from voicebot_pbx.testing import tone
+from voicebot_pbx.transport.ami import AmiClient
+from voicebot_pbx.transport.audiosocket import AudioSocketServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- the real service process ------------------------------------------------------------
+
+
+@pytest.mark.models
+@pytest.mark.skipif(not have_espeak(), reason="needs espeak-ng and sox (scripts/install)")
+def test_service_notifies_serves_a_profile_port_and_drains_on_sigterm(tmp_path: Path) -> None:
+    port, profile_port, health_port = free_port(), free_port(), free_port()
+    config = tmp_path / "voicebot.toml"
+    config.write_text(
+        f"""
+state_dir = "{tmp_path / "state"}"
+[server]
+port = {port}
+drain_s = 1.5
+[health]
+port = {health_port}
+[dialogue]
+engine = "rules"
+[tts]
+cache_dir = "{ROOT / ".cache" / "test-tts-cache"}"
+[[profiles]]
+name = "reminder"
+port = {profile_port}
+greeting = "This is a reminder call from Northwind Energy."
+"""
+    )
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(1.0)
+    # No WATCHDOG_PID: the child cannot know its pid in advance; any pid is accepted then.
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voicebot_pbx.cli", "serve", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "serve.log").open("wb"),
+    )
+    messages: list[str] = []
+
+    def wait_for(state: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(state in m for m in messages):
+                return
+            with contextlib.suppress(TimeoutError):
+                messages.append(notify.recv(4096).decode())
+            if proc.poll() is not None and not any(state in m for m in messages):
+                raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+        raise AssertionError(f"no {state} in {messages}")
+
+    try:
+        wait_for("READY=1", 180.0)
+        wait_for("WATCHDOG=1", 5.0)  # the heartbeat runs on the event loop
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/ready", timeout=5) as r:
+            ready = json.loads(r.read())
+        assert ready["ready"] is True
+
+        async def calls() -> tuple[object, object]:
+            profile_call = SimulatedCaller("127.0.0.1", profile_port, reply_gap_s=0.5)
+            first = await profile_call.run([Pause(0.3)])
+            staying = SimulatedCaller("127.0.0.1", port, reply_gap_s=0.5)
+            stay_task = asyncio.create_task(staying.run([Pause(60.0)]))
+            await asyncio.sleep(3.0)  # greeting playing / done; the call is in progress
+            proc.send_signal(signal.SIGTERM)
+            second = await asyncio.wait_for(stay_task, 30.0)
+            return first, second
+
+        first, second = asyncio.run(calls())
+        assert first.greeting_heard  # type: ignore[attr-defined]
+        assert second.got_hangup, "the call in progress got 0x00 at the end of the drain"  # type: ignore[attr-defined]
+        wait_for("STOPPING=1", 10.0)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+    records = JsonlRecorder(tmp_path / "state" / "calls.jsonl").read_all()
+    by_profile = {r["profile"]: r for r in records}
+    assert by_profile["reminder"]["turns"][0]["reply_text"] == (
+        "This is a reminder call from Northwind Energy."
+    )
+    assert by_profile["default"]["end_reason"] == "drained"
+
+
+# --- profiles over AMI and outbound calls (fake AMI, fake engines, real sockets) ---------
+
+
+def ami_config(fake: FakeAmi) -> AmiConfig:
+    return AmiConfig(enabled=True, port=fake.port, secret_env="", action_timeout_s=2.0)
+
+
+async def bot_with_ami(
+    fake: FakeAmi, tmp_path: Path
+) -> tuple[AudioSocketServer, AmiClient, JsonlRecorder]:
+    shared = make_shared(stt_delay_s=0.05)
+    profiles = (
+        ProfileConfig(name="billing", greeting="Billing line, how can I help?"),
+        ProfileConfig(name="outbound", greeting_clip="reminder"),
+    )
+    config = dataclasses.replace(
+        shared.config,
+        server=dataclasses.replace(shared.config.server, port=0),
+        profiles=profiles,
+    )
+    from voicebot_pbx.audio import write_wav
+    from voicebot_pbx.prompts import ClipLibrary
+
+    write_wav(tmp_path / "reminder.wav", tone(1.0, 8000, 300), 8000)
+    recorder = JsonlRecorder(tmp_path / "calls.jsonl")
+    ami = AmiClient(ami_config(fake), secret=fake.secret)
+    await ami.start()
+    await ami.wait_connected(5.0)
+    shared = dataclasses.replace(
+        shared,
+        config=config,
+        control=ami,
+        recorder=recorder,
+        clips=ClipLibrary({"reminder": tmp_path / "reminder.wav"}),
+    )
+    server = AudioSocketServer(config.server, make_handler(shared))
+    await server.start()
+    return server, ami, recorder
+
+
+def test_profile_from_the_dialplan_channel_variable(tmp_path: Path) -> None:
+    async def scenario() -> list[dict[str, object]]:
+        fake = FakeAmi()
+        await fake.start()
+        server, ami, recorder = await bot_with_ami(fake, tmp_path)
+        try:
+            call_id = uuid.uuid4()
+            channel = fake.add_channel("PJSIP/1001-00000001")
+            channel.variables["VOICEBOT_PROFILE"] = "billing"
+            # Asterisk runs AudioSocket(): Newexten carries the UUID, then it connects.
+            await fake.newexten(channel, "AudioSocket", f"{call_id},127.0.0.1:{server.port}")
+            await asyncio.sleep(0.1)
+            caller = SimulatedCaller("127.0.0.1", server.port, call_uuid=call_id, reply_gap_s=0.4)
+            await caller.run([Pause(0.2)])
+            await asyncio.wait_for(server.wait_idle(), 5.0)
+        finally:
+            await server.close()
+            await ami.close()
+            await fake.stop()
+        return recorder.read_all()
+
+    (record,) = asyncio.run(scenario())
+    assert record["profile"] == "billing"
+    assert record["turns"][0]["reply_text"] == "Billing line, how can I help?"  # type: ignore[index]
+
+
+def test_originate_places_the_call_and_the_leg_hears_the_outbound_greeting_first(
+    tmp_path: Path,
+) -> None:
+    from voicebot_pbx.cli import originate_call
+
+    async def scenario() -> tuple[dict[str, object], object, list[dict[str, object]]]:
+        fake = FakeAmi()
+        fake.dialplan.add(("voicebot-outbound", "s"))
+        await fake.start()
+        server, ami, recorder = await bot_with_ami(fake, tmp_path)
+        base = load_config()
+        config = dataclasses.replace(base, state_dir=str(tmp_path / "state"), ami=ami_config(fake))
+        os.environ["VOICEBOT_AMI_SECRET"] = fake.secret
+        try:
+            config = dataclasses.replace(
+                config, ami=dataclasses.replace(config.ami, secret_env="VOICEBOT_AMI_SECRET")
+            )
+            placing = asyncio.create_task(originate_call(config, "PJSIP/1001", profile="outbound"))
+            action = await fake.wait_for_action("Originate", 5.0)
+            variables = dict(v.split("=", 1) for v in action["variable"])
+            outcome = await placing
+            # The answered leg runs [voicebot-outbound]: Newexten, then AudioSocket connects.
+            channel = fake.add_channel("PJSIP/1001-00000009")
+            channel.variables.update(variables)
+            leg_uuid = uuid.UUID(variables["VOICEBOT_UUID"])
+            await fake.newexten(channel, "AudioSocket", f"{leg_uuid},127.0.0.1:{server.port}")
+            await asyncio.sleep(0.1)
+            leg = SimulatedCaller("127.0.0.1", server.port, call_uuid=leg_uuid, reply_gap_s=0.4)
+            result = await leg.run([Pause(0.2)])
+            await asyncio.wait_for(server.wait_idle(), 5.0)
+        finally:
+            os.environ.pop("VOICEBOT_AMI_SECRET", None)
+            await server.close()
+            await ami.close()
+            await fake.stop()
+        return outcome, result, recorder.read_all()
+
+    outcome, result, records = asyncio.run(scenario())
+    assert outcome["outcome"] == "answered"
+    (record,) = records
+    assert record["call_id"] == outcome["call_id"] and record["profile"] == "outbound"
+    assert record["turns"][0]["reply_source"] == "clip"  # type: ignore[index]
+    # The clip (pre-recorded, no synthesis) is the first thing on the wire, at once.
+    frames = result.frames  # type: ignore[attr-defined]
+    first_voiced = next(t for t, voiced in frames if voiced)
+    assert first_voiced - frames[0][0] < 0.5
+    log = (tmp_path / "state" / "outbound.jsonl").read_text().splitlines()
+    assert json.loads(log[0])["outcome"] == "answered"
+
+
+# --- allowlist ---------------------------------------------------------------------------
+
+
+def test_peer_not_in_the_allowlist_is_refused() -> None:
+    async def scenario() -> tuple[bool, int, list[dict[str, object]]]:
+        shared = make_shared()
+        config = ServerConfig(port=0, allow=("10.0.0.0/8",))
+        server = AudioSocketServer(config, make_handler(shared))
+        await server.start()
+        with structlog.testing.capture_logs() as logs:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            from voicebot_pbx.protocol.audiosocket import encode_uuid
+
+            writer.write(encode_uuid(uuid.uuid4()))
+            try:
+                data = await asyncio.wait_for(reader.read(100), 5.0)
+            except ConnectionResetError:  # closed with our UUID unread: a reset
+                data = b""
+            writer.close()
+        calls = server.calls_total
+        await server.close()
+        return data == b"", calls, logs
+
+    closed, calls, logs = asyncio.run(scenario())
+    assert closed and calls == 0
+    assert [e for e in logs if e.get("reason") == "peer_not_allowed"]
+
+
+def test_a_non_loopback_listener_needs_an_allowlist() -> None:
+    with pytest.raises(ConfigError, match="server.allow"):
+        parse_config({"server": {"host": "0.0.0.0"}})
+    config = parse_config({"server": {"host": "0.0.0.0", "allow": ["192.0.2.10/32"]}})
+    assert config.server.allow == ("192.0.2.10/32",)
+
+
+def test_loopback_peer_is_served_by_default() -> None:
+    async def scenario() -> bool:
+        shared = make_shared()
+        server = AudioSocketServer(ServerConfig(port=0), make_handler(shared))
+        await server.start()
+        caller = SimulatedCaller("127.0.0.1", server.port, reply_gap_s=0.3)
+        result = await caller.run([Pause(0.2)])
+        await server.close()
+        return result.greeting_heard
+
+    assert asyncio.run(scenario())
