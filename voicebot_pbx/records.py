@@ -21,7 +21,7 @@ from typing import Any, Protocol
 class TurnRecord:
     turn_id: int
     seq: int = 0  # position in the call (unique per call; turn_id repeats for DTMF turns)
-    kind: str = "speech"  # speech | dtmf | greeting
+    kind: str = "speech"  # speech | dtmf | greeting | backchannel | no_input | wrap_up
     transcript: str = ""
     stt_confidence: float | None = None
     intent: str | None = None
@@ -36,6 +36,14 @@ class TurnRecord:
     stt_to_dialogue_ms: float | None = None
     tts_first_audio_ms: float | None = None
     end_of_speech_to_first_frame_ms: float | None = None
+    # Parts of stt_to_dialogue_ms, when the brain reports them (Rasa NLU; an LLM's first
+    # complete sentence).
+    nlu_ms: float | None = None
+    llm_first_sentence_ms: float | None = None
+    # Length of the whole reply's audio, so played_ms / reply_audio_ms is how much was heard.
+    reply_audio_ms: float | None = None
+    # Unix time the turn completed (the analytics recorder stamps it when the session doesn't).
+    finished_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -44,13 +52,18 @@ class CallRecord:
     pbx: str
     peer: str
     caller_id: str | None = None
+    profile: str = "default"
     started_at: float = field(default_factory=time.time)
+    # When the call was answered (AudioSocket: the dialplan answered before connecting, so
+    # None means "at started_at").
+    answered_at: float | None = None
     ended_at: float | None = None
     end_reason: str = ""
     transfer_target: str | None = None
     rate_hz: int = 8000
     turns: list[TurnRecord] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    recording_path: str | None = None  # the call's WAV (analytics.record_audio)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
