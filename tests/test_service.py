@@ -111,6 +111,8 @@ greeting = "This is a reminder call from Northwind Energy."
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/ready", timeout=5) as r:
             ready = json.loads(r.read())
         assert ready["ready"] is True
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5) as r:
+            assert b"voicebot_active_calls" in r.read()
 
         async def calls() -> tuple[object, object]:
             profile_call = SimulatedCaller("127.0.0.1", profile_port, reply_gap_s=0.5)
@@ -131,12 +133,15 @@ greeting = "This is a reminder call from Northwind Energy."
         if proc.poll() is None:
             proc.kill()
         notify.close()
-    records = JsonlRecorder(tmp_path / "state" / "calls.jsonl").read_all()
-    by_profile = {r["profile"]: r for r in records}
-    assert by_profile["reminder"]["turns"][0]["reply_text"] == (
+    from voicebot_pbx.analytics import open_store
+    from voicebot_pbx.config import AnalyticsConfig
+
+    records = open_store(AnalyticsConfig(), tmp_path / "state").calls()
+    by_profile = {r.profile: r for r in records}
+    assert by_profile["reminder"].turns[0].reply_text == (
         "This is a reminder call from Northwind Energy."
     )
-    assert by_profile["default"]["end_reason"] == "drained"
+    assert by_profile["default"].end_reason == "drained"
 
 
 # --- profiles over AMI and outbound calls (fake AMI, fake engines, real sockets) ---------

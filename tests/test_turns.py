@@ -254,3 +254,33 @@ def test_inbound_audio_at_another_rate_is_converted_for_the_session() -> None:
     _media, session = run_virtual(run())
     turns = [t for t in session.record.turns if t.kind == "speech"]
     assert [t.transcript for t in turns] == [PHRASES[HOURS]]
+
+
+def test_call_recording_has_both_directions(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from voicebot_pbx.config import AnalyticsConfig
+    from voicebot_pbx.recording import CallRecording  # noqa: F401  (the session's writer)
+
+    shared = make_shared()
+    recordings = Path(str(tmp_path)) / "recordings"
+    config = dataclasses.replace(
+        shared.config,
+        analytics=AnalyticsConfig(record_audio=True, recordings_dir=str(recordings)),
+    )
+    shared = dataclasses.replace(shared, config=config)
+    _media, session = run_virtual(timeline(shared, [(2.0, tone(1.0, 8000, HOURS))], until_s=6.0))
+    import wave
+
+    import numpy as np
+
+    assert session.record.recording_path is not None
+    with wave.open(session.record.recording_path, "rb") as wav:
+        assert wav.getnchannels() == 2 and wav.getframerate() == 8000
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+    caller, bot = samples[:, 0].astype(float), samples[:, 1].astype(float)
+    assert len(samples) / 8000 == pytest.approx(6.0, abs=0.5)
+    # Caller speech at 2-3 s on the left; the bot's greeting and answer on the right.
+    assert np.abs(caller[2 * 8000 + 800 : 3 * 8000 - 800]).mean() > 1000
+    assert np.abs(caller[: 1 * 8000]).mean() < 50
+    assert np.abs(bot).max() > 1000

@@ -30,10 +30,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 
+from voicebot_pbx.config import AnalyticsConfig as AnalyticsConfig
 from voicebot_pbx.recording import purge_recordings
 from voicebot_pbx.records import CallRecord, TurnRecord
 
@@ -44,28 +45,6 @@ DAY_S = 86400.0
 
 class AnalyticsError(RuntimeError):
     """The analytics store cannot be used (missing DSN, missing database, newer schema)."""
-
-
-@dataclass(frozen=True, slots=True)
-class AnalyticsConfig:
-    backend: Literal["sqlite", "postgres"] = "sqlite"
-    sqlite_path: str = ""  # empty: <state_dir>/calls.db
-    # Name of the environment variable holding the PostgreSQL DSN (never the DSN itself).
-    dsn_env: str = "VOICEBOT_PG_DSN"
-    retention_days: int = 0  # 0: keep forever
-    redact: bool = False
-    redact_names: tuple[str, ...] = ()
-    # Runs of at least this many digits (written or spoken) are redacted.
-    redact_min_digits: int = 3
-    record_audio: bool = False
-    recordings_dir: str = ""  # empty: <state_dir>/recordings
-    node: str = ""  # this bot's name in a shared database; empty: the host name
-
-    def __post_init__(self) -> None:
-        if self.retention_days < 0:
-            raise ValueError("analytics.retention_days must be >= 0")
-        if self.redact_min_digits < 1:
-            raise ValueError("analytics.redact_min_digits must be >= 1")
 
 
 def sqlite_path(config: AnalyticsConfig, state_dir: str | Path) -> Path:

@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     orig.add_argument("--var", action="append", help="channel variable K=V (repeatable)")
     orig.add_argument("--config", type=Path)
     orig.set_defaults(func=_originate)
+
+    from voicebot_pbx.report import register_cli
+
+    register_cli(sub)
     return parser
 
 

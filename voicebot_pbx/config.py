@@ -230,6 +230,28 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalyticsConfig:
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite_path: str = ""  # empty: <state_dir>/calls.db
+    # Name of the environment variable holding the PostgreSQL DSN (never the DSN itself).
+    dsn_env: str = "VOICEBOT_PG_DSN"
+    retention_days: int = 0  # 0: keep forever
+    redact: bool = False
+    redact_names: tuple[str, ...] = ()
+    # Runs of at least this many digits (written or spoken) are redacted.
+    redact_min_digits: int = 3
+    record_audio: bool = False
+    recordings_dir: str = ""  # empty: <state_dir>/recordings
+    node: str = ""  # this bot's name in a shared database; empty: the host name
+
+    def __post_init__(self) -> None:
+        if self.retention_days < 0:
+            raise ValueError("analytics.retention_days must be >= 0")
+        if self.redact_min_digits < 1:
+            raise ValueError("analytics.redact_min_digits must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -255,6 +277,7 @@ class Config:
     ami: AmiConfig = field(default_factory=AmiConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     profiles: tuple[ProfileConfig, ...] = ()
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 

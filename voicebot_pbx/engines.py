@@ -51,10 +51,13 @@ class Engines:
 
     async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
         """Run blocking ``fn`` in the shared pool under a timeout."""
+        from voicebot_pbx.metrics import default_metrics
+
         loop = asyncio.get_running_loop()
+        job = default_metrics().timed_job(stage, fn)  # observes the wait in the pool queue
         try:
             async with asyncio.timeout(timeout_s):
-                return await loop.run_in_executor(self.pool, fn)
+                return await loop.run_in_executor(self.pool, job)
         except TimeoutError:
             raise EngineTimeout(stage, timeout_s) from None
 

@@ -15,11 +15,12 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from voicebot_pbx.analytics import open_recorder
 from voicebot_pbx.config import Config
 from voicebot_pbx.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.engines import Engines, load_engines
+from voicebot_pbx.metrics import MetricsRecorder, default_metrics, render_text
 from voicebot_pbx.prompts import ClipLibrary, TtsCache, clip_paths
-from voicebot_pbx.records import JsonlRecorder
 from voicebot_pbx.session import Shared, make_handler
 from voicebot_pbx.transport import DtmfIn
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
@@ -91,7 +92,9 @@ async def build_shared(config: Config) -> Shared:
         dialogue=dialogue,
         tts_cache=cache,
         clips=clips,
-        recorder=JsonlRecorder(state_dir / "calls.jsonl"),
+        recorder=MetricsRecorder(
+            default_metrics(), open_recorder(config.analytics, config.state_dir)
+        ),
     )
 
 
@@ -189,6 +192,14 @@ async def drain(servers: list[AudioSocketServer], drain_s: float) -> None:
     await asyncio.gather(*(server.close(reason="drained") for server in servers))
 
 
+async def _close_recorder(shared: Shared) -> None:
+    """Flush queued record writes (after the servers closed and every call ended)."""
+    recorder = shared.recorder
+    inner = getattr(recorder, "inner", None)
+    if inner is not None:
+        await inner.aclose()
+
+
 async def serve(
     config: Config, *, on_ready: Callable[[AudioSocketServer], None] | None = None
 ) -> None:
@@ -204,12 +215,18 @@ async def serve(
         if config.health.enabled:
             from voicebot_pbx.health import HealthServer
 
-            health = HealthServer(state.readiness, host=config.health.host, port=config.health.port)
+            health = HealthServer(
+                state.readiness,
+                metrics=render_text,
+                host=config.health.host,
+                port=config.health.port,
+            )
             await health.start()
             stack.push_async_callback(health.close)
         sdnotify.status("loading models")
         shared = await build_shared(config)
         stack.callback(shared.engines.close)
+        stack.push_async_callback(_close_recorder, shared)
         state.models_loaded = True
         rasa_server: RasaServer | None = None
         if config.dialogue.engine == "rasa":

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 
@@ -44,6 +44,9 @@ from voicebot_pbx.turns import (
     UtteranceStarted,
     looks_complete,
 )
+
+if TYPE_CHECKING:
+    from voicebot_pbx.recording import CallRecording
 
 log = structlog.get_logger("voicebot_pbx.session")
 T = TypeVar("T")
@@ -159,6 +162,7 @@ class CallSession:
         self._paused_turn: TurnRecord | None = None
         self._inbound_resampler: Resampler | None = None
         self.profile: ProfileConfig | None = None
+        self.recording: CallRecording | None = None
         self._not_understood = 0
         self._no_input_count = 0
         self._no_input_task: asyncio.Task[None] | None = None
@@ -176,6 +180,16 @@ class CallSession:
         # (Vosk) get a stream per call, fed continuously.
         self.stt = None if self._batch is not None else self.engines.stt.new_stream(self.rate_hz)
         await self._choose_profile()
+        analytics = self.config.analytics
+        if analytics.record_audio:
+            from voicebot_pbx.analytics import recordings_dir
+            from voicebot_pbx.recording import CallRecording
+
+            self.recording = CallRecording.start(
+                recordings_dir(analytics, self.config.state_dir), self.media.call_id, self.rate_hz
+            )
+            self.record.recording_path = str(self.recording.path)
+            self.speaker.tap = self.recording.bot
         log.info(
             "session_started",
             rate_hz=self.rate_hz,
@@ -218,6 +232,9 @@ class CallSession:
             if self.stt is not None:
                 with contextlib.suppress(Exception):
                     self.stt.close()
+            if self.recording is not None:
+                self.speaker.tap = None
+                await self.recording.close()
             await self._write_record()
             with contextlib.suppress(Exception):
                 await self.shared.dialogue.end(self.call)
@@ -297,6 +314,8 @@ class CallSession:
 
     def _on_audio(self, event: AudioIn) -> None:
         pcm = event.pcm
+        if self.recording is not None:
+            self.recording.caller(pcm, event.at_s)
         if event.rate_hz != self.rate_hz:
             # The caller's first audio came after the session had to pick a rate: convert.
             if self._inbound_resampler is None:
@@ -702,6 +721,8 @@ class CallSession:
             else:
                 self._not_understood = 0
         turn.stt_to_dialogue_ms = round((loop.time() - dialogue_started) * 1000.0, 1)
+        if answer.source == "rasa":
+            turn.nlu_ms = turn.stt_to_dialogue_ms
         turn.fallbacks.extend(answer.fallbacks)
         turn.intent = answer.intent
         turn.confidence = answer.confidence
@@ -762,6 +783,16 @@ class CallSession:
             await self._end_call(answer)
 
     async def _play(
+        self, reply: BotReply, generation: int, turn: TurnRecord, origin_at: float
+    ) -> str:
+        queued_before_s = self.speaker.queued_audio_s
+        try:
+            return await self._play_reply(reply, generation, turn, origin_at)
+        finally:
+            added_ms = (self.speaker.queued_audio_s - queued_before_s) * 1000.0
+            turn.reply_audio_ms = round((turn.reply_audio_ms or 0.0) + added_ms, 1)
+
+    async def _play_reply(
         self, reply: BotReply, generation: int, turn: TurnRecord, origin_at: float
     ) -> str:
         sources: list[str] = []

@@ -58,6 +58,9 @@ class Speaker:
         self._room.set()
         self._clock = clock
         self._paused = False
+        # Called with every frame written (silence too) and its time: call recording.
+        self.tap: Callable[[bytes, float], None] | None = None
+        self._accepted_bytes = 0
         # Levels of the last frames written (for echo gating on the inbound side).
         self._recent_dbfs: deque[float] = deque(maxlen=12)
         self.frames_written = 0
@@ -122,10 +125,16 @@ class Speaker:
         self._room.set()
         return self._generation
 
+    @property
+    def queued_audio_s(self) -> float:
+        """Seconds of audio ever accepted by ``enqueue`` (a running total)."""
+        return self._accepted_bytes / (2 * self._rate_hz)
+
     def enqueue(self, pcm: bytes, generation: int) -> bool:
         """Queue PCM at the call's rate; False (nothing queued) if ``generation`` is stale."""
         if generation != self._generation:
             return False
+        self._accepted_bytes += len(pcm)
         for frame in self._reframer.feed(pcm):
             self._queue.append(frame)
             self._queued_frames += 1
@@ -197,6 +206,8 @@ class Speaker:
                 tick = 0
             frame, is_silence = self._next_frame(now_s)
             await write(frame, is_silence)
+            if self.tap is not None:
+                self.tap(frame, clock())
             self._recent_dbfs.append(-120.0 if is_silence else rms_dbfs(frame))
             self.frames_written += 1
             if not is_silence:

@@ -47,7 +47,7 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.manager import Manager
 
-from voicebot_pbx.config import AmiConfig
+from voicebot_pbx.config import AmiConfig as AmiConfig
 
 log = structlog.get_logger("voicebot_pbx.ami")
 
