@@ -226,7 +226,6 @@ class ProfileConfig:
     greeting: str = ""
     greeting_clip: str = ""  # a pre-recorded clip played instead (first word at once)
     transfer_target: str = ""
-    dialogue: Literal["", "rules", "rasa"] = ""
 
 
 @dataclass(frozen=True, slots=True)
