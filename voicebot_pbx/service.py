@@ -26,6 +26,7 @@ from voicebot_pbx.transport import DtmfIn
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
 if TYPE_CHECKING:
+    from voicebot_pbx.llm import LlmAnswerer
     from voicebot_pbx.nlu import RasaDialogue
     from voicebot_pbx.rasa_server import RasaServer
     from voicebot_pbx.transport.ami import AmiClient
@@ -68,6 +69,29 @@ def warm_stt(engines: Engines) -> None:
     stream.close()
 
 
+async def load_llm_or_none(config: Config) -> LlmAnswerer | None:
+    """The LLM fallback, loaded and warmed (its fixed prompt evaluated); None when it is
+    disabled or cannot load (logged: the bot then answers with the rule/Rasa reprompt)."""
+    if not config.llm.enabled:
+        return None
+    from voicebot_pbx.llm import load_llm
+
+    started = time.perf_counter()
+    try:
+        llm = await asyncio.to_thread(load_llm, config.llm)
+        await llm.warm()
+    except Exception as exc:
+        log.error("llm_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return None
+    log.info(
+        "llm_ready",
+        engine=config.llm.engine,
+        passages=len(llm.kb.passages),
+        load_s=round(time.perf_counter() - started, 2),
+    )
+    return llm
+
+
 async def build_shared(config: Config) -> Shared:
     started = time.perf_counter()
     engines = await asyncio.to_thread(load_engines, config)
@@ -75,6 +99,9 @@ async def build_shared(config: Config) -> Shared:
     state_dir = Path(config.state_dir)
     cache_dir = Path(config.tts.cache_dir) if config.tts.cache_dir else state_dir / "tts-cache"
     cache = TtsCache(engines.tts.voice_id, cache_dir)
+    llm = await load_llm_or_none(config)
+    if llm is not None:
+        texts = texts + list(llm.fixed_replies())
     clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))
     for problem in clips.problems:
         log.warning("clip_unusable", problem=problem)
@@ -92,6 +119,7 @@ async def build_shared(config: Config) -> Shared:
         dialogue=dialogue,
         tts_cache=cache,
         clips=clips,
+        llm=llm,
         recorder=MetricsRecorder(
             default_metrics(), open_recorder(config.analytics, config.state_dir)
         ),
@@ -227,6 +255,8 @@ async def serve(
         shared = await build_shared(config)
         stack.callback(shared.engines.close)
         stack.push_async_callback(_close_recorder, shared)
+        if shared.llm is not None:
+            stack.push_async_callback(shared.llm.aclose)
         state.models_loaded = True
         rasa_server: RasaServer | None = None
         if config.dialogue.engine == "rasa":

@@ -46,6 +46,7 @@ from voicebot_pbx.turns import (
 )
 
 if TYPE_CHECKING:
+    from voicebot_pbx.llm import LlmAnswerer
     from voicebot_pbx.recording import CallRecording
 
 log = structlog.get_logger("voicebot_pbx.session")
@@ -67,6 +68,7 @@ class Shared:
     clips: ClipLibrary
     recorder: Recorder | None = None
     control: CallControl | None = None
+    llm: LlmAnswerer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,7 +715,13 @@ class CallSession:
             answer = dataclasses.replace(
                 give_up, replies=(BotReply(text=self.fallbacks.apology), *give_up.replies)
             )
-        if turn.kind in ("speech", "dtmf"):
+        use_llm = (
+            answer.needs_fallback
+            and self.shared.llm is not None
+            and turn.kind == "speech"
+            and bool(turn.transcript)
+        )
+        if turn.kind in ("speech", "dtmf") and not use_llm:
             if answer.needs_fallback:
                 self._not_understood += 1
                 if self._not_understood >= self.fallbacks.not_understood_max:
@@ -762,10 +770,21 @@ class CallSession:
 
         self.speaker.mark(on_first_frame, generation)
         sources: list[str] = []
-        for reply in answer.replies:
-            source = await self._play(reply, generation, turn, origin_at)
-            if source:
-                sources.append(source)
+        if use_llm:
+            answered = await self._llm_answer(turn, generation, origin_at, sources)
+            if answered:
+                self._not_understood = 0
+            else:
+                self._not_understood += 1
+                if self._not_understood >= self.fallbacks.not_understood_max:
+                    answer = self._give_up_turn("not_understood")
+                    for reply in answer.replies:
+                        sources.append(await self._play(reply, generation, turn, origin_at))
+        else:
+            for reply in answer.replies:
+                source = await self._play(reply, generation, turn, origin_at)
+                if source:
+                    sources.append(source)
         if answer.replies and not sources:
             # Not a word could be produced (TTS down, no clip): hand over, using the
             # give-up line that was cached at start-up.
@@ -781,6 +800,67 @@ class CallSession:
             return
         if not answer.replies and answer.end is not None:
             await self._end_call(answer)
+
+    async def _llm_answer(
+        self, turn: TurnRecord, generation: int, origin_at: float, sources: list[str]
+    ) -> bool:
+        """Stream a grounded LLM answer sentence by sentence into TTS. A hold line plays if
+        the first sentence is late; past the hard limit, or if the answer is rejected, the
+        fallback reply. Cancelling this (barge-in) closes the answer, which stops the model.
+        True when the model answered."""
+        from voicebot_pbx.llm import Rejected, Sentence
+
+        llm = self.shared.llm
+        assert llm is not None
+        cfg = llm.config
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        turn.dialogue = "llm"
+        spoken: list[str] = []
+        answered = False
+        async with contextlib.aclosing(llm.answer(turn.transcript)) as stream:
+            pending = asyncio.ensure_future(anext(stream, None))
+            try:
+                done, _ = await asyncio.wait({pending}, timeout=cfg.first_sentence_timeout_s)
+                if not done:
+                    turn.fallbacks.append("llm_hold")
+                    has_clip = self.shared.clips.get("hold", self.rate_hz) is not None
+                    hold = BotReply(clip="hold") if has_clip else BotReply(text=cfg.hold_reply)
+                    sources.append(await self._play(hold, generation, turn, origin_at))
+                    rest_s = max(0.0, cfg.hard_timeout_s - (loop.time() - started))
+                    done, _ = await asyncio.wait({pending}, timeout=rest_s)
+                    if not done:
+                        turn.fallbacks.append("llm_timeout")
+                        pending.cancel()
+                        sources.append(await self._speak_line(cfg.fallback_reply, generation, turn))
+                        return False
+                item = pending.result()
+                while item is not None:
+                    if isinstance(item, Rejected):
+                        turn.fallbacks.append(f"llm_{item.reason}")
+                        sources.append(await self._speak_line(item.reply, generation, turn))
+                        break
+                    if isinstance(item, Sentence):
+                        if item.index == 0:
+                            turn.llm_first_sentence_ms = round((loop.time() - started) * 1000, 1)
+                        answered = True
+                        spoken.append(item.text)
+                        await self._speak(item.text, generation, turn, origin_at)
+                        sources.append("llm")
+                    item = await anext(stream, None)
+            finally:
+                if not pending.done():
+                    # The generator must be idle before aclosing() closes it.
+                    pending.cancel()
+                    await asyncio.wait({pending})
+        if spoken:
+            turn.reply_text = " ".join(spoken)
+        return answered
+
+    async def _speak_line(self, text: str, generation: int, turn: TurnRecord) -> str:
+        """A fixed line (cached at start-up when possible)."""
+        turn.reply_text = text
+        return await self._play(BotReply(text=text), generation, turn, 0.0)
 
     async def _play(
         self, reply: BotReply, generation: int, turn: TurnRecord, origin_at: float

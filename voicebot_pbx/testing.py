@@ -292,3 +292,43 @@ class FakeMedia:
 
     def voiced_times(self) -> list[float]:
         return [t for t, voiced in self.sent if voiced]
+
+
+@dataclass
+class ScriptedLlm:
+    """Stands in for ``LlmAnswerer``: yields ``script`` items, each after its delay (s):
+    a str is a sentence, ("reject", reason) a rejection. Records whether generation was
+    closed early (barge-in) and how many items it produced."""
+
+    script: list[tuple[float, str | tuple[str, str]]]
+    config: Any = None
+    closed_early: bool = False
+    produced: int = 0
+    questions: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            from voicebot_pbx.config import LlmConfig
+
+            self.config = LlmConfig(first_sentence_timeout_s=1.2, hard_timeout_s=4.0)
+
+    async def answer(self, question: str) -> Any:
+        from voicebot_pbx.llm import Rejected, Sentence
+
+        self.questions.append(question)
+        finished = False
+        try:
+            index = 0
+            for delay_s, item in self.script:
+                await asyncio.sleep(delay_s)
+                self.produced += 1
+                if isinstance(item, tuple):
+                    yield Rejected(item[1], self.config.fallback_reply)  # type: ignore[arg-type]
+                    finished = True
+                    return
+                yield Sentence(item, index)
+                index += 1
+            finished = True
+        finally:
+            if not finished:
+                self.closed_early = True
