@@ -125,6 +125,27 @@ async def run_level(port: int, calls: int, turns: int) -> list[CallResult]:
     return list(await asyncio.gather(*(one_call(port, turns, i, barge=True) for i in range(calls))))
 
 
+def server_side(lines: list[str]) -> dict[str, Any]:
+    """From the server's JSON log: pacer stalls (late by more than a frame, re-anchored)
+    and the bot's own per-turn latency figures (end of speech as the VAD saw it)."""
+    stalls = 0
+    stt_ms: list[float] = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "call_closed":
+            stalls += int(event.get("stalls") or 0)
+        if event.get("event") == "transcript" and event.get("stt_ms") is not None:
+            stt_ms.append(float(event["stt_ms"]))
+    return {
+        "server_pacer_stalls": stalls,
+        "server_end_of_speech_to_transcript_ms_p50": percentile(stt_ms, 0.5),
+        "server_end_of_speech_to_transcript_ms_p95": percentile(stt_ms, 0.95),
+    }
+
+
 def summarise(results: list[CallResult], turns: int) -> dict[str, Any]:
     latencies: list[float] = []
     barge_ms: list[float] = []
@@ -184,7 +205,10 @@ def main() -> int:
                         await asyncio.sleep(0.5)
                     return await task
 
+                log_size = _log.stat().st_size
                 results = asyncio.run(level())
+                time.sleep(0.5)
+                server_lines = _log.read_bytes()[log_size:].decode(errors="replace").splitlines()
                 cpu_after, _ = proc_stats(proc.pid)
                 wall_s = time.monotonic() - wall_before
                 row = {
@@ -195,6 +219,7 @@ def main() -> int:
                     "server_rss_idle_mb": round(idle_rss_mb, 1),
                     "server_rss_peak_mb": round(peak_rss, 1),
                     "rss_mb_per_added_call": round((peak_rss - idle_rss_mb) / calls, 1),
+                    **server_side(server_lines),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
