@@ -8,6 +8,7 @@ come from the environment (see ``secret_env`` fields).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -74,6 +75,9 @@ class SttConfig:
     beam_size: int = 1
     language: str = "en"
     short_input: bool = True
+    short_min_input_s: float = 10.0  # shortest encoder input (shorter windows make tiny.en loop)
+    max_batch: int = 8  # utterances from different calls decoded together (Whisper)
+    batch_wait_ms: float = 0.0  # extra wait for a batch to fill (0: take what is queued)
     timeout_s: float = 8.0
 
 
@@ -384,6 +388,50 @@ class LlmConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FreeswitchConfig:
+    """The ``[freeswitch]`` section (the lead wires it into ``Config``)."""
+
+    enabled: bool = False  # serve FreeSWITCH's socket app (the service starts the server)
+    host: str = "127.0.0.1"  # where the ESL server listens for the socket app
+    port: int = 8084  # the socket app's default port (mod_event_socket.c)
+    # FreeSWITCH peers allowed to connect (CIDRs); empty: loopback only.
+    allow: tuple[str, ...] = ()
+    rtp_host: str = "127.0.0.1"  # IPv4 the per-call UDP sockets bind to
+    rtp_advertise_host: str = ""  # remote-ip told to FreeSWITCH; empty: rtp_host
+    udp_port_min: int = 40000
+    udp_port_max: int = 40999
+    # local-ip FreeSWITCH binds its unicast socket to; empty: the address it connected from.
+    freeswitch_media_host: str = ""
+    max_calls: int = 32
+    transfer_dialplan: str = "XML"
+    transfer_context: str = "default"
+    command_timeout_s: float = 5.0
+    # After ``unicast``, FreeSWITCH sends a datagram per frame at once; none within this
+    # time means no media: the call goes back to the dialplan.
+    media_timeout_s: float = 2.0
+    # Inbound datagrams later than this behind the playout clock, in a burst, are dropped.
+    max_late_ms: int = 100
+    max_call_duration_s: float = 1800.0
+    # On barge-in, stop what FreeSWITCH itself plays to the caller (uuid_break), if anything.
+    break_on_barge_in: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.udp_port_min <= self.udp_port_max <= 65535:
+            raise ValueError(
+                f"freeswitch.udp_port_min/max: bad range {self.udp_port_min}-{self.udp_port_max}"
+            )
+        for name in ("rtp_host", "rtp_advertise_host", "freeswitch_media_host"):
+            value = getattr(self, name)
+            if value and not isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address):
+                # switch_ivr_activate_unicast creates an AF_INET socket: IPv4 only.
+                raise ValueError(f"freeswitch.{name} must be an IPv4 address, got {value!r}")
+        if self.rtp_host in ("0.0.0.0", "") and not self.rtp_advertise_host:
+            raise ValueError("freeswitch.rtp_advertise_host is needed when rtp_host is 0.0.0.0")
+        for cidr in self.allow:
+            ipaddress.ip_network(cidr, strict=False)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -411,6 +459,7 @@ class Config:
     profiles: tuple[ProfileConfig, ...] = ()
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)
+    freeswitch: FreeswitchConfig = field(default_factory=FreeswitchConfig)
     log: LogConfig = field(default_factory=LogConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -529,6 +578,10 @@ def _validate(config: Config, source: str) -> None:
         problems.append("vad.end_silence_max_ms must be >= vad.end_silence_ms")
     if config.inference.pool_threads < 1:
         problems.append("inference.pool_threads must be at least 1")
+    if config.stt.max_batch < 1:
+        problems.append("stt.max_batch must be at least 1")
+    if config.stt.batch_wait_ms < 0 or config.stt.short_min_input_s <= 0:
+        problems.append("stt.batch_wait_ms must be >= 0 and stt.short_min_input_s > 0")
     for index, rule in enumerate(config.dialogue.rules):
         if not rule.keywords or not rule.reply:
             problems.append(f"dialogue.rules[{index}] needs keywords and a reply")

@@ -7,10 +7,10 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 import structlog
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from voicebot_pbx.nlu import RasaDialogue
     from voicebot_pbx.rasa_server import RasaServer
     from voicebot_pbx.transport.ami import AmiClient
+    from voicebot_pbx.transport.freeswitch import FreeswitchServer
 
 log = structlog.get_logger("voicebot_pbx.service")
 
@@ -168,11 +169,47 @@ async def _start_rasa_logged(shared: Shared, server: RasaServer | None, rasa: Ra
         log.error("rasa_unavailable", error=f"{type(exc).__name__}: {exc}")
 
 
+class CallServer(Protocol):
+    """What the service needs of a transport's server (AudioSocket, FreeSWITCH)."""
+
+    @property
+    def calls(self) -> Mapping[str, object]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop_accepting(self) -> None: ...
+
+    async def wait_idle(self) -> None: ...
+
+    async def close(self, grace_s: float = ..., reason: str = ...) -> None: ...
+
+
+class RoutedControl:
+    """Call control for a process serving several PBXs: a FreeSWITCH call is controlled over
+    its own Event Socket, an Asterisk call over AMI."""
+
+    def __init__(self, freeswitch: FreeswitchServer | None, ami: AmiClient | None) -> None:
+        self.freeswitch = freeswitch
+        self.ami = ami
+
+    async def transfer(self, call_id: str, target: str) -> bool:
+        if self.freeswitch is not None and call_id in self.freeswitch.calls:
+            return await self.freeswitch.transfer(call_id, target)
+        if self.ami is not None:
+            return await self.ami.transfer(call_id, target)
+        return False
+
+    async def get_var(self, call_id: str, name: str) -> str | None:
+        if self.ami is None or (self.freeswitch is not None and call_id in self.freeswitch.calls):
+            return None
+        return await self.ami.get_var(call_id, name)
+
+
 @dataclass(slots=True)
 class _State:
     models_loaded: bool = False
     draining: bool = False
-    servers: list[AudioSocketServer] = field(default_factory=list)
+    servers: list[CallServer] = field(default_factory=list)
     rasa: RasaDialogue | None = None
     rasa_ok: bool = False
     ami: AmiClient | None = None
@@ -207,7 +244,7 @@ async def _watch_rasa(state: _State, rasa: RasaDialogue) -> None:
         await asyncio.sleep(5.0)
 
 
-async def drain(servers: list[AudioSocketServer], drain_s: float) -> None:
+async def drain(servers: Sequence[CallServer], drain_s: float) -> None:
     """Stop accepting; give calls in progress up to ``drain_s`` to finish, then send each
     remaining call 0x00 (its dialplan continues, e.g. to the agent queue)."""
     for server in servers:
@@ -277,18 +314,25 @@ async def serve(
 
             def on_ami_dtmf(call_id: str, digit: str) -> None:
                 for server in state.servers:
-                    call = server.calls.get(call_id)
-                    if call is not None:
+                    if isinstance(server, AudioSocketServer) and call_id in server.calls:
                         with contextlib.suppress(asyncio.QueueFull):
-                            call.inbound.put_nowait(DtmfIn(digit, loop.time()))
+                            server.calls[call_id].inbound.put_nowait(DtmfIn(digit, loop.time()))
 
             state.ami = AmiClient(config.ami, on_dtmf=on_ami_dtmf)
             await state.ami.start()
             stack.push_async_callback(state.ami.close)
-            shared.control = state.ami
             dtmf_filter = state.ami.accept_media_dtmf
         handler = make_handler(shared)
-        state.servers.append(AudioSocketServer(config.server, handler, dtmf_filter=dtmf_filter))
+        audiosocket = AudioSocketServer(config.server, handler, dtmf_filter=dtmf_filter)
+        state.servers.append(audiosocket)
+        freeswitch: FreeswitchServer | None = None
+        if config.freeswitch.enabled:
+            from voicebot_pbx.transport.freeswitch import FreeswitchServer
+
+            freeswitch = FreeswitchServer(config.freeswitch, handler)
+            state.servers.append(freeswitch)
+        if state.ami is not None or freeswitch is not None:
+            shared.control = RoutedControl(freeswitch, state.ami)
         for profile in config.profiles:
             if profile.port:
                 state.servers.append(
@@ -304,7 +348,7 @@ async def serve(
             await server.start()
         sdnotify.ready(f"serving on port {config.server.port}")
         if on_ready is not None:
-            on_ready(state.servers[0])
+            on_ready(audiosocket)
         async with asyncio.TaskGroup() as group:
             background = [group.create_task(sdnotify.watchdog_heartbeat())]
             if state.rasa is not None:
