@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from voicebot_pbx.config import DialogueConfig, RuleConfig, load_config
+from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_config
 from voicebot_pbx.dialogue import RuleDialogue
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.session import CallSession, Shared
@@ -23,7 +23,6 @@ from voicebot_pbx.testing import (
 from voicebot_pbx.turns import (
     BargeIn,
     PauseStarted,
-    TurnConfig,
     TurnTaker,
     UtteranceEnded,
     UtteranceStarted,
@@ -46,7 +45,7 @@ def feed(taker: TurnTaker, probs: list[tuple[float, float]]) -> list[tuple[float
 
 
 def test_utterance_start_pause_and_end_at_max_silence() -> None:
-    taker = TurnTaker(TurnConfig(min_speech_ms=160, end_silence_ms=200, end_silence_max_ms=700))
+    taker = TurnTaker(VadConfig(min_speech_ms=160, end_silence_ms=200, end_silence_max_ms=700))
     events = feed(taker, [(0.32, 0.02), (1.0, 0.95), (1.0, 0.02)])
     kinds = [type(a) for _, a in events]
     assert kinds == [UtteranceStarted, PauseStarted, UtteranceEnded]
@@ -60,7 +59,7 @@ def test_utterance_start_pause_and_end_at_max_silence() -> None:
 
 
 def test_end_turn_early_only_after_the_short_silence() -> None:
-    taker = TurnTaker(TurnConfig(end_silence_ms=200, end_silence_max_ms=700))
+    taker = TurnTaker(VadConfig(end_silence_ms=200, end_silence_max_ms=700))
     feed(taker, [(0.5, 0.95), (0.1, 0.02)])
     assert taker.end_turn_early(0.5 + 0.1) is None  # only 100 ms of silence
     ended = taker.end_turn_early(0.5 + 0.25)
@@ -70,12 +69,12 @@ def test_end_turn_early_only_after_the_short_silence() -> None:
 
 
 def test_blip_shorter_than_min_speech_is_not_a_turn() -> None:
-    taker = TurnTaker(TurnConfig(min_speech_ms=160))
+    taker = TurnTaker(VadConfig(min_speech_ms=160))
     assert feed(taker, [(0.1, 0.95), (1.0, 0.02)]) == []
 
 
 def test_barge_in_needs_min_speech_and_the_raised_threshold() -> None:
-    config = TurnConfig(barge_in_min_speech_ms=200, barge_in_threshold=0.6)
+    config = VadConfig(barge_in_min_speech_ms=200, barge_in_threshold=0.6)
     taker = TurnTaker(config)
     taker.set_bot_speaking(True)
     # A cough (100 ms) and an echo of the bot below the raised threshold: nothing.

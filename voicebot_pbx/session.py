@@ -38,7 +38,6 @@ from voicebot_pbx.turns import (
     BargeIn,
     PauseStarted,
     TurnAction,
-    TurnConfig,
     TurnTaker,
     UtteranceEnded,
     UtteranceStarted,
@@ -117,21 +116,12 @@ class CallSession:
         self.config = shared.config
         self.engines = shared.engines
         self.speaker = media.speaker
-        self.call = CallInfo(call_id=media.call_id, pbx=media.pbx)
-        self.record = CallRecord(call_id=media.call_id, pbx=media.pbx, peer=media.peer)
-        vad = self.config.vad
-        self.turns = TurnTaker(
-            TurnConfig(
-                threshold=vad.threshold,
-                neg_threshold=vad.neg_threshold,
-                min_speech_ms=vad.min_speech_ms,
-                end_silence_ms=vad.end_silence_ms,
-                end_silence_max_ms=vad.end_silence_max_ms,
-                lookback_ms=vad.lookback_ms,
-                barge_in_min_speech_ms=vad.barge_in_min_speech_ms,
-                barge_in_threshold=vad.barge_in_threshold,
-            )
+        caller_id: str | None = getattr(media, "caller_id", None)  # FreeSWITCH channel data
+        self.call = CallInfo(call_id=media.call_id, pbx=media.pbx, caller_id=caller_id)
+        self.record = CallRecord(
+            call_id=media.call_id, pbx=media.pbx, peer=media.peer, caller_id=caller_id
         )
+        self.turns = TurnTaker(self.config.vad)
         self._group: asyncio.TaskGroup | None = None
         self._stt_queue: asyncio.Queue[_Audio | _Finish | _Speculate] = asyncio.Queue(
             _STT_QUEUE_ITEMS
@@ -441,9 +431,7 @@ class CallSession:
                     return
                 assert self._batch is not None
                 batch = self._batch
-                result = await self._stt_call(
-                    functools.partial(batch.transcribe, pcm, self.rate_hz)
-                )
+                result = await self._batch_transcribe(batch, pcm)
                 if result is not None:
                     self._speculation = _Speculation(turn_id, pause_id, result)
                     self._maybe_end_early()
@@ -454,9 +442,7 @@ class CallSession:
                 elif self._batch is not None:
                     batch = self._batch
                     pcm = bytes(self._utterance_pcm)
-                    result = await self._stt_call(
-                        functools.partial(batch.transcribe, pcm, self.rate_hz)
-                    )
+                    result = await self._batch_transcribe(batch, pcm)
                 elif self.stt is not None:
                     result = await self._stt_call(self.stt.finish)
                 else:
@@ -469,6 +455,21 @@ class CallSession:
 
     def _is_stale_pause(self, turn_id: int, pause_id: int) -> bool:
         return (turn_id, pause_id) != (self.turns.turn_id, self.turns.pause_id)
+
+    async def _batch_transcribe(self, batch: BatchTranscriber, pcm: bytes) -> SttResult | None:
+        """A whole utterance: awaited from the engine's own batching inference thread when it
+        has ``transcribe_async`` (Whisper), else run in the shared pool."""
+        transcribe_async = getattr(batch, "transcribe_async", None)
+        if transcribe_async is None:
+            return await self._stt_call(functools.partial(batch.transcribe, pcm, self.rate_hz))
+        try:
+            async with asyncio.timeout(self.config.stt.timeout_s):
+                result: SttResult = await transcribe_async(pcm, self.rate_hz)
+                return result
+        except TimeoutError:
+            log.warning("stt_timeout", timeout_s=self.config.stt.timeout_s)
+            self.record.errors.append("stt_timeout")
+            return None
 
     async def _stt_call(self, fn: Callable[[], T]) -> T | None:
         try:

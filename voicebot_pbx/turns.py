@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from voicebot_pbx.config import VadConfig
 from voicebot_pbx.vad import Endpointer, SpeechEnded, SpeechStarted
 
 # A transcript ending in one of these is probably not the end of what the caller says.
@@ -46,20 +47,6 @@ def looks_complete(text: str) -> bool:
     if text.rstrip().endswith((",", "-", "...")):
         return False
     return not any(ch.isdigit() for ch in last)
-
-
-@dataclass(frozen=True, slots=True)
-class TurnConfig:
-    threshold: float = 0.5
-    neg_threshold: float = 0.35
-    min_speech_ms: int = 160
-    # Silence that ends a turn whose transcript looks complete (the speculative transcript
-    # made at the pause decides), and the longest silence before a turn ends regardless.
-    end_silence_ms: int = 200
-    end_silence_max_ms: int = 700
-    lookback_ms: int = 300
-    barge_in_min_speech_ms: int = 200
-    barge_in_threshold: float = 0.6
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +87,7 @@ TurnAction = UtteranceStarted | UtteranceEnded | BargeIn | PauseStarted
 
 
 class TurnTaker:
-    def __init__(self, config: TurnConfig) -> None:
+    def __init__(self, config: VadConfig) -> None:
         self.config = config
         self._endpointer = Endpointer(
             threshold=config.threshold,

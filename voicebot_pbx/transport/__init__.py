@@ -8,10 +8,15 @@ formats.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import structlog
 
 from voicebot_pbx.speaker import Speaker
+
+log = structlog.get_logger("voicebot_pbx.transport")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,33 @@ class CallMedia(Protocol):
     async def hangup(self, reason: str) -> None:
         """End the bot's side: the PBX continues its dialplan (AudioSocket: send 0x00)."""
         ...
+
+
+class HangupMedia(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
+    async def hangup(self, reason: str) -> None: ...
+
+
+async def run_call_handler(
+    handler: Callable[[Any], Awaitable[None]], call: HangupMedia, max_duration_s: float
+) -> None:
+    """Run the session for one call, whatever the transport: a call over its maximum
+    duration, or a session that crashed, is ended with a reason, and a call the session
+    left open is ended by the bot (so the PBX always gets its hang-up / hand-back)."""
+    try:
+        async with asyncio.timeout(max_duration_s):
+            await handler(call)
+    except TimeoutError:
+        log.warning("call_max_duration", limit_s=max_duration_s)
+        await call.hangup("max_duration")
+    except Exception:
+        log.exception("session_crashed")
+        await call.hangup("session_error")
+    finally:
+        if not call.closed:
+            await call.hangup("bot_hangup")
 
 
 class CallControl(Protocol):

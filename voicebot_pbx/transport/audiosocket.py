@@ -24,7 +24,14 @@ from voicebot_pbx.config import ServerConfig
 from voicebot_pbx.health import parse_cidrs, peer_allowed
 from voicebot_pbx.protocol import audiosocket as wire
 from voicebot_pbx.speaker import Speaker
-from voicebot_pbx.transport import AudioIn, CallEnded, CallMedia, DtmfIn, InboundEvent
+from voicebot_pbx.transport import (
+    AudioIn,
+    CallEnded,
+    CallMedia,
+    DtmfIn,
+    InboundEvent,
+    run_call_handler,
+)
 
 log = structlog.get_logger("voicebot_pbx.audiosocket")
 
@@ -392,18 +399,7 @@ class AudioSocketServer:
             structlog.contextvars.unbind_contextvars("call_id")
 
     async def _run_handler(self, call: AudioSocketCall) -> None:
-        try:
-            async with asyncio.timeout(self._config.max_call_duration_s):
-                await self._handler(call)
-        except TimeoutError:
-            log.warning("call_max_duration", limit_s=self._config.max_call_duration_s)
-            await call.hangup("max_duration")
-        except Exception:
-            log.exception("session_crashed")
-            await call.hangup("session_error")
-        finally:
-            if not call.closed:
-                await call.hangup("bot_hangup")
+        await run_call_handler(self._handler, call, self._config.max_call_duration_s)
 
     def _peer_allowed(self, address: str) -> bool:
         """Loopback only by default; ``server.allow`` CIDRs when the PBX is elsewhere."""

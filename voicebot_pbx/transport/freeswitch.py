@@ -59,7 +59,14 @@ from voicebot_pbx.config import FreeswitchConfig as FreeswitchConfig
 from voicebot_pbx.health import parse_cidrs, peer_allowed
 from voicebot_pbx.protocol import esl
 from voicebot_pbx.speaker import Speaker
-from voicebot_pbx.transport import AudioIn, CallEnded, CallMedia, DtmfIn, InboundEvent
+from voicebot_pbx.transport import (
+    AudioIn,
+    CallEnded,
+    CallMedia,
+    DtmfIn,
+    InboundEvent,
+    run_call_handler,
+)
 from voicebot_pbx.transport.unicast import (
     NoPortAvailable,
     RateAdapter,
@@ -1239,15 +1246,4 @@ class FreeswitchServer:
             structlog.contextvars.unbind_contextvars("call_id")
 
     async def _run_handler(self, call: FreeswitchCall) -> None:
-        try:
-            async with asyncio.timeout(self._config.max_call_duration_s):
-                await self._handler(call)
-        except TimeoutError:
-            log.warning("call_max_duration", limit_s=self._config.max_call_duration_s)
-            await call.hangup("max_duration")
-        except Exception:
-            log.exception("session_crashed")
-            await call.hangup("session_error")
-        finally:
-            if not call.closed:
-                await call.hangup("bot_hangup")
+        await run_call_handler(self._handler, call, self._config.max_call_duration_s)
