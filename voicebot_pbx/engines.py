@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,10 +64,36 @@ class Engines:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        close_stt = getattr(self.stt, "close", None)  # Whisper's batching thread
+        if callable(close_stt):
+            close_stt()
+
+
+_inference_nice = 5  # set from config.inference.nice by load_engines
+
+
+def lower_thread_priority(nice: int | None = None) -> None:
+    """Make the calling thread (and threads it creates later) yield the CPU to the event loop:
+    Linux keeps a nice value per thread. Inference can then use both cores without ever
+    delaying the 20 ms pacing of other calls. Never applied to the main thread. Called at the
+    start of every inference thread (the pool's, the STT batcher's, the LLM's)."""
+    nice = _inference_nice if nice is None else nice
+    if nice <= 0 or threading.current_thread() is threading.main_thread():
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed
+        log.debug("thread_priority_unchanged", error=str(exc))
 
 
 def load_engines(config: Config) -> Engines:
+    """Load every model. Called from a worker thread by the service: the models' own
+    compute threads are created here and inherit this thread's lowered priority."""
+    global _inference_nice
     disable_telemetry()
+    _inference_nice = config.inference.nice
+    lower_thread_priority()
     started = time.perf_counter()
     vad = SileroVad(resolve_model_path(config.vad.model_path, SILERO_VAD))
     # No English Vosk model is packaged: the vosk engine needs an admin's model folder.
@@ -83,6 +110,9 @@ def load_engines(config: Config) -> Engines:
             "beam_size": config.stt.beam_size,
             "language": config.stt.language,
             "short_input": config.stt.short_input,
+            "short_min_input_s": config.stt.short_min_input_s,
+            "max_batch": config.stt.max_batch,
+            "batch_wait_ms": config.stt.batch_wait_ms,
         }
     stt = load_stt(config.stt.engine, stt_dir, **stt_options)
     tts_model = resolve_model_path(config.tts.model_path, PIPER_JOE)
@@ -106,7 +136,10 @@ def load_engines(config: Config) -> Engines:
             cpu_threads=config.tts.cpu_threads,
         )
     pool = ThreadPoolExecutor(
-        max_workers=config.inference.pool_threads, thread_name_prefix="inference"
+        max_workers=config.inference.pool_threads,
+        thread_name_prefix="inference",
+        initializer=lower_thread_priority,
+        initargs=(config.inference.nice,),
     )
     load_s = time.perf_counter() - started
     log.info(

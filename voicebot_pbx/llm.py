@@ -1093,6 +1093,9 @@ class LlamaCppEngine:
                 stop.set()
 
         def work() -> None:
+            from voicebot_pbx.engines import lower_thread_priority
+
+            lower_thread_priority()
             try:
                 self._generate(
                     [dict(m) for m in messages], max_tokens, temperature, stop, stats, put
