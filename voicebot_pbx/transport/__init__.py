@@ -8,6 +8,7 @@ formats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,6 +59,19 @@ class CallMedia(Protocol):
     async def hangup(self, reason: str) -> None:
         """End the bot's side: the PBX continues its dialplan (AudioSocket: send 0x00)."""
         ...
+
+
+def put_dropping_oldest(queue: asyncio.Queue[Any], item: object) -> bool:
+    """Queue ``item`` without ever blocking: when the queue is full, its oldest item goes
+    (a reader that blocked would miss the caller's hang-up). True when one was dropped."""
+    try:
+        queue.put_nowait(item)
+        return False
+    except asyncio.QueueFull:
+        with contextlib.suppress(asyncio.QueueEmpty):
+            queue.get_nowait()
+        queue.put_nowait(item)
+        return True
 
 
 class HangupMedia(Protocol):

@@ -30,6 +30,7 @@ from voicebot_pbx.transport import (
     CallMedia,
     DtmfIn,
     InboundEvent,
+    put_dropping_oldest,
     run_call_handler,
 )
 
@@ -132,12 +133,7 @@ class AudioSocketCall:
     def _put(self, event: InboundEvent) -> None:
         """Queue without ever blocking the reader: if the session is 10 s behind, drop the
         oldest event. A blocked reader would miss the caller's hang-up and stall Asterisk."""
-        try:
-            self.inbound.put_nowait(event)
-        except asyncio.QueueFull:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.inbound.get_nowait()
-            self.inbound.put_nowait(event)
+        if put_dropping_oldest(self.inbound, event):
             if self.inbound_dropped == 0:
                 log.warning("inbound_overflow", queue_frames=self.inbound.maxsize, peer=self.peer)
             self.inbound_dropped += 1
@@ -190,13 +186,8 @@ class AudioSocketCall:
         self.speaker.interrupt()
         loop = asyncio.get_running_loop()
         event = CallEnded(reason, loop.time())
-        try:
-            self.inbound.put_nowait(event)
-        except asyncio.QueueFull:
-            # The session is behind; make room: the end matters more than old audio.
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.inbound.get_nowait()
-            self.inbound.put_nowait(event)
+        # The session may be behind: the end matters more than old audio.
+        put_dropping_oldest(self.inbound, event)
 
     # --- outbound --------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ from voicebot_pbx.transport import (
     CallMedia,
     DtmfIn,
     InboundEvent,
+    put_dropping_oldest,
     run_call_handler,
 )
 from voicebot_pbx.transport.unicast import (
@@ -351,12 +352,7 @@ class _Link:
             log.warning(
                 "bad_input", reason=item.reason, detail=item.detail, peer=self.peer, **fields
             )
-        try:
-            self.events.put_nowait(item)
-        except asyncio.QueueFull:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.events.get_nowait()
-            self.events.put_nowait(item)
+        if put_dropping_oldest(self.events, item):
             self.events_dropped += 1
 
     async def call(self, fn: Callable[[], T], timeout_s: float) -> T:
@@ -963,12 +959,7 @@ class FreeswitchCall:
 
     def _put(self, event: InboundEvent) -> None:
         """Never blocks: if the session is 10 s behind, the oldest event goes."""
-        try:
-            self.inbound.put_nowait(event)
-        except asyncio.QueueFull:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.inbound.get_nowait()
-            self.inbound.put_nowait(event)
+        if put_dropping_oldest(self.inbound, event):
             if self.inbound_dropped == 0:
                 log.warning("inbound_overflow", queue_frames=self.inbound.maxsize, peer=self.peer)
             self.inbound_dropped += 1
@@ -980,12 +971,8 @@ class FreeswitchCall:
         self._closed.set()
         self.speaker.interrupt()
         event = CallEnded(reason, asyncio.get_running_loop().time())
-        try:
-            self.inbound.put_nowait(event)
-        except asyncio.QueueFull:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.inbound.get_nowait()
-            self.inbound.put_nowait(event)
+        # The session may be behind: the end matters more than old audio.
+        put_dropping_oldest(self.inbound, event)
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
