@@ -53,7 +53,7 @@ async def running_bot(
 
     dialogue, texts = build_dialogue(config)
     cache = TtsCache(engines.tts.voice_id, cache_dir)
-    await asyncio.to_thread(warm_tts_cache, engines, cache, texts)
+    await asyncio.to_thread(warm_tts_cache, engines.tts, cache, texts)
     shared = Shared(
         config=config,
         engines=engines,

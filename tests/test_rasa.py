@@ -710,3 +710,50 @@ def test_redis_tracker_survives_restart(
         s.sendall(b"KEYS *\r\n")
         keys = s.recv(4096)
     assert call.call_id.encode() in keys
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_a_profile_served_by_its_own_rasa_server(rasa: RasaServer, aloop: LoopThread) -> None:
+    """Profile "support" talks to the real Rasa server, profile "down" to a port where
+    nothing listens (its rules answer), and the default profile keeps the process dialogue;
+    the profile's Rasa responses are pre-synthesized in the profile's voice cache."""
+    import dataclasses
+
+    from voicebot_pbx.config import ProfileConfig, load_config
+    from voicebot_pbx.prompts import TtsCache
+    from voicebot_pbx.service import start_rasa
+    from voicebot_pbx.testing import ToneTts
+
+    base = load_config()
+    config = dataclasses.replace(
+        base,
+        profiles=(
+            ProfileConfig(name="support", dialogue_engine="rasa", rasa_url=rasa.base_url),
+            ProfileConfig(
+                name="down", dialogue_engine="rasa", rasa_url=f"http://127.0.0.1:{_free_port()}"
+            ),
+        ),
+    )
+    from voicebot_pbx.profiles import build_profile_kits
+
+    kits = build_profile_kits(config, None, None, None)  # type: ignore[arg-type]  # no voices
+    support, down = kits["support"], kits["down"]
+    assert support.rasa is not None and support.dialogue is not None and down.dialogue is not None
+    try:
+        call = new_call()
+        turn = aloop.run(support.dialogue.respond(call, "I need to book an engineer appointment"))
+        assert turn.source == "rasa" and not turn.needs_fallback
+        assert "which day" in texts(turn).lower()
+        turn = aloop.run(down.dialogue.respond(new_call(), "what are your opening hours"))
+        assert turn.source == "rules" and "nlu_unavailable:rasa" in turn.fallbacks
+        assert "eight" in texts(turn).lower()
+
+        voice = ToneTts(voice_id="tone-support")
+        cache = TtsCache(voice.voice_id, None)
+        aloop.run(start_rasa([(voice, cache)], None, support.rasa, wait_s=0.2))
+        assert cache.get("Sure, I'll put you through to an agent now.", 8000) is not None
+    finally:
+        for kit in kits.values():
+            if kit.rasa is not None:
+                aloop.run(kit.rasa.aclose())

@@ -78,6 +78,7 @@ cache_dir = "{ROOT / ".cache" / "test-tts-cache"}"
 name = "reminder"
 port = {profile_port}
 greeting = "This is a reminder call from Northwind Energy."
+tts_length_scale = 1.15       # its own voice settings: warmed into its own cache
 """
     )
     notify_path = tmp_path / "notify.sock"
@@ -142,6 +143,10 @@ greeting = "This is a reminder call from Northwind Energy."
         "This is a reminder call from Northwind Energy."
     )
     assert by_profile["default"].end_reason == "drained"
+    # The reminder profile spoke its pre-synthesized greeting in its own voice settings.
+    assert by_profile["reminder"].turns[0].reply_source == "cache"
+    log_text = (tmp_path / "serve.log").read_text()
+    assert "profile_ready" in log_text and "length_scale=1.15" in log_text
 
 
 # --- profiles over AMI and outbound calls (fake AMI, fake engines, real sockets) ---------

@@ -81,7 +81,8 @@ def test_systemd_analyze_verify(unit: Path, tmp_path: Path) -> None:
     # The binaries live under /opt on a server; verify checks they exist, so point ExecStart
     # at an executable that exists here and keep everything else byte for byte.
     text = re.sub(r"(?m)^(Exec\w+=[-@:+!]*)(/\S+)", r"\1/bin/true", unit.read_text())
-    copy = tmp_path / unit.name
+    # A template (name@.service) is verified as one of its instances.
+    copy = tmp_path / unit.name.replace("@.service", "@support.service")
     copy.write_text(text)
     result = subprocess.run(
         [tool, "verify", "--man=no", str(copy)],
@@ -94,3 +95,16 @@ def test_systemd_analyze_verify(unit: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, output
     # verify exits 0 on unknown keys and bad values: any message is a finding.
     assert output == "", output
+
+
+def test_profile_rasa_template_runs_one_loopback_server_per_profile() -> None:
+    unit = parse_unit(SYSTEMD_DIR / "voicebot-rasa@.service")
+    service = {key: values[-1] for key, values in unit["Service"].items()}
+    assert service["EnvironmentFile"] == "/etc/voicebot-pbx/rasa-%i.env"
+    assert service["StateDirectory"] == "voicebot-rasa/%i"
+    command = service["ExecStart"].split()
+    assert command[command.index("--project") + 1] == "${RASA_PROJECT}"
+    assert command[command.index("--port") + 1] == "${RASA_PORT}"
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--models-dir") + 1] == "/var/lib/voicebot-rasa/%i/models"
+    assert service["IPAddressDeny"] == "any" and service["User"] not in ("root", "0")

@@ -76,6 +76,8 @@ class SttConfig:
     language: str = "en"
     short_input: bool = True
     short_min_input_s: float = 10.0  # shortest encoder input (shorter windows make tiny.en loop)
+    # Whisper's timestamp tokens (off: fewer tokens to decode, see bench/README-stt.md).
+    timestamps: bool = True
     max_batch: int = 8  # utterances from different calls decoded together (Whisper)
     batch_wait_ms: float = 0.0  # extra wait for a batch to fill (0: take what is queued)
     timeout_s: float = 8.0
@@ -232,6 +234,31 @@ class ProfileConfig:
     greeting: str = ""
     greeting_clip: str = ""  # a pre-recorded clip played instead (first word at once)
     transfer_target: str = ""
+    # Dialogue: "" the process's [dialogue] engine; "rules"; "rasa": the Rasa server at
+    # rasa_url (this profile's own project, run by its own unit; empty: [rasa] url), with
+    # the rules answering while it is unreachable.
+    dialogue_engine: Literal["", "rules", "rasa"] = ""
+    rasa_url: str = ""
+    # Voice: a Piper model (empty: [tts] model_path; the same file is loaded once), its
+    # config (empty: <model>.json), speaking speed and volume (0: [tts]'s).
+    tts_model_path: str = ""
+    tts_config_path: str = ""
+    tts_length_scale: float = 0.0
+    tts_volume: float = 0.0
+    # The LLM fallback's knowledge base folder and company name (empty: [llm]'s); the
+    # model itself is shared by every profile.
+    knowledge_dir: str = ""
+    company: str = ""
+
+    @property
+    def own_voice(self) -> bool:
+        return bool(
+            self.tts_model_path or self.tts_config_path or self.tts_length_scale or self.tts_volume
+        )
+
+    @property
+    def own_knowledge(self) -> bool:
+        return bool(self.knowledge_dir or self.company)
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,6 +637,14 @@ def _validate(config: Config, source: str) -> None:
     ports = [p.port for p in config.profiles if p.port]
     if config.server.port in ports or len(set(ports)) != len(ports):
         problems.append("profile ports must differ from each other and from server.port")
+    for profile in config.profiles:
+        where = f"profile {profile.name!r}"
+        if profile.tts_length_scale < 0 or not 0 <= profile.tts_volume <= 1:
+            problems.append(f"{where}: tts_length_scale must be >= 0 and tts_volume in 0..1")
+        if profile.rasa_url and not profile.rasa_url.startswith(("http://", "https://")):
+            problems.append(f"{where}: rasa_url must be an http(s) URL")
+        if profile.rasa_url and profile.dialogue_engine != "rasa":
+            problems.append(f"{where}: rasa_url is set but dialogue_engine is not 'rasa'")
     for entry in config.prompts.clips:
         name, sep, path = entry.partition("=")
         if not sep or not name.strip() or not path.strip():

@@ -98,13 +98,16 @@ def readiness_report(
     rasa: Literal["ok", "degraded", "disabled"] = "disabled",
     ami: Literal["connected", "disconnected", "disabled"] = "disabled",
     active_calls: int | None = None,
+    profiles: Mapping[str, Literal["ok", "degraded"]] | None = None,
 ) -> dict[str, Any]:
     """The dict ``/ready`` serves. ``rasa``: "ok" reachable, "degraded" unreachable (the rule
-    dialogue answers), "disabled"; ``ami``: "connected", "disconnected", "disabled"."""
+    dialogue answers), "disabled"; ``ami``: "connected", "disconnected", "disabled";
+    ``profiles``: the Rasa server of each profile that has its own, "ok" or "degraded"."""
     ready = models_loaded and not draining
+    profile_rasa = dict(profiles or {})
     if not ready:
         overall = "draining" if draining else "starting"
-    elif rasa == "degraded" or ami == "disconnected":
+    elif rasa == "degraded" or ami == "disconnected" or "degraded" in profile_rasa.values():
         overall = "degraded"
     else:
         overall = "ok"
@@ -118,6 +121,8 @@ def readiness_report(
     }
     if active_calls is not None:
         report["active_calls"] = active_calls
+    if profile_rasa:
+        report["profile_rasa"] = profile_rasa
     return report
 
 

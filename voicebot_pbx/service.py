@@ -20,6 +20,7 @@ from voicebot_pbx.config import Config
 from voicebot_pbx.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.engines import Engines, load_engines
 from voicebot_pbx.metrics import MetricsRecorder, default_metrics, render_text
+from voicebot_pbx.profiles import ProfileKit, build_profile_kits
 from voicebot_pbx.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.session import Shared, make_handler
 from voicebot_pbx.transport import DtmfIn
@@ -51,15 +52,24 @@ def fallback_texts(config: Config) -> list[str]:
     return [t for t in texts if t]
 
 
-def warm_tts_cache(engines: Engines, cache: TtsCache, texts: list[str]) -> int:
-    """Synthesize every static text at every call rate not yet cached. Blocking."""
+class _Voice(Protocol):
+    def synthesize_all(self, text: str, rate_hz: int) -> bytes: ...
+
+
+def warm_tts_cache(voice: _Voice, cache: TtsCache, texts: Sequence[str]) -> int:
+    """Synthesize every static text in ``voice`` at every call rate not yet cached.
+    Blocking."""
     made = 0
     for text in dict.fromkeys(texts):
         for rate_hz in WARM_RATES_HZ:
             if cache.get(text, rate_hz) is None:
-                cache.put(text, rate_hz, engines.tts.synthesize_all(text, rate_hz))
+                cache.put(text, rate_hz, voice.synthesize_all(text, rate_hz))
                 made += 1
     return made
+
+
+def kits_with_voice(kits: Mapping[str, ProfileKit]) -> set[str]:
+    return {name for name, kit in kits.items() if kit.tts is not None}
 
 
 def warm_stt(engines: Engines) -> None:
@@ -106,7 +116,15 @@ async def build_shared(config: Config) -> Shared:
     clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))
     for problem in clips.problems:
         log.warning("clip_unusable", problem=problem)
-    made = await asyncio.to_thread(warm_tts_cache, engines, cache, texts)
+    kits = await asyncio.to_thread(build_profile_kits, config, engines.tts, llm, cache_dir, texts)
+    # Profiles speaking with the default voice: their greetings in the default cache.
+    texts = texts + [
+        p.greeting for p in config.profiles if p.greeting and p.name not in kits_with_voice(kits)
+    ]
+    made = await asyncio.to_thread(warm_tts_cache, engines.tts, cache, texts)
+    for kit in kits.values():
+        if kit.tts is not None and kit.tts_cache is not None:
+            made += await asyncio.to_thread(warm_tts_cache, kit.tts, kit.tts_cache, kit.texts)
     await asyncio.to_thread(warm_stt, engines)
     log.info(
         "ready_to_serve",
@@ -121,6 +139,7 @@ async def build_shared(config: Config) -> Shared:
         tts_cache=cache,
         clips=clips,
         llm=llm,
+        profiles=kits,
         recorder=MetricsRecorder(
             default_metrics(), open_recorder(config.analytics, config.state_dir)
         ),
@@ -145,28 +164,73 @@ def rasa_server_for(config: Config) -> RasaServer:
     )
 
 
-async def start_rasa(shared: Shared, server: RasaServer | None, rasa: RasaDialogue) -> None:
+VoiceCache = tuple["_Voice", TtsCache]
+
+
+def voices_for(shared: Shared, profile: str | None) -> list[VoiceCache]:
+    """The (voice, cache) pairs a dialogue's static responses are said in: for the default
+    dialogue (``profile`` None) the default voice and every profile voice of a profile
+    without its own dialogue; for a profile's own dialogue, that profile's voice."""
+    default: VoiceCache = (shared.engines.tts, shared.tts_cache)
+    kits = shared.profiles
+    if profile is not None:
+        kit = kits.get(profile)
+        if kit is not None and kit.tts is not None and kit.tts_cache is not None:
+            return [(kit.tts, kit.tts_cache)]
+        return [default]
+    pairs = [default]
+    for kit in kits.values():
+        if kit.dialogue is None and kit.tts is not None and kit.tts_cache is not None:
+            pairs.append((kit.tts, kit.tts_cache))
+    return pairs
+
+
+async def start_rasa(
+    voices: Sequence[VoiceCache],
+    server: RasaServer | None,
+    rasa: RasaDialogue,
+    *,
+    wait_s: float = 0.0,
+) -> None:
     """Train/start the managed Rasa server (if any), then pre-synthesize its static
-    responses. Calls are served by the rule dialogue until Rasa answers."""
+    responses in each voice. Calls are served by the rule dialogue until Rasa answers.
+    ``wait_s`` > 0: an unmanaged server is polled this often until it answers."""
+    from voicebot_pbx.nlu import DialogueUnavailable
+
     started = time.perf_counter()
     if server is not None:
         await asyncio.to_thread(server.ensure_trained)
         await server.start()
+    while wait_s > 0:
+        try:
+            await rasa.ping()
+            break
+        except DialogueUnavailable:
+            await asyncio.sleep(wait_s)
     texts = await rasa.static_responses()
-    made = await asyncio.to_thread(warm_tts_cache, shared.engines, shared.tts_cache, texts)
+    made = 0
+    for voice, cache in voices:
+        made += await asyncio.to_thread(warm_tts_cache, voice, cache, texts)
     log.info(
         "rasa_ready",
+        url=rasa.base_url,
         ready_s=round(time.perf_counter() - started, 2),
         responses=len(texts),
         tts_cache_new=made,
     )
 
 
-async def _start_rasa_logged(shared: Shared, server: RasaServer | None, rasa: RasaDialogue) -> None:
+async def _start_rasa_logged(
+    voices: Sequence[VoiceCache],
+    server: RasaServer | None,
+    rasa: RasaDialogue,
+    *,
+    wait_s: float = 0.0,
+) -> None:
     try:
-        await start_rasa(shared, server, rasa)
+        await start_rasa(voices, server, rasa, wait_s=wait_s)
     except Exception as exc:  # the bot keeps serving on the rule dialogue
-        log.error("rasa_unavailable", error=f"{type(exc).__name__}: {exc}")
+        log.error("rasa_unavailable", url=rasa.base_url, error=f"{type(exc).__name__}: {exc}")
 
 
 class CallServer(Protocol):
@@ -213,6 +277,8 @@ class _State:
     rasa: RasaDialogue | None = None
     rasa_ok: bool = False
     ami: AmiClient | None = None
+    # Profiles with their own Rasa server: name -> reachable.
+    profile_rasa_ok: dict[str, bool] = field(default_factory=dict)
 
     def active_calls(self) -> int:
         return sum(len(server.calls) for server in self.servers)
@@ -228,19 +294,26 @@ class _State:
             if self.ami is None
             else ("connected" if self.ami.connected else "disconnected"),
             active_calls=self.active_calls(),
+            profiles={
+                name: "ok" if ok else "degraded" for name, ok in self.profile_rasa_ok.items()
+            },
         )
 
 
-async def _watch_rasa(state: _State, rasa: RasaDialogue) -> None:
-    """Keep the readiness report's Rasa field current."""
+async def _watch_rasa(state: _State, rasa: RasaDialogue, profile: str | None = None) -> None:
+    """Keep the readiness report's Rasa field (or the profile's) current."""
     from voicebot_pbx.nlu import DialogueUnavailable
 
     while True:
         try:
             await rasa.ping()
-            state.rasa_ok = True
+            ok = True
         except DialogueUnavailable:
-            state.rasa_ok = False
+            ok = False
+        if profile is None:
+            state.rasa_ok = ok
+        else:
+            state.profile_rasa_ok[profile] = ok
         await asyncio.sleep(5.0)
 
 
@@ -294,6 +367,10 @@ async def serve(
         stack.push_async_callback(_close_recorder, shared)
         if shared.llm is not None:
             stack.push_async_callback(shared.llm.aclose)
+        for kit in shared.profiles.values():
+            if kit.rasa is not None:
+                stack.push_async_callback(kit.rasa.aclose)
+                state.profile_rasa_ok[kit.name] = False
         state.models_loaded = True
         rasa_server: RasaServer | None = None
         if config.dialogue.engine == "rasa":
@@ -353,9 +430,19 @@ async def serve(
             background = [group.create_task(sdnotify.watchdog_heartbeat())]
             if state.rasa is not None:
                 background.append(
-                    group.create_task(_start_rasa_logged(shared, rasa_server, state.rasa))
+                    group.create_task(
+                        _start_rasa_logged(voices_for(shared, None), rasa_server, state.rasa)
+                    )
                 )
                 background.append(group.create_task(_watch_rasa(state, state.rasa)))
+            for kit in shared.profiles.values():
+                if kit.rasa is None:
+                    continue
+                voices = voices_for(shared, kit.name)
+                background.append(
+                    group.create_task(_start_rasa_logged(voices, None, kit.rasa, wait_s=5.0))
+                )
+                background.append(group.create_task(_watch_rasa(state, kit.rasa, kit.name)))
             await stop.wait()
             state.draining = True
             log.info("stopping", active_calls=state.active_calls(), drain_s=config.server.drain_s)

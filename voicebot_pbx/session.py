@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
@@ -46,6 +46,7 @@ from voicebot_pbx.turns import (
 
 if TYPE_CHECKING:
     from voicebot_pbx.llm import LlmAnswerer
+    from voicebot_pbx.profiles import ProfileKit
     from voicebot_pbx.recording import CallRecording
 
 log = structlog.get_logger("voicebot_pbx.session")
@@ -68,6 +69,8 @@ class Shared:
     recorder: Recorder | None = None
     control: CallControl | None = None
     llm: LlmAnswerer | None = None
+    # Profiles with their own dialogue, voice or knowledge base (voicebot_pbx.profiles).
+    profiles: dict[str, ProfileKit] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,7 @@ class CallSession:
         self._paused_turn: TurnRecord | None = None
         self._inbound_resampler: Resampler | None = None
         self.profile: ProfileConfig | None = None
+        self.kit: ProfileKit | None = None
         self.recording: CallRecording | None = None
         self._not_understood = 0
         self._no_input_count = 0
@@ -185,7 +189,7 @@ class CallSession:
         log.info(
             "session_started",
             rate_hz=self.rate_hz,
-            dialogue=self.shared.dialogue.name,
+            dialogue=self.dialogue.name,
             profile=self.call.profile,
         )
         if self.shared.recorder is not None:
@@ -229,7 +233,23 @@ class CallSession:
                 await self.recording.close()
             await self._write_record()
             with contextlib.suppress(Exception):
-                await self.shared.dialogue.end(self.call)
+                await self.dialogue.end(self.call)
+
+    @property
+    def dialogue(self) -> Dialogue:
+        return (self.kit and self.kit.dialogue) or self.shared.dialogue
+
+    @property
+    def tts(self) -> SpeechSynth:
+        return (self.kit and self.kit.tts) or self.engines.tts
+
+    @property
+    def tts_cache(self) -> TtsCache:
+        return (self.kit and self.kit.tts_cache) or self.shared.tts_cache
+
+    @property
+    def llm(self) -> LlmAnswerer | None:
+        return (self.kit and self.kit.llm) or self.shared.llm
 
     async def _choose_profile(self) -> None:
         """The call's profile: from its listener, else the dialplan's VOICEBOT_PROFILE
@@ -246,6 +266,7 @@ class CallSession:
         if name and self.profile is None:
             log.warning("unknown_profile", profile=name)
         if self.profile is not None:
+            self.kit = self.shared.profiles.get(self.profile.name)
             self.call = dataclasses.replace(self.call, profile=self.profile.name)
             self.record.profile = self.profile.name
 
@@ -259,7 +280,7 @@ class CallSession:
                 BotReply(clip=profile.greeting_clip) if clip_ok else BotReply(text=profile.greeting)
             )
             return DialogueTurn(replies=(reply,), intent="greet", source="profile")
-        return await self.shared.dialogue.start(self.call)
+        return await self.dialogue.start(self.call)
 
     async def _write_record(self) -> None:
         if self.shared.recorder is None:
@@ -516,7 +537,7 @@ class CallSession:
             turn.fallbacks.append("stt_low_confidence" if text else "stt_empty")
             self._start_reply(turn, self._not_understood_turn(), speech_end_at)
             return
-        self._start_reply(turn, self.shared.dialogue.respond(self.call, text), speech_end_at)
+        self._start_reply(turn, self.dialogue.respond(self.call, text), speech_end_at)
 
     async def _not_understood_turn(self) -> DialogueTurn:
         return DialogueTurn(
@@ -604,7 +625,7 @@ class CallSession:
             generation = self.speaker.generation
             give_up = self._give_up_turn("error")
             for text in (self.fallbacks.apology, *(r.text for r in give_up.replies)):
-                pcm = self.shared.tts_cache.get(text, self.rate_hz)
+                pcm = self.tts_cache.get(text, self.rate_hz)
                 if pcm is not None:
                     self.speaker.enqueue(pcm, generation)
             played = asyncio.Event()
@@ -651,7 +672,7 @@ class CallSession:
 
     def _send_dtmf(self, digits: str, at_s: float) -> None:
         turn = TurnRecord(turn_id=self.turns.turn_id, kind="dtmf", transcript=digits)
-        self._start_reply(turn, self.shared.dialogue.dtmf(self.call, digits), at_s)
+        self._start_reply(turn, self.dialogue.dtmf(self.call, digits), at_s)
 
     # --- replies -----------------------------------------------------------------------
 
@@ -718,7 +739,7 @@ class CallSession:
             )
         use_llm = (
             answer.needs_fallback
-            and self.shared.llm is not None
+            and self.llm is not None
             and turn.kind == "speech"
             and bool(turn.transcript)
         )
@@ -792,7 +813,7 @@ class CallSession:
             answer = self._give_up_turn("tts_unavailable")
             turn.fallbacks.append("tts_unavailable")
             for reply in answer.replies:
-                cached = self.shared.tts_cache.get(reply.text, self.rate_hz)
+                cached = self.tts_cache.get(reply.text, self.rate_hz)
                 if cached is not None:
                     self.speaker.enqueue(cached, generation)
                     sources.append("cache")
@@ -811,7 +832,7 @@ class CallSession:
         True when the model answered."""
         from voicebot_pbx.llm import Rejected, Sentence
 
-        llm = self.shared.llm
+        llm = self.llm
         assert llm is not None
         cfg = llm.config
         loop = asyncio.get_running_loop()
@@ -890,13 +911,13 @@ class CallSession:
         return "+".join(sources)
 
     async def _speak(self, text: str, generation: int, turn: TurnRecord, origin_at: float) -> str:
-        cached = self.shared.tts_cache.get(text, self.rate_hz)
+        cached = self.tts_cache.get(text, self.rate_hz)
         if cached is not None:
             if turn.tts_first_audio_ms is None:
                 turn.tts_first_audio_ms = 0.0
             self.speaker.enqueue(cached, generation)
             return "cache"
-        voices = [("tts", self.engines.tts)]
+        voices: list[tuple[str, SpeechSynth]] = [("tts", self.tts)]
         if self.engines.tts_backup is not None:
             voices.append(("tts_backup", self.engines.tts_backup))
         for source, voice in voices:
@@ -951,7 +972,7 @@ class CallSession:
         finally:
             cancel.set()
         if complete and chunks and len(text) <= _CACHEABLE_TEXT_CHARS:
-            self.shared.tts_cache.put(text, self.rate_hz, b"".join(chunks))
+            self.tts_cache.put(text, self.rate_hz, b"".join(chunks))
 
     async def _end_call(self, answer: DialogueTurn) -> None:
         if self._ending:

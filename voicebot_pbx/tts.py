@@ -9,6 +9,7 @@ inference within a few milliseconds.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import threading
@@ -130,6 +131,15 @@ class PiperTts:
         self.sample_rate_hz: int = int(config.sample_rate)
         self.stats = TtsStats()
         log.debug("tts.piper.loaded", model=str(self.model_path), rate_hz=self.sample_rate_hz)
+
+    def variant(self, *, volume: float, length_scale: float) -> PiperTts:
+        """This loaded voice with other settings: shares the model and its onnxruntime
+        session (thread-safe), so a profile's own speed or volume costs no memory."""
+        other = copy.copy(self)
+        other.volume = volume
+        other.length_scale = length_scale
+        other.stats = TtsStats()
+        return other
 
     @property
     def voice_id(self) -> str:
