@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 
-from voicebot_pbx.audio import Resampler, rms_dbfs
+from voicebot_pbx.audio import Resampler
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
+from voicebot_pbx.echo import is_line_echo
 from voicebot_pbx.engines import Engines, EngineTimeout
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.records import CallRecord, Recorder, TurnRecord
@@ -351,11 +352,21 @@ class CallSession:
             self._maybe_end_early()
 
     def _looks_like_echo(self, pcm: bytes) -> bool:
-        """While the bot talks, audio well below its own level is the line echo of it."""
-        margin_db = self.config.vad.echo_margin_db
-        if margin_db <= 0 or not self.turns.bot_speaking:
+        """While the bot talks: audio well below its own level that matches what it said
+        (or is quieter still) is the line echo of it (voicebot_pbx.echo)."""
+        vad = self.config.vad
+        if vad.echo_margin_db <= 0 or not self.turns.bot_speaking:
             return False
-        return rms_dbfs(pcm) < self.speaker.recent_peak_dbfs - margin_db
+        return is_line_echo(
+            pcm,
+            self.speaker.recent_output,
+            bot_peak_dbfs=self.speaker.recent_peak_dbfs,
+            margin_db=vad.echo_margin_db,
+            min_correlation=vad.echo_min_correlation,
+            residual_db=vad.echo_residual_db,
+            # the 40 ms before this frame (which is the last one in _recent)
+            caller_context_pcm=b"".join(p for _, p in list(self._recent)[-3:-1]),
+        )
 
     def _maybe_end_early(self) -> None:
         """End the turn at the short silence if the speculative transcript looks complete."""

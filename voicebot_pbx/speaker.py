@@ -63,6 +63,9 @@ class Speaker:
         self._accepted_bytes = 0
         # Levels of the last frames written (for echo gating on the inbound side).
         self._recent_dbfs: deque[float] = deque(maxlen=12)
+        # The last ~360 ms written (silence too): the reference for echo detection (a 60 ms
+        # caller stretch against echo delays up to ~300 ms).
+        self._recent_frames: deque[bytes] = deque(maxlen=max(1, 360 // frame_ms))
         self.frames_written = 0
         self.audio_frames_written = 0
         self.stalls = 0
@@ -102,6 +105,11 @@ class Speaker:
     def recent_peak_dbfs(self) -> float:
         """Loudest of the last ~240 ms of frames written (-120 when silent)."""
         return max(self._recent_dbfs, default=-120.0)
+
+    @property
+    def recent_output(self) -> bytes:
+        """The last ~360 ms of frames written, oldest first (silence included)."""
+        return b"".join(self._recent_frames)
 
     @property
     def paused(self) -> bool:
@@ -209,6 +217,7 @@ class Speaker:
             if self.tap is not None:
                 self.tap(frame, clock())
             self._recent_dbfs.append(-120.0 if is_silence else rms_dbfs(frame))
+            self._recent_frames.append(frame)
             self.frames_written += 1
             if not is_silence:
                 self.audio_frames_written += 1
