@@ -9,7 +9,9 @@ Test set: ``bench/stt_dataset.py`` (built on first use into ``.cache/stt-bench/`
    ``full`` Whisper's fixed 30 s window (the baseline); ``short<N>`` encoder input
    ``max(N s, utterance + 2 s)`` with the loop guard and full-window fallback;
    ``-b8`` eight utterances decoded as one batch (as the service does when eight calls'
-   utterances are queued together); ``-f32`` float32; ``-t2`` two CTranslate2 threads.
+   utterances are queued together); ``-f32`` float32; ``-t2`` two CTranslate2 threads;
+   ``-nots`` decoded with the ``<|notimestamps|>`` prompt (``WhisperEngine(timestamps=False)``:
+   text tokens only); ``-p1`` one second of padding after the utterance instead of two.
 2. **Concurrency**: N simulated calls (1/4/8/16) on one engine, with the service's code path:
    each caller speaks an utterance of the test set (its real length), the decode is submitted
    when the VAD notices the pause (``speech end + VAD lag``; the lag is measured with the real
@@ -240,6 +242,8 @@ class Variant:
     compute_type: str = "int8"
     threads: int = 1
     batch: int = 1
+    timestamps: bool = True
+    pad_s: float = 2.0
 
 
 def model_dir(model: str) -> Path:
@@ -257,6 +261,8 @@ def make_engine(v: Variant, *, max_batch: int = 8, batch_wait_ms: float = 0.0) -
         cpu_threads=v.threads,
         short_input=v.mode == "short",
         short_min_input_s=v.min_input_s,
+        short_pad_s=v.pad_s,
+        timestamps=v.timestamps,
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
     )
@@ -493,6 +499,11 @@ ACCURACY_VARIANTS = [
     Variant("short10-f32", compute_type="float32"),
     Variant("short10-t2", threads=2),
     Variant("base-short10", model="base"),
+    Variant("short10-nots", timestamps=False),
+    Variant("short10-nots-b8", timestamps=False, batch=8),
+    Variant("short8-nots", min_input_s=8.0, timestamps=False),
+    Variant("short8-nots-b8", min_input_s=8.0, timestamps=False, batch=8),
+    Variant("short8-nots-p1-b8", min_input_s=8.0, timestamps=False, batch=8, pad_s=1.0),
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [
@@ -518,20 +529,22 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Accuracy and cost (sequential; CPU = process CPU-seconds per utterance)",
         "",
-        "| variant | model | input | compute | threads | batch | WER % | vs full (95 % CI) | "
-        "WER by condition | CPU-s/utt | wall s/utt | fallbacks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | model | input | timestamps | compute | threads | batch | WER % | "
+        "vs full (95 % CI) | WER by condition | CPU-s/utt | wall s/utt | fallbacks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["accuracy"]:
         v = r["variant"]
-        mode = "30 s" if v["mode"] == "full" else f"max({v['min_input_s']:g} s, len+2 s)"
+        pad = v.get("pad_s", 2.0)
+        mode = "30 s" if v["mode"] == "full" else f"max({v['min_input_s']:g} s, len+{pad:g} s)"
+        ts = "yes" if v.get("timestamps", True) or v["mode"] == "full" else "no"
         cond = ", ".join(f"{k} {x:.1f}" for k, x in r["wer_by_condition"].items())
         d = r.get("vs_full")
         vs = f"{d['delta']:+.2f} ({d['ci95_low']:+.2f}..{d['ci95_high']:+.2f})" if d else "-"
         lines.append(
-            f"| {v['name']} | {v['model']} | {mode} | {v['compute_type']} | {v['threads']} | "
-            f"{v['batch']} | {r['wer']:.2f} | {vs} | {cond} | {r['cpu_s_per_utt']:.3f} | "
-            f"{r['wall_s_per_utt']:.3f} | {r['stats']['fallbacks']} |"
+            f"| {v['name']} | {v['model']} | {mode} | {ts} | {v['compute_type']} | "
+            f"{v['threads']} | {v['batch']} | {r['wer']:.2f} | {vs} | {cond} | "
+            f"{r['cpu_s_per_utt']:.3f} | {r['wall_s_per_utt']:.3f} | {r['stats']['fallbacks']} |"
         )
     if report.get("vosk"):
         vk = report["vosk"]

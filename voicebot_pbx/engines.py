@@ -111,6 +111,7 @@ def load_engines(config: Config) -> Engines:
             "language": config.stt.language,
             "short_input": config.stt.short_input,
             "short_min_input_s": config.stt.short_min_input_s,
+            "timestamps": config.stt.timestamps,
             "max_batch": config.stt.max_batch,
             "batch_wait_ms": config.stt.batch_wait_ms,
         }
