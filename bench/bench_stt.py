@@ -11,7 +11,9 @@ Test set: ``bench/stt_dataset.py`` (built on first use into ``.cache/stt-bench/`
    ``-b8`` eight utterances decoded as one batch (as the service does when eight calls'
    utterances are queued together); ``-f32`` float32; ``-t2`` two CTranslate2 threads;
    ``-nots`` decoded with the ``<|notimestamps|>`` prompt (``WhisperEngine(timestamps=False)``:
-   text tokens only); ``-p1`` one second of padding after the utterance instead of two.
+   text tokens only); ``-p1`` one second of padding after the utterance instead of two;
+   ``-enc8`` the batch's eight inputs in one encoder call (before: now the encoder takes
+   them one by one, back to back, and only the decoder runs the batch).
 2. **Concurrency**: N simulated calls (1/4/8/16) on one engine, with the service's code path:
    each caller speaks an utterance of the test set (its real length), the decode is submitted
    when the VAD notices the pause (``speech end + VAD lag``; the lag is measured with the real
@@ -244,6 +246,7 @@ class Variant:
     batch: int = 1
     timestamps: bool = True
     pad_s: float = 2.0
+    encoder_batch: int = 1
 
 
 def model_dir(model: str) -> Path:
@@ -263,6 +266,7 @@ def make_engine(v: Variant, *, max_batch: int = 8, batch_wait_ms: float = 0.0) -
         short_min_input_s=v.min_input_s,
         short_pad_s=v.pad_s,
         timestamps=v.timestamps,
+        encoder_batch=v.encoder_batch,
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
     )
@@ -504,6 +508,10 @@ ACCURACY_VARIANTS = [
     Variant("short8-nots", min_input_s=8.0, timestamps=False),
     Variant("short8-nots-b8", min_input_s=8.0, timestamps=False, batch=8),
     Variant("short8-nots-p1-b8", min_input_s=8.0, timestamps=False, batch=8, pad_s=1.0),
+    Variant("short9-nots-b8", min_input_s=9.0, timestamps=False, batch=8),
+    Variant("short10-nots-b16", timestamps=False, batch=16),
+    Variant("short10-b8-enc8", batch=8, encoder_batch=8),
+    Variant("short10-nots-b8-enc8", timestamps=False, batch=8, encoder_batch=8),
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [
@@ -538,12 +546,15 @@ def markdown(report: dict[str, Any]) -> str:
         pad = v.get("pad_s", 2.0)
         mode = "30 s" if v["mode"] == "full" else f"max({v['min_input_s']:g} s, len+{pad:g} s)"
         ts = "yes" if v.get("timestamps", True) or v["mode"] == "full" else "no"
+        # rows measured before encoder_batch existed encoded the whole batch in one call
+        enc = v.get("encoder_batch", v["batch"])
+        batch = f"{v['batch']} (enc {enc})" if v["batch"] > 1 and enc > 1 else f"{v['batch']}"
         cond = ", ".join(f"{k} {x:.1f}" for k, x in r["wer_by_condition"].items())
         d = r.get("vs_full")
         vs = f"{d['delta']:+.2f} ({d['ci95_low']:+.2f}..{d['ci95_high']:+.2f})" if d else "-"
         lines.append(
             f"| {v['name']} | {v['model']} | {mode} | {ts} | {v['compute_type']} | "
-            f"{v['threads']} | {v['batch']} | {r['wer']:.2f} | {vs} | {cond} | "
+            f"{v['threads']} | {batch} | {r['wer']:.2f} | {vs} | {cond} | "
             f"{r['cpu_s_per_utt']:.3f} | {r['wall_s_per_utt']:.3f} | {r['stats']['fallbacks']} |"
         )
     if report.get("vosk"):
