@@ -36,7 +36,7 @@ def line_echo(bot: bytes, delay_ms: int, loss_db: float) -> bytes:
 def decisions(caller: bytes, bot: bytes, **overrides: float) -> list[bool]:
     """is_line_echo for every caller frame loud enough to be speech (above the residue
     level), with the bot output up to that frame."""
-    options = {"margin_db": 15.0, "min_correlation": 0.6, "residual_db": 12.0, **overrides}
+    options = {"margin_db": 15.0, "min_correlation": 0.6, "residual_db": 25.0, **overrides}
     out = []
     for start in range(HISTORY_FRAMES * FRAME, min(len(caller), len(bot)) - FRAME, FRAME):
         frame = caller[start : start + FRAME]

@@ -67,7 +67,7 @@ class VadConfig:
     # still by echo_residual_db (voicebot_pbx.echo).
     echo_margin_db: float = 15.0
     echo_min_correlation: float = 0.6
-    echo_residual_db: float = 12.0
+    echo_residual_db: float = 25.0
 
 
 @dataclass(frozen=True, slots=True)
