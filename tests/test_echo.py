@@ -13,7 +13,7 @@ import pytest
 from tests.speech import espeak_pcm, have_espeak, telephone_band
 from tests.test_turns import ACCOUNT, LONG, PHRASES, TARIFF, make_shared
 from voicebot_pbx.audio import pcm_to_ulaw, rms_dbfs, ulaw_to_pcm
-from voicebot_pbx.echo import echo_likeness, is_line_echo
+from voicebot_pbx.echo import SILENCE_DBFS, echo_likeness, is_line_echo
 from voicebot_pbx.session import CallSession
 from voicebot_pbx.testing import FakeMedia, run_virtual, tone
 
@@ -35,15 +35,16 @@ def line_echo(bot: bytes, delay_ms: int, loss_db: float) -> bytes:
 
 def decisions(caller: bytes, bot: bytes, **overrides: float) -> list[bool]:
     """is_line_echo for every caller frame loud enough to be speech (above the residue
-    level), with the bot output up to that frame."""
+    level and the silence floor), with the bot output up to that frame."""
     options = {"margin_db": 15.0, "min_correlation": 0.6, "residual_db": 25.0, **overrides}
     out = []
     for start in range(HISTORY_FRAMES * FRAME, min(len(caller), len(bot)) - FRAME, FRAME):
         frame = caller[start : start + FRAME]
         history = bot[start + FRAME - HISTORY_FRAMES * FRAME : start + FRAME]
         peak = max(rms_dbfs(history[i : i + FRAME]) for i in range(0, len(history) - FRAME, FRAME))
-        if rms_dbfs(frame) < peak - options["margin_db"] - options["residual_db"]:
-            continue  # residue level: echo by level alone
+        level = rms_dbfs(frame)
+        if level < peak - options["margin_db"] - options["residual_db"] or level < SILENCE_DBFS:
+            continue  # residue level (echo by level alone) or silence (left to the VAD)
         context = caller[start - 2 * FRAME : start]
         out.append(
             is_line_echo(frame, history, bot_peak_dbfs=peak, caller_context_pcm=context, **options)
@@ -105,6 +106,9 @@ def test_loud_is_caller_very_quiet_is_residue_and_off_is_off(bot_speech: bytes) 
     assert not is_line_echo(loud, history, margin_db=15.0, **options)
     assert is_line_echo(residue, history, margin_db=15.0, **options)
     assert not is_line_echo(residue, history, margin_db=0.0, **options)
+    # A gap between a caller's words is left to the VAD (gating it would split the turn).
+    gap = (noise * 2).astype("<i2").tobytes()  # about -84 dBFS
+    assert not is_line_echo(gap, history, margin_db=15.0, **options)
 
 
 def test_echo_likeness_finds_the_delay_and_ignores_gain() -> None:

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from voicebot_pbx.audio import pcm_to_int16, rms_dbfs
 
 _EPS = 1e-9
+SILENCE_DBFS = -70.0
 
 
 def echo_likeness(frame: npt.NDArray[np.float64], reference: npt.NDArray[np.float64]) -> float:
@@ -68,6 +69,10 @@ def is_line_echo(
     if margin_db <= 0:
         return False
     level_dbfs = rms_dbfs(caller_pcm)
+    if level_dbfs < SILENCE_DBFS:
+        # (Near) digital silence, e.g. a gap between a caller's words: the VAD judges it
+        # with its context; zeroing it would cut a running utterance in two.
+        return False
     if level_dbfs >= bot_peak_dbfs - margin_db:
         return False  # as loud as the bot itself: a caller
     if level_dbfs < bot_peak_dbfs - margin_db - residual_db:
