@@ -521,7 +521,11 @@ CONCURRENCY = [
     ("short10, batcher, 2 threads", Variant("short10-t2", threads=2), "batcher"),
     ("short5, batcher", Variant("short5", min_input_s=5.0), "batcher"),
     ("short10, batcher, encoder 1 by 1", Variant("short10"), "batcher"),
-    ("short10 no-ts, batcher, encoder 1 by 1", Variant("short10-nots", timestamps=False), "batcher"),
+    (
+        "short10 no-ts, batcher, encoder 1 by 1",
+        Variant("short10-nots", timestamps=False),
+        "batcher",
+    ),
 ]
 
 
