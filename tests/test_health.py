@@ -161,3 +161,12 @@ def test_readiness_report() -> None:
     assert readiness_report(models_loaded=True)["status"] == "ok"
     assert readiness_report(models_loaded=True, ami="disconnected")["ready"] is True
     assert readiness_report(models_loaded=False)["ready"] is False
+
+
+def test_readiness_reports_each_profile_rasa() -> None:
+    report = readiness_report(models_loaded=True, profiles={"support": "ok", "sales": "degraded"})
+    assert report["ready"] is True and report["status"] == "degraded"
+    assert report["profile_rasa"] == {"support": "ok", "sales": "degraded"}
+    healthy = readiness_report(models_loaded=True, profiles={"support": "ok"})
+    assert healthy["status"] == "ok"
+    assert "profile_rasa" not in readiness_report(models_loaded=True)
