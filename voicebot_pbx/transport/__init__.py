@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,6 +72,75 @@ def put_dropping_oldest(queue: asyncio.Queue[Any], item: object) -> bool:
             queue.get_nowait()
         queue.put_nowait(item)
         return True
+
+
+INBOUND_QUEUE_FRAMES = 500  # 10 s of 20 ms frames
+
+
+class CallState:
+    """What every transport's call keeps the same way: the paced speaker, the bounded
+    inbound queue that never blocks its reader, and the one-way "closed" state whose
+    reason reaches the session as a ``CallEnded``. A subclass writes the frames
+    (``write_frame``) and logs with its own logger (``_log``)."""
+
+    _log: Any = log
+
+    def __init__(self, peer: str, rate_hz: int) -> None:
+        self.peer = peer
+        self._rate_hz = rate_hz  # outbound (the speaker's) rate
+        self.speaker = Speaker(rate_hz)
+        self.inbound: asyncio.Queue[InboundEvent] = asyncio.Queue(INBOUND_QUEUE_FRAMES)
+        self._closed = asyncio.Event()
+        self.end_reason: str | None = None
+        self.inbound_dropped = 0
+
+    @property
+    def rate_hz(self) -> int:
+        return self._rate_hz
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def write_frame(self, pcm: bytes, is_silence: bool) -> None:
+        raise NotImplementedError
+
+    async def run_pacer(self) -> None:
+        await self.speaker.run(self.write_frame)
+
+    def _put(self, event: InboundEvent) -> None:
+        """Queue without ever blocking the reader: if the session is 10 s behind, drop the
+        oldest event. A blocked reader would miss the caller's hang-up and stall the PBX."""
+        if put_dropping_oldest(self.inbound, event):
+            if self.inbound_dropped == 0:
+                self._log.warning(
+                    "inbound_overflow", queue_frames=self.inbound.maxsize, peer=self.peer
+                )
+            self.inbound_dropped += 1
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self.end_reason = reason
+        self._closed.set()
+        self.speaker.interrupt()
+        event = CallEnded(reason, asyncio.get_running_loop().time())
+        # The session may be behind: the end matters more than old audio.
+        put_dropping_oldest(self.inbound, event)
+
+
+async def finish_connections(tasks: Collection[asyncio.Task[Any]], grace_s: float) -> None:
+    """Give the connection tasks ``grace_s`` to end, then cancel the rest (1 s to unwind)."""
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
 
 
 class HangupMedia(Protocol):

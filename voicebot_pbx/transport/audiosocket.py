@@ -23,14 +23,12 @@ import structlog
 from voicebot_pbx.config import ServerConfig
 from voicebot_pbx.health import parse_cidrs, peer_allowed
 from voicebot_pbx.protocol import audiosocket as wire
-from voicebot_pbx.speaker import Speaker
 from voicebot_pbx.transport import (
     AudioIn,
-    CallEnded,
     CallMedia,
+    CallState,
     DtmfIn,
-    InboundEvent,
-    put_dropping_oldest,
+    finish_connections,
     run_call_handler,
 )
 
@@ -40,17 +38,17 @@ CallHandler = Callable[[CallMedia], Awaitable[None]]
 
 _READ_CHUNK_BYTES = 4096
 _SEND_BUFFER_BYTES = 64 * 1024
-_INBOUND_QUEUE_FRAMES = 500  # 10 s of 20 ms frames
 # After the media side is gone (caller hang-up, bad input, stuck peer) the session gets
 # ``CallEnded``; if it has not returned this long after, it is cancelled so a stuck session
 # cannot keep a dead call (and its ``max_calls`` slot) alive.
 HANDLER_GRACE_S = 5.0
 
 
-class AudioSocketCall:
+class AudioSocketCall(CallState):
     """One connected call: decoder + inbound queue + paced speaker over one TCP stream."""
 
     pbx = "asterisk"
+    _log = log
 
     def __init__(
         self,
@@ -61,35 +59,21 @@ class AudioSocketCall:
         config: ServerConfig,
         peer: str,
     ) -> None:
+        super().__init__(peer, config.default_rate_hz)
         self.call_id = str(call_uuid)
-        self.peer = peer
         self._reader = reader
         self._writer = writer
         self._decoder = decoder
         self._config = config
-        self.speaker = Speaker(config.default_rate_hz)
-        self.inbound: asyncio.Queue[InboundEvent] = asyncio.Queue(_INBOUND_QUEUE_FRAMES)
         self._rate_known = asyncio.Event()
-        self._rate_hz = config.default_rate_hz  # outbound (the speaker's) rate
         self._inbound_rate_hz: int | None = None  # from the first inbound audio frame
         # Once ``wait_for_rate`` has answered, the session works at that rate: the outbound
         # rate must not change under it any more.
         self._rate_committed = False
-        self._closed = asyncio.Event()
-        self.end_reason: str | None = None
         self.profile: str | None = None
         self.dtmf_filter: Callable[[str, str], bool] | None = None
         self.bytes_in = 0
         self.frames_in = 0
-        self.inbound_dropped = 0
-
-    @property
-    def rate_hz(self) -> int:
-        return self._rate_hz
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
 
     async def wait_for_rate(self, timeout_s: float) -> int:
         with contextlib.suppress(TimeoutError):
@@ -129,14 +113,6 @@ class AudioSocketCall:
         # Not cancelled: the peer hung up or broke the protocol. Free the socket now rather
         # than when the session returns (Asterisk's dialplan continues on close).
         self._writer.close()
-
-    def _put(self, event: InboundEvent) -> None:
-        """Queue without ever blocking the reader: if the session is 10 s behind, drop the
-        oldest event. A blocked reader would miss the caller's hang-up and stall Asterisk."""
-        if put_dropping_oldest(self.inbound, event):
-            if self.inbound_dropped == 0:
-                log.warning("inbound_overflow", queue_frames=self.inbound.maxsize, peer=self.peer)
-            self.inbound_dropped += 1
 
     def _dispatch(self, messages: list[wire.Message]) -> str | None:
         """Queue inbound events; returns an end reason when the peer ended the call."""
@@ -178,17 +154,6 @@ class AudioSocketCall:
                 self._rate_hz = rate_hz
         self._rate_known.set()
 
-    def _mark_closed(self, reason: str) -> None:
-        if self._closed.is_set():
-            return
-        self.end_reason = reason
-        self._closed.set()
-        self.speaker.interrupt()
-        loop = asyncio.get_running_loop()
-        event = CallEnded(reason, loop.time())
-        # The session may be behind: the end matters more than old audio.
-        put_dropping_oldest(self.inbound, event)
-
     # --- outbound --------------------------------------------------------------------
 
     async def write_frame(self, pcm: bytes, is_silence: bool) -> None:
@@ -205,9 +170,6 @@ class AudioSocketCall:
         except (ConnectionError, OSError) as exc:
             self._mark_closed(f"connection_error:{type(exc).__name__}")
 
-    async def run_pacer(self) -> None:
-        await self.speaker.run(self.write_frame)
-
     async def hangup(self, reason: str) -> None:
         """Send 0x00 (the dialplan continues at its next priority) and close."""
         if self._closed.is_set():
@@ -221,9 +183,6 @@ class AudioSocketCall:
     async def close(self) -> None:
         self._mark_closed(self.end_reason or "closed")
         await _close_writer(self._writer)
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
 
 async def _close_writer(writer: asyncio.StreamWriter, timeout_s: float = 1.0) -> None:
@@ -292,12 +251,7 @@ class AudioSocketServer:
         await self.stop_accepting()
         # Concurrently: one peer that does not read must not hold up the others' 0x00.
         await asyncio.gather(*(call.hangup(reason) for call in list(self.calls.values())))
-        if self._connections:
-            _done, pending = await asyncio.wait(self._connections, timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        await finish_connections(self._connections, grace_s)
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -58,13 +58,12 @@ from greenswitch.esl import (
 from voicebot_pbx.config import FreeswitchConfig as FreeswitchConfig
 from voicebot_pbx.health import parse_cidrs, peer_allowed
 from voicebot_pbx.protocol import esl
-from voicebot_pbx.speaker import Speaker
 from voicebot_pbx.transport import (
     AudioIn,
-    CallEnded,
     CallMedia,
+    CallState,
     DtmfIn,
-    InboundEvent,
+    finish_connections,
     put_dropping_oldest,
     run_call_handler,
 )
@@ -83,7 +82,6 @@ T = TypeVar("T")
 CallHandler = Callable[[CallMedia], Awaitable[None]]
 
 HANDLER_GRACE_S = 5.0
-_INBOUND_QUEUE_FRAMES = 500  # 10 s of 20 ms frames
 _ESL_QUEUE_ITEMS = 256
 _READ_CHUNK_BYTES = 65536
 _EXIT_TIMEOUT_S = 1.0
@@ -650,10 +648,11 @@ def _end_reason(closed: EslClosed) -> str:
     return f"bad_input:{closed.reason}" if closed.bad_input else "connection_lost"
 
 
-class FreeswitchCall:
+class FreeswitchCall(CallState):
     """One call: ESL control + unicast UDP media + the paced speaker (a ``CallMedia``)."""
 
     pbx = "freeswitch"
+    _log = log
 
     def __init__(
         self,
@@ -663,9 +662,9 @@ class FreeswitchCall:
         *,
         profile: str | None = None,
     ) -> None:
+        super().__init__(link.peer, session_rate_for(info.rate_hz))
         self.info = info
         self.call_id = info.uuid
-        self.peer = link.peer
         self.caller_id_number = info.caller_id_number
         self.caller_id_name = info.caller_id_name
         self.caller_id = info.caller_id_number or None  # for the call record
@@ -673,15 +672,9 @@ class FreeswitchCall:
         self.profile = profile or info.variables.get("VOICEBOT_PROFILE") or None
         self._link = link
         self._config = config
-        self._rate_hz = session_rate_for(info.rate_hz)
         self._rates = RateAdapter(info.rate_hz, self._rate_hz)
-        self.speaker = Speaker(self._rate_hz)
-        self.inbound: asyncio.Queue[InboundEvent] = asyncio.Queue(_INBOUND_QUEUE_FRAMES)
-        self._closed = asyncio.Event()
-        self.end_reason: str | None = None
         self.media: UnicastEndpoint | None = None
         self.frames_in = 0
-        self.inbound_dropped = 0
         self.bad_inputs: dict[str, int] = {}
         self.hangup_sent = False
         self.resume_sent = False
@@ -694,14 +687,6 @@ class FreeswitchCall:
         self._last_voiced = False
 
     # --- CallMedia ------------------------------------------------------------------------
-
-    @property
-    def rate_hz(self) -> int:
-        return self._rate_hz
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
 
     async def wait_for_rate(self, timeout_s: float) -> int:
         return self._rate_hz  # known from the connect reply, before any audio
@@ -952,30 +937,7 @@ class FreeswitchCall:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def run_pacer(self) -> None:
-        await self.speaker.run(self.write_frame)
-
     # --- state ------------------------------------------------------------------------------
-
-    def _put(self, event: InboundEvent) -> None:
-        """Never blocks: if the session is 10 s behind, the oldest event goes."""
-        if put_dropping_oldest(self.inbound, event):
-            if self.inbound_dropped == 0:
-                log.warning("inbound_overflow", queue_frames=self.inbound.maxsize, peer=self.peer)
-            self.inbound_dropped += 1
-
-    def _mark_closed(self, reason: str) -> None:
-        if self._closed.is_set():
-            return
-        self.end_reason = reason
-        self._closed.set()
-        self.speaker.interrupt()
-        event = CallEnded(reason, asyncio.get_running_loop().time())
-        # The session may be behind: the end matters more than old audio.
-        put_dropping_oldest(self.inbound, event)
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
     async def close(self) -> None:
         """Free the UDP port and end the ESL connection (``exit``). Idempotent."""
@@ -1069,12 +1031,7 @@ class FreeswitchServer:
         ``grace_s``; stop the ESL thread."""
         await self.stop_accepting()
         await asyncio.gather(*(call.hangup(reason) for call in list(self.calls.values())))
-        if self._connections:
-            _done, pending = await asyncio.wait(self._connections, timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        await finish_connections(self._connections, grace_s)
         esl_server = self._esl
         await self._hub.stop(esl_server.shutdown if esl_server is not None else None)
 
