@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass
 from enum import IntEnum
 
+from voicebot_pbx.protocol import WireError
+
 HEADER_BYTES = 3
 MAX_PAYLOAD_BYTES = 0xFFFF
 
@@ -49,13 +51,8 @@ AUDIO_RATES_HZ: dict[Kind, int] = {
 AUDIO_KIND_FOR_RATE: dict[int, Kind] = {rate: kind for kind, rate in AUDIO_RATES_HZ.items()}
 
 
-class ProtocolError(Exception):
+class ProtocolError(WireError):
     """The peer sent something AudioSocket does not allow. ``reason`` is a short slug."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

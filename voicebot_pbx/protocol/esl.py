@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
+from voicebot_pbx.protocol import WireError
+
 # Types FreeSWITCH always sends with a Content-Length (see the module docstring).
 BODY_CONTENT_TYPES = frozenset(
     {
@@ -53,13 +55,8 @@ _HEADER_END = re.compile(rb"\n\r?\n")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,10}")
 
 
-class ProtocolError(Exception):
+class ProtocolError(WireError):
     """The peer sent something that cannot be ESL. ``reason`` is a short slug."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
