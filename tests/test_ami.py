@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 import structlog
 
-from tests.fake_ami import FakeAmi, OriginatePlan
+from tests.fake_ami import FakeAmi, FakeChannel, OriginatePlan
 from voicebot_pbx.transport import CallControl
 from voicebot_pbx.transport.ami import (
     AmiClient,
@@ -69,6 +69,19 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not predicate():  # noqa: ASYNC110 - polls arbitrary client state
             await asyncio.sleep(0.005)
+
+
+async def audiosocket_call(
+    fake: FakeAmi, client: AmiClient, channel: str, **variables: str
+) -> tuple[str, FakeChannel]:
+    """A channel (with ``variables``) running AudioSocket() with a fresh UUID, once the
+    client has mapped that UUID to it."""
+    call_id = new_uuid()
+    chan = fake.add_channel(channel)
+    chan.variables.update(variables)
+    await fake.newexten(chan, "AudioSocket", f"{call_id},127.0.0.1:9092")
+    await until(lambda: client.channel_for(call_id) is not None)
+    return call_id, chan
 
 
 def first(action: dict[str, list[str]], name: str) -> str:
@@ -274,10 +287,7 @@ def test_transfer_redirects_the_callers_channel() -> None:
         await fake.start()
         client = await connected_client(fake)
         try:
-            call_id = new_uuid()
-            chan = fake.add_channel("PJSIP/trunk-00000003")
-            await fake.newexten(chan, "AudioSocket", f"{call_id},127.0.0.1:9092")
-            await until(lambda: client.channel_for(call_id) is not None)
+            call_id, chan = await audiosocket_call(fake, client, "PJSIP/trunk-00000003")
 
             assert await client.transfer(call_id, "agents") is True
             redirect = fake.actions_named("Redirect")[-1]
@@ -307,10 +317,7 @@ def test_transfer_failures_return_false() -> None:
             assert await client.transfer(new_uuid(), "agents") is False
             assert not fake.actions_named("Redirect")
             # The channel vanished on the Asterisk side: "Channel does not exist: ...".
-            call_id = new_uuid()
-            chan = fake.add_channel("PJSIP/trunk-00000004")
-            await fake.newexten(chan, "AudioSocket", f"{call_id},127.0.0.1:9092")
-            await until(lambda: client.channel_for(call_id) is not None)
+            call_id, chan = await audiosocket_call(fake, client, "PJSIP/trunk-00000004")
             del fake.channels[chan.name]
             with structlog.testing.capture_logs() as logs:
                 assert await client.transfer(call_id, "agents") is False
@@ -331,11 +338,9 @@ def test_hangup_getvar_setvar() -> None:
         await fake.start()
         client = await connected_client(fake)
         try:
-            call_id = new_uuid()
-            chan = fake.add_channel("PJSIP/trunk-00000005")
-            chan.variables["CALLERID(num)"] = "5551234"
-            await fake.newexten(chan, "AudioSocket", f"{call_id},127.0.0.1:9092")
-            await until(lambda: client.channel_for(call_id) is not None)
+            call_id, chan = await audiosocket_call(
+                fake, client, "PJSIP/trunk-00000005", **{"CALLERID(num)": "5551234"}
+            )
             assert await client.get_var(call_id, "CALLERID(num)") == "5551234"
             assert await client.set_var(call_id, "VOICEBOT_DONE", "1") is True
             assert chan.variables["VOICEBOT_DONE"] == "1"
@@ -361,10 +366,7 @@ def test_dtmf_end_reaches_the_callback_once() -> None:
 
         client = await connected_client(fake, on_dtmf=on_dtmf)
         try:
-            call_id = new_uuid()
-            chan = fake.add_channel("PJSIP/trunk-00000006")
-            await fake.newexten(chan, "AudioSocket", f"{call_id},127.0.0.1:9092")
-            await until(lambda: client.channel_for(call_id) is not None)
+            call_id, chan = await audiosocket_call(fake, client, "PJSIP/trunk-00000006")
             await fake.dtmf_end(chan, "4")
             await fake.dtmf_end(chan, "9", direction="Sent")  # played to the caller: ignored
             await until(lambda: len(got) == 1)
