@@ -20,7 +20,7 @@ from voicebot_pbx.config import Config
 from voicebot_pbx.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.engines import Engines, load_engines
 from voicebot_pbx.metrics import MetricsRecorder, default_metrics, render_text
-from voicebot_pbx.profiles import ProfileKit, build_profile_kits
+from voicebot_pbx.profiles import build_profile_kits
 from voicebot_pbx.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.session import Shared, make_handler
 from voicebot_pbx.transport import DtmfIn
@@ -66,10 +66,6 @@ def warm_tts_cache(voice: _Voice, cache: TtsCache, texts: Sequence[str]) -> int:
                 cache.put(text, rate_hz, voice.synthesize_all(text, rate_hz))
                 made += 1
     return made
-
-
-def kits_with_voice(kits: Mapping[str, ProfileKit]) -> set[str]:
-    return {name for name, kit in kits.items() if kit.tts is not None}
 
 
 def warm_stt(engines: Engines) -> None:
@@ -118,9 +114,8 @@ async def build_shared(config: Config) -> Shared:
         log.warning("clip_unusable", problem=problem)
     kits = await asyncio.to_thread(build_profile_kits, config, engines.tts, llm, cache_dir, texts)
     # Profiles speaking with the default voice: their greetings in the default cache.
-    texts = texts + [
-        p.greeting for p in config.profiles if p.greeting and p.name not in kits_with_voice(kits)
-    ]
+    own_voice = {name for name, kit in kits.items() if kit.tts is not None}
+    texts = texts + [p.greeting for p in config.profiles if p.greeting and p.name not in own_voice]
     made = await asyncio.to_thread(warm_tts_cache, engines.tts, cache, texts)
     for kit in kits.values():
         if kit.tts is not None and kit.tts_cache is not None:

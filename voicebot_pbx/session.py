@@ -364,9 +364,13 @@ class CallSession:
             margin_db=vad.echo_margin_db,
             min_correlation=vad.echo_min_correlation,
             residual_db=vad.echo_residual_db,
-            # the 40 ms before this frame (which is the last one in _recent)
-            caller_context_pcm=b"".join(p for _, p in list(self._recent)[-3:-1]),
+            caller_context_pcm=self._caller_context(),
         )
+
+    def _caller_context(self) -> bytes:
+        """The 40 ms before the newest caller frame (the last one in ``_recent``)."""
+        recent = self._recent
+        return b"".join(recent[i][1] for i in range(max(0, len(recent) - 3), len(recent) - 1))
 
     def _maybe_end_early(self) -> None:
         """End the turn at the short silence if the speculative transcript looks complete."""
