@@ -510,6 +510,8 @@ ACCURACY_VARIANTS = [
     Variant("short8-nots-p1-b8", min_input_s=8.0, timestamps=False, batch=8, pad_s=1.0),
     Variant("short9-nots-b8", min_input_s=9.0, timestamps=False, batch=8),
     Variant("short10-nots-b16", timestamps=False, batch=16),
+    Variant("short10-b2", batch=2),
+    Variant("short10-nots-b2", timestamps=False, batch=2),
     Variant("short10-b8-enc8", batch=8, encoder_batch=8),
     Variant("short10-nots-b8-enc8", timestamps=False, batch=8, encoder_batch=8),
 ]

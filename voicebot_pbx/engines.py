@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import structlog
 
+from voicebot_pbx.blas import limit_blas_threads
 from voicebot_pbx.config import Config
 from voicebot_pbx.models import PIPER_JOE, SILERO_VAD, WHISPER_TINY_EN, resolve_model_path
 from voicebot_pbx.stt import SttEngine, load_stt
@@ -92,6 +93,7 @@ def load_engines(config: Config) -> Engines:
     compute threads are created here and inherit this thread's lowered priority."""
     global _inference_nice
     disable_telemetry()
+    limit_blas_threads()
     _inference_nice = config.inference.nice
     lower_thread_priority()
     started = time.perf_counter()

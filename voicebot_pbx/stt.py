@@ -313,6 +313,12 @@ class WhisperEngine:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
+        from voicebot_pbx.blas import limit_blas_threads
+
+        # The mel features' matrix product otherwise wakes numpy's OpenBLAS threads, whose
+        # spinning then costs ~0.1 CPU-s per utterance during the encoder call.
+        limit_blas_threads()
+
         self.model_dir = Path(model_dir)
         self._model = WhisperModel(
             str(self.model_dir),
