@@ -85,10 +85,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(workdir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_server(workdir: Path, stt_threads: int = 1) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
     config = workdir / "bench.toml"
-    config.write_text(CONFIG.format(state=workdir / "state", port=port, long=LONG_REPLY))
+    config.write_text(
+        CONFIG.format(state=workdir / "state", port=port, long=LONG_REPLY)
+        + f"[stt]\ncpu_threads = {stt_threads}\n"
+    )
     log_path = workdir / "server.log"
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/voicebot-pbx"), "serve", "--config", str(config)],
@@ -185,9 +188,10 @@ def main() -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/turns.json")
+    parser.add_argument("--stt-threads", type=int, default=1, help="the server's [stt] cpu_threads")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port, _log = start_server(Path(tmp))
+        proc, port, _log = start_server(Path(tmp), args.stt_threads)
         try:
             time.sleep(1.0)
             _cpu0, idle_rss_mb = proc_stats(proc.pid)
@@ -228,7 +232,12 @@ def main() -> int:
             proc.terminate()
             proc.wait(timeout=30)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"turns_per_call": args.turns, "levels": rows}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"turns_per_call": args.turns, "stt_threads": args.stt_threads, "levels": rows},
+            indent=2,
+        )
+    )
     lines = [
         "| calls | turn p50 ms | turn p95 ms | no reply | barge-in p50 ms | stale | gap p99 ms "
         "| gap max ms | CPU % | CPU-s/call | RSS/added call MB |",

@@ -75,7 +75,9 @@ class SttConfig:
     engine: Literal["whisper", "vosk"] = "whisper"
     model_dir: str = ""  # empty: the packaged default for the engine (models manifest)
     compute_type: str = "int8"
-    cpu_threads: int = 1
+    # CTranslate2 threads for a decode: 2 cuts end of speech -> transcript by ~60-100 ms at
+    # 1-16 calls for ~6 % more CPU per utterance (bench/README-stt.md).
+    cpu_threads: int = 2
     beam_size: int = 1
     language: str = "en"
     short_input: bool = True
