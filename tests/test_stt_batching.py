@@ -17,6 +17,7 @@ from tests.speech import espeak_pcm, silence
 from tests.test_audiosocket_server import has_burst, pacing_problems, serving
 from tests.test_stt import words
 from voicebot_pbx.caller import Pause, SimulatedCaller
+from voicebot_pbx.config import SttConfig
 from voicebot_pbx.models import WHISPER_TINY_EN, model_path
 from voicebot_pbx.stt import SttResult, WhisperBatcher, WhisperEngine, _Decode, _Request
 from voicebot_pbx.transport import CallEnded, CallMedia
@@ -40,8 +41,14 @@ def caller_pcm(text: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[WhisperEngine]:
-    # A batch window long enough that six requests submitted together form one batch.
-    whisper = WhisperEngine(model_path(WHISPER_TINY_EN), max_batch=8, batch_wait_ms=300.0)
+    # A batch window long enough that six requests submitted together form one batch; the
+    # service's thread count (both cores), so the pacing test below covers the default.
+    whisper = WhisperEngine(
+        model_path(WHISPER_TINY_EN),
+        max_batch=8,
+        batch_wait_ms=300.0,
+        cpu_threads=SttConfig().cpu_threads,
+    )
     yield whisper
     whisper.close()
 
