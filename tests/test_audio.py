@@ -238,3 +238,17 @@ def test_rms_dbfs() -> None:
     )
     assert audio.is_silent(bytes(320))
     assert not audio.is_silent(tone(1000, 8000, 0.02))
+
+
+def test_trim_leading_silence_keeps_a_lead_in_before_the_first_loud_sample() -> None:
+    from voicebot_pbx.audio import trim_leading_silence
+
+    quiet = b"\x05\x00" * 400  # 50 ms at 8 kHz, about -76 dBFS
+    loud = b"\x00\x10" * 160  # 4096: -18 dBFS
+    assert trim_leading_silence(quiet + loud, 8000) == b"\x05\x00" * 80 + loud
+    assert trim_leading_silence(quiet + loud, 8000, lead_in_ms=0) == loud
+    assert trim_leading_silence(loud + quiet, 8000) == loud + quiet
+    assert trim_leading_silence(quiet, 8000) == quiet  # nothing loud: unchanged
+    assert trim_leading_silence(b"", 8000) == b""
+    # a negative peak counts as loud too
+    assert trim_leading_silence(quiet + b"\x00\xf0", 8000, lead_in_ms=0) == b"\x00\xf0"

@@ -501,3 +501,35 @@ def test_room_is_free_below_the_limit() -> None:
         await asyncio.wait_for(speaker.wait_for_room(), 0.001)
 
     run(main)
+
+
+# --- lead-in silence ---------------------------------------------------------------------------
+
+
+def test_the_first_audio_after_silence_starts_without_the_voices_lead_in() -> None:
+    # A reply as Piper renders it: 60 ms of near-silence (-90 dBFS), then the voice.
+    quiet = b"\x01\x00" * 480
+    voice = frame(7) * 3
+    speaker = Speaker(8000)
+    generation = speaker.generation
+    assert speaker.enqueue(quiet + voice, generation)
+    # 10 ms of lead-in kept before the first loud sample, then the voice as it was
+    assert speaker.queued_audio_s == pytest.approx(0.010 + 0.060)
+    # The next sentence queued behind it keeps its own pause (the line is not silent).
+    assert speaker.enqueue(quiet + voice, generation)
+    assert speaker.queued_audio_s == pytest.approx(0.070 + 0.120)
+    speaker.end_segment(generation)
+
+    async def main() -> Wire:
+        wire = Wire()
+        await pace_for(speaker, wire, 0.2)
+        return wire
+
+    audio = b"".join(run(main).audio())
+    assert audio.startswith(b"\x01\x00" * 80 + voice + quiet + voice)
+
+
+def test_silence_asked_for_on_a_silent_line_is_kept() -> None:
+    speaker = Speaker(8000)
+    assert speaker.enqueue(bytes(800), speaker.generation)
+    assert speaker.queued_audio_s == pytest.approx(0.05)

@@ -145,6 +145,20 @@ def resample(pcm: bytes, in_rate_hz: int, out_rate_hz: int) -> bytes:
 # --- reframing -------------------------------------------------------------------------
 
 
+def trim_leading_silence(
+    pcm: bytes, rate_hz: int, *, floor_dbfs: float = -50.0, lead_in_ms: float = 10.0
+) -> bytes:
+    """``pcm`` from ``lead_in_ms`` before its first sample louder than ``floor_dbfs``
+    (peak); unchanged when no sample is that loud (silence is kept as it was asked for)."""
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % SAMPLE_WIDTH_BYTES], dtype="<i2")
+    floor = 32768.0 * 10.0 ** (floor_dbfs / 20.0)
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > floor)
+    if loud.size == 0:
+        return pcm
+    start = max(0, int(loud[0]) - int(rate_hz * lead_in_ms / 1000.0))
+    return pcm[start * SAMPLE_WIDTH_BYTES :]
+
+
 class Reframer:
     """Cuts a byte stream into fixed-size frames; keeps the remainder for the next feed."""
 

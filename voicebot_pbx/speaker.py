@@ -6,6 +6,9 @@ silence frame when nothing is queued. ``interrupt()`` is synchronous: it bumps t
 generation and empties the queue, so no frame of an older reply can be written after it
 returns (late producers are rejected at ``enqueue``).
 
+The first audio queued while the line is silent starts 10 ms before its first audible
+sample: a voice's own lead-in silence would only delay what the caller hears.
+
 Markers let the session learn when a point of the queue reaches the wire (first frame of a
 reply, end of a reply) without polling.
 """
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from voicebot_pbx.audio import FRAME_MS, Reframer, frame_bytes, rms_dbfs
+from voicebot_pbx.audio import FRAME_MS, Reframer, frame_bytes, rms_dbfs, trim_leading_silence
 
 log = structlog.get_logger("voicebot_pbx.speaker")
 
@@ -142,6 +145,10 @@ class Speaker:
         """Queue PCM at the call's rate; False (nothing queued) if ``generation`` is stale."""
         if generation != self._generation:
             return False
+        if self._queued_frames == 0 and self._reframer.pending_bytes == 0:
+            # The line is silent now: the voice's own lead-in silence (Piper starts each
+            # sentence with 40-60 ms of it) would only delay the first audible frame.
+            pcm = trim_leading_silence(pcm, self._rate_hz)
         self._accepted_bytes += len(pcm)
         for frame in self._reframer.feed(pcm):
             self._queue.append(frame)
