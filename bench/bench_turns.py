@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.speech import espeak_pcm, silence  # noqa: E402
 from voicebot_pbx.caller import CallResult, Say, SimulatedCaller, Step  # noqa: E402
+from voicebot_pbx.config import SttConfig  # noqa: E402
 
 QUESTIONS = ["what are your opening hours", "where are you located", "what time do you open"]
 LONG_QUESTION = "tell me about your energy plans"
@@ -85,13 +86,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(workdir: Path, stt_threads: int = 1) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start_server(
+    workdir: Path, stt_threads: int | None = None
+) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
     config = workdir / "bench.toml"
-    config.write_text(
-        CONFIG.format(state=workdir / "state", port=port, long=LONG_REPLY)
-        + f"[stt]\ncpu_threads = {stt_threads}\n"
-    )
+    text = CONFIG.format(state=workdir / "state", port=port, long=LONG_REPLY)
+    if stt_threads is not None:  # else the service's default
+        text += f"[stt]\ncpu_threads = {stt_threads}\n"
+    config.write_text(text)
     log_path = workdir / "server.log"
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/voicebot-pbx"), "serve", "--config", str(config)],
@@ -188,7 +191,9 @@ def main() -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/turns.json")
-    parser.add_argument("--stt-threads", type=int, default=1, help="the server's [stt] cpu_threads")
+    parser.add_argument(
+        "--stt-threads", type=int, help="the server's [stt] cpu_threads (default: its default)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         proc, port, _log = start_server(Path(tmp), args.stt_threads)
@@ -231,10 +236,11 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    stt_threads = args.stt_threads or SttConfig().cpu_threads
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"turns_per_call": args.turns, "stt_threads": args.stt_threads, "levels": rows},
+            {"turns_per_call": args.turns, "stt_threads": stt_threads, "levels": rows},
             indent=2,
         )
     )

@@ -150,9 +150,8 @@ def trim_leading_silence(
 ) -> bytes:
     """``pcm`` from ``lead_in_ms`` before its first sample louder than ``floor_dbfs``
     (peak); unchanged when no sample is that loud (silence is kept as it was asked for)."""
-    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % SAMPLE_WIDTH_BYTES], dtype="<i2")
     floor = 32768.0 * 10.0 ** (floor_dbfs / 20.0)
-    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > floor)
+    loud = np.flatnonzero(np.abs(pcm_to_int16(pcm).astype(np.int32)) > floor)
     if loud.size == 0:
         return pcm
     start = max(0, int(loud[0]) - int(rate_hz * lead_in_ms / 1000.0))

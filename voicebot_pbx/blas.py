@@ -15,8 +15,6 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-_limiter: object | None = None
-
 
 def limit_blas_threads(threads: int = 1) -> list[dict[str, object]]:
     """Limit every BLAS library loaded in the process (numpy's OpenBLAS, and any other
@@ -24,12 +22,11 @@ def limit_blas_threads(threads: int = 1) -> list[dict[str, object]]:
 
     Applies to the libraries loaded when it runs; call it after numpy is imported (the
     engines' constructors do)."""
-    global _limiter
     import numpy  # noqa: F401  (loads OpenBLAS so that the limit reaches it)
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    # Kept referenced: the limiter restores the original limits only when asked to.
-    _limiter = threadpool_limits(limits=threads, user_api="blas")
+    # The limits stay until restore_original_limits() (or a with-block's exit) is called.
+    threadpool_limits(limits=threads, user_api="blas")
     info: list[dict[str, object]] = [
         dict(pool) for pool in threadpool_info() if pool.get("user_api") == "blas"
     ]
