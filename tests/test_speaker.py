@@ -512,11 +512,11 @@ def test_the_first_audio_after_silence_starts_without_the_voices_lead_in() -> No
     voice = frame(7) * 3
     speaker = Speaker(8000)
     generation = speaker.generation
-    assert speaker.enqueue(quiet + voice, generation)
+    assert speaker.enqueue(quiet + voice, generation, trim_lead_in=True)
     # 10 ms of lead-in kept before the first loud sample, then the voice as it was
     assert speaker.queued_audio_s == pytest.approx(0.010 + 0.060)
     # The next sentence queued behind it keeps its own pause (the line is not silent).
-    assert speaker.enqueue(quiet + voice, generation)
+    assert speaker.enqueue(quiet + voice, generation, trim_lead_in=True)
     assert speaker.queued_audio_s == pytest.approx(0.070 + 0.120)
     speaker.end_segment(generation)
 
@@ -529,7 +529,21 @@ def test_the_first_audio_after_silence_starts_without_the_voices_lead_in() -> No
     assert audio.startswith(b"\x01\x00" * 80 + voice + quiet + voice)
 
 
+def test_streamed_audio_is_not_trimmed_when_the_queue_runs_dry() -> None:
+    # An echo or relay queues 20 ms pieces as they arrive, so the queue is often empty
+    # between them; a piece that starts quiet (a waveform crossing zero) is not a lead-in.
+    speaker = Speaker(8000)
+    piece = b"\x01\x00" * 100 + frame(7)[:120]  # 20 ms: quiet, then loud
+    assert speaker.enqueue(piece, speaker.generation)
+    assert speaker.queued_audio_s == pytest.approx(0.020)
+    assert list(speaker._queue) == [piece]
+    # The same piece as speech on a silent line would have been cut.
+    other = Speaker(8000)
+    assert other.enqueue(piece, other.generation, trim_lead_in=True)
+    assert other.queued_audio_s < 0.020
+
+
 def test_silence_asked_for_on_a_silent_line_is_kept() -> None:
     speaker = Speaker(8000)
-    assert speaker.enqueue(bytes(800), speaker.generation)
+    assert speaker.enqueue(bytes(800), speaker.generation, trim_lead_in=True)
     assert speaker.queued_audio_s == pytest.approx(0.05)

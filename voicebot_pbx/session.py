@@ -642,7 +642,7 @@ class CallSession:
             for text in (self.fallbacks.apology, *(r.text for r in give_up.replies)):
                 pcm = self.tts_cache.get(text, self.rate_hz)
                 if pcm is not None:
-                    self.speaker.enqueue(pcm, generation)
+                    self.speaker.enqueue(pcm, generation, trim_lead_in=True)
             played = asyncio.Event()
             self.speaker.mark(lambda _at: played.set(), generation)
             async with asyncio.timeout(15.0):
@@ -830,7 +830,7 @@ class CallSession:
             for reply in answer.replies:
                 cached = self.tts_cache.get(reply.text, self.rate_hz)
                 if cached is not None:
-                    self.speaker.enqueue(cached, generation)
+                    self.speaker.enqueue(cached, generation, trim_lead_in=True)
                     sources.append("cache")
         turn.reply_source = "+".join(dict.fromkeys(sources))
         if not self.speaker.mark(on_done, generation):
@@ -916,7 +916,7 @@ class CallSession:
         if reply.clip:
             pcm = self.shared.clips.get(reply.clip, self.rate_hz)
             if pcm is not None:
-                self.speaker.enqueue(pcm, generation)
+                self.speaker.enqueue(pcm, generation, trim_lead_in=True)
                 sources.append("clip")
             elif not reply.text:
                 turn.fallbacks.append(f"clip_missing:{reply.clip}")
@@ -930,7 +930,7 @@ class CallSession:
         if cached is not None:
             if turn.tts_first_audio_ms is None:
                 turn.tts_first_audio_ms = 0.0
-            self.speaker.enqueue(cached, generation)
+            self.speaker.enqueue(cached, generation, trim_lead_in=True)
             return "cache"
         voices: list[tuple[str, SpeechSynth]] = [("tts", self.tts)]
         if self.engines.tts_backup is not None:
@@ -949,7 +949,7 @@ class CallSession:
         # No voice could say it: a recorded clip for this intent, if there is one.
         clip = self.shared.clips.get(turn.intent, self.rate_hz) if turn.intent else None
         if clip is not None:
-            self.speaker.enqueue(clip, generation)
+            self.speaker.enqueue(clip, generation, trim_lead_in=True)
             turn.fallbacks.append("tts_clip")
             return "clip"
         return ""
@@ -976,7 +976,7 @@ class CallSession:
                     break
                 if turn.tts_first_audio_ms is None:
                     turn.tts_first_audio_ms = round((loop.time() - started) * 1000.0, 1)
-                if not self.speaker.enqueue(chunk, generation):
+                if not self.speaker.enqueue(chunk, generation, trim_lead_in=True):
                     break
                 chunks.append(chunk)
                 await self.speaker.wait_for_room()

@@ -141,13 +141,16 @@ class Speaker:
         """Seconds of audio ever accepted by ``enqueue`` (a running total)."""
         return self._accepted_bytes / (2 * self._rate_hz)
 
-    def enqueue(self, pcm: bytes, generation: int) -> bool:
-        """Queue PCM at the call's rate; False (nothing queued) if ``generation`` is stale."""
+    def enqueue(self, pcm: bytes, generation: int, *, trim_lead_in: bool = False) -> bool:
+        """Queue PCM at the call's rate; False (nothing queued) if ``generation`` is stale.
+
+        ``trim_lead_in`` is for a whole piece of speech (a sentence, a clip): if the line is
+        silent now, its leading near-silence is cut to 10 ms (Piper starts each sentence with
+        40-60 ms of it, dead air before every reply). Audio streamed in pieces (an echo, a
+        relay) leaves it off: a piece that happens to start quiet is not a lead-in."""
         if generation != self._generation:
             return False
-        if self._queued_frames == 0 and self._reframer.pending_bytes == 0:
-            # The line is silent now: the voice's own lead-in silence (Piper starts each
-            # sentence with 40-60 ms of it) would only delay the first audible frame.
+        if trim_lead_in and not self.busy:
             pcm = trim_leading_silence(pcm, self._rate_hz)
         self._accepted_bytes += len(pcm)
         for frame in self._reframer.feed(pcm):
