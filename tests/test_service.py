@@ -147,6 +147,24 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
     assert by_profile["reminder"].turns[0].reply_source == "cache"
     log_text = (tmp_path / "serve.log").read_text()
     assert "profile_ready" in log_text and "length_scale=1.15" in log_text
+    assert "startup_heap_frozen" in log_text  # before READY: see the test below
+
+
+def test_the_startup_heap_leaves_the_collected_generations() -> None:
+    import gc
+
+    from voicebot_pbx.service import freeze_startup_heap
+
+    alive_at_startup = [object()]
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > 0
+        made_later = [object()]
+        tracked = gc.get_objects()  # generations 0-2: what a full collection walks
+        assert not any(o is alive_at_startup for o in tracked)
+        assert any(o is made_later for o in tracked)
+    finally:
+        gc.unfreeze()
 
 
 # --- profiles over AMI and outbound calls (fake AMI, fake engines, real sockets) ---------
