@@ -85,7 +85,9 @@ def test_barge_in_needs_min_speech_and_the_raised_threshold() -> None:
     barge = [(t, a) for t, a in events if isinstance(a, BargeIn)]
     assert len(barge) == 1
     at, action = barge[0]
-    assert isinstance(action, BargeIn) and at - action.onset_s >= 0.2
+    # Decided on the window that completes 200 ms of speech heard (at = that window's start).
+    assert isinstance(action, BargeIn) and at == action.decided_s
+    assert 0.2 <= at + WINDOW_S - action.onset_s < 0.2 + WINDOW_S
     # The same echo level is speech when the bot is quiet.
     quiet = TurnTaker(config)
     assert any(isinstance(a, UtteranceStarted) for _, a in feed(quiet, [(1.0, 0.55)]))

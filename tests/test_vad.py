@@ -201,7 +201,8 @@ def test_endpointer_start_and_end_times() -> None:
     assert isinstance(started, SpeechStarted) and isinstance(ended, SpeechEnded)
     assert started.at_s == pytest.approx(10 * STEP_S)
     assert ended.speech_end_s == pytest.approx(40 * STEP_S)
-    assert ended.at_s == pytest.approx(56 * STEP_S)  # first window >= 500 ms after 40
+    # The 16th silent window (it starts at 55) completes 512 ms >= 500 ms of silence heard.
+    assert ended.at_s == pytest.approx(55 * STEP_S)
     assert not ep.in_speech
 
 
@@ -212,8 +213,25 @@ def test_endpointer_start_fires_after_min_speech() -> None:
         if ep.update(0.9, i * STEP_S) is not None:
             fired_at = i
             break
-    assert fired_at == 7  # 7 * 32 ms = 224 ms >= 200 ms; 6 * 32 = 192 ms is not
+    assert fired_at == 6  # windows 0-6 are 224 ms of speech >= 200 ms; 0-5 (192 ms) are not
     assert ep.in_speech
+
+
+def test_endpointer_durations_count_whole_windows_heard() -> None:
+    # 160 ms is exactly 5 windows: decided on the 5th (float sums must not push it to the
+    # 6th), and 100 ms of silence on the 4th silent window (128 ms heard; 96 ms is short).
+    ep = Endpointer(min_speech_ms=160, end_silence_ms=100)
+    events = [(i, e) for i, e in enumerate(run(ep, [0.9] * 5)) if e is not None]
+    assert ep.in_speech and len(events) == 1
+    times = {}
+    for i, prob in enumerate([0.1] * 5):
+        event = ep.update(prob, 1.0 + i * STEP_S)
+        if event is not None:
+            times[i] = event
+    assert list(times) == [3]
+    assert times[3] == SpeechEnded(at_s=pytest.approx(1.0 + 3 * STEP_S), speech_end_s=1.0)
+    with pytest.raises(ValueError):
+        Endpointer(window_ms=0)
 
 
 def test_endpointer_drops_short_blip() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from voicebot_pbx.config import VadConfig
-from voicebot_pbx.vad import Endpointer, SpeechEnded, SpeechStarted
+from voicebot_pbx.vad import WINDOW_MS, Endpointer, SpeechEnded, SpeechStarted
 
 # A transcript ending in one of these is probably not the end of what the caller says.
 _CONTINUATION_WORDS = frozenset(
@@ -87,7 +87,11 @@ TurnAction = UtteranceStarted | UtteranceEnded | BargeIn | PauseStarted
 
 
 class TurnTaker:
-    def __init__(self, config: VadConfig) -> None:
+    """``now_s`` everywhere is the start of the latest VAD window (stream time, as
+    ``VadStream.process_timed`` gives it); durations count the audio heard through the end of
+    that window (see ``Endpointer``)."""
+
+    def __init__(self, config: VadConfig, *, window_ms: float = WINDOW_MS) -> None:
         self.config = config
         self._endpointer = Endpointer(
             threshold=config.threshold,
@@ -95,6 +99,7 @@ class TurnTaker:
             min_speech_ms=config.min_speech_ms,
             end_silence_ms=config.end_silence_max_ms,
             lookback_ms=config.lookback_ms,
+            window_ms=window_ms,
         )
         self._turn_id = 0
         self._onset_s: float | None = None
@@ -132,16 +137,13 @@ class TurnTaker:
         else:
             self._endpointer.set_threshold(self.config.threshold, self.config.neg_threshold)
 
-    def pause_s(self, now_s: float) -> float | None:
-        """How long the caller has been silent inside the current utterance."""
-        since_s = self._endpointer.silence_since_s
-        return None if since_s is None else now_s - since_s
-
     def end_turn_early(self, now_s: float) -> UtteranceEnded | None:
         """End the utterance now (the pause is ``end_silence_ms`` long and the transcript
         looks complete); None unless the caller is in such a pause."""
         since_s = self._endpointer.silence_since_s
-        if since_s is None or now_s - since_s < self.config.end_silence_ms / 1000.0:
+        if since_s is None or not self._endpointer.reached(
+            since_s, now_s, self.config.end_silence_ms / 1000.0
+        ):
             return None
         self._endpointer.reset()
         self._onset_s = None
@@ -174,7 +176,9 @@ class TurnTaker:
             and not self._barged
             and self._onset_s is not None
             and self._endpointer.in_speech
-            and now_s - self._onset_s >= self.config.barge_in_min_speech_ms / 1000.0
+            and self._endpointer.reached(
+                self._onset_s, now_s, self.config.barge_in_min_speech_ms / 1000.0
+            )
         ):
             self._barged = True
             actions.append(BargeIn(self._turn_id, self._onset_s, now_s))

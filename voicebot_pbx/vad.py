@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _WINDOW_SAMPLES = {8000: 256, 16000: 512}
+WINDOW_MS = 32.0  # silero's window at both rates
+# Float slack for duration comparisons (5 windows of 0.032 s are 0.15999... s).
+_EPS_S = 1e-6
 _CONTEXT_SAMPLES = {8000: 32, 16000: 64}
 _STATE_SHAPE = (2, 1, 128)
 
@@ -168,8 +171,10 @@ class Endpointer:
     * ``SpeechEnded(at_s=now, speech_end_s=...)`` once silence has lasted
       ``end_silence_ms``; a speech window before that cancels the pending end.
 
-    Durations are differences of window start times, so a decision is taken on the first
-    window whose start is at least the given time after the onset/silence start.
+    Durations count the audio heard: from the start of the run's first window to the end of
+    the current one (``now_s + window_ms``), so a decision is taken on the first window that
+    completes the given time (200 ms of 32 ms windows: the 7th, heard at 224 ms; measuring
+    between window starts waited for the 8th, 56 ms beyond what was configured).
     ``lookback_s`` is how much audio before ``SpeechStarted.at_s`` the caller should keep
     (ring buffer) and hand to STT, since the VAD fires a little after the true onset.
     Thresholds can be changed at run time (e.g. raised while the bot is talking).
@@ -182,18 +187,29 @@ class Endpointer:
         min_speech_ms: int = 250,
         end_silence_ms: int = 700,
         lookback_ms: int = 300,
+        window_ms: float = WINDOW_MS,
     ) -> None:
         self._threshold = 0.5
         self._neg_threshold = 0.35
         self.set_threshold(threshold, neg_threshold)
         if min_speech_ms < 0 or end_silence_ms < 0 or lookback_ms < 0:
             raise ValueError("durations must be >= 0")
+        if window_ms <= 0:
+            raise ValueError("window_ms must be > 0")
+        self.window_s = window_ms / 1000.0
         self.min_speech_s = min_speech_ms / 1000.0
         self.end_silence_s = end_silence_ms / 1000.0
         self.lookback_s = lookback_ms / 1000.0
         self._onset_s: float | None = None
         self._in_speech = False
         self._silence_start_s: float | None = None
+
+    def heard_s(self, since_s: float, now_s: float) -> float:
+        """Audio heard from the window starting at ``since_s`` through the one at ``now_s``."""
+        return now_s + self.window_s - since_s
+
+    def reached(self, since_s: float, now_s: float, duration_s: float) -> bool:
+        return self.heard_s(since_s, now_s) >= duration_s - _EPS_S
 
     @property
     def threshold(self) -> float:
@@ -247,7 +263,7 @@ class Endpointer:
             elif is_silence:
                 self._onset_s = None  # a blip shorter than min_speech: drop it
                 return None
-            if now_s - self._onset_s >= self.min_speech_s:
+            if self.reached(self._onset_s, now_s, self.min_speech_s):
                 self._in_speech = True
                 self._silence_start_s = None
                 return SpeechStarted(at_s=self._onset_s)
@@ -259,7 +275,7 @@ class Endpointer:
         if is_silence:
             if self._silence_start_s is None:
                 self._silence_start_s = now_s
-            if now_s - self._silence_start_s >= self.end_silence_s:
+            if self.reached(self._silence_start_s, now_s, self.end_silence_s):
                 ended = SpeechEnded(at_s=now_s, speech_end_s=self._silence_start_s)
                 self.reset()
                 return ended
