@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -194,6 +195,7 @@ def main() -> int:
     parser.add_argument(
         "--stt-threads", type=int, help="the server's [stt] cpu_threads (default: its default)"
     )
+    parser.add_argument("--server-log", type=Path, help="keep a copy of the server's JSON log here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         proc, port, _log = start_server(Path(tmp), args.stt_threads)
@@ -236,6 +238,8 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+            if args.server_log is not None:
+                shutil.copyfile(_log, args.server_log)
     stt_threads = args.stt_threads or SttConfig().cpu_threads
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

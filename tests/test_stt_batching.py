@@ -168,6 +168,46 @@ def test_batcher_groups_queued_requests_and_isolates_failures() -> None:
         batcher.submit(b"closed", 8000)
 
 
+def test_batcher_takes_urgent_requests_before_speculative_ones() -> None:
+    """A turn that has ended (a caller waits) is decoded before speculative decodes queued
+    earlier by other calls; each kind keeps its order."""
+    rounds: list[list[bytes]] = []
+    release = threading.Event()
+
+    def run_batch(batch: list[_Request]) -> None:
+        rounds.append([r.pcm for r in batch])
+        if batch[0].pcm == b"block":
+            release.wait(5.0)
+        for r in batch:
+            r.future.set_result(SttResult(r.pcm.decode(), 1.0))
+
+    batcher = WhisperBatcher(run_batch, max_batch=2)
+    try:
+        first = batcher.submit(b"block", 8000)
+        while not rounds:
+            threading.Event().wait(0.005)
+        futures = [
+            batcher.submit(b"spec1", 8000),
+            batcher.submit(b"spec2", 8000),
+            batcher.submit(b"final1", 8000, urgent=True),
+            batcher.submit(b"spec3", 8000),
+            batcher.submit(b"final2", 8000, urgent=True),
+        ]
+        assert batcher.pending == 5
+        release.set()
+        first.result(5.0)
+        assert [f.result(5.0).text for f in futures] == [
+            "spec1",
+            "spec2",
+            "final1",
+            "spec3",
+            "final2",
+        ]
+        assert rounds[1:] == [[b"final1", b"final2"], [b"spec1", b"spec2"], [b"spec3"]]
+    finally:
+        batcher.close()
+
+
 @pytest.mark.models
 @pytest.mark.slow
 def test_burst_of_transcriptions_leaves_another_calls_pacing_intact(

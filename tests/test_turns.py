@@ -180,6 +180,7 @@ def test_cached_reply_latency_is_short_silence_plus_stt() -> None:
     # transcript took 100 ms, so it was ready), then the next 20 ms tick.
     assert first - speech_end == pytest.approx(0.2 + 0.032, abs=0.045)
     assert first - speech_end < 0.35
+    assert session.speculations_dropped == 0  # the decode at the pause was the answer
 
 
 def test_incomplete_phrase_waits_for_the_rest() -> None:
@@ -193,6 +194,20 @@ def test_incomplete_phrase_waits_for_the_rest() -> None:
     assert speech_turns[0].reply_text == "Thanks, got your account."
     # No bot audio while the caller paused mid-sentence (after the greeting ended).
     assert not [t for t in media.voiced_times() if 4.0 < t < 5.25]
+
+
+def test_a_speculative_decode_is_dropped_when_the_caller_speaks_on() -> None:
+    # A slow engine (400 ms a decode, as when many calls queue for it): the decode started
+    # at the 150 ms mid-sentence pause would only be thrown away, so it is cancelled before
+    # it runs; the one at the real end of the turn serves the answer.
+    shared = make_shared(stt_delay_s=0.4)
+    part1 = tone(1.0, 8000, ACCOUNT)
+    part2 = tone(0.8, 8000, DIGITS)
+    media, session = run_virtual(timeline(shared, [(3.0, part1), (4.15, part2)], until_s=8.0))
+    speech_turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in speech_turns] == ["my account number is one two three"]
+    assert session.speculations_dropped == 1
+    assert shared.engines.stt.decodes == 1  # type: ignore[attr-defined]
 
 
 def test_barge_in_silences_the_bot_within_a_frame_and_nothing_stale_follows() -> None:

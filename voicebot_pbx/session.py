@@ -134,6 +134,10 @@ class CallSession:
         # The utterance so far (for speculative transcription at pauses).
         self._utterance_pcm = bytearray()
         self._speculation: _Speculation | None = None
+        # The speculative decode in flight: cancelled when the caller speaks on (dropped
+        # unstarted from the engine's queue, so a busy engine does not decode stale audio).
+        self._speculating: asyncio.Future[SttResult | None] | None = None
+        self.speculations_dropped = 0
         transcribe = getattr(shared.engines.stt, "transcribe", None)
         self._batch: BatchTranscriber | None = shared.engines.stt if callable(transcribe) else None  # type: ignore[assignment]
         # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
@@ -321,7 +325,11 @@ class CallSession:
                 case CallEnded(reason, _at_s):
                     if not self.record.end_reason:
                         self.record.end_reason = reason
-                    log.info("session_ended", reason=self.record.end_reason)
+                    log.info(
+                        "session_ended",
+                        reason=self.record.end_reason,
+                        speculations_dropped=self.speculations_dropped,
+                    )
                     return
 
     # --- audio in ----------------------------------------------------------------------
@@ -349,7 +357,20 @@ class CallSession:
             self._last_frame_at = event.at_s
             for action in self.turns.on_vad(prob, window_start_s):
                 self._apply(action, event.at_s)
+            self._drop_stale_speculation()
             self._maybe_end_early()
+
+    def _drop_stale_speculation(self) -> None:
+        """The caller spoke on after the pause the speculative decode is for (or a new
+        utterance began): its transcript can only be discarded, so stop waiting for it."""
+        spec = self._speculating
+        if (
+            spec is not None
+            and not spec.done()
+            and self._utterance_open
+            and not self.turns.in_pause
+        ):
+            spec.cancel()
 
     def _looks_like_echo(self, pcm: bytes) -> bool:
         """While the bot talks: audio well below its own level that matches what it said
@@ -463,11 +484,20 @@ class CallSession:
     ) -> None:
         match item:
             case _Speculate(turn_id, pause_id, pcm):
-                if self._is_stale_pause(turn_id, pause_id):
+                if self._is_stale_pause(turn_id, pause_id) or not self.turns.in_pause:
                     return
                 assert self._batch is not None
-                batch = self._batch
-                result = await self._batch_transcribe(batch, pcm)
+                decode = asyncio.ensure_future(self._batch_transcribe(self._batch, pcm))
+                self._speculating = decode
+                try:
+                    await asyncio.wait({decode})
+                finally:
+                    self._speculating = None
+                    decode.cancel()  # a no-op once done; else this worker is being cancelled
+                if decode.cancelled():
+                    self.speculations_dropped += 1
+                    return
+                result = decode.result()
                 if result is not None:
                     self._speculation = _Speculation(turn_id, pause_id, result)
                     self._maybe_end_early()
@@ -478,7 +508,7 @@ class CallSession:
                 elif self._batch is not None:
                     batch = self._batch
                     pcm = bytes(self._utterance_pcm)
-                    result = await self._batch_transcribe(batch, pcm)
+                    result = await self._batch_transcribe(batch, pcm, urgent=True)
                 elif self.stt is not None:
                     result = await self._stt_call(self.stt.finish)
                 else:
@@ -492,15 +522,18 @@ class CallSession:
     def _is_stale_pause(self, turn_id: int, pause_id: int) -> bool:
         return (turn_id, pause_id) != (self.turns.turn_id, self.turns.pause_id)
 
-    async def _batch_transcribe(self, batch: BatchTranscriber, pcm: bytes) -> SttResult | None:
+    async def _batch_transcribe(
+        self, batch: BatchTranscriber, pcm: bytes, *, urgent: bool = False
+    ) -> SttResult | None:
         """A whole utterance: awaited from the engine's own batching inference thread when it
-        has ``transcribe_async`` (Whisper), else run in the shared pool."""
+        has ``transcribe_async`` (Whisper), else run in the shared pool. ``urgent``: the
+        turn has ended (decoded before other calls' speculative requests)."""
         transcribe_async = getattr(batch, "transcribe_async", None)
         if transcribe_async is None:
             return await self._stt_call(functools.partial(batch.transcribe, pcm, self.rate_hz))
         try:
             async with asyncio.timeout(self.config.stt.timeout_s):
-                result: SttResult = await transcribe_async(pcm, self.rate_hz)
+                result: SttResult = await transcribe_async(pcm, self.rate_hz, urgent=urgent)
                 return result
         except TimeoutError:
             log.warning("stt_timeout", timeout_s=self.config.stt.timeout_s)

@@ -158,8 +158,11 @@ class WhisperBatcher:
     weights are read once per token step for the whole batch, which is where batching saves
     most). Nothing waits for a batch to fill unless ``batch_wait_s`` > 0: under light load
     every request is decoded at once, alone; under load the requests that queued during the
-    previous round go together. A cancelled future (the caller timed out) is skipped if it
-    has not started.
+    previous round go together. A cancelled future (the caller timed out, or a speculative
+    decode went stale because the caller spoke on) is skipped if it has not started.
+    ``urgent`` requests (a turn has ended: a caller is waiting for the answer) are taken
+    before speculative ones (decodes at a pause that may yet be discarded), each kind
+    oldest first.
 
     The event loop only ever appends to a deque under a lock: resampling, feature
     extraction and inference all happen on this thread, so a burst of utterances from many
@@ -181,7 +184,8 @@ class WhisperBatcher:
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
         self._name = name
-        self._queue: deque[_Request] = deque()
+        self._urgent: deque[_Request] = deque()
+        self._speculative: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -189,9 +193,9 @@ class WhisperBatcher:
     @property
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue)
+            return self._queued()
 
-    def submit(self, pcm: bytes, rate_hz: int) -> Future[SttResult]:
+    def submit(self, pcm: bytes, rate_hz: int, *, urgent: bool = False) -> Future[SttResult]:
         future: Future[SttResult] = Future()
         request = _Request(pcm, rate_hz, future, time.monotonic())
         with self._cond:
@@ -200,7 +204,7 @@ class WhisperBatcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
                 self._thread.start()
-            self._queue.append(request)
+            (self._urgent if urgent else self._speculative).append(request)
             self._cond.notify()
         return future
 
@@ -208,8 +212,9 @@ class WhisperBatcher:
         """Stop the thread; requests still queued fail with ``RuntimeError``."""
         with self._cond:
             self._closed = True
-            left = list(self._queue)
-            self._queue.clear()
+            left = [*self._urgent, *self._speculative]
+            self._urgent.clear()
+            self._speculative.clear()
             self._cond.notify_all()
             thread = self._thread
         for request in left:
@@ -218,24 +223,29 @@ class WhisperBatcher:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
 
+    def _queued(self) -> int:
+        return len(self._urgent) + len(self._speculative)
+
     def _take(self) -> list[_Request] | None:
         with self._cond:
-            while not self._queue and not self._closed:
+            while not self._queued() and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return None
-            if self.batch_wait_s > 0 and len(self._queue) < self.max_batch:
-                deadline = self._queue[0].submitted_at + self.batch_wait_s
-                while len(self._queue) < self.max_batch and not self._closed:
+            if self.batch_wait_s > 0 and self._queued() < self.max_batch:
+                oldest = min(q[0].submitted_at for q in (self._urgent, self._speculative) if q)
+                deadline = oldest + self.batch_wait_s
+                while self._queued() < self.max_batch and not self._closed:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
             batch: list[_Request] = []
-            while self._queue and len(batch) < self.max_batch:
-                request = self._queue.popleft()
-                if request.future.set_running_or_notify_cancel():  # False: cancelled
-                    batch.append(request)
+            for queue in (self._urgent, self._speculative):
+                while queue and len(batch) < self.max_batch:
+                    request = queue.popleft()
+                    if request.future.set_running_or_notify_cancel():  # False: cancelled
+                        batch.append(request)
             return batch
 
     def _loop(self) -> None:
@@ -367,18 +377,22 @@ class WhisperEngine:
     def new_stream(self, rate_hz: int) -> WhisperStream:
         return WhisperStream(self, rate_hz)
 
-    def submit(self, pcm: bytes, rate_hz: int) -> Future[SttResult]:
-        """Queue one whole utterance (int16 mono PCM at ``rate_hz``); never blocks."""
-        return self.batcher.submit(pcm, rate_hz)
+    def submit(self, pcm: bytes, rate_hz: int, *, urgent: bool = False) -> Future[SttResult]:
+        """Queue one whole utterance (int16 mono PCM at ``rate_hz``); never blocks.
+        ``urgent``: a caller waits for it (decoded before speculative requests)."""
+        return self.batcher.submit(pcm, rate_hz, urgent=urgent)
 
     def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
         """Transcribe one whole utterance, blocking the calling thread (not the loop's!)."""
         return self.submit(pcm, rate_hz).result()
 
-    async def transcribe_async(self, pcm: bytes, rate_hz: int) -> SttResult:
+    async def transcribe_async(
+        self, pcm: bytes, rate_hz: int, *, urgent: bool = False
+    ) -> SttResult:
         """Transcribe one whole utterance without blocking the event loop. Cancelling the
-        await (e.g. a timeout) drops the request if its batch has not started yet."""
-        return await asyncio.wrap_future(self.submit(pcm, rate_hz))
+        await (a timeout, a stale speculation) drops the request if its batch has not
+        started yet."""
+        return await asyncio.wrap_future(self.submit(pcm, rate_hz, urgent=urgent))
 
     def close(self) -> None:
         self.batcher.close()

@@ -121,6 +121,11 @@ class TurnTaker:
         return self._endpointer.in_speech
 
     @property
+    def in_pause(self) -> bool:
+        """Inside an utterance, the caller is silent (a pause that may end the turn)."""
+        return self._endpointer.silence_since_s is not None
+
+    @property
     def bot_speaking(self) -> bool:
         return self._bot_speaking
 
