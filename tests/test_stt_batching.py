@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import pytest
@@ -126,10 +126,9 @@ def test_short_window_loop_is_retried_on_the_10s_window_before_the_full_one(
     assert {"speak", "agent"} <= words(result.text), result.text
 
 
-def test_batcher_groups_queued_requests_and_isolates_failures() -> None:
-    """Pure batcher behaviour with a fake model: requests queued while a round runs go
-    together (up to max_batch); a cancelled request is skipped; a failing round fails only
-    its own requests and the thread goes on."""
+def fake_model() -> tuple[list[list[bytes]], threading.Event, Callable[[list[_Request]], None]]:
+    """A model for the batcher: records each round's inputs, echoes them as transcripts;
+    a round starting with b"block" waits for the event, one with b"boom" fails."""
     rounds: list[list[bytes]] = []
     release = threading.Event()
 
@@ -142,11 +141,26 @@ def test_batcher_groups_queued_requests_and_isolates_failures() -> None:
         for r in batch:
             r.future.set_result(SttResult(r.pcm.decode(), 1.0))
 
+    return rounds, release, run_batch
+
+
+def hold_the_thread(batcher: WhisperBatcher, rounds: list[list[bytes]]) -> Future[SttResult]:
+    """Submit b"block" and wait until the thread has taken it alone: what is submitted next
+    queues until the event is set."""
+    first = batcher.submit(b"block", 8000)
+    while not rounds:
+        threading.Event().wait(0.005)
+    return first
+
+
+def test_batcher_groups_queued_requests_and_isolates_failures() -> None:
+    """Pure batcher behaviour with a fake model: requests queued while a round runs go
+    together (up to max_batch); a cancelled request is skipped; a failing round fails only
+    its own requests and the thread goes on."""
+    rounds, release, run_batch = fake_model()
     batcher = WhisperBatcher(run_batch, max_batch=3)
     try:
-        first = batcher.submit(b"block", 8000)
-        while not rounds:  # the thread has taken "block" alone
-            threading.Event().wait(0.005)
+        first = hold_the_thread(batcher, rounds)
         queued: list[Future[SttResult]] = [batcher.submit(f"u{i}".encode(), 8000) for i in range(5)]
         queued[1].cancel()  # a caller timed out before its round started
         release.set()
@@ -171,21 +185,10 @@ def test_batcher_groups_queued_requests_and_isolates_failures() -> None:
 def test_batcher_takes_urgent_requests_before_speculative_ones() -> None:
     """A turn that has ended (a caller waits) is decoded before speculative decodes queued
     earlier by other calls; each kind keeps its order."""
-    rounds: list[list[bytes]] = []
-    release = threading.Event()
-
-    def run_batch(batch: list[_Request]) -> None:
-        rounds.append([r.pcm for r in batch])
-        if batch[0].pcm == b"block":
-            release.wait(5.0)
-        for r in batch:
-            r.future.set_result(SttResult(r.pcm.decode(), 1.0))
-
+    rounds, release, run_batch = fake_model()
     batcher = WhisperBatcher(run_batch, max_batch=2)
     try:
-        first = batcher.submit(b"block", 8000)
-        while not rounds:
-            threading.Event().wait(0.005)
+        first = hold_the_thread(batcher, rounds)
         futures = [
             batcher.submit(b"spec1", 8000),
             batcher.submit(b"spec2", 8000),
