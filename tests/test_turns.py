@@ -210,6 +210,19 @@ def test_a_speculative_decode_is_dropped_when_the_caller_speaks_on() -> None:
     assert shared.engines.stt.decodes == 1  # type: ignore[attr-defined]
 
 
+def test_words_transcribed_after_the_caller_spoke_again_open_the_next_turn() -> None:
+    # A slow engine (1.2 s a decode): "what are your opening hours", a pause long enough to
+    # end the turn (700 ms), then "agent please now" starts before the first transcript is
+    # back. Nothing had been answered, so the first words lead the next turn's transcript
+    # (they were dropped), and the first turn is decoded from its own audio.
+    shared = make_shared(stt_delay_s=1.2)
+    first = tone(1.0, 8000, HOURS)
+    second = tone(0.8, 8000, AGENT)
+    media, session = run_virtual(timeline(shared, [(3.0, first), (4.85, second)], until_s=10.0))
+    speech_turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in speech_turns] == ["what are your opening hours agent please now"]
+
+
 def test_barge_in_silences_the_bot_within_a_frame_and_nothing_stale_follows() -> None:
     shared = make_shared()
     question = tone(1.0, 8000, TARIFF)

@@ -84,6 +84,7 @@ class _Finish:
     turn_id: int
     pause_id: int
     speech_end_at: float  # loop time
+    pcm: bytes = b""  # the whole utterance (batch engines): the next one may start meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ class CallSession:
         self._speculation: _Speculation | None = None
         # The speculative decode in flight: cancelled when the caller speaks on (dropped
         # unstarted from the engine's queue, so a busy engine does not decode stale audio).
-        self._speculating: asyncio.Future[SttResult | None] | None = None
+        self._speculating: tuple[int, asyncio.Future[SttResult | None]] | None = None
         self.speculations_dropped = 0
         transcribe = getattr(shared.engines.stt, "transcribe", None)
         self._batch: BatchTranscriber | None = shared.engines.stt if callable(transcribe) else None  # type: ignore[assignment]
@@ -361,16 +362,14 @@ class CallSession:
             self._maybe_end_early()
 
     def _drop_stale_speculation(self) -> None:
-        """The caller spoke on after the pause the speculative decode is for (or a new
-        utterance began): its transcript can only be discarded, so stop waiting for it."""
-        spec = self._speculating
-        if (
-            spec is not None
-            and not spec.done()
-            and self._utterance_open
-            and not self.turns.in_pause
-        ):
-            spec.cancel()
+        """The caller spoke on after the pause the speculative decode is for: its transcript
+        can only be discarded, so stop waiting for it."""
+        if self._speculating is None:
+            return
+        turn_id, decode = self._speculating
+        # Only while its turn is open: once the turn has ended, its _Finish will use it.
+        if turn_id == self.turns.turn_id and self._utterance_open and not self.turns.in_pause:
+            decode.cancel()
 
     def _looks_like_echo(self, pcm: bytes) -> bool:
         """While the bot talks: audio well below its own level that matches what it said
@@ -430,7 +429,9 @@ class CallSession:
             case UtteranceEnded(turn_id, speech_end_s, _decided_s):
                 self._utterance_open = False
                 speech_end_at = self._to_loop_time(speech_end_s, frame_at)
-                self._put_stt(_Finish(turn_id, self.turns.pause_id, speech_end_at))
+                pcm = bytes(self._utterance_pcm)
+                self._utterance_pcm.clear()
+                self._put_stt(_Finish(turn_id, self.turns.pause_id, speech_end_at, pcm))
             case PauseStarted(turn_id, pause_id, _since_s):
                 if self._batch is not None:
                     self._put_stt(_Speculate(turn_id, pause_id, bytes(self._utterance_pcm)))
@@ -488,7 +489,7 @@ class CallSession:
                     return
                 assert self._batch is not None
                 decode = asyncio.ensure_future(self._batch_transcribe(self._batch, pcm))
-                self._speculating = decode
+                self._speculating = (turn_id, decode)
                 try:
                     await asyncio.wait({decode})
                 finally:
@@ -501,20 +502,17 @@ class CallSession:
                 if result is not None:
                     self._speculation = _Speculation(turn_id, pause_id, result)
                     self._maybe_end_early()
-            case _Finish(turn_id, pause_id, speech_end_at):
+            case _Finish(turn_id, pause_id, speech_end_at, pcm):
                 spec = self._speculation
                 if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
                     result = spec.result
                 elif self._batch is not None:
-                    batch = self._batch
-                    pcm = bytes(self._utterance_pcm)
-                    result = await self._batch_transcribe(batch, pcm, urgent=True)
+                    result = await self._batch_transcribe(self._batch, pcm, urgent=True)
                 elif self.stt is not None:
                     result = await self._stt_call(self.stt.finish)
                 else:
                     result = None
                 self._speculation = None
-                self._utterance_pcm.clear()
                 self._on_transcript(
                     turn_id, result or SttResult("", None), speech_end_at, loop.time()
                 )
@@ -552,7 +550,12 @@ class CallSession:
         self, turn_id: int, result: SttResult, speech_end_at: float, now: float
     ) -> None:
         if turn_id != self.turns.turn_id or self._utterance_open:
-            log.debug("stale_transcript", turn_id=turn_id)
+            # The caller spoke again before this turn's words were transcribed: nothing was
+            # answered yet, so they open the next turn's transcript instead of being lost.
+            words = result.text.strip()
+            if words:
+                self._carry_text = " ".join(p for p in (self._carry_text, words) if p)
+            log.debug("late_transcript_carried", turn_id=turn_id, carried=bool(words))
             return
         text = " ".join(part for part in (self._carry_text, result.text.strip()) if part)
         self._carry_text = ""
