@@ -223,6 +223,23 @@ def test_words_transcribed_after_the_caller_spoke_again_open_the_next_turn() -> 
     assert [t.transcript for t in speech_turns] == ["what are your opening hours agent please now"]
 
 
+def test_each_turn_is_decoded_from_its_own_audio_when_the_engine_lags_behind() -> None:
+    # 2.5 s a decode: three short utterances end before the first decode is back, so the
+    # second and third turns are decoded after the next utterance has begun (no speculation
+    # of theirs ran). Each decode must read the audio of its own turn.
+    shared = make_shared(stt_delay_s=2.5)
+    script: list[tuple[float, bytes | str]] = [
+        (3.0, tone(0.5, 8000, HOURS)),
+        (4.3, tone(0.4, 8000, AGENT)),
+        (5.5, tone(0.5, 8000, TARIFF)),
+    ]
+    media, session = run_virtual(timeline(shared, script, until_s=14.0))
+    speech_turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in speech_turns] == [
+        "what are your opening hours agent please now tell me about tariffs"
+    ]
+
+
 def test_barge_in_silences_the_bot_within_a_frame_and_nothing_stale_follows() -> None:
     shared = make_shared()
     question = tone(1.0, 8000, TARIFF)
