@@ -196,16 +196,22 @@ def test_incomplete_phrase_waits_for_the_rest() -> None:
     assert not [t for t in media.voiced_times() if 4.0 < t < 5.25]
 
 
+def speech_transcripts(
+    shared: Shared, said: list[tuple[float, bytes]], until_s: float
+) -> tuple[list[str], CallSession]:
+    """The transcripts of the call's speech turns, in order (and the session)."""
+    _, session = run_virtual(timeline(shared, list(said), until_s=until_s))
+    return [t.transcript for t in session.record.turns if t.kind == "speech"], session
+
+
 def test_a_speculative_decode_is_dropped_when_the_caller_speaks_on() -> None:
     # A slow engine (400 ms a decode, as when many calls queue for it): the decode started
     # at the 150 ms mid-sentence pause would only be thrown away, so it is cancelled before
     # it runs; the one at the real end of the turn serves the answer.
     shared = make_shared(stt_delay_s=0.4)
-    part1 = tone(1.0, 8000, ACCOUNT)
-    part2 = tone(0.8, 8000, DIGITS)
-    media, session = run_virtual(timeline(shared, [(3.0, part1), (4.15, part2)], until_s=8.0))
-    speech_turns = [t for t in session.record.turns if t.kind == "speech"]
-    assert [t.transcript for t in speech_turns] == ["my account number is one two three"]
+    said = [(3.0, tone(1.0, 8000, ACCOUNT)), (4.15, tone(0.8, 8000, DIGITS))]
+    transcripts, session = speech_transcripts(shared, said, until_s=8.0)
+    assert transcripts == ["my account number is one two three"]
     assert session.speculations_dropped == 1
     assert shared.engines.stt.decodes == 1  # type: ignore[attr-defined]
 
@@ -215,29 +221,22 @@ def test_words_transcribed_after_the_caller_spoke_again_open_the_next_turn() -> 
     # end the turn (700 ms), then "agent please now" starts before the first transcript is
     # back. Nothing had been answered, so the first words lead the next turn's transcript
     # (they were dropped), and the first turn is decoded from its own audio.
-    shared = make_shared(stt_delay_s=1.2)
-    first = tone(1.0, 8000, HOURS)
-    second = tone(0.8, 8000, AGENT)
-    media, session = run_virtual(timeline(shared, [(3.0, first), (4.85, second)], until_s=10.0))
-    speech_turns = [t for t in session.record.turns if t.kind == "speech"]
-    assert [t.transcript for t in speech_turns] == ["what are your opening hours agent please now"]
+    said = [(3.0, tone(1.0, 8000, HOURS)), (4.85, tone(0.8, 8000, AGENT))]
+    transcripts, _ = speech_transcripts(make_shared(stt_delay_s=1.2), said, until_s=10.0)
+    assert transcripts == ["what are your opening hours agent please now"]
 
 
 def test_each_turn_is_decoded_from_its_own_audio_when_the_engine_lags_behind() -> None:
     # 2.5 s a decode: three short utterances end before the first decode is back, so the
     # second and third turns are decoded after the next utterance has begun (no speculation
     # of theirs ran). Each decode must read the audio of its own turn.
-    shared = make_shared(stt_delay_s=2.5)
-    script: list[tuple[float, bytes | str]] = [
+    said = [
         (3.0, tone(0.5, 8000, HOURS)),
         (4.3, tone(0.4, 8000, AGENT)),
         (5.5, tone(0.5, 8000, TARIFF)),
     ]
-    media, session = run_virtual(timeline(shared, script, until_s=14.0))
-    speech_turns = [t for t in session.record.turns if t.kind == "speech"]
-    assert [t.transcript for t in speech_turns] == [
-        "what are your opening hours agent please now tell me about tariffs"
-    ]
+    transcripts, _ = speech_transcripts(make_shared(stt_delay_s=2.5), said, until_s=14.0)
+    assert transcripts == ["what are your opening hours agent please now tell me about tariffs"]
 
 
 def test_barge_in_silences_the_bot_within_a_frame_and_nothing_stale_follows() -> None:
