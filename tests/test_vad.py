@@ -221,15 +221,11 @@ def test_endpointer_durations_count_whole_windows_heard() -> None:
     # 160 ms is exactly 5 windows: decided on the 5th (float sums must not push it to the
     # 6th), and 100 ms of silence on the 4th silent window (128 ms heard; 96 ms is short).
     ep = Endpointer(min_speech_ms=160, end_silence_ms=100)
-    events = [(i, e) for i, e in enumerate(run(ep, [0.9] * 5)) if e is not None]
-    assert ep.in_speech and len(events) == 1
-    times = {}
-    for i, prob in enumerate([0.1] * 5):
-        event = ep.update(prob, 1.0 + i * STEP_S)
-        if event is not None:
-            times[i] = event
-    assert list(times) == [3]
-    assert times[3] == SpeechEnded(at_s=pytest.approx(1.0 + 3 * STEP_S), speech_end_s=1.0)
+    assert list(run(ep, [0.9] * 5)) == [SpeechStarted(at_s=0.0)]
+    # Silence from 1.0 s: the 4th silent window starts at 1.0 + 3 windows.
+    assert list(run(ep, [0.1] * 5, t0=1.0)) == [
+        SpeechEnded(at_s=pytest.approx(1.0 + 3 * STEP_S), speech_end_s=1.0)
+    ]
     with pytest.raises(ValueError):
         Endpointer(window_ms=0)
 

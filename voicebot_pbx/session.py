@@ -84,7 +84,7 @@ class _Finish:
     turn_id: int
     pause_id: int
     speech_end_at: float  # loop time
-    pcm: bytes = b""  # the whole utterance (batch engines): the next one may start meanwhile
+    pcm: bytes  # the whole utterance (batch engines): the next one may start meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -549,15 +549,13 @@ class CallSession:
     def _on_transcript(
         self, turn_id: int, result: SttResult, speech_end_at: float, now: float
     ) -> None:
+        text = " ".join(part for part in (self._carry_text, result.text.strip()) if part)
         if turn_id != self.turns.turn_id or self._utterance_open:
             # The caller spoke again before this turn's words were transcribed: nothing was
             # answered yet, so they open the next turn's transcript instead of being lost.
-            words = result.text.strip()
-            if words:
-                self._carry_text = " ".join(p for p in (self._carry_text, words) if p)
-            log.debug("late_transcript_carried", turn_id=turn_id, carried=bool(words))
+            self._carry_text = text
+            log.debug("late_transcript_carried", turn_id=turn_id, carried=bool(result.text.strip()))
             return
-        text = " ".join(part for part in (self._carry_text, result.text.strip()) if part)
         self._carry_text = ""
         turn = TurnRecord(
             turn_id=turn_id,

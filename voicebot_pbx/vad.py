@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 _WINDOW_SAMPLES = {8000: 256, 16000: 512}
-WINDOW_MS = 32.0  # silero's window at both rates
+WINDOW_MS = 1000.0 * _WINDOW_SAMPLES[8000] / 8000  # silero's window: 32 ms at both rates
 # Float slack for duration comparisons (5 windows of 0.032 s are 0.15999... s).
 _EPS_S = 1e-6
 _CONTEXT_SAMPLES = {8000: 32, 16000: 64}
@@ -204,12 +204,10 @@ class Endpointer:
         self._in_speech = False
         self._silence_start_s: float | None = None
 
-    def heard_s(self, since_s: float, now_s: float) -> float:
-        """Audio heard from the window starting at ``since_s`` through the one at ``now_s``."""
-        return now_s + self.window_s - since_s
-
     def reached(self, since_s: float, now_s: float, duration_s: float) -> bool:
-        return self.heard_s(since_s, now_s) >= duration_s - _EPS_S
+        """The audio heard from the window starting at ``since_s`` through the one at
+        ``now_s`` lasts at least ``duration_s``."""
+        return now_s + self.window_s - since_s >= duration_s - _EPS_S
 
     @property
     def threshold(self) -> float:
