@@ -239,6 +239,20 @@ def test_each_turn_is_decoded_from_its_own_audio_when_the_engine_lags_behind() -
     assert transcripts == ["what are your opening hours agent please now tell me about tariffs"]
 
 
+@pytest.mark.parametrize("gap_s", [0.25, 0.3])
+def test_the_next_utterance_does_not_reach_back_into_the_previous_one(gap_s: float) -> None:
+    # "what are your opening hours" is answered at the short silence; the caller cuts in
+    # with "agent please now" 250-300 ms after finishing, less than the 300 ms lookback kept
+    # before an onset. The lookback stops where the previous speech ended: the new turn's
+    # transcript does not repeat the question (it did, so the caller got the hours again
+    # instead of an agent).
+    said = [(3.0, tone(1.0, 8000, HOURS)), (4.0 + gap_s, tone(0.8, 8000, AGENT))]
+    _, session = speech_transcripts(make_shared(stt_delay_s=0.1), said, until_s=8.0)
+    turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in turns] == [PHRASES[HOURS], PHRASES[AGENT]]
+    assert turns[0].barged_in and turns[1].reply_text == "Transferring you."
+
+
 def test_barge_in_silences_the_bot_within_a_frame_and_nothing_stale_follows() -> None:
     shared = make_shared()
     question = tone(1.0, 8000, TARIFF)

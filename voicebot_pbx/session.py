@@ -144,6 +144,9 @@ class CallSession:
         # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
         self._recent: deque[tuple[float, bytes]] = deque(maxlen=100)
         self._fed_s = 0.0
+        # Where the last utterance's speech ended (VAD stream time): the next utterance's
+        # lookback stops there, so its transcript never repeats the previous words.
+        self._last_speech_end_s = 0.0
         self._last_window_s = 0.0
         self._last_frame_at = 0.0
         self._reply_task: asyncio.Task[None] | None = None
@@ -417,10 +420,10 @@ class CallSession:
                 self._utterance_open = True
                 self._utterance_pcm.clear()
                 self._speculation = None
-                start_s = onset_s - self.config.vad.lookback_ms / 1000.0
-                for end_s, pcm in self._recent:
-                    if end_s > start_s:
-                        self._feed_stt(pcm)
+                lookback_s = self.config.vad.lookback_ms / 1000.0
+                self._feed_stt(
+                    self._heard_since(max(onset_s - lookback_s, self._last_speech_end_s))
+                )
                 if self._reply_task is not None and not self._reply_started:
                     # The caller went on talking before we answered: answer the whole thing.
                     self._carry_text = self._reply_turn.transcript if self._reply_turn else ""
@@ -428,6 +431,7 @@ class CallSession:
                 log.debug("utterance_started", turn_id=turn_id)
             case UtteranceEnded(turn_id, speech_end_s, _decided_s):
                 self._utterance_open = False
+                self._last_speech_end_s = speech_end_s
                 speech_end_at = self._to_loop_time(speech_end_s, frame_at)
                 pcm = bytes(self._utterance_pcm)
                 self._utterance_pcm.clear()
@@ -449,7 +453,19 @@ class CallSession:
                     played_s = self._last_frame_at - self._reply_first_frame_at
                     interrupted.played_ms = round(played_s * 1000.0, 1)
 
+    def _heard_since(self, start_s: float) -> bytes:
+        """The recent caller audio from stream time ``start_s`` on, cut to the sample."""
+        pieces: list[bytes] = []
+        for end_s, pcm in self._recent:
+            # Whole samples after start_s (rounded: frame times are sums of 0.02 s).
+            keep = round((end_s - start_s) * self.rate_hz)
+            if keep > 0:
+                pieces.append(pcm[-2 * keep :] if 2 * keep < len(pcm) else pcm)
+        return b"".join(pieces)
+
     def _feed_stt(self, pcm: bytes) -> None:
+        if not pcm:
+            return
         if self._batch is not None:
             self._utterance_pcm += pcm
         else:
