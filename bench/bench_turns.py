@@ -88,13 +88,16 @@ def free_port() -> int:
 
 
 def start_server(
-    workdir: Path, stt_threads: int | None = None
+    workdir: Path, stt_threads: int | None = None, stt_settings: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = free_port()
     config = workdir / "bench.toml"
     text = CONFIG.format(state=workdir / "state", port=port, long=LONG_REPLY)
+    settings = list(stt_settings)
     if stt_threads is not None:  # else the service's default
-        text += f"[stt]\ncpu_threads = {stt_threads}\n"
+        settings.append(f"cpu_threads = {stt_threads}")
+    if settings:
+        text += "[stt]\n" + "".join(f"{line}\n" for line in settings)
     config.write_text(text)
     log_path = workdir / "server.log"
     proc = subprocess.Popen(
@@ -195,10 +198,17 @@ def main() -> int:
     parser.add_argument(
         "--stt-threads", type=int, help="the server's [stt] cpu_threads (default: its default)"
     )
+    parser.add_argument(
+        "--stt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an [stt] setting for the server, TOML syntax (e.g. max_batch=4); repeatable",
+    )
     parser.add_argument("--server-log", type=Path, help="keep a copy of the server's JSON log here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port, _log = start_server(Path(tmp), args.stt_threads)
+        proc, port, _log = start_server(Path(tmp), args.stt_threads, tuple(args.stt))
         try:
             time.sleep(1.0)
             _cpu0, idle_rss_mb = proc_stats(proc.pid)
@@ -244,7 +254,12 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"turns_per_call": args.turns, "stt_threads": stt_threads, "levels": rows},
+            {
+                "turns_per_call": args.turns,
+                "stt_threads": stt_threads,
+                "stt_settings": args.stt,
+                "levels": rows,
+            },
             indent=2,
         )
     )
