@@ -88,16 +88,14 @@ def free_port() -> int:
 
 
 def start_server(
-    workdir: Path, stt_threads: int | None = None, stt_settings: tuple[str, ...] = ()
+    workdir: Path, stt_settings: list[str]
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``stt_settings``: TOML lines for the server's [stt] table (else its defaults)."""
     port = free_port()
     config = workdir / "bench.toml"
     text = CONFIG.format(state=workdir / "state", port=port, long=LONG_REPLY)
-    settings = list(stt_settings)
-    if stt_threads is not None:  # else the service's default
-        settings.append(f"cpu_threads = {stt_threads}")
-    if settings:
-        text += "[stt]\n" + "".join(f"{line}\n" for line in settings)
+    if stt_settings:
+        text += "[stt]\n" + "".join(f"{line}\n" for line in stt_settings)
     config.write_text(text)
     log_path = workdir / "server.log"
     proc = subprocess.Popen(
@@ -207,8 +205,10 @@ def main() -> int:
     )
     parser.add_argument("--server-log", type=Path, help="keep a copy of the server's JSON log here")
     args = parser.parse_args()
+    if args.stt_threads is not None:  # else the service's default
+        args.stt.append(f"cpu_threads = {args.stt_threads}")
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port, _log = start_server(Path(tmp), args.stt_threads, tuple(args.stt))
+        proc, port, _log = start_server(Path(tmp), args.stt)
         try:
             time.sleep(1.0)
             _cpu0, idle_rss_mb = proc_stats(proc.pid)
