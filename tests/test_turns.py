@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import numpy as np
 import pytest
 
 from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_config
@@ -20,6 +21,7 @@ from voicebot_pbx.testing import (
     run_virtual,
     tone,
 )
+from voicebot_pbx.transport import AudioIn
 from voicebot_pbx.turns import (
     BargeIn,
     PauseStarted,
@@ -152,9 +154,12 @@ def make_shared(stt_delay_s: float = 0.1, tts_first_s: float = 0.15) -> Shared:
 
 
 async def timeline(
-    shared: Shared, script: list[tuple[float, bytes | str]], until_s: float
+    shared: Shared,
+    script: list[tuple[float, bytes | str]],
+    until_s: float,
+    send_silence: bool = True,
 ) -> tuple[FakeMedia, CallSession]:
-    media = FakeMedia()
+    media = FakeMedia(send_silence=send_silence)
     session = CallSession(media, shared)
     async with asyncio.TaskGroup() as group:
         pacer = group.create_task(media.speaker.run(media.write))
@@ -181,6 +186,87 @@ def test_cached_reply_latency_is_short_silence_plus_stt() -> None:
     assert first - speech_end == pytest.approx(0.2 + 0.032, abs=0.045)
     assert first - speech_end < 0.35
     assert session.speculations_dropped == 0  # the decode at the pause was the answer
+
+
+def first_reply_after(media: FakeMedia, t_s: float) -> float:
+    return min(t for t in media.voiced_times() if t > t_s)
+
+
+def test_a_caller_who_sends_no_frames_while_silent_is_answered_as_fast() -> None:
+    """A Local channel in Wait(), silence suppression: after the question, nothing comes.
+    The missing frames count as silence on the call's clock, so the turn ends."""
+    speech = tone(1.0, 8000, HOURS)
+    speech_end = 3.0 + 1.0
+    latency: dict[bool, float] = {}
+    for streams in (True, False):
+        media, session = run_virtual(
+            timeline(make_shared(), [(3.0, speech)], until_s=6.0, send_silence=streams)
+        )
+        (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+        assert turn.transcript == PHRASES[HOURS] and turn.reply_text == "We open at eight."
+        latency[streams] = first_reply_after(media, speech_end) - speech_end
+    # Answered at most the jitter allowance plus a frame later than the streaming caller.
+    assert latency[False] - latency[True] <= 0.03 + 0.02 + 1e-6
+    assert latency[False] < 0.35
+
+
+def test_speech_in_the_first_frame_after_no_frames_gets_a_silent_lookback() -> None:
+    """The caller's first frame after sending none is already speech: STT still gets the
+    configured look-back before it, as silence (tiny.en returns nothing for audio that
+    starts mid-word)."""
+    shared = make_shared()
+    speech = tone(1.0, 8000, HOURS)
+    _media, session = run_virtual(
+        timeline(shared, [(3.0, speech)], until_s=6.0, send_silence=False)
+    )
+    stt = shared.engines.stt
+    assert isinstance(stt, ScriptedStt)
+    heard = np.frombuffer(stt.last_input, dtype="<i2")
+    lead = int(0.3 * 8000)  # vad.lookback_ms
+    assert heard.size >= lead + 8000 * 0.9
+    assert not heard[:lead].any() and np.abs(heard[lead : lead + 160]).max() > 1000
+
+
+def test_no_input_prompt_reaches_a_caller_who_went_silent_without_frames() -> None:
+    shared = make_shared()
+    shared.config = dataclasses.replace(
+        shared.config, fallbacks=dataclasses.replace(shared.config.fallbacks, no_input_s=3.0)
+    )
+    speech = tone(1.0, 8000, HOURS)
+    media, session = run_virtual(timeline(shared, [(2.0, speech)], until_s=9.5, send_silence=False))
+    kinds = [t.kind for t in session.record.turns]
+    assert kinds[:2] == ["greeting", "speech"] and "no_input" in kinds
+    assert session.record.turns[kinds.index("no_input")].reply_text == "Are you still there?"
+
+
+def test_frames_late_in_a_burst_after_a_gap_keep_the_utterance_whole() -> None:
+    """Mid-question the link stalls 150 ms, then the held frames arrive at once: the gap is
+    filled with a little silence, the burst is appended, and the question stays one turn."""
+
+    async def run() -> tuple[FakeMedia, CallSession]:
+        shared = make_shared()
+        media = FakeMedia()
+        session = CallSession(media, shared)
+        part1, part2 = tone(0.6, 8000, ACCOUNT), tone(0.8, 8000, DIGITS)
+        async with asyncio.TaskGroup() as group:
+            pacer = group.create_task(media.speaker.run(media.write))
+            runner = group.create_task(session.run())
+            await media.play_caller([(2.0, part1)])
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(0.15)  # nothing arrives for 150 ms ...
+            for offset in range(0, 320 * 8, 320):  # ... then 8 held frames in one burst
+                media.inbound.put_nowait(AudioIn(part2[offset : offset + 320], 8000, loop.time()))
+            await media.play_caller([(0.0, part2[320 * 8 :])])
+            await media.silence_until(loop.time() + 3.0)
+            await media.hangup("caller_hangup")
+            await runner
+            pacer.cancel()
+        return media, session
+
+    media, session = run_virtual(run())
+    speech_turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in speech_turns] == ["my account number is one two three"]
+    assert session._clock.filled_s == pytest.approx(0.12, abs=0.021)  # 150 ms less jitter
 
 
 def test_incomplete_phrase_waits_for_the_rest() -> None:

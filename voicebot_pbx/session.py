@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import math
 import threading
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.echo import is_line_echo
 from voicebot_pbx.engines import Engines, EngineTimeout
+from voicebot_pbx.inbound_clock import InboundClock
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.records import CallRecord, Recorder, TurnRecord
 from voicebot_pbx.stt import SttResult, SttStream
@@ -146,7 +148,7 @@ class CallSession:
         self._fed_s = 0.0
         # Where the last utterance's speech ended (VAD stream time): the next utterance's
         # lookback stops there, so its transcript never repeats the previous words.
-        self._last_speech_end_s = 0.0
+        self._last_speech_end_s = -math.inf
         self._last_window_s = 0.0
         self._last_frame_at = 0.0
         self._reply_task: asyncio.Task[None] | None = None
@@ -172,6 +174,7 @@ class CallSession:
         self._no_input_count = 0
         self._no_input_task: asyncio.Task[None] | None = None
         self.rate_hz = media.rate_hz
+        self._clock = InboundClock()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -319,10 +322,23 @@ class CallSession:
             log.error("record_write_failed", error=str(exc), turn=turn.seq)
 
     async def _main_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        inbound = self.media.inbound
         while True:
-            event = await self.media.inbound.get()
+            if inbound.empty():
+                # A caller who sends no frames while silent: the missing time is silence.
+                due_s = self._clock.due_in_s(loop.time())
+                try:
+                    async with asyncio.timeout(due_s):
+                        event = await inbound.get()
+                except TimeoutError:
+                    self._fill_silence(loop.time())
+                    continue
+            else:
+                event = inbound.get_nowait()
             match event:
                 case AudioIn():
+                    self._clock.on_frame(event.at_s, len(event.pcm) / (2 * event.rate_hz))
                     self._on_audio(event)
                 case DtmfIn(digit, at_s):
                     self._on_dtmf(digit, at_s)
@@ -337,6 +353,13 @@ class CallSession:
                     return
 
     # --- audio in ----------------------------------------------------------------------
+
+    def _fill_silence(self, now: float) -> None:
+        """Feed the silence of frames that did not come (``InboundClock``)."""
+        missing_s = self._clock.missing_s(now)
+        if missing_s > 0:
+            samples = round(missing_s * self.rate_hz)
+            self._on_audio(AudioIn(bytes(2 * samples), self.rate_hz, now))
 
     def _on_audio(self, event: AudioIn) -> None:
         pcm = event.pcm
@@ -421,9 +444,12 @@ class CallSession:
                 self._utterance_pcm.clear()
                 self._speculation = None
                 lookback_s = self.config.vad.lookback_ms / 1000.0
-                self._feed_stt(
-                    self._heard_since(max(onset_s - lookback_s, self._last_speech_end_s))
-                )
+                start_s = max(onset_s - lookback_s, self._last_speech_end_s)
+                heard = self._heard_since(start_s)
+                # Frames that never came (a caller who sent none before speaking) were
+                # silence: Whisper hears nothing in speech that starts at its first sample.
+                missing = round((self._fed_s - start_s) * self.rate_hz) - len(heard) // 2
+                self._feed_stt(bytes(2 * missing) + heard if missing > 0 else heard)
                 if self._reply_task is not None and not self._reply_started:
                     # The caller went on talking before we answered: answer the whole thing.
                     self._carry_text = self._reply_turn.transcript if self._reply_turn else ""

@@ -120,9 +120,11 @@ class ScriptedStt:
     delay_s: float = 0.1
     decodes: int = 0
     name: str = "scripted"
+    last_input: bytes = b""  # the audio of the latest decode
 
     def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
         self.decodes += 1
+        self.last_input = pcm
         samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
         frame = rate_hz // 50
         words: list[str] = []
@@ -226,6 +228,9 @@ class FakeMedia:
     hangups: list[str] = field(default_factory=list)
     # Line echo: every bot frame comes back this many dB quieter in the next caller frame.
     echo_db: float | None = None
+    # False: no frames at all while the caller is silent (silence suppression, a Local
+    # channel in Wait()): only the script's audio is sent.
+    send_silence: bool = True
     _echo: bytes = b""
 
     def __post_init__(self) -> None:
@@ -261,8 +266,11 @@ class FakeMedia:
         tick = 0
         for at_s, item in script:
             while start + tick * 0.02 < at_s:
-                await self._frame(bytes(size), start + tick * 0.02)
+                if self.send_silence:
+                    await self._frame(bytes(size), start + tick * 0.02)
                 tick += 1
+            if not self.send_silence and loop.time() < start + tick * 0.02:
+                await asyncio.sleep(start + tick * 0.02 - loop.time())
             if isinstance(item, str):
                 self.inbound.put_nowait(DtmfIn(item, loop.time()))
                 continue
@@ -274,6 +282,9 @@ class FakeMedia:
     async def silence_until(self, end_s: float) -> None:
         loop = asyncio.get_running_loop()
         size = frame_bytes(self.rate)
+        if not self.send_silence:
+            await asyncio.sleep(max(0.0, end_s - loop.time()))
+            return
         while loop.time() < end_s:
             await self._frame(bytes(size), loop.time() + 0.02)
 
