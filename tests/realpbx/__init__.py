@@ -1,0 +1,88 @@
+"""The real-PBX test bed: a real Asterisk and a real FreeSWITCH started by the tests.
+
+Test support code, not product code. The builds come from the folder named by
+``VOICEBOT_TEST_PBX`` (``.ci/run`` sets it to ``../shared/pbx``): each archive is checked
+against that folder's ``SHA256SUMS`` and unpacked once under ``.cache/pbx/``. Each PBX then
+runs as root under a private configuration in a temporary folder (``asterisk -C``,
+``freeswitch -conf/-log/-db/-run``) on free loopback ports, so nothing of the machine's own
+PBX (if any) is touched.
+
+With ``VOICEBOT_TEST_PBX`` unset the real-PBX tests are skipped with one reason
+(``conftest.py``); with it set, a missing or broken PBX fails them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = "VOICEBOT_TEST_PBX"
+SKIP_REASON = (
+    f"real-PBX test: set {ENV} to the folder with the Asterisk/FreeSWITCH builds "
+    "(.ci/run sets it to ../shared/pbx)"
+)
+
+
+class PbxUnavailable(RuntimeError):
+    """VOICEBOT_TEST_PBX is set but a PBX cannot be had: the test fails, never skips."""
+
+
+def pbx_folder() -> Path | None:
+    value = os.environ.get(ENV, "").strip()
+    return Path(value).resolve() if value else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def unpacked(name: str) -> Path:
+    """The PBX build ``name`` ("asterisk" or "freeswitch") unpacked from the archive in
+    ``VOICEBOT_TEST_PBX``: the folder that holds its ``sbin``/``bin`` and ``lib``."""
+    folder = pbx_folder()
+    if folder is None:
+        raise PbxUnavailable(SKIP_REASON)
+    archives = sorted(folder.glob(f"{name}-*.tar.xz"))
+    if len(archives) != 1:
+        raise PbxUnavailable(f"expected one {name}-*.tar.xz in {folder}, found {archives}")
+    archive = archives[0]
+    sums: dict[str, str] = {}
+    sums_file = folder / "SHA256SUMS"
+    if sums_file.exists():
+        for line in sums_file.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                sums[parts[1].lstrip("*")] = parts[0]
+    expected = sums.get(archive.name)
+    if expected is None:
+        raise PbxUnavailable(f"{archive.name} is not listed in {sums_file}")
+    target = ROOT / ".cache" / "pbx" / f"{archive.name.removesuffix('.tar.xz')}-{expected[:12]}"
+    done = target / ".unpacked"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            actual = _sha256(archive)
+            if actual != expected:
+                raise PbxUnavailable(f"{archive} has sha256 {actual}, SHA256SUMS says {expected}")
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            subprocess.run(["tar", "-xJf", str(archive), "-C", str(target)], check=True)
+            done.touch()
+    return target / name

@@ -1,0 +1,220 @@
+"""A real Asterisk under a private configuration, and test callers placed through it.
+
+``Asterisk(root, ...).start()`` writes ``tests/realpbx/asterisk/*.conf`` (with the ports and
+folders filled in) to ``<root>/etc``, runs ``asterisk -C <root>/etc/asterisk.conf -f -n``
+and waits until the CLI answers. A call is a Local channel pair: the ``caller`` half runs a
+script of steps (play a WAV, wait without sending frames, send DTMF) and records what it
+hears and says with MixMonitor; the other half runs a ``tobot`` extension (AudioSocket from
+the dialplan at 8 kHz, the channel driver at 16 kHz, a two-node fail-over).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+import wave
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tests.realpbx import PbxUnavailable, free_port, unpacked
+
+CONF_DIR = Path(__file__).with_name("asterisk")
+DEBIAN_SOUNDS = Path("/usr/share/asterisk/sounds")
+AMI_SECRET = "testbed-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """What the caller half heard and said, sample-aligned (MixMonitor r()/t())."""
+
+    heard: np.ndarray  # int16
+    said: np.ndarray
+    rate_hz: int
+
+
+class Asterisk:
+    def __init__(self, root: Path, *, bot_port: int, bot2_port: int = 0, ws_port: int = 0) -> None:
+        self.prefix = unpacked("asterisk")
+        self.root = root
+        self.bot_port = bot_port
+        self.bot2_port = bot2_port or free_port()
+        self.ws_port = ws_port or free_port()
+        self.ami_port = free_port()
+        self.ami_secret = AMI_SECRET
+        self.rec = root / "rec"
+        self.sounds = root / "sounds"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._env = {**os.environ, "LD_LIBRARY_PATH": str(self.prefix / "lib")}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def _write_config(self) -> None:
+        etc = self.root / "etc"
+        for sub in ("etc", "var/lib", "var/spool", "var/run", "var/log", "var/cache", "rec"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.sounds.mkdir(exist_ok=True)
+        values = {
+            "@PREFIX@": str(self.prefix),
+            "@ROOT@": str(self.root),
+            "@BOT_PORT@": str(self.bot_port),
+            "@BOT2_PORT@": str(self.bot2_port),
+            "@WS_PORT@": str(self.ws_port),
+            "@AMI_PORT@": str(self.ami_port),
+            "@AMI_SECRET@": self.ami_secret,
+        }
+        for template in CONF_DIR.glob("*.conf"):
+            text = template.read_text()
+            for key, value in values.items():
+                text = text.replace(key, value)
+            (etc / template.name).write_text(text)
+        # Files Asterisk reads from its data dir: the build's own, and Debian's recorded
+        # prompts (silence/N, the 8 kHz prompts) as the sounds folder.
+        lib = self.root / "var" / "lib"
+        for name in ("documentation", "images", "rest-api", "static-http"):
+            source = self.prefix / "var" / "lib" / "asterisk" / name
+            link = lib / name
+            if source.exists() and not link.exists():
+                link.symlink_to(source)
+        if not DEBIAN_SOUNDS.is_dir():
+            raise PbxUnavailable(
+                f"{DEBIAN_SOUNDS} is missing: install the runtime packages (scripts/install)"
+            )
+        if not (lib / "sounds").exists():
+            (lib / "sounds").symlink_to(DEBIAN_SOUNDS)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._write_config()
+        log = (self.root / "console.log").open("ab")
+        self._proc = subprocess.Popen(
+            [str(self.prefix / "sbin" / "asterisk"), "-C", str(self.conf), "-f", "-n", "-g"],
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise PbxUnavailable(f"asterisk exited at start: {self.log_tail()}")
+            out = self._cli_raw("core waitfullybooted", timeout_s=5.0)
+            if out is not None and "fully booted" in out.lower():
+                return
+            time.sleep(0.2)
+        raise PbxUnavailable(f"asterisk not ready in {timeout_s} s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        self._cli_raw("core stop now", timeout_s=5.0)
+        try:
+            proc.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5.0)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "etc" / "asterisk.conf"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        text = ""
+        for name in ("console.log", "var/log/messages.log"):
+            path = self.root / name
+            if path.exists():
+                text += f"--- {name}\n" + path.read_text(errors="replace")[-chars:]
+        return text
+
+    def _cli_raw(self, command: str, timeout_s: float) -> str | None:
+        try:
+            done = subprocess.run(
+                [str(self.prefix / "sbin" / "asterisk"), "-C", str(self.conf), "-rx", command],
+                env=self._env,
+                capture_output=True,
+                timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        if done.returncode != 0:
+            return None
+        return done.stdout.decode(errors="replace")
+
+    def cli(self, command: str, timeout_s: float = 10.0) -> str:
+        out = self._cli_raw(command, timeout_s)
+        if out is None:
+            raise PbxUnavailable(f"asterisk CLI {command!r} failed: {self.log_tail()}")
+        return out
+
+    # --- calls ---------------------------------------------------------------------------
+
+    def sound(self, name: str, pcm_8k: bytes) -> str:
+        """Store 8 kHz slin as a WAV the dialplan can play; return its Playback name."""
+        path = self.sounds / f"{name}.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(pcm_8k)
+        return str(path.with_suffix(""))
+
+    def call(self, steps: Sequence[str], mode: str = "bot") -> str:
+        """Place a test call; ``steps`` as in extensions.conf's [caller]. Returns its tag."""
+        tag = "c" + uuid.uuid4().hex[:12]
+        script = ",".join(steps)
+        self.cli(f'database put vbscript {tag} "{script}"')
+        self.cli(f"channel originate Local/{tag}@caller extension {mode}-{tag}@tobot")
+        return tag
+
+    def channels(self) -> str:
+        return self.cli("core show channels concise")
+
+    def wait_call_gone(self, tag: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if f"Local/{tag}@" not in self.channels():
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"call {tag} still up after {timeout_s} s:\n{self.channels()}")
+
+    def db_get(self, family: str, key: str) -> str | None:
+        out = self.cli(f"database get {family} {key}")
+        for line in out.splitlines():
+            if line.startswith("Value:"):
+                return line.split(":", 1)[1].strip()
+        return None
+
+    def recording(self, tag: str, timeout_s: float = 5.0) -> Recording:
+        """The caller half's recordings, once MixMonitor has closed them."""
+        heard_path = self.rec / f"{tag}-heard.wav"
+        said_path = self.rec / f"{tag}-said.wav"
+        deadline = time.monotonic() + timeout_s
+        while not (heard_path.exists() and said_path.exists()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no recordings for {tag}: {self.log_tail()}")
+            time.sleep(0.1)
+        heard, rate_hz = _read_wav(heard_path)
+        said, _ = _read_wav(said_path)
+        return Recording(heard=heard, said=said, rate_hz=rate_hz)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _read_wav(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path), "rb") as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()

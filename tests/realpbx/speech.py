@@ -1,0 +1,60 @@
+"""Caller audio for the real-PBX tests, and what the caller's recording says.
+
+The caller's questions are espeak-ng speech (not the bot's Piper voice) at 8 kHz; the
+analysis works on the caller half's MixMonitor files: ``said`` (what the caller sent) and
+``heard`` (what reached the caller from the bot), sample-aligned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.speech import espeak_pcm
+
+WINDOW_S = 0.01
+VOICED_DBFS = -40.0
+
+
+def question_pcm(text: str) -> bytes:
+    """A spoken question at 8 kHz, the leading and trailing silence of espeak trimmed."""
+    pcm = espeak_pcm(text, 8000)
+    samples = np.frombuffer(pcm, dtype="<i2")
+    voiced = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
+    if voiced.size == 0:
+        return pcm
+    return samples[voiced[0] : voiced[-1] + 1].tobytes()
+
+
+def voiced_windows(samples: np.ndarray, rate_hz: int, dbfs: float = VOICED_DBFS) -> np.ndarray:
+    """Per 10 ms window: True where the level is above ``dbfs``."""
+    size = int(rate_hz * WINDOW_S)
+    count = len(samples) // size
+    if count == 0:
+        return np.zeros(0, dtype=bool)
+    frames = samples[: count * size].astype(np.float64).reshape(count, size) / 32768.0
+    level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    return np.asarray(level > dbfs)
+
+
+def segments(voiced: np.ndarray, min_gap_s: float = 0.5) -> list[tuple[float, float]]:
+    """(start_s, end_s) of voiced stretches, joining gaps shorter than ``min_gap_s``."""
+    out: list[tuple[float, float]] = []
+    idx = np.flatnonzero(voiced)
+    for i in idx:
+        t = i * WINDOW_S
+        if out and t - out[-1][1] < min_gap_s:
+            out[-1] = (out[-1][0], t + WINDOW_S)
+        else:
+            out.append((t, t + WINDOW_S))
+    return out
+
+
+def first_voiced_after(voiced: np.ndarray, t_s: float) -> float | None:
+    start = int(round(t_s / WINDOW_S))
+    idx = np.flatnonzero(voiced[start:])
+    return None if idx.size == 0 else (start + int(idx[0])) * WINDOW_S
+
+
+def last_voiced_before(voiced: np.ndarray, t_s: float) -> float | None:
+    idx = np.flatnonzero(voiced[: int(round(t_s / WINDOW_S))])
+    return None if idx.size == 0 else (int(idx[-1]) + 1) * WINDOW_S
