@@ -68,7 +68,7 @@ import stt_dataset  # noqa: E402
 
 from voicebot_pbx.audio import read_wav  # noqa: E402
 from voicebot_pbx.normalize import normalize  # noqa: E402
-from voicebot_pbx.stt import SttResult, WhisperEngine, WhisperStats, _Request  # noqa: E402
+from voicebot_pbx.speech.stt import SttResult, WhisperEngine, WhisperStats, _Request  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 BASE_DIR = ROOT / ".cache" / "models" / "whisper-base"  # see bench/README-stt.md
@@ -209,8 +209,8 @@ def measure_vad_lag(items: list[Item]) -> None:
     from voicebot_pbx.caller import speech_bounds
     from voicebot_pbx.config import VadConfig
     from voicebot_pbx.models import SILERO_VAD, model_path
-    from voicebot_pbx.turns import PauseStarted, TurnTaker
-    from voicebot_pbx.vad import SileroVad
+    from voicebot_pbx.speech.turns import PauseStarted, TurnTaker
+    from voicebot_pbx.speech.vad import SileroVad
 
     vad = SileroVad(model_path(SILERO_VAD))
     cfg = VadConfig()
@@ -312,7 +312,7 @@ def run_accuracy(v: Variant, items: list[Item]) -> dict[str, Any]:
 
 
 def run_vosk(items: list[Item], vosk_dir: Path) -> dict[str, Any]:
-    from voicebot_pbx.stt import VoskEngine
+    from voicebot_pbx.speech.stt import VoskEngine
 
     engine = VoskEngine(vosk_dir)
     stream = engine.new_stream(8000)  # one recognizer per call, kept across utterances

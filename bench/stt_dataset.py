@@ -396,7 +396,7 @@ def build(out_dir: Path = OUT_DIR, *, force: bool = False, real: bool = True) ->
             else:
                 if piper is None:
                     from voicebot_pbx.models import PIPER_JOE, model_path
-                    from voicebot_pbx.tts import PiperTts
+                    from voicebot_pbx.speech.tts import PiperTts
 
                     piper = PiperTts(model_path(PIPER_JOE), volume=0.8)
                 piper.length_scale = float(voice.rsplit("@", 1)[1])

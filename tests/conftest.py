@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from voicebot_pbx.config import Config
-from voicebot_pbx.engines import Engines
 from voicebot_pbx.session import Shared
+from voicebot_pbx.speech.engines import Engines
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
@@ -37,8 +37,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def engines() -> Iterator[Engines]:
     """The real models (silero, Whisper tiny.en, Piper joe), loaded once."""
     from voicebot_pbx.config import load_config
-    from voicebot_pbx.engines import load_engines
     from voicebot_pbx.service import warm_stt
+    from voicebot_pbx.speech.engines import load_engines
 
     loaded = load_engines(load_config())
     warm_stt(loaded)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voicebot_pbx.inbound_clock import InboundClock
+from voicebot_pbx.speech.inbound_clock import InboundClock
 
 
 def stream(clock: InboundClock, start_s: float, frames: int) -> float:

@@ -27,11 +27,11 @@ from voicebot_pbx.config import (
     load_config,
 )
 from voicebot_pbx.dialogue import CallInfo, RuleDialogue
-from voicebot_pbx.engines import Engines
 from voicebot_pbx.llm import KnowledgeBase, LlmAnswerer
 from voicebot_pbx.profiles import ProfileKit, build_profile_kits
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.session import CallSession, Shared
+from voicebot_pbx.speech.engines import Engines
 from voicebot_pbx.testing import (
     FakeEngines,
     FakeMedia,

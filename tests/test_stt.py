@@ -9,7 +9,7 @@ import pytest
 
 from tests.speech import espeak_pcm, frames, silence
 from voicebot_pbx.models import VOSK_KO, model_path
-from voicebot_pbx.stt import (
+from voicebot_pbx.speech.stt import (
     SttResult,
     VoskEngine,
     WhisperEngine,

@@ -19,7 +19,7 @@ from tests.test_stt import words
 from voicebot_pbx.caller import Pause, SimulatedCaller
 from voicebot_pbx.config import SttConfig
 from voicebot_pbx.models import WHISPER_TINY_EN, model_path
-from voicebot_pbx.stt import SttResult, WhisperBatcher, WhisperEngine, _Decode, _Request
+from voicebot_pbx.speech.stt import SttResult, WhisperBatcher, WhisperEngine, _Decode, _Request
 from voicebot_pbx.transport import CallEnded, CallMedia
 
 # (what one caller says, words its transcript must contain): six calls, six requests.

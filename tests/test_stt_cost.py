@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.test_stt import UTTERANCES, caller, words
-from voicebot_pbx.stt import WhisperEngine, _token_budget, load_stt
+from voicebot_pbx.speech.stt import WhisperEngine, _token_budget, load_stt
 
 
 class _Recorder:

@@ -13,6 +13,14 @@ from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_conf
 from voicebot_pbx.dialogue import RuleDialogue
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.session import CallSession, Shared
+from voicebot_pbx.speech.turns import (
+    BargeIn,
+    PauseStarted,
+    TurnTaker,
+    UtteranceEnded,
+    UtteranceStarted,
+    looks_complete,
+)
 from voicebot_pbx.testing import (
     FakeEngines,
     FakeMedia,
@@ -22,14 +30,6 @@ from voicebot_pbx.testing import (
     tone,
 )
 from voicebot_pbx.transport import AudioIn
-from voicebot_pbx.turns import (
-    BargeIn,
-    PauseStarted,
-    TurnTaker,
-    UtteranceEnded,
-    UtteranceStarted,
-    looks_complete,
-)
 
 WINDOW_S = 0.032
 

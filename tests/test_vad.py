@@ -10,7 +10,7 @@ import pytest
 
 from tests.speech import espeak_pcm, frames, pink_noise, silence, white_noise
 from voicebot_pbx.models import SILERO_VAD, model_path
-from voicebot_pbx.vad import Endpointer, SileroVad, SpeechEnded, SpeechStarted
+from voicebot_pbx.speech.vad import Endpointer, SileroVad, SpeechEnded, SpeechStarted
 
 UTTERANCE = "what are your opening hours"
 

@@ -80,7 +80,7 @@ def _call(args: argparse.Namespace) -> int:
     said: list[str] = []
     if not args.no_transcribe:
         from voicebot_pbx.models import WHISPER_TINY_EN, model_path
-        from voicebot_pbx.stt import WhisperEngine
+        from voicebot_pbx.speech.stt import WhisperEngine
 
         engine = WhisperEngine(model_path(WHISPER_TINY_EN))
         said = [

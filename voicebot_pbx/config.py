@@ -64,7 +64,7 @@ class VadConfig:
     # While the bot speaks, caller audio this much quieter than the bot's own recent output
     # is taken for line echo and not for speech (0 turns echo gating off) when it matches
     # that output (normalised cross-correlation >= echo_min_correlation) or is quieter
-    # still by echo_residual_db (voicebot_pbx.echo).
+    # still by echo_residual_db (voicebot_pbx.speech.echo).
     echo_margin_db: float = 15.0
     echo_min_correlation: float = 0.6
     echo_residual_db: float = 25.0

@@ -61,7 +61,7 @@ from voicebot_pbx.config import LlmConfig as LlmConfig
 from voicebot_pbx.config import LlmEndpointConfig as LlmEndpointConfig
 from voicebot_pbx.config import safe_url as _safe_url
 from voicebot_pbx.models import resolve_model_path
-from voicebot_pbx.tts import pop_complete_sentences
+from voicebot_pbx.speech.tts import pop_complete_sentences
 
 log = structlog.get_logger(__name__)
 
@@ -808,7 +808,7 @@ def clean_for_speech(sentence: str) -> str:
 class SentenceStream:
     """Feed streamed text pieces; get complete sentences as soon as they are known complete.
 
-    Wraps :func:`voicebot_pbx.tts.pop_complete_sentences`, holding back a sentence end until
+    Wraps :func:`voicebot_pbx.speech.tts.pop_complete_sentences`, holding back a sentence end until
     the next non-space character arrives (so "8 a.m. tomorrow" is not cut after "a.m.").
     """
 
@@ -1093,7 +1093,7 @@ class LlamaCppEngine:
                 stop.set()
 
         def work() -> None:
-            from voicebot_pbx.engines import lower_thread_priority
+            from voicebot_pbx.speech.engines import lower_thread_priority
 
             lower_thread_priority()
             try:

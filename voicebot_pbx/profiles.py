@@ -21,7 +21,7 @@ from voicebot_pbx.config import Config, ProfileConfig
 from voicebot_pbx.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.models import PIPER_JOE, resolve_model_path
 from voicebot_pbx.prompts import TtsCache
-from voicebot_pbx.tts import PiperTts
+from voicebot_pbx.speech.tts import PiperTts
 
 if TYPE_CHECKING:
     from voicebot_pbx.llm import LlmAnswerer

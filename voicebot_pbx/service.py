@@ -19,11 +19,11 @@ import structlog
 from voicebot_pbx.analytics import open_recorder
 from voicebot_pbx.config import Config
 from voicebot_pbx.dialogue import Dialogue, RuleDialogue
-from voicebot_pbx.engines import Engines, load_engines
 from voicebot_pbx.metrics import MetricsRecorder, default_metrics, render_text
 from voicebot_pbx.profiles import build_profile_kits
 from voicebot_pbx.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.session import Shared, make_handler
+from voicebot_pbx.speech.engines import Engines, load_engines
 from voicebot_pbx.transport import DtmfIn
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
 

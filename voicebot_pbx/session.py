@@ -30,14 +30,13 @@ import structlog
 from voicebot_pbx.audio import Resampler
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
-from voicebot_pbx.echo import is_line_echo
-from voicebot_pbx.engines import Engines, EngineTimeout
-from voicebot_pbx.inbound_clock import InboundClock
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.records import CallRecord, Recorder, TurnRecord
-from voicebot_pbx.stt import SttResult, SttStream
-from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
-from voicebot_pbx.turns import (
+from voicebot_pbx.speech.echo import is_line_echo
+from voicebot_pbx.speech.engines import Engines, EngineTimeout
+from voicebot_pbx.speech.inbound_clock import InboundClock
+from voicebot_pbx.speech.stt import SttResult, SttStream
+from voicebot_pbx.speech.turns import (
     BargeIn,
     PauseStarted,
     TurnAction,
@@ -46,6 +45,7 @@ from voicebot_pbx.turns import (
     UtteranceStarted,
     looks_complete,
 )
+from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 
 if TYPE_CHECKING:
     from voicebot_pbx.llm import LlmAnswerer
@@ -399,7 +399,7 @@ class CallSession:
 
     def _looks_like_echo(self, pcm: bytes) -> bool:
         """While the bot talks: audio well below its own level that matches what it said
-        (or is quieter still) is the line echo of it (voicebot_pbx.echo)."""
+        (or is quieter still) is the line echo of it (voicebot_pbx.speech.echo)."""
         vad = self.config.vad
         if vad.echo_margin_db <= 0 or not self.turns.bot_speaking:
             return False

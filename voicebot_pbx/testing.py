@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from voicebot_pbx.audio import frame_bytes, rms_dbfs
-from voicebot_pbx.engines import Engines, EngineTimeout
 from voicebot_pbx.speaker import Speaker
-from voicebot_pbx.stt import SttResult
+from voicebot_pbx.speech.engines import Engines, EngineTimeout
+from voicebot_pbx.speech.stt import SttResult
 from voicebot_pbx.transport import AudioIn, CallEnded, DtmfIn, InboundEvent
 
 T = TypeVar("T")
@@ -166,7 +166,7 @@ class ToneTts:
     def synthesize(
         self, text: str, rate_hz: int, cancel: threading.Event | None = None
     ) -> Iterator[bytes]:
-        from voicebot_pbx.tts import split_sentences
+        from voicebot_pbx.speech.tts import split_sentences
 
         for sentence in split_sentences(text):
             if cancel is not None and cancel.is_set():

@@ -15,14 +15,14 @@ from typing import TypeVar
 
 import structlog
 
-from voicebot_pbx.blas import limit_blas_threads
 from voicebot_pbx.config import Config
 from voicebot_pbx.models import PIPER_JOE, SILERO_VAD, WHISPER_TINY_EN, resolve_model_path
-from voicebot_pbx.stt import SttEngine, load_stt
-from voicebot_pbx.tts import PiperTts
-from voicebot_pbx.vad import SileroVad
+from voicebot_pbx.speech.blas import limit_blas_threads
+from voicebot_pbx.speech.stt import SttEngine, load_stt
+from voicebot_pbx.speech.tts import PiperTts
+from voicebot_pbx.speech.vad import SileroVad
 
-log = structlog.get_logger("voicebot_pbx.engines")
+log = structlog.get_logger("voicebot_pbx.speech.engines")
 T = TypeVar("T")
 
 

@@ -249,7 +249,7 @@ class WhisperBatcher:
             return batch
 
     def _loop(self) -> None:
-        from voicebot_pbx.engines import lower_thread_priority
+        from voicebot_pbx.speech.engines import lower_thread_priority
 
         lower_thread_priority()  # decoding must never delay the event loop's pacing
         while (batch := self._take()) is not None:
@@ -323,7 +323,7 @@ class WhisperEngine:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
-        from voicebot_pbx.blas import limit_blas_threads
+        from voicebot_pbx.speech.blas import limit_blas_threads
 
         # The mel features' matrix product otherwise wakes numpy's OpenBLAS threads, whose
         # spinning then costs ~0.1 CPU-s per utterance during the encoder call.

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from voicebot_pbx.config import VadConfig
-from voicebot_pbx.vad import WINDOW_MS, Endpointer, SpeechEnded, SpeechStarted
+from voicebot_pbx.speech.vad import WINDOW_MS, Endpointer, SpeechEnded, SpeechStarted
 
 # A transcript ending in one of these is probably not the end of what the caller says.
 _CONTINUATION_WORDS = frozenset(

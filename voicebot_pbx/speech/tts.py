@@ -104,7 +104,7 @@ class PiperTts:
         length_scale: float = 1.0,
         cpu_threads: int = 1,
     ) -> None:
-        from voicebot_pbx.vad import import_onnxruntime
+        from voicebot_pbx.speech.vad import import_onnxruntime
 
         ort = import_onnxruntime()
         from piper import PiperConfig, PiperVoice
