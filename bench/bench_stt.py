@@ -29,7 +29,7 @@ Test set: ``bench/stt_dataset.py`` (built on first use into ``.cache/stt-bench/`
 WER normaliser (one, for every variant; ``normalise()`` below):
   NFKC, lower case; "£12.50" -> "12 pounds 50", "$" -> dollars, "%" -> percent, "&" -> and;
   "ok"/"o.k." -> "okay"; hyphens between words -> spaces; then the app's own spoken-form
-  normaliser (``voicebot_pbx.normalize.normalize``: number words -> digits, times -> HH:MM,
+  normaliser (``voicebot_pbx.answers.normalize.normalize``: number words -> digits, times -> HH:MM,
   dates -> "march 5th", punctuation removed); then fillers (um, uh, er, erm, hmm, mm, ah) are
   dropped, digit words left alone by it ("one") become digits, and every digit string is split
   into single digits ("4567" and "45 67" -> "4 5 6 7"), so a wrong digit costs one word.
@@ -66,8 +66,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import stt_dataset  # noqa: E402
 
+from voicebot_pbx.answers.normalize import normalize  # noqa: E402
 from voicebot_pbx.audio import read_wav  # noqa: E402
-from voicebot_pbx.normalize import normalize  # noqa: E402
 from voicebot_pbx.speech.stt import SttResult, WhisperEngine, WhisperStats, _Request  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

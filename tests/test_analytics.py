@@ -36,8 +36,8 @@ from voicebot_pbx.analytics import (
     fallback_stage,
     open_recorder,
 )
+from voicebot_pbx.answers.dialogue import RuleDialogue
 from voicebot_pbx.config import DialogueConfig, RuleConfig, load_config
-from voicebot_pbx.dialogue import RuleDialogue
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.records import CallRecord, Recorder, TurnRecord
 from voicebot_pbx.session import CallSession, Shared

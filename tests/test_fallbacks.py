@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 
 from tests.test_turns import AGENT, HOURS, LONG, PHRASES, TARIFF, make_shared, timeline
+from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn
 from voicebot_pbx.config import FallbackConfig
-from voicebot_pbx.dialogue import CallInfo, DialogueTurn
 from voicebot_pbx.session import Shared
 from voicebot_pbx.testing import FakeMedia, run_virtual, tone
 

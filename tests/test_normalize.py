@@ -1,4 +1,5 @@
-"""voicebot_pbx.normalize: spoken numbers, times, dates and postcodes -> Rasa's canonical text."""
+"""voicebot_pbx.answers.normalize: spoken numbers, times, dates and postcodes -> Rasa's
+canonical text."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebot_pbx.normalize import normalize
+from voicebot_pbx.answers.normalize import normalize
 
 PROJECT = Path(__file__).resolve().parent.parent / "rasa_project"
 

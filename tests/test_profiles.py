@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from voicebot_pbx.answers.dialogue import CallInfo, RuleDialogue
+from voicebot_pbx.answers.llm import KnowledgeBase, LlmAnswerer
 from voicebot_pbx.config import (
     ConfigError,
     DialogueConfig,
@@ -26,8 +28,6 @@ from voicebot_pbx.config import (
     RuleConfig,
     load_config,
 )
-from voicebot_pbx.dialogue import CallInfo, RuleDialogue
-from voicebot_pbx.llm import KnowledgeBase, LlmAnswerer
 from voicebot_pbx.profiles import ProfileKit, build_profile_kits
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.session import CallSession, Shared

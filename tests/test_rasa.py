@@ -25,9 +25,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from voicebot_pbx.dialogue import BotReply, CallInfo, DialogueTurn
-from voicebot_pbx.nlu import DialogueUnavailable, RasaDialogue, parse_bot_messages
-from voicebot_pbx.rasa_server import (
+from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn
+from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue, parse_bot_messages
+from voicebot_pbx.answers.rasa_server import (
     RASA_ENV,
     RasaServer,
     RasaServerError,

@@ -9,8 +9,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from voicebot_pbx.answers.dialogue import RuleDialogue
 from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_config
-from voicebot_pbx.dialogue import RuleDialogue
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.session import CallSession, Shared
 from voicebot_pbx.speech.turns import (

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.config import Config, ProfileConfig
-from voicebot_pbx.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.models import PIPER_JOE, resolve_model_path
 from voicebot_pbx.prompts import TtsCache
 from voicebot_pbx.speech.tts import PiperTts
 
 if TYPE_CHECKING:
-    from voicebot_pbx.llm import LlmAnswerer
-    from voicebot_pbx.nlu import RasaDialogue
+    from voicebot_pbx.answers.llm import LlmAnswerer
+    from voicebot_pbx.answers.rasa import RasaDialogue
 
 log = structlog.get_logger("voicebot_pbx.profiles")
 
@@ -74,7 +74,7 @@ def profile_voice(
 
 def profile_llm(config: Config, profile: ProfileConfig, default: LlmAnswerer) -> LlmAnswerer:
     """The default LLM engine answering from the profile's knowledge base and company."""
-    from voicebot_pbx.llm import KnowledgeBase, LlmAnswerer
+    from voicebot_pbx.answers.llm import KnowledgeBase, LlmAnswerer
 
     llm_config = dataclasses.replace(
         default.config,
@@ -95,7 +95,7 @@ def build_profile_kits(
     """A kit for every profile that overrides its dialogue, voice or knowledge base.
     Blocking (loads models and knowledge files); raises on a broken profile (a missing
     voice or knowledge folder), so ``serve`` refuses to start with a half-working one."""
-    from voicebot_pbx.fallbacks import FallbackDialogue
+    from voicebot_pbx.answers.fallbacks import FallbackDialogue
 
     kits: dict[str, ProfileKit] = {}
     loaded: dict[Path, PiperTts] = {}
@@ -104,7 +104,7 @@ def build_profile_kits(
         if profile.dialogue_engine == "rules":
             kit.dialogue = RuleDialogue.from_config(config.dialogue)
         elif profile.dialogue_engine == "rasa":
-            from voicebot_pbx.nlu import RasaDialogue
+            from voicebot_pbx.answers.rasa import RasaDialogue
 
             kit.rasa = RasaDialogue(
                 profile.rasa_url or config.rasa.url, timeout_s=config.rasa.timeout_s

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import structlog
 
 from voicebot_pbx.analytics import open_recorder
+from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.config import Config
-from voicebot_pbx.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.metrics import MetricsRecorder, default_metrics, render_text
 from voicebot_pbx.profiles import build_profile_kits
 from voicebot_pbx.prompts import ClipLibrary, TtsCache, clip_paths
@@ -28,9 +28,9 @@ from voicebot_pbx.transport import DtmfIn
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
 if TYPE_CHECKING:
-    from voicebot_pbx.llm import LlmAnswerer
-    from voicebot_pbx.nlu import RasaDialogue
-    from voicebot_pbx.rasa_server import RasaServer
+    from voicebot_pbx.answers.llm import LlmAnswerer
+    from voicebot_pbx.answers.rasa import RasaDialogue
+    from voicebot_pbx.answers.rasa_server import RasaServer
     from voicebot_pbx.transport.ami import AmiClient
     from voicebot_pbx.transport.freeswitch import FreeswitchServer
 
@@ -82,7 +82,7 @@ async def load_llm_or_none(config: Config) -> LlmAnswerer | None:
     disabled or cannot load (logged: the bot then answers with the rule/Rasa reprompt)."""
     if not config.llm.enabled:
         return None
-    from voicebot_pbx.llm import load_llm
+    from voicebot_pbx.answers.llm import load_llm
 
     started = time.perf_counter()
     try:
@@ -157,7 +157,7 @@ async def build_shared(config: Config) -> Shared:
 
 def rasa_server_for(config: Config) -> RasaServer:
     """The managed Rasa server described by the config (not started)."""
-    from voicebot_pbx.rasa_server import RasaServer, default_rasa_venv
+    from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
 
     url = urlsplit(config.rasa.url)
     venv = Path(config.rasa.venv_dir) if config.rasa.venv_dir else default_rasa_venv()
@@ -204,7 +204,7 @@ async def start_rasa(
     """Train/start the managed Rasa server (if any), then pre-synthesize its static
     responses in each voice. Calls are served by the rule dialogue until Rasa answers.
     ``wait_s`` > 0: an unmanaged server is polled this often until it answers."""
-    from voicebot_pbx.nlu import DialogueUnavailable
+    from voicebot_pbx.answers.rasa import DialogueUnavailable
 
     started = time.perf_counter()
     if server is not None:
@@ -311,7 +311,7 @@ class _State:
 
 async def _watch_rasa(state: _State, rasa: RasaDialogue, profile: str | None = None) -> None:
     """Keep the readiness report's Rasa field (or the profile's) current."""
-    from voicebot_pbx.nlu import DialogueUnavailable
+    from voicebot_pbx.answers.rasa import DialogueUnavailable
 
     while True:
         try:
@@ -383,8 +383,8 @@ async def serve(
         state.models_loaded = True
         rasa_server: RasaServer | None = None
         if config.dialogue.engine == "rasa":
-            from voicebot_pbx.fallbacks import FallbackDialogue
-            from voicebot_pbx.nlu import RasaDialogue
+            from voicebot_pbx.answers.fallbacks import FallbackDialogue
+            from voicebot_pbx.answers.rasa import RasaDialogue
 
             state.rasa = RasaDialogue(config.rasa.url, timeout_s=config.rasa.timeout_s)
             stack.push_async_callback(state.rasa.aclose)

@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
 
+from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.audio import Resampler
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
-from voicebot_pbx.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.records import CallRecord, Recorder, TurnRecord
 from voicebot_pbx.speech.echo import is_line_echo
@@ -48,7 +48,7 @@ from voicebot_pbx.speech.turns import (
 from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 
 if TYPE_CHECKING:
-    from voicebot_pbx.llm import LlmAnswerer
+    from voicebot_pbx.answers.llm import LlmAnswerer
     from voicebot_pbx.profiles import ProfileKit
     from voicebot_pbx.recording import CallRecording
 
@@ -921,7 +921,7 @@ class CallSession:
         the first sentence is late; past the hard limit, or if the answer is rejected, the
         fallback reply. Cancelling this (barge-in) closes the answer, which stops the model.
         True when the model answered."""
-        from voicebot_pbx.llm import Rejected, Sentence
+        from voicebot_pbx.answers.llm import Rejected, Sentence
 
         llm = self.llm
         assert llm is not None

@@ -1,7 +1,7 @@
 """Lifecycle of the Rasa server: train when the project changed, run, supervise, stop.
 
 Rasa 3.6 needs Python < 3.11, so it lives in its own venv (``scripts/install-rasa``) and runs
-as a child process that ``voicebot_pbx.nlu.RasaDialogue`` talks to over loopback HTTP.
+as a child process that ``voicebot_pbx.answers.rasa.RasaDialogue`` talks to over loopback HTTP.
 
 * ``ensure_trained()`` hashes the project (config, domain, data, pins) and trains only when
   no model of that hash exists under ``models_dir`` (``model-<hash>.tar.gz``): a second call
@@ -13,7 +13,7 @@ as a child process that ``voicebot_pbx.nlu.RasaDialogue`` talks to over loopback
 * With ``redis_url`` the manager writes an endpoints file with a Redis tracker store and lock
   store (conversations survive a restart and can be shared by several Rasa processes).
 
-``python -m voicebot_pbx.rasa_server train|exec`` is the same for systemd (see
+``python -m voicebot_pbx.answers.rasa_server train|exec`` is the same for systemd (see
 ``systemd/voicebot-rasa.service``): ``exec`` replaces itself with the Rasa server.
 """
 
@@ -98,7 +98,7 @@ def default_rasa_venv(repo_dir: Path | None = None) -> Path:
     cache = os.environ.get("VOICEBOT_CACHE")
     if cache:
         return Path(cache) / "rasa-venv"
-    base = repo_dir if repo_dir is not None else Path(__file__).resolve().parent.parent
+    base = repo_dir if repo_dir is not None else Path(__file__).resolve().parents[2]
     return base / ".cache" / "rasa-venv"
 
 
@@ -563,8 +563,8 @@ class RasaServer:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    repo = Path(__file__).resolve().parent.parent
-    p = argparse.ArgumentParser(prog="python -m voicebot_pbx.rasa_server")
+    repo = Path(__file__).resolve().parents[2]
+    p = argparse.ArgumentParser(prog="python -m voicebot_pbx.answers.rasa_server")
     p.add_argument("command", choices=("train", "exec"), help="train if needed / train + exec")
     p.add_argument("--project", type=Path, default=repo / "rasa_project")
     p.add_argument("--venv", type=Path, default=default_rasa_venv(repo))

@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from voicebot_pbx.dialogue import CallInfo, Dialogue, DialogueTurn
-from voicebot_pbx.nlu import DialogueUnavailable
+from voicebot_pbx.answers.dialogue import CallInfo, Dialogue, DialogueTurn
+from voicebot_pbx.answers.rasa import DialogueUnavailable
 
-log = structlog.get_logger("voicebot_pbx.fallbacks")
+log = structlog.get_logger("voicebot_pbx.answers.fallbacks")
 
 
 class FallbackDialogue:

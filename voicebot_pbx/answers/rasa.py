@@ -30,8 +30,8 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from voicebot_pbx.dialogue import BotReply, CallInfo, DialogueTurn, EndAction
-from voicebot_pbx.normalize import normalize
+from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, EndAction
+from voicebot_pbx.answers.normalize import normalize
 
 __all__ = ["FALLBACK_INTENTS", "DialogueUnavailable", "RasaDialogue", "parse_bot_messages"]
 
