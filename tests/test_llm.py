@@ -1,7 +1,7 @@
 """The LLM fallback (voicebot_pbx/answers/llm.py): retrieval, grounding post-check, sentence
 streaming, the answerer on scripted engines, the endpoint pool against small local HTTP
-servers written here (429, hang, down, caps, keys), a real ``llama_cpp.server``, and the real SmolLM2 GGUF
-in-process (streaming, cancellation, the wait queue)."""
+servers written here (429, hang, down, caps, keys), a real ``llama_cpp.server``, and the real
+SmolLM2 GGUF in-process (streaming, cancellation, the wait queue)."""
 
 from __future__ import annotations
 
