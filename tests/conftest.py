@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from voicebot_pbx.call.session import Shared
 from voicebot_pbx.config import Config
-from voicebot_pbx.session import Shared
 from voicebot_pbx.speech.engines import Engines
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def engines() -> Iterator[Engines]:
     """The real models (silero, Whisper tiny.en, Piper joe), loaded once."""
     from voicebot_pbx.config import load_config
-    from voicebot_pbx.service import warm_stt
+    from voicebot_pbx.ops.service import warm_stt
     from voicebot_pbx.speech.engines import load_engines
 
     loaded = load_engines(load_config())
@@ -59,10 +59,10 @@ async def running_bot(
     state_dir: Path,
 ) -> AsyncIterator[tuple[AudioSocketServer, Shared]]:
     """Start the AudioSocket server with a real session on a free port; yield (server, shared)."""
-    from voicebot_pbx.prompts import ClipLibrary, TtsCache
-    from voicebot_pbx.records import JsonlRecorder
-    from voicebot_pbx.service import build_dialogue, warm_tts_cache
-    from voicebot_pbx.session import make_handler
+    from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
+    from voicebot_pbx.call.session import make_handler
+    from voicebot_pbx.ops.records import JsonlRecorder
+    from voicebot_pbx.ops.service import build_dialogue, warm_tts_cache
 
     dialogue, texts = build_dialogue(config)
     cache = TtsCache(engines.tts.voice_id, cache_dir)

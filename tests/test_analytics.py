@@ -20,7 +20,11 @@ from typing import Any
 
 import pytest
 
-from voicebot_pbx.analytics import (
+from voicebot_pbx.answers.dialogue import RuleDialogue
+from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
+from voicebot_pbx.call.session import CallSession, Shared
+from voicebot_pbx.config import DialogueConfig, RuleConfig, load_config
+from voicebot_pbx.ops.analytics import (
     CALL_COLUMNS,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -36,11 +40,7 @@ from voicebot_pbx.analytics import (
     fallback_stage,
     open_recorder,
 )
-from voicebot_pbx.answers.dialogue import RuleDialogue
-from voicebot_pbx.config import DialogueConfig, RuleConfig, load_config
-from voicebot_pbx.prompts import ClipLibrary, TtsCache
-from voicebot_pbx.records import CallRecord, Recorder, TurnRecord
-from voicebot_pbx.session import CallSession, Shared
+from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
 from voicebot_pbx.testing import FakeEngines, FakeMedia, ScriptedStt, ToneTts, run_virtual, tone
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,13 +195,13 @@ def test_migrations_create_upgrade_and_refuse_a_newer_schema(tmp_path: Path) -> 
 
 
 def _row(call: CallRecord) -> dict[str, Any]:
-    from voicebot_pbx.analytics import call_row
+    from voicebot_pbx.ops.analytics import call_row
 
     return call_row(call, "n")
 
 
 def _turn(call: CallRecord, turn: TurnRecord) -> dict[str, Any]:
-    from voicebot_pbx.analytics import turn_row
+    from voicebot_pbx.ops.analytics import turn_row
 
     return turn_row(call.call_id, turn)
 
@@ -328,8 +328,8 @@ def test_final_values_win_and_a_late_turn_write_does_not_reopen_the_call(tmp_pat
 def serve_fake_bot(db: str, node: str) -> None:
     """Subprocess entry: the AudioSocket server + real session with fake engines, recording
     to ``db``; prints {"port": N} and serves until killed."""
-    from voicebot_pbx.logs import configure_logging
-    from voicebot_pbx.session import make_handler
+    from voicebot_pbx.call.session import make_handler
+    from voicebot_pbx.ops.logs import configure_logging
     from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
     configure_logging("json", "warning")  # stderr; stdout is for the port
@@ -420,7 +420,7 @@ def test_crash_mid_call_keeps_the_finished_turns_and_a_sound_database(tmp_path: 
 
 def write_turns_until_killed(db: str) -> None:
     """Subprocess entry: write turns as fast as possible, printing each acknowledged seq."""
-    from voicebot_pbx.logs import configure_logging
+    from voicebot_pbx.ops.logs import configure_logging
 
     configure_logging("json", "warning")
 
@@ -462,8 +462,8 @@ def test_every_acknowledged_turn_survives_sigkill(tmp_path: Path) -> None:
 
 
 def test_a_call_over_real_sockets_is_recorded(tmp_path: Path) -> None:
+    from voicebot_pbx.call.session import make_handler
     from voicebot_pbx.caller import Say, SimulatedCaller
-    from voicebot_pbx.session import make_handler
     from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
     db = tmp_path / "calls.db"
@@ -705,7 +705,7 @@ def test_sqlite_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
 
 
 def test_open_store_needs_an_existing_database_and_a_dsn_for_postgres(tmp_path: Path) -> None:
-    from voicebot_pbx.analytics import open_store, store_factory
+    from voicebot_pbx.ops.analytics import open_store, store_factory
 
     with pytest.raises(AnalyticsError, match="no call records"):
         open_store(AnalyticsConfig(), tmp_path)

@@ -13,7 +13,7 @@ import pytest
 from tests.speech import espeak_pcm, have_espeak, telephone_band
 from tests.test_turns import ACCOUNT, LONG, PHRASES, TARIFF, make_shared
 from voicebot_pbx.audio import pcm_to_ulaw, rms_dbfs, ulaw_to_pcm
-from voicebot_pbx.session import CallSession
+from voicebot_pbx.call.session import CallSession
 from voicebot_pbx.speech.echo import SILENCE_DBFS, echo_likeness, is_line_echo
 from voicebot_pbx.testing import FakeMedia, run_virtual, tone
 

@@ -9,8 +9,8 @@ import pytest
 
 from tests.test_turns import AGENT, HOURS, LONG, PHRASES, TARIFF, make_shared, timeline
 from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn
+from voicebot_pbx.call.session import Shared
 from voicebot_pbx.config import FallbackConfig
-from voicebot_pbx.session import Shared
 from voicebot_pbx.testing import FakeMedia, run_virtual, tone
 
 UHHUH = 990
@@ -76,7 +76,7 @@ def test_echo_of_the_bot_at_minus_20_db_does_not_interrupt_it() -> None:
     async def run() -> tuple[FakeMedia, object]:
         import asyncio
 
-        from voicebot_pbx.session import CallSession
+        from voicebot_pbx.call.session import CallSession
 
         media = FakeMedia(echo_db=20.0)
         session = CallSession(media, shared)
@@ -217,7 +217,7 @@ def test_tts_failure_without_backup_plays_the_intent_clip(tmp_path: object) -> N
     from pathlib import Path
 
     from voicebot_pbx.audio import write_wav
-    from voicebot_pbx.prompts import ClipLibrary
+    from voicebot_pbx.call.prompts import ClipLibrary
 
     clip_path = Path(str(tmp_path)) / "rule3.wav"
     write_wav(clip_path, tone(0.5, 16000, 500), 16000)  # any rate: converted on load

@@ -25,10 +25,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.fake_freeswitch import FakeFreeSwitch, Unicast
+from voicebot_pbx.answers.dialogue import RuleDialogue
+from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
+from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import DialogueConfig, RuleConfig, load_config
-from voicebot_pbx.dialogue import RuleDialogue
-from voicebot_pbx.prompts import ClipLibrary, TtsCache
-from voicebot_pbx.session import CallSession, Shared
 from voicebot_pbx.testing import FakeEngines, ScriptedStt, ToneTts, tone
 from voicebot_pbx.transport import AudioIn, CallEnded, CallMedia, DtmfIn, InboundEvent
 from voicebot_pbx.transport.freeswitch import FreeswitchCall, FreeswitchConfig, FreeswitchServer

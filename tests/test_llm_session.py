@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 
 from tests.test_turns import make_shared, timeline
+from voicebot_pbx.call.session import Shared
 from voicebot_pbx.config import LlmConfig
-from voicebot_pbx.session import Shared
 from voicebot_pbx.testing import ScriptedLlm, run_virtual, tone
 
 QUESTION = 1250  # a tone the scripted STT hears as an off-script question

@@ -19,7 +19,7 @@ from tests.test_analytics import (
     scripted_call,
     sqlite_recorder,
 )
-from voicebot_pbx.metrics import (
+from voicebot_pbx.ops.metrics import (
     CONTENT_TYPE,
     Metrics,
     MetricsRecorder,
@@ -28,7 +28,7 @@ from voicebot_pbx.metrics import (
     render,
     render_text,
 )
-from voicebot_pbx.records import CallRecord, TurnRecord
+from voicebot_pbx.ops.records import CallRecord, TurnRecord
 from voicebot_pbx.testing import run_virtual, tone
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_analytics import run_known_call, sqlite_recorder, without_stamps
-from voicebot_pbx.analytics import (
+from voicebot_pbx.ops.analytics import (
     AnalyticsConfig,
     AnalyticsRecorder,
     PostgresStore,
@@ -32,8 +32,8 @@ from voicebot_pbx.analytics import (
     open_recorder,
     open_store,
 )
-from voicebot_pbx.records import CallRecord, TurnRecord
-from voicebot_pbx.report import build_report
+from voicebot_pbx.ops.records import CallRecord, TurnRecord
+from voicebot_pbx.ops.report import build_report
 
 
 def _pg_bin_dir() -> Path | None:
@@ -265,7 +265,7 @@ def test_retention_and_redaction_through_the_configured_recorder(
     )
     store = open_store(config, tmp_path)  # creates the schema
     old = CallRecord(call_id="old", pbx="a", peer="p", started_at=time.time() - 8 * 86400)
-    from voicebot_pbx.analytics import call_row
+    from voicebot_pbx.ops.analytics import call_row
 
     store.write(call_row(old, "n"))
     store.close()

@@ -21,6 +21,8 @@ import pytest
 
 from voicebot_pbx.answers.dialogue import CallInfo, RuleDialogue
 from voicebot_pbx.answers.llm import KnowledgeBase, LlmAnswerer
+from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
+from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import (
     ConfigError,
     DialogueConfig,
@@ -28,9 +30,7 @@ from voicebot_pbx.config import (
     RuleConfig,
     load_config,
 )
-from voicebot_pbx.profiles import ProfileKit, build_profile_kits
-from voicebot_pbx.prompts import ClipLibrary, TtsCache
-from voicebot_pbx.session import CallSession, Shared
+from voicebot_pbx.ops.profiles import ProfileKit, build_profile_kits
 from voicebot_pbx.speech.engines import Engines
 from voicebot_pbx.testing import (
     FakeEngines,

@@ -720,9 +720,9 @@ def test_a_profile_served_by_its_own_rasa_server(rasa: RasaServer, aloop: LoopTh
     the profile's Rasa responses are pre-synthesized in the profile's voice cache."""
     import dataclasses
 
+    from voicebot_pbx.call.prompts import TtsCache
     from voicebot_pbx.config import ProfileConfig, load_config
-    from voicebot_pbx.prompts import TtsCache
-    from voicebot_pbx.service import start_rasa
+    from voicebot_pbx.ops.service import start_rasa
     from voicebot_pbx.testing import ToneTts
 
     base = load_config()
@@ -735,7 +735,7 @@ def test_a_profile_served_by_its_own_rasa_server(rasa: RasaServer, aloop: LoopTh
             ),
         ),
     )
-    from voicebot_pbx.profiles import build_profile_kits
+    from voicebot_pbx.ops.profiles import build_profile_kits
 
     kits = build_profile_kits(config, None, None, None)  # type: ignore[arg-type]  # no voices
     support, down = kits["support"], kits["down"]

@@ -18,7 +18,7 @@ from tests.realpbx import free_port
 from tests.realpbx.asterisk import Asterisk, Recording
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
-from voicebot_pbx.records import CallRecord
+from voicebot_pbx.ops.records import CallRecord
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.models, pytest.mark.slow]
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.test_analytics import HOURS, fake_shared
-from voicebot_pbx.recording import CallRecording, purge_recordings, recording_path
-from voicebot_pbx.session import CallSession
+from voicebot_pbx.call.session import CallSession
+from voicebot_pbx.ops.recording import CallRecording, purge_recordings, recording_path
 from voicebot_pbx.testing import FakeMedia, run_virtual, tone
 
 

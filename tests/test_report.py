@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from tests.test_analytics import PHRASES, TARIFF, run_known_call, sqlite_recorder
-from voicebot_pbx.records import CallRecord, TurnRecord
-from voicebot_pbx.report import (
+from voicebot_pbx.ops.records import CallRecord, TurnRecord
+from voicebot_pbx.ops.report import (
     build_report,
     parse_time,
     register_cli,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebot_pbx import sdnotify
+from voicebot_pbx.ops import sdnotify
 
 
 @pytest.fixture

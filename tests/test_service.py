@@ -30,6 +30,7 @@ import structlog
 from tests.fake_ami import FakeAmi
 from tests.speech import have_espeak
 from tests.test_turns import make_shared
+from voicebot_pbx.call.session import make_handler
 from voicebot_pbx.caller import Pause, SimulatedCaller
 from voicebot_pbx.config import (
     AmiConfig,
@@ -39,8 +40,7 @@ from voicebot_pbx.config import (
     load_config,
     parse_config,
 )
-from voicebot_pbx.records import JsonlRecorder
-from voicebot_pbx.session import make_handler
+from voicebot_pbx.ops.records import JsonlRecorder
 from voicebot_pbx.testing import tone
 from voicebot_pbx.transport.ami import AmiClient
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
@@ -134,8 +134,8 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
         if proc.poll() is None:
             proc.kill()
         notify.close()
-    from voicebot_pbx.analytics import open_store
     from voicebot_pbx.config import AnalyticsConfig
+    from voicebot_pbx.ops.analytics import open_store
 
     records = open_store(AnalyticsConfig(), tmp_path / "state").calls()
     by_profile = {r.profile: r for r in records}
@@ -153,7 +153,7 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
 def test_the_startup_heap_leaves_the_collected_generations() -> None:
     import gc
 
-    from voicebot_pbx.service import freeze_startup_heap
+    from voicebot_pbx.ops.service import freeze_startup_heap
 
     alive_at_startup = [object()]
     try:
@@ -188,7 +188,7 @@ async def bot_with_ami(
         profiles=profiles,
     )
     from voicebot_pbx.audio import write_wav
-    from voicebot_pbx.prompts import ClipLibrary
+    from voicebot_pbx.call.prompts import ClipLibrary
 
     write_wav(tmp_path / "reminder.wav", tone(1.0, 8000, 300), 8000)
     recorder = JsonlRecorder(tmp_path / "calls.jsonl")

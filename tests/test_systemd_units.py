@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebot_pbx import sdnotify
+from voicebot_pbx.ops import sdnotify
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNITS = sorted(SYSTEMD_DIR.glob("*.service"))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from voicebot_pbx.answers.dialogue import RuleDialogue
+from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
+from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_config
-from voicebot_pbx.prompts import ClipLibrary, TtsCache
-from voicebot_pbx.session import CallSession, Shared
 from voicebot_pbx.speech.turns import (
     BargeIn,
     PauseStarted,
@@ -405,7 +405,7 @@ def test_call_recording_has_both_directions(tmp_path: object) -> None:
     from pathlib import Path
 
     from voicebot_pbx.config import AnalyticsConfig
-    from voicebot_pbx.recording import CallRecording  # noqa: F401  (the session's writer)
+    from voicebot_pbx.ops.recording import CallRecording  # noqa: F401  (the session's writer)
 
     shared = make_shared()
     recordings = Path(str(tmp_path)) / "recordings"

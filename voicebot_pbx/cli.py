@@ -12,11 +12,11 @@ from typing import Any
 import structlog
 
 from voicebot_pbx.config import Config, ConfigError, as_dict, load_config
-from voicebot_pbx.logs import configure_logging
+from voicebot_pbx.ops.logs import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from voicebot_pbx.service import serve
+    from voicebot_pbx.ops.service import serve
 
     config = load_config(args.config)
     configure_logging(config.log.format, config.log.level)
@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from voicebot_pbx.prompts import ClipLibrary, clip_paths
+    from voicebot_pbx.call.prompts import ClipLibrary, clip_paths
 
     config = load_config(args.config)
     print(json.dumps(as_dict(config), indent=2))
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     orig.add_argument("--config", type=Path)
     orig.set_defaults(func=_originate)
 
-    from voicebot_pbx.report import register_cli
+    from voicebot_pbx.ops.report import register_cli
 
     register_cli(sub)
     return parser

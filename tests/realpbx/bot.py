@@ -20,9 +20,9 @@ import urllib.request
 from pathlib import Path
 
 from tests.realpbx import ROOT, free_port
-from voicebot_pbx.analytics import open_store
 from voicebot_pbx.config import AnalyticsConfig
-from voicebot_pbx.records import CallRecord
+from voicebot_pbx.ops.analytics import open_store
+from voicebot_pbx.ops.records import CallRecord
 
 
 class BotProcess:

@@ -53,7 +53,7 @@ class Engines:
 
     async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
         """Run blocking ``fn`` in the shared pool under a timeout."""
-        from voicebot_pbx.metrics import default_metrics
+        from voicebot_pbx.ops.metrics import default_metrics
 
         loop = asyncio.get_running_loop()
         job = default_metrics().timed_job(stage, fn)  # observes the wait in the pool queue

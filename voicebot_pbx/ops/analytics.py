@@ -35,10 +35,10 @@ from typing import Any
 import structlog
 
 from voicebot_pbx.config import AnalyticsConfig as AnalyticsConfig
-from voicebot_pbx.recording import purge_recordings
-from voicebot_pbx.records import CallRecord, TurnRecord
+from voicebot_pbx.ops.recording import purge_recordings
+from voicebot_pbx.ops.records import CallRecord, TurnRecord
 
-log = structlog.get_logger("voicebot_pbx.analytics")
+log = structlog.get_logger("voicebot_pbx.ops.analytics")
 
 DAY_S = 86400.0
 

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING
 import structlog
 
 from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
+from voicebot_pbx.call.prompts import TtsCache
 from voicebot_pbx.config import Config, ProfileConfig
 from voicebot_pbx.models import PIPER_JOE, resolve_model_path
-from voicebot_pbx.prompts import TtsCache
 from voicebot_pbx.speech.tts import PiperTts
 
 if TYPE_CHECKING:
     from voicebot_pbx.answers.llm import LlmAnswerer
     from voicebot_pbx.answers.rasa import RasaDialogue
 
-log = structlog.get_logger("voicebot_pbx.profiles")
+log = structlog.get_logger("voicebot_pbx.ops.profiles")
 
 
 @dataclass(slots=True)

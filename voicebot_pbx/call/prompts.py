@@ -18,7 +18,7 @@ import structlog
 
 from voicebot_pbx.audio import read_wav, resample
 
-log = structlog.get_logger("voicebot_pbx.prompts")
+log = structlog.get_logger("voicebot_pbx.call.prompts")
 
 
 def normalize_text(text: str) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-log = structlog.get_logger("voicebot_pbx.sdnotify")
+log = structlog.get_logger("voicebot_pbx.ops.sdnotify")
 
 
 def _address(environ: Mapping[str, str]) -> str | None:

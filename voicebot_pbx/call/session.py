@@ -29,9 +29,9 @@ import structlog
 
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.audio import Resampler
+from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
-from voicebot_pbx.prompts import ClipLibrary, TtsCache
-from voicebot_pbx.records import CallRecord, Recorder, TurnRecord
+from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
 from voicebot_pbx.speech.echo import is_line_echo
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
 from voicebot_pbx.speech.inbound_clock import InboundClock
@@ -49,10 +49,10 @@ from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, D
 
 if TYPE_CHECKING:
     from voicebot_pbx.answers.llm import LlmAnswerer
-    from voicebot_pbx.profiles import ProfileKit
-    from voicebot_pbx.recording import CallRecording
+    from voicebot_pbx.ops.profiles import ProfileKit
+    from voicebot_pbx.ops.recording import CallRecording
 
-log = structlog.get_logger("voicebot_pbx.session")
+log = structlog.get_logger("voicebot_pbx.call.session")
 T = TypeVar("T")
 
 # Replies longer than this are not kept in the TTS cache (they are rarely repeated).
@@ -72,7 +72,7 @@ class Shared:
     recorder: Recorder | None = None
     control: CallControl | None = None
     llm: LlmAnswerer | None = None
-    # Profiles with their own dialogue, voice or knowledge base (voicebot_pbx.profiles).
+    # Profiles with their own dialogue, voice or knowledge base (voicebot_pbx.ops.profiles).
     profiles: dict[str, ProfileKit] = field(default_factory=dict)
 
 
@@ -190,8 +190,8 @@ class CallSession:
         await self._choose_profile()
         analytics = self.config.analytics
         if analytics.record_audio:
-            from voicebot_pbx.analytics import recordings_dir
-            from voicebot_pbx.recording import CallRecording
+            from voicebot_pbx.ops.analytics import recordings_dir
+            from voicebot_pbx.ops.recording import CallRecording
 
             self.recording = CallRecording.start(
                 recordings_dir(analytics, self.config.state_dir), self.media.call_id, self.rate_hz

@@ -28,7 +28,7 @@ from typing import BinaryIO
 import numpy as np
 import structlog
 
-log = structlog.get_logger("voicebot_pbx.recording")
+log = structlog.get_logger("voicebot_pbx.ops.recording")
 
 _HEADER_BYTES = 44
 _CHANNELS = 2

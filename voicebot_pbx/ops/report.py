@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
-from voicebot_pbx.analytics import (
+from voicebot_pbx.ops.analytics import (
     SCHEMA_VERSION,
     AnalyticsConfig,
     AnalyticsError,
@@ -40,8 +40,8 @@ from voicebot_pbx.analytics import (
     fallback_stage,
     open_store,
 )
-from voicebot_pbx.logs import configure_logging
-from voicebot_pbx.records import CallRecord, TurnRecord
+from voicebot_pbx.ops.logs import configure_logging
+from voicebot_pbx.ops.records import CallRecord, TurnRecord
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

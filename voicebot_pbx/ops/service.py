@@ -16,13 +16,13 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from voicebot_pbx.analytics import open_recorder
 from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
+from voicebot_pbx.call.prompts import ClipLibrary, TtsCache, clip_paths
+from voicebot_pbx.call.session import Shared, make_handler
 from voicebot_pbx.config import Config
-from voicebot_pbx.metrics import MetricsRecorder, default_metrics, render_text
-from voicebot_pbx.profiles import build_profile_kits
-from voicebot_pbx.prompts import ClipLibrary, TtsCache, clip_paths
-from voicebot_pbx.session import Shared, make_handler
+from voicebot_pbx.ops.analytics import open_recorder
+from voicebot_pbx.ops.metrics import MetricsRecorder, default_metrics, render_text
+from voicebot_pbx.ops.profiles import build_profile_kits
 from voicebot_pbx.speech.engines import Engines, load_engines
 from voicebot_pbx.transport import DtmfIn
 from voicebot_pbx.transport.audiosocket import AudioSocketServer
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from voicebot_pbx.transport.ami import AmiClient
     from voicebot_pbx.transport.freeswitch import FreeswitchServer
 
-log = structlog.get_logger("voicebot_pbx.service")
+log = structlog.get_logger("voicebot_pbx.ops.service")
 
 WARM_RATES_HZ = (8000, 16000)
 
@@ -350,7 +350,7 @@ async def _close_recorder(shared: Shared) -> None:
 async def serve(
     config: Config, *, on_ready: Callable[[AudioSocketServer], None] | None = None
 ) -> None:
-    from voicebot_pbx import sdnotify
+    from voicebot_pbx.ops import sdnotify
 
     state = _State()
     stop = asyncio.Event()

@@ -26,16 +26,16 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from voicebot_pbx.analytics import (
+from voicebot_pbx.ops.analytics import (
     END_CLASSES,
     RecorderStats,
     end_class,
     fallback_name,
     fallback_stage,
 )
-from voicebot_pbx.records import CallRecord, Recorder, TurnRecord
+from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
 
-log = structlog.get_logger("voicebot_pbx.metrics")
+log = structlog.get_logger("voicebot_pbx.ops.metrics")
 T = TypeVar("T")
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
