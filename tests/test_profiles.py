@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from voicebot_pbx.answers.dialogue import CallInfo, RuleDialogue
-from voicebot_pbx.answers.llm import KnowledgeBase, LlmAnswerer
+from voicebot_pbx.answers.knowledge import KnowledgeBase
+from voicebot_pbx.answers.llm import LlmAnswerer
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import (

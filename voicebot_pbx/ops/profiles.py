@@ -74,7 +74,8 @@ def profile_voice(
 
 def profile_llm(config: Config, profile: ProfileConfig, default: LlmAnswerer) -> LlmAnswerer:
     """The default LLM engine answering from the profile's knowledge base and company."""
-    from voicebot_pbx.answers.llm import KnowledgeBase, LlmAnswerer
+    from voicebot_pbx.answers.knowledge import KnowledgeBase
+    from voicebot_pbx.answers.llm import LlmAnswerer
 
     llm_config = dataclasses.replace(
         default.config,
