@@ -1,11 +1,11 @@
 """numpy's OpenBLAS runs one thread in the bot's process (its idle threads spin on the
-cores the engines and paced calls need; see voicebot_pbx/speech/blas.py)."""
+cores the engines and paced calls need; see voicebot_pbx/speech/cpu.py)."""
 
 from __future__ import annotations
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from voicebot_pbx.speech.blas import limit_blas_threads
+from voicebot_pbx.speech.cpu import limit_blas_threads
 from voicebot_pbx.speech.stt import WhisperEngine, load_stt
 
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from voicebot_pbx.speech.engines import lower_thread_priority
+from voicebot_pbx.speech.cpu import lower_thread_priority
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux")

@@ -24,6 +24,7 @@ from voicebot_pbx.config import (
 )
 from voicebot_pbx.config import LlmConfig as LlmConfig
 from voicebot_pbx.config import LlmEndpointConfig as LlmEndpointConfig
+from voicebot_pbx.speech.cpu import lower_thread_priority
 
 log = structlog.get_logger(__name__)
 
@@ -239,8 +240,6 @@ class LlamaCppEngine:
                 stop.set()
 
         def work() -> None:
-            from voicebot_pbx.speech.engines import lower_thread_priority
-
             lower_thread_priority()
             try:
                 self._generate(

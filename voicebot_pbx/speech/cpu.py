@@ -1,5 +1,7 @@
-"""One BLAS thread for the whole process.
+"""How inference shares the two cores with the paced calls: one BLAS thread for the whole
+process, and inference threads at a lower priority than the event loop.
 
+One BLAS thread:
 numpy's OpenBLAS starts one thread per core the first time a large enough matrix product
 runs (Whisper's mel filter bank does) and those threads then spin, waiting for the next
 product, on cores that the speech engines and the paced calls need. Measured on the 2-core
@@ -10,6 +12,9 @@ products run single-threaded here.
 """
 
 from __future__ import annotations
+
+import os
+import threading
 
 import structlog
 
@@ -32,3 +37,26 @@ def limit_blas_threads(threads: int = 1) -> list[dict[str, object]]:
     ]
     log.debug("blas.threads_limited", pools=[(p["internal_api"], p["num_threads"]) for p in info])
     return info
+
+
+_inference_nice = 5  # config.inference.nice, set by load_engines
+
+
+def set_inference_nice(nice: int) -> None:
+    global _inference_nice
+    _inference_nice = nice
+
+
+def lower_thread_priority(nice: int | None = None) -> None:
+    """Make the calling thread (and threads it creates later) yield the CPU to the event loop:
+    Linux keeps a nice value per thread. Inference can then use both cores without ever
+    delaying the 20 ms pacing of other calls. Never applied to the main thread. Called at the
+    start of every inference thread (the pool's, the STT batcher's, the LLM's)."""
+    nice = _inference_nice if nice is None else nice
+    if nice <= 0 or threading.current_thread() is threading.main_thread():
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed
+        log.debug("thread_priority_unchanged", error=str(exc))

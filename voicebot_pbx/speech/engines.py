@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import structlog
 
 from voicebot_pbx.config import Config
 from voicebot_pbx.models import PIPER_JOE, SILERO_VAD, WHISPER_TINY_EN, resolve_model_path
-from voicebot_pbx.speech.blas import limit_blas_threads
+from voicebot_pbx.speech.cpu import limit_blas_threads, lower_thread_priority, set_inference_nice
 from voicebot_pbx.speech.stt import SttEngine, load_stt
 from voicebot_pbx.speech.tts import PiperTts
 from voicebot_pbx.speech.vad import SileroVad
@@ -70,31 +69,12 @@ class Engines:
             close_stt()
 
 
-_inference_nice = 5  # set from config.inference.nice by load_engines
-
-
-def lower_thread_priority(nice: int | None = None) -> None:
-    """Make the calling thread (and threads it creates later) yield the CPU to the event loop:
-    Linux keeps a nice value per thread. Inference can then use both cores without ever
-    delaying the 20 ms pacing of other calls. Never applied to the main thread. Called at the
-    start of every inference thread (the pool's, the STT batcher's, the LLM's)."""
-    nice = _inference_nice if nice is None else nice
-    if nice <= 0 or threading.current_thread() is threading.main_thread():
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
-    except (AttributeError, OSError) as exc:  # not Linux, or not allowed
-        log.debug("thread_priority_unchanged", error=str(exc))
-
-
 def load_engines(config: Config) -> Engines:
     """Load every model. Called from a worker thread by the service: the models' own
     compute threads are created here and inherit this thread's lowered priority."""
-    global _inference_nice
     disable_telemetry()
     limit_blas_threads()
-    _inference_nice = config.inference.nice
+    set_inference_nice(config.inference.nice)
     lower_thread_priority()
     started = time.perf_counter()
     vad = SileroVad(resolve_model_path(config.vad.model_path, SILERO_VAD))

@@ -28,6 +28,7 @@ import numpy.typing as npt
 import structlog
 
 from voicebot_pbx.audio import pcm_to_float32, resample
+from voicebot_pbx.speech.cpu import limit_blas_threads, lower_thread_priority
 
 log = structlog.get_logger(__name__)
 
@@ -249,8 +250,6 @@ class WhisperBatcher:
             return batch
 
     def _loop(self) -> None:
-        from voicebot_pbx.speech.engines import lower_thread_priority
-
         lower_thread_priority()  # decoding must never delay the event loop's pacing
         while (batch := self._take()) is not None:
             if not batch:
@@ -322,8 +321,6 @@ class WhisperEngine:
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
-
-        from voicebot_pbx.speech.blas import limit_blas_threads
 
         # The mel features' matrix product otherwise wakes numpy's OpenBLAS threads, whose
         # spinning then costs ~0.1 CPU-s per utterance during the encoder call.
