@@ -266,7 +266,7 @@ def test_frames_late_in_a_burst_after_a_gap_keep_the_utterance_whole() -> None:
     media, session = run_virtual(run())
     speech_turns = [t for t in session.record.turns if t.kind == "speech"]
     assert [t.transcript for t in speech_turns] == ["my account number is one two three"]
-    assert session._clock.filled_s == pytest.approx(0.12, abs=0.021)  # 150 ms less jitter
+    assert session.listener.clock.filled_s == pytest.approx(0.12, abs=0.021)  # 150 ms less jitter
 
 
 def test_incomplete_phrase_waits_for_the_rest() -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from voicebot_pbx.audio import frame_bytes, rms_dbfs
 from voicebot_pbx.speaker import Speaker
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
-from voicebot_pbx.speech.stt import SttResult
+from voicebot_pbx.speech.stt import SttCapabilities, SttResult
 from voicebot_pbx.transport import AudioIn, CallEnded, DtmfIn, InboundEvent
 
 T = TypeVar("T")
@@ -147,6 +147,10 @@ class ScriptedStt:
         peak_hz = float(np.argmax(spectrum)) * rate_hz / samples.size
         best = min(self.phrases, key=lambda f: abs(f - peak_hz))
         return self.phrases[best] if abs(best - peak_hz) < 25 else ""
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities(batch=self)  # run in the (fake, virtual-time) pool
 
     def new_stream(self, rate_hz: int) -> Any:
         raise NotImplementedError("the session uses transcribe() for batch engines")

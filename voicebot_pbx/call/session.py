@@ -16,11 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
-import math
 import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -28,22 +25,13 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import structlog
 
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
-from voicebot_pbx.audio import Resampler
+from voicebot_pbx.call.listener import Listener
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
-from voicebot_pbx.speech.echo import is_line_echo
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
-from voicebot_pbx.speech.inbound_clock import InboundClock
-from voicebot_pbx.speech.stt import SttResult, SttStream
 from voicebot_pbx.speech.turns import (
-    BargeIn,
-    PauseStarted,
-    TurnAction,
     TurnTaker,
-    UtteranceEnded,
-    UtteranceStarted,
-    looks_complete,
 )
 from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 
@@ -76,44 +64,10 @@ class Shared:
     profiles: dict[str, ProfileKit] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class _Audio:
-    pcm: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _Finish:
-    turn_id: int
-    pause_id: int
-    speech_end_at: float  # loop time
-    pcm: bytes  # the whole utterance (batch engines): the next one may start meanwhile
-
-
-@dataclass(frozen=True, slots=True)
-class _Speculate:
-    turn_id: int
-    pause_id: int
-    pcm: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _Speculation:
-    turn_id: int
-    pause_id: int
-    result: SttResult
-
-
 class SpeechSynth(Protocol):
     def synthesize(
         self, text: str, rate_hz: int, cancel: threading.Event | None = None
     ) -> Iterator[bytes]: ...
-
-
-class BatchTranscriber(Protocol):
-    """An engine that transcribes a whole utterance at once (Whisper): it can transcribe
-    speculatively at a pause, so the end of the turn finds the transcript (nearly) ready."""
-
-    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult: ...
 
 
 class CallSession:
@@ -128,45 +82,21 @@ class CallSession:
         self.record = CallRecord(
             call_id=media.call_id, pbx=media.pbx, peer=media.peer, caller_id=caller_id
         )
-        self.turns = TurnTaker(self.config.vad)
         self._group: asyncio.TaskGroup | None = None
-        self._stt_queue: asyncio.Queue[_Audio | _Finish | _Speculate] = asyncio.Queue(
-            _STT_QUEUE_ITEMS
-        )
-        self._utterance_open = False
-        # The utterance so far (for speculative transcription at pauses).
-        self._utterance_pcm = bytearray()
-        self._speculation: _Speculation | None = None
-        # The speculative decode in flight: cancelled when the caller speaks on (dropped
-        # unstarted from the engine's queue, so a busy engine does not decode stale audio).
-        self._speculating: tuple[int, asyncio.Future[SttResult | None]] | None = None
-        self.speculations_dropped = 0
-        transcribe = getattr(shared.engines.stt, "transcribe", None)
-        self._batch: BatchTranscriber | None = shared.engines.stt if callable(transcribe) else None  # type: ignore[assignment]
-        # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
-        self._recent: deque[tuple[float, bytes]] = deque(maxlen=100)
-        self._fed_s = 0.0
-        # Where the last utterance's speech ended (VAD stream time): the next utterance's
-        # lookback stops there, so its transcript never repeats the previous words.
-        self._last_speech_end_s = -math.inf
-        self._last_window_s = 0.0
-        self._last_frame_at = 0.0
+        self.listener = Listener(self.config, self.engines, self.speaker, self, self.record.errors)
         self._reply_task: asyncio.Task[None] | None = None
         self._reply_seq = 0
         self._reply_started = False
         self._reply_first_frame_at: float | None = None
         self._reply_turn: TurnRecord | None = None
-        self._carry_text = ""
         self._ending = False
         self._dtmf_buffer = ""
         self._dtmf_expect: int | None = None
         self._dtmf_task: asyncio.Task[None] | None = None
         self._tts_cancel: threading.Event | None = None
-        self.stt: SttStream | None = None
         self.fallbacks = shared.config.fallbacks
         self._backchannels = frozenset(_norm(b) for b in self.fallbacks.backchannels)
         self._paused_turn: TurnRecord | None = None
-        self._inbound_resampler: Resampler | None = None
         self.profile: ProfileConfig | None = None
         self.kit: ProfileKit | None = None
         self.recording: CallRecording | None = None
@@ -174,7 +104,6 @@ class CallSession:
         self._no_input_count = 0
         self._no_input_task: asyncio.Task[None] | None = None
         self.rate_hz = media.rate_hz
-        self._clock = InboundClock()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -183,10 +112,7 @@ class CallSession:
         structlog.contextvars.bind_contextvars(call_id=self.media.call_id)
         self.rate_hz = await self.media.wait_for_rate(0.3)
         self.record.rate_hz = self.rate_hz
-        self.vad = self.engines.vad.new_stream(self.rate_hz)
-        # Batch engines (Whisper) get the utterance from the session; streaming engines
-        # (Vosk) get a stream per call, fed continuously.
-        self.stt = None if self._batch is not None else self.engines.stt.new_stream(self.rate_hz)
+        self.listener.start(self.rate_hz)
         await self._choose_profile()
         analytics = self.config.analytics
         if analytics.record_audio:
@@ -213,7 +139,7 @@ class CallSession:
         try:
             async with asyncio.TaskGroup() as group:
                 self._group = group
-                stt_worker = group.create_task(self._stt_worker())
+                stt_worker = group.create_task(self.listener.run_stt())
                 wrap_up = group.create_task(self._wrap_up_timer())
                 greeting = TurnRecord(turn_id=0, kind="greeting")
                 self._start_reply(greeting, self._greeting(), loop.time())
@@ -237,15 +163,22 @@ class CallSession:
             self.record.ended_at = time.time()
             if not self.record.end_reason:
                 self.record.end_reason = "error"
-            if self.stt is not None:
-                with contextlib.suppress(Exception):
-                    self.stt.close()
+            with contextlib.suppress(Exception):
+                self.listener.close()
             if self.recording is not None:
                 self.speaker.tap = None
                 await self.recording.close()
             await self._write_record()
             with contextlib.suppress(Exception):
                 await self.dialogue.end(self.call)
+
+    @property
+    def turns(self) -> TurnTaker:
+        return self.listener.turns
+
+    @property
+    def speculations_dropped(self) -> int:
+        return self.listener.speculations_dropped
 
     @property
     def dialogue(self) -> Dialogue:
@@ -327,19 +260,20 @@ class CallSession:
         while True:
             if inbound.empty():
                 # A caller who sends no frames while silent: the missing time is silence.
-                due_s = self._clock.due_in_s(loop.time())
+                due_s = self.listener.clock.due_in_s(loop.time())
                 try:
                     async with asyncio.timeout(due_s):
                         event = await inbound.get()
                 except TimeoutError:
-                    self._fill_silence(loop.time())
+                    self.listener.fill_silence(loop.time())
                     continue
             else:
                 event = inbound.get_nowait()
             match event:
-                case AudioIn():
-                    self._clock.on_frame(event.at_s, len(event.pcm) / (2 * event.rate_hz))
-                    self._on_audio(event)
+                case AudioIn(pcm, _rate_hz, at_s):
+                    if self.recording is not None:
+                        self.recording.caller(pcm, at_s)
+                    self.listener.on_frame(event)
                 case DtmfIn(digit, at_s):
                     self._on_dtmf(digit, at_s)
                 case CallEnded(reason, _at_s):
@@ -348,261 +282,43 @@ class CallSession:
                     log.info(
                         "session_ended",
                         reason=self.record.end_reason,
-                        speculations_dropped=self.speculations_dropped,
+                        speculations_dropped=self.listener.speculations_dropped,
                     )
                     return
 
     # --- audio in ----------------------------------------------------------------------
 
-    def _fill_silence(self, now: float) -> None:
-        """Feed the silence of frames that did not come (``InboundClock``)."""
-        missing_s = self._clock.missing_s(now)
-        if missing_s > 0:
-            samples = round(missing_s * self.rate_hz)
-            self._on_audio(AudioIn(bytes(2 * samples), self.rate_hz, now))
+    # --- what the listener reports (ListenerHooks) ----------------------------------------
 
-    def _on_audio(self, event: AudioIn) -> None:
-        pcm = event.pcm
-        if self.recording is not None:
-            self.recording.caller(pcm, event.at_s)
-        if event.rate_hz != self.rate_hz:
-            # The caller's first audio came after the session had to pick a rate: convert.
-            if self._inbound_resampler is None:
-                self._inbound_resampler = Resampler(event.rate_hz, self.rate_hz)
-            pcm = self._inbound_resampler.process(pcm)
-            if not pcm:
-                return
-        self._fed_s += len(pcm) / (2 * self.rate_hz)
-        self._recent.append((self._fed_s, pcm))
-        if self._utterance_open:
-            self._feed_stt(pcm)
-        echo = self._looks_like_echo(pcm)
-        for window_start_s, prob in self.vad.process_timed(pcm):
-            if echo:
-                prob = 0.0
-            self._last_window_s = window_start_s
-            self._last_frame_at = event.at_s
-            for action in self.turns.on_vad(prob, window_start_s):
-                self._apply(action, event.at_s)
-            self._drop_stale_speculation()
-            self._maybe_end_early()
+    def utterance_started(self, turn_id: int) -> None:
+        self._cancel_no_input()
+        self._no_input_count = 0
+        if self._reply_task is not None and not self._reply_started:
+            # The caller went on talking before we answered: answer the whole thing.
+            self.listener.carry(self._reply_turn.transcript if self._reply_turn else "")
+            self._cancel_reply()
 
-    def _drop_stale_speculation(self) -> None:
-        """The caller spoke on after the pause the speculative decode is for: its transcript
-        can only be discarded, so stop waiting for it."""
-        if self._speculating is None:
+    def barge_in(self, turn_id: int) -> None:
+        interrupted = self._reply_turn
+        if interrupted is None or not self._reply_started:
             return
-        turn_id, decode = self._speculating
-        # Only while its turn is open: once the turn has ended, its _Finish will use it.
-        if turn_id == self.turns.turn_id and self._utterance_open and not self.turns.in_pause:
-            decode.cancel()
+        # Go silent now, but keep the reply: if the caller only said "uh-huh" (or
+        # coughed), it goes on; real words discard it when the transcript comes.
+        log.info("barge_in", turn_id=turn_id)
+        self.speaker.pause()
+        self.turns.set_bot_speaking(False)
+        self._paused_turn = interrupted
+        if self._reply_first_frame_at is not None:
+            played_s = self.listener.last_frame_at - self._reply_first_frame_at
+            interrupted.played_ms = round(played_s * 1000.0, 1)
 
-    def _looks_like_echo(self, pcm: bytes) -> bool:
-        """While the bot talks: audio well below its own level that matches what it said
-        (or is quieter still) is the line echo of it (voicebot_pbx.speech.echo)."""
-        vad = self.config.vad
-        if vad.echo_margin_db <= 0 or not self.turns.bot_speaking:
-            return False
-        return is_line_echo(
-            pcm,
-            self.speaker.recent_output,
-            bot_peak_dbfs=self.speaker.recent_peak_dbfs,
-            margin_db=vad.echo_margin_db,
-            min_correlation=vad.echo_min_correlation,
-            residual_db=vad.echo_residual_db,
-            caller_context_pcm=self._caller_context(),
-        )
-
-    def _caller_context(self) -> bytes:
-        """The 40 ms before the newest caller frame (the last one in ``_recent``)."""
-        recent = self._recent
-        return b"".join(recent[i][1] for i in range(max(0, len(recent) - 3), len(recent) - 1))
-
-    def _maybe_end_early(self) -> None:
-        """End the turn at the short silence if the speculative transcript looks complete."""
-        spec = self._speculation
-        if (
-            spec is None
-            or self._is_stale_pause(spec.turn_id, spec.pause_id)
-            or not looks_complete(spec.result.text)
-        ):
-            return
-        ended = self.turns.end_turn_early(self._last_window_s)
-        if ended is not None:
-            self._apply(ended, self._last_frame_at)
-
-    def _to_loop_time(self, stream_s: float, frame_at: float) -> float:
-        """Map VAD stream time to loop time using the frame that just arrived."""
-        return frame_at - (self._fed_s - stream_s)
-
-    def _apply(self, action: TurnAction, frame_at: float) -> None:
-        match action:
-            case UtteranceStarted(turn_id, onset_s):
-                self._cancel_no_input()
-                self._no_input_count = 0
-                self._utterance_open = True
-                self._utterance_pcm.clear()
-                self._speculation = None
-                lookback_s = self.config.vad.lookback_ms / 1000.0
-                start_s = max(onset_s - lookback_s, self._last_speech_end_s)
-                heard = self._heard_since(start_s)
-                # Frames that never came (a caller who sent none before speaking) were
-                # silence: Whisper hears nothing in speech that starts at its first sample.
-                missing = round((self._fed_s - start_s) * self.rate_hz) - len(heard) // 2
-                self._feed_stt(bytes(2 * missing) + heard if missing > 0 else heard)
-                if self._reply_task is not None and not self._reply_started:
-                    # The caller went on talking before we answered: answer the whole thing.
-                    self._carry_text = self._reply_turn.transcript if self._reply_turn else ""
-                    self._cancel_reply()
-                log.debug("utterance_started", turn_id=turn_id)
-            case UtteranceEnded(turn_id, speech_end_s, _decided_s):
-                self._utterance_open = False
-                self._last_speech_end_s = speech_end_s
-                speech_end_at = self._to_loop_time(speech_end_s, frame_at)
-                pcm = bytes(self._utterance_pcm)
-                self._utterance_pcm.clear()
-                self._put_stt(_Finish(turn_id, self.turns.pause_id, speech_end_at, pcm))
-            case PauseStarted(turn_id, pause_id, _since_s):
-                if self._batch is not None:
-                    self._put_stt(_Speculate(turn_id, pause_id, bytes(self._utterance_pcm)))
-            case BargeIn(turn_id, _onset_s, _decided_s):
-                interrupted = self._reply_turn
-                if interrupted is None or not self._reply_started:
-                    return
-                # Go silent now, but keep the reply: if the caller only said "uh-huh" (or
-                # coughed), it goes on; real words discard it when the transcript comes.
-                log.info("barge_in", turn_id=turn_id)
-                self.speaker.pause()
-                self.turns.set_bot_speaking(False)
-                self._paused_turn = interrupted
-                if self._reply_first_frame_at is not None:
-                    played_s = self._last_frame_at - self._reply_first_frame_at
-                    interrupted.played_ms = round(played_s * 1000.0, 1)
-
-    def _heard_since(self, start_s: float) -> bytes:
-        """The recent caller audio from stream time ``start_s`` on, cut to the sample."""
-        pieces: list[bytes] = []
-        for end_s, pcm in self._recent:
-            # Whole samples after start_s (rounded: frame times are sums of 0.02 s).
-            keep = round((end_s - start_s) * self.rate_hz)
-            if keep > 0:
-                pieces.append(pcm[-2 * keep :] if 2 * keep < len(pcm) else pcm)
-        return b"".join(pieces)
-
-    def _feed_stt(self, pcm: bytes) -> None:
-        if not pcm:
-            return
-        if self._batch is not None:
-            self._utterance_pcm += pcm
-        else:
-            self._put_stt(_Audio(pcm))
-
-    def _put_stt(self, item: _Audio | _Finish | _Speculate) -> None:
-        try:
-            self._stt_queue.put_nowait(item)
-        except asyncio.QueueFull:
-            log.warning("stt_queue_full")
-
-    async def _stt_worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = [await self._stt_queue.get()]
-            while not self._stt_queue.empty():
-                items.append(self._stt_queue.get_nowait())
-            audio: list[bytes] = []
-            for item in items:
-                if isinstance(item, _Audio):
-                    # Streaming engine: one call for whatever audio queued up.
-                    audio.append(item.pcm)
-                    continue
-                if audio and self.stt is not None:
-                    await self._stt_call(functools.partial(self.stt.accept, b"".join(audio)))
-                audio = []
-                await self._stt_command(item, loop)
-            if audio and self.stt is not None:
-                await self._stt_call(functools.partial(self.stt.accept, b"".join(audio)))
-
-    async def _stt_command(
-        self, item: _Finish | _Speculate, loop: asyncio.AbstractEventLoop
+    def transcript(
+        self, turn_id: int, text: str, confidence: float | None, speech_end_at: float, now: float
     ) -> None:
-        match item:
-            case _Speculate(turn_id, pause_id, pcm):
-                if self._is_stale_pause(turn_id, pause_id) or not self.turns.in_pause:
-                    return
-                assert self._batch is not None
-                decode = asyncio.ensure_future(self._batch_transcribe(self._batch, pcm))
-                self._speculating = (turn_id, decode)
-                try:
-                    await asyncio.wait({decode})
-                finally:
-                    self._speculating = None
-                    decode.cancel()  # a no-op once done; else this worker is being cancelled
-                if decode.cancelled():
-                    self.speculations_dropped += 1
-                    return
-                result = decode.result()
-                if result is not None:
-                    self._speculation = _Speculation(turn_id, pause_id, result)
-                    self._maybe_end_early()
-            case _Finish(turn_id, pause_id, speech_end_at, pcm):
-                spec = self._speculation
-                if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
-                    result = spec.result
-                elif self._batch is not None:
-                    result = await self._batch_transcribe(self._batch, pcm, urgent=True)
-                elif self.stt is not None:
-                    result = await self._stt_call(self.stt.finish)
-                else:
-                    result = None
-                self._speculation = None
-                self._on_transcript(
-                    turn_id, result or SttResult("", None), speech_end_at, loop.time()
-                )
-
-    def _is_stale_pause(self, turn_id: int, pause_id: int) -> bool:
-        return (turn_id, pause_id) != (self.turns.turn_id, self.turns.pause_id)
-
-    async def _batch_transcribe(
-        self, batch: BatchTranscriber, pcm: bytes, *, urgent: bool = False
-    ) -> SttResult | None:
-        """A whole utterance: awaited from the engine's own batching inference thread when it
-        has ``transcribe_async`` (Whisper), else run in the shared pool. ``urgent``: the
-        turn has ended (decoded before other calls' speculative requests)."""
-        transcribe_async = getattr(batch, "transcribe_async", None)
-        if transcribe_async is None:
-            return await self._stt_call(functools.partial(batch.transcribe, pcm, self.rate_hz))
-        try:
-            async with asyncio.timeout(self.config.stt.timeout_s):
-                result: SttResult = await transcribe_async(pcm, self.rate_hz, urgent=urgent)
-                return result
-        except TimeoutError:
-            log.warning("stt_timeout", timeout_s=self.config.stt.timeout_s)
-            self.record.errors.append("stt_timeout")
-            return None
-
-    async def _stt_call(self, fn: Callable[[], T]) -> T | None:
-        try:
-            return await self.engines.run("stt", self.config.stt.timeout_s, fn)
-        except EngineTimeout as exc:
-            log.warning("stt_timeout", timeout_s=exc.timeout_s)
-            self.record.errors.append("stt_timeout")
-            return None
-
-    def _on_transcript(
-        self, turn_id: int, result: SttResult, speech_end_at: float, now: float
-    ) -> None:
-        text = " ".join(part for part in (self._carry_text, result.text.strip()) if part)
-        if turn_id != self.turns.turn_id or self._utterance_open:
-            # The caller spoke again before this turn's words were transcribed: nothing was
-            # answered yet, so they open the next turn's transcript instead of being lost.
-            self._carry_text = text
-            log.debug("late_transcript_carried", turn_id=turn_id, carried=bool(result.text.strip()))
-            return
-        self._carry_text = ""
         turn = TurnRecord(
             turn_id=turn_id,
             transcript=text,
-            stt_confidence=result.confidence,
+            stt_confidence=confidence,
             end_of_speech_to_stt_ms=round((now - speech_end_at) * 1000.0, 1),
         )
         log.info("transcript", turn_id=turn_id, text=text, stt_ms=turn.end_of_speech_to_stt_ms)
@@ -621,9 +337,7 @@ class CallSession:
             paused.barged_in = True
             self._turn_finished(paused)
             self._interrupt()
-        low_confidence = (
-            result.confidence is not None and result.confidence < self.fallbacks.min_stt_confidence
-        )
+        low_confidence = confidence is not None and confidence < self.fallbacks.min_stt_confidence
         if not text or low_confidence:
             turn.fallbacks.append("stt_low_confidence" if text else "stt_empty")
             self._start_reply(turn, self._not_understood_turn(), speech_end_at)
@@ -670,7 +384,7 @@ class CallSession:
     async def _no_input_wait(self) -> None:
         await asyncio.sleep(self.fallbacks.no_input_s)
         self._no_input_task = None
-        if self.turns.caller_speaking or self._utterance_open:
+        if self.turns.caller_speaking or self.listener.utterance_open:
             return
         self._no_input_count += 1
         loop = asyncio.get_running_loop()

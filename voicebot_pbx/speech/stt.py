@@ -58,9 +58,40 @@ class SttStream(Protocol):
     def close(self) -> None: ...
 
 
+class BatchTranscriber(Protocol):
+    """Transcribes a whole utterance at once, blocking the calling worker thread."""
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult: ...
+
+
+class QueuedTranscriber(BatchTranscriber, Protocol):
+    """A batch transcriber with its own inference thread, awaited from the event loop
+    (Whisper: decodes from several calls go together; ``urgent`` ones first)."""
+
+    async def transcribe_async(
+        self, pcm: bytes, rate_hz: int, *, urgent: bool = False
+    ) -> SttResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SttCapabilities:
+    """What an engine can do, declared by the engine (``SttEngine.capabilities``).
+
+    ``batch``: it transcribes whole utterances, so the session hands it each utterance and
+    decodes speculatively at pauses; ``queued``: it does so on its own inference thread,
+    awaited (else the session runs ``batch.transcribe`` in the shared pool). An engine with
+    neither is fed continuously through ``new_stream`` (Vosk: one recognizer per call)."""
+
+    batch: BatchTranscriber | None = None
+    queued: QueuedTranscriber | None = None
+
+
 class SttEngine(Protocol):
     @property
     def name(self) -> str: ...
+
+    @property
+    def capabilities(self) -> SttCapabilities: ...
 
     def new_stream(self, rate_hz: int) -> SttStream: ...
 
@@ -370,6 +401,10 @@ class WhisperEngine:
             cpu_threads=cpu_threads,
             max_batch=max_batch,
         )
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities(batch=self, queued=self)
 
     def new_stream(self, rate_hz: int) -> WhisperStream:
         return WhisperStream(self, rate_hz)
@@ -682,6 +717,10 @@ class VoskEngine:
         self._vosk = vosk
         self._model = vosk.Model(str(self.model_dir))
         log.debug("stt.vosk.loaded", model=str(self.model_dir))
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities()  # streaming only
 
     def new_stream(self, rate_hz: int) -> VoskStream:
         recognizer = self._vosk.KaldiRecognizer(self._model, float(rate_hz))

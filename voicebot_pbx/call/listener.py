@@ -1,0 +1,382 @@
+"""The recognition half of a call: caller audio in, turn events and transcripts out.
+
+``Listener`` owns everything between the caller's frames and a finished transcript: the
+inbound clock (missing frames count as silence), echo gating, VAD and the pure
+``TurnTaker``, the look-back before an onset, and the per-call STT worker with its
+speculative decodes at pauses. It tells the session what happened through
+``ListenerHooks`` (synchronous calls on the event loop): an utterance started, the caller
+barged in, a turn's transcript is ready. It never touches replies or records beyond
+appending engine errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import structlog
+
+from voicebot_pbx.audio import Resampler
+from voicebot_pbx.config import Config
+from voicebot_pbx.speaker import Speaker
+from voicebot_pbx.speech.echo import is_line_echo
+from voicebot_pbx.speech.engines import Engines, EngineTimeout
+from voicebot_pbx.speech.inbound_clock import InboundClock
+from voicebot_pbx.speech.stt import BatchTranscriber, SttCapabilities, SttResult, SttStream
+from voicebot_pbx.speech.turns import (
+    BargeIn,
+    PauseStarted,
+    TurnAction,
+    TurnTaker,
+    UtteranceEnded,
+    UtteranceStarted,
+    looks_complete,
+)
+from voicebot_pbx.transport import AudioIn
+
+log = structlog.get_logger("voicebot_pbx.call.listener")
+T = TypeVar("T")
+
+_STT_QUEUE_ITEMS = 512
+
+
+class ListenerHooks(Protocol):
+    def utterance_started(self, turn_id: int) -> None:
+        """The caller started speaking (turn ``turn_id``)."""
+
+    def barge_in(self, turn_id: int) -> None:
+        """The caller spoke over the bot long enough to be an interruption."""
+
+    def transcript(
+        self, turn_id: int, text: str, confidence: float | None, speech_end_at: float, now: float
+    ) -> None:
+        """The turn's words (joined with any carried over), ``speech_end_at`` in loop time."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Audio:
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    turn_id: int
+    pause_id: int
+    speech_end_at: float  # loop time
+    pcm: bytes  # the whole utterance (batch engines): the next one may start meanwhile
+
+
+@dataclass(frozen=True, slots=True)
+class _Speculate:
+    turn_id: int
+    pause_id: int
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Speculation:
+    turn_id: int
+    pause_id: int
+    result: SttResult
+
+
+class Listener:
+    def __init__(
+        self,
+        config: Config,
+        engines: Engines,
+        speaker: Speaker,
+        hooks: ListenerHooks,
+        errors: list[str],
+    ) -> None:
+        self.config = config
+        self.engines = engines
+        self.speaker = speaker  # read only: what the bot just said, for echo gating
+        self.hooks = hooks
+        self.errors = errors
+        self.turns = TurnTaker(config.vad)
+        self.clock = InboundClock()
+        self.rate_hz = 8000
+        self._stt_queue: asyncio.Queue[_Audio | _Finish | _Speculate] = asyncio.Queue(
+            _STT_QUEUE_ITEMS
+        )
+        self.utterance_open = False
+        # The utterance so far (for speculative transcription at pauses).
+        self._utterance_pcm = bytearray()
+        self._speculation: _Speculation | None = None
+        # The speculative decode in flight: cancelled when the caller speaks on (dropped
+        # unstarted from the engine's queue, so a busy engine does not decode stale audio).
+        self._speculating: tuple[int, asyncio.Future[SttResult | None]] | None = None
+        self.speculations_dropped = 0
+        capabilities: SttCapabilities = engines.stt.capabilities
+        self._batch: BatchTranscriber | None = capabilities.batch
+        self._queued = capabilities.queued
+        self.stt: SttStream | None = None
+        # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
+        self._recent: deque[tuple[float, bytes]] = deque(maxlen=100)
+        self._fed_s = 0.0
+        # Where the last utterance's speech ended (VAD stream time): the next utterance's
+        # lookback stops there, so its transcript never repeats the previous words.
+        self._last_speech_end_s = -math.inf
+        self._last_window_s = 0.0
+        self.last_frame_at = 0.0
+        self._carry_text = ""
+        self._inbound_resampler: Resampler | None = None
+
+    def start(self, rate_hz: int) -> None:
+        """The call's rate is known: make the per-call VAD (and STT stream) state."""
+        self.rate_hz = rate_hz
+        self.vad = self.engines.vad.new_stream(rate_hz)
+        # Batch engines (Whisper) get the utterance from the session; streaming engines
+        # (Vosk) get a stream per call, fed continuously.
+        self.stt = None if self._batch is not None else self.engines.stt.new_stream(rate_hz)
+
+    def close(self) -> None:
+        if self.stt is not None:
+            self.stt.close()
+
+    def carry(self, text: str) -> None:
+        """Words already heard that were never answered: they open the next transcript."""
+        self._carry_text = text
+
+    # --- audio in ----------------------------------------------------------------------
+
+    def on_frame(self, event: AudioIn) -> None:
+        """A real inbound frame (keeps the call's clock)."""
+        self.clock.on_frame(event.at_s, len(event.pcm) / (2 * event.rate_hz))
+        self._on_audio(event)
+
+    def fill_silence(self, now: float) -> None:
+        """Feed the silence of frames that did not come (``InboundClock``)."""
+        missing_s = self.clock.missing_s(now)
+        if missing_s > 0:
+            samples = round(missing_s * self.rate_hz)
+            self._on_audio(AudioIn(bytes(2 * samples), self.rate_hz, now))
+
+    def _on_audio(self, event: AudioIn) -> None:
+        pcm = event.pcm
+        if event.rate_hz != self.rate_hz:
+            # The caller's first audio came after the session had to pick a rate: convert.
+            if self._inbound_resampler is None:
+                self._inbound_resampler = Resampler(event.rate_hz, self.rate_hz)
+            pcm = self._inbound_resampler.process(pcm)
+            if not pcm:
+                return
+        self._fed_s += len(pcm) / (2 * self.rate_hz)
+        self._recent.append((self._fed_s, pcm))
+        if self.utterance_open:
+            self._feed_stt(pcm)
+        echo = self._looks_like_echo(pcm)
+        for window_start_s, prob in self.vad.process_timed(pcm):
+            if echo:
+                prob = 0.0
+            self._last_window_s = window_start_s
+            self.last_frame_at = event.at_s
+            for action in self.turns.on_vad(prob, window_start_s):
+                self._apply(action, event.at_s)
+            self._drop_stale_speculation()
+            self._maybe_end_early()
+
+    def _drop_stale_speculation(self) -> None:
+        """The caller spoke on after the pause the speculative decode is for: its transcript
+        can only be discarded, so stop waiting for it."""
+        if self._speculating is None:
+            return
+        turn_id, decode = self._speculating
+        # Only while its turn is open: once the turn has ended, its _Finish will use it.
+        if turn_id == self.turns.turn_id and self.utterance_open and not self.turns.in_pause:
+            decode.cancel()
+
+    def _looks_like_echo(self, pcm: bytes) -> bool:
+        """While the bot talks: audio well below its own level that matches what it said
+        (or is quieter still) is the line echo of it (voicebot_pbx.speech.echo)."""
+        vad = self.config.vad
+        if vad.echo_margin_db <= 0 or not self.turns.bot_speaking:
+            return False
+        return is_line_echo(
+            pcm,
+            self.speaker.recent_output,
+            bot_peak_dbfs=self.speaker.recent_peak_dbfs,
+            margin_db=vad.echo_margin_db,
+            min_correlation=vad.echo_min_correlation,
+            residual_db=vad.echo_residual_db,
+            caller_context_pcm=self._caller_context(),
+        )
+
+    def _caller_context(self) -> bytes:
+        """The 40 ms before the newest caller frame (the last one in ``_recent``)."""
+        recent = self._recent
+        return b"".join(recent[i][1] for i in range(max(0, len(recent) - 3), len(recent) - 1))
+
+    def _maybe_end_early(self) -> None:
+        """End the turn at the short silence if the speculative transcript looks complete."""
+        spec = self._speculation
+        if (
+            spec is None
+            or self._is_stale_pause(spec.turn_id, spec.pause_id)
+            or not looks_complete(spec.result.text)
+        ):
+            return
+        ended = self.turns.end_turn_early(self._last_window_s)
+        if ended is not None:
+            self._apply(ended, self.last_frame_at)
+
+    def _to_loop_time(self, stream_s: float, frame_at: float) -> float:
+        """Map VAD stream time to loop time using the frame that just arrived."""
+        return frame_at - (self._fed_s - stream_s)
+
+    def _apply(self, action: TurnAction, frame_at: float) -> None:
+        match action:
+            case UtteranceStarted(turn_id, onset_s):
+                self.utterance_open = True
+                self._utterance_pcm.clear()
+                self._speculation = None
+                lookback_s = self.config.vad.lookback_ms / 1000.0
+                start_s = max(onset_s - lookback_s, self._last_speech_end_s)
+                heard = self._heard_since(start_s)
+                # Frames that never came (a caller who sent none before speaking) were
+                # silence: Whisper hears nothing in speech that starts at its first sample.
+                missing = round((self._fed_s - start_s) * self.rate_hz) - len(heard) // 2
+                self._feed_stt(bytes(2 * missing) + heard if missing > 0 else heard)
+                log.debug("utterance_started", turn_id=turn_id)
+                self.hooks.utterance_started(turn_id)
+            case UtteranceEnded(turn_id, speech_end_s, _decided_s):
+                self.utterance_open = False
+                self._last_speech_end_s = speech_end_s
+                speech_end_at = self._to_loop_time(speech_end_s, frame_at)
+                pcm = bytes(self._utterance_pcm)
+                self._utterance_pcm.clear()
+                self._put_stt(_Finish(turn_id, self.turns.pause_id, speech_end_at, pcm))
+            case PauseStarted(turn_id, pause_id, _since_s):
+                if self._batch is not None:
+                    self._put_stt(_Speculate(turn_id, pause_id, bytes(self._utterance_pcm)))
+            case BargeIn(turn_id, _onset_s, _decided_s):
+                self.hooks.barge_in(turn_id)
+
+    def _heard_since(self, start_s: float) -> bytes:
+        """The recent caller audio from stream time ``start_s`` on, cut to the sample."""
+        pieces: list[bytes] = []
+        for end_s, pcm in self._recent:
+            # Whole samples after start_s (rounded: frame times are sums of 0.02 s).
+            keep = round((end_s - start_s) * self.rate_hz)
+            if keep > 0:
+                pieces.append(pcm[-2 * keep :] if 2 * keep < len(pcm) else pcm)
+        return b"".join(pieces)
+
+    # --- speech to text ----------------------------------------------------------------
+
+    def _feed_stt(self, pcm: bytes) -> None:
+        if not pcm:
+            return
+        if self._batch is not None:
+            self._utterance_pcm += pcm
+        else:
+            self._put_stt(_Audio(pcm))
+
+    def _put_stt(self, item: _Audio | _Finish | _Speculate) -> None:
+        try:
+            self._stt_queue.put_nowait(item)
+        except asyncio.QueueFull:
+            log.warning("stt_queue_full")
+
+    async def run_stt(self) -> None:
+        """The call's STT worker (a task of the session's group)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self._stt_queue.get()]
+            while not self._stt_queue.empty():
+                items.append(self._stt_queue.get_nowait())
+            audio: list[bytes] = []
+            for item in items:
+                if isinstance(item, _Audio):
+                    # Streaming engine: one call for whatever audio queued up.
+                    audio.append(item.pcm)
+                    continue
+                if audio and self.stt is not None:
+                    await self._stt_call(functools.partial(self.stt.accept, b"".join(audio)))
+                audio = []
+                await self._stt_command(item, loop)
+            if audio and self.stt is not None:
+                await self._stt_call(functools.partial(self.stt.accept, b"".join(audio)))
+
+    async def _stt_command(
+        self, item: _Finish | _Speculate, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        match item:
+            case _Speculate(turn_id, pause_id, pcm):
+                if self._is_stale_pause(turn_id, pause_id) or not self.turns.in_pause:
+                    return
+                assert self._batch is not None
+                decode = asyncio.ensure_future(self._batch_transcribe(self._batch, pcm))
+                self._speculating = (turn_id, decode)
+                try:
+                    await asyncio.wait({decode})
+                finally:
+                    self._speculating = None
+                    decode.cancel()  # a no-op once done; else this worker is being cancelled
+                if decode.cancelled():
+                    self.speculations_dropped += 1
+                    return
+                result = decode.result()
+                if result is not None:
+                    self._speculation = _Speculation(turn_id, pause_id, result)
+                    self._maybe_end_early()
+            case _Finish(turn_id, pause_id, speech_end_at, pcm):
+                spec = self._speculation
+                if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
+                    result = spec.result
+                elif self._batch is not None:
+                    result = await self._batch_transcribe(self._batch, pcm, urgent=True)
+                elif self.stt is not None:
+                    result = await self._stt_call(self.stt.finish)
+                else:
+                    result = None
+                self._speculation = None
+                self._on_transcript(
+                    turn_id, result or SttResult("", None), speech_end_at, loop.time()
+                )
+
+    def _is_stale_pause(self, turn_id: int, pause_id: int) -> bool:
+        return (turn_id, pause_id) != (self.turns.turn_id, self.turns.pause_id)
+
+    async def _batch_transcribe(
+        self, batch: BatchTranscriber, pcm: bytes, *, urgent: bool = False
+    ) -> SttResult | None:
+        """A whole utterance: awaited from the engine's own batching inference thread when it
+        has one (``SttCapabilities.queued``: Whisper), else run in the shared pool.
+        ``urgent``: the turn has ended (decoded before other calls' speculative requests)."""
+        if self._queued is None:
+            return await self._stt_call(functools.partial(batch.transcribe, pcm, self.rate_hz))
+        try:
+            async with asyncio.timeout(self.config.stt.timeout_s):
+                return await self._queued.transcribe_async(pcm, self.rate_hz, urgent=urgent)
+        except TimeoutError:
+            log.warning("stt_timeout", timeout_s=self.config.stt.timeout_s)
+            self.errors.append("stt_timeout")
+            return None
+
+    async def _stt_call(self, fn: Callable[[], T]) -> T | None:
+        try:
+            return await self.engines.run("stt", self.config.stt.timeout_s, fn)
+        except EngineTimeout as exc:
+            log.warning("stt_timeout", timeout_s=exc.timeout_s)
+            self.errors.append("stt_timeout")
+            return None
+
+    def _on_transcript(
+        self, turn_id: int, result: SttResult, speech_end_at: float, now: float
+    ) -> None:
+        text = " ".join(part for part in (self._carry_text, result.text.strip()) if part)
+        if turn_id != self.turns.turn_id or self.utterance_open:
+            # The caller spoke again before this turn's words were transcribed: nothing was
+            # answered yet, so they open the next turn's transcript instead of being lost.
+            self._carry_text = text
+            log.debug("late_transcript_carried", turn_id=turn_id, carried=bool(result.text.strip()))
+            return
+        self._carry_text = ""
+        self.hooks.transcript(turn_id, text, result.confidence, speech_end_at, now)
