@@ -89,6 +89,11 @@ class Unicast:
     sent_frames: int = 0
     cng: bool = False  # idle frames as CNG (0xFF bytes) instead of decoded silence
     muted: bool = False  # send nothing (FreeSWITCH stopped reading the channel)
+    # A FreeSWITCH-side application plays (a uuid_broadcast): the real 1.10.12 runs it
+    # inside the park loop (switch_ivr_parse_all_events), which then reads no frames for
+    # unicast: what the caller says meanwhile is lost, never sent late
+    # (tests/test_real_freeswitch.py shows it).
+    deaf: bool = False
     last_speech_sent_at: float | None = None  # time.monotonic() of the last caller frame
     _queue: deque[bytes] = field(default_factory=deque)
     _held: list[bytes] = field(default_factory=list)
@@ -154,6 +159,12 @@ class Unicast:
                 start, tick = loop.time(), 0
             tick += 1
             if self.muted:
+                continue
+            if self.deaf:
+                if self._queue:
+                    self._queue.popleft()
+                    if not self._queue:
+                        self.last_speech_sent_at = time.monotonic()
                 continue
             if self._queue:
                 frame = self._queue.popleft()
@@ -397,6 +408,8 @@ class FakeFreeSwitch:
 
             async def stop_playback() -> None:  # the playback application returns
                 app, self.playing = self.playing, None
+                if self.unicast is not None:
+                    self.unicast.deaf = False
                 await self.event("CHANNEL_EXECUTE_COMPLETE", [("Application", app or "")])
 
             return "", stop_playback
@@ -528,9 +541,21 @@ class FakeFreeSwitch:
         else:
             await self._disconnect(GOODBYE)
 
+    @property
+    def dialplan_continues(self) -> bool:
+        """Whether the dialplan goes on after ``socket`` once the bot let go, as the real
+        FreeSWITCH 1.10.12 does it (tests/test_real_freeswitch.py): in async mode only after
+        ``resume``; in static mode only *without* it: there ``resume`` moves the channel to
+        CS_RESET and the rest of the dialplan never runs (the channel sits until hang-up)."""
+        if not self.channel_up or self.transferred_to is not None:
+            return False
+        return self.resumed if self.mode == "async" else not self.resumed
+
     async def play(self, app: str = "playback", data: str = "ivr/ivr-hold_connect.wav") -> None:
         """FreeSWITCH-side playback starts (as a uuid_broadcast would): CHANNEL_EXECUTE."""
         self.playing = app
+        if self.unicast is not None:
+            self.unicast.deaf = True
         await self.event("CHANNEL_EXECUTE", [("Application", app), ("Application-Data", data)])
 
     async def send_raw(self, data: bytes) -> None:

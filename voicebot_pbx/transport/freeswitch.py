@@ -920,6 +920,9 @@ class FreeswitchCall(CallState):
             # The bot went silent mid-reply (barge-in: paused or interrupted). Only when
             # FreeSWITCH itself plays something: a stray uuid_break leaves CF_BREAK set on
             # the channel, and the next playback (after a transfer, say) would stop at once.
+            # (FreeSWITCH runs such a playback inside the park loop, which reads no frames
+            # for unicast meanwhile: the caller is not heard then, so this follows a stop
+            # for another reason, never a spoken barge-in.)
             stopped = self.speaker.paused or self.speaker.generation != self._last_generation
             if self._last_voiced and is_silence and stopped and self.fs_playing:
                 self._spawn(self._break_for_barge_in())
@@ -1079,13 +1082,19 @@ class FreeswitchServer:
                 return False
         return peer_allowed(address, self._allow)
 
-    async def _reject(self, link: _Link, reason: str, **fields: Any) -> None:
+    async def _reject(
+        self, link: _Link, reason: str, *, resume: bool = True, **fields: Any
+    ) -> None:
         """Back to the dialplan: ``resume`` then ``exit`` (connect was sent: in async mode
-        FreeSWITCH waits for it before parking the channel)."""
+        FreeSWITCH waits for it before parking the channel). ``resume=False`` for a
+        static-mode socket: there the dialplan goes on after ``exit`` by itself, and a
+        ``resume`` moves the channel to CS_RESET so the rest of the dialplan never runs
+        (found with FreeSWITCH 1.10.12: the caller sat in dead air until hanging up)."""
         self.calls_rejected += 1
         log.warning("call_rejected", reason=reason, peer=link.peer, **fields)
-        with contextlib.suppress(EslError):
-            await link.command(esl.encode_command("resume"), self._config.command_timeout_s)
+        if resume:
+            with contextlib.suppress(EslError):
+                await link.command(esl.encode_command("resume"), self._config.command_timeout_s)
         await link.finish()
 
     async def _serve(self, link: _Link) -> None:
@@ -1111,7 +1120,7 @@ class FreeswitchServer:
             link.call_id = info.uuid
             if info.socket_mode != "async":
                 # Static mode never parks the channel, so unicast would never run.
-                await self._reject(link, "not_async", socket_mode=info.socket_mode)
+                await self._reject(link, "not_async", resume=False, socket_mode=info.socket_mode)
                 return
             media_ip = self._media_ip(link)
             if media_ip is None:

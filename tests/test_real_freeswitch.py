@@ -1,0 +1,235 @@
+"""Calls through a real FreeSWITCH 1.10.12 into a real ``voicebot-pbx serve``.
+
+The caller half of a loopback channel pair runs a script (espeak-ng questions, silence,
+DTMF) and records what it hears and says; the other half runs ``socket 127.0.0.1:<port>
+async full`` (from the XML dialplan, or ``'&socket(...)'`` straight from ``originate``), and
+the bot exchanges audio with it through ``unicast`` (L16 over UDP). What is checked is what
+the caller heard, the bot's call record and the marks the dialplan leaves (global
+variables): never timing beyond "before the caller hung up".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from tests.realpbx import free_port
+from tests.realpbx.bot import BotProcess
+from tests.realpbx.freeswitch import Call, FreeSwitch, Recording, Step, dtmf, play, silence
+from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
+from voicebot_pbx.ops.records import CallRecord
+
+pytestmark = [pytest.mark.realpbx, pytest.mark.models, pytest.mark.slow]
+
+HOURS_REPLY = "We are open Monday to Friday"
+GOODBYE_REPLY = "Thank you for calling. Goodbye!"
+TRANSFER_REPLY = "Please hold while I transfer you to an agent."
+GREETING_S = 6.0  # the greeting (~3.7 s) plays while the caller waits
+AGENTS_TONE_HZ = 1000.0  # what the "agents" extension plays (freeswitch.xml)
+
+
+@dataclass
+class Bed:
+    fs: FreeSwitch
+    bot: BotProcess
+
+    def run_call(self, steps: list[Step], mode: str = "dialplan", timeout_s: float = 60.0) -> Call:
+        call = self.fs.call(steps, mode=mode)
+        self.fs.wait_call_gone(call, timeout_s)
+        return call
+
+    def record(self, call: Call, timeout_s: float = 15.0) -> CallRecord:
+        """The finished call record of ``call`` (its id is the bot half's channel UUID)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for record in self.bot.records():
+                if record.call_id == call.uuid and record.ended_at:
+                    return record
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no call record for {call}: {self.bot.log_tail()}")
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    folder = tmp_path_factory.mktemp("real-freeswitch")
+    esl_port = free_port()
+    fs = FreeSwitch(folder / "freeswitch", bot_port=esl_port)
+    fs.start()
+    udp_min = 42000 + (esl_port % 200) * 100  # a range of its own; busy ports are skipped
+    bot = BotProcess(
+        folder / "bot",
+        extra_toml=f"""
+[freeswitch]
+enabled = true
+port = {esl_port}
+udp_port_min = {udp_min}
+udp_port_max = {udp_min + 49}
+""",
+    )
+    try:
+        bot.start()
+        yield Bed(fs, bot)
+    finally:
+        bot.stop()
+        fs.cleanup()
+
+
+def question(bed: Bed, name: str, text: str) -> str:
+    return bed.fs.sound(name, question_pcm(text))
+
+
+def said_segments(rec: Recording) -> list[tuple[float, float]]:
+    return segments(voiced_windows(rec.said, rec.rate_hz))
+
+
+def heard_after(rec: Recording, t_s: float) -> float | None:
+    return first_voiced_after(voiced_windows(rec.heard, rec.rate_hz), t_s)
+
+
+def peak_hz(samples: np.ndarray, rate_hz: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1.0 / rate_hz)[int(np.argmax(spectrum))])
+
+
+def speech_turns(record: CallRecord) -> list[tuple[str, str]]:
+    return [(t.transcript, t.reply_text) for t in record.turns if t.kind == "speech"]
+
+
+def test_greeting_and_a_question_through_socket_and_unicast(bed: Bed) -> None:
+    """socket async full from the dialplan, unicast both ways: the caller hears the
+    greeting, its question reaches the bot's STT and the answer reaches the caller."""
+    hours = question(bed, "hours", "what are your opening hours")
+    call = bed.run_call([silence(GREETING_S), play(hours), silence(6)])
+    rec = bed.fs.recording(call)
+    assert rec.rate_hz == 8000
+    greeting_s = heard_after(rec, 0.0)
+    assert greeting_s is not None and greeting_s < 2.0, "the greeting reached the caller"
+    said = said_segments(rec)
+    assert said, "the caller's question is not in its recording"
+    reply_s = heard_after(rec, said[0][1])
+    assert reply_s is not None and reply_s < said[0][1] + 5.0, "the caller heard the answer"
+    record = bed.record(call)
+    assert record.pbx == "freeswitch" and record.rate_hz == 8000
+    assert record.end_reason == "caller_hangup"
+    ((transcript, reply),) = speech_turns(record)
+    assert "hour" in transcript.lower() and reply.startswith(HOURS_REPLY)
+    # The caller hung up: the channel was gone, nothing ran after socket.
+    assert bed.fs.global_var(f"vbnext_{call.tag}") == ""
+
+
+def test_inline_socket_and_a_caller_hanging_up_mid_reply(bed: Bed) -> None:
+    """originate ... '&socket(127.0.0.1:<port> async full)' (no dialplan on the bot's
+    side); the caller hangs up 1.5 s into the ~6 s reply: the record is written."""
+    hours = question(bed, "hours2", "when are you open")
+    call = bed.run_call([silence(GREETING_S), play(hours), silence(1.5)], mode="inline")
+    rec = bed.fs.recording(call)
+    said = said_segments(rec)
+    assert said and heard_after(rec, said[0][1]) is not None, "the reply had started"
+    record = bed.record(call)
+    assert record.end_reason == "caller_hangup" and record.ended_at is not None
+    ((_, reply),) = speech_turns(record)
+    assert reply.startswith(HOURS_REPLY)
+    log = bed.bot.log_text()
+    assert "session_crashed" not in log and "session_overran" not in log
+
+
+def test_dtmf_from_the_caller_reaches_the_dialogue(bed: Bed) -> None:
+    call = bed.run_call([silence(GREETING_S), dtmf("1"), silence(5)])
+    rec = bed.fs.recording(call)
+    record = bed.record(call)
+    dtmf_turns = [t for t in record.turns if t.kind == "dtmf"]
+    assert [t.transcript for t in dtmf_turns] == ["1"]
+    assert dtmf_turns[0].reply_text.startswith("Sorry")  # the rules' reprompt
+    assert heard_after(rec, GREETING_S) is not None, "the caller heard the reprompt"
+    assert not speech_turns(record)
+
+
+def test_barge_in_stops_the_bot(bed: Bed) -> None:
+    """The caller talks over the long hours reply: the caller hears the bot stop, and the
+    interruption is answered."""
+    hours = question(bed, "hours3", "what are your opening hours")
+    where = question(bed, "where", "where are you located")
+    call = bed.run_call([silence(GREETING_S), play(hours), silence(1.5), play(where), silence(6)])
+    rec = bed.fs.recording(call)
+    said = said_segments(rec)
+    assert len(said) == 2, said
+    (_, question_end), (interrupt_start, interrupt_end) = said
+    heard = voiced_windows(rec.heard, rec.rate_hz)
+    reply_s = first_voiced_after(heard, question_end)
+    assert reply_s is not None and reply_s < interrupt_start, "the reply was playing"
+    # The ~6 s reply would still play here; the bot went silent once it heard enough.
+    start, end = int((interrupt_start + 1.0) / 0.01), int(interrupt_end / 0.01)
+    assert end > start and not heard[start:end].any(), "the bot kept talking over the caller"
+    record = bed.record(call)
+    turns = [t for t in record.turns if t.kind == "speech"]
+    assert len(turns) == 2
+    assert turns[0].reply_text.startswith(HOURS_REPLY) and turns[0].barged_in
+    assert "Harbour Street" in turns[1].reply_text
+    assert heard_after(rec, interrupt_end) is not None, "the caller heard the second answer"
+
+
+def test_transfer_lands_in_the_target_extension(bed: Bed) -> None:
+    """ "An agent" -> uuid_transfer <uuid> agents XML default: the channel leaves the socket
+    application (the rest of tobot_<tag> never runs) and runs the agents extension."""
+    agent = question(bed, "agent", "i want to talk to an agent")
+    call = bed.run_call([silence(GREETING_S), play(agent), silence(8)])
+    record = bed.record(call)
+    assert record.end_reason == "transferred" and record.transfer_target == "agents"
+    assert speech_turns(record)[0][1] == TRANSFER_REPLY
+    assert bed.fs.global_var(f"vbxfer_{call.tag}") == "agents"
+    assert bed.fs.global_var(f"vbnext_{call.tag}") == ""
+    rec = bed.fs.recording(call)
+    # The caller heard the agents extension's tone after the bot's last words.
+    last = rec.heard[-rec.rate_hz :]
+    assert np.abs(last).max() > 1000 and peak_hz(last, rec.rate_hz) == pytest.approx(
+        AGENTS_TONE_HZ, abs=20.0
+    )
+
+
+def test_goodbye_hangs_the_call_up(bed: Bed) -> None:
+    """The bot's goodbye is sendmsg call-command hangup: the channel ends (the dialplan
+    after socket does not run) and the caller is cut off long before its script ends."""
+    bye = question(bed, "bye", "that is all, goodbye")
+    call = bed.run_call([silence(GREETING_S), play(bye), silence(10)])
+    record = bed.record(call)
+    assert record.end_reason == "bot_hangup"
+    assert [reply for _, reply in speech_turns(record)] == [GOODBYE_REPLY]
+    assert bed.fs.global_var(f"vbnext_{call.tag}") == ""
+    rec = bed.fs.recording(call)
+    said = said_segments(rec)
+    assert said and heard_after(rec, said[0][1]) is not None, "the caller heard the goodbye"
+    assert len(rec.said) / rec.rate_hz < said[0][1] + 8.0
+
+
+def test_a_channel_it_cannot_serve_is_handed_back_to_the_dialplan(bed: Bed) -> None:
+    """socket without async (static mode: no park, no unicast): the bot sends resume and
+    closes, and the dialplan goes on after socket."""
+    call = bed.run_call([silence(3)], mode="static")
+    assert bed.fs.global_var(f"vbnext_{call.tag}") == call.uuid
+    assert not [r for r in bed.bot.records() if r.call_id == call.uuid]
+    assert "not_async" in bed.bot.log_text()
+
+
+def test_the_caller_is_not_heard_while_freeswitch_itself_plays(bed: Bed) -> None:
+    """A uuid_broadcast on the bot's channel runs inside the socket app's park loop, which
+    stops reading for unicast while it plays: what the caller says meanwhile never reaches
+    the bot (so no barge-in, no uuid_break is possible then)."""
+    where = question(bed, "where2", "where are you located")
+    call = bed.fs.call([silence(GREETING_S), play(where), silence(8)])
+    time.sleep(GREETING_S - 2.0)
+    out = bed.fs.api(f"uuid_broadcast {call.uuid} playback::tone_stream://%(6000,0,600) aleg")
+    assert "+OK" in out
+    bed.fs.wait_call_gone(call, 60.0)
+    rec = bed.fs.recording(call)
+    said = said_segments(rec)
+    assert said, "the caller spoke"
+    during = rec.heard[int(said[0][0] * rec.rate_hz) : int(said[0][1] * rec.rate_hz)]
+    assert peak_hz(during, rec.rate_hz) == pytest.approx(600.0, abs=20.0), "the tone played"
+    record = bed.record(call)
+    assert not speech_turns(record)
+    assert record.end_reason == "caller_hangup"
