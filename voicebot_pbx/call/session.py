@@ -16,20 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
+from voicebot_pbx.call import policy
 from voicebot_pbx.call.listener import Listener
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
+from voicebot_pbx.call.responder import Responder, SpeechSynth
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
-from voicebot_pbx.speech.engines import Engines, EngineTimeout
+from voicebot_pbx.speech.engines import Engines
 from voicebot_pbx.speech.turns import (
     TurnTaker,
 )
@@ -42,10 +43,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("voicebot_pbx.call.session")
 T = TypeVar("T")
-
-# Replies longer than this are not kept in the TTS cache (they are rarely repeated).
-_CACHEABLE_TEXT_CHARS = 300
-_STT_QUEUE_ITEMS = 512
 
 
 @dataclass(slots=True)
@@ -64,12 +61,6 @@ class Shared:
     profiles: dict[str, ProfileKit] = field(default_factory=dict)
 
 
-class SpeechSynth(Protocol):
-    def synthesize(
-        self, text: str, rate_hz: int, cancel: threading.Event | None = None
-    ) -> Iterator[bytes]: ...
-
-
 class CallSession:
     def __init__(self, media: CallMedia, shared: Shared) -> None:
         self.media = media
@@ -84,18 +75,25 @@ class CallSession:
         )
         self._group: asyncio.TaskGroup | None = None
         self.listener = Listener(self.config, self.engines, self.speaker, self, self.record.errors)
+        self.responder = Responder(
+            self.config,
+            self.engines,
+            self.speaker,
+            shared.clips,
+            self.engines.tts,
+            shared.tts_cache,
+            self.record.errors,
+        )
         self._reply_task: asyncio.Task[None] | None = None
         self._reply_seq = 0
         self._reply_started = False
         self._reply_first_frame_at: float | None = None
         self._reply_turn: TurnRecord | None = None
         self._ending = False
-        self._dtmf_buffer = ""
-        self._dtmf_expect: int | None = None
+        self._dtmf = policy.DtmfEntry()
         self._dtmf_task: asyncio.Task[None] | None = None
-        self._tts_cancel: threading.Event | None = None
         self.fallbacks = shared.config.fallbacks
-        self._backchannels = frozenset(_norm(b) for b in self.fallbacks.backchannels)
+        self._backchannels = policy.backchannel_set(self.fallbacks)
         self._paused_turn: TurnRecord | None = None
         self.profile: ProfileConfig | None = None
         self.kit: ProfileKit | None = None
@@ -114,6 +112,7 @@ class CallSession:
         self.record.rate_hz = self.rate_hz
         self.listener.start(self.rate_hz)
         await self._choose_profile()
+        self.responder.use_voice(self.tts, self.tts_cache, self.rate_hz)
         analytics = self.config.analytics
         if analytics.record_audio:
             from voicebot_pbx.ops.analytics import recordings_dir
@@ -325,7 +324,7 @@ class CallSession:
         paused = self._paused_turn
         if paused is not None:
             self._paused_turn = None
-            if not text or _norm(text) in self._backchannels:
+            if not text or policy.normalise(text) in self._backchannels:
                 # A backchannel, a cough, line noise: the bot goes on where it stopped.
                 self.speaker.resume()
                 self.turns.set_bot_speaking(True)
@@ -340,34 +339,15 @@ class CallSession:
         low_confidence = confidence is not None and confidence < self.fallbacks.min_stt_confidence
         if not text or low_confidence:
             turn.fallbacks.append("stt_low_confidence" if text else "stt_empty")
-            self._start_reply(turn, self._not_understood_turn(), speech_end_at)
+            self._start_reply(
+                turn, _ready(policy.not_understood_turn(self.fallbacks)), speech_end_at
+            )
             return
         self._start_reply(turn, self.dialogue.respond(self.call, text), speech_end_at)
 
-    async def _not_understood_turn(self) -> DialogueTurn:
-        return DialogueTurn(
-            replies=(BotReply(text=self.fallbacks.clarify),), source="fallback", needs_fallback=True
-        )
-
     def _give_up_turn(self, reason: str) -> DialogueTurn:
-        """Hand the caller to a person (or say goodbye when there is nobody to hand to)."""
-        target = (self.profile.transfer_target if self.profile else "") or (
-            self.fallbacks.give_up_target
-        )
-        if target:
-            return DialogueTurn(
-                replies=(BotReply(text=self.fallbacks.give_up_transfer),),
-                end="transfer",
-                transfer_target=target,
-                source="fallback",
-                fallbacks=(reason,),
-            )
-        return DialogueTurn(
-            replies=(BotReply(text=self.fallbacks.give_up_goodbye),),
-            end="hangup",
-            source="fallback",
-            fallbacks=(reason,),
-        )
+        target = self.profile.transfer_target if self.profile else ""
+        return policy.give_up_turn(self.fallbacks, target, reason)
 
     # --- timers ------------------------------------------------------------------------
 
@@ -389,18 +369,8 @@ class CallSession:
         self._no_input_count += 1
         loop = asyncio.get_running_loop()
         turn = TurnRecord(turn_id=self.turns.turn_id, kind="no_input")
-        if self._no_input_count > self.fallbacks.no_input_max:
-            turn.fallbacks.append("no_input_goodbye")
-            answer = DialogueTurn(
-                replies=(BotReply(text=self.fallbacks.no_input_goodbye),),
-                end="hangup",
-                source="fallback",
-            )
-        else:
-            turn.fallbacks.append("no_input")
-            answer = DialogueTurn(
-                replies=(BotReply(text=self.fallbacks.still_there),), source="fallback"
-            )
+        answer, fallback = policy.no_input_turn(self.fallbacks, self._no_input_count)
+        turn.fallbacks.append(fallback)
         self._start_reply(turn, _ready(answer), loop.time(), keep_no_input_count=True)
 
     async def _wrap_up_timer(self) -> None:
@@ -409,14 +379,8 @@ class CallSession:
             return
         await asyncio.sleep(limit_s)
         log.info("call_wrap_up", after_s=limit_s)
-        give_up = self._give_up_turn("max_duration")
-        answer = DialogueTurn(
-            replies=(BotReply(text=self.fallbacks.wrap_up), *give_up.replies),
-            end=give_up.end,
-            transfer_target=give_up.transfer_target,
-            source="fallback",
-            fallbacks=("max_duration",),
-        )
+        target = self.profile.transfer_target if self.profile else ""
+        answer = policy.wrap_up_turn(self.fallbacks, target)
         loop = asyncio.get_running_loop()
         turn = TurnRecord(turn_id=self.turns.turn_id, kind="wrap_up")
         self._interrupt()
@@ -452,26 +416,19 @@ class CallSession:
         if self.turns.bot_speaking or self.speaker.paused:
             self._paused_turn = None
             self._interrupt()
-        if self._dtmf_expect is None:
-            self._send_dtmf(digit, at_s)
-            return
-        if digit == "#":
-            self._flush_dtmf(at_s)
-            return
-        self._dtmf_buffer += digit
-        if len(self._dtmf_buffer) >= self._dtmf_expect:
-            self._flush_dtmf(at_s)
-        elif self._group is not None:
-            if self._dtmf_task is not None:
-                self._dtmf_task.cancel()
+        digits, collecting = self._dtmf.key(digit)
+        if digits:
+            self._send_dtmf(digits, at_s)
+        if self._dtmf_task is not None:
+            self._dtmf_task.cancel()
+            self._dtmf_task = None
+        if collecting and self._group is not None:
             self._dtmf_task = self._group.create_task(self._dtmf_timeout(at_s))
 
     async def _dtmf_timeout(self, at_s: float) -> None:
-        await asyncio.sleep(3.0)
-        self._flush_dtmf(at_s)
-
-    def _flush_dtmf(self, at_s: float) -> None:
-        digits, self._dtmf_buffer, self._dtmf_expect = self._dtmf_buffer, "", None
+        await asyncio.sleep(policy.DTMF_ENTRY_TIMEOUT_S)
+        self._dtmf_task = None
+        digits = self._dtmf.flush()
         if digits:
             self._send_dtmf(digits, at_s)
 
@@ -507,8 +464,7 @@ class CallSession:
         )
 
     def _cancel_reply(self) -> None:
-        if self._tts_cancel is not None:
-            self._tts_cancel.set()
+        self.responder.stop_synthesis()
         if self._reply_task is not None and not self._reply_task.done():
             self._reply_task.cancel()
         self._reply_task = None
@@ -542,12 +498,8 @@ class CallSession:
             answer = dataclasses.replace(
                 give_up, replies=(BotReply(text=self.fallbacks.apology), *give_up.replies)
             )
-        use_llm = (
-            answer.needs_fallback
-            and self.llm is not None
-            and turn.kind == "speech"
-            and bool(turn.transcript)
-        )
+        llm = self.llm if answer.needs_fallback and turn.kind == "speech" else None
+        use_llm = llm is not None and bool(turn.transcript)
         if turn.kind in ("speech", "dtmf") and not use_llm:
             if answer.needs_fallback:
                 self._not_understood += 1
@@ -564,8 +516,7 @@ class CallSession:
         turn.dialogue = answer.source
         turn.reply_text = " ".join(r.text for r in answer.replies if r.text)
         if answer.collect_dtmf_digits:
-            self._dtmf_expect = answer.collect_dtmf_digits
-            self._dtmf_buffer = ""
+            self._dtmf.expect(answer.collect_dtmf_digits)
         generation = self.speaker.generation
 
         def on_first_frame(written_at: float) -> None:
@@ -597,8 +548,8 @@ class CallSession:
 
         self.speaker.mark(on_first_frame, generation)
         sources: list[str] = []
-        if use_llm:
-            answered = await self._llm_answer(turn, generation, origin_at, sources)
+        if use_llm and llm is not None:
+            answered = await self.responder.llm_answer(llm, turn, generation, origin_at, sources)
             if answered:
                 self._not_understood = 0
             else:
@@ -606,10 +557,12 @@ class CallSession:
                 if self._not_understood >= self.fallbacks.not_understood_max:
                     answer = self._give_up_turn("not_understood")
                     for reply in answer.replies:
-                        sources.append(await self._play(reply, generation, turn, origin_at))
+                        sources.append(
+                            await self.responder.play(reply, generation, turn, origin_at)
+                        )
         else:
             for reply in answer.replies:
-                source = await self._play(reply, generation, turn, origin_at)
+                source = await self.responder.play(reply, generation, turn, origin_at)
                 if source:
                     sources.append(source)
         if answer.replies and not sources:
@@ -627,157 +580,6 @@ class CallSession:
             return
         if not answer.replies and answer.end is not None:
             await self._end_call(answer)
-
-    async def _llm_answer(
-        self, turn: TurnRecord, generation: int, origin_at: float, sources: list[str]
-    ) -> bool:
-        """Stream a grounded LLM answer sentence by sentence into TTS. A hold line plays if
-        the first sentence is late; past the hard limit, or if the answer is rejected, the
-        fallback reply. Cancelling this (barge-in) closes the answer, which stops the model.
-        True when the model answered."""
-        from voicebot_pbx.answers.llm import Rejected, Sentence
-
-        llm = self.llm
-        assert llm is not None
-        cfg = llm.config
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        turn.dialogue = "llm"
-        spoken: list[str] = []
-        answered = False
-        async with contextlib.aclosing(llm.answer(turn.transcript)) as stream:
-            pending = asyncio.ensure_future(anext(stream, None))
-            try:
-                done, _ = await asyncio.wait({pending}, timeout=cfg.first_sentence_timeout_s)
-                if not done:
-                    turn.fallbacks.append("llm_hold")
-                    has_clip = self.shared.clips.get("hold", self.rate_hz) is not None
-                    hold = BotReply(clip="hold") if has_clip else BotReply(text=cfg.hold_reply)
-                    sources.append(await self._play(hold, generation, turn, origin_at))
-                    rest_s = max(0.0, cfg.hard_timeout_s - (loop.time() - started))
-                    done, _ = await asyncio.wait({pending}, timeout=rest_s)
-                    if not done:
-                        turn.fallbacks.append("llm_timeout")
-                        pending.cancel()
-                        sources.append(await self._speak_line(cfg.fallback_reply, generation, turn))
-                        return False
-                item = pending.result()
-                while item is not None:
-                    if isinstance(item, Rejected):
-                        turn.fallbacks.append(f"llm_{item.reason}")
-                        sources.append(await self._speak_line(item.reply, generation, turn))
-                        break
-                    if isinstance(item, Sentence):
-                        if item.index == 0:
-                            turn.llm_first_sentence_ms = round((loop.time() - started) * 1000, 1)
-                        answered = True
-                        spoken.append(item.text)
-                        await self._speak(item.text, generation, turn, origin_at)
-                        sources.append("llm")
-                    item = await anext(stream, None)
-            finally:
-                if not pending.done():
-                    # The generator must be idle before aclosing() closes it.
-                    pending.cancel()
-                    await asyncio.wait({pending})
-        if spoken:
-            turn.reply_text = " ".join(spoken)
-        return answered
-
-    async def _speak_line(self, text: str, generation: int, turn: TurnRecord) -> str:
-        """A fixed line (cached at start-up when possible)."""
-        turn.reply_text = text
-        return await self._play(BotReply(text=text), generation, turn, 0.0)
-
-    async def _play(
-        self, reply: BotReply, generation: int, turn: TurnRecord, origin_at: float
-    ) -> str:
-        queued_before_s = self.speaker.queued_audio_s
-        try:
-            return await self._play_reply(reply, generation, turn, origin_at)
-        finally:
-            added_ms = (self.speaker.queued_audio_s - queued_before_s) * 1000.0
-            turn.reply_audio_ms = round((turn.reply_audio_ms or 0.0) + added_ms, 1)
-
-    async def _play_reply(
-        self, reply: BotReply, generation: int, turn: TurnRecord, origin_at: float
-    ) -> str:
-        sources: list[str] = []
-        if reply.clip:
-            pcm = self.shared.clips.get(reply.clip, self.rate_hz)
-            if pcm is not None:
-                self.speaker.enqueue(pcm, generation, trim_lead_in=True)
-                sources.append("clip")
-            elif not reply.text:
-                turn.fallbacks.append(f"clip_missing:{reply.clip}")
-        if reply.text:
-            sources.append(await self._speak(reply.text, generation, turn, origin_at))
-        self.speaker.end_segment(generation)
-        return "+".join(sources)
-
-    async def _speak(self, text: str, generation: int, turn: TurnRecord, origin_at: float) -> str:
-        cached = self.tts_cache.get(text, self.rate_hz)
-        if cached is not None:
-            if turn.tts_first_audio_ms is None:
-                turn.tts_first_audio_ms = 0.0
-            self.speaker.enqueue(cached, generation, trim_lead_in=True)
-            return "cache"
-        voices: list[tuple[str, SpeechSynth]] = [("tts", self.tts)]
-        if self.engines.tts_backup is not None:
-            voices.append(("tts_backup", self.engines.tts_backup))
-        for source, voice in voices:
-            try:
-                await self._synthesize(voice, text, generation, turn)
-                return source
-            except EngineTimeout:
-                turn.fallbacks.append(f"{source}_timeout")
-                self.record.errors.append(f"{source}_timeout")
-            except Exception as exc:
-                log.error("tts_failed", source=source, error=f"{type(exc).__name__}: {exc}")
-                turn.fallbacks.append(f"{source}_failed")
-                self.record.errors.append(f"{source}: {type(exc).__name__}: {exc}")
-        # No voice could say it: a recorded clip for this intent, if there is one.
-        clip = self.shared.clips.get(turn.intent, self.rate_hz) if turn.intent else None
-        if clip is not None:
-            self.speaker.enqueue(clip, generation, trim_lead_in=True)
-            turn.fallbacks.append("tts_clip")
-            return "clip"
-        return ""
-
-    async def _synthesize(
-        self, voice: SpeechSynth, text: str, generation: int, turn: TurnRecord
-    ) -> None:
-        """Sentence by sentence into the speaker; raises if the voice fails before the
-        first sentence (after that, what was said stays said)."""
-        loop = asyncio.get_running_loop()
-        cancel = threading.Event()
-        self._tts_cancel = cancel
-        chunks: list[bytes] = []
-        sentences = voice.synthesize(text, self.rate_hz, cancel)
-        started = loop.time()
-        complete = False
-        try:
-            while True:
-                chunk = await self.engines.run(
-                    "tts", self.config.tts.timeout_s, lambda: next(sentences, None)
-                )
-                if chunk is None:
-                    complete = True
-                    break
-                if turn.tts_first_audio_ms is None:
-                    turn.tts_first_audio_ms = round((loop.time() - started) * 1000.0, 1)
-                if not self.speaker.enqueue(chunk, generation, trim_lead_in=True):
-                    break
-                chunks.append(chunk)
-                await self.speaker.wait_for_room()
-        except Exception:
-            if not chunks:
-                raise
-            turn.fallbacks.append("tts_failed_midway")
-        finally:
-            cancel.set()
-        if complete and chunks and len(text) <= _CACHEABLE_TEXT_CHARS:
-            self.tts_cache.put(text, self.rate_hz, b"".join(chunks))
 
     async def _end_call(self, answer: DialogueTurn) -> None:
         if self._ending:
@@ -799,10 +601,6 @@ class CallSession:
         else:
             self.record.end_reason = "bot_hangup"
             await self.media.hangup("bot_hangup")
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().replace(".", " ").replace(",", " ").replace("!", " ").split())
 
 
 async def _ready(answer: DialogueTurn) -> DialogueTurn:

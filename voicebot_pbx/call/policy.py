@@ -1,0 +1,100 @@
+"""What the bot says when the conversation goes wrong (pure: no asyncio, no I/O).
+
+The session decides *when* (a timer ran out, the dialogue failed, nothing could be
+understood); these functions decide *what*: a clarification, "are you still there?", a
+hand-over to a person (or a goodbye when there is nobody to hand to), the wrap-up before
+the call's time limit, and which short words are backchannels that must not interrupt.
+"""
+
+from __future__ import annotations
+
+from voicebot_pbx.answers.dialogue import BotReply, DialogueTurn
+from voicebot_pbx.config import FallbackConfig
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().replace(".", " ").replace(",", " ").replace("!", " ").split())
+
+
+def backchannel_set(fallbacks: FallbackConfig) -> frozenset[str]:
+    return frozenset(normalise(b) for b in fallbacks.backchannels)
+
+
+def not_understood_turn(fallbacks: FallbackConfig) -> DialogueTurn:
+    return DialogueTurn(
+        replies=(BotReply(text=fallbacks.clarify),), source="fallback", needs_fallback=True
+    )
+
+
+def give_up_turn(fallbacks: FallbackConfig, profile_target: str, reason: str) -> DialogueTurn:
+    """Hand the caller to a person (or say goodbye when there is nobody to hand to)."""
+    target = profile_target or fallbacks.give_up_target
+    if target:
+        return DialogueTurn(
+            replies=(BotReply(text=fallbacks.give_up_transfer),),
+            end="transfer",
+            transfer_target=target,
+            source="fallback",
+            fallbacks=(reason,),
+        )
+    return DialogueTurn(
+        replies=(BotReply(text=fallbacks.give_up_goodbye),),
+        end="hangup",
+        source="fallback",
+        fallbacks=(reason,),
+    )
+
+
+def no_input_turn(fallbacks: FallbackConfig, times: int) -> tuple[DialogueTurn, str]:
+    """The ``times``-th silence in a row: ask again, or end the call past the limit.
+    Returns the answer and the fallback's name for the record."""
+    if times > fallbacks.no_input_max:
+        goodbye = DialogueTurn(
+            replies=(BotReply(text=fallbacks.no_input_goodbye),), end="hangup", source="fallback"
+        )
+        return goodbye, "no_input_goodbye"
+    still_there = DialogueTurn(replies=(BotReply(text=fallbacks.still_there),), source="fallback")
+    return still_there, "no_input"
+
+
+def wrap_up_turn(fallbacks: FallbackConfig, profile_target: str) -> DialogueTurn:
+    """Near the call's time limit: say so, then hand over."""
+    give_up = give_up_turn(fallbacks, profile_target, "max_duration")
+    return DialogueTurn(
+        replies=(BotReply(text=fallbacks.wrap_up), *give_up.replies),
+        end=give_up.end,
+        transfer_target=give_up.transfer_target,
+        source="fallback",
+        fallbacks=("max_duration",),
+    )
+
+
+DTMF_ENTRY_TIMEOUT_S = 3.0  # a half-typed entry is sent after this long without a key
+
+
+class DtmfEntry:
+    """Keys into dialogue input. Normally each key is sent as it comes; after the dialogue
+    asked for N digits (``expect``), keys collect until N are typed, ``#`` is pressed, or
+    ``DTMF_ENTRY_TIMEOUT_S`` passes (the session's timer calls ``flush``)."""
+
+    def __init__(self) -> None:
+        self._expect: int | None = None
+        self._buffer = ""
+
+    def expect(self, digits: int) -> None:
+        self._expect, self._buffer = digits, ""
+
+    def key(self, digit: str) -> tuple[str, bool]:
+        """(what to send now, or "" to keep collecting; whether the entry timer should run)."""
+        if self._expect is None:
+            return digit, False
+        if digit == "#":
+            return self.flush(), False
+        self._buffer += digit
+        if len(self._buffer) >= self._expect:
+            return self.flush(), False
+        return "", True
+
+    def flush(self) -> str:
+        digits, self._buffer, self._expect = self._buffer, "", None
+        return digits
