@@ -4,8 +4,9 @@ An asyncio TCP server on 127.0.0.1:0. Every message it writes is shaped the way 
 C source writes it, so the client is tested against the real byte layout:
 
 * Banner: ``session_do()`` -> ``astman_append(&s, "Asterisk Call Manager/%s\\r\\n",
-  AMI_VERSION)`` -- one line, no blank line after it (9.x in Asterisk 22, per the project's
-  notes; clients must not depend on it).
+  AMI_VERSION)`` -- one line, no blank line after it. A real Asterisk 22.10.1 sends
+  ``Asterisk Call Manager/11.0.0`` (the fake said 9.0.0 before the real-PBX tests; clients
+  must not depend on it).
 * Requests: ``get_input()`` accepts lines ending in CRLF *or* LF; a blank line ends the action.
 * Responses: ``astman_send_response_full()`` writes ``Response: <Success|Error>``, then
   ``ActionID`` if the action had one, then ``EventList: <flag>`` for list acks, then
@@ -57,7 +58,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-AMI_VERSION = "9.0.0"
+AMI_VERSION = "11.0.0"  # what a real Asterisk 22.10.1 announces
 CRLF = "\r\n"
 
 # manager.c perms[] order (authority_to_str walks it)

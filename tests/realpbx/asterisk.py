@@ -10,9 +10,12 @@ the dialplan at 8 kHz, the channel driver at 16 kHz, a two-node fail-over).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import uuid
 import wave
@@ -123,6 +126,14 @@ class Asterisk:
         self.stop()
         self.start()
 
+    def set_ami_secret(self, secret: str) -> None:
+        """Change the AMI user's secret in manager.conf and ``manager reload`` (sessions
+        already logged in stay; the next Login needs the new secret)."""
+        self.ami_secret = secret
+        if self.running:
+            self._write_config()
+            self.cli("manager reload")
+
     @property
     def conf(self) -> Path:
         return self.root / "etc" / "asterisk.conf"
@@ -171,12 +182,13 @@ class Asterisk:
             w.writeframes(pcm_8k)
         return str(path.with_suffix(""))
 
-    def call(self, steps: Sequence[str], mode: str = "bot") -> str:
-        """Place a test call; ``steps`` as in extensions.conf's [caller]. Returns its tag."""
+    def call(self, steps: Sequence[str], mode: str = "bot", context: str = "tobot") -> str:
+        """Place a test call; ``steps`` as in extensions.conf's [caller]. Returns its tag.
+        The bot side runs ``<mode>-<tag>@<context>``."""
         tag = "c" + uuid.uuid4().hex[:12]
         script = ",".join(steps)
         self.cli(f'database put vbscript {tag} "{script}"')
-        self.cli(f"channel originate Local/{tag}@caller extension {mode}-{tag}@tobot")
+        self.cli(f"channel originate Local/{tag}@caller extension {mode}-{tag}@{context}")
         return tag
 
     def channels(self) -> str:
@@ -218,3 +230,51 @@ class Asterisk:
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path), "rb") as w:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
+
+
+class AmiWatcher:
+    """A second AMI session that records every event it is sent (a test's own observer,
+    independent of the bot's client): ``events("DTMFEnd")`` -> header dicts."""
+
+    def __init__(self, port: int, secret: str, username: str = "voicebot") -> None:
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+        self._sock.settimeout(None)
+        self._lock = threading.Lock()
+        self._events: list[dict[str, str]] = []
+        self._sock.sendall(
+            f"Action: Login\r\nUsername: {username}\r\nSecret: {secret}\r\n"
+            "Events: call,dialplan,dtmf\r\n\r\n".encode()
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        buf = b""
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\r\n\r\n" in buf:
+                block, buf = buf.split(b"\r\n\r\n", 1)
+                headers: dict[str, str] = {}
+                for line in block.decode(errors="replace").split("\r\n"):
+                    key, sep, value = line.partition(": ")
+                    if sep:
+                        headers.setdefault(key, value)
+                if "Event" in headers:
+                    with self._lock:
+                        self._events.append(headers)
+
+    def events(self, name: str) -> list[dict[str, str]]:
+        with self._lock:
+            return [e for e in self._events if e["Event"].lower() == name.lower()]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(timeout=2.0)

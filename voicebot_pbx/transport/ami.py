@@ -379,8 +379,11 @@ async def originate(
     try:
         result = await ami.send_action(action, timeout_s=wait_s)
     except (AmiError, ValueError) as exc:
-        log.warning("ami_originate_failed", channel=channel, error=str(exc))
-        return OriginateResult("failed", None, channel, "", str(exc))
+        error = str(exc)
+        if isinstance(exc, AmiNotConnected) and ami.last_error:
+            error = f"{error} ({ami.last_error})"  # e.g. the refused login, not just "down"
+        log.warning("ami_originate_failed", channel=channel, error=error)
+        return OriginateResult("failed", None, channel, "", error)
     messages = result if isinstance(result, list) else [result]
     first = messages[0]
     if not first.success:
@@ -557,6 +560,7 @@ EventCallback = Callable[[AmiEvent], Awaitable[None] | None]
 # are "call", Newexten "dialplan", DTMFEnd "dtmf".
 EVENT_MASK = "call,dialplan,dtmf"
 _BACKOFF_BASE_S = 0.5
+_RELOG_EVERY = 50
 _EVENT_QUEUE_SIZE = 1000
 _MAX_MAPPED_CALLS = 10_000
 _HANDLED = frozenset({"newexten", "hangup", "dtmfend"})
@@ -616,6 +620,9 @@ class AmiClient:
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
         self.ami_version = ""
+        # Why the last connect attempt failed ("" once connected): for messages such as the
+        # originate command's, which otherwise could only say "not connected".
+        self.last_error = ""
         self.connects = 0
         self.dropped_events = 0
 
@@ -854,27 +861,38 @@ class AmiClient:
 
     async def _run(self) -> None:
         attempt = 0
+        logged_error = ""
         while not self._closing:
             try:
-                await self._connect_once()
+                await self._connect_once(failed_attempts=attempt)
             except Exception as exc:  # the supervisor must survive anything but cancellation
                 self._drop_connection(AmiNotConnected("AMI connect failed"))
                 if not isinstance(exc, OSError | TimeoutError | AmiError):
                     log.exception("ami_connect_error")
                 delay = self._backoff_s(attempt)
                 attempt += 1
-                log.warning(
-                    "ami_connect_failed",
-                    host=self.config.host,
-                    port=self.config.port,
-                    user=self.config.username,
-                    error=_describe(exc),
-                    attempt=attempt,
-                    retry_in_s=round(delay, 2),
-                )
+                error = self.last_error = _describe(exc)
+                # One line per reason: a refused login or a PBX that is down would otherwise
+                # log every retry (found with a real Asterisk: a wrong secret costs a 1 s
+                # sleep in action_login and then one line per back-off, for hours). The
+                # same error is repeated only every _RELOG_EVERY attempts.
+                if error != logged_error or attempt % _RELOG_EVERY == 0:
+                    logged_error = error
+                    log.warning(
+                        "ami_connect_failed",
+                        host=self.config.host,
+                        port=self.config.port,
+                        user=self.config.username,
+                        error=error,
+                        attempt=attempt,
+                        retry_in_s=round(delay, 2),
+                        repeats="not logged until the error changes or AMI connects",
+                    )
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
+            logged_error = ""
+            self.last_error = ""
             await self._hold_connection()
             self._drop_connection(AmiNotConnected("AMI connection lost"))
             if self._closing:
@@ -889,7 +907,7 @@ class AmiClient:
             )
             await asyncio.sleep(delay)
 
-    async def _connect_once(self) -> None:
+    async def _connect_once(self, failed_attempts: int = 0) -> None:
         loop = asyncio.get_running_loop()
         conn = _Connection(_Manager(self, self.config.host, self.config.port))
         self._conn = conn
@@ -921,6 +939,7 @@ class AmiClient:
             port=self.config.port,
             user=self.config.username,
             ami_version=self.ami_version,
+            failed_attempts=failed_attempts,
         )
         await self._resync()
 
