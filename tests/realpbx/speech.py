@@ -15,9 +15,9 @@ WINDOW_S = 0.01
 VOICED_DBFS = -40.0
 
 
-def question_pcm(text: str) -> bytes:
+def question_pcm(text: str, voice: str = "en-us", speed: int = 150, pitch: int = 50) -> bytes:
     """A spoken question at 8 kHz, the leading and trailing silence of espeak trimmed."""
-    pcm = espeak_pcm(text, 8000)
+    pcm = espeak_pcm(text, 8000, voice=voice, speed=speed, pitch=pitch)
     samples = np.frombuffer(pcm, dtype="<i2")
     voiced = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
     if voiced.size == 0:
@@ -58,3 +58,10 @@ def first_voiced_after(voiced: np.ndarray, t_s: float) -> float | None:
 def last_voiced_before(voiced: np.ndarray, t_s: float) -> float | None:
     idx = np.flatnonzero(voiced[: int(round(t_s / WINDOW_S))])
     return None if idx.size == 0 else (int(idx[-1]) + 1) * WINDOW_S
+
+
+def last_voiced_between(voiced: np.ndarray, start_s: float, end_s: float) -> float | None:
+    """End of the last voiced window that starts in ``[start_s, end_s)``, if any."""
+    start = int(round(start_s / WINDOW_S))
+    idx = np.flatnonzero(voiced[start : int(round(end_s / WINDOW_S))])
+    return None if idx.size == 0 else (start + int(idx[-1]) + 1) * WINDOW_S
