@@ -206,9 +206,9 @@ def condition(item: Item) -> str:
 def measure_vad_lag(items: list[Item]) -> None:
     """Speech end (last frame above -50 dBFS) -> the turn taker's PauseStarted, with the
     real silero VAD and the default VAD config; None when no pause was seen in the clip."""
-    from voicebot_pbx.caller import speech_bounds
     from voicebot_pbx.config import VadConfig
     from voicebot_pbx.models import SILERO_VAD, model_path
+    from voicebot_pbx.pbx.caller import speech_bounds
     from voicebot_pbx.speech.turns import PauseStarted, TurnTaker
     from voicebot_pbx.speech.vad import SileroVad
 

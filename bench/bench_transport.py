@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import structlog
 
-from voicebot_pbx.caller import Pause, Say, SimulatedCaller
 from voicebot_pbx.config import ServerConfig
-from voicebot_pbx.transport import AudioIn, CallEnded, CallMedia
-from voicebot_pbx.transport.audiosocket import AudioSocketCall, AudioSocketServer
+from voicebot_pbx.pbx.audiosocket import AudioSocketCall, AudioSocketServer
+from voicebot_pbx.pbx.caller import Pause, Say, SimulatedCaller
+from voicebot_pbx.pbx.media import AudioIn, CallEnded, CallMedia
 
 FRAME_S = 0.02
 SCRIPT = Path(__file__).resolve()

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.speech import espeak_pcm, silence  # noqa: E402
-from voicebot_pbx.caller import CallResult, Say, SimulatedCaller, Step  # noqa: E402
 from voicebot_pbx.config import SttConfig  # noqa: E402
+from voicebot_pbx.pbx.caller import CallResult, Say, SimulatedCaller, Step  # noqa: E402
 
 QUESTIONS = ["what are your opening hours", "where are you located", "what time do you open"]
 LONG_QUESTION = "tell me about your energy plans"

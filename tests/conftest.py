@@ -12,8 +12,8 @@ import pytest
 
 from voicebot_pbx.call.session import Shared
 from voicebot_pbx.config import Config
+from voicebot_pbx.pbx.audiosocket import AudioSocketServer
 from voicebot_pbx.speech.engines import Engines
-from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

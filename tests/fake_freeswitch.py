@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from voicebot_pbx.protocol import esl
+from voicebot_pbx.pbx import esl_codec as esl
 
 CORE_UUID = "3f4d8c1e-5b7a-4c2d-9e8f-0a1b2c3d4e5f"
 GOODBYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"

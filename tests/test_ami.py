@@ -13,8 +13,7 @@ import pytest
 import structlog
 
 from tests.fake_ami import FakeAmi, FakeChannel, OriginatePlan
-from voicebot_pbx.transport import CallControl
-from voicebot_pbx.transport.ami import (
+from voicebot_pbx.pbx.ami import (
     AmiClient,
     AmiConfig,
     AmiConfigError,
@@ -32,6 +31,7 @@ from voicebot_pbx.transport.ami import (
     originate_outcome,
     parse_event,
 )
+from voicebot_pbx.pbx.media import CallControl
 
 T = TypeVar("T")
 SECRET = "s3cret-Pa55"

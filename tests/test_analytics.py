@@ -330,7 +330,7 @@ def serve_fake_bot(db: str, node: str) -> None:
     to ``db``; prints {"port": N} and serves until killed."""
     from voicebot_pbx.call.session import make_handler
     from voicebot_pbx.ops.logs import configure_logging
-    from voicebot_pbx.transport.audiosocket import AudioSocketServer
+    from voicebot_pbx.pbx.audiosocket import AudioSocketServer
 
     configure_logging("json", "warning")  # stderr; stdout is for the port
 
@@ -365,7 +365,7 @@ def caller_speech(freq: int, seconds: float = 1.0) -> bytes:
 
 
 def test_crash_mid_call_keeps_the_finished_turns_and_a_sound_database(tmp_path: Path) -> None:
-    from voicebot_pbx.caller import Say, SimulatedCaller
+    from voicebot_pbx.pbx.caller import Say, SimulatedCaller
 
     db = tmp_path / "calls.db"
     bot = spawn("serve_fake_bot", str(db), "crash-node")
@@ -463,8 +463,8 @@ def test_every_acknowledged_turn_survives_sigkill(tmp_path: Path) -> None:
 
 def test_a_call_over_real_sockets_is_recorded(tmp_path: Path) -> None:
     from voicebot_pbx.call.session import make_handler
-    from voicebot_pbx.caller import Say, SimulatedCaller
-    from voicebot_pbx.transport.audiosocket import AudioSocketServer
+    from voicebot_pbx.pbx.audiosocket import AudioSocketServer
+    from voicebot_pbx.pbx.caller import Say, SimulatedCaller
 
     db = tmp_path / "calls.db"
 
@@ -510,7 +510,7 @@ def test_a_real_model_call_is_recorded(tmp_path: Path, tts_cache_dir: Path, requ
         pytest.skip("needs espeak-ng and sox (scripts/install)")
     from tests.conftest import running_bot
     from tests.speech import espeak_pcm, silence
-    from voicebot_pbx.caller import Say, SimulatedCaller
+    from voicebot_pbx.pbx.caller import Say, SimulatedCaller
 
     engines = request.getfixturevalue("engines")
     base = load_config()

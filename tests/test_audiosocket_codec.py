@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebot_pbx.protocol import audiosocket as wire
+from voicebot_pbx.pbx import audiosocket_codec as wire
 
 FIXTURES = Path(__file__).parent / "fixtures" / "audiosocket"
 GOLDEN_UUID = uuid.UUID("4f6f3e8a-9c1b-4d2e-8a7b-0123456789ab")

@@ -23,11 +23,11 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from voicebot_pbx.caller import Pause, SendDtmf, SimulatedCaller
 from voicebot_pbx.config import ServerConfig
-from voicebot_pbx.protocol import audiosocket as wire
-from voicebot_pbx.transport import AudioIn, CallEnded, CallMedia, DtmfIn
-from voicebot_pbx.transport.audiosocket import AudioSocketServer
+from voicebot_pbx.pbx import audiosocket_codec as wire
+from voicebot_pbx.pbx.audiosocket import AudioSocketServer
+from voicebot_pbx.pbx.caller import Pause, SendDtmf, SimulatedCaller
+from voicebot_pbx.pbx.media import AudioIn, CallEnded, CallMedia, DtmfIn
 
 T = TypeVar("T")
 FRAME_S = 0.02

@@ -11,9 +11,9 @@ import pytest
 
 from tests.conftest import running_bot
 from tests.speech import add_noise, espeak_pcm, have_espeak, pink_noise, silence
-from voicebot_pbx.caller import CallResult, Pause, Say, SimulatedCaller, Step
 from voicebot_pbx.cli import reply_segments
 from voicebot_pbx.config import Config, DialogueConfig, RuleConfig, load_config
+from voicebot_pbx.pbx.caller import CallResult, Pause, Say, SimulatedCaller, Step
 from voicebot_pbx.speech.engines import Engines
 
 pytestmark = [

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebot_pbx.protocol import esl
+from voicebot_pbx.pbx import esl_codec as esl
 
 # listener_run: "Content-Type: command/reply\nReply-Text: %s\n\n"
 REPLY_OK = b"Content-Type: command/reply\nReply-Text: +OK Events Enabled\n\n"

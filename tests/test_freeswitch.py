@@ -29,10 +29,10 @@ from voicebot_pbx.answers.dialogue import RuleDialogue
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import DialogueConfig, RuleConfig, load_config
+from voicebot_pbx.pbx.freeswitch import FreeswitchCall, FreeswitchConfig, FreeswitchServer
+from voicebot_pbx.pbx.media import AudioIn, CallEnded, CallMedia, DtmfIn, InboundEvent
+from voicebot_pbx.pbx.unicast import LateFilter
 from voicebot_pbx.testing import FakeEngines, ScriptedStt, ToneTts, tone
-from voicebot_pbx.transport import AudioIn, CallEnded, CallMedia, DtmfIn, InboundEvent
-from voicebot_pbx.transport.freeswitch import FreeswitchCall, FreeswitchConfig, FreeswitchServer
-from voicebot_pbx.transport.unicast import LateFilter
 
 T = TypeVar("T")
 PORT_BASE = random.randrange(41000, 48800, 200)
@@ -829,7 +829,7 @@ def test_a_stalled_event_loop_does_not_make_datagrams_late(
 ) -> None:
     """Datagrams keep coming on time while the bot's loop is blocked: with the kernel's
     receive timestamps none is late; judged by read time (the check can fail), many are."""
-    import voicebot_pbx.transport.unicast as unicast_module
+    import voicebot_pbx.pbx.unicast as unicast_module
 
     if kernel_timestamps and not unicast_module._kernel_timestamps_supported():
         pytest.skip("no SO_TIMESTAMPNS here")

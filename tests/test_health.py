@@ -9,12 +9,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from voicebot_pbx.health import (
-    HealthServer,
-    parse_cidrs,
-    peer_allowed,
-    readiness_report,
-)
+from voicebot_pbx.ops.health import HealthServer, readiness_report
+from voicebot_pbx.pbx.allow import parse_cidrs, peer_allowed
 
 T = TypeVar("T")
 

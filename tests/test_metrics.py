@@ -222,7 +222,7 @@ def test_agent_call_counts_a_transfer_once() -> None:
 
 def test_served_by_the_health_endpoint() -> None:
     """What the lead wires: ``HealthServer(readiness, metrics=...)`` serving ``/metrics``."""
-    from voicebot_pbx.health import HealthServer
+    from voicebot_pbx.ops.health import HealthServer
 
     metrics = Metrics()
     metrics.calls.labels("transferred").inc()

@@ -18,9 +18,9 @@ from tests.speech import espeak_pcm, have_espeak, silence
 from voicebot_pbx.answers.fallbacks import FallbackDialogue
 from voicebot_pbx.answers.rasa import RasaDialogue
 from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
-from voicebot_pbx.caller import CallResult, Say, SendDtmf, SimulatedCaller
 from voicebot_pbx.cli import reply_segments
 from voicebot_pbx.config import load_config
+from voicebot_pbx.pbx.caller import CallResult, Say, SendDtmf, SimulatedCaller
 from voicebot_pbx.speech.engines import Engines
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,7 +31,6 @@ from tests.fake_ami import FakeAmi
 from tests.speech import have_espeak
 from tests.test_turns import make_shared
 from voicebot_pbx.call.session import make_handler
-from voicebot_pbx.caller import Pause, SimulatedCaller
 from voicebot_pbx.config import (
     AmiConfig,
     ConfigError,
@@ -41,9 +40,10 @@ from voicebot_pbx.config import (
     parse_config,
 )
 from voicebot_pbx.ops.records import JsonlRecorder
+from voicebot_pbx.pbx.ami import AmiClient
+from voicebot_pbx.pbx.audiosocket import AudioSocketServer
+from voicebot_pbx.pbx.caller import Pause, SimulatedCaller
 from voicebot_pbx.testing import tone
-from voicebot_pbx.transport.ami import AmiClient
-from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -294,7 +294,7 @@ def test_peer_not_in_the_allowlist_is_refused() -> None:
         await server.start()
         with structlog.testing.capture_logs() as logs:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            from voicebot_pbx.protocol.audiosocket import encode_uuid
+            from voicebot_pbx.pbx.audiosocket_codec import encode_uuid
 
             writer.write(encode_uuid(uuid.uuid4()))
             try:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from structlog.testing import capture_logs
 
-from voicebot_pbx.speaker import Speaker
+from voicebot_pbx.pbx.speaker import Speaker
 
 T = TypeVar("T")
 FRAME_S = 0.02

@@ -16,11 +16,11 @@ import pytest
 from tests.speech import espeak_pcm, silence
 from tests.test_audiosocket_server import has_burst, pacing_problems, serving
 from tests.test_stt import words
-from voicebot_pbx.caller import Pause, SimulatedCaller
 from voicebot_pbx.config import SttConfig
 from voicebot_pbx.models import WHISPER_TINY_EN, model_path
+from voicebot_pbx.pbx.caller import Pause, SimulatedCaller
+from voicebot_pbx.pbx.media import CallEnded, CallMedia
 from voicebot_pbx.speech.stt import SttResult, WhisperBatcher, WhisperEngine, _Decode, _Request
-from voicebot_pbx.transport import CallEnded, CallMedia
 
 # (what one caller says, words its transcript must contain): six calls, six requests.
 # Only words tiny.en hears reliably in espeak's voice, alone and in batches of any size

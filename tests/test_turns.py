@@ -13,6 +13,7 @@ from voicebot_pbx.answers.dialogue import RuleDialogue
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_config
+from voicebot_pbx.pbx.media import AudioIn
 from voicebot_pbx.speech.turns import (
     BargeIn,
     PauseStarted,
@@ -29,7 +30,6 @@ from voicebot_pbx.testing import (
     run_virtual,
     tone,
 )
-from voicebot_pbx.transport import AudioIn
 
 WINDOW_S = 0.032
 
@@ -377,7 +377,7 @@ def test_inbound_audio_at_another_rate_is_converted_for_the_session() -> None:
 
     async def run() -> tuple[FakeMedia, CallSession]:
         from voicebot_pbx.audio import resample
-        from voicebot_pbx.transport import AudioIn
+        from voicebot_pbx.pbx.media import AudioIn
 
         media = FakeMedia()  # the session runs at 8 kHz ...
         session = CallSession(media, shared)

@@ -40,7 +40,7 @@ def _check_config(args: argparse.Namespace) -> int:
 def reply_segments(pcm: bytes, rate_hz: int, gap_s: float = 0.6) -> list[bytes]:
     """Cut the bot's recorded audio into replies at silences longer than ``gap_s``."""
     from voicebot_pbx.audio import rms_dbfs, split_frames
-    from voicebot_pbx.caller import SPEECH_FLOOR_DBFS
+    from voicebot_pbx.pbx.caller import SPEECH_FLOOR_DBFS
 
     segments: list[bytes] = []
     current: list[bytes] = []
@@ -63,7 +63,7 @@ def reply_segments(pcm: bytes, rate_hz: int, gap_s: float = 0.6) -> list[bytes]:
 
 def _call(args: argparse.Namespace) -> int:
     from voicebot_pbx.audio import read_wav, resample, write_wav
-    from voicebot_pbx.caller import Pause, Say, SendDtmf, SimulatedCaller, Step
+    from voicebot_pbx.pbx.caller import Pause, Say, SendDtmf, SimulatedCaller, Step
 
     configure_logging("console", "warning")
     steps: list[Step] = []
@@ -132,7 +132,7 @@ async def originate_call(
     import time
     import uuid
 
-    from voicebot_pbx.transport.ami import AmiClient, originate
+    from voicebot_pbx.pbx.ami import AmiClient, originate
 
     call_uuid = str(uuid.uuid4())
     channel_vars = {"VOICEBOT_UUID": call_uuid, **(variables or {})}

@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from voicebot_pbx.audio import frame_bytes, rms_dbfs
-from voicebot_pbx.speaker import Speaker
+from voicebot_pbx.pbx.media import AudioIn, CallEnded, DtmfIn, InboundEvent
+from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
 from voicebot_pbx.speech.stt import SttCapabilities, SttResult
-from voicebot_pbx.transport import AudioIn, CallEnded, DtmfIn, InboundEvent
 
 T = TypeVar("T")
 
@@ -227,6 +227,8 @@ class FakeMedia:
     pbx: str = "test"
     peer: str = "script"
     rate: int = 8000
+    caller_id: str | None = None
+    profile: str | None = None
     inbound: asyncio.Queue[InboundEvent] = field(default_factory=lambda: asyncio.Queue(1000))
     sent: list[tuple[float, bool]] = field(default_factory=list)  # (time, voiced)
     hangups: list[str] = field(default_factory=list)

@@ -23,7 +23,8 @@ import structlog
 
 from voicebot_pbx.audio import Resampler
 from voicebot_pbx.config import Config
-from voicebot_pbx.speaker import Speaker
+from voicebot_pbx.pbx.media import AudioIn
+from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.echo import is_line_echo
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
 from voicebot_pbx.speech.inbound_clock import InboundClock
@@ -37,7 +38,6 @@ from voicebot_pbx.speech.turns import (
     UtteranceStarted,
     looks_complete,
 )
-from voicebot_pbx.transport import AudioIn
 
 log = structlog.get_logger("voicebot_pbx.call.listener")
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from voicebot_pbx.answers.llm import Rejected, Sentence
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.config import Config
 from voicebot_pbx.ops.records import TurnRecord
-from voicebot_pbx.speaker import Speaker
+from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
 
 if TYPE_CHECKING:

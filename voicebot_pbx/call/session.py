@@ -30,11 +30,11 @@ from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.responder import Responder, SpeechSynth
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
+from voicebot_pbx.pbx.media import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 from voicebot_pbx.speech.engines import Engines
 from voicebot_pbx.speech.turns import (
     TurnTaker,
 )
-from voicebot_pbx.transport import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 
 if TYPE_CHECKING:
     from voicebot_pbx.answers.llm import LlmAnswerer
@@ -68,7 +68,7 @@ class CallSession:
         self.config = shared.config
         self.engines = shared.engines
         self.speaker = media.speaker
-        caller_id: str | None = getattr(media, "caller_id", None)  # FreeSWITCH channel data
+        caller_id = media.caller_id
         self.call = CallInfo(call_id=media.call_id, pbx=media.pbx, caller_id=caller_id)
         self.record = CallRecord(
             call_id=media.call_id, pbx=media.pbx, peer=media.peer, caller_id=caller_id
@@ -198,12 +198,12 @@ class CallSession:
     async def _choose_profile(self) -> None:
         """The call's profile: from its listener, else the dialplan's VOICEBOT_PROFILE
         channel variable (over AMI), else the default."""
-        name: str | None = getattr(self.media, "profile", None)
-        get_var = getattr(self.shared.control, "get_var", None)
-        if name is None and get_var is not None and self.config.profiles:
+        name = self.media.profile
+        control = self.shared.control
+        if name is None and control is not None and self.config.profiles:
             try:
                 async with asyncio.timeout(0.5):
-                    name = await get_var(self.media.call_id, "VOICEBOT_PROFILE")
+                    name = await control.get_var(self.media.call_id, "VOICEBOT_PROFILE")
             except Exception as exc:
                 log.info("profile_lookup_failed", error=f"{type(exc).__name__}: {exc}")
         self.profile = profile_named(self.config, name)

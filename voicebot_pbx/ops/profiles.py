@@ -13,19 +13,18 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 
-from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
+from voicebot_pbx.answers import factory
+from voicebot_pbx.answers.dialogue import Dialogue
+from voicebot_pbx.answers.knowledge import KnowledgeBase
+from voicebot_pbx.answers.llm import LlmAnswerer
+from voicebot_pbx.answers.rasa import RasaDialogue
 from voicebot_pbx.call.prompts import TtsCache
 from voicebot_pbx.config import Config, ProfileConfig
 from voicebot_pbx.models import PIPER_JOE, resolve_model_path
 from voicebot_pbx.speech.tts import PiperTts
-
-if TYPE_CHECKING:
-    from voicebot_pbx.answers.llm import LlmAnswerer
-    from voicebot_pbx.answers.rasa import RasaDialogue
 
 log = structlog.get_logger("voicebot_pbx.ops.profiles")
 
@@ -74,9 +73,6 @@ def profile_voice(
 
 def profile_llm(config: Config, profile: ProfileConfig, default: LlmAnswerer) -> LlmAnswerer:
     """The default LLM engine answering from the profile's knowledge base and company."""
-    from voicebot_pbx.answers.knowledge import KnowledgeBase
-    from voicebot_pbx.answers.llm import LlmAnswerer
-
     llm_config = dataclasses.replace(
         default.config,
         knowledge_dir=profile.knowledge_dir or default.config.knowledge_dir,
@@ -96,25 +92,13 @@ def build_profile_kits(
     """A kit for every profile that overrides its dialogue, voice or knowledge base.
     Blocking (loads models and knowledge files); raises on a broken profile (a missing
     voice or knowledge folder), so ``serve`` refuses to start with a half-working one."""
-    from voicebot_pbx.answers.fallbacks import FallbackDialogue
-
     kits: dict[str, ProfileKit] = {}
     loaded: dict[Path, PiperTts] = {}
     for profile in config.profiles:
         kit = ProfileKit(profile.name)
-        if profile.dialogue_engine == "rules":
-            kit.dialogue = RuleDialogue.from_config(config.dialogue)
-        elif profile.dialogue_engine == "rasa":
-            from voicebot_pbx.answers.rasa import RasaDialogue
-
-            kit.rasa = RasaDialogue(
-                profile.rasa_url or config.rasa.url, timeout_s=config.rasa.timeout_s
-            )
-            kit.dialogue = FallbackDialogue(
-                kit.rasa,
-                RuleDialogue.from_config(config.dialogue),
-                timeout_s=config.rasa.timeout_s,
-            )
+        if profile.dialogue_engine:
+            built = factory.build_dialogue(config, profile.dialogue_engine, profile.rasa_url)
+            kit.dialogue, kit.rasa = built.dialogue, built.rasa
         kit.tts = profile_voice(config, profile, default_tts, loaded)
         if kit.tts is not None:
             kit.tts_cache = TtsCache(kit.tts.voice_id, cache_dir)

@@ -16,23 +16,26 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
+from voicebot_pbx.answers.llm import LlmAnswerer, load_llm
+from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue
+from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.call.session import Shared, make_handler
 from voicebot_pbx.config import Config
+from voicebot_pbx.ops import sdnotify
 from voicebot_pbx.ops.analytics import open_recorder
+from voicebot_pbx.ops.health import HealthServer, readiness_report
 from voicebot_pbx.ops.metrics import MetricsRecorder, default_metrics, render_text
 from voicebot_pbx.ops.profiles import build_profile_kits
+from voicebot_pbx.pbx.ami import AmiClient
+from voicebot_pbx.pbx.audiosocket import AudioSocketServer
+from voicebot_pbx.pbx.media import DtmfIn
 from voicebot_pbx.speech.engines import Engines, load_engines
-from voicebot_pbx.transport import DtmfIn
-from voicebot_pbx.transport.audiosocket import AudioSocketServer
 
 if TYPE_CHECKING:
-    from voicebot_pbx.answers.llm import LlmAnswerer
-    from voicebot_pbx.answers.rasa import RasaDialogue
-    from voicebot_pbx.answers.rasa_server import RasaServer
-    from voicebot_pbx.transport.ami import AmiClient
-    from voicebot_pbx.transport.freeswitch import FreeswitchServer
+    from voicebot_pbx.pbx.freeswitch import FreeswitchServer
 
 log = structlog.get_logger("voicebot_pbx.ops.service")
 
@@ -82,8 +85,6 @@ async def load_llm_or_none(config: Config) -> LlmAnswerer | None:
     disabled or cannot load (logged: the bot then answers with the rule/Rasa reprompt)."""
     if not config.llm.enabled:
         return None
-    from voicebot_pbx.answers.llm import load_llm
-
     started = time.perf_counter()
     try:
         llm = await asyncio.to_thread(load_llm, config.llm)
@@ -116,6 +117,7 @@ def freeze_startup_heap() -> int:
 async def build_shared(config: Config) -> Shared:
     started = time.perf_counter()
     engines = await asyncio.to_thread(load_engines, config)
+    engines.timer = default_metrics()
     dialogue, texts = build_dialogue(config)
     state_dir = Path(config.state_dir)
     cache_dir = Path(config.tts.cache_dir) if config.tts.cache_dir else state_dir / "tts-cache"
@@ -157,8 +159,6 @@ async def build_shared(config: Config) -> Shared:
 
 def rasa_server_for(config: Config) -> RasaServer:
     """The managed Rasa server described by the config (not started)."""
-    from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
-
     url = urlsplit(config.rasa.url)
     venv = Path(config.rasa.venv_dir) if config.rasa.venv_dir else default_rasa_venv()
     cache = Path(os.environ.get("VOICEBOT_CACHE") or Path(config.state_dir).parent)
@@ -204,8 +204,6 @@ async def start_rasa(
     """Train/start the managed Rasa server (if any), then pre-synthesize its static
     responses in each voice. Calls are served by the rule dialogue until Rasa answers.
     ``wait_s`` > 0: an unmanaged server is polled this often until it answers."""
-    from voicebot_pbx.answers.rasa import DialogueUnavailable
-
     started = time.perf_counter()
     if server is not None:
         await asyncio.to_thread(server.ensure_trained)
@@ -293,8 +291,6 @@ class _State:
         return sum(len(server.calls) for server in self.servers)
 
     def readiness(self) -> dict[str, object]:
-        from voicebot_pbx.health import readiness_report
-
         return readiness_report(
             models_loaded=self.models_loaded,
             draining=self.draining,
@@ -311,8 +307,6 @@ class _State:
 
 async def _watch_rasa(state: _State, rasa: RasaDialogue, profile: str | None = None) -> None:
     """Keep the readiness report's Rasa field (or the profile's) current."""
-    from voicebot_pbx.answers.rasa import DialogueUnavailable
-
     while True:
         try:
             await rasa.ping()
@@ -350,8 +344,6 @@ async def _close_recorder(shared: Shared) -> None:
 async def serve(
     config: Config, *, on_ready: Callable[[AudioSocketServer], None] | None = None
 ) -> None:
-    from voicebot_pbx.ops import sdnotify
-
     state = _State()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -360,8 +352,6 @@ async def serve(
             loop.add_signal_handler(signum, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         if config.health.enabled:
-            from voicebot_pbx.health import HealthServer
-
             health = HealthServer(
                 state.readiness,
                 metrics=render_text,
@@ -383,20 +373,16 @@ async def serve(
         state.models_loaded = True
         rasa_server: RasaServer | None = None
         if config.dialogue.engine == "rasa":
-            from voicebot_pbx.answers.fallbacks import FallbackDialogue
-            from voicebot_pbx.answers.rasa import RasaDialogue
-
-            state.rasa = RasaDialogue(config.rasa.url, timeout_s=config.rasa.timeout_s)
+            built = factory.build_dialogue(config, "rasa")
+            assert built.rasa is not None
+            state.rasa = built.rasa
             stack.push_async_callback(state.rasa.aclose)
-            shared.dialogue = FallbackDialogue(
-                state.rasa, shared.dialogue, timeout_s=config.rasa.timeout_s
-            )
+            shared.dialogue = built.dialogue
             if config.rasa.manage:
                 rasa_server = rasa_server_for(config)
                 stack.push_async_callback(rasa_server.stop)
         dtmf_filter = None
         if config.ami.enabled:
-            from voicebot_pbx.transport.ami import AmiClient
 
             def on_ami_dtmf(call_id: str, digit: str) -> None:
                 for server in state.servers:
@@ -413,7 +399,8 @@ async def serve(
         state.servers.append(audiosocket)
         freeswitch: FreeswitchServer | None = None
         if config.freeswitch.enabled:
-            from voicebot_pbx.transport.freeswitch import FreeswitchServer
+            # Loaded only when enabled: it brings gevent and greenswitch.
+            from voicebot_pbx.pbx.freeswitch import FreeswitchServer
 
             freeswitch = FreeswitchServer(config.freeswitch, handler)
             state.servers.append(freeswitch)

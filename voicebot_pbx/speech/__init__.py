@@ -1,1 +1,11 @@
-"""TODO package docstring."""
+"""Speech in and out: the models and the pure logic around them.
+
+Owns VAD (``vad``: silero ONNX), end-of-turn (``turns``: pure ``TurnTaker``), the inbound
+clock (``inbound_clock``: missing frames are silence; pure), speech-to-text engines with
+declared capabilities (``stt``: Whisper batched on its own thread, Vosk streaming), Piper TTS
+(``tts``), line-echo gating (``echo``), the process-wide engines and their thread pool
+(``engines``) and the CPU policy for inference (``cpu``).
+
+May import: ``voicebot_pbx.config``, ``voicebot_pbx.audio``, ``voicebot_pbx.models``. Never
+``pbx``, ``call``, ``answers`` or ``ops``. ``turns``, ``inbound_clock`` and ``echo`` are pure.
+"""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -41,6 +41,12 @@ def disable_telemetry() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+class JobTimer(Protocol):
+    """Observes a pool job's wait and run time (``ops.metrics.MetricsRecorder``)."""
+
+    def timed_job(self, stage: str, fn: Callable[[], T]) -> Callable[[], T]: ...
+
+
 @dataclass(slots=True)
 class Engines:
     vad: SileroVad
@@ -49,13 +55,13 @@ class Engines:
     pool: ThreadPoolExecutor
     load_s: float = 0.0
     tts_backup: PiperTts | None = None  # a second voice for when the first one fails
+    timer: JobTimer | None = None  # set by the service: pool wait/run time into the metrics
 
     async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
         """Run blocking ``fn`` in the shared pool under a timeout."""
-        from voicebot_pbx.ops.metrics import default_metrics
-
         loop = asyncio.get_running_loop()
-        job = default_metrics().timed_job(stage, fn)  # observes the wait in the pool queue
+        # Observes the wait in the pool queue as well as the run.
+        job = self.timer.timed_job(stage, fn) if self.timer is not None else fn
         try:
             async with asyncio.timeout(timeout_s):
                 return await loop.run_in_executor(self.pool, job)

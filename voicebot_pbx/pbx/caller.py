@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from voicebot_pbx.audio import FRAME_MS, frame_bytes, rms_dbfs, split_frames
-from voicebot_pbx.protocol import audiosocket as wire
+from voicebot_pbx.pbx import audiosocket_codec as wire
 
 SPEECH_FLOOR_DBFS = -50.0
 # A quiet run this long (300 ms) means the bot stopped; pauses between Piper's sentences

@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from voicebot_pbx.config import ServerConfig
-from voicebot_pbx.health import parse_cidrs, peer_allowed
-from voicebot_pbx.protocol import audiosocket as wire
-from voicebot_pbx.transport import (
+from voicebot_pbx.pbx import audiosocket_codec as wire
+from voicebot_pbx.pbx.allow import parse_cidrs, peer_allowed
+from voicebot_pbx.pbx.media import (
     AudioIn,
     CallMedia,
     CallState,
@@ -71,6 +71,7 @@ class AudioSocketCall(CallState):
         # rate must not change under it any more.
         self._rate_committed = False
         self.profile: str | None = None
+        self.caller_id: str | None = None  # AudioSocket carries none (AMI could)
         self.dtmf_filter: Callable[[str, str], bool] | None = None
         self.bytes_in = 0
         self.frames_in = 0

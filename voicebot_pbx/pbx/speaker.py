@@ -24,7 +24,7 @@ import structlog
 
 from voicebot_pbx.audio import FRAME_MS, Reframer, frame_bytes, rms_dbfs, trim_leading_silence
 
-log = structlog.get_logger("voicebot_pbx.speaker")
+log = structlog.get_logger("voicebot_pbx.pbx.speaker")
 
 WriteFrame = Callable[[bytes, bool], Awaitable[None]]
 """Writes one frame to the wire: ``(pcm, is_silence)``."""

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from enum import IntEnum
 
-from voicebot_pbx.protocol import WireError
+from voicebot_pbx.pbx.wire import WireError
 
 HEADER_BYTES = 3
 MAX_PAYLOAD_BYTES = 0xFFFF

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from voicebot_pbx.protocol import WireError
+from voicebot_pbx.pbx.wire import WireError
 
 # Types FreeSWITCH always sends with a Content-Length (see the module docstring).
 BODY_CONTENT_TYPES = frozenset(

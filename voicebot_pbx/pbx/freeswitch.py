@@ -27,7 +27,7 @@ its reader crashes its greenlet on a malformed header or a missing Content-Lengt
 forever on EOF inside a body (``_read_socket``), ``send`` waits forever for a reply, and
 ``OutboundESLServer.listen`` calls ``sys.exit()`` when it cannot bind (port 0 included) and
 polls ``accept`` every 100 ms. The subclasses below replace exactly those parts, framing
-with ``voicebot_pbx.protocol.esl``.
+with ``voicebot_pbx.pbx.esl_codec``.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ from greenswitch.esl import (
 )
 
 from voicebot_pbx.config import FreeswitchConfig as FreeswitchConfig
-from voicebot_pbx.health import parse_cidrs, peer_allowed
-from voicebot_pbx.protocol import esl
-from voicebot_pbx.transport import (
+from voicebot_pbx.pbx import esl_codec as esl
+from voicebot_pbx.pbx.allow import parse_cidrs, peer_allowed
+from voicebot_pbx.pbx.media import (
     AudioIn,
     CallMedia,
     CallState,
@@ -67,7 +67,7 @@ from voicebot_pbx.transport import (
     put_dropping_oldest,
     run_call_handler,
 )
-from voicebot_pbx.transport.unicast import (
+from voicebot_pbx.pbx.unicast import (
     NoPortAvailable,
     RateAdapter,
     UnicastEndpoint,
@@ -1045,6 +1045,11 @@ class FreeswitchServer:
         if call is None:
             return False
         return await call.transfer(target)
+
+    async def get_var(self, call_id: str, name: str) -> str | None:
+        """The channel's variables came with the call (``FreeswitchCall.profile``): no
+        separate lookup is made."""
+        return None
 
     async def break_playback(self, call_id: str) -> bool:
         call = self.calls.get(call_id)

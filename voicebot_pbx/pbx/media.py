@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from voicebot_pbx.speaker import Speaker
+from voicebot_pbx.pbx.speaker import Speaker
 
-log = structlog.get_logger("voicebot_pbx.transport")
+log = structlog.get_logger("voicebot_pbx.pbx.media")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,9 @@ class CallMedia(Protocol):
     peer: str
     speaker: Speaker
     inbound: asyncio.Queue[InboundEvent]
+    # What the PBX told about the call with its media (None: not known this way):
+    caller_id: str | None  # FreeSWITCH channel data
+    profile: str | None  # the listener's profile port, or FreeSWITCH's VOICEBOT_PROFILE
 
     @property
     def rate_hz(self) -> int: ...
@@ -174,3 +177,7 @@ class CallControl(Protocol):
     """Call control beside the media (AMI / ESL): transfer. Optional for a transport."""
 
     async def transfer(self, call_id: str, target: str) -> bool: ...
+
+    async def get_var(self, call_id: str, name: str) -> str | None:
+        """A channel variable of the call (AMI Getvar); None when unavailable."""
+        ...

@@ -1,0 +1,32 @@
+"""The one place a dialogue is assembled from the configuration.
+
+``rules``: the rule dialogue alone. ``rasa``: Rasa (over loopback HTTP) first, the rule
+dialogue when Rasa is down or slow (``FallbackDialogue``). The service builds the process's
+default dialogue with it and every profile with its own ``dialogue_engine`` builds its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
+from voicebot_pbx.answers.fallbacks import FallbackDialogue
+from voicebot_pbx.answers.rasa import RasaDialogue
+from voicebot_pbx.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltDialogue:
+    dialogue: Dialogue
+    rasa: RasaDialogue | None  # to watch its health and close it; None for "rules"
+
+
+def build_dialogue(
+    config: Config, engine: Literal["rules", "rasa"], rasa_url: str = ""
+) -> BuiltDialogue:
+    rules = RuleDialogue.from_config(config.dialogue)
+    if engine == "rules":
+        return BuiltDialogue(rules, None)
+    rasa = RasaDialogue(rasa_url or config.rasa.url, timeout_s=config.rasa.timeout_s)
+    return BuiltDialogue(FallbackDialogue(rasa, rules, timeout_s=config.rasa.timeout_s), rasa)
