@@ -13,9 +13,9 @@ import pytest
 import structlog
 
 from tests.fake_ami import FakeAmi, FakeChannel, OriginatePlan
-from voicebot_pbx.pbx.ami import (
-    AmiClient,
-    AmiConfig,
+from voicebot_pbx.config import AmiConfig
+from voicebot_pbx.pbx.ami import AmiClient, load_secret
+from voicebot_pbx.pbx.ami_codec import (
     AmiConfigError,
     AmiMessage,
     AmiNotConnected,
@@ -26,11 +26,9 @@ from voicebot_pbx.pbx.ami import (
     HangupEvent,
     NewextenEvent,
     audiosocket_uuid,
-    load_secret,
-    originate,
-    originate_outcome,
     parse_event,
 )
+from voicebot_pbx.pbx.ami_originate import originate, originate_outcome
 from voicebot_pbx.pbx.media import CallControl
 
 T = TypeVar("T")

@@ -132,7 +132,8 @@ async def originate_call(
     import time
     import uuid
 
-    from voicebot_pbx.pbx.ami import AmiClient, originate
+    from voicebot_pbx.pbx.ami import AmiClient
+    from voicebot_pbx.pbx.ami_originate import originate
 
     call_uuid = str(uuid.uuid4())
     channel_vars = {"VOICEBOT_UUID": call_uuid, **(variables or {})}

@@ -36,11 +36,10 @@ import os
 import random
 import re
 import socket
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from panoramisk.actions import Action
@@ -48,415 +47,26 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.manager import Manager
 
 from voicebot_pbx.config import AmiConfig as AmiConfig
-
-log = structlog.get_logger("voicebot_pbx.ami")
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors (translated at this adapter; ``retryable`` says whether trying again may help)
-
-
-class AmiError(Exception):
-    retryable = False
-
-
-class AmiConfigError(AmiError, ValueError):
-    """The AMI secret is missing or unreadable."""
-
-
-class AmiNotConnected(AmiError):
-    retryable = True
-
-
-class AmiTimeout(AmiError):
-    retryable = True
-
-
-class AmiAuthFailed(AmiError):
-    """Asterisk answered the Login with an error (wrong user/secret or ACL)."""
-
-
-class AmiActionFailed(AmiError):
-    """Asterisk answered ``Response: Error``; the message is Asterisk's."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Typed messages and events
-
-
-@dataclass(frozen=True, slots=True)
-class AmiMessage:
-    """One AMI response or event: headers in wire order, repeated headers kept."""
-
-    headers: tuple[tuple[str, str], ...]
-
-    def get(self, name: str, default: str = "") -> str:
-        wanted = name.lower()
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                return value
-        return default
-
-    def get_all(self, name: str) -> tuple[str, ...]:
-        wanted = name.lower()
-        return tuple(value for key, value in self.headers if key.lower() == wanted)
-
-    @property
-    def event(self) -> str:
-        return self.get("Event")
-
-    @property
-    def response(self) -> str:
-        return self.get("Response")
-
-    @property
-    def message(self) -> str:
-        return self.get("Message")
-
-    @property
-    def success(self) -> bool:
-        # astman_send_ack -> "Success"; Command -> "Follows"; Logoff -> "Goodbye".
-        return self.response in ("Success", "Follows", "Goodbye")
-
-    @classmethod
-    def from_panoramisk(cls, message: Any) -> AmiMessage:
-        pairs: list[tuple[str, str]] = []
-        for key, value in message.items():
-            if key == "content":  # panoramisk keeps a Follows body under this key
-                continue
-            if isinstance(value, list):
-                pairs.extend((str(key), str(item)) for item in value)
-            else:
-                pairs.append((str(key), str(value)))
-        return cls(tuple(pairs))
-
-
-def _int(text: str, default: int = -1) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        return default
-
-
-@dataclass(frozen=True, slots=True)
-class NewextenEvent:
-    """A channel is about to run ``application(app_data)`` at context,exten,priority."""
-
-    channel: str
-    uniqueid: str
-    linkedid: str
-    context: str
-    exten: str
-    priority: int
-    application: str
-    app_data: str
-
-
-@dataclass(frozen=True, slots=True)
-class HangupEvent:
-    channel: str
-    uniqueid: str
-    cause: int
-    cause_txt: str
-
-
-@dataclass(frozen=True, slots=True)
-class DtmfEndEvent:
-    channel: str
-    uniqueid: str
-    digit: str
-    duration_ms: int
-    direction: str  # "Received" (from the caller) or "Sent"
-
-
-@dataclass(frozen=True, slots=True)
-class OriginateResponseEvent:
-    action_id: str
-    response: str  # "Success" or "Failure"
-    channel: str
-    context: str
-    exten: str
-    reason: int
-    uniqueid: str
-
-
-@dataclass(frozen=True, slots=True)
-class CoreShowChannelEvent:
-    channel: str
-    uniqueid: str
-    context: str
-    exten: str
-    priority: int
-    application: str
-    application_data: str
-    duration: str
-    bridge_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class OtherEvent:
-    name: str
-    message: AmiMessage
-
-
-AmiEvent = (
-    NewextenEvent
-    | HangupEvent
-    | DtmfEndEvent
-    | OriginateResponseEvent
-    | CoreShowChannelEvent
-    | OtherEvent
+from voicebot_pbx.pbx.ami_codec import (
+    AmiActionFailed,
+    AmiAuthFailed,
+    AmiConfigError,
+    AmiError,
+    AmiEvent,
+    AmiMessage,
+    AmiNotConnected,
+    AmiTimeout,
+    CoreShowChannelEvent,
+    DtmfDeduper,
+    DtmfEndEvent,
+    HangupEvent,
+    NewextenEvent,
+    audiosocket_uuid,
+    canonical_uuid,
+    parse_event,
 )
 
-
-def parse_event(message: AmiMessage) -> AmiEvent:
-    """The typed form of an AMI event (``OtherEvent`` for the ones this bot does not use)."""
-    name = message.event
-    key = name.lower()
-    get = message.get
-    if key == "newexten":
-        return NewextenEvent(
-            channel=get("Channel"),
-            uniqueid=get("Uniqueid"),
-            linkedid=get("Linkedid"),
-            context=get("Context"),
-            exten=get("Exten") or get("Extension"),
-            priority=_int(get("Priority")),
-            application=get("Application"),
-            app_data=get("AppData"),
-        )
-    if key == "hangup":
-        return HangupEvent(
-            channel=get("Channel"),
-            uniqueid=get("Uniqueid"),
-            cause=_int(get("Cause")),
-            cause_txt=get("Cause-txt"),
-        )
-    if key == "dtmfend":
-        return DtmfEndEvent(
-            channel=get("Channel"),
-            uniqueid=get("Uniqueid"),
-            digit=get("Digit"),
-            duration_ms=_int(get("DurationMs")),
-            direction=get("Direction"),
-        )
-    if key == "originateresponse":
-        return OriginateResponseEvent(
-            action_id=get("ActionID"),
-            response=get("Response"),
-            channel=get("Channel"),
-            context=get("Context"),
-            exten=get("Exten"),
-            reason=_int(get("Reason")),
-            uniqueid=get("Uniqueid"),
-        )
-    if key == "coreshowchannel":
-        return CoreShowChannelEvent(
-            channel=get("Channel"),
-            uniqueid=get("Uniqueid"),
-            context=get("Context"),
-            exten=get("Exten"),
-            priority=_int(get("Priority")),
-            application=get("Application"),
-            application_data=get("ApplicationData"),
-            duration=get("Duration"),
-            bridge_id=get("BridgeId"),
-        )
-    return OtherEvent(name=name, message=message)
-
-
-def audiosocket_uuid(application: str, app_data: str) -> str | None:
-    """The call UUID in a dialplan step that hands the channel to AudioSocket, else None.
-
-    ``AudioSocket(<uuid>,<host:port>)`` (app_audiosocket.c: ``AST_APP_ARG(idStr)`` first) or
-    ``Dial(AudioSocket/<host:port>/<uuid>[/<options>][,...])`` (chan_audiosocket's dial
-    string). The UUID is returned in canonical lower-case form, as the bot's ``call_id``.
-    """
-    app = application.strip().lower()
-    if app == "audiosocket":
-        candidate = app_data.split(",", 1)[0]
-    elif app == "dial":
-        candidate = ""
-        for dest in app_data.split(",", 1)[0].split("&"):
-            parts = dest.strip().split("/")
-            if len(parts) >= 3 and parts[0].lower() == "audiosocket":
-                candidate = parts[2]
-                break
-        if not candidate:
-            return None
-    else:
-        return None
-    return _canonical_uuid(candidate)
-
-
-def _canonical_uuid(text: str) -> str | None:
-    text = text.strip()
-    if len(text) != 36:  # only the hyphenated form Asterisk's uuid_parse() accepts
-        return None
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Outbound calls
-
-OriginateOutcome = Literal["answered", "no_answer", "busy", "failed"]
-
-
-def originate_outcome(reason: int) -> OriginateOutcome:
-    """Map OriginateResponse ``Reason`` to an outcome.
-
-    The reason is an ``enum ast_control_frame_type`` value (include/asterisk/frame.h:
-    HANGUP=1, RINGING=3, ANSWER=4, BUSY=5, CONGESTION=8) chosen by ``pbx_dial_reason()`` in
-    main/pbx.c: ANSWER when answered; HANGUP when the dial was hung up; BUSY for cause
-    USER_BUSY; CONGESTION for rejected/out-of-order/congestion causes; RINGING for
-    NO_ANSWER/ANSWERED_ELSEWHERE ("remote end was ringing but isn't anymore"); 0 for any
-    other failure (e.g. unallocated number, no such endpoint).
-    """
-    if reason == 4:
-        return "answered"
-    if reason == 3:
-        return "no_answer"
-    if reason == 5:
-        return "busy"
-    return "failed"  # 0 failure, 1 hangup, 8 congestion, anything unexpected
-
-
-@dataclass(frozen=True, slots=True)
-class OriginateResult:
-    outcome: OriginateOutcome
-    reason: int | None  # OriginateResponse Reason; None when no response came
-    channel: str  # the dialled channel as Asterisk named it (or as requested)
-    uniqueid: str  # of the new channel; "" or "<null>" when none was created
-    message: str = ""  # Asterisk's error message or ours
-
-    @property
-    def answered(self) -> bool:
-        return self.outcome == "answered"
-
-
-async def originate(
-    ami: AmiClient,
-    channel: str,
-    *,
-    context: str,
-    exten: str,
-    caller_id: str = "",
-    variables: Mapping[str, str] | None = None,
-    timeout_s: float = 30.0,
-    priority: int = 1,
-    channel_id: str = "",
-) -> OriginateResult:
-    """Place an outbound call: dial ``channel`` (e.g. ``PJSIP/1001``) for up to ``timeout_s``
-    and, once answered, run the dialplan at context,exten,priority on it.
-
-    Uses ``Async: true`` (manager.c ``action_originate`` -> ``fast_originate`` thread): the
-    action is acked at once with "Originate successfully queued" and the outcome arrives as
-    an ``OriginateResponse`` event carrying the same ActionID. ``channel_id`` sets the new
-    channel's Uniqueid (``ChannelId``). Never raises for AMI trouble: the outcome is
-    ``failed`` with a message.
-    """
-    action: dict[str, str | list[str]] = {
-        "Action": "Originate",
-        "Channel": channel,
-        "Context": context,
-        "Exten": exten,
-        "Priority": str(priority),
-        "Timeout": str(max(1, round(timeout_s * 1000))),
-        "Async": "true",
-    }
-    if caller_id:
-        action["CallerID"] = caller_id
-    if channel_id:
-        action["ChannelId"] = channel_id
-    if variables:
-        action["Variable"] = [f"{name}={value}" for name, value in variables.items()]
-    # The OriginateResponse comes when the callee answers or the dial gives up, i.e. up to
-    # the dial timeout after the ack.
-    wait_s = timeout_s + ami.action_timeout_s + 5.0
-    try:
-        result = await ami.send_action(action, timeout_s=wait_s)
-    except (AmiError, ValueError) as exc:
-        error = str(exc)
-        if isinstance(exc, AmiNotConnected) and ami.last_error:
-            error = f"{error} ({ami.last_error})"  # e.g. the refused login, not just "down"
-        log.warning("ami_originate_failed", channel=channel, error=error)
-        return OriginateResult("failed", None, channel, "", error)
-    messages = result if isinstance(result, list) else [result]
-    first = messages[0]
-    if not first.success:
-        log.warning("ami_originate_refused", channel=channel, message=first.message)
-        return OriginateResult("failed", None, channel, "", first.message or "refused")
-    response = next((m for m in messages if m.event.lower() == "originateresponse"), None)
-    if response is None:
-        return OriginateResult("failed", None, channel, "", "no OriginateResponse")
-    event = parse_event(response)
-    assert isinstance(event, OriginateResponseEvent)
-    outcome = originate_outcome(event.reason)
-    log.info(
-        "ami_originate",
-        channel=event.channel or channel,
-        outcome=outcome,
-        reason=event.reason,
-        uniqueid=event.uniqueid,
-    )
-    return OriginateResult(outcome, event.reason, event.channel or channel, event.uniqueid)
-
-
-# ---------------------------------------------------------------------------------------------
-# DTMF from two sources
-
-
-class DtmfDeduper:
-    """Keeps one copy of each key press when both AudioSocket (0x03) and AMI deliver it.
-
-    Pure: time is a parameter. Per call: once a digit has come from the media path, that
-    Asterisk forwards DTMF over AudioSocket and AMI digits for the call are dropped. Before
-    that, a digit equal to the last one accepted from the *other* source within
-    ``window_s`` is the same key press (both are sent on key release) and is dropped once.
-    """
-
-    def __init__(self, window_s: float = 0.5, max_calls: int = 4096) -> None:
-        self.window_s = window_s
-        self.max_calls = max_calls
-        self._calls: dict[str, _DtmfState] = {}
-
-    def accept(
-        self, call_id: str, digit: str, source: Literal["media", "ami"], at_s: float
-    ) -> bool:
-        state = self._calls.get(call_id)
-        if state is None:
-            if len(self._calls) >= self.max_calls:
-                self._calls.pop(next(iter(self._calls)))
-            state = self._calls[call_id] = _DtmfState()
-        if source == "ami" and state.media_seen:
-            return False
-        if source == "media":
-            state.media_seen = True
-        other = state.last_ami if source == "media" else state.last_media
-        if other is not None and other[0] == digit and 0.0 <= at_s - other[1] <= self.window_s:
-            if source == "media":
-                state.last_ami = None
-            else:
-                state.last_media = None
-            return False
-        if source == "media":
-            state.last_media = (digit, at_s)
-        else:
-            state.last_ami = (digit, at_s)
-        return True
-
-    def forget(self, call_id: str) -> None:
-        self._calls.pop(call_id, None)
-
-
-@dataclass(slots=True)
-class _DtmfState:
-    media_seen: bool = False
-    last_media: tuple[str, float] | None = None
-    last_ami: tuple[str, float] | None = None
+log = structlog.get_logger("voicebot_pbx.ami")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,7 +293,7 @@ class AmiClient:
     # -- call control (CallControl) --------------------------------------------------------
 
     def channel_for(self, call_id: str) -> str | None:
-        return self._channels.get(_canonical_uuid(call_id) or call_id)
+        return self._channels.get(canonical_uuid(call_id) or call_id)
 
     def mapped_calls(self) -> dict[str, str]:
         """call_id -> channel for every call currently known (diagnostics)."""
@@ -691,7 +301,7 @@ class AmiClient:
 
     def forget(self, call_id: str) -> None:
         """Drop what is known about a finished call (Hangup events do this too)."""
-        key = _canonical_uuid(call_id) or call_id
+        key = canonical_uuid(call_id) or call_id
         channel = self._channels.pop(key, None)
         if channel is not None and self._calls.get(channel) == key:
             del self._calls[channel]
@@ -771,7 +381,7 @@ class AmiClient:
     def accept_media_dtmf(self, call_id: str, digit: str) -> bool:
         """For the AudioSocket path: False if this digit already came via AMI."""
         at_s = asyncio.get_running_loop().time()
-        return self.dtmf.accept(_canonical_uuid(call_id) or call_id, digit, "media", at_s)
+        return self.dtmf.accept(canonical_uuid(call_id) or call_id, digit, "media", at_s)
 
     async def core_show_channels(self) -> list[CoreShowChannelEvent]:
         """All channels (a list response ending with ``EventList: Complete``)."""
