@@ -13,35 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import structlog
 
 from voicebot_pbx.config import ServerConfig
 from voicebot_pbx.pbx import audiosocket_codec as wire
-from voicebot_pbx.pbx.allow import parse_cidrs, peer_allowed
 from voicebot_pbx.pbx.media import (
     AudioIn,
-    CallMedia,
     CallState,
     DtmfIn,
-    finish_connections,
-    run_call_handler,
 )
+from voicebot_pbx.pbx.server import HANDLER_GRACE_S, CallHandler, CallServer
 
 log = structlog.get_logger("voicebot_pbx.audiosocket")
 
-CallHandler = Callable[[CallMedia], Awaitable[None]]
 
 _READ_CHUNK_BYTES = 4096
 _SEND_BUFFER_BYTES = 64 * 1024
-# After the media side is gone (caller hang-up, bad input, stuck peer) the session gets
-# ``CallEnded``; if it has not returned this long after, it is cancelled so a stuck session
-# cannot keep a dead call (and its ``max_calls`` slot) alive.
-HANDLER_GRACE_S = 5.0
 
 
 class AudioSocketCall(CallState):
@@ -199,7 +190,7 @@ async def _close_writer(writer: asyncio.StreamWriter, timeout_s: float = 1.0) ->
         pass
 
 
-class AudioSocketServer:
+class AudioSocketServer(CallServer[AudioSocketCall]):
     def __init__(
         self,
         config: ServerConfig,
@@ -212,20 +203,17 @@ class AudioSocketServer:
     ) -> None:
         """``port``/``profile``: an extra listener whose calls get that bot profile.
         ``dtmf_filter(call_id, digit)`` may drop a digit (already delivered over AMI)."""
+        super().__init__(
+            handler,
+            allow=config.allow,
+            max_call_duration_s=config.max_call_duration_s,
+            handler_grace_s=handler_grace_s,
+            profile=profile,
+        )
         self._config = config
         self._listen_port = config.port if port is None else port
-        self.profile = profile
         self._dtmf_filter = dtmf_filter
-        self._allow = parse_cidrs(config.allow) if config.allow else ()
-        self._handler = handler
-        self._handler_grace_s = handler_grace_s
         self._server: asyncio.Server | None = None
-        self.calls: dict[str, AudioSocketCall] = {}
-        self._connections: set[asyncio.Task[None]] = set()
-        self.calls_total = 0
-        self.calls_rejected = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def port(self) -> int:
@@ -239,20 +227,11 @@ class AudioSocketServer:
         )
         log.info("audiosocket_listening", host=self._config.host, port=self.port)
 
-    async def wait_idle(self) -> None:
-        """Until no call is in progress."""
-        await self._idle.wait()
-
     async def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
 
-    async def close(self, grace_s: float = 2.0, reason: str = "shutdown") -> None:
-        """Stop accepting; end every call with 0x00 (its dialplan continues); wait ``grace_s``."""
-        await self.stop_accepting()
-        # Concurrently: one peer that does not read must not hold up the others' 0x00.
-        await asyncio.gather(*(call.hangup(reason) for call in list(self.calls.values())))
-        await finish_connections(self._connections, grace_s)
+    async def _listener_closed(self) -> None:
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -270,7 +249,7 @@ class AudioSocketServer:
     ) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-        if not self._peer_allowed(peername[0] if peername else ""):
+        if not self._peer_allowed(peername[0] if peername else "", unix_peer=True):
             self.calls_rejected += 1
             log.warning("call_rejected", reason="peer_not_allowed", peer=peer)
             await _close_writer(writer)
@@ -305,56 +284,26 @@ class AudioSocketServer:
         call = AudioSocketCall(call_uuid, reader, writer, decoder, self._config, peer)
         call.profile = self.profile
         call.dtmf_filter = self._dtmf_filter
-        self.calls[call_id] = call
-        self._idle.clear()
-        self.calls_total += 1
-        structlog.contextvars.bind_contextvars(call_id=call_id)
-        log.info("call_started", peer=peer, pbx="asterisk")
-        try:
-            async with asyncio.TaskGroup() as group:
-                reader_task = group.create_task(call.read_loop(pending))
-                pacer_task = group.create_task(call.run_pacer())
-                handler_task = group.create_task(self._run_handler(call))
-                closed_task = group.create_task(call.wait_closed())
-                try:
-                    await asyncio.wait(
-                        (handler_task, closed_task), return_when=asyncio.FIRST_COMPLETED
-                    )
-                    if not handler_task.done():
-                        # The media side is gone and the session has its CallEnded.
-                        await asyncio.wait((handler_task,), timeout=self._handler_grace_s)
-                        if not handler_task.done():
-                            log.warning("session_overran", grace_s=self._handler_grace_s)
-                            handler_task.cancel()
-                finally:
-                    reader_task.cancel()
-                    pacer_task.cancel()
-                    closed_task.cancel()
-        finally:
-            await call.close()
-            self.calls.pop(call_id, None)
-            if not self.calls:
-                self._idle.set()
-            log.info(
-                "call_closed",
-                reason=call.end_reason,
-                frames_in=call.frames_in,
-                frames_out=call.speaker.frames_written,
-                stalls=call.speaker.stalls,
-            )
-            structlog.contextvars.unbind_contextvars("call_id")
-
-    async def _run_handler(self, call: AudioSocketCall) -> None:
-        await run_call_handler(self._handler, call, self._config.max_call_duration_s)
-
-    def _peer_allowed(self, address: str) -> bool:
-        """Loopback only by default; ``server.allow`` CIDRs when the PBX is elsewhere."""
-        if not self._allow:
+        with self.serving(call_id, call):
+            log.info("call_started", peer=peer, pbx="asterisk")
             try:
-                return ipaddress.ip_address(address.split("%")[0]).is_loopback
-            except ValueError:
-                return address == ""  # e.g. a Unix socket peer in tests
-        return peer_allowed(address, self._allow)
+                async with asyncio.TaskGroup() as group:
+                    reader_task = group.create_task(call.read_loop(pending))
+                    pacer_task = group.create_task(call.run_pacer())
+                    try:
+                        await self.run_session(group, call)
+                    finally:
+                        reader_task.cancel()
+                        pacer_task.cancel()
+            finally:
+                await call.close()
+                log.info(
+                    "call_closed",
+                    reason=call.end_reason,
+                    frames_in=call.frames_in,
+                    frames_out=call.speaker.frames_written,
+                    stalls=call.speaker.stalls,
+                )
 
     async def _read_uuid(
         self, reader: asyncio.StreamReader, decoder: wire.Decoder

@@ -28,7 +28,7 @@ import contextlib
 import ipaddress
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,7 +36,6 @@ import structlog
 
 from voicebot_pbx.config import FreeswitchConfig as FreeswitchConfig
 from voicebot_pbx.pbx import esl_codec as esl
-from voicebot_pbx.pbx.allow import parse_cidrs, peer_allowed
 from voicebot_pbx.pbx.esl_link import (
     EslClosed,
     EslError,
@@ -48,12 +47,10 @@ from voicebot_pbx.pbx.esl_link import (
 )
 from voicebot_pbx.pbx.media import (
     AudioIn,
-    CallMedia,
     CallState,
     DtmfIn,
-    finish_connections,
-    run_call_handler,
 )
+from voicebot_pbx.pbx.server import HANDLER_GRACE_S, CallHandler, CallServer
 from voicebot_pbx.pbx.unicast import (
     NoPortAvailable,
     RateAdapter,
@@ -66,9 +63,7 @@ from voicebot_pbx.pbx.unicast import (
 log = structlog.get_logger("voicebot_pbx.freeswitch")
 
 T = TypeVar("T")
-CallHandler = Callable[[CallMedia], Awaitable[None]]
 
-HANDLER_GRACE_S = 5.0
 # The channel rates FreeSWITCH codecs run at (L16 follows the read codec's actual rate).
 _RATES_HZ = frozenset({8000, 12000, 16000, 24000, 32000, 44100, 48000})
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -447,12 +442,9 @@ class FreeswitchCall(CallState):
         await self._link.finish()
 
 
-class FreeswitchServer:
+class FreeswitchServer(CallServer["FreeswitchCall"]):
     """The outbound-ESL server: FreeSWITCH's socket app connects, one call per connection.
-
-    Mirrors ``AudioSocketServer`` (``start``, ``port``, ``calls``, ``stop_accepting``,
-    ``wait_idle``, ``close``) and is the ``CallControl`` for its calls (``transfer``).
-    """
+    Its lifecycle is ``CallServer``'s; it is also the ``CallControl`` for its calls."""
 
     def __init__(
         self,
@@ -463,22 +455,19 @@ class FreeswitchServer:
         port: int | None = None,
         profile: str | None = None,
     ) -> None:
+        super().__init__(
+            handler,
+            allow=config.allow,
+            max_call_duration_s=config.max_call_duration_s,
+            handler_grace_s=handler_grace_s,
+            profile=profile,
+        )
         self._config = config
-        self._handler = handler
-        self._handler_grace_s = handler_grace_s
         self._listen_port = config.port if port is None else port
-        self.profile = profile
-        self._allow = parse_cidrs(config.allow) if config.allow else ()
         self._hub = GeventHub()
         self._esl: EslServer | None = None
         self._port: int | None = None
         self._accepting = False
-        self.calls: dict[str, FreeswitchCall] = {}
-        self._connections: set[asyncio.Task[None]] = set()
-        self.calls_total = 0
-        self.calls_rejected = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def port(self) -> int:
@@ -513,21 +502,14 @@ class FreeswitchServer:
         self._accepting = True
         log.info("freeswitch_listening", host=self._config.host, port=self._port)
 
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
-
     async def stop_accepting(self) -> None:
         self._accepting = False
         esl_server = self._esl
         if esl_server is not None:
             self._hub.spawn(esl_server.stop)
 
-    async def close(self, grace_s: float = 2.0, reason: str = "shutdown") -> None:
-        """Stop accepting; hand every call back to its dialplan (``resume``); wait
-        ``grace_s``; stop the ESL thread."""
-        await self.stop_accepting()
-        await asyncio.gather(*(call.hangup(reason) for call in list(self.calls.values())))
-        await finish_connections(self._connections, grace_s)
+    async def _listener_closed(self) -> None:
+        """The ESL thread stops once the calls are finished."""
         esl_server = self._esl
         await self._hub.stop(esl_server.shutdown if esl_server is not None else None)
 
@@ -571,14 +553,6 @@ class FreeswitchServer:
             mapped = address.ipv4_mapped
             return None if mapped is None else str(mapped)
         return str(address)
-
-    def _peer_allowed(self, address: str) -> bool:
-        if not self._allow:
-            try:
-                return ipaddress.ip_address(address.split("%")[0]).is_loopback
-            except ValueError:
-                return False
-        return peer_allowed(address, self._allow)
 
     async def _reject(
         self, link: EslLink, reason: str, *, resume: bool = True, **fields: Any
@@ -640,61 +614,40 @@ class FreeswitchServer:
             await link.finish()
 
     async def _serve_call(self, call: FreeswitchCall, media_ip: str) -> None:
-        call_id = call.call_id
-        self.calls[call_id] = call
-        self._idle.clear()
-        self.calls_total += 1
-        structlog.contextvars.bind_contextvars(call_id=call_id)
-        log.info(
-            "call_started",
-            peer=call.peer,
-            pbx="freeswitch",
-            codec=call.info.codec,
-            channel_rate_hz=call.channel_rate_hz,
-            rate_hz=call.rate_hz,
-        )
-        if call.info.control != "full":
-            log.warning("esl_not_full", control=call.info.control)  # no api: no transfer
-        try:
-            async with asyncio.TaskGroup() as group:
-                control_task = group.create_task(call.control_loop())
-                tasks: list[asyncio.Task[Any]] = [control_task]
-                try:
-                    if await call.setup(media_ip):
-                        tasks.append(group.create_task(call.run_pacer()))
-                        handler_task = group.create_task(self._run_handler(call))
-                        closed_task = group.create_task(call.wait_closed())
-                        tasks.append(closed_task)
-                        await asyncio.wait(
-                            (handler_task, closed_task), return_when=asyncio.FIRST_COMPLETED
-                        )
-                        if not handler_task.done():
-                            await asyncio.wait((handler_task,), timeout=self._handler_grace_s)
-                            if not handler_task.done():
-                                log.warning("session_overran", grace_s=self._handler_grace_s)
-                                handler_task.cancel()
-                finally:
-                    for task in tasks:
-                        task.cancel()
-        finally:
-            await call.close()
-            self.calls.pop(call_id, None)
-            if not self.calls:
-                self._idle.set()
-            media = call.media
+        with self.serving(call.call_id, call):
             log.info(
-                "call_closed",
-                reason=call.end_reason,
-                frames_in=call.frames_in,
-                frames_out=call.speaker.frames_written,
-                stalls=call.speaker.stalls,
-                datagrams_in=media.stats.datagrams_in if media else 0,
-                datagrams_out=media.stats.frames_out if media else 0,
-                late_dropped=media.late_filter.late if media else 0,
-                bad_input=dict(call.bad_inputs),
-                esl_events_dropped=call._link.events_dropped,
+                "call_started",
+                peer=call.peer,
+                pbx="freeswitch",
+                codec=call.info.codec,
+                channel_rate_hz=call.channel_rate_hz,
+                rate_hz=call.rate_hz,
             )
-            structlog.contextvars.unbind_contextvars("call_id")
-
-    async def _run_handler(self, call: FreeswitchCall) -> None:
-        await run_call_handler(self._handler, call, self._config.max_call_duration_s)
+            if call.info.control != "full":
+                log.warning("esl_not_full", control=call.info.control)  # no api: no transfer
+            try:
+                async with asyncio.TaskGroup() as group:
+                    control_task = group.create_task(call.control_loop())
+                    tasks: list[asyncio.Task[Any]] = [control_task]
+                    try:
+                        if await call.setup(media_ip):
+                            tasks.append(group.create_task(call.run_pacer()))
+                            await self.run_session(group, call)
+                    finally:
+                        for task in tasks:
+                            task.cancel()
+            finally:
+                await call.close()
+                media = call.media
+                log.info(
+                    "call_closed",
+                    reason=call.end_reason,
+                    frames_in=call.frames_in,
+                    frames_out=call.speaker.frames_written,
+                    stalls=call.speaker.stalls,
+                    datagrams_in=media.stats.datagrams_in if media else 0,
+                    datagrams_out=media.stats.frames_out if media else 0,
+                    late_dropped=media.late_filter.late if media else 0,
+                    bad_input=dict(call.bad_inputs),
+                    esl_events_dropped=call._link.events_dropped,
+                )
