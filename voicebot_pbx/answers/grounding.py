@@ -12,6 +12,7 @@ from typing import Literal
 import structlog
 
 from voicebot_pbx.answers.knowledge import Passage, search_terms
+from voicebot_pbx.answers.number_words import MONTHS, ORDINALS, SCALES, TEENS, TENS, UNITS
 from voicebot_pbx.config import (
     DEFAULT_FALLBACK_REPLY as DEFAULT_FALLBACK_REPLY,
 )
@@ -26,29 +27,8 @@ log = structlog.get_logger(__name__)
 
 # --- grounding post-check (pure) -------------------------------------------------------------
 
-_UNITS = {
-    "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-    "eight": 8, "nine": 9,
-}  # fmt: skip
-_TEENS = {
-    "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-    "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19,
-}  # fmt: skip
-_TENS = {
-    "twenty": 20, "thirty": 30, "forty": 40, "fourty": 40, "fifty": 50, "sixty": 60,
-    "seventy": 70, "eighty": 80, "ninety": 90,
-}  # fmt: skip
-_ORDINALS = {
-    "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6, "seventh": 7,
-    "eighth": 8, "ninth": 9, "tenth": 10, "eleventh": 11, "twelfth": 12, "thirteenth": 13,
-    "fourteenth": 14, "fifteenth": 15, "sixteenth": 16, "seventeenth": 17, "eighteenth": 18,
-    "nineteenth": 19, "twentieth": 20, "thirtieth": 30,
-}  # fmt: skip
 _ZEROES = frozenset({"oh", "o", "nought"})
-_SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
-_MONTHS = frozenset(
-    "january february march april may june july august september october november december".split()
-)
+_MONTHS = frozenset(MONTHS)
 _WEEKDAYS = frozenset("monday tuesday wednesday thursday friday saturday sunday".split())
 _CURRENCY_SYMBOLS = frozenset("£$€")
 _CURRENCY_WORDS = frozenset("pound pounds pence p quid dollar dollars euro euros cents".split())
@@ -151,7 +131,7 @@ def _decimal(digits: str) -> Decimal | None:
 
 
 def _is_number_word(word: str) -> bool:
-    return word in _UNITS or word in _TEENS or word in _TENS
+    return word in UNITS or word in TEENS or word in TENS
 
 
 class _RunBuilder:
@@ -195,8 +175,8 @@ class _RunBuilder:
         self.words.append(word)
         if word in _ZEROES or word == "zero":
             self.add_digits("0")
-        elif word in _UNITS:
-            value = _UNITS[word]
+        elif word in UNITS:
+            value = UNITS[word]
             if cur is not None and not self.spelled and self.last in ("tens", "scale"):
                 self.current = cur + value
                 self.last = "compound"
@@ -205,16 +185,16 @@ class _RunBuilder:
             else:
                 self.flush()
                 self.current, self.last = value, "unit"
-        elif word in _TEENS or word in _TENS:
-            value = _TEENS.get(word) or _TENS[word]
+        elif word in TEENS or word in TENS:
+            value = TEENS.get(word) or TENS[word]
             if cur is not None and not self.spelled and self.last == "scale" and cur % 100 == 0:
                 self.current = cur + value
             else:
                 self.flush()
                 self.current = value
-            self.last = "teen" if word in _TEENS else "tens"
-        elif word in _ORDINALS:
-            value = _ORDINALS[word]
+            self.last = "teen" if word in TEENS else "tens"
+        elif word in ORDINALS:
+            value = ORDINALS[word]
             if cur is not None and not self.spelled and self.last in ("tens", "scale"):
                 self.current = cur + value
             else:
@@ -222,8 +202,8 @@ class _RunBuilder:
                 self.current = value
             self.run.ordinal_words.append(word)
             return False
-        elif word in _SCALES:
-            scale = _SCALES[word]
+        elif word in SCALES:
+            scale = SCALES[word]
             if self.spelled:
                 self.flush()
             cur = self.current
@@ -262,9 +242,9 @@ def _number_runs(tokens: Sequence[_Token]) -> list[_Run]:
         if not (
             tokens[i].kind == "num"
             or _is_number_word(low)
-            or low in _ORDINALS
-            or low in _SCALES
-            or (low in ("double", "triple") and word(i + 1) in _UNITS)
+            or low in ORDINALS
+            or low in SCALES
+            or (low in ("double", "triple") and word(i + 1) in UNITS)
         ):
             i += 1
             continue
@@ -289,15 +269,15 @@ def _number_runs(tokens: Sequence[_Token]) -> list[_Run]:
                     b.flush()
             elif t.kind != "word":
                 break
-            elif w in ("double", "triple") and word(j + 1) in _UNITS:
-                b.add_digits(str(_UNITS[word(j + 1)]) * (2 if w == "double" else 3))
+            elif w in ("double", "triple") and word(j + 1) in UNITS:
+                b.add_digits(str(UNITS[word(j + 1)]) * (2 if w == "double" else 3))
                 b.words.append(w)
                 j += 1
             elif w in _ZEROES and (b.words or b.run.groups):
                 b.add(w)
             elif w == "and" and b.last == "scale" and _is_number_word(word(j + 1)):
                 pass  # "two hundred and fifty"
-            elif _is_number_word(w) or w in _ORDINALS or w in _SCALES:
+            elif _is_number_word(w) or w in ORDINALS or w in SCALES:
                 if not b.add(w):
                     j += 1
                     break

@@ -23,82 +23,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from voicebot_pbx.answers.number_words import (
+    MONTHS,
+    ORDINAL_TEENS,
+    ORDINAL_UNITS,
+    TEENS,
+    TENS,
+    UNITS,
+)
+
 __all__ = ["normalize"]
 
-_UNITS: dict[str, int] = {
-    "zero": 0,
-    "one": 1,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-}
-_TEENS: dict[str, int] = {
-    "ten": 10,
-    "eleven": 11,
-    "twelve": 12,
-    "thirteen": 13,
-    "fourteen": 14,
-    "fifteen": 15,
-    "sixteen": 16,
-    "seventeen": 17,
-    "eighteen": 18,
-    "nineteen": 19,
-}
-_TENS: dict[str, int] = {
-    "twenty": 20,
-    "thirty": 30,
-    "forty": 40,
-    "fourty": 40,
-    "fifty": 50,
-    "sixty": 60,
-    "seventy": 70,
-    "eighty": 80,
-    "ninety": 90,
-}
-_ORDINAL_UNITS: dict[str, int] = {
-    "first": 1,
-    "second": 2,
-    "third": 3,
-    "fourth": 4,
-    "fifth": 5,
-    "sixth": 6,
-    "seventh": 7,
-    "eighth": 8,
-    "ninth": 9,
-}
-_ORDINAL_TEENS: dict[str, int] = {
-    "tenth": 10,
-    "eleventh": 11,
-    "twelfth": 12,
-    "thirteenth": 13,
-    "fourteenth": 14,
-    "fifteenth": 15,
-    "sixteenth": 16,
-    "seventeenth": 17,
-    "eighteenth": 18,
-    "nineteenth": 19,
-    "twentieth": 20,
-    "thirtieth": 30,
-}
-_MONTHS = (
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-)
 _ZERO_WORDS = frozenset({"oh", "o"})
 _REPEAT_WORDS: dict[str, int] = {"double": 2, "triple": 3}
 # "at one of them", "at two hundred": not a time
@@ -148,15 +83,15 @@ class _Parser:
     def under_100(self, i: int) -> tuple[int, int] | None:
         """A cardinal 0..99 in words ("five", "fifteen", "forty five") -> (value, n_tokens)."""
         w = self.tok(i)
-        if w in _TENS:
+        if w in TENS:
             nxt = self.tok(i + 1)
-            if nxt in _UNITS and _UNITS[nxt] > 0:
-                return _TENS[w] + _UNITS[nxt], 2
-            return _TENS[w], 1
-        if w in _TEENS:
-            return _TEENS[w], 1
-        if w in _UNITS:
-            return _UNITS[w], 1
+            if nxt in UNITS and UNITS[nxt] > 0:
+                return TENS[w] + UNITS[nxt], 2
+            return TENS[w], 1
+        if w in TEENS:
+            return TEENS[w], 1
+        if w in UNITS:
+            return UNITS[w], 1
         return None
 
     def cardinal(self, i: int) -> tuple[int, int] | None:
@@ -205,12 +140,12 @@ class _Parser:
         if m:
             day = int(m.group(1))
             return (day, 1) if 1 <= day <= 31 else None
-        if w in _ORDINAL_UNITS:
-            return _ORDINAL_UNITS[w], 1
-        if w in _ORDINAL_TEENS:
-            return _ORDINAL_TEENS[w], 1
-        if w in ("twenty", "thirty") and self.tok(i + 1) in _ORDINAL_UNITS:
-            day = _TENS[w] + _ORDINAL_UNITS[self.tok(i + 1)]
+        if w in ORDINAL_UNITS:
+            return ORDINAL_UNITS[w], 1
+        if w in ORDINAL_TEENS:
+            return ORDINAL_TEENS[w], 1
+        if w in ("twenty", "thirty") and self.tok(i + 1) in ORDINAL_UNITS:
+            day = TENS[w] + ORDINAL_UNITS[self.tok(i + 1)]
             return (day, 2) if day <= 31 else None
         return None
 
@@ -240,7 +175,7 @@ class _Parser:
             return None
         if w.isdigit() and len(w) <= 2 and 0 < int(w) <= 12:
             return int(w), 0, 1
-        value = _UNITS.get(w, _TEENS.get(w, 0))
+        value = UNITS.get(w, TEENS.get(w, 0))
         if 0 < value <= 12:
             return value, 0, 1
         return None
@@ -250,8 +185,8 @@ class _Parser:
         w = self.tok(i)
         if w.isdigit() and len(w) == 2 and int(w) <= 59:
             return int(w), 1
-        if allow_oh and w in _ZERO_WORDS and self.tok(i + 1) in _UNITS:
-            return _UNITS[self.tok(i + 1)], 2
+        if allow_oh and w in _ZERO_WORDS and self.tok(i + 1) in UNITS:
+            return UNITS[self.tok(i + 1)], 2
         found = self.under_100(i)
         if found is not None and 10 <= found[0] <= 59:
             return found
@@ -369,13 +304,13 @@ class _Parser:
 
     @staticmethod
     def _is_number_word(w: str) -> bool:
-        return w.isdigit() or w in _UNITS or w in _TEENS or w in _TENS or w in _REPEAT_WORDS
+        return w.isdigit() or w in UNITS or w in TEENS or w in TENS or w in _REPEAT_WORDS
 
     # -- dates -----------------------------------------------------------------------------
 
     def date(self, i: int) -> tuple[str, int] | None:
         w = self.tok(i)
-        if w in _MONTHS:
+        if w in MONTHS:
             j = i + 1 + (1 if self.tok(i + 1) == "the" else 0)
             day = self.day_number(j)
             if day is not None:
@@ -388,7 +323,7 @@ class _Parser:
         k = j + day[1]
         k += 1 if self.tok(k) == "of" else 0
         month = self.tok(k)
-        if month in _MONTHS:
+        if month in MONTHS:
             return f"{month} {day[0]}{_ordinal_suffix(day[0])}", k - i + 1
         if w == "the" and self.ordinal(j) is not None:
             return f"the {day[0]}{_ordinal_suffix(day[0])}", j - i + day[1]
@@ -400,15 +335,15 @@ class _Parser:
         w = self.tok(i)
         if w.isdigit():
             return w, 1
-        if w in _UNITS:
+        if w in UNITS:
             if self.tok(i + 1) in ("hundred", "thousand"):
                 return None
-            return str(_UNITS[w]), 1
+            return str(UNITS[w]), 1
         if w in _ZERO_WORDS:
             return "0", 1
         if w in _REPEAT_WORDS:
             nxt = self.tok(i + 1)
-            digit = str(_UNITS[nxt]) if nxt in _UNITS else nxt if re.fullmatch(r"\d", nxt) else ""
+            digit = str(UNITS[nxt]) if nxt in UNITS else nxt if re.fullmatch(r"\d", nxt) else ""
             if digit:
                 return digit * _REPEAT_WORDS[w], 2
         return None
@@ -438,7 +373,7 @@ class _Parser:
         best: tuple[str, int] | None = None
         for j in range(i, min(i + 8, len(self.t))):
             w = self.t[j]
-            number = _UNITS.get(w, _TEENS.get(w))  # "e fourteen" -> "e14"
+            number = UNITS.get(w, TEENS.get(w))  # "e fourteen" -> "e14"
             piece = str(number) if number is not None else w
             if not _POSTCODE_PIECE_RE.fullmatch(piece):
                 break
