@@ -68,7 +68,8 @@ import stt_dataset  # noqa: E402
 
 from voicebot_pbx.answers.normalize import normalize  # noqa: E402
 from voicebot_pbx.audio import read_wav  # noqa: E402
-from voicebot_pbx.speech.stt import SttResult, WhisperEngine, WhisperStats, _Request  # noqa: E402
+from voicebot_pbx.speech.stt import SttResult  # noqa: E402
+from voicebot_pbx.speech.whisper import WhisperEngine, WhisperStats, _Request  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 BASE_DIR = ROOT / ".cache" / "models" / "whisper-base"  # see bench/README-stt.md
@@ -312,7 +313,7 @@ def run_accuracy(v: Variant, items: list[Item]) -> dict[str, Any]:
 
 
 def run_vosk(items: list[Item], vosk_dir: Path) -> dict[str, Any]:
-    from voicebot_pbx.speech.stt import VoskEngine
+    from voicebot_pbx.speech.vosk_stt import VoskEngine
 
     engine = VoskEngine(vosk_dir)
     stream = engine.new_stream(8000)  # one recognizer per call, kept across utterances

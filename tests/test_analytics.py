@@ -23,24 +23,20 @@ import pytest
 from voicebot_pbx.answers.dialogue import RuleDialogue
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
-from voicebot_pbx.config import DialogueConfig, RuleConfig, load_config
-from voicebot_pbx.ops.analytics import (
+from voicebot_pbx.config import AnalyticsConfig, DialogueConfig, RuleConfig, load_config
+from voicebot_pbx.ops.analytics import AnalyticsRecorder, open_recorder
+from voicebot_pbx.ops.analytics_schema import (
     CALL_COLUMNS,
     MIGRATIONS,
     SCHEMA_VERSION,
     TURN_COLUMNS,
-    AnalyticsConfig,
-    AnalyticsError,
-    AnalyticsRecorder,
     Migration,
-    Redactor,
-    SqliteStore,
-    Store,
-    end_class,
-    fallback_stage,
-    open_recorder,
 )
+from voicebot_pbx.ops.analytics_sqlite import SqliteStore
+from voicebot_pbx.ops.analytics_store import AnalyticsError, Store
+from voicebot_pbx.ops.outcomes import end_class, fallback_stage
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
+from voicebot_pbx.ops.redaction import Redactor
 from voicebot_pbx.testing import FakeEngines, FakeMedia, ScriptedStt, ToneTts, run_virtual, tone
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,13 +191,13 @@ def test_migrations_create_upgrade_and_refuse_a_newer_schema(tmp_path: Path) -> 
 
 
 def _row(call: CallRecord) -> dict[str, Any]:
-    from voicebot_pbx.ops.analytics import call_row
+    from voicebot_pbx.ops.analytics_schema import call_row
 
     return call_row(call, "n")
 
 
 def _turn(call: CallRecord, turn: TurnRecord) -> dict[str, Any]:
-    from voicebot_pbx.ops.analytics import turn_row
+    from voicebot_pbx.ops.analytics_schema import turn_row
 
     return turn_row(call.call_id, turn)
 
@@ -705,7 +701,7 @@ def test_sqlite_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
 
 
 def test_open_store_needs_an_existing_database_and_a_dsn_for_postgres(tmp_path: Path) -> None:
-    from voicebot_pbx.ops.analytics import open_store, store_factory
+    from voicebot_pbx.ops.analytics_open import open_store, store_factory
 
     with pytest.raises(AnalyticsError, match="no call records"):
         open_store(AnalyticsConfig(), tmp_path)
@@ -718,6 +714,7 @@ def test_open_store_needs_an_existing_database_and_a_dsn_for_postgres(tmp_path: 
 def test_analytics_config_parses_like_the_rest_of_the_config() -> None:
     """The ``[analytics]`` table: types checked and errors named as for every other table."""
     from voicebot_pbx import config as config_module
+    from voicebot_pbx import config_parse
 
     data = {
         "backend": "postgres",
@@ -729,7 +726,7 @@ def test_analytics_config_parses_like_the_rest_of_the_config() -> None:
     if any(f.name == "analytics" for f in dataclasses.fields(config_module.Config)):
         parsed = config_module.parse_config({"analytics": data}).analytics  # type: ignore[attr-defined]
     else:  # until the lead adds the table to Config
-        parsed = config_module._build(AnalyticsConfig, data, "analytics", "<test>")
+        parsed = config_parse.build(AnalyticsConfig, data, "analytics", "<test>")
     assert parsed == AnalyticsConfig(
         backend="postgres",
         retention_days=30,
@@ -738,5 +735,5 @@ def test_analytics_config_parses_like_the_rest_of_the_config() -> None:
         record_audio=True,
     )
     for bad in ({"backend": "mysql"}, {"retention_days": -1}, {"redact_names": "Alice"}):
-        with pytest.raises(config_module.ConfigError, match="analytics"):
-            config_module._build(AnalyticsConfig, bad, "analytics", "<test>")
+        with pytest.raises(config_parse.ConfigError, match="analytics"):
+            config_parse.build(AnalyticsConfig, bad, "analytics", "<test>")

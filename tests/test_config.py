@@ -9,12 +9,11 @@ import pytest
 
 from voicebot_pbx.config import (
     Config,
-    ConfigError,
     ServerConfig,
-    as_dict,
     load_config,
     parse_config,
 )
+from voicebot_pbx.config_parse import ConfigError, as_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "voicebot.example.toml"

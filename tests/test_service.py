@@ -33,12 +33,12 @@ from tests.test_turns import make_shared
 from voicebot_pbx.call.session import make_handler
 from voicebot_pbx.config import (
     AmiConfig,
-    ConfigError,
     ProfileConfig,
     ServerConfig,
     load_config,
     parse_config,
 )
+from voicebot_pbx.config_parse import ConfigError
 from voicebot_pbx.ops.records import JsonlRecorder
 from voicebot_pbx.pbx.ami import AmiClient
 from voicebot_pbx.pbx.audiosocket import AudioSocketServer
@@ -135,7 +135,7 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
             proc.kill()
         notify.close()
     from voicebot_pbx.config import AnalyticsConfig
-    from voicebot_pbx.ops.analytics import open_store
+    from voicebot_pbx.ops.analytics_open import open_store
 
     records = open_store(AnalyticsConfig(), tmp_path / "state").calls()
     by_profile = {r.profile: r for r in records}

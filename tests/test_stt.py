@@ -9,15 +9,11 @@ import pytest
 
 from tests.speech import espeak_pcm, frames, silence
 from voicebot_pbx.models import VOSK_KO, model_path
-from voicebot_pbx.speech.stt import (
-    SttResult,
-    VoskEngine,
-    WhisperEngine,
-    _Decode,
-    compression_ratio,
-    degenerate_reason,
-    load_stt,
-)
+from voicebot_pbx.speech.stt import SttResult
+from voicebot_pbx.speech.stt_load import load_stt
+from voicebot_pbx.speech.vosk_stt import VoskEngine
+from voicebot_pbx.speech.whisper import WhisperEngine, _Decode
+from voicebot_pbx.speech.whisper_guard import compression_ratio, degenerate_reason
 
 # (what the caller says, words the transcript must contain)
 # (tiny.en hears espeak's "hours" as "hours", "hour" or "our room" from run to run, so

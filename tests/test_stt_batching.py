@@ -20,7 +20,8 @@ from voicebot_pbx.config import SttConfig
 from voicebot_pbx.models import WHISPER_TINY_EN, model_path
 from voicebot_pbx.pbx.caller import Pause, SimulatedCaller
 from voicebot_pbx.pbx.media import CallEnded, CallMedia
-from voicebot_pbx.speech.stt import SttResult, WhisperBatcher, WhisperEngine, _Decode, _Request
+from voicebot_pbx.speech.stt import SttResult
+from voicebot_pbx.speech.whisper import WhisperBatcher, WhisperEngine, _Decode, _Request
 
 # (what one caller says, words its transcript must contain): six calls, six requests.
 # Only words tiny.en hears reliably in espeak's voice, alone and in batches of any size

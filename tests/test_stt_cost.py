@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from tests.test_stt import UTTERANCES, caller, words
-from voicebot_pbx.speech.stt import WhisperEngine, _token_budget, load_stt
+from voicebot_pbx.speech.stt_load import load_stt
+from voicebot_pbx.speech.whisper import WhisperEngine
+from voicebot_pbx.speech.whisper_guard import token_budget
 
 
 class _Recorder:
@@ -126,10 +128,10 @@ def test_no_timestamps_batch_gives_each_call_its_words(no_ts: WhisperEngine) -> 
 
 def test_token_budget_without_timestamps_is_smaller_but_fits_fast_speech() -> None:
     for duration_s in (0.5, 2.0, 5.0, 15.0, 28.0):
-        assert _token_budget(duration_s, timestamps=False) < _token_budget(duration_s)
+        assert token_budget(duration_s, timestamps=False) < token_budget(duration_s)
     # the densest transcript of the benchmark set: 24 text tokens + end of text in 4.0 s
     # of speech; it must fit with room to spare
-    assert _token_budget(4.0, timestamps=False) >= 25 + 4
+    assert token_budget(4.0, timestamps=False) >= 25 + 4
 
 
 def test_encoder_batch_must_be_positive() -> None:

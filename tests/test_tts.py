@@ -11,8 +11,8 @@ import pytest
 
 from voicebot_pbx.audio import rms_dbfs
 from voicebot_pbx.models import PIPER_JOE, WHISPER_TINY_EN, model_path
-from voicebot_pbx.speech.stt import WhisperEngine
 from voicebot_pbx.speech.tts import PiperTts, pop_complete_sentences, split_sentences
+from voicebot_pbx.speech.whisper import WhisperEngine
 
 THREE_SENTENCES = (
     "Thank you for calling. Our opening hours are nine to five. How can I help you today?"

@@ -1,4 +1,7 @@
-"""Command line: ``voicebot-pbx serve | check-config | call``."""
+"""Command line: ``voicebot-pbx serve | check-config | call | originate | report | calls``.
+
+Each sub-command imports what it runs inside its own function, on purpose: ``check-config``
+or ``report`` must not pay for loading the speech engines, llama.cpp or gevent."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from typing import Any
 
 import structlog
 
-from voicebot_pbx.config import Config, ConfigError, as_dict, load_config
+from voicebot_pbx.config import Config, load_config
+from voicebot_pbx.config_parse import ConfigError, as_dict
 from voicebot_pbx.ops.logs import configure_logging
 
 
@@ -80,7 +84,7 @@ def _call(args: argparse.Namespace) -> int:
     said: list[str] = []
     if not args.no_transcribe:
         from voicebot_pbx.models import WHISPER_TINY_EN, model_path
-        from voicebot_pbx.speech.stt import WhisperEngine
+        from voicebot_pbx.speech.whisper import WhisperEngine
 
         engine = WhisperEngine(model_path(WHISPER_TINY_EN))
         said = [
@@ -217,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     orig.add_argument("--config", type=Path)
     orig.set_defaults(func=_originate)
 
-    from voicebot_pbx.ops.report import register_cli
+    from voicebot_pbx.ops.report_cli import register_cli
 
     register_cli(sub)
     return parser

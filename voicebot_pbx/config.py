@@ -1,27 +1,25 @@
 """Configuration: one TOML file (stdlib ``tomllib``) loaded into frozen dataclasses.
 
-Every field has a built-in default, so no file is needed. An unknown key or a value of the
-wrong type is a ``ConfigError`` naming the key and the file. Secrets never live here: they
-come from the environment (see ``secret_env`` fields).
+Owns the schema (:class:`Config` and its section dataclasses, with their defaults and
+per-section checks), the cross-section validation, and loading (:func:`load_config`,
+:func:`parse_config`). Every field has a built-in default, so no file is needed. An unknown
+key or a value of the wrong type is a ``ConfigError`` naming the key and the file (the generic
+conversion is ``voicebot_pbx/config_parse.py``). Secrets never live here: they come from the
+environment (see ``secret_env`` fields).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import re
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-
-class ConfigError(ValueError):
-    pass
+from voicebot_pbx.config_parse import ConfigError, build
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,86 +498,8 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
-T = TypeVar("T")
-
-# Field names whose values are masked by ``check-config``: matched against whole words of the
-# name (``auth_token``, ``api_key`` but not ``max_tokens``). Names ending in ``_env`` hold the
-# *name* of an environment variable, not a secret, and are shown.
-SECRET_MARKERS = ("secret", "password", "passwd", "api_key", "token")
-
-
-def is_secret_field(name: str) -> bool:
-    words = name.lower().split("_")
-    if words[-1] == "env":
-        return False
-    joined = f"_{'_'.join(words)}_"
-    return any(f"_{marker}_" in joined for marker in SECRET_MARKERS)
-
-
-def _type_name(tp: object) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
-    origin = get_origin(tp)
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{source}: {key} = {value!r} is not one of {list(allowed)}")
-        return value
-    if origin in (types.UnionType, typing.Union):
-        errors = []
-        for option in get_args(tp):
-            try:
-                return _convert(value, option, key, source)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{source}: {key} = {value!r} has the wrong type ({'; '.join(errors)})")
-    if origin is tuple:
-        (item_tp, _ellipsis) = get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__}")
-        return tuple(_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: [{key}] must be a table, got {type(value).__name__}")
-        return _build(tp, value, key, source)
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{source}: {key} must be empty")
-        return None
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
-        return value
-    if tp in (str, bool):
-        if not isinstance(value, tp):
-            raise ConfigError(f"{source}: {key} must be {_type_name(tp)}, got {value!r}")
-        return value
-    raise ConfigError(f"{source}: {key}: unsupported type {tp!r}")
-
-
-def _build(cls: type[T], data: dict[str, Any], prefix: str, source: str) -> T:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        full = f"{prefix}.{key}" if prefix else key
-        if key not in names:
-            raise ConfigError(f"{source}: unknown key {full!r}")
-        kwargs[key] = _convert(value, hints[key], full, source)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: [{prefix or 'top level'}]: {exc}") from exc
-
-
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
-    config = _build(Config, data, "", source)
+    config = build(Config, data, "", source)
     _validate(config, source)
     return config
 
@@ -672,22 +592,3 @@ def _is_loopback(host: str) -> bool:
 
 def profile_named(config: Config, name: str | None) -> ProfileConfig | None:
     return next((p for p in config.profiles if name and p.name == name), None)
-
-
-def as_dict(config: object, *, mask_secrets: bool = True) -> dict[str, Any]:
-    """The effective config as plain data (for ``check-config``), secrets masked."""
-    result: dict[str, Any] = {}
-    for f in dataclasses.fields(config):  # type: ignore[arg-type]
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            result[f.name] = as_dict(value, mask_secrets=mask_secrets)
-        elif isinstance(value, tuple):
-            result[f.name] = [
-                as_dict(v, mask_secrets=mask_secrets) if dataclasses.is_dataclass(v) else v
-                for v in value
-            ]
-        elif mask_secrets and value and is_secret_field(f.name):
-            result[f.name] = "********"
-        else:
-            result[f.name] = value
-    return result

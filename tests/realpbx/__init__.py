@@ -86,3 +86,25 @@ def unpacked(name: str) -> Path:
             subprocess.run(["tar", "-xJf", str(archive), "-C", str(target)], check=True)
             done.touch()
     return target / name
+
+
+def run_tool(argv: list[str], env: dict[str, str], timeout_s: float) -> str | None:
+    """A PBX's command-line tool (``asterisk -rx``, ``fs_cli -x``): its output, or None
+    when it fails or hangs (the PBX is not up yet, or is gone)."""
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.decode(errors="replace")
+
+
+def log_tail(root: Path, names: tuple[str, ...], chars: int = 3000) -> str:
+    """The end of each of a PBX's log files under ``root`` (for failure messages)."""
+    text = ""
+    for name in names:
+        path = root / name
+        if path.exists():
+            text += f"--- {name}\n" + path.read_text(errors="replace")[-chars:]
+    return text

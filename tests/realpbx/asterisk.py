@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.realpbx import PbxUnavailable, free_port, unpacked
+from tests.realpbx import PbxUnavailable, free_port, log_tail, run_tool, unpacked
 
 CONF_DIR = Path(__file__).with_name("asterisk")
 DEBIAN_SOUNDS = Path("/usr/share/asterisk/sounds")
@@ -143,26 +143,11 @@ class Asterisk:
         return self._proc is not None and self._proc.poll() is None
 
     def log_tail(self, chars: int = 3000) -> str:
-        text = ""
-        for name in ("console.log", "var/log/messages.log"):
-            path = self.root / name
-            if path.exists():
-                text += f"--- {name}\n" + path.read_text(errors="replace")[-chars:]
-        return text
+        return log_tail(self.root, ("console.log", "var/log/messages.log"), chars)
 
     def _cli_raw(self, command: str, timeout_s: float) -> str | None:
-        try:
-            done = subprocess.run(
-                [str(self.prefix / "sbin" / "asterisk"), "-C", str(self.conf), "-rx", command],
-                env=self._env,
-                capture_output=True,
-                timeout=timeout_s,
-            )
-        except subprocess.TimeoutExpired:
-            return None
-        if done.returncode != 0:
-            return None
-        return done.stdout.decode(errors="replace")
+        argv = [str(self.prefix / "sbin" / "asterisk"), "-C", str(self.conf), "-rx", command]
+        return run_tool(argv, self._env, timeout_s)
 
     def cli(self, command: str, timeout_s: float = 10.0) -> str:
         out = self._cli_raw(command, timeout_s)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tests.realpbx import ROOT, free_port
 from voicebot_pbx.config import AnalyticsConfig
-from voicebot_pbx.ops.analytics import open_store
+from voicebot_pbx.ops.analytics_open import open_store
 from voicebot_pbx.ops.records import CallRecord
 
 

@@ -34,7 +34,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from tests.realpbx import PbxUnavailable, free_port, unpacked
+from tests.realpbx import PbxUnavailable, free_port, log_tail, run_tool, unpacked
 
 CONF_DIR = Path(__file__).with_name("freeswitch")
 
@@ -184,36 +184,21 @@ class FreeSwitch:
         return ""
 
     def log_tail(self, chars: int = 3000) -> str:
-        text = ""
-        for name in ("console.log", "log/freeswitch.log"):
-            path = self.root / name
-            if path.exists():
-                text += f"--- {name}\n" + path.read_text(errors="replace")[-chars:]
-        return text
+        return log_tail(self.root, ("console.log", "log/freeswitch.log"), chars)
 
     def _api_raw(self, command: str, timeout_s: float) -> str | None:
-        try:
-            done = subprocess.run(
-                [
-                    str(self.prefix / "bin" / "fs_cli"),
-                    "-H",
-                    "127.0.0.1",
-                    "-P",
-                    str(self.esl_port),
-                    "-p",
-                    self.esl_password,
-                    "-x",
-                    command,
-                ],
-                env=self._env,
-                capture_output=True,
-                timeout=timeout_s,
-            )
-        except subprocess.TimeoutExpired:
-            return None
-        if done.returncode != 0:
-            return None
-        return done.stdout.decode(errors="replace")
+        argv = [
+            str(self.prefix / "bin" / "fs_cli"),
+            "-H",
+            "127.0.0.1",
+            "-P",
+            str(self.esl_port),
+            "-p",
+            self.esl_password,
+            "-x",
+            command,
+        ]
+        return run_tool(argv, self._env, timeout_s)
 
     def api(self, command: str, timeout_s: float = 10.0) -> str:
         """An API command through inbound ESL (``fs_cli -x``): its output."""

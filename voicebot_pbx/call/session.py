@@ -29,6 +29,8 @@ from voicebot_pbx.call.listener import Listener
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.responder import Responder, SpeechSynth
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
+from voicebot_pbx.ops.analytics_open import recordings_dir
+from voicebot_pbx.ops.recording import CallRecording
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
 from voicebot_pbx.pbx.media import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 from voicebot_pbx.speech.engines import Engines
@@ -39,7 +41,6 @@ from voicebot_pbx.speech.turns import (
 if TYPE_CHECKING:
     from voicebot_pbx.answers.llm import LlmAnswerer
     from voicebot_pbx.ops.profiles import ProfileKit
-    from voicebot_pbx.ops.recording import CallRecording
 
 log = structlog.get_logger("voicebot_pbx.call.session")
 T = TypeVar("T")
@@ -115,9 +116,6 @@ class CallSession:
         self.responder.use_voice(self.tts, self.tts_cache, self.rate_hz)
         analytics = self.config.analytics
         if analytics.record_audio:
-            from voicebot_pbx.ops.analytics import recordings_dir
-            from voicebot_pbx.ops.recording import CallRecording
-
             self.recording = CallRecording.start(
                 recordings_dir(analytics, self.config.state_dir), self.media.call_id, self.rate_hz
             )

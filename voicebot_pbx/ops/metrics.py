@@ -26,13 +26,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from voicebot_pbx.ops.analytics import (
-    END_CLASSES,
-    RecorderStats,
-    end_class,
-    fallback_name,
-    fallback_stage,
-)
+from voicebot_pbx.ops.analytics import RecorderStats
+from voicebot_pbx.ops.outcomes import END_CLASSES, end_class, fallback_name, fallback_stage
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
 
 log = structlog.get_logger("voicebot_pbx.ops.metrics")

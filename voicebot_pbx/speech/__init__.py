@@ -1,8 +1,10 @@
 """Speech in and out: the models and the pure logic around them.
 
 Owns VAD (``vad``: silero ONNX), end-of-turn (``turns``: pure ``TurnTaker``), the inbound
-clock (``inbound_clock``: missing frames are silence; pure), speech-to-text engines with
-declared capabilities (``stt``: Whisper batched on its own thread, Vosk streaming), Piper TTS
+clock (``inbound_clock``: missing frames are silence; pure), speech-to-text: the engine-neutral
+types and declared capabilities (``stt``), the one engine factory (``stt_load``), Whisper
+batched across calls on its own thread (``whisper``, its decode checks in
+``whisper_guard``) and Vosk streaming (``vosk_stt``); Piper TTS
 (``tts``), line-echo gating (``echo``), the process-wide engines and their thread pool
 (``engines``) and the CPU policy for inference (``cpu``).
 

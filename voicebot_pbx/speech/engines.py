@@ -17,7 +17,8 @@ import structlog
 from voicebot_pbx.config import Config
 from voicebot_pbx.models import PIPER_JOE, SILERO_VAD, WHISPER_TINY_EN, resolve_model_path
 from voicebot_pbx.speech.cpu import limit_blas_threads, lower_thread_priority, set_inference_nice
-from voicebot_pbx.speech.stt import SttEngine, load_stt
+from voicebot_pbx.speech.stt import SttEngine
+from voicebot_pbx.speech.stt_load import load_stt
 from voicebot_pbx.speech.tts import PiperTts
 from voicebot_pbx.speech.vad import SileroVad
 

@@ -1,0 +1,29 @@
+"""Loading the configured speech-to-text engine: :func:`load_stt` picks Whisper or Vosk by
+its config name (the one place that knows every engine).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from voicebot_pbx.models import WHISPER_TINY_EN, model_path
+from voicebot_pbx.speech.stt import SttEngine
+from voicebot_pbx.speech.vosk_stt import VoskEngine
+from voicebot_pbx.speech.whisper import WhisperEngine
+
+
+def load_stt(engine: str, model_dir: Path | None, **opts: Any) -> SttEngine:
+    """Load an engine by config name; ``model_dir=None`` means the packaged model."""
+    match engine:
+        case "whisper":
+            return WhisperEngine(model_dir or model_path(WHISPER_TINY_EN), **opts)
+        case "vosk":
+            if model_dir is None:
+                raise ValueError(
+                    "the vosk engine needs a model folder (no English Vosk model is packaged; "
+                    "see models/README.md)"
+                )
+            return VoskEngine(model_dir, **opts)
+        case _:
+            raise ValueError(f"unknown STT engine {engine!r} (expected 'whisper' or 'vosk')")
