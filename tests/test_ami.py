@@ -14,7 +14,7 @@ import structlog
 
 from tests.fake_ami import FakeAmi, FakeChannel, OriginatePlan
 from voicebot_pbx.config import AmiConfig
-from voicebot_pbx.pbx.ami import AmiClient, load_secret
+from voicebot_pbx.pbx.ami import AmiClient
 from voicebot_pbx.pbx.ami_codec import (
     AmiConfigError,
     AmiMessage,
@@ -29,6 +29,7 @@ from voicebot_pbx.pbx.ami_codec import (
     parse_event,
 )
 from voicebot_pbx.pbx.ami_originate import originate, originate_outcome
+from voicebot_pbx.pbx.ami_wire import load_secret
 from voicebot_pbx.pbx.media import CallControl
 
 T = TypeVar("T")
