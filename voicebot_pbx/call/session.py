@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
+from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.call import policy
 from voicebot_pbx.call.listener import Listener
@@ -76,6 +77,7 @@ class CallSession:
         )
         self._group: asyncio.TaskGroup | None = None
         self.listener = Listener(self.config, self.engines, self.speaker, self, self.record.errors)
+        self._brain = factory.answering(shared.dialogue, shared.llm)
         self.responder = Responder(
             self.config,
             self.engines,
@@ -179,7 +181,8 @@ class CallSession:
 
     @property
     def dialogue(self) -> Dialogue:
-        return (self.kit and self.kit.dialogue) or self.shared.dialogue
+        """The call's brain: the profile's (or the default) dialogue, with its LLM."""
+        return self._brain
 
     @property
     def tts(self) -> SpeechSynth:
@@ -211,6 +214,8 @@ class CallSession:
             self.kit = self.shared.profiles.get(self.profile.name)
             self.call = dataclasses.replace(self.call, profile=self.profile.name)
             self.record.profile = self.profile.name
+        dialogue = (self.kit and self.kit.dialogue) or self.shared.dialogue
+        self._brain = factory.answering(dialogue, self.llm)
 
     async def _greeting(self) -> DialogueTurn:
         profile = self.profile
@@ -496,9 +501,8 @@ class CallSession:
             answer = dataclasses.replace(
                 give_up, replies=(BotReply(text=self.fallbacks.apology), *give_up.replies)
             )
-        llm = self.llm if answer.needs_fallback and turn.kind == "speech" else None
-        use_llm = llm is not None and bool(turn.transcript)
-        if turn.kind in ("speech", "dtmf") and not use_llm:
+        composed = answer.composed
+        if turn.kind in ("speech", "dtmf") and composed is None:
             if answer.needs_fallback:
                 self._not_understood += 1
                 if self._not_understood >= self.fallbacks.not_understood_max:
@@ -546,8 +550,8 @@ class CallSession:
 
         self.speaker.mark(on_first_frame, generation)
         sources: list[str] = []
-        if use_llm and llm is not None:
-            answered = await self.responder.llm_answer(llm, turn, generation, origin_at, sources)
+        if composed is not None:
+            answered = await self.responder.compose(composed, turn, generation, origin_at, sources)
             if answered:
                 self._not_understood = 0
             else:
