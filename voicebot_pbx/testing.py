@@ -19,11 +19,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from voicebot_pbx.answers.dialogue import Rejected, Sentence
 from voicebot_pbx.audio import frame_bytes, rms_dbfs
+from voicebot_pbx.config import LlmConfig
 from voicebot_pbx.pbx.media import AudioIn, CallEnded, DtmfIn, InboundEvent
 from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
 from voicebot_pbx.speech.stt import SttCapabilities, SttResult
+from voicebot_pbx.speech.tts import split_sentences
 
 T = TypeVar("T")
 
@@ -170,7 +173,6 @@ class ToneTts:
     def synthesize(
         self, text: str, rate_hz: int, cancel: threading.Event | None = None
     ) -> Iterator[bytes]:
-        from voicebot_pbx.speech.tts import split_sentences
 
         for sentence in split_sentences(text):
             if cancel is not None and cancel.is_set():
@@ -325,13 +327,9 @@ class ScriptedLlm:
 
     def __post_init__(self) -> None:
         if self.config is None:
-            from voicebot_pbx.config import LlmConfig
-
             self.config = LlmConfig(first_sentence_timeout_s=1.2, hard_timeout_s=4.0)
 
     async def answer(self, question: str) -> Any:
-        from voicebot_pbx.answers.dialogue import Rejected, Sentence
-
         self.questions.append(question)
         finished = False
         try:

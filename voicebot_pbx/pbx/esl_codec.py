@@ -360,3 +360,55 @@ def encode_disconnect_notice(
         "Content-Disposition: disconnect\n"
         f"Content-Length: {len(data)}\n\n"
     ).encode() + data
+
+
+# --- the channel, from the ``connect`` reply ----------------------------------------------
+
+# The channel rates FreeSWITCH codecs run at (L16 follows the read codec's actual rate).
+CHANNEL_RATES_HZ = frozenset({8000, 12000, 16000, 24000, 32000, 44100, 48000})
+# A UUID or a dialplan target safe to put on an ESL command line.
+TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """What the ``connect`` reply says about the channel."""
+
+    uuid: str
+    caller_id_number: str
+    caller_id_name: str
+    destination: str
+    codec: str
+    rate_hz: int
+    socket_mode: str
+    control: str
+    variables: dict[str, str]
+
+    @classmethod
+    def from_connect(cls, reply: Message) -> ChannelInfo:
+        """Raises ``ProtocolError`` when the channel cannot be served."""
+        uuid = reply.get("Unique-ID") or reply.get("Channel-Unique-ID")
+        if not TOKEN.fullmatch(uuid):
+            raise ProtocolError("bad_channel_data", f"Unique-ID {uuid[:80]!r}")
+        raw_rate = reply.get("Channel-Read-Codec-Rate")
+        if not raw_rate:
+            # Set only once the channel has media: the dialplan must answer before socket.
+            raise ProtocolError("no_codec", "no Channel-Read-Codec-Rate (not answered?)")
+        if not raw_rate.isdigit() or int(raw_rate) not in CHANNEL_RATES_HZ:
+            raise ProtocolError("unsupported_rate", raw_rate[:40])
+        variables = {
+            name[len("variable_") :]: value
+            for name, value in reply.headers.items()
+            if name.startswith("variable_")
+        }
+        return cls(
+            uuid=uuid,
+            caller_id_number=reply.get("Caller-Caller-ID-Number"),
+            caller_id_name=reply.get("Caller-Caller-ID-Name"),
+            destination=reply.get("Caller-Destination-Number"),
+            codec=reply.get("Channel-Read-Codec-Name"),
+            rate_hz=int(raw_rate),
+            socket_mode=reply.get("Socket-Mode"),
+            control=reply.get("Control"),
+            variables=variables,
+        )

@@ -26,16 +26,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
-import re
 import threading
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 
 from voicebot_pbx.config import FreeswitchConfig as FreeswitchConfig
 from voicebot_pbx.pbx import esl_codec as esl
+from voicebot_pbx.pbx.esl_codec import ChannelInfo
 from voicebot_pbx.pbx.esl_link import (
     EslClosed,
     EslError,
@@ -64,10 +63,7 @@ log = structlog.get_logger("voicebot_pbx.freeswitch")
 
 T = TypeVar("T")
 
-# The channel rates FreeSWITCH codecs run at (L16 follows the read codec's actual rate).
-_RATES_HZ = frozenset({8000, 12000, 16000, 24000, 32000, 44100, 48000})
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")
-_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 # Applications that play audio on the channel from FreeSWITCH's side (a uuid_broadcast, a
 # playback sent by another controller ...): while one runs, a barge-in sends uuid_break.
 _PLAYBACK_APPS = frozenset(
@@ -86,50 +82,6 @@ _PLAYBACK_APPS = frozenset(
 
 
 # --- the asyncio side ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelInfo:
-    """What the ``connect`` reply says about the channel."""
-
-    uuid: str
-    caller_id_number: str
-    caller_id_name: str
-    destination: str
-    codec: str
-    rate_hz: int
-    socket_mode: str
-    control: str
-    variables: dict[str, str]
-
-    @classmethod
-    def from_connect(cls, reply: esl.Message) -> ChannelInfo:
-        """Raises ``esl.ProtocolError`` when the channel cannot be served."""
-        uuid = reply.get("Unique-ID") or reply.get("Channel-Unique-ID")
-        if not _TOKEN.fullmatch(uuid):
-            raise esl.ProtocolError("bad_channel_data", f"Unique-ID {uuid[:80]!r}")
-        raw_rate = reply.get("Channel-Read-Codec-Rate")
-        if not raw_rate:
-            # Set only once the channel has media: the dialplan must answer before socket.
-            raise esl.ProtocolError("no_codec", "no Channel-Read-Codec-Rate (not answered?)")
-        if not raw_rate.isdigit() or int(raw_rate) not in _RATES_HZ:
-            raise esl.ProtocolError("unsupported_rate", raw_rate[:40])
-        variables = {
-            name[len("variable_") :]: value
-            for name, value in reply.headers.items()
-            if name.startswith("variable_")
-        }
-        return cls(
-            uuid=uuid,
-            caller_id_number=reply.get("Caller-Caller-ID-Number"),
-            caller_id_name=reply.get("Caller-Caller-ID-Name"),
-            destination=reply.get("Caller-Destination-Number"),
-            codec=reply.get("Channel-Read-Codec-Name"),
-            rate_hz=int(raw_rate),
-            socket_mode=reply.get("Socket-Mode"),
-            control=reply.get("Control"),
-            variables=variables,
-        )
 
 
 def _end_reason(closed: EslClosed) -> str:
@@ -198,7 +150,7 @@ class FreeswitchCall(CallState):
     async def transfer(self, target: str) -> bool:
         """``uuid_transfer <uuid> <target> <dialplan> <context>``: "+OK" or "-ERR ...". On
         success the channel leaves the socket app (its park loop ends, unicast stops)."""
-        if self.closed or not _TOKEN.fullmatch(target):
+        if self.closed or not esl.TOKEN.fullmatch(target):
             log.warning("transfer_refused", target=target[:80], closed=self.closed)
             return False
         command = (

@@ -23,6 +23,7 @@ import numpy.typing as npt
 import structlog
 
 from voicebot_pbx.audio import resample
+from voicebot_pbx.speech.vad import import_onnxruntime
 
 log = structlog.get_logger(__name__)
 
@@ -104,10 +105,8 @@ class PiperTts:
         length_scale: float = 1.0,
         cpu_threads: int = 1,
     ) -> None:
-        from voicebot_pbx.speech.vad import import_onnxruntime
-
         ort = import_onnxruntime()
-        from piper import PiperConfig, PiperVoice
+        from piper import PiperConfig, PiperVoice  # heavy: loaded with the voice
 
         self.model_path = Path(model_path)
         self._model_size = self.model_path.stat().st_size
