@@ -19,6 +19,8 @@ import os
 import shutil
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,3 +110,32 @@ def log_tail(root: Path, names: tuple[str, ...], chars: int = 3000) -> str:
         if path.exists():
             text += f"--- {name}\n" + path.read_text(errors="replace")[-chars:]
     return text
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    name: str,
+    ready: Callable[[], bool],
+    timeout_s: float,
+    log_tail: Callable[[], str],
+    poll_s: float = 0.25,
+) -> None:
+    """Until ``ready()`` (a PBX's own status command says so); a PBX that exits or is not
+    ready in ``timeout_s`` is ``PbxUnavailable`` with the end of its logs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PbxUnavailable(f"{name} exited at start: {log_tail()}")
+        if ready():
+            return
+        time.sleep(poll_s)
+    raise PbxUnavailable(f"{name} not ready in {timeout_s} s: {log_tail()}")
+
+
+def wait_stopped(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """After the PBX was asked to stop: killed if it has not exited in ``timeout_s``."""
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5.0)

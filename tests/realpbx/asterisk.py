@@ -25,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.realpbx import PbxUnavailable, free_port, log_tail, run_tool, unpacked
+from tests.realpbx import (
+    PbxUnavailable,
+    free_port,
+    log_tail,
+    run_tool,
+    unpacked,
+    wait_ready,
+    wait_stopped,
+)
 
 CONF_DIR = Path(__file__).with_name("asterisk")
 DEBIAN_SOUNDS = Path("/usr/share/asterisk/sounds")
@@ -101,26 +109,19 @@ class Asterisk:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise PbxUnavailable(f"asterisk exited at start: {self.log_tail()}")
+
+        def booted() -> bool:
             out = self._cli_raw("core waitfullybooted", timeout_s=5.0)
-            if out is not None and "fully booted" in out.lower():
-                return
-            time.sleep(0.2)
-        raise PbxUnavailable(f"asterisk not ready in {timeout_s} s: {self.log_tail()}")
+            return out is not None and "fully booted" in out.lower()
+
+        wait_ready(self._proc, "asterisk", booted, timeout_s, self.log_tail, poll_s=0.2)
 
     def stop(self) -> None:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
         self._cli_raw("core stop now", timeout_s=5.0)
-        try:
-            proc.wait(timeout=10.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5.0)
+        wait_stopped(proc, 10.0)
 
     def restart(self) -> None:
         self.stop()

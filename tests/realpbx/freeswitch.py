@@ -34,7 +34,15 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from tests.realpbx import PbxUnavailable, free_port, log_tail, run_tool, unpacked
+from tests.realpbx import (
+    PbxUnavailable,
+    free_port,
+    log_tail,
+    run_tool,
+    unpacked,
+    wait_ready,
+    wait_stopped,
+)
 
 CONF_DIR = Path(__file__).with_name("freeswitch")
 
@@ -149,26 +157,19 @@ class FreeSwitch:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise PbxUnavailable(f"freeswitch exited at start: {self.log_tail()}")
+
+        def is_ready() -> bool:
             out = self._api_raw("status", timeout_s=5.0)
-            if out is not None and "is ready" in out:
-                return
-            time.sleep(0.3)
-        raise PbxUnavailable(f"freeswitch not ready in {timeout_s} s: {self.log_tail()}")
+            return out is not None and "is ready" in out
+
+        wait_ready(self._proc, "freeswitch", is_ready, timeout_s, self.log_tail, poll_s=0.3)
 
     def stop(self) -> None:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGTERM)  # FreeSWITCH shuts down cleanly on TERM
-        try:
-            proc.wait(timeout=15.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5.0)
+        wait_stopped(proc, 15.0)
 
     def restart(self) -> None:
         self.stop()
