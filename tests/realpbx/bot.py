@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.realpbx import ROOT, free_port
+from tests.realpbx import ROOT, free_port, wait_stopped
 from voicebot_pbx.config import AnalyticsConfig
 from voicebot_pbx.ops.analytics_open import open_store
 from voicebot_pbx.ops.records import CallRecord
@@ -118,11 +118,7 @@ cache_dir = "{ROOT / ".cache" / "test-tts-cache"}"
             return None
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10.0)
+            wait_stopped(proc, timeout_s)
         return proc.returncode
 
     def log_tail(self, chars: int = 4000) -> str:
