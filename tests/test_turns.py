@@ -8,12 +8,14 @@ import dataclasses
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from voicebot_pbx.answers.dialogue import RuleDialogue
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_config
 from voicebot_pbx.pbx.media import AudioIn
+from voicebot_pbx.speech.turn_model import TurnScore
 from voicebot_pbx.speech.turns import (
     BargeIn,
     PauseStarted,
@@ -26,6 +28,7 @@ from voicebot_pbx.testing import (
     FakeEngines,
     FakeMedia,
     ScriptedStt,
+    ScriptedTurnModel,
     ToneTts,
     run_virtual,
     tone,
@@ -140,7 +143,12 @@ def make_shared(stt_delay_s: float = 0.1, tts_first_s: float = 0.15) -> Shared:
     config = dataclasses.replace(
         base, dialogue=DialogueConfig(greeting="Hi.", reprompt="Pardon?", rules=rules)
     )
-    engines = FakeEngines(ScriptedStt(PHRASES, delay_s=stt_delay_s), ToneTts(tts_first_s))
+    engines = FakeEngines(
+        ScriptedStt(PHRASES, delay_s=stt_delay_s),
+        ToneTts(tts_first_s),
+        # "my account number is ..." and a digit group sound unfinished.
+        turn_model=ScriptedTurnModel(incomplete_hz=frozenset({ACCOUNT})),
+    )
     cache = TtsCache("tone", None)
     for text in ("Hi.", "We open at eight."):
         cache.put(text, 8000, engines.script_tts.synthesize_all(text, 8000))
@@ -429,3 +437,101 @@ def test_call_recording_has_both_directions(tmp_path: object) -> None:
     assert np.abs(caller[2 * 8000 + 800 : 3 * 8000 - 800]).mean() > 1000
     assert np.abs(caller[: 1 * 8000]).mean() < 50
     assert np.abs(bot).max() > 1000
+
+
+# --- the end-of-turn detector ([turn]) ---------------------------------------------------
+
+
+def with_turn(shared: Shared, **changes: object) -> Shared:
+    shared.config = dataclasses.replace(
+        shared.config, turn=dataclasses.replace(shared.config.turn, **changes)
+    )
+    return shared
+
+
+def test_the_model_ends_a_finished_turn_at_the_short_silence() -> None:
+    """The model's "finished" verdict ends the turn at vad.end_silence_ms."""
+    shared = make_shared()
+    speech = tone(1.0, 8000, HOURS)
+    media, session = run_virtual(timeline(shared, [(3.0, speech)], until_s=6.0))
+    engines = shared.engines
+    assert isinstance(engines, FakeEngines)
+    assert engines.script_turns.scores >= 1
+    assert session.listener.turn_scores >= 1
+    first = first_reply_after(media, 4.0)
+    assert first - 4.0 == pytest.approx(0.2 + 0.032, abs=0.045)
+
+
+def test_an_unfinished_sounding_pause_waits_for_the_maximum_silence() -> None:
+    """The model hears "my account number is" as unfinished: the caller who then says
+    nothing more is answered only after vad.end_silence_max_ms, not at the short silence."""
+    shared = make_shared()
+    media, session = run_virtual(timeline(shared, [(3.0, tone(1.0, 8000, ACCOUNT))], until_s=7.0))
+    first = first_reply_after(media, 4.0)
+    assert first - 4.0 >= 0.7
+    assert first - 4.0 < 0.7 + 0.032 + 0.25
+
+
+def test_the_transcript_detector_is_still_available() -> None:
+    """[turn] detector = "transcript": the speculative transcript's last word decides (the
+    old rule), and the model is not asked."""
+    shared = with_turn(make_shared(), detector="transcript")
+    engines = shared.engines
+    assert isinstance(engines, FakeEngines)
+    media, session = run_virtual(timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0))
+    assert engines.script_turns.scores == 0
+    assert first_reply_after(media, 4.0) - 4.0 < 0.35
+
+
+def test_silence_detector_always_waits_for_the_maximum() -> None:
+    shared = with_turn(make_shared(), detector="silence")
+    media, _session = run_virtual(timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0))
+    assert first_reply_after(media, 4.0) - 4.0 >= 0.7
+
+
+class FailingTurnModel(ScriptedTurnModel):
+    def score(self, pcm: bytes, rate_hz: int) -> TurnScore:
+        self.scores += 1
+        raise RuntimeError("onnxruntime: bad input")
+
+
+def test_a_failing_model_falls_back_to_the_silence_rule_logged_once() -> None:
+    shared = make_shared()
+    engines = shared.engines
+    assert isinstance(engines, FakeEngines)
+    failing = FailingTurnModel()
+    engines.turn_model = failing
+    engines.script_turns = failing
+    said = [(3.0, tone(1.0, 8000, HOURS)), (6.0, tone(1.0, 8000, HOURS))]
+    with capture_logs() as logs:
+        media, session = run_virtual(timeline(shared, said, until_s=9.0))
+    assert failing.scores >= 2
+    # Both turns answered, each after the long silence (no verdict), the failure logged once.
+    replies = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.reply_text for t in replies] == ["We open at eight."] * 2
+    assert first_reply_after(media, 4.0) - 4.0 >= 0.7
+    assert [e["event"] for e in logs].count("turn_model_failed") == 1
+    assert session.record.errors.count("turn_model_failed") == 1
+
+
+def test_a_slow_model_score_times_out_to_the_silence_rule() -> None:
+    shared = with_turn(make_shared(), timeout_ms=100)
+    engines = shared.engines
+    assert isinstance(engines, FakeEngines)
+    engines.script_turns.delay_s = 0.5  # longer than turn.timeout_ms
+    media, session = run_virtual(timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0))
+    assert first_reply_after(media, 4.0) - 4.0 >= 0.7
+    assert "turn_model_failed" in session.record.errors
+
+
+def test_the_transcript_event_says_how_the_turn_ended_and_where_the_words_came_from() -> None:
+    shared = make_shared()
+    said = [(3.0, tone(1.0, 8000, HOURS)), (6.0, tone(1.0, 8000, ACCOUNT))]
+    with capture_logs() as logs:
+        run_virtual(timeline(shared, said, until_s=9.0))
+    events = [e for e in logs if e["event"] == "transcript"]
+    assert [(e["ended_by"], e["stt_source"]) for e in events] == [
+        ("detector", "speculative"),  # finished: the decode at the pause was the answer
+        ("silence", "speculative"),  # unfinished-sounding: waited for the maximum
+    ]
+    assert all(e["speculations_dropped"] == 0 for e in events)

@@ -21,10 +21,16 @@ from voicebot_pbx.ops.logs import configure_logging
 
 def _serve(args: argparse.Namespace) -> int:
     from voicebot_pbx.ops.service import serve
+    from voicebot_pbx.speech.turn_model import TurnModelError
 
     config = load_config(args.config)
     configure_logging(config.log.format, config.log.level)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except TurnModelError as exc:
+        # One line (in the configured log format) naming the file and the reason.
+        structlog.get_logger("voicebot_pbx.cli").error("model_unusable", reason=str(exc))
+        return 2
     return 0
 
 
@@ -36,9 +42,31 @@ def _check_config(args: argparse.Namespace) -> int:
     clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))
     if config.prompts.dir and not Path(config.prompts.dir).is_dir():
         clips.problems.append(f"prompts.dir {config.prompts.dir}: not a folder")
-    for problem in clips.problems:
+    problems = [*clips.problems, *_turn_model_problems(config)]
+    for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
-    return 1 if clips.problems else 0
+    return 1 if problems else 0
+
+
+def _turn_model_problems(config: Config) -> list[str]:
+    """The end-of-turn model loads (and, when packaged, matches its manifest hash)."""
+    from voicebot_pbx.models import SMART_TURN, load_manifest, package_root, verify
+    from voicebot_pbx.speech.engines import load_turn_model
+    from voicebot_pbx.speech.turn_model import TurnModelError
+
+    if config.turn.detector != "smart-turn":
+        return []
+    try:
+        load_turn_model(config)
+    except TurnModelError as exc:
+        return [str(exc)]
+    if not config.turn.model_path.strip():
+        entry = load_manifest()[SMART_TURN]
+        for check in verify(entry):
+            if not check.ok:
+                where = package_root(entry) / check.relpath
+                return [f"end-of-turn model {where}: sha256 does not match the manifest"]
+    return []
 
 
 def reply_segments(pcm: bytes, rate_hz: int, gap_s: float = 0.6) -> list[bytes]:

@@ -50,8 +50,8 @@ class VadConfig:
     threshold: float = 0.5
     neg_threshold: float = 0.35
     min_speech_ms: int = 160
-    # The turn ends after end_silence_ms of silence when the transcript (made speculatively
-    # at the pause) looks complete, else after end_silence_max_ms.
+    # The turn ends after end_silence_ms of silence when the end-of-turn detector ([turn])
+    # says the caller sounds finished, else after end_silence_max_ms.
     end_silence_ms: int = 200
     end_silence_max_ms: int = 700
     lookback_ms: int = 300
@@ -66,6 +66,25 @@ class VadConfig:
     echo_margin_db: float = 15.0
     echo_min_correlation: float = 0.6
     echo_residual_db: float = 25.0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    """How a pause is judged the end of the caller's turn (voicebot_pbx.speech.turn_model).
+
+    ``smart-turn``: the end-of-turn model scores the caller's audio at each pause;
+    ``transcript``: a word list on the speculative transcript (the old rule); ``silence``:
+    only vad.end_silence_max_ms of silence ends a turn."""
+
+    detector: Literal["smart-turn", "transcript", "silence"] = "smart-turn"
+    model_path: str = ""  # empty: smart-turn v3.2 from the pipecat-ai package (manifest)
+    # P(complete) at or above this ends the turn after vad.end_silence_ms.
+    threshold: float = 0.5
+    # Score this long into the pause (the model was trained with a little trailing silence).
+    score_after_ms: int = 0
+    # A score that takes longer falls back to the silence-only rule for that pause.
+    timeout_ms: int = 400
+    threads: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,6 +501,7 @@ class Config:
     state_dir: str = ".cache/state"
     server: ServerConfig = field(default_factory=ServerConfig)
     vad: VadConfig = field(default_factory=VadConfig)
+    turn: TurnConfig = field(default_factory=TurnConfig)
     stt: SttConfig = field(default_factory=SttConfig)
     tts: TtsConfig = field(default_factory=TtsConfig)
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
@@ -532,6 +552,10 @@ def _validate(config: Config, source: str) -> None:
         problems.append("vad thresholds need 0 < neg_threshold <= threshold < 1")
     if config.vad.end_silence_max_ms < config.vad.end_silence_ms:
         problems.append("vad.end_silence_max_ms must be >= vad.end_silence_ms")
+    if not 0.0 < config.turn.threshold < 1.0:
+        problems.append("turn.threshold must be between 0 and 1")
+    if config.turn.timeout_ms <= 0 or config.turn.score_after_ms < 0 or config.turn.threads < 1:
+        problems.append("turn.timeout_ms must be > 0, turn.score_after_ms >= 0, turn.threads >= 1")
     if config.inference.pool_threads < 1:
         problems.append("inference.pool_threads must be at least 1")
     if config.stt.max_batch < 1:

@@ -26,6 +26,7 @@ SILERO_VAD = "silero-vad"
 WHISPER_TINY_EN = "whisper-tiny-en"
 PIPER_JOE = "piper-joe"
 VOSK_KO = "vosk-ko"
+SMART_TURN = "smart-turn"
 
 _HASH_CHUNK_BYTES = 1 << 20
 

@@ -27,6 +27,7 @@ from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
 from voicebot_pbx.speech.stt import SttCapabilities, SttResult
 from voicebot_pbx.speech.tts import split_sentences
+from voicebot_pbx.speech.turn_model import TurnScore
 
 T = TypeVar("T")
 
@@ -160,6 +161,33 @@ class ScriptedStt:
 
 
 @dataclass
+class ScriptedTurnModel:
+    """An end-of-turn model for tone scripts: the caller sounds unfinished when the last
+    tone heard is one of ``incomplete_hz`` (say, the tone standing for "my account number
+    is"), finished otherwise. Each score takes ``delay_s`` (virtual) seconds."""
+
+    incomplete_hz: frozenset[int] = frozenset()
+    delay_s: float = 0.03
+    scores: int = 0
+
+    def score(self, pcm: bytes, rate_hz: int) -> TurnScore:
+        self.scores += 1
+        samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
+        frame = rate_hz // 50
+        loud = [
+            start
+            for start in range(0, samples.size - frame + 1, frame)
+            if np.sqrt(np.mean(samples[start : start + frame] ** 2)) > 300
+        ]
+        if not loud:
+            return TurnScore(0.5, 0.0)
+        tail = samples[max(0, loud[-1] + frame - 5 * frame) : loud[-1] + frame]
+        peak_hz = float(np.argmax(np.abs(np.fft.rfft(tail)))) * rate_hz / tail.size
+        unfinished = any(abs(peak_hz - hz) < 25 for hz in self.incomplete_hz)
+        return TurnScore(0.1 if unfinished else 0.9, 0.0)
+
+
+@dataclass
 class ToneTts:
     """Each sentence becomes a tone of ``seconds_per_char`` per character, after
     ``first_audio_s`` (first sentence) / ``per_sentence_s`` (later ones)."""
@@ -187,21 +215,32 @@ class ToneTts:
 class FakeEngines(Engines):
     """Engines whose blocking calls take a set (virtual) time instead of a thread."""
 
-    def __init__(self, stt: ScriptedStt, tts: ToneTts, vad: EnergyVad | None = None) -> None:
+    def __init__(
+        self,
+        stt: ScriptedStt,
+        tts: ToneTts,
+        vad: EnergyVad | None = None,
+        turn_model: ScriptedTurnModel | None = None,
+    ) -> None:
+        scripted_turns = turn_model or ScriptedTurnModel()
         super().__init__(
             vad=vad or EnergyVad(),  # type: ignore[arg-type]
             stt=stt,
             tts=tts,  # type: ignore[arg-type]
             pool=ThreadPoolExecutor(max_workers=1),
+            turn_model=scripted_turns,
         )
         self.script_stt = stt
         self.script_tts = tts
+        self.script_turns = scripted_turns
         self._first_sentence = True
 
     async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
         delay_s = 0.0
         if stage == "stt":
             delay_s = self.script_stt.delay_s
+        elif stage == "turn":
+            delay_s = self.script_turns.delay_s
         elif stage == "tts":
             delay_s = (
                 self.script_tts.first_audio_s

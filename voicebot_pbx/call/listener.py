@@ -2,8 +2,9 @@
 
 ``Listener`` owns everything between the caller's frames and a finished transcript: the
 inbound clock (missing frames count as silence), echo gating, VAD and the pure
-``TurnTaker``, the look-back before an onset, and the per-call STT worker with its
-speculative decodes at pauses. It tells the session what happened through
+``TurnTaker``, the look-back before an onset, the end-of-turn verdict at each pause (the
+smart-turn model, scored by the per-call verdict worker), and the per-call STT worker with
+its speculative decodes at pauses. It tells the session what happened through
 ``ListenerHooks`` (synchronous calls on the event loop): an utterance started, the caller
 barged in, a turn's transcript is ready. It never touches replies or records beyond
 appending engine errors.
@@ -28,7 +29,14 @@ from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.echo import is_line_echo
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
 from voicebot_pbx.speech.inbound_clock import InboundClock
-from voicebot_pbx.speech.stt import BatchTranscriber, SttCapabilities, SttResult, SttStream
+from voicebot_pbx.speech.stt import (
+    BatchTranscriber,
+    SttCapabilities,
+    SttResult,
+    SttStream,
+    SttTiming,
+)
+from voicebot_pbx.speech.turn_model import TurnModel, TurnScore
 from voicebot_pbx.speech.turns import (
     BargeIn,
     PauseStarted,
@@ -38,24 +46,64 @@ from voicebot_pbx.speech.turns import (
     UtteranceStarted,
     looks_complete,
 )
+from voicebot_pbx.speech.vad import WINDOW_MS
 
 log = structlog.get_logger("voicebot_pbx.call.listener")
 T = TypeVar("T")
 
 _STT_QUEUE_ITEMS = 512
+WINDOW_S = WINDOW_MS / 1000.0
+_MODEL_WINDOW_S = 8  # the end-of-turn model hears this much of an utterance
 
 
 class ListenerHooks(Protocol):
     def utterance_started(self, turn_id: int) -> None:
         """The caller started speaking (turn ``turn_id``)."""
 
-    def barge_in(self, turn_id: int) -> None:
-        """The caller spoke over the bot long enough to be an interruption."""
+    def barge_in(self, turn_id: int, onset_to_decision_ms: float, lag_ms: float) -> None:
+        """The caller spoke over the bot long enough to be an interruption:
+        ``onset_to_decision_ms`` of caller audio (VAD onset to decision, stream time) and
+        ``lag_ms`` from the deciding frame's arrival to now (event-loop delay)."""
 
     def transcript(
-        self, turn_id: int, text: str, confidence: float | None, speech_end_at: float, now: float
+        self,
+        turn_id: int,
+        text: str,
+        confidence: float | None,
+        speech_end_at: float,
+        now: float,
+        trace: TranscriptTrace,
     ) -> None:
-        """The turn's words (joined with any carried over), ``speech_end_at`` in loop time."""
+        """The turn's words (joined with any carried over), ``speech_end_at`` in loop time;
+        ``trace`` says where the time went."""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptTrace:
+    """Why a turn's transcript came when it did: logged with it, so a slow turn explains
+    itself (end of turn at the short or the long silence, the decode at the pause used or
+    a new one after the turn ended, the decode's queue wait / run time / batch / retries,
+    speculative decodes thrown away because the caller spoke on)."""
+
+    ended_by: str  # "detector" (short silence) | "silence" (vad.end_silence_max_ms)
+    source: str  # "speculative" | "final" | "stream" (Vosk) | "none" (STT failed)
+    stt: SttTiming | None
+    speculations_dropped: int
+
+    def fields(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "ended_by": self.ended_by,
+            "stt_source": self.source,
+            "speculations_dropped": self.speculations_dropped,
+        }
+        if self.stt is not None:
+            out.update(
+                stt_queue_ms=self.stt.queue_wait_ms,
+                stt_decode_ms=self.stt.decode_ms,
+                stt_batch=self.stt.batch,
+                stt_windows=self.stt.windows,
+            )
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +117,7 @@ class _Finish:
     pause_id: int
     speech_end_at: float  # loop time
     pcm: bytes  # the whole utterance (batch engines): the next one may start meanwhile
+    ended_by: str  # TranscriptTrace.ended_by
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +125,20 @@ class _Speculate:
     turn_id: int
     pause_id: int
     pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _ScoreRequest:
+    turn_id: int
+    pause_id: int
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    turn_id: int
+    pause_id: int
+    complete: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +176,7 @@ class Listener:
         # unstarted from the engine's queue, so a busy engine does not decode stale audio).
         self._speculating: tuple[int, asyncio.Future[SttResult | None]] | None = None
         self.speculations_dropped = 0
+        self._turn_dropped_at = 0  # speculations_dropped when the current turn began
         capabilities: SttCapabilities = engines.stt.capabilities
         self._batch: BatchTranscriber | None = capabilities.batch
         self._queued = capabilities.queued
@@ -127,6 +191,20 @@ class Listener:
         self.last_frame_at = 0.0
         self._carry_text = ""
         self._inbound_resampler: Resampler | None = None
+        # End of turn: the detector's verdict on the current pause (None: none yet).
+        self._detector = config.turn.detector
+        self._turn_model: TurnModel | None = (
+            engines.turn_model if self._detector == "smart-turn" else None
+        )
+        if self._detector == "smart-turn" and self._turn_model is None:
+            raise ValueError("[turn] detector = smart-turn but no end-of-turn model is loaded")
+        self._verdict: _Verdict | None = None
+        self._score_request: _ScoreRequest | None = None
+        self._scored_pause: tuple[int, int] | None = None
+        self._score_wakeup = asyncio.Event()
+        self.turn_scores = 0
+        self.turn_model_cpu_s = 0.0
+        self._turn_model_failed = False
 
     def start(self, rate_hz: int) -> None:
         """The call's rate is known: make the per-call VAD (and STT stream) state."""
@@ -180,6 +258,7 @@ class Listener:
             for action in self.turns.on_vad(prob, window_start_s):
                 self._apply(action, event.at_s)
             self._drop_stale_speculation()
+            self._maybe_request_score()
             self._maybe_end_early()
 
     def _drop_stale_speculation(self) -> None:
@@ -213,29 +292,97 @@ class Listener:
         recent = self._recent
         return b"".join(recent[i][1] for i in range(max(0, len(recent) - 3), len(recent) - 1))
 
+    def _sounds_finished(self) -> bool:
+        """The end-of-turn detector's verdict on the current pause: finished?"""
+        if self._detector == "smart-turn":
+            verdict = self._verdict
+            return (
+                verdict is not None
+                and not self._is_stale_pause(verdict.turn_id, verdict.pause_id)
+                and verdict.complete
+            )
+        if self._detector == "transcript":
+            spec = self._speculation
+            return (
+                spec is not None
+                and not self._is_stale_pause(spec.turn_id, spec.pause_id)
+                and looks_complete(spec.result.text)
+            )
+        return False  # "silence": only end_silence_max_ms ends a turn
+
     def _maybe_end_early(self) -> None:
-        """End the turn at the short silence if the speculative transcript looks complete."""
-        spec = self._speculation
-        if (
-            spec is None
-            or self._is_stale_pause(spec.turn_id, spec.pause_id)
-            or not looks_complete(spec.result.text)
-        ):
+        """End the turn at the short silence (vad.end_silence_ms) if the caller sounds
+        finished; otherwise the endpointer ends it at vad.end_silence_max_ms."""
+        if not self.utterance_open or not self._sounds_finished():
             return
         ended = self.turns.end_turn_early(self._last_window_s)
         if ended is not None:
-            self._apply(ended, self.last_frame_at)
+            self._apply(ended, self.last_frame_at, ended_by="detector")
+
+    # --- end of turn: the model's verdict at each pause ------------------------------------
+
+    def _maybe_request_score(self) -> None:
+        """Once per pause, ``turn.score_after_ms`` into it: ask the verdict worker to score
+        the utterance so far (the newest request replaces an unstarted older one)."""
+        if self._turn_model is None or not self.utterance_open:
+            return
+        since_s = self.turns.pause_since_s
+        pause = (self.turns.turn_id, self.turns.pause_id)
+        if since_s is None or self._scored_pause == pause:
+            return
+        if self._last_window_s - since_s + 1e-6 < self.config.turn.score_after_ms / 1000.0:
+            return
+        self._scored_pause = pause
+        self._score_request = _ScoreRequest(*pause, bytes(self._utterance_pcm))
+        self._score_wakeup.set()
+
+    async def run_verdicts(self) -> None:
+        """The call's end-of-turn worker (a task of the session's group): scores each
+        requested pause in the shared inference pool, bounded by ``turn.timeout_ms``."""
+        model = self._turn_model
+        if model is None:
+            return
+        timeout_s = self.config.turn.timeout_ms / 1000.0
+        while True:
+            await self._score_wakeup.wait()
+            self._score_wakeup.clear()
+            request, self._score_request = self._score_request, None
+            if request is None or self._is_stale_pause(request.turn_id, request.pause_id):
+                continue
+            fn = functools.partial(model.score, request.pcm, self.rate_hz)
+            try:
+                score: TurnScore = await self.engines.run("turn", timeout_s, fn)
+            except Exception as exc:  # the model failed: silence-only rule for this pause
+                if not self._turn_model_failed:
+                    self._turn_model_failed = True
+                    log.warning("turn_model_failed", error=f"{type(exc).__name__}: {exc}")
+                    self.errors.append("turn_model_failed")
+                continue
+            self.turn_scores += 1
+            self.turn_model_cpu_s += score.cpu_s
+            complete = score.complete >= self.config.turn.threshold
+            log.debug(
+                "turn_verdict",
+                turn_id=request.turn_id,
+                complete=complete,
+                p=round(score.complete, 3),
+                cpu_ms=round(score.cpu_s * 1000.0, 1),
+            )
+            self._verdict = _Verdict(request.turn_id, request.pause_id, complete)
+            self._maybe_end_early()
 
     def _to_loop_time(self, stream_s: float, frame_at: float) -> float:
         """Map VAD stream time to loop time using the frame that just arrived."""
         return frame_at - (self._fed_s - stream_s)
 
-    def _apply(self, action: TurnAction, frame_at: float) -> None:
+    def _apply(self, action: TurnAction, frame_at: float, *, ended_by: str = "silence") -> None:
         match action:
             case UtteranceStarted(turn_id, onset_s):
                 self.utterance_open = True
                 self._utterance_pcm.clear()
                 self._speculation = None
+                self._verdict = None
+                self._turn_dropped_at = self.speculations_dropped
                 lookback_s = self.config.vad.lookback_ms / 1000.0
                 start_s = max(onset_s - lookback_s, self._last_speech_end_s)
                 heard = self._heard_since(start_s)
@@ -251,12 +398,17 @@ class Listener:
                 speech_end_at = self._to_loop_time(speech_end_s, frame_at)
                 pcm = bytes(self._utterance_pcm)
                 self._utterance_pcm.clear()
-                self._put_stt(_Finish(turn_id, self.turns.pause_id, speech_end_at, pcm))
+                self._put_stt(_Finish(turn_id, self.turns.pause_id, speech_end_at, pcm, ended_by))
             case PauseStarted(turn_id, pause_id, _since_s):
                 if self._batch is not None:
                     self._put_stt(_Speculate(turn_id, pause_id, bytes(self._utterance_pcm)))
-            case BargeIn(turn_id, _onset_s, _decided_s):
-                self.hooks.barge_in(turn_id)
+            case BargeIn(turn_id, onset_s, decided_s):
+                lag_s = asyncio.get_running_loop().time() - frame_at
+                self.hooks.barge_in(
+                    turn_id,
+                    round((decided_s + WINDOW_S - onset_s) * 1000.0, 1),
+                    round(lag_s * 1000.0, 1),
+                )
 
     def _heard_since(self, start_s: float) -> bytes:
         """The recent caller audio from stream time ``start_s`` on, cut to the sample."""
@@ -273,10 +425,14 @@ class Listener:
     def _feed_stt(self, pcm: bytes) -> None:
         if not pcm:
             return
-        if self._batch is not None:
-            self._utterance_pcm += pcm
-        else:
+        self._utterance_pcm += pcm
+        if self._batch is None:
+            # A streaming engine is fed as the audio comes; the end-of-turn model needs
+            # only the utterance's last 8 s.
             self._put_stt(_Audio(pcm))
+            excess = len(self._utterance_pcm) - 2 * self.rate_hz * _MODEL_WINDOW_S
+            if excess > 0:
+                del self._utterance_pcm[:excess]
 
     def _put_stt(self, item: _Audio | _Finish | _Speculate) -> None:
         try:
@@ -326,19 +482,27 @@ class Listener:
                 if result is not None:
                     self._speculation = _Speculation(turn_id, pause_id, result)
                     self._maybe_end_early()
-            case _Finish(turn_id, pause_id, speech_end_at, pcm):
+            case _Finish(turn_id, pause_id, speech_end_at, pcm, ended_by):
                 spec = self._speculation
                 if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
-                    result = spec.result
+                    result, source = spec.result, "speculative"
                 elif self._batch is not None:
                     result = await self._batch_transcribe(self._batch, pcm, urgent=True)
+                    source = "final"
                 elif self.stt is not None:
                     result = await self._stt_call(self.stt.finish)
+                    source = "stream"
                 else:
                     result = None
                 self._speculation = None
+                trace = TranscriptTrace(
+                    ended_by=ended_by,
+                    source=source if result is not None else "none",
+                    stt=result.timing if result is not None else None,
+                    speculations_dropped=self.speculations_dropped - self._turn_dropped_at,
+                )
                 self._on_transcript(
-                    turn_id, result or SttResult("", None), speech_end_at, loop.time()
+                    turn_id, result or SttResult("", None), speech_end_at, loop.time(), trace
                 )
 
     def _is_stale_pause(self, turn_id: int, pause_id: int) -> bool:
@@ -369,7 +533,12 @@ class Listener:
             return None
 
     def _on_transcript(
-        self, turn_id: int, result: SttResult, speech_end_at: float, now: float
+        self,
+        turn_id: int,
+        result: SttResult,
+        speech_end_at: float,
+        now: float,
+        trace: TranscriptTrace,
     ) -> None:
         text = " ".join(part for part in (self._carry_text, result.text.strip()) if part)
         if turn_id != self.turns.turn_id or self.utterance_open:
@@ -379,4 +548,4 @@ class Listener:
             log.debug("late_transcript_carried", turn_id=turn_id, carried=bool(result.text.strip()))
             return
         self._carry_text = ""
-        self.hooks.transcript(turn_id, text, result.confidence, speech_end_at, now)
+        self.hooks.transcript(turn_id, text, result.confidence, speech_end_at, now, trace)

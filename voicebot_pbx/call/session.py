@@ -26,7 +26,7 @@ import structlog
 from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.call import policy
-from voicebot_pbx.call.listener import Listener
+from voicebot_pbx.call.listener import Listener, TranscriptTrace
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.responder import Responder, SpeechSynth
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
@@ -139,6 +139,7 @@ class CallSession:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 stt_worker = group.create_task(self.listener.run_stt())
+                verdicts = group.create_task(self.listener.run_verdicts())
                 wrap_up = group.create_task(self._wrap_up_timer())
                 greeting = TurnRecord(turn_id=0, kind="greeting")
                 self._start_reply(greeting, self._greeting(), loop.time())
@@ -148,6 +149,7 @@ class CallSession:
                     self._cancel_reply()
                     self._cancel_no_input()
                     stt_worker.cancel()
+                    verdicts.cancel()
                     wrap_up.cancel()
                     if self._dtmf_task is not None:
                         self._dtmf_task.cancel()
@@ -285,6 +287,8 @@ class CallSession:
                         "session_ended",
                         reason=self.record.end_reason,
                         speculations_dropped=self.listener.speculations_dropped,
+                        turn_scores=self.listener.turn_scores,
+                        turn_model_cpu_ms=round(self.listener.turn_model_cpu_s * 1000.0, 1),
                     )
                     return
 
@@ -300,13 +304,18 @@ class CallSession:
             self.listener.carry(self._reply_turn.transcript if self._reply_turn else "")
             self._cancel_reply()
 
-    def barge_in(self, turn_id: int) -> None:
+    def barge_in(self, turn_id: int, onset_to_decision_ms: float, lag_ms: float) -> None:
         interrupted = self._reply_turn
         if interrupted is None or not self._reply_started:
             return
         # Go silent now, but keep the reply: if the caller only said "uh-huh" (or
         # coughed), it goes on; real words discard it when the transcript comes.
-        log.info("barge_in", turn_id=turn_id)
+        log.info(
+            "barge_in",
+            turn_id=turn_id,
+            onset_to_decision_ms=onset_to_decision_ms,
+            lag_ms=lag_ms,
+        )
         self.speaker.pause()
         self.turns.set_bot_speaking(False)
         self._paused_turn = interrupted
@@ -315,7 +324,13 @@ class CallSession:
             interrupted.played_ms = round(played_s * 1000.0, 1)
 
     def transcript(
-        self, turn_id: int, text: str, confidence: float | None, speech_end_at: float, now: float
+        self,
+        turn_id: int,
+        text: str,
+        confidence: float | None,
+        speech_end_at: float,
+        now: float,
+        trace: TranscriptTrace,
     ) -> None:
         turn = TurnRecord(
             turn_id=turn_id,
@@ -323,7 +338,13 @@ class CallSession:
             stt_confidence=confidence,
             end_of_speech_to_stt_ms=round((now - speech_end_at) * 1000.0, 1),
         )
-        log.info("transcript", turn_id=turn_id, text=text, stt_ms=turn.end_of_speech_to_stt_ms)
+        log.info(
+            "transcript",
+            turn_id=turn_id,
+            text=text,
+            stt_ms=turn.end_of_speech_to_stt_ms,
+            **trace.fields(),
+        )
         paused = self._paused_turn
         if paused is not None:
             self._paused_turn = None

@@ -15,11 +15,19 @@ from typing import Protocol, TypeVar
 import structlog
 
 from voicebot_pbx.config import Config
-from voicebot_pbx.models import PIPER_JOE, SILERO_VAD, WHISPER_TINY_EN, resolve_model_path
+from voicebot_pbx.models import (
+    PIPER_JOE,
+    SILERO_VAD,
+    SMART_TURN,
+    WHISPER_TINY_EN,
+    ModelNotInstalledError,
+    resolve_model_path,
+)
 from voicebot_pbx.speech.cpu import limit_blas_threads, lower_thread_priority, set_inference_nice
 from voicebot_pbx.speech.stt import SttEngine
 from voicebot_pbx.speech.stt_load import load_stt
 from voicebot_pbx.speech.tts import PiperTts
+from voicebot_pbx.speech.turn_model import SmartTurn, TurnModel, TurnModelError
 from voicebot_pbx.speech.vad import SileroVad
 
 log = structlog.get_logger("voicebot_pbx.speech.engines")
@@ -56,6 +64,7 @@ class Engines:
     pool: ThreadPoolExecutor
     load_s: float = 0.0
     tts_backup: PiperTts | None = None  # a second voice for when the first one fails
+    turn_model: TurnModel | None = None  # [turn] detector = "smart-turn"
     timer: JobTimer | None = None  # set by the service: pool wait/run time into the metrics
 
     async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
@@ -84,6 +93,8 @@ def load_engines(config: Config) -> Engines:
     set_inference_nice(config.inference.nice)
     lower_thread_priority()
     started = time.perf_counter()
+    # First: a missing or broken end-of-turn model stops start-up before the big loads.
+    turn_model = load_turn_model(config) if config.turn.detector == "smart-turn" else None
     vad = SileroVad(resolve_model_path(config.vad.model_path, SILERO_VAD))
     # No English Vosk model is packaged: the vosk engine needs an admin's model folder.
     stt_dir = (
@@ -135,4 +146,21 @@ def load_engines(config: Config) -> Engines:
     log.info(
         "engines_loaded", stt=config.stt.engine, stt_model=str(stt_dir), load_s=round(load_s, 2)
     )
-    return Engines(vad=vad, stt=stt, tts=tts, pool=pool, load_s=load_s, tts_backup=tts_backup)
+    return Engines(
+        vad=vad,
+        stt=stt,
+        tts=tts,
+        pool=pool,
+        load_s=load_s,
+        tts_backup=tts_backup,
+        turn_model=turn_model,
+    )
+
+
+def load_turn_model(config: Config) -> SmartTurn:
+    """The end-of-turn model; TurnModelError (one line: path and reason) when unusable."""
+    try:
+        path = resolve_model_path(config.turn.model_path, SMART_TURN)
+    except ModelNotInstalledError as exc:
+        raise TurnModelError(str(exc)) from None
+    return SmartTurn(path, threads=config.turn.threads)

@@ -11,8 +11,18 @@ batched across calls on its own thread) and ``speech/vosk_stt.py`` (Vosk, stream
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SttTiming:
+    """Where a queued decode's time went (Whisper), so a slow turn explains itself."""
+
+    queue_wait_ms: float  # submitted -> taken by the inference thread
+    decode_ms: float  # taken -> result (all windows tried)
+    batch: int  # utterances decoded together in its first round
+    windows: int  # encoder windows tried: 1, or more after a degenerate decode (retry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +31,7 @@ class SttResult:
     confidence: float | None
     """0..1 where the engine gives one (Whisper: exp(mean token log-prob); Vosk: mean
     word confidence); None when unknown (e.g. no words)."""
+    timing: SttTiming | None = field(default=None, compare=False)  # not part of the result
 
 
 class SttStream(Protocol):

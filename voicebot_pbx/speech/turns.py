@@ -126,6 +126,11 @@ class TurnTaker:
         return self._endpointer.silence_since_s is not None
 
     @property
+    def pause_since_s(self) -> float | None:
+        """Stream time the current pause began (None: the caller is talking or idle)."""
+        return self._endpointer.silence_since_s
+
+    @property
     def bot_speaking(self) -> bool:
         return self._bot_speaking
 
@@ -143,8 +148,9 @@ class TurnTaker:
             self._endpointer.set_threshold(self.config.threshold, self.config.neg_threshold)
 
     def end_turn_early(self, now_s: float) -> UtteranceEnded | None:
-        """End the utterance now (the pause is ``end_silence_ms`` long and the transcript
-        looks complete); None unless the caller is in such a pause."""
+        """End the utterance now (the pause is ``end_silence_ms`` long and the end-of-turn
+        detector says the caller sounds finished); None unless the caller is in such a
+        pause."""
         since_s = self._endpointer.silence_since_s
         if since_s is None or not self._endpointer.reached(
             since_s, now_s, self.config.end_silence_ms / 1000.0

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import structlog
 
 from voicebot_pbx.audio import pcm_to_float32, resample
 from voicebot_pbx.speech.cpu import limit_blas_threads, lower_thread_priority
-from voicebot_pbx.speech.stt import SttCapabilities, SttResult
+from voicebot_pbx.speech.stt import SttCapabilities, SttResult, SttTiming
 from voicebot_pbx.speech.whisper_guard import degenerate_reason, token_budget
 
 log = structlog.get_logger(__name__)
@@ -71,6 +71,20 @@ class _Request:
     submitted_at: float
     audio: npt.NDArray[np.float32] | None = None
     features: npt.NDArray[np.float32] | None = None  # mel frames of the content, no padding
+    taken_at: float = 0.0  # when the inference thread took it
+    batch: int = 0  # utterances in its first decode round
+    windows: int = 0  # encoder windows tried so far
+
+    def resolve(self, result: SttResult) -> None:
+        """Set the result with where its time went (see ``SttTiming``)."""
+        now = time.monotonic()
+        timing = SttTiming(
+            queue_wait_ms=round((self.taken_at - self.submitted_at) * 1000.0, 1),
+            decode_ms=round((now - self.taken_at) * 1000.0, 1),
+            batch=self.batch,
+            windows=self.windows,
+        )
+        self.future.set_result(replace(result, timing=timing))
 
     @property
     def duration_s(self) -> float:
@@ -174,6 +188,7 @@ class WhisperBatcher:
                 while queue and len(batch) < self.max_batch:
                     request = queue.popleft()
                     if request.future.set_running_or_notify_cancel():  # False: cancelled
+                        request.taken_at = time.monotonic()
                         batch.append(request)
             return batch
 
@@ -361,7 +376,7 @@ class WhisperEngine:
         for request in batch:
             request.audio = pcm_to_float32(resample(request.pcm, request.rate_hz, WHISPER_RATE_HZ))
             if request.audio.size < WHISPER_RATE_HZ // 10:  # < 100 ms: nothing to recognise
-                request.future.set_result(SttResult(text="", confidence=None))
+                request.resolve(SttResult(text="", confidence=None))
             elif self._fits_short(request.duration_s):
                 short.append(request)
             else:
@@ -383,6 +398,9 @@ class WhisperEngine:
     ) -> list[_Request]:
         """One batch on one short window: resolves the sane decodes, returns the others."""
         audios = [r.audio for r in group if r.audio is not None]
+        for request in group:
+            request.windows += 1
+            request.batch = request.batch or len(group)
         self._count("batches")
         if len(group) > 1:
             self._count("batched_utterances", len(group))
@@ -405,7 +423,7 @@ class WhisperEngine:
                 duration_s=request.duration_s,
             )
             if reason is None:
-                request.future.set_result(self._to_result(decode))
+                request.resolve(self._to_result(decode))
                 continue
             if first:
                 self._count("fallbacks")
@@ -439,12 +457,14 @@ class WhisperEngine:
 
     def _resolve_full(self, request: _Request) -> None:
         assert request.audio is not None
+        request.windows += 1
+        request.batch = request.batch or 1
         try:
             result = self._to_result(self._decode_full(request.audio))
         except Exception as exc:
             request.future.set_exception(exc)
             return
-        request.future.set_result(result)
+        request.resolve(result)
 
     def _to_result(self, decode: _Decode) -> SttResult:
         if (
