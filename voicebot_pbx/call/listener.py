@@ -330,7 +330,8 @@ class Listener:
         pause = (self.turns.turn_id, self.turns.pause_id)
         if since_s is None or self._scored_pause == pause:
             return
-        if self._last_window_s - since_s + 1e-6 < self.config.turn.score_after_ms / 1000.0:
+        heard_s = self._last_window_s + WINDOW_S - since_s  # silence heard so far
+        if heard_s + 1e-6 < self.config.turn.score_after_ms / 1000.0:
             return
         self._scored_pause = pause
         self._score_request = _ScoreRequest(*pause, bytes(self._utterance_pcm))

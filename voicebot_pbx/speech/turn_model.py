@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import soxr
 
-from voicebot_pbx.audio import pcm_to_float32, resample
+from voicebot_pbx.audio import pcm_to_float32
 from voicebot_pbx.speech.log_mel import FRAMES, N_MELS, RATE_HZ, last_window, log_mel
 from voicebot_pbx.speech.vad import import_onnxruntime
 
@@ -73,9 +74,11 @@ class SmartTurn:
 
     def score(self, pcm: bytes, rate_hz: int) -> TurnScore:
         started = time.thread_time()
+        samples = pcm_to_float32(pcm)
         if rate_hz != RATE_HZ:
-            pcm = resample(pcm, rate_hz, RATE_HZ)
-        features = log_mel(last_window(pcm_to_float32(pcm)))
+            # In float, as the model's own front end does (int16 rounding flips verdicts).
+            samples = np.asarray(soxr.resample(samples, rate_hz, RATE_HZ), dtype=np.float32)
+        features = log_mel(last_window(samples))
         (out,) = self._session.run(None, {_INPUT: features[None, :, :]})
         complete = float(np.asarray(out, dtype=np.float32).reshape(-1)[0])
         return TurnScore(complete, time.thread_time() - started)

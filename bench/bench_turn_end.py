@@ -1,0 +1,816 @@
+"""End-of-turn benchmark: when does each detector decide the caller has finished?
+
+    nice -n 10 .venv/bin/python bench/bench_turn_end.py             # whole set, ~2 min (2 cores)
+    nice -n 10 .venv/bin/python bench/bench_turn_end.py --limit 10  # 10 items per group
+Writes bench/results/turn_end.json and bench/results/turn_end.md (``--out`` for elsewhere).
+The evaluation set is ``bench/turn_dataset.py`` (built on first use into .cache/turn-bench/).
+
+Offline, in stream time (no sockets, no asyncio, no wall clock in the turn logic): each
+item's 8 kHz audio goes through the real ``SileroVad`` and ``TurnTaker``; at each
+``PauseStarted`` the detector judges the audio so far, the way ``call/listener.py`` does:
+
+* ``silence-700`` / ``silence-200``: no detector, only vad.end_silence_max_ms (700; 200 for
+  reference) of silence ends a turn;
+* ``transcript`` (the old rule): at each pause the utterance so far (from onset minus
+  vad.lookback_ms) is transcribed by Whisper tiny.en (the service's default STT options) and
+  ``looks_complete(text)`` decides: complete -> the turn ends at vad.end_silence_ms into the
+  pause or when the transcript is ready, whichever is later; else at end_silence_max_ms;
+* ``smart-turn`` (the model): once per pause, at ``score_after_ms`` into it (the listener's
+  rule: window starts ``score_after_ms`` apart), ``SmartTurn.score`` rates the utterance so
+  far; P(complete) >= threshold -> the turn ends at end_silence_ms into the pause or when the
+  score is ready, whichever is later; else at end_silence_max_ms. A score slower than
+  turn.timeout_ms (400) is dropped (silence-only for that pause), as the listener does.
+
+A detector's answer is ready at: the end of the window that asked for it (audio heard
+through there) + the measured wall time of the decode/score, after the previous one of the
+same turn finished (one decode/score at a time per call, as in the listener). Decisions
+happen at window ends (the audio heard so far), or the moment an answer arrives.
+
+Measured per detector setting, for the espeak and recorded parts and both together:
+
+* paused turns (a 0.4-1.5 s pause mid-utterance): premature end-of-turn rate: the turn is
+  decided over while the caller will speak again (VAD onset of more speech before the real
+  end of the item's speech), how many by the detector (the rest: a pause longer than
+  end_silence_max_ms), and of the paused turns the 700 ms silence rule waits out, how many
+  the detector cuts (its own error, "short pauses cut");
+* complete turns: real end of speech (from the dataset, not the VAD's guess) -> decision,
+  p50/p95/max; the share that waited for end_silence_max_ms; turns cut before their end;
+* CPU: per model score / Whisper decode (mean, p95) and per utterance (all the scores or
+  speculative decodes of the turn); wall times are measured on this machine, as run (2
+  cores, whatever else runs), so they shift the latency figures a little.
+
+Also diagnostics: the model's P(complete) at the final pause of complete turns and at the
+inserted pause of paused turns; the transcript rule's verdict there; ``looks_complete`` on
+the reference texts (what the old rule would say with a perfect transcript).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import structlog  # noqa: E402
+import turn_dataset  # noqa: E402
+
+from voicebot_pbx.audio import read_wav  # noqa: E402
+from voicebot_pbx.config import SttConfig, TurnConfig, VadConfig  # noqa: E402
+from voicebot_pbx.models import SILERO_VAD, SMART_TURN, WHISPER_TINY_EN, model_path  # noqa: E402
+from voicebot_pbx.speech.cpu import limit_blas_threads  # noqa: E402
+from voicebot_pbx.speech.engines import disable_telemetry  # noqa: E402
+from voicebot_pbx.speech.stt import BatchTranscriber  # noqa: E402
+from voicebot_pbx.speech.stt_load import load_stt  # noqa: E402
+from voicebot_pbx.speech.turn_model import SmartTurn  # noqa: E402
+from voicebot_pbx.speech.turns import (  # noqa: E402
+    PauseStarted,
+    TurnTaker,
+    UtteranceEnded,
+    UtteranceStarted,
+    looks_complete,
+)
+from voicebot_pbx.speech.vad import WINDOW_MS, SileroVad  # noqa: E402
+
+RATE_HZ = 8000
+WINDOW_S = WINDOW_MS / 1000.0
+EPS_S = 1e-6
+PARTS = ("all", "espeak", "recorded")
+KEY_PAUSE_SLACK_S = 0.15  # a VAD pause this close before a real pause/end is that pause
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    detector: str  # "silence" | "transcript" | "smart-turn"
+    end_silence_ms: int = 200
+    end_silence_max_ms: int = 700
+    score_after_ms: int = 0
+    threshold: float = 0.5
+    timeout_ms: int = 400
+    table: str = "main"  # "main" | "threshold": which markdown table shows it
+
+
+def settings() -> list[Setting]:
+    defaults = TurnConfig()
+    out = [
+        Setting("silence-700", "silence"),
+        Setting("silence-200 (reference)", "silence", end_silence_max_ms=200),
+        Setting("transcript (old)", "transcript"),
+    ]
+    for after in (0, 100, 200):
+        for end in (100, 150, 200):
+            out.append(
+                Setting(
+                    f"smart-turn after={after} end={end}",
+                    "smart-turn",
+                    end_silence_ms=end,
+                    score_after_ms=after,
+                    threshold=defaults.threshold,
+                    timeout_ms=defaults.timeout_ms,
+                )
+            )
+    for after, end in ((0, 150), (0, 200), (100, 150), (100, 200), (200, 200)):
+        for threshold in (0.3, 0.4, 0.6, 0.7, 0.8):
+            out.append(
+                Setting(
+                    f"smart-turn after={after} end={end} thr={threshold:g}",
+                    "smart-turn",
+                    end_silence_ms=end,
+                    score_after_ms=after,
+                    threshold=threshold,
+                    timeout_ms=defaults.timeout_ms,
+                    table="threshold",
+                )
+            )
+    return out
+
+
+# --- the detectors' engines, cached by audio slice ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    value: float  # model: P(complete); transcript: 1.0 complete / 0.0 not
+    text: str
+    cpu_s: float
+    wall_s: float
+
+
+class Judges:
+    """The model and Whisper, each answer cached per (item, audio slice): every setting that
+    asks about the same audio gets the same answer and the same measured times."""
+
+    def __init__(self, model: SmartTurn, stt: BatchTranscriber) -> None:
+        self.model = model
+        self.stt = stt
+        self._scores: dict[tuple[str, int, int], Judgement] = {}
+        self._decodes: dict[tuple[str, int, int], Judgement] = {}
+
+    def score(self, item_id: str, pcm: bytes, lo: int, hi: int) -> Judgement:
+        key = (item_id, lo, hi)
+        if key not in self._scores:
+            started = time.perf_counter()
+            result = self.model.score(pcm[2 * lo : 2 * hi], RATE_HZ)
+            wall = time.perf_counter() - started
+            self._scores[key] = Judgement(result.complete, "", result.cpu_s, wall)
+        return self._scores[key]
+
+    def decode(self, item_id: str, pcm: bytes, lo: int, hi: int) -> Judgement:
+        key = (item_id, lo, hi)
+        if key not in self._decodes:
+            cpu0, started = time.process_time(), time.perf_counter()
+            text = self.stt.transcribe(pcm[2 * lo : 2 * hi], RATE_HZ).text
+            wall = time.perf_counter() - started
+            cpu = time.process_time() - cpu0  # Whisper's own threads are in this process
+            value = 1.0 if looks_complete(text) else 0.0
+            self._decodes[key] = Judgement(value, text.strip(), cpu, wall)
+        return self._decodes[key]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"model_scores": len(self._scores), "whisper_decodes": len(self._decodes)}
+
+
+# --- simulation -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    id: str
+    kind: str
+    part: str
+    text: str
+    segments: list[str]
+    speech_start_s: float
+    speech_end_s: float
+    pauses: list[tuple[float, float]]
+    pcm: bytes
+    probs: list[tuple[float, float]]  # (window start s, VAD probability)
+
+
+@dataclass(slots=True)
+class Verdict:
+    pause_id: int
+    ready_s: float
+    complete: bool
+
+
+@dataclass(slots=True)
+class Outcome:
+    item_id: str
+    kind: str
+    part: str
+    started: bool = False  # the VAD heard the caller start
+    decided_s: float | None = None  # the turn's end was decided
+    ended_by: str = ""  # "detector" | "max"
+    pause_since_s: float | None = None  # start of the pause that ended the turn
+    premature: bool = False  # the caller spoke again after the decision
+    at_inserted_pause: bool = False  # ... and the decision was inside the inserted pause
+    latency_s: float | None = None  # real end of speech -> decision (not premature)
+    evaluations: int = 0  # model scores / Whisper decodes asked for during the turn
+    cpu_s: list[float] = field(default_factory=list)
+    timeouts: int = 0
+
+
+def _slice(onset_s: float, heard_s: float, lookback_s: float) -> tuple[int, int]:
+    start = max(0.0, onset_s - lookback_s)
+    return round(start * RATE_HZ), round(heard_s * RATE_HZ)
+
+
+def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
+    """One item through the TurnTaker with one detector setting (see the module docstring)."""
+    vad = replace(
+        VadConfig(),
+        end_silence_ms=setting.end_silence_ms,
+        end_silence_max_ms=setting.end_silence_max_ms,
+    )
+    lookback_s = vad.lookback_ms / 1000.0
+    taker = TurnTaker(vad)
+    out = Outcome(item.id, item.kind, item.part)
+    onset_s = 0.0
+    verdict: Verdict | None = None
+    busy_until_s = 0.0  # the call's previous decode/score is running until then
+    scored_pause = -1
+    prev_heard_s = 0.0
+    prev_window_s = 0.0
+
+    def ask(pause_id: int, heard_s: float, judge: Callable[[int, int], Judgement]) -> None:
+        nonlocal verdict, busy_until_s
+        lo, hi = _slice(onset_s, heard_s, lookback_s)
+        answer = judge(lo, hi)
+        start_s = max(heard_s, busy_until_s)
+        busy_until_s = start_s + answer.wall_s
+        out.evaluations += 1
+        out.cpu_s.append(answer.cpu_s)
+        if setting.detector == "smart-turn" and answer.wall_s > setting.timeout_ms / 1000.0:
+            out.timeouts += 1
+            return
+        verdict = Verdict(pause_id, busy_until_s, answer.value >= setting.threshold)
+
+    def decide(decided_s: float, ended: UtteranceEnded, by: str) -> None:
+        out.decided_s = decided_s
+        out.ended_by = by
+        out.pause_since_s = ended.speech_end_s
+
+    for window_s, prob in item.probs:
+        heard_s = window_s + WINDOW_S
+        if out.decided_s is None and out.started and verdict is not None:
+            # An answer that arrived between the previous window and this one.
+            if (
+                verdict.complete
+                and verdict.pause_id == taker.pause_id
+                and prev_heard_s < verdict.ready_s < heard_s
+            ):
+                ended = taker.end_turn_early(prev_window_s)
+                if ended is not None:
+                    decide(verdict.ready_s, ended, "detector")
+        for action in taker.on_vad(prob, window_s):
+            match action:
+                case UtteranceStarted(_, at_s):
+                    if out.decided_s is None:
+                        out.started = True
+                        onset_s = at_s
+                    elif at_s < item.speech_end_s - EPS_S:
+                        out.premature = True  # the caller went on after the decision
+                case UtteranceEnded():
+                    if out.decided_s is None:
+                        decide(heard_s, action, "max")
+                case PauseStarted(_, pause_id, _):
+                    if out.decided_s is None and setting.detector == "transcript":
+                        ask(
+                            pause_id,
+                            heard_s,
+                            lambda lo, hi: judges.decode(item.id, item.pcm, lo, hi),
+                        )
+        if out.decided_s is None and out.started and setting.detector == "smart-turn":
+            since_s = taker.pause_since_s
+            if (
+                since_s is not None
+                and scored_pause != taker.pause_id
+                and window_s - since_s + EPS_S >= setting.score_after_ms / 1000.0
+            ):
+                scored_pause = taker.pause_id
+                ask(
+                    taker.pause_id,
+                    heard_s,
+                    lambda lo, hi: judges.score(item.id, item.pcm, lo, hi),
+                )
+        if (
+            out.decided_s is None
+            and verdict is not None
+            and verdict.complete
+            and verdict.pause_id == taker.pause_id
+            and verdict.ready_s <= heard_s + EPS_S
+        ):
+            ended = taker.end_turn_early(window_s)
+            if ended is not None:
+                decide(heard_s, ended, "detector")
+        prev_heard_s, prev_window_s = heard_s, window_s
+        if out.premature:
+            break
+    if out.decided_s is not None and out.pause_since_s is not None:
+        since = out.pause_since_s
+        out.at_inserted_pause = out.premature and any(
+            start - KEY_PAUSE_SLACK_S <= since < end for start, end in item.pauses
+        )
+        if not out.premature:
+            out.latency_s = out.decided_s - item.speech_end_s
+    return out
+
+
+# --- diagnostics: the detectors' answers at the key pause --------------------------------------
+
+
+@dataclass(slots=True)
+class KeyPause:
+    """The model's and the transcript rule's answers at an item's key pause: the final one
+    (complete turns: where the VAD's pause after the real end of speech begins) or the
+    inserted one (paused turns: the first inserted pause)."""
+
+    item_id: str
+    kind: str
+    part: str
+    found: bool = False
+    since_s: float | None = None
+    scores: dict[int, float] = field(default_factory=dict)  # score_after_ms -> P(complete)
+    transcript: str = ""
+    transcript_complete: bool | None = None
+    vad_pauses_before: int = 0  # VAD pauses inside the speech before the key pause
+
+
+def key_pause(item: Item, judges: Judges) -> KeyPause:
+    """Runs the TurnTaker with no end of turn (end_silence_max_ms huge) to find every pause."""
+    vad = replace(VadConfig(), end_silence_ms=200, end_silence_max_ms=60_000)
+    lookback_s = vad.lookback_ms / 1000.0
+    taker = TurnTaker(vad)
+    out = KeyPause(item.id, item.kind, item.part)
+    if item.kind == "complete":
+        lo_s, hi_s = item.speech_end_s - KEY_PAUSE_SLACK_S, math.inf
+    else:
+        lo_s, hi_s = item.pauses[0][0] - KEY_PAUSE_SLACK_S, item.pauses[0][1]
+    onset_s: float | None = None
+    pending: dict[int, float] = {}
+    for window_s, prob in item.probs:
+        heard_s = window_s + WINDOW_S
+        for action in taker.on_vad(prob, window_s):
+            match action:
+                case UtteranceStarted(_, at_s) if onset_s is None:
+                    onset_s = at_s
+                case PauseStarted(_, _, since_s) if onset_s is not None and not out.found:
+                    if lo_s <= since_s < hi_s:
+                        out.found = True
+                        out.since_s = since_s
+                        pending = {0: since_s, 100: since_s, 200: since_s}
+                        lo, hi = _slice(onset_s, heard_s, lookback_s)
+                        decoded = judges.decode(item.id, item.pcm, lo, hi)
+                        out.transcript = decoded.text
+                        out.transcript_complete = decoded.value >= 0.5
+                    elif since_s < lo_s:
+                        out.vad_pauses_before += 1
+        since_now = taker.pause_since_s
+        for after, since_s in list(pending.items()):
+            if since_now != since_s:
+                del pending[after]  # the caller spoke on before that point
+            elif window_s - since_s + EPS_S >= after / 1000.0 and onset_s is not None:
+                lo, hi = _slice(onset_s, heard_s, lookback_s)
+                out.scores[after] = judges.score(item.id, item.pcm, lo, hi).value
+                del pending[after]
+        if out.found and not pending:
+            break
+    return out
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000.0, 1)
+
+
+def _pct(n: int, total: int) -> float | None:
+    return None if total == 0 else round(100.0 * n / total, 1)
+
+
+def summarise(outcomes: Iterable[Outcome], kept: set[str]) -> dict[str, Any]:
+    """``kept``: the paused turns the silence-only 700 ms rule does not end early (their
+    pause is shorter than that): how many a detector cuts is its own error."""
+    outcomes = list(outcomes)
+    paused = [o for o in outcomes if o.kind == "paused"]
+    short = [o for o in paused if o.item_id in kept]
+    complete = [o for o in outcomes if o.kind == "complete"]
+    premature = [o for o in paused if o.premature]
+    finished = [o for o in complete if o.latency_s is not None]
+    latencies = [o.latency_s for o in finished if o.latency_s is not None]
+    per_eval = [c for o in outcomes for c in o.cpu_s]
+    per_utt = [sum(o.cpu_s) for o in outcomes if o.started]
+    paused_latency = [o.latency_s for o in paused if o.latency_s is not None]
+    return {
+        "paused": {
+            "n": len(paused),
+            "premature": len(premature),
+            "premature_pct": _pct(len(premature), len(paused)),
+            "premature_at_inserted_pause": sum(o.at_inserted_pause for o in premature),
+            # ended early by the detector's verdict (the rest: the pause outlasted the max)
+            "premature_by_detector": sum(o.ended_by == "detector" for o in premature),
+            "short_pause_n": len(short),
+            "short_pause_cut": sum(o.premature for o in short),
+            "short_pause_cut_pct": _pct(sum(o.premature for o in short), len(short)),
+            "not_started": sum(not o.started for o in paused),
+            "no_decision": sum(o.started and o.decided_s is None for o in paused),
+            "latency_p50_ms": _ms(percentile(paused_latency, 0.5)),
+            "latency_n": len(paused_latency),
+        },
+        "complete": {
+            "n": len(complete),
+            "cut_early": sum(o.premature for o in complete),
+            "not_started": sum(not o.started for o in complete),
+            "no_decision": sum(o.started and o.decided_s is None for o in complete),
+            "latency_n": len(latencies),
+            "latency_p50_ms": _ms(percentile(latencies, 0.5)),
+            "latency_p95_ms": _ms(percentile(latencies, 0.95)),
+            "latency_max_ms": _ms(max(latencies) if latencies else None),
+            "latency_mean_ms": _ms(statistics.fmean(latencies) if latencies else None),
+            "waited_max": sum(o.ended_by == "max" for o in finished),
+            "waited_max_pct": _pct(sum(o.ended_by == "max" for o in finished), len(finished)),
+        },
+        "cpu": {
+            "evaluations": len(per_eval),
+            "per_evaluation_mean_ms": _ms(statistics.fmean(per_eval) if per_eval else None),
+            "per_evaluation_p95_ms": _ms(percentile(per_eval, 0.95)),
+            "per_utterance_mean_ms": _ms(statistics.fmean(per_utt) if per_utt else None),
+            "per_utterance_p95_ms": _ms(percentile(per_utt, 0.95)),
+            "evaluations_per_utterance": round(len(per_eval) / len(per_utt), 2)
+            if per_utt
+            else None,
+            "timeouts": sum(o.timeouts for o in outcomes),
+        },
+    }
+
+
+def auc(positive: list[float], negative: list[float]) -> float | None:
+    """P(a random positive scores above a random negative), ties half (ROC AUC)."""
+    if not positive or not negative:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return round(wins / (len(positive) * len(negative)), 3)
+
+
+def summarise_keys(keys: list[KeyPause]) -> dict[str, Any]:
+    found = [k for k in keys if k.found]
+    out: dict[str, Any] = {"separation": {}}
+    for after in (0, 100, 200):
+        by_kind = {
+            kind: [k.scores[after] for k in found if k.kind == kind and after in k.scores]
+            for kind in ("complete", "paused")
+        }
+        out["separation"][f"model_after{after}_auc"] = auc(by_kind["complete"], by_kind["paused"])
+    verdicts = {
+        kind: [float(bool(k.transcript_complete)) for k in found if k.kind == kind]
+        for kind in ("complete", "paused")
+    }
+    out["separation"]["transcript_auc"] = auc(verdicts["complete"], verdicts["paused"])
+    for kind in ("complete", "paused"):
+        chosen = [k for k in keys if k.kind == kind]
+        hits = [k for k in chosen if k.found]
+        row: dict[str, Any] = {"n": len(chosen), "key_pause_found": len(hits)}
+        for after in (0, 100, 200):
+            scores = [k.scores[after] for k in hits if after in k.scores]
+            row[f"model_after{after}"] = {
+                "n": len(scores),
+                "complete_ge_0.5": sum(s >= 0.5 for s in scores),
+                "complete_ge_0.5_pct": _pct(sum(s >= 0.5 for s in scores), len(scores)),
+                "p_median": round(statistics.median(scores), 3) if scores else None,
+            }
+        said = [k.transcript_complete for k in hits if k.transcript_complete is not None]
+        row["transcript_complete"] = sum(bool(v) for v in said)
+        row["transcript_complete_pct"] = _pct(sum(bool(v) for v in said), len(said))
+        row["vad_pauses_before_key_mean"] = (
+            round(statistics.fmean(k.vad_pauses_before for k in hits), 2) if hits else None
+        )
+        out[kind] = row
+    return out
+
+
+def reference_verdicts(items: list[Item]) -> dict[str, Any]:
+    """looks_complete on what was really said (a perfect transcript)."""
+    out: dict[str, Any] = {}
+    for part in ("espeak", "recorded"):
+        complete = [i for i in items if i.kind == "complete" and i.part == part]
+        paused = [i for i in items if i.kind == "paused" and i.part == part and i.segments[1:]]
+        out[part] = {
+            "complete_n": len(complete),
+            "complete_text_looks_unfinished": sum(not looks_complete(i.text) for i in complete),
+            "paused_n": len(paused),
+            "before_pause_looks_complete": sum(looks_complete(i.segments[0]) for i in paused),
+        }
+    return out
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def load_items(limit: int | None) -> list[Item]:
+    manifest = turn_dataset.OUT_DIR / "manifest.json"
+    if not manifest.exists():
+        turn_dataset.build()
+    entries = turn_dataset.load_manifest()
+    vad = SileroVad(model_path(SILERO_VAD))
+    counts: dict[tuple[str, str], int] = {}
+    items: list[Item] = []
+    for e in entries:
+        group = (str(e["part"]), str(e["kind"]))
+        if limit is not None and counts.get(group, 0) >= limit:
+            continue
+        counts[group] = counts.get(group, 0) + 1
+        pcm, rate = read_wav(turn_dataset.OUT_DIR / str(e["wav"]))
+        assert rate == RATE_HZ, f"{e['wav']}: {rate} Hz"
+        probs = vad.new_stream(RATE_HZ).process_timed(pcm)
+        pauses = e["pauses"]
+        assert isinstance(pauses, list)
+        segments = e["segments"]
+        assert isinstance(segments, list)
+        items.append(
+            Item(
+                id=str(e["id"]),
+                kind=str(e["kind"]),
+                part=str(e["part"]),
+                text=str(e["text"]),
+                segments=[str(s) for s in segments],
+                speech_start_s=float(str(e["speech_start_s"])),
+                speech_end_s=float(str(e["speech_end_s"])),
+                pauses=[(float(p["start_s"]), float(p["end_s"])) for p in pauses],
+                pcm=pcm,
+                probs=probs,
+            )
+        )
+    return items
+
+
+def load_judges() -> tuple[Judges, Callable[[], None]]:
+    stt_config = SttConfig()
+    stt = load_stt(
+        "whisper",
+        model_path(WHISPER_TINY_EN),
+        compute_type=stt_config.compute_type,
+        cpu_threads=stt_config.cpu_threads,
+        beam_size=stt_config.beam_size,
+        language=stt_config.language,
+        short_input=stt_config.short_input,
+        short_min_input_s=stt_config.short_min_input_s,
+        timestamps=stt_config.timestamps,
+        max_batch=stt_config.max_batch,
+        batch_wait_ms=stt_config.batch_wait_ms,
+    )
+    batch = stt.capabilities.batch
+    assert batch is not None, "Whisper transcribes whole utterances"
+    model = SmartTurn(model_path(SMART_TURN), threads=TurnConfig().threads)
+    warm = bytes(2 * RATE_HZ)  # first calls allocate: keep them out of the figures
+    for _ in range(2):
+        model.score(warm, RATE_HZ)
+        batch.transcribe(warm, RATE_HZ)
+    close = getattr(stt, "close", None)
+    return Judges(model, batch), (close if callable(close) else (lambda: None))
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def _fmt(value: object, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}{unit}" if abs(value) >= 10 else f"{value:.1f}{unit}"
+    return f"{value}{unit}"
+
+
+def _f2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _premature(s: dict[str, Any]) -> str:
+    p = s["paused"]
+    return (
+        f"{p['premature']}/{p['n']} ({_fmt(p['premature_pct'], ' %')}; "
+        f"{p['premature_by_detector']} det.)"
+    )
+
+
+def markdown(report: dict[str, Any]) -> str:
+    sizes = report["set"]
+    header = [
+        "| setting | premature all | espeak | recorded | short pauses cut "
+        "| latency p50 / p95 / max ms (n) | espeak p50 / p95 | recorded p50 / p95 "
+        "| waited max | cut early | CPU ms per pause mean / p95 | per utterance |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines = [
+        "# End-of-turn detectors (bench/bench_turn_end.py)",
+        "",
+        f"Set (bench/turn_dataset.py, seed {report['dataset_seed']}): "
+        + ", ".join(f"{k} {v}" for k, v in sizes.items())
+        + f". VAD {report['vad']}. Run {report['run']['wall_s']:.0f} s on "
+        f"{report['run']['cpus']} CPUs.",
+        "",
+        "Premature: paused turns decided over while the caller was going to speak again "
+        "(n/N; how many of them the detector ended early, the rest were pauses longer than "
+        "end_silence_max_ms). Short pauses: of the paused turns whose pause the 700 ms "
+        "silence rule waits out, how many the detector cuts (its own error). Latency: real "
+        "end of speech -> decision, complete turns not cut early. Waited max: share of those "
+        "that waited for end_silence_max_ms. Cut early: complete turns decided over before "
+        "their end. CPU: per model score or Whisper decode (mean / p95) and per utterance "
+        "(mean).",
+        "",
+        *header,
+    ]
+
+    def row(name: str, by_part: dict[str, Any]) -> str:
+        a, e, r = (by_part[p] for p in PARTS)
+        c = a["complete"]
+        cpu = a["cpu"]
+        return (
+            f"| {name} | {_premature(a)} | {_premature(e)} | {_premature(r)} "
+            f"| {a['paused']['short_pause_cut']}/{a['paused']['short_pause_n']} "
+            f"| {_fmt(c['latency_p50_ms'])} / {_fmt(c['latency_p95_ms'])} / "
+            f"{_fmt(c['latency_max_ms'])} ({c['latency_n']}) "
+            f"| {_fmt(e['complete']['latency_p50_ms'])} / {_fmt(e['complete']['latency_p95_ms'])} "
+            f"| {_fmt(r['complete']['latency_p50_ms'])} / {_fmt(r['complete']['latency_p95_ms'])} "
+            f"| {_fmt(c['waited_max_pct'], ' %')} | {c['cut_early']} "
+            f"| {_fmt(cpu['per_evaluation_mean_ms'])} / {_fmt(cpu['per_evaluation_p95_ms'])} "
+            f"| {_fmt(cpu['per_utterance_mean_ms'])} |"
+        )
+
+    results = report["results"]
+    for s in report["settings"]:
+        if s["table"] == "main":
+            lines.append(row(s["name"], results[s["name"]]))
+    lines += [
+        "",
+        "Threshold sweep:",
+        "",
+        *header,
+    ]
+    for s in report["settings"]:
+        if s["table"] == "threshold":
+            lines.append(row(s["name"], results[s["name"]]))
+    lines += [
+        "",
+        "At the key pause (complete: the pause after the real end of speech; paused: the "
+        "inserted pause): share the model scores complete (P >= 0.5) at score_after_ms 0 / "
+        "100 / 200, median P at 0, and share the transcript rule calls complete.",
+        "",
+        "| part | kind | n | model complete 0 / 100 / 200 | median P | transcript complete |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part in PARTS:
+        for kind in ("complete", "paused"):
+            k = report["key_pause"][part][kind]
+            shares = " / ".join(
+                _fmt(k[f"model_after{a}"]["complete_ge_0.5_pct"], " %") for a in (0, 100, 200)
+            )
+            lines.append(
+                f"| {part} | {kind} | {k['key_pause_found']}/{k['n']} | {shares} "
+                f"| {_f2(k['model_after0']['p_median'])} "
+                f"| {_fmt(k['transcript_complete_pct'], ' %')} |"
+            )
+    lines += [
+        "",
+        "Separation at the key pause, complete vs paused turns (ROC AUC: 0.5 = chance, 1 = "
+        "perfect; the transcript rule's verdict is yes/no, its AUC is its balanced accuracy):",
+        "",
+        "| part | model after 0 | after 100 | after 200 | transcript |",
+        "|---|---|---|---|---|",
+    ]
+    for part in PARTS:
+        sep = report["key_pause"][part]["separation"]
+        lines.append(
+            f"| {part} | {_f2(sep['model_after0_auc'])} | {_f2(sep['model_after100_auc'])} "
+            f"| {_f2(sep['model_after200_auc'])} | {_f2(sep['transcript_auc'])} |"
+        )
+    ref = report["reference_text_verdicts"]
+    lines += [
+        "",
+        "looks_complete on the reference texts (a perfect transcript): "
+        + "; ".join(
+            f"{part}: {v['complete_text_looks_unfinished']}/{v['complete_n']} complete turns "
+            "look unfinished"
+            + (
+                f", {v['before_pause_looks_complete']}/{v['paused_n']} paused turns look "
+                "finished before the pause"
+                if v["paused_n"]
+                else ""
+            )
+            for part, v in ref.items()
+            if v["complete_n"] or v["paused_n"]
+        )
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=None, help="items per part and kind")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    disable_telemetry()
+    limit_blas_threads()
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    items = load_items(args.limit)
+    print(f"{len(items)} items, VAD done in {time.perf_counter() - started:.0f} s", flush=True)
+    judges, close = load_judges()
+    try:
+        keys = [key_pause(item, judges) for item in items]
+        print(f"key pauses done {time.perf_counter() - started:.0f} s", flush=True)
+        all_settings = settings()
+        results: dict[str, dict[str, Any]] = {}
+        per_item: dict[str, dict[str, list[object]]] = {}
+        baseline = Setting("silence-700", "silence")
+        kept = {
+            item.id
+            for item in items
+            if item.kind == "paused" and not simulate(item, baseline, judges).premature
+        }
+        for setting in all_settings:
+            outcomes = [simulate(item, setting, judges) for item in items]
+            results[setting.name] = {
+                part: summarise((o for o in outcomes if part in ("all", o.part)), kept)
+                for part in PARTS
+            }
+            if setting.table == "main":
+                per_item[setting.name] = {
+                    o.item_id: [_ms(o.decided_s), o.ended_by, o.premature] for o in outcomes
+                }
+            a = results[setting.name]["all"]
+            print(
+                f"{setting.name:40s} premature {_premature(a):16s} latency p50/p95 "
+                f"{_fmt(a['complete']['latency_p50_ms'])}/{_fmt(a['complete']['latency_p95_ms'])}"
+                f" ms  cpu/pause {_fmt(a['cpu']['per_evaluation_mean_ms'])} ms "
+                f"({time.perf_counter() - started:.0f} s)",
+                flush=True,
+            )
+    finally:
+        close()
+    sizes: dict[str, int] = {}
+    for item in items:
+        key = f"{item.part} {item.kind}"
+        sizes[key] = sizes.get(key, 0) + 1
+    vad = VadConfig()
+    report: dict[str, Any] = {
+        "dataset_seed": turn_dataset.SEED,
+        "dataset_version": turn_dataset.DATASET_VERSION,
+        "limit": args.limit,
+        "set": sizes,
+        "vad": (
+            f"threshold {vad.threshold}/{vad.neg_threshold}, min_speech {vad.min_speech_ms} ms, "
+            f"lookback {vad.lookback_ms} ms"
+        ),
+        "settings": [asdict(s) for s in all_settings],
+        "results": results,
+        "key_pause": {
+            part: summarise_keys([k for k in keys if part in ("all", k.part)]) for part in PARTS
+        },
+        "reference_text_verdicts": reference_verdicts(items),
+        "run": {
+            "wall_s": round(time.perf_counter() - started, 1),
+            "cpu_s": round(time.process_time() - cpu_started, 1),
+            "cpus": os.cpu_count(),
+            **judges.counts,
+        },
+        "key_pauses": [asdict(k) for k in keys],
+        # per main setting, item -> [decision ms (stream time), ended by, premature]
+        "outcomes": per_item,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "turn_end.json").write_text(json.dumps(report, indent=1))
+    text = markdown(report)
+    (args.out / "turn_end.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
