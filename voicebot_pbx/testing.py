@@ -114,6 +114,29 @@ class EnergyVadStream:
         return out
 
 
+def voiced_runs(pcm: bytes, rate_hz: int) -> list[np.ndarray[Any, Any]]:
+    """The voiced stretches of tone "speech" (20 ms frames with RMS over 300), in order."""
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
+    frame = rate_hz // 50
+    runs: list[np.ndarray[Any, Any]] = []
+    current: list[np.ndarray[Any, Any]] = []
+    for start in range(0, len(samples), frame):
+        chunk = samples[start : start + frame]
+        if chunk.size and np.sqrt(np.mean(chunk * chunk)) > 300:
+            current.append(chunk)
+        elif current:
+            runs.append(np.concatenate(current))
+            current = []
+    if current:
+        runs.append(np.concatenate(current))
+    return runs
+
+
+def tone_hz(samples: np.ndarray[Any, Any], rate_hz: int) -> float:
+    """The strongest frequency of a stretch of tone."""
+    return float(np.argmax(np.abs(np.fft.rfft(samples)))) * rate_hz / samples.size
+
+
 @dataclass
 class ScriptedStt:
     """A transcriber for tone "speech": each voiced stretch of the audio is a tone whose
@@ -129,26 +152,11 @@ class ScriptedStt:
     def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
         self.decodes += 1
         self.last_input = pcm
-        samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
-        frame = rate_hz // 50
-        words: list[str] = []
-        current: list[np.ndarray[Any, Any]] = []
-        for start in range(0, len(samples), frame):
-            chunk = samples[start : start + frame]
-            loud = chunk.size and np.sqrt(np.mean(chunk * chunk)) > 300
-            if loud:
-                current.append(chunk)
-            elif current:
-                words.append(self._phrase(np.concatenate(current), rate_hz))
-                current = []
-        if current:
-            words.append(self._phrase(np.concatenate(current), rate_hz))
+        words = [self._phrase(tone_hz(run, rate_hz)) for run in voiced_runs(pcm, rate_hz)]
         text = " ".join(w for w in words if w)
         return SttResult(text, 0.9 if text else None)
 
-    def _phrase(self, samples: np.ndarray[Any, Any], rate_hz: int) -> str:
-        spectrum = np.abs(np.fft.rfft(samples))
-        peak_hz = float(np.argmax(spectrum)) * rate_hz / samples.size
+    def _phrase(self, peak_hz: float) -> str:
         best = min(self.phrases, key=lambda f: abs(f - peak_hz))
         return self.phrases[best] if abs(best - peak_hz) < 25 else ""
 
@@ -172,18 +180,11 @@ class ScriptedTurnModel:
 
     def score(self, pcm: bytes, rate_hz: int) -> TurnScore:
         self.scores += 1
-        samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
-        frame = rate_hz // 50
-        loud = [
-            start
-            for start in range(0, samples.size - frame + 1, frame)
-            if np.sqrt(np.mean(samples[start : start + frame] ** 2)) > 300
-        ]
-        if not loud:
+        runs = voiced_runs(pcm, rate_hz)
+        if not runs:
             return TurnScore(0.5, 0.0)
-        tail = samples[max(0, loud[-1] + frame - 5 * frame) : loud[-1] + frame]
-        peak_hz = float(np.argmax(np.abs(np.fft.rfft(tail)))) * rate_hz / tail.size
-        unfinished = any(abs(peak_hz - hz) < 25 for hz in self.incomplete_hz)
+        last_tone_hz = tone_hz(runs[-1][-rate_hz // 10 :], rate_hz)  # its last 100 ms
+        unfinished = any(abs(last_tone_hz - hz) < 25 for hz in self.incomplete_hz)
         return TurnScore(0.1 if unfinished else 0.9, 0.0)
 
 

@@ -29,6 +29,7 @@ from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.echo import is_line_echo
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
 from voicebot_pbx.speech.inbound_clock import InboundClock
+from voicebot_pbx.speech.log_mel import WINDOW_S as MODEL_WINDOW_S  # what the model hears
 from voicebot_pbx.speech.stt import (
     BatchTranscriber,
     SttCapabilities,
@@ -53,7 +54,6 @@ T = TypeVar("T")
 
 _STT_QUEUE_ITEMS = 512
 WINDOW_S = WINDOW_MS / 1000.0
-_MODEL_WINDOW_S = 8  # the end-of-turn model hears this much of an utterance
 
 
 class ListenerHooks(Protocol):
@@ -431,7 +431,7 @@ class Listener:
             # A streaming engine is fed as the audio comes; the end-of-turn model needs
             # only the utterance's last 8 s.
             self._put_stt(_Audio(pcm))
-            excess = len(self._utterance_pcm) - 2 * self.rate_hz * _MODEL_WINDOW_S
+            excess = len(self._utterance_pcm) - 2 * self.rate_hz * MODEL_WINDOW_S
             if excess > 0:
                 del self._utterance_pcm[:excess]
 
