@@ -102,6 +102,9 @@ class Setting:
     score_after_ms: int = 0
     threshold: float = 0.5
     timeout_ms: int = 400
+    # smart-turn only: the model says unfinished but the speculative transcript reads
+    # finished -> the turn ends after this much silence (0: off; TurnConfig.tiebreak_silence_ms)
+    tiebreak_ms: int = 0
     table: str = "main"  # "main" | "threshold": which markdown table shows it
 
 
@@ -124,6 +127,17 @@ def settings() -> list[Setting]:
                     timeout_ms=defaults.timeout_ms,
                 )
             )
+    for tiebreak in (300, 400, 500):
+        out.append(
+            Setting(
+                f"smart-turn after=0 end=200 tiebreak={tiebreak}",
+                "smart-turn",
+                end_silence_ms=200,
+                threshold=defaults.threshold,
+                timeout_ms=defaults.timeout_ms,
+                tiebreak_ms=tiebreak,
+            )
+        )
     for after, end in ((0, 150), (0, 200), (100, 150), (100, 200), (200, 200)):
         for threshold in (0.3, 0.4, 0.6, 0.7, 0.8):
             out.append(
@@ -217,7 +231,7 @@ class Outcome:
     part: str
     started: bool = False  # the VAD heard the caller start
     decided_s: float | None = None  # the turn's end was decided
-    ended_by: str = ""  # "detector" | "max"
+    ended_by: str = ""  # "detector" | "tiebreak" | "max"
     pause_since_s: float | None = None  # start of the pause that ended the turn
     premature: bool = False  # the caller spoke again after the decision
     at_inserted_pause: bool = False  # ... and the decision was inside the inserted pause
@@ -244,7 +258,9 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
     out = Outcome(item.id, item.kind, item.part)
     onset_s = 0.0
     verdict: Verdict | None = None
+    spec: Verdict | None = None  # the speculative transcript's verdict (tie-break)
     busy_until_s = 0.0  # the call's previous decode/score is running until then
+    spec_busy_until_s = 0.0  # the same for speculative decodes (the STT pool)
     scored_pause = -1
     prev_heard_s = 0.0
     prev_window_s = 0.0
@@ -291,6 +307,11 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                     if out.decided_s is None:
                         decide(heard_s, action, "max")
                 case PauseStarted(_, pause_id, _):
+                    if out.decided_s is None and setting.tiebreak_ms > 0:
+                        lo, hi = _slice(onset_s, heard_s, lookback_s)
+                        decoded = judges.decode(item.id, item.pcm, lo, hi)
+                        spec_busy_until_s = max(heard_s, spec_busy_until_s) + decoded.wall_s
+                        spec = Verdict(pause_id, spec_busy_until_s, decoded.value >= 0.5)
                     if out.decided_s is None and setting.detector == "transcript":
                         ask(
                             pause_id,
@@ -320,6 +341,19 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             ended = taker.end_turn_early(window_s)
             if ended is not None:
                 decide(heard_s, ended, "detector")
+        if (
+            out.decided_s is None
+            and setting.tiebreak_ms > 0
+            and verdict is not None
+            and spec is not None
+            and not verdict.complete
+            and spec.complete
+            and verdict.pause_id == spec.pause_id == taker.pause_id
+            and max(verdict.ready_s, spec.ready_s) <= heard_s + EPS_S
+        ):
+            ended = taker.end_turn_early(window_s, setting.tiebreak_ms)
+            if ended is not None:
+                decide(heard_s, ended, "tiebreak")
         prev_heard_s, prev_window_s = heard_s, window_s
         if out.premature:
             break
@@ -433,7 +467,7 @@ def summarise(outcomes: Iterable[Outcome], kept: set[str]) -> dict[str, Any]:
             "premature_pct": _pct(len(premature), len(paused)),
             "premature_at_inserted_pause": sum(o.at_inserted_pause for o in premature),
             # ended early by the detector's verdict (the rest: the pause outlasted the max)
-            "premature_by_detector": sum(o.ended_by == "detector" for o in premature),
+            "premature_by_detector": sum(o.ended_by != "max" for o in premature),
             "short_pause_n": len(short),
             "short_pause_cut": sum(o.premature for o in short),
             "short_pause_cut_pct": _pct(sum(o.premature for o in short), len(short)),

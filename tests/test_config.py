@@ -110,6 +110,18 @@ def test_invalid_values_are_rejected(tmp_path: Path) -> None:
     assert "server.max_calls" in str(info.value)
 
 
+def test_a_tiebreak_silence_outside_the_short_and_maximum_silences_is_rejected(
+    tmp_path: Path,
+) -> None:
+    for value in (100, 900):
+        path = write(tmp_path, f"[turn]\ntiebreak_silence_ms = {value}\n")
+        with pytest.raises(ConfigError, match="turn.tiebreak_silence_ms"):
+            load_config(path)
+    for value in (0, 200, 700):
+        path = write(tmp_path, f"[turn]\ntiebreak_silence_ms = {value}\n")
+        assert load_config(path).turn.tiebreak_silence_ms == value
+
+
 def test_missing_file_and_bad_toml_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match="nope.toml"):

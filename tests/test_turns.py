@@ -132,7 +132,11 @@ PHRASES = {
 LONG = "First sentence here. Second sentence here. Third sentence here. Fourth one."
 
 
-def make_shared(stt_delay_s: float = 0.1, tts_first_s: float = 0.15) -> Shared:
+def make_shared(
+    stt_delay_s: float = 0.1,
+    tts_first_s: float = 0.15,
+    incomplete_hz: frozenset[int] = frozenset({ACCOUNT}),
+) -> Shared:
     base = load_config()
     rules = (
         RuleConfig(keywords=("hours",), reply="We open at eight."),
@@ -146,8 +150,8 @@ def make_shared(stt_delay_s: float = 0.1, tts_first_s: float = 0.15) -> Shared:
     engines = FakeEngines(
         ScriptedStt(PHRASES, delay_s=stt_delay_s),
         ToneTts(tts_first_s),
-        # "my account number is ..." and a digit group sound unfinished.
-        turn_model=ScriptedTurnModel(incomplete_hz=frozenset({ACCOUNT})),
+        # "my account number is ..." sounds unfinished.
+        turn_model=ScriptedTurnModel(incomplete_hz=incomplete_hz),
     )
     cache = TtsCache("tone", None)
     for text in ("Hi.", "We open at eight."):
@@ -470,6 +474,27 @@ def test_an_unfinished_sounding_pause_waits_for_the_maximum_silence() -> None:
     first = first_reply_after(media, 4.0)
     assert first - 4.0 >= 0.7
     assert first - 4.0 < 0.7 + 0.032 + 0.25
+
+
+def test_a_finished_transcript_breaks_the_models_unfinished_verdict() -> None:
+    """The model hears "what are your opening hours" as unfinished (a caller whose prosody
+    it misjudges) but the speculative transcript reads finished: the turn ends at
+    turn.tiebreak_silence_ms, not at vad.end_silence_max_ms; with the tie-break off it waits
+    for the maximum. "my account number is" (unfinished on both counts) still waits."""
+    latency_s: dict[int, float] = {}
+    for tiebreak_ms in (400, 0):
+        shared = make_shared(incomplete_hz=frozenset({ACCOUNT, HOURS}))
+        with_turn(shared, tiebreak_silence_ms=tiebreak_ms)
+        media, session = run_virtual(timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0))
+        (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+        assert turn.transcript == PHRASES[HOURS] and turn.reply_source == "cache"
+        latency_s[tiebreak_ms] = first_reply_after(media, 4.0) - 4.0
+    assert latency_s[400] == pytest.approx(0.4 + 0.032, abs=0.045)
+    assert latency_s[0] >= 0.7
+
+    shared = with_turn(make_shared(), tiebreak_silence_ms=400)
+    media, _ = run_virtual(timeline(shared, [(3.0, tone(1.0, 8000, ACCOUNT))], until_s=7.0))
+    assert first_reply_after(media, 4.0) - 4.0 >= 0.7
 
 
 def test_the_transcript_detector_is_still_available() -> None:

@@ -68,6 +68,9 @@ class VadConfig:
     echo_residual_db: float = 25.0
 
 
+TIEBREAK_SILENCE_MS = 400  # bench/bench_turn_end.py
+
+
 @dataclass(frozen=True, slots=True)
 class TurnConfig:
     """How a pause is judged the end of the caller's turn (voicebot_pbx.speech.turn_model).
@@ -85,6 +88,9 @@ class TurnConfig:
     # A score that takes longer falls back to the silence-only rule for that pause.
     timeout_ms: int = 400
     threads: int = 1
+    # The model hears an unfinished turn but the speculative transcript (Whisper) reads
+    # finished: the turn ends after this much silence (0: only vad.end_silence_max_ms).
+    tiebreak_silence_ms: int = TIEBREAK_SILENCE_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,6 +562,15 @@ def _validate(config: Config, source: str) -> None:
         problems.append("turn.threshold must be between 0 and 1")
     if config.turn.timeout_ms <= 0 or config.turn.score_after_ms < 0 or config.turn.threads < 1:
         problems.append("turn.timeout_ms must be > 0, turn.score_after_ms >= 0, turn.threads >= 1")
+    tiebreak_ms = config.turn.tiebreak_silence_ms
+    if tiebreak_ms != 0 and not (
+        config.vad.end_silence_ms <= tiebreak_ms <= config.vad.end_silence_max_ms
+    ):
+        problems.append(
+            f"turn.tiebreak_silence_ms = {tiebreak_ms} must be 0 (off) or between "
+            f"vad.end_silence_ms ({config.vad.end_silence_ms}) and vad.end_silence_max_ms "
+            f"({config.vad.end_silence_max_ms})"
+        )
     if config.inference.pool_threads < 1:
         problems.append("inference.pool_threads must be at least 1")
     if config.stt.max_batch < 1:

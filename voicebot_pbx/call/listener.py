@@ -85,7 +85,9 @@ class TranscriptTrace:
     a new one after the turn ended, the decode's queue wait / run time / batch / retries,
     speculative decodes thrown away because the caller spoke on)."""
 
-    ended_by: str  # "detector" (short silence) | "silence" (vad.end_silence_max_ms)
+    # "detector" (short silence) | "tiebreak" (turn.tiebreak_silence_ms) | "silence"
+    # (vad.end_silence_max_ms)
+    ended_by: str
     source: str  # "speculative" | "final" | "stream" (Vosk) | "none" (STT failed)
     stt: SttTiming | None
     speculations_dropped: int
@@ -292,32 +294,44 @@ class Listener:
         recent = self._recent
         return b"".join(recent[i][1] for i in range(max(0, len(recent) - 3), len(recent) - 1))
 
-    def _sounds_finished(self) -> bool:
-        """The end-of-turn detector's verdict on the current pause: finished?"""
+    def _finished_after_ms(self) -> tuple[int, str] | None:
+        """The end-of-turn detector's verdict on the current pause: how much silence ends
+        the turn now (and what decided it), or None (only vad.end_silence_max_ms does)."""
+        spec = self._speculation
+        spec_complete = (
+            spec is not None
+            and not self._is_stale_pause(spec.turn_id, spec.pause_id)
+            and looks_complete(spec.result.text)
+        )
         if self._detector == "smart-turn":
             verdict = self._verdict
-            return (
-                verdict is not None
-                and not self._is_stale_pause(verdict.turn_id, verdict.pause_id)
-                and verdict.complete
-            )
-        if self._detector == "transcript":
-            spec = self._speculation
-            return (
-                spec is not None
-                and not self._is_stale_pause(spec.turn_id, spec.pause_id)
-                and looks_complete(spec.result.text)
-            )
-        return False  # "silence": only end_silence_max_ms ends a turn
+            if verdict is None or self._is_stale_pause(verdict.turn_id, verdict.pause_id):
+                return None
+            if verdict.complete:
+                return self.config.vad.end_silence_ms, "detector"
+            # The model hears an unfinished turn; a transcript that reads finished breaks
+            # the tie at a middle silence (callers whose prosody the model misjudges).
+            tiebreak_ms = self.config.turn.tiebreak_silence_ms
+            if tiebreak_ms > 0 and spec_complete:
+                return tiebreak_ms, "tiebreak"
+            return None
+        if self._detector == "transcript" and spec_complete:
+            return self.config.vad.end_silence_ms, "detector"
+        return None  # "silence": only end_silence_max_ms ends a turn
 
     def _maybe_end_early(self) -> None:
         """End the turn at the short silence (vad.end_silence_ms) if the caller sounds
-        finished; otherwise the endpointer ends it at vad.end_silence_max_ms."""
-        if not self.utterance_open or not self._sounds_finished():
+        finished, at turn.tiebreak_silence_ms if only the transcript says so; otherwise the
+        endpointer ends it at vad.end_silence_max_ms."""
+        if not self.utterance_open:
             return
-        ended = self.turns.end_turn_early(self._last_window_s)
+        finished = self._finished_after_ms()
+        if finished is None:
+            return
+        silence_ms, ended_by = finished
+        ended = self.turns.end_turn_early(self._last_window_s, silence_ms)
         if ended is not None:
-            self._apply(ended, self.last_frame_at, ended_by="detector")
+            self._apply(ended, self.last_frame_at, ended_by=ended_by)
 
     # --- end of turn: the model's verdict at each pause ------------------------------------
 

@@ -147,14 +147,14 @@ class TurnTaker:
         else:
             self._endpointer.set_threshold(self.config.threshold, self.config.neg_threshold)
 
-    def end_turn_early(self, now_s: float) -> UtteranceEnded | None:
-        """End the utterance now (the pause is ``end_silence_ms`` long and the end-of-turn
-        detector says the caller sounds finished); None unless the caller is in such a
-        pause."""
+    def end_turn_early(self, now_s: float, silence_ms: int | None = None) -> UtteranceEnded | None:
+        """End the utterance now (the pause is ``silence_ms`` long, by default
+        ``end_silence_ms``, and the end-of-turn detector says the caller sounds finished);
+        None unless the caller is in such a pause."""
+        if silence_ms is None:
+            silence_ms = self.config.end_silence_ms
         since_s = self._endpointer.silence_since_s
-        if since_s is None or not self._endpointer.reached(
-            since_s, now_s, self.config.end_silence_ms / 1000.0
-        ):
+        if since_s is None or not self._endpointer.reached(since_s, now_s, silence_ms / 1000.0):
             return None
         self._endpointer.reset()
         self._onset_s = None
