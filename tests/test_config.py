@@ -122,6 +122,14 @@ def test_a_tiebreak_silence_outside_the_short_and_maximum_silences_is_rejected(
         assert load_config(path).turn.tiebreak_silence_ms == value
 
 
+def test_a_barge_in_end_silence_outside_the_short_and_maximum_silences_is_rejected(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "[vad]\nbarge_in_end_silence_ms = 800\n")
+    with pytest.raises(ConfigError, match="vad.barge_in_end_silence_ms"):
+        load_config(path)
+
+
 def test_missing_file_and_bad_toml_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match="nope.toml"):

@@ -71,6 +71,28 @@ def test_cough_without_words_pauses_then_resumes() -> None:
     assert voiced_s == pytest.approx(expected_s, abs=0.1)
 
 
+def test_an_interruption_with_a_pause_after_its_first_word_stays_one_turn() -> None:
+    """ "Wait, ... what are your opening hours" over the bot's reply: Whisper hears nothing
+    in a short "wait" and the model calls it finished, so at the short silence the bot took
+    it for a cough and went on talking into the caller's pause (heard through the real
+    Asterisk: barge-in p95 ~800 ms). An utterance that barged in ends no sooner than
+    vad.barge_in_end_silence_ms: the bot stays quiet and answers the whole question."""
+    shared = make_shared()
+    wait = tone(0.4, 8000, 3000)  # no phrase at that frequency: an empty transcript
+    said = [(2.0, tone(1.0, 8000, TARIFF)), (5.0, wait), (5.7, tone(1.0, 8000, HOURS))]
+    media, session = run_virtual(timeline(shared, said, until_s=10.0))
+    speech = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in speech] == [PHRASES[TARIFF], PHRASES[HOURS]]
+    assert speech[0].barged_in
+    assert not any("false_interruption" in t.fallbacks for t in session.record.turns)
+    voiced = media.voiced_times()
+    assert any(4.5 < t < 5.0 for t in voiced)  # the long reply was playing
+    # Quiet from the barge-in (200 ms of speech, a VAD window, a frame) to the answer,
+    # which comes after the caller's end of speech.
+    assert not [t for t in voiced if 5.0 + 0.3 < t < 6.7]
+    assert any(6.7 < t < 8.0 for t in voiced)
+
+
 def test_echo_of_the_bot_at_minus_20_db_does_not_interrupt_it() -> None:
     shared = with_fallbacks(make_shared(), no_input_s=0.0)
 

@@ -57,6 +57,9 @@ class VadConfig:
     lookback_ms: int = 300
     # Caller speech needed while the bot talks before the bot stops (barge-in).
     barge_in_min_speech_ms: int = 200
+    # An utterance that barged in ends no sooner than this much silence, whatever the
+    # end-of-turn detector says ("wait, ... where are you?": the caller goes on).
+    barge_in_end_silence_ms: int = 450
     # VAD threshold while the bot is speaking (echo gating).
     barge_in_threshold: float = 0.6
     # While the bot speaks, caller audio this much quieter than the bot's own recent output
@@ -562,6 +565,15 @@ def _validate(config: Config, source: str) -> None:
         problems.append("turn.threshold must be between 0 and 1")
     if config.turn.timeout_ms <= 0 or config.turn.score_after_ms < 0 or config.turn.threads < 1:
         problems.append("turn.timeout_ms must be > 0, turn.score_after_ms >= 0, turn.threads >= 1")
+    if not (
+        config.vad.end_silence_ms
+        <= config.vad.barge_in_end_silence_ms
+        <= config.vad.end_silence_max_ms
+    ):
+        problems.append(
+            f"vad.barge_in_end_silence_ms = {config.vad.barge_in_end_silence_ms} must be "
+            "between vad.end_silence_ms and vad.end_silence_max_ms"
+        )
     tiebreak_ms = config.turn.tiebreak_silence_ms
     if tiebreak_ms != 0 and not (
         config.vad.end_silence_ms <= tiebreak_ms <= config.vad.end_silence_max_ms

@@ -109,6 +109,11 @@ class TurnTaker:
         self._in_pause = False
 
     @property
+    def barged(self) -> bool:
+        """The current utterance talked over the bot long enough to stop it."""
+        return self._barged
+
+    @property
     def turn_id(self) -> int:
         return self._turn_id
 
@@ -153,6 +158,10 @@ class TurnTaker:
         None unless the caller is in such a pause."""
         if silence_ms is None:
             silence_ms = self.config.end_silence_ms
+        if self._barged:
+            # A caller who talked over the bot often pauses after "wait," / "sorry,": the
+            # interruption ends no sooner than barge_in_end_silence_ms.
+            silence_ms = max(silence_ms, self.config.barge_in_end_silence_ms)
         since_s = self._endpointer.silence_since_s
         if since_s is None or not self._endpointer.reached(since_s, now_s, silence_ms / 1000.0):
             return None
