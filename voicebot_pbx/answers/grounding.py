@@ -1,5 +1,6 @@
 """The grounding post-check (pure): every number, phone number, amount, date, time and name
-in a sentence the LLM produced must be in the retrieved passages."""
+in a sentence the LLM produced must be in the retrieved passages, and the sentence must not
+contradict them (:mod:`voicebot_pbx.answers.contradiction`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from typing import Literal
 import structlog
 
 from voicebot_pbx.answers.knowledge import Passage, search_terms
-from voicebot_pbx.answers.number_words import MONTHS, ORDINALS, SCALES, TEENS, TENS, UNITS
+from voicebot_pbx.answers.number_words import (
+    MONTHS,
+    ORDINALS,
+    SCALES,
+    TEENS,
+    TENS,
+    UNITS,
+    WEEKDAYS,
+)
 from voicebot_pbx.config import (
     DEFAULT_FALLBACK_REPLY as DEFAULT_FALLBACK_REPLY,
 )
@@ -29,7 +38,7 @@ log = structlog.get_logger(__name__)
 
 _ZEROES = frozenset({"oh", "o", "nought"})
 _MONTHS = frozenset(MONTHS)
-_WEEKDAYS = frozenset("monday tuesday wednesday thursday friday saturday sunday".split())
+_WEEKDAYS = frozenset(WEEKDAYS)
 _CURRENCY_SYMBOLS = frozenset("£$€")
 _CURRENCY_WORDS = frozenset("pound pounds pence p quid dollar dollars euro euros cents".split())
 # After a lone "one", these make it a quantity ("one day") rather than a pronoun.
@@ -327,22 +336,77 @@ def _hour(run: _Run) -> Decimal | None:
 
 
 _RANGE_WORDS = frozenset({"to", "until", "till", "and", "-", "–"})
+ClockTime = tuple[Decimal, str]  # (hour, "am"/"pm"): "6 pm" -> (6, "pm")
 
 
-def _time_ranges(
-    tokens: Sequence[_Token], runs: Sequence[_Run]
-) -> set[tuple[tuple[Decimal, str], tuple[Decimal, str]]]:
-    """ "8 am to 6 pm" -> {((8, "am"), (6, "pm"))}: two times joined by one range word."""
-    ranges: set[tuple[tuple[Decimal, str], tuple[Decimal, str]]] = set()
+def _time_range_runs(tokens: Sequence[_Token], runs: Sequence[_Run]) -> list[tuple[_Run, _Run]]:
+    """The pairs of runs that form a time range: two times joined by one range word."""
+    pairs: list[tuple[_Run, _Run]] = []
     for first, second in zip(runs, runs[1:], strict=False):
-        h1, h2 = _hour(first), _hour(second)
-        if h1 is None or h2 is None:
+        if _hour(first) is None or _hour(second) is None:
             continue
         between = [t.text.lower() for t in tokens[first.end_index : second.start_index]]
         between = [w for w in between if w not in (".", "m")]  # "8 a.m. to 6 p.m."
         if between[-1:] and between[-1] in _RANGE_WORDS and len(between) <= 3:
-            ranges.add(((h1, first.meridiem), (h2, second.meridiem)))
+            pairs.append((first, second))
+    return pairs
+
+
+def _clock_time(run: _Run) -> ClockTime | None:
+    hour = _hour(run)
+    return None if hour is None else (hour, run.meridiem)
+
+
+def _time_ranges(
+    tokens: Sequence[_Token], runs: Sequence[_Run]
+) -> set[tuple[ClockTime, ClockTime]]:
+    """ "8 am to 6 pm" -> {((8, "am"), (6, "pm"))}: two times joined by one range word."""
+    ranges: set[tuple[ClockTime, ClockTime]] = set()
+    for first, second in _time_range_runs(tokens, runs):
+        start, end = _clock_time(first), _clock_time(second)
+        if start is not None and end is not None:
+            ranges.add((start, end))
     return ranges
+
+
+def _past_meridiem(tokens: Sequence[_Token], index: int) -> int:
+    """The token index after a spelled-out "am"/"pm" at ``index`` ("am", "a.m.", "a m")."""
+    word = _word_at(tokens, index)
+    if word in ("am", "pm"):
+        return index + 1
+    if word in ("a", "p") and "m" in (_word_at(tokens, index + 1), _word_at(tokens, index + 2)):
+        end = index + 2 if _word_at(tokens, index + 1) == "m" else index + 3
+        return end + 1 if end < len(tokens) and tokens[end].text == "." else end
+    return index
+
+
+def words_and_times(text: str) -> list[str | tuple[ClockTime, ...]]:
+    """``text`` as lower-cased words, numbers and symbols in order, with each clock time
+    ("6 pm", "six p.m.") as a 1-tuple ``((6, "pm"),)`` and each time range ("8 am to 6 pm")
+    as a 2-tuple ``((8, "am"), (6, "pm"))``; read the way the grounding check reads them."""
+    tokens = _tokens(text)
+    runs = _number_runs(tokens)
+    spans: dict[int, tuple[int, tuple[ClockTime, ...]]] = {}  # start token -> (end, times)
+    in_range: set[int] = set()  # start tokens of runs inside a range
+    for first, second in _time_range_runs(tokens, runs):
+        start, end = _clock_time(first), _clock_time(second)
+        if start is not None and end is not None:
+            spans[first.start_index] = (_past_meridiem(tokens, second.end_index), (start, end))
+            in_range.update((first.start_index, second.start_index))
+    for run in runs:
+        time = _clock_time(run)
+        if time is not None and run.start_index not in in_range:
+            spans[run.start_index] = (_past_meridiem(tokens, run.end_index), (time,))
+    items: list[str | tuple[ClockTime, ...]] = []
+    index = 0
+    while index < len(tokens):
+        if index in spans:
+            index, times = spans[index]
+            items.append(times)
+        else:
+            items.append(tokens[index].text.lower().replace("’", "'"))
+            index += 1
+    return items
 
 
 def _facts(text: str) -> _Facts:
@@ -461,8 +525,13 @@ def grounding_problems(
     (or the ``question``), e.g. "we also offer a cashback program" (an invented offer has no
     number or name to catch).
 
-    It checks that each fact is *present* in the passages, not that it is attached to the
-    right thing: "the exit fee is £5" passes when the passages mention a £5 discount.
+    Each fact must be *present* in the passages; beyond that, the contradiction check
+    (:mod:`voicebot_pbx.answers.contradiction`) rejects a sentence that says the opposite of
+    them (a flipped negation: "you can't pay by card", "you need to read it"; "free" against
+    a stated fee; "open" against "closed"; a "Yes"/"No" opposite to the passage's, given the
+    ``question``) or gives a weekday a time the passages give it not ("open Saturday 8 am to
+    6 pm"). Other misattached facts still pass: "the exit fee is £5" passes when the
+    passages mention a £5 discount.
     """
     problems: list[str] = []
     words = text.split()
@@ -527,7 +596,20 @@ def grounding_problems(
     for match in _EMAIL_URL_RE.finditer(text):
         if match.group(0).lower().rstrip(".") not in source.text:
             problems.append(f"address {match.group(0)} not in the passages")
-    return problems
+    return problems + _contradictions(text, passages, question)
+
+
+def _contradictions(text: str, passages: Sequence[Passage | str], question: str) -> list[str]:
+    """:func:`contradiction_problems`, never raising: a failure of that check is logged in
+    one line and the sentence is not spoken (a sentence nobody could check may be wrong)."""
+    # Imported here: the contradiction module reuses this module's time reading.
+    from voicebot_pbx.answers.contradiction import contradiction_problems
+
+    try:
+        return contradiction_problems(text, passages, question=question)
+    except Exception as exc:
+        log.error("contradiction_check_failed", error=f"{type(exc).__name__}: {exc}")
+        return [f"contradiction check failed: {type(exc).__name__}"]
 
 
 def _word_at(tokens: Sequence[_Token], index: int) -> str:

@@ -1,5 +1,6 @@
 """English number words (pure data): one table for the spoken-number normaliser and for the
-grounding check, so both read "twenty five", "third" and "march" the same way."""
+grounding and contradiction checks, so all read "twenty five", "third", "march" and "monday"
+the same way."""
 
 from __future__ import annotations
 
@@ -29,4 +30,7 @@ SCALES: dict[str, int] = {"hundred": 100, "thousand": 1000, "million": 1_000_000
 MONTHS: tuple[str, ...] = (
     "january", "february", "march", "april", "may", "june", "july", "august", "september",
     "october", "november", "december",
+)  # fmt: skip
+WEEKDAYS: tuple[str, ...] = (
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
 )  # fmt: skip
