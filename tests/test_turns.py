@@ -109,6 +109,12 @@ def test_barge_in_needs_min_speech_and_the_raised_threshold() -> None:
         ("uh", False),
         ("", False),
         ("goodbye.", True),
+        # Finished questions the old list held for the full maximum silence (issue #17).
+        ("Put me through to a real person, please.", True),
+        ("what is left to pay on my account?", True),
+        ("where can I find you", True),
+        ("I'd like to", False),
+        ("um", False),
     ],
 )
 def test_looks_complete(text: str, complete: bool) -> None:

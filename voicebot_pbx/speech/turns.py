@@ -19,12 +19,15 @@ from dataclasses import dataclass
 from voicebot_pbx.config import VadConfig
 from voicebot_pbx.speech.vad import WINDOW_MS, Endpointer, SpeechEnded, SpeechStarted
 
-# A transcript ending in one of these is probably not the end of what the caller says.
+# A transcript ending in one of these is probably not the end of what the caller says:
+# articles, conjunctions, prepositions, possessives, auxiliaries, subject pronouns, fillers.
+# Words a finished question often ends in are not here ("... please", "... my account",
+# "where can I find you", "how do I pay it"): the list is the model's tie-breaker and
+# held such turns for the full maximum silence.
 _CONTINUATION_WORDS = frozenset(
     """a an the and or but so because if then to of for from with at in on by my our your
-    his her their its is are was were be am i i'm we you he she they it that this these those
-    what which who when where how uh um er hmm like number account postcode code dash
-    please""".split()
+    his her their its is are was were be am i i'm we he she they uh um er hmm like dash
+    """.split()
 )
 _SPOKEN_DIGITS = frozenset(
     "zero oh one two three four five six seven eight nine double triple".split()
