@@ -447,6 +447,59 @@ class LlmConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KnowledgeConfig:
+    """Knowledge-base questions answered from the knowledge base (voicebot_pbx.answers.routing).
+
+    A retrieval hit is *strong* when its BM25 score, the share of the question's terms the
+    passage uses and its lead over the runner-up passage reach these floors; a strong hit
+    is read out as written (its sentences up to ``max_words``). An intent of the dialogue
+    keeps the turn when it is in ``keep_intents``, when the hit is on its own topic
+    (``intent_topics``: "intent=knowledge file stem"), or when its confidence is at least
+    ``override_below_confidence``."""
+
+    direct: bool = True
+    direct_min_score: float = 4.0
+    direct_min_coverage: float = 0.5
+    direct_min_margin: float = 1.2
+    max_words: int = 45
+    override_below_confidence: float = 0.9
+    keep_intents: tuple[str, ...] = (
+        "greet",
+        "goodbye",
+        "affirm",
+        "deny",
+        "thank_you",
+        "inform",
+        "dtmf",
+        "speak_to_agent",
+        "book_appointment",
+        "reset_password",
+        "check_balance",
+        "report_outage",
+    )
+    intent_topics: tuple[str, ...] = (
+        "opening_hours=opening-hours",
+        "address=address",
+        "billing_question=billing",
+    )
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.direct_min_score < 0 or self.direct_min_margin < 1.0:
+            problems.append("direct_min_score must be >= 0 and direct_min_margin >= 1")
+        for name in ("direct_min_coverage", "override_below_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be between 0 and 1")
+        if self.max_words < 1:
+            problems.append("max_words must be at least 1")
+        bad = [pair for pair in self.intent_topics if pair.count("=") != 1]
+        if bad:
+            problems.append(f"intent_topics entries must read intent=file-stem: {bad}")
+        if problems:
+            raise ValueError("knowledge: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
 class FreeswitchConfig:
     """The ``[freeswitch]`` section (the lead wires it into ``Config``)."""
 
@@ -522,6 +575,7 @@ class Config:
     profiles: tuple[ProfileConfig, ...] = ()
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     freeswitch: FreeswitchConfig = field(default_factory=FreeswitchConfig)
     log: LogConfig = field(default_factory=LogConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)

@@ -361,6 +361,7 @@ class ScriptedLlm:
 
     script: list[tuple[float, str | tuple[str, str]]]
     config: Any = None
+    kb: Any = None  # a KnowledgeBase to route knowledge questions to (None: none)
     closed_early: bool = False
     produced: int = 0
     questions: list[str] = field(default_factory=list)

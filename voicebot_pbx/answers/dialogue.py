@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from voicebot_pbx.answers.knowledge import KnowledgeBase
 from voicebot_pbx.config import DialogueConfig, LlmConfig
 
 EndAction = Literal["hangup", "transfer"]
@@ -42,6 +43,8 @@ class DialogueTurn:
     fallbacks: tuple[str, ...] = ()
     # Set by ``ComposingDialogue`` on a turn the brain could not answer: the LLM answers it.
     composed: ComposedReply | None = None
+    # Knowledge passages the replies were read from (``source == "knowledge"``).
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,11 @@ class Composer(Protocol):
     ``config`` holds its hold line and time limits."""
 
     config: LlmConfig
+
+    @property
+    def kb(self) -> KnowledgeBase | None:
+        """The knowledge base it answers from (None: it has none to route to)."""
+        ...
 
     def answer(self, question: str) -> AsyncGenerator[Sentence | Rejected, None]: ...
 

@@ -13,7 +13,7 @@ from typing import Literal
 from voicebot_pbx.answers.dialogue import Composer, Dialogue, RuleDialogue
 from voicebot_pbx.answers.fallbacks import ComposingDialogue, FallbackDialogue
 from voicebot_pbx.answers.rasa import RasaDialogue
-from voicebot_pbx.config import Config
+from voicebot_pbx.config import Config, KnowledgeConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,9 @@ def build_dialogue(
     return BuiltDialogue(FallbackDialogue(rasa, rules, timeout_s=config.rasa.timeout_s), rasa)
 
 
-def answering(dialogue: Dialogue, composer: Composer | None) -> Dialogue:
-    """``dialogue`` with the grounded LLM answering what it could not (when there is one)."""
-    return dialogue if composer is None else ComposingDialogue(dialogue, composer)
+def answering(
+    dialogue: Dialogue, composer: Composer | None, knowledge: KnowledgeConfig
+) -> Dialogue:
+    """``dialogue`` with knowledge-base questions routed to the knowledge base and the
+    grounded LLM answering what it could not (when there is one)."""
+    return dialogue if composer is None else ComposingDialogue(dialogue, composer, knowledge)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from voicebot_pbx.answers.dialogue import (
+    BotReply,
     CallInfo,
     ComposedReply,
     Composer,
@@ -19,6 +20,8 @@ from voicebot_pbx.answers.dialogue import (
     DialogueTurn,
 )
 from voicebot_pbx.answers.rasa import DialogueUnavailable
+from voicebot_pbx.answers.routing import knowledge_hit, route, spoken_answer
+from voicebot_pbx.config import KnowledgeConfig
 
 log = structlog.get_logger("voicebot_pbx.answers.fallbacks")
 
@@ -96,13 +99,18 @@ class FallbackDialogue:
 
 
 class ComposingDialogue:
-    """``inner``, and for a spoken turn it could not understand (``needs_fallback``) a reply
-    composed by ``composer`` (the grounded LLM) from the caller's words. Start, DTMF and the
+    """``inner``, with knowledge-base questions routed to the knowledge base
+    (:func:`voicebot_pbx.answers.routing.route`): a strong retrieval hit is read out as the
+    passage's own sentences, and a spoken turn ``inner`` could not understand
+    (``needs_fallback``) is composed by ``composer`` (the grounded LLM). Start, DTMF and the
     end of the call are ``inner``'s alone."""
 
-    def __init__(self, inner: Dialogue, composer: Composer) -> None:
+    def __init__(
+        self, inner: Dialogue, composer: Composer, knowledge: KnowledgeConfig | None = None
+    ) -> None:
         self.inner = inner
         self.composer = composer
+        self.knowledge = knowledge if knowledge is not None else KnowledgeConfig()
         self.name = inner.name
 
     async def start(self, call: CallInfo) -> DialogueTurn:
@@ -110,9 +118,32 @@ class ComposingDialogue:
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         turn = await self.inner.respond(call, text)
-        if not turn.needs_fallback or not text.strip():
+        if not text.strip() or turn.end is not None or turn.collect_dtmf_digits is not None:
             return turn
-        return dataclasses.replace(turn, composed=ComposedReply(text, self.composer))
+        kb = self.composer.kb
+        hit = knowledge_hit(kb, text) if kb is not None else None
+        where = route(turn.intent, turn.confidence, turn.needs_fallback, hit, self.knowledge)
+        if where == "passage" and hit is not None:
+            sentences = spoken_answer(hit.passage, self.knowledge.max_words)
+            log.info(
+                "knowledge_answer",
+                passage=hit.passage.id,
+                score=round(hit.score, 2),
+                coverage=round(hit.coverage, 2),
+                margin=round(min(hit.margin, 99.0), 2),
+                instead_of=turn.intent,
+                intent_confidence=turn.confidence,
+            )
+            return dataclasses.replace(
+                turn,
+                replies=tuple(BotReply(text=s) for s in sentences),
+                source="knowledge",
+                needs_fallback=False,
+                sources=(hit.passage.id,),
+            )
+        if where == "compose":
+            return dataclasses.replace(turn, composed=ComposedReply(text, self.composer))
+        return turn
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
         return await self.inner.dtmf(call, digits)

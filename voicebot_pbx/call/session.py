@@ -77,7 +77,7 @@ class CallSession:
         )
         self._group: asyncio.TaskGroup | None = None
         self.listener = Listener(self.config, self.engines, self.speaker, self, self.record.errors)
-        self._brain = factory.answering(shared.dialogue, shared.llm)
+        self._brain = factory.answering(shared.dialogue, shared.llm, shared.config.knowledge)
         self.responder = Responder(
             self.config,
             self.engines,
@@ -217,7 +217,7 @@ class CallSession:
             self.call = dataclasses.replace(self.call, profile=self.profile.name)
             self.record.profile = self.profile.name
         dialogue = (self.kit and self.kit.dialogue) or self.shared.dialogue
-        self._brain = factory.answering(dialogue, self.llm)
+        self._brain = factory.answering(dialogue, self.llm, self.config.knowledge)
 
     async def _greeting(self) -> DialogueTurn:
         profile = self.profile

@@ -7,8 +7,10 @@ import contextlib
 import gc
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -21,6 +23,7 @@ from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.answers.llm import LlmAnswerer, load_llm
 from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue
 from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
+from voicebot_pbx.answers.routing import spoken_sentences
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.call.session import Shared, make_handler
 from voicebot_pbx.config import Config
@@ -32,6 +35,7 @@ from voicebot_pbx.ops.profiles import build_profile_kits
 from voicebot_pbx.pbx.ami import AmiClient
 from voicebot_pbx.pbx.audiosocket import AudioSocketServer
 from voicebot_pbx.pbx.media import DtmfIn
+from voicebot_pbx.speech.cpu import lower_thread_priority
 from voicebot_pbx.speech.engines import Engines, load_engines
 
 if TYPE_CHECKING:
@@ -60,16 +64,51 @@ class _Voice(Protocol):
     def synthesize_all(self, text: str, rate_hz: int) -> bytes: ...
 
 
-def warm_tts_cache(voice: _Voice, cache: TtsCache, texts: Sequence[str]) -> int:
+def warm_tts_cache(
+    voice: _Voice, cache: TtsCache, texts: Sequence[str], stop: threading.Event | None = None
+) -> int:
     """Synthesize every static text in ``voice`` at every call rate not yet cached.
-    Blocking."""
+    Blocking; returns early once ``stop`` is set."""
     made = 0
     for text in dict.fromkeys(texts):
         for rate_hz in WARM_RATES_HZ:
+            if stop is not None and stop.is_set():
+                return made
             if cache.get(text, rate_hz) is None:
                 cache.put(text, rate_hz, voice.synthesize_all(text, rate_hz))
                 made += 1
     return made
+
+
+async def warm_knowledge_answers(shared: Shared) -> None:
+    """Synthesize every sentence a knowledge answer can say into the TTS cache, after
+    start-up (it takes ~10 s of one core per call rate on first start; the cache on disk
+    makes later starts instant), in a thread that yields the CPU to calls. A sentence asked
+    for before it is cached is synthesized as any reply is; a failure is logged, not fatal."""
+    llm = shared.llm
+    if llm is None or not shared.config.knowledge.direct:
+        return
+    texts = spoken_sentences(llm.kb, shared.config.knowledge.max_words)
+    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(1, "knowledge-warm", initializer=lower_thread_priority)
+    stop = threading.Event()
+    try:
+        made = await loop.run_in_executor(
+            pool, warm_tts_cache, shared.engines.tts, shared.tts_cache, texts, stop
+        )
+    except Exception as exc:
+        log.error("knowledge_answers_not_cached", error=f"{type(exc).__name__}: {exc}")
+        return
+    finally:
+        stop.set()  # a shutdown waits for one sentence at most
+        pool.shutdown(wait=False, cancel_futures=True)
+    log.info(
+        "knowledge_answers_cached",
+        sentences=len(texts),
+        new=made,
+        duration_s=round(time.perf_counter() - started, 2),
+    )
 
 
 def warm_stt(engines: Engines) -> None:
@@ -440,6 +479,7 @@ async def serve(
                     group.create_task(_start_rasa_logged(voices, None, kit.rasa, wait_s=5.0))
                 )
                 background.append(group.create_task(_watch_rasa(state, kit.rasa, kit.name)))
+            background.append(group.create_task(warm_knowledge_answers(shared)))
             await stop.wait()
             state.draining = True
             log.info("stopping", active_calls=state.active_calls(), drain_s=config.server.drain_s)

@@ -1,0 +1,185 @@
+"""Knowledge-base questions routed to the knowledge base (voicebot_pbx.answers.routing), on
+the project's real knowledge files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, RuleDialogue
+from voicebot_pbx.answers.fallbacks import ComposingDialogue
+from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
+from voicebot_pbx.answers.routing import (
+    KnowledgeHit,
+    knowledge_hit,
+    route,
+    spoken_answer,
+    spoken_sentences,
+)
+from voicebot_pbx.config import DialogueConfig, KnowledgeConfig, RuleConfig
+from voicebot_pbx.testing import ScriptedLlm, run_virtual
+
+KNOWLEDGE = Path(__file__).resolve().parents[1] / "knowledge"
+CONFIG = KnowledgeConfig()
+
+
+@pytest.fixture(scope="module")
+def kb() -> KnowledgeBase:
+    return KnowledgeBase.load(KNOWLEDGE)
+
+
+def hit(kb: KnowledgeBase, passage_id: str, *, score: float, coverage: float = 1.0) -> KnowledgeHit:
+    passage = next(p for p in kb.passages if p.id == passage_id)
+    return KnowledgeHit(passage, score, coverage, margin=2.0)
+
+
+def test_a_question_in_callers_words_finds_its_passage_with_strong_evidence(
+    kb: KnowledgeBase,
+) -> None:
+    found = knowledge_hit(kb, "can I change the date my direct debit comes out")
+    assert found is not None and found.passage.id == "direct-debit#2"
+    assert found.score >= CONFIG.direct_min_score and found.coverage >= 0.5
+    assert found.margin >= CONFIG.direct_min_margin
+    assert knowledge_hit(kb, "what is the weather tomorrow") is None
+
+
+def test_action_intents_are_never_taken_over(kb: KnowledgeBase) -> None:
+    strong = hit(kb, "direct-debit#2", score=15.0)
+    for intent in ("speak_to_agent", "book_appointment", "affirm", "deny"):
+        assert route(intent, 0.3, False, strong, CONFIG) == "intent"
+
+
+def test_an_unsure_faq_intent_yields_to_a_strong_hit_on_another_topic(kb: KnowledgeBase) -> None:
+    strong = hit(kb, "direct-debit#2", score=15.0)
+    assert route("opening_hours", 0.55, False, strong, CONFIG) == "passage"
+    assert route("opening_hours", 0.95, False, strong, CONFIG) == "intent"  # confident
+    own = hit(kb, "opening-hours#1", score=15.0)
+    assert route("opening_hours", 0.55, False, own, CONFIG) == "intent"  # its own topic
+    weak = hit(kb, "direct-debit#2", score=2.0)
+    assert route("opening_hours", 0.55, False, weak, CONFIG) == "intent"
+    thin = hit(kb, "direct-debit#2", score=15.0, coverage=0.2)
+    assert route("opening_hours", 0.55, False, thin, CONFIG) == "intent"
+
+
+def test_what_the_dialogue_did_not_understand_goes_to_the_passage_or_the_llm(
+    kb: KnowledgeBase,
+) -> None:
+    assert route(None, None, True, hit(kb, "refunds#1", score=9.0), CONFIG) == "passage"
+    assert route("nlu_fallback", 0.4, True, hit(kb, "refunds#1", score=1.0), CONFIG) == "compose"
+    assert route("out_of_scope", 0.9, True, None, CONFIG) == "compose"
+    off = KnowledgeConfig(direct=False)
+    assert route(None, None, True, hit(kb, "refunds#1", score=9.0), off) == "compose"
+
+
+def test_a_passage_is_read_as_written_up_to_the_word_budget() -> None:
+    passage = Passage(
+        "x#1", "X", "Q?", "Yes. You can do it online any time. " + "Word " * 50 + "end."
+    )
+    assert spoken_answer(passage, 45) == ["Yes.", "You can do it online any time."]
+    assert spoken_answer(passage, 3) == ["Yes."]  # the first sentence always
+    assert spoken_answer(Passage("y#1", "Y", "Q?", "One long first sentence here."), 2) == [
+        "One long first sentence here."
+    ]
+
+
+def test_every_spoken_sentence_of_the_knowledge_base_is_listed_for_the_cache(
+    kb: KnowledgeBase,
+) -> None:
+    sentences = spoken_sentences(kb, CONFIG.max_words)
+    for passage in kb.passages:
+        assert spoken_answer(passage, CONFIG.max_words)[0] in sentences
+    assert len(sentences) >= len(kb.passages)
+
+
+class UnsureNlu:
+    """A dialogue like Rasa: every question lands on the nearest intent, unsure (0.55);
+    "agent" transfers; nonsense is nlu_fallback."""
+
+    name = "rasa"
+
+    async def start(self, call: CallInfo) -> DialogueTurn:
+        return DialogueTurn(replies=(BotReply(text="Hello."),), intent="greet")
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        if "agent" in text:
+            return DialogueTurn(
+                replies=(BotReply(text="Putting you through."),),
+                end="transfer",
+                intent="speak_to_agent",
+                confidence=0.55,
+            )
+        if "joke" in text:
+            return DialogueTurn(
+                replies=(BotReply(text="Sorry?"),), intent="nlu_fallback", needs_fallback=True
+            )
+        return DialogueTurn(
+            replies=(BotReply(text="We open at eight."),), intent="opening_hours", confidence=0.55
+        )
+
+    async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
+        return DialogueTurn()
+
+    async def end(self, call: CallInfo) -> None:
+        return None
+
+
+def test_the_dialogue_reads_the_passage_instead_of_the_nearest_intent(kb: KnowledgeBase) -> None:
+    llm = ScriptedLlm([(0.0, "Composed.")], kb=kb)
+    brain = ComposingDialogue(UnsureNlu(), llm, CONFIG)
+    call = CallInfo(call_id="c")
+
+    async def turns() -> tuple[DialogueTurn, ...]:
+        return (
+            await brain.respond(call, "can I change the date my direct debit comes out"),
+            await brain.respond(call, "what time do you open"),
+            await brain.respond(call, "agent about my direct debit date please"),
+            await brain.respond(call, "tell me a joke"),
+        )
+
+    faq, hours, transfer, unknown = run_virtual(turns())
+    passage = next(p for p in kb.passages if p.id == "direct-debit#2")
+    assert faq.source == "knowledge" and faq.sources == ("direct-debit#2",)
+    assert [r.text for r in faq.replies] == spoken_answer(passage, CONFIG.max_words)
+    assert faq.composed is None and not faq.needs_fallback
+    assert hours.replies[0].text == "We open at eight."  # no strong hit elsewhere
+    assert transfer.end == "transfer" and transfer.replies[0].text == "Putting you through."
+    assert unknown.composed is not None and unknown.source != "knowledge"
+
+
+def test_admin_rules_keep_their_keyword_matches(kb: KnowledgeBase) -> None:
+    """The rule dialogue's matches are the admin's own configuration (confidence 1.0)."""
+    rules = RuleDialogue.from_config(
+        DialogueConfig(rules=(RuleConfig(keywords=("date",), reply="Dates are on your bill."),))
+    )
+    brain = ComposingDialogue(rules, ScriptedLlm([], kb=kb), CONFIG)
+    turn = run_virtual(
+        brain.respond(CallInfo(call_id="c"), "can I change the date my direct debit comes out")
+    )
+    assert turn.replies[0].text == "Dates are on your bill." and turn.source == "rules"
+
+
+def test_knowledge_answers_are_cached_after_start_up_and_a_direct_answer_plays_from_it(
+    kb: KnowledgeBase,
+) -> None:
+    """``serve`` synthesizes every sentence a direct answer can say after start-up, so a
+    knowledge answer starts as fast as an intent reply."""
+    import asyncio
+
+    from tests.test_turns import make_shared
+    from voicebot_pbx.ops.service import warm_knowledge_answers
+
+    shared = make_shared()
+    shared.llm = ScriptedLlm([], kb=kb)  # type: ignore[assignment]
+    sentences = spoken_sentences(kb, CONFIG.max_words)
+    assert all(shared.tts_cache.get(s, 8000) is None for s in sentences)
+    asyncio.run(warm_knowledge_answers(shared))
+    for rate_hz in (8000, 16000):
+        assert all(shared.tts_cache.get(s, rate_hz) is not None for s in sentences)
+
+    off = make_shared()
+    off.llm = ScriptedLlm([], kb=kb)  # type: ignore[assignment]
+    off.config = dataclasses.replace(off.config, knowledge=KnowledgeConfig(direct=False))
+    asyncio.run(warm_knowledge_answers(off))
+    assert all(off.tts_cache.get(s, 8000) is None for s in sentences)

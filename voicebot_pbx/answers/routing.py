@@ -1,0 +1,101 @@
+"""Who answers a caller's question (pure): the dialogue's intent, a knowledge-base passage
+read out as written, or the LLM composing from passages.
+
+A caller's FAQ question ("do you charge to switch suppliers?") often lands on the nearest
+intent with middling confidence, and the caller hears the opening hours. ``route`` weighs
+the intent's confidence against retrieval evidence (:class:`KnowledgeHit`: BM25 score, how
+much of the question the passage covers, how far ahead of the runner-up it is):
+
+- a strong hit answers **as written**: the passage's own sentences (grounded by
+  construction; each sentence is a separate reply, so each is TTS-cached once);
+- the dialogue's action intents (transfer, booking, DTMF, yes/no ...) are never taken over,
+  and an FAQ intent keeps the turn when it is confident or its own topic is the hit's;
+- what the dialogue did not understand goes to the LLM (which refuses without passages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, search_terms
+from voicebot_pbx.config import KnowledgeConfig
+from voicebot_pbx.speech.tts import split_sentences
+
+Route = Literal["intent", "passage", "compose"]
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeHit:
+    passage: Passage
+    score: float  # BM25
+    coverage: float  # share of the question's search terms the passage uses
+    margin: float  # score / the runner-up's score (inf: no runner-up)
+
+
+def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
+    """The best passage for ``question`` and the evidence for it (None: no term matched)."""
+    scored = kb.scores(question)
+    if not scored:
+        return None
+    passage, score = scored[0]
+    terms = search_terms(question)
+    used = set(search_terms(f"{passage.title} {passage.question} {passage.keywords}"))
+    used |= set(search_terms(passage.text))
+    coverage = sum(term in used for term in terms) / len(terms) if terms else 0.0
+    margin = score / scored[1][1] if len(scored) > 1 else float("inf")
+    return KnowledgeHit(passage, score, coverage, margin)
+
+
+def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
+    return (
+        hit is not None
+        and hit.score >= config.direct_min_score
+        and hit.coverage >= config.direct_min_coverage
+        and hit.margin >= config.direct_min_margin
+    )
+
+
+def _topic(passage: Passage) -> str:
+    return passage.id.split("#", 1)[0]
+
+
+def route(
+    intent: str | None,
+    confidence: float | None,
+    needs_fallback: bool,
+    hit: KnowledgeHit | None,
+    config: KnowledgeConfig,
+) -> Route:
+    """Where the turn's answer comes from (see the module docstring)."""
+    strong = config.direct and is_strong(hit, config)
+    if needs_fallback or intent is None:
+        return "passage" if strong else "compose"
+    if not strong or hit is None or intent in config.keep_intents:
+        return "intent"
+    topics = dict(pair.split("=", 1) for pair in config.intent_topics)
+    if topics.get(intent) == _topic(hit.passage):
+        return "intent"  # the intent's own reply covers this passage's topic
+    if confidence is not None and confidence >= config.override_below_confidence:
+        return "intent"
+    return "passage"
+
+
+def spoken_answer(passage: Passage, max_words: int) -> list[str]:
+    """The passage's sentences as the caller hears them: in order, stopping before the
+    sentence that would pass ``max_words`` (the first sentence always)."""
+    sentences = split_sentences(passage.text)
+    chosen: list[str] = []
+    words = 0
+    for sentence in sentences:
+        count = len(sentence.split())
+        if chosen and words + count > max_words:
+            break
+        chosen.append(sentence)
+        words += count
+    return chosen
+
+
+def spoken_sentences(kb: KnowledgeBase, max_words: int) -> list[str]:
+    """Every sentence a direct answer can say (to warm the TTS cache)."""
+    return [s for p in kb.passages for s in spoken_answer(p, max_words)]
