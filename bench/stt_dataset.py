@@ -271,7 +271,7 @@ def _samples(pcm: bytes) -> np.ndarray:
 
 
 def _to_pcm(x: np.ndarray) -> bytes:
-    return np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+    return bytes(np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes())
 
 
 def _pink(n: int, rng: np.random.Generator) -> np.ndarray:

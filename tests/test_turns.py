@@ -63,6 +63,24 @@ def test_utterance_start_pause_and_end_at_max_silence() -> None:
     assert ended_at - ended.speech_end_s == pytest.approx(0.7, abs=0.04)
 
 
+def test_over_the_bot_speech_counts_from_the_barge_in_minimum() -> None:
+    """min_speech_ms (160) starts a turn; while the bot talks, barge_in_min_speech_ms (120)
+    both starts it and stops the bot: 128 ms of speech (4 windows), not 160 + 120."""
+    config = VadConfig(min_speech_ms=160, barge_in_min_speech_ms=120)
+    taker = TurnTaker(config)
+    taker.set_bot_speaking(True)
+    barge = [(t, a) for t, a in feed(taker, [(0.6, 0.95)]) if isinstance(a, BargeIn)]
+    assert len(barge) == 1
+    at, action = barge[0]
+    assert at + WINDOW_S - action.onset_s == pytest.approx(4 * WINDOW_S)
+    # A 100 ms blip over the bot is still nothing; the bot quiet again: 160 ms needed.
+    taker = TurnTaker(config)
+    taker.set_bot_speaking(True)
+    assert feed(taker, [(0.09, 0.95), (0.5, 0.02)]) == []
+    taker.set_bot_speaking(False)
+    assert feed(taker, [(0.1, 0.95), (0.5, 0.02)]) == []  # 128 ms < 160
+
+
 def test_end_turn_early_only_after_the_short_silence() -> None:
     taker = TurnTaker(VadConfig(end_silence_ms=200, end_silence_max_ms=700))
     feed(taker, [(0.5, 0.95), (0.1, 0.02)])
@@ -367,9 +385,9 @@ def test_barge_in_silences_the_bot_within_a_frame_and_nothing_stale_follows() ->
     voiced = media.voiced_times()
     # The long reply was playing when the caller started at 5.0 ...
     assert any(4.5 < t < 5.0 for t in voiced)
-    # ... and stopped once the caller had spoken barge_in_min_speech_ms (+ one VAD window
+    # ... and stopped once the caller had spoken barge_in_min_speech_ms (+ two VAD windows
     # and one frame), with no frame of it while the caller was still talking.
-    cutoff = 5.0 + 0.2 + 0.064 + 0.02
+    cutoff = 5.0 + shared.config.vad.barge_in_min_speech_ms / 1000.0 + 0.064 + 0.02
     assert not [t for t in voiced if cutoff < t < 6.0]
     # The answer to the interrupting question came after it.
     assert any(6.0 < t < 7.0 for t in voiced)

@@ -56,7 +56,7 @@ class VadConfig:
     end_silence_max_ms: int = 700
     lookback_ms: int = 300
     # Caller speech needed while the bot talks before the bot stops (barge-in).
-    barge_in_min_speech_ms: int = 200
+    barge_in_min_speech_ms: int = 120
     # An utterance that barged in ends no sooner than this much silence, whatever the
     # end-of-turn detector says ("wait, ... where are you?": the caller goes on).
     barge_in_end_silence_ms: int = 450

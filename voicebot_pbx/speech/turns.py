@@ -152,8 +152,13 @@ class TurnTaker:
                 self.config.barge_in_threshold,
                 max(self.config.neg_threshold, self.config.barge_in_threshold - 0.15),
             )
+            # Speech over the bot counts from the barge-in's own minimum when that is
+            # shorter: the bot stops after barge_in_min_speech_ms, not min_speech_ms.
+            speech_ms = min(self.config.min_speech_ms, self.config.barge_in_min_speech_ms)
+            self._endpointer.min_speech_s = speech_ms / 1000.0
         else:
             self._endpointer.set_threshold(self.config.threshold, self.config.neg_threshold)
+            self._endpointer.min_speech_s = self.config.min_speech_ms / 1000.0
 
     def end_turn_early(self, now_s: float, silence_ms: int | None = None) -> UtteranceEnded | None:
         """End the utterance now (the pause is ``silence_ms`` long, by default

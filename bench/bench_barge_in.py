@@ -1,0 +1,241 @@
+"""Barge-in decisions offline: real interruptions against coughs, noise and backchannels.
+
+While the bot speaks, a barge-in needs ``vad.barge_in_min_speech_ms`` of caller speech at
+the raised VAD threshold (``vad.barge_in_threshold``). Shorter means the bot stops sooner
+for a caller who interrupts, and more often for a cough. This runs a seeded set through the
+real silero VAD and the real ``TurnTaker`` (bot speaking from the start) for several
+settings and reports, per setting:
+
+- **interruptions** ("wait", "hold on", "sorry, where is your office", ...; 6 espeak-ng
+  voice variants no other set uses): detected n/N, true speech onset -> barge-in decision
+  p50 / p95 ms (the decision is when the VAD window that completes the time ends);
+- **coughs and noise** (brown-noise bursts shaped like coughs, clicks, breaths, a door):
+  barge-ins n/N (each one pauses the bot until the transcript comes back empty);
+- **backchannels** ("uh-huh", "mm-hm", "okay", "right", "yeah"): barge-ins n/N (the session
+  resumes the reply once the transcript is a backchannel; fewer is better).
+
+Every item goes through the phone line of ``bench/stt_dataset.py`` (8 kHz, band-pass, level,
+pink line noise at 20 dB SNR on half, µ-law). Not modelled: line echo of the bot (the echo
+gate in ``call/listener`` runs before the VAD and does not depend on these settings).
+
+    .venv/bin/python bench/bench_barge_in.py   # -> bench/results/barge_in.json / .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.stt_dataset import RATE_HZ, espeak_pcm, phone_line  # noqa: E402
+from voicebot_pbx.config import VadConfig  # noqa: E402
+from voicebot_pbx.models import SILERO_VAD, model_path  # noqa: E402
+from voicebot_pbx.speech.turns import BargeIn, TurnTaker  # noqa: E402
+from voicebot_pbx.speech.vad import WINDOW_MS, SileroVad, VadStream  # noqa: E402
+
+SEED = 20270402
+VOICES = ["en-us+m2", "en-gb+f5", "en-029+m1", "en-gb-x-gbclan+m4", "en-us+Alicia", "en-gb+Mike"]
+INTERRUPTIONS = [
+    "wait",
+    "stop",
+    "hold on",
+    "sorry, where is your office",
+    "no, I meant my gas bill",
+    "can I speak to someone",
+    "that's not what I asked",
+    "excuse me",
+    "hang on a second",
+    "actually I want to pay now",
+]
+BACKCHANNELS = ["uh-huh", "mm-hm", "okay", "right", "yeah"]
+WINDOW_S = WINDOW_MS / 1000.0
+SETTINGS = [(200, 0.6), (160, 0.6), (120, 0.6), (100, 0.6), (120, 0.7), (160, 0.5)]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    kind: str  # "interruption" | "noise" | "backchannel"
+    label: str
+    pcm: bytes
+    onset_s: float  # true onset of the sound in pcm
+
+
+def _sox_noise(kind: str, rng: random.Random) -> bytes:
+    """A cough-like brown-noise burst, a click, a breath or a door knock (clean, 8 kHz)."""
+    raw = ["-t", "raw", "-e", "signed-integer", "-b", "16", "-c", "1", "-r", str(RATE_HZ)]
+    if kind == "cough":
+        length = rng.uniform(0.15, 0.4)
+        effect = ["synth", f"{length:.3f}", "brownnoise", "fade", "q", "0.01", f"{length:.3f}"]
+        effect += [f"{length * 0.6:.3f}", "gain", "-n", "-3"]
+    elif kind == "click":
+        effect = ["synth", "0.012", "whitenoise", "gain", "-n", "-1"]
+    elif kind == "breath":
+        length = rng.uniform(0.3, 0.6)
+        effect = ["synth", f"{length:.3f}", "pinknoise", "fade", "t", f"{length * 0.4:.3f}"]
+        effect += [f"{length:.3f}", f"{length * 0.5:.3f}", "gain", "-n", "-12"]
+    else:  # knock: two short low thumps
+        effect = ["synth", "0.06", "brownnoise", "lowpass", "400", "gain", "-n", "-2"]
+        effect += ["pad", "0", "0.12", "repeat", "1"]
+    out = subprocess.run(
+        ["sox", "-R", "-q", "-n", *raw, "-", *effect], check=True, capture_output=True
+    ).stdout
+    return bytes(out)
+
+
+def _onset_s(pcm: bytes) -> float:
+    """First 10 ms frame within 35 dB of the loudest (the clean signal)."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    frame = RATE_HZ // 100
+    n = x.size // frame
+    db = 10 * np.log10(np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-9)
+    return float(np.argmax(db > db.max() - 35.0)) * 0.01
+
+
+def build_items() -> list[Item]:
+    rng = random.Random(SEED)
+    items: list[Item] = []
+
+    def add(kind: str, label: str, clean: bytes, index: int) -> None:
+        level = rng.uniform(-24.0, -16.0)
+        snr = 20.0 if index % 2 else None
+        line_clean, _ = phone_line(clean, level_dbfs=level, snr_db=None, noise="pink", seed=index)
+        line, _ = phone_line(clean, level_dbfs=level, snr_db=snr, noise="pink", seed=index)
+        items.append(Item(kind, label, line, _onset_s(line_clean)))
+
+    index = 0
+    for text in INTERRUPTIONS:
+        for voice in rng.sample(VOICES, 4):
+            speech = espeak_pcm(text, voice, rng.randint(140, 185), rng.randint(35, 65))
+            add("interruption", f"{text} [{voice}]", speech, index)
+            index += 1
+    for text in BACKCHANNELS:
+        for voice in rng.sample(VOICES, 6):
+            speech = espeak_pcm(text, voice, rng.randint(140, 185), rng.randint(35, 65))
+            add("backchannel", f"{text} [{voice}]", speech, index)
+            index += 1
+    for kind in ("cough", "cough", "click", "breath", "knock"):
+        for _ in range(8):
+            add("noise", kind, _sox_noise(kind, rng), index)
+            index += 1
+    return items
+
+
+def probabilities(vad: SileroVad, pcm: bytes) -> list[tuple[float, float]]:
+    stream = VadStream(vad, RATE_HZ)
+    # Half a second of the same line before the item: the VAD's state settles.
+    return [(t - 0.5, p) for t, p in stream.process_timed(bytes(RATE_HZ) + pcm)]
+
+
+def decide(probs: list[tuple[float, float]], config: VadConfig) -> float | None:
+    """Stream time the barge-in is decided (end of the deciding window), or None."""
+    taker = TurnTaker(config)
+    taker.set_bot_speaking(True)
+    for window_s, prob in probs:
+        for action in taker.on_vad(prob, window_s):
+            if isinstance(action, BargeIn):
+                return window_s + WINDOW_S
+    return None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def evaluate(items: list[Item], probs: list[list[tuple[float, float]]]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for min_speech_ms, threshold in SETTINGS:
+        config = replace(
+            VadConfig(), barge_in_min_speech_ms=min_speech_ms, barge_in_threshold=threshold
+        )
+        delays: list[float] = []
+        counts = {"interruption": 0, "noise": 0, "backchannel": 0}
+        totals = {"interruption": 0, "noise": 0, "backchannel": 0}
+        fired: list[str] = []
+        for item, p in zip(items, probs, strict=True):
+            totals[item.kind] += 1
+            decided = decide(p, config)
+            if decided is None:
+                continue
+            counts[item.kind] += 1
+            if item.kind == "interruption":
+                delays.append((decided - item.onset_s) * 1000.0)
+            elif item.kind == "noise":
+                fired.append(item.label)
+        p50, p95 = percentile(delays, 0.5), percentile(delays, 0.95)
+        rows.append(
+            {
+                "barge_in_min_speech_ms": min_speech_ms,
+                "barge_in_threshold": threshold,
+                "interruptions_detected": counts["interruption"],
+                "interruptions": totals["interruption"],
+                "onset_to_decision_ms_p50": None if p50 is None else round(p50, 1),
+                "onset_to_decision_ms_p95": None if p95 is None else round(p95, 1),
+                "noise_barge_ins": counts["noise"],
+                "noises": totals["noise"],
+                "noise_kinds_fired": sorted(set(fired)),
+                "backchannel_barge_ins": counts["backchannel"],
+                "backchannels": totals["backchannel"],
+            }
+        )
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], run_s: float) -> str:
+    lines = [
+        "# Barge-in decisions (bench/bench_barge_in.py)",
+        "",
+        f"Seed {SEED}; run {run_s:.0f} s. Onset: true start of the sound; decision: end of "
+        "the VAD window that completes the needed speech.",
+        "",
+        "| min speech ms | threshold | interruptions detected | onset → decision p50 / p95 ms"
+        " | coughs/noise that barge in | backchannels that barge in |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['barge_in_min_speech_ms']} | {r['barge_in_threshold']:g} | "
+            f"{r['interruptions_detected']}/{r['interruptions']} | "
+            f"{r['onset_to_decision_ms_p50']} / {r['onset_to_decision_ms_p95']} | "
+            f"{r['noise_barge_ins']}/{r['noises']} ({', '.join(r['noise_kinds_fired']) or '-'}) | "
+            f"{r['backchannel_barge_ins']}/{r['backchannels']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    items = build_items()
+    vad = SileroVad(model_path(SILERO_VAD))
+    probs = [probabilities(vad, item.pcm) for item in items]
+    rows = evaluate(items, probs)
+    run_s = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"seed": SEED, "voices": VOICES, "rows": rows, "run_s": round(run_s, 1)}
+    (args.out / "barge_in.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = markdown(rows, run_s)
+    (args.out / "barge_in.md").write_text(text)
+    print(text)
+    counts = {k: sum(i.kind == k for i in items) for k in ("interruption", "noise", "backchannel")}
+    print(f"set: {counts}; onsets median {statistics.median(i.onset_s for i in items):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
