@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -35,7 +34,6 @@ from voicebot_pbx.ops.profiles import build_profile_kits
 from voicebot_pbx.pbx.ami import AmiClient
 from voicebot_pbx.pbx.audiosocket import AudioSocketServer
 from voicebot_pbx.pbx.media import DtmfIn
-from voicebot_pbx.speech.cpu import lower_thread_priority
 from voicebot_pbx.speech.engines import Engines, load_engines
 
 if TYPE_CHECKING:
@@ -64,16 +62,12 @@ class _Voice(Protocol):
     def synthesize_all(self, text: str, rate_hz: int) -> bytes: ...
 
 
-def warm_tts_cache(
-    voice: _Voice, cache: TtsCache, texts: Sequence[str], stop: threading.Event | None = None
-) -> int:
+def warm_tts_cache(voice: _Voice, cache: TtsCache, texts: Sequence[str]) -> int:
     """Synthesize every static text in ``voice`` at every call rate not yet cached.
-    Blocking; returns early once ``stop`` is set."""
+    Blocking."""
     made = 0
     for text in dict.fromkeys(texts):
         for rate_hz in WARM_RATES_HZ:
-            if stop is not None and stop.is_set():
-                return made
             if cache.get(text, rate_hz) is None:
                 cache.put(text, rate_hz, voice.synthesize_all(text, rate_hz))
                 made += 1
@@ -81,28 +75,28 @@ def warm_tts_cache(
 
 
 async def warm_knowledge_answers(shared: Shared) -> None:
-    """Synthesize every sentence a knowledge answer can say into the TTS cache, after
-    start-up (it takes ~10 s of one core per call rate on first start; the cache on disk
-    makes later starts instant), in a thread that yields the CPU to calls. A sentence asked
-    for before it is cached is synthesized as any reply is; a failure is logged, not fatal."""
+    """Synthesize every sentence a knowledge answer can say into the TTS cache after
+    start-up, one sentence at a time in the shared inference pool (calls' own jobs queue
+    between them; ~10 s of one core per call rate on first start, the cache on disk makes
+    later starts instant). A sentence asked for before it is cached is synthesized as any
+    reply is; a failure is logged, not fatal."""
     llm = shared.llm
     if llm is None or not shared.config.knowledge.direct:
         return
     texts = spoken_sentences(llm.kb, shared.config.knowledge.max_words)
+    tts, cache = shared.engines.tts, shared.tts_cache
     started = time.perf_counter()
-    loop = asyncio.get_running_loop()
-    pool = ThreadPoolExecutor(1, "knowledge-warm", initializer=lower_thread_priority)
-    stop = threading.Event()
+    made = 0
     try:
-        made = await loop.run_in_executor(
-            pool, warm_tts_cache, shared.engines.tts, shared.tts_cache, texts, stop
-        )
+        for text in dict.fromkeys(texts):
+            for rate_hz in WARM_RATES_HZ:
+                if cache.get(text, rate_hz) is None:
+                    job = functools.partial(tts.synthesize_all, text, rate_hz)
+                    cache.put(text, rate_hz, await shared.engines.run("tts_warm", 30.0, job))
+                    made += 1
     except Exception as exc:
         log.error("knowledge_answers_not_cached", error=f"{type(exc).__name__}: {exc}")
         return
-    finally:
-        stop.set()  # a shutdown waits for one sentence at most
-        pool.shutdown(wait=False, cancel_futures=True)
     log.info(
         "knowledge_answers_cached",
         sentences=len(texts),
