@@ -1,0 +1,68 @@
+"""The answers evaluation set (bench/answers_dataset.py): sizes, new texts, a stable seeded
+split, every knowledge file covered. Text only: no audio, no models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import answers_dataset  # noqa: E402
+
+
+def test_set_sizes() -> None:
+    kinds = [q.kind for q in answers_dataset.QUESTIONS]
+    assert kinds.count("knowledge") >= 80
+    assert kinds.count("unknown") >= 30
+    assert kinds.count("intent") >= 30
+
+
+def test_texts_are_new_and_unique() -> None:
+    assert answers_dataset.reuse_problems([q.text for q in answers_dataset.QUESTIONS]) == []
+
+
+def test_reused_text_is_caught() -> None:
+    problems = answers_dataset.reuse_problems(["Where is your office?", "where is your office"])
+    assert any("knowledge/address.md" in p for p in problems)
+    assert any("twice" in p for p in problems)
+
+
+def test_every_knowledge_file_covered_and_entries_exist() -> None:
+    assert answers_dataset.coverage_problems() == []
+    entries = answers_dataset.knowledge_entries()
+    asked = {(q.topic, q.entry) for q in answers_dataset.KNOWLEDGE}
+    total = sum(len(headings) for headings in entries.values())
+    assert len(asked) >= 0.8 * total  # most entries
+
+
+def test_every_knowledge_question_has_facts() -> None:
+    for q in answers_dataset.KNOWLEDGE:
+        assert q.facts and all(q.facts), q.text
+
+
+def test_split_is_seeded_stable_and_about_a_third_dev() -> None:
+    first = answers_dataset.splits()
+    assert first == answers_dataset.splits()
+    plan = answers_dataset.plan()
+    assert [i.id for i in plan] == [i.id for i in answers_dataset.plan()]
+    for kind in answers_dataset.KINDS:
+        of_kind = [i for i in plan if i.kind == kind]
+        dev = sum(1 for i in of_kind if i.split == "dev")
+        assert abs(dev - len(of_kind) / 3) <= 1
+
+
+def test_voices_are_new_to_the_project() -> None:
+    taken = {
+        "en-us", "en-gb", "en-us+f3", "en-gb-scotland+m3", "en-029+f4", "en-us-nyc",
+        "en-gb-x-rp+f2", "en-us+m3", "en-gb-x-gbcwmd+m2", "en-029+m4", "en-gb-scotland+f2",
+        "en-us+f5", "en-gb-x-rp+m6", "en-gb-x-gbclan+f1", "en-gb-x-rp+f4", "en-us+Annie",
+        "en-gb+Andy", "en-us+klatt3", "en-us+m7", "en-gb-x-gbcwmd+f1",
+    }  # fmt: skip
+    assert not taken & set(answers_dataset.VOICES)
+    assert len({i.voice for i in answers_dataset.plan()}) == len(answers_dataset.VOICES)
+
+
+def test_no_fact_is_in_its_own_question() -> None:
+    assert answers_dataset.fact_problems() == []
