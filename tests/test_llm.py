@@ -368,6 +368,34 @@ def test_first_sentence_ungrounded_gives_the_fallback_reply(kb: KnowledgeBase) -
     assert engine.closed
 
 
+@pytest.mark.parametrize(
+    ("answer", "spoken"),
+    [
+        ("I'm sorry for the confusion.", False),  # measured: bench/eval_answers.py
+        ("I'm sorry for your loss. I'm sorry for your loss.", False),
+        ("Yes, it does.", False),  # yes to what? (measured: said where the passage says free)
+        ("Yes, call 105 from any phone.", True),
+        ("Call 105 from any phone.", True),
+    ],
+)
+def test_a_first_sentence_with_nothing_from_the_passages_is_no_answer(
+    kb: KnowledgeBase, answer: str, spoken: bool
+) -> None:
+    engine = ScriptedEngine(words(answer))
+    result = run(collect(LlmAnswerer(engine, kb, LlmConfig()), "how do I report a power cut"))
+    if spoken:
+        assert isinstance(result[0], Sentence)
+    else:
+        assert result == [
+            Rejected(
+                "no_answer",
+                LlmConfig().fallback_reply,
+                ("no word of it is in the passages",),
+                result[0].sources if isinstance(result[0], Rejected) else (),
+            )
+        ]
+
+
 def test_later_ungrounded_sentence_ends_the_answer_there(kb: KnowledgeBase) -> None:
     engine = ScriptedEngine(words("Call 105 from any phone. Or ask for Dave on 0800 555 0101."))
     result = run(collect(LlmAnswerer(engine, kb, LlmConfig()), "how do I report a power cut"))

@@ -414,6 +414,24 @@ def test_appointment_form(dlg: RasaDialogue, aloop: LoopThread) -> None:
 
 @needs_rasa
 @pytest.mark.rasa
+def test_understand_reads_the_intent_without_acting_on_it(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """Routing asks Rasa's NLU first (/model/parse): the conversation must not move, so a
+    question answered from the knowledge base leaves no form behind."""
+    call = new_call()
+    aloop.run(dlg.start(call))
+    heard = aloop.run(dlg.understand(call, "uh i need an engineer to come out"))
+    assert heard.intent == "book_appointment" and not heard.needs_fallback
+    assert heard.confidence is not None and 0.0 < heard.confidence <= 1.0
+    # Not in the booking form: an opening-hours question gets only the hours.
+    turn = aloop.run(dlg.respond(call, "what are your opening hours"))
+    assert "Monday to Friday" in texts(turn) and "Which day" not in texts(turn)
+    assert aloop.run(dlg.understand(call, "purple elephant fridge")).needs_fallback
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_appointment_in_one_sentence_and_cancel(dlg: RasaDialogue, aloop: LoopThread) -> None:
     call = new_call()
     aloop.run(dlg.start(call))

@@ -104,12 +104,25 @@ class CallInfo:
     profile: str = "default"
 
 
+@dataclass(frozen=True, slots=True)
+class Understanding:
+    """What the dialogue makes of an utterance, without acting on it (no state changes)."""
+
+    intent: str | None
+    confidence: float | None
+    needs_fallback: bool  # not understood: the LLM may answer
+
+
 class Dialogue(Protocol):
     """A brain. Implementations: ``RuleDialogue`` (here), ``RasaDialogue`` (nlu.py)."""
 
     name: str
 
     async def start(self, call: CallInfo) -> DialogueTurn: ...
+
+    async def understand(self, call: CallInfo, text: str) -> Understanding:
+        """The intent ``respond`` would act on, for routing before the dialogue acts."""
+        ...
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn: ...
 
@@ -198,6 +211,12 @@ class RuleDialogue:
         return DialogueTurn(
             replies=(BotReply(text=self.greeting),), intent="greet", source=self.name
         )
+
+    async def understand(self, call: CallInfo, text: str) -> Understanding:
+        rule = self.match(text)
+        if rule is None:
+            return Understanding(None, 0.0, True)
+        return Understanding(rule.name, 1.0, False)
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         rule = self.match(text)

@@ -18,6 +18,7 @@ from voicebot_pbx.answers.dialogue import (
     Composer,
     Dialogue,
     DialogueTurn,
+    Understanding,
 )
 from voicebot_pbx.answers.rasa import DialogueUnavailable
 from voicebot_pbx.answers.routing import knowledge_hit, route, spoken_answer
@@ -77,6 +78,13 @@ class FallbackDialogue:
             "start", lambda: self.primary.start(call), lambda: self.backup.start(call)
         )
 
+    async def understand(self, call: CallInfo, text: str) -> Understanding:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await self.primary.understand(call, text)
+        except (DialogueUnavailable, TimeoutError):
+            return await self.backup.understand(call, text)
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         return await self._try(
             "respond",
@@ -116,32 +124,42 @@ class ComposingDialogue:
     async def start(self, call: CallInfo) -> DialogueTurn:
         return await self.inner.start(call)
 
+    async def understand(self, call: CallInfo, text: str) -> Understanding:
+        return await self.inner.understand(call, text)
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
-        turn = await self.inner.respond(call, text)
-        if not text.strip() or turn.end is not None or turn.collect_dtmf_digits is not None:
-            return turn
         kb = self.composer.kb
-        hit = knowledge_hit(kb, text) if kb is not None else None
-        where = route(turn.intent, turn.confidence, turn.needs_fallback, hit, self.knowledge)
+        if not text.strip() or kb is None or not self.knowledge.direct:
+            turn = await self.inner.respond(call, text)
+            if turn.needs_fallback and text.strip():
+                return dataclasses.replace(turn, composed=ComposedReply(text, self.composer))
+            return turn
+        # Route before the dialogue acts: a knowledge answer must not leave Rasa inside a
+        # form it started for the nearest intent.
+        hit = knowledge_hit(kb, text)
+        heard = await self.inner.understand(call, text)
+        where = route(heard.intent, heard.confidence, heard.needs_fallback, hit, self.knowledge)
         if where == "passage" and hit is not None:
-            sentences = spoken_answer(hit.passage, self.knowledge.max_words)
             log.info(
                 "knowledge_answer",
                 passage=hit.passage.id,
                 score=round(hit.score, 2),
                 coverage=round(hit.coverage, 2),
                 margin=round(min(hit.margin, 99.0), 2),
-                instead_of=turn.intent,
-                intent_confidence=turn.confidence,
+                instead_of=heard.intent,
+                intent_confidence=heard.confidence,
             )
-            return dataclasses.replace(
-                turn,
+            sentences = spoken_answer(hit.passage, self.knowledge.max_words)
+            return DialogueTurn(
                 replies=tuple(BotReply(text=s) for s in sentences),
+                intent=heard.intent,
+                confidence=heard.confidence,
                 source="knowledge",
-                needs_fallback=False,
                 sources=(hit.passage.id,),
             )
-        if where == "compose":
+        turn = await self.inner.respond(call, text)
+        ends = turn.end is not None or turn.collect_dtmf_digits is not None
+        if turn.needs_fallback or (where == "compose" and not ends):
             return dataclasses.replace(turn, composed=ComposedReply(text, self.composer))
         return turn
 

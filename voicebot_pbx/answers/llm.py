@@ -149,6 +149,7 @@ class LlmAnswerer:
         )
         splitter = SentenceStream()
         sources = tuple(p.id for p in passages)
+        passage_terms = set(search_terms(" ".join(p.prompt_text for p in passages)))
         loop = asyncio.get_running_loop()
         index = 0
         total_words = 0
@@ -192,6 +193,9 @@ class LlmAnswerer:
                     reason: RejectReason = "ungrounded"
                     if not problems and is_decline(text):
                         problems, reason = ["the model declined"], "no_answer"
+                    elif not problems and index == 0 and _says_nothing(text, passage_terms):
+                        # "I'm sorry for the confusion.": no answer, and no offer either.
+                        problems, reason = ["no word of it is in the passages"], "no_answer"
                     if problems:
                         log.info(
                             "llm_sentence_rejected",
@@ -255,6 +259,14 @@ class LlmAnswerer:
 
     async def aclose(self) -> None:
         await self.engine.aclose()
+
+
+def _says_nothing(sentence: str, passage_terms: set[str]) -> bool:
+    """A first sentence none of whose content words (polite filler aside) is in the
+    passages: "I'm sorry for the confusion.", and a bare "Yes, it does." (what it says yes
+    to cannot be checked against the passages: measured saying yes where one says free)."""
+    content = [t for t in search_terms(sentence) if t not in NEUTRAL_TERMS]
+    return not any(t in passage_terms for t in content)
 
 
 def _is_echo(sentence: str, passages: Sequence[Passage]) -> bool:

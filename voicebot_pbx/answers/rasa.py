@@ -30,7 +30,13 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, EndAction
+from voicebot_pbx.answers.dialogue import (
+    BotReply,
+    CallInfo,
+    DialogueTurn,
+    EndAction,
+    Understanding,
+)
 from voicebot_pbx.answers.normalize import normalize
 
 __all__ = ["FALLBACK_INTENTS", "DialogueUnavailable", "RasaDialogue", "parse_bot_messages"]
@@ -250,6 +256,23 @@ class RasaDialogue:
     async def start(self, call: CallInfo) -> DialogueTurn:
         """Call start: the greeting and the keypad menu."""
         return await self._turn(call, "/greet")
+
+    async def understand(self, call: CallInfo, text: str) -> Understanding:
+        """Rasa's NLU on the utterance (``/model/parse``: the conversation is not touched)."""
+        normalized = normalize(text)
+        if not normalized:
+            return Understanding(None, None, True)
+        parsed = await self._request("POST", "/model/parse", json_body={"text": normalized})
+        if not isinstance(parsed, Mapping):
+            raise DialogueUnavailable("parse did not return an object", retryable=False)
+        intent = parsed.get("intent") or {}
+        name = intent.get("name")
+        confidence = intent.get("confidence")
+        return Understanding(
+            intent=str(name) if name else None,
+            confidence=float(confidence) if confidence is not None else None,
+            needs_fallback=not name or name in FALLBACK_INTENTS,
+        )
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         """One recognised caller utterance (normalised here; never Rasa's /intent syntax)."""

@@ -8,9 +8,12 @@ much of the question the passage covers, how far ahead of the runner-up it is):
 
 - a strong hit answers **as written**: the passage's own sentences (grounded by
   construction; each sentence is a separate reply, so each is TTS-cached once);
-- the dialogue's action intents (transfer, booking, DTMF, yes/no ...) are never taken over,
-  and an FAQ intent keeps the turn when it is confident or its own topic is the hit's;
-- what the dialogue did not understand goes to the LLM (which refuses without passages).
+- the dialogue's conversation intents (greetings, yes/no, transfer to an agent, DTMF) are
+  never taken over; any other intent keeps the turn when the hit is on its own topic
+  (``intent_topics``: the booking flow for an appointments passage), else a strong hit wins;
+- an information intent (opening hours, address, billing) that is unsure and has no strong
+  hit behind it, and what the dialogue did not understand, go to the LLM, which refuses
+  (the honest "shall I put you through") without passages scoring ``llm.min_score``.
 """
 
 from __future__ import annotations
@@ -71,14 +74,24 @@ def route(
     strong = config.direct and is_strong(hit, config)
     if needs_fallback or intent is None:
         return "passage" if strong else "compose"
-    if not strong or hit is None or intent in config.keep_intents:
+    if intent in config.keep_intents:
         return "intent"
-    topics = dict(pair.split("=", 1) for pair in config.intent_topics)
-    if topics.get(intent) == _topic(hit.passage):
-        return "intent"  # the intent's own reply covers this passage's topic
-    if confidence is not None and confidence >= config.override_below_confidence:
+    if strong and hit is not None:
+        topics = dict(pair.split("=", 1) for pair in config.intent_topics)
+        if topics.get(intent) == _topic(hit.passage):
+            return "intent"  # the intent's own reply covers this passage's topic
+        if confidence is None or confidence < config.override_below_confidence:
+            return "passage"
         return "intent"
-    return "passage"
+    if (
+        intent in config.info_intents
+        and confidence is not None
+        and confidence < config.info_min_confidence
+    ):
+        # An unsure information reply ("our opening hours are ...") to a question the
+        # knowledge base cannot answer either: better the honest offer than a wrong fact.
+        return "compose"
+    return "intent"
 
 
 def spoken_answer(passage: Passage, max_words: int) -> list[str]:
