@@ -42,10 +42,25 @@ def _check_config(args: argparse.Namespace) -> int:
     clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))
     if config.prompts.dir and not Path(config.prompts.dir).is_dir():
         clips.problems.append(f"prompts.dir {config.prompts.dir}: not a folder")
-    problems = [*clips.problems, *_turn_model_problems(config)]
+    problems = [*clips.problems, *_turn_model_problems(config), *_knowledge_problems(config)]
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def _knowledge_problems(config: Config) -> list[str]:
+    """The knowledge folders the LLM and the router read (the default's and each
+    profile's own), checked file by file."""
+    from voicebot_pbx.answers.knowledge import knowledge_problems
+
+    if not config.llm.enabled:
+        return []
+    folders = [config.llm.knowledge_dir, *(p.knowledge_dir for p in config.profiles)]
+    return [
+        problem
+        for folder in dict.fromkeys(f for f in folders if f)
+        for problem in knowledge_problems(folder)
+    ]
 
 
 def _turn_model_problems(config: Config) -> list[str]:

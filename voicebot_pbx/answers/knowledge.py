@@ -186,3 +186,63 @@ def parse_knowledge_markdown(text: str, stem: str) -> list[Passage]:
             body.append(line)
     flush()
     return passages
+
+
+def knowledge_problems(directory: str | Path) -> list[str]:
+    """What an admin must fix in a knowledge folder, each naming the file and line: no
+    folder or no entries, a file that is not UTF-8 or has no ``## question``, text outside
+    any question, a question with no answer, the same question twice. Empty: all good.
+    Reads the files; never raises."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return [f"knowledge folder {folder}: does not exist"]
+    problems: list[str] = []
+    seen: dict[str, str] = {}  # normalised question -> "file:line"
+    entries = 0
+    for file in sorted(folder.glob("*.md")):
+        if file.name.lower() == "readme.md":
+            continue
+        try:
+            lines = file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"{file}: cannot be read as UTF-8 text ({type(exc).__name__})")
+            continue
+        found, count = _file_problems(file, lines, seen)
+        problems += found
+        entries += count
+    if entries == 0 and not problems:
+        problems.append(f"knowledge folder {folder}: no '## question' entries in any *.md")
+    return problems
+
+
+def _file_problems(file: Path, lines: list[str], seen: dict[str, str]) -> tuple[list[str], int]:
+    """One knowledge file's problems and its number of entries (``seen`` collects the
+    questions of every file, for duplicates)."""
+    problems: list[str] = []
+    open_question: tuple[int, str] | None = None  # the latest heading not yet answered
+    entries = 0
+    for number, raw in enumerate([*lines, "## "], start=1):  # a last heading closes the file
+        line = raw.strip()
+        if line.startswith("##") and line[2:3] in (" ", ""):
+            if open_question is not None:
+                where, text = open_question
+                problems.append(f"{file}:{where}: '## {text}' has no answer")
+            if number > len(lines):
+                break
+            text = line[2:].strip()
+            open_question = (number, text)
+            entries += 1
+            key = " ".join(search_terms(text)) or text.lower()
+            if key in seen:
+                problems.append(f"{file}:{number}: '## {text}' repeats {seen[key]}")
+            else:
+                seen[key] = f"{file.name}:{number}"
+        elif line.startswith("# ") or not line:
+            continue
+        elif entries == 0:
+            problems.append(f"{file}:{number}: text before the first '## question'")
+        elif not line.lower().startswith("keywords:"):
+            open_question = None  # answered
+    if entries == 0:
+        problems.append(f"{file}: no '## question' entries")
+    return problems, entries

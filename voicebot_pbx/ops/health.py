@@ -55,15 +55,23 @@ def readiness_report(
     ami: Literal["connected", "disconnected", "disabled"] = "disabled",
     active_calls: int | None = None,
     profiles: Mapping[str, Literal["ok", "degraded"]] | None = None,
+    knowledge: Literal["ok", "unavailable", "disabled"] = "disabled",
 ) -> dict[str, Any]:
     """The dict ``/ready`` serves. ``rasa``: "ok" reachable, "degraded" unreachable (the rule
     dialogue answers), "disabled"; ``ami``: "connected", "disconnected", "disabled";
-    ``profiles``: the Rasa server of each profile that has its own, "ok" or "degraded"."""
+    ``profiles``: the Rasa server of each profile that has its own, "ok" or "degraded";
+    ``knowledge``: the knowledge base and LLM loaded ("ok"), failed to load ("unavailable":
+    intents and rules still answer), or "disabled"."""
     ready = models_loaded and not draining
     profile_rasa = dict(profiles or {})
     if not ready:
         overall = "draining" if draining else "starting"
-    elif rasa == "degraded" or ami == "disconnected" or "degraded" in profile_rasa.values():
+    elif (
+        rasa == "degraded"
+        or ami == "disconnected"
+        or knowledge == "unavailable"
+        or "degraded" in profile_rasa.values()
+    ):
         overall = "degraded"
     else:
         overall = "ok"
@@ -74,6 +82,7 @@ def readiness_report(
         "draining": draining,
         "rasa": rasa,
         "ami": ami,
+        "knowledge": knowledge,
     }
     if active_calls is not None:
         report["active_calls"] = active_calls

@@ -12,13 +12,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import urlsplit
 
 import structlog
 
 from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
+from voicebot_pbx.answers.knowledge import knowledge_problems
 from voicebot_pbx.answers.llm import LlmAnswerer, load_llm
 from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue
 from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
@@ -118,6 +119,8 @@ async def load_llm_or_none(config: Config) -> LlmAnswerer | None:
     disabled or cannot load (logged: the bot then answers with the rule/Rasa reprompt)."""
     if not config.llm.enabled:
         return None
+    for problem in knowledge_problems(config.llm.knowledge_dir):
+        log.warning("knowledge_problem", problem=problem)
     started = time.perf_counter()
     try:
         llm = await asyncio.to_thread(load_llm, config.llm)
@@ -319,6 +322,7 @@ class _State:
     ami: AmiClient | None = None
     # Profiles with their own Rasa server: name -> reachable.
     profile_rasa_ok: dict[str, bool] = field(default_factory=dict)
+    knowledge: Literal["ok", "unavailable", "disabled"] = "disabled"
 
     def active_calls(self) -> int:
         return sum(len(server.calls) for server in self.servers)
@@ -335,6 +339,7 @@ class _State:
             profiles={
                 name: "ok" if ok else "degraded" for name, ok in self.profile_rasa_ok.items()
             },
+            knowledge=self.knowledge,
         )
 
 
@@ -404,6 +409,8 @@ async def serve(
                 stack.push_async_callback(kit.rasa.aclose)
                 state.profile_rasa_ok[kit.name] = False
         state.models_loaded = True
+        if config.llm.enabled:
+            state.knowledge = "ok" if shared.llm is not None else "unavailable"
         rasa_server: RasaServer | None = None
         if config.dialogue.engine == "rasa":
             built = factory.build_dialogue(config, "rasa")
