@@ -52,7 +52,7 @@ class VadConfig:
     min_speech_ms: int = 160
     # The turn ends after end_silence_ms of silence when the end-of-turn detector ([turn])
     # says the caller sounds finished, else after end_silence_max_ms.
-    end_silence_ms: int = 150
+    end_silence_ms: int = 200
     end_silence_max_ms: int = 700
     lookback_ms: int = 300
     # Caller speech needed while the bot talks before the bot stops (barge-in).
