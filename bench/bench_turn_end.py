@@ -127,12 +127,12 @@ def settings() -> list[Setting]:
                     timeout_ms=defaults.timeout_ms,
                 )
             )
-    for tiebreak in (300, 400, 500):
+    for end, tiebreak in ((200, 400), (150, 300), (150, 400), (150, 500)):
         out.append(
             Setting(
-                f"smart-turn after=0 end=200 tiebreak={tiebreak}",
+                f"smart-turn after=0 end={end} tiebreak={tiebreak}",
                 "smart-turn",
-                end_silence_ms=200,
+                end_silence_ms=end,
                 threshold=defaults.threshold,
                 timeout_ms=defaults.timeout_ms,
                 tiebreak_ms=tiebreak,

@@ -217,9 +217,10 @@ def test_cached_reply_latency_is_short_silence_plus_stt() -> None:
     assert turn.transcript == PHRASES[HOURS] and turn.reply_source == "cache"
     speech_end = 3.0 + 1.0
     first = min(t for t in media.voiced_times() if t > speech_end)
-    # One 32 ms VAD window to see the silence, 200 ms short end-of-turn (the speculative
-    # transcript took 100 ms, so it was ready), then the next 20 ms tick.
-    assert first - speech_end == pytest.approx(0.2 + 0.032, abs=0.045)
+    # The short end-of-turn silence (vad.end_silence_ms, heard in whole 32 ms VAD windows;
+    # the speculative transcript took 100 ms, so it was ready), then the next 20 ms tick.
+    short_s = shared.config.vad.end_silence_ms / 1000.0
+    assert first - speech_end == pytest.approx(short_s + 0.032, abs=0.045)
     assert first - speech_end < 0.35
     assert session.speculations_dropped == 0  # the decode at the pause was the answer
 
@@ -230,20 +231,29 @@ def first_reply_after(media: FakeMedia, t_s: float) -> float:
 
 def test_a_caller_who_sends_no_frames_while_silent_is_answered_as_fast() -> None:
     """A Local channel in Wait(), silence suppression: after the question, nothing comes.
-    The missing frames count as silence on the call's clock, so the turn ends."""
-    speech = tone(1.0, 8000, HOURS)
-    speech_end = 3.0 + 1.0
-    latency: dict[bool, float] = {}
-    for streams in (True, False):
-        media, session = run_virtual(
-            timeline(make_shared(), [(3.0, speech)], until_s=6.0, send_silence=streams)
-        )
-        (turn,) = [t for t in session.record.turns if t.kind == "speech"]
-        assert turn.transcript == PHRASES[HOURS] and turn.reply_text == "We open at eight."
-        latency[streams] = first_reply_after(media, speech_end) - speech_end
-    # Answered at most the jitter allowance plus a frame later than the streaming caller.
-    assert latency[False] - latency[True] <= 0.03 + 0.02 + 1e-6
-    assert latency[False] < 0.35
+    The missing frames count as silence on the call's clock, so the turn ends.
+
+    Where the end of speech falls against the 20 ms frames, the 32 ms VAD windows and the
+    bot's 20 ms send ticks moves the difference by up to a frame or two, so it is measured
+    at eight phases of a frame: the median within 50 ms (the target), none beyond the
+    jitter allowance plus two frames."""
+    differences: list[float] = []
+    for phase in range(8):
+        speech_s = 1.0 + phase * 0.0025 * 2
+        speech = tone(speech_s, 8000, HOURS)
+        speech_end = 3.0 + speech_s
+        latency: dict[bool, float] = {}
+        for streams in (True, False):
+            media, session = run_virtual(
+                timeline(make_shared(), [(3.0, speech)], until_s=6.0, send_silence=streams)
+            )
+            (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+            assert turn.transcript == PHRASES[HOURS] and turn.reply_text == "We open at eight."
+            latency[streams] = first_reply_after(media, speech_end) - speech_end
+        assert latency[False] < 0.35
+        differences.append(latency[False] - latency[True])
+    assert sorted(differences)[len(differences) // 2] <= 0.05 + 1e-6
+    assert max(differences) <= 0.03 + 2 * 0.02 + 1e-6
 
 
 def test_speech_in_the_first_frame_after_no_frames_gets_a_silent_lookback() -> None:
@@ -487,7 +497,8 @@ def test_the_model_ends_a_finished_turn_at_the_short_silence() -> None:
     assert engines.script_turns.scores >= 1
     assert session.listener.turn_scores >= 1
     first = first_reply_after(media, 4.0)
-    assert first - 4.0 == pytest.approx(0.2 + 0.032, abs=0.045)
+    short_s = shared.config.vad.end_silence_ms / 1000.0
+    assert first - 4.0 == pytest.approx(short_s + 0.032, abs=0.045)
 
 
 def test_an_unfinished_sounding_pause_waits_for_the_maximum_silence() -> None:
