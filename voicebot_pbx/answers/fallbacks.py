@@ -21,7 +21,7 @@ from voicebot_pbx.answers.dialogue import (
     Understanding,
 )
 from voicebot_pbx.answers.rasa import DialogueUnavailable
-from voicebot_pbx.answers.routing import knowledge_hit, route, spoken_answer
+from voicebot_pbx.answers.routing import KnowledgeHit, Route, knowledge_hit, route, spoken_answer
 from voicebot_pbx.config import KnowledgeConfig
 
 log = structlog.get_logger("voicebot_pbx.answers.fallbacks")
@@ -128,40 +128,43 @@ class ComposingDialogue:
         return await self.inner.understand(call, text)
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        if not text.strip():
+            return await self.inner.respond(call, text)
         kb = self.composer.kb
-        if not text.strip() or kb is None or not self.knowledge.direct:
-            turn = await self.inner.respond(call, text)
-            if turn.needs_fallback and text.strip():
-                return dataclasses.replace(turn, composed=ComposedReply(text, self.composer))
-            return turn
-        # Route before the dialogue acts: a knowledge answer must not leave Rasa inside a
-        # form it started for the nearest intent.
-        hit = knowledge_hit(kb, text)
-        heard = await self.inner.understand(call, text)
-        where = route(heard.intent, heard.confidence, heard.needs_fallback, hit, self.knowledge)
-        if where == "passage" and hit is not None:
-            log.info(
-                "knowledge_answer",
-                passage=hit.passage.id,
-                score=round(hit.score, 2),
-                coverage=round(hit.coverage, 2),
-                margin=round(min(hit.margin, 99.0), 2),
-                instead_of=heard.intent,
-                intent_confidence=heard.confidence,
-            )
-            sentences = spoken_answer(hit.passage, self.knowledge.max_words)
-            return DialogueTurn(
-                replies=tuple(BotReply(text=s) for s in sentences),
-                intent=heard.intent,
-                confidence=heard.confidence,
-                source="knowledge",
-                sources=(hit.passage.id,),
-            )
+        where: Route = "intent"
+        if kb is not None and self.knowledge.direct:
+            # Route before the dialogue acts: a knowledge answer must not leave Rasa inside
+            # a form it started for the nearest intent.
+            hit = knowledge_hit(kb, text)
+            heard = await self.inner.understand(call, text)
+            where = route(heard.intent, heard.confidence, heard.needs_fallback, hit, self.knowledge)
+            if where == "passage" and hit is not None:
+                return self._read_out(hit, heard)
         turn = await self.inner.respond(call, text)
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):
             return dataclasses.replace(turn, composed=ComposedReply(text, self.composer))
         return turn
+
+    def _read_out(self, hit: KnowledgeHit, heard: Understanding) -> DialogueTurn:
+        """The passage's own sentences, instead of the intent ``heard``."""
+        log.info(
+            "knowledge_answer",
+            passage=hit.passage.id,
+            score=round(hit.score, 2),
+            coverage=round(hit.coverage, 2),
+            margin=round(min(hit.margin, 99.0), 2),
+            instead_of=heard.intent,
+            intent_confidence=heard.confidence,
+        )
+        sentences = spoken_answer(hit.passage, self.knowledge.max_words)
+        return DialogueTurn(
+            replies=tuple(BotReply(text=s) for s in sentences),
+            intent=heard.intent,
+            confidence=heard.confidence,
+            source="knowledge",
+            sources=(hit.passage.id,),
+        )
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
         return await self.inner.dtmf(call, digits)

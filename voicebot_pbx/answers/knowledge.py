@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -102,6 +103,13 @@ class KnowledgeBase:
         self._idf = {term: math.log(1.0 + (n - f + 0.5) / (f + 0.5)) for term, f in df.items()}
         self.vocabulary: frozenset[str] = frozenset(df)
         """Every search term the knowledge base uses (titles, questions, answers, keywords)."""
+        self._terms_by_id = {
+            p.id: frozenset(doc) for p, doc in zip(self.passages, self._docs, strict=True)
+        }
+
+    def terms_of(self, passage: Passage) -> frozenset[str]:
+        """The search terms ``passage`` is indexed under (title, question, keywords, text)."""
+        return self._terms_by_id[passage.id]
 
     @classmethod
     def load(cls, directory: str | Path) -> KnowledgeBase:
@@ -152,6 +160,22 @@ class KnowledgeBase:
         return [passage for passage, score in scored[:k] if score >= floor]
 
 
+LineKind = Literal["question", "title", "keywords", "text", "blank"]
+
+
+def _classify(raw: str) -> tuple[LineKind, str]:
+    """One line of a knowledge file and its content: "## question", "# title",
+    "Keywords: ...", answer text or a blank line (the loader and the checker read alike)."""
+    line = raw.strip()
+    if line.startswith("## "):
+        return "question", line[3:].strip()
+    if line.startswith("# "):
+        return "title", line[2:].strip()
+    if line.lower().startswith("keywords:"):
+        return "keywords", line.split(":", 1)[1].strip()
+    return ("text", line) if line else ("blank", "")
+
+
 def parse_knowledge_markdown(text: str, stem: str) -> list[Passage]:
     title = stem.replace("-", " ").capitalize()
     passages: list[Passage] = []
@@ -174,16 +198,16 @@ def parse_knowledge_markdown(text: str, stem: str) -> list[Passage]:
                 )
 
     for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("## "):
+        kind, value = _classify(raw)
+        if kind == "question":
             flush()
-            question, body, keywords = line[3:].strip(), [], []
-        elif line.startswith("# "):
-            title = line[2:].strip()
-        elif line.lower().startswith("keywords:"):
-            keywords.append(line.split(":", 1)[1].strip())
-        elif line and question is not None:
-            body.append(line)
+            question, body, keywords = value, [], []
+        elif kind == "title":
+            title = value
+        elif kind == "keywords":
+            keywords.append(value)
+        elif kind == "text" and question is not None:
+            body.append(value)
     flush()
     return passages
 
@@ -219,30 +243,30 @@ def _file_problems(file: Path, lines: list[str], seen: dict[str, str]) -> tuple[
     """One knowledge file's problems and its number of entries (``seen`` collects the
     questions of every file, for duplicates)."""
     problems: list[str] = []
-    open_question: tuple[int, str] | None = None  # the latest heading not yet answered
+    open_question: tuple[int, str] | None = None  # the latest question not yet answered
+
+    def unanswered() -> None:
+        if open_question is not None:
+            where, text = open_question
+            problems.append(f"{file}:{where}: '## {text}' has no answer")
+
     entries = 0
-    for number, raw in enumerate([*lines, "## "], start=1):  # a last heading closes the file
-        line = raw.strip()
-        if line.startswith("##") and line[2:3] in (" ", ""):
-            if open_question is not None:
-                where, text = open_question
-                problems.append(f"{file}:{where}: '## {text}' has no answer")
-            if number > len(lines):
-                break
-            text = line[2:].strip()
-            open_question = (number, text)
+    for number, raw in enumerate(lines, start=1):
+        kind, value = _classify(raw)
+        if kind == "question":
+            unanswered()
+            open_question = (number, value)
             entries += 1
-            key = " ".join(search_terms(text)) or text.lower()
+            key = " ".join(search_terms(value)) or value.lower()
             if key in seen:
-                problems.append(f"{file}:{number}: '## {text}' repeats {seen[key]}")
+                problems.append(f"{file}:{number}: '## {value}' repeats {seen[key]}")
             else:
                 seen[key] = f"{file.name}:{number}"
-        elif line.startswith("# ") or not line:
-            continue
-        elif entries == 0:
+        elif kind in ("text", "keywords") and entries == 0:
             problems.append(f"{file}:{number}: text before the first '## question'")
-        elif not line.lower().startswith("keywords:"):
+        elif kind == "text":
             open_question = None  # answered
+    unanswered()
     if entries == 0:
         problems.append(f"{file}: no '## question' entries")
     return problems, entries

@@ -43,8 +43,7 @@ def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
         return None
     passage, score = scored[0]
     terms = search_terms(question)
-    used = set(search_terms(f"{passage.title} {passage.question} {passage.keywords}"))
-    used |= set(search_terms(passage.text))
+    used = kb.terms_of(passage)
     coverage = sum(term in used for term in terms) / len(terms) if terms else 0.0
     margin = score / scored[1][1] if len(scored) > 1 else float("inf")
     return KnowledgeHit(passage, score, coverage, margin)

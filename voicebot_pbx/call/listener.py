@@ -297,12 +297,6 @@ class Listener:
     def _finished_after_ms(self) -> tuple[int, str] | None:
         """The end-of-turn detector's verdict on the current pause: how much silence ends
         the turn now (and what decided it), or None (only vad.end_silence_max_ms does)."""
-        spec = self._speculation
-        spec_complete = (
-            spec is not None
-            and not self._is_stale_pause(spec.turn_id, spec.pause_id)
-            and looks_complete(spec.result.text)
-        )
         if self._detector == "smart-turn":
             verdict = self._verdict
             if verdict is None or self._is_stale_pause(verdict.turn_id, verdict.pause_id):
@@ -312,12 +306,21 @@ class Listener:
             # The model hears an unfinished turn; a transcript that reads finished breaks
             # the tie at a middle silence (callers whose prosody the model misjudges).
             tiebreak_ms = self.config.turn.tiebreak_silence_ms
-            if tiebreak_ms > 0 and spec_complete:
+            if tiebreak_ms > 0 and self._transcript_reads_finished():
                 return tiebreak_ms, "tiebreak"
             return None
-        if self._detector == "transcript" and spec_complete:
+        if self._detector == "transcript" and self._transcript_reads_finished():
             return self.config.vad.end_silence_ms, "detector"
         return None  # "silence": only end_silence_max_ms ends a turn
+
+    def _transcript_reads_finished(self) -> bool:
+        """The speculative transcript of the current pause reads as a finished turn."""
+        spec = self._speculation
+        return (
+            spec is not None
+            and not self._is_stale_pause(spec.turn_id, spec.pause_id)
+            and looks_complete(spec.result.text)
+        )
 
     def _maybe_end_early(self) -> None:
         """End the turn at the short silence (vad.end_silence_ms) if the caller sounds

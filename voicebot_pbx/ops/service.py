@@ -85,16 +85,12 @@ async def warm_knowledge_answers(shared: Shared) -> None:
     if llm is None or not shared.config.knowledge.direct:
         return
     texts = spoken_sentences(llm.kb, shared.config.knowledge.max_words)
-    tts, cache = shared.engines.tts, shared.tts_cache
     started = time.perf_counter()
     made = 0
     try:
         for text in dict.fromkeys(texts):
-            for rate_hz in WARM_RATES_HZ:
-                if cache.get(text, rate_hz) is None:
-                    job = functools.partial(tts.synthesize_all, text, rate_hz)
-                    cache.put(text, rate_hz, await shared.engines.run("tts_warm", 30.0, job))
-                    made += 1
+            job = functools.partial(warm_tts_cache, shared.engines.tts, shared.tts_cache, [text])
+            made += await shared.engines.run("tts_warm", 30.0, job)
     except Exception as exc:
         log.error("knowledge_answers_not_cached", error=f"{type(exc).__name__}: {exc}")
         return

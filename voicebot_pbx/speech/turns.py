@@ -112,11 +112,6 @@ class TurnTaker:
         self._in_pause = False
 
     @property
-    def barged(self) -> bool:
-        """The current utterance talked over the bot long enough to stop it."""
-        return self._barged
-
-    @property
     def turn_id(self) -> int:
         return self._turn_id
 
