@@ -105,6 +105,9 @@ class Setting:
     # smart-turn only: the model says unfinished but the speculative transcript reads
     # finished -> the turn ends after this much silence (0: off; TurnConfig.tiebreak_silence_ms)
     tiebreak_ms: int = 0
+    # An utterance shorter than this ends no sooner than 200 ms (vad.short_utterance_ms /
+    # vad.short_end_silence_ms; 0: off, every utterance ends at end_silence_ms).
+    short_utterance_ms: int = 0
     table: str = "main"  # "main" | "threshold": which markdown table shows it
 
 
@@ -127,15 +130,24 @@ def settings() -> list[Setting]:
                     timeout_ms=defaults.timeout_ms,
                 )
             )
-    for end, tiebreak in ((200, 400), (150, 300), (150, 400), (150, 500)):
+    vad = VadConfig()
+    for end, tiebreak, short in (
+        (200, 400, 0),
+        (150, 300, 0),
+        (150, 400, 0),
+        (150, 500, 0),
+        (vad.end_silence_ms, defaults.tiebreak_silence_ms, vad.short_utterance_ms),  # default
+    ):
+        guard = f" short<{short}ms:{vad.short_end_silence_ms}" if short else ""
         out.append(
             Setting(
-                f"smart-turn after=0 end={end} tiebreak={tiebreak}",
+                f"smart-turn after=0 end={end} tiebreak={tiebreak}{guard}",
                 "smart-turn",
                 end_silence_ms=end,
                 threshold=defaults.threshold,
                 timeout_ms=defaults.timeout_ms,
                 tiebreak_ms=tiebreak,
+                short_utterance_ms=short,
             )
         )
     for after, end in ((0, 150), (0, 200), (100, 150), (100, 200), (200, 200)):
@@ -252,6 +264,8 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         VadConfig(),
         end_silence_ms=setting.end_silence_ms,
         end_silence_max_ms=setting.end_silence_max_ms,
+        short_utterance_ms=setting.short_utterance_ms,
+        short_end_silence_ms=max(setting.end_silence_ms, VadConfig().short_end_silence_ms),
     )
     lookback_s = vad.lookback_ms / 1000.0
     taker = TurnTaker(vad)

@@ -32,8 +32,16 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_load_without_a_file() -> None:
     config = load_config()
-    assert config == Config()
-    assert config.server == ServerConfig()
+    # Config() as written, with the business facts filled in (knowledge/facts.toml).
+    assert config.server == ServerConfig() and config.vad == Config().vad
+    assert (
+        Config().dialogue.greeting
+        == "Hello, thanks for calling {{company}}. How can I help you today?"
+    )
+    assert config.dialogue.greeting == (
+        "Hello, thanks for calling Northwind Energy. How can I help you today?"
+    )
+    assert "{{" not in repr(config)
     assert config.server.port == 9092
     assert config.server.default_rate_hz == 8000
 
@@ -130,6 +138,15 @@ def test_a_barge_in_end_silence_outside_the_short_and_maximum_silences_is_reject
         load_config(path)
 
 
+def test_a_short_utterance_silence_outside_the_short_and_maximum_silences_is_rejected(
+    tmp_path: Path,
+) -> None:
+    for text in ("short_end_silence_ms = 100\n", "short_end_silence_ms = 800\n"):
+        path = write(tmp_path, "[vad]\n" + text)
+        with pytest.raises(ConfigError, match="vad.short_end_silence_ms"):
+            load_config(path)
+
+
 def test_missing_file_and_bad_toml_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match="nope.toml"):
@@ -197,4 +214,4 @@ def test_as_dict_of_the_real_config_round_trips() -> None:
     assert isinstance(data["dialogue"]["rules"], list)
     assert data["dialogue"]["rules"][0]["keywords"]
     # Everything as_dict shows can be loaded back (tuples shown as lists).
-    assert parse_config(data, "round-trip") == Config()
+    assert parse_config(data, "round-trip") == load_config()  # facts filled in

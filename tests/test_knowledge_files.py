@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,14 @@ def test_check_config_reports_the_knowledge_problems(
     config = write(
         tmp_path, "v.toml", f'[llm]\nknowledge_dir = "{kb}"\n[turn]\ndetector = "silence"\n'
     )
+    # The default greeting and rules say {{company}}, {{phone_hours}}, {{address}}: a
+    # knowledge folder without those facts is a config error naming the setting and file.
+    assert main(["check-config", "--config", str(config)]) == 2
+    assert (
+        f"dialogue.greeting: unknown fact {{{{company}}}} (not in {kb / 'facts.toml'}: no facts)"
+        in capsys.readouterr().err
+    )
+    shutil.copy(ROOT / "knowledge" / "facts.toml", kb / "facts.toml")
     assert main(["check-config", "--config", str(config)]) == 1
     assert f"problem: {bad}:1: '## Is it free?' has no answer" in capsys.readouterr().err
 

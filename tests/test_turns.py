@@ -91,6 +91,22 @@ def test_end_turn_early_only_after_the_short_silence() -> None:
     assert not taker.caller_speaking
 
 
+def test_a_short_utterance_ends_no_sooner_than_the_short_utterance_silence() -> None:
+    """A question (1.2 s of speech) ends after end_silence_ms (150); a "yes" (0.4 s) only
+    after short_end_silence_ms (200): "yes ... please" stays one turn."""
+    config = VadConfig(
+        end_silence_ms=150, short_utterance_ms=600, short_end_silence_ms=200, end_silence_max_ms=700
+    )
+    for speech_s, ends_after_s in ((1.2, 0.15), (0.4, 0.2)):
+        taker = TurnTaker(config)
+        feed(taker, [(0.32, 0.02), (speech_s, 0.95), (0.064, 0.02)])
+        since_s = taker.pause_since_s
+        assert since_s is not None
+        # The last window before the silence reaches ends_after_s (windows are 32 ms).
+        assert taker.end_turn_early(since_s + ends_after_s - 0.04) is None
+        assert isinstance(taker.end_turn_early(since_s + ends_after_s), UtteranceEnded)
+
+
 def test_blip_shorter_than_min_speech_is_not_a_turn() -> None:
     taker = TurnTaker(VadConfig(min_speech_ms=160))
     assert feed(taker, [(0.1, 0.95), (1.0, 0.02)]) == []

@@ -42,7 +42,12 @@ def _check_config(args: argparse.Namespace) -> int:
     clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))
     if config.prompts.dir and not Path(config.prompts.dir).is_dir():
         clips.problems.append(f"prompts.dir {config.prompts.dir}: not a folder")
-    problems = [*clips.problems, *_turn_model_problems(config), *_knowledge_problems(config)]
+    problems = [
+        *clips.problems,
+        *_turn_model_problems(config),
+        *_knowledge_problems(config),
+        *_rasa_domain_problems(config),
+    ]
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -61,6 +66,20 @@ def _knowledge_problems(config: Config) -> list[str]:
         for folder in dict.fromkeys(f for f in folders if f)
         for problem in knowledge_problems(folder)
     ]
+
+
+def _rasa_domain_problems(config: Config) -> list[str]:
+    """A ``{{fact}}`` in the managed Rasa project's responses that facts.toml lacks."""
+    from voicebot_pbx.facts import FactsError, load_facts, text_problems
+
+    domain = Path(config.rasa.project_dir) / "domain.yml"
+    if config.dialogue.engine != "rasa" or not config.rasa.manage or not domain.is_file():
+        return []
+    try:
+        facts = load_facts(config.llm.knowledge_dir)
+    except FactsError as exc:
+        return [str(exc)]
+    return text_problems(domain.read_text(encoding="utf-8"), facts, file=str(domain))
 
 
 def _turn_model_problems(config: Config) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from voicebot_pbx.config_facts import with_facts
 from voicebot_pbx.config_parse import ConfigError, build
 
 
@@ -52,8 +53,13 @@ class VadConfig:
     min_speech_ms: int = 160
     # The turn ends after end_silence_ms of silence when the end-of-turn detector ([turn])
     # says the caller sounds finished, else after end_silence_max_ms.
-    end_silence_ms: int = 200
+    end_silence_ms: int = 150
     end_silence_max_ms: int = 700
+    # A short utterance (less than short_utterance_ms from onset to the pause: "yes", "no")
+    # ends no sooner than short_end_silence_ms ("yes ... please" goes on more often than a
+    # whole question does).
+    short_utterance_ms: int = 600
+    short_end_silence_ms: int = 200
     lookback_ms: int = 300
     # Caller speech needed while the bot talks before the bot stops (barge-in).
     barge_in_min_speech_ms: int = 120
@@ -141,12 +147,11 @@ def _default_rules() -> tuple[RuleConfig, ...]:
     return (
         RuleConfig(
             keywords=("opening hours", "open", "opening", "hours", "hour", "close", "closing"),
-            reply="We are open Monday to Friday from eight am to six pm, "
-            "and Saturday from nine am to one pm.",
+            reply="We are open {{phone_hours}}.",
         ),
         RuleConfig(
             keywords=("address", "where are you", "located", "location", "find you"),
-            reply="You can find us at 12 Harbour Street, in the city centre.",
+            reply="You can find us at {{address}}, in the city centre.",
         ),
         RuleConfig(
             keywords=("agent", "human", "person", "operator", "representative"),
@@ -165,7 +170,7 @@ def _default_rules() -> tuple[RuleConfig, ...]:
 @dataclass(frozen=True, slots=True)
 class DialogueConfig:
     engine: Literal["rules", "rasa"] = "rasa"
-    greeting: str = "Hello, thanks for calling Northwind Energy. How can I help you today?"
+    greeting: str = "Hello, thanks for calling {{company}}. How can I help you today?"
     reprompt: str = "Sorry, I didn't catch that. Could you say it again?"
     rules: tuple[RuleConfig, ...] = field(default_factory=_default_rules)
     timeout_s: float = 3.0
@@ -408,7 +413,7 @@ class LlmConfig:
     # Share of an answer's content words that must occur in the passages or the question
     # (catches invented offers with no number or name in them); 0 turns it off.
     min_support: float = 0.6
-    company: str = "Northwind Energy"
+    company: str = "{{company}}"
     fallback_reply: str = DEFAULT_FALLBACK_REPLY
     refusal_reply: str = DEFAULT_REFUSAL_REPLY
 
@@ -586,7 +591,7 @@ class Config:
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
-    config = build(Config, data, "", source)
+    config = with_facts(build(Config, data, "", source), source)
     _validate(config, source)
     return config
 
@@ -631,6 +636,18 @@ def _validate(config: Config, source: str) -> None:
         problems.append(
             f"vad.barge_in_end_silence_ms = {config.vad.barge_in_end_silence_ms} must be "
             "between vad.end_silence_ms and vad.end_silence_max_ms"
+        )
+    if (
+        not (
+            config.vad.end_silence_ms
+            <= config.vad.short_end_silence_ms
+            <= config.vad.end_silence_max_ms
+        )
+        or config.vad.short_utterance_ms < 0
+    ):
+        problems.append(
+            f"vad.short_end_silence_ms = {config.vad.short_end_silence_ms} must be between "
+            "vad.end_silence_ms and vad.end_silence_max_ms, vad.short_utterance_ms >= 0"
         )
     tiebreak_ms = config.turn.tiebreak_silence_ms
     if tiebreak_ms != 0 and not (

@@ -21,6 +21,7 @@ from voicebot_pbx.config import (
 )
 from voicebot_pbx.config import LlmConfig as LlmConfig
 from voicebot_pbx.config import LlmEndpointConfig as LlmEndpointConfig
+from voicebot_pbx.facts import FactsError, load_facts, render, text_problems
 
 log = structlog.get_logger(__name__)
 
@@ -117,11 +118,13 @@ class KnowledgeBase:
         folder = Path(directory)
         if not folder.is_dir():
             raise FileNotFoundError(f"knowledge folder {folder} does not exist")
+        facts = load_facts(folder)
         passages: list[Passage] = []
         for file in sorted(folder.glob("*.md")):
             if file.name.lower() == "readme.md":
                 continue
-            passages.extend(parse_knowledge_markdown(file.read_text(encoding="utf-8"), file.stem))
+            text = render(file.read_text(encoding="utf-8"), facts, where=str(file))
+            passages.extend(parse_knowledge_markdown(text, file.stem))
         if not passages:
             raise ValueError(f"knowledge folder {folder} has no '## question' passages")
         log.info("knowledge_loaded", folder=str(folder), passages=len(passages))
@@ -214,24 +217,30 @@ def parse_knowledge_markdown(text: str, stem: str) -> list[Passage]:
 
 def knowledge_problems(directory: str | Path) -> list[str]:
     """What an admin must fix in a knowledge folder, each naming the file and line: no
-    folder or no entries, a file that is not UTF-8 or has no ``## question``, text outside
-    any question, a question with no answer, the same question twice. Empty: all good.
-    Reads the files; never raises."""
+    folder or no entries, a broken facts.toml or a ``{{fact}}`` it does not define, a file
+    that is not UTF-8 or has no ``## question``, text outside any question, a question with
+    no answer, the same question twice. Empty: all good. Reads the files; never raises."""
     folder = Path(directory)
     if not folder.is_dir():
         return [f"knowledge folder {folder}: does not exist"]
     problems: list[str] = []
+    try:
+        facts = load_facts(folder)
+    except FactsError as exc:
+        problems.append(str(exc))
+        facts = {}
     seen: dict[str, str] = {}  # normalised question -> "file:line"
     entries = 0
     for file in sorted(folder.glob("*.md")):
         if file.name.lower() == "readme.md":
             continue
         try:
-            lines = file.read_text(encoding="utf-8").splitlines()
+            text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(f"{file}: cannot be read as UTF-8 text ({type(exc).__name__})")
             continue
-        found, count = _file_problems(file, lines, seen)
+        problems += text_problems(text, facts, file=str(file))
+        found, count = _file_problems(file, text.splitlines(), seen)
         problems += found
         entries += count
     if entries == 0 and not problems:

@@ -40,6 +40,8 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import structlog
 
+from voicebot_pbx.facts import FactsError, load_facts, render
+
 __all__ = [
     "RASA_ENV",
     "RasaServer",
@@ -76,6 +78,7 @@ _HASHED_GLOBS = (
     "constraints.txt",
 )
 _KEEP_MODELS = 3
+_REPO = Path(__file__).resolve().parents[2]
 _LOG_TAIL_BYTES = 4000
 
 
@@ -102,8 +105,9 @@ def default_rasa_venv(repo_dir: Path | None = None) -> Path:
     return base / ".cache" / "rasa-venv"
 
 
-def project_hash(project_dir: Path) -> str:
-    """sha256 over the relative paths and contents of the files that define the model."""
+def project_hash(project_dir: Path, facts: Mapping[str, str] | None = None) -> str:
+    """sha256 over the relative paths and contents of the files that define the model, and
+    the business facts its responses are rendered with."""
     files: set[Path] = set()
     for pattern in _HASHED_GLOBS:
         files.update(p for p in project_dir.glob(pattern) if p.is_file())
@@ -114,6 +118,9 @@ def project_hash(project_dir: Path) -> str:
         digest.update(path.relative_to(project_dir).as_posix().encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
+        digest.update(b"\0")
+    for name, value in sorted((facts or {}).items()):
+        digest.update(f"fact:{name}={value}".encode())
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -190,6 +197,7 @@ class RasaServer:
         train_timeout_s: float = 900.0,
         restart_backoff_s: Sequence[float] = (1.0, 2.0, 5.0, 10.0, 30.0),
         stable_after_s: float = 60.0,
+        facts: Mapping[str, str] | None = None,
     ) -> None:
         if redis_url is not None and endpoints_path is not None:
             raise ValueError("give either redis_url or endpoints_path, not both")
@@ -208,6 +216,9 @@ class RasaServer:
         self.auth_token = auth_token
         self.preload_skops = preload_skops
         self._env_extra = dict(env_extra or {})
+        # Business facts ({{name}} in domain.yml's responses; voicebot_pbx.facts); None:
+        # the repository's knowledge/facts.toml.
+        self.facts = dict(facts if facts is not None else load_facts(_REPO / "knowledge"))
         self._redis_url = redis_url
         self._redis_record_exp_s = redis_record_exp_s
         self._endpoints_path = endpoints_path.absolute() if endpoints_path is not None else None
@@ -321,7 +332,7 @@ class RasaServer:
 
         Call it from async code with ``await asyncio.to_thread(server.ensure_trained)``.
         """
-        digest = project_hash(self.project_dir)
+        digest = project_hash(self.project_dir, self.facts)
         name = f"model-{digest[:16]}"
         target = self.models_dir / f"{name}.tar.gz"
         if target.is_file():
@@ -337,12 +348,13 @@ class RasaServer:
             tmp_name = f"tmp-{name}-{os.getpid()}"
             log_path = self.work_dir / "logs" / "rasa-train.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
+            domain = self._rendered_domain(tmp_name)
             argv = self._rasa_argv(
                 "train",
                 "--config",
                 str(self.project_dir / "config.yml"),
                 "--domain",
-                str(self.project_dir / "domain.yml"),
+                str(domain),
                 "--data",
                 str(self.project_dir / "data"),
                 "--out",
@@ -381,6 +393,19 @@ class RasaServer:
             log.info("rasa_server.trained", model=str(target), train_s=round(train_s, 2))
             self._model = TrainedModel(target, digest, trained=True, train_s=train_s)
             return self._model
+
+    def _rendered_domain(self, name: str) -> Path:
+        """domain.yml with the business facts filled in (``{{name}}``), written under the
+        work dir for ``rasa train`` (the project folder stays as the admin wrote it)."""
+        source = self.project_dir / "domain.yml"
+        try:
+            text = render(source.read_text(encoding="utf-8"), self.facts, where=str(source))
+        except (OSError, FactsError) as exc:
+            raise RasaServerError(str(exc)) from exc
+        target = self.work_dir / "rasa-build" / f"{name}-domain.yml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        return target
 
     def _prune_models(self, keep: Path) -> None:
         models = sorted(
@@ -563,7 +588,7 @@ class RasaServer:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    repo = Path(__file__).resolve().parents[2]
+    repo = _REPO
     p = argparse.ArgumentParser(prog="python -m voicebot_pbx.answers.rasa_server")
     p.add_argument("command", choices=("train", "exec"), help="train if needed / train + exec")
     p.add_argument("--project", type=Path, default=repo / "rasa_project")
@@ -574,11 +599,19 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=5005)
     p.add_argument("--redis-url", default=os.environ.get("VOICEBOT_RASA_REDIS_URL") or None)
     p.add_argument("--endpoints", type=Path, default=None)
+    p.add_argument(
+        "--knowledge", type=Path, default=repo / "knowledge", help="folder of facts.toml"
+    )
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    try:
+        facts = load_facts(args.knowledge)
+    except FactsError as exc:
+        log.error("rasa_server.train_failed", error=str(exc))
+        return 1
     server = RasaServer(
         args.project,
         args.venv,
@@ -589,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         endpoints_path=args.endpoints,
         redis_url=args.redis_url,
         auth_token=os.environ.get("VOICEBOT_RASA_TOKEN") or None,
+        facts=facts,
     )
     try:
         model = server.ensure_trained()

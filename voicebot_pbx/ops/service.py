@@ -27,6 +27,7 @@ from voicebot_pbx.answers.routing import spoken_sentences
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.call.session import Shared, make_handler
 from voicebot_pbx.config import Config
+from voicebot_pbx.facts import load_facts
 from voicebot_pbx.ops import sdnotify
 from voicebot_pbx.ops.analytics import open_recorder
 from voicebot_pbx.ops.health import HealthServer, readiness_report
@@ -202,6 +203,7 @@ def rasa_server_for(config: Config) -> RasaServer:
         port=url.port or 5005,
         models_dir=cache / "rasa-models",
         redis_url=redis_url,
+        facts=load_facts(config.llm.knowledge_dir),
     )
 
 

@@ -166,6 +166,13 @@ class TurnTaker:
             # interruption ends no sooner than barge_in_end_silence_ms.
             silence_ms = max(silence_ms, self.config.barge_in_end_silence_ms)
         since_s = self._endpointer.silence_since_s
+        if (
+            since_s is not None
+            and self._onset_s is not None
+            and since_s - self._onset_s < self.config.short_utterance_ms / 1000.0
+        ):
+            # "yes" / "no" before a pause: "... please" / "... thanks" often follows.
+            silence_ms = max(silence_ms, self.config.short_end_silence_ms)
         if since_s is None or not self._endpointer.reached(since_s, now_s, silence_ms / 1000.0):
             return None
         self._endpointer.reset()
