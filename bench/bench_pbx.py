@@ -93,7 +93,7 @@ from tests.realpbx.speech import (  # noqa: E402
     segments,
     voiced_windows,
 )
-from voicebot_pbx.config import _default_rules  # noqa: E402
+from voicebot_pbx.config import RuleConfig, load_config  # noqa: E402
 
 # espeak-ng voices + variants: none is one the tests, bench_turns or bench_stt's set speak with
 # (en-gb-x-gbclan+f1 was dropped: the STT misheard nearly all its questions).
@@ -161,7 +161,7 @@ class BenchBot(BotProcess):
         text = (
             super().config_text().replace("[server]\n", f"[server]\nmax_calls = {self.max_calls}\n")
         )
-        rules = list(_default_rules())
+        rules = list(default_rules())
         lines = []
         for rule in rules[:2]:
             lines.append(_rule_toml(list(rule.keywords), rule.reply, rule.then, rule.target))
@@ -169,6 +169,11 @@ class BenchBot(BotProcess):
         for rule in rules[2:]:
             lines.append(_rule_toml(list(rule.keywords), rule.reply, rule.then, rule.target))
         return text + "\n" + "\n".join(lines)
+
+
+def default_rules() -> tuple[RuleConfig, ...]:
+    """The service's default rules as it speaks them (business facts filled in)."""
+    return load_config().dialogue.rules
 
 
 def _rule_toml(keywords: list[str], reply: str, then: str, target: str) -> str:
@@ -182,7 +187,7 @@ def expected_replies(dialogue: str) -> dict[str, str]:
     """Intent -> the start of the reply that answers it (to count misheard turns)."""
     if dialogue == "rasa":
         return {"address": "Our customer centre", "payment": "To reset", "hours": "Our phone"}
-    rules = _default_rules()
+    rules = default_rules()
     return {
         "hours": rules[0].reply[:20],
         "address": rules[1].reply[:20],

@@ -23,7 +23,9 @@ Sources (signalwire/freeswitch):
   - ``api_exec``: "Content-Type: api/response\\nContent-Length: %d\\n\\n" + output; an
     empty output becomes "-ERR no reply\\n".
 - ``src/mod/applications/mod_commands/mod_commands.c``: ``uuid_transfer`` ("+OK\\n",
-  "-ERR No Such Channel!\\n", "-USAGE: ...") and ``uuid_break`` (writes nothing on success).
+  "-ERR No Such Channel!\\n", "-USAGE: ...") and ``uuid_break`` (writes nothing on success);
+  ``uuid_setvar <uuid> <var> [value]`` (split at the first two spaces, so the value keeps
+  its spaces; "+OK\\n", "-ERR No such channel!\\n"; no value unsets).
 - ``src/switch_ivr.c``: ``switch_ivr_parse_event`` (call-command unicast / hangup /
   execute), ``switch_ivr_activate_unicast`` (always a UDP socket, ``tcp`` or not; bind
   local-ip:local-port; L16 at the read rate), ``switch_ivr_park`` (one datagram per frame
@@ -397,6 +399,17 @@ class FakeFreeSwitch:
                 await self.event("CHANNEL_UNPARK")
 
             return "+OK\n", leave_park
+        if cmd == "uuid_setvar":
+            parts = rest.split(" ", 2)
+            if len(parts) < 2 or not parts[1]:
+                return "-USAGE: <uuid> <var> [value]\n", None
+            if parts[0] != self.uuid or not self.channel_up:
+                return "-ERR No such channel!\n", None
+            if len(parts) == 3 and parts[2]:
+                self.variables[parts[1]] = parts[2]
+            else:
+                self.variables.pop(parts[1], None)
+            return "+OK\n", None
         if cmd == "uuid_break":
             if not argv:
                 return "-USAGE: <uuid> [all]\n", None

@@ -299,6 +299,16 @@ def test_transfer_redirects_the_callers_channel() -> None:
             assert first(redirect, "Priority") == "1"
             assert first(redirect, "ActionID")
 
+            # Handover variables: one Setvar each on the caller's channel.
+            assert await client.set_vars(call_id, {"VOICEBOT_INTENT": "x", "VOICEBOT_DONE": "1"})
+            setvars = fake.actions_named("Setvar")[-2:]
+            assert [
+                (first(a, "Channel"), first(a, "Variable"), first(a, "Value")) for a in setvars
+            ] == [
+                ("PJSIP/trunk-00000003", "VOICEBOT_INTENT", "x"),
+                ("PJSIP/trunk-00000003", "VOICEBOT_DONE", "1"),
+            ]
+
             assert await client.transfer(call_id, "support,200") is True
             redirect = fake.actions_named("Redirect")[-1]
             assert (first(redirect, "Context"), first(redirect, "Exten")) == ("support", "200")

@@ -247,6 +247,10 @@ def test_transfer_uses_uuid_transfer_and_does_not_hang_up() -> None:
         async def transfer(media: CallMedia) -> None:
             await asyncio.sleep(0.1)
             results.append(await server.transfer("no-such-call", "agents"))
+            results.append(await server.set_vars("no-such-call", {"A": "b"}))
+            # The handover variables go first (uuid_setvar; a value keeps its spaces).
+            context = {"VOICEBOT_SUMMARY": "check balance; 2 turns", "VOICEBOT_VERIFIED": "no"}
+            results.append(await server.set_vars(media.call_id, context))
             results.append(await server.transfer(media.call_id, "agents"))
 
         script = Script(action=transfer)
@@ -254,7 +258,11 @@ def test_transfer_uses_uuid_transfer_and_does_not_hang_up() -> None:
             fs = await dial(server)
             await asyncio.wait_for(script.ended.wait(), 5.0)
             await asyncio.wait_for(fs.socket_closed.wait(), 5.0)
-        assert results == [False, True]
+        assert results == [False, False, True, True]
+        assert fs.variables["VOICEBOT_SUMMARY"] == "check balance; 2 turns"
+        assert fs.variables["VOICEBOT_VERIFIED"] == "no"
+        setvar = await fs.wait_command("api", arg_prefix="uuid_setvar")
+        assert setvar.arg == f"uuid_setvar {fs.uuid} VOICEBOT_SUMMARY check balance; 2 turns"
         command = await fs.wait_command("api", arg_prefix="uuid_transfer")
         assert command.arg == f"uuid_transfer {fs.uuid} agents XML support"
         assert fs.transferred_to == ("agents", "XML", "support")

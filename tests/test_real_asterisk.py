@@ -143,8 +143,11 @@ def test_bot_ends_the_call_and_the_dialplan_continues(bed: Bed) -> None:
     assert [t.reply_text for t in record.turns if t.kind == "speech"] == [
         "Thank you for calling. Goodbye!"
     ]
-    # AudioSocket() returned and the dialplan went on at the next priority.
+    # AudioSocket() returned and the dialplan went on at the next priority, with
+    # VOICEBOT_DONE=1 set over AMI first (the example dialplan then skips the agent queue).
     assert bed.asterisk.db_get("vbnext", tag) is not None
+    assert bed.asterisk.db_get("vbdone", tag) == "done:1"
+    assert not record.errors
     rec = bed.asterisk.recording(tag)
     said = segments(voiced_windows(rec.said, rec.rate_hz))
     # The caller was cut off by the bot's hang-up long before its 10 s of silence ended.

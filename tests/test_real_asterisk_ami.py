@@ -174,6 +174,13 @@ def test_transfer_is_an_ami_redirect_into_the_transfer_context(bed: Bed) -> None
         and e.get("Context") == "voicebot-transfer"
     ]
     assert moved and moved[0]["Channel"].endswith(";1") and moved[0]["Exten"] == "agents"
+    # What the transfer context read from the channel: the bot's Setvar before the Redirect.
+    (record,) = [r for r in bed.bot.records() if r.call_id in bed.seen][-1:]
+    call_id, intent, verified, account = (bed.asterisk.db_get("vbctx", tag) or "").split("|")
+    assert (call_id, verified, account) == (record.call_id, "no", "")
+    summary = bed.asterisk.db_get("vbsum", tag) or ""
+    assert summary.startswith(f"{intent}; 1 turn; said: ") and "agent" in summary, summary
+    assert log_events(bed.bot, "handover_vars") and not record.errors
 
 
 # --- 3. outbound ------------------------------------------------------------------------

@@ -182,6 +182,12 @@ def test_transfer_lands_in_the_target_extension(bed: Bed) -> None:
     assert record.end_reason == "transferred" and record.transfer_target == "agents"
     assert speech_turns(record)[0][1] == TRANSFER_REPLY
     assert bed.fs.global_var(f"vbxfer_{call.tag}") == "agents"
+    # The handover variables the bot set (uuid_setvar) before uuid_transfer, read back by
+    # the agents extension.
+    call_id, intent, verified = bed.fs.global_var(f"vbctx_{call.tag}").split("|")
+    assert (call_id, verified) == (record.call_id, "no")
+    summary = bed.fs.global_var(f"vbsum_{call.tag}")
+    assert summary.startswith(f"{intent}; 1 turn; said: ") and "agent" in summary, summary
     assert bed.fs.global_var(f"vbnext_{call.tag}") == ""
     rec = bed.fs.recording(call)
     # The caller heard the agents extension's tone after the bot's last words.

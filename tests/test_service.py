@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.fake_ami import FakeAmi
+from tests.fake_ami import FakeAmi, _first
 from tests.speech import have_espeak
 from tests.test_turns import make_shared
 from voicebot_pbx.call.session import make_handler
@@ -42,7 +42,7 @@ from voicebot_pbx.config_parse import ConfigError
 from voicebot_pbx.ops.records import JsonlRecorder
 from voicebot_pbx.pbx.ami import AmiClient
 from voicebot_pbx.pbx.audiosocket import AudioSocketServer
-from voicebot_pbx.pbx.caller import Pause, SimulatedCaller
+from voicebot_pbx.pbx.caller import Pause, Say, SimulatedCaller
 from voicebot_pbx.testing import tone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +231,48 @@ def test_profile_from_the_dialplan_channel_variable(tmp_path: Path) -> None:
     (record,) = asyncio.run(scenario())
     assert record["profile"] == "billing"
     assert record["turns"][0]["reply_text"] == "Billing line, how can I help?"  # type: ignore[index]
+
+
+def test_a_transfer_sets_the_handover_variables_before_the_redirect(tmp_path: Path) -> None:
+    """The caller asks for an agent: the bot sets VOICEBOT_* on the caller's channel (AMI
+    Setvar), then redirects it; the transfer context reads them (issue #19 item 3)."""
+    from tests.test_turns import AGENT
+
+    async def scenario() -> tuple[FakeAmi, dict[str, str], list[dict[str, object]]]:
+        fake = FakeAmi()
+        fake.dialplan.add(("voicebot-transfer", "q"))
+        await fake.start()
+        server, ami, recorder = await bot_with_ami(fake, tmp_path)
+        try:
+            call_id = uuid.uuid4()
+            channel = fake.add_channel("PJSIP/1001-00000002")
+            await fake.newexten(channel, "AudioSocket", f"{call_id},127.0.0.1:{server.port}")
+            await asyncio.sleep(0.1)
+            caller = SimulatedCaller("127.0.0.1", server.port, call_uuid=call_id, reply_gap_s=0.4)
+            await caller.run([Pause(0.3), Say(tone(0.8, 8000, AGENT)), Pause(2.0)])
+            await asyncio.wait_for(server.wait_idle(), 5.0)
+        finally:
+            await server.close()
+            await ami.close()
+            await fake.stop()
+        return fake, dict(channel.variables), recorder.read_all()
+
+    fake, variables, records = asyncio.run(scenario())
+    (record,) = records
+    assert record["end_reason"] == "transferred" and not record["errors"]
+    names = [_first(a, "Action") + ":" + _first(a, "Variable") for a in fake.actions]
+    setvars = [n.split(":", 1)[1] for n in names if n.startswith("Setvar:")]
+    assert setvars == [
+        "VOICEBOT_CALL_ID",
+        "VOICEBOT_INTENT",
+        "VOICEBOT_SUMMARY",
+        "VOICEBOT_VERIFIED",
+    ]
+    # All of them before the Redirect that moves the channel.
+    assert max(names.index(f"Setvar:{v}") for v in setvars) < names.index("Redirect:")
+    assert variables["VOICEBOT_CALL_ID"] == record["call_id"]
+    assert variables["VOICEBOT_VERIFIED"] == "no"
+    assert variables["VOICEBOT_SUMMARY"].startswith(f"{variables['VOICEBOT_INTENT']}; 1 turn")
 
 
 def test_originate_places_the_call_and_the_leg_hears_the_outbound_greeting_first(

@@ -252,6 +252,19 @@ class AmiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HandoverConfig:
+    """What a transfer tells the PBX (voicebot_pbx.call.handover): before an AMI Redirect /
+    ESL uuid_transfer the bot sets VOICEBOT_CALL_ID, VOICEBOT_INTENT, VOICEBOT_SUMMARY,
+    VOICEBOT_VERIFIED and VOICEBOT_ACCOUNT on the caller's channel; before ending the call
+    itself, VOICEBOT_DONE=1 (the dialplan after AudioSocket() skips the queue)."""
+
+    enabled: bool = True
+    # VOICEBOT_ACCOUNT: "masked" (all but the last 4 digits), "full", or "none" (not set).
+    account: Literal["masked", "full", "none"] = "masked"
+    timeout_s: float = 2.0  # for all the variables together; the transfer goes on after it
+
+
+@dataclass(frozen=True, slots=True)
 class HealthConfig:
     """HTTP on loopback: /health (liveness), /ready (readiness), /metrics (Prometheus)."""
 
@@ -580,6 +593,7 @@ class Config:
     fallbacks: FallbackConfig = field(default_factory=FallbackConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     ami: AmiConfig = field(default_factory=AmiConfig)
+    handover: HandoverConfig = field(default_factory=HandoverConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     profiles: tuple[ProfileConfig, ...] = ()
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
@@ -658,6 +672,8 @@ def _validate(config: Config, source: str) -> None:
             f"vad.end_silence_ms ({config.vad.end_silence_ms}) and vad.end_silence_max_ms "
             f"({config.vad.end_silence_max_ms})"
         )
+    if config.handover.timeout_s <= 0:
+        problems.append("handover.timeout_s must be > 0")
     if config.inference.pool_threads < 1:
         problems.append("inference.pool_threads must be at least 1")
     if config.stt.max_batch < 1:

@@ -26,6 +26,7 @@ import structlog
 from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.call import policy
+from voicebot_pbx.call.handover import handover_vars
 from voicebot_pbx.call.listener import Listener, TranscriptTrace
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.responder import Responder, SpeechSynth
@@ -93,6 +94,8 @@ class CallSession:
         self._reply_first_frame_at: float | None = None
         self._reply_turn: TurnRecord | None = None
         self._ending = False
+        # What the dialogue collected over the call (Rasa entities), for a transfer's context.
+        self._entities: dict[str, str] = {}
         self._dtmf = policy.DtmfEntry()
         self._dtmf_task: asyncio.Task[None] | None = None
         self.fallbacks = shared.config.fallbacks
@@ -534,6 +537,7 @@ class CallSession:
         if answer.source == "rasa":
             turn.nlu_ms = turn.stt_to_dialogue_ms
         turn.fallbacks.extend(answer.fallbacks)
+        self._entities.update(answer.entities)
         turn.intent = answer.intent
         turn.confidence = answer.confidence
         turn.dialogue = answer.source
@@ -616,6 +620,12 @@ class CallSession:
             control = self.shared.control
             transferred = False
             if control is not None:
+                await self._tell_pbx(
+                    control,
+                    handover_vars(
+                        self.record, self._entities, account=self.config.handover.account
+                    ),
+                )
                 with contextlib.suppress(Exception):
                     transferred = await control.transfer(self.media.call_id, target)
             if not transferred:
@@ -623,7 +633,29 @@ class CallSession:
                 await self.media.hangup("transferred")
         else:
             self.record.end_reason = "bot_hangup"
+            if self.shared.control is not None:
+                await self._tell_pbx(self.shared.control, {"VOICEBOT_DONE": "1"})
             await self.media.hangup("bot_hangup")
+
+    async def _tell_pbx(self, control: CallControl, variables: dict[str, str]) -> None:
+        """Set the call's channel variables before it leaves the bot ([handover]); a PBX
+        that does not take them costs one log line and an error in the record, never the
+        transfer or the hang-up."""
+        if not self.config.handover.enabled:
+            return
+        ok = False
+        try:
+            async with asyncio.timeout(self.config.handover.timeout_s):
+                ok = await control.set_vars(self.media.call_id, variables)
+        except Exception as exc:  # a timeout, a lost AMI/ESL link
+            log.warning("handover_vars_failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            if ok:
+                log.info("handover_vars", variables=sorted(variables))
+            else:
+                log.warning("handover_vars_failed", error="refused by the PBX")
+        if not ok:
+            self.record.errors.append("handover_vars_failed")
 
 
 async def _ready(answer: DialogueTurn) -> DialogueTurn:

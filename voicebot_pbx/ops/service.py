@@ -304,6 +304,13 @@ class RoutedControl:
             return await self.ami.transfer(call_id, target)
         return False
 
+    async def set_vars(self, call_id: str, variables: Mapping[str, str]) -> bool:
+        if self.freeswitch is not None and call_id in self.freeswitch.calls:
+            return await self.freeswitch.set_vars(call_id, variables)
+        if self.ami is not None:
+            return await self.ami.set_vars(call_id, variables)
+        return False
+
     async def get_var(self, call_id: str, name: str) -> str | None:
         if self.ami is None or (self.freeswitch is not None and call_id in self.freeswitch.calls):
             return None

@@ -281,6 +281,13 @@ class AmiClient:
         action = {"Action": "Setvar", "Channel": channel, "Variable": name, "Value": value}
         return await self._simple_action("set_var", call_id, action)
 
+    async def set_vars(self, call_id: str, variables: Mapping[str, str]) -> bool:
+        """One Setvar per variable, in order; False when any was refused."""
+        ok = True
+        for name, value in variables.items():
+            ok = await self.set_var(call_id, name, value) and ok
+        return ok
+
     def accept_media_dtmf(self, call_id: str, digit: str) -> bool:
         """For the AudioSocket path: False if this digit already came via AMI."""
         at_s = asyncio.get_running_loop().time()

@@ -27,7 +27,7 @@ import concurrent.futures
 import contextlib
 import ipaddress
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import structlog
@@ -175,6 +175,30 @@ class FreeswitchCall(CallState):
         self._mark_closed("transferred")
         log.info("transferred", target=target)
         return True
+
+    async def set_vars(self, variables: Mapping[str, str]) -> bool:
+        """``api uuid_setvar <uuid> <name> <value>`` per variable ("+OK"); mod_commands
+        splits the command at its first two spaces, so a value may hold spaces."""
+        ok = True
+        for name, value in variables.items():
+            if self.closed or not esl.TOKEN.fullmatch(name) or "\n" in value:
+                log.warning("setvar_refused", variable=name[:40], closed=self.closed)
+                ok = False
+                continue
+            command = f"uuid_setvar {self.call_id} {name} {value}"
+            try:
+                reply = await self._link.command(
+                    esl.encode_api(command), self._config.command_timeout_s
+                )
+            except EslError as exc:
+                log.warning("setvar_failed", variable=name, error=exc.reason)
+                ok = False
+                continue
+            text = reply.text.strip() if reply.content_type == "api/response" else reply.reply_text
+            if not text.startswith("+OK"):
+                log.warning("setvar_failed", variable=name, reply=text[:120])
+                ok = False
+        return ok
 
     async def break_playback(self) -> bool:
         """``uuid_break <uuid>``: stop what FreeSWITCH itself is playing to the caller.
@@ -472,6 +496,10 @@ class FreeswitchServer(CallServer["FreeswitchCall"]):
         if call is None:
             return False
         return await call.transfer(target)
+
+    async def set_vars(self, call_id: str, variables: Mapping[str, str]) -> bool:
+        call = self.calls.get(call_id)
+        return False if call is None else await call.set_vars(variables)
 
     async def get_var(self, call_id: str, name: str) -> str | None:
         """The channel's variables came with the call (``FreeswitchCall.profile``): no

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -177,6 +177,11 @@ class CallControl(Protocol):
     """Call control beside the media (AMI / ESL): transfer. Optional for a transport."""
 
     async def transfer(self, call_id: str, target: str) -> bool: ...
+
+    async def set_vars(self, call_id: str, variables: Mapping[str, str]) -> bool:
+        """Set channel variables of the call (AMI Setvar / ESL uuid_setvar); False when
+        any of them was not set."""
+        ...
 
     async def get_var(self, call_id: str, name: str) -> str | None:
         """A channel variable of the call (AMI Getvar); None when unavailable."""
