@@ -215,3 +215,12 @@ def test_as_dict_of_the_real_config_round_trips() -> None:
     assert data["dialogue"]["rules"][0]["keywords"]
     # Everything as_dict shows can be loaded back (tuples shown as lists).
     assert parse_config(data, "round-trip") == load_config()  # facts filled in
+
+
+def test_a_webhook_url_must_be_http(tmp_path: Path) -> None:
+    path = write(tmp_path, '[webhook]\nurl = "ftp://crm.example/x"\n')
+    with pytest.raises(ConfigError, match="webhook.url"):
+        load_config(path)
+    path = write(tmp_path, '[webhook]\nurl = "https://crm.example/x"\nbackoff_s = [1.0, 0.0]\n')
+    with pytest.raises(ConfigError, match="backoff_s"):
+        load_config(path)

@@ -157,3 +157,23 @@ def test_the_shipped_texts_state_each_fact_only_through_facts_toml() -> None:
                 assert value not in text, f"{path} states {name} ({value!r}) literally"
     used = {name for text in texts.values() for name in _STATED.findall(text)}
     assert set(FACTS) <= used, f"facts nothing reads: {set(FACTS) - used}"
+
+
+def test_a_broken_facts_file_leaves_the_managed_rasa_server_buildable(tmp_path: Path) -> None:
+    """serve builds its Rasa server even so: one log line, no facts (its training then names
+    the fact the domain lacks and the rules answer)."""
+    import dataclasses
+
+    from structlog.testing import capture_logs
+
+    from voicebot_pbx.ops.service import rasa_server_for
+
+    write(tmp_path / "facts.toml", "company = \n")
+    base = load_config()
+    config = dataclasses.replace(
+        base, llm=dataclasses.replace(base.llm, knowledge_dir=str(tmp_path))
+    )
+    with capture_logs() as logs:
+        server = rasa_server_for(config)
+    assert server.facts == {}
+    assert [e for e in logs if e["event"] == "facts_unreadable"]

@@ -30,6 +30,7 @@ import structlog
 from tests.fake_ami import FakeAmi, _first
 from tests.speech import have_espeak
 from tests.test_turns import make_shared
+from tests.test_webhook import Crm
 from voicebot_pbx.call.session import make_handler
 from voicebot_pbx.config import (
     AmiConfig,
@@ -61,6 +62,7 @@ def free_port() -> int:
 @pytest.mark.skipif(not have_espeak(), reason="needs espeak-ng and sox (scripts/install)")
 def test_service_notifies_serves_a_profile_port_and_drains_on_sigterm(tmp_path: Path) -> None:
     port, profile_port, health_port = free_port(), free_port(), free_port()
+    crm = Crm(port=free_port())  # the post-call webhook's receiver
     config = tmp_path / "voicebot.toml"
     config.write_text(
         f"""
@@ -74,6 +76,9 @@ port = {health_port}
 engine = "rules"
 [tts]
 cache_dir = "{ROOT / ".cache" / "test-tts-cache"}"
+[webhook]
+url = "{crm.url}"
+secret_env = "TEST_WEBHOOK_SECRET"
 [[profiles]]
 name = "reminder"
 port = {profile_port}
@@ -86,7 +91,12 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
     notify.bind(str(notify_path))
     notify.settimeout(1.0)
     # No WATCHDOG_PID: the child cannot know its pid in advance; any pid is accepted then.
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"}
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(notify_path),
+        "WATCHDOG_USEC": "2000000",
+        "TEST_WEBHOOK_SECRET": "s3cret",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "voicebot_pbx.cli", "serve", "--config", str(config)],
         env=env,
@@ -102,8 +112,12 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
                 return
             with contextlib.suppress(TimeoutError):
                 messages.append(notify.recv(4096).decode())
-            if proc.poll() is not None and not any(state in m for m in messages):
-                raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+            if proc.poll() is not None:  # gone: what it sent before is still queued
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        messages.append(notify.recv(4096).decode())
+                if not any(state in m for m in messages):
+                    raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
         raise AssertionError(f"no {state} in {messages}")
 
     try:
@@ -116,6 +130,7 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
             assert b"voicebot_active_calls" in r.read()
 
         async def calls() -> tuple[object, object]:
+            await crm.start()
             profile_call = SimulatedCaller("127.0.0.1", profile_port, reply_gap_s=0.5)
             first = await profile_call.run([Pause(0.3)])
             staying = SimulatedCaller("127.0.0.1", port, reply_gap_s=0.5)
@@ -123,6 +138,8 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
             await asyncio.sleep(3.0)  # greeting playing / done; the call is in progress
             proc.send_signal(signal.SIGTERM)
             second = await asyncio.wait_for(stay_task, 30.0)
+            await asyncio.to_thread(proc.wait, 30)  # the sender's last round is over
+            await crm.stop()
             return first, second
 
         first, second = asyncio.run(calls())
@@ -148,6 +165,22 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
     log_text = (tmp_path / "serve.log").read_text()
     assert "profile_ready" in log_text and "length_scale=1.15" in log_text
     assert "startup_heap_frozen" in log_text  # before READY: see the test below
+    # The post-call webhook: every call either reached the CRM, signed, or is still in the
+    # durable queue for the next start (the drained call may end after the sender stopped).
+    from voicebot_pbx.ops.webhook import sign
+    from voicebot_pbx.ops.webhook_outbox import Outbox
+
+    assert crm.received, log_text[-3000:]
+    for request in crm.received:
+        stamp = request.headers["x-voicebot-timestamp"]
+        assert request.headers["x-voicebot-signature"] == sign(b"s3cret", stamp, request.body)
+        assert request.json()["call"]["call_id"] == request.headers["x-voicebot-delivery"]
+    outbox = Outbox(tmp_path / "state" / "webhook-outbox.sqlite")
+    queued = [d.call_id for d in outbox.due(time.time() + 3600.0, 100)]
+    outbox.close()
+    # At least once: a call taken by the CRM as the sender was stopped may also still be
+    # queued (the CRM dedupes on X-Voicebot-Delivery).
+    assert set(crm.call_ids()) | set(queued) == {r.call_id for r in records}
 
 
 def test_the_startup_heap_leaves_the_collected_generations() -> None:

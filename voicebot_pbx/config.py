@@ -265,6 +265,21 @@ class HandoverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """Post-call webhook (voicebot_pbx.ops.webhook): each finished call's record POSTed as
+    JSON to a CRM, signed (HMAC-SHA256 with the secret from ``secret_env``), through a
+    durable queue in the state dir, retried with back-off until the CRM takes it. Empty
+    ``url``: off (the default: nothing leaves the machine)."""
+
+    url: str = ""
+    secret_env: str = "VOICEBOT_WEBHOOK_SECRET"
+    timeout_s: float = 5.0
+    backoff_s: tuple[float, ...] = (1.0, 2.0, 5.0, 15.0, 60.0, 300.0)
+    # Calls kept while the CRM is down; beyond it the oldest are dropped (logged).
+    max_queued: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
 class HealthConfig:
     """HTTP on loopback: /health (liveness), /ready (readiness), /metrics (Prometheus)."""
 
@@ -594,6 +609,7 @@ class Config:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     ami: AmiConfig = field(default_factory=AmiConfig)
     handover: HandoverConfig = field(default_factory=HandoverConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     profiles: tuple[ProfileConfig, ...] = ()
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
@@ -672,6 +688,11 @@ def _validate(config: Config, source: str) -> None:
             f"vad.end_silence_ms ({config.vad.end_silence_ms}) and vad.end_silence_max_ms "
             f"({config.vad.end_silence_max_ms})"
         )
+    hook = config.webhook
+    if hook.url and urlsplit(hook.url).scheme not in ("http", "https"):
+        problems.append(f"webhook.url {hook.url!r} must be http:// or https://")
+    if hook.timeout_s <= 0 or hook.max_queued < 1 or not all(s > 0 for s in hook.backoff_s):
+        problems.append("webhook: timeout_s > 0, max_queued >= 1, backoff_s steps > 0")
     if config.handover.timeout_s <= 0:
         problems.append("handover.timeout_s must be > 0")
     if config.inference.pool_threads < 1:

@@ -27,12 +27,16 @@ from voicebot_pbx.answers.routing import spoken_sentences
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.call.session import Shared, make_handler
 from voicebot_pbx.config import Config
-from voicebot_pbx.facts import load_facts
+from voicebot_pbx.facts import FactsError, load_facts
 from voicebot_pbx.ops import sdnotify
 from voicebot_pbx.ops.analytics import open_recorder
 from voicebot_pbx.ops.health import HealthServer, readiness_report
 from voicebot_pbx.ops.metrics import MetricsRecorder, default_metrics, render_text
 from voicebot_pbx.ops.profiles import build_profile_kits
+from voicebot_pbx.ops.records import Recorder
+from voicebot_pbx.ops.redaction import Redactor
+from voicebot_pbx.ops.webhook import WebhookRecorder, WebhookSender
+from voicebot_pbx.ops.webhook_outbox import Outbox
 from voicebot_pbx.pbx.ami import AmiClient
 from voicebot_pbx.pbx.audiosocket import AudioSocketServer
 from voicebot_pbx.pbx.media import DtmfIn
@@ -147,7 +151,24 @@ def freeze_startup_heap() -> int:
     return gc.get_freeze_count()
 
 
-async def build_shared(config: Config) -> Shared:
+def open_webhook(config: Config) -> WebhookSender | None:
+    """The post-call webhook's sender over its durable queue in the state dir (None: no
+    ``[webhook] url``). Calls queued before a restart are delivered after it."""
+    hook = config.webhook
+    if not hook.url:
+        return None
+    secret = os.environ.get(hook.secret_env, "").encode() or None
+    if secret is None:
+        log.warning("webhook_unsigned", reason=f"${hook.secret_env} is not set")
+    outbox = Outbox(Path(config.state_dir) / "webhook-outbox.sqlite", max_rows=hook.max_queued)
+    parts = urlsplit(hook.url)
+    log.info("webhook_enabled", host=parts.hostname, path=parts.path, queued=outbox.pending())
+    return WebhookSender(
+        outbox, hook.url, secret=secret, timeout_s=hook.timeout_s, backoff_s=hook.backoff_s
+    )
+
+
+async def build_shared(config: Config, webhook: WebhookSender | None = None) -> Shared:
     started = time.perf_counter()
     engines = await asyncio.to_thread(load_engines, config)
     engines.timer = default_metrics()
@@ -184,10 +205,16 @@ async def build_shared(config: Config) -> Shared:
         clips=clips,
         llm=llm,
         profiles=kits,
-        recorder=MetricsRecorder(
-            default_metrics(), open_recorder(config.analytics, config.state_dir)
-        ),
+        recorder=_recorder(config, webhook),
     )
+
+
+def _recorder(config: Config, webhook: WebhookSender | None) -> Recorder:
+    """Metrics + the analytics store, and the webhook's queue around them when set."""
+    stored = MetricsRecorder(default_metrics(), open_recorder(config.analytics, config.state_dir))
+    if webhook is None:
+        return stored
+    return WebhookRecorder(stored, webhook.outbox, webhook, Redactor.from_config(config.analytics))
 
 
 def rasa_server_for(config: Config) -> RasaServer:
@@ -203,8 +230,18 @@ def rasa_server_for(config: Config) -> RasaServer:
         port=url.port or 5005,
         models_dir=cache / "rasa-models",
         redis_url=redis_url,
-        facts=load_facts(config.llm.knowledge_dir),
+        facts=_facts_or_none(config),
     )
+
+
+def _facts_or_none(config: Config) -> dict[str, str]:
+    """The business facts for the Rasa domain; a broken facts.toml is one log line (Rasa
+    then fails to train with the fact it lacks named, and the rules answer)."""
+    try:
+        return load_facts(config.llm.knowledge_dir)
+    except FactsError as exc:
+        log.error("facts_unreadable", reason=str(exc))
+        return {}
 
 
 VoiceCache = tuple["_Voice", TtsCache]
@@ -379,6 +416,8 @@ async def drain(servers: Sequence[CallServer], drain_s: float) -> None:
 async def _close_recorder(shared: Shared) -> None:
     """Flush queued record writes (after the servers closed and every call ended)."""
     recorder = shared.recorder
+    if isinstance(recorder, WebhookRecorder):
+        recorder = recorder.inner
     inner = getattr(recorder, "inner", None)
     if inner is not None:
         await inner.aclose()
@@ -404,7 +443,11 @@ async def serve(
             await health.start()
             stack.push_async_callback(health.close)
         sdnotify.status("loading models")
-        shared = await build_shared(config)
+        webhook = open_webhook(config)
+        if webhook is not None:
+            stack.callback(webhook.outbox.close)
+            stack.push_async_callback(webhook.aclose)
+        shared = await build_shared(config, webhook)
         stack.callback(shared.engines.close)
         stack.push_async_callback(_close_recorder, shared)
         if shared.llm is not None:
@@ -486,6 +529,8 @@ async def serve(
                 )
                 background.append(group.create_task(_watch_rasa(state, kit.rasa, kit.name)))
             background.append(group.create_task(warm_knowledge_answers(shared)))
+            if webhook is not None:
+                background.append(group.create_task(webhook.run()))
             await stop.wait()
             state.draining = True
             log.info("stopping", active_calls=state.active_calls(), drain_s=config.server.drain_s)
