@@ -265,6 +265,19 @@ class HandoverConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """Asterisk's WebSocket channel (chan_websocket, voicebot_pbx.pbx.websocket): Asterisk
+    dials ``WebSocket/<websocket_client.conf stanza>/c(slin16)`` and connects here (subprotocol
+    ``media``), one connection per call. Call limits and timeouts are [server]'s."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9094
+    # Peers allowed to connect (CIDRs). Empty: loopback only.
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookConfig:
     """Post-call webhook (voicebot_pbx.ops.webhook): each finished call's record POSTed as
     JSON to a CRM, signed (HMAC-SHA256 with the secret from ``secret_env``), through a
@@ -610,6 +623,7 @@ class Config:
     ami: AmiConfig = field(default_factory=AmiConfig)
     handover: HandoverConfig = field(default_factory=HandoverConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     profiles: tuple[ProfileConfig, ...] = ()
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)

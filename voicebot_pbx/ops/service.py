@@ -492,6 +492,10 @@ async def serve(
 
             freeswitch = FreeswitchServer(config.freeswitch, handler)
             state.servers.append(freeswitch)
+        if config.websocket.enabled:
+            from voicebot_pbx.pbx.websocket import WebSocketServer
+
+            state.servers.append(WebSocketServer(config.websocket, config.server, handler))
         if state.ami is not None or freeswitch is not None:
             shared.control = RoutedControl(freeswitch, state.ami)
         for profile in config.profiles:

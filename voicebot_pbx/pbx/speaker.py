@@ -61,6 +61,9 @@ class Speaker:
         self._room.set()
         self._clock = clock
         self._paused = False
+        # Called (synchronously) when queued audio is dropped or held back: ``interrupt()``
+        # and ``pause()``. A transport whose PBX buffers ahead (chan_websocket) flushes it.
+        self.on_flush: Callable[[], None] | None = None
         # Called with every frame written (silence too) and its time: call recording.
         self.tap: Callable[[bytes, float], None] | None = None
         self._accepted_bytes = 0
@@ -122,6 +125,8 @@ class Speaker:
         """Go silent from the next frame but keep the queue (the caller may only be saying
         "uh-huh"): ``resume()`` continues where it stopped, ``interrupt()`` drops it."""
         self._paused = True
+        if self.on_flush is not None:
+            self.on_flush()
 
     def resume(self) -> None:
         self._paused = False
@@ -134,6 +139,8 @@ class Speaker:
         self._queued_frames = 0
         self._reframer = Reframer(self._frame_size)
         self._room.set()
+        if self.on_flush is not None:
+            self.on_flush()
         return self._generation
 
     @property

@@ -1,0 +1,127 @@
+"""Calls through a real Asterisk 22's WebSocket channel (chan_websocket) into a real
+``voicebot-pbx serve`` with ``[websocket] enabled``.
+
+The caller half of a Local channel plays espeak-ng questions and records what it hears; the
+other half runs ``Dial(WebSocket/voicebot/c(slin16))`` (or ``c(slin)``): Asterisk connects to
+the bot's WebSocket server (``websocket_client.conf`` [voicebot], subprotocol ``media``). What
+is checked is what the caller heard and the bot's call record, never timing (that is
+``bench/``'s job).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.realpbx import free_port
+from tests.realpbx.asterisk import Asterisk
+from tests.realpbx.bot import BotProcess
+from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
+from voicebot_pbx.ops.records import CallRecord
+
+pytestmark = [pytest.mark.realpbx, pytest.mark.models, pytest.mark.slow]
+
+GREETING_S = 6
+HOURS_REPLY = "We are open Monday to Friday"
+
+
+@dataclass
+class Bed:
+    asterisk: Asterisk
+    bot: BotProcess
+    seen: set[str]
+
+    def new_records(self, count: int = 1, timeout_s: float = 15.0) -> list[CallRecord]:
+        records = self.bot.wait_records(len(self.seen) + count, timeout_s)
+        fresh = [r for r in records if r.call_id not in self.seen]
+        self.seen.update(r.call_id for r in fresh)
+        return fresh
+
+    def run_call(self, steps: list[str], mode: str, timeout_s: float = 40.0) -> str:
+        tag = self.asterisk.call(steps, mode=mode)
+        self.asterisk.wait_call_gone(tag, timeout_s)
+        return tag
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    folder = tmp_path_factory.mktemp("real-asterisk-ws")
+    ws_port = free_port()
+    asterisk = Asterisk(folder / "asterisk", bot_port=free_port(), ws_port=ws_port)
+    asterisk.start()
+    bot = BotProcess(folder / "bot", extra_toml=f"[websocket]\nenabled = true\nport = {ws_port}\n")
+    try:
+        bot.start()
+        yield Bed(asterisk, bot, set())
+    finally:
+        bot.stop()
+        asterisk.cleanup()
+
+
+def asked_and_answered(bed: Bed, tag: str) -> tuple[float, float]:
+    rec = bed.asterisk.recording(tag)
+    said = segments(voiced_windows(rec.said, rec.rate_hz))
+    assert said, "the caller's question is not in its recording"
+    heard = voiced_windows(rec.heard, rec.rate_hz)
+    assert first_voiced_after(heard, 0.0) is not None, "the caller heard no greeting"
+    reply_s = first_voiced_after(heard, said[0][1])
+    assert reply_s is not None, f"the caller heard no answer:\n{bed.bot.log_tail()}"
+    return said[0][1], reply_s
+
+
+@pytest.mark.parametrize(("mode", "rate_hz"), [("ws16", 16000), ("ws8", 8000)])
+def test_a_spoken_question_is_answered_over_the_websocket_channel(
+    bed: Bed, mode: str, rate_hz: int
+) -> None:
+    hours = bed.asterisk.sound(f"hours-{mode}", question_pcm("what are your opening hours"))
+    tag = bed.run_call([f"p:silence/{GREETING_S}", f"p:{hours}", "p:silence/5"], mode=mode)
+    question_end_s, reply_s = asked_and_answered(bed, tag)
+    assert reply_s < question_end_s + 5.0
+    (record,) = bed.new_records()
+    assert record.rate_hz == rate_hz and record.end_reason == "caller_hangup"
+    speech = [t for t in record.turns if t.kind == "speech"]
+    assert len(speech) == 1 and speech[0].reply_text.startswith(HOURS_REPLY)
+    assert "session_crashed" not in bed.bot.log_text()
+
+
+def test_the_bots_goodbye_hangs_up_and_the_dialplan_goes_on(bed: Bed) -> None:
+    bye = bed.asterisk.sound("bye-ws", question_pcm("that is all, goodbye"))
+    tag = bed.run_call([f"p:silence/{GREETING_S}", f"p:{bye}", "p:silence/10"], mode="ws16")
+    (record,) = bed.new_records()
+    assert record.end_reason == "bot_hangup"
+    # Dial() returned (the bot's HANGUP ended the WebSocket leg) and the dialplan went on.
+    globals_text = bed.asterisk.cli("dialplan show globals")
+    assert f"vbnext_{tag}=ANSWER" in globals_text, globals_text[-2000:]
+    rec = bed.asterisk.recording(tag)
+    said = segments(voiced_windows(rec.said, rec.rate_hz))
+    assert len(rec.said) / rec.rate_hz < said[0][1] + 9.0  # cut off before its 10 s
+
+
+def test_dtmf_reaches_the_dialogue(bed: Bed) -> None:
+    tag = bed.run_call([f"p:silence/{GREETING_S}", "d:5", "p:silence/4"], mode="ws16")
+    bed.asterisk.recording(tag)
+    (record,) = bed.new_records()
+    assert [t.transcript for t in record.turns if t.kind == "dtmf"] == ["5"], record.turns
+
+
+def test_talking_over_the_reply_flushes_asterisks_queue(bed: Bed) -> None:
+    """The caller talks over the long opening-hours reply: the bot stops it with
+    FLUSH_MEDIA and answers the new question."""
+    hours = bed.asterisk.sound("hours-bi", question_pcm("what are your opening hours"))
+    where = bed.asterisk.sound("where-bi", question_pcm("where are you located"))
+    tag = bed.run_call(
+        [f"p:silence/{GREETING_S}", f"p:{hours}", "p:silence/2", f"p:{where}", "p:silence/6"],
+        mode="ws16",
+    )
+    bed.asterisk.recording(tag)
+    (record,) = bed.new_records()
+    speech = [t for t in record.turns if t.kind == "speech"]
+    assert speech[0].reply_text.startswith(HOURS_REPLY) and speech[0].barged_in, record.turns
+    assert "Harbour Street" in speech[-1].reply_text
+    closed = [
+        json.loads(line) for line in bed.bot.log_text().splitlines() if '"call_closed"' in line
+    ]
+    assert closed[-1]["call_id"] == record.call_id and closed[-1]["flushes"] >= 1, closed[-1]

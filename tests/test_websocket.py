@@ -1,0 +1,139 @@
+"""The chan_websocket transport over real sockets, with a client that speaks to the bot the
+way Asterisk 22.10's chan_websocket does (tests/test_websocket_codec.py has the message
+facts): the session behind it is the real one with fake engines (tone "speech")."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.test_turns import HOURS, TARIFF, make_shared
+from voicebot_pbx.call.session import make_handler
+from voicebot_pbx.config import ServerConfig, WebSocketConfig
+from voicebot_pbx.ops.records import JsonlRecorder
+from voicebot_pbx.pbx.websocket import WebSocketServer
+from voicebot_pbx.testing import tone
+
+START = (
+    "MEDIA_START connection_id:c0ffee channel:WebSocket/voicebot-00000001 "
+    "channel_id:1764720000.42 format:slin16 optimal_frame_size:640 ptime:20"
+)
+FRAME_BYTES = 640  # 20 ms of slin16
+
+
+async def bot(tmp_path_recorder: JsonlRecorder) -> WebSocketServer:
+    shared = dataclasses.replace(make_shared(stt_delay_s=0.05), recorder=tmp_path_recorder)
+    config = ServerConfig(port=0, first_message_timeout_s=1.0, write_timeout_s=1.0)
+    server = WebSocketServer(WebSocketConfig(port=0), config, make_handler(shared))
+    await server.start()
+    return server
+
+
+async def speak(ws: ClientConnection, pcm: bytes) -> None:
+    """Send caller audio as Asterisk does: whole frames, one per 20 ms."""
+    for i in range(0, len(pcm) - FRAME_BYTES + 1, FRAME_BYTES):
+        await ws.send(pcm[i : i + FRAME_BYTES])
+        await asyncio.sleep(0.02)
+
+
+async def drain(ws: ClientConnection, seconds: float, texts: list[str]) -> int:
+    """Receive for ``seconds``: count the voiced media frames, keep the text messages."""
+    voiced = 0
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        try:
+            message = await asyncio.wait_for(ws.recv(), left)
+        except TimeoutError:
+            break
+        if isinstance(message, bytes):
+            assert len(message) == FRAME_BYTES
+            voiced += any(message)
+        else:
+            texts.append(message)
+    return voiced
+
+
+def test_a_call_over_chan_websocket_greets_answers_flushes_on_barge_in_and_hangs_up(
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    recorder = JsonlRecorder(Path(str(tmp_path)) / "calls.jsonl")
+
+    async def scenario() -> tuple[list[str], int, int]:
+        server = await bot(recorder)
+        texts: list[str] = []
+        silence = bytes(FRAME_BYTES * 25)
+        try:
+            url = f"ws://127.0.0.1:{server.port}/"
+            async with connect(url, subprotocols=["media"]) as ws:  # type: ignore[list-item]
+                await ws.send(START)
+                greeting = await drain(ws, 1.0, texts)
+                await speak(ws, tone(0.8, 16000, TARIFF) + silence)  # the long reply
+                await drain(ws, 0.6, texts)
+                await speak(ws, tone(0.8, 16000, HOURS) + silence)  # talked over it
+                await drain(ws, 1.0, texts)
+                await ws.send("DTMF_END digit:5 channel_id:1764720000.42")
+                await speak(ws, silence)
+            await asyncio.wait_for(server.wait_idle(), 5.0)
+        finally:
+            await server.close()
+        return texts, greeting, server.calls_total
+
+    texts, greeting, calls = asyncio.run(scenario())
+    assert calls == 1 and greeting > 0, "the greeting was sent as media"
+    assert "FLUSH_MEDIA" in texts, texts  # the barge-in dropped what Asterisk held
+    (record,) = recorder.read_all()
+    assert record["call_id"] == "1764720000.42" and record["rate_hz"] == 16000
+    assert record["end_reason"] == "caller_hangup"
+    turns = record["turns"]
+    assert isinstance(turns, list)
+    speech = [t for t in turns if t["kind"] == "speech"]
+    assert speech[0]["barged_in"] and "opening hours" in speech[-1]["transcript"]
+    assert [t["transcript"] for t in turns if t["kind"] == "dtmf"] == ["5"]
+
+
+def test_bad_peers_are_refused_with_one_line_and_others_go_on(tmp_path: object) -> None:
+    from pathlib import Path
+
+    recorder = JsonlRecorder(Path(str(tmp_path)) / "calls.jsonl")
+
+    async def scenario() -> list[dict[str, object]]:
+        server = await bot(recorder)
+        url = f"ws://127.0.0.1:{server.port}/"
+        try:
+            with structlog.testing.capture_logs() as logs:
+                # No subprotocol "media": refused.
+                async with connect(url) as ws:
+                    await asyncio.wait_for(ws.wait_closed(), 2.0)
+                # No MEDIA_START in time: refused.
+                async with connect(url, subprotocols=["media"]) as ws:  # type: ignore[list-item]
+                    await asyncio.wait_for(ws.wait_closed(), 3.0)
+                # A codec the bot cannot take.
+                async with connect(url, subprotocols=["media"]) as ws:  # type: ignore[list-item]
+                    await ws.send(START.replace("slin16", "opus"))
+                    await asyncio.wait_for(ws.wait_closed(), 2.0)
+                # A call that then sends garbage control: that call ends, record written.
+                async with connect(url, subprotocols=["media"]) as ws:  # type: ignore[list-item]
+                    await ws.send(START)
+                    await asyncio.sleep(0.3)
+                    await ws.send("{not json")
+                    try:
+                        await asyncio.wait_for(ws.wait_closed(), 3.0)
+                    except ConnectionClosed:
+                        pass
+                await asyncio.wait_for(server.wait_idle(), 5.0)
+        finally:
+            await server.close()
+        return logs
+
+    logs = asyncio.run(scenario())
+    reasons = [e.get("reason") for e in logs if e["event"] in ("call_rejected", "bad_input")]
+    assert "subprotocol_not_media" in reasons and "no_media_start" in reasons, reasons
+    (record,) = recorder.read_all()
+    assert record["end_reason"] == "bad_input"

@@ -1,0 +1,318 @@
+"""Asterisk's WebSocket channel (chan_websocket): Asterisk connects, one call per connection.
+
+``Dial(WebSocket/<stanza>/c(slin16))`` makes Asterisk 22.6+ (JSON control from 22.8) open a
+WebSocket to the URI of its ``websocket_client.conf`` stanza with the subprotocol ``media``.
+The first text message is ``MEDIA_START`` (the channel, its codec, the frame size Asterisk
+wants); after it binary messages carry media in that codec both ways and text messages carry
+control (``voicebot_pbx.pbx.websocket_codec``, plain or JSON: the bot answers in the form the
+``MEDIA_START`` came in). Asterisk re-times what it is sent from its own queue but (22.8+)
+neither pads short frames nor makes silence when the queue is empty, so the ``Speaker`` paces
+whole 20 ms frames, silence included, as for AudioSocket: the caller's line never has holes
+and Asterisk's queue stays a frame or two deep. On barge-in (``Speaker.interrupt`` /
+``pause``) the bot sends ``FLUSH_MEDIA`` so nothing Asterisk already holds is played;
+``MEDIA_XOFF`` holds the bot's writes until ``MEDIA_XON`` (a peer that never says XON is not
+reading: the call ends after ``server.write_timeout_s``). ``DTMF_END`` is a key press; the
+bot's hang-up is ``HANGUP`` then a normal close (with Dial's ``g`` the dialplan goes on); a
+caller hang-up is the connection closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import structlog
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+
+from voicebot_pbx.config import ServerConfig, WebSocketConfig
+from voicebot_pbx.pbx import websocket_codec as wire
+from voicebot_pbx.pbx.media import AudioIn, CallState, DtmfIn
+from voicebot_pbx.pbx.server import HANDLER_GRACE_S, CallHandler, CallServer
+
+log = structlog.get_logger("voicebot_pbx.websocket")
+
+SUBPROTOCOL = Subprotocol("media")
+_MAX_MESSAGE_BYTES = 64 * 1024  # a 20 ms slin16 frame is 640 bytes; Asterisk never sends more
+
+
+class WebSocketCall(CallState):
+    """One call: the connection, its control format, the paced speaker, flow control."""
+
+    pbx = "asterisk"
+    _log = log
+
+    def __init__(
+        self,
+        connection: ServerConnection,
+        start: wire.MediaStart,
+        control_format: Literal["plain", "json"],
+        config: ServerConfig,
+        peer: str,
+    ) -> None:
+        rate_hz = start.rate_hz
+        assert rate_hz is not None
+        super().__init__(peer, rate_hz)
+        self.call_id = start.channel_id or start.connection_id
+        self.channel = start.channel
+        self.codec = start.format
+        self.profile: str | None = None
+        self.caller_id: str | None = None
+        self.dtmf_filter: Callable[[str, str], bool] | None = None
+        self._connection = connection
+        self._format: Literal["plain", "json"] = control_format
+        self._config = config
+        self._xon = asyncio.Event()
+        self._xon.set()
+        self._flush_pending = False
+        self.flushes = 0
+        self.frames_in = 0
+        self.xoffs = 0
+        self.speaker.on_flush = self._request_flush
+
+    async def wait_for_rate(self, timeout_s: float) -> int:
+        return self._rate_hz  # known from MEDIA_START, before any audio
+
+    # --- inbound ---------------------------------------------------------------------
+
+    async def read_loop(self) -> None:
+        reason = "caller_hangup"
+        try:
+            while True:
+                async with asyncio.timeout(self._config.read_timeout_s):
+                    message = await self._connection.recv()
+                now_s = asyncio.get_running_loop().time()
+                if isinstance(message, bytes):
+                    pcm = wire.decode_media(message, self.codec)
+                    self.frames_in += 1
+                    self._put(AudioIn(pcm, self._rate_hz, now_s))
+                else:
+                    self._on_control(wire.parse_control(message), now_s)
+        except wire.ControlError as exc:
+            reason = "bad_input"
+            log.warning("bad_input", reason=str(exc), peer=self.peer)
+        except TimeoutError:
+            reason = "read_timeout"
+        except ConnectionClosed:
+            reason = "caller_hangup"
+        except (ConnectionError, OSError) as exc:
+            reason = f"connection_error:{type(exc).__name__}"
+        finally:
+            self._mark_closed(reason)
+
+    def _on_control(self, event: wire.ControlEvent, now_s: float) -> None:
+        match event:
+            case wire.DtmfEnd(digit):
+                if self.dtmf_filter is None or self.dtmf_filter(self.call_id, digit):
+                    self._put(DtmfIn(digit, now_s))
+            case wire.MediaXoff():
+                self.xoffs += 1
+                self._xon.clear()
+            case wire.MediaXon():
+                self._xon.set()
+            case wire.MediaStart():
+                raise wire.ControlError("a second MEDIA_START")
+            case _:
+                log.debug("websocket_control", event=type(event).__name__)
+
+    # --- outbound --------------------------------------------------------------------
+
+    def _request_flush(self) -> None:
+        """Barge-in: the next write first tells Asterisk to drop what it holds."""
+        self._flush_pending = True
+
+    async def _send(self, data: str | bytes) -> None:
+        async with asyncio.timeout(self._config.write_timeout_s):
+            await self._connection.send(data)
+
+    async def write_frame(self, pcm: bytes, is_silence: bool) -> None:
+        if self._closed.is_set():
+            return
+        try:
+            if self._flush_pending:
+                self._flush_pending = False
+                self.flushes += 1
+                await self._send(wire.encode_command("FLUSH_MEDIA", self._format))
+            if not self._xon.is_set():
+                async with asyncio.timeout(self._config.write_timeout_s):
+                    await self._xon.wait()
+            await self._send(wire.encode_media(pcm, self.codec))
+        except TimeoutError:
+            if self._connection.state is not State.OPEN:  # the caller's side is closing
+                self._mark_closed("caller_hangup")
+                return
+            log.warning("bad_input", reason="peer_not_reading", peer=self.peer)
+            self._mark_closed("peer_not_reading")
+            self._connection.transport.abort()
+        except (ConnectionClosed, ConnectionError, OSError) as exc:
+            self._mark_closed(f"connection_error:{type(exc).__name__}")
+
+    async def hangup(self, reason: str) -> None:
+        """``HANGUP`` (the channel ends; with Dial's ``g`` the dialplan goes on), then close."""
+        if self._closed.is_set():
+            return
+        self._mark_closed(reason)
+        with contextlib.suppress(ConnectionClosed, ConnectionError, OSError, TimeoutError):
+            await self._send(wire.encode_command("HANGUP", self._format))
+        await self.close()
+
+    async def close(self) -> None:
+        self._mark_closed(self.end_reason or "closed")
+        with contextlib.suppress(ConnectionClosed, ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(self._config.write_timeout_s):
+                await self._connection.close()
+
+
+def _select_media(
+    connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
+def _peer_of(connection: ServerConnection) -> tuple[str, str]:
+    address = connection.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        return str(address[0]), f"{address[0]}:{address[1]}"
+    return "", "?"
+
+
+class WebSocketServer(CallServer[WebSocketCall]):
+    def __init__(
+        self,
+        config: WebSocketConfig,
+        server_config: ServerConfig,
+        handler: CallHandler,
+        *,
+        handler_grace_s: float = HANDLER_GRACE_S,
+        dtmf_filter: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        super().__init__(
+            handler,
+            allow=config.allow,
+            max_call_duration_s=server_config.max_call_duration_s,
+            handler_grace_s=handler_grace_s,
+        )
+        self._config = config
+        self._server_config = server_config
+        self._dtmf_filter = dtmf_filter
+        self._server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("server not started")
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._on_connect,
+            self._config.host,
+            self._config.port,
+            # Offered or not, the handshake completes: a peer without "media" is refused
+            # by the handler with a log line (a failed handshake would log nothing of ours).
+            select_subprotocol=_select_media,
+            compression=None,
+            max_size=_MAX_MESSAGE_BYTES,
+            ping_interval=None,  # Asterisk pings; a call's own read timeout covers the rest
+            open_timeout=self._server_config.first_message_timeout_s,
+        )
+        log.info("websocket_listening", host=self._config.host, port=self.port)
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close(close_connections=False)
+
+    async def _listener_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _on_connect(self, connection: ServerConnection) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve_connection(connection)
+        finally:
+            self._connections.discard(task)
+
+    async def _refuse(self, connection: ServerConnection, peer: str, reason: str) -> None:
+        self.calls_rejected += 1
+        log.warning("call_rejected", reason=reason, peer=peer, pbx="asterisk-websocket")
+        with contextlib.suppress(ConnectionClosed, ConnectionError, OSError, TimeoutError):
+            async with asyncio.timeout(self._server_config.write_timeout_s):
+                await connection.close(code=1008, reason=reason[:100])
+
+    async def _serve_connection(self, connection: ServerConnection) -> None:
+        host, peer = _peer_of(connection)
+        if not self._peer_allowed(host):
+            await self._refuse(connection, peer, "peer_not_allowed")
+            return
+        if connection.subprotocol != SUBPROTOCOL:
+            await self._refuse(connection, peer, "subprotocol_not_media")
+            return
+        try:
+            start, control_format = await self._media_start(connection)
+        except (wire.ControlError, TimeoutError, ConnectionClosed) as exc:
+            detail = "no MEDIA_START in time" if isinstance(exc, TimeoutError) else str(exc)
+            log.warning("bad_input", reason="no_media_start", detail=detail[:200], peer=peer)
+            await self._refuse(connection, peer, "no_media_start")
+            return
+        if len(self.calls) >= self._server_config.max_calls:
+            with contextlib.suppress(ConnectionClosed, ConnectionError, OSError, TimeoutError):
+                async with asyncio.timeout(self._server_config.write_timeout_s):
+                    await connection.send(wire.encode_command("HANGUP", control_format))
+            await self._refuse(connection, peer, "max_calls")
+            return
+        call = WebSocketCall(connection, start, control_format, self._server_config, peer)
+        call.dtmf_filter = self._dtmf_filter
+        with self.serving(call.call_id, call):
+            log.info(
+                "call_started",
+                peer=peer,
+                pbx="asterisk-websocket",
+                channel=start.channel,
+                codec=start.format,
+                rate_hz=call.rate_hz,
+            )
+            try:
+                async with asyncio.TaskGroup() as group:
+                    reader_task = group.create_task(call.read_loop())
+                    pacer_task = group.create_task(call.run_pacer())
+                    try:
+                        await self.run_session(group, call)
+                    finally:
+                        reader_task.cancel()
+                        pacer_task.cancel()
+            finally:
+                await call.close()
+                log.info(
+                    "call_closed",
+                    reason=call.end_reason,
+                    frames_in=call.frames_in,
+                    frames_out=call.speaker.audio_frames_written,
+                    flushes=call.flushes,
+                    xoffs=call.xoffs,
+                )
+
+    async def _media_start(
+        self, connection: ServerConnection
+    ) -> tuple[wire.MediaStart, Literal["plain", "json"]]:
+        """The first control message must be MEDIA_START with a codec the bot can take."""
+        async with asyncio.timeout(self._server_config.first_message_timeout_s):
+            while True:
+                message = await connection.recv()
+                if isinstance(message, bytes):
+                    continue  # media before MEDIA_START: nothing to decode it with yet
+                event = wire.parse_control(message)
+                if isinstance(event, wire.MediaStart):
+                    break
+        if event.rate_hz is None:
+            raise wire.ControlError(f"codec {event.format!r} is not one the bot can take")
+        control_format: Literal["plain", "json"] = (
+            "json" if message.lstrip().startswith("{") else "plain"
+        )
+        return event, control_format
