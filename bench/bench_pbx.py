@@ -637,9 +637,10 @@ def main() -> int:
     parser.add_argument("--dialogue", choices=["rules", "rasa"], default="rules")
     parser.add_argument(
         "--channel",
-        choices=["app", "driver16"],
+        choices=["app", "driver16", "websocket16"],
         default="app",
-        help="AudioSocket() at 8 kHz, or Dial(AudioSocket/...c(slin16)) at 16 kHz",
+        help="AudioSocket() at 8 kHz, Dial(AudioSocket/...c(slin16)) at 16 kHz, or "
+        "Dial(WebSocket/voicebot/c(slin16)) (chan_websocket) at 16 kHz",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/pbx.json")
     parser.add_argument(
@@ -650,7 +651,7 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in ("stream", "noframes") for m in modes) or not levels:
         parser.error("--modes takes stream and/or noframes; --calls at least one level")
-    args.pbx_mode = {"app": "bot", "driver16": "bot16"}[args.channel]
+    args.pbx_mode = {"app": "bot", "driver16": "bot16", "websocket16": "ws16"}[args.channel]
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-pbx-"))
     rows: list[dict[str, Any]] = []
@@ -658,12 +659,14 @@ def main() -> int:
     asterisk: Asterisk | None = None
     started = time.monotonic()
     try:
-        bot_port = free_port()
-        asterisk = Asterisk(scratch / "ast", bot_port=bot_port)
+        bot_port, ws_port = free_port(), free_port()
+        asterisk = Asterisk(scratch / "ast", bot_port=bot_port, ws_port=ws_port)
         asterisk.start()
+        websocket = f"[websocket]\nenabled = true\nport = {ws_port}\n"
         bot = BenchBot(
             scratch / "bot",
             port=bot_port,
+            extra_toml=websocket if args.channel == "websocket16" else "",
             dialogue=args.dialogue,
             max_calls=max(64, 2 * max(levels)),
         )

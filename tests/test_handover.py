@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
-from voicebot_pbx.call.handover import handover_vars, mask_account, safe_value
+from voicebot_pbx.call.handover import handover_vars as build_vars
+from voicebot_pbx.call.handover import mask_account, safe_value
+from voicebot_pbx.config import KnowledgeConfig
 from voicebot_pbx.ops.records import CallRecord, TurnRecord
 
 
 def record(*turns: TurnRecord) -> CallRecord:
     return CallRecord(call_id="c0ffee00-0000-4000-8000-000000000001", pbx="asterisk", peer="x",
                       turns=list(turns))  # fmt: skip
+
+
+def handover_vars(*args: object, **kwargs: object) -> dict[str, str]:
+    conversation = KnowledgeConfig().keep_intents  # the defaults, as the session passes them
+    return build_vars(*args, conversation=conversation, **kwargs)  # type: ignore[arg-type]
 
 
 def turn(seq: int, transcript: str, intent: str | None, kind: str = "speech") -> TurnRecord:

@@ -6,7 +6,8 @@ PBX gets over AMI ``Setvar`` / ESL ``uuid_setvar`` before the ``Redirect`` /
 
 * ``VOICEBOT_CALL_ID``: the bot's call id (``voicebot-pbx calls show <id>``);
 * ``VOICEBOT_INTENT``: the caller's task, the latest intent that is not conversation
-  ("check_balance", not "speak_to_agent" or "affirm"); empty when none was understood;
+  ("check_balance", not "speak_to_agent" or "affirm": the config's ``[knowledge]
+  keep_intents``) nor a fallback; empty when none was understood;
 * ``VOICEBOT_SUMMARY``: one line for the agent's screen / the CDR: the task, the number of
   turns, the account (masked) and the caller's words for the task, digits masked;
 * ``VOICEBOT_VERIFIED``: ``yes`` only when the dialogue verified the caller's identity
@@ -22,28 +23,13 @@ line break, and FreeSWITCH's ``uuid_setvar`` splits on quotes.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Literal
 
 from voicebot_pbx.ops.records import CallRecord
 
-# Intents that are the conversation, not the caller's task.
-CONVERSATION_INTENTS = frozenset(
-    {
-        "greet",
-        "goodbye",
-        "affirm",
-        "deny",
-        "thank_you",
-        "inform",
-        "dtmf",
-        "speak_to_agent",
-        "nlu_fallback",
-        "out_of_scope",
-        "stop",
-        "bot_challenge",
-    }
-)
+# Not a task either (besides the conversation intents the config names).
+NOT_A_TASK = frozenset({"nlu_fallback", "out_of_scope"})
 SUMMARY_MAX_CHARS = 200
 _UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;!?*#/_@+=()-]")
 _DIGITS = re.compile(r"\d")
@@ -67,10 +53,12 @@ def mask_account(number: str) -> str:
     return "*" * max(0, len(number) - 4) + number[-4:]
 
 
-def caller_task(record: CallRecord) -> tuple[str, str]:
-    """(intent, the caller's words for it) of the latest turn whose intent is a task."""
+def caller_task(record: CallRecord, conversation: Collection[str]) -> tuple[str, str]:
+    """(intent, the caller's words for it) of the latest turn whose intent is a task, not
+    one of the ``conversation`` intents (greetings, yes/no, "agent": [knowledge]
+    keep_intents) nor a fallback."""
     for turn in reversed(record.turns):
-        if turn.intent and turn.intent not in CONVERSATION_INTENTS:
+        if turn.intent and turn.intent not in conversation and turn.intent not in NOT_A_TASK:
             return turn.intent, turn.transcript
     return "", ""
 
@@ -92,10 +80,11 @@ def handover_vars(
     record: CallRecord,
     entities: Mapping[str, str],
     *,
+    conversation: Collection[str],
     account: AccountShown = "masked",
 ) -> dict[str, str]:
     """The channel variables for a transfer of this call (see the module docstring)."""
-    intent, words = caller_task(record)
+    intent, words = caller_task(record, conversation)
     number = account_number(record, entities)
     shown = "" if account == "none" or not number else number
     if shown and account == "masked":

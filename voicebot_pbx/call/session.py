@@ -623,7 +623,10 @@ class CallSession:
                 await self._tell_pbx(
                     control,
                     handover_vars(
-                        self.record, self._entities, account=self.config.handover.account
+                        self.record,
+                        self._entities,
+                        conversation=self.config.knowledge.keep_intents,
+                        account=self.config.handover.account,
                     ),
                 )
                 with contextlib.suppress(Exception):

@@ -287,14 +287,7 @@ class AudioSocketServer(CallServer[AudioSocketCall]):
         with self.serving(call_id, call):
             log.info("call_started", peer=peer, pbx="asterisk")
             try:
-                async with asyncio.TaskGroup() as group:
-                    reader_task = group.create_task(call.read_loop(pending))
-                    pacer_task = group.create_task(call.run_pacer())
-                    try:
-                        await self.run_session(group, call)
-                    finally:
-                        reader_task.cancel()
-                        pacer_task.cancel()
+                await self.run_paced(call, call.read_loop(pending))
             finally:
                 await call.close()
                 log.info(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
@@ -36,6 +36,8 @@ class ServedCall(CallMedia, Protocol):
     def closed(self) -> bool: ...
 
     async def wait_closed(self) -> None: ...
+
+    async def run_pacer(self) -> None: ...
 
 
 C = TypeVar("C", bound=ServedCall)
@@ -106,6 +108,18 @@ class CallServer(Generic[C]):
             if not self.calls:
                 self._idle.set()
             structlog.contextvars.unbind_contextvars("call_id")
+
+    async def run_paced(self, call: C, reader: Coroutine[Any, Any, None]) -> None:
+        """A call whose transport reads in ``reader`` and writes through the paced speaker:
+        both run beside the session and stop with it."""
+        async with asyncio.TaskGroup() as group:
+            reader_task = group.create_task(reader)
+            pacer_task = group.create_task(call.run_pacer())
+            try:
+                await self.run_session(group, call)
+            finally:
+                reader_task.cancel()
+                pacer_task.cancel()
 
     async def run_session(self, group: asyncio.TaskGroup, call: C) -> None:
         """The session for ``call`` until it ends or the media side closes; then it gets

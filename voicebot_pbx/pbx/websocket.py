@@ -279,14 +279,7 @@ class WebSocketServer(CallServer[WebSocketCall]):
                 rate_hz=call.rate_hz,
             )
             try:
-                async with asyncio.TaskGroup() as group:
-                    reader_task = group.create_task(call.read_loop())
-                    pacer_task = group.create_task(call.run_pacer())
-                    try:
-                        await self.run_session(group, call)
-                    finally:
-                        reader_task.cancel()
-                        pacer_task.cancel()
+                await self.run_paced(call, call.read_loop())
             finally:
                 await call.close()
                 log.info(
