@@ -305,6 +305,14 @@ class FakeAmi:
             + [("Extension", channel.exten), ("Application", application), ("AppData", app_data)],
         )
 
+    async def dial_begin(self, caller: FakeChannel, dest: FakeChannel) -> None:
+        """app_dial / manager_channels.c: DialBegin with the caller's snapshot and the
+        callee's, its keys prefixed "Dest" (DestChannel, DestUniqueid, ...)."""
+        dest_fields = [("Dest" + key, value) for key, value in dest.snapshot()]
+        await self.emit(
+            "DialBegin", "call", caller.snapshot() + dest_fields + [("DialString", "voicebot")]
+        )
+
     async def hangup_event(self, channel: FakeChannel, cause: int = 16) -> None:
         """channel_state_change(): the Hangup event; the channel is gone afterwards."""
         self.channels.pop(channel.name, None)

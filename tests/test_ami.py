@@ -319,6 +319,41 @@ def test_transfer_redirects_the_callers_channel() -> None:
     run(main)
 
 
+def test_a_websocket_call_is_controlled_on_the_channel_that_dialled_it() -> None:
+    """Dial(WebSocket/...): the bot's call id is the WebSocket channel's uniqueid (its
+    MEDIA_START channel_id); DialBegin maps it to the dialling channel, which transfer and
+    Setvar act on."""
+
+    async def main() -> None:
+        fake = FakeAmi()
+        await fake.start()
+        client = await connected_client(fake)
+        try:
+            caller = fake.add_channel("PJSIP/trunk-00000007")
+            ws = fake.add_channel("WebSocket/voicebot/0x7efc6000adc0")
+            await fake.dial_begin(caller, ws)
+            for _ in range(50):
+                if client.channel_for(ws.uniqueid) is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert client.channel_for(ws.uniqueid) == "PJSIP/trunk-00000007"
+            assert await client.set_vars(ws.uniqueid, {"VOICEBOT_INTENT": "check_balance"})
+            assert caller.variables["VOICEBOT_INTENT"] == "check_balance"
+            assert await client.transfer(ws.uniqueid, "agents") is True
+            redirect = fake.actions_named("Redirect")[-1]
+            assert first(redirect, "Channel") == "PJSIP/trunk-00000007"
+            # A Dial() of anything else maps nothing.
+            other = fake.add_channel("PJSIP/agent-00000008")
+            await fake.dial_begin(caller, other)
+            await asyncio.sleep(0.1)
+            assert client.channel_for(other.uniqueid) is None
+        finally:
+            await client.close()
+            await fake.stop()
+
+    run(main)
+
+
 def test_transfer_failures_return_false() -> None:
     async def main() -> None:
         fake = FakeAmi()

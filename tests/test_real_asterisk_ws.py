@@ -52,7 +52,12 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     ws_port = free_port()
     asterisk = Asterisk(folder / "asterisk", bot_port=free_port(), ws_port=ws_port)
     asterisk.start()
-    bot = BotProcess(folder / "bot", extra_toml=f"[websocket]\nenabled = true\nport = {ws_port}\n")
+    bot = BotProcess(
+        folder / "bot",
+        ami_port=asterisk.ami_port,
+        ami_secret=asterisk.ami_secret,
+        extra_toml=f"[websocket]\nenabled = true\nport = {ws_port}\n",
+    )
     try:
         bot.start()
         yield Bed(asterisk, bot, set())
@@ -125,3 +130,18 @@ def test_talking_over_the_reply_flushes_asterisks_queue(bed: Bed) -> None:
         json.loads(line) for line in bed.bot.log_text().splitlines() if '"call_closed"' in line
     ]
     assert closed[-1]["call_id"] == record.call_id and closed[-1]["flushes"] >= 1, closed[-1]
+
+
+def test_a_transfer_redirects_the_channel_that_dialled_the_bot_with_its_context(
+    bed: Bed,
+) -> None:
+    """AMI maps the WebSocket call (DialBegin: the bot's call id is the WebSocket channel's
+    uniqueid) to the channel that ran Dial(): the handover variables are set on it and it is
+    redirected into [voicebot-transfer], as for AudioSocket calls."""
+    agent = bed.asterisk.sound("agent-ws", question_pcm("can I talk to an agent please"))
+    tag = bed.run_call([f"p:silence/{GREETING_S}", f"p:{agent}", "p:silence/10"], mode="ws16")
+    (record,) = bed.new_records()
+    assert record.end_reason == "transferred" and record.transfer_target == "agents"
+    assert not record.errors, record.errors
+    globals_text = bed.asterisk.cli("dialplan show globals")
+    assert f"vbxfer_{tag}=agents|{record.call_id}|no" in globals_text, bed.bot.log_tail()

@@ -50,6 +50,7 @@ from voicebot_pbx.pbx.ami_codec import (
     AmiNotConnected,
     AmiTimeout,
     CoreShowChannelEvent,
+    DialBeginEvent,
     DtmfDeduper,
     DtmfEndEvent,
     HangupEvent,
@@ -76,7 +77,7 @@ _BACKOFF_BASE_S = 0.5
 _RELOG_EVERY = 50
 _EVENT_QUEUE_SIZE = 1000
 _MAX_MAPPED_CALLS = 10_000
-_HANDLED = frozenset({"newexten", "hangup", "dtmfend"})
+_HANDLED = frozenset({"newexten", "hangup", "dtmfend", "dialbegin"})
 _SAFE_VALUE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _SAFE_DIALPLAN_NAME = re.compile(r"^[^\x00-\x1f\x7f,]+$")
 
@@ -547,6 +548,11 @@ class AmiClient:
             call_id = audiosocket_uuid(event.application, event.app_data)
             if call_id is not None:
                 self._bind(call_id, event.channel)
+        elif isinstance(event, DialBeginEvent):
+            # Dial(WebSocket/...): the bot's call id is the WebSocket channel's uniqueid
+            # (MEDIA_START channel_id); control acts on the channel that dialled it.
+            if event.dest_channel.startswith("WebSocket/") and event.dest_uniqueid:
+                self._bind(event.dest_uniqueid, event.channel)
         elif isinstance(event, HangupEvent):
             if self._resync_hangups is not None:
                 self._resync_hangups.add(event.channel)

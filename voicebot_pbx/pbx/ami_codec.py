@@ -157,6 +157,17 @@ class CoreShowChannelEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class DialBeginEvent:
+    """``Dial()`` on ``channel`` starts calling ``dest_channel`` (main/manager_channels.c:
+    the caller's snapshot as Channel/Uniqueid, the callee's with a ``Dest`` prefix)."""
+
+    channel: str
+    uniqueid: str
+    dest_channel: str
+    dest_uniqueid: str
+
+
+@dataclass(frozen=True, slots=True)
 class OtherEvent:
     name: str
     message: AmiMessage
@@ -168,6 +179,7 @@ AmiEvent = (
     | DtmfEndEvent
     | OriginateResponseEvent
     | CoreShowChannelEvent
+    | DialBeginEvent
     | OtherEvent
 )
 
@@ -187,6 +199,13 @@ def parse_event(message: AmiMessage) -> AmiEvent:
             priority=_int(get("Priority")),
             application=get("Application"),
             app_data=get("AppData"),
+        )
+    if key == "dialbegin":
+        return DialBeginEvent(
+            channel=get("Channel"),
+            uniqueid=get("Uniqueid"),
+            dest_channel=get("DestChannel"),
+            dest_uniqueid=get("DestUniqueid"),
         )
     if key == "hangup":
         return HangupEvent(
