@@ -19,5 +19,8 @@ bench: install
 	.venv/bin/python bench/bench_transport.py
 	.venv/bin/python bench/bench_turns.py
 
+# The virtualenv and the caches go; the call records and recordings (.cache/state, the
+# default state_dir) never do.
 clean:
-	rm -rf .venv .cache
+	rm -rf .venv
+	if [ -d .cache ]; then find .cache -mindepth 1 -maxdepth 1 ! -name state -exec rm -rf {} +; fi

@@ -38,3 +38,31 @@ def test_check_config_reports_missing_and_unreadable_clips(
     assert main(["check-config", "--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert "greeting" in err and "goodbye" in err and "hold" not in err
+
+
+def test_version_and_a_busy_port_is_one_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    import structlog
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("voicebot-pbx 0.")
+    # Another process holds the health port: serve says so in one line and exits 2.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    config = tmp_path / "v.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n[health]\nport = {port}\n')
+    saved = structlog.get_config()
+    try:
+        assert main(["serve", "--config", str(config)]) == 2
+    finally:
+        structlog.configure(**saved)
+        holder.close()
+    err = capsys.readouterr().err
+    assert "listen_failed" in err and str(port) in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "listen_failed" in line]) == 1

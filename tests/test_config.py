@@ -224,3 +224,12 @@ def test_a_webhook_url_must_be_http(tmp_path: Path) -> None:
     path = write(tmp_path, '[webhook]\nurl = "https://crm.example/x"\nbackoff_s = [1.0, 0.0]\n')
     with pytest.raises(ConfigError, match="backoff_s"):
         load_config(path)
+
+
+def test_an_unreadable_config_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read.*IsADirectoryError"):
+        load_config(tmp_path)
+    binary = tmp_path / "v.toml"
+    binary.write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ConfigError, match="v.toml"):
+        load_config(binary)

@@ -283,6 +283,24 @@ def test_report_and_calls_show_commands(tmp_path: Path, capsys: pytest.CaptureFi
     args = cli(["calls", "show", "nope", "--db", str(db)])
     assert args.func(args) == 1
     assert "no call" in capsys.readouterr().err
+
+    # calls list: one line per call, newest first; filters by outcome; JSON.
+    args = cli(["calls", "list", "--db", str(db), "--since", "1h"])
+    assert args.func(args) == 0
+    listed = capsys.readouterr()
+    line = [row for row in listed.out.splitlines() if session.record.call_id in row]
+    assert len(line) == 1 and "transferred" in line[0] and "/ q" in line[0], listed.out
+    assert "1 calls" in listed.err
+    args = cli(["calls", "list", "--db", str(db), "--outcome", "caller_hangup"])
+    assert args.func(args) == 0
+    assert session.record.call_id not in capsys.readouterr().out
+    args = cli(["calls", "list", "--db", str(db), "--json"])
+    assert args.func(args) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["call_id"] == session.record.call_id and row["outcome"] == "transferred"
+    assert row["transfer_target"] == "q" and row["turns"] >= 1
+    args = cli(["calls", "list", "--db", str(db), "--since", "soon-ish"])
+    assert args.func(args) == 2
     args = cli(["report", "--db", str(tmp_path / "missing.db")])
     assert args.func(args) == 1
     assert "no call records" in capsys.readouterr().err

@@ -14,6 +14,8 @@ from voicebot_pbx.ops import sdnotify
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNITS = sorted(SYSTEMD_DIR.glob("*.service"))
 BOT_UNIT = SYSTEMD_DIR / "voicebot-pbx.service"
+RASA_UNIT_PATH = SYSTEMD_DIR / "voicebot-rasa.service"
+RASA_TEMPLATE_PATH = SYSTEMD_DIR / "voicebot-rasa@.service"
 DRAIN_TIMEOUT_S = 60  # the service's default drain time on SIGTERM
 
 
@@ -108,3 +110,54 @@ def test_profile_rasa_template_runs_one_loopback_server_per_profile() -> None:
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--models-dir") + 1] == "/var/lib/voicebot-rasa/%i/models"
     assert service["IPAddressDeny"] == "any" and service["User"] not in ("root", "0")
+
+
+def test_rasa_units_are_active_only_once_rasa_answers_and_the_bot_has_a_memory_cap() -> None:
+    for path in (RASA_UNIT_PATH, RASA_TEMPLATE_PATH):
+        service = parse_unit(path)["Service"]
+        post = " ".join(service["ExecStartPost"])
+        assert "voicebot_pbx.answers.rasa_server wait" in post, path
+    bot = {key: values[-1] for key, values in parse_unit(BOT_UNIT)["Service"].items()}
+    assert seconds(bot["TimeoutStartSec"]) > 0 and bot["MemoryMax"].endswith("G")
+
+
+def test_rasa_wait_returns_once_the_server_answers_and_fails_after_its_timeout() -> None:
+    import http.server
+    import threading
+
+    from voicebot_pbx.answers.rasa_server import wait_until_ready
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"Hello from Rasa: 3.6.21")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    free = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    port = free.server_address[1]
+    free.server_close()  # nothing listens there yet
+    assert wait_until_ready("127.0.0.1", port, timeout_s=0.6, poll_s=0.1) == 1
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert wait_until_ready("127.0.0.1", server.server_address[1], timeout_s=5.0) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_managed_rasa_under_systemd_writes_to_its_cache_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from voicebot_pbx.config import load_config
+    from voicebot_pbx.ops.service import rasa_server_for
+
+    monkeypatch.setenv("VOICEBOT_CACHE", "/opt/voicebot-pbx/.cache")  # read-only there
+    monkeypatch.setenv("CACHE_DIRECTORY", f"{tmp_path}:/elsewhere")
+    server = rasa_server_for(load_config())
+    assert server.models_dir == tmp_path / "rasa-models"
+    assert server.work_dir == tmp_path

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import importlib.metadata
 import json
 import sys
 from pathlib import Path
@@ -30,6 +32,12 @@ def _serve(args: argparse.Namespace) -> int:
     except TurnModelError as exc:
         # One line (in the configured log format) naming the file and the reason.
         structlog.get_logger("voicebot_pbx.cli").error("model_unusable", reason=str(exc))
+        return 2
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        # A port another process holds (a second bot, a stale one): one line, not a traceback.
+        structlog.get_logger("voicebot_pbx.cli").error("listen_failed", reason=str(exc))
         return 2
     return 0
 
@@ -253,6 +261,7 @@ def _originate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot-pbx", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"voicebot-pbx {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the bot (AudioSocket server)")
@@ -287,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_cli(sub)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("voicebot-pbx")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -587,13 +587,37 @@ class RasaServer:
 # -- command line (systemd) ----------------------------------------------------------------
 
 
+def wait_until_ready(host: str, port: int, timeout_s: float, poll_s: float = 0.5) -> int:
+    """0 once ``GET /`` of the Rasa server answers 200 ("Hello from Rasa"), 1 after
+    ``timeout_s``: systemd's ``ExecStartPost=`` of the Rasa units, so a unit ordered
+    ``After=`` it starts only when Rasa can answer."""
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=min(2.0, timeout_s)).status_code == 200:
+                log.info("rasa_server.ready", url=url)
+                return 0
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            log.error("rasa_server.not_ready", url=url, timeout_s=timeout_s)
+            return 1
+        time.sleep(poll_s)
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     repo = _REPO
     p = argparse.ArgumentParser(prog="python -m voicebot_pbx.answers.rasa_server")
-    p.add_argument("command", choices=("train", "exec"), help="train if needed / train + exec")
+    p.add_argument(
+        "command",
+        choices=("train", "exec", "wait"),
+        help="train if needed / train + exec / wait until the server at --host:--port answers",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="wait: give up after (s)")
     p.add_argument("--project", type=Path, default=repo / "rasa_project")
     p.add_argument("--venv", type=Path, default=default_rasa_venv(repo))
-    p.add_argument("--models-dir", type=Path, required=True)
+    p.add_argument("--models-dir", type=Path, default=None, help="train/exec: required")
     p.add_argument("--work-dir", type=Path, default=None)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5005)
@@ -607,6 +631,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.command == "wait":
+        return wait_until_ready(args.host, args.port, args.timeout)
+    if args.models_dir is None:
+        log.error("rasa_server.usage", error="--models-dir is required for train and exec")
+        return 2
     try:
         facts = load_facts(args.knowledge)
     except FactsError as exc:

@@ -23,6 +23,8 @@ from voicebot_pbx.ops.analytics_schema import SCHEMA_VERSION
 from voicebot_pbx.ops.analytics_sqlite import SqliteStore
 from voicebot_pbx.ops.analytics_store import AnalyticsError, Store
 from voicebot_pbx.ops.logs import configure_logging
+from voicebot_pbx.ops.outcomes import END_CLASSES, end_class
+from voicebot_pbx.ops.records import CallRecord
 from voicebot_pbx.ops.report import build_report
 from voicebot_pbx.ops.report_html import render_html
 from voicebot_pbx.ops.report_text import render_call, render_json, render_text
@@ -146,6 +148,74 @@ def _calls_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def calls_list_main(args: argparse.Namespace) -> int:
+    """``voicebot-pbx calls list [--since 24h] [--until now] [--outcome O] [--limit N]
+    [--json]``: the calls in a window, newest first, one line each."""
+    with _quiet_logs():
+        return _calls_list(args)
+
+
+def _calls_list(args: argparse.Namespace) -> int:
+    try:
+        now = time.time()
+        since = parse_time(args.since, now)
+        until = parse_time(args.until, now)
+    except ValueError as exc:
+        print(f"calls list: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = _store(args)
+    except AnalyticsError as exc:
+        print(f"calls list: {exc}", file=sys.stderr)
+        return 1
+    try:
+        calls = store.calls(since, until)
+    finally:
+        store.close()
+    if args.outcome:
+        calls = [c for c in calls if end_class(c.end_reason) == args.outcome]
+    shown = sorted(calls, key=lambda c: c.started_at, reverse=True)[: args.limit]
+    if args.json:
+        rows = [_list_row(c) for c in shown]
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    sys.stdout.write(
+        f"{'started':19}  {'call id':36}  {'dur s':>6}  {'outcome':13}  {'turns':>5}  "
+        "profile / intent / transfer\n"
+    )
+    for call in shown:
+        row = _list_row(call)
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(call.started_at))
+        extra = " / ".join(
+            str(v) for v in (row["profile"], row["intent"], row["transfer_target"]) if v
+        )
+        duration = "-" if row["duration_s"] is None else f"{row['duration_s']:.1f}"
+        sys.stdout.write(
+            f"{started:19}  {call.call_id[:36]:36}  {duration:>6}  {row['outcome']:13}  "
+            f"{row['turns']:>5}  {extra}\n"
+        )
+    more = len(calls) - len(shown)
+    print(f"{len(shown)} calls" + (f" ({more} older not shown: --limit)" if more > 0 else ""),
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _list_row(call: CallRecord) -> dict[str, Any]:
+    intents = [t.intent for t in call.turns if t.intent and t.kind in ("speech", "dtmf")]
+    ended = call.ended_at
+    return {
+        "call_id": call.call_id,
+        "started_at": call.started_at,
+        "duration_s": None if ended is None else round(ended - call.started_at, 1),
+        "outcome": end_class(call.end_reason),
+        "end_reason": call.end_reason,
+        "profile": call.profile,
+        "intent": intents[0] if intents else "",
+        "transfer_target": call.transfer_target or "",
+        "turns": sum(1 for t in call.turns if t.kind in ("speech", "dtmf")),
+    }
+
+
 def _store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML config (its [analytics] table)")
     parser.add_argument("--db", type=Path, help="read this SQLite file instead of the config's")
@@ -168,3 +238,11 @@ def register_cli(sub: Any) -> None:
     show.add_argument("call_id", help="the call id (or a unique prefix)")
     show.add_argument("--json", action="store_true", help="the whole record as JSON")
     show.set_defaults(func=calls_show_main)
+    listing = calls_sub.add_parser("list", help="the calls in a time window, newest first")
+    _store_arguments(listing)
+    listing.add_argument("--since", default="24h", help="start: 1h, 24h, 7d, 2025-01-31 (24h)")
+    listing.add_argument("--until", default="now", help="end (now)")
+    listing.add_argument("--outcome", choices=END_CLASSES, help="only calls that ended so")
+    listing.add_argument("--limit", type=int, default=50, help="newest N (50)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per call")
+    listing.set_defaults(func=calls_list_main)

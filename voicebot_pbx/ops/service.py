@@ -221,7 +221,10 @@ def rasa_server_for(config: Config) -> RasaServer:
     """The managed Rasa server described by the config (not started)."""
     url = urlsplit(config.rasa.url)
     venv = Path(config.rasa.venv_dir) if config.rasa.venv_dir else default_rasa_venv()
-    cache = Path(os.environ.get("VOICEBOT_CACHE") or Path(config.state_dir).parent)
+    # systemd's CacheDirectory= (writable under ProtectSystem=strict) before the install's
+    # cache folder, which a production unit mounts read-only.
+    systemd_cache = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    cache = Path(systemd_cache or os.environ.get("VOICEBOT_CACHE") or Path(config.state_dir).parent)
     redis_url = os.environ.get(config.rasa.redis_url_env) or None
     return RasaServer(
         Path(config.rasa.project_dir),
