@@ -5,10 +5,11 @@ WebSocket to the URI of its ``websocket_client.conf`` stanza with the subprotoco
 The first text message is ``MEDIA_START`` (the channel, its codec, the frame size Asterisk
 wants); after it binary messages carry media in that codec both ways and text messages carry
 control (``voicebot_pbx.pbx.websocket_codec``, plain or JSON: the bot answers in the form the
-``MEDIA_START`` came in). Asterisk re-times what it is sent from its own queue but (22.8+)
-neither pads short frames nor makes silence when the queue is empty, so the ``Speaker`` paces
-whole 20 ms frames, silence included, as for AudioSocket: the caller's line never has holes
-and Asterisk's queue stays a frame or two deep. On barge-in (``Speaker.interrupt`` /
+``MEDIA_START`` came in). Asterisk re-times what it is sent from its own queue and (22.8+)
+neither pads short frames nor makes silence when the queue is empty: the ``Speaker`` paces
+whole 20 ms frames of speech and sends nothing while the bot is silent, so the queue is
+empty when a reply starts (silence frames sent ahead would wait there as delay) and the
+caller hears silence. On barge-in (``Speaker.interrupt`` /
 ``pause``) the bot sends ``FLUSH_MEDIA`` so nothing Asterisk already holds is played;
 ``MEDIA_XOFF`` holds the bot's writes until ``MEDIA_XON`` (a peer that never says XON is not
 reading: the call ends after ``server.write_timeout_s``). ``DTMF_END`` is a key press; the
@@ -137,6 +138,11 @@ class WebSocketCall(CallState):
                 self._flush_pending = False
                 self.flushes += 1
                 await self._send(wire.encode_command("FLUSH_MEDIA", self._format))
+            if is_silence:
+                # Nothing to say: send nothing, so Asterisk's queue runs empty and the next
+                # reply is played as it arrives (silence sent ahead would sit in that queue
+                # as delay, and costs a send per 20 ms per call).
+                return
             if not self._xon.is_set():
                 async with asyncio.timeout(self._config.write_timeout_s):
                     await self._xon.wait()
