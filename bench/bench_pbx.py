@@ -84,7 +84,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.realpbx import PbxUnavailable, free_port  # noqa: E402
-from tests.realpbx.asterisk import Asterisk  # noqa: E402
+from tests.realpbx.asterisk import WS_PASSWORD, Asterisk  # noqa: E402
 from tests.realpbx.bot import BotProcess  # noqa: E402
 from tests.realpbx.speech import (  # noqa: E402
     first_voiced_after,
@@ -662,11 +662,12 @@ def main() -> int:
         bot_port, ws_port = free_port(), free_port()
         asterisk = Asterisk(scratch / "ast", bot_port=bot_port, ws_port=ws_port)
         asterisk.start()
-        websocket = f"[websocket]\nenabled = true\nport = {ws_port}\n"
+        websocket = f'[websocket]\nenabled = true\nport = {ws_port}\nusername = "asterisk"\n'
         bot = BenchBot(
             scratch / "bot",
             port=bot_port,
             extra_toml=websocket if args.channel == "websocket16" else "",
+            extra_env={"VOICEBOT_WEBSOCKET_PASSWORD": WS_PASSWORD},
             dialogue=args.dialogue,
             max_calls=max(64, 2 * max(levels)),
         )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.realpbx import free_port
-from tests.realpbx.asterisk import Asterisk
+from tests.realpbx.asterisk import WS_PASSWORD, Asterisk
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
 from voicebot_pbx.ops.records import CallRecord
@@ -56,7 +56,8 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
         folder / "bot",
         ami_port=asterisk.ami_port,
         ami_secret=asterisk.ami_secret,
-        extra_toml=f"[websocket]\nenabled = true\nport = {ws_port}\n",
+        extra_toml=f'[websocket]\nenabled = true\nport = {ws_port}\nusername = "asterisk"\n',
+        extra_env={"VOICEBOT_WEBSOCKET_PASSWORD": WS_PASSWORD},
     )
     try:
         bot.start()

@@ -137,3 +137,51 @@ def test_bad_peers_are_refused_with_one_line_and_others_go_on(tmp_path: object) 
     assert "subprotocol_not_media" in reasons and "no_media_start" in reasons, reasons
     (record,) = recorder.read_all()
     assert record["end_reason"] == "bad_input"
+
+
+def test_basic_auth_as_websocket_client_conf_sends_it(tmp_path: object) -> None:
+    import base64
+    from pathlib import Path
+
+    from websockets.exceptions import InvalidStatus
+
+    recorder = JsonlRecorder(Path(str(tmp_path)) / "calls.jsonl")
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    async def scenario() -> tuple[list[int], int, list[dict[str, object]]]:
+        shared = dataclasses.replace(make_shared(stt_delay_s=0.05), recorder=recorder)
+        config = ServerConfig(port=0, first_message_timeout_s=1.0, write_timeout_s=1.0)
+        ws_config = WebSocketConfig(port=0, username="asterisk", password_env="TEST_WS_PW")
+        server = WebSocketServer(
+            ws_config, config, make_handler(shared), environ={"TEST_WS_PW": "s3cret"}
+        )
+        await server.start()
+        url = f"ws://127.0.0.1:{server.port}/"
+        statuses: list[int] = []
+        voiced = 0
+        try:
+            with structlog.testing.capture_logs() as logs:
+                for headers in ({}, basic("asterisk", "wrong"), basic("eve", "s3cret")):
+                    try:
+                        async with connect(url, subprotocols=["media"], additional_headers=headers):  # type: ignore[list-item]
+                            pass
+                    except InvalidStatus as exc:
+                        statuses.append(exc.response.status_code)
+                good = basic("asterisk", "s3cret")
+                async with connect(url, subprotocols=["media"], additional_headers=good) as ws:  # type: ignore[list-item]
+                    await ws.send(START)
+                    voiced = await drain(ws, 1.0, [])
+                await asyncio.wait_for(server.wait_idle(), 5.0)
+        finally:
+            await server.close()
+        return statuses, voiced, logs
+
+    statuses, voiced, logs = asyncio.run(scenario())
+    assert statuses == [401, 401, 401]
+    assert voiced > 0, "the authenticated call was greeted"
+    reasons = [e["reason"] for e in logs if e["event"] == "call_rejected"]
+    assert reasons == ["auth_missing", "auth_failed", "auth_failed"]
+    assert not any("s3cret" in str(e) for e in logs)

@@ -275,6 +275,10 @@ class WebSocketConfig:
     port: int = 9094
     # Peers allowed to connect (CIDRs). Empty: loopback only.
     allow: tuple[str, ...] = ()
+    # HTTP Basic auth as websocket_client.conf's username/password send it (empty username:
+    # none); the password comes from this environment variable, never from the file.
+    username: str = ""
+    password_env: str = "VOICEBOT_WEBSOCKET_PASSWORD"
 
 
 @dataclass(frozen=True, slots=True)

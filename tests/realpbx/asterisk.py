@@ -38,6 +38,7 @@ from tests.realpbx import (
 CONF_DIR = Path(__file__).with_name("asterisk")
 DEBIAN_SOUNDS = Path("/usr/share/asterisk/sounds")
 AMI_SECRET = "testbed-secret"
+WS_PASSWORD = "testbed-ws-secret"  # websocket_client.conf [voicebot] password
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class Asterisk:
             "@BOT_PORT@": str(self.bot_port),
             "@BOT2_PORT@": str(self.bot2_port),
             "@WS_PORT@": str(self.ws_port),
+            "@WS_PASSWORD@": WS_PASSWORD,
             "@AMI_PORT@": str(self.ami_port),
             "@AMI_SECRET@": self.ami_secret,
         }

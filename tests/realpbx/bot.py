@@ -35,6 +35,7 @@ class BotProcess:
         ami_secret: str = "",
         extra_toml: str = "",
         dialogue: str = "rules",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.folder = folder
         self.port = port or free_port()
@@ -42,6 +43,7 @@ class BotProcess:
         self.ami_port = ami_port
         self.ami_secret = ami_secret
         self.extra_toml = extra_toml
+        self.extra_env = dict(extra_env or {})
         self.dialogue = dialogue
         self.state_dir = folder / "state"
         self.log_path = folder / "serve.log"
@@ -77,7 +79,7 @@ cache_dir = "{ROOT / ".cache" / "test-tts-cache"}"
         self.folder.mkdir(parents=True, exist_ok=True)
         config = self.folder / "voicebot.toml"
         config.write_text(self.config_text())
-        env = {**os.environ, "VOICEBOT_AMI_SECRET": self.ami_secret}
+        env = {**os.environ, "VOICEBOT_AMI_SECRET": self.ami_secret, **self.extra_env}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "voicebot_pbx.cli", "serve", "--config", str(config)],
             env=env,

@@ -20,13 +20,17 @@ caller hang-up is the connection closing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-from collections.abc import Callable, Sequence
+import hmac
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
@@ -195,6 +199,7 @@ class WebSocketServer(CallServer[WebSocketCall]):
         *,
         handler_grace_s: float = HANDLER_GRACE_S,
         dtmf_filter: Callable[[str, str], bool] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             handler,
@@ -206,6 +211,17 @@ class WebSocketServer(CallServer[WebSocketCall]):
         self._server_config = server_config
         self._dtmf_filter = dtmf_filter
         self._server: Server | None = None
+        # Basic auth: (username, password); a username without a password refuses everyone.
+        self._credentials: tuple[str, str] | None = None
+        if config.username:
+            password = (environ if environ is not None else os.environ).get(config.password_env, "")
+            if not password:
+                log.error(
+                    "websocket_auth_unset",
+                    reason=f"websocket.username is set but ${config.password_env} is empty: "
+                    "every connection is refused",
+                )
+            self._credentials = (config.username, password)
 
     @property
     def port(self) -> int:
@@ -221,12 +237,39 @@ class WebSocketServer(CallServer[WebSocketCall]):
             # Offered or not, the handshake completes: a peer without "media" is refused
             # by the handler with a log line (a failed handshake would log nothing of ours).
             select_subprotocol=_select_media,
+            process_request=self._check_auth,
             compression=None,
             max_size=_MAX_MESSAGE_BYTES,
             ping_interval=None,  # Asterisk pings; a call's own read timeout covers the rest
             open_timeout=self._server_config.first_message_timeout_s,
         )
         log.info("websocket_listening", host=self._config.host, port=self.port)
+
+    def _check_auth(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Basic auth when configured (a 401 and one log line otherwise)."""
+        if self._credentials is None:
+            return None
+        user, password = self._credentials
+        given = request.headers.get("Authorization", "")
+        scheme, _, encoded = given.partition(" ")
+        ok = False
+        if password and scheme.lower() == "basic":
+            try:
+                name, _, secret = base64.b64decode(encoded, validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                name = secret = ""
+            ok = hmac.compare_digest(name.encode(), user.encode()) & hmac.compare_digest(
+                secret.encode(), password.encode()
+            )
+        if ok:
+            return None
+        self.calls_rejected += 1
+        _host, peer = _peer_of(connection)
+        reason = "auth_missing" if not given else "auth_failed"
+        log.warning("call_rejected", reason=reason, peer=peer, pbx="asterisk-websocket")
+        response = connection.respond(401, "authentication required\n")
+        response.headers["WWW-Authenticate"] = 'Basic realm="voicebot"'
+        return response
 
     async def stop_accepting(self) -> None:
         if self._server is not None:
