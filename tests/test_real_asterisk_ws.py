@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
@@ -20,30 +19,12 @@ from tests.realpbx import free_port
 from tests.realpbx.asterisk import WS_PASSWORD, Asterisk
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
-from voicebot_pbx.ops.records import CallRecord
+from tests.test_real_asterisk import Bed  # the same bed: one Asterisk, one bot
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.models, pytest.mark.slow]
 
 GREETING_S = 6
 HOURS_REPLY = "We are open Monday to Friday"
-
-
-@dataclass
-class Bed:
-    asterisk: Asterisk
-    bot: BotProcess
-    seen: set[str]
-
-    def new_records(self, count: int = 1, timeout_s: float = 15.0) -> list[CallRecord]:
-        records = self.bot.wait_records(len(self.seen) + count, timeout_s)
-        fresh = [r for r in records if r.call_id not in self.seen]
-        self.seen.update(r.call_id for r in fresh)
-        return fresh
-
-    def run_call(self, steps: list[str], mode: str, timeout_s: float = 40.0) -> str:
-        tag = self.asterisk.call(steps, mode=mode)
-        self.asterisk.wait_call_gone(tag, timeout_s)
-        return tag
 
 
 @pytest.fixture(scope="module")

@@ -94,23 +94,34 @@ def report_main(args: argparse.Namespace) -> int:
         return _report(args)
 
 
-def _report(args: argparse.Namespace) -> int:
+def _calls_in_window(
+    args: argparse.Namespace, command: str
+) -> tuple[float, float, list[CallRecord]] | int:
+    """The calls of ``--since``/``--until`` from the store; an exit code (one line on
+    stderr, prefixed with ``command``) for a bad time (2) or no store (1)."""
     try:
         now = time.time()
         since = parse_time(args.since, now)
         until = parse_time(args.until, now)
     except ValueError as exc:
-        print(f"report: {exc}", file=sys.stderr)
+        print(f"{command}: {exc}", file=sys.stderr)
         return 2
     try:
         store = _store(args)
     except AnalyticsError as exc:
-        print(f"report: {exc}", file=sys.stderr)
+        print(f"{command}: {exc}", file=sys.stderr)
         return 1
     try:
-        calls = store.calls(since, until)
+        return since, until, store.calls(since, until)
     finally:
         store.close()
+
+
+def _report(args: argparse.Namespace) -> int:
+    window = _calls_in_window(args, "report")
+    if isinstance(window, int):
+        return window
+    since, until, calls = window
     report = build_report(calls, since=since, until=until)
     renderers = {"text": render_text, "json": render_json, "html": render_html}
     output = renderers[args.format](report)
@@ -156,22 +167,10 @@ def calls_list_main(args: argparse.Namespace) -> int:
 
 
 def _calls_list(args: argparse.Namespace) -> int:
-    try:
-        now = time.time()
-        since = parse_time(args.since, now)
-        until = parse_time(args.until, now)
-    except ValueError as exc:
-        print(f"calls list: {exc}", file=sys.stderr)
-        return 2
-    try:
-        store = _store(args)
-    except AnalyticsError as exc:
-        print(f"calls list: {exc}", file=sys.stderr)
-        return 1
-    try:
-        calls = store.calls(since, until)
-    finally:
-        store.close()
+    window = _calls_in_window(args, "calls list")
+    if isinstance(window, int):
+        return window
+    calls = window[2]
     if args.outcome:
         calls = [c for c in calls if end_class(c.end_reason) == args.outcome]
     shown = sorted(calls, key=lambda c: c.started_at, reverse=True)[: args.limit]
