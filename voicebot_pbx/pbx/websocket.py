@@ -25,7 +25,6 @@ import contextlib
 import hmac
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -55,7 +54,7 @@ class WebSocketCall(CallState):
         self,
         connection: ServerConnection,
         start: wire.MediaStart,
-        control_format: Literal["plain", "json"],
+        control_format: wire.ControlFormat,
         config: ServerConfig,
         peer: str,
     ) -> None:
@@ -69,7 +68,7 @@ class WebSocketCall(CallState):
         self.caller_id: str | None = None
         self.dtmf_filter: Callable[[str, str], bool] | None = None
         self._connection = connection
-        self._format: Literal["plain", "json"] = control_format
+        self._format: wire.ControlFormat = control_format
         self._config = config
         self._xon = asyncio.Event()
         self._xon.set()
@@ -342,7 +341,7 @@ class WebSocketServer(CallServer[WebSocketCall]):
 
     async def _media_start(
         self, connection: ServerConnection
-    ) -> tuple[wire.MediaStart, Literal["plain", "json"]]:
+    ) -> tuple[wire.MediaStart, wire.ControlFormat]:
         """The first control message must be MEDIA_START with a codec the bot can take."""
         async with asyncio.timeout(self._server_config.first_message_timeout_s):
             while True:
@@ -352,9 +351,6 @@ class WebSocketServer(CallServer[WebSocketCall]):
                 event = wire.parse_control(message)
                 if isinstance(event, wire.MediaStart):
                     break
-        if event.rate_hz is None:
+        if not event.supported:
             raise wire.ControlError(f"codec {event.format!r} is not one the bot can take")
-        control_format: Literal["plain", "json"] = (
-            "json" if message.lstrip().startswith("{") else "plain"
-        )
-        return event, control_format
+        return event, wire.message_format(message)
