@@ -177,3 +177,16 @@ def test_a_broken_facts_file_leaves_the_managed_rasa_server_buildable(tmp_path: 
         server = rasa_server_for(config)
     assert server.facts == {}
     assert [e for e in logs if e["event"] == "facts_unreadable"]
+
+
+def test_a_fact_error_names_the_config_file_even_with_a_profile(tmp_path: Path) -> None:
+    kb = tmp_path / "kb"
+    write(kb / "facts.toml", 'company = "Acme"\nphone_hours = "9 to 5"\naddress = "1 Road"\n')
+    path = write(
+        tmp_path / "v.toml",
+        f'[llm]\nknowledge_dir = "{kb}"\n[dialogue]\nreprompt = "{{{{fax}}}}"\n'
+        '[[profiles]]\nname = "p"\nport = 9100\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: dialogue.reprompt: unknown fact")

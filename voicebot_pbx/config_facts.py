@@ -62,11 +62,11 @@ def with_facts(config: Config, source: str) -> Config:
         facts = load_facts(main_dir)
         rendered_profiles = []
         for i, profile in enumerate(config.profiles):
-            own, source = facts, main_source
+            own, own_source = facts, main_source
             if profile.knowledge_dir:
                 own = {**facts, **load_facts(profile.knowledge_dir)}
-                source = f"{facts_path(profile.knowledge_dir)} or {main_source}"
-            rendered_profiles.append(_render_tree(profile, own, f"profiles[{i}]", source))
+                own_source = f"{facts_path(profile.knowledge_dir)} or {main_source}"
+            rendered_profiles.append(_render_tree(profile, own, f"profiles[{i}]", own_source))
         rest = dataclasses.replace(config, profiles=())
         rendered = _render_tree(rest, facts, "", main_source)
     except FactsError as exc:
