@@ -8,6 +8,7 @@ server per session. The pure tests at the top run everywhere.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from voicebot_pbx.answers.action_server import ActionServer
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn
 from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue, parse_bot_messages
 from voicebot_pbx.answers.rasa_server import (
@@ -35,8 +38,15 @@ from voicebot_pbx.answers.rasa_server import (
     project_hash,
     redis_endpoints,
 )
+from voicebot_pbx.config import ActionsConfig
 
 T = TypeVar("T")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "rasa_project"))
+from actions.backend import Account  # noqa: E402
+from actions.demo_data import demo_accounts  # noqa: E402
+from actions.when import parse_day  # noqa: E402
+from actions.wording import say_balance, say_date, say_money, say_slot, say_time  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT = REPO / "rasa_project"
@@ -67,7 +77,7 @@ def _free_port() -> int:
 
 
 def test_parse_bot_messages_maps_custom_payloads() -> None:
-    replies, end, target, digits = parse_bot_messages(
+    said = parse_bot_messages(
         [
             {"recipient_id": "x", "text": "Please hold."},
             {"recipient_id": "x", "custom": {"action": "play_clip", "clip": "hold"}},
@@ -76,10 +86,26 @@ def test_parse_bot_messages_maps_custom_payloads() -> None:
             {"recipient_id": "x", "custom": {"action": "dance"}},
         ]
     )
-    assert replies == (BotReply(text="Please hold."), BotReply(clip="hold"))
-    assert (end, target, digits) == ("transfer", "billing", 8)
-    _, end, target, _ = parse_bot_messages([{"custom": {"action": "hangup"}}])
-    assert (end, target) == ("hangup", None)
+    assert said.replies == (BotReply(text="Please hold."), BotReply(clip="hold"))
+    assert (said.end, said.transfer_target, said.collect_dtmf_digits) == ("transfer", "billing", 8)
+    hangup = parse_bot_messages([{"custom": {"action": "hangup"}}])
+    assert (hangup.end, hangup.transfer_target) == ("hangup", None)
+
+
+def test_parse_bot_messages_reads_the_actions_notes() -> None:
+    said = parse_bot_messages(
+        [
+            {"custom": {"action": "note", "entities": {"identity_verified": "true"}}},
+            {"text": "I'm sorry, I can't reach our billing system right now."},
+            {"custom": {"action": "note", "fallback": "backend_timeout:billing"}},
+            {"custom": {"action": "note", "entities": "not a mapping", "fallback": 3}},
+        ]
+    )
+    assert said.entities == {"identity_verified": "true"}
+    assert said.fallbacks == ("backend_timeout:billing",)
+    assert said.replies == (
+        BotReply(text="I'm sorry, I can't reach our billing system right now."),
+    )
 
 
 def test_redis_endpoints_from_url() -> None:
@@ -275,15 +301,26 @@ def aloop() -> Iterator[LoopThread]:
 
 
 @pytest.fixture(scope="session")
-def trained(aloop: LoopThread) -> RasaServer:
+def actions(aloop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ActionServer]:
+    """The real action server on the demo company's SQLite (seeded on start)."""
     if not (VENV / "bin" / "rasa").exists():
         pytest.skip(f"Rasa venv not installed at {VENV} (run scripts/install-rasa)")
+    config = ActionsConfig(url=f"http://127.0.0.1:{_free_port()}")
+    server = ActionServer(config, state_dir=tmp_path_factory.mktemp("actions"), venv_dir=VENV)
+    aloop.run(server.start(), timeout_s=90)
+    yield server
+    aloop.run(server.stop(), timeout_s=30)
+
+
+@pytest.fixture(scope="session")
+def trained(aloop: LoopThread, actions: ActionServer) -> RasaServer:
     server = RasaServer(
         PROJECT,
         VENV,
         port=_free_port(),
         models_dir=MODELS,
         restart_backoff_s=(0.5, 1.0),
+        action_url=actions.webhook_url,
     )
     server.ensure_trained()
     return server
@@ -383,9 +420,23 @@ def test_start_greets_with_keypad_menu(dlg: RasaDialogue, aloop: LoopThread) -> 
     assert turn.end is None and not turn.needs_fallback
 
 
+def day_after(weekday: str) -> datetime.date:
+    """What the actions make of a weekday said today (the next one after today)."""
+    found = parse_day(weekday, datetime.date.today())
+    assert found is not None
+    return found
+
+
+def slot(weekday: str, hour: int, minute: int = 0) -> str:
+    start = datetime.datetime.combine(day_after(weekday), datetime.time(hour, minute))
+    return say_slot(start, datetime.date.today())
+
+
 @needs_rasa
 @pytest.mark.rasa
 def test_appointment_form(dlg: RasaDialogue, aloop: LoopThread) -> None:
+    """Booked into the demo back end through the action server; a second booking in the
+    same call starts afresh, and a time already taken gets the nearest free ones."""
     call = new_call()
 
     def say(text: str) -> DialogueTurn:
@@ -393,23 +444,32 @@ def test_appointment_form(dlg: RasaDialogue, aloop: LoopThread) -> None:
 
     aloop.run(dlg.start(call))
     assert "Which day" in texts(say("uh i need an engineer to come out"))
-    turn = say("tomorrow")
-    assert turn.entities == {"date": "tomorrow"} and "what time on tomorrow" in texts(turn)
+    tuesday = say_date(day_after("tuesday"), datetime.date.today())
+    turn = say("tuesday")
+    assert turn.entities == {"date": "tuesday"} and f"what time on {tuesday}?" in texts(turn)
     # a question in the middle: answered, then the form asks again
     turn = say("what are your opening hours")
     assert turn.intent == "opening_hours"
-    assert "Monday to Friday" in texts(turn) and "what time on tomorrow" in texts(turn)
-    assert "So that's tomorrow at 14:00" in texts(say("two p m"))
+    assert "Monday to Friday" in texts(turn) and f"what time on {tuesday}" in texts(turn)
+    assert f"So that's {slot('tuesday', 14)}. Shall I book it?" in texts(say("two p m"))
     # "no": asks for another day and time; both are overwritten
     assert "Which day and time would suit you instead" in texts(say("no"))
-    assert "So that's friday at 10:30. Shall I book it?" in texts(say("friday at half past ten"))
+    turn = say("friday at half past ten")
+    assert f"So that's {slot('friday', 10, 30)}. Shall I book it?" in texts(turn)
     turn = say("yes please")
     assert turn.intent == "affirm"
-    assert turn.replies[0] == BotReply(text="Your appointment is booked for friday at 10:30.")
-    # one booking per call
-    assert "already have an appointment booked for friday at 10:30" in texts(
-        say("can i book an appointment")
-    )
+    booked = f"Your appointment is booked for {slot('friday', 10, 30)}. Your reference is "
+    assert texts(turn).startswith(booked), texts(turn)
+    assert re.fullmatch(r"NW\d{6}", turn.entities["booking_reference"])
+    # a second booking, at the same time: taken, so the nearest free times are offered
+    assert "Which day" in texts(say("can i book an appointment"))
+    say("friday")
+    turn = say("half past ten")
+    assert f"Sorry, {slot('friday', 10, 30)} isn't free" in texts(turn)
+    assert say_time(datetime.time(10)) in texts(turn) and "Which would suit you?" in texts(turn)
+    assert f"So that's {slot('friday', 11)}." in texts(say("11 am"))
+    turn = say("yes")
+    assert texts(turn).startswith(f"Your appointment is booked for {slot('friday', 11)}.")
 
 
 @needs_rasa
@@ -435,9 +495,9 @@ def test_understand_reads_the_intent_without_acting_on_it(
 def test_appointment_in_one_sentence_and_cancel(dlg: RasaDialogue, aloop: LoopThread) -> None:
     call = new_call()
     aloop.run(dlg.start(call))
-    turn = aloop.run(dlg.respond(call, "Can I book an engineer for the fifth of March at 9am?"))
-    assert turn.entities == {"date": "march 5th", "time": "09:00"}
-    assert "So that's march 5th at 09:00. Shall I book it?" in texts(turn)
+    turn = aloop.run(dlg.respond(call, "Can I book an engineer for Wednesday at 9am?"))
+    assert turn.entities == {"date": "wednesday", "time": "09:00"}
+    assert f"So that's {slot('wednesday', 9)}. Shall I book it?" in texts(turn)
     call2 = new_call()
     aloop.run(dlg.start(call2))
     aloop.run(dlg.respond(call2, "book an appointment"))
@@ -445,23 +505,88 @@ def test_appointment_in_one_sentence_and_cancel(dlg: RasaDialogue, aloop: LoopTh
     assert "I've stopped that" in texts(turn)
 
 
+DEMO = demo_accounts()
+
+
+def balance_words(account: Account) -> str:
+    return say_balance(account.balance_pence)
+
+
 @needs_rasa
 @pytest.mark.rasa
 def test_dtmf_menu_balance_by_keypad(dlg: RasaDialogue, aloop: LoopThread) -> None:
+    """Account keyed, postcode said: verified against the billing back end, the balance
+    and last bill spoken in words, the verification noted for the transfer variables."""
+    account = DEMO[1]
     call = new_call()
     aloop.run(dlg.start(call))
     turn = aloop.run(dlg.dtmf(call, "1"))
     assert turn.intent == "dtmf" and turn.entities == {"digits": "1"}
     assert turn.collect_dtmf_digits == 8 and "type your account number" in texts(turn)
-    turn = aloop.run(dlg.dtmf(call, "12345678"))
-    assert turn.replies == (
-        BotReply(
-            text="Thanks. Please hold while I put you through to our billing team "
-            "with account 12345678."
-        ),
-        BotReply(clip="hold"),
+    turn = aloop.run(dlg.dtmf(call, account.number + "#"))
+    assert "what's the postcode of the property, or the account holder's date of birth" in (
+        texts(turn)
     )
+    turn = aloop.run(dlg.respond(call, f"it's {account.postcode.lower()}"))
+    assert texts(turn).startswith(balance_words(account)), texts(turn)
+    assert f"was {say_money(account.last_bill_pence)}." in texts(turn)
+    assert "anything else" in texts(turn) and turn.end is None
+    assert turn.entities["identity_verified"] == "true"
+    assert turn.entities["account_number"] == account.number
+    # verified once per call: asked again, the balance comes straight away
+    turn = aloop.run(dlg.respond(call, "what's my balance"))
+    assert texts(turn).startswith(balance_words(account))
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_identity_check_failures_and_refusal(dlg: RasaDialogue, aloop: LoopThread) -> None:
+    account = DEMO[2]
+    call = new_call()
+
+    def say(text: str) -> DialogueTurn:
+        return aloop.run(dlg.respond(call, text))
+
+    aloop.run(dlg.start(call))
+    say("what's my balance")
+    turn = aloop.run(dlg.dtmf(call, "1234*678"))  # a * mistake: asked again
+    assert "isn't an 8 digit account number" in texts(turn)
+    assert "account_number_invalid" in turn.fallbacks
+    say(account.number)
+    turn = say("nw1 1aa")  # wrong postcode
+    assert "don't match our records" in texts(turn) and turn.fallbacks == ("identity_mismatch",)
+    say(account.number)
+    turn = say("the first of january 19 70")  # wrong date of birth
+    assert "don't match our records" in texts(turn)
+    say("99999999")  # an account that does not exist: the same answer, nothing revealed
+    turn = say(account.postcode.lower())
+    assert "couldn't confirm your details" in texts(turn) and "anything else" not in texts(turn)
     assert (turn.end, turn.transfer_target) == ("transfer", "billing")
+    assert "identity_verified" not in turn.entities
+
+    refusing = new_call()
+    aloop.run(dlg.start(refusing))
+    aloop.run(dlg.respond(refusing, "what's my balance"))
+    aloop.run(dlg.respond(refusing, account.number))
+    turn = aloop.run(dlg.respond(refusing, "no"))
+    assert "Without checking it's you I can't read out account details" in texts(turn)
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_balance_by_voice_with_date_of_birth(dlg: RasaDialogue, aloop: LoopThread) -> None:
+    account = DEMO[3]
+    said_number = " ".join(account.number)
+    born = account.birth_date
+    call = new_call()
+    aloop.run(dlg.start(call))
+    turn = aloop.run(dlg.respond(call, "what's my balance"))
+    assert turn.collect_dtmf_digits == 8
+    turn = aloop.run(dlg.respond(call, f"it's {said_number}"))
+    assert turn.entities == {"account_number": account.number}
+    assert "date of birth" in texts(turn)
+    turn = aloop.run(dlg.respond(call, f"{born:%B} {born.day}th {born.year}".lower()))
+    assert texts(turn).startswith(balance_words(account)), texts(turn)
 
 
 @needs_rasa
@@ -477,22 +602,24 @@ def test_dtmf_menu_options(dlg: RasaDialogue, aloop: LoopThread) -> None:
     turn = aloop.run(dlg.dtmf(call, "5"))  # a key the outage form did not ask for
     assert "isn't used here" in texts(turn) and "postcode" in texts(turn)
     turn = aloop.run(dlg.respond(call, "it's s w one a one a a"))
-    assert turn.entities == {"postcode": "sw1a 1aa"}
-    assert "power cut report for sw1a 1aa" in texts(turn)
+    assert turn.entities == {"postcode": "sw1a 1aa", "outage": "reported"}
+    assert "no known power cut at S W 1 A, 1 A A" in texts(turn)
     turn = aloop.run(dlg.dtmf(call, "0"))
     assert (turn.end, turn.transfer_target) == ("transfer", "agents")
 
 
 @needs_rasa
 @pytest.mark.rasa
-def test_balance_by_voice(dlg: RasaDialogue, aloop: LoopThread) -> None:
+def test_known_outage_by_postcode_then_another_report(dlg: RasaDialogue, aloop: LoopThread) -> None:
     call = new_call()
     aloop.run(dlg.start(call))
-    turn = aloop.run(dlg.respond(call, "what's my balance"))
-    assert turn.collect_dtmf_digits == 8
-    turn = aloop.run(dlg.respond(call, "it's eight seven six five double four three two"))
-    assert turn.entities == {"account_number": "87654432"}
-    assert "account 87654432" in texts(turn) and turn.end == "transfer"
+    aloop.run(dlg.respond(call, "my power has gone off"))
+    turn = aloop.run(dlg.respond(call, "n w 3 2 q g"))
+    assert "known power cut in your area, caused by a damaged underground cable" in texts(turn)
+    assert "We expect power back by about" in texts(turn) and turn.entities["outage"] == "known"
+    # the postcode is cleared: a second report asks again
+    turn = aloop.run(dlg.respond(call, "there's another power cut at my mum's"))
+    assert "postcode of the property" in texts(turn)
 
 
 @needs_rasa
@@ -688,7 +815,11 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 @pytest.mark.rasa
 @pytest.mark.slow
 def test_redis_tracker_survives_restart(
-    trained: RasaServer, aloop: LoopThread, redis_url: str, tmp_path: Path
+    trained: RasaServer,
+    actions: ActionServer,
+    aloop: LoopThread,
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     model = trained.model
     assert model is not None
@@ -701,6 +832,7 @@ def test_redis_tracker_survives_restart(
             models_dir=MODELS,
             work_dir=tmp_path,
             redis_url=redis_url,
+            action_url=actions.webhook_url,
         )
         s.ensure_trained()  # no-op: same project hash
         return s
@@ -712,7 +844,9 @@ def test_redis_tracker_survives_restart(
             await d.start(call)
             await d.respond(call, "i'd like to book an appointment")
             turn = await d.respond(call, "next monday")
-            assert "what time on next monday" in texts(turn)
+            assert f"what time on {say_date(day_after('monday'), datetime.date.today())}" in (
+                texts(turn)
+            )
 
     async def second_half() -> DialogueTurn:
         # a new Rasa process (new port, nothing in memory) on the same Redis
@@ -721,7 +855,7 @@ def test_redis_tracker_survives_restart(
 
     aloop.run(first_half(), timeout_s=180)
     turn = aloop.run(second_half(), timeout_s=180)
-    assert "So that's next monday at 14:30. Shall I book it?" in texts(turn)
+    assert f"So that's {slot('monday', 14, 30)}. Shall I book it?" in texts(turn)
     with socket.create_connection(
         ("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]))
     ) as s:

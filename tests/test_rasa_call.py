@@ -7,24 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import running_bot
 from tests.speech import espeak_pcm, have_espeak, silence
+from voicebot_pbx.answers.action_server import ActionServer
 from voicebot_pbx.answers.fallbacks import FallbackDialogue
 from voicebot_pbx.answers.rasa import RasaDialogue
 from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
 from voicebot_pbx.cli import reply_segments
-from voicebot_pbx.config import load_config
+from voicebot_pbx.config import ActionsConfig, load_config
 from voicebot_pbx.pbx.caller import CallResult, Say, SendDtmf, SimulatedCaller
 from voicebot_pbx.speech.engines import Engines
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = default_rasa_venv(ROOT)
+
+sys.path.insert(0, str(ROOT / "rasa_project"))
+from actions.when import parse_day  # noqa: E402
+from actions.wording import say_slot  # noqa: E402
 
 pytestmark = [
     pytest.mark.rasa,
@@ -64,16 +71,30 @@ def test_spoken_booking_transfer_and_rasa_dying_mid_call(
         server=dataclasses.replace(base.server, port=0),
         dialogue=dataclasses.replace(base.dialogue, engine="rasa"),
     )
+    actions = ActionServer(
+        ActionsConfig(url=f"http://127.0.0.1:{free_port()}"),
+        state_dir=tmp_path / "actions",
+        venv_dir=VENV,
+    )
     server_rasa = RasaServer(
         ROOT / "rasa_project",
         VENV,
         port=free_port(),
         models_dir=ROOT / ".cache" / "rasa-models",
         restart_backoff_s=(30.0,),  # stays down once killed, for the length of this test
+        action_url=actions.webhook_url,
     )
     server_rasa.ensure_trained()
+    # What the booking actions make of the day and "two pm" (rasa_project/actions); no
+    # visits on Sundays, so a Saturday's test asks for the day after tomorrow.
+    today = datetime.date.today()
+    day_words = "the day after tomorrow" if today.weekday() == 5 else "tomorrow"
+    visit_day = parse_day(day_words, today)
+    assert visit_day is not None
+    booked = say_slot(datetime.datetime.combine(visit_day, datetime.time(14)), today)
 
     async def scenario() -> tuple[CallResult, CallResult, CallResult, list[dict[str, object]]]:
+        await actions.start()
         await server_rasa.start()
         rasa = RasaDialogue(server_rasa.base_url, timeout_s=5.0)
         try:
@@ -86,7 +107,7 @@ def test_spoken_booking_transfer_and_rasa_dying_mid_call(
                         # espeak's "book" reaches Whisper tiny.en as "welcome" or "work"
                         # (whatever the lead-in), so the request is worded without it.
                         Say(speak("I need an engineer to come out")),
-                        Say(speak("tomorrow")),
+                        Say(speak(day_words)),
                         Say(speak("two pm")),
                         Say(speak("yes please")),
                     ],
@@ -135,6 +156,7 @@ def test_spoken_booking_transfer_and_rasa_dying_mid_call(
         finally:
             await rasa.aclose()
             await server_rasa.stop()
+            await actions.stop()
         return booking, transfer, dying, records
 
     booking, transfer, dying, records = asyncio.run(scenario())
@@ -142,9 +164,10 @@ def test_spoken_booking_transfer_and_rasa_dying_mid_call(
 
     turns = [t for t in by_id[booking.call_id]["turns"] if t["kind"] == "speech"]  # type: ignore[index]
     assert [t["dialogue"] for t in turns] == ["rasa"] * 4, turns
-    assert "booked for tomorrow at 14:00" in turns[-1]["reply_text"], turns[-1]
+    assert f"booked for {booked}" in turns[-1]["reply_text"], turns[-1]
     last_reply = said(engines, booking)[-1]
-    assert "appointment" in last_reply and "tomorrow" in last_reply, last_reply
+    day_said = "tomorrow" if day_words == "tomorrow" else f"{visit_day:%A}".lower()
+    assert "appointment" in last_reply and day_said in last_reply, last_reply
 
     assert transfer.got_hangup, "Rasa's transfer payload ended the bot's part with 0x00"
     assert by_id[transfer.call_id]["end_reason"] == "transferred"

@@ -174,6 +174,10 @@ class DialogueConfig:
     reprompt: str = "Sorry, I didn't catch that. Could you say it again?"
     rules: tuple[RuleConfig, ...] = field(default_factory=_default_rules)
     timeout_s: float = 3.0
+    # A reply still being worked out after this (a back-end lookup): the "hold" clip, or
+    # hold_reply, plays meanwhile. 0: never.
+    hold_after_s: float = 0.7
+    hold_reply: str = "One moment, please."
 
 
 _BACKCHANNELS = (
@@ -215,6 +219,33 @@ class RasaConfig:
     project_dir: str = "rasa_project"
     venv_dir: str = ""  # empty: <cache>/rasa-venv
     redis_url_env: str = "VOICEBOT_RASA_REDIS_URL"  # name of the env var holding the URL
+
+
+@dataclass(frozen=True, slots=True)
+class ActionsConfig:
+    """The Rasa action server (``rasa_project/actions``: identity check, balance, bookings,
+    outages) and the back ends it reads. With ``[rasa] manage`` the bot starts and supervises
+    it beside the Rasa server (``voicebot_pbx.answers.action_server``).
+
+    Back ends: ``backend`` "sql" (``dsn``: a SQLite path or ``postgresql://``; empty: the demo
+    company's SQLite in the state dir, seeded on start) or "http" (``http_url``, the JSON API
+    of rasa_project/actions/HTTP_API.md). ``billing``/``outages``/``bookings`` override it for
+    one system as "sql:DSN" or "http:URL". A DSN with a password: ``dsn_env``."""
+
+    enabled: bool = True
+    url: str = "http://127.0.0.1:5055"
+    # Each action's whole back-end work (lookups, retries) stays within this.
+    budget_s: float = 1.5
+    identity_attempts: int = 3
+    backend: Literal["sql", "http"] = "sql"
+    dsn: str = ""
+    dsn_env: str = "VOICEBOT_BACKEND_DSN"
+    http_url: str = ""
+    http_timeout_s: float = 1.5
+    http_retries: int = 2
+    billing: str = ""
+    outages: str = ""
+    bookings: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,6 +653,7 @@ class Config:
     tts: TtsConfig = field(default_factory=TtsConfig)
     dialogue: DialogueConfig = field(default_factory=DialogueConfig)
     rasa: RasaConfig = field(default_factory=RasaConfig)
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
     fallbacks: FallbackConfig = field(default_factory=FallbackConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     ami: AmiConfig = field(default_factory=AmiConfig)
@@ -636,6 +668,23 @@ class Config:
     freeswitch: FreeswitchConfig = field(default_factory=FreeswitchConfig)
     log: LogConfig = field(default_factory=LogConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+def _actions_problems(actions: ActionsConfig) -> list[str]:
+    problems: list[str] = []
+    if actions.budget_s <= 0 or actions.identity_attempts < 1 or actions.http_timeout_s <= 0:
+        problems.append("actions: budget_s and http_timeout_s > 0, identity_attempts >= 1")
+    url = urlsplit(actions.url)
+    if url.scheme != "http" or not url.hostname or url.port is None:
+        problems.append(f"actions.url {actions.url!r} must be http://HOST:PORT")
+    if actions.backend == "http" and not actions.http_url:
+        problems.append('actions.backend is "http" but actions.http_url is empty')
+    for name in ("billing", "outages", "bookings"):
+        value: str = getattr(actions, name)
+        kind, _, target = value.partition(":")
+        if value and (kind not in ("sql", "http") or (kind == "http" and not target)):
+            problems.append(f'actions.{name} = {value!r} must be "sql:DSN" or "http:URL"')
+    return problems
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
@@ -715,6 +764,7 @@ def _validate(config: Config, source: str) -> None:
         problems.append("webhook: timeout_s > 0, max_queued >= 1, backoff_s steps > 0")
     if config.handover.timeout_s <= 0:
         problems.append("handover.timeout_s must be > 0")
+    problems.extend(_actions_problems(config.actions))
     if config.inference.pool_threads < 1:
         problems.append("inference.pool_threads must be at least 1")
     if config.stt.max_batch < 1:

@@ -12,6 +12,8 @@ Rasa's reply messages map onto ``DialogueTurn``:
 * ``{"custom": {"action": "transfer", "target": NAME}}`` -> ``end="transfer"``
 * ``{"custom": {"action": "hangup"}}`` -> ``end="hangup"``
 * ``{"custom": {"action": "collect_dtmf", "max_digits": N}}`` -> ``collect_dtmf_digits=N``
+* ``{"custom": {"action": "note", "entities": {...}, "fallback": REASON}}`` (the custom
+  actions, rasa_project/actions) -> ``entities`` for the call, ``fallbacks`` for its record
 
 Every request runs under ``timeout_s``; every failure becomes ``DialogueUnavailable`` so the
 session can fall back to the rule dialogue.
@@ -23,7 +25,7 @@ import asyncio
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -39,7 +41,13 @@ from voicebot_pbx.answers.dialogue import (
 )
 from voicebot_pbx.answers.normalize import normalize
 
-__all__ = ["FALLBACK_INTENTS", "DialogueUnavailable", "RasaDialogue", "parse_bot_messages"]
+__all__ = [
+    "FALLBACK_INTENTS",
+    "BotMessages",
+    "DialogueUnavailable",
+    "RasaDialogue",
+    "parse_bot_messages",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -67,14 +75,37 @@ class _ActedOn:
     core_fallback: bool
 
 
-def parse_bot_messages(
-    messages: Sequence[Mapping[str, Any]],
-) -> tuple[tuple[BotReply, ...], EndAction | None, str | None, int | None]:
-    """Rasa REST channel messages -> (replies, end, transfer_target, collect_dtmf_digits)."""
+@dataclass(frozen=True, slots=True)
+class BotMessages:
+    """Rasa's reply messages, read: what to say and do, and the actions' notes."""
+
+    replies: tuple[BotReply, ...] = ()
+    end: EndAction | None = None
+    transfer_target: str | None = None
+    collect_dtmf_digits: int | None = None
+    # From the actions' ``{"action": "note"}`` payloads: facts for the call (identity
+    # verified, a booking reference) and fallbacks taken (a back end that failed).
+    entities: dict[str, str] = field(default_factory=dict)
+    fallbacks: tuple[str, ...] = ()
+
+
+def _note(custom: Mapping[str, Any], entities: dict[str, str], fallbacks: list[str]) -> None:
+    noted = custom.get("entities")
+    if isinstance(noted, Mapping):
+        entities.update({str(k): str(v) for k, v in noted.items() if v is not None})
+    fallback = custom.get("fallback")
+    if isinstance(fallback, str) and fallback:
+        fallbacks.append(fallback[:80])
+
+
+def parse_bot_messages(messages: Sequence[Mapping[str, Any]]) -> BotMessages:
+    """Rasa REST channel messages -> what the bot says and does (module docstring)."""
     replies: list[BotReply] = []
     end: EndAction | None = None
     target: str | None = None
     dtmf_digits: int | None = None
+    entities: dict[str, str] = {}
+    fallbacks: list[str] = []
     for msg in messages:
         text = msg.get("text")
         if isinstance(text, str) and text.strip():
@@ -96,9 +127,11 @@ def parse_bot_messages(
                 dtmf_digits = max(1, int(custom.get("max_digits", 1)))
             except (TypeError, ValueError):
                 log.warning("rasa.bad_collect_dtmf", payload=dict(custom))
+        elif action == "note":
+            _note(custom, entities, fallbacks)
         else:
             log.warning("rasa.unknown_custom_payload", payload=dict(custom))
-    return tuple(replies), end, target, dtmf_digits
+    return BotMessages(tuple(replies), end, target, dtmf_digits, entities, tuple(fallbacks))
 
 
 def _acted_on(tracker: Mapping[str, Any]) -> _ActedOn:
@@ -228,7 +261,7 @@ class RasaDialogue:
         if not isinstance(tracker, Mapping):
             raise DialogueUnavailable("tracker is not an object", retryable=False)
         acted = _acted_on(tracker)
-        replies, end, target, dtmf_digits = parse_bot_messages(messages)
+        said = parse_bot_messages(messages)
         needs_fallback = acted.intent in FALLBACK_INTENTS or acted.core_fallback
         log.debug(
             "rasa.turn",
@@ -236,19 +269,21 @@ class RasaDialogue:
             intent=acted.intent,
             confidence=acted.confidence,
             core_fallback=acted.core_fallback,
-            n_replies=len(replies),
-            end=end,
+            n_replies=len(said.replies),
+            end=said.end,
+            fallbacks=said.fallbacks,
         )
         return DialogueTurn(
-            replies=replies,
-            end=end,
-            transfer_target=target,
-            collect_dtmf_digits=dtmf_digits,
+            replies=said.replies,
+            end=said.end,
+            transfer_target=said.transfer_target,
+            collect_dtmf_digits=said.collect_dtmf_digits,
             intent=acted.intent,
             confidence=acted.confidence,
             source="rasa",
             needs_fallback=needs_fallback,
-            entities=acted.entities,
+            entities={**acted.entities, **said.entities},
+            fallbacks=said.fallbacks,
         )
 
     # -- Dialogue protocol -----------------------------------------------------------------

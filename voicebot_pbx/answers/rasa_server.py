@@ -26,20 +26,19 @@ import fcntl
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
 import structlog
 
+from voicebot_pbx.answers.supervised import SupervisedChild, log_tail
 from voicebot_pbx.facts import FactsError, load_facts, render
 
 __all__ = [
@@ -79,7 +78,6 @@ _HASHED_GLOBS = (
 )
 _KEEP_MODELS = 3
 _REPO = Path(__file__).resolve().parents[2]
-_LOG_TAIL_BYTES = 4000
 
 
 class RasaServerError(RuntimeError):
@@ -153,16 +151,6 @@ def redis_endpoints(
     return {"tracker_store": tracker, "lock_store": dict(common)}
 
 
-def _tail(path: Path, n_bytes: int = _LOG_TAIL_BYTES) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - n_bytes))
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,6 +186,7 @@ class RasaServer:
         restart_backoff_s: Sequence[float] = (1.0, 2.0, 5.0, 10.0, 30.0),
         stable_after_s: float = 60.0,
         facts: Mapping[str, str] | None = None,
+        action_url: str | None = None,
     ) -> None:
         if redis_url is not None and endpoints_path is not None:
             raise ValueError("give either redis_url or endpoints_path, not both")
@@ -220,18 +209,26 @@ class RasaServer:
         # the repository's knowledge/facts.toml.
         self.facts = dict(facts if facts is not None else load_facts(_REPO / "knowledge"))
         self._redis_url = redis_url
+        # The action server's webhook (``action_server.ActionServer.webhook_url``).
+        self.action_url = action_url
         self._redis_record_exp_s = redis_record_exp_s
         self._endpoints_path = endpoints_path.absolute() if endpoints_path is not None else None
         self._model: TrainedModel | None = None
-        self._proc: asyncio.subprocess.Process | None = None
-        self._log_file: IO[bytes] | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._ready = False
-        self._ready_event = asyncio.Event()
-        self._started_at = 0.0
-        self.restarts = 0
-        self.startup_s: float | None = None
+        self._child = SupervisedChild(
+            event_prefix="rasa_server",
+            host=host,
+            port=port,
+            argv=self._current_run_argv,
+            env=self.env,
+            cwd=self.work_dir,
+            log_path=self.log_path,
+            probe=self._probe,
+            startup_timeout_s=startup_timeout_s,
+            stop_timeout_s=stop_timeout_s,
+            restart_backoff_s=self.restart_backoff_s,
+            stable_after_s=stable_after_s,
+            error=RasaServerError,
+        )
 
     # -- paths and commands ----------------------------------------------------------------
 
@@ -254,20 +251,20 @@ class RasaServer:
 
     @property
     def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None and proc.returncode is None else None
+        return self._child.pid
 
     @property
     def ready(self) -> bool:
         """True while the process runs and answered ``/status`` with its model loaded."""
-        return self._ready and self.pid is not None
+        return self._child.ready
 
-    def _set_ready(self, ready: bool) -> None:
-        self._ready = ready
-        if ready:
-            self._ready_event.set()
-        else:
-            self._ready_event.clear()
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts
+
+    @property
+    def startup_s(self) -> float | None:
+        return self._child.startup_s
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -283,19 +280,24 @@ class RasaServer:
         return [str(self.venv_dir / "bin" / "rasa"), *args]
 
     def endpoints_file(self) -> Path | None:
-        """The endpoints file the server runs with (written here when Redis is configured)."""
+        """The endpoints file the server runs with: written here when Redis or an action
+        server is configured, else the given file or the project's endpoints.yml."""
+        if self._endpoints_path is not None:
+            return self._endpoints_path
+        data: dict[str, Any] = {}
         if self._redis_url is not None:
-            path = self.work_dir / f"endpoints-redis-{self.port}.yml"
+            data.update(redis_endpoints(self._redis_url, record_exp_s=self._redis_record_exp_s))
+        if self.action_url is not None:
+            data["action_endpoint"] = {"url": self.action_url}
+        if data:
+            path = self.work_dir / f"endpoints-{self.port}.yml"
             path.parent.mkdir(parents=True, exist_ok=True)
-            data = redis_endpoints(self._redis_url, record_exp_s=self._redis_record_exp_s)
             # JSON is YAML: no YAML library needed, and no quoting mistakes.
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data, indent=2) + "\n")
             tmp.chmod(0o600)  # may hold the Redis password
             tmp.replace(path)
             return path
-        if self._endpoints_path is not None:
-            return self._endpoints_path
         default = self.project_dir / "endpoints.yml"
         return default if default.is_file() else None
 
@@ -386,7 +388,7 @@ class RasaServer:
                 produced.unlink(missing_ok=True)
                 raise RasaServerError(
                     f"rasa train failed (exit {proc.returncode}); log {log_path}:\n"
-                    + _tail(log_path)
+                    + log_tail(log_path)
                 )
             produced.replace(target)
             self._prune_models(keep=target)
@@ -420,161 +422,31 @@ class RasaServer:
 
     async def start(self) -> None:
         """Start the server (training first if needed) and return once it answers."""
-        if self._proc is not None and self._proc.returncode is None:
+        if self._child.running:
             return
         self._check_venv()
         if self._model is None or not self._model.path.is_file():
             await asyncio.to_thread(self.ensure_trained)
-        self._stopping = False
-        await self._launch_and_wait()
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"rasa-sup-{self.port}")
+        await self._child.start()
 
-    def _port_in_use(self) -> bool:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.settimeout(0.5)
-            return s.connect_ex((self.host, self.port)) == 0
-
-    async def _launch_and_wait(self) -> None:
+    def _current_run_argv(self) -> list[str]:
         model = self._model
         assert model is not None
-        if self._port_in_use():
-            raise RasaServerError(f"{self.host}:{self.port} is already in use")
-        argv = self.run_argv(model.path)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._close_log()
-        self._log_file = self.log_path.open("ab")
-        t0 = time.monotonic()
-        self._set_ready(False)
-        self._proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self.env(),
-            cwd=self.work_dir,
-            start_new_session=True,  # own process group: stop() signals the whole group
-        )
-        log.info("rasa_server.starting", pid=self._proc.pid, port=self.port, model=model.path.name)
-        try:
-            await self._wait_ready(self._proc)
-        except BaseException:
-            await self._kill(self._proc)
-            raise
-        self.startup_s = time.monotonic() - t0
-        self._started_at = time.monotonic()
-        self._set_ready(True)
-        log.info(
-            "rasa_server.ready",
-            pid=self._proc.pid,
-            port=self.port,
-            startup_s=round(self.startup_s, 2),
-            restarts=self.restarts,
-        )
+        log.info("rasa_server.model", model=model.path.name)
+        return self.run_argv(model.path)
 
-    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
+    async def _probe(self, client: httpx.AsyncClient) -> bool:
         params = {"token": self.auth_token} if self.auth_token else None
-        try:
-            async with (
-                asyncio.timeout(self.startup_timeout_s),
-                httpx.AsyncClient(timeout=2.0) as client,
-            ):
-                while True:
-                    if proc.returncode is not None:
-                        raise RasaServerError(
-                            f"rasa run exited with {proc.returncode} while starting; "
-                            f"log {self.log_path}:\n{_tail(self.log_path)}"
-                        )
-                    try:
-                        resp = await client.get(f"{self.base_url}/status", params=params)
-                        if resp.status_code == 200 and resp.json().get("model_file"):
-                            return
-                    except (httpx.TransportError, ValueError):
-                        pass
-                    await asyncio.sleep(0.2)
-        except TimeoutError as exc:
-            raise RasaServerError(
-                f"rasa run not ready after {self.startup_timeout_s:.0f} s; "
-                f"log {self.log_path}:\n{_tail(self.log_path)}"
-            ) from exc
+        resp = await client.get(f"{self.base_url}/status", params=params)
+        return resp.status_code == 200 and bool(resp.json().get("model_file"))
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Wait until the (possibly restarting) server is ready; TimeoutError otherwise."""
-        async with asyncio.timeout(timeout_s):
-            await self._ready_event.wait()
-
-    async def _supervise(self) -> None:
-        failures = 0
-        while not self._stopping:
-            proc = self._proc
-            assert proc is not None
-            returncode = await proc.wait()
-            if self._stopping:
-                return
-            self._set_ready(False)
-            uptime_s = time.monotonic() - self._started_at
-            if uptime_s > self.stable_after_s:
-                failures = 0
-            self._signal_group(proc.pid, signal.SIGKILL)  # leftovers of the dead server
-            delay_s = self.restart_backoff_s[min(failures, len(self.restart_backoff_s) - 1)]
-            log.error(
-                "rasa_server.died",
-                returncode=returncode,
-                uptime_s=round(uptime_s, 1),
-                restart_in_s=delay_s,
-                log=str(self.log_path),
-            )
-            await asyncio.sleep(delay_s)
-            if self._stopping:
-                return
-            self.restarts += 1
-            try:
-                await self._launch_and_wait()
-            except (RasaServerError, OSError) as exc:
-                failures += 1
-                log.error("rasa_server.restart_failed", error=str(exc)[:500], failures=failures)
-
-    @staticmethod
-    def _signal_group(pid: int, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)
-
-    async def _kill(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM the process group, SIGKILL after ``stop_timeout_s``."""
-        if proc.returncode is None:
-            self._signal_group(proc.pid, signal.SIGTERM)
-            try:
-                async with asyncio.timeout(self.stop_timeout_s):
-                    await proc.wait()
-            except TimeoutError:
-                log.warning("rasa_server.kill", pid=proc.pid, after_s=self.stop_timeout_s)
-                self._signal_group(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        self._signal_group(proc.pid, signal.SIGKILL)  # anything left in the group
+        await self._child.wait_ready(timeout_s)
 
     async def stop(self) -> None:
         """Stop supervising and terminate the server (idempotent)."""
-        self._stopping = True
-        self._set_ready(False)
-        sup, self._supervisor = self._supervisor, None
-        if sup is not None and not sup.done():
-            sup.cancel()
-            try:
-                await sup
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise  # we are being cancelled ourselves, not just the supervisor
-        proc = self._proc
-        if proc is not None:
-            await self._kill(proc)
-            log.info("rasa_server.stopped", pid=proc.pid, returncode=proc.returncode)
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        await self._child.stop()
 
     async def __aenter__(self) -> RasaServer:
         await self.start()

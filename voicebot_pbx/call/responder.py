@@ -92,6 +92,12 @@ class Responder:
         self.speaker.end_segment(generation)
         return "+".join(sources)
 
+    async def hold(self, text: str, generation: int, turn: TurnRecord, origin_at: float) -> str:
+        """While an answer is late: the "hold" clip when there is one, else ``text``."""
+        has_clip = self.clips.get("hold", self.rate_hz) is not None
+        hold = BotReply(clip="hold") if has_clip else BotReply(text=text)
+        return await self.play(hold, generation, turn, origin_at)
+
     async def speak_line(self, text: str, generation: int, turn: TurnRecord) -> str:
         """A fixed line (cached at start-up when possible)."""
         turn.reply_text = text
@@ -186,9 +192,7 @@ class Responder:
                 done, _ = await asyncio.wait({pending}, timeout=cfg.first_sentence_timeout_s)
                 if not done:
                     turn.fallbacks.append("llm_hold")
-                    has_clip = self.clips.get("hold", self.rate_hz) is not None
-                    hold = BotReply(clip="hold") if has_clip else BotReply(text=cfg.hold_reply)
-                    sources.append(await self.play(hold, generation, turn, origin_at))
+                    sources.append(await self.hold(cfg.hold_reply, generation, turn, origin_at))
                     rest_s = max(0.0, cfg.hard_timeout_s - (loop.time() - started))
                     done, _ = await asyncio.wait({pending}, timeout=rest_s)
                     if not done:

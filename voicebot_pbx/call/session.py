@@ -502,6 +502,26 @@ class CallSession:
         self._cancel_reply()
         self.turns.set_bot_speaking(False)
 
+    async def _answer_with_hold(
+        self, make_turn: Awaitable[DialogueTurn], turn: TurnRecord, origin_at: float
+    ) -> DialogueTurn:
+        """The dialogue's answer; if it is late (a back-end lookup), the hold line plays
+        while it is worked out."""
+        hold_after_s = self.config.dialogue.hold_after_s
+        if hold_after_s <= 0 or turn.kind == "greeting":
+            return await make_turn
+        pending = asyncio.ensure_future(make_turn)
+        try:
+            done, _ = await asyncio.wait({pending}, timeout=hold_after_s)
+            if not done:
+                turn.fallbacks.append("dialogue_hold")
+                hold = self.config.dialogue.hold_reply
+                await self.responder.hold(hold, self.speaker.generation, turn, origin_at)
+            return await pending
+        finally:
+            if not pending.done():
+                pending.cancel()
+
     async def _reply(
         self,
         seq: int,
@@ -513,7 +533,7 @@ class CallSession:
         dialogue_started = loop.time()
         try:
             async with asyncio.timeout(self.config.dialogue.timeout_s):
-                answer = await make_turn
+                answer = await self._answer_with_hold(make_turn, turn, origin_at)
         except TimeoutError:
             log.warning("dialogue_timeout", timeout_s=self.config.dialogue.timeout_s)
             turn.fallbacks.append("dialogue_timeout")

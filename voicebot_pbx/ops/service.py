@@ -18,12 +18,14 @@ from urllib.parse import urlsplit
 import structlog
 
 from voicebot_pbx.answers import factory
+from voicebot_pbx.answers.action_server import ActionServer
 from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
 from voicebot_pbx.answers.knowledge import knowledge_problems
 from voicebot_pbx.answers.llm import LlmAnswerer, load_llm
 from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue
 from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
 from voicebot_pbx.answers.routing import spoken_sentences
+from voicebot_pbx.answers.supervised import ChildError
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.call.session import Shared, make_handler
 from voicebot_pbx.config import Config
@@ -61,6 +63,7 @@ def fallback_texts(config: Config) -> list[str]:
     f = config.fallbacks
     texts = [f.still_there, f.no_input_goodbye, f.clarify, f.apology, f.wrap_up]
     texts.append(f.give_up_transfer if f.give_up_target else f.give_up_goodbye)
+    texts.append(config.dialogue.hold_reply)
     return [t for t in texts if t]
 
 
@@ -234,6 +237,20 @@ def rasa_server_for(config: Config) -> RasaServer:
         models_dir=cache / "rasa-models",
         redis_url=redis_url,
         facts=_facts_or_none(config),
+        action_url=f"{config.actions.url.rstrip('/')}/webhook" if config.actions.enabled else None,
+    )
+
+
+def action_server_for(config: Config) -> ActionServer | None:
+    """The managed action server (not started), when ``[actions]`` is enabled."""
+    if not config.actions.enabled:
+        return None
+    venv = Path(config.rasa.venv_dir) if config.rasa.venv_dir else default_rasa_venv()
+    return ActionServer(
+        config.actions,
+        state_dir=config.state_dir,
+        venv_dir=venv,
+        project_dir=Path(config.rasa.project_dir),
     )
 
 
@@ -274,11 +291,18 @@ async def start_rasa(
     rasa: RasaDialogue,
     *,
     wait_s: float = 0.0,
+    actions: ActionServer | None = None,
 ) -> None:
-    """Train/start the managed Rasa server (if any), then pre-synthesize its static
-    responses in each voice. Calls are served by the rule dialogue until Rasa answers.
-    ``wait_s`` > 0: an unmanaged server is polled this often until it answers."""
+    """Start the managed action server and train/start the managed Rasa server (if any),
+    then pre-synthesize Rasa's static responses in each voice. Calls are served by the rule
+    dialogue until Rasa answers. ``wait_s`` > 0: an unmanaged server is polled this often
+    until it answers."""
     started = time.perf_counter()
+    if actions is not None:
+        try:
+            await actions.start()
+        except (ChildError, OSError) as exc:  # Rasa still answers all but the lookups
+            log.error("actions_unavailable", url=actions.base_url, error=str(exc)[:500])
     if server is not None:
         await asyncio.to_thread(server.ensure_trained)
         await server.start()
@@ -307,9 +331,10 @@ async def _start_rasa_logged(
     rasa: RasaDialogue,
     *,
     wait_s: float = 0.0,
+    actions: ActionServer | None = None,
 ) -> None:
     try:
-        await start_rasa(voices, server, rasa, wait_s=wait_s)
+        await start_rasa(voices, server, rasa, wait_s=wait_s, actions=actions)
     except Exception as exc:  # the bot keeps serving on the rule dialogue
         log.error("rasa_unavailable", url=rasa.base_url, error=f"{type(exc).__name__}: {exc}")
 
@@ -463,6 +488,7 @@ async def serve(
         if config.llm.enabled:
             state.knowledge = "ok" if shared.llm is not None else "unavailable"
         rasa_server: RasaServer | None = None
+        actions: ActionServer | None = None
         if config.dialogue.engine == "rasa":
             built = factory.build_dialogue(config, "rasa")
             assert built.rasa is not None
@@ -472,6 +498,9 @@ async def serve(
             if config.rasa.manage:
                 rasa_server = rasa_server_for(config)
                 stack.push_async_callback(rasa_server.stop)
+                actions = action_server_for(config)
+                if actions is not None:
+                    stack.push_async_callback(actions.stop)
         dtmf_filter = None
         if config.ami.enabled:
 
@@ -523,7 +552,9 @@ async def serve(
             if state.rasa is not None:
                 background.append(
                     group.create_task(
-                        _start_rasa_logged(voices_for(shared, None), rasa_server, state.rasa)
+                        _start_rasa_logged(
+                            voices_for(shared, None), rasa_server, state.rasa, actions=actions
+                        )
                     )
                 )
                 background.append(group.create_task(_watch_rasa(state, state.rasa)))

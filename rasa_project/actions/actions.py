@@ -1,0 +1,450 @@
+"""The custom actions of the Northwind Energy line (rasa-sdk 3.6).
+
+* ``validate_balance_form``: the account number (8 digits, said or keyed; ``*``/``#``
+  mistakes heard as such) and the identity check: the property's postcode or the account
+  holder's date of birth, looked up in the billing back end, ``identity_attempts`` tries.
+* ``action_tell_balance``: balance and last bill in words, or why not.
+* ``validate_appointment_form`` / ``action_ask_time`` / ``action_ask_appointment_confirmed`` /
+  ``action_book_appointment``: a day and a time the bookings back end has free (else the
+  nearest free ones are offered), then booked; the slots are cleared so a second booking in
+  the same call starts afresh.
+* ``validate_outage_form`` / ``action_check_outage``: a known outage by postcode (cause and
+  estimated fix) or a new report.
+
+Every back-end failure is spoken ("I can't reach our billing system right now.") and followed
+by ``utter_offer_transfer``; the reason goes to the bot in a ``note`` payload
+(``{"action": "note", "fallback": "backend_timeout:billing"}``), which it writes into the call
+record. Each action's back-end work is bounded by the configured ``budget_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+from typing import Any
+
+from rasa_sdk import Action, FormValidationAction, Tracker
+from rasa_sdk.events import EventType, FollowupAction, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.types import DomainDict
+
+from .backend import Account, BackendError, SlotTaken, normalise_postcode
+from .runtime import Runtime, runtime
+from .when import parse_day, parse_time
+from .wording import (
+    say_balance,
+    say_date,
+    say_digits,
+    say_fix_estimate,
+    say_money,
+    say_postcode,
+    say_slot,
+    say_slots,
+)
+
+log = logging.getLogger(__name__)
+
+ACCOUNT_DIGITS = 8
+NEAREST_SLOTS = 3
+_SYSTEM_WORDS = {"billing": "billing", "outages": "power cut", "bookings": "bookings"}
+
+
+def _note(dispatcher: CollectingDispatcher, **fields: Any) -> None:
+    """Tell the voice bot something for the call record (not spoken)."""
+    dispatcher.utter_message(json_message={"action": "note", **fields})
+
+
+def _backend_down(dispatcher: CollectingDispatcher, exc: BackendError) -> list[EventType]:
+    words = _SYSTEM_WORDS.get(exc.system, exc.system)
+    log.warning("backend %s failed: %s %s", exc.system, exc.reason, exc.detail)
+    dispatcher.utter_message(text=f"I'm sorry, I can't reach our {words} system right now.")
+    _note(dispatcher, fallback=f"backend_{exc.reason}:{exc.system}")
+    return [FollowupAction("utter_offer_transfer")]
+
+
+async def _bounded(rt: Runtime, system: str, work: Any) -> Any:
+    """Await ``work`` within the action budget; a late or broken back end is a
+    BackendError."""
+    try:
+        return await asyncio.wait_for(work, rt.budget_s)
+    except asyncio.TimeoutError as exc:
+        raise BackendError(system, "timeout", f"over the {rt.budget_s} s budget") from exc
+    except (BackendError, SlotTaken):
+        raise
+    except Exception as exc:  # a back end's bug is a failed back end, spoken as such
+        log.exception("back end %s raised", system)
+        raise BackendError(system, "error", f"{type(exc).__name__}: {exc}") from exc
+
+
+def keyed_or_said_account(value: Any) -> str | None:
+    """8 digits from what the caller said or keyed, or None. A keyed ``#`` ends the entry;
+    a ``*`` (or anything else) makes it a mistake."""
+    text = str(value or "").strip().rstrip("#")
+    digits = re.sub(r"[\s-]", "", text)
+    if len(digits) == ACCOUNT_DIGITS and digits.isdigit():
+        return digits
+    return None
+
+
+def _birth_date(text: str) -> dt.date | None:
+    """A date of birth said with its year ("4th of july 1980", "1980-07-04")."""
+    # "1987", or "19 87" as the text normaliser writes "nineteen eighty seven"
+    match = re.search(r"\b(19|20) ?(\d\d)\b", text)
+    if match is None:
+        return None
+    year = int(match.group(1) + match.group(2))
+    rest = (text[: match.start()] + text[match.end() :]).strip()
+    day = parse_day(rest, dt.date(year, 1, 1) - dt.timedelta(days=1))
+    if day is None:
+        return None
+    try:
+        return day.replace(year=year)
+    except ValueError:
+        return None
+
+
+_POSTCODE_IN_TEXT = re.compile(r"\b[a-z]{1,2}\d[a-z\d]? ?\d[a-z]{2}\b", re.IGNORECASE)
+
+
+def postcode_in(text: str) -> str | None:
+    """The first postcode in a sentence ("it's nw9 4rq please" -> "NW9 4RQ")."""
+    whole = normalise_postcode(text)
+    if whole is not None:
+        return whole
+    for match in _POSTCODE_IN_TEXT.finditer(text):
+        found = normalise_postcode(match.group(0))
+        if found is not None:
+            return found
+    return None
+
+
+def identity_matches(account: Account, answer: str) -> bool:
+    """The caller's answer is the account's postcode or the holder's date of birth."""
+    postcode = postcode_in(answer)
+    if postcode is not None:
+        return postcode == account.postcode
+    return _birth_date(answer.lower()) == account.birth_date
+
+
+class ValidateBalanceForm(FormValidationAction):
+    def name(self) -> str:
+        return "validate_balance_form"
+
+    async def validate_account_number(
+        self,
+        slot_value: Any,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> dict[str, Any]:
+        number = keyed_or_said_account(slot_value)
+        if number is None:
+            dispatcher.utter_message(
+                text="Sorry, that isn't an 8 digit account number. Let's try again."
+            )
+            _note(dispatcher, fallback="account_number_invalid")
+            return {"account_number": None}
+        return {"account_number": number}
+
+    async def validate_identity_check(
+        self,
+        slot_value: Any,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> dict[str, Any]:
+        if slot_value in ("verified", "failed"):  # settled earlier in this call
+            return {"identity_check": slot_value}
+        rt = runtime()
+        number = str(tracker.get_slot("account_number") or "")
+        answer = str(slot_value or "")
+        # The postcode or date said here is not a power cut's postcode nor a visit's day.
+        forget = {"postcode": None, "date": None}
+        try:
+            account = await _bounded(rt, "billing", rt.backend("billing").account(number))
+        except BackendError as exc:
+            # The form ends (both slots filled); action_tell_balance says why.
+            return {
+                **forget,
+                "identity_check": "unchecked",
+                "backend_error": f"{exc.reason}:billing",
+            }
+        if account is not None and identity_matches(account, answer):
+            rt.remember(account)
+            _note(dispatcher, entities={"identity_verified": "true", "account_number": number})
+            return {**forget, "identity_check": "verified", "identity_verified": True}
+        failures = int(tracker.get_slot("identity_failures") or 0) + 1
+        _note(dispatcher, fallback="identity_mismatch")
+        if failures >= rt.identity_attempts:
+            return {
+                **forget,
+                "identity_check": "failed",
+                "identity_failures": float(failures),
+                "identity_verified": False,
+            }
+        dispatcher.utter_message(
+            text="Sorry, those details don't match our records. Let's try again."
+        )
+        return {
+            **forget,
+            "account_number": None,
+            "identity_check": None,
+            "identity_failures": float(failures),
+        }
+
+
+class ActionTellBalance(Action):
+    def name(self) -> str:
+        return "action_tell_balance"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        rt = runtime()
+        error = tracker.get_slot("backend_error")
+        if error:
+            reason, _, system = str(error).partition(":")
+            return [
+                SlotSet("backend_error", None),
+                SlotSet("identity_check", None),
+                *_backend_down(dispatcher, BackendError(system or "billing", reason)),
+            ]
+        if tracker.get_slot("identity_verified") is not True:
+            dispatcher.utter_message(
+                text="Sorry, I couldn't confirm your details, so I'll put you through to "
+                "our billing team, who can help.",
+                json_message={"action": "transfer", "target": "billing"},
+            )
+            _note(dispatcher, fallback="identity_failed")
+            return [FollowupAction("action_listen")]  # no "anything else?" before the transfer
+        number = str(tracker.get_slot("account_number") or "")
+        account = rt.recent(number)
+        if account is None:
+            try:
+                account = await _bounded(rt, "billing", rt.backend("billing").account(number))
+            except BackendError as exc:
+                return _backend_down(dispatcher, exc)
+        if account is None:  # closed between the check and now
+            dispatcher.utter_message(text="Sorry, I can't find that account any more.")
+            return [FollowupAction("utter_offer_transfer")]
+        today = rt.today()
+        bill_day = say_date(account.last_bill_date, today)
+        dispatcher.utter_message(
+            text=f"{say_balance(account.balance_pence)} Your last bill, on {bill_day}, "
+            f"was {say_money(account.last_bill_pence)}."
+        )
+        return []
+
+
+class ValidateOutageForm(FormValidationAction):
+    def name(self) -> str:
+        return "validate_outage_form"
+
+    async def validate_postcode(
+        self,
+        slot_value: Any,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> dict[str, Any]:
+        postcode = postcode_in(str(slot_value or ""))
+        if postcode is None:
+            dispatcher.utter_message(text="Sorry, that doesn't sound like a postcode.")
+            return {"postcode": None}
+        return {"postcode": postcode}
+
+
+class ActionCheckOutage(Action):
+    def name(self) -> str:
+        return "action_check_outage"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        rt = runtime()
+        postcode = str(tracker.get_slot("postcode") or "")
+        reset: list[EventType] = [SlotSet("postcode", None)]
+        try:
+            outage = await _bounded(rt, "outages", rt.backend("outages").outage(postcode))
+        except BackendError as exc:
+            return reset + _backend_down(dispatcher, exc)
+        if outage is None:
+            dispatcher.utter_message(
+                text=f"Thank you. There's no known power cut at {say_postcode(postcode)}, so "
+                "I've logged a new report and our engineers are being told now. Please keep "
+                "well away from any fallen power lines."
+            )
+            _note(dispatcher, entities={"outage": "reported"})
+            return reset
+        dispatcher.utter_message(
+            text=f"Thanks. There's a known power cut in your area, caused by {outage.cause}. "
+            f"{say_fix_estimate(outage.estimated_fix, rt.now())}"
+        )
+        _note(dispatcher, entities={"outage": "known"})
+        return reset
+
+
+def _slot_start(tracker: Tracker, today: dt.date) -> dt.datetime | None:
+    day = parse_day(str(tracker.get_slot("date") or ""), today)
+    time = parse_time(str(tracker.get_slot("time") or ""))
+    if day is None or time is None:
+        return None
+    return dt.datetime.combine(day, time)
+
+
+class ValidateAppointmentForm(FormValidationAction):
+    def name(self) -> str:
+        return "validate_appointment_form"
+
+    async def validate_date(
+        self,
+        slot_value: Any,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> dict[str, Any]:
+        rt = runtime()
+        day = parse_day(str(slot_value or ""), rt.today())
+        if day is None:
+            dispatcher.utter_message(text="Sorry, I didn't get the day.")
+            return {"date": None}
+        if day.weekday() == 6:
+            dispatcher.utter_message(text="Sorry, we don't visit on Sundays.")
+            return {"date": None}
+        return {"date": str(slot_value)}
+
+    async def validate_time(
+        self,
+        slot_value: Any,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> dict[str, Any]:
+        rt = runtime()
+        today = rt.today()
+        day = parse_day(str(tracker.get_slot("date") or ""), today)
+        time = parse_time(str(slot_value or ""))
+        if day is None:
+            return {"time": str(slot_value)}  # the date is asked (again) first
+        if time is None:
+            dispatcher.utter_message(text="Sorry, I didn't get the time.")
+            return {"time": None}
+        wanted = dt.datetime.combine(day, time)
+        try:
+            free = await _bounded(rt, "bookings", rt.backend("bookings").free_slots(day, rt.now()))
+        except BackendError as exc:
+            return {"time": "unchecked", "backend_error": f"{exc.reason}:bookings"}
+        if wanted in free:
+            return {"time": str(slot_value)}
+        nearest = sorted(free, key=lambda s: abs((s - wanted).total_seconds()))[:NEAREST_SLOTS]
+        if not nearest:
+            dispatcher.utter_message(
+                text=f"Sorry, there are no free times on {say_date(day, today)}. "
+                "Which other day would suit you?"
+            )
+            return {"date": None, "time": None}
+        dispatcher.utter_message(
+            text=f"Sorry, {say_slot(wanted, today)} isn't free. The nearest free times are "
+            f"{say_slots(sorted(nearest), today)}. Which would suit you?"
+        )
+        return {"time": None, "times_offered": True}  # action_ask_time need not ask again
+
+
+class ActionAskTime(Action):
+    def name(self) -> str:
+        return "action_ask_time"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        if tracker.get_slot("times_offered"):
+            return [SlotSet("times_offered", None)]  # validate_time just asked
+        rt = runtime()
+        day = parse_day(str(tracker.get_slot("date") or ""), rt.today())
+        when = say_date(day, rt.today()) if day is not None else "that day"
+        dispatcher.utter_message(
+            text=f"And what time on {when}? We have slots from 8 in the morning to 6 in "
+            "the evening."
+        )
+        return []
+
+
+class ActionAskAppointmentConfirmed(Action):
+    def name(self) -> str:
+        return "action_ask_appointment_confirmed"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        rt = runtime()
+        start = _slot_start(tracker, rt.today())
+        if start is None:
+            dispatcher.utter_message(text="Shall I book that appointment?")
+        else:
+            dispatcher.utter_message(
+                text=f"So that's {say_slot(start, rt.today())}. Shall I book it?"
+            )
+        return []
+
+
+_APPOINTMENT_RESET: list[EventType] = [
+    SlotSet("date", None),
+    SlotSet("time", None),
+    SlotSet("appointment_confirmed", None),
+]
+
+
+class ActionBookAppointment(Action):
+    def name(self) -> str:
+        return "action_book_appointment"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        rt = runtime()
+        error = tracker.get_slot("backend_error")
+        if error:
+            reason, _, system = str(error).partition(":")
+            down = BackendError(system or "bookings", reason)
+            return [SlotSet("backend_error", None), *_APPOINTMENT_RESET] + _backend_down(
+                dispatcher, down
+            )
+        today = rt.today()
+        start = _slot_start(tracker, today)
+        if start is None:
+            dispatcher.utter_message(text="Sorry, I lost track of the day and time.")
+            return [*_APPOINTMENT_RESET, FollowupAction("appointment_form")]
+        account = str(tracker.get_slot("account_number") or "")
+        bookings = rt.backend("bookings")
+        try:
+            booking = await _bounded(rt, "bookings", bookings.book(account, start))
+        except SlotTaken:
+            dispatcher.utter_message(
+                text=f"Sorry, {say_slot(start, today)} has just been taken. Which other "
+                "time would suit you?"
+            )
+            return [SlotSet("time", None), SlotSet("appointment_confirmed", None)] + [
+                FollowupAction("appointment_form")
+            ]
+        except BackendError as exc:
+            return [*_APPOINTMENT_RESET] + _backend_down(dispatcher, exc)
+        dispatcher.utter_message(
+            text=f"Your appointment is booked for {say_slot(booking.start, today)}. Your "
+            f"reference is {say_digits(booking.reference)}."
+        )
+        _note(dispatcher, entities={"booking_reference": booking.reference})
+        return list(_APPOINTMENT_RESET)
+
+
+def warm_up() -> None:
+    """Open (and seed) the back ends while the server starts, so ``/health`` answering
+    means the first caller does not wait for it; a failure here is retried on first use."""
+    try:
+        runtime()
+    except Exception:  # noqa: BLE001 - logged; the actions report it per call
+        log.exception("back ends not ready at start")
+
+
+warm_up()

@@ -1,0 +1,100 @@
+"""What the actions run with: the back ends, the budget, the clock.
+
+Read once from the JSON file named by ``$VOICEBOT_ACTIONS_CONFIG`` (written by the bot from
+its ``[actions]`` section: voicebot_pbx/answers/action_server.py). Without it, the demo
+company's SQLite database in the repository's default state dir (``.cache/state``). A SQL
+back end marked ``"demo"`` is created and seeded on first use (``demo_data.seed_demo``;
+idempotent).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .backend import Account, Backend
+from .backend_config import open_backends
+from .demo_data import seed_demo
+
+log = logging.getLogger(__name__)
+
+CONFIG_ENV = "VOICEBOT_ACTIONS_CONFIG"
+RECENT_S = 30.0
+# The bot's default state dir (.cache/state), where it would put the demo database too.
+_DEMO_DB = Path(__file__).resolve().parents[2] / ".cache" / "state" / "backend-demo.sqlite"
+_DEFAULT: dict[str, Any] = {
+    "budget_s": 1.5,
+    "identity_attempts": 3,
+    "default": {"kind": "sql", "dsn": str(_DEMO_DB), "demo": True},
+    "systems": {},
+}
+
+
+class Runtime:
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = dict(config)
+        self.budget_s = float(config.get("budget_s", 1.5))
+        self.identity_attempts = int(config.get("identity_attempts", 3))
+        for spec in [config.get("default", {}), *dict(config.get("systems", {})).values()]:
+            if spec.get("kind") == "sql" and spec.get("demo"):
+                dsn = str(spec["dsn"])
+                if not dsn.startswith("postgres"):
+                    Path(dsn.replace("sqlite:///", "/", 1)).parent.mkdir(
+                        parents=True, exist_ok=True
+                    )
+                rows = seed_demo(dsn)
+                log.info("demo back end ready: %s (%d accounts)", spec["dsn"], rows)
+        self._backends: dict[str, Backend] = open_backends(config)
+        # Accounts just read by the identity check, so the balance that follows in the same
+        # turn needs no second lookup (seconds, in this process only).
+        self._recent: dict[str, tuple[float, Account]] = {}
+
+    def backend(self, system: str) -> Backend:
+        return self._backends[system]
+
+    def remember(self, account: Account) -> None:
+        cutoff = time.monotonic() - RECENT_S
+        self._recent = {k: v for k, v in self._recent.items() if v[0] >= cutoff}
+        self._recent[account.number] = (time.monotonic(), account)
+
+    def recent(self, number: str) -> Account | None:
+        seen = self._recent.get(number)
+        if seen is None or seen[0] < time.monotonic() - RECENT_S:
+            return None
+        return seen[1]
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now().replace(second=0, microsecond=0)
+
+    def today(self) -> dt.date:
+        return self.now().date()
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def load_config() -> dict[str, Any]:
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        return dict(_DEFAULT)
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return data
+
+
+def runtime() -> Runtime:
+    """The process's runtime, built on first use."""
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = Runtime(load_config())
+        return _runtime
