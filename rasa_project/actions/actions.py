@@ -335,7 +335,12 @@ class ValidateAppointmentForm(FormValidationAction):
         try:
             free = await _bounded(rt, "bookings", rt.backend("bookings").free_slots(day, rt.now()))
         except BackendError as exc:
-            return {"time": "unchecked", "backend_error": f"{exc.reason}:bookings"}
+            # Every slot filled ends the form; action_book_appointment then says why.
+            return {
+                "time": "unchecked",
+                "appointment_confirmed": "confirmed",
+                "backend_error": f"{exc.reason}:bookings",
+            }
         if wanted in free:
             return {"time": str(slot_value)}
         nearest = sorted(free, key=lambda s: abs((s - wanted).total_seconds()))[:NEAREST_SLOTS]
