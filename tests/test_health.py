@@ -166,3 +166,70 @@ def test_readiness_reports_each_profile_rasa() -> None:
     healthy = readiness_report(models_loaded=True, profiles={"support": "ok"})
     assert healthy["status"] == "ok"
     assert "profile_rasa" not in readiness_report(models_loaded=True)
+
+
+def test_liveness_answers_through_idle_slow_and_flooding_connections() -> None:
+    """Issue #24: 16 idle connections used to make every /health a 503. Now idle, slow-header
+    and 500 concurrent connections leave /health at 200; only /ready and /metrics (which call
+    providers) are capped, and every refusal is counted."""
+    refused: list[str] = []
+
+    async def main() -> None:
+        server = HealthServer(
+            lambda: {"ready": True},
+            metrics=lambda: "x 1\n",
+            port=0,
+            request_timeout_s=0.5,
+            max_connections=2,
+            on_refused=refused.append,
+        )
+        await server.start()
+        hostile: list[asyncio.StreamWriter] = []
+        try:
+            for n in range(60):
+                _, w = await asyncio.open_connection("127.0.0.1", server.port)
+                if n % 2:
+                    w.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never ends its headers
+                hostile.append(w)
+            polls = [await get(server.port, "/health") for _ in range(10)]
+            assert [status for status, _, _ in polls] == [200] * 10
+            flood = await asyncio.gather(*(get(server.port, "/health") for _ in range(500)))
+            assert {status for status, _, _ in flood} == {200}
+            await asyncio.sleep(0.8)  # the hostile connections time out and are counted
+            assert refused.count("slow_request") >= 60
+        finally:
+            for w in hostile:
+                w.close()
+            await server.close()
+
+    run(main)
+
+
+def test_ready_is_capped_and_the_refusals_are_counted_and_logged_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    refused: list[str] = []
+    release = asyncio.Event()
+
+    async def slow_readiness() -> Mapping[str, Any]:
+        await release.wait()
+        return {"ready": True}
+
+    async def main() -> None:
+        server = HealthServer(slow_readiness, port=0, max_connections=2, on_refused=refused.append)
+        await server.start()
+        try:
+            held = [asyncio.ensure_future(get(server.port, "/ready")) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            extra = [await get(server.port, "/ready") for _ in range(3)]
+            assert [status for status, _, _ in extra] == [503] * 3
+            assert json.loads(extra[0][2]) == {"error": "busy"}
+            assert (await get(server.port, "/health"))[0] == 200
+            release.set()
+            assert [status for status, _, _ in await asyncio.gather(*held)] == [200, 200]
+        finally:
+            await server.close()
+
+    run(main)
+    assert refused == ["busy"] * 3
+    assert capsys.readouterr().out.count("health_refused") == 1  # rate-limited

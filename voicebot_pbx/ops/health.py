@@ -7,9 +7,16 @@
   (only transfer/hang-up degrade) are reported but do not make the bot unready.
 * ``GET /metrics`` -- Prometheus text from an optional callable (404 without one).
 
-One request per connection (``Connection: close``), bounded request size, a timeout on every
-read and write, a cap on concurrent connections, and a client allowlist (loopback by default).
-The allowlist check itself is ``voicebot_pbx.pbx.allow`` (shared with the PBX listeners).
+One request per connection (``Connection: close``), bounded request size, a short timeout on
+reading the request and one on every write, and a client allowlist (loopback by default; the
+check itself is ``voicebot_pbx.pbx.allow``, shared with the PBX listeners).
+
+Liveness cannot be starved: ``/health`` is answered whatever else is open (up to
+``max_open`` connections, far above any honest poller); only ``/ready`` and ``/metrics``,
+which call providers, share ``max_connections`` and answer 503 "busy" beyond it. Refusals
+(busy, forbidden, bad request, slow request, over capacity) are counted through
+``on_refused`` (the ``voicebot_admin_refused`` metric) and logged at most once per
+``log_every_s`` with the count since the last line.
 """
 
 from __future__ import annotations
@@ -104,9 +111,12 @@ class HealthServer:
         host: str = "127.0.0.1",
         port: int = 9093,
         allow_cidrs: Iterable[str] = LOOPBACK_CIDRS,
-        request_timeout_s: float = 5.0,
+        request_timeout_s: float = 2.0,
         provider_timeout_s: float = 2.0,
         max_connections: int = 16,
+        max_open: int = 2048,
+        on_refused: Callable[[str], None] | None = None,
+        log_every_s: float = 10.0,
     ) -> None:
         self._readiness = readiness
         self._metrics = metrics
@@ -116,9 +126,16 @@ class HealthServer:
         self._request_timeout_s = request_timeout_s
         self._provider_timeout_s = provider_timeout_s
         self._max_connections = max_connections
+        self._max_open = max_open
+        self._on_refused = on_refused
+        self._log_every_s = log_every_s
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._busy = 0  # connections serving /ready or /metrics
         self.requests = 0
+        self.refused: dict[str, int] = {}
+        self._unlogged = 0
+        self._logged_at = -log_every_s
 
     @property
     def port(self) -> int:
@@ -146,19 +163,35 @@ class HealthServer:
             async with asyncio.timeout(self._request_timeout_s):
                 await server.wait_closed()
 
+    def _refused(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        if self._on_refused is not None:
+            self._on_refused(reason)
+        self._unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._logged_at >= self._log_every_s:
+            log.warning(
+                "health_refused",
+                reason=reason,
+                refused_since_last_line=self._unlogged,
+                open_connections=len(self._writers),
+            )
+            self._unlogged = 0
+            self._logged_at = now
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if len(self._writers) >= self._max_open:
+            self._refused("over_capacity")
+            writer.close()
+            return
         self._writers.add(writer)
-        refuse: tuple[int, str] | None = None
-        if not peer_allowed(peer_ip, self._allow):
-            log.warning("health_client_refused", peer=peer_ip)
-            refuse = (403, "forbidden")
-        elif len(self._writers) > self._max_connections:
-            refuse = (503, "busy")
         try:
-            await self._serve_one(reader, writer, refuse)
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            await self._serve_one(reader, writer, peer_allowed(peer_ip, self._allow))
+        except TimeoutError:
+            self._refused("slow_request")
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self._writers.discard(writer)
@@ -168,10 +201,7 @@ class HealthServer:
                     await writer.wait_closed()
 
     async def _serve_one(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        refuse: tuple[int, str] | None,
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, allowed: bool
     ) -> None:
         # The request is read even when it will be refused: closing with unread input would
         # reset the connection instead of delivering the answer.
@@ -185,13 +215,16 @@ class HealthServer:
                 else:
                     raise ValueError("too many headers")
         except ValueError:  # a line over the limit (LimitOverrunError) or too many headers
+            self._refused("bad_request")
             await self._send(writer, 400, {"error": "bad request"}, head=False)
             return
-        if refuse is not None:
-            await self._send(writer, refuse[0], {"error": refuse[1]}, head=False)
+        if not allowed:
+            self._refused("forbidden")
+            await self._send(writer, 403, {"error": "forbidden"}, head=False)
             return
         parts = request_line.decode("latin-1").split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            self._refused("bad_request")
             await self._send(writer, 400, {"error": "bad request"}, head=False)
             return
         method, target, _version = parts
@@ -201,21 +234,31 @@ class HealthServer:
         if method not in ("GET", "HEAD"):
             await self._send(writer, 405, {"error": "method not allowed"}, head=False)
             return
-        if path == "/health":
+        if path == "/health":  # never capped: liveness must not depend on other clients
             await self._send(writer, 200, {"status": "alive"}, head=head)
-        elif path == "/ready":
-            report = await self._call_readiness()
-            code = 200 if report.get("ready") is True else 503
-            await self._send(writer, code, report, head=head)
-        elif path == "/metrics" and self._metrics is not None:
-            text = await self._call_metrics()
-            if text is None:
-                await self._send(writer, 503, {"error": "metrics unavailable"}, head=head)
-            else:
-                body = text.encode("utf-8")
-                await self._write(writer, 200, PROMETHEUS_CONTENT_TYPE, body, head=head)
-        else:
+            return
+        if path not in ("/ready", "/metrics") or (path == "/metrics" and self._metrics is None):
             await self._send(writer, 404, {"error": "not found"}, head=head)
+            return
+        if self._busy >= self._max_connections:
+            self._refused("busy")
+            await self._send(writer, 503, {"error": "busy"}, head=head)
+            return
+        self._busy += 1
+        try:
+            if path == "/ready":
+                report = await self._call_readiness()
+                code = 200 if report.get("ready") is True else 503
+                await self._send(writer, code, report, head=head)
+            else:
+                text = await self._call_metrics()
+                if text is None:
+                    await self._send(writer, 503, {"error": "metrics unavailable"}, head=head)
+                else:
+                    body = text.encode("utf-8")
+                    await self._write(writer, 200, PROMETHEUS_CONTENT_TYPE, body, head=head)
+        finally:
+            self._busy -= 1
 
     async def _call_readiness(self) -> Mapping[str, Any]:
         try:

@@ -143,6 +143,12 @@ class Metrics:
             ["engine", "kind"],
             registry=r,
         )
+        self.admin_refusals = Counter(
+            "voicebot_admin_refused",
+            "Requests the health/metrics port refused, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "voicebot_queue_wait_seconds",
             "Time a blocking job waited for a thread of the shared inference pool",
@@ -150,6 +156,11 @@ class Metrics:
             buckets=QUEUE_BUCKETS_S,
             registry=r,
         )
+
+    def admin_refused(self, reason: str) -> None:
+        """The health/metrics port refused a request (busy, forbidden, bad_request,
+        slow_request, over_capacity): ``HealthServer(on_refused=...)``."""
+        self.admin_refusals.labels(reason).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""

@@ -467,6 +467,7 @@ async def serve(
                 metrics=render_text,
                 host=config.health.host,
                 port=config.health.port,
+                on_refused=default_metrics().admin_refused,
             )
             await health.start()
             stack.push_async_callback(health.close)

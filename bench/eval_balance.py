@@ -1,0 +1,644 @@
+"""Balance evaluation: is the balance read back correctly for a seeded set of spoken account /
+postcode (or date of birth) pairs, through the whole pipeline?
+
+    nice -n 19 .venv/bin/python bench/eval_balance.py            # 24 calls, ~8-10 min (2 cores)
+    nice -n 19 .venv/bin/python bench/eval_balance.py --n 8 --concurrency 1
+Writes .cache/reports/eval_balance.json and eval_balance.md beside it (``--out`` for
+elsewhere). The exit code is 0 whatever the rate (a measurement, not a check).
+
+Target (issue): the balance read back correctly for >= 95 % of the set.
+
+Set (deterministic from ``--seed``): ``--n`` accounts drawn with ``random.Random(seed)`` from
+the demo company's 200 accounts (``rasa_project/actions/demo_data.py``, ``demo_accounts()``,
+which the action server seeds into its SQLite); each gets a voice from ``VOICES`` (espeak-ng
+voice+variants no other test, dataset or benchmark of this project speaks with; round-robin,
+then shuffled with the seed), a verification mode (postcode / date of birth, alternating,
+shuffled the same way), a speed and pitch drawn from the seed. The caller says:
+
+1. "what's my balance",
+2. the account number digit by digit ("1 5 8 0 5 4 2 7"),
+3. the postcode letter by letter as a caller says it ("N W 9, 4 R Q") or the date of birth
+   ("the 23rd of June 1987"),
+
+each through the phone line of ``bench/turn_dataset.py`` (``phone_line``: 300-3400 Hz band,
+a level drawn in -24..-18 dBFS, pink line noise at ``--snr`` dB, G.711 µ-law round trip,
+0.3 s before and 1.3 s after the speech), 8 kHz.
+
+One call per account over a real AudioSocket connection (``SimulatedCaller``, real time)
+into one in-process bot (``tests/conftest.py`` ``running_bot``: the real engines, Whisper
+tiny.en by default) whose dialogue is the service's own (``factory.build_dialogue(config,
+"rasa")``: Rasa, the rules when Rasa is down or slow) against one real Rasa server and one
+real rasa-sdk action server reading a freshly seeded demo database (fresh temp state dir).
+``--concurrency`` calls at a time.
+
+Scored from the call records (``calls.jsonl``): each speech turn is matched to the caller's
+step it answers (the turn is written when its reply finished playing, before the caller's
+next step starts). **Correct**: the last turn of step 3 has a ``reply_text`` that starts
+with ``say_balance(account.balance_pence)`` (the action's exact sentence). Otherwise the
+call failed at the first step whose reply is not the expected one: ``intent`` (no request
+for the account number), ``account`` (no identity question), ``identity`` (no balance).
+Also counted: turns whose normalised transcript (``voicebot_pbx/answers/normalize.py``)
+differs from the normalised words said ("misheard"), ``identity_mismatch`` and other
+fallbacks, utterances split into several turns, time per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+for _name, _value in (
+    ("ORT_DISABLE_TELEMETRY", "1"),
+    ("HF_HUB_OFFLINE", "1"),
+    ("RASA_TELEMETRY_ENABLED", "false"),
+    ("OMP_WAIT_POLICY", "PASSIVE"),
+):
+    os.environ.setdefault(_name, _value)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "rasa_project"))
+
+import numpy as np  # noqa: E402
+import turn_dataset  # noqa: E402
+import yaml  # noqa: E402
+from actions.backend import Account  # noqa: E402
+from actions.demo_data import demo_accounts  # noqa: E402
+from actions.wording import say_balance  # noqa: E402
+
+from tests.conftest import running_bot  # noqa: E402
+from voicebot_pbx.answers import factory  # noqa: E402
+from voicebot_pbx.answers.action_server import ActionServer  # noqa: E402
+from voicebot_pbx.answers.normalize import normalize  # noqa: E402
+from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv  # noqa: E402
+from voicebot_pbx.config import ActionsConfig, Config, load_config  # noqa: E402
+from voicebot_pbx.ops.logs import configure_logging  # noqa: E402
+from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord  # noqa: E402
+from voicebot_pbx.ops.service import warm_stt  # noqa: E402
+from voicebot_pbx.pbx.caller import Say, SimulatedCaller  # noqa: E402
+from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
+
+OUT_JSON = ROOT / ".cache" / "reports" / "eval_balance.json"
+RATE_HZ = turn_dataset.RATE_HZ  # 8 kHz: the AudioSocket / SimulatedCaller default
+TARGET = 0.95
+VERSION = 1
+
+# espeak-ng voice+variants nobody else in this project speaks with (taken: see the lists in
+# bench/answers_dataset.py, bench/turn_dataset.py, bench/stt_dataset.py, bench/bench_pbx.py;
+# the tests speak en-us and en-gb).
+VOICES = ["en-us+m4", "en-gb-x-rp+f3", "en-gb-scotland+m4", "en-gb+m5", "en-us+f4"]
+MODES = ("postcode", "birth_date")
+STEPS = ("request", "account", "identity")
+SPEED = (140, 166)  # espeak words per minute, [lo, hi)
+PITCH = (40, 61)
+LEVEL_DBFS = (-24.0, -18.0)
+REQUEST = "what's my balance"
+MONTHS = (
+    "January February March April May June July August September October November December"
+).split()
+
+
+# --- the set --------------------------------------------------------------------------------
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def say_digits(number: str) -> str:
+    """ "15805427" -> "1 5 8 0 5 4 2 7" (espeak reads each digit)."""
+    return " ".join(number)
+
+
+def say_postcode(postcode: str) -> str:
+    """ "NW9 4RQ" -> "N W 9, 4 R Q": letters and digits one by one, a pause between halves."""
+    outward, inward = postcode.split()
+    return f"{' '.join(outward)}, {' '.join(inward)}"
+
+
+def say_birth_date(day: datetime.date) -> str:
+    """ "the 23rd of June 1987" (espeak: "the twenty-third of June nineteen eighty-seven")."""
+    return f"the {ordinal(day.day)} of {MONTHS[day.month - 1]} {day.year}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    index: int
+    account: Account
+    voice: str
+    mode: str  # "postcode" | "birth_date"
+    speed: int
+    pitch: int
+    level_dbfs: float
+
+    @property
+    def texts(self) -> tuple[str, str, str]:
+        a = self.account
+        identity = (
+            say_postcode(a.postcode) if self.mode == "postcode" else say_birth_date(a.birth_date)
+        )
+        return (REQUEST, say_digits(a.number), identity)
+
+    @property
+    def expected(self) -> str:
+        return str(say_balance(self.account.balance_pence))
+
+
+def plan(n: int, seed: int, voices: Sequence[str]) -> list[Plan]:
+    rng = random.Random(seed)
+    accounts = rng.sample(demo_accounts(), n)
+    voice_of = [voices[i % len(voices)] for i in range(n)]
+    mode_of = [MODES[i % len(MODES)] for i in range(n)]
+    rng.shuffle(voice_of)
+    rng.shuffle(mode_of)
+    return [
+        Plan(
+            index=i,
+            account=account,
+            voice=voice_of[i],
+            mode=mode_of[i],
+            speed=rng.randrange(*SPEED),
+            pitch=rng.randrange(*PITCH),
+            level_dbfs=round(rng.uniform(*LEVEL_DBFS), 1),
+        )
+        for i, account in enumerate(accounts)
+    ]
+
+
+def render(p: Plan, step: int, snr_db: float | None, seed: int) -> bytes:
+    """One caller utterance on the phone line (8 kHz slin)."""
+    text = p.texts[step]
+    spoken = text + ("?" if step == 0 else ".")
+    pcm = turn_dataset.espeak_pcm(spoken, p.voice, p.speed, p.pitch)
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    start, end = turn_dataset.speech_bounds(x, RATE_HZ)
+    return turn_dataset.phone_line(
+        x[start:end], level_dbfs=p.level_dbfs, snr_db=snr_db, seed=seed * 1000 + p.index * 3 + step
+    )
+
+
+# --- turn timing ----------------------------------------------------------------------------
+
+
+class StampingRecorder:
+    """The bot's recorder, plus the loop time each turn was written (when its reply finished
+    playing): matches a record's turns to the caller's steps."""
+
+    def __init__(self, inner: Recorder) -> None:
+        self.inner = inner
+        self.stamps: dict[tuple[str, int], float] = {}
+
+    async def call_started(self, call: CallRecord) -> None:
+        await self.inner.call_started(call)
+
+    async def turn_finished(self, call: CallRecord, turn: TurnRecord) -> None:
+        self.stamps[(call.call_id, turn.seq)] = asyncio.get_running_loop().time()
+        await self.inner.turn_finished(call, turn)
+
+    async def call_ended(self, call: CallRecord) -> None:
+        await self.inner.call_ended(call)
+
+
+# --- one call ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outcome:
+    index: int
+    number: str
+    voice: str
+    mode: str
+    speed: int
+    pitch: int
+    level_dbfs: float
+    expected: str
+    said: list[str]
+    said_normalised: list[str]
+    heard: list[list[str]] = field(default_factory=lambda: [[], [], []])  # transcripts per step
+    heard_normalised: list[str] = field(default_factory=lambda: ["", "", ""])
+    misheard: list[bool] = field(default_factory=lambda: [False, False, False])
+    replies: list[str] = field(default_factory=lambda: ["", "", ""])  # last turn's reply
+    turns_per_step: list[int] = field(default_factory=lambda: [0, 0, 0])
+    fallbacks: list[str] = field(default_factory=list)
+    dialogues: list[str] = field(default_factory=list)
+    identity_mismatch: int = 0
+    latency_ms: list[float | None] = field(default_factory=list)
+    stage: str = ""  # ok | intent | account | identity | error
+    correct: bool = False
+    call_s: float = 0.0
+    error: str = ""
+
+
+def prompts() -> tuple[str, str]:
+    """The two questions of the balance form, as Rasa says them (domain.yml)."""
+    domain = yaml.safe_load((ROOT / "rasa_project" / "domain.yml").read_text(encoding="utf-8"))
+    responses = domain["responses"]
+    return (
+        str(responses["utter_ask_account_number"][0]["text"]),
+        str(responses["utter_ask_identity_check"][0]["text"]),
+    )
+
+
+def score(
+    out: Outcome,
+    record: dict[str, Any] | None,
+    say_starts: list[float],
+    stamps: dict[tuple[str, int], float],
+    call_id: str,
+    asks: tuple[str, str],
+) -> None:
+    if record is None:
+        out.stage = "error"
+        out.error = out.error or "no call record"
+        return
+    speech = [t for t in record["turns"] if t["kind"] == "speech"]
+    # Turn -> step: the last step that started before the turn was written; a turn never
+    # written on its own (merged into the next, or cut by the hang-up) takes the next
+    # stamped turn's time; with no stamps at all, record order.
+    steps: list[int] = []
+    pending: list[int] = []
+    for i, turn in enumerate(speech):
+        stamp = stamps.get((call_id, int(turn["seq"])))
+        if stamp is None:
+            pending.append(i)
+            continue
+        step = max((k for k, s in enumerate(say_starts) if s <= stamp), default=0)
+        steps.extend([step] * (len(pending) + 1))
+        pending = []
+    last = steps[-1] if steps else len(say_starts) - 1
+    steps.extend([last] * len(pending))
+    if not stamps or not any(k[0] == call_id for k in stamps):
+        steps = [min(i, len(STEPS) - 1) for i in range(len(speech))]
+    for turn, step in zip(speech, steps, strict=True):
+        out.heard[step].append(str(turn["transcript"]))
+        out.replies[step] = str(turn["reply_text"])
+        out.turns_per_step[step] += 1
+        out.fallbacks.extend(str(f) for f in turn["fallbacks"])
+        out.dialogues.append(str(turn["dialogue"]))
+        out.latency_ms.append(turn.get("end_of_speech_to_first_frame_ms"))
+    out.identity_mismatch = sum(1 for f in out.fallbacks if f.startswith("identity_mismatch"))
+    for step in range(len(STEPS)):
+        out.heard_normalised[step] = normalize(" ".join(out.heard[step]))
+        out.misheard[step] = out.heard_normalised[step] != out.said_normalised[step]
+    out.correct = out.replies[2].startswith(out.expected)
+    if out.correct:
+        out.stage = "ok"
+    elif asks[0] not in out.replies[0]:
+        out.stage = "intent"
+    elif asks[1] not in out.replies[1]:
+        out.stage = "account"
+    else:
+        out.stage = "identity"
+
+
+async def one_call(
+    p: Plan,
+    audio: list[bytes],
+    port: int,
+    stamps: dict[tuple[str, int], float],
+) -> tuple[Outcome, str, list[float]]:
+    out = Outcome(
+        index=p.index,
+        number=p.account.number,
+        voice=p.voice,
+        mode=p.mode,
+        speed=p.speed,
+        pitch=p.pitch,
+        level_dbfs=p.level_dbfs,
+        expected=p.expected,
+        said=list(p.texts),
+        said_normalised=[normalize(t) for t in p.texts],
+    )
+    caller = SimulatedCaller(
+        "127.0.0.1", port, rate_hz=RATE_HZ, reply_gap_s=1.0, reply_timeout_s=25.0
+    )
+    started = time.perf_counter()
+    try:
+        result = await caller.run([Say(pcm) for pcm in audio], hangup_after_s=0.3)
+        starts = [t.speech_start_s for t in result.turns]
+    except (OSError, TimeoutError) as exc:
+        out.error = f"{type(exc).__name__}: {exc}"
+        starts = []
+    out.call_s = round(time.perf_counter() - started, 1)
+    return out, caller.result.call_id, starts
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    os.chdir(ROOT)  # rasa project_dir and knowledge_dir are relative to the checkout
+    snr_db: float | None = None if args.snr <= 0 else args.snr
+    plans = plan(args.n, args.seed, args.voices)
+    asks = prompts()
+    base = load_config()
+    config: Config = dataclasses.replace(
+        base,
+        server=dataclasses.replace(base.server, port=0),
+        dialogue=dataclasses.replace(base.dialogue, engine="rasa"),
+    )
+    venv = Path(config.rasa.venv_dir) if config.rasa.venv_dir else default_rasa_venv(ROOT)
+    seconds: dict[str, float] = {}
+    info: dict[str, Any] = {}
+    t0 = time.perf_counter()
+
+    def render_all() -> list[list[bytes]]:
+        return [[render(p, k, snr_db, args.seed) for k in range(len(STEPS))] for p in plans]
+
+    async with contextlib.AsyncExitStack() as stack:
+        rendering = asyncio.create_task(asyncio.to_thread(render_all))
+        actions = ActionServer(
+            ActionsConfig(url=f"http://127.0.0.1:{free_port()}"),
+            state_dir=work / "actions",
+            venv_dir=venv,
+        )
+        rasa_server = RasaServer(
+            ROOT / config.rasa.project_dir,
+            venv,
+            port=free_port(),
+            models_dir=ROOT / ".cache" / "rasa-models",
+            work_dir=work / "rasa",
+            action_url=actions.webhook_url,
+        )
+        model = await asyncio.to_thread(rasa_server.ensure_trained)
+        info["rasa_model"] = model.path.name
+        info["rasa_trained_now"] = model.trained
+        stack.push_async_callback(actions.stop)
+        await actions.start()
+        stack.push_async_callback(rasa_server.stop)
+        await rasa_server.start()
+        built = factory.build_dialogue(config, "rasa", rasa_url=rasa_server.base_url)
+        assert built.rasa is not None
+        stack.push_async_callback(built.rasa.aclose)
+        await built.rasa.ping()
+        seconds["servers_start"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        engines: Engines = await asyncio.to_thread(load_engines, config)
+        stack.callback(engines.close)
+        await asyncio.to_thread(warm_stt, engines)
+        info["stt"] = f"{config.stt.engine} {config.stt.model_dir or '(packaged default)'}"
+        audio = await rendering
+        seconds["engines_and_audio"] = round(time.perf_counter() - t0, 1)
+        bot, shared = await stack.enter_async_context(
+            running_bot(engines, config, work / "tts-cache", work / "state")
+        )
+        shared.dialogue = built.dialogue
+        assert shared.recorder is not None
+        recorder = StampingRecorder(shared.recorder)
+        shared.recorder = recorder
+        t0 = time.perf_counter()
+        gate = asyncio.Semaphore(args.concurrency)
+        done = 0
+
+        async def run(p: Plan) -> tuple[Outcome, str, list[float]]:
+            nonlocal done
+            async with gate:
+                got = await one_call(p, audio[p.index], bot.port, recorder.stamps)
+            done += 1
+            print(
+                f"  {done}/{len(plans)} calls ({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return got
+
+        calls = await asyncio.gather(*(run(p) for p in plans))
+        for _ in range(200):  # the last records are written as the calls end
+            if not bot.calls:
+                break
+            await asyncio.sleep(0.05)
+        seconds["calls"] = round(time.perf_counter() - t0, 1)
+        records = {str(r["call_id"]): r for r in recorder.inner.read_all()}  # type: ignore[attr-defined]
+        info["rasa_restarts"] = rasa_server.restarts
+    outcomes: list[Outcome] = []
+    for out, call_id, starts in calls:
+        score(out, records.get(call_id), starts, recorder.stamps, call_id, asks)
+        outcomes.append(out)
+    info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    return {
+        "version": VERSION,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "settings": {
+            "n": args.n,
+            "seed": args.seed,
+            "voices": list(args.voices),
+            "modes": list(MODES),
+            "snr_db": snr_db,
+            "rate_hz": RATE_HZ,
+            "concurrency": args.concurrency,
+            "speed": list(SPEED),
+            "pitch": list(PITCH),
+            "level_dbfs": list(LEVEL_DBFS),
+        },
+        "info": info,
+        "seconds": seconds,
+        "summary": summarise(outcomes),
+        "calls": [dataclasses.asdict(o) for o in outcomes],
+    }
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _group(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    n = len(outcomes)
+    correct = sum(o.correct for o in outcomes)
+    return {
+        "n": n,
+        "correct": correct,
+        "rate": round(correct / n, 4) if n else None,
+        "misheard": {s: sum(o.misheard[k] for o in outcomes) for k, s in enumerate(STEPS)},
+        "identity_mismatch": sum(o.identity_mismatch for o in outcomes),
+        "stages": {
+            s: sum(o.stage == s for o in outcomes)
+            for s in ("ok", "intent", "account", "identity", "error")
+        },
+    }
+
+
+def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    fallbacks: dict[str, int] = {}
+    for o in outcomes:
+        for f in o.fallbacks:
+            fallbacks[f] = fallbacks.get(f, 0) + 1
+    call_s = sorted(o.call_s for o in outcomes)
+    return {
+        "all": _group(outcomes),
+        "by_voice": {
+            v: _group([o for o in outcomes if o.voice == v])
+            for v in dict.fromkeys(o.voice for o in outcomes)
+        },
+        "by_mode": {m: _group([o for o in outcomes if o.mode == m]) for m in MODES},
+        "fallbacks": dict(sorted(fallbacks.items(), key=lambda kv: -kv[1])),
+        "split_turns": sum(1 for o in outcomes for c in o.turns_per_step if c > 1),
+        "missing_turns": sum(1 for o in outcomes for c in o.turns_per_step if c == 0),
+        "not_rasa_turns": sum(1 for o in outcomes for d in o.dialogues if d != "rasa"),
+        "call_s": {
+            "p50": round(statistics.median(call_s), 1) if call_s else None,
+            "max": call_s[-1] if call_s else None,
+        },
+    }
+
+
+def _rate(group: dict[str, Any]) -> str:
+    n = group["n"]
+    return f"{group['correct']}/{n} ({100.0 * group['correct'] / n:.0f} %)" if n else "0/0"
+
+
+def _row(name: str, g: dict[str, Any]) -> str:
+    m = g["misheard"]
+    st = g["stages"]
+    return (
+        f"| {name} | {_rate(g)} | {m['request']} / {m['account']} / {m['identity']} "
+        f"| {g['identity_mismatch']} | {st['intent']} / {st['account']} / {st['identity']} "
+        f"/ {st['error']} |"
+    )
+
+
+def markdown(run: dict[str, Any]) -> str:
+    s = run["summary"]
+    st = run["settings"]
+    a = s["all"]
+    snr = "clean line" if st["snr_db"] is None else f"pink line noise at {st['snr_db']:g} dB SNR"
+    lines = [
+        "# Balance evaluation (bench/eval_balance.py)",
+        "",
+        f"{run['when']}; {st['n']} calls (seed {st['seed']}), {st['concurrency']} at a time; "
+        f"voices {', '.join(st['voices'])}; {st['rate_hz']} Hz phone band, {snr}, µ-law; "
+        f"STT {run['info'].get('stt')}; Rasa model {run['info'].get('rasa_model')}; "
+        f"load average {run['info'].get('loadavg')}; wall time {run['seconds'].get('total')} s "
+        f"(calls {run['seconds'].get('calls')} s).",
+        "",
+        f"**Balance read back correctly: {_rate(a)}** (target >= {TARGET:.0%}).",
+        "",
+        "Misheard = turns whose normalised transcript differs from the normalised words said "
+        "(request / account / identity). Failed at = first step whose reply was wrong "
+        "(intent: no account-number question; account: no identity question; identity: no "
+        "balance; error: no record).",
+        "",
+        "| | correct | misheard req / acct / id | identity_mismatch | failed at "
+        "intent / account / identity / error |",
+        "| --- | --- | --- | --- | --- |",
+        _row("all", a),
+    ]
+    for voice, g in s["by_voice"].items():
+        lines.append(_row(f"voice {voice}", g))
+    for mode, g in s["by_mode"].items():
+        lines.append(_row(f"mode {mode}", g))
+    lines += [
+        "",
+        f"Fallbacks: {s['fallbacks'] or 'none'}; utterances split into several turns: "
+        f"{s['split_turns']}; steps with no turn: {s['missing_turns']}; turns not answered by "
+        f"Rasa: {s['not_rasa_turns']}; time per call p50 {s['call_s']['p50']} s, max "
+        f"{s['call_s']['max']} s.",
+        "",
+        "## Failures (said -> heard -> normalised; the bot's reply to that step)",
+        "",
+    ]
+    for c in run["calls"]:
+        if c["correct"]:
+            continue
+        lines.append(
+            f"* call {c['index']} ({c['voice']}, {c['mode']}, account {c['number']}): "
+            f"failed at **{c['stage']}**{' (' + c['error'] + ')' if c['error'] else ''}; "
+            f"fallbacks {c['fallbacks'] or '-'}"
+        )
+        for k, step in enumerate(STEPS):
+            mark = "MISHEARD" if c["misheard"][k] else "ok"
+            heard = " | ".join(c["heard"][k]) or "(no turn)"
+            lines.append(
+                f'  * {step} [{mark}]: "{c["said"][k]}" -> "{heard}" -> '
+                f'"{c["heard_normalised"][k]}" (want "{c["said_normalised"][k]}"); '
+                f'reply: "{c["replies"][k][:110]}"'
+            )
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(run: dict[str, Any]) -> str:
+    a = run["summary"]["all"]
+    by_mode = ", ".join(f"{m} {_rate(g)}" for m, g in run["summary"]["by_mode"].items())
+    return (
+        f"balance read back correctly: {_rate(a)} (target >= {TARGET:.0%}); {by_mode}; "
+        f"wall {run['seconds'].get('total')} s"
+    )
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the run the way Ctrl-C does (servers stopped, temp dir removed)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=24, help="calls (accounts) in the set")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--snr", type=float, default=30.0, help="line noise SNR in dB (0: clean line)"
+    )
+    parser.add_argument(
+        "--voices", type=lambda s: s.split(","), default=VOICES, help="comma-separated"
+    )
+    parser.add_argument("--out", type=Path, default=OUT_JSON, help="JSON; the .md beside it")
+    parser.add_argument("--log-level", default="error")
+    args = parser.parse_args()
+    if not 1 <= args.n <= len(demo_accounts()):
+        parser.error("--n must be between 1 and 200")
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    configure_logging("console", level=args.log_level)
+    started = time.perf_counter()
+    try:
+        with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="eval-balance-") as tmp:
+            run = asyncio.run(evaluate(args, Path(tmp)))
+    except KeyboardInterrupt:
+        print("interrupted: servers stopped, temp dir removed, nothing written", file=sys.stderr)
+        return 130
+    run["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(run, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    md = out.with_suffix(".md")
+    text = markdown(run)
+    md.write_text(text, encoding="utf-8")
+    print(text)
+    print(f"wrote {out} and {md}")
+    print(summary_line(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
