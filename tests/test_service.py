@@ -404,3 +404,56 @@ def test_loopback_peer_is_served_by_default() -> None:
         return result.greeting_heard
 
     assert asyncio.run(scenario())
+
+
+def test_ready_reports_rasa_ok_only_while_the_bots_own_server_answers(tmp_path: Path) -> None:
+    """Issue #24: an orphaned Rasa from an earlier bot answered the URL, so /ready said "ok"
+    while the bot's own server had failed to start."""
+    from voicebot_pbx.answers.action_server import ActionServer
+    from voicebot_pbx.answers.rasa import RasaDialogue
+    from voicebot_pbx.answers.rasa_server import RasaServer
+    from voicebot_pbx.config import ActionsConfig
+    from voicebot_pbx.ops.service import _State
+
+    state = _State(models_loaded=True)
+    state.rasa = RasaDialogue("http://127.0.0.1:9")
+    state.rasa_ok = True  # something answers the URL
+    assert state.readiness()["rasa"] == "ok"  # not managed: reachable is enough
+    root = Path(__file__).resolve().parent.parent
+    state.rasa_server = RasaServer(
+        root / "rasa_project", tmp_path / "venv", models_dir=tmp_path / "models", facts={}
+    )
+    state.actions = ActionServer(ActionsConfig(), state_dir=tmp_path, venv_dir=tmp_path)
+    report = state.readiness()
+    assert report["rasa"] == "degraded" and report["actions"] == "degraded"
+    assert report["status"] == "degraded" and report["ready"] is True
+
+
+def test_a_failed_rasa_start_is_retried_with_back_off(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to be logged once and never tried again (the rules answered for good)."""
+    from voicebot_pbx.answers.rasa import RasaDialogue
+    from voicebot_pbx.ops import service
+
+    attempts: list[float] = []
+
+    async def flaky(*args: object, **kwargs: object) -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise RuntimeError("127.0.0.1:5005 is already in use")
+
+    monkeypatch.setattr(service, "start_rasa", flaky)
+    rasa = RasaDialogue("http://127.0.0.1:9")
+
+    async def main() -> None:
+        try:
+            async with asyncio.timeout(5):
+                await service._start_rasa_logged([], None, rasa, retry_s=(0.05, 0.1))
+        finally:
+            await rasa.aclose()
+
+    asyncio.run(main())
+    assert len(attempts) == 3
+    assert attempts[1] - attempts[0] >= 0.05 and attempts[2] - attempts[1] >= 0.1  # backed off
+    assert capsys.readouterr().out.count("rasa_unavailable") == 2

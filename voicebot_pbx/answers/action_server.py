@@ -123,6 +123,8 @@ class ActionServer:
             restart_backoff_s=restart_backoff_s,
             stable_after_s=stable_after_s,
             error=ActionServerError,
+            pid_path=self.work_dir / f"actions-{self.port}.pid",
+            orphan_marks=("rasa_sdk", f"--port {self.port}"),
         )
 
     @property

@@ -228,6 +228,8 @@ class RasaServer:
             restart_backoff_s=self.restart_backoff_s,
             stable_after_s=stable_after_s,
             error=RasaServerError,
+            pid_path=self.work_dir / f"rasa-{port}.pid",
+            orphan_marks=("rasa", "--enable-api", f"--port {port}"),
         )
 
     # -- paths and commands ----------------------------------------------------------------

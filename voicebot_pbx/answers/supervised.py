@@ -6,9 +6,14 @@ action server are both run this way (``rasa_server.py``, ``action_server.py``).
 * A supervisor task restarts a child that died, after ``restart_backoff_s[failures]`` (the
   failure count resets once a child stayed up ``stable_after_s``).
 * ``await stop()``: SIGTERM to the group, SIGKILL after ``stop_timeout_s``.
+* The child dies with the bot: it gets SIGTERM when the bot's process goes, even on SIGKILL
+  (the parent-death signal, set by util-linux ``setpriv`` before it execs the command).
+* Its pid is kept in ``pid_path``. A start that finds the port held by a child of an earlier
+  bot (the pid file's process, whose command line has every ``orphan_marks`` string and whose
+  parent is gone) replaces it; a port held by anything else is refused, saying so.
 
 The owner gives the command, the environment and the probe; log events are
-``<event_prefix>.starting|ready|died|restart_failed|kill|stopped``.
+``<event_prefix>.starting|ready|died|restart_failed|kill|stopped|orphan_replaced``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import time
@@ -35,6 +41,35 @@ Probe = Callable[[httpx.AsyncClient], Awaitable[bool]]
 
 _LOG_TAIL_BYTES = 4000
 _PROBE_INTERVAL_S = 0.2
+
+
+# util-linux's setpriv sets the parent-death signal and execs the child's command: no Python
+# between fork and exec (preexec_fn is unsafe in a process with threads).
+_SETPRIV = shutil.which("setpriv")
+
+
+def with_parent_death_signal(argv: list[str]) -> list[str]:
+    """``argv`` run so that it gets SIGTERM when this process dies (Linux, util-linux)."""
+    if _SETPRIV is None:
+        return argv
+    return [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
 
 
 class ChildError(RuntimeError):
@@ -69,6 +104,8 @@ class SupervisedChild:
         restart_backoff_s: Sequence[float],
         stable_after_s: float,
         error: type[Exception] = ChildError,
+        pid_path: Path | None = None,
+        orphan_marks: Sequence[str] = (),
     ) -> None:
         self.event_prefix = event_prefix
         self.host = host
@@ -83,6 +120,8 @@ class SupervisedChild:
         self._cwd = cwd
         self._probe = probe
         self._error = error
+        self.pid_path = pid_path
+        self.orphan_marks = tuple(orphan_marks)
         self._proc: asyncio.subprocess.Process | None = None
         self._log_file: IO[bytes] | None = None
         self._supervisor: asyncio.Task[None] | None = None
@@ -132,10 +171,46 @@ class SupervisedChild:
             s.settimeout(0.5)
             return s.connect_ex((self.host, self.port)) == 0
 
+    def _orphan(self) -> int | None:
+        """The pid of an earlier bot's child still holding the port, else None."""
+        if self.pid_path is None or not self.orphan_marks:
+            return None
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if pid == os.getpid() or not all(m in _cmdline(pid) for m in self.orphan_marks):
+            return None
+        parent = _parent_pid(pid)
+        if parent is None or (parent != 1 and "voicebot_pbx" in _cmdline(parent)):
+            return None  # a live bot's child: not ours to take
+        return pid
+
+    async def _replace_orphan(self) -> None:
+        pid = self._orphan()
+        if pid is None:
+            raise self._error(
+                f"{self.host}:{self.port} is already in use (not by a child of an earlier "
+                "bot: stop whatever holds it, or change the port)"
+            )
+        log.warning(self._event("orphan_replaced"), pid=pid, port=self.port)
+        self._signal_group(pid, signal.SIGTERM)
+        for _ in range(int(self.stop_timeout_s / 0.1)):
+            if not _cmdline(pid):  # gone (a zombie has no command line either)
+                break
+            await asyncio.sleep(0.1)
+        self._signal_group(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(50):  # the port is free a moment after the process is gone
+            if not self.port_in_use():
+                break
+            await asyncio.sleep(0.1)
+
     async def _launch_and_wait(self) -> None:
         if self.port_in_use():
-            raise self._error(f"{self.host}:{self.port} is already in use")
-        argv = self._argv()
+            await self._replace_orphan()
+        argv = with_parent_death_signal(self._argv())
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._close_log()
         self._log_file = self.log_path.open("ab")
@@ -150,6 +225,9 @@ class SupervisedChild:
             cwd=self._cwd,
             start_new_session=True,  # own process group: stop() signals the whole group
         )
+        if self.pid_path is not None:
+            self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+            self.pid_path.write_text(f"{self._proc.pid}\n")
         log.info(self._event("starting"), pid=self._proc.pid, port=self.port)
         try:
             await self._wait_ready(self._proc)

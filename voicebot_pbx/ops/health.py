@@ -63,12 +63,14 @@ def readiness_report(
     active_calls: int | None = None,
     profiles: Mapping[str, Literal["ok", "degraded"]] | None = None,
     knowledge: Literal["ok", "unavailable", "disabled"] = "disabled",
+    actions: Literal["ok", "degraded", "disabled"] = "disabled",
 ) -> dict[str, Any]:
     """The dict ``/ready`` serves. ``rasa``: "ok" reachable, "degraded" unreachable (the rule
     dialogue answers), "disabled"; ``ami``: "connected", "disconnected", "disabled";
     ``profiles``: the Rasa server of each profile that has its own, "ok" or "degraded";
     ``knowledge``: the knowledge base and LLM loaded ("ok"), failed to load ("unavailable":
-    intents and rules still answer), or "disabled"."""
+    intents and rules still answer), or "disabled"; ``actions``: the Rasa action server the
+    bot runs, "ok" answering, "degraded" down (lookups fail, spoken as such), "disabled"."""
     ready = models_loaded and not draining
     profile_rasa = dict(profiles or {})
     if not ready:
@@ -77,6 +79,7 @@ def readiness_report(
         rasa == "degraded"
         or ami == "disconnected"
         or knowledge == "unavailable"
+        or actions == "degraded"
         or "degraded" in profile_rasa.values()
     ):
         overall = "degraded"
@@ -90,6 +93,7 @@ def readiness_report(
         "rasa": rasa,
         "ami": ami,
         "knowledge": knowledge,
+        "actions": actions,
     }
     if active_calls is not None:
         report["active_calls"] = active_calls

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import itertools
 import os
 import signal
 import time
@@ -332,11 +333,23 @@ async def _start_rasa_logged(
     *,
     wait_s: float = 0.0,
     actions: ActionServer | None = None,
+    retry_s: Sequence[float] = (5.0, 10.0, 30.0, 60.0),
 ) -> None:
-    try:
-        await start_rasa(voices, server, rasa, wait_s=wait_s, actions=actions)
-    except Exception as exc:  # the bot keeps serving on the rule dialogue
-        log.error("rasa_unavailable", url=rasa.base_url, error=f"{type(exc).__name__}: {exc}")
+    """``start_rasa`` until it succeeds: the rules answer meanwhile, and a start that failed
+    (port held, venv broken, a training error) is tried again with back-off, logged."""
+    for attempt in itertools.count():
+        try:
+            await start_rasa(voices, server, rasa, wait_s=wait_s, actions=actions)
+            return
+        except Exception as exc:  # the bot keeps serving on the rule dialogue
+            delay_s = retry_s[min(attempt, len(retry_s) - 1)]
+            log.error(
+                "rasa_unavailable",
+                url=rasa.base_url,
+                error=f"{type(exc).__name__}: {exc}"[:500],
+                retry_in_s=delay_s,
+            )
+            await asyncio.sleep(delay_s)
 
 
 class CallServer(Protocol):
@@ -389,6 +402,9 @@ class _State:
     servers: list[CallServer] = field(default_factory=list)
     rasa: RasaDialogue | None = None
     rasa_ok: bool = False
+    # The managed children, when the bot runs them: Rasa is "ok" only while its own server is.
+    rasa_server: RasaServer | None = None
+    actions: ActionServer | None = None
     ami: AmiClient | None = None
     # Profiles with their own Rasa server: name -> reachable.
     profile_rasa_ok: dict[str, bool] = field(default_factory=dict)
@@ -397,11 +413,19 @@ class _State:
     def active_calls(self) -> int:
         return sum(len(server.calls) for server in self.servers)
 
+    def _rasa_ok(self) -> bool:
+        """Reachable, and (when the bot runs it) answered by its own child, not by a
+        stranger on the port."""
+        return self.rasa_ok and (self.rasa_server is None or self.rasa_server.ready)
+
     def readiness(self) -> dict[str, object]:
         return readiness_report(
             models_loaded=self.models_loaded,
             draining=self.draining,
-            rasa="disabled" if self.rasa is None else ("ok" if self.rasa_ok else "degraded"),
+            rasa="disabled" if self.rasa is None else ("ok" if self._rasa_ok() else "degraded"),
+            actions="disabled"
+            if self.actions is None
+            else ("ok" if self.actions.ready else "degraded"),
             ami="disabled"
             if self.ami is None
             else ("connected" if self.ami.connected else "disconnected"),
@@ -502,6 +526,7 @@ async def serve(
                 actions = action_server_for(config)
                 if actions is not None:
                     stack.push_async_callback(actions.stop)
+                state.rasa_server, state.actions = rasa_server, actions
         dtmf_filter = None
         if config.ami.enabled:
 
