@@ -1,7 +1,7 @@
 """Balance evaluation: is the balance read back correctly for a seeded set of spoken account /
 postcode (or date of birth) pairs, through the whole pipeline?
 
-    nice -n 19 .venv/bin/python bench/eval_balance.py            # 24 calls, ~8-10 min (2 cores)
+    nice -n 19 .venv/bin/python bench/eval_balance.py            # 24 calls, ~11 min (2 cores)
     nice -n 19 .venv/bin/python bench/eval_balance.py --n 8 --concurrency 1
 Writes .cache/reports/eval_balance.json and eval_balance.md beside it (``--out`` for
 elsewhere). The exit code is 0 whatever the rate (a measurement, not a check).

@@ -381,7 +381,7 @@ class AnalyticsConfig:
     # Name of the environment variable holding the PostgreSQL DSN (never the DSN itself).
     dsn_env: str = "VOICEBOT_PG_DSN"
     retention_days: int = 0  # 0: keep forever
-    redact: bool = False
+    redact: bool = True  # caller data masked before anything is stored or logged
     redact_names: tuple[str, ...] = ()
     # Runs of at least this many digits (written or spoken) are redacted.
     redact_min_digits: int = 3

@@ -61,12 +61,15 @@ class TtsCache:
         self.misses += 1
         return None
 
-    def put(self, text: str, rate_hz: int, pcm: bytes) -> None:
+    def put(self, text: str, rate_hz: int, pcm: bytes, *, persist: bool = True) -> None:
+        """Keep ``pcm`` for ``text``. ``persist=False``: in memory only, for replies said
+        during calls, which may hold a caller's data (an account number, a balance) that
+        must not outlive the process on disk; the static texts warmed at start-up persist."""
         if not pcm:
             return
         key = self.key(text, rate_hz)
         self._remember(key, pcm)
-        if self.cache_dir is not None:
+        if persist and self.cache_dir is not None:
             self._write_atomic(self.cache_dir / f"{key}.pcm", pcm)
 
     def _remember(self, key: str, pcm: bytes) -> None:

@@ -165,7 +165,8 @@ class Responder:
         finally:
             cancel.set()
         if complete and chunks and len(text) <= _CACHEABLE_TEXT_CHARS:
-            self.tts_cache.put(text, self.rate_hz, b"".join(chunks))
+            # memory only: a reply made during a call may carry the caller's data
+            self.tts_cache.put(text, self.rate_hz, b"".join(chunks), persist=False)
 
     async def compose(
         self,

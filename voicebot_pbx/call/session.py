@@ -34,6 +34,7 @@ from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.ops.analytics_open import recordings_dir
 from voicebot_pbx.ops.recording import CallRecording
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
+from voicebot_pbx.ops.redaction import Redactor
 from voicebot_pbx.pbx.media import AudioIn, CallControl, CallEnded, CallMedia, DtmfIn
 from voicebot_pbx.speech.engines import Engines
 from voicebot_pbx.speech.turns import (
@@ -341,10 +342,11 @@ class CallSession:
             stt_confidence=confidence,
             end_of_speech_to_stt_ms=round((now - speech_end_at) * 1000.0, 1),
         )
+        redactor = Redactor.from_config(self.config.analytics)
         log.info(
             "transcript",
             turn_id=turn_id,
-            text=text,
+            text=redactor.text(text) if redactor is not None else text,
             stt_ms=turn.end_of_speech_to_stt_ms,
             **trace.fields(),
         )

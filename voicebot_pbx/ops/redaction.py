@@ -5,6 +5,7 @@ and errors and to its turns' transcripts and reply texts."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -37,7 +38,7 @@ class Redactor:
 
     @classmethod
     def from_config(cls, config: AnalyticsConfig) -> Redactor | None:
-        return cls(config.redact_names, config.redact_min_digits) if config.redact else None
+        return redactor_for(config)
 
     def _digits(self, match: re.Match[str]) -> str:
         tokens = re.findall(_DIGIT_TOKEN, match.group(0), flags=re.IGNORECASE)
@@ -80,3 +81,9 @@ def redact_rows(redactor: Redactor | None, call: Row, turns: Sequence[Row]) -> N
     for turn in turns:
         turn["transcript"] = redactor.text(turn["transcript"])
         turn["reply_text"] = redactor.text(turn["reply_text"])
+
+
+@functools.lru_cache(maxsize=16)
+def redactor_for(config: AnalyticsConfig) -> Redactor | None:
+    """The redactor of ``[analytics]`` (None with ``redact = false``), built once."""
+    return Redactor(config.redact_names, config.redact_min_digits) if config.redact else None
