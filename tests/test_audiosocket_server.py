@@ -815,3 +815,39 @@ def test_a_deaf_handler_does_not_stop_hang_up_detection() -> None:
         ) == 1
 
     run(main)
+
+
+def test_junk_after_the_uuid_leaves_no_never_awaited_coroutine() -> None:
+    """Issue #24: junk right after the UUID printed "coroutine 'CallSession._greeting' was
+    never awaited" on stderr every time (the greeting's reply task was cancelled before it
+    ran)."""
+    import gc
+    import warnings
+
+    from tests.test_turns import make_shared
+    from voicebot_pbx.call.session import make_handler
+
+    async def main() -> None:
+        shared = make_shared()
+        server = AudioSocketServer(ServerConfig(port=0), make_handler(shared))
+        await server.start()
+        try:
+            for junk in (wire.encode_uuid(uuid.uuid4()), b"\x7f\xff\xffjunk") * 2:
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                writer.write(wire.encode_uuid(uuid.uuid4()))
+                await writer.drain()
+                writer.write(junk)
+                await writer.drain()
+                with contextlib.suppress(ConnectionError):
+                    await asyncio.wait_for(reader.read(), 5.0)
+                writer.close()
+            await eventually(lambda: not server.calls)
+        finally:
+            await server.close()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(main)
+        gc.collect()
+    never_awaited = [w for w in caught if "was never awaited" in str(w.message)]
+    assert never_awaited == []

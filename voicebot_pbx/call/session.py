@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -491,6 +492,9 @@ class CallSession:
         self._reply_task = self._group.create_task(
             self._reply(self._reply_seq, turn, make_turn, origin_at)
         )
+        # Cancelled before it ran (the call ended at once): the dialogue's coroutine was
+        # never awaited; close it, or Python warns about it on stderr.
+        self._reply_task.add_done_callback(lambda _task: _close_unstarted(make_turn))
 
     def _cancel_reply(self) -> None:
         self.responder.stop_synthesis()
@@ -681,6 +685,13 @@ class CallSession:
                 log.warning("handover_vars_failed", error="refused by the PBX")
         if not ok:
             self.record.errors.append("handover_vars_failed")
+
+
+def _close_unstarted(awaitable: Awaitable[DialogueTurn]) -> None:
+    if inspect.iscoroutine(awaitable) and (
+        inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED
+    ):
+        awaitable.close()
 
 
 async def _ready(answer: DialogueTurn) -> DialogueTurn:

@@ -27,8 +27,21 @@ from voicebot_pbx.pbx.media import (
     DtmfIn,
 )
 from voicebot_pbx.pbx.server import HANDLER_GRACE_S, CallHandler, CallServer
+from voicebot_pbx.pbx.throttle import LogThrottle
 
 log = structlog.get_logger("voicebot_pbx.audiosocket")
+_THROTTLE = LogThrottle()
+
+
+def _warn(event: str, *, reason: str, **fields: object) -> None:
+    """A warning about a peer, at most ``LogThrottle.burst`` per reason every 10 s; the
+    next line that passes says how many were held back (``suppressed``)."""
+    held = _THROTTLE.check((event, reason))
+    if held is None:
+        return
+    if held:
+        fields["suppressed"] = held
+    log.warning(event, reason=reason, **fields)
 
 
 _READ_CHUNK_BYTES = 4096
@@ -93,7 +106,7 @@ class AudioSocketCall(CallState):
                 reason = ended
         except wire.ProtocolError as exc:
             reason = exc.reason
-            log.warning("bad_input", reason=exc.reason, detail=exc.detail, peer=self.peer)
+            _warn("bad_input", reason=exc.reason, detail=exc.detail, peer=self.peer)
         except TimeoutError:
             reason = "read_timeout"
         except ConnectionResetError:
@@ -156,7 +169,7 @@ class AudioSocketCall(CallState):
             async with asyncio.timeout(self._config.write_timeout_s):
                 await self._writer.drain()
         except TimeoutError:
-            log.warning("bad_input", reason="peer_not_reading", peer=self.peer)
+            _warn("bad_input", reason="peer_not_reading", peer=self.peer)
             self._mark_closed("peer_not_reading")
             self._writer.transport.abort()
         except (ConnectionError, OSError) as exc:
@@ -251,7 +264,7 @@ class AudioSocketServer(CallServer[AudioSocketCall]):
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         if not self._peer_allowed(peername[0] if peername else "", unix_peer=True):
             self.calls_rejected += 1
-            log.warning("call_rejected", reason="peer_not_allowed", peer=peer)
+            _warn("call_rejected", reason="peer_not_allowed", peer=peer)
             await _close_writer(writer)
             return
         sock = writer.get_extra_info("socket")
@@ -264,13 +277,13 @@ class AudioSocketServer(CallServer[AudioSocketCall]):
         try:
             call_uuid, pending = await self._read_uuid(reader, decoder)
         except wire.ProtocolError as exc:
-            log.warning("bad_input", reason=exc.reason, detail=exc.detail, peer=peer)
+            _warn("bad_input", reason=exc.reason, detail=exc.detail, peer=peer)
             await _close_writer(writer)
             return
         call_id = str(call_uuid)
         if len(self.calls) >= self._config.max_calls:
             self.calls_rejected += 1
-            log.warning(
+            _warn(
                 "call_rejected",
                 reason="max_calls",
                 call_id=call_id,
