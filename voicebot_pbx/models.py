@@ -24,6 +24,8 @@ MANIFEST_PATH = Path(__file__).resolve().parent / "data" / "models.toml"
 # Names of the manifest entries, for callers that want a constant instead of a string.
 SILERO_VAD = "silero-vad"
 WHISPER_TINY_EN = "whisper-tiny-en"
+MOONSHINE_TINY_EN = "moonshine-tiny-en"
+MOONSHINE_TOKENIZER = "moonshine-tokenizer"
 PIPER_JOE = "piper-joe"
 VOSK_KO = "vosk-ko"
 SMART_TURN = "smart-turn"

@@ -75,7 +75,8 @@ DTMF_ENTRY_TIMEOUT_S = 3.0  # a half-typed entry is sent after this long without
 class DtmfEntry:
     """Keys into dialogue input. Normally each key is sent as it comes; after the dialogue
     asked for N digits (``expect``), keys collect until N are typed, ``#`` is pressed, or
-    ``DTMF_ENTRY_TIMEOUT_S`` passes (the session's timer calls ``flush``)."""
+    ``DTMF_ENTRY_TIMEOUT_S`` passes (the session's timer calls ``flush``). ``*`` during an
+    entry starts it again (the keys typed so far are dropped), as callers know from IVRs."""
 
     def __init__(self) -> None:
         self._expect: int | None = None
@@ -90,6 +91,9 @@ class DtmfEntry:
             return digit, False
         if digit == "#":
             return self.flush(), False
+        if digit == "*":
+            self._buffer = ""
+            return "", True
         self._buffer += digit
         if len(self._buffer) >= self._expect:
             return self.flush(), False
