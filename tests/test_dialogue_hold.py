@@ -83,3 +83,29 @@ def test_hold_after_zero_turns_the_hold_line_off() -> None:
     )
     _, session = run_virtual(timeline(shared, [(2.0, tone(1.0, 8000, HOURS))], 12.0))
     assert speech_turn(session).fallbacks == []  # type: ignore[attr-defined]
+
+
+def test_a_hung_rasa_gives_the_hold_line_then_the_rules_with_no_long_dead_air() -> None:
+    """Issue #24 item 4: a SIGSTOPped Rasa (requests hang) used to give 2.28 s of dead air
+    before the rules answered. Through the real session in virtual time: the hold line is
+    heard within hold_after_s (+ the time to play it), the rules' answer after the Rasa
+    timeout; no gap longer than 1.5 s."""
+    from voicebot_pbx.answers.fallbacks import FallbackDialogue
+
+    base = make_shared()
+    hung = SlowDialogue(base.dialogue, 3600.0)
+    shared = slow(0.0)
+    timeout_s = shared.config.rasa.timeout_s
+    shared = dataclasses.replace(
+        shared, dialogue=FallbackDialogue(hung, base.dialogue, timeout_s=timeout_s)
+    )
+    media, session = run_virtual(timeline(shared, [(2.0, tone(1.0, 8000, HOURS))], 14.0))
+    turn = speech_turn(session)
+    assert turn.fallbacks[0] == "dialogue_hold"  # type: ignore[attr-defined]
+    assert turn.reply_text == "We open at eight."  # type: ignore[attr-defined]
+    voiced = [t for t in media.voiced_times() if t > 3.0]
+    transcript_at = 3.0 + 0.232 + 0.1  # end of speech, end-of-turn wait, scripted STT
+    assert voiced[0] - transcript_at < 1.5  # the hold line
+    gaps = [b - a for a, b in zip(voiced, voiced[1:], strict=False)]
+    assert max(gaps) < 1.5  # between the hold line and the rules' answer
+    assert voiced[-1] > transcript_at + timeout_s  # the answer came after Rasa gave up
