@@ -233,3 +233,35 @@ def test_ready_is_capped_and_the_refusals_are_counted_and_logged_once(
     run(main)
     assert refused == ["busy"] * 3
     assert capsys.readouterr().out.count("health_refused") == 1  # rate-limited
+
+
+def test_other_paths_go_to_the_pages_callable_with_query_and_headers() -> None:
+    from voicebot_pbx.ops.health import Page, Request
+
+    seen: list[Request] = []
+
+    async def pages(request: Request) -> Page | None:
+        seen.append(request)
+        if request.path == "/boom":
+            raise RuntimeError("a bug in a page")
+        if request.path != "/calls":
+            return None
+        return Page(200, "text/html; charset=utf-8", b"<h1>calls</h1>")
+
+    async def main() -> None:
+        server = HealthServer(lambda: {"ready": True}, port=0, pages=pages)
+        await server.start()
+        try:
+            raw = b"GET /calls?outcome=transferred&outcome=hangup HTTP/1.1\r\nX-Token: t0\r\n\r\n"
+            status, headers, body = await request(server.port, raw)
+            assert (status, body) == (200, b"<h1>calls</h1>")
+            assert headers["Content-Type"] == "text/html; charset=utf-8"
+            assert (await get(server.port, "/nothing"))[0] == 404
+            assert (await get(server.port, "/boom"))[0] == 500
+            assert (await get(server.port, "/health"))[0] == 200  # never reaches pages
+        finally:
+            await server.close()
+
+    run(main)
+    assert seen[0].query == {"outcome": "hangup"} and seen[0].headers["x-token"] == "t0"
+    assert [r.path for r in seen] == ["/calls", "/nothing", "/boom"]

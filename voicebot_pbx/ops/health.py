@@ -26,7 +26,9 @@ import contextlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
 import structlog
 
@@ -35,6 +37,34 @@ from voicebot_pbx.pbx.allow import LOOPBACK_CIDRS, parse_cidrs, peer_allowed
 log = structlog.get_logger("voicebot_pbx.ops.health")
 
 ReadinessFn = Callable[[], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A GET/HEAD request the health server hands to its ``pages`` callable."""
+
+    method: str
+    target: str  # path and query string, as sent
+    headers: Mapping[str, str]  # lower-case names
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> dict[str, str]:
+        return {k: v[-1] for k, v in parse_qs(self.target.partition("?")[2]).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    status: int
+    content_type: str
+    body: bytes
+
+
+# Other paths of the admin port (the calls web page): a Page, or None for 404.
+PagesFn = Callable[[Request], Awaitable[Page | None]]
 MetricsFn = Callable[[], str | Awaitable[str]]
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,9 +73,11 @@ _MAX_HEADERS = 64
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -120,6 +152,7 @@ class HealthServer:
         max_connections: int = 16,
         max_open: int = 2048,
         on_refused: Callable[[str], None] | None = None,
+        pages: PagesFn | None = None,
         log_every_s: float = 10.0,
     ) -> None:
         self._readiness = readiness
@@ -132,6 +165,7 @@ class HealthServer:
         self._max_connections = max_connections
         self._max_open = max_open
         self._on_refused = on_refused
+        self._pages = pages
         self._log_every_s = log_every_s
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -212,10 +246,13 @@ class HealthServer:
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 request_line = await reader.readline()
+                headers: dict[str, str] = {}
                 for _ in range(_MAX_HEADERS):
                     header = await reader.readline()
                     if header in (b"\r\n", b"\n", b""):
                         break
+                    name, _, value = header.decode("latin-1").partition(":")
+                    headers[name.strip().lower()] = value.strip()
                 else:
                     raise ValueError("too many headers")
         except ValueError:  # a line over the limit (LimitOverrunError) or too many headers
@@ -241,7 +278,8 @@ class HealthServer:
         if path == "/health":  # never capped: liveness must not depend on other clients
             await self._send(writer, 200, {"status": "alive"}, head=head)
             return
-        if path not in ("/ready", "/metrics") or (path == "/metrics" and self._metrics is None):
+        known = path == "/ready" or (path == "/metrics" and self._metrics is not None)
+        if not known and self._pages is None:
             await self._send(writer, 404, {"error": "not found"}, head=head)
             return
         if self._busy >= self._max_connections:
@@ -254,6 +292,8 @@ class HealthServer:
                 report = await self._call_readiness()
                 code = 200 if report.get("ready") is True else 503
                 await self._send(writer, code, report, head=head)
+            elif not known:
+                await self._serve_page(writer, Request(method, target, headers), head=head)
             else:
                 text = await self._call_metrics()
                 if text is None:
@@ -263,6 +303,21 @@ class HealthServer:
                     await self._write(writer, 200, PROMETHEUS_CONTENT_TYPE, body, head=head)
         finally:
             self._busy -= 1
+
+    async def _serve_page(
+        self, writer: asyncio.StreamWriter, request: Request, *, head: bool
+    ) -> None:
+        assert self._pages is not None
+        try:
+            async with asyncio.timeout(self._provider_timeout_s * 5):
+                page = await self._pages(request)
+        except Exception as exc:  # a broken page is a 500, not a crashed admin port
+            log.warning("page_failed", path=request.path, error=f"{type(exc).__name__}: {exc}")
+            page = Page(500, "text/plain; charset=utf-8", b"internal error\n")
+        if page is None:
+            await self._send(writer, 404, {"error": "not found"}, head=head)
+            return
+        await self._write(writer, page.status, page.content_type, page.body, head=head)
 
     async def _call_readiness(self) -> Mapping[str, Any]:
         try:
