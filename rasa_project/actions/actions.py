@@ -56,12 +56,22 @@ def _note(dispatcher: CollectingDispatcher, **fields: Any) -> None:
     dispatcher.utter_message(json_message={"action": "note", **fields})
 
 
+def _failed_in_form(tracker: Tracker, system: str) -> BackendError | None:
+    """The back-end failure a form's validation met (slot ``backend_error``,
+    "reason:system"), which the action after the form reports."""
+    error = tracker.get_slot("backend_error")
+    if not error:
+        return None
+    reason, _, named = str(error).partition(":")
+    return BackendError(named or system, reason)
+
+
 def _backend_down(dispatcher: CollectingDispatcher, exc: BackendError) -> list[EventType]:
     words = _SYSTEM_WORDS.get(exc.system, exc.system)
     log.warning("backend %s failed: %s %s", exc.system, exc.reason, exc.detail)
     dispatcher.utter_message(text=f"I'm sorry, I can't reach our {words} system right now.")
     _note(dispatcher, fallback=f"backend_{exc.reason}:{exc.system}")
-    return [FollowupAction("utter_offer_transfer")]
+    return [SlotSet("backend_error", None), FollowupAction("utter_offer_transfer")]
 
 
 async def _bounded(rt: Runtime, system: str, work: Any) -> Any:
@@ -203,14 +213,9 @@ class ActionTellBalance(Action):
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> list[EventType]:
         rt = runtime()
-        error = tracker.get_slot("backend_error")
-        if error:
-            reason, _, system = str(error).partition(":")
-            return [
-                SlotSet("backend_error", None),
-                SlotSet("identity_check", None),
-                *_backend_down(dispatcher, BackendError(system or "billing", reason)),
-            ]
+        failed = _failed_in_form(tracker, "billing")
+        if failed is not None:
+            return [SlotSet("identity_check", None), *_backend_down(dispatcher, failed)]
         if tracker.get_slot("identity_verified") is not True:
             dispatcher.utter_message(
                 text="Sorry, I couldn't confirm your details, so I'll put you through to "
@@ -409,13 +414,9 @@ class ActionBookAppointment(Action):
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> list[EventType]:
         rt = runtime()
-        error = tracker.get_slot("backend_error")
-        if error:
-            reason, _, system = str(error).partition(":")
-            down = BackendError(system or "bookings", reason)
-            return [SlotSet("backend_error", None), *_APPOINTMENT_RESET] + _backend_down(
-                dispatcher, down
-            )
+        failed = _failed_in_form(tracker, "bookings")
+        if failed is not None:
+            return [*_APPOINTMENT_RESET, *_backend_down(dispatcher, failed)]
         today = rt.today()
         start = _slot_start(tracker, today)
         if start is None:
