@@ -1,7 +1,8 @@
 """Privacy by default (issue #24): a caller speaks an account number through a whole call to
 the real service on its default settings; afterwards the number is nowhere: not in the call
-database, not in the logs, not in any file of the state directory. And a reply made during a
-call (which may carry a caller's data) is never written to the on-disk TTS cache."""
+database, not in the logs, not in any file of the state directory, not on the calls page.
+And a reply made during a call (which may carry a caller's data) is never written to the
+on-disk TTS cache."""
 
 from __future__ import annotations
 
@@ -89,6 +90,19 @@ cache_dir = "{ROOT / ".cache" / "test-tts-cache"}"
                 )
             )
             assert result.call_id
+            # The calls page of the admin port lists it (issue #22), masked like the rest.
+            deadline = time.monotonic() + 10
+            while True:
+                url = f"http://127.0.0.1:{health_port}/calls"
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    listing = r.read().decode()
+                if result.call_id in listing or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert result.call_id in listing
+            with urllib.request.urlopen(f"{url}/{result.call_id}", timeout=5) as r:
+                call_page = r.read()
+            assert b"[digits]" in call_page and not ACCOUNT_ANYHOW.search(call_page)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)

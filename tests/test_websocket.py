@@ -185,3 +185,55 @@ def test_basic_auth_as_websocket_client_conf_sends_it(tmp_path: object) -> None:
     reasons = [e["reason"] for e in logs if e["event"] == "call_rejected"]
     assert reasons == ["auth_missing", "auth_failed", "auth_failed"]
     assert not any("s3cret" in str(e) for e in logs)
+
+
+def test_tls_when_given_a_certificate(tmp_path: object) -> None:
+    """wss:// as websocket_client.conf's ``uri = wss://...`` connects: a self-signed
+    certificate made here; a plain ws:// client gets no call."""
+    import shutil
+    import ssl
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    folder = Path(str(tmp_path))
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    recorder = JsonlRecorder(folder / "calls.jsonl")
+
+    async def scenario() -> tuple[int, bool]:
+        shared = dataclasses.replace(make_shared(stt_delay_s=0.05), recorder=recorder)
+        config = ServerConfig(port=0, first_message_timeout_s=1.0, write_timeout_s=1.0)
+        ws_config = WebSocketConfig(port=0, tls_cert=str(cert), tls_key=str(key))
+        server = WebSocketServer(ws_config, config, make_handler(shared))
+        await server.start()
+        trust = ssl.create_default_context(cafile=str(cert))
+        try:
+            plain_refused = False
+            try:
+                async with connect(f"ws://127.0.0.1:{server.port}/", open_timeout=2):
+                    pass
+            except Exception:
+                plain_refused = True
+            url = f"wss://127.0.0.1:{server.port}/"
+            async with connect(url, subprotocols=["media"], ssl=trust) as ws:  # type: ignore[list-item]
+                await ws.send(START)
+                voiced = await drain(ws, 1.0, [])
+            await asyncio.wait_for(server.wait_idle(), 5.0)
+        finally:
+            await server.close()
+        return voiced, plain_refused
+
+    voiced, plain_refused = asyncio.run(scenario())
+    assert voiced > 0, "the call over TLS was greeted"
+    assert plain_refused

@@ -310,6 +310,10 @@ class WebSocketConfig:
     # none); the password comes from this environment variable, never from the file.
     username: str = ""
     password_env: str = "VOICEBOT_WEBSOCKET_PASSWORD"
+    # TLS (wss://) when both are set: a PEM certificate (chain) and its key; websocket_client.conf
+    # then says uri = wss://... and verifies it (ca_list_file, or verify_server_cert = no).
+    tls_cert: str = ""
+    tls_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,11 +333,16 @@ class WebhookConfig:
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
-    """HTTP on loopback: /health (liveness), /ready (readiness), /metrics (Prometheus)."""
+    """HTTP on loopback: /health (liveness), /ready (readiness), /metrics (Prometheus), and
+    the calls pages (/calls: voicebot_pbx.ops.web)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9091
+    web: bool = True
+    # When this variable is set, every calls page needs "Authorization: Bearer <it>" (or
+    # ?token=): set it whenever the admin port is reachable from beyond loopback.
+    web_token_env: str = "VOICEBOT_WEB_TOKEN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -757,6 +766,9 @@ def _validate(config: Config, source: str) -> None:
             f"vad.end_silence_ms ({config.vad.end_silence_ms}) and vad.end_silence_max_ms "
             f"({config.vad.end_silence_max_ms})"
         )
+    ws = config.websocket
+    if bool(ws.tls_cert) != bool(ws.tls_key):
+        problems.append("websocket: tls_cert and tls_key go together (both or neither)")
     hook = config.webhook
     if hook.url and urlsplit(hook.url).scheme not in ("http", "https"):
         problems.append(f"webhook.url {hook.url!r} must be http:// or https://")

@@ -38,6 +38,7 @@ from voicebot_pbx.ops.metrics import MetricsRecorder, default_metrics, render_te
 from voicebot_pbx.ops.profiles import build_profile_kits
 from voicebot_pbx.ops.records import Recorder
 from voicebot_pbx.ops.redaction import Redactor
+from voicebot_pbx.ops.web import CallsWeb
 from voicebot_pbx.ops.webhook import WebhookRecorder, WebhookSender
 from voicebot_pbx.ops.webhook_outbox import Outbox
 from voicebot_pbx.pbx.ami import AmiClient
@@ -486,12 +487,23 @@ async def serve(
             loop.add_signal_handler(signum, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         if config.health.enabled:
+            web: CallsWeb | None = None
+            if config.health.web:
+                web = CallsWeb(
+                    config,
+                    token_env=config.health.web_token_env,
+                    active_calls=lambda: [
+                        {"call_id": call_id} for server in state.servers for call_id in server.calls
+                    ],
+                )
+                stack.callback(web.close)
             health = HealthServer(
                 state.readiness,
                 metrics=render_text,
                 host=config.health.host,
                 port=config.health.port,
                 on_refused=default_metrics().admin_refused,
+                pages=web.page if web is not None else None,
             )
             await health.start()
             stack.push_async_callback(health.close)

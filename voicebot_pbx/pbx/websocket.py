@@ -24,6 +24,7 @@ import base64
 import contextlib
 import hmac
 import os
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 
 import structlog
@@ -228,6 +229,15 @@ class WebSocketServer(CallServer[WebSocketCall]):
             raise RuntimeError("server not started")
         return int(next(iter(self._server.sockets)).getsockname()[1])
 
+    def _tls(self) -> ssl.SSLContext | None:
+        """The server's TLS context when a certificate is configured (wss://)."""
+        if not self._config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self._config.tls_cert, self._config.tls_key)
+        return context
+
     async def start(self) -> None:
         self._server = await serve(
             self._on_connect,
@@ -241,8 +251,14 @@ class WebSocketServer(CallServer[WebSocketCall]):
             max_size=_MAX_MESSAGE_BYTES,
             ping_interval=None,  # Asterisk pings; a call's own read timeout covers the rest
             open_timeout=self._server_config.first_message_timeout_s,
+            ssl=self._tls(),
         )
-        log.info("websocket_listening", host=self._config.host, port=self.port)
+        log.info(
+            "websocket_listening",
+            host=self._config.host,
+            port=self.port,
+            tls=bool(self._config.tls_cert),
+        )
 
     def _check_auth(self, connection: ServerConnection, request: Request) -> Response | None:
         """Basic auth when configured (a 401 and one log line otherwise)."""
