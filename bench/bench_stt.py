@@ -14,6 +14,9 @@ Test set: ``bench/stt_dataset.py`` (built on first use into ``.cache/stt-bench/`
    text tokens only); ``-p1`` one second of padding after the utterance instead of two;
    ``-enc8`` the batch's eight inputs in one encoder call (before: now the encoder takes
    them one by one, back to back, and only the decoder runs the batch).
+   ``moonshine-tiny`` the Moonshine engine (``[stt] engine = "moonshine"``, packaged tiny
+   model, onnxruntime), one utterance at a time as the session's worker pool runs it;
+   ``moonshine-tiny-t2`` with two onnxruntime threads.
 2. **Concurrency**: N simulated calls (1/4/8/16) on one engine, with the service's code path:
    each caller speaks an utterance of the test set (its real length), the decode is submitted
    when the VAD notices the pause (``speech end + VAD lag``; the lag is measured with the real
@@ -273,21 +276,25 @@ def make_engine(v: Variant, *, max_batch: int = 8, batch_wait_ms: float = 0.0) -
     )
 
 
-def run_accuracy(v: Variant, items: list[Item]) -> dict[str, Any]:
-    # batch_wait: the benchmark submits a batch's utterances together; the wait makes the
-    # batcher take them as one round instead of starting on the first one alone.
-    engine = make_engine(v, max_batch=v.batch, batch_wait_ms=200.0 if v.batch > 1 else 0.0)
+def run_moonshine(v: Variant, items: list[Item]) -> dict[str, Any]:
+    """The Moonshine engine (``model="moonshine"``): one utterance at a time, as the
+    session's worker pool runs it (no batcher, no fallback)."""
+    from voicebot_pbx.speech.moonshine import MoonshineEngine
+    from voicebot_pbx.speech.stt_load import load_stt
+
+    engine = load_stt("moonshine", None, cpu_threads=v.threads)
+    assert isinstance(engine, MoonshineEngine)
     engine.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up, not counted
-    engine.stats = WhisperStats()
-    hyps: list[str] = []
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    for start in range(0, len(items), v.batch):
-        chunk = items[start : start + v.batch]
-        futures = [engine.submit(i.pcm, i.rate_hz) for i in chunk]
-        hyps.extend(f.result().text for f in futures)
+    hyps = [engine.transcribe(i.pcm, i.rate_hz).text for i in items]
     cpu = time.process_time() - cpu0
     wall = time.perf_counter() - wall0
-    engine.close()
+    return _accuracy_row(v, items, hyps, cpu, wall, {})
+
+
+def _accuracy_row(
+    v: Variant, items: list[Item], hyps: list[str], cpu: float, wall: float, stats: dict[str, int]
+) -> dict[str, Any]:
     by_condition: dict[str, float] = {}
     for cond in sorted({condition(i) for i in items}):
         idx = [k for k, i in enumerate(items) if condition(i) == cond]
@@ -303,13 +310,37 @@ def run_accuracy(v: Variant, items: list[Item]) -> dict[str, Any]:
         "wall_s_per_utt": round(wall / len(items), 4),
         "audio_s_per_utt": round(sum(i.duration_s for i in items) / len(items), 2),
         "stats": {
-            "short_decodes": engine.stats.short_decodes,
-            "full_decodes": engine.stats.full_decodes,
-            "fallbacks": engine.stats.fallbacks,
-            "retries": engine.stats.retries,
+            key: stats.get(key, 0)
+            for key in ("short_decodes", "full_decodes", "fallbacks", "retries")
         },
         "hyps": {i.id: h for i, h in zip(items, hyps, strict=True)},
     }
+
+
+def run_accuracy(v: Variant, items: list[Item]) -> dict[str, Any]:
+    if v.model == "moonshine":
+        return run_moonshine(v, items)
+    # batch_wait: the benchmark submits a batch's utterances together; the wait makes the
+    # batcher take them as one round instead of starting on the first one alone.
+    engine = make_engine(v, max_batch=v.batch, batch_wait_ms=200.0 if v.batch > 1 else 0.0)
+    engine.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up, not counted
+    engine.stats = WhisperStats()
+    hyps: list[str] = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for start in range(0, len(items), v.batch):
+        chunk = items[start : start + v.batch]
+        futures = [engine.submit(i.pcm, i.rate_hz) for i in chunk]
+        hyps.extend(f.result().text for f in futures)
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    engine.close()
+    stats = {
+        "short_decodes": engine.stats.short_decodes,
+        "full_decodes": engine.stats.full_decodes,
+        "fallbacks": engine.stats.fallbacks,
+        "retries": engine.stats.retries,
+    }
+    return _accuracy_row(v, items, hyps, cpu, wall, stats)
 
 
 def run_vosk(items: list[Item], vosk_dir: Path) -> dict[str, Any]:
@@ -515,6 +546,8 @@ ACCURACY_VARIANTS = [
     Variant("short10-nots-b2", timestamps=False, batch=2),
     Variant("short10-b8-enc8", batch=8, encoder_batch=8),
     Variant("short10-nots-b8-enc8", timestamps=False, batch=8, encoder_batch=8),
+    Variant("moonshine-tiny", model="moonshine"),  # [stt] engine = "moonshine" (packaged)
+    Variant("moonshine-tiny-t2", model="moonshine", threads=2),
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [

@@ -104,7 +104,7 @@ class TurnConfig:
 
 @dataclass(frozen=True, slots=True)
 class SttConfig:
-    engine: Literal["whisper", "vosk"] = "whisper"
+    engine: Literal["whisper", "moonshine", "vosk"] = "whisper"  # moonshine: tiny, optional
     model_dir: str = ""  # empty: the packaged default for the engine (models manifest)
     compute_type: str = "int8"
     # CTranslate2 threads for a decode: 2 cuts end of speech -> transcript by ~60-100 ms at

@@ -115,6 +115,8 @@ def load_engines(config: Config) -> Engines:
             "max_batch": config.stt.max_batch,
             "batch_wait_ms": config.stt.batch_wait_ms,
         }
+    elif config.stt.engine == "moonshine":
+        stt_options = {"cpu_threads": config.stt.cpu_threads}
     stt = load_stt(config.stt.engine, stt_dir, **stt_options)
     tts_model = resolve_model_path(config.tts.model_path, PIPER_JOE)
     tts = PiperTts(

@@ -1,5 +1,5 @@
-"""Loading the configured speech-to-text engine: :func:`load_stt` picks Whisper or Vosk by
-its config name (the one place that knows every engine).
+"""Loading the configured speech-to-text engine: :func:`load_stt` picks Whisper, Moonshine or
+Vosk by its config name (the one place that knows every engine).
 """
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from voicebot_pbx.models import WHISPER_TINY_EN, model_path
+from voicebot_pbx.models import MOONSHINE_TINY_EN, MOONSHINE_TOKENIZER, WHISPER_TINY_EN, model_path
+from voicebot_pbx.speech.moonshine import MoonshineEngine
 from voicebot_pbx.speech.stt import SttEngine
 from voicebot_pbx.speech.vosk_stt import VoskEngine
 from voicebot_pbx.speech.whisper import WhisperEngine
@@ -18,6 +19,14 @@ def load_stt(engine: str, model_dir: Path | None, **opts: Any) -> SttEngine:
     match engine:
         case "whisper":
             return WhisperEngine(model_dir or model_path(WHISPER_TINY_EN), **opts)
+        case "moonshine":
+            if model_dir is None:  # the packaged tiny model; its tokenizer is packaged apart
+                return MoonshineEngine(
+                    model_path(MOONSHINE_TINY_EN),
+                    tokenizer_path=model_path(MOONSHINE_TOKENIZER),
+                    **opts,
+                )
+            return MoonshineEngine(model_dir, **opts)  # tokenizer.json inside the folder
         case "vosk":
             if model_dir is None:
                 raise ValueError(
@@ -26,4 +35,6 @@ def load_stt(engine: str, model_dir: Path | None, **opts: Any) -> SttEngine:
                 )
             return VoskEngine(model_dir, **opts)
         case _:
-            raise ValueError(f"unknown STT engine {engine!r} (expected 'whisper' or 'vosk')")
+            raise ValueError(
+                f"unknown STT engine {engine!r} (expected 'whisper', 'moonshine' or 'vosk')"
+            )
