@@ -1,8 +1,9 @@
-"""Balance evaluation: is the balance read back correctly for a seeded set of spoken account /
-postcode (or date of birth) pairs, through the whole pipeline?
+"""Balance evaluation: is the balance read back correctly for a seeded set of account /
+postcode (or date of birth) pairs, the account number spoken or keyed, through the whole
+pipeline?
 
-    nice -n 19 .venv/bin/python bench/eval_balance.py            # 24 calls, ~11 min (2 cores)
-    nice -n 19 .venv/bin/python bench/eval_balance.py --n 8 --concurrency 1
+    nice -n 19 .venv/bin/python bench/eval_balance.py     # 24 accounts x 2 entries, ~21 min
+    nice -n 19 .venv/bin/python bench/eval_balance.py --account-entry keypad --n 8
 Writes .cache/reports/eval_balance.json and eval_balance.md beside it (``--out`` for
 elsewhere). The exit code is 0 whatever the rate (a measurement, not a check).
 
@@ -24,21 +25,33 @@ each through the phone line of ``bench/turn_dataset.py`` (``phone_line``: 300-34
 a level drawn in -24..-18 dBFS, pink line noise at ``--snr`` dB, G.711 µ-law round trip,
 0.3 s before and 1.3 s after the speech), 8 kHz.
 
-One call per account over a real AudioSocket connection (``SimulatedCaller``, real time)
-into one in-process bot (``tests/conftest.py`` ``running_bot``: the real engines, Whisper
-tiny.en by default) whose dialogue is the service's own (``factory.build_dialogue(config,
+``--account-entry`` (default ``both``): ``spoken`` says step 2 as above; ``keypad`` keys it
+instead, as the prompt ("Please type your account number on the keypad, or say it now") asks
+and most real callers do: the 8 digits as DTMF (``SendDtmf``, 0.25 s apart, after the prompt
+finished playing); the bot's entry (``collect_dtmf`` max_digits 8, ``policy.DtmfEntry``) ends
+at the 8th key and sends them to Rasa as one ``/dtmf`` turn, so no ``#`` is pressed (a ``#``
+after the 8th would reach the dialogue as a key of its own). Steps 1 and 3 are spoken either
+way. ``both`` runs every account once per entry mode (same audio for steps 1 and 3), so the
+set is 2 x ``--n`` calls, reported per entry mode and per entry mode and identity mode besides
+per voice and per identity mode.
+
+One call per account and entry mode over a real AudioSocket connection (``SimulatedCaller``,
+real time) into one in-process bot (``tests/conftest.py`` ``running_bot``: the real engines,
+Whisper tiny.en by default) whose dialogue is the service's own (``factory.build_dialogue(config,
 "rasa")``: Rasa, the rules when Rasa is down or slow) against one real Rasa server and one
 real rasa-sdk action server reading a freshly seeded demo database (fresh temp state dir).
 ``--concurrency`` calls at a time.
 
 Scored from the call records (``calls.jsonl``): each speech turn is matched to the caller's
 step it answers (the turn is written when its reply finished playing, before the caller's
-next step starts). **Correct**: the last turn of step 3 has a ``reply_text`` that starts
-with ``say_balance(account.balance_pence)`` (the action's exact sentence). Otherwise the
-call failed at the first step whose reply is not the expected one: ``intent`` (no request
-for the account number), ``account`` (no identity question), ``identity`` (no balance).
+next step starts; a DTMF turn is step 2). **Correct**: the last turn of step 3 has a
+``reply_text`` that starts with ``say_balance(account.balance_pence)`` (the action's exact
+sentence). Otherwise the call failed at the first step whose reply is not the expected
+one: ``intent`` (no request for the account number), ``account`` (no identity question),
+``identity`` (no balance).
 Also counted: turns whose normalised transcript (``voicebot_pbx/answers/normalize.py``)
-differs from the normalised words said ("misheard"), ``identity_mismatch`` and other
+differs from the normalised words said ("misheard"; for a keyed account number, the digits
+the dialogue got differ from the account number), ``identity_mismatch`` and other
 fallbacks, utterances split into several turns, time per call.
 """
 
@@ -92,13 +105,13 @@ from voicebot_pbx.config import ActionsConfig, Config, load_config  # noqa: E402
 from voicebot_pbx.ops.logs import configure_logging  # noqa: E402
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord  # noqa: E402
 from voicebot_pbx.ops.service import warm_stt  # noqa: E402
-from voicebot_pbx.pbx.caller import Say, SimulatedCaller  # noqa: E402
+from voicebot_pbx.pbx.caller import Say, SendDtmf, SimulatedCaller  # noqa: E402
 from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
 
 OUT_JSON = ROOT / ".cache" / "reports" / "eval_balance.json"
 RATE_HZ = turn_dataset.RATE_HZ  # 8 kHz: the AudioSocket / SimulatedCaller default
 TARGET = 0.95
-VERSION = 1
+VERSION = 2
 
 # espeak-ng voice+variants nobody else in this project speaks with (taken: see the lists in
 # bench/answers_dataset.py, bench/turn_dataset.py, bench/stt_dataset.py, bench/bench_pbx.py;
@@ -106,6 +119,7 @@ VERSION = 1
 VOICES = ["en-us+m4", "en-gb-x-rp+f3", "en-gb-scotland+m4", "en-gb+m5", "en-us+f4"]
 MODES = ("postcode", "birth_date")
 STEPS = ("request", "account", "identity")
+ENTRIES = ("spoken", "keypad")  # how the account number (step 2) is given
 SPEED = (140, 166)  # espeak words per minute, [lo, hi)
 PITCH = (40, 61)
 LEVEL_DBFS = (-24.0, -18.0)
@@ -223,6 +237,7 @@ class StampingRecorder:
 @dataclass(slots=True)
 class Outcome:
     index: int
+    entry: str  # "spoken" | "keypad": the account number said or keyed
     number: str
     voice: str
     mode: str
@@ -257,6 +272,11 @@ def prompts() -> tuple[str, str]:
     )
 
 
+def said_steps(entry: str) -> tuple[int, ...]:
+    """The steps the caller says (``Say``), in order; the others are keyed."""
+    return (0, 2) if entry == "keypad" else (0, 1, 2)
+
+
 def score(
     out: Outcome,
     record: dict[str, Any] | None,
@@ -269,25 +289,30 @@ def score(
         out.stage = "error"
         out.error = out.error or "no call record"
         return
-    speech = [t for t in record["turns"] if t["kind"] == "speech"]
-    # Turn -> step: the last step that started before the turn was written; a turn never
-    # written on its own (merged into the next, or cut by the hang-up) takes the next
-    # stamped turn's time; with no stamps at all, record order.
+    turns = [t for t in record["turns"] if t["kind"] in ("speech", "dtmf")]
+    say_steps = said_steps(out.entry)
+    # Turn -> step: a DTMF turn is the keyed account number (step 2); a speech turn, the
+    # last said step that started before the turn was written; a turn never written on its
+    # own (merged into the next, or cut by the hang-up) takes the next stamped turn's time;
+    # with no stamps at all, record order.
     steps: list[int] = []
     pending: list[int] = []
-    for i, turn in enumerate(speech):
+    for i, turn in enumerate(turns):
         stamp = stamps.get((call_id, int(turn["seq"])))
         if stamp is None:
             pending.append(i)
             continue
-        step = max((k for k, s in enumerate(say_starts) if s <= stamp), default=0)
-        steps.extend([step] * (len(pending) + 1))
+        k = max((k for k, s in enumerate(say_starts) if s <= stamp), default=0)
+        steps.extend([say_steps[min(k, len(say_steps) - 1)]] * (len(pending) + 1))
         pending = []
-    last = steps[-1] if steps else len(say_starts) - 1
+    last = steps[-1] if steps else say_steps[-1]
     steps.extend([last] * len(pending))
     if not stamps or not any(k[0] == call_id for k in stamps):
-        steps = [min(i, len(STEPS) - 1) for i in range(len(speech))]
-    for turn, step in zip(speech, steps, strict=True):
+        spoken = [t for t in turns if t["kind"] == "speech"]
+        order = iter(say_steps[min(i, len(say_steps) - 1)] for i in range(len(spoken)))
+        steps = [1 if t["kind"] == "dtmf" else next(order) for t in turns]
+    steps = [1 if t["kind"] == "dtmf" else k for t, k in zip(turns, steps, strict=True)]
+    for turn, step in zip(turns, steps, strict=True):
         out.heard[step].append(str(turn["transcript"]))
         out.replies[step] = str(turn["reply_text"])
         out.turns_per_step[step] += 1
@@ -311,12 +336,16 @@ def score(
 
 async def one_call(
     p: Plan,
+    entry: str,
     audio: list[bytes],
     port: int,
-    stamps: dict[tuple[str, int], float],
 ) -> tuple[Outcome, str, list[float]]:
+    said = list(p.texts)
+    if entry == "keypad":
+        said[1] = p.account.number  # the keys pressed
     out = Outcome(
         index=p.index,
+        entry=entry,
         number=p.account.number,
         voice=p.voice,
         mode=p.mode,
@@ -324,15 +353,19 @@ async def one_call(
         pitch=p.pitch,
         level_dbfs=p.level_dbfs,
         expected=p.expected,
-        said=list(p.texts),
-        said_normalised=[normalize(t) for t in p.texts],
+        said=said,
+        said_normalised=[normalize(t) for t in said],
     )
+    steps: list[Say | SendDtmf] = [Say(pcm) for pcm in audio]
+    if entry == "keypad":
+        # The entry ends at the 8th key (collect_dtmf max_digits 8): no "#".
+        steps[1] = SendDtmf(p.account.number)
     caller = SimulatedCaller(
         "127.0.0.1", port, rate_hz=RATE_HZ, reply_gap_s=1.0, reply_timeout_s=25.0
     )
     started = time.perf_counter()
     try:
-        result = await caller.run([Say(pcm) for pcm in audio], hangup_after_s=0.3)
+        result = await caller.run(steps, hangup_after_s=0.3)
         starts = [t.speech_start_s for t in result.turns]
     except (OSError, TimeoutError) as exc:
         out.error = f"{type(exc).__name__}: {exc}"
@@ -354,6 +387,8 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     os.chdir(ROOT)  # rasa project_dir and knowledge_dir are relative to the checkout
     snr_db: float | None = None if args.snr <= 0 else args.snr
     plans = plan(args.n, args.seed, args.voices)
+    entries = ENTRIES if args.account_entry == "both" else (args.account_entry,)
+    runs = [(p, entry) for p in plans for entry in entries]
     asks = prompts()
     base = load_config()
     config: Config = dataclasses.replace(
@@ -414,19 +449,19 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         gate = asyncio.Semaphore(args.concurrency)
         done = 0
 
-        async def run(p: Plan) -> tuple[Outcome, str, list[float]]:
+        async def run(p: Plan, entry: str) -> tuple[Outcome, str, list[float]]:
             nonlocal done
             async with gate:
-                got = await one_call(p, audio[p.index], bot.port, recorder.stamps)
+                got = await one_call(p, entry, audio[p.index], bot.port)
             done += 1
             print(
-                f"  {done}/{len(plans)} calls ({time.perf_counter() - t0:.0f} s)",
+                f"  {done}/{len(runs)} calls ({time.perf_counter() - t0:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
             return got
 
-        calls = await asyncio.gather(*(run(p) for p in plans))
+        calls = await asyncio.gather(*(run(p, entry) for p, entry in runs))
         for _ in range(200):  # the last records are written as the calls end
             if not bot.calls:
                 break
@@ -444,6 +479,8 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "settings": {
             "n": args.n,
+            "account_entry": list(entries),
+            "calls": len(runs),
             "seed": args.seed,
             "voices": list(args.voices),
             "modes": list(MODES),
@@ -493,6 +530,17 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
             for v in dict.fromkeys(o.voice for o in outcomes)
         },
         "by_mode": {m: _group([o for o in outcomes if o.mode == m]) for m in MODES},
+        "by_entry": {
+            e: _group([o for o in outcomes if o.entry == e])
+            for e in ENTRIES
+            if any(o.entry == e for o in outcomes)
+        },
+        "by_entry_mode": {
+            f"{e} {m}": _group([o for o in outcomes if o.entry == e and o.mode == m])
+            for e in ENTRIES
+            if any(o.entry == e for o in outcomes)
+            for m in MODES
+        },
         "fallbacks": dict(sorted(fallbacks.items(), key=lambda kv: -kv[1])),
         "split_turns": sum(1 for o in outcomes for c in o.turns_per_step if c > 1),
         "missing_turns": sum(1 for o in outcomes for c in o.turns_per_step if c == 0),
@@ -527,7 +575,8 @@ def markdown(run: dict[str, Any]) -> str:
     lines = [
         "# Balance evaluation (bench/eval_balance.py)",
         "",
-        f"{run['when']}; {st['n']} calls (seed {st['seed']}), {st['concurrency']} at a time; "
+        f"{run['when']}; {st['n']} accounts (seed {st['seed']}), account number "
+        f"{' / '.join(st['account_entry'])}: {st['calls']} calls, {st['concurrency']} at a time; "
         f"voices {', '.join(st['voices'])}; {st['rate_hz']} Hz phone band, {snr}, µ-law; "
         f"STT {run['info'].get('stt')}; Rasa model {run['info'].get('rasa_model')}; "
         f"load average {run['info'].get('loadavg')}; wall time {run['seconds'].get('total')} s "
@@ -536,7 +585,8 @@ def markdown(run: dict[str, Any]) -> str:
         f"**Balance read back correctly: {_rate(a)}** (target >= {TARGET:.0%}).",
         "",
         "Misheard = turns whose normalised transcript differs from the normalised words said "
-        "(request / account / identity). Failed at = first step whose reply was wrong "
+        "(request / account / identity; a keyed account number: the digits the dialogue got "
+        "differ from the account number). Failed at = first step whose reply was wrong "
         "(intent: no account-number question; account: no identity question; identity: no "
         "balance; error: no record).",
         "",
@@ -545,6 +595,11 @@ def markdown(run: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- |",
         _row("all", a),
     ]
+    for entry, g in s["by_entry"].items():
+        lines.append(_row(f"account {entry}", g))
+    for key, g in s["by_entry_mode"].items():
+        entry, mode = key.split()
+        lines.append(_row(f"account {entry}, mode {mode}", g))
     for voice, g in s["by_voice"].items():
         lines.append(_row(f"voice {voice}", g))
     for mode, g in s["by_mode"].items():
@@ -563,7 +618,8 @@ def markdown(run: dict[str, Any]) -> str:
         if c["correct"]:
             continue
         lines.append(
-            f"* call {c['index']} ({c['voice']}, {c['mode']}, account {c['number']}): "
+            f"* call {c['index']} ({c['entry']} account {c['number']}, {c['voice']}, "
+            f"{c['mode']}): "
             f"failed at **{c['stage']}**{' (' + c['error'] + ')' if c['error'] else ''}; "
             f"fallbacks {c['fallbacks'] or '-'}"
         )
@@ -580,9 +636,11 @@ def markdown(run: dict[str, Any]) -> str:
 
 def summary_line(run: dict[str, Any]) -> str:
     a = run["summary"]["all"]
-    by_mode = ", ".join(f"{m} {_rate(g)}" for m, g in run["summary"]["by_mode"].items())
+    by_entry = ", ".join(f"{e} {_rate(g)}" for e, g in run["summary"]["by_entry"].items())
+    by_mode = ", ".join(f"{m} {_rate(g)}" for m, g in run["summary"]["by_entry_mode"].items())
     return (
-        f"balance read back correctly: {_rate(a)} (target >= {TARGET:.0%}); {by_mode}; "
+        f"balance read back correctly: {_rate(a)} (target >= {TARGET:.0%}); {by_entry}; "
+        f"{by_mode}; "
         f"wall {run['seconds'].get('total')} s"
     )
 
@@ -603,7 +661,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=24, help="calls (accounts) in the set")
+    parser.add_argument("--n", type=int, default=24, help="accounts in the set")
+    parser.add_argument(
+        "--account-entry",
+        choices=(*ENTRIES, "both"),
+        default="both",
+        help="account number said, keyed (DTMF), or each account once each way",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument(
