@@ -540,6 +540,25 @@ def test_dtmf_menu_balance_by_keypad(dlg: RasaDialogue, aloop: LoopThread) -> No
 
 @needs_rasa
 @pytest.mark.rasa
+def test_all_on_the_keypad_account_then_date_of_birth(dlg: RasaDialogue, aloop: LoopThread) -> None:
+    """A caller who keys everything: the account, then the date of birth as DDMMYYYY."""
+    account = DEMO[4]
+    born = account.birth_date
+    call = new_call()
+    aloop.run(dlg.start(call))
+    aloop.run(dlg.dtmf(call, "1"))
+    turn = aloop.run(dlg.dtmf(call, account.number))
+    assert turn.collect_dtmf_digits == 8 and "type the date of birth" in texts(turn)
+    wrong = born.replace(year=born.year - 1)
+    turn = aloop.run(dlg.dtmf(call, f"{wrong:%d%m%Y}"))
+    assert "don't match our records" in texts(turn)
+    aloop.run(dlg.dtmf(call, account.number))
+    turn = aloop.run(dlg.dtmf(call, f"{born:%d%m%Y}"))
+    assert texts(turn).startswith(balance_words(account)), texts(turn)
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_identity_check_failures_and_refusal(dlg: RasaDialogue, aloop: LoopThread) -> None:
     account = DEMO[2]
     call = new_call()

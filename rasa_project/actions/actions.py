@@ -130,8 +130,23 @@ def postcode_in(text: str) -> str | None:
     return None
 
 
+def keyed_birth_date(answer: str) -> dt.date | None:
+    """A date of birth keyed as 8 digits, day month year ("23061987")."""
+    digits = answer.strip().rstrip("#")
+    if len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return dt.date(int(digits[4:]), int(digits[2:4]), int(digits[:2]))
+    except ValueError:
+        return None
+
+
 def identity_matches(account: Account, answer: str) -> bool:
-    """The caller's answer is the account's postcode or the holder's date of birth."""
+    """The caller's answer is the account's postcode or the holder's date of birth (said,
+    or keyed as DDMMYYYY)."""
+    keyed = keyed_birth_date(answer)
+    if keyed is not None:
+        return keyed == account.birth_date
     postcode = postcode_in(answer)
     if postcode is not None:
         return postcode == account.postcode
