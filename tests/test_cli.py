@@ -66,3 +66,36 @@ def test_version_and_a_busy_port_is_one_line_not_a_traceback(
     err = capsys.readouterr().err
     assert "listen_failed" in err and str(port) in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "listen_failed" in line]) == 1
+
+
+def test_a_config_needing_a_missing_extra_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A production install has no extras (issue #22): a config that needs one gets one
+    line naming the package and the extra, from check-config and from serve."""
+    import importlib.util
+
+    from voicebot_pbx import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "psycopg" else real(name, *a)
+    )
+    config = tmp_path / "voicebot.toml"
+    config.write_text('[analytics]\nbackend = "postgres"\n')
+    problems = cli.extras_problems(cli.load_config(config))
+    assert problems == [
+        "[analytics] backend = postgres needs the 'psycopg' package: "
+        "pip install 'voicebot-pbx[postgres]'"
+    ]
+    import structlog
+
+    saved = structlog.get_config()  # serve configures logging for the process
+    try:
+        assert cli.main(["serve", "--config", str(config)]) == 2
+    finally:
+        structlog.configure(**saved)
+    captured = capfd.readouterr()
+    out = captured.out + captured.err
+    assert "package_missing" in out and "voicebot-pbx[postgres]" in out
+    assert cli.extras_problems(cli.load_config(None)) == []  # the defaults need none

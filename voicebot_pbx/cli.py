@@ -9,8 +9,10 @@ import argparse
 import asyncio
 import errno
 import importlib.metadata
+import importlib.util
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(config.log.format, config.log.level)
+    missing = extras_problems(config)
+    if missing:  # one line each, before anything loads
+        for problem in missing:
+            structlog.get_logger("voicebot_pbx.cli").error("package_missing", reason=problem)
+        return 2
     try:
         asyncio.run(serve(config))
     except TurnModelError as exc:
@@ -55,6 +62,7 @@ def _check_config(args: argparse.Namespace) -> int:
         *_turn_model_problems(config),
         *_knowledge_problems(config),
         *_rasa_domain_problems(config),
+        *extras_problems(config),
     ]
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
@@ -88,6 +96,29 @@ def _rasa_domain_problems(config: Config) -> list[str]:
     except FactsError as exc:
         return [str(exc)]
     return text_problems(domain.read_text(encoding="utf-8"), facts, file=str(domain))
+
+
+# An optional package, the pyproject extra that installs it, and whether a config needs it.
+_EXTRAS: tuple[tuple[str, str, str, Callable[[Config], bool]], ...] = (
+    (
+        "psycopg",
+        "postgres",
+        "[analytics] backend = postgres",
+        lambda c: c.analytics.backend == "postgres",
+    ),
+    ("greenswitch", "freeswitch", "[freeswitch] enabled", lambda c: c.freeswitch.enabled),
+    ("vosk", "vosk", "[stt] engine = vosk", lambda c: c.stt.engine == "vosk"),
+)
+
+
+def extras_problems(config: Config) -> list[str]:
+    """Optional packages the config needs but this install lacks (a production install takes
+    only the extras it uses)."""
+    return [
+        f"{what} needs the {module!r} package: pip install 'voicebot-pbx[{extra}]'"
+        for module, extra, what, needed in _EXTRAS
+        if needed(config) and importlib.util.find_spec(module) is None
+    ]
 
 
 def _turn_model_problems(config: Config) -> list[str]:
