@@ -1,8 +1,8 @@
 """Speech-to-text with Moonshine (tiny, English) on plain onnxruntime: an optional engine.
 
 Owns :class:`MoonshineEngine` (one encoder and one merged decoder session for the process,
-a greedy decode with a KV cache, one utterance per decode) and :class:`MoonshineStream`
-(the per-call buffer). Selected with ``[stt] engine = "moonshine"``; Whisper stays the
+a greedy decode with a KV cache, one utterance per decode; the per-call buffer is
+``stt.BufferedStream``). Selected with ``[stt] engine = "moonshine"``; Whisper stays the
 default. The packaged model is ``moonshine-tiny-en`` + ``moonshine-tokenizer`` (models
 manifest); an admin's folder holds ``encoder_model.ort|.onnx``,
 ``decoder_model_merged.ort|.onnx`` and ``tokenizer.json``.
@@ -40,7 +40,7 @@ import soxr
 import structlog
 
 from voicebot_pbx.audio import pcm_to_float32
-from voicebot_pbx.speech.stt import SttCapabilities, SttResult
+from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
 from voicebot_pbx.speech.vad import import_onnxruntime
 from voicebot_pbx.speech.whisper_guard import degenerate_reason
 
@@ -148,8 +148,8 @@ class MoonshineEngine:
         # Whole utterances, decoded in the session's shared worker pool (no own thread).
         return SttCapabilities(batch=self)
 
-    def new_stream(self, rate_hz: int) -> MoonshineStream:
-        return MoonshineStream(self, rate_hz)
+    def new_stream(self, rate_hz: int) -> BufferedStream:
+        return BufferedStream(self, rate_hz)
 
     def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
         """Transcribe one whole utterance (int16 mono at ``rate_hz``), blocking."""
@@ -221,27 +221,6 @@ class MoonshineEngine:
                 if step == 0 or ".decoder." in name:
                     feed[name] = value
         return tokens, logprobs, False
-
-
-class MoonshineStream:
-    """Buffers one utterance; Moonshine here gives no partials (``accept`` returns None)."""
-
-    def __init__(self, engine: MoonshineEngine, rate_hz: int) -> None:
-        self._engine = engine
-        self.rate_hz = rate_hz
-        self._pcm = bytearray()
-
-    def accept(self, pcm: bytes) -> str | None:
-        self._pcm += pcm
-        return None
-
-    def finish(self) -> SttResult:
-        pcm = bytes(self._pcm)
-        self._pcm.clear()
-        return self._engine.transcribe(pcm, self.rate_hz)
-
-    def close(self) -> None:
-        self._pcm.clear()
 
 
 def _session(ort: Any, path: Path, opts: Any) -> Any:

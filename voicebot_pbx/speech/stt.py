@@ -52,6 +52,32 @@ class BatchTranscriber(Protocol):
     def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult: ...
 
 
+class BufferedStream:
+    """The stream of an engine without partials (Whisper, Moonshine): buffers one
+    utterance and transcribes it whole at ``finish`` (``accept`` returns None)."""
+
+    def __init__(self, engine: BatchTranscriber, rate_hz: int) -> None:
+        self._engine = engine
+        self.rate_hz = rate_hz
+        self._pcm = bytearray()
+
+    @property
+    def buffered_s(self) -> float:
+        return len(self._pcm) / (2 * self.rate_hz)
+
+    def accept(self, pcm: bytes) -> str | None:
+        self._pcm += pcm
+        return None
+
+    def finish(self) -> SttResult:
+        pcm = bytes(self._pcm)
+        self._pcm.clear()
+        return self._engine.transcribe(pcm, self.rate_hz)
+
+    def close(self) -> None:
+        self._pcm.clear()
+
+
 class QueuedTranscriber(BatchTranscriber, Protocol):
     """A batch transcriber with its own inference thread, awaited from the event loop
     (Whisper: decodes from several calls go together; ``urgent`` ones first)."""

@@ -3,7 +3,7 @@
 Owns :class:`WhisperEngine` (one model loaded for the process; short encoder windows with a
 full-window fallback), its cross-call :class:`WhisperBatcher` (one inference thread that
 decodes utterances from different calls together: ``WhisperEngine.transcribe_async`` from the
-event loop, ``transcribe`` from a worker thread), the per-call :class:`WhisperStream` buffer
+event loop, ``transcribe`` from a worker thread), the per-call buffer (``stt.BufferedStream``)
 and the decode counters (:class:`WhisperStats`). The degenerate-decode guard and token budget
 are in ``speech/whisper_guard.py``. faster-whisper and ctranslate2 are imported where they are
 used (heavy), so importing this module is cheap. Measured trade-offs: ``bench/bench_stt.py``
@@ -29,7 +29,7 @@ import structlog
 
 from voicebot_pbx.audio import pcm_to_float32, resample
 from voicebot_pbx.speech.cpu import limit_blas_threads, lower_thread_priority
-from voicebot_pbx.speech.stt import SttCapabilities, SttResult, SttTiming
+from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult, SttTiming
 from voicebot_pbx.speech.whisper_guard import degenerate_reason, token_budget
 
 log = structlog.get_logger(__name__)
@@ -319,8 +319,8 @@ class WhisperEngine:
     def capabilities(self) -> SttCapabilities:
         return SttCapabilities(batch=self, queued=self)
 
-    def new_stream(self, rate_hz: int) -> WhisperStream:
-        return WhisperStream(self, rate_hz)
+    def new_stream(self, rate_hz: int) -> BufferedStream:
+        return BufferedStream(self, rate_hz)
 
     def submit(self, pcm: bytes, rate_hz: int, *, urgent: bool = False) -> Future[SttResult]:
         """Queue one whole utterance (int16 mono PCM at ``rate_hz``); never blocks.
@@ -578,28 +578,3 @@ class WhisperEngine:
             # segments that survived passed transcribe()'s own no-speech test
             no_speech_prob=0.0,
         )
-
-
-class WhisperStream:
-    """Buffers one utterance; Whisper gives no partials (``accept`` returns None)."""
-
-    def __init__(self, engine: WhisperEngine, rate_hz: int) -> None:
-        self._engine = engine
-        self.rate_hz = rate_hz
-        self._pcm = bytearray()
-
-    @property
-    def buffered_s(self) -> float:
-        return len(self._pcm) / (2 * self.rate_hz)
-
-    def accept(self, pcm: bytes) -> str | None:
-        self._pcm += pcm
-        return None
-
-    def finish(self) -> SttResult:
-        pcm = bytes(self._pcm)
-        self._pcm.clear()
-        return self._engine.transcribe(pcm, self.rate_hz)
-
-    def close(self) -> None:
-        self._pcm.clear()
