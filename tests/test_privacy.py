@@ -12,7 +12,6 @@ import dataclasses
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.speech import espeak_pcm, have_espeak
+from tests.test_service import free_port
 from tests.test_turns import HOURS, make_shared, timeline
 from voicebot_pbx.answers.dialogue import RuleDialogue
 from voicebot_pbx.call.prompts import TtsCache
@@ -34,12 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT = "15805427"
 # The number written any way: "15805427", "1 5 8 0 5 4 2 7", "1-5-8-0 ...".
 ACCOUNT_ANYHOW = re.compile(r"\D{0,3}".join(ACCOUNT).encode())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.models

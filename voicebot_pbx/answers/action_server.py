@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,12 @@ import httpx
 import structlog
 
 from voicebot_pbx.answers.rasa_server import RASA_ENV, default_rasa_venv
-from voicebot_pbx.answers.supervised import ChildError, SupervisedChild
+from voicebot_pbx.answers.supervised import (
+    ChildError,
+    SupervisedChild,
+    SupervisedServer,
+    wait_for_http,
+)
 from voicebot_pbx.config import ActionsConfig
 
 __all__ = [
@@ -83,7 +87,7 @@ def backends_document(config: ActionsConfig, state_dir: str | Path) -> dict[str,
     }
 
 
-class ActionServer:
+class ActionServer(SupervisedServer):
     """Runs and supervises one rasa-sdk action server for ``[actions]``."""
 
     def __init__(
@@ -145,18 +149,6 @@ class ActionServer:
     def config_path(self) -> Path:
         return self.work_dir / f"actions-{self.port}.json"
 
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    @property
-    def ready(self) -> bool:
-        return self._child.ready
-
-    @property
-    def restarts(self) -> int:
-        return self._child.restarts
-
     def write_config(self) -> Path:
         path = self.config_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,36 +184,8 @@ class ActionServer:
         self.write_config()
         await self._child.start()
 
-    async def wait_ready(self, timeout_s: float) -> None:
-        await self._child.wait_ready(timeout_s)
-
-    async def stop(self) -> None:
-        await self._child.stop()
-
-    async def __aenter__(self) -> ActionServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
 
 # -- command line (systemd) ----------------------------------------------------------------
-
-
-def _wait(url: str, timeout_s: float, poll_s: float = 0.5) -> int:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                log.info("action_server.ready", url=url)
-                return 0
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() >= deadline:
-            log.error("action_server.not_ready", url=url, timeout_s=timeout_s)
-            return 1
-        time.sleep(poll_s)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     server = ActionServer(config.actions, state_dir=config.state_dir, venv_dir=args.venv)
     if args.command == "wait":
-        return _wait(server.base_url, args.timeout)
+        return wait_for_http(
+            f"{server.base_url}/health", args.timeout, event_prefix="action_server"
+        )
     server.write_config()
     argv_run = server.argv()
     sys.stdout.flush()

@@ -38,7 +38,12 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import structlog
 
-from voicebot_pbx.answers.supervised import SupervisedChild, log_tail
+from voicebot_pbx.answers.supervised import (
+    SupervisedChild,
+    SupervisedServer,
+    log_tail,
+    wait_for_http,
+)
 from voicebot_pbx.facts import FactsError, load_facts, render
 
 __all__ = [
@@ -162,7 +167,7 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-class RasaServer:
+class RasaServer(SupervisedServer):
     """Trains (if needed), runs and supervises one ``rasa run`` process."""
 
     def __init__(
@@ -250,23 +255,6 @@ class RasaServer:
     @property
     def model(self) -> TrainedModel | None:
         return self._model
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid
-
-    @property
-    def ready(self) -> bool:
-        """True while the process runs and answered ``/status`` with its model loaded."""
-        return self._child.ready
-
-    @property
-    def restarts(self) -> int:
-        return self._child.restarts
-
-    @property
-    def startup_s(self) -> float | None:
-        return self._child.startup_s
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -442,42 +430,15 @@ class RasaServer:
         resp = await client.get(f"{self.base_url}/status", params=params)
         return resp.status_code == 200 and bool(resp.json().get("model_file"))
 
-    async def wait_ready(self, timeout_s: float) -> None:
-        """Wait until the (possibly restarting) server is ready; TimeoutError otherwise."""
-        await self._child.wait_ready(timeout_s)
-
-    async def stop(self) -> None:
-        """Stop supervising and terminate the server (idempotent)."""
-        await self._child.stop()
-
-    async def __aenter__(self) -> RasaServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
 
 # -- command line (systemd) ----------------------------------------------------------------
 
 
 def wait_until_ready(host: str, port: int, timeout_s: float, poll_s: float = 0.5) -> int:
     """0 once ``GET /`` of the Rasa server answers 200 ("Hello from Rasa"), 1 after
-    ``timeout_s``: systemd's ``ExecStartPost=`` of the Rasa units, so a unit ordered
-    ``After=`` it starts only when Rasa can answer."""
+    ``timeout_s`` (``ExecStartPost=`` of the Rasa units)."""
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(url, timeout=min(2.0, timeout_s)).status_code == 200:
-                log.info("rasa_server.ready", url=url)
-                return 0
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() >= deadline:
-            log.error("rasa_server.not_ready", url=url, timeout_s=timeout_s)
-            return 1
-        time.sleep(poll_s)
+    return wait_for_http(url, timeout_s, event_prefix="rasa_server", poll_s=poll_s)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

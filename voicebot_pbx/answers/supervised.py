@@ -27,12 +27,19 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 import httpx
 import structlog
 
-__all__ = ["ChildError", "Probe", "SupervisedChild", "log_tail"]
+__all__ = [
+    "ChildError",
+    "Probe",
+    "SupervisedChild",
+    "SupervisedServer",
+    "log_tail",
+    "wait_for_http",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -346,3 +353,63 @@ class SupervisedChild:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+class SupervisedServer:
+    """What a server the bot runs as a ``SupervisedChild`` (the Rasa server, the action
+    server) shows of it; the subclass builds ``_child`` and says how it starts."""
+
+    _child: SupervisedChild
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid
+
+    @property
+    def ready(self) -> bool:
+        """True while the process runs and its readiness probe said so."""
+        return self._child.ready
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts
+
+    @property
+    def startup_s(self) -> float | None:
+        return self._child.startup_s
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Wait until the (possibly restarting) server is ready; TimeoutError otherwise."""
+        await self._child.wait_ready(timeout_s)
+
+    async def stop(self) -> None:
+        """Stop supervising and terminate the server (idempotent)."""
+        await self._child.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+
+def wait_for_http(url: str, timeout_s: float, *, event_prefix: str, poll_s: float = 0.5) -> int:
+    """0 once ``GET url`` answers 200, 1 after ``timeout_s`` (blocking): systemd's
+    ``ExecStartPost=`` of the Rasa and action server units, so a unit ordered ``After=`` one
+    starts only when it can answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=min(2.0, timeout_s)).status_code == 200:
+                log.info(f"{event_prefix}.ready", url=url)
+                return 0
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            log.error(f"{event_prefix}.not_ready", url=url, timeout_s=timeout_s)
+            return 1
+        time.sleep(poll_s)

@@ -222,10 +222,15 @@ def _recorder(config: Config, webhook: WebhookSender | None) -> Recorder:
     return WebhookRecorder(stored, webhook.outbox, webhook, Redactor.from_config(config.analytics))
 
 
+def _rasa_venv(config: Config) -> Path:
+    """The Rasa venv (the action server runs in it too)."""
+    return Path(config.rasa.venv_dir) if config.rasa.venv_dir else default_rasa_venv()
+
+
 def rasa_server_for(config: Config) -> RasaServer:
     """The managed Rasa server described by the config (not started)."""
     url = urlsplit(config.rasa.url)
-    venv = Path(config.rasa.venv_dir) if config.rasa.venv_dir else default_rasa_venv()
+    venv = _rasa_venv(config)
     # systemd's CacheDirectory= (writable under ProtectSystem=strict) before the install's
     # cache folder, which a production unit mounts read-only.
     systemd_cache = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
@@ -247,7 +252,7 @@ def action_server_for(config: Config) -> ActionServer | None:
     """The managed action server (not started), when ``[actions]`` is enabled."""
     if not config.actions.enabled:
         return None
-    venv = Path(config.rasa.venv_dir) if config.rasa.venv_dir else default_rasa_venv()
+    venv = _rasa_venv(config)
     return ActionServer(
         config.actions,
         state_dir=config.state_dir,
