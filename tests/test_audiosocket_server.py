@@ -608,6 +608,73 @@ def test_call_cap_rejects_the_third_call_with_0x00() -> None:
     run(main)
 
 
+def test_a_full_bot_evicts_a_connection_that_never_sent_audio_for_a_new_call() -> None:
+    """Issue #24 item 6: a broken PBX that connects, sends a UUID and then nothing must not
+    hold slots that real callers need. The older call that streams audio is kept."""
+
+    async def main() -> None:
+        with capture() as logs:
+            async with serving(Bot(), max_calls=2, evict_silent_after_s=0.3) as server:
+                talker = good_caller(server.port)
+                talking = asyncio.create_task(talker.run([Pause(1.5)]))
+                assert await eventually(lambda: len(server.calls) == 1)
+                mute = await RawPeer().connect("127.0.0.1", server.port)
+                mute_id = uuid.uuid4()
+                await mute.send(wire.encode_uuid(mute_id))
+                assert await eventually(lambda: len(server.calls) == 2)
+                await asyncio.sleep(0.4)
+                newcomer = await good_caller(server.port).run([Pause(0.5)])
+                assert await mute.wait_eof(2.0)  # given 0x00, its dialplan goes on
+                await mute.close()
+                kept = await talking
+                assert server.calls_rejected == 0
+        assert [(m.kind, m.payload) for m in mute.received if m.kind == HANGUP] == [(HANGUP, b"")]
+        evicted = [e for e in logs if e["event"] == "call_evicted"]
+        assert len(evicted) == 1 and evicted[0]["evicted_call_id"] == str(mute_id)
+        assert not [e for e in logs if e["event"] == "call_rejected"]
+        for result in (newcomer, kept):
+            assert pacing_problems([t for t, _ in result.frames], min_frames=10) == []
+
+    run(main)
+
+
+def test_a_connection_that_never_sent_audio_is_not_evicted_before_its_time() -> None:
+    async def main() -> None:
+        async with serving(Bot(), max_calls=1, evict_silent_after_s=30.0) as server:
+            mute = await RawPeer().connect("127.0.0.1", server.port)
+            await mute.send(wire.encode_uuid(uuid.uuid4()))
+            assert await eventually(lambda: len(server.calls) == 1)
+            refused = await RawPeer().connect("127.0.0.1", server.port)
+            await refused.send(wire.encode_uuid(uuid.uuid4()))
+            assert await refused.wait_eof(2.0)
+            await refused.close()
+            assert len(server.calls) == 1 and server.calls_rejected == 1
+            assert not mute.eof.is_set()
+            await mute.close()
+
+    run(main)
+
+
+def test_max_calls_per_peer_refuses_a_second_call_from_the_same_host() -> None:
+    async def main() -> None:
+        with capture() as logs:
+            async with serving(Bot(), max_calls=8, max_calls_per_peer=1) as server:
+                first = asyncio.create_task(good_caller(server.port).run([Pause(1.0)]))
+                assert await eventually(lambda: len(server.calls) == 1)
+                second = await RawPeer().connect("127.0.0.1", server.port)
+                await second.send(wire.encode_uuid(uuid.uuid4()))
+                assert await second.wait_eof(2.0)
+                await second.close()
+                await first
+                assert await eventually(lambda: not server.calls)
+                after = await good_caller(server.port).run([Pause(0.3)])
+        reasons = [e["reason"] for e in logs if e["event"] == "call_rejected"]
+        assert reasons == ["max_calls_per_peer"]
+        assert pacing_problems([t for t, _ in after.frames], min_frames=10) == []
+
+    run(main)
+
+
 def test_ipv6_loopback() -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6 in this Python")

@@ -25,9 +25,10 @@ START = (
 FRAME_BYTES = 640  # 20 ms of slin16
 
 
-async def bot(tmp_path_recorder: JsonlRecorder) -> WebSocketServer:
+async def bot(tmp_path_recorder: JsonlRecorder, **settings: object) -> WebSocketServer:
     shared = dataclasses.replace(make_shared(stt_delay_s=0.05), recorder=tmp_path_recorder)
     config = ServerConfig(port=0, first_message_timeout_s=1.0, write_timeout_s=1.0)
+    config = dataclasses.replace(config, **settings)
     server = WebSocketServer(WebSocketConfig(port=0), config, make_handler(shared))
     await server.start()
     return server
@@ -137,6 +138,41 @@ def test_bad_peers_are_refused_with_one_line_and_others_go_on(tmp_path: object) 
     assert "subprotocol_not_media" in reasons and "no_media_start" in reasons, reasons
     (record,) = recorder.read_all()
     assert record["end_reason"] == "bad_input"
+
+
+def test_a_full_bot_evicts_a_websocket_call_that_never_sent_media(tmp_path: object) -> None:
+    """Issue #24 item 6 over chan_websocket: MEDIA_START and then no frame at all holds the
+    only slot; a new call past ``evict_silent_after_s`` takes it, the mute one gets HANGUP."""
+    from pathlib import Path
+
+    recorder = JsonlRecorder(Path(str(tmp_path)) / "calls.jsonl")
+
+    async def scenario() -> tuple[list[str], int, list[dict[str, object]]]:
+        server = await bot(recorder, max_calls=1, evict_silent_after_s=0.3)
+        url = f"ws://127.0.0.1:{server.port}/"
+        mute_texts: list[str] = []
+        try:
+            with structlog.testing.capture_logs() as logs:
+                async with connect(url, subprotocols=["media"]) as mute:  # type: ignore[list-item]
+                    await mute.send(START.replace("1764720000.42", "1764720000.41"))
+                    await asyncio.sleep(0.5)
+                    async with connect(url, subprotocols=["media"]) as ws:  # type: ignore[list-item]
+                        await ws.send(START)
+                        voiced = await drain(ws, 1.0, [])
+                        try:
+                            await drain(mute, 0.5, mute_texts)
+                        except ConnectionClosed:
+                            pass  # closed by the bot after its HANGUP
+        finally:
+            await server.close()
+        return mute_texts, voiced, logs
+
+    mute_texts, voiced, logs = asyncio.run(scenario())
+    assert any(text.startswith("HANGUP") for text in mute_texts), mute_texts
+    assert voiced > 0  # the newcomer was greeted
+    assert [e["event"] for e in logs if e["event"] in ("call_evicted", "call_rejected")] == [
+        "call_evicted"
+    ]
 
 
 def test_basic_auth_as_websocket_client_conf_sends_it(tmp_path: object) -> None:

@@ -28,6 +28,13 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 9092
     max_calls: int = 32
+    # When every slot is taken, a call that has sent no audio frame since it connected at
+    # least this long ago (a broken PBX holding UUID-only connections) is hung up to make
+    # room for the new one (0: never). A caller whose trunk sends nothing while silent is
+    # only at risk while the bot is full.
+    evict_silent_after_s: float = 10.0
+    # At most this many calls at once from one peer address (0: no cap besides max_calls).
+    max_calls_per_peer: int = 0
     # Asterisk sends the UUID at once; a peer that says nothing is closed after this.
     first_message_timeout_s: float = 5.0
     # Rate of the keep-alive silence sent before the first inbound audio reveals the call's rate.
@@ -728,6 +735,8 @@ def _validate(config: Config, source: str) -> None:
         problems.append("server.default_rate_hz must be 8000 or 16000")
     if config.server.max_calls < 1:
         problems.append("server.max_calls must be at least 1")
+    if config.server.evict_silent_after_s < 0 or config.server.max_calls_per_peer < 0:
+        problems.append("server.evict_silent_after_s and server.max_calls_per_peer must be >= 0")
     if not 0.0 < config.vad.neg_threshold <= config.vad.threshold < 1.0:
         problems.append("vad thresholds need 0 < neg_threshold <= threshold < 1")
     if config.vad.end_silence_max_ms < config.vad.end_silence_ms:

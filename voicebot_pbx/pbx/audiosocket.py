@@ -78,7 +78,6 @@ class AudioSocketCall(CallState):
         self.caller_id: str | None = None  # AudioSocket carries none (AMI could)
         self.dtmf_filter: Callable[[str, str], bool] | None = None
         self.bytes_in = 0
-        self.frames_in = 0
 
     async def wait_for_rate(self, timeout_s: float) -> int:
         with contextlib.suppress(TimeoutError):
@@ -281,11 +280,17 @@ class AudioSocketServer(CallServer[AudioSocketCall]):
             await _close_writer(writer)
             return
         call_id = str(call_uuid)
-        if len(self.calls) >= self._config.max_calls:
+        refused = await self.make_room(
+            peer,
+            max_calls=self._config.max_calls,
+            per_peer=self._config.max_calls_per_peer,
+            evict_silent_after_s=self._config.evict_silent_after_s,
+        )
+        if refused is not None:
             self.calls_rejected += 1
             _warn(
                 "call_rejected",
-                reason="max_calls",
+                reason=refused,
                 call_id=call_id,
                 peer=peer,
                 max_calls=self._config.max_calls,

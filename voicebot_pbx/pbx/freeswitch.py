@@ -114,7 +114,6 @@ class FreeswitchCall(CallState):
         self._config = config
         self._rates = RateAdapter(info.rate_hz, self._rate_hz)
         self.media: UnicastEndpoint | None = None
-        self.frames_in = 0
         self.bad_inputs: dict[str, int] = {}
         self.hangup_sent = False
         self.resume_sent = False

@@ -96,6 +96,8 @@ class CallState:
         self._closed = asyncio.Event()
         self.end_reason: str | None = None
         self.inbound_dropped = 0
+        self.frames_in = 0  # inbound audio frames (a call that sent none may be evicted)
+        self.connected_at_s = asyncio.get_running_loop().time()
 
     @property
     def rate_hz(self) -> int:

@@ -32,6 +32,10 @@ HANDLER_GRACE_S = 5.0
 
 
 class ServedCall(CallMedia, Protocol):
+    peer: str  # "host:port"
+    frames_in: int
+    connected_at_s: float  # loop time
+
     @property
     def closed(self) -> bool: ...
 
@@ -83,6 +87,43 @@ class CallServer(Generic[C]):
         await asyncio.gather(*(call.hangup(reason) for call in list(self.calls.values())))
         await finish_connections(self._connections, grace_s)
         await self._listener_closed()
+
+    async def make_room(
+        self, peer: str, *, max_calls: int, per_peer: int, evict_silent_after_s: float
+    ) -> str | None:
+        """May a new call from ``peer`` ("host:port") start? None if so, else the refusal
+        reason (``max_calls_per_peer`` counts calls from the same host).
+
+        Calls already closed (finishing their record) do not count. When every slot is
+        taken, the oldest call that has sent no audio frame for ``evict_silent_after_s``
+        since it connected (a broken or hostile PBX holding UUID-only connections) is hung
+        up to make room, with one ``call_evicted`` line."""
+        live = {call_id: call for call_id, call in self.calls.items() if not call.closed}
+        host = _host_of(peer)
+        if per_peer and sum(_host_of(c.peer) == host for c in live.values()) >= per_peer:
+            return "max_calls_per_peer"
+        if len(live) < max_calls:
+            return None
+        if evict_silent_after_s > 0:
+            now_s = asyncio.get_running_loop().time()
+            silent = [
+                (call.connected_at_s, call_id)
+                for call_id, call in live.items()
+                if call.frames_in == 0 and now_s - call.connected_at_s >= evict_silent_after_s
+            ]
+            if silent:
+                _at, victim_id = min(silent)
+                victim = live[victim_id]
+                log.warning(
+                    "call_evicted",
+                    reason="no_audio",
+                    evicted_call_id=victim_id,
+                    evicted_peer=victim.peer,
+                    silent_s=round(now_s - victim.connected_at_s, 1),
+                )
+                await victim.hangup("evicted_no_audio")
+                return None
+        return "max_calls"
 
     def _peer_allowed(self, address: str, *, unix_peer: bool = False) -> bool:
         """Loopback only by default; the configured CIDRs when the PBX is elsewhere.
@@ -137,3 +178,8 @@ class CallServer(Generic[C]):
                     handler_task.cancel()
         finally:
             closed_task.cancel()
+
+
+def _host_of(peer: str) -> str:
+    """The address part of a "host:port" peer (IPv6 hosts contain colons themselves)."""
+    return peer.rsplit(":", 1)[0]

@@ -75,7 +75,6 @@ class WebSocketCall(CallState):
         self._xon.set()
         self._flush_pending = False
         self.flushes = 0
-        self.frames_in = 0
         self.xoffs = 0
         self.speaker.on_flush = self._request_flush
 
@@ -325,11 +324,17 @@ class WebSocketServer(CallServer[WebSocketCall]):
             log.warning("bad_input", reason="no_media_start", detail=detail[:200], peer=peer)
             await self._refuse(connection, peer, "no_media_start")
             return
-        if len(self.calls) >= self._server_config.max_calls:
+        refused = await self.make_room(
+            peer,
+            max_calls=self._server_config.max_calls,
+            per_peer=self._server_config.max_calls_per_peer,
+            evict_silent_after_s=self._server_config.evict_silent_after_s,
+        )
+        if refused is not None:
             with contextlib.suppress(ConnectionClosed, ConnectionError, OSError, TimeoutError):
                 async with asyncio.timeout(self._server_config.write_timeout_s):
                     await connection.send(wire.encode_command("HANGUP", control_format))
-            await self._refuse(connection, peer, "max_calls")
+            await self._refuse(connection, peer, refused)
             return
         call = WebSocketCall(connection, start, control_format, self._server_config, peer)
         call.dtmf_filter = self._dtmf_filter
