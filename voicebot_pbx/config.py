@@ -185,6 +185,11 @@ class DialogueConfig:
     # hold_reply, plays meanwhile. 0: never.
     hold_after_s: float = 0.7
     hold_reply: str = "One moment, please."
+    # The longest silence the caller hears while the bot waits for something late (after
+    # the hold line: a dialogue answer, the LLM's first or next sentence, a voice's next
+    # sentence): past it the bot gives up on that and says its fallback. 0: each stage's
+    # own timeout only.
+    max_dead_air_s: float = 1.2
 
 
 _BACKCHANNELS = (

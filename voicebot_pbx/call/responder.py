@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -98,6 +98,62 @@ class Responder:
         hold = BotReply(clip="hold") if has_clip else BotReply(text=text)
         return await self.play(hold, generation, turn, origin_at)
 
+    def hold_ready(self, text: str) -> bool:
+        """The hold line can play without the voice (a clip, or cached audio)."""
+        return (
+            self.clips.get("hold", self.rate_hz) is not None
+            or self.tts_cache.get(text, self.rate_hz) is not None
+        )
+
+    def _silent_since(self, quiet_from: float) -> float:
+        """Loop time the caller's line goes (or went) quiet: the end of the audio still
+        queued, else the later of the last audio frame written and ``quiet_from``."""
+        if self.speaker.busy:
+            return asyncio.get_running_loop().time() + self.speaker.buffered_s
+        last = self.speaker.last_audio_at_s
+        return quiet_from if last is None else max(quiet_from, last)
+
+    async def wait_audible(
+        self,
+        pending: asyncio.Future[Any],
+        *,
+        turn: TurnRecord,
+        origin_at: float,
+        quiet_from: float,
+        generation: int,
+        hold_after_s: float,
+        hold_text: str | None,
+        limit_s: float,
+        tag: str,
+    ) -> bool:
+        """Wait for ``pending`` (a dialogue answer, an LLM sentence, a voice's sentence)
+        without leaving the caller in silence: once the line has been quiet for
+        ``hold_after_s`` (counted from ``quiet_from`` at the earliest) the hold line plays
+        (once per ``tag`` and turn; not when ``hold_text`` is None), and once it has been
+        quiet ``[dialogue] max_dead_air_s`` after that, or at ``limit_s``, this gives up.
+        True when ``pending`` is done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        dead_air_s = self.config.dialogue.max_dead_air_s
+        holding_stage = hold_after_s > 0
+        while not pending.done():
+            budget_s = hold_after_s if holding_stage else dead_air_s
+            until = deadline
+            if budget_s > 0:
+                until = min(deadline, self._silent_since(quiet_from) + budget_s)
+            now = loop.time()
+            if until > now:
+                await asyncio.wait({pending}, timeout=until - now)
+                continue
+            if now >= deadline or not holding_stage:
+                break
+            holding_stage = False
+            quiet_from = now  # the dead-air allowance starts here (or when the hold ends)
+            if hold_text is not None and f"{tag}_hold" not in turn.fallbacks:
+                turn.fallbacks.append(f"{tag}_hold")
+                await self.hold(hold_text, generation, turn, origin_at)
+        return pending.done()
+
     async def speak_line(self, text: str, generation: int, turn: TurnRecord) -> str:
         """A fixed line (cached at start-up when possible)."""
         turn.reply_text = text
@@ -115,7 +171,7 @@ class Responder:
             voices.append(("tts_backup", self.engines.tts_backup))
         for source, voice in voices:
             try:
-                await self._synthesize(voice, text, generation, turn)
+                await self._synthesize(voice, text, generation, turn, origin_at)
                 return source
             except EngineTimeout:
                 turn.fallbacks.append(f"{source}_timeout")
@@ -130,13 +186,21 @@ class Responder:
             self.speaker.enqueue(clip, generation, trim_lead_in=True)
             turn.fallbacks.append("tts_clip")
             return "clip"
+        # Else the apology, cached at start-up: the caller is not left in silence.
+        apology = self.tts_cache.get(self.config.fallbacks.apology, self.rate_hz)
+        if apology is not None and text != self.config.fallbacks.apology:
+            self.speaker.enqueue(apology, generation, trim_lead_in=True)
+            turn.fallbacks.append("tts_apology")
+            return "cache"
         return ""
 
     async def _synthesize(
-        self, voice: SpeechSynth, text: str, generation: int, turn: TurnRecord
+        self, voice: SpeechSynth, text: str, generation: int, turn: TurnRecord, origin_at: float
     ) -> None:
         """Sentence by sentence into the speaker; raises if the voice fails before the
-        first sentence (after that, what was said stays said)."""
+        first sentence (after that, what was said stays said). A late first sentence gets
+        the hold line (when it can play without the voice) after ``max_dead_air_s``; a
+        voice that leaves the line quiet for longer than that again is given up on."""
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         self._cancel = cancel
@@ -144,11 +208,32 @@ class Responder:
         sentences = voice.synthesize(text, self.rate_hz, cancel)
         started = loop.time()
         complete = False
+        timeout_s = self.config.tts.timeout_s
+        hold_text = self.config.dialogue.hold_reply
         try:
             while True:
-                chunk = await self.engines.run(
-                    "tts", self.config.tts.timeout_s, lambda: next(sentences, None)
+                job = asyncio.ensure_future(
+                    self.engines.run("tts", timeout_s, lambda: next(sentences, None))
                 )
+                try:
+                    first = not chunks
+                    in_time = await self.wait_audible(
+                        job,
+                        turn=turn,
+                        origin_at=origin_at,
+                        quiet_from=loop.time(),  # the voice's own lateness
+                        generation=generation,
+                        hold_after_s=self.config.dialogue.max_dead_air_s if first else 0.0,
+                        hold_text=hold_text if first and self.hold_ready(hold_text) else None,
+                        limit_s=timeout_s,
+                        tag="tts",
+                    )
+                finally:
+                    if not job.done():
+                        job.cancel()
+                if not in_time:
+                    raise EngineTimeout("tts", self.config.dialogue.max_dead_air_s)
+                chunk = job.result()
                 if chunk is None:
                     complete = True
                     break
@@ -190,17 +275,25 @@ class Responder:
         async with contextlib.aclosing(llm.answer(composed.question)) as stream:
             pending = asyncio.ensure_future(anext(stream, None))
             try:
-                done, _ = await asyncio.wait({pending}, timeout=cfg.first_sentence_timeout_s)
-                if not done:
-                    turn.fallbacks.append("llm_hold")
-                    sources.append(await self.hold(cfg.hold_reply, generation, turn, origin_at))
-                    rest_s = max(0.0, cfg.hard_timeout_s - (loop.time() - started))
-                    done, _ = await asyncio.wait({pending}, timeout=rest_s)
-                    if not done:
-                        turn.fallbacks.append("llm_timeout")
-                        pending.cancel()
-                        sources.append(await self.speak_line(cfg.fallback_reply, generation, turn))
-                        return False
+                held = len(turn.fallbacks)
+                in_time = await self.wait_audible(
+                    pending,
+                    turn=turn,
+                    origin_at=origin_at,
+                    quiet_from=started,
+                    generation=generation,
+                    hold_after_s=cfg.first_sentence_timeout_s,
+                    hold_text=cfg.hold_reply,
+                    limit_s=cfg.hard_timeout_s,
+                    tag="llm",
+                )
+                if "llm_hold" in turn.fallbacks[held:]:
+                    sources.append("hold")
+                if not in_time:
+                    turn.fallbacks.append("llm_timeout")
+                    pending.cancel()
+                    sources.append(await self.speak_line(cfg.fallback_reply, generation, turn))
+                    return False
                 item = pending.result()
                 while item is not None:
                     if isinstance(item, Rejected):
@@ -214,7 +307,22 @@ class Responder:
                         spoken.append(item.text)
                         await self._speak(item.text, generation, turn, origin_at)
                         sources.append("llm")
-                    item = await anext(stream, None)
+                    pending = asyncio.ensure_future(anext(stream, None))
+                    rest_s = max(0.0, cfg.hard_timeout_s - (loop.time() - started))
+                    if not await self.wait_audible(
+                        pending,
+                        turn=turn,
+                        origin_at=origin_at,
+                        quiet_from=loop.time(),
+                        generation=generation,
+                        hold_after_s=0.0,
+                        hold_text=None,
+                        limit_s=rest_s,
+                        tag="llm",
+                    ):
+                        turn.fallbacks.append("llm_stalled")  # what was said stays said
+                        break
+                    item = pending.result()
             finally:
                 if not pending.done():
                     # The generator must be idle before aclosing() closes it.

@@ -512,18 +512,27 @@ class CallSession:
         self, make_turn: Awaitable[DialogueTurn], turn: TurnRecord, origin_at: float
     ) -> DialogueTurn:
         """The dialogue's answer; if it is late (a back-end lookup), the hold line plays
-        while it is worked out."""
-        hold_after_s = self.config.dialogue.hold_after_s
-        if hold_after_s <= 0 or turn.kind == "greeting":
+        while it is worked out, and past the hold line's ``max_dead_air_s`` it counts as a
+        dialogue timeout (TimeoutError)."""
+        cfg = self.config.dialogue
+        if cfg.hold_after_s <= 0 or turn.kind == "greeting":
             return await make_turn
         pending = asyncio.ensure_future(make_turn)
         try:
-            done, _ = await asyncio.wait({pending}, timeout=hold_after_s)
-            if not done:
-                turn.fallbacks.append("dialogue_hold")
-                hold = self.config.dialogue.hold_reply
-                await self.responder.hold(hold, self.speaker.generation, turn, origin_at)
-            return await pending
+            in_time = await self.responder.wait_audible(
+                pending,
+                turn=turn,
+                origin_at=origin_at,
+                quiet_from=asyncio.get_running_loop().time(),
+                generation=self.speaker.generation,
+                hold_after_s=cfg.hold_after_s,
+                hold_text=cfg.hold_reply,
+                limit_s=cfg.timeout_s,
+                tag="dialogue",
+            )
+            if not in_time:
+                raise TimeoutError
+            return pending.result()
         finally:
             if not pending.done():
                 pending.cancel()
