@@ -112,7 +112,8 @@ def test_wrong_type_names_the_key_and_the_file(tmp_path: Path, text: str, key: s
 def test_invalid_values_are_rejected(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "[server]\ndefault_rate_hz = 44100\nmax_calls = 0\nmax_calls_per_peer = -1\n",
+        "[server]\ndefault_rate_hz = 44100\nmax_calls = 0\nmax_calls_per_peer = -1\n"
+        "[dialogue]\nmax_dead_air_s = -1\n",
     )
     with pytest.raises(ConfigError) as info:
         load_config(path)
@@ -120,6 +121,7 @@ def test_invalid_values_are_rejected(tmp_path: Path) -> None:
     assert "server.default_rate_hz" in str(info.value)
     assert "server.max_calls must" in str(info.value)
     assert "server.evict_silent_after_s and server.max_calls_per_peer" in str(info.value)
+    assert "hold_after_s and max_dead_air_s >= 0" in str(info.value)
 
 
 def test_a_tiebreak_silence_outside_the_short_and_maximum_silences_is_rejected(

@@ -740,6 +740,9 @@ def _validate(config: Config, source: str) -> None:
         problems.append("server.default_rate_hz must be 8000 or 16000")
     if config.server.max_calls < 1:
         problems.append("server.max_calls must be at least 1")
+    dialogue = config.dialogue
+    if dialogue.timeout_s <= 0 or dialogue.hold_after_s < 0 or dialogue.max_dead_air_s < 0:
+        problems.append("dialogue: timeout_s > 0, hold_after_s and max_dead_air_s >= 0")
     if config.server.evict_silent_after_s < 0 or config.server.max_calls_per_peer < 0:
         problems.append("server.evict_silent_after_s and server.max_calls_per_peer must be >= 0")
     if not 0.0 < config.vad.neg_threshold <= config.vad.threshold < 1.0:
