@@ -11,7 +11,9 @@ is checked is what the caller heard and the bot's call record, never timing (tha
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -127,3 +129,62 @@ def test_a_transfer_redirects_the_channel_that_dialled_the_bot_with_its_context(
     assert not record.errors, record.errors
     globals_text = bed.asterisk.cli("dialplan show globals")
     assert f"vbxfer_{tag}=agents|{record.call_id}|no" in globals_text, bed.bot.log_tail()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, made with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "bot-cert.pem", folder / "bot-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    """Issue #20: wss:// from the real Asterisk (websocket_client.conf ``tls_enabled``,
+    ``verify_server_cert``/``verify_server_hostname``) to the bot's TLS listener."""
+    folder = tmp_path_factory.mktemp("real-asterisk-wss")
+    ws_port = free_port()
+    asterisk = Asterisk(folder / "asterisk", bot_port=free_port(), ws_port=ws_port)
+    cert, key = self_signed(folder / "asterisk" / "keys")
+    asterisk.start()
+    bot = BotProcess(
+        folder / "bot",
+        ami_port=asterisk.ami_port,
+        ami_secret=asterisk.ami_secret,
+        extra_toml=(
+            f'[websocket]\nenabled = true\nport = {ws_port}\nusername = "asterisk"\n'
+            f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
+        ),
+        extra_env={"VOICEBOT_WEBSOCKET_PASSWORD": WS_PASSWORD},
+    )
+    try:
+        bot.start()
+        yield Bed(asterisk, bot, set())
+    finally:
+        bot.stop()
+        asterisk.cleanup()
+
+
+def test_a_question_is_answered_over_wss_with_the_certificate_verified(tls_bed: Bed) -> None:
+    hours = tls_bed.asterisk.sound("hours-wss", question_pcm("what are your opening hours"))
+    tag = tls_bed.run_call([f"p:silence/{GREETING_S}", f"p:{hours}", "p:silence/5"], mode="wss16")
+    question_end_s, reply_s = asked_and_answered(tls_bed, tag)
+    assert reply_s < question_end_s + 5.0
+    (record,) = tls_bed.new_records()
+    assert record.rate_hz == 16000 and record.end_reason == "caller_hangup"
+    speech = [t for t in record.turns if t.kind == "speech"]
+    assert len(speech) == 1 and speech[0].reply_text.startswith(HOURS_REPLY)
+    listening = [
+        json.loads(line)
+        for line in tls_bed.bot.log_text().splitlines()
+        if '"websocket_listening"' in line
+    ]
+    assert listening and listening[0]["tls"] is True
