@@ -154,6 +154,8 @@ def tls_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     ws_port = free_port()
     asterisk = Asterisk(folder / "asterisk", bot_port=free_port(), ws_port=ws_port)
     cert, key = self_signed(folder / "asterisk" / "keys")
+    other, _ = self_signed(folder / "other")
+    other.rename(folder / "asterisk" / "keys" / "other-cert.pem")
     asterisk.start()
     bot = BotProcess(
         folder / "bot",
@@ -188,3 +190,13 @@ def test_a_question_is_answered_over_wss_with_the_certificate_verified(tls_bed: 
         if '"websocket_listening"' in line
     ]
     assert listening and listening[0]["tls"] is True
+
+
+def test_asterisk_refuses_a_bot_certificate_it_does_not_trust(tls_bed: Bed) -> None:
+    """The check above is real: a stanza trusting another CA gets no connection."""
+    tag = tls_bed.asterisk.call(["p:silence/3"], mode="wssbad16")
+    tls_bed.asterisk.wait_call_gone(tag, 20.0)
+    globals_text = tls_bed.asterisk.cli("dialplan show globals")
+    assert f"vbnext_{tag}=" in globals_text, globals_text[-2000:]
+    assert f"vbnext_{tag}=ANSWER" not in globals_text
+    assert "Client start error" in tls_bed.asterisk.log_tail(20000)
