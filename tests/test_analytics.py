@@ -737,3 +737,239 @@ def test_analytics_config_parses_like_the_rest_of_the_config() -> None:
     for bad in ({"backend": "mysql"}, {"retention_days": -1}, {"redact_names": "Alice"}):
         with pytest.raises(config_parse.ConfigError, match="analytics"):
             config_parse.build(AnalyticsConfig, bad, "analytics", "<test>")
+
+
+# --- a page of calls, filtered in SQL (the calls web page) -------------------------------------
+
+PAGE_T0 = 1_700_000_000.0
+PAGE_PROFILES = ("default", "sales", "Sales", "support")
+PAGE_REASONS = ("caller_hangup", "peer_hangup", "transferred", "bot_hangup", "drained", "boom", "")
+PAGE_INTENTS = ("billing", "Hours", "agent", None)
+PAGE_FALLBACKS = ((), ("stt_low_confidence",), ("clip_missing:hours", "llm_timeout"))
+
+
+def synthetic_calls(n: int, turns_per_call: int = 2) -> list[CallRecord]:
+    """``n`` calls a minute apart with a spread of profiles, end reasons (in progress and
+    an unknown one included), transfer targets, intents and fallbacks; some start in the
+    same second (ties are ordered by call id)."""
+    calls = []
+    for i in range(n):
+        started = PAGE_T0 + 60.0 * (i // 2 * 2 if i % 7 == 0 else i)
+        reason = PAGE_REASONS[i % len(PAGE_REASONS)]
+        call = CallRecord(
+            call_id=f"syn-{i:06d}",
+            pbx="asterisk",
+            peer="127.0.0.1",
+            profile=PAGE_PROFILES[i % len(PAGE_PROFILES)],
+            started_at=started,
+            ended_at=None if not reason else started + 30.0,
+            end_reason=reason,
+            transfer_target=("Sales-Queue" if i % 2 else "support")
+            if reason == "transferred"
+            else None,
+        )
+        for seq in range(turns_per_call):
+            call.turns.append(
+                TurnRecord(
+                    turn_id=seq,
+                    seq=seq,
+                    transcript=f"turn {seq}",
+                    intent=PAGE_INTENTS[(i + seq) % len(PAGE_INTENTS)],
+                    fallbacks=list(PAGE_FALLBACKS[(i * 3 + seq) % len(PAGE_FALLBACKS)]),
+                    end_of_speech_to_first_frame_ms=400.0,
+                    finished_at=started + 5.0 * (seq + 1),
+                )
+            )
+        calls.append(call)
+    return calls
+
+
+def bulk_write(store: Store, calls: list[CallRecord]) -> None:
+    """Many calls in one transaction (the recorder writes them one by one: too slow here)."""
+    from voicebot_pbx.ops.analytics_schema import (
+        CALL_UPSERT,
+        TURN_UPSERT,
+        call_params,
+        call_row,
+        turn_params,
+        turn_row,
+    )
+
+    with store._transaction() as cur:
+        cur.executemany(store._sql(CALL_UPSERT), [call_params(call_row(c, "n")) for c in calls])
+        cur.executemany(
+            store._sql(TURN_UPSERT),
+            [turn_params(turn_row(c.call_id, t)) for c in calls for t in c.turns],
+        )
+
+
+class _CountingCursor:
+    """A cursor that counts the rows fetched through it, by row width."""
+
+    def __init__(self, cur: Any, fetched: dict[int, int]) -> None:
+        self._cur, self._fetched = cur, fetched
+
+    def _count(self, rows: list[Any]) -> list[Any]:
+        for row in rows:
+            self._fetched[len(row)] = self._fetched.get(len(row), 0) + 1
+        return rows
+
+    def fetchall(self) -> list[Any]:
+        return self._count(list(self._cur.fetchall()))
+
+    def fetchone(self) -> Any:
+        row = self._cur.fetchone()
+        if row is not None:
+            self._count([row])
+        return row
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+
+class CountingSqliteStore(SqliteStore):
+    """A SQLite store that counts the rows it reads: ``calls_read`` (rows as wide as a call)
+    and ``turns_read`` (as wide as a turn)."""
+
+    fetched: dict[int, int]
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[Any]:
+        with super()._transaction(write=write) as cur:
+            yield _CountingCursor(cur, self.fetched)
+
+    @property
+    def calls_read(self) -> int:
+        return self.fetched.get(len(CALL_COLUMNS), 0)
+
+    @property
+    def turns_read(self) -> int:
+        return self.fetched.get(len(TURN_COLUMNS), 0)
+
+    @classmethod
+    def counting(cls, path: Path) -> CountingSqliteStore:
+        plain = SqliteStore.open(path, create=False)
+        store = cls(plain.conn, plain.path)
+        store.fetched = {}
+        return store
+
+
+def expected_page(calls: list[CallRecord], query: Any) -> list[str]:
+    """What ``calls_page(query)`` must return, in Python over all calls: newest first."""
+
+    def passes(call: CallRecord) -> bool:
+        if query.since is not None and call.started_at < query.since:
+            return False
+        if query.until is not None and call.started_at >= query.until:
+            return False
+        if query.end_reason and not query.end_reason(call.end_reason):
+            return False
+        if query.profile and not query.profile(call.profile):
+            return False
+        if query.transfer_target and not (
+            call.transfer_target is not None and query.transfer_target(call.transfer_target)
+        ):
+            return False
+        if query.intent and not any(
+            t.intent is not None and query.intent(t.intent) for t in call.turns
+        ):
+            return False
+        return not query.fallback or any(query.fallback(f) for t in call.turns for f in t.fallbacks)
+
+    matched = sorted(
+        (c for c in calls if passes(c)), key=lambda c: (c.started_at, c.call_id), reverse=True
+    )
+    return [c.call_id for c in matched]
+
+
+def page_queries() -> list[Any]:
+    from voicebot_pbx.ops.analytics_store import CallQuery
+
+    return [
+        CallQuery(),
+        CallQuery(profile=lambda p: p.casefold() == "sales"),  # "sales" and "Sales"
+        CallQuery(end_reason=lambda r: "caller_hangup" in (r, end_class(r))),  # peer_hangup too
+        CallQuery(end_reason=lambda r: end_class(r) == "error"),  # "boom"
+        CallQuery(end_reason=lambda r: end_class(r) == "in_progress"),  # ""
+        CallQuery(transfer_target=lambda t: t.casefold() == "sales-queue"),
+        CallQuery(intent=lambda i: i.casefold() == "hours"),
+        CallQuery(fallback=lambda f: "missing" in f),
+        CallQuery(since=PAGE_T0 + 600.0, until=PAGE_T0 + 3000.0, profile=lambda p: p == "sales"),
+        CallQuery(
+            intent=lambda i: i == "billing",
+            fallback=lambda f: f.startswith("stt"),
+            end_reason=lambda r: r != "",
+        ),
+        CallQuery(profile=lambda p: p == "nobody"),  # no stored value passes
+        CallQuery(since=PAGE_T0 + 1e9),  # an empty window
+    ]
+
+
+def check_calls_page(store: Store, calls: list[CallRecord]) -> None:
+    """``calls_page`` against the Python reference, every page of every query (any store)."""
+    for query in page_queries():
+        expected = expected_page(calls, query)
+        for size in (1, 7, 50):
+            got: list[str] = []
+            offset = 0
+            while True:
+                page = store.calls_page(query, limit=size, offset=offset)
+                assert page.total == len(expected)
+                assert len(page.calls) <= size
+                if not page.calls:
+                    break
+                got += [c.call_id for c in page.calls]
+                offset += size
+            assert got == expected, (query, size)
+    # A page's calls come with their turns, as ``call`` reads them.
+    first = store.calls_page(page_queries()[0], limit=3).calls
+    for call in first:
+        whole = store.call(call.call_id)
+        assert whole is not None and call == whole
+    with pytest.raises(ValueError, match="limit"):
+        store.calls_page(page_queries()[0], limit=0)
+    with pytest.raises(ValueError, match="limit"):
+        store.calls_page(page_queries()[0], limit=10_000)
+    with pytest.raises(ValueError, match="offset"):
+        store.calls_page(page_queries()[0], limit=5, offset=-1)
+    far = store.calls_page(page_queries()[0], limit=5, offset=10**15)
+    assert far.calls == [] and far.total == len(calls)
+
+
+def test_a_page_of_calls_is_filtered_sorted_and_counted_in_sql(tmp_path: Path) -> None:
+    calls = synthetic_calls(150)
+    store = SqliteStore.open(tmp_path / "calls.db")
+    store.migrate()
+    bulk_write(store, calls)
+    try:
+        check_calls_page(store, calls)
+    finally:
+        store.close()
+
+
+def test_a_page_of_ten_thousand_calls_reads_one_page_of_rows(tmp_path: Path) -> None:
+    """10 000 stored calls: page 1, a middle page and a filtered page each read at most one
+    page of call rows (and those calls' turns), not the whole table."""
+    from voicebot_pbx.ops.analytics_store import CallQuery
+
+    calls = synthetic_calls(10_000)
+    plain = SqliteStore.open(tmp_path / "calls.db")
+    plain.migrate()
+    bulk_write(plain, calls)
+    plain.close()
+    store = CountingSqliteStore.counting(tmp_path / "calls.db")
+    try:
+        for query, offset in (
+            (CallQuery(), 0),
+            (CallQuery(), 5000),
+            (CallQuery(profile=lambda p: p == "support", intent=lambda i: i == "billing"), 100),
+        ):
+            store.fetched = {}
+            page = store.calls_page(query, limit=50, offset=offset)
+            expected = expected_page(calls, query)
+            assert [c.call_id for c in page.calls] == expected[offset : offset + 50]
+            assert page.total == len(expected) and len(page.calls) == 50
+            assert store.calls_read == 50
+            assert store.turns_read == 50 * 2
+    finally:
+        store.close()

@@ -17,7 +17,14 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.test_analytics import fake_shared, known_script, scripted_call
+from tests.test_analytics import (
+    CountingSqliteStore,
+    bulk_write,
+    fake_shared,
+    known_script,
+    scripted_call,
+    synthetic_calls,
+)
 from voicebot_pbx.config import AnalyticsConfig, Config, load_config
 from voicebot_pbx.ops.analytics import AnalyticsRecorder, open_recorder
 from voicebot_pbx.ops.analytics_open import recordings_dir
@@ -309,6 +316,38 @@ def test_each_filter_narrows_the_list(site: Site) -> None:
     assert ROW.findall(page) == ["c-billing"]
 
 
+def test_the_store_query_filters_exactly_as_the_python_rules(site: Site) -> None:
+    """``CallFilters.query`` (run in SQL by the store) and ``CallFilters.matches`` (Python)
+    agree on every filter, case folding, end classes and substrings included."""
+    from voicebot_pbx.ops.analytics_open import open_store
+    from voicebot_pbx.ops.web import parse_filters
+
+    queries: list[dict[str, str]] = [
+        {"profile": "SaLeS"},
+        {"outcome": "caller_hangup"},
+        {"outcome": "error"},
+        {"outcome": "transferred", "transfer": "Q"},
+        {"intent": "BILLING"},
+        {"intent": "press_two", "outcome": "transferred"},
+        {"fallback": "CONFIDENCE"},
+        {"fallback": "_"},
+        {"since": "2025-03-01", "until": "2025-03-03", "profile": "default"},
+        {"transfer": "nowhere"},
+    ]
+    web = CallsWeb(site.config)
+    store = open_store(site.config.analytics, site.state)
+    try:
+        for query in queries:
+            filters, _raw = parse_filters(query)
+            window = reversed(store.calls(filters.since, filters.until))  # matches: the rest
+            expected = [c.call_id for c in window if filters.matches(c)]
+            result = listed(web, per_page="200", **query)
+            assert [c["call_id"] for c in result["calls"]] == expected, query
+            assert result["total"] == len(expected)
+    finally:
+        store.close()
+
+
 def test_paging_links_and_pages_past_the_end(site: Site) -> None:
     web = CallsWeb(site.config)
     first, second, third = (listed(web, profile="bulk", page=str(n)) for n in (1, 2, 3))
@@ -329,6 +368,57 @@ def test_paging_links_and_pages_past_the_end(site: Site) -> None:
     assert status == 200 and ROW.findall(body.decode()) == []
 
 
+def test_the_page_size_can_be_chosen_up_to_a_cap(site: Site) -> None:
+    web = CallsWeb(site.config)
+    small = listed(web, profile="bulk", per_page="7", page="2")
+    assert small["per_page"] == 7 and small["pages"] == 18 and small["total"] == BULK
+    assert [c["call_id"] for c in small["calls"]] == [
+        f"bulk-{i:03d}" for i in range(BULK - 8, BULK - 15, -1)
+    ]
+    assert small["filters"] == {"profile": "bulk"}
+    assert small["next"] == "/calls.json?profile=bulk&per_page=7&page=3"
+    assert small["previous"] == "/calls.json?profile=bulk&per_page=7&page=1"
+    for huge in ("500", "99999", "9" * 40):
+        capped = listed(web, per_page=huge)
+        assert capped["per_page"] == 200 and len(capped["calls"]) == capped["total"] < 200
+    page = text(get(CallsWeb(site.config), "/calls?profile=bulk&per_page=7"))
+    assert len(ROW.findall(page)) == 7
+    assert 'rel=next href="/calls?profile=bulk&amp;per_page=7&amp;page=2"' in page
+    assert '<input type=hidden name=per_page value="7">' in page  # kept when filtering
+
+
+def test_ten_thousand_calls_the_list_reads_one_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list page over 10 000 stored calls: page 1 (and a far page) read one page of call
+    rows from the store, not the whole window (the time is measured in the report, not
+    asserted here)."""
+    import voicebot_pbx.ops.web as web_module
+    from voicebot_pbx.ops.analytics_sqlite import SqliteStore
+
+    calls = synthetic_calls(10_000)
+    store = SqliteStore.open(tmp_path / "calls.db")
+    store.migrate()
+    bulk_write(store, calls)
+    store.close()
+    opened: list[CountingSqliteStore] = []
+
+    def counting_store(_analytics: AnalyticsConfig, state_dir: str) -> CountingSqliteStore:
+        opened.append(CountingSqliteStore.counting(Path(state_dir) / "calls.db"))
+        return opened[-1]
+
+    monkeypatch.setattr(web_module, "open_store", counting_store)
+    config = dataclasses.replace(load_config(), state_dir=str(tmp_path))
+    for target, first_id in (("/calls", "syn-009999"), ("/calls?page=150", "syn-002549")):
+        status, _, body = get(CallsWeb(config), target)
+        page = body.decode()
+        assert status == 200
+        rows = ROW.findall(page)
+        assert len(rows) == 50 and rows[0] == first_id
+        assert "rel=next" in page and "of 10000" in page
+        assert opened[-1].calls_read == 50 and opened[-1].turns_read == 100
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
@@ -340,6 +430,10 @@ def test_paging_links_and_pages_past_the_end(site: Site) -> None:
         ("until=2025-13-45", "not a date"),
         ("since=2025-03-02&until=2025-03-01", "until must be after since"),
         ("intent=" + "x" * 300, "longer than"),
+        ("per_page=abc", "per_page: not a number"),
+        ("per_page=0", "per_page: at least 1"),
+        ("per_page=-5", "per_page: not a number"),
+        ("per_page=1e3", "per_page: not a number"),
     ],
 )
 def test_malformed_queries_are_400_with_a_message(site: Site, query: str, message: str) -> None:

@@ -3,16 +3,19 @@
 ``Store`` owns what both back ends do with the schema of ``analytics_schema``: migrations
 (``schema_version``, applied in one transaction), the upsert of a call row and its turns,
 closing the calls a dead process left open, the retention delete, and reading calls back
-as records. The dialects (``analytics_sqlite``, ``analytics_postgres``) supply the
-connection, transactions and the placeholder style. ``AnalyticsError`` is the store's
-can't-be-used error.
+as records, whole (``calls``) or a page at a time, newest first, filtered in SQL
+(``calls_page`` with a ``CallQuery``). The dialects (``analytics_sqlite``,
+``analytics_postgres``) supply the connection, transactions and the placeholder style.
+``AnalyticsError`` is the store's can't-be-used error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -37,8 +40,42 @@ log = structlog.get_logger("voicebot_pbx.ops.analytics_store")
 DAY_S = 86400.0
 
 
+# calls_page: the most calls one page may hold.
+MAX_PAGE_SIZE = 500
+
+
 class AnalyticsError(RuntimeError):
     """The analytics store cannot be used (missing DSN, missing database, newer schema)."""
+
+
+ValueTest = Callable[[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class CallQuery:
+    """Which calls ``calls_page`` returns: started in ``[since, until)`` and passing every
+    test given. A test is a function over one column's value; the store runs it on the
+    column's distinct values (few: profiles, transfer targets, end reasons, intents,
+    fallback lists) and filters with ``column IN (the values it accepted)``, so the caller's
+    own rules (case folding, end classes, substrings) hold exactly and the rows are still
+    filtered, sorted and counted in SQL."""
+
+    since: float | None = None
+    until: float | None = None
+    end_reason: ValueTest | None = None
+    profile: ValueTest | None = None
+    transfer_target: ValueTest | None = None  # calls with no transfer never pass
+    intent: ValueTest | None = None  # any turn's intent
+    fallback: ValueTest | None = None  # any turn's fallback (each fallback of the turn)
+
+
+@dataclass(slots=True)
+class CallPage:
+    """One page of ``calls_page``: the calls (newest first, with their turns) and how many
+    calls match in all."""
+
+    calls: list[CallRecord] = field(default_factory=list)
+    total: int = 0
 
 
 class Store:
@@ -192,6 +229,82 @@ class Store:
             if call_id in by_id:
                 by_id[call_id].turns.append(turn)
         return calls
+
+    def calls_page(self, query: CallQuery, *, limit: int, offset: int = 0) -> CallPage:
+        """The calls ``query`` matches, newest first (``started_at``, then ``call_id``,
+        descending), ``limit`` of them (at most ``MAX_PAGE_SIZE``) after skipping ``offset``,
+        each with its turns; and the count of all that match. Reads one page of rows: the
+        filtering, ordering and counting happen in the database."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be 1..{MAX_PAGE_SIZE}, not {limit}")
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, not {offset}")
+        with self._transaction(write=False) as cur:
+            where, params = self._page_where(cur, query)
+            if where is None:  # a test no stored value passes
+                return CallPage()
+            cur.execute(self._sql(f"SELECT COUNT(*) FROM calls WHERE {where}"), params)
+            found = cur.fetchone()
+            total = int(found[0]) if found else 0
+            if offset >= total:
+                return CallPage(total=total)
+            cur.execute(
+                self._sql(
+                    f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE {where} "
+                    "ORDER BY started_at DESC, call_id DESC LIMIT ? OFFSET ?"
+                ),
+                (*params, limit, offset),
+            )
+            calls = [call_from_row(r) for r in cur.fetchall()]
+            if calls:
+                marks = ", ".join("?" * len(calls))
+                cur.execute(
+                    self._sql(
+                        f"SELECT {', '.join(TURN_COLUMNS)} FROM turns "
+                        f"WHERE call_id IN ({marks}) ORDER BY call_id, seq"
+                    ),
+                    tuple(c.call_id for c in calls),
+                )
+                by_id = {c.call_id: c for c in calls}
+                for row in cur.fetchall():
+                    call_id, turn = turn_from_row(row)
+                    by_id[call_id].turns.append(turn)
+        return CallPage(calls=calls, total=total)
+
+    def _page_where(self, cur: Any, query: CallQuery) -> tuple[str | None, tuple[Any, ...]]:
+        """The WHERE clause and parameters of ``query``; None when a test passes nothing."""
+        clauses = ["started_at >= ?", "started_at < ?"]
+        params: list[Any] = [
+            query.since if query.since is not None else -1e18,
+            query.until if query.until is not None else 1e18,
+        ]
+        column_tests: list[tuple[str, str, ValueTest | None, bool]] = [
+            ("calls", "end_reason", query.end_reason, False),
+            ("calls", "profile", query.profile, False),
+            ("calls", "transfer_target", query.transfer_target, False),
+            ("turns", "intent", query.intent, False),
+            ("turns", "fallbacks", query.fallback, True),
+        ]
+        for table, column, test, json_list in column_tests:
+            if test is None:
+                continue
+            cur.execute(f"SELECT DISTINCT {column} FROM {table} WHERE {column} IS NOT NULL")
+            values = [str(r[0]) for r in cur.fetchall()]
+            if json_list:
+                accepted = [v for v in values if any(test(str(f)) for f in json.loads(v or "[]"))]
+            else:
+                accepted = [v for v in values if test(v)]
+            if not accepted:
+                return None, ()
+            marks = ", ".join("?" * len(accepted))
+            if table == "calls":
+                clauses.append(f"{column} IN ({marks})")
+            else:
+                clauses.append(
+                    f"call_id IN (SELECT call_id FROM turns WHERE {column} IN ({marks}))"
+                )
+            params += accepted
+        return " AND ".join(clauses), tuple(params)
 
     def call(self, call_id: str) -> CallRecord | None:
         """One call by id, or by a unique prefix of its id."""

@@ -1,10 +1,12 @@
 """The calls web pages on the admin port (``HealthServer(pages=CallsWeb(config).page)``).
 
-* ``GET /calls`` -- the stored calls, newest first, 50 a page (``?page=N``), filtered by
-  ``since``/``until`` (ISO date or date-time, local time unless an offset is given; a date
-  alone as ``until`` means the end of that day), ``outcome`` (end class or raw end reason),
-  ``intent`` (any turn's), ``transfer`` (target), ``fallback`` (any turn's fallback contains),
-  ``profile``; the live calls above when ``active_calls`` is given.
+* ``GET /calls`` -- the stored calls, newest first, a page at a time (``?page=N``, 50 a page
+  or ``?per_page=`` up to 200), filtered by ``since``/``until`` (ISO date or date-time, local
+  time unless an offset is given; a date alone as ``until`` means the end of that day),
+  ``outcome`` (end class or raw end reason), ``intent`` (any turn's), ``transfer`` (target),
+  ``fallback`` (any turn's fallback contains), ``profile``; the live calls above when
+  ``active_calls`` is given. The store filters, sorts, counts and pages in SQL
+  (``Store.calls_page``): a request reads one page of calls, however many are stored.
 * ``GET /calls.json`` -- the same page as JSON.
 * ``GET /calls/<id>`` -- one call: facts, the transcript as a timeline, stage latency bars,
   the recording player.
@@ -40,7 +42,7 @@ import structlog
 
 from voicebot_pbx.config import Config
 from voicebot_pbx.ops.analytics_open import open_store, recordings_dir, sqlite_path
-from voicebot_pbx.ops.analytics_store import AnalyticsError, Store
+from voicebot_pbx.ops.analytics_store import AnalyticsError, CallPage, CallQuery, Store
 from voicebot_pbx.ops.health import Page, Request
 from voicebot_pbx.ops.outcomes import end_class
 from voicebot_pbx.ops.records import CallRecord
@@ -58,7 +60,8 @@ log = structlog.get_logger("voicebot_pbx.ops.web")
 
 T = TypeVar("T")
 
-PER_PAGE = 50
+PER_PAGE = 50  # the list's default page size
+MAX_PER_PAGE = 200  # ?per_page= above this is served as this
 HTML = "text/html; charset=utf-8"
 JSON = "application/json"
 WAV = "audio/wav"
@@ -99,6 +102,20 @@ class CallFilters:
             return False
         return not self.fallback or any(
             self.fallback in f.casefold() for t in call.turns for f in t.fallbacks
+        )
+
+    def query(self) -> CallQuery:
+        """The same filters for the store (``Store.calls_page``): what ``matches`` accepts."""
+        outcome, profile, transfer = self.outcome, self.profile, self.transfer
+        intent, fallback = self.intent, self.fallback
+        return CallQuery(
+            since=self.since,
+            until=self.until,
+            end_reason=(lambda r: outcome in (r, end_class(r))) if outcome else None,
+            profile=(lambda p: p.casefold() == profile) if profile else None,
+            transfer_target=(lambda t: t.casefold() == transfer) if transfer else None,
+            intent=(lambda i: i.casefold() == intent) if intent else None,
+            fallback=(lambda f: fallback in f.casefold()) if fallback else None,
         )
 
 
@@ -154,6 +171,21 @@ def parse_page(value: str | None) -> int:
     if page < 1:
         raise BadRequest("page: pages start at 1")
     return page
+
+
+def parse_per_page(value: str | None) -> int:
+    """``per_page``: 1 to ``MAX_PER_PAGE`` calls a page (more is served as the most)."""
+    if value is None or value == "":
+        return PER_PAGE
+    text = value.strip()
+    if not text.isascii() or not text.isdigit():
+        raise BadRequest(f"per_page: not a number: {value!r}")
+    if len(text) > _MAX_PAGE_DIGITS:
+        return MAX_PER_PAGE
+    size = int(text)
+    if size < 1:
+        raise BadRequest("per_page: at least 1")
+    return min(size, MAX_PER_PAGE)
 
 
 def valid_call_id(text: str) -> bool:
@@ -264,25 +296,30 @@ class CallsWeb:
         query = request.query
         filters, raw = parse_filters(query)
         page = parse_page(query.get("page"))
+        per_page = parse_per_page(query.get("per_page"))
+        if per_page != PER_PAGE:
+            raw["per_page"] = str(per_page)  # carried by the pager's links
+        wanted, offset = filters.query(), (page - 1) * per_page
         notice = ""
         try:
-            calls = await self._read(lambda store: store.calls(filters.since, filters.until))
+            found = await self._read(
+                lambda store: store.calls_page(wanted, limit=per_page, offset=offset)
+            )
         except AnalyticsError as exc:
             if not self._sqlite_missing():
                 raise
-            calls, notice = [], f"No call records yet ({exc})."
-        matched = [c for c in reversed(calls) if filters.matches(c)]
-        total = len(matched)
-        pages = math.ceil(total / PER_PAGE)
-        start = (page - 1) * PER_PAGE
-        rows = [CallRow.of(c) for c in matched[start : start + PER_PAGE]]
+            found, notice = CallPage(), f"No call records yet ({exc})."
+        total = found.total
+        pages = math.ceil(total / per_page)
+        rows = [CallRow.of(c) for c in found.calls]
         if as_json:
+            filters_given = {k: v for k, v in raw.items() if k != "per_page"}
             payload = {
                 "page": page,
-                "per_page": PER_PAGE,
+                "per_page": per_page,
                 "pages": pages,
                 "total": total,
-                "filters": raw,
+                "filters": filters_given,
                 "next": links.calls_json({**raw, "page": str(page + 1)}) if page < pages else None,
                 "previous": links.calls_json({**raw, "page": str(min(page - 1, max(1, pages)))})
                 if page > 1
@@ -298,7 +335,7 @@ class CallsWeb:
             page=page,
             pages=pages,
             total=total,
-            per_page=PER_PAGE,
+            per_page=per_page,
             links=links,
             active=active,
             notice=notice,

@@ -189,7 +189,9 @@ class CallRow:
 @dataclass(frozen=True, slots=True)
 class ListView:
     rows: Sequence[CallRow]
-    filters: Mapping[str, str]  # the filter values as given (shown back in the form)
+    # The filter values as given (shown back in the form), and ``per_page`` when not the
+    # default: all carried by the pager's links.
+    filters: Mapping[str, str]
     page: int
     pages: int
     total: int
@@ -231,6 +233,9 @@ def _filter_form(view: ListView) -> str:
         if view.links.token
         else ""
     )
+    if view.filters.get("per_page"):  # a page size asked for stays across filtering
+        token += f'<input type=hidden name=per_page value="{esc(view.filters["per_page"])}">'
+
     options = "".join(f'<option value="{esc(o)}">' for o in (*END_CLASSES, "in_progress"))
     return (
         f'<form class=f method=get action="/calls">{fields}{token}'
