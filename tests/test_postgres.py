@@ -282,3 +282,17 @@ def test_retention_and_redaction_through_the_configured_recorder(
     (call,) = all_calls(open_store(config, tmp_path))
     assert call.call_id == "new" and call.caller_id == "+*********67"
     assert call.turns[0].transcript == "this is [name], [digits]"
+
+
+def test_the_paged_call_list_matches_the_reference(pg_dsn: str) -> None:
+    """Issue #22: ``calls_page`` filters and pages in PostgreSQL's SQL as in SQLite's."""
+    from tests.test_analytics import bulk_write, check_calls_page, synthetic_calls
+
+    store = PostgresStore.connect(pg_dsn)
+    try:
+        store.migrate()
+        calls = synthetic_calls(150)
+        bulk_write(store, calls)
+        check_calls_page(store, calls)
+    finally:
+        store.close()
