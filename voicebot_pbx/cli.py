@@ -323,9 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     orig.add_argument("--config", type=Path)
     orig.set_defaults(func=_originate)
 
+    from voicebot_pbx.campaign.cli import register_cli as register_campaign
     from voicebot_pbx.ops.report_cli import register_cli
 
     register_cli(sub)
+    register_campaign(sub)
     return parser
 
 

@@ -665,6 +665,29 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CampaignConfig:
+    """Outbound campaigns (``voicebot-pbx campaign``, voicebot_pbx.campaign): calls go out
+    through AMI ``Originate`` into ``[ami] outbound_context``. Times are local to each
+    contact (``timezone`` column, else ``timezone`` here); each ``*_retries_s`` list is the
+    back-off before each further attempt after that outcome (its length: how many)."""
+
+    db_path: str = ""  # empty: <state_dir>/campaigns.sqlite
+    # What Originate dials for a contact: {number} is the contact's number as written.
+    channel: str = "PJSIP/{number}"
+    caller_id: str = ""  # e.g. "Example Energy <8005550100>"
+    max_concurrent: int = 4
+    calls_per_s: float = 1.0
+    window: str = "09:00-20:00"
+    days: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat")
+    timezone: str = "Europe/London"
+    busy_retries_s: tuple[float, ...] = (900.0, 1800.0)
+    no_answer_retries_s: tuple[float, ...] = (3600.0, 14400.0)
+    failed_retries_s: tuple[float, ...] = (1800.0,)
+    machine_retries_s: tuple[float, ...] = (7200.0,)
+    poll_s: float = 1.0  # how often the runner looks for due contacts
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     state_dir: str = ".cache/state"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -680,6 +703,7 @@ class Config:
     ami: AmiConfig = field(default_factory=AmiConfig)
     handover: HandoverConfig = field(default_factory=HandoverConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    campaign: CampaignConfig = field(default_factory=CampaignConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     profiles: tuple[ProfileConfig, ...] = ()
@@ -689,6 +713,39 @@ class Config:
     freeswitch: FreeswitchConfig = field(default_factory=FreeswitchConfig)
     log: LogConfig = field(default_factory=LogConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+def _campaign_problems(campaign: CampaignConfig) -> list[str]:
+    import datetime as dt
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    problems: list[str] = []
+    if "{number}" not in campaign.channel:
+        problems.append(f"campaign.channel {campaign.channel!r} must contain " + '"{number}"')
+    if campaign.max_concurrent < 1 or campaign.calls_per_s <= 0 or campaign.poll_s <= 0:
+        problems.append("campaign: max_concurrent >= 1, calls_per_s and poll_s > 0")
+    start, sep, end = campaign.window.partition("-")
+    try:
+        if not sep or dt.time.fromisoformat(start.strip()) >= dt.time.fromisoformat(end.strip()):
+            raise ValueError
+    except ValueError:
+        problems.append(f'campaign.window {campaign.window!r} must be "HH:MM-HH:MM", start first')
+    days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    if not campaign.days or any(day not in days for day in campaign.days):
+        problems.append(f"campaign.days must be some of {', '.join(days)}")
+    try:
+        ZoneInfo(campaign.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"campaign.timezone {campaign.timezone!r} is not an IANA time zone")
+    steps = (
+        campaign.busy_retries_s
+        + campaign.no_answer_retries_s
+        + campaign.failed_retries_s
+        + campaign.machine_retries_s
+    )
+    if any(step <= 0 for step in steps):
+        problems.append("campaign: every *_retries_s step must be > 0")
+    return problems
 
 
 def _actions_problems(actions: ActionsConfig) -> list[str]:
@@ -794,6 +851,7 @@ def _validate(config: Config, source: str) -> None:
     if config.handover.timeout_s <= 0:
         problems.append("handover.timeout_s must be > 0")
     problems.extend(_actions_problems(config.actions))
+    problems.extend(_campaign_problems(config.campaign))
     if config.inference.pool_threads < 1:
         problems.append("inference.pool_threads must be at least 1")
     if config.stt.max_batch < 1:
