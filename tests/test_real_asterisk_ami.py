@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -227,6 +228,49 @@ def test_originate_command_calls_out_and_the_bot_greets(bed: Bed) -> None:
     assert first is not None and first < 3.0, "the callee did not hear the greeting"
     lines = (bed.bot.state_dir / "outbound.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["call_id"] == outcome["call_id"]
+
+
+def test_a_campaign_dials_through_asterisk_and_resumes_without_redialling(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """Issue #23: ``voicebot-pbx campaign run`` with the bot's own config: an answered
+    contact reaches the bot (its call record has the UUID the campaign chose), a busy one is
+    retried once, a number on the do-not-call list is never dialled, and running the same
+    command again dials nobody."""
+    config = tmp_path / "campaign.toml"
+    config.write_text(
+        (bed.bot.folder / "voicebot.toml").read_text()
+        + '\n[campaign]\nchannel = "Local/{number}@callee"\nwindow = "00:00-23:59:59"\n'
+        + 'days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\n'
+        + "busy_retries_s = [1.0]\ncalls_per_s = 5.0\n"
+    )
+    contacts = tmp_path / "spring.csv"
+    contacts.write_text("number,name\n71001,Ada\n72001,Bob\n71002,Cy\n")
+    env = {**os.environ, "VOICEBOT_AMI_SECRET": bed.asterisk.ami_secret}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "voicebot_pbx.cli", "campaign", *args, "--config", str(config)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert cli("dnc", "add", "71002").returncode == 0
+    done = cli("run", str(contacts))
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = json.loads(done.stdout[done.stdout.find("{") :])
+    assert summary["status"] == {"done": 1, "exhausted": 1, "dnc": 1}, summary
+    assert summary["attempts"] == {"answered": 1, "busy": 2}, summary
+    (record,) = bed.new_records(timeout_s=30.0)
+    assert [t.kind for t in record.turns][:1] == ["greeting"]
+    again = cli("run", str(contacts))
+    assert (
+        again.returncode == 0
+        and json.loads(again.stdout[again.stdout.find("{") :])["run"]["dialled"] == 0
+    )
 
 
 # --- 4. Asterisk restart ----------------------------------------------------------------
