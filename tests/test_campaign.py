@@ -376,3 +376,115 @@ def test_cli_dnc_and_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert "bad.csv:2: 'abc' is not a phone number" in capsys.readouterr().err
     finally:
         structlog.configure(**saved)
+
+
+# --- "stop calling me" inside a campaign call (item 3) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("please stop calling me", True),
+        ("take me off your list", True),
+        ("don't ring me again", True),
+        ("Don’t call this number", True),
+        ("remove my number", True),
+        ("I want to opt out", True),
+        ("call me back later", False),
+        ("can you stop the engineer calling round", False),
+        ("no thanks", False),
+        ("what is my balance", False),
+    ],
+)
+def test_opt_out_phrases(text: str, expected: bool) -> None:
+    from voicebot_pbx.campaign.opt_out import is_opt_out
+
+    assert is_opt_out(text) is expected
+
+
+class CampaignControl:
+    """Call control whose channel carries the campaign's variables."""
+
+    def __init__(self, variables: dict[str, str]) -> None:
+        self.variables = variables
+        self.set: list[dict[str, str]] = []
+
+    async def transfer(self, call_id: str, target: str) -> bool:
+        return True
+
+    async def set_vars(self, call_id: str, variables: object) -> bool:
+        self.set.append(dict(variables))  # type: ignore[call-overload]
+        return True
+
+    async def get_var(self, call_id: str, name: str) -> str | None:
+        return self.variables.get(name)
+
+
+STOP = 1330  # a tone the scripted STT hears as the opt-out request
+
+
+def opt_out_call(
+    tmp_path: Path, variables: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[object, object, CampaignStore]:
+    from tests.test_turns import PHRASES, make_shared, timeline
+    from voicebot_pbx.campaign import opt_out
+    from voicebot_pbx.testing import tone
+
+    async def inline(fn: Callable[..., str], *args: object) -> str:
+        return fn(*args)  # no worker thread on virtual time (it would race the clock)
+
+    monkeypatch.setattr(opt_out, "run_blocking", inline)
+
+    PHRASES[STOP] = "please stop calling me"
+    shared = make_shared()
+    state = tmp_path / "state"
+    shared = dataclasses.replace(
+        shared,
+        config=dataclasses.replace(shared.config, state_dir=str(state)),
+        control=CampaignControl(variables),  # type: ignore[arg-type]
+    )
+    store = CampaignStore(state / "campaigns.sqlite")
+    store.open_campaign(
+        "spring",
+        parse_contacts(contacts_csv("+44 7700 900555,,,,")),
+        source="s",
+        sha256="x",
+        now=WED_10,
+    )
+    media, session = run_virtual(timeline(shared, [(2.0, tone(1.0, 8000, STOP))], 14.0))
+    return media, session, store
+
+
+def test_a_campaign_callee_who_says_stop_is_listed_told_and_hung_up_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    media, session, store = opt_out_call(
+        tmp_path, {"VOICEBOT_CAMPAIGN": "spring", "VOICEBOT_CONTACT": "1"}, monkeypatch
+    )
+    assert store.is_dnc("+447700900555")
+    assert store.summary("spring")["opted_out"] == 1
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]  # type: ignore[attr-defined]
+    assert turn.intent == "opt_out" and turn.reply_text == CampaignConfig().opt_out_reply
+    assert media.hangups == ["bot_hangup"]  # type: ignore[attr-defined]
+
+
+def test_stop_on_a_call_that_is_not_from_a_campaign_goes_to_the_dialogue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    media, session, store = opt_out_call(tmp_path, {}, monkeypatch)
+    assert store.dnc_numbers() == []
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]  # type: ignore[attr-defined]
+    assert turn.intent != "opt_out" and "bot_hangup" not in media.hangups  # type: ignore[attr-defined]
+
+
+def test_a_list_that_cannot_be_updated_is_said_honestly_and_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    media, session, store = opt_out_call(
+        tmp_path, {"VOICEBOT_CAMPAIGN": "spring", "VOICEBOT_CONTACT": "99"}, monkeypatch
+    )
+    assert store.dnc_numbers() == []
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]  # type: ignore[attr-defined]
+    assert turn.reply_text == CampaignConfig().opt_out_failed_reply
+    assert "opt_out_failed" in turn.fallbacks
+    assert any("do-not-call" in e for e in session.record.errors)  # type: ignore[attr-defined]

@@ -685,6 +685,15 @@ class CampaignConfig:
     failed_retries_s: tuple[float, ...] = (1800.0,)
     machine_retries_s: tuple[float, ...] = (7200.0,)
     poll_s: float = 1.0  # how often the runner looks for due contacts
+    # A campaign call whose callee asks not to be called again: the number goes on the
+    # do-not-call list, this is said, the call ends.
+    opt_out_reply: str = (
+        "I've taken your number off our call list. Sorry to have troubled you. Goodbye."
+    )
+    # ... when the list could not be updated (the request is in the call record).
+    opt_out_failed_reply: str = (
+        "I'm sorry, I couldn't update our call list just now. I've noted your request. Goodbye."
+    )
 
 
 @dataclass(frozen=True, slots=True)

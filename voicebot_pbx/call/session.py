@@ -31,6 +31,7 @@ from voicebot_pbx.call.handover import handover_vars
 from voicebot_pbx.call.listener import Listener, TranscriptTrace
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.responder import Responder, SpeechSynth
+from voicebot_pbx.campaign.opt_out import is_opt_out, opt_out
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.ops.analytics_open import recordings_dir
 from voicebot_pbx.ops.recording import CallRecording
@@ -373,7 +374,28 @@ class CallSession:
                 turn, _ready(policy.not_understood_turn(self.fallbacks)), speech_end_at
             )
             return
+        if self.shared.control is not None and is_opt_out(text):
+            self._start_reply(turn, self._opt_out_or_respond(text), speech_end_at)
+            return
         self._start_reply(turn, self.dialogue.respond(self.call, text), speech_end_at)
+
+    async def _opt_out_or_respond(self, text: str) -> DialogueTurn:
+        """ "Stop calling me" on a campaign call: listed, confirmed, goodbye (issue #23)."""
+        outcome = await opt_out(self.config, self.shared.control, self.media.call_id)
+        if outcome == "not_campaign":
+            return await self.dialogue.respond(self.call, text)
+        log.info("opt_out", outcome=outcome)
+        cfg = self.config.campaign
+        if outcome == "failed":
+            self.record.errors.append("opt_out: the do-not-call list could not be updated")
+        reply = cfg.opt_out_failed_reply if outcome == "failed" else cfg.opt_out_reply
+        return DialogueTurn(
+            replies=(BotReply(text=reply),),
+            end="hangup",
+            intent="opt_out",
+            source="campaign",
+            fallbacks=(f"opt_out_{outcome}",),
+        )
 
     def _give_up_turn(self, reason: str) -> DialogueTurn:
         target = self.profile.transfer_target if self.profile else ""

@@ -14,17 +14,12 @@ from typing import Any
 import structlog
 
 from voicebot_pbx.campaign.contacts import ContactsError, load_contacts
+from voicebot_pbx.campaign.opt_out import store_path
 from voicebot_pbx.campaign.runner import AmiDialer, run_campaign
 from voicebot_pbx.campaign.state import CampaignError, CampaignStore
 from voicebot_pbx.config import Config, load_config
 from voicebot_pbx.config_parse import ConfigError
 from voicebot_pbx.ops.logs import configure_logging
-
-
-def store_path(config: Config) -> Path:
-    if config.campaign.db_path:
-        return Path(config.campaign.db_path)
-    return Path(config.state_dir) / "campaigns.sqlite"
 
 
 def _fail(message: str) -> int:

@@ -164,6 +164,13 @@ class CampaignStore:
             ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
+    def contact_number(self, name: str, seq: int) -> str | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT number FROM contacts WHERE campaign = ? AND seq = ?", (name, seq)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     def postpone(self, name: str, seq: int, until: float, now: float) -> None:
         with self._tx() as db:
             db.execute(
@@ -285,6 +292,9 @@ class CampaignStore:
             total = db.execute(
                 "SELECT COUNT(*) FROM contacts WHERE campaign = ?", (name,)
             ).fetchone()[0]
+            opted_out = db.execute(
+                "SELECT COUNT(*) FROM dnc WHERE source = ?", (f"opt_out:{name}",)
+            ).fetchone()[0]
             in_flight = db.execute(
                 "SELECT COUNT(*) FROM attempts WHERE campaign = ? AND outcome IS NULL", (name,)
             ).fetchone()[0]
@@ -296,4 +306,5 @@ class CampaignStore:
             "status": statuses,
             "attempts": outcomes,
             "in_flight": in_flight,
+            "opted_out": opted_out,
         }

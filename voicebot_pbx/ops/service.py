@@ -66,6 +66,8 @@ def fallback_texts(config: Config) -> list[str]:
     texts = [f.still_there, f.no_input_goodbye, f.clarify, f.apology, f.wrap_up]
     texts.append(f.give_up_transfer if f.give_up_target else f.give_up_goodbye)
     texts.append(config.dialogue.hold_reply)
+    if config.ami.enabled:  # campaign calls' "stop calling me" replies
+        texts += [config.campaign.opt_out_reply, config.campaign.opt_out_failed_reply]
     return [t for t in texts if t]
 
 

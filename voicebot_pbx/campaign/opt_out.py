@@ -1,0 +1,81 @@
+""" "Stop calling me" on a campaign call (issue #23 item 3): the number goes on the
+do-not-call list, the caller hears it confirmed, the call ends.
+
+``is_opt_out`` (pure) recognises the request in a transcript. ``opt_out`` (the shell) finds
+which campaign contact the call is through the channel variables the campaign set on it
+(``VOICEBOT_CAMPAIGN``, ``VOICEBOT_CONTACT``, read over AMI / ESL) and adds that contact's
+number to the campaign store's list. A call that is not a campaign call is left to the
+dialogue (an inbound caller has no contact to remove)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Literal
+
+from voicebot_pbx.campaign.state import CampaignStore
+from voicebot_pbx.config import Config
+from voicebot_pbx.pbx.media import CallControl
+
+_OPT_OUT = re.compile(
+    r"\b("
+    r"stop (calling|ringing|phoning|contacting)( me| us)?"
+    r"|(do not|don'?t|never) (call|ring|phone|contact) (me|us|this number)"
+    r"|(remove|take) (me|us|my number|this number) (off|from)"
+    r"|(remove|delete) my (number|details)"
+    r"|(put|add) me (on|to) (the|your) do not call"
+    r"|unsubscribe|opt( me)? out"
+    r")\b"
+)
+
+OptOutOutcome = Literal["listed", "already_listed", "not_campaign", "failed"]
+
+# The store's SQLite write runs off the event loop (tests on virtual time run it inline).
+run_blocking: Callable[..., Awaitable[OptOutOutcome]] = asyncio.to_thread
+
+
+def is_opt_out(text: str) -> bool:
+    """The caller asks not to be called again ("stop calling me", "take me off your list")."""
+    return _OPT_OUT.search(text.lower().replace("’", "'")) is not None
+
+
+def store_path(config: Config) -> Path:
+    if config.campaign.db_path:
+        return Path(config.campaign.db_path)
+    return Path(config.state_dir) / "campaigns.sqlite"
+
+
+def _list_contact(path: Path, campaign: str, seq: int) -> OptOutOutcome:
+    if not path.exists():
+        return "failed"
+    store = CampaignStore(path)
+    try:
+        number = store.contact_number(campaign, seq)
+        if number is None:
+            return "failed"
+        added = store.add_dnc(number, source=f"opt_out:{campaign}", now=time.time())
+        return "listed" if added else "already_listed"
+    finally:
+        store.close()
+
+
+async def opt_out(
+    config: Config, control: CallControl | None, call_id: str, timeout_s: float = 1.0
+) -> OptOutOutcome:
+    """Put the campaign contact of ``call_id`` on the do-not-call list."""
+    if control is None:
+        return "not_campaign"
+    try:
+        async with asyncio.timeout(timeout_s):
+            campaign = await control.get_var(call_id, "VOICEBOT_CAMPAIGN")
+            contact = await control.get_var(call_id, "VOICEBOT_CONTACT")
+            if not campaign:
+                return "not_campaign"
+            if not contact or not contact.isdigit():
+                return "failed"
+            return await run_blocking(_list_contact, store_path(config), campaign, int(contact))
+    except Exception:
+        return "failed"
