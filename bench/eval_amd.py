@@ -1,0 +1,502 @@
+"""Evaluates answering-machine detection (``voicebot_pbx.call.amd``) on the seeded set of
+``bench/amd_dataset.py``: writes ``bench/results/amd.json`` and ``bench/results/amd.md``.
+
+Every item's WAV is fed to a fresh :class:`AmdDetector` in 20 ms frames from the answer, as a
+call would feed it, with the default :class:`AmdConfig`, in two speech modes:
+
+* ``energy``: the detector's own energy test (no model);
+* ``silero``: the project's silero VAD (``voicebot_pbx.speech.vad``) run on the same frames,
+  its latest 32 ms window probability passed as ``speech_prob`` (skipped when the model is not
+  installed).
+
+Reported per mode, per split (dev: the thresholds were tuned on it; test: reported) and per
+true class, as n/N: the **first** verdict (the one the bot acts on) and the **final** one (after
+a late beep revised a human/silence verdict to machine); the confusion matrix; the issue's
+targets (machine detection >= 90 %, humans taken for machines <= 3 %; the hard kinds, a
+person answering with a whole sentence and a one-phrase greeting, also shown apart); the
+decision time of humans from the end of their first utterance (the human-answer budget) and
+from the answer; beep-end error (detected end - true end) and the voicemail drop cue's delay
+after the true beep end (target <= 500 ms).
+
+``--sweep`` instead runs a grid of the main thresholds on the **dev** split only (energy
+mode) and writes ``bench/results/amd_sweep.json`` / ``.md``: how the defaults were chosen.
+
+    .venv/bin/python bench/eval_amd.py            # builds the set when needed, then evaluates
+    .venv/bin/python bench/eval_amd.py --sweep    # dev-only threshold grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import amd_dataset  # noqa: E402
+
+from voicebot_pbx.audio import read_wav  # noqa: E402
+from voicebot_pbx.call.amd import (  # noqa: E402
+    VERDICTS,
+    AmdConfig,
+    AmdResult,
+    DropCue,
+    detect,
+)
+
+RESULTS = ROOT / "bench" / "results"
+CLASSES = ("human", "machine", "silence")
+SPLITS = ("dev", "test")
+BEEP_MATCH_S = 0.3  # a detected beep ending this close to the true end is that beep
+
+
+def speech_probs_silero(pcm: bytes, rate_hz: int, vad: Any) -> list[float]:
+    """One probability per 20 ms frame: the latest silero window's when the frame arrives."""
+    stream = vad.new_stream(rate_hz)
+    size = rate_hz * 20 // 1000 * 2
+    probs: list[float] = []
+    last = 0.0
+    for k in range(len(pcm) // size):
+        out = stream.process(pcm[k * size : (k + 1) * size])
+        if out:
+            last = float(out[-1])
+        probs.append(last)
+    return probs
+
+
+def load_silero() -> Any | None:
+    try:
+        from voicebot_pbx.models import SILERO_VAD, model_path
+        from voicebot_pbx.speech.vad import SileroVad
+
+        return SileroVad(model_path(SILERO_VAD))
+    except Exception as exc:  # model or onnxruntime missing: energy mode only
+        print(f"silero VAD unavailable ({exc}); energy mode only", file=sys.stderr)
+        return None
+
+
+def run_item(
+    item: dict[str, Any], pcm: bytes, rate_hz: int, config: AmdConfig, probs: list[float] | None
+) -> dict[str, Any]:
+    events, detector = detect(pcm, rate_hz, config, speech_probs=probs)
+    results = [e for e in events if isinstance(e, AmdResult)]
+    cues = [e for e in events if isinstance(e, DropCue)]
+    first = results[0] if results else None
+    final = results[-1] if results else None
+    row: dict[str, Any] = {
+        "id": item["id"],
+        "cls": item["cls"],
+        "kind": item["kind"],
+        "split": item["split"],
+        "first": first.verdict if first else "undecided",
+        "first_reason": first.reason if first else "no_verdict",
+        "decided_at_s": first.decided_at_s if first else None,
+        "final": final.verdict if final else "undecided",
+        "final_reason": final.reason if final else "no_verdict",
+        "revised_at_s": final.decided_at_s if final and final.revises else None,
+        "words": first.words if first else 0,
+        "greeting_s": first.greeting_s if first else None,
+        "cue": None,
+        "beeps": [dataclasses.asdict(b) for b in detector.beeps],
+    }
+    if first and item.get("first_end_s") is not None:
+        row["after_first_end_s"] = round(first.decided_at_s - float(item["first_end_s"]), 3)
+    if cues:
+        cue = cues[0]
+        row["cue"] = {"at_s": cue.at_s, "cause": cue.cause, "beep_end_s": cue.beep_end_s}
+    true_end = item.get("beep_end_s")
+    if true_end is not None:
+        match = [b for b in detector.beeps if abs(b.end_s - float(true_end)) <= BEEP_MATCH_S]
+        row["beep_found"] = bool(match)
+        if match:
+            row["beep_end_err_ms"] = round((match[0].end_s - float(true_end)) * 1000, 1)
+        if cues and cues[0].cause == "beep":
+            row["cue_after_beep_ms"] = round((cues[0].at_s - float(true_end)) * 1000, 1)
+    else:
+        row["false_beeps"] = len(detector.beeps)
+    if item["cls"] == "machine" and true_end is None and cues and item.get("speech_end_s"):
+        row["cue_after_speech_s"] = round(cues[0].at_s - float(item["speech_end_s"]), 3)
+    return row
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def _frac(rows: list[dict[str, Any]], key: str, want: str) -> dict[str, Any]:
+    n = sum(1 for r in rows if r[key] == want)
+    return {"n": n, "N": len(rows), "rate": round(n / len(rows), 3) if rows else None}
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_items": len(rows)}
+    for key in ("first", "final"):
+        per_class = {c: _frac([r for r in rows if r["cls"] == c], key, c) for c in CLASSES}
+        easy = [r for r in rows if r["kind"] not in amd_dataset.HARD_KINDS]
+        per_class_easy = {c: _frac([r for r in easy if r["cls"] == c], key, c) for c in CLASSES}
+        per_kind = {
+            k: _frac([r for r in rows if r["kind"] == k], key, amd_dataset.CLASS_OF[k])
+            for k in amd_dataset.KINDS
+        }
+        humans = [r for r in rows if r["cls"] == "human"]
+        humans_easy = [r for r in humans if r["kind"] not in amd_dataset.HARD_KINDS]
+        confusion = {
+            c: {v: sum(1 for r in rows if r["cls"] == c and r[key] == v) for v in VERDICTS}
+            for c in CLASSES
+        }
+        total_ok = sum(1 for r in rows if r[key] == r["cls"])
+        out[key] = {
+            "accuracy": {"n": total_ok, "N": len(rows)},
+            "per_class": per_class,
+            "per_class_without_hard": per_class_easy,
+            "per_kind": per_kind,
+            "human_as_machine": _frac(humans, key, "machine"),
+            "human_as_machine_without_hard": _frac(humans_easy, key, "machine"),
+            "confusion": confusion,
+        }
+    ok_humans = [r for r in rows if r["cls"] == "human" and r["first"] == "human"]
+    after_end = [r["after_first_end_s"] for r in ok_humans if "after_first_end_s" in r]
+    from_answer = [r["decided_at_s"] for r in ok_humans]
+    out["human_decision"] = {
+        "n": len(after_end),
+        "after_first_end_p50_s": _pct(after_end, 50),
+        "after_first_end_p95_s": _pct(after_end, 95),
+        "after_first_end_max_s": round(max(after_end), 3) if after_end else None,
+        "from_answer_p50_s": _pct(from_answer, 50),
+        "from_answer_p95_s": _pct(from_answer, 95),
+    }
+    machines = [r for r in rows if r["cls"] == "machine" and r["first"] == "machine"]
+    machine_at = [r["decided_at_s"] for r in machines]
+    out["machine_decision"] = {
+        "n": len(machine_at),
+        "from_answer_p50_s": _pct(machine_at, 50),
+        "from_answer_p95_s": _pct(machine_at, 95),
+    }
+    beep_rows = [r for r in rows if "beep_found" in r]
+    errors = [r["beep_end_err_ms"] for r in beep_rows if "beep_end_err_ms" in r]
+    cue_delays = [r["cue_after_beep_ms"] for r in beep_rows if "cue_after_beep_ms" in r]
+    out["beep"] = {
+        "found": {"n": len(errors), "N": len(beep_rows)},
+        "end_err_abs_p50_ms": _pct([abs(e) for e in errors], 50),
+        "end_err_abs_p95_ms": _pct([abs(e) for e in errors], 95),
+        "end_err_abs_max_ms": round(max(abs(e) for e in errors), 1) if errors else None,
+        "end_err_mean_ms": round(float(np.mean(errors)), 1) if errors else None,
+        "cue_on_beep": {"n": len(cue_delays), "N": len(beep_rows)},
+        "cue_after_beep_p50_ms": _pct(cue_delays, 50),
+        "cue_after_beep_p95_ms": _pct(cue_delays, 95),
+        "cue_after_beep_max_ms": round(max(cue_delays), 1) if cue_delays else None,
+        "false_beep_items": sum(1 for r in rows if r.get("false_beeps")),
+        "no_beep_items": sum(1 for r in rows if "false_beeps" in r),
+    }
+    no_beep = [r for r in rows if r["cls"] == "machine" and "false_beeps" in r]
+    after_speech = [r["cue_after_speech_s"] for r in no_beep if "cue_after_speech_s" in r]
+    out["drop_without_beep"] = {
+        "n": len(after_speech),
+        "N": len(no_beep),
+        "causes": {
+            c: sum(1 for r in no_beep if r["cue"] and r["cue"]["cause"] == c)
+            for c in ("beep", "silence", "timeout")
+        },
+        "after_speech_end_p50_s": _pct(after_speech, 50),
+        "after_speech_end_max_s": round(max(after_speech), 3) if after_speech else None,
+    }
+    return out
+
+
+def evaluate(
+    items: list[dict[str, Any]],
+    audio: dict[str, bytes],
+    rate_hz: int,
+    config: AmdConfig,
+    probs: dict[str, list[float]] | None,
+) -> list[dict[str, Any]]:
+    return [
+        run_item(item, audio[item["id"]], rate_hz, config, probs[item["id"]] if probs else None)
+        for item in items
+    ]
+
+
+def load_set() -> tuple[list[dict[str, Any]], dict[str, bytes], int]:
+    amd_dataset.build()
+    items: list[dict[str, Any]] = amd_dataset.load_manifest()
+    audio: dict[str, bytes] = {}
+    rate_hz = amd_dataset.RATE_HZ
+    for item in items:
+        pcm, rate_hz = read_wav(amd_dataset.OUT_DIR / str(item["wav"]))
+        audio[item["id"]] = pcm
+    return items, audio, rate_hz
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def _nN(d: dict[str, Any]) -> str:
+    return f"{d['n']}/{d['N']}" if d["N"] else "-"
+
+
+def _pc(d: dict[str, Any]) -> str:
+    return f"{d['n']}/{d['N']} ({100 * d['n'] / d['N']:.0f} %)" if d["N"] else "-"
+
+
+# (label, summary section, key, scale to ms)
+_TIMING_ROWS = [
+    ("human decided, after the end of their first utterance, p50", "human_decision",
+     "after_first_end_p50_s", 1000),
+    ("... p95", "human_decision", "after_first_end_p95_s", 1000),
+    ("... max", "human_decision", "after_first_end_max_s", 1000),
+    ("human decided, from the answer, p50", "human_decision", "from_answer_p50_s", 1000),
+    ("machine decided, from the answer, p50", "machine_decision", "from_answer_p50_s", 1000),
+    ("beep end error abs p50", "beep", "end_err_abs_p50_ms", 1),
+    ("beep end error abs p95", "beep", "end_err_abs_p95_ms", 1),
+    ("beep end error abs max", "beep", "end_err_abs_max_ms", 1),
+    ("beep end error mean (signed)", "beep", "end_err_mean_ms", 1),
+    ("drop cue after the true beep end p50", "beep", "cue_after_beep_p50_ms", 1),
+    ("... p95", "beep", "cue_after_beep_p95_ms", 1),
+    ("... max", "beep", "cue_after_beep_max_ms", 1),
+    ("no-beep machine: drop cue after speech end p50", "drop_without_beep",
+     "after_speech_end_p50_s", 1000),
+]  # fmt: skip
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Answering-machine detection (`voicebot_pbx.call.amd`)",
+        "",
+        f"Set: `bench/amd_dataset.py` v{report['dataset']['version']}, "
+        f"{report['dataset']['items']} items "
+        f"(plan sha256 `{report['dataset']['plan_sha256'][:12]}`), "
+        "8 kHz phone line, espeak-ng voices; thresholds tuned on **dev** only "
+        "(`bench/eval_amd.py --sweep`), **test** is the report. Default `AmdConfig`. "
+        "Generated by `bench/eval_amd.py`.",
+        "",
+        "First verdict = what the bot acts on; final = after a late beep revised a "
+        "human/silence verdict to machine. Hard kinds: `human_long` (a person answering with a "
+        "whole sentence) and `machine_short` (a one-phrase greeting).",
+        "",
+    ]
+    for mode, by_split in report["modes"].items():
+        lines += [f"## Speech from {mode}", ""]
+        lines += [
+            "| | " + " | ".join(f"{s}" for s in (*SPLITS, "all")) + " |",
+            "|---|" + "---|" * (len(SPLITS) + 1),
+        ]
+        for key in ("first", "final"):
+            for c in CLASSES:
+                cells = [_pc(by_split[s][key]["per_class"][c]) for s in (*SPLITS, "all")]
+                lines.append(f"| {key}: {c} | " + " | ".join(cells) + " |")
+            cells = [_pc(by_split[s][key]["human_as_machine"]) for s in (*SPLITS, "all")]
+            lines.append(f"| {key}: human taken for machine | " + " | ".join(cells) + " |")
+            cells = [
+                _pc(by_split[s][key]["per_class_without_hard"]["machine"]) for s in (*SPLITS, "all")
+            ]
+            lines.append(f"| {key}: machine, without hard | " + " | ".join(cells) + " |")
+            cells = [
+                _pc(by_split[s][key]["human_as_machine_without_hard"]) for s in (*SPLITS, "all")
+            ]
+            lines.append(
+                f"| {key}: human taken for machine, without hard | " + " | ".join(cells) + " |"
+            )
+        lines.append("")
+        lines += ["Per kind (first verdict / final):", ""]
+        lines += ["| kind | " + " | ".join((*SPLITS, "all")) + " |", "|---|---|---|---|"]
+        for kind in amd_dataset.KINDS:
+            cells = [
+                f"{_nN(by_split[s]['first']['per_kind'][kind])} / "
+                f"{_nN(by_split[s]['final']['per_kind'][kind])}"
+                for s in (*SPLITS, "all")
+            ]
+            lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for split in ("test", "all"):
+            conf = by_split[split]["first"]["confusion"]
+            lines += [
+                f"Confusion, {split}, first verdict (rows: truth):",
+                "",
+                "| truth \\ verdict | " + " | ".join(VERDICTS) + " |",
+                "|---|" + "---|" * len(VERDICTS),
+            ]
+            for c in CLASSES:
+                lines.append(f"| {c} | " + " | ".join(str(conf[c][v]) for v in VERDICTS) + " |")
+            lines.append("")
+        lines += ["| timing | dev | test | all |", "|---|---|---|---|"]
+
+        for label, section, key, scale in _TIMING_ROWS:
+            cells = []
+            for split in (*SPLITS, "all"):
+                v = by_split[split][section][key]
+                cells.append("-" if v is None else f"{v * scale:.0f} ms")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+        b = by_split["all"]["beep"]
+        lines += [
+            f"Beeps found: {_nN(b['found'])} beep items (drop cue on the beep "
+            f"{_nN(b['cue_on_beep'])}); items without a beep where one was reported: "
+            f"{b['false_beep_items']}/{b['no_beep_items']}.",
+            "",
+        ]
+        wrong = [
+            r for r in report["rows"][mode] if r["final"] != r["cls"] or r["first"] != r["cls"]
+        ]
+        if wrong:
+            lines += [
+                "Wrong first or final verdicts:",
+                "",
+                "| id | split | kind | first (reason, at) | final | words | greeting |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in wrong:
+                lines.append(
+                    f"| {r['id']} | {r['split']} | {r['kind']} | {r['first']} "
+                    f"({r['first_reason']}, {r['decided_at_s']} s) | {r['final']} | "
+                    f"{r['words']} | {r['greeting_s']} |"
+                )
+            lines.append("")
+    lines += [
+        "## Config",
+        "",
+        "```",
+        *(f"{k} = {v!r}" for k, v in report["config"].items()),
+        "```",
+        "",
+        f"Run time {report['run_s']} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main_eval(modes: list[str]) -> None:
+    started = time.monotonic()
+    items, audio, rate_hz = load_set()
+    config = AmdConfig()
+    report: dict[str, Any] = {
+        "dataset": {
+            "version": amd_dataset.DATASET_VERSION,
+            "items": len(items),
+            "plan_sha256": amd_dataset.plan_sha256(amd_dataset.plan()),
+        },
+        "config": dataclasses.asdict(config),
+        "modes": {},
+        "rows": {},
+    }
+    for mode in modes:
+        probs: dict[str, list[float]] | None = None
+        if mode == "silero":
+            vad = load_silero()
+            if vad is None:
+                continue
+            probs = {uid: speech_probs_silero(pcm, rate_hz, vad) for uid, pcm in audio.items()}
+        rows = evaluate(items, audio, rate_hz, config, probs)
+        report["rows"][mode] = rows
+        report["modes"][mode] = {
+            "dev": summarise([r for r in rows if r["split"] == "dev"]),
+            "test": summarise([r for r in rows if r["split"] == "test"]),
+            "all": summarise(rows),
+        }
+    report["run_s"] = round(time.monotonic() - started, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "amd.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / "amd.md").write_text(markdown(report))
+    for mode, by_split in report["modes"].items():
+        for split in (*SPLITS, "all"):
+            s = by_split[split]
+            cls = ", ".join(f"{c} {_nN(s['first']['per_class'][c])}" for c in CLASSES)
+            print(
+                f"{mode:7s} {split:5s} first: {cls}; human->machine "
+                f"{_nN(s['first']['human_as_machine'])}; final machine "
+                f"{_nN(s['final']['per_class']['machine'])}; human p50 "
+                f"{s['human_decision']['after_first_end_p50_s']} s after hello"
+            )
+    print(f"wrote {RESULTS / 'amd.md'} ({report['run_s']} s)")
+
+
+# --- sweep (dev only) -----------------------------------------------------------------------
+
+SWEEP = {
+    "after_greeting_silence_ms": [500, 600, 700, 800, 900],
+    "greeting_max_ms": [1400, 1600, 1800, 2000, 2200],
+    "max_words": [6, 100],
+}
+
+
+def main_sweep(modes: list[str]) -> None:
+    items, audio, rate_hz = load_set()
+    dev = [i for i in items if i["split"] == "dev"]
+    results = []
+    keys = list(SWEEP)
+    for mode in modes:
+        probs: dict[str, list[float]] | None = None
+        if mode == "silero":
+            vad = load_silero()
+            if vad is None:
+                continue
+            probs = {i["id"]: speech_probs_silero(audio[i["id"]], rate_hz, vad) for i in dev}
+        for values in itertools.product(*(SWEEP[k] for k in keys)):
+            overrides: dict[str, Any] = dict(zip(keys, values, strict=True))
+            config = dataclasses.replace(AmdConfig(), **overrides)
+            results.append(_sweep_entry(mode, keys, values, dev, audio, rate_hz, config, probs))
+            print(json.dumps(results[-1]))
+    (RESULTS / "amd_sweep.json").write_text(json.dumps(results, indent=1) + "\n")
+    head = ["mode", *keys, "machine_first", "machine_final", "human", "human_as_machine",
+            "human_as_machine_easy", "silence", "human_p50_ms"]  # fmt: skip
+    lines = [
+        "# AMD threshold sweep (dev split only)",
+        "",
+        f"{len(dev)} dev items; rates are first-verdict shares unless named final; "
+        "`_easy`: without the hard kinds. Generated by `bench/eval_amd.py --sweep`.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for e in sorted(results, key=lambda e: (e["mode"], -e["machine_final"], e["human_as_machine"])):
+        lines.append("| " + " | ".join(str(e[k]) for k in head) + " |")
+    (RESULTS / "amd_sweep.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / 'amd_sweep.md'}")
+
+
+def _sweep_entry(
+    mode: str,
+    keys: list[str],
+    values: tuple[int, ...],
+    dev: list[dict[str, Any]],
+    audio: dict[str, bytes],
+    rate_hz: int,
+    config: AmdConfig,
+    probs: dict[str, list[float]] | None,
+) -> dict[str, Any]:
+    s = summarise(evaluate(dev, audio, rate_hz, config, probs))
+    return {
+        "mode": mode,
+        **dict(zip(keys, values, strict=True)),
+        "machine_first": s["first"]["per_class"]["machine"]["rate"],
+        "machine_final": s["final"]["per_class"]["machine"]["rate"],
+        "human": s["first"]["per_class"]["human"]["rate"],
+        "human_as_machine": s["first"]["human_as_machine"]["rate"],
+        "human_as_machine_easy": s["first"]["human_as_machine_without_hard"]["rate"],
+        "silence": s["first"]["per_class"]["silence"]["rate"],
+        "human_p50_ms": round(1000 * (s["human_decision"]["after_first_end_p50_s"] or 0)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--sweep", action="store_true", help="dev-only threshold grid")
+    parser.add_argument("--mode", choices=["energy", "silero", "both"], default="both")
+    args = parser.parse_args()
+    modes = ["energy", "silero"] if args.mode == "both" else [args.mode]
+    if args.sweep:
+        main_sweep(modes)
+        return
+    main_eval(modes)
+
+
+if __name__ == "__main__":
+    main()
