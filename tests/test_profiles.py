@@ -204,7 +204,9 @@ def test_build_profile_kits_shares_models_and_loads_each_knowledge_base(
     )
     normal_s = sum(len(engines.tts.synthesize_all(t, 8000)) for t in texts) / 16000
     slow_s = sum(len(slow.tts.synthesize_all(t, 8000)) for t in texts) / 16000
-    assert slow_s > 1.3 * normal_s  # length scale 1.5
+    # Length scale 1.5: measured 1.29-1.40 (pauses and edges scale less than the words,
+    # and the noise varies); the same voice unscaled stays within about 5 %.
+    assert slow_s > 1.2 * normal_s
 
     visitors = kits["visitors"]
     assert visitors.tts is None and visitors.llm is not None
