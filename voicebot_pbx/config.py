@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from voicebot_pbx.call.amd import AmdConfig
 from voicebot_pbx.config_facts import with_facts
 from voicebot_pbx.config_parse import ConfigError, build
 
@@ -383,6 +384,11 @@ class ProfileConfig:
     # model itself is shared by every profile.
     knowledge_dir: str = ""
     company: str = ""
+    # Outbound calls (campaigns): decide human / machine / silence from the first seconds
+    # ([amd]) before the greeting (the opening); a machine gets voicemail_message after
+    # its beep (empty: just hang up).
+    amd: bool = False
+    voicemail_message: str = ""
 
     @property
     def own_voice(self) -> bool:
@@ -713,6 +719,7 @@ class Config:
     handover: HandoverConfig = field(default_factory=HandoverConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
+    amd: AmdConfig = field(default_factory=AmdConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     profiles: tuple[ProfileConfig, ...] = ()

@@ -166,6 +166,8 @@ class Listener:
         self.errors = errors
         self.turns = TurnTaker(config.vad)
         self.clock = InboundClock()
+        # Sees all caller audio (real and filled silence) at the session's rate.
+        self.audio_tap: Callable[[bytes], None] | None = None
         self.rate_hz = 8000
         self._stt_queue: asyncio.Queue[_Audio | _Finish | _Speculate] = asyncio.Queue(
             _STT_QUEUE_ITEMS
@@ -248,6 +250,8 @@ class Listener:
             if not pcm:
                 return
         self._fed_s += len(pcm) / (2 * self.rate_hz)
+        if self.audio_tap is not None:
+            self.audio_tap(pcm)  # answering-machine detection (outbound calls)
         self._recent.append((self._fed_s, pcm))
         if self.utterance_open:
             self._feed_stt(pcm)

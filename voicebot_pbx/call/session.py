@@ -27,6 +27,8 @@ import structlog
 from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.call import policy
+from voicebot_pbx.call.amd import AmdResult
+from voicebot_pbx.call.answering import AmdGate
 from voicebot_pbx.call.handover import handover_vars
 from voicebot_pbx.call.listener import Listener, TranscriptTrace
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
@@ -111,6 +113,9 @@ class CallSession:
         self._no_input_count = 0
         self._no_input_task: asyncio.Task[None] | None = None
         self.rate_hz = media.rate_hz
+        # Outbound calls of a profile with ``amd``: who answered, before the opening.
+        self._amd: AmdGate | None = None
+        self._amd_turns: set[int] = set()  # callee turns that began before the verdict
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -148,7 +153,12 @@ class CallSession:
                 verdicts = group.create_task(self.listener.run_verdicts())
                 wrap_up = group.create_task(self._wrap_up_timer())
                 greeting = TurnRecord(turn_id=0, kind="greeting")
-                self._start_reply(greeting, self._greeting(), loop.time())
+                if self.profile is not None and self.profile.amd:
+                    self._amd = AmdGate(self.config.amd, self.rate_hz, self._amd_revised)
+                    self.listener.audio_tap = self._amd.feed
+                    self._start_reply(greeting, self._greeting_after_amd(greeting), loop.time())
+                else:
+                    self._start_reply(greeting, self._greeting(), loop.time())
                 try:
                     await self._main_loop()
                 finally:
@@ -237,6 +247,47 @@ class CallSession:
             return DialogueTurn(replies=(reply,), intent="greet", source="profile")
         return await self.dialogue.start(self.call)
 
+    async def _greeting_after_amd(self, turn: TurnRecord) -> DialogueTurn:
+        """Wait for the answering-machine verdict: a person (or silence) gets the opening,
+        a machine the voicemail message after its beep."""
+        assert self._amd is not None
+        cfg = self.config.amd
+        try:
+            async with asyncio.timeout(cfg.total_analysis_ms / 1000.0 + 2.0):
+                result = await asyncio.shield(self._amd.verdict)
+        except TimeoutError:  # no audio at all reached the detector
+            result = AmdResult(verdict="undecided", decided_at_s=0.0, reason="no_audio")
+        turn.fallbacks.append(f"amd_{result.verdict}:{result.reason}")
+        log.info(
+            "amd_verdict",
+            verdict=result.verdict,
+            reason=result.reason,
+            decided_at_s=round(result.decided_at_s, 2),
+        )
+        if result.verdict != "machine":
+            return await self._greeting()
+        return await self._voicemail()
+
+    async def _voicemail(self) -> DialogueTurn:
+        """After a machine's beep (or its silence): the profile's message, then hang up."""
+        assert self._amd is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.amd.drop_wait_max_ms / 1000.0 + 2.0):
+                await asyncio.shield(self._amd.drop)
+        message = self.profile.voicemail_message if self.profile is not None else ""
+        replies = (BotReply(text=message),) if message else ()
+        return DialogueTurn(replies=replies, end="hangup", intent="voicemail", source="amd")
+
+    def _amd_revised(self, result: AmdResult) -> None:
+        """A beep after all (a short "leave a message" greeting): stop, leave the message."""
+        log.info(
+            "amd_verdict", verdict=result.verdict, reason=result.reason, revises=result.revises
+        )
+        turn = TurnRecord(turn_id=self.turns.turn_id, kind="voicemail")
+        turn.fallbacks.append(f"amd_machine:{result.reason}")
+        self._interrupt()
+        self._start_reply(turn, self._voicemail(), asyncio.get_running_loop().time())
+
     async def _write_record(self) -> None:
         if self.shared.recorder is None:
             return
@@ -303,6 +354,9 @@ class CallSession:
     # --- what the listener reports (ListenerHooks) ----------------------------------------
 
     def utterance_started(self, turn_id: int) -> None:
+        if self._amd is not None and self._amd.listening:
+            self._amd_turns.add(turn_id)  # "hello?" is the detector's, not the dialogue's
+            return
         self._cancel_no_input()
         self._no_input_count = 0
         if self._reply_task is not None and not self._reply_started:
@@ -311,6 +365,8 @@ class CallSession:
             self._cancel_reply()
 
     def barge_in(self, turn_id: int, onset_to_decision_ms: float, lag_ms: float) -> None:
+        if self._amd is not None and self._amd.listening:
+            return  # a machine's beep or greeting does not interrupt its message
         interrupted = self._reply_turn
         if interrupted is None or not self._reply_started:
             return
@@ -338,6 +394,9 @@ class CallSession:
         now: float,
         trace: TranscriptTrace,
     ) -> None:
+        if turn_id in self._amd_turns:
+            log.info("amd_turn_ignored", turn_id=turn_id)
+            return
         turn = TurnRecord(
             turn_id=turn_id,
             transcript=text,
@@ -537,7 +596,7 @@ class CallSession:
         while it is worked out, and past the hold line's ``max_dead_air_s`` it counts as a
         dialogue timeout (TimeoutError)."""
         cfg = self.config.dialogue
-        if cfg.hold_after_s <= 0 or turn.kind == "greeting":
+        if cfg.hold_after_s <= 0 or turn.kind in ("greeting", "voicemail"):
             return await make_turn
         pending = asyncio.ensure_future(make_turn)
         try:
@@ -568,11 +627,16 @@ class CallSession:
     ) -> None:
         loop = asyncio.get_running_loop()
         dialogue_started = loop.time()
+        timeout_s = self.config.dialogue.timeout_s
+        if self._amd is not None and turn.kind in ("greeting", "voicemail"):
+            # The opening waits for the verdict, a voicemail message for the beep.
+            amd = self.config.amd
+            timeout_s += (amd.total_analysis_ms + amd.drop_wait_max_ms) / 1000.0 + 4.0
         try:
-            async with asyncio.timeout(self.config.dialogue.timeout_s):
+            async with asyncio.timeout(timeout_s):
                 answer = await self._answer_with_hold(make_turn, turn, origin_at)
         except TimeoutError:
-            log.warning("dialogue_timeout", timeout_s=self.config.dialogue.timeout_s)
+            log.warning("dialogue_timeout", timeout_s=timeout_s)
             turn.fallbacks.append("dialogue_timeout")
             answer = DialogueTurn(replies=(BotReply(text=self.config.dialogue.reprompt),))
         except Exception as exc:
@@ -692,7 +756,7 @@ class CallSession:
                 # Without call control, 0x00 lets the dialplan continue (e.g. to the queue).
                 await self.media.hangup("transferred")
         else:
-            self.record.end_reason = "bot_hangup"
+            self.record.end_reason = "voicemail" if answer.intent == "voicemail" else "bot_hangup"
             if self.shared.control is not None:
                 await self._tell_pbx(self.shared.control, {"VOICEBOT_DONE": "1"})
             await self.media.hangup("bot_hangup")

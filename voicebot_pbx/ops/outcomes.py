@@ -15,6 +15,8 @@ def end_class(reason: str) -> str:
         return "caller_hangup"
     if reason in ("bot_hangup", "transferred"):
         return reason
+    if reason == "voicemail":  # a machine answered: the bot left its message and hung up
+        return "bot_hangup"
     if reason in ("shutdown", "drained", "drain"):
         return "drained"
     return "error"

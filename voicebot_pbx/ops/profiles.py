@@ -108,6 +108,8 @@ def build_profile_kits(
             texts = list(static_texts)
             if profile.greeting:
                 texts.append(profile.greeting)
+            if profile.voicemail_message:
+                texts.append(profile.voicemail_message)
             if kit.llm is not None:
                 texts += kit.llm.fixed_replies()
             elif default_llm is not None:

@@ -193,6 +193,7 @@ async def build_shared(config: Config, webhook: WebhookSender | None = None) -> 
     # Profiles speaking with the default voice: their greetings in the default cache.
     own_voice = {name for name, kit in kits.items() if kit.tts is not None}
     texts = texts + [p.greeting for p in config.profiles if p.greeting and p.name not in own_voice]
+    texts += [p.voicemail_message for p in config.profiles if p.voicemail_message]
     made = await asyncio.to_thread(warm_tts_cache, engines.tts, cache, texts)
     for kit in kits.values():
         if kit.tts is not None and kit.tts_cache is not None:

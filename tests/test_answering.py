@@ -1,0 +1,110 @@
+"""Answering-machine detection inside an outbound call (issue #23 item 2), on scripted
+timelines (virtual time): a profile with ``amd`` holds its opening until the detector's
+verdict; a person gets the opening after their "hello?", a machine its voicemail message
+after the beep, then the bot hangs up; a silent line gets the opening as its prompt.
+``tests/test_amd.py`` tests the detector itself, ``bench/eval_amd.py`` measures it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import numpy as np
+
+from tests.test_turns import make_shared
+from voicebot_pbx.call.session import CallSession, Shared
+from voicebot_pbx.config import ProfileConfig
+from voicebot_pbx.testing import FakeMedia, run_virtual, tone
+
+OPENING = "Hello, this is Northwind Energy about your meter. Say stop calling me to opt out."
+VOICEMAIL = "This is Northwind Energy. Please call us back."
+
+
+def noise(seconds: float, seed: int, level: float = 3000.0) -> bytes:
+    """Speech stands in as a noise burst (a pure tone would be a beep)."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(0.0, level, int(seconds * 8000))).astype("<i2").tobytes()
+
+
+def outbound(amd: bool = True) -> Shared:
+    shared = make_shared()
+    profile = ProfileConfig(name="outbound", greeting=OPENING, voicemail_message=VOICEMAIL, amd=amd)
+    config = dataclasses.replace(shared.config, profiles=(profile,))
+    return dataclasses.replace(shared, config=config)
+
+
+def call(
+    shared: Shared, script: list[tuple[float, bytes | str]], until_s: float
+) -> tuple[FakeMedia, CallSession]:
+    """``tests.test_turns.timeline`` for a call that arrives with the outbound profile."""
+
+    async def main() -> tuple[FakeMedia, CallSession]:
+        media = FakeMedia(profile="outbound")
+        session = CallSession(media, shared)
+        async with asyncio.TaskGroup() as group:
+            pacer = group.create_task(media.speaker.run(media.write))
+            runner = group.create_task(session.run())
+            await media.play_caller(script)
+            await media.silence_until(until_s)
+            if not runner.done():
+                await media.hangup("caller_hangup")
+            await runner
+            pacer.cancel()
+        return media, session
+
+    return run_virtual(main())  # type: ignore[no-any-return]
+
+
+def greeting_turn(session: object) -> object:
+    return session.record.turns[0]  # type: ignore[attr-defined]
+
+
+def test_a_person_gets_the_opening_after_their_hello() -> None:
+    media, session = call(outbound(), [(0.4, noise(0.5, 1))], 8.0)
+    turn = greeting_turn(session)
+    assert turn.kind == "greeting" and turn.reply_text == OPENING  # type: ignore[attr-defined]
+    assert turn.fallbacks[0].startswith("amd_human:")  # type: ignore[attr-defined]
+    first = min(media.voiced_times())  # type: ignore[attr-defined]
+    # Not over the callee's "hello?" (0.4-0.9 s): after it and the detector's silence.
+    assert 0.9 + 0.5 <= first < 0.9 + 1.3
+    # The "hello?" was the detector's: no dialogue turn was made of it.
+    assert [t.kind for t in session.record.turns] == ["greeting"]  # type: ignore[attr-defined]
+
+
+def test_a_machine_gets_the_voicemail_message_after_its_beep_then_a_hang_up() -> None:
+    greeting = noise(3.5, 2)  # "You have reached ... please leave a message"
+    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    media, session = call(outbound(), [(0.5, greeting + bytes(1600) + beep)], 16.0)
+    turn = greeting_turn(session)
+    assert turn.fallbacks[0].startswith("amd_machine:")  # type: ignore[attr-defined]
+    assert turn.reply_text == VOICEMAIL and turn.intent == "voicemail"  # type: ignore[attr-defined]
+    beep_end = 0.5 + 3.5 + 0.2 + 0.5
+    first = min(media.voiced_times())  # type: ignore[attr-defined]
+    assert beep_end <= first < beep_end + 0.5  # the message starts right after the beep
+    assert media.hangups[0] == "bot_hangup"  # type: ignore[attr-defined]
+    assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
+
+
+def test_a_silent_answer_gets_the_opening_as_its_prompt() -> None:
+    media, session = call(outbound(), [], 8.0)
+    turn = greeting_turn(session)
+    assert turn.fallbacks[0] == "amd_silence:initial_silence"  # type: ignore[attr-defined]
+    first = min(media.voiced_times())  # type: ignore[attr-defined]
+    assert 2.5 <= first < 2.5 + 0.3
+
+
+def test_without_amd_the_opening_is_at_once() -> None:
+    media, session = call(outbound(amd=False), [(0.4, noise(0.5, 1))], 6.0)
+    assert min(media.voiced_times()) < 0.3  # type: ignore[attr-defined]
+    assert not greeting_turn(session).fallbacks  # type: ignore[attr-defined]
+
+
+def test_a_beep_after_a_short_greeting_still_gets_the_voicemail_message() -> None:
+    """ "Leave a message." is as short as a person's hello: the late beep revises it."""
+    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    media, session = call(outbound(), [(0.4, noise(0.5, 3)), (2.6, beep)], 14.0)
+    kinds = [(t.kind, t.reply_text) for t in session.record.turns]  # type: ignore[attr-defined]
+    assert kinds[0][0] == "greeting" and ("voicemail", VOICEMAIL) in kinds
+    voicemail = next(t for t in session.record.turns if t.kind == "voicemail")  # type: ignore[attr-defined]
+    assert voicemail.fallbacks == ["amd_machine:beep"]
+    assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
