@@ -488,3 +488,50 @@ def test_a_list_that_cannot_be_updated_is_said_honestly_and_recorded(
     assert turn.reply_text == CampaignConfig().opt_out_failed_reply
     assert "opt_out_failed" in turn.fallbacks
     assert any("do-not-call" in e for e in session.record.errors)  # type: ignore[attr-defined]
+
+
+def test_a_machine_found_by_the_bot_reopens_the_contact_with_its_retry(tmp_path: Path) -> None:
+    store = opened(tmp_path, contacts_csv("9001,,,,", "9002,,,,"))
+    first = store.start_attempt("c1", 1, "call-a", WED_10)
+    store.finish_attempt(
+        "c1", 1, first, outcome="answered", detail="", now=WED_10 + 1, retry_at=None
+    )
+    assert store.mark_machine("c1", "call-a", now=WED_10 + 5, retry_after=lambda n: 600.0)
+    # The bot was quicker than the runner on the other call: its verdict stays.
+    second = store.start_attempt("c1", 2, "call-b", WED_10)
+    assert store.mark_machine("c1", "call-b", now=WED_10 + 5, retry_after=lambda n: None)
+    store.finish_attempt(
+        "c1", 2, second, outcome="answered", detail="", now=WED_10 + 6, retry_at=None
+    )
+    assert not store.mark_machine("c1", "no-such-call", now=WED_10, retry_after=lambda n: 1.0)
+    summary = store.summary("c1")
+    assert summary["attempts"] == {"machine": 2}
+    assert summary["status"] == {"pending": 1, "exhausted": 1}
+    assert store.next_due_at("c1") == WED_10 + 5 + 600.0
+
+
+def test_the_bot_tells_the_campaign_when_a_machine_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_answering import call, noise, outbound
+    from voicebot_pbx.campaign import opt_out
+    from voicebot_pbx.testing import FakeMedia, tone
+
+    async def inline(fn: Callable[..., object], *args: object) -> object:
+        return fn(*args)
+
+    monkeypatch.setattr(opt_out, "run_blocking", inline)
+    state = tmp_path / "state"
+    shared = outbound()
+    shared = dataclasses.replace(
+        shared,
+        config=dataclasses.replace(shared.config, state_dir=str(state)),
+        control=CampaignControl({"VOICEBOT_CAMPAIGN": "c1", "VOICEBOT_CONTACT": "1"}),  # type: ignore[arg-type]
+    )
+    store = opened(state, contacts_csv("9101,,,,"))
+    attempt = store.start_attempt("c1", 1, FakeMedia.call_id, WED_10)
+    store.finish_attempt("c1", 1, attempt, outcome="answered", detail="", now=WED_10, retry_at=None)
+    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    call(shared, [(0.5, noise(3.5, 2) + bytes(1600) + beep)], 12.0)
+    assert store.summary("c1")["attempts"] == {"machine": 1}
+    assert store.summary("c1")["status"] == {"pending": 1}  # machine_retries_s: once more

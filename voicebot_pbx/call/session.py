@@ -33,7 +33,7 @@ from voicebot_pbx.call.handover import handover_vars
 from voicebot_pbx.call.listener import Listener, TranscriptTrace
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.responder import Responder, SpeechSynth
-from voicebot_pbx.campaign.opt_out import is_opt_out, opt_out
+from voicebot_pbx.campaign.opt_out import is_opt_out, note_machine, opt_out
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.ops.analytics_open import recordings_dir
 from voicebot_pbx.ops.recording import CallRecording
@@ -266,7 +266,16 @@ class CallSession:
         )
         if result.verdict != "machine":
             return await self._greeting()
+        self._tell_campaign_machine()
         return await self._voicemail()
+
+    def _tell_campaign_machine(self) -> None:
+        async def tell() -> None:
+            if await note_machine(self.config, self.shared.control, self.media.call_id):
+                log.info("campaign_machine_noted")
+
+        if self._group is not None:
+            self._group.create_task(tell())
 
     async def _voicemail(self) -> DialogueTurn:
         """After a machine's beep (or its silence): the profile's message, then hang up."""
@@ -285,6 +294,7 @@ class CallSession:
         )
         turn = TurnRecord(turn_id=self.turns.turn_id, kind="voicemail")
         turn.fallbacks.append(f"amd_machine:{result.reason}")
+        self._tell_campaign_machine()
         self._interrupt()
         self._start_reply(turn, self._voicemail(), asyncio.get_running_loop().time())
 

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from voicebot_pbx.campaign.state import CampaignStore
 from voicebot_pbx.config import Config
@@ -34,7 +34,7 @@ _OPT_OUT = re.compile(
 OptOutOutcome = Literal["listed", "already_listed", "not_campaign", "failed"]
 
 # The store's SQLite write runs off the event loop (tests on virtual time run it inline).
-run_blocking: Callable[..., Awaitable[OptOutOutcome]] = asyncio.to_thread
+run_blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread
 
 
 def is_opt_out(text: str) -> bool:
@@ -76,6 +76,46 @@ async def opt_out(
                 return "not_campaign"
             if not contact or not contact.isdigit():
                 return "failed"
-            return await run_blocking(_list_contact, store_path(config), campaign, int(contact))
+            outcome: OptOutOutcome = await run_blocking(
+                _list_contact, store_path(config), campaign, int(contact)
+            )
+            return outcome
     except Exception:
         return "failed"
+
+
+def _mark_machine(path: Path, config: Config, campaign: str, call_id: str) -> bool:
+    from voicebot_pbx.campaign.policy import retry_after_s
+
+    if not path.exists():
+        return False
+    store = CampaignStore(path)
+    try:
+        return store.mark_machine(
+            campaign,
+            call_id,
+            now=time.time(),
+            retry_after=lambda attempt: retry_after_s("machine", attempt, config.campaign),
+        )
+    finally:
+        store.close()
+
+
+async def note_machine(
+    config: Config, control: CallControl | None, call_id: str, timeout_s: float = 1.0
+) -> bool:
+    """An answering machine took this call: tell its campaign (False: not a campaign call,
+    or the store could not be updated)."""
+    if control is None:
+        return False
+    try:
+        async with asyncio.timeout(timeout_s):
+            campaign = await control.get_var(call_id, "VOICEBOT_CAMPAIGN")
+            if not campaign:
+                return False
+            marked: bool = await run_blocking(
+                _mark_machine, store_path(config), config, campaign, call_id
+            )
+            return marked
+    except Exception:
+        return False

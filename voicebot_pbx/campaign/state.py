@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,6 +225,12 @@ class CampaignStore:
         else:
             status, next_at = ("done" if outcome == "answered" else "exhausted"), now
         with self._tx() as db:
+            row = db.execute(
+                "SELECT outcome FROM attempts WHERE campaign = ? AND seq = ? AND attempt = ?",
+                (name, seq, attempt),
+            ).fetchone()
+            if row is not None and row[0] == "machine":
+                return  # the bot already found a machine on this answered call
             db.execute(
                 "UPDATE attempts SET ended_at = ?, outcome = ?, detail = ?"
                 " WHERE campaign = ? AND seq = ? AND attempt = ?",
@@ -235,6 +241,34 @@ class CampaignStore:
                 " WHERE campaign = ? AND seq = ?",
                 (status, next_at, outcome, now, name, seq),
             )
+
+    def mark_machine(
+        self, name: str, call_id: str, *, now: float, retry_after: Callable[[int], float | None]
+    ) -> bool:
+        """The bot found an answering machine on this call: the attempt's outcome becomes
+        ``machine`` and the contact is due again after ``retry_after(attempt)`` seconds (or
+        exhausted). False when the call is not one of the campaign's attempts."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT seq, attempt FROM attempts WHERE campaign = ? AND call_id = ?",
+                (name, call_id),
+            ).fetchone()
+            if row is None:
+                return False
+            seq, attempt = int(row[0]), int(row[1])
+            db.execute(
+                "UPDATE attempts SET outcome = 'machine', ended_at = COALESCE(ended_at, ?)"
+                " WHERE campaign = ? AND seq = ? AND attempt = ?",
+                (now, name, seq, attempt),
+            )
+            after_s = retry_after(attempt)
+            status, next_at = ("exhausted", now) if after_s is None else ("pending", now + after_s)
+            db.execute(
+                "UPDATE contacts SET status = ?, next_at = ?, last_outcome = 'machine',"
+                " updated_at = ? WHERE campaign = ? AND seq = ? AND status IN ('done', 'dialling')",
+                (status, next_at, now, name, seq),
+            )
+            return True
 
     # --- do not call -------------------------------------------------------------------
 
