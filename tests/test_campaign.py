@@ -535,3 +535,44 @@ def test_the_bot_tells_the_campaign_when_a_machine_answered(
     call(shared, [(0.5, noise(3.5, 2) + bytes(1600) + beep)], 12.0)
     assert store.summary("c1")["attempts"] == {"machine": 1}
     assert store.summary("c1")["status"] == {"pending": 1}  # machine_retries_s: once more
+
+
+def test_a_pbx_link_that_drops_pauses_the_campaign_without_spending_attempts(
+    tmp_path: Path,
+) -> None:
+    from voicebot_pbx.campaign.runner import DialerUnavailable
+
+    store = opened(tmp_path, contacts_csv("9201,,,,"))
+
+    class FlakyLink(ScriptedDialer):
+        down_for = 3
+
+        async def dial(self, contact: Contact, call_id: str, campaign: str) -> DialResult:
+            if self.down_for:
+                self.down_for -= 1
+                raise DialerUnavailable("AMI is not connected (refused)")
+            return await super().dial(contact, call_id, campaign)
+
+    dialer = FlakyLink({"9201": ["answered"]})
+    stats, _clock = run(store, config(busy_retries_s=()), dialer)
+    assert stats.paused == 3 and stats.dialled == 1
+    summary = store.summary("c1")
+    assert summary["attempts"] == {"answered": 1} and summary["status"] == {"done": 1}
+
+
+def test_a_row_with_an_unknown_profile_is_refused_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voicebot_pbx.cli import main
+
+    toml = tmp_path / "voicebot.toml"
+    toml.write_text(f'state_dir = "{tmp_path / "state"}"\n[[profiles]]\nname = "reminder"\n')
+    rows = tmp_path / "rows.csv"
+    rows.write_text(contacts_csv("9301,,reminder,,", "9302,,remindr,,"))
+    saved = structlog.get_config()
+    try:
+        assert main(["campaign", "run", str(rows), "--config", str(toml)]) == 2
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err
+    assert "rows.csv:3: unknown profile 'remindr'" in err and ":2:" not in err

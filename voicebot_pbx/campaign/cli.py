@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from voicebot_pbx.campaign.contacts import ContactsError, load_contacts
+from voicebot_pbx.campaign.contacts import ContactsError, load_contacts, unknown_profiles
 from voicebot_pbx.campaign.opt_out import store_path
 from voicebot_pbx.campaign.runner import AmiDialer, run_campaign
 from voicebot_pbx.campaign.state import CampaignError, CampaignStore
@@ -43,6 +43,9 @@ def run_main(args: argparse.Namespace) -> int:
         contacts = load_contacts(args.file)
     except (ConfigError, ContactsError) as exc:
         return _fail(str(exc))
+    problems = unknown_profiles(contacts, {p.name for p in config.profiles}, str(args.file))
+    if problems:
+        return _fail("; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
     configure_logging(config.log.format, config.log.level)
     name = args.name or args.file.stem
     sha256 = hashlib.sha256(args.file.read_bytes()).hexdigest()

@@ -32,6 +32,7 @@ class Contact:
     profile: str = ""
     timezone: str = ""  # empty: the campaign's
     variables: tuple[tuple[str, str], ...] = field(default=())
+    line: int = 0  # in the contact file (for errors)
 
 
 def normalise_number(number: str) -> str:
@@ -90,6 +91,7 @@ def parse_contacts(text: str, source: str = "<contacts>") -> list[Contact]:
                 profile=values.get("profile", ""),
                 timezone=tz,
                 variables=variables,
+                line=line,
             )
         )
         if len(contacts) > MAX_CONTACTS:
@@ -107,3 +109,12 @@ def load_contacts(path: Path) -> list[Contact]:
     except UnicodeDecodeError:
         raise ContactsError(f"{path}: not UTF-8 text") from None
     return parse_contacts(text, str(path))
+
+
+def unknown_profiles(contacts: list[Contact], profiles: set[str], source: str) -> list[str]:
+    """One error per row whose profile the bot does not have."""
+    return [
+        f"{source}:{c.line}: unknown profile {c.profile!r} (not in the config's [[profiles]])"
+        for c in contacts
+        if c.profile and c.profile not in profiles
+    ]

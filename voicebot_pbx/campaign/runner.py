@@ -37,6 +37,10 @@ class DialResult:
     detail: str = ""
 
 
+class DialerUnavailable(Exception):
+    """The PBX link is down: nothing was dialled (the campaign pauses, no attempt spent)."""
+
+
 class Dialer(Protocol):
     async def dial(self, contact: Contact, call_id: str, campaign: str) -> DialResult: ...
 
@@ -48,6 +52,7 @@ class RunStats:
     skipped_dnc: int = 0
     interrupted: int = 0
     max_in_flight: int = 0
+    paused: int = 0  # dials put back because the PBX link was down
 
 
 async def run_campaign(
@@ -73,11 +78,19 @@ async def run_campaign(
     if stats.interrupted:
         log.warning("campaign_interrupted_calls", campaign=name, calls=stats.interrupted)
     in_flight: set[asyncio.Task[None]] = set()
+    paused_until = [0.0]  # loop time before which nothing is dialled (the PBX link is down)
 
     async def place(contact: Contact, call_id: str, attempt: int) -> None:
         try:
             async with asyncio.timeout(guard_s):
                 result = await dialer.dial(contact, call_id, name)
+        except DialerUnavailable as exc:
+            store.cancel_attempt(name, contact.seq, attempt, clock())
+            stats.dialled -= 1
+            stats.paused += 1
+            paused_until[0] = asyncio.get_running_loop().time() + cfg.poll_s * 5
+            log.warning("campaign_paused", campaign=name, reason=str(exc))
+            return
         except TimeoutError:
             result = DialResult("failed", f"no outcome within {guard_s:.0f} s")
         except Exception as exc:  # a dialer bug fails this attempt, not the campaign
@@ -107,6 +120,8 @@ async def run_campaign(
         while True:
             now = clock()
             free = cfg.max_concurrent - len(in_flight)
+            if asyncio.get_running_loop().time() < paused_until[0]:
+                free = 0
             for due in store.due(name, now, max(0, free)) if free > 0 else []:
                 contact = due.contact
                 tz = ZoneInfo(contact.timezone) if contact.timezone else default_tz
@@ -166,6 +181,11 @@ class AmiDialer:
 
     async def dial(self, contact: Contact, call_id: str, campaign: str) -> DialResult:
         from voicebot_pbx.pbx.ami_originate import originate
+
+        if not self.ami.connected and not await self.ami.wait_connected(
+            self.config.ami.action_timeout_s
+        ):
+            raise DialerUnavailable(f"AMI is not connected ({self.ami.last_error or 'down'})")
 
         variables = {
             "VOICEBOT_UUID": call_id,

@@ -207,6 +207,19 @@ class CampaignStore:
             )
             return attempt
 
+    def cancel_attempt(self, name: str, seq: int, attempt: int, now: float) -> None:
+        """The dial never went out (the PBX link was down): as if it had not been tried."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM attempts WHERE campaign = ? AND seq = ? AND attempt = ?",
+                (name, seq, attempt),
+            )
+            db.execute(
+                "UPDATE contacts SET status = 'pending', attempts = attempts - 1, next_at = ?,"
+                " updated_at = ? WHERE campaign = ? AND seq = ?",
+                (now, now, name, seq),
+            )
+
     def finish_attempt(
         self,
         name: str,
