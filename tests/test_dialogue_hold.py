@@ -109,3 +109,43 @@ def test_a_hung_rasa_gives_the_hold_line_then_the_rules_with_no_long_dead_air() 
     gaps = [b - a for a, b in zip(voiced, voiced[1:], strict=False)]
     assert max(gaps) < 1.5  # between the hold line and the rules' answer
     assert voiced[-1] > transcript_at + timeout_s  # the answer came after Rasa gave up
+
+
+class HungDialogue(SlowDialogue):
+    """Rasa SIGSTOPped: understanding hangs too (a turn asks twice: parse, then respond)."""
+
+    async def understand(self, call: CallInfo, text: str) -> Understanding:
+        await asyncio.sleep(self.delay_s)
+        return await self.inner.understand(call, text)
+
+
+def test_a_hung_primary_costs_one_timeout_per_turn_not_one_per_request() -> None:
+    """Issue #24 item 4 (found by bench/bench_chaos.py): understand() timed out, then
+    respond() waited for the hung Rasa again, and the turn ran into the dialogue timeout
+    (a reprompt instead of the rules' answer). After a failure the primary rests."""
+    from voicebot_pbx.answers.fallbacks import FallbackDialogue
+
+    base = make_shared()
+    fallback = FallbackDialogue(HungDialogue(base.dialogue, 3600.0), base.dialogue, timeout_s=2.0)
+    call = CallInfo(call_id="c", pbx="test")
+
+    async def turn() -> tuple[float, DialogueTurn, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await fallback.understand(call, "what are your opening hours")
+        answer = await fallback.respond(call, "what are your opening hours")
+        took_s = loop.time() - started
+        await asyncio.sleep(fallback.rest_s)  # rested: the primary is tried again
+        again = loop.time()
+        await fallback.understand(call, "hours")
+        return took_s, answer, loop.time() - again
+
+    took_s, answer, retried_s = run_virtual(turn())
+    assert took_s == 2.0  # one timeout
+    assert (
+        answer.reply_texts()[0].startswith("We open")
+        if hasattr(answer, "reply_texts")
+        else answer.replies
+    )
+    assert "nlu_unavailable:slow" in answer.fallbacks
+    assert retried_s == 2.0  # tried (and timed out) again after resting

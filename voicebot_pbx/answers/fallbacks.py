@@ -30,14 +30,27 @@ log = structlog.get_logger("voicebot_pbx.answers.fallbacks")
 class FallbackDialogue:
     """``primary`` under a timeout; on ``DialogueUnavailable`` or timeout, ``backup``.
 
-    ``fallbacks_total`` counts the turns the backup answered (exported as a metric)."""
+    After a failure the primary is skipped for ``rest_s`` (every call goes straight to the
+    backup): a hung Rasa costs one timeout, not one per request (a turn asks twice:
+    ``understand``, then ``respond``). ``fallbacks_total`` counts the turns the backup
+    answered (exported as a metric)."""
 
-    def __init__(self, primary: Dialogue, backup: Dialogue, *, timeout_s: float) -> None:
+    def __init__(
+        self, primary: Dialogue, backup: Dialogue, *, timeout_s: float, rest_s: float = 5.0
+    ) -> None:
         self.primary = primary
         self.backup = backup
         self.timeout_s = timeout_s
+        self.rest_s = rest_s
         self.name = primary.name
         self.fallbacks_total = 0
+        self._resting_until = float("-inf")
+
+    def _resting(self) -> bool:
+        return asyncio.get_running_loop().time() < self._resting_until
+
+    def _failed(self) -> None:
+        self._resting_until = asyncio.get_running_loop().time() + self.rest_s
 
     async def _try(
         self,
@@ -46,10 +59,14 @@ class FallbackDialogue:
         backup: Callable[[], Awaitable[DialogueTurn]],
     ) -> DialogueTurn:
         try:
+            if self._resting():
+                raise DialogueUnavailable("resting after a failure", retryable=True)
             async with asyncio.timeout(self.timeout_s):
                 return await primary()
         except (DialogueUnavailable, TimeoutError) as exc:
             reason = "timeout" if isinstance(exc, TimeoutError) else str(exc)
+            if not self._resting():
+                self._failed()
             self.fallbacks_total += 1
             log.warning(
                 "dialogue_fallback",
@@ -80,9 +97,13 @@ class FallbackDialogue:
 
     async def understand(self, call: CallInfo, text: str) -> Understanding:
         try:
+            if self._resting():
+                raise DialogueUnavailable("resting after a failure", retryable=True)
             async with asyncio.timeout(self.timeout_s):
                 return await self.primary.understand(call, text)
         except (DialogueUnavailable, TimeoutError):
+            if not self._resting():
+                self._failed()
             return await self.backup.understand(call, text)
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:

@@ -128,10 +128,11 @@ class Responder:
     ) -> bool:
         """Wait for ``pending`` (a dialogue answer, an LLM sentence, a voice's sentence)
         without leaving the caller in silence: once the line has been quiet for
-        ``hold_after_s`` (counted from ``quiet_from`` at the earliest) the hold line plays
-        (once per ``tag`` and turn; not when ``hold_text`` is None), and once it has been
-        quiet ``[dialogue] max_dead_air_s`` after that, or at ``limit_s``, this gives up.
-        True when ``pending`` is done."""
+        ``hold_after_s`` (counted from ``quiet_from`` at the earliest), or for
+        ``[dialogue] max_dead_air_s`` since the caller's end of speech ``origin_at``, the
+        hold line plays (once per ``tag`` and turn; not when ``hold_text`` is None), and
+        once it has been quiet ``max_dead_air_s`` after that, or at ``limit_s``, this gives
+        up. True when ``pending`` is done."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit_s
         dead_air_s = self.config.dialogue.max_dead_air_s
@@ -141,6 +142,9 @@ class Responder:
             until = deadline
             if budget_s > 0:
                 until = min(deadline, self._silent_since(quiet_from) + budget_s)
+            if holding_stage and dead_air_s > 0:
+                # However the stage counts, the caller waits no longer than this.
+                until = min(until, self._silent_since(origin_at) + dead_air_s)
             now = loop.time()
             if until > now:
                 await asyncio.wait({pending}, timeout=until - now)
