@@ -142,10 +142,6 @@ def test_a_hung_primary_costs_one_timeout_per_turn_not_one_per_request() -> None
 
     took_s, answer, retried_s = run_virtual(turn())
     assert took_s == 2.0  # one timeout
-    assert (
-        answer.reply_texts()[0].startswith("We open")
-        if hasattr(answer, "reply_texts")
-        else answer.replies
-    )
+    assert [r.text for r in answer.replies] == ["We open at eight."]  # the rules answered
     assert "nlu_unavailable:slow" in answer.fallbacks
     assert retried_s == 2.0  # tried (and timed out) again after resting
