@@ -6,12 +6,11 @@ after the beep, then the bot hangs up; a silent line gets the opening as its pro
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import numpy as np
 
-from tests.test_turns import make_shared
+from tests.test_turns import make_shared, timeline
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import ProfileConfig
 from voicebot_pbx.testing import FakeMedia, run_virtual, tone
@@ -36,23 +35,8 @@ def outbound(amd: bool = True) -> Shared:
 def call(
     shared: Shared, script: list[tuple[float, bytes | str]], until_s: float
 ) -> tuple[FakeMedia, CallSession]:
-    """``tests.test_turns.timeline`` for a call that arrives with the outbound profile."""
-
-    async def main() -> tuple[FakeMedia, CallSession]:
-        media = FakeMedia(profile="outbound")
-        session = CallSession(media, shared)
-        async with asyncio.TaskGroup() as group:
-            pacer = group.create_task(media.speaker.run(media.write))
-            runner = group.create_task(session.run())
-            await media.play_caller(script)
-            await media.silence_until(until_s)
-            if not runner.done():
-                await media.hangup("caller_hangup")
-            await runner
-            pacer.cancel()
-        return media, session
-
-    return run_virtual(main())  # type: ignore[no-any-return]
+    """A call that arrives with the outbound profile."""
+    return run_virtual(timeline(shared, script, until_s, profile="outbound"))  # type: ignore[no-any-return]
 
 
 def greeting_turn(session: object) -> object:

@@ -210,8 +210,9 @@ async def timeline(
     script: list[tuple[float, bytes | str]],
     until_s: float,
     send_silence: bool = True,
+    profile: str | None = None,
 ) -> tuple[FakeMedia, CallSession]:
-    media = FakeMedia(send_silence=send_silence)
+    media = FakeMedia(send_silence=send_silence, profile=profile)
     session = CallSession(media, shared)
     async with asyncio.TaskGroup() as group:
         pacer = group.create_task(media.speaker.run(media.write))
