@@ -265,3 +265,29 @@ def test_other_paths_go_to_the_pages_callable_with_query_and_headers() -> None:
     run(main)
     assert seen[0].query == {"outcome": "hangup"} and seen[0].headers["x-token"] == "t0"
     assert [r.path for r in seen] == ["/calls", "/nothing", "/boom"]
+
+
+def test_a_burst_of_metrics_requests_renders_the_text_once() -> None:
+    """bench_chaos: 500 /ready+/metrics requests froze the loop that paces every call's
+    audio for 0.3-0.65 s; the metrics text is now reused for ``cache_s``."""
+    renders = [0]
+
+    def metrics() -> str:
+        renders[0] += 1
+        return f"voicebot_renders {renders[0]}\n"
+
+    async def main() -> list[str]:
+        server = HealthServer(lambda: {"ready": True}, metrics=metrics, port=0, cache_s=60.0)
+        await server.start()
+        try:
+            bodies = []
+            for _ in range(20):
+                status, _, body = await get(server.port, "/metrics")
+                assert status == 200
+                bodies.append(body.decode() if isinstance(body, bytes) else body)
+            return bodies
+        finally:
+            await server.close()
+
+    bodies = asyncio.run(main())
+    assert renders[0] == 1 and set(bodies) == {"voicebot_renders 1\n"}

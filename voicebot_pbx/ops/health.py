@@ -154,6 +154,7 @@ class HealthServer:
         on_refused: Callable[[str], None] | None = None,
         pages: PagesFn | None = None,
         log_every_s: float = 10.0,
+        cache_s: float = 1.0,
     ) -> None:
         self._readiness = readiness
         self._metrics = metrics
@@ -174,6 +175,11 @@ class HealthServer:
         self.refused: dict[str, int] = {}
         self._unlogged = 0
         self._logged_at = -log_every_s
+        # The /metrics text is reused for cache_s: a burst of requests renders it once, not
+        # once each on the loop that paces every call's audio (/ready stays live: draining
+        # must show at once).
+        self._cache_s = cache_s
+        self._metrics_cache: tuple[float, str] | None = None
 
     @property
     def port(self) -> int:
@@ -319,6 +325,9 @@ class HealthServer:
             return
         await self._write(writer, page.status, page.content_type, page.body, head=head)
 
+    def _fresh(self, cached: tuple[float, Any] | None) -> bool:
+        return cached is not None and asyncio.get_running_loop().time() - cached[0] < self._cache_s
+
     async def _call_readiness(self) -> Mapping[str, Any]:
         try:
             result = self._readiness()
@@ -331,6 +340,14 @@ class HealthServer:
             return {"ready": False, "status": "error", "error": "readiness check failed"}
 
     async def _call_metrics(self) -> str | None:
+        if self._metrics_cache is not None and self._fresh(self._metrics_cache):
+            return self._metrics_cache[1]
+        text = await self._metrics_now()
+        if text is not None:
+            self._metrics_cache = (asyncio.get_running_loop().time(), text)
+        return text
+
+    async def _metrics_now(self) -> str | None:
         assert self._metrics is not None
         try:
             result = self._metrics()
