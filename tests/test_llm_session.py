@@ -90,3 +90,16 @@ def test_barge_in_closes_the_generation_and_no_stale_sentence_is_spoken() -> Non
     assert turns[0].barged_in and turns[1].transcript == "what are your opening hours"
     # Silent from shortly after the barge-in until the caller finished.
     assert not [t for t in media.voiced_times() if 5.3 < t < 6.0]
+
+
+def test_the_record_times_an_llm_reply_from_its_first_audio() -> None:
+    """bench_chaos found LLM turns recorded 0.3-0.6 s too fast: the first-frame marker fired
+    as soon as the pacer reached it, before the answer had any audio."""
+    llm = ScriptedLlm([(0.8, "Yes, you can pay by card.")])
+    media, session = run_virtual(timeline(with_llm(llm), [(2.0, tone(1.0, 8000, QUESTION))], 12.0))
+    turn = speech_turn(session)
+    first_voice = min(t for t in media.voiced_times() if t > 3.0)
+    recorded_at = 3.0 + turn.end_of_speech_to_first_frame_ms / 1000.0  # type: ignore[attr-defined]
+    # Speech end as the VAD saw it is within a window of the tone's end.
+    assert recorded_at == pytest.approx(first_voice, abs=0.06)
+    assert turn.end_of_speech_to_first_frame_ms > 800  # type: ignore[attr-defined]

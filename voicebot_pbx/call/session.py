@@ -704,7 +704,7 @@ class CallSession:
             else:
                 self._start_no_input()
 
-        self.speaker.mark(on_first_frame, generation)
+        self.speaker.mark(on_first_frame, generation, with_audio=True)
         sources: list[str] = []
         if composed is not None:
             answered = await self.responder.compose(composed, turn, generation, origin_at, sources)

@@ -36,6 +36,9 @@ class Marker:
 
     callback: Callable[[float], None]
     generation: int
+    # Fire with the first frame queued after it (the reply's first audio), not as soon as
+    # the pacer reaches it: a reply still being synthesized has queued nothing yet.
+    with_audio: bool = False
 
 
 class Speaker:
@@ -177,11 +180,16 @@ class Speaker:
             self._queued_frames += 1
         return True
 
-    def mark(self, callback: Callable[[float], None], generation: int) -> bool:
+    def mark(
+        self, callback: Callable[[float], None], generation: int, *, with_audio: bool = False
+    ) -> bool:
+        """``callback(written_at_s)`` when the pacer reaches this point of the queue; with
+        ``with_audio``, when it writes the first frame queued after it (or reaches a later
+        marker with no audio between)."""
         if generation != self._generation:
             return False
         self.end_segment(generation)
-        self._queue.append(Marker(callback, generation))
+        self._queue.append(Marker(callback, generation, with_audio))
         return True
 
     async def wait_for_room(self) -> None:
@@ -195,6 +203,9 @@ class Speaker:
         while self._queue:
             item = self._queue.popleft()
             if isinstance(item, Marker):
+                if item.with_audio and not self._queue and item.generation == self._generation:
+                    self._queue.appendleft(item)  # its audio is not queued yet
+                    return self._silence, True
                 if item.generation == self._generation:
                     try:
                         item.callback(now_s)
