@@ -7,7 +7,7 @@ install:
 	scripts/install
 
 run: install
-	.venv/bin/voicebot-pbx serve $(if $(CONFIG),--config $(CONFIG),)
+	.venv/bin/voicebot-pbx serve $(if $(CONFIG),--config $(CONFIG),) $(if $(RECORD),--record-audio,)
 
 test: install
 	scripts/check

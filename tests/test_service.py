@@ -98,7 +98,15 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
         "TEST_WEBHOOK_SECRET": "s3cret",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "voicebot_pbx.cli", "serve", "--config", str(config)],
+        [
+            sys.executable,
+            "-m",
+            "voicebot_pbx.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--record-audio",  # `make run RECORD=1`: every call recorded for the calls page
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "serve.log").open("wb"),
@@ -160,6 +168,8 @@ tts_length_scale = 1.15       # its own voice settings: warmed into its own cach
         "This is a reminder call from Northwind Energy."
     )
     assert by_profile["default"].end_reason == "drained"
+    # --record-audio: both calls were recorded (WAV files under the state dir).
+    assert all(r.recording_path and Path(r.recording_path).is_file() for r in records)
     # The reminder profile spoke its pre-synthesized greeting in its own voice settings.
     assert by_profile["reminder"].turns[0].reply_source == "cache"
     log_text = (tmp_path / "serve.log").read_text()

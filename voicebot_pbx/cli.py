@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import importlib.metadata
 import importlib.util
@@ -28,6 +29,9 @@ def _serve(args: argparse.Namespace) -> int:
     from voicebot_pbx.speech.turn_model import TurnModelError
 
     config = load_config(args.config)
+    if args.record_audio:  # both sides of every call, for the calls page's player
+        analytics = dataclasses.replace(config.analytics, record_audio=True)
+        config = dataclasses.replace(config, analytics=analytics)
     configure_logging(config.log.format, config.log.level)
     missing = extras_problems(config)
     if missing:  # one line each, before anything loads
@@ -297,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the bot (AudioSocket server)")
     serve.add_argument("--config", type=Path, help="TOML config (default: built-in defaults)")
+    serve.add_argument(
+        "--record-audio",
+        action="store_true",
+        help="record every call (as [analytics] record_audio = true): play them on /calls",
+    )
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check-config", help="validate and print the effective config")
