@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -576,3 +577,27 @@ def test_a_row_with_an_unknown_profile_is_refused_with_its_line(
         structlog.configure(**saved)
     err = capsys.readouterr().err
     assert "rows.csv:3: unknown profile 'remindr'" in err and ":2:" not in err
+
+
+def test_the_freeswitch_originate_command_and_its_outcomes() -> None:
+    from voicebot_pbx.campaign.esl_dialer import originate_command, outcome_of
+
+    cfg = dataclasses.replace(
+        config(channel="sofia/gateway/trunk/{number}", caller_id="Example <8005550100>"),
+    )
+    (contact,) = parse_contacts(contacts_csv('+44 7700 900123,Ada,reminder,,"A 1,2(x)"'))
+    command = originate_command(cfg, contact, "c0ffee", "spring sale")
+    assert command.startswith("originate {origination_uuid=c0ffee,")
+    assert "VOICEBOT_CAMPAIGN=spring_sale," in command  # no space may split the argument
+    assert (
+        "VOICEBOT_VAR_ACCOUNT=A_1" in command
+        and "origination_caller_id_number=8005550100" in command
+    )
+    assert "}sofia/gateway/trunk/+447700900123 '&socket(127.0.0.1:8084 async full)'" in command
+    # originate, the dial string, the quoted application (shlex splits as FreeSWITCH does)
+    assert len(shlex.split(command)) == 3
+    assert outcome_of("+OK 0b8e4c1e\n").outcome == "answered"
+    assert outcome_of("-ERR USER_BUSY\n").outcome == "busy"
+    assert outcome_of("-ERR NO_ANSWER\n").outcome == "no_answer"
+    failed = outcome_of("-ERR DESTINATION_OUT_OF_ORDER\n")
+    assert failed.outcome == "failed" and "OUT_OF_ORDER" in failed.detail

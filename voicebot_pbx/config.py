@@ -638,6 +638,11 @@ class FreeswitchConfig:
     max_call_duration_s: float = 1800.0
     # On barge-in, stop what FreeSWITCH itself plays to the caller (uuid_break), if anything.
     break_on_barge_in: bool = True
+    # Outbound campaigns ([campaign] pbx = "freeswitch"): FreeSWITCH's own event socket
+    # (mod_event_socket, inbound), its password from this environment variable.
+    esl_host: str = "127.0.0.1"
+    esl_port: int = 8021
+    esl_password_env: str = "VOICEBOT_FREESWITCH_PASSWORD"
 
     def __post_init__(self) -> None:
         if not 0 < self.udp_port_min <= self.udp_port_max <= 65535:
@@ -678,7 +683,11 @@ class CampaignConfig:
     back-off before each further attempt after that outcome (its length: how many)."""
 
     db_path: str = ""  # empty: <state_dir>/campaigns.sqlite
-    # What Originate dials for a contact: {number} is the contact's number as written.
+    # Which PBX places the calls: "asterisk" (AMI Originate into [ami] outbound_context) or
+    # "freeswitch" (ESL originate straight into this bot's [freeswitch] socket listener).
+    pbx: Literal["asterisk", "freeswitch"] = "asterisk"
+    # What is dialled for a contact: {number} is the contact's number as written (FreeSWITCH:
+    # a dial string, e.g. "sofia/gateway/trunk/{number}").
     channel: str = "PJSIP/{number}"
     caller_id: str = ""  # e.g. "Example Energy <8005550100>"
     max_concurrent: int = 4

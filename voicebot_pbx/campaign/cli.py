@@ -15,7 +15,8 @@ import structlog
 
 from voicebot_pbx.campaign.contacts import ContactsError, load_contacts, unknown_profiles
 from voicebot_pbx.campaign.opt_out import store_path
-from voicebot_pbx.campaign.runner import AmiDialer, run_campaign
+from voicebot_pbx.campaign.esl_dialer import EslDialer
+from voicebot_pbx.campaign.runner import AmiDialer, DialerUnavailable, run_campaign
 from voicebot_pbx.campaign.state import CampaignError, CampaignStore
 from voicebot_pbx.config import Config, load_config
 from voicebot_pbx.config_parse import ConfigError
@@ -28,7 +29,9 @@ def _fail(message: str) -> int:
 
 
 async def _run(config: Config, store: CampaignStore, name: str, once: bool) -> dict[str, Any]:
-    dialer = AmiDialer(config)
+    dialer: AmiDialer | EslDialer = (
+        EslDialer(config) if config.campaign.pbx == "freeswitch" else AmiDialer(config)
+    )
     await dialer.start()
     try:
         stats = await run_campaign(store, name, config, dialer, until_done=not once)
@@ -58,7 +61,7 @@ def run_main(args: argparse.Namespace) -> int:
             "campaign_open", campaign=name, contacts=len(contacts), resumed=not created
         )
         summary = asyncio.run(_run(config, store, name, args.once))
-    except CampaignError as exc:
+    except (CampaignError, DialerUnavailable) as exc:
         return _fail(str(exc))
     finally:
         store.close()
