@@ -92,3 +92,35 @@ def test_a_beep_after_a_short_greeting_still_gets_the_voicemail_message() -> Non
     voicemail = next(t for t in session.record.turns if t.kind == "voicemail")  # type: ignore[attr-defined]
     assert voicemail.fallbacks == ["amd_machine:beep"]
     assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
+
+
+class AmdVariables:
+    """Call control whose channel carries Asterisk's AMD() result."""
+
+    def __init__(self, status: str, cause: str) -> None:
+        self.variables = {"AMDSTATUS": status, "AMDCAUSE": cause}
+
+    async def transfer(self, call_id: str, target: str) -> bool:
+        return True
+
+    async def set_vars(self, call_id: str, variables: object) -> bool:
+        return True
+
+    async def get_var(self, call_id: str, name: str) -> str | None:
+        return self.variables.get(name)
+
+
+def test_asterisks_amd_result_is_combined_kindly_to_people() -> None:
+    """The dialplan ran AMD() and says HUMAN; the detector hears a long greeting (a person
+    answering with a whole sentence): with ``asterisk_prefer = "human"`` the opening plays."""
+    shared = dataclasses.replace(outbound(), control=AmdVariables("HUMAN", "HUMAN-1200-500"))  # type: ignore[arg-type]
+    media, session = call(shared, [(0.5, noise(3.5, 2))], 12.0)
+    turn = greeting_turn(session)
+    assert turn.reply_text == OPENING  # type: ignore[attr-defined]
+    assert turn.fallbacks[0].startswith("amd_human:") and "asterisk:HUMAN" in turn.fallbacks[0]  # type: ignore[attr-defined]
+
+
+def test_a_malformed_asterisk_amd_result_leaves_the_detector_alone() -> None:
+    shared = dataclasses.replace(outbound(), control=AmdVariables("PERHAPS", ""))  # type: ignore[arg-type]
+    media, session = call(shared, [(0.5, noise(3.5, 2))], 12.0)
+    assert greeting_turn(session).fallbacks[0].startswith("amd_machine:long_greeting")  # type: ignore[attr-defined]

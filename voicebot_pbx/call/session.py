@@ -27,7 +27,7 @@ import structlog
 from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.call import policy
-from voicebot_pbx.call.amd import AmdResult
+from voicebot_pbx.call.amd import AmdResult, AsteriskAmd, combine_asterisk
 from voicebot_pbx.call.answering import AmdGate
 from voicebot_pbx.call.handover import handover_vars
 from voicebot_pbx.call.listener import Listener, TranscriptTrace
@@ -257,6 +257,7 @@ class CallSession:
                 result = await asyncio.shield(self._amd.verdict)
         except TimeoutError:  # no audio at all reached the detector
             result = AmdResult(verdict="undecided", decided_at_s=0.0, reason="no_audio")
+        result = await self._with_asterisk_amd(result)
         turn.fallbacks.append(f"amd_{result.verdict}:{result.reason}")
         log.info(
             "amd_verdict",
@@ -276,6 +277,26 @@ class CallSession:
 
         if self._group is not None:
             self._group.create_task(tell())
+
+    async def _with_asterisk_amd(self, own: AmdResult) -> AmdResult:
+        """When the dialplan ran Asterisk's ``AMD()`` before handing the call over, its
+        AMDSTATUS/AMDCAUSE are combined with the detector's verdict (``combine_asterisk``)."""
+        control = self.shared.control
+        if control is None:
+            return own
+        try:
+            async with asyncio.timeout(0.5):
+                status = await control.get_var(self.media.call_id, "AMDSTATUS")
+                if not status:
+                    return own
+                cause = await control.get_var(self.media.call_id, "AMDCAUSE") or ""
+            theirs = AsteriskAmd.parse(status, cause)
+        except Exception as exc:  # unreadable or malformed: the detector alone decides
+            log.info("asterisk_amd_unusable", error=f"{type(exc).__name__}: {exc}")
+            return own
+        return combine_asterisk(
+            own, theirs, at_s=own.decided_at_s, prefer=self.config.amd.asterisk_prefer
+        )
 
     async def _voicemail(self) -> DialogueTurn:
         """After a machine's beep (or its silence): the profile's message, then hang up."""
