@@ -644,3 +644,24 @@ def test_without_records_yet_the_pages_say_so(tmp_path: Path) -> None:
     assert listed(CallsWeb(config))["calls"] == []
     assert get(CallsWeb(config), "/calls/abc")[0] == 404
     assert get(CallsWeb(config), "/calls/abc/recording.wav")[0] == 404
+
+
+def test_the_report_is_served_and_linked_from_the_list(site: Site) -> None:
+    """Issue #22: the report's dashboards (containment, transfers, latency percentiles, per
+    profile) one click from the list, for any window."""
+    web = CallsWeb(site.config)
+    listing, report, bad, backwards = fetch(
+        web,
+        "/calls",
+        "/report?since=2025-01-01",
+        "/report?since=yesterday-ish",
+        "/report?since=2025-03-02&until=2025-03-01",
+    )
+    assert "/report?since=7d" in text(listing)
+    status, headers, body = report
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    page = body.decode()
+    assert "Containment" in page and "<img" in page  # the charts (the reports extra is in dev)
+    assert "<h2>Per profile</h2>" in page and "default</th><td>" in page
+    assert bad[0] == 400 and "not a time" in text(bad)
+    assert backwards[0] == 400 and "until must be after since" in text(backwards)

@@ -143,6 +143,21 @@ def _buckets(
     return out, bucket_s
 
 
+def _by_profile(finished: Sequence[CallRecord]) -> dict[str, dict[str, Any]]:
+    """Per bot profile: finished calls, containment and transfer rates."""
+    out: dict[str, dict[str, Any]] = {}
+    for profile in sorted({c.profile for c in finished}):
+        calls = [c for c in finished if c.profile == profile]
+        classes = Counter(end_class(c.end_reason) for c in calls)
+        contained = sum(classes[k] for k in ("caller_hangup", "bot_hangup", "drained"))
+        out[profile] = {
+            "calls": len(calls),
+            "containment_rate": _rate(contained, len(calls)),
+            "transfer_rate": _rate(classes["transferred"], len(calls)),
+        }
+    return out
+
+
 def build_report(
     calls: Sequence[CallRecord], *, since: float = -math.inf, until: float = math.inf
 ) -> Report:
@@ -201,6 +216,7 @@ def build_report(
         "end_reasons": dict(classes.most_common()),
         "end_reasons_raw": dict(Counter(c.end_reason for c in finished).most_common()),
         "profiles": dict(Counter(c.profile for c in calls).most_common()),
+        "by_profile": _by_profile(finished),
         "transfers": {
             "total": len(transferred),
             "by_target": dict(

@@ -159,6 +159,16 @@ def render_html(report: Report) -> str:
             ("Call errors", counts(s["errors"], 20)),
         ]
     )
+    profiles = _table(
+        [
+            (
+                name,
+                f"{v['calls']} calls, containment {pct(v['containment_rate'])}, "
+                f"transfers {pct(v['transfer_rate'])}",
+            )
+            for name, v in s["by_profile"].items()
+        ]
+    )
     stage_rows = [("turn", s["latency_ms"]["turn"]), *s["latency_ms"]["stages"].items()]
     latency = "".join(
         f"<tr><th>{esc(STAGE_TITLES.get(k, k))}</th><td>{v['count']}</td><td>{ms(v['p50'])}</td>"
@@ -190,6 +200,8 @@ figcaption {{ text-align: center; color: #555; }}
 <h2>Overview</h2>
 {overview}
 <p>Containment: calls ending without a transfer or an error.</p>
+<h2>Per profile</h2>
+{profiles}
 <h2>Plots</h2>
 {figures}
 <h2>Latency</h2>

@@ -61,6 +61,15 @@ def render_text(report: Report) -> str:
         f"End reasons     {counts(s['end_reasons'])}",
         f"Top intents     {counts({i['intent']: i['count'] for i in s['top_intents']}, 10)}",
         f"Reply sources   {counts(s['reply_sources'])}",
+        "Per profile     "
+        + (
+            "; ".join(
+                f"{name} {v['calls']} calls, containment {pct(v['containment_rate'])}, "
+                f"transfers {pct(v['transfer_rate'])}"
+                for name, v in s["by_profile"].items()
+            )
+            or "-"
+        ),
         f"Fallbacks       {s['fallbacks']['total']}: {counts(s['fallbacks']['by_stage'])}",
     ]
     if s["fallbacks"]["by_name"]:

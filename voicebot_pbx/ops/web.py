@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
+import importlib.util
 import json
 import math
 import os
@@ -51,6 +53,7 @@ from voicebot_pbx.ops.web_html import (
     CallRow,
     Links,
     ListView,
+    document,
     render_call,
     render_error,
     render_list,
@@ -259,6 +262,17 @@ class CallsWeb:
 
     async def page(self, request: Request) -> Page | None:
         path = request.path
+        if path == "/report":
+            allowed, token = self._authorized(request)
+            if not allowed:
+                message = "a token is required (Authorization: Bearer <token> or ?token=)"
+                return self._error(401, message, Links(token))
+            try:
+                return await self._report(request, Links(token))
+            except BadRequest as exc:
+                return self._error(400, str(exc), Links(token))
+            except AnalyticsError as exc:
+                return self._error(503, f"call records unavailable: {exc}", Links(token))
         if path not in ("/calls", "/calls/", "/calls.json") and not path.startswith("/calls/"):
             return None
         as_json = path == "/calls.json"
@@ -283,6 +297,32 @@ class CallsWeb:
             return self._error(400, str(exc), links, as_json)
         except AnalyticsError as exc:
             return self._error(503, f"call records unavailable: {exc}", links, as_json)
+
+    async def _report(self, request: Request, links: Links) -> Page:
+        """``report --format html`` for ``since``/``until`` (default the last 7 days), the
+        charts drawn off the event loop; without the ``reports`` extra (matplotlib) the text
+        report."""
+        from voicebot_pbx.ops.report import build_report
+        from voicebot_pbx.ops.report_cli import parse_time
+        from voicebot_pbx.ops.report_text import render_text
+
+        try:
+            since = parse_time(request.query.get("since", "7d"))
+            until = parse_time(request.query.get("until", "now"))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        if until <= since:
+            raise BadRequest("until must be after since")
+        calls = await self._read(lambda store: store.calls(since=since, until=until))
+        report = build_report(calls, since=since, until=until)
+        if importlib.util.find_spec("matplotlib") is None:
+            back = f"<p><a href='{html.escape(links.calls())}'>calls</a></p>"
+            text = html.escape(render_text(report))
+            body = document("Report", f"{back}<h1>Report</h1><pre>{text}</pre>")
+            return Page(200, HTML, body)
+        from voicebot_pbx.ops.report_html import render_html
+
+        return Page(200, HTML, (await asyncio.to_thread(render_html, report)).encode("utf-8"))
 
     def _error(self, status: int, message: str, links: Links, as_json: bool = False) -> Page:
         if as_json:

@@ -119,6 +119,9 @@ class Links:
     def recording(self, call_id: str) -> str:
         return self._with(f"/calls/{quote(call_id, safe='')}/recording.wav")
 
+    def report(self, params: Mapping[str, str] | None = None) -> str:
+        return self._with("/report", params)
+
 
 # --- the list ------------------------------------------------------------------------------
 
@@ -303,7 +306,14 @@ def _list_row(row: CallRow, links: Links) -> str:
 def render_list(view: ListView, now: float | None = None) -> bytes:
     now = time.time() if now is None else now
     params = {k: v for k, v in view.filters.items() if v}
-    parts = ["<h1>Calls</h1>", _filter_form(view)]
+    week = view.links.report({"since": "7d"})
+    month = view.links.report({"since": "30d"})
+    parts = [
+        "<h1>Calls</h1>",
+        f"<p>Report: <a href='{esc(week)}'>last 7 days</a> · <a href='{esc(month)}'>last 30"
+        " days</a> (containment, transfers, latency percentiles, per profile)</p>",
+        _filter_form(view),
+    ]
     if view.active is not None:
         parts.append(_active_table(view.active, view.links, now))
     parts.append("<h2>Stored calls</h2>")
