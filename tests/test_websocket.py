@@ -273,3 +273,26 @@ def test_tls_when_given_a_certificate(tmp_path: object) -> None:
     voiced, plain_refused = asyncio.run(scenario())
     assert voiced > 0, "the call over TLS was greeted"
     assert plain_refused
+
+
+def test_a_clean_close_seen_while_sending_is_the_callers_hang_up() -> None:
+    """Through the real Asterisk over TLS the close sometimes reached the pacer's send
+    before the reader: the record said connection_error:ConnectionClosedOK."""
+    from websockets.exceptions import ConnectionClosedOK
+    from websockets.frames import Close
+
+    from voicebot_pbx.pbx import websocket_codec as wire
+    from voicebot_pbx.pbx.websocket import WebSocketCall
+
+    class Closed:
+        async def send(self, data: object) -> None:
+            raise ConnectionClosedOK(Close(1000, ""), Close(1000, ""), True)
+
+    async def scenario() -> str | None:
+        start = wire.parse_control(START)
+        assert isinstance(start, wire.MediaStart)
+        call = WebSocketCall(Closed(), start, wire.message_format(START), ServerConfig(), "p")  # type: ignore[arg-type]
+        await call.write_frame(b"\x01\x00" * 320, is_silence=False)
+        return call.end_reason
+
+    assert asyncio.run(scenario()) == "caller_hangup"

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
@@ -157,6 +157,10 @@ class WebSocketCall(CallState):
             log.warning("bad_input", reason="peer_not_reading", peer=self.peer)
             self._mark_closed("peer_not_reading")
             self._connection.transport.abort()
+        except ConnectionClosedOK:
+            # Asterisk closed cleanly (the caller hung up) while a frame was going out,
+            # before the reader saw the close.
+            self._mark_closed("caller_hangup")
         except (ConnectionClosed, ConnectionError, OSError) as exc:
             self._mark_closed(f"connection_error:{type(exc).__name__}")
 
