@@ -663,5 +663,6 @@ def test_the_report_is_served_and_linked_from_the_list(site: Site) -> None:
     page = body.decode()
     assert "Containment" in page and "<img" in page  # the charts (the reports extra is in dev)
     assert "<h2>Per profile</h2>" in page and "default</th><td>" in page
+    assert "<h2>Per day</h2>" in page and "<th>2025-03-02</th>" in page
     assert bad[0] == 400 and "not a time" in text(bad)
     assert backwards[0] == 400 and "until must be after since" in text(backwards)

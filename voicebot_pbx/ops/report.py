@@ -143,19 +143,31 @@ def _buckets(
     return out, bucket_s
 
 
+def _outcome_rates(calls: Sequence[CallRecord]) -> dict[str, Any]:
+    classes = Counter(end_class(c.end_reason) for c in calls)
+    contained = sum(classes[k] for k in ("caller_hangup", "bot_hangup", "drained"))
+    return {
+        "calls": len(calls),
+        "containment_rate": _rate(contained, len(calls)),
+        "transfer_rate": _rate(classes["transferred"], len(calls)),
+    }
+
+
 def _by_profile(finished: Sequence[CallRecord]) -> dict[str, dict[str, Any]]:
     """Per bot profile: finished calls, containment and transfer rates."""
-    out: dict[str, dict[str, Any]] = {}
-    for profile in sorted({c.profile for c in finished}):
-        calls = [c for c in finished if c.profile == profile]
-        classes = Counter(end_class(c.end_reason) for c in calls)
-        contained = sum(classes[k] for k in ("caller_hangup", "bot_hangup", "drained"))
-        out[profile] = {
-            "calls": len(calls),
-            "containment_rate": _rate(contained, len(calls)),
-            "transfer_rate": _rate(classes["transferred"], len(calls)),
-        }
-    return out
+    return {
+        profile: _outcome_rates([c for c in finished if c.profile == profile])
+        for profile in sorted({c.profile for c in finished})
+    }
+
+
+def _by_day(finished: Sequence[CallRecord]) -> dict[str, dict[str, Any]]:
+    """Per local calendar day the calls started: the containment and transfer trend."""
+    days: dict[str, list[CallRecord]] = {}
+    for call in finished:
+        day = datetime.fromtimestamp(call.started_at).strftime("%Y-%m-%d")
+        days.setdefault(day, []).append(call)
+    return {day: _outcome_rates(days[day]) for day in sorted(days)}
 
 
 def build_report(
@@ -217,6 +229,7 @@ def build_report(
         "end_reasons_raw": dict(Counter(c.end_reason for c in finished).most_common()),
         "profiles": dict(Counter(c.profile for c in calls).most_common()),
         "by_profile": _by_profile(finished),
+        "by_day": _by_day(finished),
         "transfers": {
             "total": len(transferred),
             "by_target": dict(

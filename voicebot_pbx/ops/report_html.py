@@ -169,6 +169,16 @@ def render_html(report: Report) -> str:
             for name, v in s["by_profile"].items()
         ]
     )
+    days = _table(
+        [
+            (
+                day,
+                f"{v['calls']} calls, containment {pct(v['containment_rate'])}, "
+                f"transfers {pct(v['transfer_rate'])}",
+            )
+            for day, v in s["by_day"].items()
+        ]
+    )
     stage_rows = [("turn", s["latency_ms"]["turn"]), *s["latency_ms"]["stages"].items()]
     latency = "".join(
         f"<tr><th>{esc(STAGE_TITLES.get(k, k))}</th><td>{v['count']}</td><td>{ms(v['p50'])}</td>"
@@ -202,6 +212,8 @@ figcaption {{ text-align: center; color: #555; }}
 <p>Containment: calls ending without a transfer or an error.</p>
 <h2>Per profile</h2>
 {profiles}
+<h2>Per day</h2>
+{days}
 <h2>Plots</h2>
 {figures}
 <h2>Latency</h2>
