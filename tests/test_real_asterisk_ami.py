@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.realpbx import ROOT, free_port
+from tests.realpbx import CAMPAIGN_SETTINGS, ROOT, free_port, run_campaign_through
 from tests.realpbx.asterisk import AMI_SECRET, AmiWatcher, Asterisk
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
@@ -240,37 +240,13 @@ def test_a_campaign_dials_through_asterisk_and_resumes_without_redialling(
     config = tmp_path / "campaign.toml"
     config.write_text(
         (bed.bot.folder / "voicebot.toml").read_text()
-        + '\n[campaign]\nchannel = "Local/{number}@callee"\nwindow = "00:00-23:59:59"\n'
-        + 'days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\n'
-        + "busy_retries_s = [1.0]\ncalls_per_s = 5.0\n"
+        + '\n[campaign]\nchannel = "Local/{number}@callee"\n'
+        + CAMPAIGN_SETTINGS
     )
-    contacts = tmp_path / "spring.csv"
-    contacts.write_text("number,name\n71001,Ada\n72001,Bob\n71002,Cy\n")
     env = {**os.environ, "VOICEBOT_AMI_SECRET": bed.asterisk.ami_secret}
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "voicebot_pbx.cli", "campaign", *args, "--config", str(config)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    assert cli("dnc", "add", "71002").returncode == 0
-    done = cli("run", str(contacts))
-    assert done.returncode == 0, done.stdout + done.stderr
-    summary = json.loads(done.stdout[done.stdout.find("{") :])
-    assert summary["status"] == {"done": 1, "exhausted": 1, "dnc": 1}, summary
-    assert summary["attempts"] == {"answered": 1, "busy": 2}, summary
+    run_campaign_through(config, env, tmp_path)
     (record,) = bed.new_records(timeout_s=30.0)
     assert [t.kind for t in record.turns][:1] == ["greeting"]
-    again = cli("run", str(contacts))
-    assert (
-        again.returncode == 0
-        and json.loads(again.stdout[again.stdout.find("{") :])["run"]["dialled"] == 0
-    )
 
 
 # --- 4. Asterisk restart ----------------------------------------------------------------

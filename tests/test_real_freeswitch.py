@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.realpbx import free_port
+from tests.realpbx import CAMPAIGN_SETTINGS, free_port, run_campaign_through
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.freeswitch import Call, FreeSwitch, Recording, Step, dtmf, play, silence
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
@@ -247,57 +247,25 @@ def test_a_campaign_dials_through_freeswitch_into_the_bot(bed: Bed, tmp_path: Pa
     originates each contact with ``'&socket(bot async full)'``; the answered contact reaches
     the bot under the campaign's call id, a busy one is retried once, a number on the
     do-not-call list is never dialled, and running it again dials nobody."""
-    import json
     import os
-    import subprocess
-    import sys
 
     from voicebot_pbx.campaign.state import CampaignStore
 
-    root = Path(__file__).resolve().parents[1]
     text = (bed.bot.folder / "voicebot.toml").read_text()
     text = text.replace("[freeswitch]\n", f"[freeswitch]\nesl_port = {bed.fs.esl_port}\n", 1)
-    text += (
-        '\n[campaign]\npbx = "freeswitch"\nchannel = "loopback/{number}/default"\n'
-        'window = "00:00-23:59:59"\ndays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\n'
-        "busy_retries_s = [1.0]\ncalls_per_s = 5.0\n"
-    )
+    text += '\n[campaign]\npbx = "freeswitch"\nchannel = "loopback/{number}/default"\n'
     config = tmp_path / "campaign.toml"
-    config.write_text(text)
-    contacts = tmp_path / "autumn.csv"
-    contacts.write_text("number,name\n71001,Ada\n72001,Bob\n71002,Cy\n")
+    config.write_text(text + CAMPAIGN_SETTINGS)
     env = {**os.environ, "VOICEBOT_FREESWITCH_PASSWORD": bed.fs.esl_password}
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "voicebot_pbx.cli", "campaign", *args, "--config", str(config)],
-            env=env,
-            cwd=root,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    assert cli("dnc", "add", "71002").returncode == 0
-    done = cli("run", str(contacts))
-    assert done.returncode == 0, done.stdout + done.stderr
-    summary = json.loads(done.stdout[done.stdout.find("{") :])
-    assert summary["status"] == {"done": 1, "exhausted": 1, "dnc": 1}, summary
-    assert summary["attempts"] == {"answered": 1, "busy": 2}, summary
+    run_campaign_through(config, env, tmp_path)
     store = CampaignStore(bed.bot.state_dir / "campaigns.sqlite")
     try:
-        call_ids = {
-            row[0]
-            for row in store._db.execute("SELECT call_id FROM attempts WHERE outcome = 'answered'")
-        }
+        answered = store.call_ids("contacts", outcome="answered")
     finally:
         store.close()
     deadline = time.monotonic() + 30.0
-    while not [r for r in bed.bot.records() if r.call_id in call_ids and r.ended_at]:
+    while not [r for r in bed.bot.records() if r.call_id in answered and r.ended_at]:
         assert time.monotonic() < deadline, bed.bot.log_tail()
         time.sleep(0.3)
-    (record,) = [r for r in bed.bot.records() if r.call_id in call_ids]
+    (record,) = [r for r in bed.bot.records() if r.call_id in answered]
     assert [t.kind for t in record.turns][:1] == ["greeting"]
-    again = cli("run", str(contacts))
-    assert again.returncode == 0
-    assert json.loads(again.stdout[again.stdout.find("{") :])["run"]["dialled"] == 0

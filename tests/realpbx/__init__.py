@@ -139,3 +139,45 @@ def wait_stopped(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5.0)
+
+
+# --- outbound campaigns through a real PBX (issue #23) -------------------------------------
+
+# Every day, all day; a busy callee retried once, a second later.
+CAMPAIGN_SETTINGS = (
+    'window = "00:00-23:59:59"\ndays = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]\n'
+    "busy_retries_s = [1.0]\ncalls_per_s = 5.0\n"
+)
+
+
+def run_campaign_through(config: Path, env: dict[str, str], folder: Path) -> None:
+    """``voicebot-pbx campaign`` with ``config`` against the test beds' callees (71xxx
+    answers, 72xxx is busy): one answered, one busy twice, one on the do-not-call list never
+    dialled, and a rerun of the same campaign dials nobody."""
+    import json
+    import subprocess
+    import sys
+
+    contacts = folder / "contacts.csv"
+    contacts.write_text("number,name\n71001,Ada\n72001,Bob\n71002,Cy\n")
+
+    def cli(*args: str) -> tuple[int, dict[str, object], str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "voicebot_pbx.cli", "campaign", *args, "--config", str(config)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        start = done.stdout.find("{")
+        summary = json.loads(done.stdout[start:]) if start >= 0 else {}
+        return done.returncode, summary, done.stdout + done.stderr
+
+    assert cli("dnc", "add", "71002")[0] == 0
+    code, summary, output = cli("run", str(contacts))
+    assert code == 0, output
+    assert summary["status"] == {"done": 1, "exhausted": 1, "dnc": 1}, summary
+    assert summary["attempts"] == {"answered": 1, "busy": 2}, summary
+    code, again, output = cli("run", str(contacts))
+    assert code == 0 and again["run"]["dialled"] == 0, output  # type: ignore[index]

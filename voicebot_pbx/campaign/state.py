@@ -156,6 +156,14 @@ class CampaignStore:
             for r in rows
         ]
 
+    def call_ids(self, name: str, *, outcome: str) -> set[str]:
+        """The call ids of the campaign's attempts that ended in ``outcome``."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT call_id FROM attempts WHERE campaign = ? AND outcome = ?", (name, outcome)
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
     def next_due_at(self, name: str) -> float | None:
         with self._tx() as db:
             row = db.execute(
