@@ -113,11 +113,13 @@ def _bucket_start(ts: float, bucket_s: float) -> float:
     return local.replace(minute=0, second=0, microsecond=0).timestamp()
 
 
+# End classes of a call the bot finished without a transfer or an error.
+_CONTAINED = frozenset({"caller_hangup", "bot_hangup", "drained"})
+
+
 def _outcome(call: CallRecord) -> str:
     cls = end_class(call.end_reason if call.ended_at is not None else "")
-    return {"caller_hangup": "contained", "bot_hangup": "contained", "drained": "contained"}.get(
-        cls, cls
-    )
+    return "contained" if cls in _CONTAINED else cls
 
 
 def _buckets(
@@ -145,7 +147,7 @@ def _buckets(
 
 def _outcome_rates(calls: Sequence[CallRecord]) -> dict[str, Any]:
     classes = Counter(end_class(c.end_reason) for c in calls)
-    contained = sum(classes[k] for k in ("caller_hangup", "bot_hangup", "drained"))
+    contained = sum(classes[k] for k in _CONTAINED)
     return {
         "calls": len(calls),
         "containment_rate": _rate(contained, len(calls)),
@@ -177,7 +179,7 @@ def build_report(
     calls = sorted(calls, key=lambda c: (c.started_at, c.call_id))
     finished = [c for c in calls if c.ended_at is not None]
     classes = Counter(end_class(c.end_reason) for c in finished)
-    contained = sum(classes[k] for k in ("caller_hangup", "bot_hangup", "drained"))
+    overall = _outcome_rates(finished)
     transferred = [c for c in finished if end_class(c.end_reason) == "transferred"]
     turns = [t for c in calls for t in c.turns]
     caller_turns = [t for t in turns if t.kind in CALLER_TURNS]
@@ -222,8 +224,8 @@ def build_report(
                 k: v for k, v in percentiles(durations).items() if k in ("mean", "p50", "p95")
             },
         },
-        "containment_rate": _rate(contained, len(finished)),
-        "transfer_rate": _rate(len(transferred), len(finished)),
+        "containment_rate": overall["containment_rate"],
+        "transfer_rate": overall["transfer_rate"],
         "error_rate": _rate(classes["error"], len(finished)),
         "end_reasons": dict(classes.most_common()),
         "end_reasons_raw": dict(Counter(c.end_reason for c in finished).most_common()),

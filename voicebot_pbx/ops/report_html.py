@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from voicebot_pbx.ops.report import STAGE_TITLES, Report
-from voicebot_pbx.ops.report_text import counts, local, ms, pct
+from voicebot_pbx.ops.report_text import counts, local, ms, pct, rates
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -159,26 +159,8 @@ def render_html(report: Report) -> str:
             ("Call errors", counts(s["errors"], 20)),
         ]
     )
-    profiles = _table(
-        [
-            (
-                name,
-                f"{v['calls']} calls, containment {pct(v['containment_rate'])}, "
-                f"transfers {pct(v['transfer_rate'])}",
-            )
-            for name, v in s["by_profile"].items()
-        ]
-    )
-    days = _table(
-        [
-            (
-                day,
-                f"{v['calls']} calls, containment {pct(v['containment_rate'])}, "
-                f"transfers {pct(v['transfer_rate'])}",
-            )
-            for day, v in s["by_day"].items()
-        ]
-    )
+    profiles = _table([(name, rates(v)) for name, v in s["by_profile"].items()])
+    days = _table([(day, rates(v)) for day, v in s["by_day"].items()])
     stage_rows = [("turn", s["latency_ms"]["turn"]), *s["latency_ms"]["stages"].items()]
     latency = "".join(
         f"<tr><th>{esc(STAGE_TITLES.get(k, k))}</th><td>{v['count']}</td><td>{ms(v['p50'])}</td>"
