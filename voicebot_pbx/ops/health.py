@@ -325,9 +325,6 @@ class HealthServer:
             return
         await self._write(writer, page.status, page.content_type, page.body, head=head)
 
-    def _fresh(self, cached: tuple[float, Any] | None) -> bool:
-        return cached is not None and asyncio.get_running_loop().time() - cached[0] < self._cache_s
-
     async def _call_readiness(self) -> Mapping[str, Any]:
         try:
             result = self._readiness()
@@ -340,11 +337,12 @@ class HealthServer:
             return {"ready": False, "status": "error", "error": "readiness check failed"}
 
     async def _call_metrics(self) -> str | None:
-        if self._metrics_cache is not None and self._fresh(self._metrics_cache):
+        now = asyncio.get_running_loop().time()
+        if self._metrics_cache is not None and now - self._metrics_cache[0] < self._cache_s:
             return self._metrics_cache[1]
         text = await self._metrics_now()
         if text is not None:
-            self._metrics_cache = (asyncio.get_running_loop().time(), text)
+            self._metrics_cache = (now, text)
         return text
 
     async def _metrics_now(self) -> str | None:

@@ -262,18 +262,9 @@ class CallsWeb:
 
     async def page(self, request: Request) -> Page | None:
         path = request.path
-        if path == "/report":
-            allowed, token = self._authorized(request)
-            if not allowed:
-                message = "a token is required (Authorization: Bearer <token> or ?token=)"
-                return self._error(401, message, Links(token))
-            try:
-                return await self._report(request, Links(token))
-            except BadRequest as exc:
-                return self._error(400, str(exc), Links(token))
-            except AnalyticsError as exc:
-                return self._error(503, f"call records unavailable: {exc}", Links(token))
-        if path not in ("/calls", "/calls/", "/calls.json") and not path.startswith("/calls/"):
+        if path not in ("/calls", "/calls/", "/calls.json", "/report") and not path.startswith(
+            "/calls/"
+        ):
             return None
         as_json = path == "/calls.json"
         allowed, token = self._authorized(request)
@@ -282,6 +273,8 @@ class CallsWeb:
             message = "a token is required (Authorization: Bearer <token> or ?token=)"
             return self._error(401, message, links, as_json)
         try:
+            if path == "/report":
+                return await self._report(request, links)
             if path in ("/calls", "/calls/", "/calls.json"):
                 return await self._list(request, links, as_json=as_json)
             parts = path[len("/calls/") :].split("/")
