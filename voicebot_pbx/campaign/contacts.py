@@ -118,3 +118,13 @@ def unknown_profiles(contacts: list[Contact], profiles: set[str], source: str) -
         for c in contacts
         if c.profile and c.profile not in profiles
     ]
+
+
+def campaign_variables(contact: Contact, campaign: str) -> dict[str, str]:
+    """The channel variables a campaign call carries into the bot: which campaign and
+    contact (for "stop calling me" and the machine verdict), the profile, the row's columns."""
+    variables = {"VOICEBOT_CAMPAIGN": campaign, "VOICEBOT_CONTACT": str(contact.seq)}
+    if contact.profile:
+        variables["VOICEBOT_PROFILE"] = contact.profile
+    variables.update({f"VOICEBOT_VAR_{k}": v for k, v in contact.variables})
+    return variables

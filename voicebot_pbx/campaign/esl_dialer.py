@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections import deque
 
-from voicebot_pbx.campaign.contacts import Contact
+from voicebot_pbx.campaign.contacts import Contact, campaign_variables
 from voicebot_pbx.campaign.runner import DialerUnavailable, DialResult
 from voicebot_pbx.config import Config
 from voicebot_pbx.pbx import esl_codec as esl
@@ -34,14 +35,10 @@ def originate_command(config: Config, contact: Contact, call_id: str, campaign: 
     variables = {
         "origination_uuid": call_id,
         "originate_timeout": str(max(1, round(config.ami.outbound_timeout_s))),
-        "VOICEBOT_CAMPAIGN": campaign,
-        "VOICEBOT_CONTACT": str(contact.seq),
+        **campaign_variables(contact, campaign),
     }
-    if contact.profile:
-        variables["VOICEBOT_PROFILE"] = contact.profile
     if cfg.caller_id:
         variables["origination_caller_id_number"] = re.sub(r"\D", "", cfg.caller_id)[-20:]
-    variables.update({f"VOICEBOT_VAR_{k}": v for k, v in contact.variables})
     block = ",".join(f"{k}={_value(v)}" for k, v in variables.items())
     dial = cfg.channel.replace("{number}", re.sub(r"[^0-9+*#]", "", contact.number))
     fs = config.freeswitch
@@ -60,62 +57,69 @@ def outcome_of(reply: str) -> DialResult:
     return DialResult("failed", text[:200] or "empty reply")
 
 
+class _EslConnection:
+    """One inbound event-socket connection: messages in arrival order (a read can carry
+    several; none is dropped)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self._parser = esl.Parser()
+        self._pending: deque[esl.Message] = deque()
+
+    async def next(self) -> esl.Message:
+        while not self._pending:
+            data = await self.reader.read(65536)
+            if not data:
+                self._parser.check_eof()
+                raise esl.ProtocolError("eof", "FreeSWITCH closed the event socket")
+            self._pending.extend(self._parser.feed(data))
+        return self._pending.popleft()
+
+
 class EslDialer:
     def __init__(self, config: Config) -> None:
         self.config = config
 
     async def start(self) -> None:
         """Check the event socket answers and the password works (one clear error if not)."""
-        _reader, writer, _parser = await self._connect()
-        writer.close()
+        (await self._connect()).writer.close()
 
     async def close(self) -> None:
         return None
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, esl.Parser]:
+    async def _connect(self) -> _EslConnection:
         fs = self.config.freeswitch
         password = os.environ.get(fs.esl_password_env, "")
         if not password:
             raise DialerUnavailable(f"${fs.esl_password_env} is not set")
         try:
             async with asyncio.timeout(self.config.ami.action_timeout_s):
-                reader, writer = await asyncio.open_connection(fs.esl_host, fs.esl_port)
-                parser = esl.Parser()
-                request = await self._next(reader, parser)
+                link = _EslConnection(*await asyncio.open_connection(fs.esl_host, fs.esl_port))
+                request = await link.next()
                 if request.content_type != "auth/request":
                     raise DialerUnavailable(f"not an event socket: {request.content_type!r}")
-                writer.write(esl.encode_command(f"auth {password}"))
-                reply = await self._next(reader, parser)
+                link.writer.write(esl.encode_command(f"auth {password}"))
+                reply = await link.next()
         except (OSError, TimeoutError, esl.ProtocolError) as exc:
             raise DialerUnavailable(
                 f"FreeSWITCH event socket: {type(exc).__name__}: {exc}"
             ) from None
         if not reply.get("Reply-Text").startswith("+OK"):
-            writer.close()
+            link.writer.close()
             raise DialerUnavailable("FreeSWITCH event socket refused the password")
-        return reader, writer, parser
-
-    @staticmethod
-    async def _next(reader: asyncio.StreamReader, parser: esl.Parser) -> esl.Message:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                parser.check_eof()
-                raise esl.ProtocolError("eof", "FreeSWITCH closed the event socket")
-            messages = parser.feed(data)
-            if messages:
-                return messages[0]
+        return link
 
     async def dial(self, contact: Contact, call_id: str, campaign: str) -> DialResult:
-        reader, writer, parser = await self._connect()
+        link = await self._connect()
         try:
-            writer.write(esl.encode_api(originate_command(self.config, contact, call_id, campaign)))
+            command = originate_command(self.config, contact, call_id, campaign)
+            link.writer.write(esl.encode_api(command))
             async with asyncio.timeout(self.config.ami.outbound_timeout_s + 15.0):
                 while True:
-                    message = await self._next(reader, parser)
+                    message = await link.next()
                     if message.content_type == "api/response":
                         return outcome_of(message.body.decode("utf-8", "replace"))
         except (OSError, esl.ProtocolError) as exc:
             return DialResult("failed", f"{type(exc).__name__}: {exc}")
         finally:
-            writer.close()
+            link.writer.close()

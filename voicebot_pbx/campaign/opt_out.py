@@ -14,9 +14,10 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from voicebot_pbx.campaign.state import CampaignStore
+from voicebot_pbx.campaign.policy import retry_after_s
+from voicebot_pbx.campaign.state import CampaignStore, store_path
 from voicebot_pbx.config import Config
 from voicebot_pbx.pbx.media import CallControl
 
@@ -31,6 +32,7 @@ _OPT_OUT = re.compile(
     r")\b"
 )
 
+T = TypeVar("T")
 OptOutOutcome = Literal["listed", "already_listed", "not_campaign", "failed"]
 
 # The store's SQLite write runs off the event loop (tests on virtual time run it inline).
@@ -42,24 +44,27 @@ def is_opt_out(text: str) -> bool:
     return _OPT_OUT.search(text.lower().replace("’", "'")) is not None
 
 
-def store_path(config: Config) -> Path:
-    if config.campaign.db_path:
-        return Path(config.campaign.db_path)
-    return Path(config.state_dir) / "campaigns.sqlite"
+def _in_store(path: Path, work: Callable[[CampaignStore], T]) -> T | None:
+    """``work`` on the campaign store at ``path``; None when there is none (no campaign
+    ever ran on this machine)."""
+    if not path.exists():
+        return None
+    store = CampaignStore(path)
+    try:
+        return work(store)
+    finally:
+        store.close()
 
 
 def _list_contact(path: Path, campaign: str, seq: int) -> OptOutOutcome:
-    if not path.exists():
-        return "failed"
-    store = CampaignStore(path)
-    try:
+    def put_on_list(store: CampaignStore) -> OptOutOutcome:
         number = store.contact_number(campaign, seq)
         if number is None:
             return "failed"
         added = store.add_dnc(number, source=f"opt_out:{campaign}", now=time.time())
         return "listed" if added else "already_listed"
-    finally:
-        store.close()
+
+    return _in_store(path, put_on_list) or "failed"
 
 
 async def opt_out(
@@ -85,20 +90,16 @@ async def opt_out(
 
 
 def _mark_machine(path: Path, config: Config, campaign: str, call_id: str) -> bool:
-    from voicebot_pbx.campaign.policy import retry_after_s
-
-    if not path.exists():
-        return False
-    store = CampaignStore(path)
-    try:
-        return store.mark_machine(
+    marked = _in_store(
+        path,
+        lambda store: store.mark_machine(
             campaign,
             call_id,
             now=time.time(),
             retry_after=lambda attempt: retry_after_s("machine", attempt, config.campaign),
-        )
-    finally:
-        store.close()
+        ),
+    )
+    return bool(marked)
 
 
 async def note_machine(

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from voicebot_pbx.campaign.contacts import Contact
+from voicebot_pbx.campaign.contacts import Contact, campaign_variables
 from voicebot_pbx.campaign.policy import Outcome, RateGate, Window, retry_after_s
 from voicebot_pbx.campaign.state import CampaignStore
 from voicebot_pbx.config import Config
@@ -78,9 +78,10 @@ async def run_campaign(
     if stats.interrupted:
         log.warning("campaign_interrupted_calls", campaign=name, calls=stats.interrupted)
     in_flight: set[asyncio.Task[None]] = set()
-    paused_until = [0.0]  # loop time before which nothing is dialled (the PBX link is down)
+    paused_until = 0.0  # loop time before which nothing is dialled (the PBX link is down)
 
     async def place(contact: Contact, call_id: str, attempt: int) -> None:
+        nonlocal paused_until
         try:
             async with asyncio.timeout(guard_s):
                 result = await dialer.dial(contact, call_id, name)
@@ -88,7 +89,7 @@ async def run_campaign(
             store.cancel_attempt(name, contact.seq, attempt, clock())
             stats.dialled -= 1
             stats.paused += 1
-            paused_until[0] = asyncio.get_running_loop().time() + cfg.poll_s * 5
+            paused_until = asyncio.get_running_loop().time() + cfg.poll_s * 5
             log.warning("campaign_paused", campaign=name, reason=str(exc))
             return
         except TimeoutError:
@@ -120,7 +121,7 @@ async def run_campaign(
         while True:
             now = clock()
             free = cfg.max_concurrent - len(in_flight)
-            if asyncio.get_running_loop().time() < paused_until[0]:
+            if asyncio.get_running_loop().time() < paused_until:
                 free = 0
             for due in store.due(name, now, max(0, free)) if free > 0 else []:
                 contact = due.contact
@@ -130,18 +131,14 @@ async def run_campaign(
                     store.postpone(name, contact.seq, window.next_open(at, tz).timestamp(), now)
                     stats.postponed += 1
                     continue
-                if store.is_dnc(contact.number):
-                    store.skip_dnc(name, contact.seq, now)
-                    stats.skipped_dnc += 1
-                    log.info("campaign_skip_dnc", campaign=name, contact=contact.seq)
-                    continue
                 wait_s = gate.wait_s(clock())
                 if wait_s > 0:
                     await asyncio.sleep(wait_s)
-                    if store.is_dnc(contact.number):  # added while we waited
-                        store.skip_dnc(name, contact.seq, clock())
-                        stats.skipped_dnc += 1
-                        continue
+                if store.is_dnc(contact.number):  # read right before the dial
+                    store.skip_dnc(name, contact.seq, clock())
+                    stats.skipped_dnc += 1
+                    log.info("campaign_skip_dnc", campaign=name, contact=contact.seq)
+                    continue
                 gate.started(clock())
                 # Written before the dial: a runner that dies now leaves it "interrupted".
                 call_id = str(uuid.uuid4())
@@ -187,14 +184,7 @@ class AmiDialer:
         ):
             raise DialerUnavailable(f"AMI is not connected ({self.ami.last_error or 'down'})")
 
-        variables = {
-            "VOICEBOT_UUID": call_id,
-            "VOICEBOT_CAMPAIGN": campaign,
-            "VOICEBOT_CONTACT": str(contact.seq),
-        }
-        if contact.profile:
-            variables["VOICEBOT_PROFILE"] = contact.profile
-        variables.update({f"VOICEBOT_VAR_{k}": v for k, v in contact.variables})
+        variables = {"VOICEBOT_UUID": call_id, **campaign_variables(contact, campaign)}
         cfg = self.config
         result = await originate(
             self.ami,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from voicebot_pbx.campaign.contacts import Contact, normalise_number
+from voicebot_pbx.config import Config
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (
@@ -43,6 +44,13 @@ CREATE TABLE IF NOT EXISTS dnc (
     number_key TEXT PRIMARY KEY, added_at REAL NOT NULL, source TEXT NOT NULL
 );
 """
+
+
+def store_path(config: Config) -> Path:
+    """Where the campaigns' state lives: ``[campaign] db_path``, else the state dir's."""
+    if config.campaign.db_path:
+        return Path(config.campaign.db_path)
+    return Path(config.state_dir) / "campaigns.sqlite"
 
 
 class CampaignError(ValueError):
