@@ -11,13 +11,12 @@ is checked is what the caller heard and the bot's call record, never timing (tha
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.realpbx import free_port
+from tests.realpbx import free_port, self_signed
 from tests.realpbx.asterisk import WS_PASSWORD, Asterisk
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
@@ -29,17 +28,24 @@ GREETING_S = 6
 HOURS_REPLY = "We are open Monday to Friday"
 
 
-@pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    folder = tmp_path_factory.mktemp("real-asterisk-ws")
+def ws_bed(folder: Path, *, tls: bool = False) -> Iterator[Bed]:
+    """A real Asterisk whose websocket_client.conf dials a real bot's [websocket] listener
+    (with TLS: the bot's own self-signed certificate, and one from another CA for the
+    wrong-CA stanza)."""
     ws_port = free_port()
     asterisk = Asterisk(folder / "asterisk", bot_port=free_port(), ws_port=ws_port)
+    toml = f'[websocket]\nenabled = true\nport = {ws_port}\nusername = "asterisk"\n'
+    if tls:
+        cert, key = self_signed(folder / "asterisk" / "keys")
+        other, _ = self_signed(folder / "other")
+        other.rename(folder / "asterisk" / "keys" / "other-cert.pem")
+        toml += f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
     asterisk.start()
     bot = BotProcess(
         folder / "bot",
         ami_port=asterisk.ami_port,
         ami_secret=asterisk.ami_secret,
-        extra_toml=f'[websocket]\nenabled = true\nport = {ws_port}\nusername = "asterisk"\n',
+        extra_toml=toml,
         extra_env={"VOICEBOT_WEBSOCKET_PASSWORD": WS_PASSWORD},
     )
     try:
@@ -48,6 +54,11 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     finally:
         bot.stop()
         asterisk.cleanup()
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    yield from ws_bed(tmp_path_factory.mktemp("real-asterisk-ws"))
 
 
 def asked_and_answered(bed: Bed, tag: str) -> tuple[float, float]:
@@ -131,48 +142,11 @@ def test_a_transfer_redirects_the_channel_that_dialled_the_bot_with_its_context(
     assert f"vbxfer_{tag}=agents|{record.call_id}|no" in globals_text, bed.bot.log_tail()
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 (its own CA) and its key, made with openssl."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / "bot-cert.pem", folder / "bot-key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
-        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-        + ["-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def tls_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     """Issue #20: wss:// from the real Asterisk (websocket_client.conf ``tls_enabled``,
     ``verify_server_cert``/``verify_server_hostname``) to the bot's TLS listener."""
-    folder = tmp_path_factory.mktemp("real-asterisk-wss")
-    ws_port = free_port()
-    asterisk = Asterisk(folder / "asterisk", bot_port=free_port(), ws_port=ws_port)
-    cert, key = self_signed(folder / "asterisk" / "keys")
-    other, _ = self_signed(folder / "other")
-    other.rename(folder / "asterisk" / "keys" / "other-cert.pem")
-    asterisk.start()
-    bot = BotProcess(
-        folder / "bot",
-        ami_port=asterisk.ami_port,
-        ami_secret=asterisk.ami_secret,
-        extra_toml=(
-            f'[websocket]\nenabled = true\nport = {ws_port}\nusername = "asterisk"\n'
-            f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
-        ),
-        extra_env={"VOICEBOT_WEBSOCKET_PASSWORD": WS_PASSWORD},
-    )
-    try:
-        bot.start()
-        yield Bed(asterisk, bot, set())
-    finally:
-        bot.stop()
-        asterisk.cleanup()
+    yield from ws_bed(tmp_path_factory.mktemp("real-asterisk-wss"), tls=True)
 
 
 def test_a_question_is_answered_over_wss_with_the_certificate_verified(tls_bed: Bed) -> None:

@@ -228,23 +228,16 @@ def test_tls_when_given_a_certificate(tmp_path: object) -> None:
     certificate made here; a plain ws:// client gets no call."""
     import shutil
     import ssl
-    import subprocess
     from pathlib import Path
 
     import pytest
 
+    from tests.realpbx import self_signed
+
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     folder = Path(str(tmp_path))
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
-        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"]
-        + ["-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, key = self_signed(folder)
     recorder = JsonlRecorder(folder / "calls.jsonl")
 
     async def scenario() -> tuple[int, bool]:

@@ -181,3 +181,21 @@ def run_campaign_through(config: Path, env: dict[str, str], folder: Path) -> Non
     assert summary["attempts"] == {"answered": 1, "busy": 2}, summary
     code, again, output = cli("run", str(contacts))
     assert code == 0 and again["run"]["dialled"] == 0, output  # type: ignore[index]
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost (its own CA) and its key, made with the
+    openssl command line: ``folder``/bot-cert.pem and bot-key.pem."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "bot-cert.pem", folder / "bot-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key

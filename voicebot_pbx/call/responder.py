@@ -94,16 +94,15 @@ class Responder:
 
     async def hold(self, text: str, generation: int, turn: TurnRecord, origin_at: float) -> str:
         """While an answer is late: the "hold" clip when there is one, else ``text``."""
-        has_clip = self.clips.get("hold", self.rate_hz) is not None
-        hold = BotReply(clip="hold") if has_clip else BotReply(text=text)
+        hold = BotReply(clip="hold") if self._has_hold_clip() else BotReply(text=text)
         return await self.play(hold, generation, turn, origin_at)
+
+    def _has_hold_clip(self) -> bool:
+        return self.clips.get("hold", self.rate_hz) is not None
 
     def hold_ready(self, text: str) -> bool:
         """The hold line can play without the voice (a clip, or cached audio)."""
-        return (
-            self.clips.get("hold", self.rate_hz) is not None
-            or self.tts_cache.get(text, self.rate_hz) is not None
-        )
+        return self._has_hold_clip() or self.tts_cache.get(text, self.rate_hz) is not None
 
     def _silent_since(self, quiet_from: float) -> float:
         """Loop time the caller's line goes (or went) quiet: the end of the audio still
