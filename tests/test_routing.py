@@ -38,7 +38,7 @@ def kb() -> KnowledgeBase:
 
 def hit(kb: KnowledgeBase, passage_id: str, *, score: float, coverage: float = 1.0) -> KnowledgeHit:
     passage = next(p for p in kb.passages if p.id == passage_id)
-    return KnowledgeHit(passage, score, coverage, margin=2.0)
+    return KnowledgeHit(passage, score, coverage, runner_up=score / 2, hybrid=False)
 
 
 def test_a_question_in_callers_words_finds_its_passage_with_strong_evidence(

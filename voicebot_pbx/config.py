@@ -504,11 +504,13 @@ class LlmConfig:
     first_sentence_timeout_s: float = 1.2
     hard_timeout_s: float = 6.0
     hold_reply: str = "One moment, please."
-    # Retrieval: top_k passages; a best BM25 score below min_score means out of scope;
-    # passages scoring below relative_score x the best are dropped.
+    # Retrieval: top_k passages; a best score below min_score (BM25) or hybrid_min_score
+    # ([knowledge] retrieval = "hybrid") means out of scope; passages scoring below
+    # relative_score x the best are dropped.
     knowledge_dir: str = "knowledge"
     top_k: int = 3
     min_score: float = 2.0
+    hybrid_min_score: float = 0.35
     relative_score: float = 0.5
     # Answer shape (spoken): at most max_sentences sentences of max_sentence_words words.
     max_sentences: int = 2
@@ -568,11 +570,24 @@ class KnowledgeConfig:
     (dev split)."""
 
     direct: bool = True
+    # Retrieval: "hybrid" (sentence embeddings + BM25, voicebot_pbx.answers.knowledge) or
+    # "bm25" alone. embedding_model: the all-MiniLM-L6-v2 zip or folder (empty: packaged).
+    retrieval: Literal["hybrid", "bm25"] = "hybrid"
+    embedding_model: str = ""
+    bm25_weight: float = 0.02
+    # A strong hit, hybrid: score (similarity + weighted BM25) and lead over the runner-up.
+    hybrid_direct_min_score: float = 0.55
+    hybrid_direct_min_lead: float = 0.04
+    # With the dialogue's intent examples embedded (Rasa's data/*.yml): a strong hit answers
+    # instead of an intent when its similarity is at least the intent's nearest example's
+    # + hybrid_intent_lead (0: the closer of the two; not tuned).
+    hybrid_intent_lead: float = 0.0
+    # A strong hit, BM25 alone: score, coverage of the question's terms, score / runner-up.
     direct_min_score: float = 6.0
     direct_min_coverage: float = 0.25
     direct_min_margin: float = 1.0
     max_words: int = 45
-    override_below_confidence: float = 1.0
+    override_below_confidence: float = 0.99
     keep_intents: tuple[str, ...] = (
         "greet",
         "goodbye",
@@ -599,6 +614,10 @@ class KnowledgeConfig:
         problems: list[str] = []
         if self.direct_min_score < 0 or self.direct_min_margin < 1.0:
             problems.append("direct_min_score must be >= 0 and direct_min_margin >= 1")
+        if self.retrieval not in ("hybrid", "bm25"):
+            problems.append('retrieval must be "hybrid" or "bm25"')
+        if self.bm25_weight < 0 or self.hybrid_direct_min_lead < 0:
+            problems.append("bm25_weight and hybrid_direct_min_lead must be >= 0")
         for name in ("direct_min_coverage", "override_below_confidence", "info_min_confidence"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")

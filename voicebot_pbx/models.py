@@ -29,6 +29,7 @@ MOONSHINE_TOKENIZER = "moonshine-tokenizer"
 PIPER_JOE = "piper-joe"
 VOSK_KO = "vosk-ko"
 SMART_TURN = "smart-turn"
+MINILM_L6_V2 = "minilm-l6-v2"
 
 _HASH_CHUNK_BYTES = 1 << 20
 

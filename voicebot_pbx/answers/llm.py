@@ -40,8 +40,9 @@ from pathlib import Path
 import structlog
 
 from voicebot_pbx.answers.dialogue import Rejected, RejectReason, Sentence
+from voicebot_pbx.answers.embedder import EmbedderModelError, load_embedder
 from voicebot_pbx.answers.grounding import NEUTRAL_TERMS, grounding_problems
-from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, search_terms
+from voicebot_pbx.answers.knowledge import Embedder, KnowledgeBase, Passage, search_terms
 from voicebot_pbx.answers.llm_http import EndpointPool, OpenAIEngine
 from voicebot_pbx.answers.llm_local import (
     LlamaCppEngine,
@@ -63,9 +64,10 @@ from voicebot_pbx.config import (
 from voicebot_pbx.config import (
     DEFAULT_REFUSAL_REPLY as DEFAULT_REFUSAL_REPLY,
 )
+from voicebot_pbx.config import KnowledgeConfig
 from voicebot_pbx.config import LlmConfig as LlmConfig
 from voicebot_pbx.config import LlmEndpointConfig as LlmEndpointConfig
-from voicebot_pbx.models import resolve_model_path
+from voicebot_pbx.models import ModelNotInstalledError, resolve_model_path
 from voicebot_pbx.ops.redaction import Redactor
 
 log = structlog.get_logger(__name__)
@@ -94,11 +96,13 @@ class LlmAnswerer:
         return (self.config.hold_reply, self.config.fallback_reply, self.config.refusal_reply)
 
     def retrieve(self, question: str) -> list[Passage]:
+        """The passages for ``question`` (blocking: a hybrid knowledge base embeds it)."""
+        config = self.config
         return self.kb.search(
             question,
-            self.config.top_k,
-            min_score=self.config.min_score,
-            relative_score=self.config.relative_score,
+            config.top_k,
+            min_score=config.hybrid_min_score if self.kb.hybrid else config.min_score,
+            relative_score=config.relative_score,
         )
 
     async def warm(self) -> None:
@@ -133,7 +137,10 @@ class LlmAnswerer:
         """
         config = self.config
         started = time.perf_counter()
-        passages = self.retrieve(question)
+        if self.kb.hybrid:  # embeds the question (~10 ms; cached when the router did)
+            passages = await asyncio.to_thread(self.retrieve, question)
+        else:
+            passages = self.retrieve(question)
         if not passages:
             log.info("llm_out_of_scope", question_words=len(question.split()))
             yield self._reject("out_of_scope")
@@ -310,14 +317,26 @@ def build_engine(config: LlmConfig, *, environ: Mapping[str, str] | None = None)
 
 def load_llm(
     config: LlmConfig,
+    knowledge: KnowledgeConfig | None = None,
     *,
     base_dir: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> LlmAnswerer:
     """Knowledge base + engine + answerer. ``knowledge_dir`` is relative to ``base_dir``
-    (default: the working directory). Raises on a missing model, folder or API key."""
+    (default: the working directory). Raises on a missing model, folder or API key. The
+    knowledge base is hybrid when ``knowledge`` asks for it (default: BM25 alone); an
+    embedding model that cannot load leaves it on BM25, with one ``knowledge_embedder``
+    error line."""
     folder = Path(config.knowledge_dir)
     if base_dir is not None and not folder.is_absolute():
         folder = Path(base_dir) / folder
-    kb = KnowledgeBase.load(folder)
+    embedder: Embedder | None = None
+    weight = 0.0
+    if knowledge is not None:
+        weight = knowledge.bm25_weight
+        try:
+            embedder = load_embedder(knowledge)
+        except (EmbedderModelError, ModelNotInstalledError) as exc:
+            log.error("knowledge_embedder", error=str(exc), retrieval="bm25")
+    kb = KnowledgeBase.load(folder, embedder=embedder, bm25_weight=weight)
     return LlmAnswerer(build_engine(config, environ=environ), kb, config)

@@ -3,14 +3,18 @@ read out as written, or the LLM composing from passages.
 
 A caller's FAQ question ("do you charge to switch suppliers?") often lands on the nearest
 intent with middling confidence, and the caller hears the opening hours. ``route`` weighs
-the intent's confidence against retrieval evidence (:class:`KnowledgeHit`: BM25 score, how
-much of the question the passage covers, how far ahead of the runner-up it is):
+the intent's confidence against retrieval evidence (:class:`KnowledgeHit`: the relevance
+score, hybrid or BM25, how much of the question the passage covers, how far ahead of the
+runner-up it is):
 
 - a strong hit answers **as written**: the passage's own sentences (grounded by
   construction; each sentence is a separate reply, so each is TTS-cached once);
 - the dialogue's conversation intents (greetings, yes/no, transfer to an agent, DTMF) are
   never taken over; any other intent keeps the turn when the hit is on its own topic
-  (``intent_topics``: the booking flow for an appointments passage), else a strong hit wins;
+  (``intent_topics``: the booking flow for an appointments passage) unless, with a hybrid
+  knowledge base and the intent's training examples embedded, the question is as close to
+  the passage as to the intent's nearest example (``intent_similarity``); else a strong
+  hit wins;
 - an information intent (opening hours, address, billing) that is unsure and has no strong
   hit behind it, and what the dialogue did not understand, go to the LLM, which refuses
   (the honest "shall I put you through") without passages scoring ``llm.min_score``.
@@ -31,13 +35,26 @@ Route = Literal["intent", "passage", "compose"]
 @dataclass(frozen=True, slots=True)
 class KnowledgeHit:
     passage: Passage
-    score: float  # BM25
+    score: float  # relevance: hybrid (similarity + weighted BM25) or BM25
     coverage: float  # share of the question's search terms the passage uses
-    margin: float  # score / the runner-up's score (inf: no runner-up)
+    runner_up: float  # the second passage's score (0: none)
+    hybrid: bool
+    similarity: float = 0.0  # hybrid: the question's cosine similarity to the passage
+
+    @property
+    def margin(self) -> float:
+        """score / the runner-up's score (inf: no runner-up): BM25's lead."""
+        return self.score / self.runner_up if self.runner_up > 0 else float("inf")
+
+    @property
+    def lead(self) -> float:
+        """score - the runner-up's score: the hybrid score's lead."""
+        return self.score - self.runner_up
 
 
 def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
-    """The best passage for ``question`` and the evidence for it (None: no term matched)."""
+    """The best passage for ``question`` and the evidence for it (None: nothing relevant).
+    Blocking (a hybrid knowledge base embeds the question): run it off the event loop."""
     scored = kb.scores(question)
     if not scored:
         return None
@@ -45,14 +62,20 @@ def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
     terms = search_terms(question)
     used = kb.terms_of(passage)
     coverage = sum(term in used for term in terms) / len(terms) if terms else 0.0
-    margin = score / scored[1][1] if len(scored) > 1 else float("inf")
-    return KnowledgeHit(passage, score, coverage, margin)
+    runner_up = scored[1][1] if len(scored) > 1 else 0.0
+    similarity = kb.similarity(passage, question)
+    return KnowledgeHit(passage, score, coverage, runner_up, kb.hybrid, similarity)
 
 
 def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
+    if hit is None:
+        return False
+    if hit.hybrid:
+        return hit.score >= config.hybrid_direct_min_score and (
+            hit.lead >= config.hybrid_direct_min_lead
+        )
     return (
-        hit is not None
-        and hit.score >= config.direct_min_score
+        hit.score >= config.direct_min_score
         and hit.coverage >= config.direct_min_coverage
         and hit.margin >= config.direct_min_margin
     )
@@ -68,6 +91,7 @@ def route(
     needs_fallback: bool,
     hit: KnowledgeHit | None,
     config: KnowledgeConfig,
+    intent_similarity: float | None = None,
 ) -> Route:
     """Where the turn's answer comes from (see the module docstring)."""
     strong = config.direct and is_strong(hit, config)
@@ -78,7 +102,16 @@ def route(
     if strong and hit is not None:
         topics = dict(pair.split("=", 1) for pair in config.intent_topics)
         if topics.get(intent) == _topic(hit.passage):
-            return "intent"  # the intent's own reply covers this passage's topic
+            # The intent's own reply covers this passage's topic, unless (hybrid, the
+            # intent's training examples embedded) the question is at least as close to
+            # the passage as to the intent's nearest example: "can an engineer come round
+            # on a saturday" asks about appointments, "book me an engineer" is the intent.
+            if (
+                intent_similarity is not None
+                and hit.similarity >= intent_similarity + config.hybrid_intent_lead
+            ):
+                return "passage"
+            return "intent"
         if confidence is None or confidence < config.override_below_confidence:
             return "passage"
         return "intent"

@@ -78,7 +78,13 @@ def profile_llm(config: Config, profile: ProfileConfig, default: LlmAnswerer) ->
         knowledge_dir=profile.knowledge_dir or default.config.knowledge_dir,
         company=profile.company or default.config.company,
     )
-    kb = KnowledgeBase.load(llm_config.knowledge_dir) if profile.knowledge_dir else default.kb
+    kb = default.kb
+    if profile.knowledge_dir:  # same retrieval (and embedding model) as the default
+        kb = KnowledgeBase.load(
+            llm_config.knowledge_dir,
+            embedder=default.kb.embedder,
+            bm25_weight=default.kb.bm25_weight,
+        )
     return LlmAnswerer(default.engine, kb, llm_config)
 
 

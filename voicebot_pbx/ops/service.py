@@ -21,9 +21,10 @@ import structlog
 from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.action_server import ActionServer
 from voicebot_pbx.answers.dialogue import Dialogue, RuleDialogue
-from voicebot_pbx.answers.knowledge import knowledge_problems
+from voicebot_pbx.answers.knowledge import KnowledgeBase, knowledge_problems
 from voicebot_pbx.answers.llm import LlmAnswerer, load_llm
 from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue
+from voicebot_pbx.answers.rasa_examples import RasaExamplesError, load_intent_examples
 from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
 from voicebot_pbx.answers.routing import spoken_sentences
 from voicebot_pbx.answers.supervised import ChildError
@@ -122,6 +123,21 @@ def warm_stt(engines: Engines) -> None:
     stream.close()
 
 
+def add_intent_examples(kb: KnowledgeBase, config: Config) -> None:
+    """Embed the Rasa project's examples of every intent the router may overrule (not the
+    ``keep_intents``), so a knowledge question is told from a task request by closeness
+    (``voicebot_pbx.answers.routing``). A project that cannot be read leaves the router on
+    its topic rule, with one ``intent_examples_unavailable`` line."""
+    try:
+        examples = load_intent_examples(config.rasa.project_dir)
+    except RasaExamplesError as exc:
+        log.warning("intent_examples_unavailable", error=str(exc))
+        return
+    keep = set(config.knowledge.keep_intents)
+    count = kb.add_intent_examples({k: v for k, v in examples.items() if k not in keep})
+    log.info("intent_examples_embedded", examples=count)
+
+
 async def load_llm_or_none(config: Config) -> LlmAnswerer | None:
     """The LLM fallback, loaded and warmed (its fixed prompt evaluated); None when it is
     disabled or cannot load (logged: the bot then answers with the rule/Rasa reprompt)."""
@@ -131,8 +147,10 @@ async def load_llm_or_none(config: Config) -> LlmAnswerer | None:
         log.warning("knowledge_problem", problem=problem)
     started = time.perf_counter()
     try:
-        llm = await asyncio.to_thread(load_llm, config.llm)
+        llm = await asyncio.to_thread(load_llm, config.llm, config.knowledge)
         await llm.warm()
+        if llm.kb.hybrid and config.dialogue.engine == "rasa":
+            await asyncio.to_thread(add_intent_examples, llm.kb, config)
     except Exception as exc:
         log.error("llm_unavailable", error=f"{type(exc).__name__}: {exc}")
         return None
@@ -140,6 +158,7 @@ async def load_llm_or_none(config: Config) -> LlmAnswerer | None:
         "llm_ready",
         engine=config.llm.engine,
         passages=len(llm.kb.passages),
+        retrieval="hybrid" if llm.kb.hybrid else "bm25",
         load_s=round(time.perf_counter() - started, 2),
     )
     return llm

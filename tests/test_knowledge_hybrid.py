@@ -1,0 +1,177 @@
+"""Hybrid knowledge retrieval: the packaged all-MiniLM-L6-v2 embedder (answers/embedder.py),
+hybrid scores in the knowledge base, the Rasa intent examples and the router's closeness
+rule (answers/routing.py), on the project's real knowledge files and Rasa data."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from voicebot_pbx.answers.dialogue import CallInfo
+from voicebot_pbx.answers.embedder import EmbedderModelError, SentenceEmbedder, load_embedder
+from voicebot_pbx.answers.fallbacks import ComposingDialogue
+from voicebot_pbx.answers.knowledge import KnowledgeBase
+from voicebot_pbx.answers.llm import load_llm
+from voicebot_pbx.answers.rasa_examples import RasaExamplesError, load_intent_examples
+from voicebot_pbx.answers.routing import KnowledgeHit, is_strong, knowledge_hit, route
+from voicebot_pbx.config import KnowledgeConfig, LlmConfig, LlmEndpointConfig
+from voicebot_pbx.models import MINILM_L6_V2, model_path
+from voicebot_pbx.testing import ScriptedLlm
+
+ROOT = Path(__file__).resolve().parents[1]
+KNOWLEDGE = ROOT / "knowledge"
+CONFIG = KnowledgeConfig()
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceEmbedder:
+    loaded = load_embedder(CONFIG)
+    assert loaded is not None
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def kb(embedder: SentenceEmbedder) -> KnowledgeBase:
+    return KnowledgeBase.load(KNOWLEDGE, embedder=embedder, bm25_weight=CONFIG.bm25_weight)
+
+
+def test_the_embedder_reproduces_sentence_similarity(embedder: SentenceEmbedder) -> None:
+    vectors = [
+        embedder.embed(t)
+        for t in (
+            "A man is eating food.",
+            "A man is eating a piece of bread.",
+            "The girl is carrying a baby.",
+        )
+    ]
+    for v in vectors:
+        assert v.shape == (384,) and v.dtype == np.float32
+        assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-4
+    # sentence-transformers' own all-MiniLM-L6-v2 gives ~0.76 for the first pair; a wrong
+    # layer (gelu, attention scale, padding in the mean) moves it far off.
+    assert 0.72 < float(vectors[0] @ vectors[1]) < 0.80
+    assert float(vectors[0] @ vectors[2]) < 0.2
+    # Deterministic, and the same text gives the same vector whatever came before.
+    assert np.array_equal(embedder.embed("A man is eating food."), vectors[0])
+
+
+def test_a_question_sharing_no_word_with_its_passage_finds_it(kb: KnowledgeBase) -> None:
+    found = knowledge_hit(kb, "how many different energy plans have you got")
+    assert found is not None and found.hybrid
+    assert found.passage.id.startswith("tariffs#")
+    bm25_only = knowledge_hit(KnowledgeBase.load(KNOWLEDGE), "how many different energy plans")
+    assert bm25_only is None or not bm25_only.passage.id.startswith("tariffs#")
+    assert 0.0 < found.similarity <= 1.0 and found.lead > 0
+
+
+def test_hybrid_scores_add_weighted_bm25_to_the_similarity(kb: KnowledgeBase) -> None:
+    question = "can I change the date my direct debit comes out"
+    scores = dict((p.id, s) for p, s in kb.scores(question))
+    bm25 = dict((p.id, s) for p, s in KnowledgeBase.load(KNOWLEDGE).scores(question))
+    passage = next(p for p in kb.passages if p.id == "direct-debit#2")
+    expected = kb.similarity(passage, question) + CONFIG.bm25_weight * bm25["direct-debit#2"]
+    assert scores["direct-debit#2"] == pytest.approx(expected, abs=1e-6)
+    assert max(scores, key=lambda k: scores[k]) == "direct-debit#2"
+
+
+def test_an_off_topic_question_is_not_a_strong_hit(kb: KnowledgeBase) -> None:
+    for question in ("who wrote romeo and juliet", "what's the score in the cricket"):
+        found = knowledge_hit(kb, question)
+        assert found is None or found.score < CONFIG.hybrid_direct_min_score
+
+
+def test_the_rasa_examples_are_read_with_entity_markup_removed() -> None:
+    examples = load_intent_examples(ROOT / "rasa_project")
+    assert {"book_appointment", "report_outage", "greet"} <= examples.keys()
+    assert "power cut at nw1 4en" in examples["report_outage"]
+    assert not any("](" in text for texts in examples.values() for text in texts)
+
+
+def test_a_missing_or_broken_rasa_project_is_named(tmp_path: Path) -> None:
+    with pytest.raises(RasaExamplesError, match="does not exist"):
+        load_intent_examples(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "nlu.yml").write_text("nlu:\n  - intent: x\n    examples: [\n")
+    with pytest.raises(RasaExamplesError, match="nlu.yml"):
+        load_intent_examples(tmp_path)
+
+
+def test_a_question_about_a_topic_is_told_from_the_task_request(kb: KnowledgeBase) -> None:
+    examples = load_intent_examples(ROOT / "rasa_project")
+    probe = KnowledgeBase.load(KNOWLEDGE, embedder=kb.embedder, bm25_weight=kb.bm25_weight)
+    assert probe.intent_similarity("book_appointment", "x") is None
+    assert probe.add_intent_examples({"book_appointment": examples["book_appointment"]}) > 10
+    config = dataclasses.replace(CONFIG, hybrid_direct_min_score=0.0, hybrid_direct_min_lead=0.0)
+
+    def where(question: str) -> str:
+        found = knowledge_hit(probe, question)
+        assert found is not None and found.passage.id.startswith("appointments#"), found
+        closeness = probe.intent_similarity("book_appointment", question)
+        assert closeness is not None
+        return route("book_appointment", 0.95, False, found, config, closeness)
+
+    # Without the examples the topic rule keeps the booking intent for both.
+    assert where("how much do you charge to fit a smart meter") == "passage"
+    assert where("book me an engineer visit for next week") == "intent"
+
+
+def test_the_topic_rule_applies_without_intent_examples(kb: KnowledgeBase) -> None:
+    passage = next(p for p in kb.passages if p.id.startswith("appointments#"))
+    strong = KnowledgeHit(passage, 0.9, 1.0, runner_up=0.5, hybrid=True, similarity=0.8)
+    assert route("book_appointment", 0.9, False, strong, CONFIG) == "intent"
+    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.5) == "passage"
+    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.85) == "intent"
+    weak = dataclasses.replace(strong, score=CONFIG.hybrid_direct_min_score - 0.01)
+    assert route(None, None, True, weak, CONFIG) == "compose"
+    close_call = dataclasses.replace(strong, runner_up=0.9 - CONFIG.hybrid_direct_min_lead / 2)
+    assert route(None, None, True, close_call, CONFIG) == "compose"
+
+
+def test_a_broken_embedding_model_is_named_and_the_llm_falls_back_to_bm25(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(EmbedderModelError, match="does not exist"):
+        SentenceEmbedder(tmp_path / "nope.zip")
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(EmbedderModelError, match="not a readable zip"):
+        SentenceEmbedder(broken)
+    partial = tmp_path / "partial.zip"
+    with zipfile.ZipFile(model_path(MINILM_L6_V2)) as source, zipfile.ZipFile(partial, "w") as out:
+        for info in source.infolist():
+            if not info.filename.endswith("tokenizer.json"):
+                out.writestr(info, source.read(info))
+    with pytest.raises(EmbedderModelError, match="no tokenizer.json"):
+        SentenceEmbedder(partial)
+    # The LLM's knowledge base falls back to BM25 with one error line naming the model.
+    llm_config = LlmConfig(engine="openai", endpoints=(LlmEndpointConfig("http://127.0.0.1:9/v1"),))
+    with capture_logs() as logs:
+        llm = load_llm(
+            llm_config, dataclasses.replace(CONFIG, embedding_model=str(broken)), base_dir=ROOT
+        )
+    assert not llm.kb.hybrid and llm.kb.passages
+    errors = [e for e in logs if e["event"] == "knowledge_embedder"]
+    assert len(errors) == 1 and "broken.zip" in errors[0]["error"]
+    assert load_llm(llm_config, CONFIG, base_dir=ROOT).kb.hybrid
+    assert load_embedder(dataclasses.replace(CONFIG, retrieval="bm25")) is None
+
+
+def test_the_dialogue_reads_a_passage_found_only_by_meaning(kb: KnowledgeBase) -> None:
+    """The router runs the embedding beside the dialogue's parse (a thread: real time)."""
+    from tests.test_routing import UnsureNlu  # the unsure dialogue of the BM25 routing tests
+
+    nlu = UnsureNlu()
+    brain = ComposingDialogue(nlu, ScriptedLlm([(0.0, "Composed.")], kb=kb), CONFIG)
+    call = CallInfo(call_id="c")
+    question = "who do I talk to if I can't afford my bills"  # BM25 alone: not a strong hit
+    bm25_hit = knowledge_hit(KnowledgeBase.load(KNOWLEDGE), question)
+    assert not is_strong(bm25_hit, CONFIG)
+    turn = asyncio.run(brain.respond(call, question))
+    assert turn.source == "knowledge" and turn.sources == ("billing#3",)
+    assert question not in nlu.acted
