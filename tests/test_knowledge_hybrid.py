@@ -62,10 +62,10 @@ def test_the_embedder_reproduces_sentence_similarity(embedder: SentenceEmbedder)
 
 
 def test_a_question_sharing_no_word_with_its_passage_finds_it(kb: KnowledgeBase) -> None:
-    found = knowledge_hit(kb, "how many different energy plans have you got")
+    found = knowledge_hit(kb, "what kinds of plans do you sell")
     assert found is not None and found.hybrid
     assert found.passage.id.startswith("tariffs#")
-    bm25_only = knowledge_hit(KnowledgeBase.load(KNOWLEDGE), "how many different energy plans")
+    bm25_only = knowledge_hit(KnowledgeBase.load(KNOWLEDGE), "what kinds of plans do you sell")
     assert bm25_only is None or not bm25_only.passage.id.startswith("tariffs#")
     assert 0.0 < found.similarity <= 1.0 and found.lead > 0
 
@@ -81,7 +81,7 @@ def test_hybrid_scores_add_weighted_bm25_to_the_similarity(kb: KnowledgeBase) ->
 
 
 def test_an_off_topic_question_is_not_a_strong_hit(kb: KnowledgeBase) -> None:
-    for question in ("who wrote romeo and juliet", "what's the score in the cricket"):
+    for question in ("who won the football last night", "what is the capital of france"):
         found = knowledge_hit(kb, question)
         assert found is None or found.score < CONFIG.hybrid_direct_min_score
 
@@ -117,7 +117,8 @@ def test_a_question_about_a_topic_is_told_from_the_task_request(kb: KnowledgeBas
         return route("book_appointment", 0.95, False, found, config, closeness)
 
     # Without the examples the topic rule keeps the booking intent for both.
-    assert where("how much do you charge to fit a smart meter") == "passage"
+    # (The evaluation set's own questions are never used here: bench/answers_dataset.py.)
+    assert where("does it cost me anything to have a smart meter fitted") == "passage"
     assert where("book me an engineer visit for next week") == "intent"
 
 

@@ -1,6 +1,6 @@
 """Sentence embeddings for knowledge retrieval (pure numpy): all-MiniLM-L6-v2.
 
-A caller asks "how many different energy plans have you got?" and the knowledge base says
+A caller asks "what kinds of plans do you sell?" and the knowledge base says
 "What tariffs do you offer?": no shared word, so BM25 cannot see it; a sentence embedding
 can. :class:`SentenceEmbedder` runs the packaged ``all-MiniLM-L6-v2`` (a 6-layer, 384-wide
 BERT, mean-pooled, L2-normalised; Apache-2.0) in plain numpy, one question at a time

@@ -4,7 +4,7 @@ searched per question).
 
 Relevance is BM25 alone, or *hybrid*: the cosine similarity of the question's embedding to
 the passage's (heading, answer and keywords) plus ``bm25_weight`` x BM25. Callers phrase
-questions in their own words ("how many energy plans have you got" for "What tariffs do
+questions in their own words ("what kinds of plans do you sell" for "What tariffs do
 you offer?"): on the answers evaluation set's dev split, the right passage came first for
 23/33 questions by BM25, 28/33 by the embedding, 29/33 hybrid (test: 50, 56, 59 of 65).
 """

@@ -104,8 +104,8 @@ def route(
         if topics.get(intent) == _topic(hit.passage):
             # The intent's own reply covers this passage's topic, unless (hybrid, the
             # intent's training examples embedded) the question is at least as close to
-            # the passage as to the intent's nearest example: "can an engineer come round
-            # on a saturday" asks about appointments, "book me an engineer" is the intent.
+            # the passage as to the intent's nearest example: "does a smart meter cost
+            # anything to fit" asks about appointments, "book me an engineer" is the intent.
             if (
                 intent_similarity is not None
                 and hit.similarity >= intent_similarity + config.hybrid_intent_lead
