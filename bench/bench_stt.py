@@ -16,7 +16,9 @@ Test set: ``bench/stt_dataset.py`` (built on first use into ``.cache/stt-bench/`
    them one by one, back to back, and only the decoder runs the batch).
    ``moonshine-tiny`` the Moonshine engine (``[stt] engine = "moonshine"``, packaged tiny
    model, onnxruntime), one utterance at a time as the session's worker pool runs it;
-   ``moonshine-tiny-t2`` with two onnxruntime threads.
+   ``moonshine-tiny-t2`` with two onnxruntime threads. ``moonshine-base`` the same engine
+   on the packaged Moonshine base (``[stt] model = "base"``: converted at install time by
+   ``speech/moonshine_convert.py``).
 2. **Concurrency**: N simulated calls (1/4/8/16) on one engine, with the service's code path:
    each caller speaks an utterance of the test set (its real length), the decode is submitted
    when the VAD notices the pause (``speech end + VAD lag``; the lag is measured with the real
@@ -277,12 +279,14 @@ def make_engine(v: Variant, *, max_batch: int = 8, batch_wait_ms: float = 0.0) -
 
 
 def run_moonshine(v: Variant, items: list[Item]) -> dict[str, Any]:
-    """The Moonshine engine (``model="moonshine"``): one utterance at a time, as the
+    """The Moonshine engine (``model="moonshine"``: the packaged tiny; ``"moonshine-base"``:
+    the packaged base, converted at install time): one utterance at a time, as the
     session's worker pool runs it (no batcher, no fallback)."""
     from voicebot_pbx.speech.moonshine import MoonshineEngine
     from voicebot_pbx.speech.stt_load import load_stt
 
-    engine = load_stt("moonshine", None, cpu_threads=v.threads)
+    size = "base" if v.model == "moonshine-base" else "tiny"
+    engine = load_stt("moonshine", None, size, cpu_threads=v.threads)
     assert isinstance(engine, MoonshineEngine)
     engine.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up, not counted
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -318,7 +322,7 @@ def _accuracy_row(
 
 
 def run_accuracy(v: Variant, items: list[Item]) -> dict[str, Any]:
-    if v.model == "moonshine":
+    if v.model in ("moonshine", "moonshine-base"):
         return run_moonshine(v, items)
     # batch_wait: the benchmark submits a batch's utterances together; the wait makes the
     # batcher take them as one round instead of starting on the first one alone.
@@ -488,9 +492,38 @@ def run_concurrency(
     seed: int,
     max_utts: int,
 ) -> list[dict[str, Any]]:
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
+    if v.model in ("moonshine", "moonshine-base"):
+        # Moonshine: whole utterances in the session's shared 2-thread pool (no batcher).
+        from voicebot_pbx.speech.stt_load import load_stt
+
+        moonshine = load_stt("moonshine", None, "base" if v.model == "moonshine-base" else "tiny")
+        moonshine.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up
+
+        async def in_pool(pcm: bytes, rate_hz: int) -> SttResult:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(pool, moonshine.transcribe, pcm, rate_hz)
+
+        rows = []
+        for n in levels:
+            per_call = max(3, math.ceil(max_utts / n))
+            row = asyncio.run(
+                simulate(in_pool, items, n, seed=seed + n, utterances_per_call=per_call)
+            )
+            row |= {"config": label, "path": path, "variant": v.__dict__}
+            row |= {"batches": None, "mean_batch": None, "fallbacks": 0}
+            row["load_avg"] = os.getloadavg()[0]
+            print(
+                f"  {label:26s} {n:2d} calls: p50 {row['latency_ms_p50']} ms, p95 "
+                f"{row['latency_ms_p95']} ms, CPU {row['cpu_s_per_utt']} s/utt, "
+                f"loop late p99 {row['loop_late_ms_p99']} ms, timeouts {row['timeouts']}",
+                flush=True,
+            )
+            rows.append(row)
+        pool.shutdown()
+        return rows
     engine = make_engine(v)
     engine.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
     transcribe = engine.transcribe_async if path == "batcher" else pool_transcriber(engine, pool)
     rows = []
     for n in levels:
@@ -548,9 +581,12 @@ ACCURACY_VARIANTS = [
     Variant("short10-nots-b8-enc8", timestamps=False, batch=8, encoder_batch=8),
     Variant("moonshine-tiny", model="moonshine"),  # [stt] engine = "moonshine" (packaged)
     Variant("moonshine-tiny-t2", model="moonshine", threads=2),
+    Variant("moonshine-base", model="moonshine-base"),  # converted (moonshine_convert)
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [
+    ("moonshine-base, pool", Variant("moonshine-base", model="moonshine-base"), "pool"),
+    ("moonshine-tiny, pool", Variant("moonshine-tiny", model="moonshine"), "pool"),
     ("full, pool (before)", Variant("full", mode="full"), "pool"),
     ("short10, pool (before)", Variant("short10"), "pool"),
     ("short10, batcher (new)", Variant("short10"), "batcher"),

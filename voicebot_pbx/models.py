@@ -13,6 +13,7 @@ Config convention: an empty model path means "the packaged model", e.g.::
 from __future__ import annotations
 
 import hashlib
+import sys
 import tomllib
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +27,7 @@ SILERO_VAD = "silero-vad"
 WHISPER_TINY_EN = "whisper-tiny-en"
 MOONSHINE_TINY_EN = "moonshine-tiny-en"
 MOONSHINE_TOKENIZER = "moonshine-tokenizer"
+MOONSHINE_BASE_EN = "moonshine-base-en"  # converted at install time from moonshine-base-en-ort
 PIPER_JOE = "piper-joe"
 VOSK_KO = "vosk-ko"
 SMART_TURN = "smart-turn"
@@ -53,6 +55,23 @@ class ModelEntry:
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertedEntry:
+    """A model converted at install time from a package entry's files
+    (``[converted.NAME]``): ``scripts/install_models.py`` runs the converter into
+    :func:`converted_root` / name and checks every output file against ``sha256``."""
+
+    name: str
+    source: str
+    """The manifest entry (a package) whose files are converted."""
+    converter: str
+    """Which converter: "moonshine" (``voicebot_pbx.speech.moonshine_convert``)."""
+    sha256: dict[str, str]
+    """Output files, relative to the output folder -> expected sha256 hex digest."""
+    licence: str
+    purpose: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +117,55 @@ def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, ModelEntry]:
     return _parse_manifest(path.read_text(encoding="utf-8"))
 
 
+_CONVERTERS = ("moonshine",)
+
+
+@cache
+def load_converted(path: Path = MANIFEST_PATH) -> dict[str, ConvertedEntry]:
+    """The manifest's ``[converted.NAME]`` entries by name (cached)."""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    packages = _parse_manifest(path.read_text(encoding="utf-8"))
+    entries: dict[str, ConvertedEntry] = {}
+    for name, raw in data.get("converted", {}).items():
+        try:
+            entry = ConvertedEntry(
+                name=name,
+                source=str(raw["source"]),
+                converter=str(raw["converter"]),
+                sha256={str(k): str(v).lower() for k, v in raw["sha256"].items()},
+                licence=str(raw["licence"]),
+                purpose=str(raw["purpose"]),
+            )
+        except KeyError as exc:
+            raise ValueError(f"converted model {name!r} lacks {exc.args[0]!r}") from None
+        if entry.source not in packages or entry.converter not in _CONVERTERS or not entry.sha256:
+            raise ValueError(
+                f"converted model {name!r}: source must be a [models] entry, converter one of "
+                f"{_CONVERTERS}, and sha256 must list the output files"
+            )
+        if name in packages:
+            raise ValueError(f"model {name!r} is both a package and a converted model")
+        entries[name] = entry
+    return entries
+
+
+def converted_root() -> Path:
+    """Where converted models live: the environment's ``share/voicebot-pbx/models`` (the
+    venv's, beside the packages they were converted from)."""
+    return Path(sys.prefix) / "share" / "voicebot-pbx" / "models"
+
+
+def verify_converted(entry: ConvertedEntry) -> list[FileCheck]:
+    """Hash every output file of a converted model (missing files: ``actual_sha256`` None)."""
+    folder = converted_root() / entry.name
+    checks: list[FileCheck] = []
+    for relpath, expected in entry.sha256.items():
+        file = folder / relpath
+        actual = sha256_file(file) if file.is_file() else None
+        checks.append(FileCheck(relpath=relpath, expected_sha256=expected, actual_sha256=actual))
+    return checks
+
+
 def installed_version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -130,8 +198,19 @@ def model_path(name: str) -> Path:
     (that is ``scripts/install_models.py``'s job); does not import the package.
     """
     entries = load_manifest()
+    converted = load_converted()
+    if name in converted:
+        folder = converted_root() / name
+        missing = [f for f in converted[name].sha256 if not (folder / f).is_file()]
+        if missing:
+            raise ModelNotInstalledError(
+                f"model {name!r}: {folder / missing[0]} does not exist (converted at install "
+                "time: run scripts/install or .venv/bin/python scripts/install_models.py)"
+            )
+        return folder
     if name not in entries:
-        raise KeyError(f"no model {name!r} in {MANIFEST_PATH} (known: {', '.join(entries)})")
+        known = ", ".join([*entries, *converted])
+        raise KeyError(f"no model {name!r} in {MANIFEST_PATH} (known: {known})")
     entry = entries[name]
     path = package_root(entry) / entry.path
     if not path.exists():

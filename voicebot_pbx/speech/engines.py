@@ -117,7 +117,7 @@ def load_engines(config: Config) -> Engines:
         }
     elif config.stt.engine == "moonshine":
         stt_options = {"cpu_threads": config.stt.cpu_threads}
-    stt = load_stt(config.stt.engine, stt_dir, **stt_options)
+    stt = load_stt(config.stt.engine, stt_dir, config.stt.model, **stt_options)
     tts_model = resolve_model_path(config.tts.model_path, PIPER_JOE)
     tts = PiperTts(
         tts_model,
@@ -146,7 +146,10 @@ def load_engines(config: Config) -> Engines:
     )
     load_s = time.perf_counter() - started
     log.info(
-        "engines_loaded", stt=config.stt.engine, stt_model=str(stt_dir), load_s=round(load_s, 2)
+        "engines_loaded",
+        stt=config.stt.engine,
+        stt_model=str(stt_dir or config.stt.model or "packaged"),
+        load_s=round(load_s, 2),
     )
     return Engines(
         vad=vad,

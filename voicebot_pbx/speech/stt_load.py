@@ -7,22 +7,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from voicebot_pbx.models import MOONSHINE_TINY_EN, MOONSHINE_TOKENIZER, WHISPER_TINY_EN, model_path
+from voicebot_pbx.models import (
+    MOONSHINE_BASE_EN,
+    MOONSHINE_TINY_EN,
+    MOONSHINE_TOKENIZER,
+    WHISPER_TINY_EN,
+    model_path,
+)
 from voicebot_pbx.speech.moonshine import MoonshineEngine
 from voicebot_pbx.speech.stt import SttEngine
 from voicebot_pbx.speech.vosk_stt import VoskEngine
 from voicebot_pbx.speech.whisper import WhisperEngine
 
 
-def load_stt(engine: str, model_dir: Path | None, **opts: Any) -> SttEngine:
-    """Load an engine by config name; ``model_dir=None`` means the packaged model."""
+def load_stt(engine: str, model_dir: Path | None, model: str = "", **opts: Any) -> SttEngine:
+    """Load an engine by config name; ``model_dir=None`` means the packaged ``model``
+    ("tiny", or Moonshine's "base"; empty: the engine's first)."""
     match engine:
         case "whisper":
             return WhisperEngine(model_dir or model_path(WHISPER_TINY_EN), **opts)
         case "moonshine":
-            if model_dir is None:  # the packaged tiny model; its tokenizer is packaged apart
+            if model_dir is None:  # packaged; the tokenizer is packaged apart
                 return MoonshineEngine(
-                    model_path(MOONSHINE_TINY_EN),
+                    model_path(MOONSHINE_BASE_EN if model == "base" else MOONSHINE_TINY_EN),
                     tokenizer_path=model_path(MOONSHINE_TOKENIZER),
                     **opts,
                 )
