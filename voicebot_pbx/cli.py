@@ -138,16 +138,16 @@ def _stt_model_problems(config: Config) -> list[str]:
         verify_converted,
     )
 
-    if config.stt.engine != "moonshine" or config.stt.model != "base" or config.stt.model_dir:
+    if config.stt.engine != "moonshine" or config.stt.model == "tiny" or config.stt.model_dir:
         return []
     try:
         model_path(MOONSHINE_BASE_EN)
     except ModelNotInstalledError as exc:
-        return [f"[stt] model = base: {exc}"]
+        return [f"[stt] Moonshine base: {exc}"]
     for check in verify_converted(load_converted()[MOONSHINE_BASE_EN]):
         if not check.ok:
             where = converted_root() / MOONSHINE_BASE_EN / check.relpath
-            return [f"[stt] model = base: {where}: sha256 does not match the manifest"]
+            return [f"[stt] Moonshine base: {where}: sha256 does not match the manifest"]
     return []
 
 

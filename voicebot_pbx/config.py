@@ -112,15 +112,19 @@ class TurnConfig:
 
 @dataclass(frozen=True, slots=True)
 class SttConfig:
+    # Whisper by measurement (README "Speech recognition"): Moonshine base makes fewer word
+    # errors on utterances of 2 s and more, Whisper on the short ones an IVR hears most.
     engine: Literal["whisper", "moonshine", "vosk"] = "whisper"
-    # The packaged model: whisper "tiny" (tiny.en); moonshine "tiny" or "base" (converted at
-    # install time). Empty: the engine's first. model_dir, when set, wins over it.
+    # The packaged model: whisper "tiny" (tiny.en); moonshine "base" (converted at install
+    # time) or "tiny". Empty: the engine's default (whisper tiny, moonshine base).
+    # model_dir, when set, wins over it.
     model: Literal["", "tiny", "base"] = ""
     model_dir: str = ""  # empty: the packaged model named by `model` (models manifest)
     compute_type: str = "int8"
-    # CTranslate2 threads for a decode: 2 cuts end of speech -> transcript by ~60-100 ms at
-    # 1-16 calls for ~6 % more CPU per utterance (bench/README-stt.md).
-    cpu_threads: int = 2
+    # Threads for a decode; 0: the engine's default. Whisper 2 (CTranslate2: end of speech ->
+    # transcript ~60-100 ms sooner at 1-16 calls for ~6 % more CPU, bench/README-stt.md);
+    # Moonshine 1 (more threads cost CPU and are no faster on its small graphs).
+    cpu_threads: int = 0
     beam_size: int = 1
     language: str = "en"
     short_input: bool = True
@@ -134,6 +138,15 @@ class SttConfig:
     def __post_init__(self) -> None:
         if self.model == "base" and self.engine != "moonshine":
             raise ValueError('stt: model = "base" is a Moonshine model (engine = "moonshine")')
+        if self.cpu_threads < 0:
+            raise ValueError("stt: cpu_threads must be >= 0 (0: the engine's default)")
+
+    @property
+    def threads(self) -> int:
+        """``cpu_threads``, or the engine's default for 0."""
+        if self.cpu_threads:
+            return self.cpu_threads
+        return 2 if self.engine == "whisper" else 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,7 @@ def load_engines(config: Config) -> Engines:
     if config.stt.engine == "whisper":
         stt_options = {
             "compute_type": config.stt.compute_type,
-            "cpu_threads": config.stt.cpu_threads,
+            "cpu_threads": config.stt.threads,
             "beam_size": config.stt.beam_size,
             "language": config.stt.language,
             "short_input": config.stt.short_input,
@@ -116,7 +116,7 @@ def load_engines(config: Config) -> Engines:
             "batch_wait_ms": config.stt.batch_wait_ms,
         }
     elif config.stt.engine == "moonshine":
-        stt_options = {"cpu_threads": config.stt.cpu_threads}
+        stt_options = {"cpu_threads": config.stt.threads}
     stt = load_stt(config.stt.engine, stt_dir, config.stt.model, **stt_options)
     tts_model = resolve_model_path(config.tts.model_path, PIPER_JOE)
     tts = PiperTts(

@@ -22,14 +22,14 @@ from voicebot_pbx.speech.whisper import WhisperEngine
 
 def load_stt(engine: str, model_dir: Path | None, model: str = "", **opts: Any) -> SttEngine:
     """Load an engine by config name; ``model_dir=None`` means the packaged ``model``
-    ("tiny", or Moonshine's "base"; empty: the engine's first)."""
+    ("tiny", or Moonshine's "base"; empty: Whisper tiny, Moonshine base)."""
     match engine:
         case "whisper":
             return WhisperEngine(model_dir or model_path(WHISPER_TINY_EN), **opts)
         case "moonshine":
             if model_dir is None:  # packaged; the tokenizer is packaged apart
                 return MoonshineEngine(
-                    model_path(MOONSHINE_BASE_EN if model == "base" else MOONSHINE_TINY_EN),
+                    model_path(MOONSHINE_TINY_EN if model == "tiny" else MOONSHINE_BASE_EN),
                     tokenizer_path=model_path(MOONSHINE_TOKENIZER),
                     **opts,
                 )
