@@ -493,6 +493,7 @@ def run_concurrency(
     max_utts: int,
 ) -> list[dict[str, Any]]:
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
+    engine: WhisperEngine | None = None
     if v.model in ("moonshine", "moonshine-base"):
         # Moonshine: whole utterances in the session's shared 2-thread pool (no batcher).
         from voicebot_pbx.speech.stt_load import load_stt
@@ -500,34 +501,21 @@ def run_concurrency(
         moonshine = load_stt("moonshine", None, "base" if v.model == "moonshine-base" else "tiny")
         moonshine.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up
 
-        async def in_pool(pcm: bytes, rate_hz: int) -> SttResult:
+        async def transcribe(pcm: bytes, rate_hz: int) -> SttResult:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(pool, moonshine.transcribe, pcm, rate_hz)
 
-        rows = []
-        for n in levels:
-            per_call = max(3, math.ceil(max_utts / n))
-            row = asyncio.run(
-                simulate(in_pool, items, n, seed=seed + n, utterances_per_call=per_call)
-            )
-            row |= {"config": label, "path": path, "variant": v.__dict__}
-            row |= {"batches": None, "mean_batch": None, "fallbacks": 0}
-            row["load_avg"] = os.getloadavg()[0]
-            print(
-                f"  {label:26s} {n:2d} calls: p50 {row['latency_ms_p50']} ms, p95 "
-                f"{row['latency_ms_p95']} ms, CPU {row['cpu_s_per_utt']} s/utt, "
-                f"loop late p99 {row['loop_late_ms_p99']} ms, timeouts {row['timeouts']}",
-                flush=True,
-            )
-            rows.append(row)
-        pool.shutdown()
-        return rows
-    engine = make_engine(v)
-    engine.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up
-    transcribe = engine.transcribe_async if path == "batcher" else pool_transcriber(engine, pool)
+    else:
+        engine = make_engine(v)
+        engine.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up
+        transcribe = (
+            engine.transcribe_async if path == "batcher" else pool_transcriber(engine, pool)
+        )
     rows = []
     for n in levels:
-        engine.stats = WhisperStats()
+        stats = WhisperStats()
+        if engine is not None:
+            engine.stats = stats
         per_call = max(3, math.ceil(max_utts / n))
         row = asyncio.run(
             simulate(transcribe, items, n, seed=seed + n, utterances_per_call=per_call)
@@ -536,11 +524,9 @@ def run_concurrency(
             "config": label,
             "path": path,
             "variant": v.__dict__,
-            "batches": engine.stats.batches,
-            "mean_batch": round(engine.stats.short_decodes / engine.stats.batches, 2)
-            if engine.stats.batches
-            else None,
-            "fallbacks": engine.stats.fallbacks,
+            "batches": stats.batches,
+            "mean_batch": round(stats.short_decodes / stats.batches, 2) if stats.batches else None,
+            "fallbacks": stats.fallbacks,
             "load_avg": os.getloadavg()[0],
         }
         print(
@@ -551,7 +537,8 @@ def run_concurrency(
             flush=True,
         )
         rows.append(row)
-    engine.close()
+    if engine is not None:
+        engine.close()
     pool.shutdown()
     return rows
 

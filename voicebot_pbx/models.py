@@ -157,13 +157,7 @@ def converted_root() -> Path:
 
 def verify_converted(entry: ConvertedEntry) -> list[FileCheck]:
     """Hash every output file of a converted model (missing files: ``actual_sha256`` None)."""
-    folder = converted_root() / entry.name
-    checks: list[FileCheck] = []
-    for relpath, expected in entry.sha256.items():
-        file = folder / relpath
-        actual = sha256_file(file) if file.is_file() else None
-        checks.append(FileCheck(relpath=relpath, expected_sha256=expected, actual_sha256=actual))
-    return checks
+    return _check_files(converted_root() / entry.name, entry.sha256)
 
 
 def installed_version(package: str) -> str | None:
@@ -235,9 +229,12 @@ def sha256_file(path: Path) -> str:
 
 def verify(entry: ModelEntry) -> list[FileCheck]:
     """Hash every file the entry lists (raises ModelNotInstalledError if the package is absent)."""
-    root = package_root(entry)
+    return _check_files(package_root(entry), entry.sha256)
+
+
+def _check_files(root: Path, sha256: dict[str, str]) -> list[FileCheck]:
     checks: list[FileCheck] = []
-    for relpath, expected in entry.sha256.items():
+    for relpath, expected in sha256.items():
         file = root / relpath
         actual = sha256_file(file) if file.is_file() else None
         checks.append(FileCheck(relpath=relpath, expected_sha256=expected, actual_sha256=actual))
