@@ -596,7 +596,7 @@ class KnowledgeConfig:
     embedding_model: str = ""
     bm25_weight: float = 0.02
     # A strong hit, hybrid: score (similarity + weighted BM25) and lead over the runner-up.
-    hybrid_direct_min_score: float = 0.55
+    hybrid_direct_min_score: float = 0.5
     hybrid_direct_min_lead: float = 0.04
     # With the dialogue's intent examples embedded (Rasa's data/*.yml): a strong hit answers
     # instead of an intent when its similarity is at least the intent's nearest example's
