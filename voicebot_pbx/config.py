@@ -530,7 +530,7 @@ class LlmConfig:
     knowledge_dir: str = "knowledge"
     top_k: int = 3
     min_score: float = 2.0
-    hybrid_min_score: float = 0.35
+    hybrid_min_score: float = 0.45
     relative_score: float = 0.5
     # Answer shape (spoken): at most max_sentences sentences of max_sentence_words words.
     max_sentences: int = 2
