@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from voicebot_pbx.answers.dialogue import CallInfo
+from voicebot_pbx.answers.dialogue import CallInfo, Understanding
 from voicebot_pbx.answers.embedder import EmbedderModelError, SentenceEmbedder, load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase
@@ -176,3 +176,16 @@ def test_the_dialogue_reads_a_passage_found_only_by_meaning(kb: KnowledgeBase) -
     turn = asyncio.run(brain.respond(call, question))
     assert turn.source == "knowledge" and turn.sources == ("billing#3",)
     assert question not in nlu.acted
+
+
+def test_a_dialogue_error_is_raised_as_itself_beside_the_embedding(kb: KnowledgeBase) -> None:
+    from tests.test_routing import UnsureNlu
+    from voicebot_pbx.answers.rasa import DialogueUnavailable
+
+    class Down(UnsureNlu):
+        async def understand(self, call: CallInfo, text: str) -> Understanding:
+            raise DialogueUnavailable("rasa is down", retryable=True)
+
+    brain = ComposingDialogue(Down(), ScriptedLlm([(0.0, "Composed.")], kb=kb), CONFIG)
+    with pytest.raises(DialogueUnavailable, match="rasa is down"):
+        asyncio.run(brain.respond(CallInfo(call_id="c"), "who do I talk to about my bills"))

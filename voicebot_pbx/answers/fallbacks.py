@@ -157,10 +157,15 @@ class ComposingDialogue:
             # Route before the dialogue acts: a knowledge answer must not leave Rasa inside
             # a form it started for the nearest intent.
             if kb.hybrid:
-                # Embedding the question (~10 ms) runs beside the dialogue's parse.
-                async with asyncio.TaskGroup() as group:
-                    finding = group.create_task(asyncio.to_thread(knowledge_hit, kb, text))
-                    hearing = group.create_task(self.inner.understand(call, text))
+                # Embedding the question (~10 ms) runs beside the dialogue's parse. The
+                # dialogue's own error (DialogueUnavailable, ...) is raised as itself, as
+                # without the embedding, not wrapped in an ExceptionGroup.
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        finding = group.create_task(asyncio.to_thread(knowledge_hit, kb, text))
+                        hearing = group.create_task(self.inner.understand(call, text))
+                except ExceptionGroup as errors:
+                    raise errors.exceptions[0] from None
                 hit, heard = finding.result(), hearing.result()
             else:
                 hit = knowledge_hit(kb, text)
