@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     failures: list[str] = []
     rows: list[tuple[str, str, str, str]] = []
+    failed: set[str] = set()  # package entries that are not installed or do not verify
     started = time.monotonic()
     for entry in entries.values():
         try:
@@ -102,46 +103,33 @@ def main(argv: list[str] | None = None) -> int:
         except models.ModelNotInstalledError as exc:
             failures.append(str(exc))
             rows.append((entry.name, entry.requirement, "-", "NOT INSTALLED"))
+            failed.add(entry.name)
             continue
-        for check in checks:
-            if check.ok:
-                status = "ok"
-            elif check.actual_sha256 is None:
-                status = "MISSING FILE"
-                failures.append(f"{entry.name}: {check.relpath} is missing")
-            else:
-                status = "SHA256 MISMATCH"
-                failures.append(
-                    f"{entry.name}: {check.relpath}: sha256 {check.actual_sha256}, "
-                    f"manifest says {check.expected_sha256}"
-                )
-            rows.append((entry.name, entry.requirement, check.relpath, status))
+        if not _report(entry.name, entry.requirement, checks, rows, failures):
+            failed.add(entry.name)
 
-    broken_sources = {f.split(":", 1)[0] for f in failures}
     for entry in converted.values():
-        if entry.source in broken_sources:
-            rows.append((entry.name, f"from {entry.source}", "-", "SOURCE FAILED"))
+        label = f"from {entry.source}"
+        if entry.source in failed:
+            rows.append((entry.name, label, "-", "SOURCE FAILED"))
             continue
         checks = models.verify_converted(entry)
         if not all(c.ok for c in checks) and not args.check:
             problem = _convert(entry, entries[entry.source])
             if problem is not None:
                 failures.append(f"{entry.name}: {problem}")
-                rows.append((entry.name, f"from {entry.source}", "-", "CONVERSION FAILED"))
+                rows.append((entry.name, label, "-", "CONVERSION FAILED"))
                 continue
             checks = models.verify_converted(entry)
-        for check in checks:
-            status = "ok" if check.ok else "MISSING FILE"
-            if check.actual_sha256 is None:
-                failures.append(f"{entry.name}: {check.relpath} is missing (not converted)")
-            elif not check.ok:
-                status = "SHA256 MISMATCH"
-                failures.append(
-                    f"{entry.name}: {check.relpath}: sha256 {check.actual_sha256}, manifest says "
-                    f"{check.expected_sha256} (converted with other onnx/onnxruntime versions "
-                    "than the pinned ones?)"
-                )
-            rows.append((entry.name, f"from {entry.source}", check.relpath, status))
+        _report(
+            entry.name,
+            label,
+            checks,
+            rows,
+            failures,
+            missing=" (not converted)",
+            mismatch=" (converted with other onnx/onnxruntime versions than the pinned ones?)",
+        )
 
     widths = [
         max(len(r[i]) for r in [("model", "package", "file", "sha256"), *rows]) for i in range(4)
@@ -165,6 +153,34 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 1
     return 0
+
+
+def _report(
+    name: str,
+    label: str,
+    checks: list[models.FileCheck],
+    rows: list[tuple[str, str, str, str]],
+    failures: list[str],
+    *,
+    missing: str = "",
+    mismatch: str = "",
+) -> bool:
+    """One table row per checked file, one failure line per bad one (``missing`` and
+    ``mismatch`` end those lines); whether every file is ok."""
+    for check in checks:
+        if check.ok:
+            status = "ok"
+        elif check.actual_sha256 is None:
+            status = "MISSING FILE"
+            failures.append(f"{name}: {check.relpath} is missing{missing}")
+        else:
+            status = "SHA256 MISMATCH"
+            failures.append(
+                f"{name}: {check.relpath}: sha256 {check.actual_sha256}, "
+                f"manifest says {check.expected_sha256}{mismatch}"
+            )
+        rows.append((name, label, check.relpath, status))
+    return all(check.ok for check in checks)
 
 
 def _convert(entry: models.ConvertedEntry, source: models.ModelEntry) -> str | None:

@@ -151,6 +151,22 @@ def test_install_script_check_reports_a_missing_package(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "NOT INSTALLED" in run.stdout
     assert "no-such-package-voicebot-test==1.0 is not installed" in run.stderr
+    # A model converted from it is reported as such, not checked or converted.
+    manifest.write_text(
+        manifest.read_text(encoding="utf-8")
+        + '[converted.ghost-onnx]\nsource = "ghost"\nconverter = "moonshine"\n'
+        'licence = "MIT"\npurpose = "test"\n[converted.ghost-onnx.sha256]\n'
+        '"m.onnx" = "' + "1" * 64 + '"\n',
+        encoding="utf-8",
+    )
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--manifest", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert re.search(r"^ghost-onnx\s+from ghost\s+-\s+SOURCE FAILED$", run.stdout, re.M), run.stdout
 
 
 @pytest.mark.models

@@ -123,8 +123,9 @@ _CONVERTERS = ("moonshine",)
 @cache
 def load_converted(path: Path = MANIFEST_PATH) -> dict[str, ConvertedEntry]:
     """The manifest's ``[converted.NAME]`` entries by name (cached)."""
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    packages = _parse_manifest(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    packages = _parse_manifest(text)
     entries: dict[str, ConvertedEntry] = {}
     for name, raw in data.get("converted", {}).items():
         try:
