@@ -8,7 +8,6 @@ last ones convert the real base model of moonshine-cpp (skipped when it is not i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -28,6 +27,7 @@ from voicebot_pbx.models import (
     converted_root,
     load_converted,
     model_path,
+    sha256_file,
     verify_converted,
 )
 from voicebot_pbx.speech.moonshine import (
@@ -368,17 +368,13 @@ def test_split_decoder_matches_the_merged_one(tmp_path: Path) -> None:
 # --- convert_moonshine -----------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_convert_writes_three_quantized_graphs_deterministically(tmp_path: Path) -> None:
     source = toy_source(tmp_path / "src")
     out = tmp_path / "out"
     hashes = convert_moonshine(source, out)
     assert sorted(hashes) == sorted(OUTPUT_NAMES)
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_NAMES)
-    assert hashes == {name: _sha256(out / name) for name in OUTPUT_NAMES}
+    assert hashes == {name: sha256_file(out / name) for name in OUTPUT_NAMES}
     assert oct(out.stat().st_mode & 0o777) == oct(0o755)
     first = onnx.load_model(str(out / DECODER_FIRST_NAME))
     assert "MatMulInteger" in _ops(first.graph)  # the weights are int8 again

@@ -34,7 +34,6 @@ by the service.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -49,6 +48,7 @@ import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
 
+from voicebot_pbx.models import sha256_file
 from voicebot_pbx.speech.moonshine import (
     DECODER_FIRST_NAME,
     DECODER_NAMES,
@@ -93,7 +93,7 @@ def convert_moonshine(source_dir: Path, out_dir: Path) -> dict[str, str]:
         hashes = {}
         for name, model in _converted(encoder_path, decoder_path):
             quantize(model, work / name)
-            hashes[name] = hashlib.sha256((work / name).read_bytes()).hexdigest()
+            hashes[name] = sha256_file(work / name)
         _replace_dir(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
