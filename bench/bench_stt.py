@@ -253,6 +253,7 @@ class Variant:
     timestamps: bool = True
     pad_s: float = 2.0
     encoder_batch: int = 1
+    long_from_s: float | None = None  # the split variant: None = the service's default
 
 
 def model_dir(model: str) -> Path:
@@ -276,6 +277,113 @@ def make_engine(v: Variant, *, max_batch: int = 8, batch_wait_ms: float = 0.0) -
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
     )
+
+
+def run_split(v: Variant, items: list[Item]) -> dict[str, Any]:
+    """``[stt] long_engine = "moonshine"`` (speech/stt_split.py): Whisper tiny.en (the short10
+    settings, the service's 2 threads) for utterances under ``[stt] long_from_s`` of speech,
+    the converted Moonshine base for the rest; one utterance at a time."""
+    from voicebot_pbx.config import SttConfig
+    from voicebot_pbx.speech.stt_load import load_stt
+    from voicebot_pbx.speech.stt_split import LengthSplitEngine
+
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
+    split = LengthSplitEngine(
+        make_engine(Variant("short10", threads=2), max_batch=1),
+        load_stt("moonshine", None, "base", cpu_threads=1),
+        long_from_s=SttConfig().long_from_s if v.long_from_s is None else v.long_from_s,
+        pool=pool,
+    )
+    split.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up, not counted
+    split.routed = {"short": 0, "long": 0}
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    hyps = [split.transcribe(i.pcm, i.rate_hz).text for i in items]
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    row = _accuracy_row(v, items, hyps, cpu, wall, {})
+    row["routed"] = dict(split.routed)
+    split.close()
+    pool.shutdown()
+    return row
+
+
+def _status_mb(key: str) -> float:
+    """A memory figure of this process from /proc (``VmRSS``: now, ``VmHWM``: peak), MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def rss_probe(name: str) -> dict[str, float]:
+    """In a fresh process: the resident set before the variant's engine loads, and the peak
+    after it has decoded every 10th utterance (what the engine adds to a service)."""
+    (v,) = [x for x in ACCURACY_VARIANTS if x.name == name]
+    items = load_items(10)
+    before = _status_mb("VmRSS")
+    run_accuracy(v, items)
+    peak = _status_mb("VmHWM")
+    return {"rss_before_mb": round(before, 1), "peak_rss_mb": round(peak, 1)}
+
+
+def measure_rss(name: str) -> dict[str, float]:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-probe", name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    probe: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    probe["rss_added_mb"] = round(probe["peak_rss_mb"] - probe["rss_before_mb"], 1)
+    return probe
+
+
+LENGTH_BUCKETS = (("< 2 s", 0.0, 2.0), ("2-4 s", 2.0, 4.0), ("> 4 s", 4.0, math.inf))
+
+
+def wer_interval(
+    refs: Sequence[str], hyps: Sequence[str], *, rounds: int = 2000
+) -> dict[str, float | int]:
+    """WER with a 95 % bootstrap interval (utterances resampled with replacement, seed
+    fixed) and the set's size."""
+    errors = [word_errors(normalise(r), normalise(h)) for r, h in zip(refs, hyps, strict=True)]
+    n = [len(normalise(r)) for r in refs]
+    rng = random.Random(12345)
+    samples = []
+    for _ in range(rounds if errors else 0):
+        idx = [rng.randrange(len(errors)) for _ in errors]
+        samples.append(100.0 * sum(errors[i] for i in idx) / max(1, sum(n[i] for i in idx)))
+    samples.sort()
+    return {
+        "wer": round(100.0 * sum(errors) / max(1, sum(n)), 2),
+        "ci95_low": round(samples[int(0.025 * rounds)], 2) if samples else 0.0,
+        "ci95_high": round(samples[int(0.975 * rounds) - 1], 2) if samples else 0.0,
+        "utterances": len(errors),
+        "words": sum(n),
+    }
+
+
+def by_length(items: list[Item], hyps: list[str]) -> dict[str, dict[str, Any]]:
+    """WER (95 % CI) per bucket of speech length (``speech_span_s``: the clip without its
+    quiet lead-in and tail), for the whole set and for the recorded prompts."""
+    from voicebot_pbx.speech.stt_split import speech_span_s
+
+    out: dict[str, dict[str, Any]] = {}
+    for part in ("all", "real"):
+        for label, low, high in LENGTH_BUCKETS:
+            idx = [
+                k
+                for k, i in enumerate(items)
+                if (part == "all" or i.part == part)
+                and low <= speech_span_s(i.pcm, i.rate_hz) < high
+            ]
+            out[f"{part} {label}"] = wer_interval(
+                [items[k].reference for k in idx], [hyps[k] for k in idx]
+            )
+    return out
 
 
 def run_moonshine(v: Variant, items: list[Item]) -> dict[str, Any]:
@@ -317,6 +425,8 @@ def _accuracy_row(
             key: stats.get(key, 0)
             for key in ("short_decodes", "full_decodes", "fallbacks", "retries")
         },
+        "wer_ci": wer_interval([i.reference for i in items], hyps),
+        "wer_by_length": by_length(items, hyps),
         "hyps": {i.id: h for i, h in zip(items, hyps, strict=True)},
     }
 
@@ -324,6 +434,8 @@ def _accuracy_row(
 def run_accuracy(v: Variant, items: list[Item]) -> dict[str, Any]:
     if v.model in ("moonshine", "moonshine-base"):
         return run_moonshine(v, items)
+    if v.model == "whisper+moonshine-base":
+        return run_split(v, items)
     # batch_wait: the benchmark submits a batch's utterances together; the wait makes the
     # batcher take them as one round instead of starting on the first one alone.
     engine = make_engine(v, max_batch=v.batch, batch_wait_ms=200.0 if v.batch > 1 else 0.0)
@@ -569,6 +681,10 @@ ACCURACY_VARIANTS = [
     Variant("moonshine-tiny", model="moonshine"),  # [stt] engine = "moonshine" (packaged)
     Variant("moonshine-tiny-t2", model="moonshine", threads=2),
     Variant("moonshine-base", model="moonshine-base"),  # converted (moonshine_convert)
+    # [stt] long_engine = "moonshine": Whisper for short utterances, Moonshine base for long
+    Variant("split", model="whisper+moonshine-base", threads=2),
+    Variant("split-1.0", model="whisper+moonshine-base", threads=2, long_from_s=1.0),
+    Variant("split-1.5", model="whisper+moonshine-base", threads=2, long_from_s=1.5),
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [
@@ -622,6 +738,42 @@ def markdown(report: dict[str, Any]) -> str:
             f"{v['threads']} | {batch} | {r['wer']:.2f} | {vs} | {cond} | "
             f"{r['cpu_s_per_utt']:.3f} | {r['wall_s_per_utt']:.3f} | {r['stats']['fallbacks']} |"
         )
+    with_lengths = [r for r in report["accuracy"] if r.get("wer_by_length")]
+    if with_lengths:
+        keys = list(with_lengths[0]["wer_by_length"])
+        sizes = with_lengths[0]["wer_by_length"]
+        lines += [
+            "",
+            "## WER % by speech length (95 % bootstrap CI; speech = the clip without its quiet "
+            "lead-in and tail); peak RSS of a fresh process that loads the variant and decodes "
+            "every 10th utterance",
+            "",
+            "| variant | WER all (CI) | "
+            + " | ".join(
+                f"{k} ({sizes[k]['utterances']} utts, {sizes[k]['words']} words)" for k in keys
+            )
+            + " | peak RSS MB (added by the engine) | routed short / long |",
+            "|---|---|" + "---|" * len(keys) + "---|---|",
+        ]
+        for r in with_lengths:
+            ci = r["wer_ci"]
+            cells = [
+                f"{b['wer']:.1f} ({b['ci95_low']:.1f}-{b['ci95_high']:.1f})"
+                for b in (r["wer_by_length"][k] for k in keys)
+            ]
+            routed = r.get("routed")
+            lines.append(
+                f"| {r['variant']['name']} | {ci['wer']:.1f} ({ci['ci95_low']:.1f}-"
+                f"{ci['ci95_high']:.1f}) | "
+                + " | ".join(cells)
+                + (
+                    f" | {r['peak_rss_mb']:.0f} (+{r['rss_added_mb']:.0f}) | "
+                    if "peak_rss_mb" in r
+                    else " | - | "
+                )
+                + (f"{routed['short']} / {routed['long']}" if routed else "-")
+                + " |"
+            )
     if report.get("vosk"):
         vk = report["vosk"]
         lines += [
@@ -674,7 +826,11 @@ def main() -> None:
         help="merge into the existing stt.json (same test set): rows of the variants/configs "
         "run now replace theirs, the others are kept; deltas use the stored 'full' run",
     )
+    parser.add_argument("--rss-probe", help=argparse.SUPPRESS)  # measure_rss's child
     args = parser.parse_args()
+    if args.rss_probe:
+        print(json.dumps(rss_probe(args.rss_probe)))
+        return
 
     step = args.step or (4 if args.quick else 1)
     items = load_items(step)
@@ -715,6 +871,7 @@ def main() -> None:
                 continue
             r = run_accuracy(v, items)
             r["load_avg"] = os.getloadavg()[0]
+            r |= measure_rss(v.name)
             print(
                 f"  {v.name:14s} WER {r['wer']:6.2f}  {r['wer_by_condition']}  "
                 f"CPU {r['cpu_s_per_utt']:.3f} s/utt  wall {r['wall_s_per_utt']:.3f}  "

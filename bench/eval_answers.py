@@ -486,7 +486,11 @@ async def evaluate(args: argparse.Namespace) -> Run:
     engines: Engines | None = None
     if not args.text_only:
         engines = await asyncio.to_thread(load_engines, config)
-        info["stt"] = f"{config.stt.engine} {config.stt.model_dir or '(packaged default)'}"
+        info["stt"] = f"{config.stt.engine} {config.stt.model_dir or '(packaged default)'}" + (
+            f", {config.stt.long_engine_name} from {config.stt.long_from_s:g} s of speech"
+            if config.stt.long_engine_name
+            else ""
+        )
     seconds["engines_load"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     llm = await load_llm_or_none(config)

@@ -435,7 +435,11 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         engines: Engines = await asyncio.to_thread(load_engines, config)
         stack.callback(engines.close)
         await asyncio.to_thread(warm_stt, engines)
-        info["stt"] = f"{config.stt.engine} {config.stt.model_dir or '(packaged default)'}"
+        info["stt"] = f"{config.stt.engine} {config.stt.model_dir or '(packaged default)'}" + (
+            f", {config.stt.long_engine_name} from {config.stt.long_from_s:g} s of speech"
+            if config.stt.long_engine_name
+            else ""
+        )
         audio = await rendering
         seconds["engines_and_audio"] = round(time.perf_counter() - t0, 1)
         bot, shared = await stack.enter_async_context(

@@ -138,7 +138,10 @@ def _stt_model_problems(config: Config) -> list[str]:
         verify_converted,
     )
 
-    if config.stt.engine != "moonshine" or config.stt.model == "tiny" or config.stt.model_dir:
+    base_is_engine = (
+        config.stt.engine == "moonshine" and config.stt.model != "tiny" and not config.stt.model_dir
+    )
+    if not base_is_engine and config.stt.long_engine_name != "moonshine":
         return []
     try:
         model_path(MOONSHINE_BASE_EN)

@@ -112,8 +112,9 @@ class TurnConfig:
 
 @dataclass(frozen=True, slots=True)
 class SttConfig:
-    # Whisper by measurement (README "Speech recognition"): Moonshine base makes fewer word
-    # errors on utterances of 2 s and more, Whisper on the short ones an IVR hears most.
+    # By measurement (README "Speech recognition"): Whisper for the short turns an IVR hears
+    # most, Moonshine base (long_engine, below) for utterances of 2 s and more, where it makes
+    # fewer word errors.
     engine: Literal["whisper", "moonshine", "vosk"] = "whisper"
     # The packaged model: whisper "tiny" (tiny.en); moonshine "base" (converted at install
     # time) or "tiny". Empty: the engine's default (whisper tiny, moonshine base).
@@ -134,19 +135,45 @@ class SttConfig:
     max_batch: int = 8  # utterances from different calls decoded together (Whisper)
     batch_wait_ms: float = 0.0  # extra wait for a batch to fill (0: take what is queued)
     timeout_s: float = 8.0
+    # A second engine for long utterances: every utterance with at least long_from_s of
+    # speech goes to it, shorter ones to `engine` (speech/stt_split.py; README "Speech
+    # recognition"). "moonshine" is the packaged Moonshine base, "whisper" the packaged
+    # tiny.en, each on its own default threads; "" none; "auto": Moonshine base when `engine`
+    # is the packaged Whisper, else none.
+    long_engine: Literal["auto", "", "whisper", "moonshine"] = "auto"
+    long_from_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.model == "base" and self.engine != "moonshine":
             raise ValueError('stt: model = "base" is a Moonshine model (engine = "moonshine")')
         if self.cpu_threads < 0:
             raise ValueError("stt: cpu_threads must be >= 0 (0: the engine's default)")
+        if self.long_engine not in ("", "auto"):
+            if self.engine == "vosk":
+                raise ValueError(
+                    "stt: long_engine needs a whole-utterance engine (whisper or moonshine), "
+                    "not vosk"
+                )
+            if self.long_engine == self.engine:
+                raise ValueError(f"stt: long_engine is the engine itself ({self.engine!r})")
+        if self.long_from_s <= 0:
+            raise ValueError("stt: long_from_s must be > 0 (seconds of speech)")
+
+    @property
+    def long_engine_name(self) -> str:
+        """The engine for long utterances ("" for none), ``auto`` resolved."""
+        if self.long_engine != "auto":
+            return self.long_engine
+        return "moonshine" if self.engine == "whisper" and not self.model_dir else ""
 
     @property
     def threads(self) -> int:
         """``cpu_threads``, or the engine's default for 0."""
-        if self.cpu_threads:
-            return self.cpu_threads
-        return 2 if self.engine == "whisper" else 1
+        return self.cpu_threads or self.default_threads(self.engine)
+
+    @staticmethod
+    def default_threads(engine: str) -> int:
+        return 2 if engine == "whisper" else 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,6 +167,9 @@ class ScriptedStt:
     def new_stream(self, rate_hz: int) -> Any:
         raise NotImplementedError("the session uses transcribe() for batch engines")
 
+    def close(self) -> None:
+        pass
+
 
 @dataclass
 class ScriptedTurnModel:

@@ -26,6 +26,7 @@ from voicebot_pbx.models import (
 from voicebot_pbx.speech.cpu import limit_blas_threads, lower_thread_priority, set_inference_nice
 from voicebot_pbx.speech.stt import SttEngine
 from voicebot_pbx.speech.stt_load import load_stt
+from voicebot_pbx.speech.stt_split import LengthSplitEngine
 from voicebot_pbx.speech.tts import PiperTts
 from voicebot_pbx.speech.turn_model import SmartTurn, TurnModel, TurnModelError
 from voicebot_pbx.speech.vad import SileroVad
@@ -80,9 +81,7 @@ class Engines:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        close_stt = getattr(self.stt, "close", None)  # Whisper's batching thread
-        if callable(close_stt):
-            close_stt()
+        self.stt.close()
 
 
 def load_engines(config: Config) -> Engines:
@@ -117,7 +116,22 @@ def load_engines(config: Config) -> Engines:
         }
     elif config.stt.engine == "moonshine":
         stt_options = {"cpu_threads": config.stt.threads}
+    pool = ThreadPoolExecutor(
+        max_workers=config.inference.pool_threads,
+        thread_name_prefix="inference",
+        initializer=lower_thread_priority,
+        initargs=(config.inference.nice,),
+    )
     stt = load_stt(config.stt.engine, stt_dir, config.stt.model, **stt_options)
+    if config.stt.long_engine_name:
+        # The long engine's packaged model on its default threads (whisper 2, moonshine 1).
+        long_threads = config.stt.default_threads(config.stt.long_engine_name)
+        stt = LengthSplitEngine(
+            stt,
+            load_stt(config.stt.long_engine_name, None, cpu_threads=long_threads),
+            long_from_s=config.stt.long_from_s,
+            pool=pool,
+        )
     tts_model = resolve_model_path(config.tts.model_path, PIPER_JOE)
     tts = PiperTts(
         tts_model,
@@ -138,16 +152,10 @@ def load_engines(config: Config) -> Engines:
             volume=config.tts.volume,
             cpu_threads=config.tts.cpu_threads,
         )
-    pool = ThreadPoolExecutor(
-        max_workers=config.inference.pool_threads,
-        thread_name_prefix="inference",
-        initializer=lower_thread_priority,
-        initargs=(config.inference.nice,),
-    )
     load_s = time.perf_counter() - started
     log.info(
         "engines_loaded",
-        stt=config.stt.engine,
+        stt=stt.name,
         stt_model=str(stt_dir or config.stt.model or "packaged"),
         load_s=round(load_s, 2),
     )

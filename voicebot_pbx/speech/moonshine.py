@@ -266,6 +266,9 @@ class MoonshineEngine:
     def new_stream(self, rate_hz: int) -> BufferedStream:
         return BufferedStream(self, rate_hz)
 
+    def close(self) -> None:
+        """Nothing to release: no thread of its own (the sessions are freed with it)."""
+
     def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
         """Transcribe one whole utterance (int16 mono at ``rate_hz``), blocking. When the
         model gives nothing, the speech cut from its quiet ends (:func:`trim_quiet_ends`) is

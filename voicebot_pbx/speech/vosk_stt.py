@@ -45,6 +45,9 @@ class VoskEngine:
         recognizer.SetWords(True)
         return VoskStream(recognizer, rate_hz)
 
+    def close(self) -> None:
+        """Nothing to release: each call's recognizer goes with its stream."""
+
 
 class VoskStream:
     def __init__(self, recognizer: Any, rate_hz: int) -> None:

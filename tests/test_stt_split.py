@@ -1,0 +1,173 @@
+"""Two STT engines split by utterance length (speech/stt_split.py): the routing rule on
+scripted engines, the config checks, and the real Whisper tiny.en + Moonshine base pair."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from tests.speech import silence
+from tests.test_stt import caller, words
+from voicebot_pbx.config import Config, SttConfig
+from voicebot_pbx.speech.engines import load_engines
+from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
+from voicebot_pbx.speech.stt_split import LengthSplitEngine, speech_span_s
+
+RATE_HZ = 8000
+
+
+def tone(seconds: float, rate_hz: int = RATE_HZ) -> bytes:
+    t = np.arange(int(seconds * rate_hz)) / rate_hz
+    return (0.3 * 32767 * np.sin(2 * np.pi * 300 * t)).astype("<i2").tobytes()
+
+
+@dataclass
+class Recorder:
+    """A whole-utterance engine that names itself in its transcript and notes where it ran."""
+
+    name: str
+    queued_path: bool = False  # declare its own inference thread (as Whisper does)
+    threads: list[str] = field(default_factory=list)
+    urgent: list[bool] = field(default_factory=list)
+    closed: bool = False
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
+        self.threads.append(threading.current_thread().name)
+        return SttResult(self.name, 1.0)
+
+    async def transcribe_async(
+        self, pcm: bytes, rate_hz: int, *, urgent: bool = False
+    ) -> SttResult:
+        self.urgent.append(urgent)
+        return SttResult(self.name + " (queued)", 1.0)
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities(batch=self, queued=self if self.queued_path else None)
+
+    def new_stream(self, rate_hz: int) -> BufferedStream:
+        return BufferedStream(self, rate_hz)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Streaming:
+    name: str = "streaming"
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities()
+
+    def new_stream(self, rate_hz: int) -> BufferedStream:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def pool() -> ThreadPoolExecutor:
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+    yield executor  # type: ignore[misc]
+    executor.shutdown()
+
+
+def test_speech_span_leaves_out_quiet_head_and_tail() -> None:
+    assert speech_span_s(b"", RATE_HZ) == 0.0
+    padded = silence(300) + tone(1.0) + silence(700)
+    assert 0.96 <= speech_span_s(padded, RATE_HZ) <= 1.04
+    noise = np.random.default_rng(1).normal(0, 30, len(padded) // 2).astype("<i2").tobytes()
+    noisy = (np.frombuffer(padded, "<i2").astype(np.int32) + np.frombuffer(noise, "<i2")).astype(
+        "<i2"
+    )
+    assert 0.96 <= speech_span_s(noisy.tobytes(), RATE_HZ) <= 1.04  # above the line's floor
+    assert speech_span_s(silence(500), RATE_HZ) == 0.0
+
+
+def test_utterances_go_to_the_engine_for_their_length(pool: ThreadPoolExecutor) -> None:
+    short, long = Recorder("short"), Recorder("long")
+    split = LengthSplitEngine(short, long, long_from_s=1.5, pool=pool)
+    assert split.name == "short+long"
+    # One second of speech padded like a real turn (look-back + end-of-turn silence) stays
+    # short although the whole buffer is 2 s long; 2.5 s of speech is long.
+    assert split.transcribe(silence(300) + tone(1.0) + silence(700), RATE_HZ).text == "short"
+    assert split.transcribe(silence(300) + tone(2.5) + silence(700), RATE_HZ).text == "long"
+    assert split.routed == {"short": 1, "long": 1}
+    split.close()
+    assert short.closed and long.closed
+
+
+def test_async_path_uses_each_engines_own_thread_or_the_shared_pool(
+    pool: ThreadPoolExecutor,
+) -> None:
+    whisper_like = Recorder("short", queued_path=True)
+    moonshine_like = Recorder("long")  # no thread of its own
+    split = LengthSplitEngine(whisper_like, moonshine_like, long_from_s=1.5, pool=pool)
+    assert split.capabilities.queued is split and split.capabilities.batch is split
+
+    async def both() -> tuple[SttResult, SttResult]:
+        short = await split.transcribe_async(tone(0.6), RATE_HZ, urgent=True)
+        long = await split.transcribe_async(tone(3.0), RATE_HZ, urgent=True)
+        return short, long
+
+    short, long = asyncio.run(both())
+    assert short.text == "short (queued)" and whisper_like.urgent == [True]
+    assert long.text == "long" and moonshine_like.threads[0].startswith("inference")
+    assert whisper_like.threads == []  # never run blocking for the queued engine
+
+
+def test_split_refuses_a_streaming_engine_and_a_bad_length(pool: ThreadPoolExecutor) -> None:
+    with pytest.raises(ValueError, match="streaming engine streams"):
+        LengthSplitEngine(Recorder("a"), Streaming(), long_from_s=1.5, pool=pool)
+    with pytest.raises(ValueError, match="long_from_s"):
+        LengthSplitEngine(Recorder("a"), Recorder("b"), long_from_s=0.0, pool=pool)
+
+
+def test_config_checks_the_long_engine() -> None:
+    # Default: Moonshine base for long turns beside the packaged Whisper, nothing otherwise.
+    assert SttConfig().long_engine_name == "moonshine"
+    assert SttConfig().long_from_s == 2.0
+    assert SttConfig(engine="moonshine").long_engine_name == ""
+    assert SttConfig(engine="vosk", model_dir="/m").long_engine_name == ""
+    assert SttConfig(model_dir="/my/whisper-base").long_engine_name == ""
+    assert SttConfig(long_engine="").long_engine_name == ""
+    assert SttConfig(engine="moonshine", long_engine="whisper").long_engine_name == "whisper"
+    with pytest.raises(ValueError, match="is the engine itself"):
+        SttConfig(engine="moonshine", long_engine="moonshine")
+    with pytest.raises(ValueError, match="not vosk"):
+        SttConfig(engine="vosk", long_engine="moonshine")
+    with pytest.raises(ValueError, match="long_from_s"):
+        SttConfig(long_from_s=0.0)
+    assert SttConfig.default_threads("whisper") == 2
+    assert SttConfig.default_threads("moonshine") == 1
+
+
+@pytest.mark.models
+def test_real_whisper_and_moonshine_base_share_the_turns() -> None:
+    """The service's engines with Whisper for short turns and Moonshine base for long ones:
+    a short answer decoded by Whisper tiny.en, a long question by Moonshine base, both
+    right."""
+    engines = load_engines(Config())  # the default: whisper, Moonshine base for long turns
+    try:
+        split = engines.stt
+        assert isinstance(split, LengthSplitEngine)
+        assert split.name == "whisper+moonshine"
+        short = split.transcribe(caller("yes please"), RATE_HZ)
+        assert split.routed == {"short": 1, "long": 0}
+        heard = words(short.text)
+        assert "please" in heard and heard & {"yes", "yeah"}, short.text
+        question = "my account number is four five six seven two"
+        long_pcm = caller(question)
+        assert speech_span_s(long_pcm, RATE_HZ) >= split.long_from_s
+        long = asyncio.run(split.transcribe_async(long_pcm, RATE_HZ, urgent=True))
+        assert split.routed == {"short": 1, "long": 1}
+        assert {"number", "4", "5", "6", "7", "2"} <= words(long.text), long.text
+    finally:
+        engines.close()

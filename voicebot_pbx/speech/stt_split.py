@@ -1,0 +1,117 @@
+"""Two speech-to-text engines split by utterance length: short turns to one, long to another.
+
+Measured on the 350-utterance STT set (bench/bench_stt.py): Whisper tiny.en makes fewer word
+errors on short turns ("yes", "agent", "goodbye"), Moonshine base on longer ones (on the
+recorded prompts 3.6 % against 6.2 % at 2-4 s). ``[stt] long_engine`` sends every utterance
+with at least ``long_from_s`` of speech (:func:`speech_span_s`: the STT look-back and the
+end-of-turn silence do not count) to the long engine; the shorter ones, including every
+speculative decode at a pause that is still short, go to the configured engine.
+
+Each engine keeps its own path: one with its own inference thread (Whisper's batcher,
+``SttCapabilities.queued``) is awaited there; one without runs in the service's shared
+inference pool, given here, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+
+import numpy as np
+
+from voicebot_pbx.audio import pcm_to_float32
+from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttEngine, SttResult
+
+_FRAME_S = 0.02
+_BELOW_PEAK_DB = 35.0  # a frame this far below the loudest one is not speech
+_ABOVE_FLOOR_DB = 8.0  # ... nor one less than this above the line's noise floor
+_DIGITAL_SILENCE_DB = -90.0
+
+
+def speech_span_s(pcm: bytes, rate_hz: int) -> float:
+    """Seconds from the first to the last loud 20 ms frame of ``pcm`` (int16 mono): the
+    utterance without the STT look-back and the end-of-turn silence around it. Loud: within
+    35 dB of the loudest frame and, where the line has a noise floor, 8 dB above it (the
+    quietest tenth of the frames that are not digital silence)."""
+    audio = pcm_to_float32(pcm).astype(np.float64)
+    frame = int(rate_hz * _FRAME_S)
+    n = audio.size // frame
+    if n == 0:
+        return 0.0
+    energy_db = 10.0 * np.log10(np.mean(audio[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
+    heard = energy_db[energy_db > _DIGITAL_SILENCE_DB]
+    if heard.size == 0:
+        return 0.0
+    peak_db = float(energy_db.max())
+    threshold_db = peak_db - _BELOW_PEAK_DB
+    floor_db = float(np.percentile(heard, 10)) + _ABOVE_FLOOR_DB
+    if floor_db < peak_db:  # a steady sound has no floor below it
+        threshold_db = max(threshold_db, floor_db)
+    loud = np.flatnonzero(energy_db >= threshold_db)
+    return float(loud[-1] - loud[0] + 1) * _FRAME_S
+
+
+class LengthSplitEngine:
+    """``short`` for utterances under ``long_from_s`` of speech, ``long`` for the rest. Both
+    must transcribe whole utterances (``SttCapabilities.batch``)."""
+
+    def __init__(
+        self,
+        short: SttEngine,
+        long: SttEngine,
+        *,
+        long_from_s: float,
+        pool: Executor,
+    ) -> None:
+        for engine in (short, long):
+            if engine.capabilities.batch is None:
+                raise ValueError(
+                    f"stt: the {engine.name} engine streams; only whole-utterance engines "
+                    "can share utterances by length"
+                )
+        if long_from_s <= 0:
+            raise ValueError("stt: long_from_s must be > 0")
+        self.short = short
+        self.long = long
+        self.long_from_s = long_from_s
+        self._pool = pool
+        self.routed = {"short": 0, "long": 0}  # decodes sent to each engine (bench, tests)
+
+    @property
+    def name(self) -> str:
+        return f"{self.short.name}+{self.long.name}"
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities(batch=self, queued=self)
+
+    def new_stream(self, rate_hz: int) -> BufferedStream:
+        return BufferedStream(self, rate_hz)
+
+    def pick(self, pcm: bytes, rate_hz: int) -> SttEngine:
+        """The engine for this utterance (counted in ``routed``)."""
+        long = speech_span_s(pcm, rate_hz) >= self.long_from_s
+        self.routed["long" if long else "short"] += 1
+        return self.long if long else self.short
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
+        """Blocking, on the calling worker thread."""
+        batch = self.pick(pcm, rate_hz).capabilities.batch
+        assert batch is not None  # checked in __init__
+        return batch.transcribe(pcm, rate_hz)
+
+    async def transcribe_async(
+        self, pcm: bytes, rate_hz: int, *, urgent: bool = False
+    ) -> SttResult:
+        engine = self.pick(pcm, rate_hz)
+        capabilities = engine.capabilities
+        if capabilities.queued is not None:
+            return await capabilities.queued.transcribe_async(pcm, rate_hz, urgent=urgent)
+        batch = capabilities.batch
+        assert batch is not None  # checked in __init__
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, batch.transcribe, pcm, rate_hz)
+
+    def close(self) -> None:
+        self.short.close()
+        self.long.close()
