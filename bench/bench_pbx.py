@@ -646,6 +646,12 @@ def main() -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the scratch folder (recordings, logs)"
     )
+    parser.add_argument(
+        "--extra-toml",
+        type=Path,
+        help="appended to the bot's config (e.g. a [vad] section to try a setting; not the "
+        "sections the bench writes itself: server, health, dialogue, tts, ami)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.calls.split(",") if c.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -666,7 +672,8 @@ def main() -> int:
         bot = BenchBot(
             scratch / "bot",
             port=bot_port,
-            extra_toml=websocket if args.channel == "websocket16" else "",
+            extra_toml=(websocket if args.channel == "websocket16" else "")
+            + (args.extra_toml.read_text() if args.extra_toml else ""),
             extra_env={"VOICEBOT_WEBSOCKET_PASSWORD": WS_PASSWORD},
             dialogue=args.dialogue,
             max_calls=max(64, 2 * max(levels)),
@@ -716,6 +723,7 @@ def main() -> int:
                 "stagger_s": args.stagger_s,
                 "turns_per_call": TURNS_PER_CALL,
                 "barge_ins_per_call": 1,
+                "extra_toml": args.extra_toml.read_text() if args.extra_toml else "",
                 "timing_s": {
                     "greeting": timing.greeting_s,
                     "gap": timing.gap_s,
