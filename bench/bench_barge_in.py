@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from bench.stt_dataset import RATE_HZ, espeak_pcm, phone_line  # noqa: E402
 from voicebot_pbx.config import VadConfig  # noqa: E402
 from voicebot_pbx.models import SILERO_VAD, model_path  # noqa: E402
-from voicebot_pbx.speech.turns import BargeIn, TurnTaker  # noqa: E402
+from voicebot_pbx.speech.turns import BargeIn, BargeInOnset, TurnTaker  # noqa: E402
 from voicebot_pbx.speech.vad import WINDOW_MS, SileroVad, VadStream  # noqa: E402
 
 SEED = 20270402
@@ -140,11 +140,23 @@ def probabilities(vad: SileroVad, pcm: bytes) -> list[tuple[float, float]]:
 
 def decide(probs: list[tuple[float, float]], config: VadConfig) -> float | None:
     """Stream time the barge-in is decided (end of the deciding window), or None."""
+    return first_action(probs, config, BargeIn)
+
+
+def first_pause(probs: list[tuple[float, float]], config: VadConfig) -> float | None:
+    """With ``barge_in_pause_at_onset``: when the bot first goes quiet (end of the window
+    that gives ``BargeInOnset``), or None when nothing over it sounded like speech."""
+    return first_action(probs, replace(config, barge_in_pause_at_onset=True), BargeInOnset)
+
+
+def first_action(
+    probs: list[tuple[float, float]], config: VadConfig, kind: type[object]
+) -> float | None:
     taker = TurnTaker(config)
     taker.set_bot_speaking(True)
     for window_s, prob in probs:
         for action in taker.on_vad(prob, window_s):
-            if isinstance(action, BargeIn):
+            if isinstance(action, kind):
                 return window_s + WINDOW_S
     return None
 
@@ -156,18 +168,30 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def evaluate(items: list[Item], probs: list[list[tuple[float, float]]]) -> list[dict[str, Any]]:
+def evaluate(
+    items: list[Item],
+    probs: list[list[tuple[float, float]]],
+    settings: list[tuple[int, float]] = SETTINGS,
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for min_speech_ms, threshold in SETTINGS:
+    for min_speech_ms, threshold in settings:
         config = replace(
             VadConfig(), barge_in_min_speech_ms=min_speech_ms, barge_in_threshold=threshold
         )
         delays: list[float] = []
+        quiet: list[float] = []  # onset -> the bot paused at the first speech window
+        paused = {"noise": 0, "backchannel": 0}
         counts = {"interruption": 0, "noise": 0, "backchannel": 0}
         totals = {"interruption": 0, "noise": 0, "backchannel": 0}
         fired: list[str] = []
         for item, p in zip(items, probs, strict=True):
             totals[item.kind] += 1
+            pause_at = first_pause(p, config)
+            if pause_at is not None:
+                if item.kind == "interruption":
+                    quiet.append((pause_at - item.onset_s) * 1000.0)
+                else:
+                    paused[item.kind] += 1
             decided = decide(p, config)
             if decided is None:
                 continue
@@ -190,9 +214,17 @@ def evaluate(items: list[Item], probs: list[list[tuple[float, float]]]) -> list[
                 "noise_kinds_fired": sorted(set(fired)),
                 "backchannel_barge_ins": counts["backchannel"],
                 "backchannels": totals["backchannel"],
+                "onset_to_pause_ms_p50": _round(percentile(quiet, 0.5)),
+                "onset_to_pause_ms_p95": _round(percentile(quiet, 0.95)),
+                "noise_pauses": paused["noise"],
+                "backchannel_pauses": paused["backchannel"],
             }
         )
     return rows
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
 
 
 def markdown(rows: list[dict[str, Any]], run_s: float) -> str:
@@ -203,8 +235,9 @@ def markdown(rows: list[dict[str, Any]], run_s: float) -> str:
         "the VAD window that completes the needed speech.",
         "",
         "| min speech ms | threshold | interruptions detected | onset → decision p50 / p95 ms"
-        " | coughs/noise that barge in | backchannels that barge in |",
-        "|---|---|---|---|---|---|",
+        " | coughs/noise that barge in | backchannels that barge in | with the pause at onset:"
+        " onset → bot quiet p50 / p95 ms | noises / backchannels that pause the bot |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -212,7 +245,9 @@ def markdown(rows: list[dict[str, Any]], run_s: float) -> str:
             f"{r['interruptions_detected']}/{r['interruptions']} | "
             f"{r['onset_to_decision_ms_p50']} / {r['onset_to_decision_ms_p95']} | "
             f"{r['noise_barge_ins']}/{r['noises']} ({', '.join(r['noise_kinds_fired']) or '-'}) | "
-            f"{r['backchannel_barge_ins']}/{r['backchannels']} |"
+            f"{r['backchannel_barge_ins']}/{r['backchannels']} | "
+            f"{r['onset_to_pause_ms_p50']} / {r['onset_to_pause_ms_p95']} | "
+            f"{r['noise_pauses']}/{r['noises']} / {r['backchannel_pauses']}/{r['backchannels']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -220,12 +255,23 @@ def markdown(rows: list[dict[str, Any]], run_s: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        metavar="MS:THRESHOLD",
+        help="barge_in_min_speech_ms:barge_in_threshold pairs (default: "
+        + " ".join(f"{ms}:{t:g}" for ms, t in SETTINGS)
+        + ")",
+    )
     args = parser.parse_args()
+    settings = SETTINGS
+    if args.settings:
+        settings = [(int(ms), float(t)) for ms, t in (x.split(":") for x in args.settings)]
     started = time.perf_counter()
     items = build_items()
     vad = SileroVad(model_path(SILERO_VAD))
     probs = [probabilities(vad, item.pcm) for item in items]
-    rows = evaluate(items, probs)
+    rows = evaluate(items, probs, settings)
     run_s = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"seed": SEED, "voices": VOICES, "rows": rows, "run_s": round(run_s, 1)}

@@ -18,6 +18,8 @@ from voicebot_pbx.pbx.media import AudioIn
 from voicebot_pbx.speech.turn_model import TurnScore
 from voicebot_pbx.speech.turns import (
     BargeIn,
+    BargeInCancelled,
+    BargeInOnset,
     PauseStarted,
     TurnTaker,
     UtteranceEnded,
@@ -66,7 +68,7 @@ def test_utterance_start_pause_and_end_at_max_silence() -> None:
 def test_over_the_bot_speech_counts_from_the_barge_in_minimum() -> None:
     """min_speech_ms (160) starts a turn; while the bot talks, barge_in_min_speech_ms (120)
     both starts it and stops the bot: 128 ms of speech (4 windows), not 160 + 120."""
-    config = VadConfig(min_speech_ms=160, barge_in_min_speech_ms=120)
+    config = VadConfig(min_speech_ms=160, barge_in_min_speech_ms=120, barge_in_pause_at_onset=False)
     taker = TurnTaker(config)
     taker.set_bot_speaking(True)
     barge = [(t, a) for t, a in feed(taker, [(0.6, 0.95)]) if isinstance(a, BargeIn)]
@@ -79,6 +81,43 @@ def test_over_the_bot_speech_counts_from_the_barge_in_minimum() -> None:
     assert feed(taker, [(0.09, 0.95), (0.5, 0.02)]) == []
     taker.set_bot_speaking(False)
     assert feed(taker, [(0.1, 0.95), (0.5, 0.02)]) == []  # 128 ms < 160
+
+
+def test_the_bot_may_pause_at_the_first_window_of_speech_over_it() -> None:
+    """``barge_in_pause_at_onset``: BargeInOnset at the first window above the raised
+    threshold; a blip that ends before barge_in_min_speech_ms is cancelled (the bot goes
+    on); speech that lasts becomes a BargeIn, never cancelled."""
+    config = VadConfig(barge_in_min_speech_ms=120, barge_in_threshold=0.6)
+    taker = TurnTaker(config)
+    taker.set_bot_speaking(True)
+    events = feed(taker, [(0.32, 0.02), (0.064, 0.95), (0.5, 0.02)])
+    assert [type(a) for _, a in events] == [BargeInOnset, BargeInCancelled]
+    (onset_at, onset), (cancel_at, _) = events
+    assert isinstance(onset, BargeInOnset) and onset_at == onset.onset_s == pytest.approx(0.32)
+    # Cancelled on the first silent window after the blip.
+    assert cancel_at == pytest.approx(0.32 + 2 * WINDOW_S)
+
+    taker = TurnTaker(config)
+    taker.set_bot_speaking(True)
+    events = feed(taker, [(0.32, 0.02), (0.6, 0.95), (0.7, 0.02)])
+    kinds = [type(a) for _, a in events]
+    assert kinds[:3] == [BargeInOnset, UtteranceStarted, BargeIn]
+    assert BargeInCancelled not in kinds
+    assert events[0][0] == pytest.approx(0.32)  # 4 windows before the barge-in
+    assert events[2][0] == pytest.approx(0.32 + 3 * WINDOW_S)
+
+    # Between the raised threshold and the quiet one (an echo level): nothing.
+    taker = TurnTaker(config)
+    taker.set_bot_speaking(True)
+    assert feed(taker, [(0.5, 0.55)]) == []
+    # The bot quiet, or the option off: no onset actions.
+    assert not any(
+        isinstance(a, BargeInOnset | BargeInCancelled)
+        for _, a in feed(TurnTaker(config), [(0.064, 0.95), (0.5, 0.02)])
+    )
+    off = TurnTaker(dataclasses.replace(config, barge_in_pause_at_onset=False))
+    off.set_bot_speaking(True)
+    assert feed(off, [(0.064, 0.95), (0.5, 0.02)]) == []
 
 
 def test_end_turn_early_only_after_the_short_silence() -> None:
@@ -113,7 +152,9 @@ def test_blip_shorter_than_min_speech_is_not_a_turn() -> None:
 
 
 def test_barge_in_needs_min_speech_and_the_raised_threshold() -> None:
-    config = VadConfig(barge_in_min_speech_ms=200, barge_in_threshold=0.6)
+    config = VadConfig(
+        barge_in_min_speech_ms=200, barge_in_threshold=0.6, barge_in_pause_at_onset=False
+    )
     taker = TurnTaker(config)
     taker.set_bot_speaking(True)
     # A cough (100 ms) and an echo of the bot below the raised threshold: nothing.
@@ -418,6 +459,42 @@ def test_barge_in_silences_the_bot_within_a_frame_and_nothing_stale_follows() ->
     assert not [t for t in voiced if cutoff < t < 6.0]
     # The answer to the interrupting question came after it.
     assert any(6.0 < t < 7.0 for t in voiced)
+
+
+def test_a_click_over_the_bot_pauses_it_briefly_and_it_goes_on() -> None:
+    """A 60 ms sound over the long reply: the bot goes quiet at its first speech window and
+    resumes where it stopped as soon as the sound is over (no barge-in, the whole reply is
+    played); with the option off it is not paused at all."""
+    for pause_at_onset in (True, False):
+        shared = make_shared()
+        shared = dataclasses.replace(
+            shared,
+            config=dataclasses.replace(
+                shared.config,
+                vad=dataclasses.replace(shared.config.vad, barge_in_pause_at_onset=pause_at_onset),
+            ),
+        )
+        question = tone(1.0, 8000, TARIFF)
+        click = tone(0.06, 8000, HOURS)
+        media, session = run_virtual(
+            timeline(shared, [(2.0, question), (5.0, click)], until_s=14.0)
+        )
+        turns = [t for t in session.record.turns if t.kind == "speech"]
+        assert len(turns) == 1 and not turns[0].barged_in
+        voiced = media.voiced_times()
+        gap = [t for t in voiced if 4.9 < t < 5.4]
+        frame_s = 0.02
+        holes = [b - a for a, b in zip(gap, gap[1:], strict=False) if b - a > frame_s + 1e-6]
+        if pause_at_onset:
+            # One hole of a few frames right after the click began, then the reply again.
+            assert len(holes) == 1 and 0.03 <= holes[0] <= 0.2, holes
+        else:
+            assert holes == []
+        # The reply played to its end either way: as many voiced frames as the other run.
+        if pause_at_onset:
+            paused_frames = len(voiced)
+        else:
+            assert len(voiced) == paused_frames
 
 
 def test_transfer_after_the_reply_has_played() -> None:

@@ -71,6 +71,9 @@ class VadConfig:
     lookback_ms: int = 300
     # Caller speech needed while the bot talks before the bot stops (barge-in).
     barge_in_min_speech_ms: int = 120
+    # Pause the bot at the first window of caller speech over it (resume at once if the
+    # sound ends before barge_in_min_speech_ms); false: stay audible until the barge-in.
+    barge_in_pause_at_onset: bool = True
     # An utterance that barged in ends no sooner than this much silence, whatever the
     # end-of-turn detector says ("wait, ... where are you?": the caller goes on).
     barge_in_end_silence_ms: int = 450

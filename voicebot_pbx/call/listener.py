@@ -40,6 +40,8 @@ from voicebot_pbx.speech.stt import (
 from voicebot_pbx.speech.turn_model import TurnModel, TurnScore
 from voicebot_pbx.speech.turns import (
     BargeIn,
+    BargeInCancelled,
+    BargeInOnset,
     PauseStarted,
     TurnAction,
     TurnTaker,
@@ -59,6 +61,13 @@ WINDOW_S = WINDOW_MS / 1000.0
 class ListenerHooks(Protocol):
     def utterance_started(self, turn_id: int) -> None:
         """The caller started speaking (turn ``turn_id``)."""
+
+    def barge_in_onset(self) -> None:
+        """The first window of caller speech over the bot (``vad.barge_in_pause_at_onset``):
+        the bot may go quiet now; a ``barge_in`` or ``barge_in_cancelled`` follows."""
+
+    def barge_in_cancelled(self) -> None:
+        """The sound of the last ``barge_in_onset`` ended before it was a barge-in."""
 
     def barge_in(self, turn_id: int, onset_to_decision_ms: float, lag_ms: float) -> None:
         """The caller spoke over the bot long enough to be an interruption:
@@ -424,6 +433,10 @@ class Listener:
             case PauseStarted(turn_id, pause_id, _since_s):
                 if self._batch is not None:
                     self._put_stt(_Speculate(turn_id, pause_id, bytes(self._utterance_pcm)))
+            case BargeInOnset():
+                self.hooks.barge_in_onset()
+            case BargeInCancelled():
+                self.hooks.barge_in_cancelled()
             case BargeIn(turn_id, onset_s, decided_s):
                 lag_s = asyncio.get_running_loop().time() - frame_at
                 self.hooks.barge_in(

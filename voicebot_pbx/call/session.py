@@ -106,6 +106,9 @@ class CallSession:
         self.fallbacks = shared.config.fallbacks
         self._backchannels = policy.backchannel_set(self.fallbacks)
         self._paused_turn: TurnRecord | None = None
+        # Paused at a caller's first sound over the reply (vad.barge_in_pause_at_onset),
+        # not yet a barge-in: resumed if the sound stops short.
+        self._onset_paused = False
         self.profile: ProfileConfig | None = None
         self.kit: ProfileKit | None = None
         self.recording: CallRecording | None = None
@@ -395,7 +398,24 @@ class CallSession:
             self.listener.carry(self._reply_turn.transcript if self._reply_turn else "")
             self._cancel_reply()
 
+    def barge_in_onset(self) -> None:
+        if self._amd is not None and self._amd.listening:
+            return
+        if self._reply_turn is None or not self._reply_started or self.speaker.paused:
+            return
+        self.speaker.pause()
+        self._onset_paused = True
+
+    def barge_in_cancelled(self) -> None:
+        if not self._onset_paused:
+            return
+        self._onset_paused = False
+        if self.speaker.paused and self._paused_turn is None:
+            log.debug("barge_in_onset_resumed")
+            self.speaker.resume()
+
     def barge_in(self, turn_id: int, onset_to_decision_ms: float, lag_ms: float) -> None:
+        self._onset_paused = False
         if self._amd is not None and self._amd.listening:
             return  # a machine's beep or greeting does not interrupt its message
         interrupted = self._reply_turn
@@ -409,7 +429,8 @@ class CallSession:
             onset_to_decision_ms=onset_to_decision_ms,
             lag_ms=lag_ms,
         )
-        self.speaker.pause()
+        if not self.speaker.paused:
+            self.speaker.pause()
         self.turns.set_bot_speaking(False)
         self._paused_turn = interrupted
         if self._reply_first_frame_at is not None:
@@ -616,6 +637,7 @@ class CallSession:
 
     def _interrupt(self) -> None:
         """Barge-in: silence the bot now and drop the reply being produced."""
+        self._onset_paused = False
         self.speaker.interrupt()
         self._cancel_reply()
         self.turns.set_bot_speaking(False)

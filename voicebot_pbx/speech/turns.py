@@ -6,6 +6,9 @@ drive whole conversations on a scripted timeline. The session executes the actio
 * ``UtteranceStarted``: the caller began a turn; start feeding STT (with look-back audio).
 * ``UtteranceEnded``: the caller finished; finalise STT, then answer.
 * ``BargeIn``: the caller talks over the bot long enough: silence the bot now.
+* ``BargeInOnset`` / ``BargeInCancelled``: with ``vad.barge_in_pause_at_onset``, the first
+  window of caller speech over the bot (the bot may pause at once), and the end of that
+  sound before it became a barge-in (the bot goes on).
 
 While the bot is speaking the VAD threshold is raised (echo gating) and a barge-in needs
 ``barge_in_min_speech_ms`` of caller speech, so a cough or the line echo of the bot's own
@@ -73,6 +76,20 @@ class BargeIn:
 
 
 @dataclass(frozen=True, slots=True)
+class BargeInOnset:
+    """The first window of caller speech while the bot talks (not yet a barge-in)."""
+
+    onset_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class BargeInCancelled:
+    """The sound that started at a ``BargeInOnset`` ended before it was a barge-in."""
+
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class PauseStarted:
     """The caller stopped talking (first silent window); the turn may or may not be over.
 
@@ -86,7 +103,9 @@ class PauseStarted:
     since_s: float
 
 
-TurnAction = UtteranceStarted | UtteranceEnded | BargeIn | PauseStarted
+TurnAction = (
+    UtteranceStarted | UtteranceEnded | BargeIn | BargeInOnset | BargeInCancelled | PauseStarted
+)
 
 
 class TurnTaker:
@@ -108,6 +127,7 @@ class TurnTaker:
         self._onset_s: float | None = None
         self._bot_speaking = False
         self._barged = False
+        self._tentative_onset_s: float | None = None  # a BargeInOnset not yet decided
         self._pause_id = 0
         self._in_pause = False
 
@@ -142,6 +162,7 @@ class TurnTaker:
         if speaking == self._bot_speaking:
             return
         self._bot_speaking = speaking
+        self._tentative_onset_s = None  # the session decides what a pending onset becomes
         if speaking:
             self._endpointer.set_threshold(
                 self.config.barge_in_threshold,
@@ -211,5 +232,26 @@ class TurnTaker:
             )
         ):
             self._barged = True
+            self._tentative_onset_s = None
             actions.append(BargeIn(self._turn_id, self._onset_s, now_s))
+        actions.extend(self._tentative_actions(now_s))
         return actions
+
+    def _tentative_actions(self, now_s: float) -> list[TurnAction]:
+        """``BargeInOnset`` at the first speech window over the bot; ``BargeInCancelled``
+        when that run of windows is dropped as a blip (shorter than the barge-in needs)."""
+        pending_s = self._endpointer.pending_onset_s
+        if self._tentative_onset_s is not None:
+            if pending_s is None and not self._endpointer.in_speech:
+                self._tentative_onset_s = None
+                return [BargeInCancelled(now_s)]
+            return []
+        if (
+            self.config.barge_in_pause_at_onset
+            and self._bot_speaking
+            and not self._barged
+            and pending_s is not None
+        ):
+            self._tentative_onset_s = pending_s
+            return [BargeInOnset(pending_s)]
+        return []

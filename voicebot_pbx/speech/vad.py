@@ -223,6 +223,12 @@ class Endpointer:
         return self._in_speech
 
     @property
+    def pending_onset_s(self) -> float | None:
+        """Before ``SpeechStarted``: the start of the run of speech windows that may become
+        speech (None: no such run, or already in speech)."""
+        return None if self._in_speech else self._onset_s
+
+    @property
     def silence_since_s(self) -> float | None:
         """While in speech: start of the current run of silent windows (a pending end)."""
         return self._silence_start_s if self._in_speech else None
