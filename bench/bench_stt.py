@@ -606,7 +606,25 @@ def run_concurrency(
 ) -> list[dict[str, Any]]:
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
     engine: WhisperEngine | None = None
-    if v.model in ("moonshine", "moonshine-base"):
+    closers: list[Callable[[], None]] = []
+    if v.model == "whisper+moonshine-base":
+        # The service's default: Whisper's batcher for short turns, Moonshine base in the
+        # shared 2-thread pool for turns of long_from_s of speech or more.
+        from voicebot_pbx.config import SttConfig
+        from voicebot_pbx.speech.stt_load import load_stt
+        from voicebot_pbx.speech.stt_split import LengthSplitEngine
+
+        engine = make_engine(Variant("short10", threads=2))
+        split = LengthSplitEngine(
+            engine,
+            load_stt("moonshine", None, "base", cpu_threads=1),
+            long_from_s=SttConfig().long_from_s if v.long_from_s is None else v.long_from_s,
+            pool=pool,
+        )
+        split.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up
+        transcribe = split.transcribe_async
+        closers.append(split.long.close)
+    elif v.model in ("moonshine", "moonshine-base"):
         # Moonshine: whole utterances in the session's shared 2-thread pool (no batcher).
         from voicebot_pbx.speech.stt_load import load_stt
 
@@ -651,6 +669,8 @@ def run_concurrency(
         rows.append(row)
     if engine is not None:
         engine.close()
+    for close in closers:
+        close()
     pool.shutdown()
     return rows
 
@@ -688,6 +708,11 @@ ACCURACY_VARIANTS = [
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [
+    (
+        "split (default): whisper batcher + moonshine-base pool",
+        Variant("split", model="whisper+moonshine-base", threads=2),
+        "batcher",
+    ),
     ("moonshine-base, pool", Variant("moonshine-base", model="moonshine-base"), "pool"),
     ("moonshine-tiny, pool", Variant("moonshine-tiny", model="moonshine"), "pool"),
     ("full, pool (before)", Variant("full", mode="full"), "pool"),

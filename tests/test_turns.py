@@ -481,6 +481,8 @@ def test_a_click_over_the_bot_pauses_it_briefly_and_it_goes_on() -> None:
         )
         turns = [t for t in session.record.turns if t.kind == "speech"]
         assert len(turns) == 1 and not turns[0].barged_in
+        # The record says the reply was paused for a noise (admins count these: echo).
+        assert turns[0].fallbacks == (["paused_for_noise"] if pause_at_onset else [])
         voiced = media.voiced_times()
         gap = [t for t in voiced if 4.9 < t < 5.4]
         frame_s = 0.02

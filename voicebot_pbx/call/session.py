@@ -413,6 +413,8 @@ class CallSession:
         if self.speaker.paused and self._paused_turn is None:
             log.debug("barge_in_onset_resumed")
             self.speaker.resume()
+            if self._reply_turn is not None:
+                self._reply_turn.fallbacks.append("paused_for_noise")
 
     def barge_in(self, turn_id: int, onset_to_decision_ms: float, lag_ms: float) -> None:
         self._onset_paused = False

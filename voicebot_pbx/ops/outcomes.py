@@ -25,6 +25,9 @@ def end_class(reason: str) -> str:
 _FALLBACK_STAGES = {
     "backchannel_ignored": "turn_taking",
     "false_interruption": "turn_taking",
+    # The bot paused at a sound over its reply that stopped short, and went on (a click, a
+    # cough, line echo past the echo gate): many on one line point at echo.
+    "paused_for_noise": "turn_taking",
     "not_understood": "dialogue",
     "max_duration": "call",
     "error": "call",
