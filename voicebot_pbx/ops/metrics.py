@@ -26,7 +26,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from voicebot_pbx.ops.analytics import RecorderStats
+from voicebot_pbx.ops.analytics import AnalyticsRecorder, RecorderStats
 from voicebot_pbx.ops.outcomes import END_CLASSES, end_class, fallback_name, fallback_stage
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord
 
@@ -252,9 +252,8 @@ class MetricsRecorder:
         self._counted: dict[str, set[int]] = {}
         self._active: set[str] = set()
         self._lock = threading.Lock()
-        stats = getattr(inner, "stats", None)
-        if isinstance(stats, RecorderStats):
-            source: _StatsSource = inner  # type: ignore[assignment]
+        if isinstance(inner, AnalyticsRecorder):  # the analytics writer's health
+            source: _StatsSource = inner
             metrics.watch_recorder(lambda: source.stats)
 
     async def call_started(self, call: CallRecord) -> None:

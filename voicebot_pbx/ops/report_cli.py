@@ -59,10 +59,7 @@ def parse_time(value: str, now: float | None = None) -> float:
 
 def _analytics_config(args: argparse.Namespace) -> tuple[AnalyticsConfig, str]:
     config = load_config(getattr(args, "config", None))
-    analytics = getattr(config, "analytics", None)
-    if not isinstance(analytics, AnalyticsConfig):
-        analytics = AnalyticsConfig()
-    return analytics, config.state_dir
+    return config.analytics, config.state_dir
 
 
 def _store(args: argparse.Namespace) -> Store:

@@ -33,7 +33,7 @@ from voicebot_pbx.call.session import Shared, make_handler
 from voicebot_pbx.config import Config
 from voicebot_pbx.facts import FactsError, load_facts
 from voicebot_pbx.ops import sdnotify
-from voicebot_pbx.ops.analytics import open_recorder
+from voicebot_pbx.ops.analytics import AnalyticsRecorder, open_recorder
 from voicebot_pbx.ops.health import HealthServer, readiness_report
 from voicebot_pbx.ops.metrics import MetricsRecorder, default_metrics, render_text
 from voicebot_pbx.ops.profiles import build_profile_kits
@@ -498,9 +498,8 @@ async def _close_recorder(shared: Shared) -> None:
     recorder = shared.recorder
     if isinstance(recorder, WebhookRecorder):
         recorder = recorder.inner
-    inner = getattr(recorder, "inner", None)
-    if inner is not None:
-        await inner.aclose()
+    if isinstance(recorder, MetricsRecorder) and isinstance(recorder.inner, AnalyticsRecorder):
+        await recorder.inner.aclose()
 
 
 async def serve(
