@@ -107,11 +107,19 @@ def test_model_paths_resolve_and_verify() -> None:
         assert checks and all(c.ok for c in checks), checks
 
 
+def install_check(*args: str) -> subprocess.CompletedProcess[str]:
+    """``scripts/install_models.py --check`` with ``args``, its output captured."""
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.mark.models
 def test_install_script_check_passes() -> None:
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=120
-    )
+    run = install_check()
     assert run.returncode == 0, run.stderr
     for name in EXPECTED:
         assert re.search(rf"^{re.escape(name)}\s.*\sok$", run.stdout, re.MULTILINE), run.stdout
@@ -123,12 +131,7 @@ def test_install_script_fails_on_a_hash_mismatch(tmp_path: Path) -> None:
     good = load_manifest()["silero-vad"].sha256["silero_vad/data/silero_vad.onnx"]
     bad_manifest = tmp_path / "models.toml"
     bad_manifest.write_text(text.replace(good, "f" * 64), encoding="utf-8")
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check", "--manifest", str(bad_manifest)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = install_check("--manifest", str(bad_manifest))
     assert run.returncode == 1
     assert "SHA256 MISMATCH" in run.stdout
     assert "silero_vad.onnx" in run.stderr and good in run.stderr
@@ -142,12 +145,7 @@ def test_install_script_check_reports_a_missing_package(tmp_path: Path) -> None:
         '[models.ghost.sha256]\n"ghost/m.bin" = "' + "0" * 64 + '"\n',
         encoding="utf-8",
     )
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check", "--manifest", str(manifest)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = install_check("--manifest", str(manifest))
     assert run.returncode == 1
     assert "NOT INSTALLED" in run.stdout
     assert "no-such-package-voicebot-test==1.0 is not installed" in run.stderr
@@ -159,12 +157,7 @@ def test_install_script_check_reports_a_missing_package(tmp_path: Path) -> None:
         '"m.onnx" = "' + "1" * 64 + '"\n',
         encoding="utf-8",
     )
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check", "--manifest", str(manifest)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = install_check("--manifest", str(manifest))
     assert run.returncode == 1
     assert re.search(r"^ghost-onnx\s+from ghost\s+-\s+SOURCE FAILED$", run.stdout, re.M), run.stdout
 
@@ -177,13 +170,7 @@ def test_a_converted_model_that_differs_from_the_manifest_fails_the_check(tmp_pa
     good = entry.sha256["decoder_first.onnx"]
     bad_manifest = tmp_path / "models.toml"
     bad_manifest.write_text(text.replace(good, "0" * 64), encoding="utf-8")
-    run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--check", "--only", "moonshine-base-en"]
-        + ["--manifest", str(bad_manifest)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = install_check("--only", "moonshine-base-en", "--manifest", str(bad_manifest))
     assert run.returncode == 1, run.stdout
     assert re.search(
         r"^moonshine-base-en\s.*decoder_first.onnx\s+SHA256 MISMATCH$", run.stdout, re.M
