@@ -51,6 +51,30 @@ def rms_dbfs(pcm: bytes) -> float:
     return max(-120.0, 20.0 * float(np.log10(rms / 32768.0)))
 
 
+# Which frames of an utterance are its speech, by level (Moonshine's trim of quiet ends,
+# the STT split's speech length): within SPEECH_BELOW_PEAK_DB of the loudest frame and
+# SPEECH_ABOVE_FLOOR_DB above the line's noise floor.
+LEVEL_FRAME_S = 0.02
+SPEECH_BELOW_PEAK_DB = 35.0
+SPEECH_ABOVE_FLOOR_DB = 8.0
+_DIGITAL_SILENCE_DB = -90.0
+
+
+def frame_levels_db(
+    audio: npt.NDArray[np.float32], rate_hz: int
+) -> tuple[npt.NDArray[np.float64], float | None]:
+    """Energy (dB) of each whole ``LEVEL_FRAME_S`` frame of ``audio`` (float samples), and
+    the line's noise floor: the quietest tenth of the frames that are not digital silence
+    (a clip padded with zeros around noise would put it there); None when every frame is."""
+    frame = int(rate_hz * LEVEL_FRAME_S)
+    n = audio.size // frame
+    energy_db = 10 * np.log10(
+        np.mean(audio[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1) + 1e-12
+    )
+    heard = energy_db[energy_db > _DIGITAL_SILENCE_DB]
+    return energy_db, float(np.percentile(heard, 10)) if heard.size else None
+
+
 def is_silent(pcm: bytes, floor_dbfs: float = -60.0) -> bool:
     return rms_dbfs(pcm) <= floor_dbfs
 

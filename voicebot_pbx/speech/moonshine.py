@@ -52,7 +52,13 @@ import numpy.typing as npt
 import soxr
 import structlog
 
-from voicebot_pbx.audio import pcm_to_float32
+from voicebot_pbx.audio import (
+    LEVEL_FRAME_S,
+    SPEECH_ABOVE_FLOOR_DB,
+    SPEECH_BELOW_PEAK_DB,
+    frame_levels_db,
+    pcm_to_float32,
+)
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
 from voicebot_pbx.speech.vad import import_onnxruntime
 from voicebot_pbx.speech.whisper_guard import degenerate_reason
@@ -81,10 +87,6 @@ def token_budget(duration_s: float) -> int:
     return int(6 * duration_s + 10)
 
 
-_TRIM_FRAME_S = 0.02
-_TRIM_BELOW_PEAK_DB = 35.0  # a frame this far below the loudest one is not speech
-_TRIM_ABOVE_FLOOR_DB = 8.0  # ... or less than this above the noise floor
-_DIGITAL_SILENCE_DB = -90.0
 _TRIM_MARGIN_S = 0.25  # kept around the first and last speech frame
 
 
@@ -97,22 +99,15 @@ def trim_quiet_ends(audio: npt.NDArray[np.float32], rate_hz: int) -> npt.NDArray
     trimmed audio when the first decode gives nothing took base from 53.3 to 51.8 % WER
     there (empty transcripts 38 -> 21), and on the 150 recorded prompts from 7.6 to 4.7 %;
     trimming every input instead did worse on the synthetic set (54.8 %)."""
-    frame = int(rate_hz * _TRIM_FRAME_S)
-    n = audio.size // frame
-    if n < 3:
+    energy_db, floor_db = frame_levels_db(audio, rate_hz)
+    if energy_db.size < 3 or floor_db is None:
         return audio
-    energy_db = 10 * np.log10(
-        np.mean(audio[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1) + 1e-12
+    loud = np.flatnonzero(
+        energy_db >= max(energy_db.max() - SPEECH_BELOW_PEAK_DB, floor_db + SPEECH_ABOVE_FLOOR_DB)
     )
-    # Above the line noise too: its floor is the quietest tenth of the frames that are not
-    # digital silence (a clip padded with zeros around noise would put the floor there).
-    heard = energy_db[energy_db > _DIGITAL_SILENCE_DB]
-    if heard.size == 0:
-        return audio
-    floor_db = float(np.percentile(heard, 10)) + _TRIM_ABOVE_FLOOR_DB
-    loud = np.flatnonzero(energy_db >= max(energy_db.max() - _TRIM_BELOW_PEAK_DB, floor_db))
     if loud.size == 0:
         return audio
+    frame = int(rate_hz * LEVEL_FRAME_S)
     margin = int(_TRIM_MARGIN_S * rate_hz)
     start = max(0, int(loud[0]) * frame - margin)
     end = min(audio.size, (int(loud[-1]) + 1) * frame + margin)

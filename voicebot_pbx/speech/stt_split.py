@@ -19,36 +19,30 @@ from concurrent.futures import Executor
 
 import numpy as np
 
-from voicebot_pbx.audio import pcm_to_float32
+from voicebot_pbx.audio import (
+    LEVEL_FRAME_S,
+    SPEECH_ABOVE_FLOOR_DB,
+    SPEECH_BELOW_PEAK_DB,
+    frame_levels_db,
+    pcm_to_float32,
+)
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttEngine, SttResult
-
-_FRAME_S = 0.02
-_BELOW_PEAK_DB = 35.0  # a frame this far below the loudest one is not speech
-_ABOVE_FLOOR_DB = 8.0  # ... nor one less than this above the line's noise floor
-_DIGITAL_SILENCE_DB = -90.0
 
 
 def speech_span_s(pcm: bytes, rate_hz: int) -> float:
-    """Seconds from the first to the last loud 20 ms frame of ``pcm`` (int16 mono): the
-    utterance without the STT look-back and the end-of-turn silence around it. Loud: within
-    35 dB of the loudest frame and, where the line has a noise floor, 8 dB above it (the
-    quietest tenth of the frames that are not digital silence)."""
-    audio = pcm_to_float32(pcm).astype(np.float64)
-    frame = int(rate_hz * _FRAME_S)
-    n = audio.size // frame
-    if n == 0:
-        return 0.0
-    energy_db = 10.0 * np.log10(np.mean(audio[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
-    heard = energy_db[energy_db > _DIGITAL_SILENCE_DB]
-    if heard.size == 0:
+    """Seconds from the first to the last loud frame of ``pcm`` (int16 mono): the utterance
+    without the STT look-back and the end-of-turn silence around it. Loud: within
+    ``SPEECH_BELOW_PEAK_DB`` of the loudest frame and, where the line has a noise floor below
+    the loudest frame, ``SPEECH_ABOVE_FLOOR_DB`` above it (``frame_levels_db``)."""
+    energy_db, floor_db = frame_levels_db(pcm_to_float32(pcm), rate_hz)
+    if floor_db is None:
         return 0.0
     peak_db = float(energy_db.max())
-    threshold_db = peak_db - _BELOW_PEAK_DB
-    floor_db = float(np.percentile(heard, 10)) + _ABOVE_FLOOR_DB
-    if floor_db < peak_db:  # a steady sound has no floor below it
-        threshold_db = max(threshold_db, floor_db)
+    threshold_db = peak_db - SPEECH_BELOW_PEAK_DB
+    if floor_db + SPEECH_ABOVE_FLOOR_DB < peak_db:  # a steady sound has no floor below it
+        threshold_db = max(threshold_db, floor_db + SPEECH_ABOVE_FLOOR_DB)
     loud = np.flatnonzero(energy_db >= threshold_db)
-    return float(loud[-1] - loud[0] + 1) * _FRAME_S
+    return float(loud[-1] - loud[0] + 1) * LEVEL_FRAME_S
 
 
 class LengthSplitEngine:
