@@ -658,6 +658,7 @@ def main() -> int:
     if any(m not in ("stream", "noframes") for m in modes) or not levels:
         parser.error("--modes takes stream and/or noframes; --calls at least one level")
     args.pbx_mode = {"app": "bot", "driver16": "bot16", "websocket16": "ws16"}[args.channel]
+    extra_toml = args.extra_toml.read_text() if args.extra_toml else ""
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-pbx-"))
     rows: list[dict[str, Any]] = []
@@ -672,8 +673,7 @@ def main() -> int:
         bot = BenchBot(
             scratch / "bot",
             port=bot_port,
-            extra_toml=(websocket if args.channel == "websocket16" else "")
-            + (args.extra_toml.read_text() if args.extra_toml else ""),
+            extra_toml=(websocket if args.channel == "websocket16" else "") + extra_toml,
             extra_env={"VOICEBOT_WEBSOCKET_PASSWORD": WS_PASSWORD},
             dialogue=args.dialogue,
             max_calls=max(64, 2 * max(levels)),
@@ -723,7 +723,7 @@ def main() -> int:
                 "stagger_s": args.stagger_s,
                 "turns_per_call": TURNS_PER_CALL,
                 "barge_ins_per_call": 1,
-                "extra_toml": args.extra_toml.read_text() if args.extra_toml else "",
+                "extra_toml": extra_toml,
                 "timing_s": {
                     "greeting": timing.greeting_s,
                     "gap": timing.gap_s,

@@ -74,6 +74,7 @@ import stt_dataset  # noqa: E402
 from voicebot_pbx.answers.normalize import normalize  # noqa: E402
 from voicebot_pbx.audio import read_wav  # noqa: E402
 from voicebot_pbx.speech.stt import SttResult  # noqa: E402
+from voicebot_pbx.speech.stt_split import LengthSplitEngine  # noqa: E402
 from voicebot_pbx.speech.whisper import WhisperEngine, WhisperStats, _Request  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -279,21 +280,30 @@ def make_engine(v: Variant, *, max_batch: int = 8, batch_wait_ms: float = 0.0) -
     )
 
 
-def run_split(v: Variant, items: list[Item]) -> dict[str, Any]:
+def make_split(
+    v: Variant, pool: ThreadPoolExecutor, *, max_batch: int = 8
+) -> tuple[LengthSplitEngine, WhisperEngine]:
     """``[stt] long_engine = "moonshine"`` (speech/stt_split.py): Whisper tiny.en (the short10
-    settings, the service's 2 threads) for utterances under ``[stt] long_from_s`` of speech,
-    the converted Moonshine base for the rest; one utterance at a time."""
+    settings, the service's 2 threads) for utterances under ``long_from_s`` of speech (the
+    variant's, else the service's default), the converted Moonshine base in ``pool`` for the
+    rest. Returns the split and its Whisper engine (for its stats)."""
     from voicebot_pbx.config import SttConfig
     from voicebot_pbx.speech.stt_load import load_stt
-    from voicebot_pbx.speech.stt_split import LengthSplitEngine
 
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
+    whisper = make_engine(Variant("short10", threads=2), max_batch=max_batch)
     split = LengthSplitEngine(
-        make_engine(Variant("short10", threads=2), max_batch=1),
+        whisper,
         load_stt("moonshine", None, "base", cpu_threads=1),
         long_from_s=SttConfig().long_from_s if v.long_from_s is None else v.long_from_s,
         pool=pool,
     )
+    return split, whisper
+
+
+def run_split(v: Variant, items: list[Item]) -> dict[str, Any]:
+    """The split, one utterance at a time."""
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
+    split, _ = make_split(v, pool, max_batch=1)
     split.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up, not counted
     split.routed = {"short": 0, "long": 0}
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -610,17 +620,7 @@ def run_concurrency(
     if v.model == "whisper+moonshine-base":
         # The service's default: Whisper's batcher for short turns, Moonshine base in the
         # shared 2-thread pool for turns of long_from_s of speech or more.
-        from voicebot_pbx.config import SttConfig
-        from voicebot_pbx.speech.stt_load import load_stt
-        from voicebot_pbx.speech.stt_split import LengthSplitEngine
-
-        engine = make_engine(Variant("short10", threads=2))
-        split = LengthSplitEngine(
-            engine,
-            load_stt("moonshine", None, "base", cpu_threads=1),
-            long_from_s=SttConfig().long_from_s if v.long_from_s is None else v.long_from_s,
-            pool=pool,
-        )
+        split, engine = make_split(v, pool)
         split.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up
         transcribe = split.transcribe_async
         closers.append(split.long.close)
@@ -784,6 +784,8 @@ def markdown(report: dict[str, Any]) -> str:
             ci = r["wer_ci"]
             cells = [
                 f"{b['wer']:.1f} ({b['ci95_low']:.1f}-{b['ci95_high']:.1f})"
+                if b["utterances"]
+                else "-"  # no utterance of this length in the (sub)set
                 for b in (r["wer_by_length"][k] for k in keys)
             ]
             routed = r.get("routed")
