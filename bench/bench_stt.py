@@ -305,7 +305,7 @@ def run_split(v: Variant, items: list[Item]) -> dict[str, Any]:
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
     split, _ = make_split(v, pool, max_batch=1)
     split.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up, not counted
-    split.routed = {"short": 0, "long": 0}
+    split.routed = {"short": 0, "long": 0, "held": 0}
     cpu0, wall0 = time.process_time(), time.perf_counter()
     hyps = [split.transcribe(i.pcm, i.rate_hz).text for i in items]
     cpu = time.process_time() - cpu0

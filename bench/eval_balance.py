@@ -23,7 +23,9 @@ shuffled the same way), a speed and pitch drawn from the seed. The caller says:
 
 each through the phone line of ``bench/turn_dataset.py`` (``phone_line``: 300-3400 Hz band,
 a level drawn in -24..-18 dBFS, pink line noise at ``--snr`` dB, G.711 µ-law round trip,
-0.3 s before and 1.3 s after the speech), 8 kHz.
+0.3 s before and 1.3 s after the speech), 8 kHz. ``--account-groups MIN_S MAX_S`` reads the
+account number as callers often do: two groups of four digits, a pause drawn per account
+from that range between them.
 
 ``--account-entry`` (default ``both``): ``spoken`` says step 2 as above; ``keypad`` keys it
 instead, as the prompt ("Please type your account number on the keypad, or say it now") asks
@@ -90,6 +92,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "rasa_project"))
 
 import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
 import turn_dataset  # noqa: E402
 import yaml  # noqa: E402
 from actions.backend import Account  # noqa: E402
@@ -197,15 +200,36 @@ def plan(n: int, seed: int, voices: Sequence[str]) -> list[Plan]:
     ]
 
 
-def render(p: Plan, step: int, snr_db: float | None, seed: int) -> bytes:
-    """One caller utterance on the phone line (8 kHz slin)."""
-    text = p.texts[step]
-    spoken = text + ("?" if step == 0 else ".")
-    pcm = turn_dataset.espeak_pcm(spoken, p.voice, p.speed, p.pitch)
+def _spoken(text: str, p: Plan) -> npt.NDArray[np.float64]:
+    pcm = turn_dataset.espeak_pcm(text, p.voice, p.speed, p.pitch)
     x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
     start, end = turn_dataset.speech_bounds(x, RATE_HZ)
+    return x[start:end]
+
+
+def account_pause_s(p: Plan, seed: int, pause_s: tuple[float, float]) -> float:
+    """The pause between the account number's two groups of four (drawn per account)."""
+    lo, hi = pause_s
+    return round(random.Random(seed * 7919 + p.index).uniform(lo, hi), 2)
+
+
+def render(
+    p: Plan, step: int, snr_db: float | None, seed: int, groups_pause_s: tuple[float, float] | None
+) -> bytes:
+    """One caller utterance on the phone line (8 kHz slin). ``groups_pause_s``: the account
+    number (step 2) is read as two groups of four digits with a pause drawn from this range
+    between them, as callers read numbers."""
+    text = p.texts[step]
+    if step == 1 and groups_pause_s is not None:
+        digits = text.split()
+        pause = np.zeros(int(account_pause_s(p, seed, groups_pause_s) * RATE_HZ))
+        x = np.concatenate(
+            [_spoken(" ".join(digits[:4]) + ",", p), pause, _spoken(" ".join(digits[4:]) + ".", p)]
+        )
+    else:
+        x = _spoken(text + ("?" if step == 0 else "."), p)
     return turn_dataset.phone_line(
-        x[start:end], level_dbfs=p.level_dbfs, snr_db=snr_db, seed=seed * 1000 + p.index * 3 + step
+        x, level_dbfs=p.level_dbfs, snr_db=snr_db, seed=seed * 1000 + p.index * 3 + step
     )
 
 
@@ -402,7 +426,8 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
 
     def render_all() -> list[list[bytes]]:
-        return [[render(p, k, snr_db, args.seed) for k in range(len(STEPS))] for p in plans]
+        groups = tuple(args.account_groups) if args.account_groups else None
+        return [[render(p, k, snr_db, args.seed, groups) for k in range(len(STEPS))] for p in plans]
 
     async with contextlib.AsyncExitStack() as stack:
         rendering = asyncio.create_task(asyncio.to_thread(render_all))
@@ -489,6 +514,7 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "voices": list(args.voices),
             "modes": list(MODES),
             "snr_db": snr_db,
+            "account_groups_pause_s": args.account_groups,
             "rate_hz": RATE_HZ,
             "concurrency": args.concurrency,
             "speed": list(SPEED),
@@ -576,6 +602,9 @@ def markdown(run: dict[str, Any]) -> str:
     st = run["settings"]
     a = s["all"]
     snr = "clean line" if st["snr_db"] is None else f"pink line noise at {st['snr_db']:g} dB SNR"
+    groups = st.get("account_groups_pause_s")
+    if groups:
+        snr += f"; account read as 4 + 4 digits, {groups[0]:g}-{groups[1]:g} s apart"
     lines = [
         "# Balance evaluation (bench/eval_balance.py)",
         "",
@@ -679,6 +708,14 @@ def main() -> int:
     )
     parser.add_argument(
         "--voices", type=lambda s: s.split(","), default=VOICES, help="comma-separated"
+    )
+    parser.add_argument(
+        "--account-groups",
+        type=float,
+        nargs=2,
+        metavar=("MIN_S", "MAX_S"),
+        help="say the account number as two groups of four digits, a pause drawn from "
+        "MIN_S..MAX_S seconds between them (default: one run of eight)",
     )
     parser.add_argument("--out", type=Path, default=OUT_JSON, help="JSON; the .md beside it")
     parser.add_argument("--log-level", default="error")

@@ -89,15 +89,16 @@ def test_moonshine_token_budget_bounds_long_input(moonshine: MoonshineEngine) ->
     budget = token_budget(30.0)
     for pcm in (speech, tone(1000, 30.0)):
         started = time.perf_counter()
+        audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
         tokens, _logprobs, _ended = moonshine._generate(
-            np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0, budget
+            moonshine._encode(audio), audio.size, budget
         )
         assert len(tokens) <= budget
         assert time.perf_counter() - started < 10.0
     # A loop that reaches the budget gives no text instead of the loop.
     pcm = silence(300, 8000) + espeak_pcm("I want to speak to an agent", 8000)
     audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
-    tokens, _logprobs, ended = moonshine._generate(audio, 2)
+    tokens, _logprobs, ended = moonshine._generate(moonshine._encode(audio), audio.size, 2)
     assert len(tokens) == 2 and not ended
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("voicebot_pbx.speech.moonshine.token_budget", lambda _s: 2)

@@ -444,8 +444,9 @@ def test_engine_split_layout_decodes_like_the_merged_one(tmp_path: Path) -> None
     rng = np.random.default_rng(4)
     for _ in range(3):
         audio = rng.uniform(-0.5, 0.5, 1600).astype(np.float32)
-        tokens, logprobs, ended = split._generate(audio, 12)
-        want_tokens, want_logprobs, want_ended = merged._generate(audio, 12)
+        tokens, logprobs, ended = split._generate(split._encode(audio), audio.size, 12)
+        want = merged._generate(merged._encode(audio), audio.size, 12)
+        want_tokens, want_logprobs, want_ended = want
         assert (tokens, ended) == (want_tokens, want_ended)
         assert len(tokens) > 1  # the cache was used
         assert logprobs == pytest.approx(want_logprobs, abs=1e-5)
@@ -533,9 +534,9 @@ def test_base_retries_the_trimmed_speech_when_it_hears_nothing(
     decoded: list[int] = []
     original = base_engine._decode
 
-    def counting(audio: np.ndarray) -> object:
+    def counting(audio: np.ndarray, expected: object) -> object:
         decoded.append(audio.size)
-        return original(audio)
+        return original(audio, expected)  # type: ignore[arg-type]
 
     base_engine._decode = counting  # type: ignore[method-assign]
     try:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from voicebot_pbx.answers.action_server import ActionServer
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn
@@ -90,6 +91,19 @@ def test_parse_bot_messages_maps_custom_payloads() -> None:
     assert (said.end, said.transfer_target, said.collect_dtmf_digits) == ("transfer", "billing", 8)
     hangup = parse_bot_messages([{"custom": {"action": "hangup"}}])
     assert (hangup.end, hangup.transfer_target) == ("hangup", None)
+
+
+def test_parse_bot_messages_reads_what_a_spoken_answer_is_expected_to_be() -> None:
+    def expect(custom: dict[str, object]) -> tuple[str, ...]:
+        return parse_bot_messages([{"custom": {"action": "collect_dtmf", **custom}}]).expect
+
+    assert expect({"max_digits": 8, "expect": ["digits"]}) == ("digits",)
+    assert expect({"max_digits": 8, "expect": "digits"}) == ("digits",)
+    assert expect({"max_digits": 8, "expect": ["postcode", "date"]}) == ("postcode", "date")
+    assert expect({"max_digits": 8}) == ()  # keys only: no guess at a spoken answer
+    with capture_logs() as logs:
+        assert expect({"max_digits": 8, "expect": ["digits", "shoe size"]}) == ("digits",)
+    assert [e["event"] for e in logs] == ["rasa.bad_expect"]
 
 
 def test_parse_bot_messages_reads_the_actions_notes() -> None:
@@ -523,6 +537,7 @@ def test_dtmf_menu_balance_by_keypad(dlg: RasaDialogue, aloop: LoopThread) -> No
     turn = aloop.run(dlg.dtmf(call, "1"))
     assert turn.intent == "dtmf" and turn.entities == {"digits": "1"}
     assert turn.collect_dtmf_digits == 8 and "type your account number" in texts(turn)
+    assert turn.expect == ("digits",)  # a spoken answer is decoded held to digits too
     turn = aloop.run(dlg.dtmf(call, account.number + "#"))
     assert "what's the postcode of the property, or the account holder's date of birth" in (
         texts(turn)
@@ -549,6 +564,7 @@ def test_all_on_the_keypad_account_then_date_of_birth(dlg: RasaDialogue, aloop: 
     aloop.run(dlg.dtmf(call, "1"))
     turn = aloop.run(dlg.dtmf(call, account.number))
     assert turn.collect_dtmf_digits == 8 and "type the date of birth" in texts(turn)
+    assert turn.expect == ("postcode", "date")
     wrong = born.replace(year=born.year - 1)
     turn = aloop.run(dlg.dtmf(call, f"{wrong:%d%m%Y}"))
     assert "don't match our records" in texts(turn)

@@ -15,6 +15,7 @@ from tests.speech import silence
 from tests.test_stt import caller, words
 from voicebot_pbx.config import Config, SttConfig
 from voicebot_pbx.speech.engines import load_engines
+from voicebot_pbx.speech.expect import Expectation, Expected, label
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
 from voicebot_pbx.speech.stt_split import LengthSplitEngine, speech_span_s
 
@@ -99,7 +100,7 @@ def test_utterances_go_to_the_engine_for_their_length(pool: ThreadPoolExecutor) 
     # short although the whole buffer is 2 s long; 2.5 s of speech is long.
     assert split.transcribe(silence(300) + tone(1.0) + silence(700), RATE_HZ).text == "short"
     assert split.transcribe(silence(300) + tone(2.5) + silence(700), RATE_HZ).text == "long"
-    assert split.routed == {"short": 1, "long": 1}
+    assert split.routed == {"short": 1, "long": 1, "held": 0}
     split.close()
     assert short.closed and long.closed
 
@@ -121,6 +122,41 @@ def test_async_path_uses_each_engines_own_thread_or_the_shared_pool(
     assert short.text == "short (queued)" and whisper_like.urgent == [True]
     assert long.text == "long" and moonshine_like.threads[0].startswith("inference")
     assert whisper_like.threads == []  # never run blocking for the queued engine
+
+
+DIGITS = frozenset({Expectation.DIGITS})
+
+
+@dataclass
+class Holding(Recorder):
+    """A Recorder that can hold a decode to an expectation (as Moonshine does)."""
+
+    held: list[Expected] = field(default_factory=list)
+
+    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
+        self.held.append(expected)
+        return SttResult(self.name + " (held)", 1.0, held_to=label(expected))
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities(batch=self, expecting=self)
+
+
+def test_a_held_decode_goes_to_the_engine_that_can_hold_it_whatever_its_length(
+    pool: ThreadPoolExecutor,
+) -> None:
+    short_turn = silence(300) + tone(1.0) + silence(700)
+    for short, long in ((Recorder("short"), Holding("long")), (Holding("short"), Recorder("long"))):
+        split = LengthSplitEngine(short, long, long_from_s=1.5, pool=pool)
+        assert split.capabilities.expecting is split
+        got = split.transcribe_expecting(short_turn, RATE_HZ, DIGITS)
+        holder = long if isinstance(long, Holding) else short
+        assert (got.text, got.held_to) == (holder.name + " (held)", "digits")
+        assert split.routed == {"short": 0, "long": 0, "held": 1}
+    neither = LengthSplitEngine(Recorder("short"), Recorder("long"), long_from_s=1.5, pool=pool)
+    assert neither.capabilities.expecting is None
+    # Asked anyway, it decodes freely by length.
+    assert neither.transcribe_expecting(short_turn, RATE_HZ, DIGITS).text == "short"
 
 
 def test_split_refuses_a_streaming_engine_and_a_bad_length(pool: ThreadPoolExecutor) -> None:
@@ -160,14 +196,14 @@ def test_real_whisper_and_moonshine_base_share_the_turns() -> None:
         assert isinstance(split, LengthSplitEngine)
         assert split.name == "whisper+moonshine"
         short = split.transcribe(caller("yes please"), RATE_HZ)
-        assert split.routed == {"short": 1, "long": 0}
+        assert split.routed == {"short": 1, "long": 0, "held": 0}
         heard = words(short.text)
         assert "please" in heard and heard & {"yes", "yeah"}, short.text
         question = "my account number is four five six seven two"
         long_pcm = caller(question)
         assert speech_span_s(long_pcm, RATE_HZ) >= split.long_from_s
         long = asyncio.run(split.transcribe_async(long_pcm, RATE_HZ, urgent=True))
-        assert split.routed == {"short": 1, "long": 1}
+        assert split.routed == {"short": 1, "long": 1, "held": 0}
         assert {"number", "4", "5", "6", "7", "2"} <= words(long.text), long.text
     finally:
         engines.close()

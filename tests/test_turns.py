@@ -217,6 +217,7 @@ def make_shared(
     stt_delay_s: float = 0.1,
     tts_first_s: float = 0.15,
     incomplete_hz: frozenset[int] = frozenset({ACCOUNT}),
+    stt: ScriptedStt | None = None,
 ) -> Shared:
     base = load_config()
     rules = (
@@ -229,7 +230,7 @@ def make_shared(
         base, dialogue=DialogueConfig(greeting="Hi.", reprompt="Pardon?", rules=rules)
     )
     engines = FakeEngines(
-        ScriptedStt(PHRASES, delay_s=stt_delay_s),
+        stt or ScriptedStt(PHRASES, delay_s=stt_delay_s),
         ToneTts(tts_first_s),
         # "my account number is ..." sounds unfinished.
         turn_model=ScriptedTurnModel(incomplete_hz=incomplete_hz),

@@ -111,6 +111,11 @@ class TurnConfig:
     # The model hears an unfinished turn but the speculative transcript (Whisper) reads
     # finished: the turn ends after this much silence (0: only vad.end_silence_max_ms).
     tiebreak_silence_ms: int = TIEBREAK_SILENCE_MS
+    # While the caller reads out digits the dialogue asked for (an account number: Rasa's
+    # collect_dtmf with expect [digits]), a pause after fewer digits than asked for ends the
+    # turn only after this much silence (callers read numbers in groups); the turn ends at
+    # the short silence once all are heard. 0: no such rule.
+    digits_max_silence_ms: int = 1500
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,11 @@ class SttConfig:
     # is the packaged Whisper, else none.
     long_engine: Literal["auto", "", "whisper", "moonshine"] = "auto"
     long_from_s: float = 2.0
+    # After the dialogue asks for digits (an account number: `collect_dtmf`), decode the
+    # caller's answer both freely and held to digits and digit words, and keep the held one
+    # when the model is about as sure of it (speech/expect.py; needs an engine that can:
+    # Moonshine, also as the long engine). README "Self-service".
+    hold_expected: bool = True
 
     def __post_init__(self) -> None:
         if self.model == "base" and self.engine != "moonshine":

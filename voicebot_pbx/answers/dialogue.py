@@ -33,6 +33,9 @@ class DialogueTurn:
     end: EndAction | None = None
     transfer_target: str | None = None
     collect_dtmf_digits: int | None = None
+    # What the caller is expected to say next (speech/expect.py), as the dialogue said it
+    # ("digits", "postcode", "date"): their answer is also decoded held to it.
+    expect: tuple[str, ...] = ()
     intent: str | None = None
     confidence: float | None = None
     source: str = "rules"

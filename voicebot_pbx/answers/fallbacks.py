@@ -82,6 +82,7 @@ class FallbackDialogue:
                 end=turn.end,
                 transfer_target=turn.transfer_target,
                 collect_dtmf_digits=turn.collect_dtmf_digits,
+                expect=turn.expect,
                 intent=turn.intent,
                 confidence=turn.confidence,
                 source=turn.source,

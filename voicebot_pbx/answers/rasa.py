@@ -11,7 +11,9 @@ Rasa's reply messages map onto ``DialogueTurn``:
 * ``{"custom": {"action": "play_clip", "clip": NAME}}`` -> ``BotReply(clip=NAME)``
 * ``{"custom": {"action": "transfer", "target": NAME}}`` -> ``end="transfer"``
 * ``{"custom": {"action": "hangup"}}`` -> ``end="hangup"``
-* ``{"custom": {"action": "collect_dtmf", "max_digits": N}}`` -> ``collect_dtmf_digits=N``
+* ``{"custom": {"action": "collect_dtmf", "max_digits": N}}`` -> ``collect_dtmf_digits=N``;
+  with ``"expect": ["digits"]`` (or ``postcode``, ``date``) -> ``expect``: a spoken answer is
+  also decoded held to those words (``speech/expect.py``)
 * ``{"custom": {"action": "note", "entities": {...}, "fallback": REASON}}`` (the custom
   actions, rasa_project/actions) -> ``entities`` for the call, ``fallbacks`` for its record
 
@@ -40,6 +42,7 @@ from voicebot_pbx.answers.dialogue import (
     Understanding,
 )
 from voicebot_pbx.answers.normalize import normalize
+from voicebot_pbx.speech.expect import Expectation
 
 __all__ = [
     "FALLBACK_INTENTS",
@@ -83,6 +86,7 @@ class BotMessages:
     end: EndAction | None = None
     transfer_target: str | None = None
     collect_dtmf_digits: int | None = None
+    expect: tuple[str, ...] = ()
     # From the actions' ``{"action": "note"}`` payloads: facts for the call (identity
     # verified, a booking reference) and fallbacks taken (a back end that failed).
     entities: dict[str, str] = field(default_factory=dict)
@@ -104,6 +108,7 @@ def parse_bot_messages(messages: Sequence[Mapping[str, Any]]) -> BotMessages:
     end: EndAction | None = None
     target: str | None = None
     dtmf_digits: int | None = None
+    expect: tuple[str, ...] = ()
     entities: dict[str, str] = {}
     fallbacks: list[str] = []
     for msg in messages:
@@ -127,11 +132,26 @@ def parse_bot_messages(messages: Sequence[Mapping[str, Any]]) -> BotMessages:
                 dtmf_digits = max(1, int(custom.get("max_digits", 1)))
             except (TypeError, ValueError):
                 log.warning("rasa.bad_collect_dtmf", payload=dict(custom))
+            expect = _expect(custom) or expect
         elif action == "note":
             _note(custom, entities, fallbacks)
         else:
             log.warning("rasa.unknown_custom_payload", payload=dict(custom))
-    return BotMessages(tuple(replies), end, target, dtmf_digits, entities, tuple(fallbacks))
+    return BotMessages(tuple(replies), end, target, dtmf_digits, expect, entities, tuple(fallbacks))
+
+
+def _expect(custom: Mapping[str, Any]) -> tuple[str, ...]:
+    """``expect: [digits]`` (or one word) beside ``collect_dtmf``: what the caller may say
+    instead of typing (speech/expect.py); an unknown kind is dropped with one line."""
+    raw = custom.get("expect")
+    if raw is None:
+        return ()
+    values = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else [raw]
+    known = {e.value for e in Expectation}
+    kept = tuple(str(v) for v in values if str(v) in known)
+    if len(kept) < len(values):
+        log.warning("rasa.bad_expect", payload=dict(custom), known=sorted(known))
+    return kept
 
 
 def _acted_on(tracker: Mapping[str, Any]) -> _ActedOn:
@@ -278,6 +298,7 @@ class RasaDialogue:
             end=said.end,
             transfer_target=said.transfer_target,
             collect_dtmf_digits=said.collect_dtmf_digits,
+            expect=said.expect,
             intent=acted.intent,
             confidence=acted.confidence,
             source="rasa",

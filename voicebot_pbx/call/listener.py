@@ -18,16 +18,18 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import structlog
 
+from voicebot_pbx.answers.normalize import normalize
 from voicebot_pbx.audio import Resampler
 from voicebot_pbx.config import Config
 from voicebot_pbx.pbx.media import AudioIn
 from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.echo import is_line_echo
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
+from voicebot_pbx.speech.expect import Expectation, Expected
 from voicebot_pbx.speech.inbound_clock import InboundClock
 from voicebot_pbx.speech.log_mel import WINDOW_S as MODEL_WINDOW_S  # what the model hears
 from voicebot_pbx.speech.stt import (
@@ -100,6 +102,9 @@ class TranscriptTrace:
     source: str  # "speculative" | "final" | "stream" (Vosk) | "none" (STT failed)
     stt: SttTiming | None
     speculations_dropped: int
+    held_to: str | None = None  # the expectation the decode was held to (speech/expect.py)
+    # Silence waited beyond vad.end_silence_max_ms for digits still to come (not dead air).
+    waited_for_digits_s: float = 0.0
 
     def fields(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -107,6 +112,10 @@ class TranscriptTrace:
             "stt_source": self.source,
             "speculations_dropped": self.speculations_dropped,
         }
+        if self.held_to is not None:
+            out["stt_held_to"] = self.held_to
+        if self.waited_for_digits_s:
+            out["waited_for_digits_ms"] = round(self.waited_for_digits_s * 1000.0)
         if self.stt is not None:
             out.update(
                 stt_queue_ms=self.stt.queue_wait_ms,
@@ -193,6 +202,12 @@ class Listener:
         capabilities: SttCapabilities = engines.stt.capabilities
         self._batch: BatchTranscriber | None = capabilities.batch
         self._queued = capabilities.queued
+        self._expecting = capabilities.expecting
+        # What the caller is expected to say next (the session sets it with each answer:
+        # digits after the dialogue asked for an account number); decodes are held to it
+        # where the engine can (SttCapabilities.expecting) and stt.hold_expected is on.
+        self.expect: Expected | None = None
+        self._expect_digits: int | None = None  # how many digits complete that answer
         self.stt: SttStream | None = None
         # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
         self._recent: deque[tuple[float, bytes]] = deque(maxlen=100)
@@ -307,9 +322,49 @@ class Listener:
         recent = self._recent
         return b"".join(recent[i][1] for i in range(max(0, len(recent) - 3), len(recent) - 1))
 
+    def expect_answer(self, expected: Expected | None, digits: int | None) -> None:
+        """What the caller's next turn is expected to be (``expect``; the session sets it
+        with each answer) and, for digits, how many complete it: until then a pause ends the
+        turn only after ``turn.digits_max_silence_ms``."""
+        self.expect = expected
+        holding = self.config.turn.digits_max_silence_ms
+        counting = bool(expected and Expectation.DIGITS in expected and digits and holding > 0)
+        self._expect_digits = digits if counting else None
+        self.turns.set_max_silence_ms(holding if counting else None)
+
+    def _waited_for_digits_s(self, ended_by: str) -> float:
+        """How much longer than ``vad.end_silence_max_ms`` a turn ended by the maximum
+        silence waited, because digits were still expected."""
+        if ended_by != "silence" or self._expect_digits is None:
+            return 0.0
+        extra_ms = self.config.turn.digits_max_silence_ms - self.config.vad.end_silence_max_ms
+        return max(0.0, extra_ms / 1000.0)
+
+    def _digits_verdict(self) -> tuple[int, str] | Literal["wait", "no_opinion"]:
+        """While digits are expected: the turn ends at the short silence once the decode at
+        this pause holds as many digits as asked for (``(ms, "digits")``); "wait" while that
+        decode is still running or holds fewer (only the maximum silence ends the turn);
+        "no_opinion" when no digits are expected or the caller said no digit at all (the
+        detectors decide)."""
+        wanted = self._expect_digits
+        if wanted is None:
+            return "no_opinion"
+        spec = self._speculation
+        if spec is None or self._is_stale_pause(spec.turn_id, spec.pause_id):
+            return "wait"  # the decode at this pause is still running
+        heard = sum(c.isdigit() for c in normalize(spec.result.text))
+        if heard >= wanted:
+            return self.config.vad.end_silence_ms, "digits"
+        return "no_opinion" if heard == 0 else "wait"
+
     def _finished_after_ms(self) -> tuple[int, str] | None:
         """The end-of-turn detector's verdict on the current pause: how much silence ends
-        the turn now (and what decided it), or None (only vad.end_silence_max_ms does)."""
+        the turn now (and what decided it), or None (only the maximum silence does)."""
+        match self._digits_verdict():
+            case "wait":
+                return None
+            case (int() as silence_ms, str() as ended_by):
+                return silence_ms, ended_by
         if self._detector == "smart-turn":
             verdict = self._verdict
             if verdict is None or self._is_stale_pause(verdict.turn_id, verdict.pause_id):
@@ -535,6 +590,8 @@ class Listener:
                     source=source if result is not None else "none",
                     stt=result.timing if result is not None else None,
                     speculations_dropped=self.speculations_dropped - self._turn_dropped_at,
+                    held_to=result.held_to if result is not None else None,
+                    waited_for_digits_s=self._waited_for_digits_s(ended_by),
                 )
                 self._on_transcript(
                     turn_id, result or SttResult("", None), speech_end_at, loop.time(), trace
@@ -548,7 +605,14 @@ class Listener:
     ) -> SttResult | None:
         """A whole utterance: awaited from the engine's own batching inference thread when it
         has one (``SttCapabilities.queued``: Whisper), else run in the shared pool.
-        ``urgent``: the turn has ended (decoded before other calls' speculative requests)."""
+        ``urgent``: the turn has ended (decoded before other calls' speculative requests).
+        While an answer is expected (``expect``) and the engine can hold a decode to it, the
+        decode runs held, in the shared pool."""
+        if self.expect and self._expecting is not None and self.config.stt.hold_expected:
+            held = functools.partial(
+                self._expecting.transcribe_expecting, pcm, self.rate_hz, self.expect
+            )
+            return await self._stt_call(held)
         if self._queued is None:
             return await self._stt_call(functools.partial(batch.transcribe, pcm, self.rate_hz))
         try:

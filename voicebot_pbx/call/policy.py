@@ -3,13 +3,15 @@
 The session decides *when* (a timer ran out, the dialogue failed, nothing could be
 understood); these functions decide *what*: a clarification, "are you still there?", a
 hand-over to a person (or a goodbye when there is nobody to hand to), the wrap-up before
-the call's time limit, and which short words are backchannels that must not interrupt.
+the call's time limit, which short words are backchannels that must not interrupt, and
+what the caller is expected to answer next.
 """
 
 from __future__ import annotations
 
 from voicebot_pbx.answers.dialogue import BotReply, DialogueTurn
 from voicebot_pbx.config import FallbackConfig
+from voicebot_pbx.speech.expect import Expected, parse_expected
 
 
 def normalise(text: str) -> str:
@@ -67,6 +69,17 @@ def wrap_up_turn(fallbacks: FallbackConfig, profile_target: str) -> DialogueTurn
         source="fallback",
         fallbacks=("max_duration",),
     )
+
+
+def expected_answer(answer: DialogueTurn, current: Expected | None) -> Expected | None:
+    """What the caller's next turn is expected to be after ``answer``: what it says it
+    expects (Rasa: ``expect`` beside ``collect_dtmf``); unchanged when it only asks the
+    caller to say it again (the session's own "sorry, I didn't catch that"); else nothing."""
+    if answer.expect:
+        return parse_expected(answer.expect)  # the dialogue's reader kept known kinds only
+    if answer.source == "fallback" and answer.needs_fallback and answer.end is None:
+        return current
+    return None
 
 
 DTMF_ENTRY_TIMEOUT_S = 3.0  # a half-typed entry is sent after this long without a key

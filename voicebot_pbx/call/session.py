@@ -490,7 +490,12 @@ class CallSession:
         if self.shared.control is not None and is_opt_out(text):
             self._start_reply(turn, self._opt_out_or_respond(text), speech_end_at)
             return
-        self._start_reply(turn, self.dialogue.respond(self.call, text), speech_end_at)
+        self._start_reply(
+            turn,
+            self.dialogue.respond(self.call, text),
+            speech_end_at,
+            dead_air_from=speech_end_at + trace.waited_for_digits_s,
+        )
 
     async def _opt_out_or_respond(self, text: str) -> DialogueTurn:
         """ "Stop calling me" on a campaign call: listed, confirmed, goodbye (issue #23)."""
@@ -610,7 +615,11 @@ class CallSession:
         origin_at: float,
         *,
         keep_no_input_count: bool = False,
+        dead_air_from: float | None = None,
     ) -> None:
+        """Answer ``turn``. ``origin_at`` is the caller's end of speech (latency is measured
+        from it); the line counts as dead air from ``dead_air_from`` (default the same; later
+        when the bot chose to wait longer for the caller, as for digits)."""
         self._cancel_reply()
         self._cancel_no_input()
         if not keep_no_input_count:
@@ -625,7 +634,7 @@ class CallSession:
         self._reply_turn = turn
         self._add_turn(turn)
         self._reply_task = self._group.create_task(
-            self._reply(self._reply_seq, turn, make_turn, origin_at)
+            self._reply(self._reply_seq, turn, make_turn, origin_at, dead_air_from or origin_at)
         )
         # Cancelled before it ran (the call ended at once): the dialogue's coroutine was
         # never awaited; close it, or Python warns about it on stderr.
@@ -679,6 +688,7 @@ class CallSession:
         turn: TurnRecord,
         make_turn: Awaitable[DialogueTurn],
         origin_at: float,
+        dead_air_from: float,
     ) -> None:
         loop = asyncio.get_running_loop()
         dialogue_started = loop.time()
@@ -689,7 +699,7 @@ class CallSession:
             timeout_s += (amd.total_analysis_ms + amd.drop_wait_max_ms) / 1000.0 + 4.0
         try:
             async with asyncio.timeout(timeout_s):
-                answer = await self._answer_with_hold(make_turn, turn, origin_at)
+                answer = await self._answer_with_hold(make_turn, turn, dead_air_from)
         except TimeoutError:
             log.warning("dialogue_timeout", timeout_s=timeout_s)
             turn.fallbacks.append("dialogue_timeout")
@@ -720,6 +730,9 @@ class CallSession:
         turn.reply_text = " ".join(r.text for r in answer.replies if r.text)
         if answer.collect_dtmf_digits:
             self._dtmf.expect(answer.collect_dtmf_digits)
+        expected = policy.expected_answer(answer, self.listener.expect)
+        if expected is not self.listener.expect:
+            self.listener.expect_answer(expected, answer.collect_dtmf_digits)
         generation = self.speaker.generation
 
         def on_first_frame(written_at: float) -> None:

@@ -41,6 +41,7 @@ silence) counts as no speech. onnxruntime is imported in the engine's constructo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Collection
@@ -58,6 +59,15 @@ from voicebot_pbx.audio import (
     SPEECH_BELOW_PEAK_DB,
     frame_levels_db,
     pcm_to_float32,
+)
+from voicebot_pbx.speech.expect import (
+    DEFAULT_MARGIN,
+    WORDS,
+    Expected,
+    HeldVocabulary,
+    first_sentence,
+    label,
+    prefer,
 )
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
 from voicebot_pbx.speech.vad import import_onnxruntime
@@ -126,7 +136,12 @@ def find_model_file(folder: Path, names: tuple[str, ...]) -> Path:
 class MoonshineEngine:
     """Moonshine on onnxruntime: whole-utterance decodes run by the caller's worker thread
     (``InferenceSession.run`` is thread-safe, so several calls may decode at once; each
-    session computes on ``cpu_threads`` threads). Batch size 1 per decode."""
+    session computes on ``cpu_threads`` threads). Batch size 1 per decode.
+
+    :meth:`transcribe_expecting` decodes an utterance twice on one encoder output, freely
+    and held to the expected words (``speech/expect.py``: the logits of every other token
+    set to -inf at each step, so its confidence is over the words it may say), and keeps
+    the held one when :func:`expect.prefer` says so (``expect_margin``)."""
 
     name = "moonshine"
 
@@ -137,6 +152,7 @@ class MoonshineEngine:
         tokenizer_path: Path | None = None,
         cpu_threads: int = 1,
         retry_trimmed: bool = True,
+        expect_margin: float = DEFAULT_MARGIN,
     ) -> None:
         self.model_dir = Path(model_dir)
         # Nothing recognised: decode the speech without its quiet ends once more.
@@ -159,6 +175,10 @@ class MoonshineEngine:
         self._tokenizer = _load_tokenizer(self.tokenizer_path)
         self._bos = _token_id(self._tokenizer, "<s>", 1)
         self._eos = _token_id(self._tokenizer, "</s>", 2)
+        self.expect_margin = expect_margin
+        size = int(self._tokenizer.get_vocab_size())
+        self._pieces = [str(self._tokenizer.id_to_token(i) or "") for i in range(size)]
+        self._held: dict[Expected, HeldVocabulary] = {}
 
         ort = import_onnxruntime()
         opts = ort.SessionOptions()
@@ -256,7 +276,7 @@ class MoonshineEngine:
     @property
     def capabilities(self) -> SttCapabilities:
         # Whole utterances, decoded in the session's shared worker pool (no own thread).
-        return SttCapabilities(batch=self)
+        return SttCapabilities(batch=self, expecting=self)
 
     def new_stream(self, rate_hz: int) -> BufferedStream:
         return BufferedStream(self, rate_hz)
@@ -268,23 +288,65 @@ class MoonshineEngine:
         """Transcribe one whole utterance (int16 mono at ``rate_hz``), blocking. When the
         model gives nothing, the speech cut from its quiet ends (:func:`trim_quiet_ends`) is
         decoded once more (``retry_trimmed``)."""
+        return self._transcribe(pcm, rate_hz, None)
+
+    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
+        """As :meth:`transcribe`, also held to ``expected``; the better of the two."""
+        return self._transcribe(pcm, rate_hz, expected)
+
+    def _transcribe(self, pcm: bytes, rate_hz: int, expected: Expected | None) -> SttResult:
         audio = pcm_to_float32(pcm)
         if rate_hz != MOONSHINE_RATE_HZ and audio.size:
             # In float (no int16 rounding of the resampled signal).
             audio = np.asarray(soxr.resample(audio, rate_hz, MOONSHINE_RATE_HZ), np.float32)
-        result = self._decode(audio)
+        result = self._decode(audio, expected)
         if not result.text and self.retry_trimmed:
             trimmed = trim_quiet_ends(audio, MOONSHINE_RATE_HZ)
             if trimmed.size < audio.size:
-                result = self._decode(trimmed)
+                result = self._decode(trimmed, expected)
         return result
 
-    def _decode(self, audio: npt.NDArray[np.float32]) -> SttResult:
+    def held_vocabulary(self, expected: Expected) -> HeldVocabulary:
+        """The vocabulary a decode held to ``expected`` may use (built once per kind of
+        answer; a race builds it twice, harmlessly)."""
+        vocabulary = self._held.get(expected)
+        if vocabulary is None:
+            special = [
+                i for i, p in enumerate(self._pieces) if p.startswith("<") and p.endswith(">")
+            ]
+            words = frozenset[str]().union(*(WORDS[e] for e in expected))
+            vocabulary = HeldVocabulary(self._pieces, words, end_id=self._eos, special=special)
+            self._held[expected] = vocabulary
+        return vocabulary
+
+    def _decode(self, audio: npt.NDArray[np.float32], expected: Expected | None) -> SttResult:
         if audio.size < _MIN_SAMPLES:
             return SttResult(text="", confidence=None)
         duration_s = audio.size / MOONSHINE_RATE_HZ
+        hidden = self._encode(audio)
+        free = self._result(hidden, audio.size, duration_s, None)
+        if not expected:
+            return free
+        vocabulary = self.held_vocabulary(expected)
+        held = self._result(hidden, audio.size, duration_s, vocabulary)
+        if prefer(free, held, margin=self.expect_margin):
+            return dataclasses.replace(held, held_to=label(expected))
+        return free
+
+    def _result(
+        self,
+        hidden: Any,
+        n_samples: int,
+        duration_s: float,
+        held: HeldVocabulary | None,
+    ) -> SttResult:
         budget = token_budget(duration_s)
-        tokens, logprobs, ended = self._generate(audio, budget)
+        tokens, logprobs, ended = self._generate(hidden, n_samples, budget, held)
+        if held is not None and not ended:
+            # Held past the caller's words, it repeats itself: keep its first sentence.
+            keep = first_sentence([self._pieces[t] for t in tokens])
+            if keep < len(tokens):
+                tokens, logprobs, ended = tokens[:keep], logprobs[:keep], True
         text = str(self._tokenizer.decode(tokens)).strip()
         if not ended:
             log.info(
@@ -292,6 +354,7 @@ class MoonshineEngine:
                 reason="token_limit",
                 text=text[:200],
                 duration_s=round(duration_s, 2),
+                held=held is not None,
             )
             return SttResult(text="", confidence=None)
         if not _SPOKEN.search(text):
@@ -307,17 +370,25 @@ class MoonshineEngine:
         confidence = math.exp(sum(logprobs) / len(logprobs))
         return SttResult(text=text, confidence=min(1.0, confidence))
 
-    def _generate(
-        self, audio: npt.NDArray[np.float32], max_tokens: int
-    ) -> tuple[list[int], list[float], bool]:
-        """Greedy decode: (text tokens, log-probs of every chosen token including the
-        end-of-text, whether end-of-text was reached within ``max_tokens``)."""
+    def _encode(self, audio: npt.NDArray[np.float32]) -> Any:
         values = audio[np.newaxis, :]
-        mask = np.ones(values.shape, dtype=np.int64)
         enc_feed: dict[str, Any] = {"input_values": values}
         if self._encoder_mask:
-            enc_feed["attention_mask"] = mask
-        hidden = self._encoder.run(["last_hidden_state"], enc_feed)[0]
+            enc_feed["attention_mask"] = np.ones(values.shape, dtype=np.int64)
+        return self._encoder.run(["last_hidden_state"], enc_feed)[0]
+
+    def _generate(
+        self,
+        hidden: Any,
+        n_samples: int,
+        max_tokens: int,
+        held: HeldVocabulary | None = None,
+    ) -> tuple[list[int], list[float], bool]:
+        """Greedy decode on the encoder output ``hidden`` of ``n_samples`` of audio: (text
+        tokens, log-probs of every chosen token including the end-of-text, whether
+        end-of-text was reached within ``max_tokens``). ``held``: only the tokens it allows
+        at each step may be chosen (the log-probs are then over those)."""
+        mask = np.ones((1, n_samples), dtype=np.int64)
         # Step 0 runs the first-step graph (the merged one without its cache branch), later
         # steps the with-past graph (the merged one with it) on the cache kept in ``past``.
         first_feed: dict[str, Any] = {"encoder_hidden_states": hidden, **self._empty_past}
@@ -336,6 +407,7 @@ class MoonshineEngine:
         tokens: list[int] = []
         logprobs: list[float] = []
         next_id = self._bos
+        word = ""  # the held decode's state: the word it is in the middle of
         for step in range(max_tokens + 1):
             feed = first_feed if step == 0 else next_feed
             session = self._decoder if step == 0 else self._decoder_with_past
@@ -343,7 +415,16 @@ class MoonshineEngine:
             feed["input_ids"] = np.array([[next_id]], dtype=np.int64)
             logits, *present = session.run(None, feed)
             row = logits[0, -1].astype(np.float64)
+            if held is not None:
+                allowed = held.allowed(word)
+                # Not empty: a held decode that ends at once says nothing.
+                allowed = allowed[(allowed < row.size) & ((step > 0) | (allowed != self._eos))]
+                only = np.full(row.shape, -np.inf)
+                only[allowed] = row[allowed]
+                row = only
             next_id = int(row.argmax())
+            if held is not None:
+                word = held.advance(word, next_id)
             top = row[next_id]
             logprobs.append(float(-math.log(np.exp(row - top).sum())))
             if next_id == self._eos:

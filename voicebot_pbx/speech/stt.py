@@ -12,7 +12,10 @@ batched across calls on its own thread) and ``speech/vosk_stt.py`` (Vosk, stream
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from voicebot_pbx.speech.expect import Expected
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,9 @@ class SttResult:
     """0..1 where the engine gives one (Whisper: exp(mean token log-prob); Vosk: mean
     word confidence); None when unknown (e.g. no words)."""
     timing: SttTiming | None = field(default=None, compare=False)  # not part of the result
+    held_to: str | None = field(default=None, compare=False)
+    """What the transcript's decode was held to (``speech/expect.label``: "digits",
+    "date+postcode"); None for a free decode."""
 
 
 class SttStream(Protocol):
@@ -87,6 +93,15 @@ class QueuedTranscriber(BatchTranscriber, Protocol):
     ) -> SttResult: ...
 
 
+class ExpectingTranscriber(Protocol):
+    """A batch transcriber that can hold a decode to what the caller is expected to say
+    (``speech/expect.py``): it decodes both freely and held, and returns the better."""
+
+    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
+        """Blocking, on the calling worker thread."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class SttCapabilities:
     """What an engine can do, declared by the engine (``SttEngine.capabilities``).
@@ -94,10 +109,13 @@ class SttCapabilities:
     ``batch``: it transcribes whole utterances, so the session hands it each utterance and
     decodes speculatively at pauses; ``queued``: it does so on its own inference thread,
     awaited (else the session runs ``batch.transcribe`` in the shared pool). An engine with
-    neither is fed continuously through ``new_stream`` (Vosk: one recognizer per call)."""
+    neither is fed continuously through ``new_stream`` (Vosk: one recognizer per call).
+    ``expecting``: it can hold a decode to an expected answer (Moonshine), which the session
+    asks for after the dialogue asked for digits."""
 
     batch: BatchTranscriber | None = None
     queued: QueuedTranscriber | None = None
+    expecting: ExpectingTranscriber | None = None
 
 
 class SttEngine(Protocol):

@@ -9,7 +9,9 @@ speculative decode at a pause that is still short, go to the configured engine.
 
 Each engine keeps its own path: one with its own inference thread (Whisper's batcher,
 ``SttCapabilities.queued``) is awaited there; one without runs in the service's shared
-inference pool, given here, never on the event loop.
+inference pool, given here, never on the event loop. A decode held to what the caller is
+expected to say (``speech/expect.py``: digits after the dialogue asked for an account
+number) goes to the engine that can hold it, whatever its length.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from voicebot_pbx.audio import (
     frame_levels_db,
     pcm_to_float32,
 )
-from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttEngine, SttResult
+from voicebot_pbx.speech.expect import Expected
+from voicebot_pbx.speech.stt import (
+    BufferedStream,
+    ExpectingTranscriber,
+    SttCapabilities,
+    SttEngine,
+    SttResult,
+)
 
 
 def speech_span_s(pcm: bytes, rate_hz: int) -> float:
@@ -69,7 +78,11 @@ class LengthSplitEngine:
         self.long = long
         self.long_from_s = long_from_s
         self._pool = pool
-        self.routed = {"short": 0, "long": 0}  # decodes sent to each engine (bench, tests)
+        self.routed = {
+            "short": 0,
+            "long": 0,
+            "held": 0,
+        }  # decodes sent to each engine (bench, tests)
 
     @property
     def name(self) -> str:
@@ -77,7 +90,21 @@ class LengthSplitEngine:
 
     @property
     def capabilities(self) -> SttCapabilities:
-        return SttCapabilities(batch=self, queued=self)
+        expecting = self if self._expecting() is not None else None
+        return SttCapabilities(batch=self, queued=self, expecting=expecting)
+
+    def _expecting(self) -> ExpectingTranscriber | None:
+        """The engine that holds decodes to an expectation: the long one when it can (the
+        packaged split: Moonshine base), else the short one, else none."""
+        return self.long.capabilities.expecting or self.short.capabilities.expecting
+
+    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
+        """Blocking: whatever the utterance's length, on the engine that can hold it."""
+        expecting = self._expecting()
+        if expecting is None:
+            return self.transcribe(pcm, rate_hz)
+        self.routed["held"] += 1
+        return expecting.transcribe_expecting(pcm, rate_hz, expected)
 
     def new_stream(self, rate_hz: int) -> BufferedStream:
         return BufferedStream(self, rate_hz)

@@ -176,6 +176,13 @@ class TurnTaker:
             self._endpointer.set_threshold(self.config.threshold, self.config.neg_threshold)
             self._endpointer.min_speech_s = self.config.min_speech_ms / 1000.0
 
+    def set_max_silence_ms(self, max_silence_ms: int | None) -> None:
+        """The silence that ends a turn whatever the detectors say, from now on (None: back
+        to ``vad.end_silence_max_ms``); a pause under way is measured against it."""
+        self._endpointer.set_end_silence_ms(
+            self.config.end_silence_max_ms if max_silence_ms is None else max_silence_ms
+        )
+
     def end_turn_early(self, now_s: float, silence_ms: int | None = None) -> UtteranceEnded | None:
         """End the utterance now (the pause is ``silence_ms`` long, by default
         ``end_silence_ms``, and the end-of-turn detector says the caller sounds finished);

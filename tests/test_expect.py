@@ -1,0 +1,282 @@
+"""speech/expect.py: decodes held to what the caller is expected to say (digits after the
+dialogue asked for an account number): the token filter, the choice between the free and
+the held decode, the dialogue's expectation, and the real Moonshine engine holding a decode."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from tests.test_moonshine import moonshine  # noqa: F401  (the packaged tiny model, module-scoped)
+from tests.test_stt import caller, words
+from tests.test_turns import DIGITS, HOURS, PHRASES, first_reply_after, make_shared, timeline
+from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, RuleDialogue
+from voicebot_pbx.call import policy
+from voicebot_pbx.config import FallbackConfig
+from voicebot_pbx.speech.expect import (
+    WORDS,
+    Expectation,
+    Expected,
+    HeldVocabulary,
+    first_sentence,
+    label,
+    prefer,
+)
+from voicebot_pbx.speech.moonshine import MoonshineEngine
+from voicebot_pbx.speech.stt import SttCapabilities, SttResult
+from voicebot_pbx.testing import ScriptedStt, run_virtual, tone
+
+PIECES = [
+    "<unk>",  # 0
+    "<s>",  # 1
+    "</s>",  # 2: the end of text
+    "<0x2C>",  # 3: a byte token
+    "\u2581five",  # 4
+    "\u2581Five",  # 5
+    "5",  # 6
+    "42",  # 7
+    ",",  # 8
+    "\u2581",  # 9
+    ".",  # 10
+    "\u2581time",  # 11
+    "\u2581sev",  # 12
+    "en",  # 13
+    "\u2581oh",  # 14
+    "\u2581zero,",  # 15
+    "\u00b2",  # 16: a superscript two
+    "\u2581I'm",  # 17
+    "teen",  # 18
+    "rd",  # 19
+    "\u2581the",  # 20
+    "\u2581Sept",  # 21
+    "ember",  # 22
+    "\u2581N",  # 23
+    "W",  # 24
+    "",  # 25
+]
+
+
+def vocabulary(*expected: Expectation) -> HeldVocabulary:
+    words = frozenset[str]().union(*(WORDS[e] for e in expected))
+    return HeldVocabulary(PIECES, words, end_id=2, special=[0, 1, 2, 3])
+
+
+def test_a_digits_decode_may_say_digits_digit_words_spaces_and_punctuation_only() -> None:
+    digits = vocabulary(Expectation.DIGITS)
+    # Between words: a digit word or its start ("sev", "N" of "nine"), digits, a space,
+    # punctuation, the end.
+    assert set(digits.allowed("").tolist()) == {2, 4, 5, 6, 7, 8, 9, 10, 12, 14, 15, 23}
+    assert 24 not in digits.allowed("N")  # "NW" starts no digit word
+    assert digits.advance("", 23) == "N" and 13 not in digits.allowed("N")  # not "Nen"
+    assert digits.advance("", 12) == "sev"
+    # In the middle of "sev": only what completes "seven"; no end of text, no new word.
+    assert set(digits.allowed("sev").tolist()) == {13}
+    assert digits.advance("sev", 13) == "seven" and digits.complete("seven")
+    assert 2 in digits.allowed("seven") and 18 not in digits.allowed("seven")  # no "seventeen"
+    assert digits.advance("seven", 8) == ""  # a comma ends the word
+
+
+def test_a_date_or_postcode_decode_builds_words_from_several_pieces() -> None:
+    either = vocabulary(Expectation.POSTCODE, Expectation.DATE)
+    assert 18 in either.allowed("seven")  # "seventeen"
+    assert 19 in either.allowed("")  # "23rd": "rd" after the digits
+    assert {20, 21, 23} <= set(either.allowed("").tolist())  # "the", "Sept...", "N"
+    assert set(either.allowed("Sept").tolist()) == {22}  # "September", nothing else
+    assert 24 in either.allowed("")  # "W" (a letter of a postcode)
+    assert 24 not in vocabulary(Expectation.DATE).allowed("")  # not a date word
+    assert 11 not in either.allowed("") and 17 not in either.allowed("")  # "time", "I'm"
+
+
+def test_the_held_decode_wins_when_about_as_sure_as_the_free_one() -> None:
+    free = SttResult("Time, I'm one, two.", 0.70)
+    assert prefer(free, SttResult("Five, nine, one, two.", 0.93))
+    assert prefer(free, SttResult("Five, nine, one, two.", 0.66), margin=0.05)
+    assert not prefer(free, SttResult("Five, nine, one, two.", 0.64), margin=0.05)
+    assert not prefer(free, SttResult("", None))  # the held decode found no digits
+    assert prefer(SttResult("", None), SttResult("Four.", 0.4))  # the free one found nothing
+
+
+DIGITS_ONLY = frozenset({Expectation.DIGITS})
+DIGIT_OF = {
+    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())
+}
+
+
+def test_the_caller_is_expected_to_say_what_the_dialogue_says_it_expects() -> None:
+    ask = DialogueTurn(
+        replies=(BotReply(text="Your account number?"),), collect_dtmf_digits=8, expect=("digits",)
+    )
+    keys_only = DialogueTurn(replies=(BotReply(text="Type it."),), collect_dtmf_digits=8)
+    other = DialogueTurn(replies=(BotReply(text="Your postcode?"),), source="rasa")
+    again = policy.not_understood_turn(FallbackConfig())
+    assert policy.expected_answer(ask, None) == DIGITS_ONLY
+    assert policy.expected_answer(keys_only, None) is None  # keypad digits alone: no guess
+    # "Sorry, I didn't catch that" asks for the same answer again; anything else ends it.
+    assert policy.expected_answer(again, DIGITS_ONLY) == DIGITS_ONLY
+    assert policy.expected_answer(other, DIGITS_ONLY) is None
+
+
+@pytest.mark.models
+def test_moonshine_holds_a_digit_answer_to_digits(moonshine: MoonshineEngine) -> None:  # noqa: F811
+    """Eight digits read out one by one: the free decode makes words of some of them (base:
+    "Two seven-year-old four and one-eighth six."), the held one gives the digits."""
+    assert moonshine.capabilities.expecting is moonshine
+    pcm = caller("2 7 0 4 9 1 8 6", 16000)
+    result = moonshine.transcribe_expecting(pcm, 16000, DIGITS_ONLY)
+    assert result.held_to == "digits", result
+    said = [w for w in re.findall(r"[a-z]+|\d", result.text.lower())]
+    assert "".join(DIGIT_OF.get(w, w) for w in said) == "27049186", result.text
+
+
+@pytest.mark.models
+def test_moonshine_keeps_the_free_decode_when_the_caller_says_something_else(
+    moonshine: MoonshineEngine,  # noqa: F811
+) -> None:
+    pcm = caller("I want to report a power cut", 8000)
+    result = moonshine.transcribe_expecting(pcm, 8000, DIGITS_ONLY)
+    assert result.held_to is None
+    assert {"report", "power"} <= words(result.text), result.text
+    assert result == moonshine.transcribe(pcm, 8000)
+
+
+@pytest.mark.models
+def test_a_held_moonshine_decode_emits_only_the_allowed_tokens(
+    moonshine: MoonshineEngine,  # noqa: F811
+) -> None:
+    # Words that are not digits, held to digits: whatever comes out is digits or nothing.
+    audio = np.frombuffer(caller("I want to report a power cut", 16000), "<i2")
+    audio = audio.astype(np.float32) / 32768.0
+    held = moonshine.held_vocabulary(DIGITS_ONLY)
+    tokens, _logprobs, _ended = moonshine._generate(moonshine._encode(audio), audio.size, 20, held)
+    word = ""
+    for token in tokens:
+        assert token in held.allowed(word), (tokens, word)
+        word = held.advance(word, token)
+    assert len(held.allowed("")) < 2000  # of the 32768 tokens
+    text = moonshine._tokenizer.decode(tokens)
+    assert not words(text) - set("0123456789") - {"oh", "o"}, text
+
+
+@dataclasses.dataclass
+class ExpectingScriptedStt(ScriptedStt):
+    """Tone "speech" (``ScriptedStt``) from an engine that can hold decodes: says which
+    expectation each decode was held to (None: a free decode)."""
+
+    held: list[Expected | None] = dataclasses.field(default_factory=list)
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
+        self.held.append(None)
+        return super().transcribe(pcm, rate_hz)
+
+    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
+        result = super().transcribe(pcm, rate_hz)
+        self.held.append(expected)
+        return dataclasses.replace(result, held_to=label(expected))
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities(batch=self, expecting=self)
+
+
+class AsksForDigits(RuleDialogue):
+    """The rules, but the reply to the hours question asks for an account number on the
+    keypad or spoken (as Rasa's balance form does: ``collect_dtmf`` + ``expect``)."""
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        turn = await super().respond(call, text)
+        if "hours" in text:
+            return dataclasses.replace(turn, collect_dtmf_digits=8, expect=("digits",))
+        return turn
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_answer_after_a_request_for_digits_is_decoded_held_to_digits(enabled: bool) -> None:
+    stt = ExpectingScriptedStt(PHRASES, delay_s=0.1)
+    shared = make_shared(stt=stt)
+    config = dataclasses.replace(
+        shared.config, stt=dataclasses.replace(shared.config.stt, hold_expected=enabled)
+    )
+    shared = dataclasses.replace(
+        shared, config=config, dialogue=AsksForDigits.from_config(config.dialogue)
+    )
+    said = [
+        (3.0, tone(1.0, 8000, HOURS)),  # -> "We open at eight." + 8 digits asked for
+        (6.0, tone(1.0, 8000, DIGITS)),  # "one two three" -> "Thanks, got your account."
+        (11.0, tone(1.0, 8000, HOURS)),
+    ]
+    with capture_logs() as logs:
+        _media, session = run_virtual(timeline(shared, said, until_s=14.0))
+    speech = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in speech] == [PHRASES[HOURS], PHRASES[DIGITS], PHRASES[HOURS]]
+    # Every decode of a turn (the speculative one at the pause, and any after it).
+    per_turn = {e["turn_id"]: e.get("stt_held_to") for e in logs if e["event"] == "transcript"}
+    assert list(per_turn.values()) == [None, "digits" if enabled else None, None]
+    assert set(stt.held) == ({None, DIGITS_ONLY} if enabled else {None})
+
+
+def test_a_held_decode_that_runs_on_keeps_its_first_sentence() -> None:
+    said = ["\u2581Six", ",", "\u2581nine", ".", "\u2581Oh", ",", "\u2581oh", ","]
+    assert first_sentence(said) == 4  # "Six, nine."
+    number = ["\u2581", "7", ".", "0", "3", ".", "\u2581", "7", ".", "0"]
+    assert first_sentence(number) == 6  # "7.03.": a full stop inside a number goes on
+    assert first_sentence(["\u2581Six", ",", "\u2581nine"]) == 3  # no sentence end: all
+
+
+FOUR_DIGITS = 990  # a tone "saying" four digits
+
+
+@pytest.mark.parametrize("holding_ms", [1500, 0])
+def test_a_caller_reading_digits_in_groups_keeps_the_turn_until_all_are_heard(
+    holding_ms: int,
+) -> None:
+    """Eight digits asked for, read as two groups of four with a second's pause between:
+    the pause after four does not end the turn (turn.digits_max_silence_ms); the eighth
+    digit ends it at the short silence. Without the rule the pause ends the first turn."""
+    stt = ExpectingScriptedStt({**PHRASES, FOUR_DIGITS: "one two three four"}, delay_s=0.1)
+    shared = make_shared(stt=stt)
+    config = dataclasses.replace(
+        shared.config,
+        turn=dataclasses.replace(shared.config.turn, digits_max_silence_ms=holding_ms),
+    )
+    shared = dataclasses.replace(
+        shared, config=config, dialogue=AsksForDigits.from_config(config.dialogue)
+    )
+    said = [
+        (3.0, tone(1.0, 8000, HOURS)),  # -> 8 digits asked for
+        (6.0, tone(1.0, 8000, FOUR_DIGITS)),
+        (8.0, tone(1.0, 8000, FOUR_DIGITS)),  # after a 1 s pause
+    ]
+    with capture_logs() as logs:
+        media, session = run_virtual(timeline(shared, said, until_s=12.0))
+    speech = [t.transcript for t in session.record.turns if t.kind == "speech"]
+    ended_by = [e["ended_by"] for e in logs if e["event"] == "transcript"]
+    if holding_ms:
+        assert speech == [PHRASES[HOURS], "one two three four one two three four"]
+        assert ended_by == ["detector", "digits"]
+        # Answered soon after the eighth digit: the short silence + the decode, not 1.5 s.
+        assert first_reply_after(media, 9.0) - 9.0 < 0.6
+    else:
+        assert speech == [PHRASES[HOURS], "one two three four", "one two three four"]
+
+
+def test_a_caller_who_stops_short_of_the_digits_is_answered_after_the_longer_wait() -> None:
+    """Four of eight digits, then nothing: the turn ends at turn.digits_max_silence_ms, and
+    that wait is not dead air (no "one moment, please" before the answer)."""
+    stt = ExpectingScriptedStt({**PHRASES, FOUR_DIGITS: "one two three four"}, delay_s=0.1)
+    shared = make_shared(stt=stt)
+    shared = dataclasses.replace(shared, dialogue=AsksForDigits.from_config(shared.config.dialogue))
+    said = [(3.0, tone(1.0, 8000, HOURS)), (6.0, tone(1.0, 8000, FOUR_DIGITS))]
+    with capture_logs() as logs:
+        media, session = run_virtual(timeline(shared, said, until_s=11.0))
+    (_hours, digits) = [t for t in session.record.turns if t.kind == "speech"]
+    event = [e for e in logs if e["event"] == "transcript"][-1]
+    waited_ms = shared.config.turn.digits_max_silence_ms - shared.config.vad.end_silence_max_ms
+    assert (event["ended_by"], event["waited_for_digits_ms"]) == ("silence", waited_ms)
+    assert "dialogue_hold" not in digits.fallbacks, digits.fallbacks
+    first = first_reply_after(media, 7.0) - 7.0
+    wait_s = shared.config.turn.digits_max_silence_ms / 1000.0
+    assert wait_s <= first < wait_s + 0.4

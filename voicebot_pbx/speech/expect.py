@@ -1,0 +1,199 @@
+"""What the caller is expected to say next, and decoding held to it (pure).
+
+After the dialogue asks for an account number, the caller's next turn is most likely digits;
+after "the postcode, or the date of birth?", letters and digits or a date. A free decode of
+digits read out one by one on a phone line often turns them into words ("five" -> "time",
+"nine" -> "I'm"); a decode held to the words such an answer is made of does not. But a
+caller may answer anything ("I don't have it"), so the engine decodes both ways on the same
+encoder output and :func:`prefer` keeps the held decode only when the model is about as sure
+of it as of the free one (a held decode of other words comes out empty, looping or far less
+likely).
+
+:class:`HeldVocabulary` holds a decode to whole words: at each step it allows the tokens
+that continue or end the current word as the start of an allowed word (in lower case or
+capitalised), or start a new one once the current word is complete; digits, spaces and
+``,.-?`` are always allowed. The dialogue says what it expects (Rasa: ``custom: {action:
+collect_dtmf, expect: [digits]}``).
+
+Measured in ``bench/eval_balance.py`` (README "Self-service").
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from voicebot_pbx.speech.stt import SttResult
+
+
+class Expectation(enum.StrEnum):
+    DIGITS = "digits"  # an account number, a PIN: digits one by one, "oh" for zero
+    POSTCODE = "postcode"  # letters and digits one by one ("N W 9, 4 R Q")
+    DATE = "date"  # "the 23rd of June 1987", "twenty third June nineteen eighty seven"
+
+
+Expected = frozenset[Expectation]
+
+_DIGIT_WORDS = "zero oh o one two three four five six seven eight nine".split()
+_NUMBER_WORDS = (
+    "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty "
+    "thirty forty fifty sixty seventy eighty ninety hundred thousand"
+).split()
+_ORDINALS = (
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
+    "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth "
+    "thirtieth st nd rd th"
+).split()
+_MONTHS = (
+    "january february march april may june july august september october november december"
+).split()
+WORDS: dict[Expectation, frozenset[str]] = {
+    Expectation.DIGITS: frozenset(_DIGIT_WORDS),
+    Expectation.POSTCODE: frozenset([*_DIGIT_WORDS, *"abcdefghijklmnopqrstuvwxyz", "double"]),
+    Expectation.DATE: frozenset(
+        [*_DIGIT_WORDS, *_NUMBER_WORDS, *_ORDINALS, *_MONTHS, "the", "of", "and"]
+    ),
+}
+
+# How much less sure (mean token probability, 0..1) the held decode may be than the free one
+# and still win: digits read out are about as likely either way or likelier held; other
+# words held to digits lose 0.2-0.5 or come out empty (README "Self-service").
+DEFAULT_MARGIN = 0.05
+
+_WORD_START = ("\u2581", " ")  # SentencePiece's word-start mark, or a space
+_BREAKS = frozenset(" ,.-?0123456789")  # end a word; always allowed
+
+
+def parse_expected(values: Iterable[object]) -> Expected:
+    """Expectations from the dialogue's words for them; unknown ones raise ValueError."""
+    return frozenset(Expectation(str(v)) for v in values)
+
+
+def label(expected: Expected) -> str:
+    """ "digits", "date+postcode": for logs and the transcript's ``held_to``."""
+    return "+".join(sorted(expected))
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    lead: str  # letters before the first break ("" if it starts with one)
+    tail: str | None  # letters after the last break; None when the piece has no break
+    inner: tuple[str, ...]  # whole words between breaks
+
+
+def _parse_piece(piece: str) -> _Piece | None:
+    """A vocabulary piece as letters and breaks, or None when it has anything else."""
+    text = piece.replace("\u2581", " ")
+    runs: list[str] = []
+    current = ""
+    broken = False
+    for char in text:
+        if char.isascii() and char.isalpha():
+            current += char
+        elif char in _BREAKS:
+            runs.append(current)
+            current = ""
+            broken = True
+        else:
+            return None
+    if not broken:
+        return _Piece(lead=current, tail=None, inner=())
+    return _Piece(lead=runs[0], tail=current, inner=tuple(r for r in runs[1:] if r))
+
+
+class HeldVocabulary:
+    """Which tokens a decode held to ``words`` may emit next. The state of a decode is
+    the word it is in the middle of (letters since the last break); :meth:`allowed`
+    gives the token ids for a state (cached), :meth:`advance` the state after a token.
+    ``pieces`` is the tokenizer's vocabulary as text (SentencePiece ``\u2581`` marks a
+    word start); ``special`` ids are never allowed; ``end_id`` (end of text) is allowed
+    between words."""
+
+    def __init__(
+        self,
+        pieces: Sequence[str],
+        words: Iterable[str],
+        *,
+        end_id: int,
+        special: Iterable[int] = (),
+    ) -> None:
+        # As written: lower case, or capitalised (a sentence's first word, a month, a
+        # letter); not "fiVe" pieced together from odd-cased pieces.
+        self.words = frozenset(v for w in words for v in (w.lower(), w.capitalize()))
+        self._prefixes = frozenset(w[:k] for w in self.words for k in range(len(w) + 1))
+        self.end_id = end_id
+        excluded = set(special) | {end_id}
+        self._pieces: list[_Piece | None] = [
+            None if i in excluded or not piece else _parse_piece(piece)
+            for i, piece in enumerate(pieces)
+        ]
+        # Tokens by their leading letters: those that end the word inside them (a break
+        # follows), provided what follows the break is allowed, and those that do not.
+        self._closing: dict[str, list[int]] = {}
+        self._open: dict[str, list[int]] = {}
+        for token_id, parsed in enumerate(self._pieces):
+            if parsed is None:
+                continue
+            if parsed.tail is None:
+                self._open.setdefault(parsed.lead, []).append(token_id)
+            elif all(w in self.words for w in parsed.inner) and parsed.tail in self._prefixes:
+                self._closing.setdefault(parsed.lead, []).append(token_id)
+        self._cache: dict[str, npt.NDArray[np.int64]] = {}
+
+    def complete(self, state: str) -> bool:
+        """Whether a decode may end (or break) here: between words or after a whole one."""
+        return state == "" or state in self.words
+
+    def allowed(self, state: str) -> npt.NDArray[np.int64]:
+        """Token ids allowed after ``state`` (sorted), the end of text included when the
+        word so far is complete."""
+        cached = self._cache.get(state)
+        if cached is not None:
+            return cached
+        ids: set[int] = set()
+        if self.complete(state):
+            ids.update(self._closing.get("", ()))
+            ids.add(self.end_id)
+        for word in self.words:
+            if not word.startswith(state):
+                continue
+            for k in range(len(state) + 1, len(word) + 1):
+                lead = word[len(state) : k]
+                ids.update(self._open.get(lead, ()))
+                if k == len(word):
+                    ids.update(self._closing.get(lead, ()))
+        allowed = np.array(sorted(ids), dtype=np.int64)
+        self._cache[state] = allowed
+        return allowed
+
+    def advance(self, state: str, token_id: int) -> str:
+        parsed = self._pieces[token_id]
+        if parsed is None:  # the end of text (or a token the decode was not allowed)
+            return ""
+        return state + parsed.lead if parsed.tail is None else parsed.tail
+
+
+def first_sentence(pieces: Sequence[str]) -> int:
+    """How many of a decode's tokens (as vocabulary pieces) make its first sentence: up to
+    a full stop or question mark followed by a new word (not "7.5" inside a number), or
+    all of them when there is none. A held decode that runs on past the caller's words
+    repeats itself ("Six, nine, one. Oh, oh, oh, ..."; "66135051. 66135051. ...") where a
+    free one would have said a word that is not allowed; its first sentence is the answer."""
+    for index, piece in enumerate(pieces[:-1]):
+        if piece.rstrip().endswith((".", "?")) and pieces[index + 1].startswith(_WORD_START):
+            return index + 1
+    return len(pieces)
+
+
+def prefer(free: SttResult, held: SttResult, *, margin: float = DEFAULT_MARGIN) -> bool:
+    """Whether the held decode should be the transcript: it has words, and its confidence
+    is within ``margin`` of the free decode's (or the free one has none)."""
+    if not held.text.strip() or held.confidence is None:
+        return False
+    if free.confidence is None or not free.text.strip():
+        return True
+    return held.confidence >= free.confidence - margin
