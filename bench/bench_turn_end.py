@@ -39,6 +39,14 @@ Measured per detector setting, for the espeak and recorded parts and both togeth
   speculative decodes of the turn); wall times are measured on this machine, as run (2
   cores, whatever else runs), so they shift the latency figures a little.
 
+**Digits asked for** (``--digits``, or ``--digits-only`` for this part alone): the items
+whose text holds three or more digits (account and reference numbers read in groups, and
+complete turns ending in digits), as if the dialogue had asked for that many digits
+(``collect_dtmf`` with ``expect: [digits]``): the default setting against the default plus
+``turn.digits_max_silence_ms`` (the listener's rule: at each pause Moonshine base decodes
+the utterance so far held to digits; until it holds as many digits as asked for, only the
+longer maximum silence ends the turn; once it does, the short silence).
+
 Also diagnostics: the model's P(complete) at the final pause of complete turns and at the
 inserted pause of paused turns; the transcript rule's verdict there; ``looks_complete`` on
 the reference texts (what the old rule would say with a perfect transcript).
@@ -66,12 +74,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 import structlog  # noqa: E402
 import turn_dataset  # noqa: E402
 
+from voicebot_pbx.answers.normalize import normalize  # noqa: E402
 from voicebot_pbx.audio import read_wav  # noqa: E402
 from voicebot_pbx.config import SttConfig, TurnConfig, VadConfig  # noqa: E402
 from voicebot_pbx.models import SILERO_VAD, SMART_TURN, WHISPER_TINY_EN, model_path  # noqa: E402
 from voicebot_pbx.speech.cpu import limit_blas_threads  # noqa: E402
 from voicebot_pbx.speech.engines import disable_telemetry  # noqa: E402
-from voicebot_pbx.speech.stt import BatchTranscriber  # noqa: E402
+from voicebot_pbx.speech.expect import Expectation  # noqa: E402
+from voicebot_pbx.speech.stt import BatchTranscriber, ExpectingTranscriber  # noqa: E402
 from voicebot_pbx.speech.stt_load import load_stt  # noqa: E402
 from voicebot_pbx.speech.turn_model import SmartTurn  # noqa: E402
 from voicebot_pbx.speech.turns import (  # noqa: E402
@@ -108,7 +118,31 @@ class Setting:
     # An utterance shorter than this ends no sooner than 200 ms (vad.short_utterance_ms /
     # vad.short_end_silence_ms; 0: off, every utterance ends at end_silence_ms).
     short_utterance_ms: int = 0
-    table: str = "main"  # "main" | "threshold": which markdown table shows it
+    # turn.digits_max_silence_ms for an item with digits (as if the dialogue asked for them)
+    digits_max_silence_ms: int = 0
+    table: str = "main"  # "main" | "threshold" | "digits": which markdown table shows it
+
+
+def _tiebreak_setting(end: int, tiebreak: int, short: int) -> Setting:
+    defaults = TurnConfig()
+    guard = f" short<{short}ms:{VadConfig().short_end_silence_ms}" if short else ""
+    return Setting(
+        f"smart-turn after=0 end={end} tiebreak={tiebreak}{guard}",
+        "smart-turn",
+        end_silence_ms=end,
+        threshold=defaults.threshold,
+        timeout_ms=defaults.timeout_ms,
+        tiebreak_ms=tiebreak,
+        short_utterance_ms=short,
+    )
+
+
+def default_setting() -> Setting:
+    """The service's defaults (VadConfig, TurnConfig)."""
+    vad = VadConfig()
+    return _tiebreak_setting(
+        vad.end_silence_ms, TurnConfig().tiebreak_silence_ms, vad.short_utterance_ms
+    )
 
 
 def settings() -> list[Setting]:
@@ -130,26 +164,9 @@ def settings() -> list[Setting]:
                     timeout_ms=defaults.timeout_ms,
                 )
             )
-    vad = VadConfig()
-    for end, tiebreak, short in (
-        (200, 400, 0),
-        (150, 300, 0),
-        (150, 400, 0),
-        (150, 500, 0),
-        (vad.end_silence_ms, defaults.tiebreak_silence_ms, vad.short_utterance_ms),  # default
-    ):
-        guard = f" short<{short}ms:{vad.short_end_silence_ms}" if short else ""
-        out.append(
-            Setting(
-                f"smart-turn after=0 end={end} tiebreak={tiebreak}{guard}",
-                "smart-turn",
-                end_silence_ms=end,
-                threshold=defaults.threshold,
-                timeout_ms=defaults.timeout_ms,
-                tiebreak_ms=tiebreak,
-                short_utterance_ms=short,
-            )
-        )
+    for end, tiebreak in ((200, 400), (150, 300), (150, 400), (150, 500)):
+        out.append(_tiebreak_setting(end, tiebreak, 0))
+    out.append(default_setting())
     for after, end in ((0, 150), (0, 200), (100, 150), (100, 200), (200, 200)):
         for threshold in (0.3, 0.4, 0.6, 0.7, 0.8):
             out.append(
@@ -181,11 +198,19 @@ class Judges:
     """The model and Whisper, each answer cached per (item, audio slice): every setting that
     asks about the same audio gets the same answer and the same measured times."""
 
-    def __init__(self, model: SmartTurn, stt: BatchTranscriber) -> None:
+    def __init__(
+        self,
+        model: SmartTurn,
+        stt: BatchTranscriber,
+        holding: Callable[[], ExpectingTranscriber] | None = None,
+    ) -> None:
         self.model = model
         self.stt = stt
+        self._holding = holding  # loaded on first use (the digits part only)
+        self._holder: ExpectingTranscriber | None = None
         self._scores: dict[tuple[str, int, int], Judgement] = {}
         self._decodes: dict[tuple[str, int, int], Judgement] = {}
+        self._held: dict[tuple[str, int, int], Judgement] = {}
 
     def score(self, item_id: str, pcm: bytes, lo: int, hi: int) -> Judgement:
         key = (item_id, lo, hi)
@@ -207,9 +232,32 @@ class Judges:
             self._decodes[key] = Judgement(value, text.strip(), cpu, wall)
         return self._decodes[key]
 
+    def held_digits(self, item_id: str, pcm: bytes, lo: int, hi: int) -> Judgement:
+        """Moonshine's decode held to digits (as the listener runs it when digits are
+        expected); ``value`` is the number of digits in the transcript."""
+        key = (item_id, lo, hi)
+        if key not in self._held:
+            if self._holder is None:
+                assert self._holding is not None, "no engine to hold decodes"
+                self._holder = self._holding()
+            cpu0, started = time.process_time(), time.perf_counter()
+            text = self._holder.transcribe_expecting(
+                pcm[2 * lo : 2 * hi], RATE_HZ, frozenset({Expectation.DIGITS})
+            ).text
+            wall = time.perf_counter() - started
+            digits = sum(c.isdigit() for c in normalize(text))
+            self._held[key] = Judgement(
+                float(digits), text.strip(), time.process_time() - cpu0, wall
+            )
+        return self._held[key]
+
     @property
     def counts(self) -> dict[str, int]:
-        return {"model_scores": len(self._scores), "whisper_decodes": len(self._decodes)}
+        return {
+            "model_scores": len(self._scores),
+            "whisper_decodes": len(self._decodes),
+            "held_decodes": len(self._held),
+        }
 
 
 # --- simulation -----------------------------------------------------------------------------
@@ -227,6 +275,7 @@ class Item:
     pauses: list[tuple[float, float]]
     pcm: bytes
     probs: list[tuple[float, float]]  # (window start s, VAD probability)
+    digits: int = 0  # digits in the text (the digits part asks for this many)
 
 
 @dataclass(slots=True)
@@ -258,6 +307,17 @@ def _slice(onset_s: float, heard_s: float, lookback_s: float) -> tuple[int, int]
     return round(start * RATE_HZ), round(heard_s * RATE_HZ)
 
 
+TAIL_SILENCE_S = 2.0  # silent windows fed after an item's audio, so every rule can decide
+
+
+def _with_silence_after(probs: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The item's VAD windows, then ``TAIL_SILENCE_S`` of silent ones (an item keeps 1.3 s
+    of audio after the speech; turn.digits_max_silence_ms waits longer)."""
+    last_s = probs[-1][0] if probs else -WINDOW_S
+    extra = round(TAIL_SILENCE_S / WINDOW_S)
+    return [*probs, *((last_s + (k + 1) * WINDOW_S, 0.0) for k in range(extra))]
+
+
 def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
     """One item through the TurnTaker with one detector setting (see the module docstring)."""
     vad = replace(
@@ -278,6 +338,23 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
     scored_pause = -1
     prev_heard_s = 0.0
     prev_window_s = 0.0
+    holding = setting.digits_max_silence_ms > 0 and item.digits > 0
+    if holding:
+        taker.set_max_silence_ms(setting.digits_max_silence_ms)
+    held: Verdict | None = None  # the held decode at a pause: complete = all digits heard
+    held_some = False  # ... and whether it heard any digit
+    held_busy_until_s = 0.0
+
+    def gate(at_s: float) -> str:
+        """The listener's digits rule at ``at_s``: "pass" (the detectors decide), "wait"
+        (only the maximum silence ends the turn) or "end" (all digits heard)."""
+        if not holding:
+            return "pass"
+        if held is None or held.pause_id != taker.pause_id or held.ready_s > at_s + EPS_S:
+            return "wait"
+        if held.complete:
+            return "end"
+        return "wait" if held_some else "pass"
 
     def ask(pause_id: int, heard_s: float, judge: Callable[[int, int], Judgement]) -> None:
         nonlocal verdict, busy_until_s
@@ -297,7 +374,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         out.ended_by = by
         out.pause_since_s = ended.speech_end_s
 
-    for window_s, prob in item.probs:
+    for window_s, prob in _with_silence_after(item.probs):
         heard_s = window_s + WINDOW_S
         if out.decided_s is None and out.started and verdict is not None:
             # An answer that arrived between the previous window and this one.
@@ -305,6 +382,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                 verdict.complete
                 and verdict.pause_id == taker.pause_id
                 and prev_heard_s < verdict.ready_s < heard_s
+                and gate(verdict.ready_s) == "pass"
             ):
                 ended = taker.end_turn_early(prev_window_s)
                 if ended is not None:
@@ -321,6 +399,14 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                     if out.decided_s is None:
                         decide(heard_s, action, "max")
                 case PauseStarted(_, pause_id, _):
+                    if out.decided_s is None and holding:
+                        lo, hi = _slice(onset_s, heard_s, lookback_s)
+                        answer = judges.held_digits(item.id, item.pcm, lo, hi)
+                        held_busy_until_s = max(heard_s, held_busy_until_s) + answer.wall_s
+                        held = Verdict(pause_id, held_busy_until_s, answer.value >= item.digits)
+                        held_some = answer.value > 0
+                        out.evaluations += 1
+                        out.cpu_s.append(answer.cpu_s)
                     if out.decided_s is None and setting.tiebreak_ms > 0:
                         lo, hi = _slice(onset_s, heard_s, lookback_s)
                         decoded = judges.decode(item.id, item.pcm, lo, hi)
@@ -351,10 +437,15 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and verdict.complete
             and verdict.pause_id == taker.pause_id
             and verdict.ready_s <= heard_s + EPS_S
+            and gate(heard_s) == "pass"
         ):
             ended = taker.end_turn_early(window_s)
             if ended is not None:
                 decide(heard_s, ended, "detector")
+        if out.decided_s is None and out.started and gate(heard_s) == "end":
+            ended = taker.end_turn_early(window_s, setting.end_silence_ms)
+            if ended is not None:
+                decide(heard_s, ended, "digits")
         if (
             out.decided_s is None
             and setting.tiebreak_ms > 0
@@ -364,6 +455,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and spec.complete
             and verdict.pause_id == spec.pause_id == taker.pause_id
             and max(verdict.ready_s, spec.ready_s) <= heard_s + EPS_S
+            and gate(heard_s) == "pass"
         ):
             ended = taker.end_turn_early(window_s, setting.tiebreak_ms)
             if ended is not None:
@@ -611,6 +703,7 @@ def load_items(limit: int | None) -> list[Item]:
                 pauses=[(float(p["start_s"]), float(p["end_s"])) for p in pauses],
                 pcm=pcm,
                 probs=probs,
+                digits=sum(c.isdigit() for c in normalize(str(e["text"]))),
             )
         )
     return items
@@ -638,8 +731,15 @@ def load_judges() -> tuple[Judges, Callable[[], None]]:
     for _ in range(2):
         model.score(warm, RATE_HZ)
         batch.transcribe(warm, RATE_HZ)
+
+    def holding() -> ExpectingTranscriber:
+        engine = load_stt("moonshine", None, model="base", cpu_threads=1)
+        holder = engine.capabilities.expecting
+        assert holder is not None, "Moonshine holds decodes"
+        return holder
+
     close = getattr(stt, "close", None)
-    return Judges(model, batch), (close if callable(close) else (lambda: None))
+    return Judges(model, batch, holding), (close if callable(close) else (lambda: None))
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -778,10 +878,84 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def digits_part(items: list[Item], judges: Judges) -> dict[str, Any]:
+    """The items with three or more digits, as if the dialogue had asked for them: the
+    default setting against the default plus turn.digits_max_silence_ms."""
+    chosen = [i for i in items if i.digits >= 3]
+    baseline = Setting("silence-700", "silence")
+    kept = {
+        i.id for i in chosen if i.kind == "paused" and not simulate(i, baseline, judges).premature
+    }
+    default = default_setting()
+    holding = replace(
+        default,
+        name=f"{default.name} + digits {TurnConfig().digits_max_silence_ms}",
+        digits_max_silence_ms=TurnConfig().digits_max_silence_ms,
+        table="digits",
+    )
+    out: dict[str, Any] = {
+        "n": {k: sum(i.kind == k for i in chosen) for k in ("paused", "complete")}
+    }
+    for setting in (default, holding):
+        outcomes = [simulate(item, setting, judges) for item in chosen]
+        summary = summarise(outcomes, kept)
+        ended: dict[str, int] = {}
+        for o in outcomes:
+            ended[o.ended_by or "none"] = ended.get(o.ended_by or "none", 0) + 1
+        out[setting.name] = {"summary": summary, "ended_by": ended}
+        print(
+            f"digits: {setting.name:52s} premature {_premature(summary):16s} latency p50/p95 "
+            f"{_fmt(summary['complete']['latency_p50_ms'])}/"
+            f"{_fmt(summary['complete']['latency_p95_ms'])} ms; ended by {ended}",
+            flush=True,
+        )
+    return out
+
+
+def digits_markdown(digits: dict[str, Any]) -> list[str]:
+    n = digits["n"]
+    lines = [
+        "",
+        f"Digits asked for ({n['paused']} paused and {n['complete']} complete turns with three "
+        "or more digits, as if the dialogue had asked for that many; `--digits`):",
+        "",
+        "| setting | premature (paused) | short pauses cut | complete: latency p50 / p95 / max "
+        "ms (n) | cut early | ended by |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in digits.items():
+        if name == "n":
+            continue
+        s = result["summary"]
+        c = s["complete"]
+        ended = ", ".join(f"{k} {v}" for k, v in sorted(result["ended_by"].items()))
+        lines.append(
+            f"| {name} | {_premature(s)} "
+            f"| {s['paused']['short_pause_cut']}/{s['paused']['short_pause_n']} "
+            f"| {_fmt(c['latency_p50_ms'])} / {_fmt(c['latency_p95_ms'])} / "
+            f"{_fmt(c['latency_max_ms'])} ({c['latency_n']}) | {c['cut_early']} | {ended} |"
+        )
+    return lines
+
+
+def run_info(started: float, cpu_started: float) -> dict[str, Any]:
+    return {
+        "run": {
+            "wall_s": round(time.perf_counter() - started, 1),
+            "cpu_s": round(time.process_time() - cpu_started, 1),
+            "cpus": os.cpu_count(),
+        }
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="items per part and kind")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--digits", action="store_true", help="also the digits-asked-for part (Moonshine base)"
+    )
+    parser.add_argument("--digits-only", action="store_true", help="only the digits-asked-for part")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     disable_telemetry()
@@ -791,6 +965,18 @@ def main() -> None:
     items = load_items(args.limit)
     print(f"{len(items)} items, VAD done in {time.perf_counter() - started:.0f} s", flush=True)
     judges, close = load_judges()
+    if args.digits_only:
+        try:
+            report = {"digits": digits_part(items, judges), **run_info(started, cpu_started)}
+        finally:
+            close()
+        report["run"].update(judges.counts)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "turn_end_digits.json").write_text(json.dumps(report, indent=1))
+        text = "\n".join(digits_markdown(report["digits"]))
+        (args.out / "turn_end_digits.md").write_text(text + "\n")
+        print(text)
+        return
     try:
         keys = [key_pause(item, judges) for item in items]
         print(f"key pauses done {time.perf_counter() - started:.0f} s", flush=True)
@@ -821,6 +1007,7 @@ def main() -> None:
                 f"({time.perf_counter() - started:.0f} s)",
                 flush=True,
             )
+        digits = digits_part(items, judges) if args.digits else None
     finally:
         close()
     sizes: dict[str, int] = {}
@@ -853,9 +1040,13 @@ def main() -> None:
         # per main setting, item -> [decision ms (stream time), ended by, premature]
         "outcomes": per_item,
     }
+    if digits is not None:
+        report["digits"] = digits
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "turn_end.json").write_text(json.dumps(report, indent=1))
     text = markdown(report)
+    if digits is not None:
+        text += "\n".join(digits_markdown(digits)) + "\n"
     (args.out / "turn_end.md").write_text(text)
     print(text)
 
