@@ -136,6 +136,16 @@ def test_a_tiebreak_silence_outside_the_short_and_maximum_silences_is_rejected(
         assert load_config(path).turn.tiebreak_silence_ms == value
 
 
+def test_a_digits_wait_shorter_than_the_maximum_silence_is_rejected(tmp_path: Path) -> None:
+    for value in (-1, 300):
+        path = write(tmp_path, f"[turn]\ndigits_max_silence_ms = {value}\n")
+        with pytest.raises(ConfigError, match="turn.digits_max_silence_ms"):
+            load_config(path)
+    for value in (0, 700, 2000):
+        path = write(tmp_path, f"[turn]\ndigits_max_silence_ms = {value}\n")
+        assert load_config(path).turn.digits_max_silence_ms == value
+
+
 def test_a_barge_in_end_silence_outside_the_short_and_maximum_silences_is_rejected(
     tmp_path: Path,
 ) -> None:

@@ -944,6 +944,12 @@ def _validate(config: Config, source: str) -> None:
             f"vad.end_silence_ms ({config.vad.end_silence_ms}) and vad.end_silence_max_ms "
             f"({config.vad.end_silence_max_ms})"
         )
+    digits_ms = config.turn.digits_max_silence_ms
+    if digits_ms != 0 and digits_ms < config.vad.end_silence_max_ms:
+        problems.append(
+            f"turn.digits_max_silence_ms = {digits_ms} must be 0 (off) or at least "
+            f"vad.end_silence_max_ms ({config.vad.end_silence_max_ms}): it waits longer"
+        )
     ws = config.websocket
     if bool(ws.tls_cert) != bool(ws.tls_key):
         problems.append("websocket: tls_cert and tls_key go together (both or neither)")
