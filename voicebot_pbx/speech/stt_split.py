@@ -78,11 +78,8 @@ class LengthSplitEngine:
         self.long = long
         self.long_from_s = long_from_s
         self._pool = pool
-        self.routed = {
-            "short": 0,
-            "long": 0,
-            "held": 0,
-        }  # decodes sent to each engine (bench, tests)
+        # Decodes sent to each engine, and those held to an expectation (bench, tests).
+        self.routed = {"short": 0, "long": 0, "held": 0}
 
     @property
     def name(self) -> str:
