@@ -1,7 +1,8 @@
 """Speech-to-text, engine-neutral: what every STT engine returns and declares.
 
 Owns the result type (:class:`SttResult`), the per-call stream protocol (:class:`SttStream`),
-the whole-utterance protocols (:class:`BatchTranscriber`, :class:`QueuedTranscriber`), the
+the whole-utterance protocols (:class:`BatchTranscriber`, :class:`QueuedTranscriber`,
+:class:`ExpectingTranscriber` for decodes held to an expected answer), the
 capabilities an engine declares (:class:`SttCapabilities`) and the engine protocol
 (:class:`SttEngine`). The engines live in ``speech/whisper.py`` (faster-whisper, default,
 batched across calls on its own thread) and ``speech/vosk_stt.py`` (Vosk, streaming);
