@@ -93,6 +93,9 @@ def run(coro: Awaitable[T]) -> T:
         ("n w three two q g", "NW3 2QG"),
         ("NW10 2AB", "NW10 2AB"),
         ("e c 1 a 1 double b", "EC1A 1BB"),
+        ("n double u three, two q g", "NW3 2QG"),  # W said as "double u"
+        ("N double-you 3 2 double Q G", None),  # "NW32QQG": one letter too many
+        ("s double-you one a, two a a", "SW1A 2AA"),
         ("n w three treble 2 e e", None),  # "NW3222EE"
         ("W1A 0AX", "W1A 0AX"),
         ("sw1a 2aa", "SW1A 2AA"),

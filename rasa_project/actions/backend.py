@@ -151,19 +151,26 @@ _NUMBER_WORDS = {
     "nine": "9",
 }
 _REPEATS = {"double": 2, "treble": 3, "triple": 3}
+_LETTER_W = {"u", "you"}  # after "double": how W is said
 _MAX_SPOKEN_CHARS = 80
 
 
 def _compact(text: str) -> str | None:
     """Spoken-ish text to the bare characters: "n w three 2 q g" -> "NW32QG"; "double"
-    repeats the next character ("e c 1 a 1 double b" -> "EC1A1BB"); "oh" is a zero except
-    as the first word (the Oldham "OL" area)."""
+    repeats the next character ("e c 1 a 1 double b" -> "EC1A1BB") except in "double u" /
+    "double-you", the letter W; "oh" is a zero except as the first word (the Oldham "OL"
+    area)."""
     if len(text) > _MAX_SPOKEN_CHARS:
         return None
     words = re.findall(r"[a-z0-9]+", text.lower())
     out: list[str] = []
     repeat = 1
     for index, word in enumerate(words):
+        if word == "double" and index + 1 < len(words) and words[index + 1] in _LETTER_W:
+            continue  # "double u", "double-you": the letter W
+        if word in _LETTER_W and index > 0 and words[index - 1] == "double":
+            out.append("w")
+            continue
         if word in _REPEATS:
             repeat = _REPEATS[word]
             continue
