@@ -153,7 +153,7 @@ class SttConfig:
     # After the dialogue asks for digits (an account number: `collect_dtmf`), decode the
     # caller's answer both freely and held to digits and digit words, and keep the held one
     # when the model is about as sure of it (speech/expect.py; needs an engine that can:
-    # Moonshine, also as the long engine). README "Self-service".
+    # Moonshine, also as the long engine). README "Answers the dialogue expects".
     hold_expected: bool = True
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ capitalised), or start a new one once the current word is complete; digits, spac
 ``,.-?`` are always allowed. The dialogue says what it expects (Rasa: ``custom: {action:
 collect_dtmf, expect: [digits]}``).
 
-Measured in ``bench/eval_balance.py`` (README "Self-service").
+Measured in ``bench/eval_balance.py`` (README "Answers the dialogue expects").
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ WORDS: dict[Expectation, frozenset[str]] = {
 
 # How much less sure (mean token probability, 0..1) the held decode may be than the free one
 # and still win: digits read out are about as likely either way or likelier held; other
-# words held to digits lose 0.2-0.5 or come out empty (README "Self-service").
+# words held to digits lose 0.2-0.5 or come out empty (README "Answers the dialogue expects").
 DEFAULT_MARGIN = 0.05
 
 _WORD_START = ("\u2581", " ")  # SentencePiece's word-start mark, or a space
