@@ -150,10 +150,10 @@ class SttConfig:
     # is the packaged Whisper, else none.
     long_engine: Literal["auto", "", "whisper", "moonshine"] = "auto"
     long_from_s: float = 2.0
-    # After the dialogue asks for digits (an account number: `collect_dtmf`), decode the
-    # caller's answer both freely and held to digits and digit words, and keep the held one
-    # when the model is about as sure of it (speech/expect.py; needs an engine that can:
-    # Moonshine, also as the long engine). README "Answers the dialogue expects".
+    # When the dialogue says what the caller will answer (Rasa: `expect: [digits]` beside
+    # `collect_dtmf`), decode that answer both freely and held to its words, and keep the
+    # held one when the model is about as sure of it (speech/expect.py; needs an engine that
+    # can: Moonshine, also as the long engine). README "Answers the dialogue expects".
     hold_expected: bool = True
 
     def __post_init__(self) -> None:
