@@ -74,7 +74,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import structlog  # noqa: E402
 import turn_dataset  # noqa: E402
 
-from voicebot_pbx.answers.normalize import normalize  # noqa: E402
+from voicebot_pbx.answers.normalize import count_digits  # noqa: E402
 from voicebot_pbx.audio import read_wav  # noqa: E402
 from voicebot_pbx.config import SttConfig, TurnConfig, VadConfig  # noqa: E402
 from voicebot_pbx.models import SILERO_VAD, SMART_TURN, WHISPER_TINY_EN, model_path  # noqa: E402
@@ -245,9 +245,8 @@ class Judges:
                 pcm[2 * lo : 2 * hi], RATE_HZ, frozenset({Expectation.DIGITS})
             ).text
             wall = time.perf_counter() - started
-            digits = sum(c.isdigit() for c in normalize(text))
             self._held[key] = Judgement(
-                float(digits), text.strip(), time.process_time() - cpu0, wall
+                float(count_digits(text)), text.strip(), time.process_time() - cpu0, wall
             )
         return self._held[key]
 
@@ -703,7 +702,7 @@ def load_items(limit: int | None) -> list[Item]:
                 pauses=[(float(p["start_s"]), float(p["end_s"])) for p in pauses],
                 pcm=pcm,
                 probs=probs,
-                digits=sum(c.isdigit() for c in normalize(str(e["text"]))),
+                digits=count_digits(str(e["text"])),
             )
         )
     return items

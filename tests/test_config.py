@@ -124,26 +124,28 @@ def test_invalid_values_are_rejected(tmp_path: Path) -> None:
     assert "hold_after_s and max_dead_air_s >= 0" in str(info.value)
 
 
+def check_turn_setting(
+    tmp_path: Path, key: str, rejected: tuple[int, ...], accepted: tuple[int, ...]
+) -> None:
+    """``[turn] key = value``: each rejected value is refused naming ``turn.<key>``, each
+    accepted one is read as given."""
+    for value in rejected:
+        path = write(tmp_path, f"[turn]\n{key} = {value}\n")
+        with pytest.raises(ConfigError, match=f"turn.{key}"):
+            load_config(path)
+    for value in accepted:
+        path = write(tmp_path, f"[turn]\n{key} = {value}\n")
+        assert dataclasses.asdict(load_config(path).turn)[key] == value
+
+
 def test_a_tiebreak_silence_outside_the_short_and_maximum_silences_is_rejected(
     tmp_path: Path,
 ) -> None:
-    for value in (100, 900):
-        path = write(tmp_path, f"[turn]\ntiebreak_silence_ms = {value}\n")
-        with pytest.raises(ConfigError, match="turn.tiebreak_silence_ms"):
-            load_config(path)
-    for value in (0, 200, 700):
-        path = write(tmp_path, f"[turn]\ntiebreak_silence_ms = {value}\n")
-        assert load_config(path).turn.tiebreak_silence_ms == value
+    check_turn_setting(tmp_path, "tiebreak_silence_ms", (100, 900), (0, 200, 700))
 
 
 def test_a_digits_wait_shorter_than_the_maximum_silence_is_rejected(tmp_path: Path) -> None:
-    for value in (-1, 300):
-        path = write(tmp_path, f"[turn]\ndigits_max_silence_ms = {value}\n")
-        with pytest.raises(ConfigError, match="turn.digits_max_silence_ms"):
-            load_config(path)
-    for value in (0, 700, 2000):
-        path = write(tmp_path, f"[turn]\ndigits_max_silence_ms = {value}\n")
-        assert load_config(path).turn.digits_max_silence_ms == value
+    check_turn_setting(tmp_path, "digits_max_silence_ms", (-1, 300), (0, 700, 2000))
 
 
 def test_a_barge_in_end_silence_outside_the_short_and_maximum_silences_is_rejected(

@@ -418,3 +418,8 @@ def normalize(text: str, *, afternoon_below_hour: int = 8) -> str:
         cleaned = pattern.sub(replacement, cleaned)
     tokens = cleaned.split()
     return " ".join(_Parser(tokens, afternoon_below_hour).run())
+
+
+def count_digits(text: str) -> int:
+    """How many digits ``text`` says, written or as words ("Six, nine, 1." -> 3)."""
+    return sum(c.isdigit() for c in normalize(text))

@@ -22,7 +22,7 @@ from typing import Literal, Protocol, TypeVar
 
 import structlog
 
-from voicebot_pbx.answers.normalize import normalize
+from voicebot_pbx.answers.normalize import count_digits
 from voicebot_pbx.audio import Resampler
 from voicebot_pbx.config import Config
 from voicebot_pbx.pbx.media import AudioIn
@@ -352,7 +352,7 @@ class Listener:
         spec = self._speculation
         if spec is None or self._is_stale_pause(spec.turn_id, spec.pause_id):
             return "wait"  # the decode at this pause is still running
-        heard = sum(c.isdigit() for c in normalize(spec.result.text))
+        heard = count_digits(spec.result.text)
         if heard >= wanted:
             return self.config.vad.end_silence_ms, "digits"
         return "no_opinion" if heard == 0 else "wait"
