@@ -201,10 +201,7 @@ def plan(n: int, seed: int, voices: Sequence[str]) -> list[Plan]:
 
 
 def _spoken(text: str, p: Plan) -> npt.NDArray[np.float64]:
-    pcm = turn_dataset.espeak_pcm(text, p.voice, p.speed, p.pitch)
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    start, end = turn_dataset.speech_bounds(x, RATE_HZ)
-    return x[start:end]
+    return turn_dataset.espeak_speech(text, p.voice, p.speed, p.pitch)
 
 
 def account_pause_s(p: Plan, seed: int, pause_s: tuple[float, float]) -> float:

@@ -605,9 +605,12 @@ def _espeak_segment(text: str, plan: Plan, final: bool, comma: bool) -> FloatArr
         spoken = text + ("?" if _QUESTION_START.match(text) else ".")
     else:
         spoken = text + ("," if comma else "")
-    voice = plan.voice.split(":", 1)[1]
-    pcm = espeak_pcm(spoken, voice, plan.speed, plan.pitch)
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    return espeak_speech(spoken, plan.voice.split(":", 1)[1], plan.speed, plan.pitch)
+
+
+def espeak_speech(text: str, voice: str, speed: int, pitch: int) -> FloatArray:
+    """``text`` spoken by espeak-ng at 8 kHz, cut to its speech (:func:`speech_bounds`)."""
+    x = np.frombuffer(espeak_pcm(text, voice, speed, pitch), dtype="<i2").astype(np.float64)
     start, end = speech_bounds(x, RATE_HZ)
     return x[start:end]
 
