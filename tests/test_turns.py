@@ -185,8 +185,8 @@ def test_barge_in_needs_min_speech_and_the_raised_threshold() -> None:
         ("", False),
         ("goodbye.", True),
         # Finished questions the old list held for the full maximum silence (issue #17).
-        ("Put me through to a real person, please.", True),
-        ("what is left to pay on my account?", True),
+        ("Connect me to a human being, please.", True),
+        ("how much do I still owe on my account?", True),
         ("where can I find you", True),
         ("I'd like to", False),
         ("um", False),

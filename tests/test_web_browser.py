@@ -109,7 +109,7 @@ def fill_state(state: Path) -> CallRecord:
                 hours_ago(1),
                 end_reason="transferred",
                 transfer_target="sales-queue",
-                turns=[speech("a person please", "agent", reply="Transferring you.")],
+                turns=[speech("somebody real", "agent", reply="Transferring you.")],
             ),
         ]
         asyncio.run(record(recorder, calls))
