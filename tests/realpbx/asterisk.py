@@ -107,6 +107,7 @@ class Asterisk:
         self._proc = subprocess.Popen(
             [str(self.prefix / "sbin" / "asterisk"), "-C", str(self.conf), "-f", "-n", "-g"],
             env=self._env,
+            cwd=self.root,  # -g: a crash dumps core here, not into the checkout
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
