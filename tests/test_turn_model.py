@@ -56,7 +56,9 @@ def smart_turn() -> SmartTurn:
     return SmartTurn(model_path(SMART_TURN))
 
 
-FINISHED = ("yes.", "I would like to pay my bill.")
+# A short finished answer the model hears clearly: a bare "yes." scores 0.07 at 8 kHz on an
+# AVX2-only CPU and above 0.7 on an AVX-512 one (README: the model is sensitive).
+FINISHED = ("no thank you.", "I would like to pay my bill.")
 UNFINISHED = ("um,", "my account number is four five two,")
 
 
