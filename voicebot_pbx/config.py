@@ -116,6 +116,20 @@ class TurnConfig:
     # turn only after this much silence (callers read numbers in groups); the turn ends at
     # the short silence once all are heard. 0: no such rule.
     digits_max_silence_ms: int = 1500
+    # The decode at each pause read by a small chat LLM (speech/turn_text.py; the packaged
+    # SmolLM2-135M unless text_model_path): a transcript it reads unfinished ("the reason
+    # I'm calling is") holds the turn open up to unfinished_max_silence_ms (the same wait as
+    # for digits: a caller mid-answer); one it reads finished ends the turn at the short
+    # silence; one it reads unsure is left to the audio model and the tie-break (instead of
+    # the old word list). No pause ends before its verdict is in.
+    # 0: off (the word list breaks ties; vad.end_silence_max_ms ends every pause). Off with
+    # Vosk, which streams (no decode at a pause to read).
+    unfinished_max_silence_ms: int = 1500
+    text_model_path: str = ""  # a ChatML instruct GGUF; empty: the packaged SmolLM2-135M
+    # log10 P(the caller's message ends after these words): below -> unfinished, at or above
+    # -> finished (chosen on a development list of texts, not on the evaluation set).
+    text_unfinished_below: float = -2.5
+    text_finished_from: float = -1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -949,6 +963,17 @@ def _validate(config: Config, source: str) -> None:
         problems.append(
             f"turn.digits_max_silence_ms = {digits_ms} must be 0 (off) or at least "
             f"vad.end_silence_max_ms ({config.vad.end_silence_max_ms}): it waits longer"
+        )
+    unfinished_ms = config.turn.unfinished_max_silence_ms
+    if unfinished_ms != 0 and unfinished_ms < config.vad.end_silence_max_ms:
+        problems.append(
+            f"turn.unfinished_max_silence_ms = {unfinished_ms} must be 0 (off) or at least "
+            f"vad.end_silence_max_ms ({config.vad.end_silence_max_ms}): it waits longer"
+        )
+    if config.turn.text_unfinished_below > config.turn.text_finished_from:
+        problems.append(
+            f"turn.text_unfinished_below = {config.turn.text_unfinished_below} must not be "
+            f"above turn.text_finished_from ({config.turn.text_finished_from})"
         )
     ws = config.websocket
     if bool(ws.tls_cert) != bool(ws.tls_key):

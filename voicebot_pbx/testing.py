@@ -28,6 +28,7 @@ from voicebot_pbx.speech.engines import Engines, EngineTimeout
 from voicebot_pbx.speech.stt import SttCapabilities, SttResult
 from voicebot_pbx.speech.tts import split_sentences
 from voicebot_pbx.speech.turn_model import TurnScore
+from voicebot_pbx.speech.turn_text import TextTurnScore
 
 T = TypeVar("T")
 
@@ -192,6 +193,30 @@ class ScriptedTurnModel:
 
 
 @dataclass
+class ScriptedTextModel:
+    """An end-of-turn text model for scripts: a transcript in ``unfinished`` reads
+    unfinished (log10 P(finished) -4), one in ``unsure`` unsure (-2), any other finished
+    (-0.5); ``fail`` raises instead. Each read takes ``delay_s`` (virtual) seconds."""
+
+    unfinished: frozenset[str] = frozenset()
+    unsure: frozenset[str] = frozenset()
+    delay_s: float = 0.03
+    fail: bool = False
+    reads: list[str] = field(default_factory=list)
+
+    def score(self, text: str) -> TextTurnScore:
+        self.reads.append(text)
+        if self.fail:
+            raise RuntimeError("llama.cpp: decode failed")
+        words = len(text.split())
+        if text in self.unfinished:
+            return TextTurnScore(-4.0, words, 0.0)
+        if text in self.unsure:
+            return TextTurnScore(-2.0, words, 0.0)
+        return TextTurnScore(-0.5, words, 0.0)
+
+
+@dataclass
 class ToneTts:
     """Each sentence becomes a tone of ``seconds_per_char`` per character, after
     ``first_audio_s`` (first sentence) / ``per_sentence_s`` (later ones)."""
@@ -225,6 +250,7 @@ class FakeEngines(Engines):
         tts: ToneTts,
         vad: EnergyVad | None = None,
         turn_model: ScriptedTurnModel | None = None,
+        text_model: ScriptedTextModel | None = None,
     ) -> None:
         scripted_turns = turn_model or ScriptedTurnModel()
         super().__init__(
@@ -233,10 +259,12 @@ class FakeEngines(Engines):
             tts=tts,  # type: ignore[arg-type]
             pool=ThreadPoolExecutor(max_workers=1),
             turn_model=scripted_turns,
+            text_model=text_model,  # None: the listener has no text model ([turn] off)
         )
         self.script_stt = stt
         self.script_tts = tts
         self.script_turns = scripted_turns
+        self.script_text = text_model
         self._first_sentence = True
 
     async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
@@ -245,6 +273,8 @@ class FakeEngines(Engines):
             delay_s = self.script_stt.delay_s
         elif stage == "turn":
             delay_s = self.script_turns.delay_s
+        elif stage == "turn_text" and self.script_text is not None:
+            delay_s = self.script_text.delay_s
         elif stage == "tts":
             delay_s = (
                 self.script_tts.first_audio_s

