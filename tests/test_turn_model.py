@@ -95,24 +95,33 @@ def test_an_onnx_model_of_another_kind_is_refused() -> None:
         SmartTurn(model_path(SILERO_VAD))
 
 
+@pytest.mark.parametrize(
+    ("setting", "missing", "named"),
+    [
+        ("model_path", "missing.onnx", "end-of-turn model"),
+        ("text_model_path", "missing.gguf", "end-of-turn text model"),  # speech/turn_text.py
+    ],
+)
 def test_check_config_and_serve_refuse_a_missing_turn_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, missing: str, named: str
 ) -> None:
     config = tmp_path / "voicebot.toml"
     config.write_text(
         f'state_dir = "{tmp_path / "state"}"\n'
-        f'[turn]\nmodel_path = "{tmp_path / "missing.onnx"}"\n'
+        f'[turn]\n{setting} = "{tmp_path / missing}"\n'
         "[server]\nport = 0\n[health]\nenabled = false\n"
     )
     assert main(["check-config", "--config", str(config)]) == 1
-    assert "missing.onnx: no such file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{named} " in err and f"{missing}: no such file" in err
     saved = structlog.get_config()  # serve configures logging onto the captured stderr
     try:
         assert main(["serve", "--config", str(config)]) == 2
     finally:
         structlog.configure(**saved)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model_unusable" in err[0] and "missing.onnx: no such file" in err[0]
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and "model_unusable" in err_lines[0]
+    assert f"{missing}: no such file" in err_lines[0]
 
 
 def test_the_silence_detector_needs_no_model(capsys: pytest.CaptureFixture[str]) -> None:

