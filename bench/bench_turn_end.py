@@ -20,11 +20,12 @@ item's 8 kHz audio goes through the real ``SileroVad`` and ``TurnTaker``; at eac
   far; P(complete) >= threshold -> the turn ends at end_silence_ms into the pause or when the
   score is ready, whichever is later; else at end_silence_max_ms. A score slower than
   turn.timeout_ms (400) is dropped (silence-only for that pause), as the listener does;
-* ``text-model hold=N`` (the default since 2026-12-03): the listener's decode at each pause
-  (Whisper tiny.en) read by the end-of-turn text model (speech/turn_text.py): "unfinished"
-  holds the turn up to N ms (turn.unfinished_max_silence_ms), "finished" ends it at
-  end_silence_ms, "unsure" leaves it to smart-turn and the tie-break; no pause ends before
-  the read is back (decode + read wall time after the pause began).
+* ``text-model hold=N`` (off by default: turn.unfinished_max_silence_ms = 0): the
+  listener's decode at each pause (Whisper tiny.en) read by the end-of-turn text model
+  (speech/turn_text.py): "unfinished" holds the turn up to N ms, "finished" ends it at
+  end_silence_ms, "unsure" leaves it to smart-turn and the tie-break, once the read is
+  back (decode + read wall time after the pause began); the other rules do not wait for
+  it, except with ``wait`` (turn.text_wait: no pause ends before the read).
 
 A detector's answer is ready at: the end of the window that asked for it (audio heard
 through there) + the measured wall time of the decode/score, after the previous one of the
@@ -143,6 +144,9 @@ class Setting:
     # other pauses end by the rules above, end_silence_max_ms at the latest; the tie-break
     # asks the text model ("finished") instead of the word list.
     unfinished_max_ms: int = 0
+    # turn.text_wait: no pause ends before the text model's read (False, the default: a read
+    # that comes in time holds the turn or ends it; the other rules do not wait for it)
+    text_wait: bool = False
     unfinished_below: float = -2.5
     finished_from: float = -1.5
     table: str = "main"  # "main" | "threshold" | "digits": which markdown table shows it
@@ -163,29 +167,33 @@ def _tiebreak_setting(end: int, tiebreak: int, short: int) -> Setting:
 
 
 def previous_default() -> Setting:
-    """The service's defaults before the text model (turn.unfinished_max_silence_ms = 0)."""
+    """The service's defaults without the text model (turn.unfinished_max_silence_ms = 0)."""
     vad = VadConfig()
     return _tiebreak_setting(
         vad.end_silence_ms, TurnConfig().tiebreak_silence_ms, vad.short_utterance_ms
     )
 
 
-def text_setting(unfinished_max_ms: int) -> Setting:
+def text_setting(unfinished_max_ms: int, wait: bool) -> Setting:
     """The previous defaults with the text model reading the decode at each pause."""
     turn = TurnConfig()
     base = previous_default()
     return replace(
         base,
-        name=f"{base.name} text-model hold={unfinished_max_ms}",
+        name=f"{base.name} text-model hold={unfinished_max_ms}{' wait' if wait else ''}",
         unfinished_max_ms=unfinished_max_ms,
         unfinished_below=turn.text_unfinished_below,
         finished_from=turn.text_finished_from,
+        text_wait=wait,
     )
 
 
 def default_setting() -> Setting:
     """The service's defaults (VadConfig, TurnConfig)."""
-    return text_setting(TurnConfig().unfinished_max_silence_ms)
+    turn = TurnConfig()
+    if turn.unfinished_max_silence_ms == 0:
+        return previous_default()
+    return text_setting(turn.unfinished_max_silence_ms, turn.text_wait)
 
 
 def settings() -> list[Setting]:
@@ -209,9 +217,10 @@ def settings() -> list[Setting]:
             )
     for end, tiebreak in ((200, 400), (150, 300), (150, 400), (150, 500)):
         out.append(_tiebreak_setting(end, tiebreak, 0))
-    out.append(previous_default())
-    out.append(default_setting())
-    out.append(text_setting(2000))
+    out.append(previous_default())  # the default: the text model is off
+    out.append(text_setting(1500, wait=False))
+    out.append(text_setting(1500, wait=True))
+    out.append(text_setting(2000, wait=True))
     for after, end in ((0, 150), (0, 200), (100, 150), (100, 200), (200, 200)):
         for threshold in (0.3, 0.4, 0.6, 0.7, 0.8):
             out.append(
@@ -436,7 +445,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         if not reading:
             return "pass"
         if spec is None or spec.pause_id != taker.pause_id or spec.ready_s > at_s + EPS_S:
-            return "wait"
+            return "wait" if setting.text_wait else "pass"
         return "hold" if spec.text == "unfinished" else "pass"
 
     def passes(at_s: float) -> bool:

@@ -88,14 +88,17 @@ def free_port() -> int:
 
 
 def start_server(
-    workdir: Path, stt_settings: list[str]
+    workdir: Path, stt_settings: list[str], turn_settings: list[str] | None = None
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """``stt_settings``: TOML lines for the server's [stt] table (else its defaults)."""
+    """``stt_settings`` / ``turn_settings``: TOML lines for the server's [stt] / [turn]
+    tables (else its defaults)."""
     port = free_port()
     config = workdir / "bench.toml"
     text = CONFIG.format(state=workdir / "state", port=port, long=LONG_REPLY)
     if stt_settings:
         text += "[stt]\n" + "".join(f"{line}\n" for line in stt_settings)
+    if turn_settings:
+        text += "[turn]\n" + "".join(f"{line}\n" for line in turn_settings)
     config.write_text(text)
     log_path = workdir / "server.log"
     proc = subprocess.Popen(
@@ -215,12 +218,19 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="an [stt] setting for the server, TOML syntax (e.g. max_batch=4); repeatable",
     )
+    parser.add_argument(
+        "--turn",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [turn] setting for the server, TOML syntax (e.g. unfinished_max_silence_ms=0)",
+    )
     parser.add_argument("--server-log", type=Path, help="keep a copy of the server's JSON log here")
     args = parser.parse_args()
     if args.stt_threads is not None:  # else the service's default
         args.stt.append(f"cpu_threads = {args.stt_threads}")
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port, _log = start_server(Path(tmp), args.stt)
+        proc, port, _log = start_server(Path(tmp), args.stt, args.turn)
         try:
             time.sleep(1.0)
             _cpu0, idle_rss_mb = proc_stats(proc.pid)

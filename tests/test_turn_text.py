@@ -120,12 +120,14 @@ def test_a_missing_or_broken_model_file_is_one_clear_error(tmp_path: Path) -> No
 
 
 def with_text_model(shared: Shared, model: ScriptedTextModel, **turn: object) -> Shared:
+    """The text model on (turn.unfinished_max_silence_ms 1500 unless ``turn`` says)."""
     engines = shared.engines
     assert isinstance(engines, FakeEngines)
     engines.text_model = model
     engines.script_text = model
+    settings: dict[str, object] = {"unfinished_max_silence_ms": 1500, **turn}
     shared.config = dataclasses.replace(
-        shared.config, turn=dataclasses.replace(shared.config.turn, **turn)
+        shared.config, turn=dataclasses.replace(shared.config.turn, **settings)
     )
     return shared
 
@@ -169,10 +171,11 @@ def test_a_caller_who_stops_after_an_unfinished_sentence_is_answered_at_the_long
 
 
 def test_a_transcript_read_finished_ends_the_turn_once_the_verdict_is_in() -> None:
-    """Read finished: the turn ends at the short silence or when the text verdict arrives,
-    whichever is later (here the verdict: decode 0.1 s + read 0.15 s)."""
+    """turn.text_wait: no pause ends before the read; read finished, the turn ends at the
+    short silence or when the read arrives, whichever is later (here the read: decode 0.1 s
+    + read 0.15 s)."""
     model = ScriptedTextModel(delay_s=0.15)
-    shared = with_text_model(make_shared(), model)
+    shared = with_text_model(make_shared(), model, text_wait=True)
     with capture_logs() as logs:
         media, _session = run_virtual(
             call_timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0)
@@ -235,3 +238,25 @@ def test_a_slow_text_model_times_out_to_unsure() -> None:
     tiebreak_s = shared.config.turn.tiebreak_silence_ms / 1000.0
     assert tiebreak_s <= waited_s < shared.config.vad.end_silence_max_ms / 1000.0
     assert "text_turn_model_failed" in session.record.errors
+
+
+def test_without_text_wait_a_read_only_holds_the_turns_it_reads_unfinished() -> None:
+    """turn.text_wait = false: the audio model's "finished" ends the turn at the short
+    silence without waiting for a slow read; a read that comes before the other rules end the
+    pause still holds an unfinished one."""
+    latency_s: dict[bool, float] = {}
+    for wait in (True, False):
+        shared = with_text_model(make_shared(), ScriptedTextModel(delay_s=0.3), text_wait=wait)
+        media, _ = run_virtual(call_timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0))
+        latency_s[wait] = first_reply_after(media, 4.0) - 4.0
+    short_s = shared.config.vad.end_silence_ms / 1000.0
+    assert latency_s[False] == pytest.approx(short_s + 0.032, abs=0.045)
+    assert latency_s[True] == pytest.approx(0.1 + 0.3 + 0.032, abs=0.045)
+
+    shared = with_text_model(
+        make_shared(), ScriptedTextModel(unfinished=ACCOUNT_READ), text_wait=False
+    )
+    media, _ = run_virtual(call_timeline(shared, [(3.0, tone(1.0, 8000, ACCOUNT))], until_s=8.0))
+    unfinished_s = shared.config.turn.unfinished_max_silence_ms / 1000.0
+    # (+ the reprompt's synthesis: no rule answers "my account number is")
+    assert unfinished_s <= first_reply_after(media, 4.0) - 4.0 < unfinished_s + 0.25

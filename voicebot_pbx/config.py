@@ -121,15 +121,23 @@ class TurnConfig:
     # I'm calling is") holds the turn open up to unfinished_max_silence_ms (the same wait as
     # for digits: a caller mid-answer); one it reads finished ends the turn at the short
     # silence; one it reads unsure is left to the audio model and the tie-break (instead of
-    # the old word list). No pause ends before its verdict is in.
-    # 0: off (the word list breaks ties; vad.end_silence_max_ms ends every pause). Off with
-    # Vosk, which streams (no decode at a pause to read).
-    unfinished_max_silence_ms: int = 1500
+    # the old word list). A read acts when it comes (text_wait: no pause ends before it).
+    # 0 (default): off (the word list breaks ties; vad.end_silence_max_ms ends every pause);
+    # 1500 turns it on. Off by default because of its CPU: at 16 calls on 2 cores the
+    # answers' p50 went from 386 to 544 ms (bench_turns) for premature ends 95 % -> 86 % of
+    # mid-sentence pauses (bench_turn_end; README "End of turn"). Off with Vosk, which
+    # streams (no decode at a pause to read).
+    unfinished_max_silence_ms: int = 0
     text_model_path: str = ""  # a ChatML instruct GGUF; empty: the packaged SmolLM2-135M
     # log10 P(the caller's message ends after these words): below -> unfinished, at or above
     # -> finished (chosen on a development list of texts, not on the evaluation set).
     text_unfinished_below: float = -2.5
     text_finished_from: float = -1.5
+    # true: no pause ends before the text model has read its decode; false (default): the
+    # other rules end pauses meanwhile, and a read holds or ends the turn if it comes in
+    # time. Waiting holds more mid-sentence pauses (bench_turn_end: premature ends 72 % vs
+    # 86 %) but every answer waits for its read (decision p50 406 vs 252 ms offline).
+    text_wait: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,6 +259,8 @@ class Listener:
             else None
         )
         self._text_read: _TextRead | None = None
+        self._text_request: tuple[int, int, str] | None = None  # the newest decode to read
+        self._text_wakeup = asyncio.Event()
         self._text_model_failed = False
         self.text_reads = 0
         self.text_model_cpu_s = 0.0
@@ -402,14 +404,14 @@ class Listener:
 
     def _text_gate(self) -> Literal["pass", "wait", "hold"]:
         """The text model's rule on the current pause: "wait" until it has read the decode
-        at this pause, "hold" when it reads it unfinished (only
-        turn.unfinished_max_silence_ms ends the turn), else "pass" (the detectors decide,
-        vad.end_silence_max_ms at the latest)."""
+        at this pause (with turn.text_wait; without, the detectors decide meanwhile),
+        "hold" when it reads it unfinished (only turn.unfinished_max_silence_ms ends the
+        turn), else "pass" (the detectors decide, vad.end_silence_max_ms at the latest)."""
         if self._text_model is None:
             return "pass"
         read = self._text_read
         if read is None or self._is_stale_pause(read.turn_id, read.pause_id):
-            return "wait"
+            return "wait" if self.config.turn.text_wait else "pass"
         return "hold" if read.verdict == "unfinished" else "pass"
 
     def _digits_verdict(self) -> tuple[int, str] | Literal["wait", "no_opinion"]:
@@ -669,10 +671,10 @@ class Listener:
                     self._speculation = _Speculation(turn_id, pause_id, result)
                     self._maybe_end_early()
                 if self._text_model is not None:
+                    # The text worker reads it; this worker goes on (a _Finish need not wait).
                     text = result.text if result is not None else ""
-                    verdict = await self._read_text(self._text_model, text)
-                    self._text_read = _TextRead(turn_id, pause_id, verdict)
-                    self._maybe_end_early()
+                    self._text_request = (turn_id, pause_id, text)
+                    self._text_wakeup.set()
             case _Finish(turn_id, pause_id, speech_end_at, pcm, ended_by):
                 spec = self._speculation
                 read = self._text_read
@@ -705,6 +707,23 @@ class Listener:
                 self._on_transcript(
                     turn_id, result or SttResult("", None), speech_end_at, loop.time(), trace
                 )
+
+    async def run_text_reads(self) -> None:
+        """The call's text-model worker (a task of the session's group): reads the decode at
+        each pause (the newest request replaces an unstarted older one)."""
+        model = self._text_model
+        if model is None:
+            return
+        while True:
+            await self._text_wakeup.wait()
+            self._text_wakeup.clear()
+            request, self._text_request = self._text_request, None
+            if request is None or self._is_stale_pause(request[0], request[1]):
+                continue
+            turn_id, pause_id, text = request
+            verdict = await self._read_text(model, text)
+            self._text_read = _TextRead(turn_id, pause_id, verdict)
+            self._maybe_end_early()
 
     async def _read_text(self, model: TextTurnScorer, text: str) -> TextVerdict:
         """The text model's verdict on a decode at a pause, in the shared pool under

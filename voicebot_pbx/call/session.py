@@ -154,6 +154,7 @@ class CallSession:
                 self._group = group
                 stt_worker = group.create_task(self.listener.run_stt())
                 verdicts = group.create_task(self.listener.run_verdicts())
+                text_reads = group.create_task(self.listener.run_text_reads())
                 wrap_up = group.create_task(self._wrap_up_timer())
                 greeting = TurnRecord(turn_id=0, kind="greeting")
                 if self.profile is not None and self.profile.amd:
@@ -169,6 +170,7 @@ class CallSession:
                     self._cancel_no_input()
                     stt_worker.cancel()
                     verdicts.cancel()
+                    text_reads.cancel()
                     wrap_up.cancel()
                     if self._dtmf_task is not None:
                         self._dtmf_task.cancel()
