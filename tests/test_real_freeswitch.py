@@ -126,8 +126,8 @@ def test_greeting_and_a_question_through_socket_and_unicast(bed: Bed) -> None:
 def test_inline_socket_and_a_caller_hanging_up_mid_reply(bed: Bed) -> None:
     """originate ... '&socket(127.0.0.1:<port> async full)' (no dialplan on the bot's
     side); the caller hangs up 2.5 s after the question, inside the ~6 s reply: the record
-    is written. (2.5 s: a decode at the pause that misses the last word can read unfinished,
-    and the turn then waits turn.unfinished_max_silence_ms, 1.5 s, before the reply.)"""
+    is written. (2.5 s: with the text model on, a decode at the pause that misses the last
+    word can read unfinished, and the turn waits turn.unfinished_max_silence_ms, 1.5 s.)"""
     hours = question(bed, "hours2", "when are you open")
     call = bed.run_call([silence(GREETING_S), play(hours), silence(2.5)], mode="inline")
     rec = bed.fs.recording(call)
