@@ -482,7 +482,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                 and verdict.pause_id == taker.pause_id
                 and prev_heard_s < verdict.ready_s < heard_s
                 and gate(verdict.ready_s) == "pass"
-                and passes(verdict.ready_s)
+                and text_gate(verdict.ready_s) == "pass"
             ):
                 ended = taker.end_turn_early(prev_window_s)
                 if ended is not None:
@@ -557,7 +557,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and verdict.pause_id == taker.pause_id
             and verdict.ready_s <= heard_s + EPS_S
             and gate(heard_s) == "pass"
-            and passes(heard_s)
+            and text_gate(heard_s) == "pass"
         ):
             ended = taker.end_turn_early(window_s)
             if ended is not None:
@@ -576,7 +576,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and verdict.pause_id == spec.pause_id == taker.pause_id
             and max(verdict.ready_s, spec.ready_s) <= heard_s + EPS_S
             and gate(heard_s) == "pass"
-            and passes(heard_s)
+            and text_gate(heard_s) == "pass"
         ):
             ended = taker.end_turn_early(window_s, setting.tiebreak_ms)
             if ended is not None:
