@@ -99,3 +99,58 @@ def test_a_config_needing_a_missing_extra_is_named(
     out = captured.out + captured.err
     assert "package_missing" in out and "voicebot-pbx[postgres]" in out
     assert cli.extras_problems(cli.load_config(None)) == []  # the defaults need none
+
+
+def test_call_without_a_bot_or_with_a_bad_wav_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``voicebot-pbx call`` is a newcomer's first try: no bot listening, a port that is not
+    the bot's, or a WAV it cannot read each give one line on stderr and a non-zero exit."""
+    import socket
+    import threading
+
+    import structlog
+
+    wav = tmp_path / "q.wav"
+    write_wav(wav, bytes(1600), 8000)
+    saved = structlog.get_config()
+    # Nobody listens: a port just freed.
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    free_port = probe.getsockname()[1]
+    probe.close()
+    # Something listens but is not the bot: it accepts and closes at once.
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+
+    def accept_and_close() -> None:
+        conn, _ = other.accept()
+        conn.close()
+
+    closer = threading.Thread(target=accept_and_close, daemon=True)
+    closer.start()
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not a wav file")
+    try:
+        refused = main(["call", "--port", str(free_port), "--wav", str(wav), "--no-transcribe"])
+        err_refused = capsys.readouterr().err
+        silent = main(
+            ["call", "--port", str(other.getsockname()[1]), "--wav", str(wav), "--no-transcribe"]
+        )
+        err_silent = capsys.readouterr().err
+        unreadable = main(["call", "--port", str(free_port), "--wav", str(bad)])
+        err_unreadable = capsys.readouterr().err
+    finally:
+        structlog.configure(**saved)
+        closer.join(timeout=5)
+    other_port = other.getsockname()[1]
+    other.close()
+    assert refused == 1 and "connection refused" in err_refused and str(free_port) in err_refused
+    # Closed at once: the caller's frames meet a reset ("connection lost"), or, when it
+    # closes before the first write, "sent no audio (closed the connection)".
+    assert silent == 1 and str(other_port) in err_silent
+    assert "connection lost" in err_silent or "closed the connection" in err_silent
+    assert unreadable == 2 and f"cannot read {bad}" in err_unreadable
+    for err in (err_refused, err_silent, err_unreadable):
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

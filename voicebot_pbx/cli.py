@@ -12,6 +12,7 @@ import errno
 import importlib.metadata
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -209,19 +210,38 @@ def reply_segments(pcm: bytes, rate_hz: int, gap_s: float = 0.6) -> list[bytes]:
 
 
 def _call(args: argparse.Namespace) -> int:
+    import wave
+
     from voicebot_pbx.audio import read_wav, resample, write_wav
     from voicebot_pbx.pbx.caller import Pause, Say, SendDtmf, SimulatedCaller, Step
 
     configure_logging("console", "warning")
     steps: list[Step] = []
     for wav in args.wav or []:
-        pcm, rate_hz = read_wav(wav)
+        try:
+            pcm, rate_hz = read_wav(wav)
+        except (OSError, ValueError, EOFError, wave.Error) as exc:
+            print(f"voicebot-pbx call: cannot read {wav}: {exc}", file=sys.stderr)
+            return 2
         steps.append(Say(resample(pcm, rate_hz, args.rate)))
     if args.dtmf:
         steps.append(SendDtmf(args.dtmf))
     steps.append(Pause(args.linger))
     caller = SimulatedCaller(args.host, args.port, rate_hz=args.rate)
-    result = asyncio.run(caller.run(steps))
+    try:
+        result = asyncio.run(caller.run(steps))
+    except (OSError, TimeoutError) as exc:
+        where = f"{args.host}:{args.port}"
+        if isinstance(exc, TimeoutError):
+            reason = f"no connection within {caller.connect_timeout_s:.0f} s"
+        else:
+            reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+        print(
+            f"voicebot-pbx call: no bot answers AudioSocket at {where} ({reason});"
+            " is `voicebot-pbx serve` running?",
+            file=sys.stderr,
+        )
+        return 1
     if args.record:
         write_wav(args.record, bytes(result.bot_pcm), args.rate)
     said: list[str] = []
@@ -262,6 +282,14 @@ def _call(args: argparse.Namespace) -> int:
             )
         if result.got_hangup:
             print("bot hung up (0x00)")
+    if not result.frames:
+        closed = "closed the connection" if result.closed_by_bot else "stayed silent"
+        print(
+            f"voicebot-pbx call: {args.host}:{args.port} sent no audio ({closed});"
+            " is it a voicebot-pbx AudioSocket port?",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

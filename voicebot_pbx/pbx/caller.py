@@ -122,6 +122,7 @@ class SimulatedCaller:
         reply_timeout_s: float = 15.0,
         greeting_timeout_s: float = 15.0,
         stream_silence: bool = True,
+        connect_timeout_s: float = 5.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -131,6 +132,7 @@ class SimulatedCaller:
         self.reply_timeout_s = reply_timeout_s
         self.greeting_timeout_s = greeting_timeout_s
         self.stream_silence = stream_silence
+        self.connect_timeout_s = connect_timeout_s
         self.result = CallResult(str(self.call_uuid), rate_hz)
         self._frame_s = FRAME_MS / 1000.0
         self._silence = bytes(frame_bytes(rate_hz))
@@ -269,7 +271,8 @@ class SimulatedCaller:
     async def run(self, steps: Sequence[Step], *, hangup_after_s: float = 0.0) -> CallResult:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        reader, writer = await asyncio.open_connection(self.host, self.port, family=family)
+        async with asyncio.timeout(self.connect_timeout_s):
+            reader, writer = await asyncio.open_connection(self.host, self.port, family=family)
         self._writer = writer
         sock = writer.get_extra_info("socket")
         if sock is not None:
