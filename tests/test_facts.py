@@ -190,3 +190,22 @@ def test_a_fact_error_names_the_config_file_even_with_a_profile(tmp_path: Path) 
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(f"{path}: dialogue.reprompt: unknown fact")
+
+
+def test_defaults_started_outside_the_checkout_say_where_facts_were_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default knowledge folder is relative ("knowledge"): started from another folder,
+    the error says the file is not in that folder rather than only "no facts"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        load_config()
+    message = str(raised.value)
+    assert "{{company}}" in message
+    assert f"knowledge/facts.toml, which is not in the current folder {tmp_path}" in message
+    # Inside a folder that has it, the same defaults load.
+    (tmp_path / "knowledge").mkdir()
+    (tmp_path / "knowledge" / "facts.toml").write_text(
+        'company = "Acme"\nphone_hours = "9 to 5"\naddress = "1 Road"\n', encoding="utf-8"
+    )
+    assert "Acme" in load_config().dialogue.greeting

@@ -51,13 +51,21 @@ def _render_tree(value: T, facts: dict[str, str], where: str, source: str) -> T:
     return value
 
 
+def _described(path: Path) -> str:
+    """A facts file as an error names it: a relative one that is not there says where it
+    was looked for (the bot started from another folder than the checkout's)."""
+    if path.is_absolute() or path.is_file():
+        return str(path)
+    return f"{path}, which is not in the current folder {Path.cwd()}"
+
+
 def with_facts(config: Config, source: str) -> Config:
     """``config`` with its ``{{name}}`` settings rendered; ConfigError naming
     the setting and the facts file for an unknown name or a broken facts file."""
     if not _has_placeholder(config):
         return config
     main_dir = Path(config.llm.knowledge_dir or "knowledge")
-    main_source = str(facts_path(main_dir))
+    main_source = _described(facts_path(main_dir))
     try:
         facts = load_facts(main_dir)
         rendered_profiles = []
@@ -65,7 +73,7 @@ def with_facts(config: Config, source: str) -> Config:
             own, own_source = facts, main_source
             if profile.knowledge_dir:
                 own = {**facts, **load_facts(profile.knowledge_dir)}
-                own_source = f"{facts_path(profile.knowledge_dir)} or {main_source}"
+                own_source = f"{_described(facts_path(profile.knowledge_dir))} or {main_source}"
             rendered_profiles.append(_render_tree(profile, own, f"profiles[{i}]", own_source))
         rest = dataclasses.replace(config, profiles=())
         rendered = _render_tree(rest, facts, "", main_source)
