@@ -154,3 +154,41 @@ def test_call_without_a_bot_or_with_a_bad_wav_says_so_in_one_line(
     assert unreadable == 2 and f"cannot read {bad}" in err_unreadable
     for err in (err_refused, err_silent, err_unreadable):
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_originate_without_a_secret_or_an_asterisk_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    import structlog
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    free_port = probe.getsockname()[1]
+    probe.close()
+    config = tmp_path / "v.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[ami]\nport = {free_port}\naction_timeout_s = 0.5\n',
+        encoding="utf-8",
+    )
+    argv = ["originate", "--config", str(config), "--to", "Local/100@callers"]
+    saved = structlog.get_config()
+    try:
+        monkeypatch.delenv("VOICEBOT_AMI_SECRET", raising=False)
+        no_secret = main(argv)
+        err_no_secret = capsys.readouterr().err
+        monkeypatch.setenv("VOICEBOT_AMI_SECRET", "s3cret")
+        no_asterisk = main(argv)
+        err_no_asterisk = capsys.readouterr().err
+        bad_var = main([*argv, "--var", "NOEQUALS"])
+        err_bad_var = capsys.readouterr().err
+    finally:
+        structlog.configure(**saved)
+    assert no_secret == 1 and "AMI secret is empty" in err_no_secret
+    assert no_asterisk == 1 and f"no AMI login at 127.0.0.1:{free_port}" in err_no_asterisk
+    assert bad_var == 2 and "'NOEQUALS' is not NAME=VALUE" in err_bad_var
+    for err in (err_no_secret, err_no_asterisk, err_bad_var):
+        assert "Traceback" not in err
+        assert len([line for line in err.splitlines() if "voicebot-pbx originate" in line]) == 1
+    assert not (tmp_path / "state" / "outbound.jsonl").exists()

@@ -308,6 +308,7 @@ async def originate_call(
     import uuid
 
     from voicebot_pbx.pbx.ami import AmiClient
+    from voicebot_pbx.pbx.ami_codec import AmiNotConnected
     from voicebot_pbx.pbx.ami_originate import originate
 
     call_uuid = str(uuid.uuid4())
@@ -317,7 +318,11 @@ async def originate_call(
     ami = AmiClient(config.ami)
     await ami.start()
     try:
-        await ami.wait_connected(config.ami.action_timeout_s)
+        if not await ami.wait_connected(config.ami.action_timeout_s):
+            raise AmiNotConnected(
+                f"no AMI login at {config.ami.host}:{config.ami.port} within"
+                f" {config.ami.action_timeout_s:g} s (is Asterisk running, [ami] right?)"
+            )
         result = await originate(
             ami,
             to,
@@ -348,14 +353,24 @@ async def originate_call(
 
 
 def _originate(args: argparse.Namespace) -> int:
+    from voicebot_pbx.pbx.ami_codec import AmiError
+
     config = load_config(args.config)
     configure_logging(config.log.format, config.log.level)
+    bad = [v for v in args.var or [] if "=" not in v]
+    if bad:
+        print(f"voicebot-pbx originate: --var {bad[0]!r} is not NAME=VALUE", file=sys.stderr)
+        return 2
     variables = dict(v.split("=", 1) for v in args.var or [])
-    outcome = asyncio.run(
-        originate_call(
-            config, args.to, caller_id=args.caller_id, profile=args.profile, variables=variables
+    try:
+        outcome = asyncio.run(
+            originate_call(
+                config, args.to, caller_id=args.caller_id, profile=args.profile, variables=variables
+            )
         )
-    )
+    except AmiError as exc:
+        print(f"voicebot-pbx originate: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(outcome, indent=2))
     return 0 if outcome["outcome"] == "answered" else 1
 
