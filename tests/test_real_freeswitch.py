@@ -23,6 +23,7 @@ from tests.realpbx.bot import BotProcess
 from tests.realpbx.freeswitch import Call, FreeSwitch, Recording, Step, dtmf, play, silence
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
 from voicebot_pbx.ops.records import CallRecord
+from voicebot_pbx.testing import tone
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.models, pytest.mark.slow]
 
@@ -31,6 +32,10 @@ GOODBYE_REPLY = "Thank you for calling. Goodbye!"
 TRANSFER_REPLY = "Please hold while I transfer you to an agent."
 GREETING_S = 6.0  # the greeting (~3.7 s) plays while the caller waits
 AGENTS_TONE_HZ = 1000.0  # what the "agents" extension plays (freeswitch.xml)
+# Outbound calls with answering-machine detection (issue #23): the profile the callee's
+# channel names in VOICEBOT_PROFILE.
+OPENING = "Hello, this is Northwind Energy calling about your meter reading."
+VOICEMAIL = "This is Northwind Energy. Please call us back about your meter reading."
 
 
 @dataclass
@@ -70,6 +75,12 @@ enabled = true
 port = {esl_port}
 udp_port_min = {udp_min}
 udp_port_max = {udp_min + 49}
+
+[[profiles]]
+name = "outbound"
+greeting = "{OPENING}"
+voicemail_message = "{VOICEMAIL}"
+amd = true
 """,
     )
     try:
@@ -271,3 +282,50 @@ def test_a_campaign_dials_through_freeswitch_into_the_bot(bed: Bed, tmp_path: Pa
         time.sleep(0.3)
     (record,) = [r for r in bed.bot.records() if r.call_id in answered]
     assert [t.kind for t in record.turns][:1] == ["greeting"]
+
+
+def _outbound_call(bed: Bed, steps: list[Step]) -> tuple[Call, Recording, CallRecord]:
+    call = bed.fs.call(steps, variables={"VOICEBOT_PROFILE": "outbound"})
+    bed.fs.wait_call_gone(call, 60.0)
+    return call, bed.fs.recording(call), bed.record(call)
+
+
+def test_answering_machine_detection_lets_a_person_hear_the_opening(bed: Bed) -> None:
+    """Issue #23 through the real FreeSWITCH: the callee says "hello?" and waits; the
+    detector calls it a person and the opening plays after the hello, not over it."""
+    hello = bed.fs.sound("amd_hello", question_pcm("Hello?"))
+    call, rec, record = _outbound_call(bed, [silence(0.5), play(hello), silence(9.0)])
+    greeting = record.turns[0]
+    assert greeting.kind == "greeting" and greeting.reply_text == OPENING, bed.bot.log_tail()
+    assert greeting.fallbacks[0].startswith("amd_human:"), greeting.fallbacks
+    (said_hello, *_) = said_segments(rec)
+    first = heard_after(rec, 0.0)
+    assert first is not None and first >= said_hello[1], "nothing over the hello"
+    # The hello was the detector's: no dialogue turn was made of it.
+    assert not speech_turns(record)
+
+
+def test_answering_machine_detection_leaves_the_message_after_the_beep(bed: Bed) -> None:
+    """A voicemail greeting, then its beep: the bot stays silent through the greeting,
+    leaves the profile's message after the beep and hangs up (end reason "voicemail")."""
+    greeting = question_pcm(
+        "Hi, you have reached the Taylor household. We can't take your call right now."
+        " Please leave a message after the tone."
+    )
+    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    machine = bed.fs.sound("amd_machine", greeting + bytes(3200) + beep)
+    call, rec, record = _outbound_call(bed, [silence(0.5), play(machine), silence(12.0)])
+    turn = record.turns[0]
+    assert turn.fallbacks[0].startswith("amd_machine:"), (turn.fallbacks, bed.bot.log_tail())
+    assert turn.reply_text == VOICEMAIL and turn.intent == "voicemail"
+    assert record.end_reason == "voicemail"
+    said = said_segments(rec)
+    beep_end_s = said[-1][1]  # the beep is the last thing the callee plays
+    assert peak_hz(
+        rec.said[int((beep_end_s - 0.3) * rec.rate_hz) : int(beep_end_s * rec.rate_hz)], rec.rate_hz
+    ) == pytest.approx(1000.0, abs=20.0)
+    first = heard_after(rec, 0.0)
+    assert first is not None and first >= beep_end_s, "silent until the beep has ended"
+    # The message was left: the callee heard about as long a reply as the message takes.
+    heard = voiced_windows(rec.heard, rec.rate_hz)
+    assert heard.sum() * 0.01 > 2.0

@@ -27,7 +27,7 @@ import subprocess
 import time
 import uuid
 import wave
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -226,15 +226,22 @@ class FreeSwitch:
             w.writeframes(pcm_8k)
         return str(path)
 
-    def call(self, steps: Sequence[Step], mode: str = "dialplan") -> Call:
+    def call(
+        self,
+        steps: Sequence[Step],
+        mode: str = "dialplan",
+        variables: Mapping[str, str] | None = None,
+    ) -> Call:
         """Place a test call whose caller runs ``steps``.
 
         ``mode``: ``dialplan`` (the bot half runs ``tobot_<tag>``: socket from the XML
         dialplan, the dialplan going on after it), ``static`` (the same without ``async``)
         or ``inline`` (``originate ...
-        '&socket(127.0.0.1:<port> async full)'``, nothing after it)."""
+        '&socket(127.0.0.1:<port> async full)'``, nothing after it). ``variables``: channel
+        variables of the bot's half (``VOICEBOT_PROFILE``), set on the originate."""
         tag = "c" + uuid.uuid4().hex[:12]
         bot_uuid = str(uuid.uuid4())
+        extra = "".join(f",{name}={value}" for name, value in (variables or {}).items())
         actions = [
             Step("answer"),
             Step("set", "RECORD_STEREO=true"),
@@ -256,17 +263,17 @@ class FreeSwitch:
             raise AssertionError(f"reloadxml: {out}")
         if mode == "dialplan":
             command = (
-                f"originate {{origination_uuid={bot_uuid}}}loopback/caller_{tag}/default "
+                f"originate {{origination_uuid={bot_uuid}{extra}}}loopback/caller_{tag}/default "
                 f"tobot_{tag} XML default"
             )
         elif mode == "static":
             command = (
-                f"originate {{origination_uuid={bot_uuid}}}loopback/caller_{tag}/default "
+                f"originate {{origination_uuid={bot_uuid}{extra}}}loopback/caller_{tag}/default "
                 f"tobotstatic_{tag} XML default"
             )
         elif mode == "inline":
             command = (
-                f"originate {{origination_uuid={bot_uuid},vb_tag={tag}}}"
+                f"originate {{origination_uuid={bot_uuid},vb_tag={tag}{extra}}}"
                 f"loopback/caller_{tag}/default "
                 f"'&socket(127.0.0.1:{self.bot_port} async full)'"
             )
