@@ -329,3 +329,15 @@ def test_answering_machine_detection_leaves_the_message_after_the_beep(bed: Bed)
     # The message was left: the callee heard about as long a reply as the message takes.
     heard = voiced_windows(rec.heard, rec.rate_hz)
     assert heard.sum() * 0.01 > 2.0
+
+
+def test_answering_machine_detection_prompts_a_silent_line(bed: Bed) -> None:
+    """A callee who answers and says nothing (frames of silence) hears the opening as its
+    prompt once ``[amd] initial_silence_ms`` (2.5 s) has passed without a word."""
+    call, rec, record = _outbound_call(bed, [silence(6.0)])
+    greeting = record.turns[0]
+    assert greeting.fallbacks[0] == "amd_silence:initial_silence", greeting.fallbacks
+    assert greeting.reply_text == OPENING
+    first = heard_after(rec, 0.0)
+    assert first is not None and first >= 2.5, "not before the initial silence has passed"
+    assert first < 4.5, "the opening is the prompt, not a later no-input prompt (8 s)"
