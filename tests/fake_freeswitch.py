@@ -25,7 +25,9 @@ Sources (signalwire/freeswitch):
 - ``src/mod/applications/mod_commands/mod_commands.c``: ``uuid_transfer`` ("+OK\\n",
   "-ERR No Such Channel!\\n", "-USAGE: ...") and ``uuid_break`` (writes nothing on success);
   ``uuid_setvar <uuid> <var> [value]`` (split at the first two spaces, so the value keeps
-  its spaces; "+OK\\n", "-ERR No such channel!\\n"; no value unsets).
+  its spaces; "+OK\\n", "-ERR No such channel!\\n"; no value unsets); ``uuid_getvar <uuid>
+  <var>`` (the value, "_undef_" when unset, "-ERR No such channel!", "-USAGE: <uuid> <var>":
+  as the real 1.10.12 answers them in the test bed).
 - ``src/switch_ivr.c``: ``switch_ivr_parse_event`` (call-command unicast / hangup /
   execute), ``switch_ivr_activate_unicast`` (always a UDP socket, ``tcp`` or not; bind
   local-ip:local-port; L16 at the read rate), ``switch_ivr_park`` (one datagram per frame
@@ -410,6 +412,12 @@ class FakeFreeSwitch:
             else:
                 self.variables.pop(parts[1], None)
             return "+OK\n", None
+        if cmd == "uuid_getvar":  # checked against the real 1.10.12 (test bed)
+            if len(argv) < 2:
+                return "-USAGE: <uuid> <var>\n", None
+            if argv[0] != self.uuid or not self.channel_up:
+                return "-ERR No such channel!\n", None
+            return f"{self.variables.get(argv[1], '_undef_')}\n", None
         if cmd == "uuid_break":
             if not argv:
                 return "-USAGE: <uuid> [all]\n", None

@@ -378,6 +378,36 @@ def test_profile_comes_from_the_channel_variable() -> None:
     run(main)
 
 
+def test_channel_variables_come_with_the_call_or_from_uuid_getvar() -> None:
+    """A campaign call's VOICEBOT_CAMPAIGN (set by the originate) is read from the connect
+    reply; one set on the channel since is read with ``uuid_getvar``; an unset one, or a
+    call not being served, is None (the opt-out and the machine verdict need them)."""
+
+    async def main() -> None:
+        got: list[str | None] = []
+
+        async def read(media: CallMedia) -> None:
+            await asyncio.sleep(0.1)
+            got.append(await server.get_var(media.call_id, "VOICEBOT_CAMPAIGN"))
+            assert await server.set_vars(media.call_id, {"LATER": "set after connect"})
+            got.append(await server.get_var(media.call_id, "LATER"))
+            got.append(await server.get_var(media.call_id, "NEVER_SET"))
+            got.append(await server.get_var("no-such-call", "VOICEBOT_CAMPAIGN"))
+
+        script = Script(action=read)
+        async with bot(script) as server:
+            fs = await dial(server, variables={"VOICEBOT_CAMPAIGN": "spring"})
+            await until(lambda: len(got) == 4)
+            await fs.hang_up()
+            await asyncio.wait_for(script.ended.wait(), 5.0)
+        assert got == ["spring", "set after connect", None, None]
+        getvars = [c.arg for c in fs.commands if c.arg.startswith("uuid_getvar")]
+        # The originate's variable needed no lookup.
+        assert getvars == [f"uuid_getvar {fs.uuid} LATER", f"uuid_getvar {fs.uuid} NEVER_SET"]
+
+    run(main)
+
+
 # --- through the real session -------------------------------------------------------------------
 
 HOURS = 440

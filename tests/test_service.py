@@ -467,3 +467,38 @@ def test_a_failed_rasa_start_is_retried_with_back_off(
     assert len(attempts) == 3
     assert attempts[1] - attempts[0] >= 0.05 and attempts[2] - attempts[1] >= 0.1  # backed off
     assert capsys.readouterr().out.count("rasa_unavailable") == 2
+
+
+def test_routed_control_asks_freeswitch_about_its_own_calls() -> None:
+    """A FreeSWITCH call's channel variables come from its event socket, an Asterisk call's
+    over AMI (a campaign's opt-out and machine verdict read VOICEBOT_CAMPAIGN this way;
+    before, a FreeSWITCH call always got None)."""
+    from voicebot_pbx.ops.service import RoutedControl
+
+    class Freeswitch:
+        calls = {"fs-call": object()}
+
+        async def get_var(self, call_id: str, name: str) -> str | None:
+            return f"esl:{call_id}:{name}"
+
+    class Ami:
+        async def get_var(self, call_id: str, name: str) -> str | None:
+            return f"ami:{call_id}:{name}"
+
+    both = RoutedControl(Freeswitch(), Ami())  # type: ignore[arg-type]
+    alone = RoutedControl(Freeswitch(), None)  # type: ignore[arg-type]
+
+    async def main() -> list[str | None]:
+        return [
+            await both.get_var("fs-call", "VOICEBOT_CAMPAIGN"),
+            await both.get_var("ast-call", "VOICEBOT_CAMPAIGN"),
+            await alone.get_var("fs-call", "VOICEBOT_CONTACT"),
+            await alone.get_var("ast-call", "VOICEBOT_CONTACT"),
+        ]
+
+    assert asyncio.run(main()) == [
+        "esl:fs-call:VOICEBOT_CAMPAIGN",
+        "ami:ast-call:VOICEBOT_CAMPAIGN",
+        "esl:fs-call:VOICEBOT_CONTACT",
+        None,
+    ]

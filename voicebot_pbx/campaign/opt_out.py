@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import structlog
+
 from voicebot_pbx.campaign.policy import retry_after_s
 from voicebot_pbx.campaign.state import CampaignStore, store_path
 from voicebot_pbx.config import Config
@@ -31,6 +33,8 @@ _OPT_OUT = re.compile(
     r"|unsubscribe|opt( me)? out"
     r")\b"
 )
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 OptOutOutcome = Literal["listed", "already_listed", "not_campaign", "failed"]
@@ -117,6 +121,13 @@ async def note_machine(
             marked: bool = await run_blocking(
                 _mark_machine, store_path(config), config, campaign, call_id
             )
-            return marked
-    except Exception:
+    except Exception as exc:
+        log.warning("campaign_machine_not_noted", error=f"{type(exc).__name__}: {exc}"[:200])
         return False
+    if not marked:
+        log.warning(
+            "campaign_machine_not_noted",
+            campaign=campaign,
+            error=f"no answered attempt {call_id} in {store_path(config)}",
+        )
+    return marked

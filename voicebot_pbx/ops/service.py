@@ -418,9 +418,11 @@ class RoutedControl:
         return False
 
     async def get_var(self, call_id: str, name: str) -> str | None:
-        if self.ami is None or (self.freeswitch is not None and call_id in self.freeswitch.calls):
-            return None
-        return await self.ami.get_var(call_id, name)
+        if self.freeswitch is not None and call_id in self.freeswitch.calls:
+            return await self.freeswitch.get_var(call_id, name)
+        if self.ami is not None:
+            return await self.ami.get_var(call_id, name)
+        return None
 
 
 @dataclass(slots=True)

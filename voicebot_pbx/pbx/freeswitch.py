@@ -175,6 +175,28 @@ class FreeswitchCall(CallState):
         log.info("transferred", target=target)
         return True
 
+    async def get_var(self, name: str) -> str | None:
+        """A channel variable: as it came with the call (the connect reply, e.g. what the
+        originate set: VOICEBOT_CAMPAIGN), else ``api uuid_getvar <uuid> <name>`` for one set
+        since; None when unset ("_undef_"), refused or unreachable."""
+        known = self.info.variables.get(name)
+        if known:
+            return known
+        if self.closed or not esl.TOKEN.fullmatch(name):
+            return None
+        command = f"uuid_getvar {self.call_id} {name}"
+        try:
+            reply = await self._link.command(
+                esl.encode_api(command), self._config.command_timeout_s
+            )
+        except EslError as exc:
+            log.warning("getvar_failed", variable=name, error=exc.reason)
+            return None
+        text = reply.text.strip() if reply.content_type == "api/response" else ""
+        if not text or text == "_undef_" or text.startswith(("-ERR", "-USAGE")):
+            return None
+        return text
+
     async def set_vars(self, variables: Mapping[str, str]) -> bool:
         """``api uuid_setvar <uuid> <name> <value>`` per variable ("+OK"); mod_commands
         splits the command at its first two spaces, so a value may hold spaces."""
@@ -501,9 +523,10 @@ class FreeswitchServer(CallServer["FreeswitchCall"]):
         return False if call is None else await call.set_vars(variables)
 
     async def get_var(self, call_id: str, name: str) -> str | None:
-        """The channel's variables came with the call (``FreeswitchCall.profile``): no
-        separate lookup is made."""
-        return None
+        """A channel variable of a call being served (``FreeswitchCall.get_var``): a
+        campaign call's VOICEBOT_CAMPAIGN / VOICEBOT_CONTACT for an opt-out or a machine."""
+        call = self.calls.get(call_id)
+        return None if call is None else await call.get_var(name)
 
     async def break_playback(self, call_id: str) -> bool:
         call = self.calls.get(call_id)
