@@ -255,21 +255,28 @@ def test_the_caller_is_not_heard_while_freeswitch_itself_plays(bed: Bed) -> None
     assert record.end_reason == "caller_hangup"
 
 
+def campaign_config(bed: Bed, folder: Path) -> tuple[Path, dict[str, str]]:
+    """The bot's own config (same state_dir, so the bot can mark machines in the campaign
+    store) with the campaign dialling through this FreeSWITCH's event socket."""
+    import os
+
+    text = (bed.bot.folder / "voicebot.toml").read_text()
+    text = text.replace("[freeswitch]\n", f"[freeswitch]\nesl_port = {bed.fs.esl_port}\n", 1)
+    text += '\n[campaign]\npbx = "freeswitch"\nchannel = "loopback/{number}/default"\n'
+    config = folder / "campaign.toml"
+    config.write_text(text + CAMPAIGN_SETTINGS)
+    return config, {**os.environ, "VOICEBOT_FREESWITCH_PASSWORD": bed.fs.esl_password}
+
+
 def test_a_campaign_dials_through_freeswitch_into_the_bot(bed: Bed, tmp_path: Path) -> None:
     """Issue #23 over the event socket: ``campaign run`` with ``pbx = "freeswitch"``
     originates each contact with ``'&socket(bot async full)'``; the answered contact reaches
     the bot under the campaign's call id, a busy one is retried once, a number on the
     do-not-call list is never dialled, and running it again dials nobody."""
-    import os
 
     from voicebot_pbx.campaign.state import CampaignStore
 
-    text = (bed.bot.folder / "voicebot.toml").read_text()
-    text = text.replace("[freeswitch]\n", f"[freeswitch]\nesl_port = {bed.fs.esl_port}\n", 1)
-    text += '\n[campaign]\npbx = "freeswitch"\nchannel = "loopback/{number}/default"\n'
-    config = tmp_path / "campaign.toml"
-    config.write_text(text + CAMPAIGN_SETTINGS)
-    env = {**os.environ, "VOICEBOT_FREESWITCH_PASSWORD": bed.fs.esl_password}
+    config, env = campaign_config(bed, tmp_path)
     run_campaign_through(config, env, tmp_path)
     store = CampaignStore(bed.bot.state_dir / "campaigns.sqlite")
     try:
@@ -341,3 +348,115 @@ def test_answering_machine_detection_prompts_a_silent_line(bed: Bed) -> None:
     first = heard_after(rec, 0.0)
     assert first is not None and first >= 2.5, "not before the initial silence has passed"
     assert first < 4.5, "the opening is the prompt, not a later no-input prompt (8 s)"
+
+
+def test_a_campaign_contact_answered_by_a_machine_is_left_the_message_and_retried(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """Issue #23 end to end through FreeSWITCH: ``campaign run`` dials a contact of the
+    outbound profile whose line is an answering machine (73xxx); the bot detects it, leaves
+    the message after the beep and hangs up, and the campaign's store then counts the
+    attempt as ``machine`` with the contact due again after ``machine_retries_s``."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.realpbx import ROOT
+
+    greeting = question_pcm(
+        "Hello, you have reached Dee. I can't come to the phone. Leave a message after the tone."
+    )
+    bed.fs.sound("machine", greeting + bytes(3200) + tone(0.5, 8000, 1000.0, level=0.4))
+    config, env = campaign_config(bed, tmp_path)
+    contacts = tmp_path / "machines.csv"
+    contacts.write_text("number,name,profile\n73001,Dee,outbound\n")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "voicebot_pbx.cli", "campaign", *args]
+        return subprocess.run(
+            [*command, "--config", str(config)],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    started = time.time()
+    run = cli("run", str(contacts), "--once")
+    assert run.returncode == 0, run.stdout + run.stderr
+    deadline = time.monotonic() + 45.0
+    while True:
+        status = cli("status", "machines", "--json")
+        assert status.returncode == 0, status.stderr
+        (summary,) = json.loads(status.stdout)
+        if summary["attempts"].get("machine"):
+            break
+        assert time.monotonic() < deadline, (summary, bed.bot.log_tail())
+        time.sleep(0.5)
+    assert summary["attempts"] == {"machine": 1}, summary
+    from voicebot_pbx.campaign.state import CampaignStore
+
+    store = CampaignStore(bed.bot.state_dir / "campaigns.sqlite")
+    try:
+        (call_id,) = store.call_ids("machines", outcome="machine")
+        next_at = store.next_due_at("machines")
+    finally:
+        store.close()
+    # Due again after the first machine retry (7200 s by default), not now.
+    assert next_at is not None and next_at >= started + 7000.0
+    deadline = time.monotonic() + 30.0
+    while not [r for r in bed.bot.records() if r.call_id == call_id and r.ended_at]:
+        assert time.monotonic() < deadline, bed.bot.log_tail()
+        time.sleep(0.3)
+    (record,) = [r for r in bed.bot.records() if r.call_id == call_id]
+    assert record.end_reason == "voicemail"
+    assert record.turns[0].reply_text == VOICEMAIL
+    assert record.turns[0].fallbacks[0].startswith("amd_machine:")
+
+
+def test_a_campaign_callee_who_says_stop_calling_me_goes_on_the_do_not_call_list(
+    bed: Bed, tmp_path: Path
+) -> None:
+    """Issue #23 item 3 through FreeSWITCH: the callee (74xxx) hears the greeting, says
+    "please stop calling me"; the bot reads the call's campaign from its channel variables,
+    puts the number on the do-not-call list, confirms and hangs up."""
+    import subprocess
+    import sys
+
+    from tests.realpbx import ROOT
+    from voicebot_pbx.campaign.state import CampaignStore
+
+    bed.fs.sound("optout", question_pcm("Please stop calling me."))
+    config, env = campaign_config(bed, tmp_path)
+    contacts = tmp_path / "optouts.csv"
+    contacts.write_text("number,name\n74001,Eve\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "voicebot_pbx.cli", "campaign", "run", str(contacts), "--once"]
+        + ["--config", str(config)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    store = CampaignStore(bed.bot.state_dir / "campaigns.sqlite")
+    try:
+        (call_id,) = store.call_ids("optouts", outcome="answered")
+    finally:
+        store.close()
+    deadline = time.monotonic() + 40.0
+    while not [r for r in bed.bot.records() if r.call_id == call_id and r.ended_at]:
+        assert time.monotonic() < deadline, bed.bot.log_tail()
+        time.sleep(0.3)
+    (record,) = [r for r in bed.bot.records() if r.call_id == call_id]
+    assert any(t.intent == "opt_out" for t in record.turns), [
+        (t.transcript, t.intent, t.reply_text) for t in record.turns
+    ]
+    store = CampaignStore(bed.bot.state_dir / "campaigns.sqlite")
+    try:
+        listed = {number: source for number, _, source in store.dnc_numbers()}
+    finally:
+        store.close()
+    assert listed.get("74001") == "opt_out:optouts", listed
