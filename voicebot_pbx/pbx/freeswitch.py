@@ -158,15 +158,11 @@ class FreeswitchCall(CallState):
         )
         self._transfer_pending = True
         try:
-            reply = await self._link.command(
-                esl.encode_api(command), self._config.command_timeout_s
-            )
-        except EslError as exc:
-            log.warning("transfer_failed", target=target, error=exc.reason)
-            return False
+            text = await self._api(command, "transfer_failed", target=target)
         finally:
             self._transfer_pending = False
-        text = reply.text.strip() if reply.content_type == "api/response" else reply.reply_text
+        if text is None:
+            return False
         if not text.startswith("+OK"):
             log.warning("transfer_failed", target=target, reply=text[:120])
             return False
@@ -184,15 +180,7 @@ class FreeswitchCall(CallState):
             return known
         if self.closed or not esl.TOKEN.fullmatch(name):
             return None
-        command = f"uuid_getvar {self.call_id} {name}"
-        try:
-            reply = await self._link.command(
-                esl.encode_api(command), self._config.command_timeout_s
-            )
-        except EslError as exc:
-            log.warning("getvar_failed", variable=name, error=exc.reason)
-            return None
-        text = reply.text.strip() if reply.content_type == "api/response" else ""
+        text = await self._api(f"uuid_getvar {self.call_id} {name}", "getvar_failed", variable=name)
         if not text or text == "_undef_" or text.startswith(("-ERR", "-USAGE")):
             return None
         return text
@@ -207,15 +195,10 @@ class FreeswitchCall(CallState):
                 ok = False
                 continue
             command = f"uuid_setvar {self.call_id} {name} {value}"
-            try:
-                reply = await self._link.command(
-                    esl.encode_api(command), self._config.command_timeout_s
-                )
-            except EslError as exc:
-                log.warning("setvar_failed", variable=name, error=exc.reason)
+            text = await self._api(command, "setvar_failed", variable=name)
+            if text is None:
                 ok = False
                 continue
-            text = reply.text.strip() if reply.content_type == "api/response" else reply.reply_text
             if not text.startswith("+OK"):
                 log.warning("setvar_failed", variable=name, reply=text[:120])
                 ok = False
@@ -237,6 +220,19 @@ class FreeswitchCall(CallState):
         if not ok:
             log.info("uuid_break_failed", reply=text[:120])
         return ok
+
+    async def _api(self, command: str, failed: str, **fields: str) -> str | None:
+        """``api <command>`` on this call's socket: mod_commands' output (api/response), or
+        the reply text when the socket refused the command; None, after one ``failed`` log
+        line, when the link failed or timed out."""
+        try:
+            reply = await self._link.command(
+                esl.encode_api(command), self._config.command_timeout_s
+            )
+        except EslError as exc:
+            log.warning(failed, error=exc.reason, **fields)
+            return None
+        return reply.text.strip() if reply.content_type == "api/response" else reply.reply_text
 
     async def _try_command(self, what: str, raw: bytes) -> bool:
         try:
