@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.realpbx import CAMPAIGN_SETTINGS, free_port, run_campaign_through
+from tests.realpbx import CAMPAIGN_SETTINGS, campaign_cli, free_port, run_campaign_through
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.freeswitch import Call, FreeSwitch, Recording, Step, dtmf, play, silence
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
@@ -50,13 +50,17 @@ class Bed:
 
     def record(self, call: Call, timeout_s: float = 15.0) -> CallRecord:
         """The finished call record of ``call`` (its id is the bot half's channel UUID)."""
+        return self.record_of(call.uuid, timeout_s)
+
+    def record_of(self, call_id: str, timeout_s: float = 15.0) -> CallRecord:
+        """The finished call record with this id (a campaign call's is the campaign's)."""
         deadline = time.monotonic() + timeout_s
         while True:
             for record in self.bot.records():
-                if record.call_id == call.uuid and record.ended_at:
+                if record.call_id == call_id and record.ended_at:
                     return record
             if time.monotonic() > deadline:
-                raise AssertionError(f"no call record for {call}: {self.bot.log_tail()}")
+                raise AssertionError(f"no call record for {call_id}: {self.bot.log_tail()}")
             time.sleep(0.2)
 
 
@@ -358,10 +362,6 @@ def test_a_campaign_contact_answered_by_a_machine_is_left_the_message_and_retrie
     the message after the beep and hangs up, and the campaign's store then counts the
     attempt as ``machine`` with the contact due again after ``machine_retries_s``."""
     import json
-    import subprocess
-    import sys
-
-    from tests.realpbx import ROOT
 
     greeting = question_pcm(
         "Hello, you have reached Dee. I can't come to the phone. Leave a message after the tone."
@@ -371,23 +371,12 @@ def test_a_campaign_contact_answered_by_a_machine_is_left_the_message_and_retrie
     contacts = tmp_path / "machines.csv"
     contacts.write_text("number,name,profile\n73001,Dee,outbound\n")
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "voicebot_pbx.cli", "campaign", *args]
-        return subprocess.run(
-            [*command, "--config", str(config)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
     started = time.time()
-    run = cli("run", str(contacts), "--once")
+    run = campaign_cli(config, env, "run", str(contacts), "--once")
     assert run.returncode == 0, run.stdout + run.stderr
     deadline = time.monotonic() + 45.0
     while True:
-        status = cli("status", "machines", "--json")
+        status = campaign_cli(config, env, "status", "machines", "--json")
         assert status.returncode == 0, status.stderr
         (summary,) = json.loads(status.stdout)
         if summary["attempts"].get("machine"):
@@ -405,11 +394,8 @@ def test_a_campaign_contact_answered_by_a_machine_is_left_the_message_and_retrie
         store.close()
     # Due again after the first machine retry (7200 s by default), not now.
     assert next_at is not None and next_at >= started + 7000.0
-    deadline = time.monotonic() + 30.0
-    while not [r for r in bed.bot.records() if r.call_id == call_id and r.ended_at]:
-        assert time.monotonic() < deadline, bed.bot.log_tail()
-        time.sleep(0.3)
-    (record,) = [r for r in bed.bot.records() if r.call_id == call_id]
+    record = bed.record_of(call_id, timeout_s=30.0)
+    assert [r.call_id for r in bed.bot.records()].count(call_id) == 1
     assert record.end_reason == "voicemail"
     assert record.turns[0].reply_text == VOICEMAIL
     assert record.turns[0].fallbacks[0].startswith("amd_machine:")
@@ -421,36 +407,21 @@ def test_a_campaign_callee_who_says_stop_calling_me_goes_on_the_do_not_call_list
     """Issue #23 item 3 through FreeSWITCH: the callee (74xxx) hears the greeting, says
     "please stop calling me"; the bot reads the call's campaign from its channel variables,
     puts the number on the do-not-call list, confirms and hangs up."""
-    import subprocess
-    import sys
-
-    from tests.realpbx import ROOT
     from voicebot_pbx.campaign.state import CampaignStore
 
     bed.fs.sound("optout", question_pcm("Please stop calling me."))
     config, env = campaign_config(bed, tmp_path)
     contacts = tmp_path / "optouts.csv"
     contacts.write_text("number,name\n74001,Eve\n")
-    run = subprocess.run(
-        [sys.executable, "-m", "voicebot_pbx.cli", "campaign", "run", str(contacts), "--once"]
-        + ["--config", str(config)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = campaign_cli(config, env, "run", str(contacts), "--once")
     assert run.returncode == 0, run.stdout + run.stderr
     store = CampaignStore(bed.bot.state_dir / "campaigns.sqlite")
     try:
         (call_id,) = store.call_ids("optouts", outcome="answered")
     finally:
         store.close()
-    deadline = time.monotonic() + 40.0
-    while not [r for r in bed.bot.records() if r.call_id == call_id and r.ended_at]:
-        assert time.monotonic() < deadline, bed.bot.log_tail()
-        time.sleep(0.3)
-    (record,) = [r for r in bed.bot.records() if r.call_id == call_id]
+    record = bed.record_of(call_id, timeout_s=40.0)
+    assert [r.call_id for r in bed.bot.records()].count(call_id) == 1
     assert any(t.intent == "opt_out" for t in record.turns), [
         (t.transcript, t.intent, t.reply_text) for t in record.turns
     ]

@@ -175,26 +175,31 @@ CAMPAIGN_SETTINGS = (
 )
 
 
+def campaign_cli(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``voicebot-pbx campaign ARGS --config CONFIG`` as its own process (as an admin runs it)."""
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "voicebot_pbx.cli", "campaign", *args, "--config", str(config)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def run_campaign_through(config: Path, env: dict[str, str], folder: Path) -> None:
     """``voicebot-pbx campaign`` with ``config`` against the test beds' callees (71xxx
     answers, 72xxx is busy): one answered, one busy twice, one on the do-not-call list never
     dialled, and a rerun of the same campaign dials nobody."""
     import json
-    import subprocess
-    import sys
 
     contacts = folder / "contacts.csv"
     contacts.write_text("number,name\n71001,Ada\n72001,Bob\n71002,Cy\n")
 
     def cli(*args: str) -> tuple[int, dict[str, object], str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "voicebot_pbx.cli", "campaign", *args, "--config", str(config)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = campaign_cli(config, env, *args)
         start = done.stdout.find("{")
         summary = json.loads(done.stdout[start:]) if start >= 0 else {}
         return done.returncode, summary, done.stdout + done.stderr
