@@ -257,6 +257,12 @@ class Result:
     respond_ms: float = 0.0
     stt_ms: float | None = None
     fallbacks: list[str] = field(default_factory=list)
+    # The router asked back ("Just to check, are you asking: ..."): the passage it named and
+    # the simulated caller's answer ("yes" only when it is the item's own entry).
+    confirm: str = ""
+    confirm_passage: str = ""
+    # The answer offered a transfer: did "yes please" to it transfer?
+    offer_taken: bool | None = None
     outcome: str = ""
     why: str = ""
 
@@ -404,10 +410,12 @@ async def transcribe(engines: Engines, config: Config, pcm: bytes, rate_hz: int)
         stream.close()
 
 
-async def ask(brain: Dialogue, config: Config, item_id: str, text: str, result: Result) -> None:
-    """One call with one caller turn, answered as the session answers it."""
-    call = CallInfo(call_id=f"eval-answers-{item_id}-{uuid.uuid4().hex[:8]}", pbx="bench")
-    await brain.start(call)
+async def _turn(
+    brain: Dialogue, config: Config, call: CallInfo, text: str, result: Result
+) -> DialogueTurn:
+    """One caller turn, answered as the session answers it, into ``result``'s answer fields."""
+    result.replies, result.sentences, result.passages = [], [], []
+    result.composed, result.rejected, result.answer, result.hold = False, "", "", False
     started = time.perf_counter()
     try:
         async with asyncio.timeout(config.dialogue.timeout_s):
@@ -420,7 +428,7 @@ async def ask(brain: Dialogue, config: Config, item_id: str, text: str, result: 
     result.intent, result.confidence, result.source = turn.intent, turn.confidence, turn.source
     result.fallbacks.extend(turn.fallbacks)
     result.replies = [r.text for r in turn.replies if r.text]
-    result.passages = list(getattr(turn, "sources", ()))
+    result.passages = list(turn.sources)
     composed = turn.composed
     if composed is None:
         result.first_ms = result.respond_ms
@@ -447,6 +455,30 @@ async def ask(brain: Dialogue, config: Config, item_id: str, text: str, result: 
                     result.passages = list(item.sources)
                 item = await anext(stream, None)
     _answer_for(result)
+    return turn
+
+
+async def ask(
+    brain: Dialogue,
+    config: Config,
+    item: answers_dataset.Item,
+    result: Result,
+    headings: dict[str, str],
+) -> None:
+    """One call: the item's question; when the bot asks back which passage is meant, the
+    caller's "yes" (the item's own entry) or "no" (anything else; every unknown and intent
+    item); when the answer offers a transfer, "yes please" (is it taken?)."""
+    call = CallInfo(call_id=f"eval-answers-{item.id}-{uuid.uuid4().hex[:8]}", pbx="bench")
+    await brain.start(call)
+    turn = await _turn(brain, config, call, result.transcript, result)
+    if turn.source == "knowledge_confirm":
+        result.confirm_passage = turn.sources[0] if turn.sources else ""
+        meant = item.kind == "knowledge" and headings.get(result.confirm_passage) == item.entry
+        result.confirm = "yes" if meant else "no"
+        turn = await _turn(brain, config, call, result.confirm, result)
+    if contains(result.answer, config.llm.fallback_reply):
+        taken = await brain.respond(call, "yes please")
+        result.offer_taken = taken.end == "transfer"
     await brain.end(call)
 
 
@@ -527,6 +559,7 @@ async def evaluate(args: argparse.Namespace) -> Run:
             built = factory.build_dialogue(config, "rules")
         seconds["dialogue_start"] = round(time.perf_counter() - t0, 1)
         brain = factory.answering(built.dialogue, llm, config.knowledge)
+        headings = {p.id: p.question for p in llm.kb.passages} if llm is not None else {}
         t0 = time.perf_counter()
         names = rule_intents(config) if args.dialogue == "rules" else None
         results: list[Result] = []
@@ -538,7 +571,7 @@ async def evaluate(args: argparse.Namespace) -> Run:
                 result.transcript = (await transcribe(engines, config, pcm, rate)).strip()
                 result.stt_ms = round((time.perf_counter() - s0) * 1000.0, 1)
             try:
-                await ask(brain, config, item.id, result.transcript, result)
+                await ask(brain, config, item, result, headings)
             except Exception as exc:  # one broken turn must not end the run
                 result.fallbacks.append(f"error: {type(exc).__name__}: {exc}")
                 result.outcome = {"knowledge": "wrong_other", "unknown": "other"}.get(
@@ -620,6 +653,21 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             name: sum(1 for r in knowledge if pick(r)) for name, pick in ANSWER_KINDS.items()
         }
         part["hold_line"] = sum(1 for r in knowledge if r["hold"])
+        asked = [r for r in chosen if r.get("confirm")]
+        part["asked_back"] = {
+            "knowledge_yes": sum(
+                1 for r in asked if r["kind"] == "knowledge" and r["confirm"] == "yes"
+            ),
+            "knowledge_no": sum(
+                1 for r in asked if r["kind"] == "knowledge" and r["confirm"] == "no"
+            ),
+            "correct_after_yes": sum(
+                1 for r in asked if r["confirm"] == "yes" and r["outcome"] == "correct"
+            ),
+            "other_kinds": sum(1 for r in asked if r["kind"] != "knowledge"),
+        }
+        offers = [r for r in chosen if r.get("offer_taken") is not None]
+        part["offers"] = {"n": len(offers), "taken": sum(1 for r in offers if r["offer_taken"])}
         stt = [r for r in chosen if r["stt_ms"] is not None]
         if stt:
             exact = sum(1 for r in stt if normalise(r["transcript"]) == normalise(r["question"]))
@@ -673,6 +721,20 @@ def table(run: dict[str, Any]) -> str:
         )
     cells = [str(s[sp]["hold_line"]) for sp in splits]
     lines.append(f"| knowledge answers with the hold line first | {' | '.join(cells)} | |")
+    if all("asked_back" in s[sp] for sp in splits):
+        cells = [
+            "{knowledge_yes} yes ({correct_after_yes} then correct) / {knowledge_no} no; "
+            "{other_kinds} other".format(**s[sp]["asked_back"])
+            for sp in splits
+        ]
+        lines.append(
+            f'| asked back ("just to check ..."): knowledge items / unknown + intent items '
+            f"| {' | '.join(cells)} | |"
+        )
+        cells = [_rate(s[sp]["offers"]["taken"], s[sp]["offers"]["n"]) for sp in splits]
+        lines.append(
+            f'| transfer offers a "yes please" takes up (transfers) | {" | ".join(cells)} | all |'
+        )
     if "stt_exact" in s["all"]:
         cells = [
             _rate(s[sp]["stt_exact"]["exact"], s[sp]["stt_exact"]["n"])

@@ -4,11 +4,12 @@ set delays) through the real session: no dead air, no talking over the caller.""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncGenerator
 
 import pytest
 
 from tests.test_turns import AGENT, HOURS, LONG, PHRASES, TARIFF, make_shared, timeline
-from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn, RuleDialogue
+from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn, Rejected, RuleDialogue, Sentence
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.call.session import Shared
 from voicebot_pbx.config import DialogueConfig, FallbackConfig, RuleConfig
@@ -293,5 +294,11 @@ def test_the_llm_composes_only_spoken_turns_the_dialogue_did_not_understand() ->
     assert understood.composed is None and understood.replies[0].text == "We open at eight."
     assert composed.composed is not None and composed.needs_fallback
     assert composed.composed.question == "when is my meter read"
-    assert composed.composed.composer is llm
+    answer = composed.composed.composer.answer(composed.composed.question)
+    assert [item.text for item in run_virtual(_items(answer))] == ["Meters are read every quarter."]
+    assert llm.questions == ["when is my meter read"]  # the LLM composes it
     assert blank.composed is None and keys.composed is None
+
+
+async def _items(stream: AsyncGenerator[Sentence | Rejected, None]) -> list[Sentence]:
+    return [item async for item in stream if isinstance(item, Sentence)]

@@ -944,3 +944,41 @@ def test_a_profile_served_by_its_own_rasa_server(rasa: RasaServer, aloop: LoopTh
         for kit in kits.values():
             if kit.rasa is not None:
                 aloop.run(kit.rasa.aclose())
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_a_yes_to_the_honest_offer_transfers_and_a_no_does_not(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """The fallback reply asks "Would you like me to put you through to an agent?": the
+    caller's "yes please", as Rasa understands it, transfers (it used to get Rasa's "affirm
+    out of context": "Okay. What can I help you with?"); "no thanks" stays with Rasa."""
+    import contextlib
+
+    from voicebot_pbx.answers.dialogue import Rejected
+    from voicebot_pbx.answers.fallbacks import ComposingDialogue
+    from voicebot_pbx.answers.knowledge import KnowledgeBase
+    from voicebot_pbx.config import KnowledgeConfig
+    from voicebot_pbx.testing import ScriptedLlm
+
+    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=KnowledgeBase.load(REPO / "knowledge"))
+    brain = ComposingDialogue(dlg, llm, KnowledgeConfig())
+
+    async def offer_then(answer: str) -> tuple[str, DialogueTurn]:
+        call = new_call()
+        await brain.start(call)
+        turn = await brain.respond(call, "can you recommend a plumber near me")
+        assert turn.composed is not None
+        said = ""
+        async with contextlib.aclosing(turn.composed.composer.answer(turn.composed.question)) as s:
+            async for item in s:
+                said = item.reply if isinstance(item, Rejected) else item.text
+        return said, await brain.respond(call, answer)
+
+    said, yes = aloop.run(offer_then("yes please"))
+    assert said == llm.config.fallback_reply
+    assert yes.end == "transfer" and yes.transfer_target == "agents"
+    assert texts(yes) == "Sure, I'll put you through to an agent now."
+    said, no = aloop.run(offer_then("no thanks"))
+    assert said == llm.config.fallback_reply and no.end is None and no.source == "rasa"

@@ -691,6 +691,20 @@ class KnowledgeConfig:
     )
     info_intents: tuple[str, ...] = ("opening_hours", "address", "billing_question")
     info_min_confidence: float = 0.8
+    # A likely hit (hybrid: score and lead over the runner-up at least these) that is not
+    # strong, on a turn that would otherwise go to the LLM, is asked back first:
+    # confirm_question with the passage's heading ("{question}"); a yes (affirm_intents)
+    # reads the passage out, a no (deny_intents) gets the honest offer (llm.fallback_reply).
+    confirm: bool = True
+    confirm_min_score: float = 0.35
+    confirm_min_lead: float = 0.1
+    confirm_question: str = "Just to check, are you asking: {question}"
+    affirm_intents: tuple[str, ...] = ("affirm",)
+    deny_intents: tuple[str, ...] = ("deny",)
+    # The honest offer ("... shall I put you through to an agent?") taken up with a yes:
+    # this reply, then a transfer to offer_target.
+    offer_accepted_reply: str = "Sure, I'll put you through to an agent now."
+    offer_target: str = "agents"
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -705,6 +719,10 @@ class KnowledgeConfig:
                 problems.append(f"{name} must be between 0 and 1")
         if self.max_words < 1:
             problems.append("max_words must be at least 1")
+        if self.confirm_question.count("{question}") != 1:
+            problems.append("confirm_question must hold {question} once")
+        if not self.offer_accepted_reply.strip() or not self.offer_target.strip():
+            problems.append("offer_accepted_reply and offer_target must not be empty")
         bad = [pair for pair in self.intent_topics if pair.count("=") != 1]
         if bad:
             problems.append(f"intent_topics entries must read intent=file-stem: {bad}")

@@ -6,8 +6,10 @@ answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -18,10 +20,21 @@ from voicebot_pbx.answers.dialogue import (
     Composer,
     Dialogue,
     DialogueTurn,
+    Rejected,
+    Sentence,
     Understanding,
 )
+from voicebot_pbx.answers.knowledge import KnowledgeBase
 from voicebot_pbx.answers.rasa import DialogueUnavailable
-from voicebot_pbx.answers.routing import KnowledgeHit, Route, knowledge_hit, route, spoken_answer
+from voicebot_pbx.answers.routing import (
+    KnowledgeHit,
+    Route,
+    confirm_question,
+    knowledge_hit,
+    route,
+    spoken_answer,
+    yes_or_no,
+)
 from voicebot_pbx.config import KnowledgeConfig
 
 log = structlog.get_logger("voicebot_pbx.answers.fallbacks")
@@ -128,12 +141,57 @@ class FallbackDialogue:
                 pass
 
 
+@dataclass(frozen=True, slots=True)
+class _Offered:
+    """The bot's last words offered a transfer (the composer's fallback reply)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Confirming:
+    """The bot asked whether the caller means ``hit``'s passage."""
+
+    hit: KnowledgeHit
+
+
+class _OfferWatch:
+    """``composer``, noting (``offered()``) when its answer ends in the honest offer: a
+    ``Rejected`` carrying the fallback reply, or an answer closed before its first item (the
+    session then says the fallback reply: the model was too slow)."""
+
+    def __init__(self, composer: Composer, offered: Callable[[], None]) -> None:
+        self.composer = composer
+        self.config = composer.config
+        self._offered = offered
+
+    @property
+    def kb(self) -> KnowledgeBase | None:
+        return self.composer.kb
+
+    async def answer(self, question: str) -> AsyncGenerator[Sentence | Rejected, None]:
+        items = 0
+        try:
+            async with contextlib.aclosing(self.composer.answer(question)) as stream:
+                async for item in stream:
+                    items += 1
+                    if isinstance(item, Rejected) and item.reply == self.config.fallback_reply:
+                        self._offered()
+                    yield item
+        except (GeneratorExit, asyncio.CancelledError):
+            if items == 0:
+                self._offered()
+            raise
+
+
 class ComposingDialogue:
     """``inner``, with knowledge-base questions routed to the knowledge base
     (:func:`voicebot_pbx.answers.routing.route`): a strong retrieval hit is read out as the
-    passage's own sentences, and a spoken turn ``inner`` could not understand
-    (``needs_fallback``) is composed by ``composer`` (the grounded LLM). Start, DTMF and the
-    end of the call are ``inner``'s alone."""
+    passage's own sentences, a likely one is asked back first ("Just to check, are you
+    asking: ...?"), and a spoken turn ``inner`` could not understand (``needs_fallback``) is
+    composed by ``composer`` (the grounded LLM). The questions the bot asks itself are
+    answered here on the caller's next turn: a yes to the question back reads the passage
+    out, a no gets the honest offer; a yes to the honest offer ("shall I put you through?")
+    transfers (``offer_accepted_reply``, ``offer_target``). Anything else goes on as a new
+    turn. Start, DTMF and the end of the call are ``inner``'s alone."""
 
     def __init__(
         self, inner: Dialogue, composer: Composer, knowledge: KnowledgeConfig | None = None
@@ -142,6 +200,8 @@ class ComposingDialogue:
         self.composer = composer
         self.knowledge = knowledge if knowledge is not None else KnowledgeConfig()
         self.name = inner.name
+        # call id -> the question the bot's last turn asked (dropped at the call's end).
+        self._asked: dict[str, _Offered | _Confirming] = {}
 
     async def start(self, call: CallInfo) -> DialogueTurn:
         return await self.inner.start(call)
@@ -152,6 +212,11 @@ class ComposingDialogue:
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         if not text.strip():
             return await self.inner.respond(call, text)
+        asked = self._asked.pop(call.call_id, None)
+        if asked is not None:
+            settled = await self._settle(call, text, asked)
+            if settled is not None:
+                return settled
         kb = self.composer.kb
         where: Route = "intent"
         if kb is not None and self.knowledge.direct:
@@ -177,11 +242,71 @@ class ComposingDialogue:
             )
             if where == "passage" and hit is not None:
                 return self._read_out(hit, heard)
+            if where == "confirm" and hit is not None:
+                return self._ask_back(call, hit, heard)
         turn = await self.inner.respond(call, text)
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):
-            return dataclasses.replace(turn, composed=ComposedReply(text, self.composer))
+            watched = _OfferWatch(self.composer, lambda: self._note(call, _Offered()))
+            return dataclasses.replace(turn, composed=ComposedReply(text, watched))
         return turn
+
+    def _note(self, call: CallInfo, asked: _Offered | _Confirming) -> None:
+        self._asked[call.call_id] = asked
+
+    async def _settle(
+        self, call: CallInfo, text: str, asked: _Offered | _Confirming
+    ) -> DialogueTurn | None:
+        """The caller's answer to the bot's own question (None: not a yes or a no)."""
+        heard = await self.inner.understand(call, text)
+        answer = yes_or_no(heard.intent, text, self.knowledge)
+        log.info(
+            "knowledge_question_answered",
+            asked="offer" if isinstance(asked, _Offered) else "confirm",
+            answer={True: "yes", False: "no", None: "other"}[answer],
+            intent=heard.intent,
+        )
+        if answer is None:
+            return None
+        if isinstance(asked, _Confirming):
+            if answer:
+                return self._read_out(asked.hit, heard)
+            self._note(call, _Offered())
+            return DialogueTurn(
+                replies=(BotReply(text=self.composer.config.fallback_reply),),
+                intent=heard.intent,
+                confidence=heard.confidence,
+                source="knowledge",
+            )
+        if not answer:
+            return None  # the dialogue's own "no" ("Okay. What can I help you with?")
+        return DialogueTurn(
+            replies=(BotReply(text=self.knowledge.offer_accepted_reply),),
+            end="transfer",
+            transfer_target=self.knowledge.offer_target,
+            intent=heard.intent,
+            confidence=heard.confidence,
+            source="knowledge",
+        )
+
+    def _ask_back(self, call: CallInfo, hit: KnowledgeHit, heard: Understanding) -> DialogueTurn:
+        """ "Just to check, are you asking: <heading>?" for a likely, not strong, hit."""
+        log.info(
+            "knowledge_confirm",
+            passage=hit.passage.id,
+            score=round(hit.score, 3),
+            runner_up=round(hit.runner_up, 3),
+            instead_of=heard.intent,
+            intent_confidence=heard.confidence,
+        )
+        self._note(call, _Confirming(hit))
+        return DialogueTurn(
+            replies=(BotReply(text=confirm_question(hit.passage, self.knowledge)),),
+            intent=heard.intent,
+            confidence=heard.confidence,
+            source="knowledge_confirm",
+            sources=(hit.passage.id,),
+        )
 
     def _read_out(self, hit: KnowledgeHit, heard: Understanding) -> DialogueTurn:
         """The passage's own sentences, instead of the intent ``heard``."""
@@ -205,7 +330,9 @@ class ComposingDialogue:
         )
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
+        self._asked.pop(call.call_id, None)
         return await self.inner.dtmf(call, digits)
 
     async def end(self, call: CallInfo) -> None:
+        self._asked.pop(call.call_id, None)
         await self.inner.end(call)

@@ -17,7 +17,12 @@ runner-up it is):
   hit wins;
 - an information intent (opening hours, address, billing) that is unsure and has no strong
   hit behind it, and what the dialogue did not understand, go to the LLM, which refuses
-  (the honest "shall I put you through") without passages scoring ``llm.min_score``.
+  (the honest "shall I put you through") without passages scoring ``llm.min_score``;
+- unless the hit, not strong, is still *likely* (hybrid: ``confirm_min_score`` and
+  ``confirm_min_lead``): then the caller is asked back ("Just to check, are you asking:
+  <the passage's heading>"), and a yes reads the passage out. With the packaged LLM
+  composing from such passages almost never answers (1 of 98 knowledge questions), while
+  the question back costs one short turn and is grounded by construction.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, search_terms
 from voicebot_pbx.config import KnowledgeConfig
 from voicebot_pbx.speech.tts import split_sentences
 
-Route = Literal["intent", "passage", "compose"]
+Route = Literal["intent", "passage", "compose", "confirm"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,48 @@ def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
     )
 
 
+def is_likely(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
+    """Worth asking the caller about (hybrid retrieval only; BM25 scores have no scale)."""
+    if hit is None or not hit.hybrid or not config.confirm:
+        return False
+    return hit.score >= config.confirm_min_score and hit.lead >= config.confirm_min_lead
+
+
+def confirm_question(passage: Passage, config: KnowledgeConfig) -> str:
+    """The question back for a likely hit: ``config.confirm_question`` with its heading."""
+    return config.confirm_question.replace("{question}", passage.question)
+
+
+def confirm_questions(kb: KnowledgeBase, config: KnowledgeConfig) -> list[str]:
+    """Every question back the router can ask (to warm the TTS cache)."""
+    return [confirm_question(p, config) for p in kb.passages] if config.confirm else []
+
+
+_YES_WORDS = frozenset(
+    "yes yeah yep yup sure correct right exactly please absolutely definitely ok okay".split()
+)
+_NO_WORDS = frozenset("no nope nah not wrong neither".split())
+
+
+def yes_or_no(intent: str | None, text: str, config: KnowledgeConfig) -> bool | None:
+    """The caller's answer to a yes/no question the router asked: the dialogue's intent
+    when it is one of ``affirm_intents`` / ``deny_intents``, else the words themselves
+    (a dialogue without those intents: the rule dialogue); None: neither."""
+    if intent in config.affirm_intents:
+        return True
+    if intent in config.deny_intents:
+        return False
+    words = [w.strip(".,!?;:") for w in text.lower().replace("'", " ").split()]
+    words = [w for w in words if w]
+    if not words or len(words) > 6:
+        return None
+    if any(w in _NO_WORDS for w in words):
+        return False
+    if words[0] in _YES_WORDS or (len(words) > 1 and words[:2] == ["that", "s"]):
+        return True
+    return None
+
+
 def _topic(passage: Passage) -> str:
     return passage.id.split("#", 1)[0]
 
@@ -95,8 +142,9 @@ def route(
 ) -> Route:
     """Where the turn's answer comes from (see the module docstring)."""
     strong = config.direct and is_strong(hit, config)
+    unsure: Route = "confirm" if config.direct and is_likely(hit, config) else "compose"
     if needs_fallback or intent is None:
-        return "passage" if strong else "compose"
+        return "passage" if strong else unsure
     if intent in config.keep_intents:
         return "intent"
     if strong and hit is not None:
@@ -122,7 +170,7 @@ def route(
     ):
         # An unsure information reply ("our opening hours are ...") to a question the
         # knowledge base cannot answer either: better the honest offer than a wrong fact.
-        return "compose"
+        return unsure
     return "intent"
 
 

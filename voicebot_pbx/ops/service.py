@@ -26,7 +26,7 @@ from voicebot_pbx.answers.llm import LlmAnswerer, load_llm
 from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue
 from voicebot_pbx.answers.rasa_examples import RasaExamplesError, load_intent_examples
 from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv
-from voicebot_pbx.answers.routing import spoken_sentences
+from voicebot_pbx.answers.routing import confirm_questions, spoken_sentences
 from voicebot_pbx.answers.supervised import ChildError
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache, clip_paths
 from voicebot_pbx.call.session import Shared, make_handler
@@ -97,7 +97,9 @@ async def warm_knowledge_answers(shared: Shared) -> None:
     llm = shared.llm
     if llm is None or not shared.config.knowledge.direct:
         return
-    texts = spoken_sentences(llm.kb, shared.config.knowledge.max_words)
+    knowledge = shared.config.knowledge
+    texts = spoken_sentences(llm.kb, knowledge.max_words)
+    texts += [*confirm_questions(llm.kb, knowledge), knowledge.offer_accepted_reply]
     started = time.perf_counter()
     made = 0
     try:

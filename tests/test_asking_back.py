@@ -1,0 +1,315 @@
+"""The questions the bot asks itself, answered on the caller's next turn
+(voicebot_pbx.answers.fallbacks.ComposingDialogue): "Just to check, are you asking: ...?"
+for a likely knowledge hit, and the honest offer ("shall I put you through to an agent?"),
+which a yes now takes up with a transfer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import AsyncGenerator
+
+import numpy as np
+import numpy.typing as npt
+
+from voicebot_pbx.answers.dialogue import (
+    BotReply,
+    CallInfo,
+    DialogueTurn,
+    Rejected,
+    Sentence,
+    Understanding,
+)
+from voicebot_pbx.answers.fallbacks import ComposingDialogue
+from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
+from voicebot_pbx.answers.routing import (
+    KnowledgeHit,
+    confirm_question,
+    confirm_questions,
+    knowledge_hit,
+    route,
+    spoken_answer,
+    yes_or_no,
+)
+from voicebot_pbx.config import KnowledgeConfig, LlmConfig
+from voicebot_pbx.testing import ScriptedLlm, run_virtual
+
+CONFIG = KnowledgeConfig()
+PRINT = Passage(
+    "access#1", "Access", "Can I get my bill in large print?", "Yes. We send bills in large print."
+)
+CUTS = Passage(
+    "cuts#1", "Cuts", "How do I report a power cut?", "Call 105 from any phone, free, day or night."
+)
+
+
+class WordsEmbedder:
+    """A bag of words hashed into 64 dimensions: similarity is shared words, so a test can
+    put a question in the likely band (not strong) on purpose."""
+
+    def embed(self, text: str) -> npt.NDArray[np.float32]:
+        vector = np.zeros(64, dtype=np.float32)
+        for word in re.findall(r"[a-z]+", text.lower()):
+            vector[int(hashlib.sha256(word.encode()).hexdigest(), 16) % 64] += 1.0
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm else vector
+
+
+def hybrid_kb() -> KnowledgeBase:
+    return KnowledgeBase([PRINT, CUTS], embedder=WordsEmbedder(), bm25_weight=0.0)
+
+
+LIKELY = "is there a number for a power cut at night"  # cuts#1, likely, not strong
+STRONG = "large print bill"  # access#1, strong
+NOTHING = "do you sell heat pumps"  # no likely hit
+
+
+def test_the_test_questions_fall_where_they_are_meant_to() -> None:
+    kb = hybrid_kb()
+    likely, strong, nothing = (knowledge_hit(kb, q) for q in (LIKELY, STRONG, NOTHING))
+    assert likely is not None and likely.passage is CUTS
+    assert CONFIG.confirm_min_score <= likely.score < CONFIG.hybrid_direct_min_score
+    assert likely.lead >= CONFIG.confirm_min_lead
+    assert strong is not None and strong.score >= CONFIG.hybrid_direct_min_score
+    assert nothing is not None and nothing.score < CONFIG.confirm_min_score
+
+
+def _hybrid(score: float, runner_up: float) -> KnowledgeHit:
+    return KnowledgeHit(CUTS, score, 1.0, runner_up, hybrid=True, similarity=score)
+
+
+def test_a_likely_hit_that_would_go_to_the_llm_is_asked_back_instead() -> None:
+    likely = _hybrid(0.42, 0.25)
+    assert route(None, None, True, likely, CONFIG) == "confirm"
+    assert route("opening_hours", 0.55, False, likely, CONFIG) == "confirm"  # unsure info
+    assert route("opening_hours", 0.95, False, likely, CONFIG) == "intent"  # sure: its reply
+    assert route("check_balance", 0.55, False, likely, CONFIG) == "intent"  # an action
+    assert route(None, None, True, _hybrid(0.42, 0.38), CONFIG) == "compose"  # no lead
+    assert route(None, None, True, _hybrid(0.30, 0.0), CONFIG) == "compose"  # too weak
+    assert route(None, None, True, _hybrid(0.8, 0.3), CONFIG) == "passage"  # strong
+    assert route(None, None, True, likely, KnowledgeConfig(confirm=False)) == "compose"
+    assert route(None, None, True, likely, KnowledgeConfig(direct=False)) == "compose"
+    bm25 = KnowledgeHit(CUTS, 5.0, 0.2, 1.0, hybrid=False)  # BM25 scores have no scale
+    assert route(None, None, True, bm25, CONFIG) == "compose"
+
+
+def test_yes_and_no_come_from_the_intent_or_else_the_words() -> None:
+    assert yes_or_no("affirm", "whatever they said", CONFIG) is True
+    assert yes_or_no("deny", "yes", CONFIG) is False
+    for text in ("yes please", "Yeah.", "that's right", "correct", "sure, go on"):
+        assert yes_or_no(None, text, CONFIG) is True, text
+    for text in ("no thanks", "No.", "nope", "that's not it", "no, something else"):
+        assert yes_or_no(None, text, CONFIG) is False, text
+    for text in ("", "what time do you open", "yes I'd like to ask about my bill please now"):
+        assert yes_or_no(None, text, CONFIG) is None, text
+
+
+def test_every_question_back_is_listed_for_the_cache() -> None:
+    kb = hybrid_kb()
+    questions = confirm_questions(kb, CONFIG)
+    assert questions == [
+        "Just to check, are you asking: Can I get my bill in large print?",
+        "Just to check, are you asking: How do I report a power cut?",
+    ]
+    assert confirm_questions(kb, KnowledgeConfig(confirm=False)) == []
+    mine = KnowledgeConfig(confirm_question="Is it this: {question}")
+    assert confirm_question(CUTS, mine) == "Is it this: How do I report a power cut?"
+
+
+class YesNoNlu:
+    """A dialogue like Rasa for these tests: yes/no words are affirm/deny, "agent"
+    transfers, anything else is not understood (nlu_fallback)."""
+
+    name = "rasa"
+
+    def __init__(self) -> None:
+        self.acted: list[str] = []
+
+    async def start(self, call: CallInfo) -> DialogueTurn:
+        return DialogueTurn(replies=(BotReply(text="Hello."),), intent="greet")
+
+    async def understand(self, call: CallInfo, text: str) -> Understanding:
+        turn = self._turn(text)
+        return Understanding(turn.intent, turn.confidence, turn.needs_fallback)
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        self.acted.append(text)
+        return self._turn(text)
+
+    def _turn(self, text: str) -> DialogueTurn:
+        words = text.lower().split()
+        if words[:1] == ["yes"]:
+            return DialogueTurn(replies=(BotReply(text="Okay."),), intent="affirm")
+        if words[:1] == ["no"]:
+            return DialogueTurn(replies=(BotReply(text="What can I help with?"),), intent="deny")
+        if "agent" in words:
+            return DialogueTurn(
+                replies=(BotReply(text="Putting you through."),), end="transfer", intent="x"
+            )
+        return DialogueTurn(
+            replies=(BotReply(text="Sorry?"),), intent="nlu_fallback", needs_fallback=True
+        )
+
+    async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
+        return DialogueTurn()
+
+    async def end(self, call: CallInfo) -> None:
+        return None
+
+
+async def _hear(turn: DialogueTurn) -> list[str]:
+    """What the caller hears of ``turn``, consuming a composed answer as the session does."""
+    if turn.composed is None:
+        return [r.text for r in turn.replies]
+    heard: list[str] = []
+    async with contextlib.aclosing(turn.composed.composer.answer(turn.composed.question)) as s:
+        async for item in s:
+            heard.append(item.reply if isinstance(item, Rejected) else item.text)
+    return heard
+
+
+def _brain(script: list[tuple[float, str | tuple[str, str]]] | None = None) -> ComposingDialogue:
+    llm = ScriptedLlm(script if script is not None else [(0.0, ("reject", "no_answer"))])
+    llm.kb = hybrid_kb()
+    return ComposingDialogue(YesNoNlu(), llm, CONFIG)
+
+
+def test_a_yes_to_the_question_back_reads_the_passage_out() -> None:
+    brain = _brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> tuple[DialogueTurn, DialogueTurn]:
+        return await brain.respond(call, LIKELY), await brain.respond(call, "yes please")
+
+    asked, answered = run_virtual(talk())
+    assert asked.source == "knowledge_confirm" and asked.sources == ("cuts#1",)
+    assert [r.text for r in asked.replies] == [confirm_question(CUTS, CONFIG)]
+    assert asked.composed is None and asked.end is None
+    assert answered.source == "knowledge" and answered.sources == ("cuts#1",)
+    assert [r.text for r in answered.replies] == spoken_answer(CUTS, CONFIG.max_words)
+    assert isinstance(brain.inner, YesNoNlu) and brain.inner.acted == []  # no dialogue state
+
+
+def test_a_no_gets_the_honest_offer_and_a_yes_to_that_transfers() -> None:
+    brain = _brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> list[DialogueTurn]:
+        return [
+            await brain.respond(call, LIKELY),
+            await brain.respond(call, "no"),
+            await brain.respond(call, "yes"),
+        ]
+
+    asked, offer, taken = run_virtual(talk())
+    assert asked.source == "knowledge_confirm"
+    assert [r.text for r in offer.replies] == [LlmConfig().fallback_reply]
+    assert taken.end == "transfer" and taken.transfer_target == CONFIG.offer_target
+    assert [r.text for r in taken.replies] == [CONFIG.offer_accepted_reply]
+
+
+def test_something_else_after_a_question_back_is_a_new_turn() -> None:
+    brain = _brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> list[DialogueTurn]:
+        return [
+            await brain.respond(call, LIKELY),
+            await brain.respond(call, STRONG),
+            await brain.respond(call, "yes"),  # nothing asked any more
+        ]
+
+    _, other, later = run_virtual(talk())
+    assert other.source == "knowledge" and other.sources == ("access#1",)
+    assert later.replies[0].text == "Okay." and later.end is None  # the dialogue's own yes
+
+
+def test_the_composers_honest_offer_is_taken_up_by_a_yes() -> None:
+    brain = _brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> tuple[list[str], DialogueTurn]:
+        heard = await _hear(await brain.respond(call, NOTHING))
+        return heard, await brain.respond(call, "yes")
+
+    heard, taken = run_virtual(talk())
+    assert heard == [LlmConfig().fallback_reply]
+    assert taken.end == "transfer" and taken.transfer_target == "agents"
+
+
+def test_a_no_to_the_offer_and_an_answer_that_offered_nothing_stay_with_the_dialogue() -> None:
+    call = CallInfo(call_id="c")
+    declined = _brain()
+    answered = _brain([(0.0, "We do not sell heat pumps.")])
+
+    async def talk() -> tuple[DialogueTurn, DialogueTurn]:
+        await _hear(await declined.respond(call, NOTHING))
+        no = await declined.respond(call, "no")
+        await _hear(await answered.respond(call, NOTHING))
+        return no, await answered.respond(call, "yes")
+
+    no, yes = run_virtual(talk())
+    assert no.replies[0].text == "What can I help with?" and no.end is None
+    assert yes.replies[0].text == "Okay." and yes.end is None
+
+
+class RefusingComposer:
+    """Refuses as the LLM answerer does out of scope: the refusal, which offers nothing."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.config = LlmConfig()
+        self._kb = kb
+
+    @property
+    def kb(self) -> KnowledgeBase | None:
+        return self._kb
+
+    async def answer(self, question: str) -> AsyncGenerator[Sentence | Rejected, None]:
+        yield Rejected("out_of_scope", self.config.refusal_reply)
+
+
+def test_the_refusal_is_not_an_offer() -> None:
+    brain = ComposingDialogue(YesNoNlu(), RefusingComposer(hybrid_kb()), CONFIG)
+    call = CallInfo(call_id="c")
+
+    async def talk() -> DialogueTurn:
+        await _hear(await brain.respond(call, NOTHING))
+        return await brain.respond(call, "yes")
+
+    assert run_virtual(talk()).end is None
+
+
+def test_a_model_too_slow_to_answer_leaves_the_offer_the_session_says() -> None:
+    """The session gives up on a late first sentence, cancels the answer and says the
+    fallback reply (the offer) itself: a yes to it transfers too."""
+    brain = _brain([(30.0, "Too late.")])
+    call = CallInfo(call_id="c")
+
+    async def talk() -> DialogueTurn:
+        turn = await brain.respond(call, NOTHING)
+        assert turn.composed is not None
+        stream = turn.composed.composer.answer(turn.composed.question)
+        pending = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(1.0)
+        pending.cancel()
+        await asyncio.wait({pending})
+        return await brain.respond(call, "yes")
+
+    assert run_virtual(talk()).end == "transfer"
+
+
+def test_the_end_of_the_call_or_a_key_forgets_the_question() -> None:
+    brain = _brain()
+    first, second = CallInfo(call_id="a"), CallInfo(call_id="b")
+
+    async def talk() -> tuple[DialogueTurn, DialogueTurn]:
+        await brain.respond(first, LIKELY)
+        await brain.end(first)
+        await brain.respond(second, LIKELY)
+        await brain.dtmf(second, "1")
+        return await brain.respond(first, "yes"), await brain.respond(second, "yes")
+
+    after_end, after_key = run_virtual(talk())
+    assert after_end.source != "knowledge" and after_key.source != "knowledge"
