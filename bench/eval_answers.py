@@ -467,7 +467,8 @@ async def ask(
 ) -> None:
     """One call: the item's question; when the bot asks back which passage is meant, the
     caller's "yes" (the item's own entry) or "no" (anything else; every unknown and intent
-    item); when the answer offers a transfer, "yes please" (is it taken?)."""
+    item); when the answer offers a transfer (the fallback reply, or the refusal when it
+    asks), "yes please": is it taken?"""
     call = CallInfo(call_id=f"eval-answers-{item.id}-{uuid.uuid4().hex[:8]}", pbx="bench")
     await brain.start(call)
     turn = await _turn(brain, config, call, result.transcript, result)
@@ -476,7 +477,8 @@ async def ask(
         meant = item.kind == "knowledge" and headings.get(result.confirm_passage) == item.entry
         result.confirm = "yes" if meant else "no"
         turn = await _turn(brain, config, call, result.confirm, result)
-    if contains(result.answer, config.llm.fallback_reply):
+    offers = (config.llm.fallback_reply, config.llm.refusal_reply)
+    if any(contains(result.answer, t) for t in offers if t.rstrip().endswith("?")):
         taken = await brain.respond(call, "yes please")
         result.offer_taken = taken.end == "transfer"
     await brain.end(call)

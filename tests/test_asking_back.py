@@ -256,10 +256,10 @@ def test_a_no_to_the_offer_and_an_answer_that_offered_nothing_stay_with_the_dial
 
 
 class RefusingComposer:
-    """Refuses as the LLM answerer does out of scope: the refusal, which offers nothing."""
+    """Refuses as the LLM answerer does out of scope, with ``config``'s refusal."""
 
-    def __init__(self, kb: KnowledgeBase) -> None:
-        self.config = LlmConfig()
+    def __init__(self, kb: KnowledgeBase, config: LlmConfig) -> None:
+        self.config = config
         self._kb = kb
 
     @property
@@ -270,15 +270,19 @@ class RefusingComposer:
         yield Rejected("out_of_scope", self.config.refusal_reply)
 
 
-def test_the_refusal_is_not_an_offer() -> None:
-    brain = ComposingDialogue(YesNoNlu(), RefusingComposer(hybrid_kb()), CONFIG)
+def test_the_refusal_offers_a_transfer_too_unless_an_admin_made_it_a_statement() -> None:
+    shipped = LlmConfig()
+    statement = LlmConfig(refusal_reply="Sorry, I can only help with your energy account.")
+    assert shipped.refusal_reply.endswith("Shall I put you through to an agent?")
     call = CallInfo(call_id="c")
 
-    async def talk() -> DialogueTurn:
+    async def yes_after_refusal(config: LlmConfig) -> DialogueTurn:
+        brain = ComposingDialogue(YesNoNlu(), RefusingComposer(hybrid_kb(), config), CONFIG)
         await _hear(await brain.respond(call, NOTHING))
         return await brain.respond(call, "yes")
 
-    assert run_virtual(talk()).end is None
+    assert run_virtual(yes_after_refusal(shipped)).end == "transfer"
+    assert run_virtual(yes_after_refusal(statement)).end is None
 
 
 def test_a_model_too_slow_to_answer_leaves_the_offer_the_session_says() -> None:

@@ -982,3 +982,23 @@ def test_a_yes_to_the_honest_offer_transfers_and_a_no_does_not(
     assert texts(yes) == "Sure, I'll put you through to an agent now."
     said, no = aloop.run(offer_then("no thanks"))
     assert said == llm.config.fallback_reply and no.end is None and no.source == "rasa"
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_without_an_llm_a_yes_to_rasas_own_refusal_transfers(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """With no LLM in front, Rasa's out-of-scope reply is the refusal, which asks "Shall I
+    put you through to an agent?": its own rule takes the yes up."""
+
+    async def refused_then_yes() -> tuple[DialogueTurn, DialogueTurn]:
+        call = new_call()
+        await dlg.start(call)
+        refused = await dlg.respond(call, "what's the capital of France")
+        return refused, await dlg.respond(call, "yes please")
+
+    refused, yes = aloop.run(refused_then_yes())
+    assert refused.intent == "out_of_scope"
+    assert texts(refused).endswith("Shall I put you through to an agent?")
+    assert yes.end == "transfer" and yes.transfer_target == "agents"

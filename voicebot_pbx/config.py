@@ -510,7 +510,7 @@ DEFAULT_FALLBACK_REPLY = (
 )
 DEFAULT_REFUSAL_REPLY = (
     "Sorry, I can't help with that on this line. I can help with your balance, your bill, "
-    "power cuts, passwords and appointments."
+    "power cuts, passwords and appointments. Shall I put you through to an agent?"
 )
 
 

@@ -155,8 +155,9 @@ class _Confirming:
 
 class _OfferWatch:
     """``composer``, noting (``offered()``) when its answer ends in the honest offer: a
-    ``Rejected`` carrying the fallback reply, or an answer closed before its first item (the
-    session then says the fallback reply: the model was too slow)."""
+    ``Rejected`` whose reply asks (ends in "?": the fallback reply, "... shall I put you
+    through to an agent?", and the refusal as shipped), or an answer closed before its first
+    item (the session then says the fallback reply: the model was too slow)."""
 
     def __init__(self, composer: Composer, offered: Callable[[], None]) -> None:
         self.composer = composer
@@ -173,7 +174,7 @@ class _OfferWatch:
             async with contextlib.aclosing(self.composer.answer(question)) as stream:
                 async for item in stream:
                     items += 1
-                    if isinstance(item, Rejected) and item.reply == self.config.fallback_reply:
+                    if isinstance(item, Rejected) and item.reply.rstrip().endswith("?"):
                         self._offered()
                     yield item
         except (GeneratorExit, asyncio.CancelledError):
