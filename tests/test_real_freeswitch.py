@@ -215,6 +215,25 @@ def test_transfer_lands_in_the_target_extension(bed: Bed) -> None:
     )
 
 
+def test_a_yes_to_the_honest_offer_lands_in_the_agents_extension(bed: Bed) -> None:
+    """A question nobody's knowledge covers gets the refusal, which asks "Shall I put you
+    through to an agent?"; the caller's "yes please" transfers (uuid_transfer to agents)."""
+    plumber = question(bed, "plumber", "can you recommend a good plumber")
+    yes = question(bed, "yes", "yes please")
+    call = bed.run_call([silence(GREETING_S), play(plumber), silence(12), play(yes), silence(8)])
+    record = bed.record(call)
+    turns = speech_turns(record)
+    assert turns[0][1].endswith("Shall I put you through to an agent?"), turns
+    assert record.end_reason == "transferred" and record.transfer_target == "agents", turns
+    assert turns[-1][1] == "Sure, I'll put you through to an agent now."
+    assert bed.fs.global_var(f"vbxfer_{call.tag}") == "agents"
+    rec = bed.fs.recording(call)
+    last = rec.heard[-rec.rate_hz :]  # the agents extension's tone after the bot's words
+    assert np.abs(last).max() > 1000 and peak_hz(last, rec.rate_hz) == pytest.approx(
+        AGENTS_TONE_HZ, abs=20.0
+    )
+
+
 def test_goodbye_hangs_the_call_up(bed: Bed) -> None:
     """The bot's goodbye is sendmsg call-command hangup: the channel ends (the dialplan
     after socket does not run) and the caller is cut off long before its script ends."""
