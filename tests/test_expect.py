@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from voicebot_pbx.speech.expect import (
 )
 from voicebot_pbx.speech.moonshine import MoonshineEngine
 from voicebot_pbx.speech.stt import SttCapabilities, SttResult
+from voicebot_pbx.speech.verify import KnownAnswer
 from voicebot_pbx.testing import ScriptedStt, run_virtual, tone
 
 PIECES = [
@@ -172,9 +174,18 @@ class ExpectingScriptedStt(ScriptedStt):
         self.held.append(None)
         return super().transcribe(pcm, rate_hz)
 
-    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
+    known: list[tuple[KnownAnswer, ...]] = dataclasses.field(default_factory=list)
+
+    def transcribe_expecting(
+        self,
+        pcm: bytes,
+        rate_hz: int,
+        expected: Expected,
+        known: Sequence[KnownAnswer] = (),
+    ) -> SttResult:
         result = super().transcribe(pcm, rate_hz)
         self.held.append(expected)
+        self.known.append(tuple(known))
         return dataclasses.replace(result, held_to=label(expected))
 
     @property

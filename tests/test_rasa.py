@@ -542,6 +542,14 @@ def test_dtmf_menu_balance_by_keypad(dlg: RasaDialogue, aloop: LoopThread) -> No
     assert "what's the postcode of the property, or the account holder's date of birth" in (
         texts(turn)
     )
+    # The answers the back end knows, for the bot's recogniser to check what is said against
+    # (action_ask_identity_check), never in the turn's repr.
+    assert turn.expect == ("postcode", "date") and turn.collect_dtmf_digits == 8
+    assert dict(turn.known) == {
+        "postcode": account.postcode,
+        "date": account.birth_date.isoformat(),
+    }
+    assert account.postcode not in repr(turn)
     turn = aloop.run(dlg.respond(call, f"it's {account.postcode.lower()}"))
     assert texts(turn).startswith(balance_words(account)), texts(turn)
     assert f"was {say_money(account.last_bill_pence)}." in texts(turn)
@@ -593,7 +601,8 @@ def test_identity_check_failures_and_refusal(dlg: RasaDialogue, aloop: LoopThrea
     say(account.number)
     turn = say("the first of january 19 70")  # wrong date of birth
     assert "don't match our records" in texts(turn)
-    say("99999999")  # an account that does not exist: the same answer, nothing revealed
+    unknown = say("99999999")  # an account that does not exist: the same answer, nothing revealed
+    assert "postcode of the property" in texts(unknown) and unknown.known == ()
     turn = say(account.postcode.lower())
     assert "couldn't confirm your details" in texts(turn) and "anything else" not in texts(turn)
     assert (turn.end, turn.transfer_target) == ("transfer", "billing")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from voicebot_pbx.speech.engines import load_engines
 from voicebot_pbx.speech.expect import Expectation, Expected, label
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
 from voicebot_pbx.speech.stt_split import LengthSplitEngine, speech_span_s
+from voicebot_pbx.speech.verify import KnownAnswer
 
 RATE_HZ = 8000
 
@@ -133,8 +135,17 @@ class Holding(Recorder):
 
     held: list[Expected] = field(default_factory=list)
 
-    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
+    known: list[tuple[KnownAnswer, ...]] = field(default_factory=list)
+
+    def transcribe_expecting(
+        self,
+        pcm: bytes,
+        rate_hz: int,
+        expected: Expected,
+        known: Sequence[KnownAnswer] = (),
+    ) -> SttResult:
         self.held.append(expected)
+        self.known.append(tuple(known))
         return SttResult(self.name + " (held)", 1.0, held_to=label(expected))
 
     @property
@@ -153,6 +164,9 @@ def test_a_held_decode_goes_to_the_engine_that_can_hold_it_whatever_its_length(
         holder = long if isinstance(long, Holding) else short
         assert (got.text, got.held_to) == (holder.name + " (held)", "digits")
         assert split.routed == {"short": 0, "long": 0, "held": 1}
+        postcode = KnownAnswer(Expectation.POSTCODE, "NW9 4RQ")
+        split.transcribe_expecting(short_turn, RATE_HZ, DIGITS, (postcode,))
+        assert holder.known == [(), (postcode,)]  # the known answers go along
     neither = LengthSplitEngine(Recorder("short"), Recorder("long"), long_from_s=1.5, pool=pool)
     assert neither.capabilities.expecting is None
     # Asked anyway, it decodes freely by length.

@@ -177,8 +177,18 @@ class SttConfig:
     # held one when the model is about as sure of it (speech/expect.py; needs an engine that
     # can: Moonshine, also as the long engine). README "Answers the dialogue expects".
     hold_expected: bool = True
+    # When the dialogue also says the answer it knows (the action server: `verify: {postcode,
+    # date}` beside the identity question), ask the engine whether the audio says it
+    # (speech/verify.py; Moonshine): confirmed when its digits, letters and months lead their
+    # rivals by verify_min_lead on average and none trails by more than verify_floor
+    # (log-probabilities; the near-miss guard: 0 strictest). README "Known answers".
+    verify_known: bool = True
+    verify_min_lead: float = 0.5
+    verify_floor: float = -3.0
 
     def __post_init__(self) -> None:
+        if self.verify_floor > 0:
+            raise ValueError("stt: verify_floor must be <= 0 (0: every token the likeliest)")
         if self.model == "base" and self.engine != "moonshine":
             raise ValueError('stt: model = "base" is a Moonshine model (engine = "moonshine")')
         if self.cpu_threads < 0:

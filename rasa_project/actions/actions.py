@@ -220,6 +220,43 @@ class ValidateBalanceForm(FormValidationAction):
         }
 
 
+class ActionAskIdentityCheck(Action):
+    """The identity question (the domain's ``utter_ask_identity_check``: its text and
+    payload), with the answers the billing back end knows for the account just given
+    (``verify: {postcode, date}``): the bot asks its speech recogniser whether the caller
+    says one of them (voicebot_pbx/speech/verify.py) instead of comparing a transcript of
+    letters and digits read out on a phone line. A back end that fails here only leaves
+    them out: the check after the answer asks it again and says what failed."""
+
+    def name(self) -> str:
+        return "action_ask_identity_check"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        responses = domain.get("responses") or {}
+        template = (responses.get("utter_ask_identity_check") or [{}])[0]
+        text = str(
+            template.get("text") or "To check it's you, what's the postcode of the property?"
+        )
+        custom = dict(template.get("custom") or {})
+        number = str(tracker.get_slot("account_number") or "")
+        rt = runtime()
+        account: Account | None = None
+        if number:
+            try:
+                account = await _bounded(rt, "billing", rt.backend("billing").account(number))
+            except BackendError:
+                account = None
+        if account is not None:
+            custom["verify"] = {
+                "postcode": account.postcode,
+                "date": account.birth_date.isoformat(),
+            }
+        dispatcher.utter_message(text=text, json_message=custom or None)
+        return []
+
+
 class ActionTellBalance(Action):
     def name(self) -> str:
         return "action_tell_balance"

@@ -36,6 +36,10 @@ class DialogueTurn:
     # What the caller is expected to say next (speech/expect.py), as the dialogue said it
     # ("digits", "postcode", "date"): their answer is also decoded held to it.
     expect: tuple[str, ...] = ()
+    # Answers the dialogue knows to that question (the action server's ``verify``:
+    # ("postcode", "NW9 4RQ"), ("date", "1987-06-23")): the engine is asked whether the
+    # caller says one (speech/verify.py). The caller's secrets: never shown in a repr.
+    known: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     intent: str | None = None
     confidence: float | None = None
     source: str = "rules"

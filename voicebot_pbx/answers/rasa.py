@@ -13,7 +13,9 @@ Rasa's reply messages map onto ``DialogueTurn``:
 * ``{"custom": {"action": "hangup"}}`` -> ``end="hangup"``
 * ``{"custom": {"action": "collect_dtmf", "max_digits": N}}`` -> ``collect_dtmf_digits=N``;
   with ``"expect": ["digits"]`` (or ``postcode``, ``date``) -> ``expect``: a spoken answer is
-  also decoded held to those words (``speech/expect.py``)
+  also decoded held to those words (``speech/expect.py``); with ``"verify": {"postcode":
+  "NW9 4RQ", "date": "1987-06-23"}`` (the action server, which knows them) -> ``known``: the
+  engine is asked whether the caller says one of them (``speech/verify.py``)
 * ``{"custom": {"action": "note", "entities": {...}, "fallback": REASON}}`` (the custom
   actions, rasa_project/actions) -> ``entities`` for the call, ``fallbacks`` for its record
 
@@ -87,6 +89,7 @@ class BotMessages:
     transfer_target: str | None = None
     collect_dtmf_digits: int | None = None
     expect: tuple[str, ...] = ()
+    known: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     # From the actions' ``{"action": "note"}`` payloads: facts for the call (identity
     # verified, a booking reference) and fallbacks taken (a back end that failed).
     entities: dict[str, str] = field(default_factory=dict)
@@ -109,6 +112,7 @@ def parse_bot_messages(messages: Sequence[Mapping[str, Any]]) -> BotMessages:
     target: str | None = None
     dtmf_digits: int | None = None
     expect: tuple[str, ...] = ()
+    known: tuple[tuple[str, str], ...] = ()
     entities: dict[str, str] = {}
     fallbacks: list[str] = []
     for msg in messages:
@@ -133,11 +137,34 @@ def parse_bot_messages(messages: Sequence[Mapping[str, Any]]) -> BotMessages:
             except (TypeError, ValueError):
                 log.warning("rasa.bad_collect_dtmf", payload=dict(custom))
             expect = _expect(custom) or expect
+            known = _known(custom) or known
         elif action == "note":
             _note(custom, entities, fallbacks)
         else:
             log.warning("rasa.unknown_custom_payload", payload=dict(custom))
-    return BotMessages(tuple(replies), end, target, dtmf_digits, expect, entities, tuple(fallbacks))
+    return BotMessages(
+        tuple(replies), end, target, dtmf_digits, expect, known, entities, tuple(fallbacks)
+    )
+
+
+def _known(custom: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """``verify: {postcode: ..., date: ...}`` beside ``collect_dtmf``: the answers the
+    action server knows (kind, value), of the kinds ``speech/verify.py`` checks; anything
+    else is dropped with one line that does not show the values."""
+    raw = custom.get("verify")
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        log.warning("rasa.bad_verify", shape=type(raw).__name__)
+        return ()
+    kept = tuple(
+        (str(kind), str(value))
+        for kind, value in raw.items()
+        if kind in ("postcode", "date") and isinstance(value, str) and value
+    )
+    if len(kept) < len(raw):
+        log.warning("rasa.bad_verify", kinds=sorted(str(k) for k in raw))
+    return kept
 
 
 def _expect(custom: Mapping[str, Any]) -> tuple[str, ...]:
@@ -299,6 +326,7 @@ class RasaDialogue:
             transfer_target=said.transfer_target,
             collect_dtmf_digits=said.collect_dtmf_digits,
             expect=said.expect,
+            known=said.known,
             intent=acted.intent,
             confidence=acted.confidence,
             source="rasa",

@@ -53,6 +53,7 @@ from voicebot_pbx.speech.turns import (
     looks_complete,
 )
 from voicebot_pbx.speech.vad import WINDOW_MS
+from voicebot_pbx.speech.verify import KnownAnswer
 
 log = structlog.get_logger("voicebot_pbx.call.listener")
 T = TypeVar("T")
@@ -226,6 +227,7 @@ class Listener:
         # digits after the dialogue asked for an account number); decodes are held to it
         # where the engine can (SttCapabilities.expecting) and stt.hold_expected is on.
         self.expect: Expected | None = None
+        self.known: tuple[KnownAnswer, ...] = ()  # speech/verify.py; never logged
         self._expect_digits: int | None = None  # how many digits complete that answer
         self.stt: SttStream | None = None
         # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
@@ -354,11 +356,18 @@ class Listener:
         recent = self._recent
         return b"".join(recent[i][1] for i in range(max(0, len(recent) - 3), len(recent) - 1))
 
-    def expect_answer(self, expected: Expected | None, digits: int | None) -> None:
+    def expect_answer(
+        self,
+        expected: Expected | None,
+        digits: int | None,
+        known: tuple[KnownAnswer, ...] = (),
+    ) -> None:
         """What the caller's next turn is expected to be (``expect``; the session sets it
-        with each answer) and, for digits, how many complete it: until then a pause ends the
-        turn only after ``turn.digits_max_silence_ms``."""
+        with each answer), the answers the dialogue knows to it (``known``) and, for digits,
+        how many complete it: until then a pause ends the turn only after
+        ``turn.digits_max_silence_ms``."""
         self.expect = expected
+        self.known = known if expected else ()
         holding = self.config.turn.digits_max_silence_ms
         counting = bool(expected and Expectation.DIGITS in expected and digits and holding > 0)
         self._expect_digits = digits if counting else None
@@ -766,8 +775,9 @@ class Listener:
         While an answer is expected (``expect``) and the engine can hold a decode to it, the
         decode runs held, in the shared pool."""
         if self.expect and self._expecting is not None and self.config.stt.hold_expected:
+            known = self.known if self.config.stt.verify_known else ()
             held = functools.partial(
-                self._expecting.transcribe_expecting, pcm, self.rate_hz, self.expect
+                self._expecting.transcribe_expecting, pcm, self.rate_hz, self.expect, known
             )
             return await self._stt_call(held)
         if self._queued is None:

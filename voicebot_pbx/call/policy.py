@@ -12,6 +12,7 @@ from __future__ import annotations
 from voicebot_pbx.answers.dialogue import BotReply, DialogueTurn
 from voicebot_pbx.config import FallbackConfig
 from voicebot_pbx.speech.expect import Expected, parse_expected
+from voicebot_pbx.speech.verify import KnownAnswer, known_answers
 
 
 def normalise(text: str) -> str:
@@ -80,6 +81,18 @@ def expected_answer(answer: DialogueTurn, current: Expected | None) -> Expected 
     if answer.source == "fallback" and answer.needs_fallback and answer.end is None:
         return current
     return None
+
+
+def known_answers_after(
+    answer: DialogueTurn, current: tuple[KnownAnswer, ...]
+) -> tuple[KnownAnswer, ...]:
+    """The answers the dialogue knows to the question it just asked (with ``expect``), kept
+    like :func:`expected_answer` keeps what is expected; else none."""
+    if answer.expect:
+        return known_answers(dict(answer.known))
+    if answer.source == "fallback" and answer.needs_fallback and answer.end is None:
+        return current
+    return ()
 
 
 DTMF_ENTRY_TIMEOUT_S = 3.0  # a half-typed entry is sent after this long without a key

@@ -735,8 +735,9 @@ class CallSession:
         if answer.collect_dtmf_digits:
             self._dtmf.expect(answer.collect_dtmf_digits)
         expected = policy.expected_answer(answer, self.listener.expect)
-        if expected is not self.listener.expect:
-            self.listener.expect_answer(expected, answer.collect_dtmf_digits)
+        known = policy.known_answers_after(answer, self.listener.known)
+        if expected is not self.listener.expect or known != self.listener.known:
+            self.listener.expect_answer(expected, answer.collect_dtmf_digits, known)
         generation = self.speaker.generation
 
         def on_first_frame(written_at: float) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -118,8 +118,12 @@ def load_engines(config: Config) -> Engines:
             "max_batch": config.stt.max_batch,
             "batch_wait_ms": config.stt.batch_wait_ms,
         }
-    elif config.stt.engine == "moonshine":
-        stt_options = {"cpu_threads": config.stt.threads}
+    verify: dict[str, Any] = {
+        "verify_min_lead": config.stt.verify_min_lead,
+        "verify_floor": config.stt.verify_floor,
+    }
+    if config.stt.engine == "moonshine":
+        stt_options = {"cpu_threads": config.stt.threads, **verify}
     pool = ThreadPoolExecutor(
         max_workers=config.inference.pool_threads,
         thread_name_prefix="inference",
@@ -132,7 +136,12 @@ def load_engines(config: Config) -> Engines:
         long_threads = config.stt.default_threads(config.stt.long_engine_name)
         stt = LengthSplitEngine(
             stt,
-            load_stt(config.stt.long_engine_name, None, cpu_threads=long_threads),
+            load_stt(
+                config.stt.long_engine_name,
+                None,
+                cpu_threads=long_threads,
+                **(verify if config.stt.long_engine_name == "moonshine" else {}),
+            ),
             long_from_s=config.stt.long_from_s,
             pool=pool,
         )

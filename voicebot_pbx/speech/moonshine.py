@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,20 @@ from voicebot_pbx.speech.expect import (
 )
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
 from voicebot_pbx.speech.vad import import_onnxruntime
+from voicebot_pbx.speech.verify import (
+    DEFAULT_FLOOR as DEFAULT_VERIFY_FLOOR,
+)
+from voicebot_pbx.speech.verify import (
+    DEFAULT_MIN_LEAD as DEFAULT_VERIFY_MIN_LEAD,
+)
+from voicebot_pbx.speech.verify import (
+    FormScore,
+    KnownAnswer,
+    accepted,
+    rival_classes,
+    spoken_forms,
+    written,
+)
 from voicebot_pbx.speech.whisper_guard import degenerate_reason
 
 log = structlog.get_logger(__name__)
@@ -153,6 +167,8 @@ class MoonshineEngine:
         cpu_threads: int = 1,
         retry_trimmed: bool = True,
         expect_margin: float = DEFAULT_MARGIN,
+        verify_min_lead: float = DEFAULT_VERIFY_MIN_LEAD,
+        verify_floor: float = DEFAULT_VERIFY_FLOOR,
     ) -> None:
         self.model_dir = Path(model_dir)
         # Nothing recognised: decode the speech without its quiet ends once more.
@@ -176,9 +192,12 @@ class MoonshineEngine:
         self._bos = _token_id(self._tokenizer, "<s>", 1)
         self._eos = _token_id(self._tokenizer, "</s>", 2)
         self.expect_margin = expect_margin
+        self.verify_min_lead = verify_min_lead
+        self.verify_floor = verify_floor
         size = int(self._tokenizer.get_vocab_size())
         self._pieces = [str(self._tokenizer.id_to_token(i) or "") for i in range(size)]
         self._held: dict[Expected, HeldVocabulary] = {}
+        self._rivals = rival_classes(self._pieces)
 
         ort = import_onnxruntime()
         opts = ort.SessionOptions()
@@ -290,16 +309,30 @@ class MoonshineEngine:
         decoded once more (``retry_trimmed``)."""
         return self._transcribe(pcm, rate_hz, None)
 
-    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
-        """As :meth:`transcribe`, also held to ``expected``; the better of the two."""
-        return self._transcribe(pcm, rate_hz, expected)
+    def transcribe_expecting(
+        self,
+        pcm: bytes,
+        rate_hz: int,
+        expected: Expected,
+        known: Sequence[KnownAnswer] = (),
+    ) -> SttResult:
+        """As :meth:`transcribe`, also held to ``expected``; the better of the two. With
+        ``known`` answers (``speech/verify.py``), one the audio says (against its decoys)
+        is the transcript, written plainly."""
+        return self._transcribe(pcm, rate_hz, expected, known)
 
-    def _transcribe(self, pcm: bytes, rate_hz: int, expected: Expected | None) -> SttResult:
+    def _transcribe(
+        self,
+        pcm: bytes,
+        rate_hz: int,
+        expected: Expected | None,
+        known: Sequence[KnownAnswer] = (),
+    ) -> SttResult:
         audio = pcm_to_float32(pcm)
         if rate_hz != MOONSHINE_RATE_HZ and audio.size:
             # In float (no int16 rounding of the resampled signal).
             audio = np.asarray(soxr.resample(audio, rate_hz, MOONSHINE_RATE_HZ), np.float32)
-        result = self._decode(audio, expected)
+        result = self._decode(audio, expected, known)
         if not result.text and self.retry_trimmed:
             trimmed = trim_quiet_ends(audio, MOONSHINE_RATE_HZ)
             if trimmed.size < audio.size:
@@ -319,11 +352,20 @@ class MoonshineEngine:
             self._held[expected] = vocabulary
         return vocabulary
 
-    def _decode(self, audio: npt.NDArray[np.float32], expected: Expected | None) -> SttResult:
+    def _decode(
+        self,
+        audio: npt.NDArray[np.float32],
+        expected: Expected | None,
+        known: Sequence[KnownAnswer] = (),
+    ) -> SttResult:
         if audio.size < _MIN_SAMPLES:
             return SttResult(text="", confidence=None)
         duration_s = audio.size / MOONSHINE_RATE_HZ
         hidden = self._encode(audio)
+        if known:
+            verified = self._verify(hidden, audio.size, known)
+            if verified is not None:
+                return verified
         free = self._result(hidden, audio.size, duration_s, None)
         if not expected:
             return free
@@ -377,20 +419,11 @@ class MoonshineEngine:
             enc_feed["attention_mask"] = np.ones(values.shape, dtype=np.int64)
         return self._encoder.run(["last_hidden_state"], enc_feed)[0]
 
-    def _generate(
-        self,
-        hidden: Any,
-        n_samples: int,
-        max_tokens: int,
-        held: HeldVocabulary | None = None,
-    ) -> tuple[list[int], list[float], bool]:
-        """Greedy decode on the encoder output ``hidden`` of ``n_samples`` of audio: (text
-        tokens, log-probs of every chosen token including the end-of-text, whether
-        end-of-text was reached within ``max_tokens``). ``held``: only the tokens it allows
-        at each step may be chosen (the log-probs are then over those)."""
+    def _feeds(self, hidden: Any, n_samples: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The decoder's inputs for step 0 (the first-step graph, or the merged one without
+        its cache branch) and for later steps (the with-past graph, or the merged one with
+        it, on the cache :meth:`_step` keeps in the second)."""
         mask = np.ones((1, n_samples), dtype=np.int64)
-        # Step 0 runs the first-step graph (the merged one without its cache branch), later
-        # steps the with-past graph (the merged one with it) on the cache kept in ``past``.
         first_feed: dict[str, Any] = {"encoder_hidden_states": hidden, **self._empty_past}
         next_feed: dict[str, Any] = {}
         if self._next_hidden:
@@ -404,17 +437,42 @@ class MoonshineEngine:
         if not self.split_decoder:
             first_feed["use_cache_branch"] = np.array([False])
             next_feed["use_cache_branch"] = np.array([True])
+        return first_feed, next_feed
+
+    def _step(
+        self, step: int, feeds: tuple[dict[str, Any], dict[str, Any]], token_id: int
+    ) -> npt.NDArray[np.float64]:
+        """One decoder step on ``token_id``: the next token's logits (the cache kept)."""
+        first_feed, next_feed = feeds
+        feed = first_feed if step == 0 else next_feed
+        session = self._decoder if step == 0 else self._decoder_with_past
+        present_names = self._first_present if step == 0 else self._next_present
+        feed["input_ids"] = np.array([[token_id]], dtype=np.int64)
+        logits, *present = session.run(None, feed)
+        for name, value in zip(present_names, present, strict=True):
+            # Cross-attention keys/values come from the first step only.
+            if (step == 0 or ".decoder." in name) and name in self._next_past:
+                next_feed[name] = value
+        return np.asarray(logits[0, -1], dtype=np.float64)
+
+    def _generate(
+        self,
+        hidden: Any,
+        n_samples: int,
+        max_tokens: int,
+        held: HeldVocabulary | None = None,
+    ) -> tuple[list[int], list[float], bool]:
+        """Greedy decode on the encoder output ``hidden`` of ``n_samples`` of audio: (text
+        tokens, log-probs of every chosen token including the end-of-text, whether
+        end-of-text was reached within ``max_tokens``). ``held``: only the tokens it allows
+        at each step may be chosen (the log-probs are then over those)."""
+        feeds = self._feeds(hidden, n_samples)
         tokens: list[int] = []
         logprobs: list[float] = []
         next_id = self._bos
         word = ""  # the held decode's state: the word it is in the middle of
         for step in range(max_tokens + 1):
-            feed = first_feed if step == 0 else next_feed
-            session = self._decoder if step == 0 else self._decoder_with_past
-            present_names = self._first_present if step == 0 else self._next_present
-            feed["input_ids"] = np.array([[next_id]], dtype=np.int64)
-            logits, *present = session.run(None, feed)
-            row = logits[0, -1].astype(np.float64)
+            row = self._step(step, feeds, next_id)
             if held is not None:
                 allowed = held.allowed(word)
                 # Not empty: a held decode that ends at once says nothing.
@@ -432,11 +490,56 @@ class MoonshineEngine:
             if step == max_tokens:
                 break
             tokens.append(next_id)
-            for name, value in zip(present_names, present, strict=True):
-                # Cross-attention keys/values come from the first step only.
-                if (step == 0 or ".decoder." in name) and name in self._next_past:
-                    next_feed[name] = value
         return tokens, logprobs, False
+
+    def _score(self, hidden: Any, n_samples: int, text: str) -> FormScore:
+        """How the audio takes ``text`` (each token fed to the decoder in turn, teacher
+        forcing): ``speech/verify.py``'s :class:`FormScore`."""
+        ids = [int(i) for i in self._tokenizer.encode(text, add_special_tokens=False).ids]
+        feeds = self._feeds(hidden, n_samples)
+        total = 0.0
+        leads: list[float] = []
+        previous = self._bos
+        for step, token in enumerate([*ids, self._eos]):
+            row = self._step(step, feeds, previous)
+            top = float(row.max())
+            total += float(row[token]) - top - math.log(float(np.exp(row - top).sum()))
+            rivals = self._rivals.get(token)
+            if rivals:
+                leads.append(float(row[token] - row[list(rivals)].max()))
+            previous = token
+        if not leads:
+            return FormScore(total / (len(ids) + 1), math.inf, math.inf)
+        return FormScore(total / (len(ids) + 1), sum(leads) / len(leads), min(leads))
+
+    def _verify(
+        self, hidden: Any, n_samples: int, known: Sequence[KnownAnswer]
+    ) -> SttResult | None:
+        """The known answer the audio says, written plainly (``speech/verify.py``): of the
+        answers whose likeliest written form passes :func:`verify.accepted`, the likeliest."""
+        best: tuple[float, KnownAnswer] | None = None
+        for answer in known:
+            forms = [self._score(hidden, n_samples, form) for form in spoken_forms(answer)]
+            score = max(forms, key=lambda f: f.mean)
+            ok = accepted(score, self.verify_min_lead, self.verify_floor)
+            # Never the answer itself: it is the caller's secret.
+            log.info(
+                "stt.moonshine.verify",
+                kind=answer.kind.value,
+                lead=round(score.lead, 3) if math.isfinite(score.lead) else None,
+                worst=round(score.worst, 3) if math.isfinite(score.worst) else None,
+                accepted=ok,
+            )
+            if ok and (best is None or score.mean > best[0]):
+                best = (score.mean, answer)
+        if best is None:
+            return None
+        mean, answer = best
+        return SttResult(
+            text=written(answer),
+            confidence=min(1.0, math.exp(mean)),
+            held_to=f"known:{answer.kind.value}",
+        )
 
 
 def _present_to_past(session: Any, path: Path, past: Collection[str] | None) -> list[str]:

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from voicebot_pbx.speech.expect import Expected
+    from voicebot_pbx.speech.verify import KnownAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +101,15 @@ class ExpectingTranscriber(Protocol):
     """A batch transcriber that can hold a decode to what the caller is expected to say
     (``speech/expect.py``): it decodes both freely and held, and returns the better."""
 
-    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
-        """Blocking, on the calling worker thread."""
+    def transcribe_expecting(
+        self,
+        pcm: bytes,
+        rate_hz: int,
+        expected: Expected,
+        known: Sequence[KnownAnswer] = (),
+    ) -> SttResult:
+        """Blocking, on the calling worker thread. ``known``: answers the dialogue knows
+        (``speech/verify.py``): one the audio says is the transcript, written plainly."""
         ...
 
 

@@ -17,6 +17,7 @@ number) goes to the engine that can hold it, whatever its length.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import Executor
 
 import numpy as np
@@ -36,6 +37,7 @@ from voicebot_pbx.speech.stt import (
     SttEngine,
     SttResult,
 )
+from voicebot_pbx.speech.verify import KnownAnswer
 
 
 def speech_span_s(pcm: bytes, rate_hz: int) -> float:
@@ -95,13 +97,19 @@ class LengthSplitEngine:
         packaged split: Moonshine base), else the short one, else none."""
         return self.long.capabilities.expecting or self.short.capabilities.expecting
 
-    def transcribe_expecting(self, pcm: bytes, rate_hz: int, expected: Expected) -> SttResult:
+    def transcribe_expecting(
+        self,
+        pcm: bytes,
+        rate_hz: int,
+        expected: Expected,
+        known: Sequence[KnownAnswer] = (),
+    ) -> SttResult:
         """Blocking: whatever the utterance's length, on the engine that can hold it."""
         expecting = self._expecting()
         if expecting is None:
             return self.transcribe(pcm, rate_hz)
         self.routed["held"] += 1
-        return expecting.transcribe_expecting(pcm, rate_hz, expected)
+        return expecting.transcribe_expecting(pcm, rate_hz, expected, known)
 
     def new_stream(self, rate_hz: int) -> BufferedStream:
         return BufferedStream(self, rate_hz)
