@@ -72,12 +72,8 @@ from voicebot_pbx.speech.expect import (
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
 from voicebot_pbx.speech.vad import import_onnxruntime
 from voicebot_pbx.speech.verify import (
-    DEFAULT_FLOOR as DEFAULT_VERIFY_FLOOR,
-)
-from voicebot_pbx.speech.verify import (
-    DEFAULT_MIN_LEAD as DEFAULT_VERIFY_MIN_LEAD,
-)
-from voicebot_pbx.speech.verify import (
+    DEFAULT_FLOOR,
+    DEFAULT_MIN_LEAD,
     FormScore,
     KnownAnswer,
     accepted,
@@ -155,7 +151,9 @@ class MoonshineEngine:
     :meth:`transcribe_expecting` decodes an utterance twice on one encoder output, freely
     and held to the expected words (``speech/expect.py``: the logits of every other token
     set to -inf at each step, so its confidence is over the words it may say), and keeps
-    the held one when :func:`expect.prefer` says so (``expect_margin``)."""
+    the held one when :func:`expect.prefer` says so (``expect_margin``). Given the answers
+    the dialogue knows (``speech/verify.py``), it first asks the decoder whether the audio
+    says one of them (``verify_min_lead``, ``verify_floor``)."""
 
     name = "moonshine"
 
@@ -167,8 +165,8 @@ class MoonshineEngine:
         cpu_threads: int = 1,
         retry_trimmed: bool = True,
         expect_margin: float = DEFAULT_MARGIN,
-        verify_min_lead: float = DEFAULT_VERIFY_MIN_LEAD,
-        verify_floor: float = DEFAULT_VERIFY_FLOOR,
+        verify_min_lead: float = DEFAULT_MIN_LEAD,
+        verify_floor: float = DEFAULT_FLOOR,
     ) -> None:
         self.model_dir = Path(model_dir)
         # Nothing recognised: decode the speech without its quiet ends once more.
@@ -317,8 +315,8 @@ class MoonshineEngine:
         known: Sequence[KnownAnswer] = (),
     ) -> SttResult:
         """As :meth:`transcribe`, also held to ``expected``; the better of the two. With
-        ``known`` answers (``speech/verify.py``), one the audio says (against its decoys)
-        is the transcript, written plainly."""
+        ``known`` answers (``speech/verify.py``), one the audio is confirmed to say is the
+        transcript, written plainly (and nothing else is decoded)."""
         return self._transcribe(pcm, rate_hz, expected, known)
 
     def _transcribe(
