@@ -194,10 +194,16 @@ def ask_balance(call: Call) -> DialogueTurn:
 
 @needs_rasa
 @pytest.mark.rasa
-def test_balance_through_the_http_back_end(dlg: RasaDialogue, loop: LoopThread) -> None:
+def test_balance_through_the_http_back_end(
+    dlg: RasaDialogue, loop: LoopThread, backend: ApiServer
+) -> None:
+    before = backend.api.count("GET")
     turn = ask_balance(Call(dlg, loop))
     assert texts(turn).startswith(say_balance(ACCOUNT.balance_pence)), texts(turn)
     assert turn.fallbacks == () and turn.entities["identity_verified"] == "true"
+    # One account lookup for the whole call: the identity question's (which also sent the
+    # known answers to the bot); the check and the balance read what it found.
+    assert backend.api.count("GET") - before == 1
 
 
 @needs_rasa

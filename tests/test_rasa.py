@@ -977,7 +977,7 @@ def test_a_yes_to_the_honest_offer_transfers_and_a_no_does_not(
     async def offer_then(answer: str) -> tuple[str, DialogueTurn]:
         call = new_call()
         await brain.start(call)
-        turn = await brain.respond(call, "can you recommend a plumber near me")
+        turn = await brain.respond(call, "what is the best recipe for pancakes")
         assert turn.composed is not None
         said = ""
         async with contextlib.aclosing(turn.composed.composer.answer(turn.composed.question)) as s:

@@ -218,9 +218,9 @@ def test_transfer_lands_in_the_target_extension(bed: Bed) -> None:
 def test_a_yes_to_the_honest_offer_lands_in_the_agents_extension(bed: Bed) -> None:
     """A question nobody's knowledge covers gets the refusal, which asks "Shall I put you
     through to an agent?"; the caller's "yes please" transfers (uuid_transfer to agents)."""
-    plumber = question(bed, "plumber", "can you recommend a good plumber")
+    pancakes = question(bed, "pancakes", "what is the best recipe for pancakes")
     yes = question(bed, "yes", "yes please")
-    call = bed.run_call([silence(GREETING_S), play(plumber), silence(12), play(yes), silence(8)])
+    call = bed.run_call([silence(GREETING_S), play(pancakes), silence(12), play(yes), silence(8)])
     record = bed.record(call)
     turns = speech_turns(record)
     assert turns[0][1].endswith("Shall I put you through to an agent?"), turns

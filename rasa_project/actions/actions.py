@@ -188,7 +188,14 @@ class ValidateBalanceForm(FormValidationAction):
         # The postcode or date said here is not a power cut's postcode nor a visit's day.
         forget = {"postcode": None, "date": None}
         try:
-            account = await _bounded(rt, "billing", rt.backend("billing").account(number))
+            # What the identity question just looked up (action_ask_identity_check), else
+            # the back end now.
+            account = rt.recent(number)
+            if account is None:
+                failed = rt.recent_failure(number)
+                if failed is not None:
+                    raise failed
+                account = await _bounded(rt, "billing", rt.backend("billing").account(number))
         except BackendError as exc:
             # The form ends (both slots filled); action_tell_balance says why.
             return {
@@ -244,11 +251,14 @@ class ActionAskIdentityCheck(Action):
         rt = runtime()
         account: Account | None = None
         if number:
+            # One lookup per question: the check of the answer reads what it found (or
+            # that it failed) instead of asking the back end again.
             try:
                 account = await _bounded(rt, "billing", rt.backend("billing").account(number))
-            except BackendError:
-                account = None
+            except BackendError as exc:
+                rt.remember_failure(number, exc)
         if account is not None:
+            rt.remember(account)
             custom["verify"] = {
                 "postcode": account.postcode,
                 "date": account.birth_date.isoformat(),

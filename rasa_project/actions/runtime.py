@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .backend import Account, Backend
+from .backend import Account, Backend, BackendError
 from .backend_config import open_backends
 from .demo_data import seed_demo
 
@@ -55,6 +55,7 @@ class Runtime:
         # Accounts just read by the identity check, so the balance that follows in the same
         # turn needs no second lookup (seconds, in this process only).
         self._recent: dict[str, tuple[float, Account]] = {}
+        self._failed: dict[str, tuple[float, BackendError]] = {}
 
     def backend(self, system: str) -> Backend:
         return self._backends[system]
@@ -62,7 +63,22 @@ class Runtime:
     def remember(self, account: Account) -> None:
         cutoff = time.monotonic() - RECENT_S
         self._recent = {k: v for k, v in self._recent.items() if v[0] >= cutoff}
+        self._failed = {k: v for k, v in self._failed.items() if v[0] >= cutoff}
+        self._failed.pop(account.number, None)
         self._recent[account.number] = (time.monotonic(), account)
+
+    def remember_failure(self, number: str, error: BackendError) -> None:
+        """The back end failed to read ``number`` (the identity question's lookup): the
+        check of the answer that follows says so without asking it again."""
+        self._failed[number] = (time.monotonic(), error)
+        self._recent.pop(number, None)
+
+    def recent_failure(self, number: str) -> BackendError | None:
+        """The failure just remembered for ``number`` (once; None after RECENT_S)."""
+        seen = self._failed.pop(number, None)
+        if seen is None or seen[0] < time.monotonic() - RECENT_S:
+            return None
+        return seen[1]
 
     def recent(self, number: str) -> Account | None:
         seen = self._recent.get(number)
