@@ -87,6 +87,7 @@ from voicebot_pbx.answers.number_words import (  # noqa: E402
     UNITS,
 )
 from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv  # noqa: E402
+from voicebot_pbx.answers.routing import offers_transfer  # noqa: E402
 from voicebot_pbx.audio import read_wav  # noqa: E402
 from voicebot_pbx.config import Config, load_config  # noqa: E402
 from voicebot_pbx.ops.logs import configure_logging  # noqa: E402
@@ -478,7 +479,7 @@ async def ask(
         result.confirm = "yes" if meant else "no"
         turn = await _turn(brain, config, call, result.confirm, result)
     offers = (config.llm.fallback_reply, config.llm.refusal_reply)
-    if any(contains(result.answer, t) for t in offers if t.rstrip().endswith("?")):
+    if any(contains(result.answer, t) for t in offers if offers_transfer(t)):
         taken = await brain.respond(call, "yes please")
         result.offer_taken = taken.end == "transfer"
     await brain.end(call)

@@ -14,13 +14,13 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import numpy.typing as npt
 
+from tests.test_routing import UnsureNlu
 from voicebot_pbx.answers.dialogue import (
     BotReply,
     CallInfo,
     DialogueTurn,
     Rejected,
     Sentence,
-    Understanding,
 )
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
@@ -118,25 +118,9 @@ def test_every_question_back_is_listed_for_the_cache() -> None:
     assert confirm_question(CUTS, mine) == "Is it this: How do I report a power cut?"
 
 
-class YesNoNlu:
-    """A dialogue like Rasa for these tests: yes/no words are affirm/deny, "agent"
-    transfers, anything else is not understood (nlu_fallback)."""
-
-    name = "rasa"
-
-    def __init__(self) -> None:
-        self.acted: list[str] = []
-
-    async def start(self, call: CallInfo) -> DialogueTurn:
-        return DialogueTurn(replies=(BotReply(text="Hello."),), intent="greet")
-
-    async def understand(self, call: CallInfo, text: str) -> Understanding:
-        turn = self._turn(text)
-        return Understanding(turn.intent, turn.confidence, turn.needs_fallback)
-
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
-        self.acted.append(text)
-        return self._turn(text)
+class YesNoNlu(UnsureNlu):
+    """A dialogue like Rasa for these tests (``UnsureNlu``'s plumbing): yes/no words are
+    affirm/deny, "agent" transfers, anything else is not understood (nlu_fallback)."""
 
     def _turn(self, text: str) -> DialogueTurn:
         words = text.lower().split()
@@ -151,12 +135,6 @@ class YesNoNlu:
         return DialogueTurn(
             replies=(BotReply(text="Sorry?"),), intent="nlu_fallback", needs_fallback=True
         )
-
-    async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
-        return DialogueTurn()
-
-    async def end(self, call: CallInfo) -> None:
-        return None
 
 
 async def _hear(turn: DialogueTurn) -> list[str]:

@@ -17,6 +17,7 @@ from tests.test_stt import caller, words
 from tests.test_turns import DIGITS, HOURS, PHRASES, first_reply_after, make_shared, timeline
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, RuleDialogue
 from voicebot_pbx.call import policy
+from voicebot_pbx.call.session import Shared
 from voicebot_pbx.config import FallbackConfig
 from voicebot_pbx.speech.expect import (
     WORDS,
@@ -204,16 +205,24 @@ class AsksForDigits(RuleDialogue):
         return turn
 
 
+def asking_shared(
+    stt: ExpectingScriptedStt, dialogue: type[RuleDialogue], **stt_settings: object
+) -> Shared:
+    """The test service with ``stt``, ``dialogue`` (rules that ask for something) and
+    these ``[stt]`` settings changed."""
+    shared = make_shared(stt=stt)
+    config = dataclasses.replace(
+        shared.config, stt=dataclasses.replace(shared.config.stt, **stt_settings)
+    )
+    return dataclasses.replace(
+        shared, config=config, dialogue=dialogue.from_config(config.dialogue)
+    )
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 def test_the_answer_after_a_request_for_digits_is_decoded_held_to_digits(enabled: bool) -> None:
     stt = ExpectingScriptedStt(PHRASES, delay_s=0.1)
-    shared = make_shared(stt=stt)
-    config = dataclasses.replace(
-        shared.config, stt=dataclasses.replace(shared.config.stt, hold_expected=enabled)
-    )
-    shared = dataclasses.replace(
-        shared, config=config, dialogue=AsksForDigits.from_config(config.dialogue)
-    )
+    shared = asking_shared(stt, AsksForDigits, hold_expected=enabled)
     said = [
         (3.0, tone(1.0, 8000, HOURS)),  # -> "We open at eight." + 8 digits asked for
         (6.0, tone(1.0, 8000, DIGITS)),  # "one two three" -> "Thanks, got your account."

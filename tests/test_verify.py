@@ -11,8 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.speech import espeak_pcm, have_espeak
-from tests.test_expect import ExpectingScriptedStt
-from tests.test_turns import DIGITS, HOURS, PHRASES, make_shared, timeline
+from tests.test_expect import ExpectingScriptedStt, asking_shared
+from tests.test_turns import DIGITS, HOURS, PHRASES, timeline
 from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn, RuleDialogue
 from voicebot_pbx.answers.rasa import parse_bot_messages
 from voicebot_pbx.models import MOONSHINE_BASE_EN, MOONSHINE_TOKENIZER, model_path
@@ -104,13 +104,7 @@ def test_the_answer_to_the_identity_question_is_checked_against_the_known_ones(
     enabled: bool,
 ) -> None:
     stt = ExpectingScriptedStt(PHRASES, delay_s=0.1)
-    shared = make_shared(stt=stt)
-    config = dataclasses.replace(
-        shared.config, stt=dataclasses.replace(shared.config.stt, verify_known=enabled)
-    )
-    shared = dataclasses.replace(
-        shared, config=config, dialogue=AsksWhoYouAre.from_config(config.dialogue)
-    )
+    shared = asking_shared(stt, AsksWhoYouAre, verify_known=enabled)
     said = [
         (3.0, tone(1.0, 8000, HOURS)),  # -> the identity question, with the known answers
         (6.0, tone(1.0, 8000, DIGITS)),  # the caller's answer: checked against them

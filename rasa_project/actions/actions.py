@@ -232,8 +232,9 @@ class ActionAskIdentityCheck(Action):
     payload), with the answers the billing back end knows for the account just given
     (``verify: {postcode, date}``): the bot asks its speech recogniser whether the caller
     says one of them (voicebot_pbx/speech/verify.py) instead of comparing a transcript of
-    letters and digits read out on a phone line. A back end that fails here only leaves
-    them out: the check after the answer asks it again and says what failed."""
+    letters and digits read out on a phone line. The lookup is the call's only one: the
+    check of the answer reads the account it found, or that it failed (then the answers
+    are left out, and the check says what failed), from the runtime's memory."""
 
     def name(self) -> str:
         return "action_ask_identity_check"

@@ -60,16 +60,20 @@ class Runtime:
     def backend(self, system: str) -> Backend:
         return self._backends[system]
 
-    def remember(self, account: Account) -> None:
+    def _forget_old(self) -> None:
         cutoff = time.monotonic() - RECENT_S
         self._recent = {k: v for k, v in self._recent.items() if v[0] >= cutoff}
         self._failed = {k: v for k, v in self._failed.items() if v[0] >= cutoff}
+
+    def remember(self, account: Account) -> None:
+        self._forget_old()
         self._failed.pop(account.number, None)
         self._recent[account.number] = (time.monotonic(), account)
 
     def remember_failure(self, number: str, error: BackendError) -> None:
         """The back end failed to read ``number`` (the identity question's lookup): the
         check of the answer that follows says so without asking it again."""
+        self._forget_old()
         self._failed[number] = (time.monotonic(), error)
         self._recent.pop(number, None)
 

@@ -31,6 +31,7 @@ from voicebot_pbx.answers.routing import (
     Route,
     confirm_question,
     knowledge_hit,
+    offers_transfer,
     route,
     spoken_answer,
     yes_or_no,
@@ -174,7 +175,7 @@ class _OfferWatch:
             async with contextlib.aclosing(self.composer.answer(question)) as stream:
                 async for item in stream:
                     items += 1
-                    if isinstance(item, Rejected) and item.reply.rstrip().endswith("?"):
+                    if isinstance(item, Rejected) and offers_transfer(item.reply):
                         self._offered()
                     yield item
         except (GeneratorExit, asyncio.CancelledError):

@@ -103,6 +103,12 @@ def confirm_questions(kb: KnowledgeBase, config: KnowledgeConfig) -> list[str]:
     return [confirm_question(p, config) for p in kb.passages] if config.confirm else []
 
 
+def offers_transfer(reply: str) -> bool:
+    """Whether a fallback or refusal reply offers the caller a transfer: it asks ("... shall
+    I put you through to an agent?"); one written as a statement offers nothing."""
+    return reply.rstrip().endswith("?")
+
+
 _YES_WORDS = frozenset(
     "yes yeah yep yup sure correct right exactly please absolutely definitely ok okay".split()
 )

@@ -72,15 +72,19 @@ def wrap_up_turn(fallbacks: FallbackConfig, profile_target: str) -> DialogueTurn
     )
 
 
+def _asks_again(answer: DialogueTurn) -> bool:
+    """``answer`` only asks the caller to say it again (the session's own "sorry, I didn't
+    catch that"): what was expected of the caller still is."""
+    return answer.source == "fallback" and answer.needs_fallback and answer.end is None
+
+
 def expected_answer(answer: DialogueTurn, current: Expected | None) -> Expected | None:
     """What the caller's next turn is expected to be after ``answer``: what it says it
     expects (Rasa: ``expect`` beside ``collect_dtmf``); unchanged when it only asks the
-    caller to say it again (the session's own "sorry, I didn't catch that"); else nothing."""
+    caller to say it again; else nothing."""
     if answer.expect:
         return parse_expected(answer.expect)  # the dialogue's reader kept known kinds only
-    if answer.source == "fallback" and answer.needs_fallback and answer.end is None:
-        return current
-    return None
+    return current if _asks_again(answer) else None
 
 
 def known_answers_after(
@@ -90,9 +94,7 @@ def known_answers_after(
     like :func:`expected_answer` keeps what is expected; else none."""
     if answer.expect:
         return known_answers(dict(answer.known))
-    if answer.source == "fallback" and answer.needs_fallback and answer.end is None:
-        return current
-    return ()
+    return current if _asks_again(answer) else ()
 
 
 DTMF_ENTRY_TIMEOUT_S = 3.0  # a half-typed entry is sent after this long without a key
