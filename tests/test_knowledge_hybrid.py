@@ -189,3 +189,28 @@ def test_a_dialogue_error_is_raised_as_itself_beside_the_embedding(kb: Knowledge
     brain = ComposingDialogue(Down(), ScriptedLlm([(0.0, "Composed.")], kb=kb), CONFIG)
     with pytest.raises(DialogueUnavailable, match="rasa is down"):
         asyncio.run(brain.respond(CallInfo(call_id="c"), "who do I talk to about my bills"))
+
+
+def test_a_passage_read_for_a_question_is_trimmed_to_the_sentence_that_answers_it(
+    kb: KnowledgeBase,
+) -> None:
+    """The fee passage starts with Fixed 12's exit fee; a caller asking about Green Saver
+    hears only the sentence about Green Saver (the whole passage, first "there is an exit
+    fee of £30", reads like a yes)."""
+    from tests.test_routing import UnsureNlu
+
+    question = "is there a charge to walk away from green saver"
+    found = knowledge_hit(kb, question)
+    assert found is not None and found.passage.id == "tariffs#2"
+    assert len(found.sentence_similarities) == 2
+    brain = ComposingDialogue(UnsureNlu(), ScriptedLlm([(0.0, "Composed.")], kb=kb), CONFIG)
+    turn = asyncio.run(brain.respond(CallInfo(call_id="c"), question))
+    assert turn.source == "knowledge"
+    assert [r.text for r in turn.replies] == [
+        "There is no exit fee on Standard Variable or Green Saver."
+    ]
+    # Not trimmed when disabled (answer_sentence_lead above any cosine lead).
+    whole = dataclasses.replace(CONFIG, answer_sentence_lead=2.0)
+    plain = ComposingDialogue(UnsureNlu(), ScriptedLlm([(0.0, "Composed.")], kb=kb), whole)
+    turn = asyncio.run(plain.respond(CallInfo(call_id="c"), question))
+    assert len(turn.replies) == 2 and "£30" in turn.replies[0].text

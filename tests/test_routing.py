@@ -19,12 +19,14 @@ from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
 from voicebot_pbx.answers.routing import (
     KnowledgeHit,
+    answering,
     knowledge_hit,
     route,
     spoken_answer,
     spoken_sentences,
 )
 from voicebot_pbx.config import DialogueConfig, KnowledgeConfig, RuleConfig
+from voicebot_pbx.speech.tts import split_sentences
 from voicebot_pbx.testing import ScriptedLlm, run_virtual
 
 KNOWLEDGE = Path(__file__).resolve().parents[1] / "knowledge"
@@ -110,12 +112,70 @@ def test_a_passage_is_read_as_written_up_to_the_word_budget() -> None:
     ]
 
 
+FEES = Passage(
+    "tariffs#2",
+    "Tariffs",
+    "Is there a fee to leave a fixed tariff?",
+    "If you leave Fixed 12 early, there is an exit fee of £30. "
+    "There is no exit fee on Green Saver.",
+    "exit fee, leave",
+)
+DATES = Passage(
+    "dd#2",
+    "Direct debit",
+    "Can I change my direct debit date?",
+    "Yes. You can choose any date between the 1st and the 28th. It takes 10 days.",
+    "payment date",
+)
+
+
+def test_a_bare_yes_is_dropped_when_the_question_names_what_the_passage_does_not() -> None:
+    """The "Yes." answers the heading; "... on the thirtieth" is not the heading's question,
+    and a "Yes." would say the opposite of "between the 1st and the 28th"."""
+    assert answering(DATES, "can my direct debit date be the thirtieth", (), 0.15) == [
+        "You can choose any date between the 1st and the 28th.",
+        "It takes 10 days.",
+    ]
+    # Every term of the question is the passage's own: its answer as written.
+    assert answering(DATES, "can I change my direct debit date", (), 0.15)[0] == "Yes."
+    assert spoken_answer(DATES, 45, "can my direct debit date be the thirtieth")[0] != "Yes."
+    assert spoken_answer(DATES, 45)[0] == "Yes."  # after a yes to the heading itself
+
+
+def test_a_later_sentence_clearly_closer_to_the_question_is_the_answer_alone() -> None:
+    question = "will I be charged for leaving green saver"
+    assert answering(FEES, question, (0.29, 0.65), 0.15) == ["There is no exit fee on Green Saver."]
+    assert spoken_answer(FEES, 45, question, (0.29, 0.65), 0.15) == [
+        "There is no exit fee on Green Saver."
+    ]
+    # Not clearly closer, or no similarities (BM25 retrieval): the passage as written.
+    whole = answering(FEES, question, (), 0.15)
+    assert (
+        whole
+        == answering(FEES, question, (0.50, 0.60), 0.15)
+        == [
+            "If you leave Fixed 12 early, there is an exit fee of £30.",
+            "There is no exit fee on Green Saver.",
+        ]
+    )
+    # Similarities that do not match the sentences (a changed passage) are not used.
+    assert answering(FEES, question, (0.1, 0.2, 0.9), 0.15) == whole
+    # A sentence that refers back comes with the one before it; the bare "Yes." (dropped
+    # here) is not counted.
+    assert answering(DATES, "how long does it take", (0.0, 0.1, 0.7), 0.15) == [
+        "You can choose any date between the 1st and the 28th.",
+        "It takes 10 days.",
+    ]
+
+
 def test_every_spoken_sentence_of_the_knowledge_base_is_listed_for_the_cache(
     kb: KnowledgeBase,
 ) -> None:
     sentences = spoken_sentences(kb, CONFIG.max_words)
     for passage in kb.passages:
         assert spoken_answer(passage, CONFIG.max_words)[0] in sentences
+        # Trimmed to one sentence (or without its "Yes."), it is still cached.
+        assert set(split_sentences(passage.text)) <= set(sentences)
     assert len(sentences) >= len(kb.passages)
 
 
@@ -179,7 +239,8 @@ def test_the_dialogue_reads_the_passage_instead_of_the_nearest_intent(kb: Knowle
     faq, hours, transfer, unknown = run_virtual(turns())
     passage = next(p for p in kb.passages if p.id == "direct-debit#2")
     assert faq.source == "knowledge" and faq.sources == ("direct-debit#2",)
-    assert [r.text for r in faq.replies] == spoken_answer(passage, CONFIG.max_words)
+    # Read as written, without the heading's bare "Yes." ("comes" is not in the passage).
+    assert [r.text for r in faq.replies] == spoken_answer(passage, CONFIG.max_words)[1:]
     assert faq.composed is None and not faq.needs_fallback
     assert hours.replies[0].text == "We open at eight."  # no strong hit elsewhere
     assert transfer.end == "transfer" and transfer.replies[0].text == "Putting you through."

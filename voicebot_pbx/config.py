@@ -679,6 +679,10 @@ class KnowledgeConfig:
     direct_min_coverage: float = 0.25
     direct_min_margin: float = 1.0
     max_words: int = 45
+    # A passage read instead of an intent is trimmed to the sentence that answers the
+    # question (hybrid): a later sentence at least this much closer to the question (cosine)
+    # than the first is read alone. Above 1: never trimmed.
+    answer_sentence_lead: float = 0.15
     override_below_confidence: float = 0.99
     keep_intents: tuple[str, ...] = (
         "greet",
@@ -729,6 +733,8 @@ class KnowledgeConfig:
                 problems.append(f"{name} must be between 0 and 1")
         if self.max_words < 1:
             problems.append("max_words must be at least 1")
+        if self.answer_sentence_lead < 0:
+            problems.append("answer_sentence_lead must be >= 0")
         if self.confirm_question.count("{question}") != 1:
             problems.append("confirm_question must hold {question} once")
         if not self.offer_accepted_reply.strip() or not self.offer_target.strip():

@@ -243,7 +243,7 @@ class ComposingDialogue:
                 heard.intent, heard.confidence, heard.needs_fallback, hit, self.knowledge, closeness
             )
             if where == "passage" and hit is not None:
-                return self._read_out(hit, heard)
+                return self._read_out(hit, heard, text)
             if where == "confirm" and hit is not None:
                 return self._ask_back(call, hit, heard)
         turn = await self.inner.respond(call, text)
@@ -310,8 +310,11 @@ class ComposingDialogue:
             sources=(hit.passage.id,),
         )
 
-    def _read_out(self, hit: KnowledgeHit, heard: Understanding) -> DialogueTurn:
-        """The passage's own sentences, instead of the intent ``heard``."""
+    def _read_out(
+        self, hit: KnowledgeHit, heard: Understanding, question: str = ""
+    ) -> DialogueTurn:
+        """The passage's own sentences, instead of the intent ``heard``: those that answer
+        ``question`` (empty: the caller said yes to the passage's heading, all of them)."""
         log.info(
             "knowledge_answer",
             passage=hit.passage.id,
@@ -322,7 +325,13 @@ class ComposingDialogue:
             instead_of=heard.intent,
             intent_confidence=heard.confidence,
         )
-        sentences = spoken_answer(hit.passage, self.knowledge.max_words)
+        sentences = spoken_answer(
+            hit.passage,
+            self.knowledge.max_words,
+            question,
+            hit.sentence_similarities,
+            self.knowledge.answer_sentence_lead,
+        )
         return DialogueTurn(
             replies=tuple(BotReply(text=s) for s in sentences),
             intent=heard.intent,

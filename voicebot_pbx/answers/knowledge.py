@@ -33,6 +33,7 @@ from voicebot_pbx.config import (
 from voicebot_pbx.config import LlmConfig as LlmConfig
 from voicebot_pbx.config import LlmEndpointConfig as LlmEndpointConfig
 from voicebot_pbx.facts import FactsError, load_facts, render, text_problems
+from voicebot_pbx.speech.tts import split_sentences
 
 log = structlog.get_logger(__name__)
 
@@ -123,8 +124,15 @@ class KnowledgeBase:
         self._embedder = embedder
         self._bm25_weight = bm25_weight
         self._vectors: npt.NDArray[np.float32] | None = None
+        # Each passage's sentences (split_sentences of its text), for answers trimmed to
+        # the sentence that answers a question (voicebot_pbx.answers.routing.answering).
+        self._sentence_vectors: dict[str, npt.NDArray[np.float32]] = {}
         if embedder is not None and self.passages:
             self._vectors = np.stack([embedder.embed(p.embedding_text) for p in self.passages])
+            for p in self.passages:
+                self._sentence_vectors[p.id] = np.stack(
+                    [embedder.embed(s) for s in split_sentences(p.text)]
+                )
         self._recent: dict[str, npt.NDArray[np.float32]] = {}
         self._recent_lock = Lock()
         self._intent_vectors: dict[str, npt.NDArray[np.float32]] = {}
@@ -241,6 +249,14 @@ class KnowledgeBase:
             return 0.0
         index = self.passages.index(passage)
         return float(self._vectors[index] @ self._question_vector(question))
+
+    def sentence_similarities(self, passage: Passage, question: str) -> tuple[float, ...]:
+        """Cosine similarity of ``question`` to each sentence of ``passage`` (its text split
+        by ``split_sentences``); empty when not hybrid. Blocking like :meth:`scores`."""
+        vectors = self._sentence_vectors.get(passage.id)
+        if vectors is None:
+            return ()
+        return tuple(float(x) for x in vectors @ self._question_vector(question))
 
     def _question_vector(self, question: str) -> npt.NDArray[np.float32]:
         assert self._embedder is not None

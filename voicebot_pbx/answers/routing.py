@@ -27,6 +27,7 @@ runner-up it is):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,6 +46,8 @@ class KnowledgeHit:
     runner_up: float  # the second passage's score (0: none)
     hybrid: bool
     similarity: float = 0.0  # hybrid: the question's cosine similarity to the passage
+    # hybrid: its similarity to each of the passage's sentences (split_sentences)
+    sentence_similarities: tuple[float, ...] = ()
 
     @property
     def margin(self) -> float:
@@ -69,7 +72,8 @@ def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
     coverage = sum(term in used for term in terms) / len(terms) if terms else 0.0
     runner_up = scored[1][1] if len(scored) > 1 else 0.0
     similarity = kb.similarity(passage, question)
-    return KnowledgeHit(passage, score, coverage, runner_up, kb.hybrid, similarity)
+    sentences = kb.sentence_similarities(passage, question)
+    return KnowledgeHit(passage, score, coverage, runner_up, kb.hybrid, similarity, sentences)
 
 
 def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
@@ -180,10 +184,21 @@ def route(
     return "intent"
 
 
-def spoken_answer(passage: Passage, max_words: int) -> list[str]:
+def spoken_answer(
+    passage: Passage,
+    max_words: int,
+    question: str = "",
+    similarities: Sequence[float] = (),
+    min_lead: float = 0.15,
+) -> list[str]:
     """The passage's sentences as the caller hears them: in order, stopping before the
-    sentence that would pass ``max_words`` (the first sentence always)."""
+    sentence that would pass ``max_words`` (the first sentence always).
+
+    Given the caller's ``question`` (a passage read instead of an intent, not after the
+    caller said yes to its heading), trimmed to what answers it (:func:`answering`)."""
     sentences = split_sentences(passage.text)
+    if question:
+        sentences = answering(passage, question, similarities, min_lead)
     chosen: list[str] = []
     words = 0
     for sentence in sentences:
@@ -195,6 +210,48 @@ def spoken_answer(passage: Passage, max_words: int) -> list[str]:
     return chosen
 
 
+_BARE_ANSWERS = frozenset({"yes", "no"})
+_REFERS_BACK = frozenset({"it", "its", "this", "that", "they", "these", "those"})
+
+
+def answering(
+    passage: Passage, question: str, similarities: Sequence[float], min_lead: float
+) -> list[str]:
+    """The sentences of ``passage`` that answer the caller's ``question`` (pure):
+
+    - a bare "Yes." / "No." opening answers the passage's heading; it is dropped when the
+      question names something the passage never mentions ("can my direct debit come out on
+      the thirtieth" against "any date between the 1st and the 28th": a "Yes." would say
+      the opposite of the passage);
+    - with ``similarities`` (the question's similarity to each sentence, hybrid retrieval),
+      a later sentence at least ``min_lead`` closer to the question than the first is the
+      answer alone ("will I be charged for leaving Green Saver" hears "There is no exit fee
+      on ... Green Saver", not first the Fixed 12 fee), with the sentence before it when it
+      starts by referring back ("It is free ...")."""
+    sentences = split_sentences(passage.text)
+    closeness = list(similarities) if len(similarities) == len(sentences) else []
+    terms = set(search_terms(question))
+    if len(sentences) > 1 and sentences[0].strip(" .!,").lower() in _BARE_ANSWERS:
+        known = search_terms(
+            f"{passage.title} {passage.question} {passage.keywords} {passage.text}"
+        )
+        if not terms <= set(known):
+            sentences, closeness = sentences[1:], closeness[1:]
+    if len(closeness) < 2:
+        return sentences
+    best = max(range(len(sentences)), key=lambda i: (closeness[i], -i))
+    if best == 0 or closeness[best] < closeness[0] + min_lead:
+        return sentences
+    first_word = sentences[best].split(maxsplit=1)[0].lower().strip(",'")
+    start = best - 1 if first_word in _REFERS_BACK else best
+    return sentences[start : best + 1]
+
+
 def spoken_sentences(kb: KnowledgeBase, max_words: int) -> list[str]:
-    """Every sentence a direct answer can say (to warm the TTS cache)."""
-    return [s for p in kb.passages for s in spoken_answer(p, max_words)]
+    """Every sentence a direct answer can say (to warm the TTS cache): each passage read in
+    full up to ``max_words``, and each of its sentences alone (:func:`answering`)."""
+    texts: dict[str, None] = {}
+    for passage in kb.passages:
+        texts.update(dict.fromkeys(spoken_answer(passage, max_words)))
+        texts.update(dict.fromkeys(split_sentences(passage.text)))
+    return list(texts)
