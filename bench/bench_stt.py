@@ -255,6 +255,15 @@ class Variant:
     pad_s: float = 2.0
     encoder_batch: int = 1
     long_from_s: float | None = None  # the split variant: None = the service's default
+    prompt: bool = False  # Whisper: [stt] prompt's default (the service's) as initial prompt
+
+
+def default_prompt() -> str:
+    """``[stt] prompt``'s default with the shipped knowledge/facts.toml filled in."""
+    from voicebot_pbx.config import DEFAULT_STT_PROMPT
+    from voicebot_pbx.facts import load_facts, render
+
+    return render(DEFAULT_STT_PROMPT, load_facts(ROOT / "knowledge"), where="[stt] prompt")
 
 
 def model_dir(model: str) -> Path:
@@ -277,6 +286,7 @@ def make_engine(v: Variant, *, max_batch: int = 8, batch_wait_ms: float = 0.0) -
         encoder_batch=v.encoder_batch,
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
+        initial_prompt=default_prompt() if v.prompt else "",
     )
 
 
@@ -290,7 +300,7 @@ def make_split(
     from voicebot_pbx.config import SttConfig
     from voicebot_pbx.speech.stt_load import load_stt
 
-    whisper = make_engine(Variant("short10", threads=2), max_batch=max_batch)
+    whisper = make_engine(Variant("short10", threads=2, prompt=v.prompt), max_batch=max_batch)
     split = LengthSplitEngine(
         whisper,
         load_stt("moonshine", None, "base", cpu_threads=1),
@@ -698,6 +708,7 @@ ACCURACY_VARIANTS = [
     Variant("short10-nots-b2", timestamps=False, batch=2),
     Variant("short10-b8-enc8", batch=8, encoder_batch=8),
     Variant("short10-nots-b8-enc8", timestamps=False, batch=8, encoder_batch=8),
+    Variant("short10-prompt", prompt=True),  # [stt] prompt's default
     Variant("moonshine-tiny", model="moonshine"),  # [stt] engine = "moonshine" (packaged)
     Variant("moonshine-tiny-t2", model="moonshine", threads=2),
     Variant("moonshine-base", model="moonshine-base"),  # converted (moonshine_convert)
@@ -705,11 +716,18 @@ ACCURACY_VARIANTS = [
     Variant("split", model="whisper+moonshine-base", threads=2),
     Variant("split-1.0", model="whisper+moonshine-base", threads=2, long_from_s=1.0),
     Variant("split-1.5", model="whisper+moonshine-base", threads=2, long_from_s=1.5),
+    # the service's default since [stt] prompt (2026-12-04): the split, Whisper prompted
+    Variant("split-prompt", model="whisper+moonshine-base", threads=2, prompt=True),
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [
     (
         "split (default): whisper batcher + moonshine-base pool",
+        Variant("split-prompt", model="whisper+moonshine-base", threads=2, prompt=True),
+        "batcher",
+    ),
+    (
+        "split, no prompt (before 2026-12-04)",
         Variant("split", model="whisper+moonshine-base", threads=2),
         "batcher",
     ),

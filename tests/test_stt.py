@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.speech import espeak_pcm, frames, silence
+from voicebot_pbx.config import DEFAULT_STT_PROMPT, SttConfig
 from voicebot_pbx.models import VOSK_KO, model_path
 from voicebot_pbx.speech.stt import SttResult
 from voicebot_pbx.speech.stt_load import load_stt
@@ -143,6 +146,58 @@ def test_whisper_sane_short_decode_is_kept(
     result = whisper.transcribe(caller("I want to speak to an agent"), 8000)
     assert result.text == "Sentinel text."
     assert whisper.stats.fallbacks == before
+
+
+PROMPT = DEFAULT_STT_PROMPT.replace("{{company}}", "Northwind Energy")
+
+
+@pytest.fixture(scope="module")
+def prompted() -> WhisperEngine:
+    engine = load_stt("whisper", None, initial_prompt=PROMPT)
+    assert isinstance(engine, WhisperEngine)
+    return engine
+
+
+@pytest.mark.models
+def test_whisper_prompt_is_the_decoders_earlier_text_and_never_heard(
+    prompted: WhisperEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[stt] prompt reaches every short decode as <|startofprev|> text; the caller's words
+    come out, the prompt's own words do not, and silence and a DTMF tone stay empty."""
+    seen: list[list[int]] = []
+
+    class Spy:  # CTranslate2's model: read-only attributes, so a stand-in that forwards
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def generate(self, features: object, prompts: list[list[int]], **options: Any) -> Any:
+            seen.extend(prompts)
+            return self.inner.generate(features, prompts, **options)
+
+    monkeypatch.setattr(prompted._model, "model", Spy(prompted._model.model))
+    result = transcribe_streamed(prompted, caller("I want to speak to an agent"), 8000)
+    assert {"speak", "agent"} <= words(result.text), result.text
+    tokenizer = prompted._tokenizer
+    context = tokenizer.encode(" " + PROMPT)
+    assert seen and seen[0][: len(context) + 1] == [tokenizer.sot_prev, *context]
+    assert seen[0][len(context) + 1 :][:3] == list(tokenizer.sot_sequence)[:3]
+    for said in (caller("yes please"), caller("what time do you open")):
+        heard = words(prompted.transcribe(said, 8000).text)
+        assert not heard & {"northwind", "postcode", "tariff", "engineer", "appointment"}, heard
+    assert transcribe_streamed(prompted, silence(1500), 8000) == SttResult("", None)
+    t = np.arange(12000) / 8000
+    key_1 = (4000 * (np.sin(2 * np.pi * 697 * t) + np.sin(2 * np.pi * 1209 * t))).astype("<i2")
+    assert prompted.transcribe(key_1.tobytes(), 8000).text.strip(" .") == ""
+
+
+def test_a_prompt_too_long_for_whisper_is_refused() -> None:
+    with pytest.raises(ValueError, match="prompt has 61 words; at most 60"):
+        SttConfig(prompt="word " * 61)
+    assert SttConfig(prompt="").prompt == ""
+    assert "{{company}}" in SttConfig().prompt  # filled in from facts.toml when loading
 
 
 # --- degenerate-output guard: pure ---------------------------------------------------------

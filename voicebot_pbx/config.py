@@ -140,6 +140,13 @@ class TurnConfig:
     text_wait: bool = False
 
 
+MAX_STT_PROMPT_WORDS = 60
+DEFAULT_STT_PROMPT = (
+    "{{company}} customer line. Balance, bill, account number, postcode, date of birth, "
+    "power cut, meter reading, direct debit, tariff, engineer appointment, agent."
+)
+
+
 @dataclass(frozen=True, slots=True)
 class SttConfig:
     # By measurement (README "Speech recognition"): Whisper for the short turns an IVR hears
@@ -165,6 +172,10 @@ class SttConfig:
     max_batch: int = 8  # utterances from different calls decoded together (Whisper)
     batch_wait_ms: float = 0.0  # extra wait for a batch to fill (0: take what is queued)
     timeout_s: float = 8.0
+    # Whisper's initial prompt: the business's words, given to every decode as earlier
+    # text so the short requests and answers an IVR hears come out in its vocabulary
+    # (placeholders: knowledge/facts.toml). Empty: none. README "Speech recognition".
+    prompt: str = DEFAULT_STT_PROMPT
     # A second engine for long utterances: every utterance with at least long_from_s of
     # speech goes to it, shorter ones to `engine` (speech/stt_split.py; README "Speech
     # recognition"). "moonshine" is the packaged Moonshine base, "whisper" the packaged
@@ -193,6 +204,11 @@ class SttConfig:
             raise ValueError('stt: model = "base" is a Moonshine model (engine = "moonshine")')
         if self.cpu_threads < 0:
             raise ValueError("stt: cpu_threads must be >= 0 (0: the engine's default)")
+        if len(self.prompt.split()) > MAX_STT_PROMPT_WORDS:
+            raise ValueError(
+                f"stt: prompt has {len(self.prompt.split())} words; at most "
+                f"{MAX_STT_PROMPT_WORDS} (Whisper reads it at every decoding step)"
+            )
         if self.long_engine not in ("", "auto"):
             if self.engine == "vosk":
                 raise ValueError(

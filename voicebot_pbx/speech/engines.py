@@ -117,6 +117,7 @@ def load_engines(config: Config) -> Engines:
             "timestamps": config.stt.timestamps,
             "max_batch": config.stt.max_batch,
             "batch_wait_ms": config.stt.batch_wait_ms,
+            "initial_prompt": config.stt.prompt,
         }
     verify: dict[str, Any] = {
         "verify_min_lead": config.stt.verify_min_lead,
@@ -140,7 +141,11 @@ def load_engines(config: Config) -> Engines:
                 config.stt.long_engine_name,
                 None,
                 cpu_threads=long_threads,
-                **(verify if config.stt.long_engine_name == "moonshine" else {}),
+                **(
+                    verify
+                    if config.stt.long_engine_name == "moonshine"
+                    else {"initial_prompt": config.stt.prompt}
+                ),
             ),
             long_from_s=config.stt.long_from_s,
             pool=pool,

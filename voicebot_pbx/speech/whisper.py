@@ -38,6 +38,9 @@ WHISPER_RATE_HZ = 16000
 _WHISPER_FULL_FRAMES = 3000  # 30 s of 10 ms mel frames: what Whisper was trained on
 _FRAMES_PER_S = 100
 _SAMPLES_PER_FRAME = WHISPER_RATE_HZ // _FRAMES_PER_S
+# The initial prompt's length cap: Whisper takes up to 223 tokens of previous text ([stt]
+# prompt is held to 60 words, well under it, by the config).
+MAX_PROMPT_TOKENS = 200
 
 
 @dataclass(slots=True)
@@ -258,6 +261,7 @@ class WhisperEngine:
         batch_wait_ms: float = 0.0,
         batch_max_ratio: float = 1.5,
         encoder_batch: int = 1,
+        initial_prompt: str = "",
     ) -> None:
         if encoder_batch < 1:
             raise ValueError("encoder_batch must be at least 1")
@@ -288,7 +292,16 @@ class WhisperEngine:
         )
         self._suppress_tokens = list(get_suppressed_tokens(self._tokenizer, [-1]))
         self.timestamps = timestamps
-        self._prompt = list(self._tokenizer.sot_sequence)
+        self.initial_prompt = initial_prompt.strip()
+        self._prompt = []
+        if self.initial_prompt:
+            context = self._tokenizer.encode(" " + self.initial_prompt)
+            if len(context) > MAX_PROMPT_TOKENS:
+                raise ValueError(
+                    f"the STT prompt is {len(context)} tokens long; at most {MAX_PROMPT_TOKENS}"
+                )
+            self._prompt = [self._tokenizer.sot_prev, *context]
+        self._prompt.extend(self._tokenizer.sot_sequence)
         if not timestamps:
             self._prompt.append(self._tokenizer.no_timestamps)
         self.compute_type = compute_type
@@ -558,6 +571,7 @@ class WhisperEngine:
             condition_on_previous_text=False,
             without_timestamps=False,
             vad_filter=False,
+            initial_prompt=self.initial_prompt or None,
         )
         texts: list[str] = []
         weighted_logprob = 0.0
