@@ -255,15 +255,14 @@ class Variant:
     pad_s: float = 2.0
     encoder_batch: int = 1
     long_from_s: float | None = None  # the split variant: None = the service's default
-    prompt: bool = False  # Whisper: [stt] prompt's default (the service's) as initial prompt
+    prompt: bool = False  # Whisper: MEASURED_PROMPT as [stt] prompt
 
 
-def default_prompt() -> str:
-    """``[stt] prompt``'s default with the shipped knowledge/facts.toml filled in."""
-    from voicebot_pbx.config import DEFAULT_STT_PROMPT
-    from voicebot_pbx.facts import load_facts, render
-
-    return render(DEFAULT_STT_PROMPT, load_facts(ROOT / "knowledge"), where="[stt] prompt")
+# The [stt] prompt measured in README "Speech recognition" (the setting is off by default).
+MEASURED_PROMPT = (
+    "Energy supplier's customer line. Balance, bill, account number, postcode, date of "
+    "birth, power cut, meter reading, direct debit, tariff, engineer appointment, agent."
+)
 
 
 def model_dir(model: str) -> Path:
@@ -286,7 +285,7 @@ def make_engine(v: Variant, *, max_batch: int = 8, batch_wait_ms: float = 0.0) -
         encoder_batch=v.encoder_batch,
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
-        initial_prompt=default_prompt() if v.prompt else "",
+        initial_prompt=MEASURED_PROMPT if v.prompt else "",
     )
 
 
@@ -708,7 +707,7 @@ ACCURACY_VARIANTS = [
     Variant("short10-nots-b2", timestamps=False, batch=2),
     Variant("short10-b8-enc8", batch=8, encoder_batch=8),
     Variant("short10-nots-b8-enc8", timestamps=False, batch=8, encoder_batch=8),
-    Variant("short10-prompt", prompt=True),  # [stt] prompt's default
+    Variant("short10-prompt", prompt=True),  # [stt] prompt = MEASURED_PROMPT
     Variant("moonshine-tiny", model="moonshine"),  # [stt] engine = "moonshine" (packaged)
     Variant("moonshine-tiny-t2", model="moonshine", threads=2),
     Variant("moonshine-base", model="moonshine-base"),  # converted (moonshine_convert)
@@ -716,18 +715,13 @@ ACCURACY_VARIANTS = [
     Variant("split", model="whisper+moonshine-base", threads=2),
     Variant("split-1.0", model="whisper+moonshine-base", threads=2, long_from_s=1.0),
     Variant("split-1.5", model="whisper+moonshine-base", threads=2, long_from_s=1.5),
-    # the service's default since [stt] prompt (2026-12-04): the split, Whisper prompted
+    # the default split with [stt] prompt = MEASURED_PROMPT
     Variant("split-prompt", model="whisper+moonshine-base", threads=2, prompt=True),
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [
     (
         "split (default): whisper batcher + moonshine-base pool",
-        Variant("split-prompt", model="whisper+moonshine-base", threads=2, prompt=True),
-        "batcher",
-    ),
-    (
-        "split, no prompt (before 2026-12-04)",
         Variant("split", model="whisper+moonshine-base", threads=2),
         "batcher",
     ),

@@ -421,7 +421,7 @@ def main_eval(modes: list[str]) -> None:
 # --- sweep (dev only) -----------------------------------------------------------------------
 
 SWEEP = {
-    "after_greeting_silence_ms": [500, 600, 700, 800, 900],
+    "after_greeting_silence_ms": [300, 400, 500, 600, 700, 800, 900],
     "greeting_max_ms": [1400, 1600, 1800, 2000, 2200],
     "max_words": [6, 100],
 }

@@ -141,10 +141,6 @@ class TurnConfig:
 
 
 MAX_STT_PROMPT_WORDS = 60
-DEFAULT_STT_PROMPT = (
-    "{{company}} customer line. Balance, bill, account number, postcode, date of birth, "
-    "power cut, meter reading, direct debit, tariff, engineer appointment, agent."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +169,9 @@ class SttConfig:
     batch_wait_ms: float = 0.0  # extra wait for a batch to fill (0: take what is queued)
     timeout_s: float = 8.0
     # Whisper's initial prompt: the business's words, given to every decode as earlier
-    # text so the short requests and answers an IVR hears come out in its vocabulary
-    # (placeholders: knowledge/facts.toml). Empty: none. README "Speech recognition".
-    prompt: str = DEFAULT_STT_PROMPT
+    # text so short requests come out in its vocabulary (placeholders are filled
+    # from knowledge/facts.toml). Empty (default): none. README "Speech recognition".
+    prompt: str = ""
     # A second engine for long utterances: every utterance with at least long_from_s of
     # speech goes to it, shorter ones to `engine` (speech/stt_split.py; README "Speech
     # recognition"). "moonshine" is the packaged Moonshine base, "whisper" the packaged
