@@ -33,6 +33,7 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,18 @@ import amd_dataset  # noqa: E402
 
 from voicebot_pbx.audio import read_wav  # noqa: E402
 from voicebot_pbx.call.amd import (  # noqa: E402
+    CHECKABLE_REASONS,
     VERDICTS,
     AmdConfig,
     AmdResult,
     DropCue,
+    GreetingEnd,
     detect,
 )
+from voicebot_pbx.call.amd_words import greeting_words  # noqa: E402
+
+# A clip's transcript (the service's default speech recognition), for the words check.
+Transcribe = Callable[[bytes, int], str]
 
 RESULTS = ROOT / "bench" / "results"
 CLASSES = ("human", "machine", "silence")
@@ -85,8 +92,15 @@ def load_silero() -> Any | None:
 
 
 def run_item(
-    item: dict[str, Any], pcm: bytes, rate_hz: int, config: AmdConfig, probs: list[float] | None
+    item: dict[str, Any],
+    pcm: bytes,
+    rate_hz: int,
+    config: AmdConfig,
+    probs: list[float] | None,
+    transcribe: Transcribe | None = None,
 ) -> dict[str, Any]:
+    """One item as the session runs it: the detector, and with ``transcribe`` the words check
+    of a greeting the length rule took for a machine's (``call/amd_words.py``)."""
     events, detector = detect(pcm, rate_hz, config, speech_probs=probs)
     results = [e for e in events if isinstance(e, AmdResult)]
     cues = [e for e in events if isinstance(e, DropCue)]
@@ -108,8 +122,42 @@ def run_item(
         "cue": None,
         "beeps": [dataclasses.asdict(b) for b in detector.beeps],
     }
+    ends = [e for e in events if isinstance(e, GreetingEnd)]
+    checked = (
+        transcribe is not None
+        and first is not None
+        and first.verdict == "machine"
+        and first.reason in CHECKABLE_REASONS
+        and ends
+        and not (cues and cues[0].at_s <= ends[0].at_s)
+    )
+    if checked and transcribe is not None:
+        end = ends[0]
+        started = time.perf_counter()
+        heard = transcribe(pcm[: int(end.at_s * rate_hz) * 2], rate_hz)
+        stt_s = time.perf_counter() - started
+        said = greeting_words(heard)
+        row["words_check"] = {"heard": heard, "verdict": said, "at_s": end.at_s}
+        if said == "human":
+            # The session speaks the opening; only a beep afterwards still makes a machine.
+            row["first"], row["first_reason"] = "human", f"{first.reason}|words_human"
+            row["decided_at_s"] = round(end.at_s + stt_s, 3)
+            beeped = [c for c in cues if c.cause == "beep"]
+            row["final"] = "machine" if beeped else "human"
+            row["final_reason"] = "beep" if beeped else row["first_reason"]
+            if item.get("speech_end_s") is not None:
+                row["words_after_speech_end_s"] = round(
+                    row["decided_at_s"] - float(item["speech_end_s"]), 3
+                )
+            return _cue_fields(row, item, detector, cues)
     if first and item.get("first_end_s") is not None:
         row["after_first_end_s"] = round(first.decided_at_s - float(item["first_end_s"]), 3)
+    return _cue_fields(row, item, detector, cues)
+
+
+def _cue_fields(
+    row: dict[str, Any], item: dict[str, Any], detector: Any, cues: list[DropCue]
+) -> dict[str, Any]:
     if cues:
         cue = cues[0]
         row["cue"] = {"at_s": cue.at_s, "cause": cue.cause, "beep_end_s": cue.beep_end_s}
@@ -174,6 +222,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "from_answer_p50_s": _pct(from_answer, 50),
         "from_answer_p95_s": _pct(from_answer, 95),
     }
+    checked = [r for r in rows if "words_check" in r]
+    by_words = [r["words_after_speech_end_s"] for r in checked if "words_after_speech_end_s" in r]
+    out["words_check"] = {
+        "checked": {c: sum(1 for r in checked if r["cls"] == c) for c in CLASSES},
+        "to_human": {
+            c: sum(1 for r in checked if r["cls"] == c and r["words_check"]["verdict"] == "human")
+            for c in CLASSES
+        },
+        "human_after_speech_end_p50_s": _pct(by_words, 50),
+    }
     machines = [r for r in rows if r["cls"] == "machine" and r["first"] == "machine"]
     machine_at = [r["decided_at_s"] for r in machines]
     out["machine_decision"] = {
@@ -218,11 +276,33 @@ def evaluate(
     rate_hz: int,
     config: AmdConfig,
     probs: dict[str, list[float]] | None,
+    transcribe: Transcribe | None = None,
 ) -> list[dict[str, Any]]:
     return [
-        run_item(item, audio[item["id"]], rate_hz, config, probs[item["id"]] if probs else None)
+        run_item(
+            item,
+            audio[item["id"]],
+            rate_hz,
+            config,
+            probs[item["id"]] if probs else None,
+            transcribe,
+        )
         for item in items
     ]
+
+
+def default_transcriber() -> Transcribe:
+    """The service's speech recognition on its defaults (Whisper, Moonshine base from 2 s)."""
+    from voicebot_pbx.config import Config
+    from voicebot_pbx.speech.engines import load_engines
+
+    batch = load_engines(Config()).stt.capabilities.batch
+    assert batch is not None
+
+    def transcribe(pcm: bytes, rate_hz: int) -> str:
+        return batch.transcribe(pcm, rate_hz).text
+
+    return transcribe
 
 
 def load_set() -> tuple[list[dict[str, Any]], dict[str, bytes], int]:
@@ -264,6 +344,8 @@ _TIMING_ROWS = [
     ("... max", "beep", "cue_after_beep_max_ms", 1),
     ("no-beep machine: drop cue after speech end p50", "drop_without_beep",
      "after_speech_end_p50_s", 1000),
+    ("person by the words check: decided after their speech end p50", "words_check",
+     "human_after_speech_end_p50_s", 1000),
 ]  # fmt: skip
 
 
@@ -316,6 +398,24 @@ def markdown(report: dict[str, Any]) -> str:
             ]
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
         lines.append("")
+        if report.get("words_check"):
+            cells = []
+            for split in (*SPLITS, "all"):
+                w = by_split[split]["words_check"]
+                cells.append(
+                    f"people {w['to_human']['human']}/{w['checked']['human']}, "
+                    f"machines {w['to_human']['machine']}/{w['checked']['machine']}"
+                )
+            lines += [
+                "Words check (a machine by length whose greeting ended within "
+                "`words_check_max_ms`, transcribed by the default speech recognition; "
+                "taken for a person / checked):",
+                "",
+                "| | " + " | ".join((*SPLITS, "all")) + " |",
+                "|---|---|---|---|",
+                "| to a person | " + " | ".join(cells) + " |",
+                "",
+            ]
         for split in ("test", "all"):
             conf = by_split[split]["first"]["confusion"]
             lines += [
@@ -373,11 +473,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main_eval(modes: list[str]) -> None:
+def main_eval(modes: list[str], words: bool = True) -> None:
     started = time.monotonic()
     items, audio, rate_hz = load_set()
     config = AmdConfig()
+    transcribe = default_transcriber() if words and config.words_check else None
     report: dict[str, Any] = {
+        "words_check": transcribe is not None,
         "dataset": {
             "version": amd_dataset.DATASET_VERSION,
             "items": len(items),
@@ -394,7 +496,7 @@ def main_eval(modes: list[str]) -> None:
             if vad is None:
                 continue
             probs = {uid: speech_probs_silero(pcm, rate_hz, vad) for uid, pcm in audio.items()}
-        rows = evaluate(items, audio, rate_hz, config, probs)
+        rows = evaluate(items, audio, rate_hz, config, probs, transcribe)
         report["rows"][mode] = rows
         report["modes"][mode] = {
             "dev": summarise([r for r in rows if r["split"] == "dev"]),
@@ -413,7 +515,8 @@ def main_eval(modes: list[str]) -> None:
                 f"{mode:7s} {split:5s} first: {cls}; human->machine "
                 f"{_nN(s['first']['human_as_machine'])}; final machine "
                 f"{_nN(s['final']['per_class']['machine'])}; human p50 "
-                f"{s['human_decision']['after_first_end_p50_s']} s after hello"
+                f"{s['human_decision']['after_first_end_p50_s']} s after hello; words check "
+                f"{s['words_check']}"
             )
     print(f"wrote {RESULTS / 'amd.md'} ({report['run_s']} s)")
 
@@ -490,12 +593,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--sweep", action="store_true", help="dev-only threshold grid")
     parser.add_argument("--mode", choices=["energy", "silero", "both"], default="both")
+    parser.add_argument(
+        "--no-words", action="store_true", help="without the words check (no speech recognition)"
+    )
     args = parser.parse_args()
     modes = ["energy", "silero"] if args.mode == "both" else [args.mode]
     if args.sweep:
         main_sweep(modes)
         return
-    main_eval(modes)
+    main_eval(modes, words=not args.no_words)
 
 
 if __name__ == "__main__":

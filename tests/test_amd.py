@@ -19,10 +19,12 @@ from voicebot_pbx.call.amd import (
     AmdResult,
     AsteriskAmd,
     DropCue,
+    GreetingEnd,
     Verdict,
     combine_asterisk,
     detect,
 )
+from voicebot_pbx.call.amd_words import greeting_words
 
 ROOT = Path(__file__).resolve().parents[1]
 RATES = [8000, 16000]
@@ -424,3 +426,87 @@ def test_espeak_items_of_the_evaluation_set() -> None:
         if item.beep_end_s is not None and cues(events) and cues(events)[0].cause == "beep":
             assert cues(events)[0].beep_end_s == pytest.approx(item.beep_end_s, abs=0.03)
     assert sum(right) >= 7, dict(zip(chosen, right, strict=True))
+
+
+# --- the words check's cue (call/amd_words.py reads the words) ----------------------------------
+
+
+def greeting_ends(events: list[AmdEvent]) -> list[GreetingEnd]:
+    return [e for e in events if isinstance(e, GreetingEnd)]
+
+
+def test_a_long_greeting_that_ends_soon_is_cued_for_its_words() -> None:
+    """A person answering with a sentence: a machine by length, then quiet: the session
+    reads the words (once), and the machine's drop cue still follows without them."""
+    rate, config = 8000, AmdConfig()
+    pcm = call(line(0.4, rate), speech(3.0, rate), line(3.0, rate), rate=rate)
+    events, _ = detect(pcm, rate, config)
+    assert results(events)[0].reason == "long_greeting"
+    (end,) = greeting_ends(events)
+    spoken_end = 3.4 + config.energy_hangover_ms / 1000
+    assert end.at_s == pytest.approx(spoken_end + config.after_greeting_silence_ms / 1000, abs=0.1)
+    assert end.greeting_s == pytest.approx(3.0 + config.energy_hangover_ms / 1000, abs=0.1)
+    assert events.index(end) < events.index(cues(events)[0])  # before the silence cue
+
+
+def test_no_words_cue_for_long_greetings_beeps_or_when_off() -> None:
+    rate = 8000
+    longer = call(line(0.4, rate), speech(5.5, rate), line(3.0, rate), rate=rate)
+    assert greeting_ends(detect(longer, rate)[0]) == []  # past words_check_max_ms
+    beeped = call(
+        line(0.4, rate), speech(3.0, rate), line(0.3, rate), sine(1000, 0.5, rate),
+        line(2.0, rate), rate=rate,
+    )  # fmt: skip
+    assert greeting_ends(detect(beeped, rate)[0]) == []  # a beep says it all
+    short = call(line(0.4, rate), speech(3.0, rate), line(3.0, rate), rate=rate)
+    off = dataclasses.replace(AmdConfig(), words_check=False)
+    assert greeting_ends(detect(short, rate, off)[0]) == []
+    hello = call(line(0.4, rate), speech(0.6, rate), line(3.0, rate), rate=rate)
+    assert greeting_ends(detect(hello, rate)[0]) == []  # a person by length already
+
+
+def test_an_overruled_machine_verdict_still_turns_machine_on_a_beep() -> None:
+    rate = 8000
+    detector = AmdDetector(AmdConfig(), rate)
+    greeting = call(line(0.4, rate), speech(3.0, rate), line(2.6, rate), rate=rate)
+    size = detector.frame_bytes
+    events = [
+        e for k in range(0, len(greeting), size) for e in detector.feed(greeting[k : k + size])
+    ]
+    assert cues(events) and detector.finished  # the silence cue came: a machine's message
+    human = detector.overrule("long_greeting|words_human")
+    assert (human.verdict, human.reason) == ("human", "long_greeting|words_human")
+    assert not detector.finished and detector.result == human and detector.drop_cue is None
+    beep = call(sine(1000, 0.5, rate), line(0.5, rate), rate=rate)
+    later = [e for k in range(0, len(beep), size) for e in detector.feed(beep[k : k + size])]
+    (revised,) = results(later)
+    assert (revised.verdict, revised.reason, revised.revises) == ("machine", "beep", "human")
+    assert cues(later)[0].cause == "beep"
+    person = AmdDetector(AmdConfig(), rate)
+    hello = call(line(0.4, rate), speech(0.6, rate), line(1.5, rate), rate=rate)
+    for k in range(0, len(hello), size):
+        person.feed(hello[k : k + size])
+    assert person.result is not None and person.result.verdict == "human"
+    with pytest.raises(ValueError, match="only a machine verdict"):
+        person.overrule("words")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Hello, Mark speaking, sorry I'm in the car, who is this please?", "human"),
+        ("Good afternoon, Acme Dental, how can I help you today?", "human"),
+        ("Yes, hello, hang on, I can barely hear you.", "human"),
+        ("Hello, you're through to the garage, what can I do for you?", "human"),
+        ("Hiya, is that the delivery?", "human"),
+        ("Hi, you've reached Tom. Leave a message after the beep.", "machine"),
+        ("The person you are calling is not available.", "machine"),
+        ("Thanks for calling, how can I help? Please leave a message.", "machine"),
+        ("Sorry I missed your call, I'll call you back.", "machine"),
+        ("Hello, this is Daniel's phone.", None),
+        ("Hey, it's Chris.", None),
+        ("", None),
+    ],
+)
+def test_a_greetings_words_say_who_answered(text: str, expected: str | None) -> None:
+    assert greeting_words(text) == expected

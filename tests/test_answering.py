@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from structlog.testing import capture_logs
 
-from tests.test_turns import make_shared, timeline
+from tests.test_turns import PHRASES, make_shared, timeline
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import ProfileConfig
-from voicebot_pbx.testing import FakeMedia, run_virtual, tone
+from voicebot_pbx.speech.stt import SttResult
+from voicebot_pbx.testing import FakeMedia, ScriptedStt, run_virtual, tone
 
 OPENING = "Hello, this is Northwind Energy about your meter. Say stop calling me to opt out."
 VOICEMAIL = "This is Northwind Energy. Please call us back."
@@ -124,3 +126,87 @@ def test_a_malformed_asterisk_amd_result_leaves_the_detector_alone() -> None:
     shared = dataclasses.replace(outbound(), control=AmdVariables("PERHAPS", ""))  # type: ignore[arg-type]
     media, session = call(shared, [(0.5, noise(3.5, 2))], 12.0)
     assert greeting_turn(session).fallbacks[0].startswith("amd_machine:long_greeting")  # type: ignore[attr-defined]
+
+
+@dataclasses.dataclass
+class GreetingStt(ScriptedStt):
+    """Hears ``greeting`` in a clip of 2 s or more (the callee's greeting), nothing in a
+    shorter one (a beep)."""
+
+    greeting: str = ""
+    clips: list[bytes] = dataclasses.field(default_factory=list)
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
+        self.decodes += 1
+        self.clips.append(pcm)
+        if len(pcm) < 2 * rate_hz * 2:
+            return SttResult("", None)
+        return SttResult(self.greeting, 0.9)
+
+
+def answered_by(greeting: str) -> tuple[Shared, GreetingStt]:
+    stt = GreetingStt(PHRASES, delay_s=0.1, greeting=greeting)
+    shared = outbound()
+    return dataclasses.replace(shared, engines=make_shared(stt=stt).engines), stt
+
+
+def test_a_person_answering_with_a_sentence_gets_the_opening_after_its_words() -> None:
+    """Three seconds of "Hello, Mark speaking, ... who is this please?" is a machine's length;
+    its words are a person's: the opening plays once the sentence has ended."""
+    shared, stt = answered_by("Hello, Mark speaking, sorry, who is this please?")
+    with capture_logs() as logs:
+        media, session = call(shared, [(0.5, noise(3.0, 4))], 10.0)
+    turn = greeting_turn(session)
+    assert turn.reply_text == OPENING  # type: ignore[attr-defined]
+    assert turn.fallbacks[0] == "amd_human:long_greeting|words_human"  # type: ignore[attr-defined]
+    checks = [e for e in logs if e["event"] == "amd_words"]
+    assert [(e["words"], e["heard_words"]) for e in checks] == [("human", 8)]
+    # The words check decoded the whole greeting, from the answer.
+    assert any(len(clip) >= 3.5 * 8000 * 2 for clip in stt.clips)
+    first = min(media.voiced_times())  # type: ignore[attr-defined]
+    spoken_end = 0.5 + 3.0
+    # After the sentence and the detector's silence (plus its hangover), and the decode.
+    assert spoken_end + 0.6 <= first < spoken_end + 1.3
+    assert [t.kind for t in session.record.turns] == ["greeting"]  # type: ignore[attr-defined]
+    assert session.record.end_reason != "voicemail"  # type: ignore[attr-defined]
+
+
+def test_a_machines_words_keep_the_voicemail_drop() -> None:
+    shared, stt = answered_by("Hi, you've reached Sarah, please leave a message after the tone.")
+    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    with capture_logs() as logs:
+        media, session = call(shared, [(0.5, noise(3.0, 4) + bytes(16000) + beep)], 14.0)
+    turn = greeting_turn(session)
+    assert turn.fallbacks[0] == "amd_machine:long_greeting"  # type: ignore[attr-defined]
+    assert turn.reply_text == VOICEMAIL  # type: ignore[attr-defined]
+    assert [e["words"] for e in logs if e["event"] == "amd_words"] == ["machine"]
+    beep_end = 0.5 + 3.0 + 1.0 + 0.5
+    assert beep_end <= min(media.voiced_times()) < beep_end + 0.5  # type: ignore[attr-defined]
+    assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
+
+
+def test_a_beep_after_words_that_sounded_like_a_person_still_drops_the_message() -> None:
+    shared, _ = answered_by("Hello, who is this?")
+    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    media, session = call(shared, [(0.5, noise(3.0, 4)), (5.5, beep)], 16.0)
+    kinds = [(t.kind, t.reply_text) for t in session.record.turns]  # type: ignore[attr-defined]
+    assert kinds[0] == ("greeting", OPENING) and ("voicemail", VOICEMAIL) in kinds
+    voicemail = next(t for t in session.record.turns if t.kind == "voicemail")  # type: ignore[attr-defined]
+    assert voicemail.fallbacks == ["amd_machine:beep"]
+    assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
+
+
+def test_a_greeting_longer_than_the_words_check_is_not_transcribed() -> None:
+    shared, _ = answered_by("Hello, who is this?")
+    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    with capture_logs() as logs:
+        media, session = call(shared, [(0.5, noise(6.0, 5) + bytes(16000) + beep)], 16.0)
+        turn = greeting_turn(session)
+        assert turn.fallbacks[0] == "amd_machine:long_greeting"  # type: ignore[attr-defined]
+        assert turn.reply_text == VOICEMAIL  # type: ignore[attr-defined]
+        amd = dataclasses.replace(shared.config.amd, words_check=False)
+        off = dataclasses.replace(shared, config=dataclasses.replace(shared.config, amd=amd))
+        media, session = call(off, [(0.5, noise(3.0, 4))], 10.0)
+        fallbacks = greeting_turn(session).fallbacks  # type: ignore[attr-defined]
+        assert fallbacks[0] == "amd_machine:long_greeting"
+    assert not [e for e in logs if e["event"] == "amd_words"]

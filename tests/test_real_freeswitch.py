@@ -335,6 +335,24 @@ def test_answering_machine_detection_lets_a_person_hear_the_opening(bed: Bed) ->
     assert not speech_turns(record)
 
 
+def test_answering_machine_detection_hears_a_person_who_answers_with_a_sentence(
+    bed: Bed,
+) -> None:
+    """A sentence is as long as a short voicemail greeting (a machine by length); its words
+    are a person's (call/amd_words.py): the opening plays after it, no message is left."""
+    words = "Hello, Mark Jones speaking, sorry, who is this please?"
+    answer = bed.fs.sound("amd_sentence", question_pcm(words))
+    call, rec, record = _outbound_call(bed, [silence(0.5), play(answer), silence(9.0)])
+    greeting = record.turns[0]
+    assert greeting.reply_text == OPENING, (greeting.fallbacks, bed.bot.log_tail())
+    assert greeting.fallbacks[0].startswith("amd_human:long_greeting"), greeting.fallbacks
+    assert "words_human" in greeting.fallbacks[0]
+    assert record.end_reason != "voicemail"
+    (said, *_) = said_segments(rec)
+    first = heard_after(rec, 0.0)
+    assert first is not None and first >= said[1], "nothing over the sentence"
+
+
 def test_answering_machine_detection_leaves_the_message_after_the_beep(bed: Bed) -> None:
     """A voicemail greeting, then its beep: the bot stays silent through the greeting,
     leaves the profile's message after the beep and hangs up (end reason "voicemail")."""

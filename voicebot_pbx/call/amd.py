@@ -54,6 +54,12 @@ After the verdict the detector keeps listening (the caller keeps feeding frames 
   :class:`DropCue`: a beep ends (``beep``), or ``drop_silence_ms`` of silence follows the
   greeting with no tone in progress (``silence``: greetings without a beep), or
   ``drop_wait_max_ms`` passes (``timeout``);
+* after **machine** by length or words (``long_greeting``, ``many_words``,
+  ``max_word_length``), when ``words_check`` is on and the greeting goes quiet
+  (``after_greeting_silence_ms``) within ``words_check_max_ms`` of its start and before any
+  beep, a :class:`GreetingEnd` once: the session transcribes the greeting, and when its words
+  are a person's (``call/amd_words.py``: "... speaking, who is this?") it calls
+  :meth:`AmdDetector.overrule`, after which the detector watches as after "human";
 * after **human**, **silence** or **undecided**, a beep within ``late_beep_ms`` still means a
   machine (a short "leave a message" greeting, a greeting that started late): a second
   :class:`AmdResult` (verdict machine, reason ``beep``, ``revises`` the first verdict) and a
@@ -142,6 +148,12 @@ class AmdConfig:
     beep_step_hz: float = 6.0  # the peak moves less from one frame to the next
     beep_level_db: float = 2.0  # each frame's level this close to the tone's mean
     beep_min_dbfs: float = -45.0
+    # -- the words of a greeting that was too long for a "hello" (call/amd_words.py)
+    # After a machine verdict by length or words, a greeting that ends (after_greeting_silence_ms
+    # of silence, no tone) within words_check_max_ms of its start is transcribed: a person who
+    # answered with a sentence ("Hello, Mark speaking, who is this please?") gets the opening.
+    words_check: bool = True
+    words_check_max_ms: int = 5000
     # -- after the verdict
     late_beep_ms: int = 6000  # after human/silence/undecided, a beep this soon: machine
     drop_silence_ms: int = 1500  # after machine, this much silence: leave the message
@@ -163,6 +175,7 @@ class AmdConfig:
             "beep_max_ms",
             "drop_silence_ms",
             "drop_wait_max_ms",
+            "words_check_max_ms",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -219,6 +232,19 @@ class DropCue:
 
 
 @dataclass(frozen=True, slots=True)
+class GreetingEnd:
+    """After a machine verdict by length or words (``words_check``): the greeting, no longer
+    than ``words_check_max_ms``, has ended (``at_s`` from the answer): what it said may
+    still show a person (``call/amd_words.py``). Given once, never after a beep."""
+
+    at_s: float
+    greeting_s: float
+
+
+CHECKABLE_REASONS = frozenset({"long_greeting", "many_words", "max_word_length"})
+
+
+@dataclass(frozen=True, slots=True)
 class Beep:
     start_s: float
     end_s: float
@@ -226,7 +252,7 @@ class Beep:
     level_dbfs: float
 
 
-AmdEvent = AmdResult | DropCue
+AmdEvent = AmdResult | DropCue | GreetingEnd
 
 
 @dataclass(slots=True)
@@ -291,6 +317,7 @@ class AmdDetector:
         self._result: AmdResult | None = None
         self._first_verdict_frame: int | None = None
         self._drop: DropCue | None = None
+        self._greeting_end: GreetingEnd | None = None
         self._finished = False
 
     # -- state --------------------------------------------------------------------------------
@@ -313,6 +340,19 @@ class AmdDetector:
     def now_s(self) -> float:
         """Stream time from the answer: the end of the last frame fed."""
         return self._time(self._n)
+
+    def overrule(self, reason: str) -> AmdResult:
+        """A machine verdict taken back (the greeting's words were a person's,
+        ``call/amd_words.py``): from the next frame on the detector watches as after a
+        "human" verdict (a beep within ``late_beep_ms`` still revises it to machine), even
+        if it had given its drop cue. Returns the new verdict."""
+        if self._result is None or self._result.verdict != "machine":
+            raise ValueError("only a machine verdict can be overruled")
+        self._result = replace(self._result, verdict="human", reason=reason)
+        self._first_verdict_frame = self._n
+        self._drop = None
+        self._finished = False
+        return self._result
 
     def _time(self, frame: int) -> float:
         return round(self.start_s + frame * FRAME_S, 6)
@@ -527,6 +567,24 @@ class AmdDetector:
             events.append(self._cue(i, "beep", beep))
         return events
 
+    def _greeting_ended(self, i: int) -> list[AmdEvent]:
+        """The GreetingEnd event, once, for a machine verdict ``words_check`` may revisit."""
+        c = self.config
+        result = self._result
+        greeting_ms = self._greeting_ms()
+        if (
+            not c.words_check
+            or self._greeting_end is not None
+            or result is None
+            or result.reason not in CHECKABLE_REASONS
+            or greeting_ms is None
+            or greeting_ms > c.words_check_max_ms
+            or self.beeps
+        ):
+            return []
+        self._greeting_end = GreetingEnd(at_s=self._time(i + 1), greeting_s=greeting_ms / 1000.0)
+        return [self._greeting_end]
+
     def _cue(self, i: int, cause: DropCause, beep: Beep | None) -> DropCue:
         self._drop = DropCue(
             at_s=self._time(i + 1),
@@ -551,10 +609,13 @@ class AmdDetector:
                 else self._first_verdict_frame
             )
             quiet_ms = (i + 1 - quiet_since) * FRAME_MS
-            if quiet_ms >= c.drop_silence_ms and not self._voiced and not self._tone_in_progress():
+            quiet = not self._voiced and not self._tone_in_progress()
+            if quiet_ms >= c.drop_silence_ms and quiet:
                 return [self._cue(i, "silence", None)]
             if since_verdict_ms >= c.drop_wait_max_ms:
                 return [self._cue(i, "timeout", None)]
+            if quiet and quiet_ms >= c.after_greeting_silence_ms:
+                return self._greeting_ended(i)
             return []
         if beep is not None and beep.end_s <= result.decided_at_s + c.late_beep_ms / 1000.0:
             self._result = replace(self._make("machine", i, "beep", beep), revises=result.verdict)

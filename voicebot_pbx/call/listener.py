@@ -766,6 +766,14 @@ class Listener:
     def _is_stale_pause(self, turn_id: int, pause_id: int) -> bool:
         return (turn_id, pause_id) != (self.turns.turn_id, self.turns.pause_id)
 
+    async def transcribe_clip(self, pcm: bytes) -> str | None:
+        """A clip outside the turn-taking (an answering machine's greeting, for its words),
+        at the call's rate. None: the engine only streams (Vosk), or the decode timed out."""
+        if self._batch is None:
+            return None
+        result = await self._batch_transcribe(self._batch, pcm, urgent=True)
+        return None if result is None else result.text
+
     async def _batch_transcribe(
         self, batch: BatchTranscriber, pcm: bytes, *, urgent: bool = False
     ) -> SttResult | None:

@@ -20,14 +20,15 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.call import policy
-from voicebot_pbx.call.amd import AmdResult, AsteriskAmd, combine_asterisk
+from voicebot_pbx.call.amd import CHECKABLE_REASONS, AmdResult, AsteriskAmd, combine_asterisk
+from voicebot_pbx.call.amd_words import WordsVerdict, greeting_words
 from voicebot_pbx.call.answering import AmdGate
 from voicebot_pbx.call.handover import handover_vars
 from voicebot_pbx.call.listener import Listener, TranscriptTrace
@@ -263,6 +264,13 @@ class CallSession:
         except TimeoutError:  # no audio at all reached the detector
             result = AmdResult(verdict="undecided", decided_at_s=0.0, reason="no_audio")
         result = await self._with_asterisk_amd(result)
+        own_reason = result.reason.split("|", 1)[0]
+        if result.verdict == "machine" and own_reason in CHECKABLE_REASONS and cfg.words_check:
+            # Too long for a "hello": the greeting's words may still show a person.
+            if await self._greeting_words() == "human":
+                reason = f"{result.reason}|words_human"
+                self._amd.human_by_words(reason)
+                result = dataclasses.replace(result, verdict="human", reason=reason)
         turn.fallbacks.append(f"amd_{result.verdict}:{result.reason}")
         log.info(
             "amd_verdict",
@@ -274,6 +282,24 @@ class CallSession:
             return await self._greeting()
         self._tell_campaign_machine()
         return await self._voicemail()
+
+    async def _greeting_words(self) -> WordsVerdict | None:
+        """Once the greeting ends (``GreetingEnd``; not after a beep or past
+        ``words_check_max_ms``): what its words say (``call/amd_words.py``)."""
+        assert self._amd is not None
+        gate, cfg = self._amd, self.config.amd
+        wait_s = (cfg.words_check_max_ms + cfg.after_greeting_silence_ms) / 1000.0 + 0.5
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                ended: asyncio.Future[Any] = gate.greeting_end
+                dropped: asyncio.Future[Any] = gate.drop
+                await asyncio.wait((ended, dropped), return_when=asyncio.FIRST_COMPLETED)
+        if not gate.greeting_end.done():
+            return None
+        text = await self.listener.transcribe_clip(gate.greeting_audio())
+        verdict = greeting_words(text or "")
+        log.info("amd_words", words=verdict or "neither", heard_words=len((text or "").split()))
+        return verdict
 
     def _tell_campaign_machine(self) -> None:
         async def tell() -> None:
