@@ -2,25 +2,49 @@
 
 ``AmdGate`` holds one call's :class:`~voicebot_pbx.call.amd.AmdDetector`, fed from the
 listener's audio tap (the caller's audio at the session's rate, silence filled in for frames
-that never came), re-framed to 20 ms. Its first verdict, the voicemail drop cue and the end
-of a greeting the length rule took for a machine's (``GreetingEnd``, with the greeting's audio
-kept for its words: ``call/amd_words.py``) are futures the session awaits before the opening;
-a late beep that revises a verdict to "machine" is passed to ``on_revised``.
+that never came), re-framed to 20 ms. :meth:`AmdGate.settle` gives the verdict the session
+acts on before the opening: the detector's first, combined with Asterisk's ``AMD()`` result
+when the dialplan ran it, and a greeting the length rule took for a machine's read for its
+words (``GreetingEnd``; the greeting's audio is kept for that: ``call/amd_words.py``).
+:meth:`AmdGate.wait_drop` waits for the moment to leave the voicemail message; a late beep
+that revises a verdict to "machine" is passed to ``on_revised``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
 
 from voicebot_pbx.audio import SAMPLE_WIDTH_BYTES
-from voicebot_pbx.call.amd import AmdConfig, AmdDetector, AmdResult, DropCue, GreetingEnd
+from voicebot_pbx.call.amd import (
+    CHECKABLE_REASONS,
+    AmdConfig,
+    AmdDetector,
+    AmdResult,
+    AsteriskAmd,
+    DropCue,
+    GreetingEnd,
+    combine_asterisk,
+)
+from voicebot_pbx.call.amd_words import WordsVerdict, greeting_words
+from voicebot_pbx.pbx.media import CallControl
+
+log = structlog.get_logger(__name__)
+
+# A clip of the callee's audio -> its transcript (None: none to be had).
+Transcribe = Callable[[bytes], Awaitable[str | None]]
 
 
 class AmdGate:
     def __init__(
         self, config: AmdConfig, rate_hz: int, on_revised: Callable[[AmdResult], None]
     ) -> None:
+        self.config = config
         self.detector = AmdDetector(config, rate_hz)
         loop = asyncio.get_running_loop()
         self.verdict: asyncio.Future[AmdResult] = loop.create_future()
@@ -64,6 +88,72 @@ class AmdGate:
         if self.drop.done():  # the greeting's silence cue: a beep gives the next one
             self.drop = asyncio.get_running_loop().create_future()
         return self.detector.overrule(reason)
+
+    async def settle(
+        self, control: CallControl | None, call_id: str, transcribe: Transcribe
+    ) -> AmdResult:
+        """The verdict the bot acts on: the detector's first, combined with Asterisk's
+        ``AMD()`` when the dialplan ran it, and a machine by length taken back when the
+        greeting's words are a person's (``words_check``)."""
+        cfg = self.config
+        try:
+            async with asyncio.timeout(cfg.total_analysis_ms / 1000.0 + 2.0):
+                result = await asyncio.shield(self.verdict)
+        except TimeoutError:  # no audio at all reached the detector
+            result = AmdResult(verdict="undecided", decided_at_s=0.0, reason="no_audio")
+        result = await self._with_asterisk(result, control, call_id)
+        own_reason = result.reason.split("|", 1)[0]
+        if result.verdict == "machine" and own_reason in CHECKABLE_REASONS and cfg.words_check:
+            # Too long for a "hello": the greeting's words may still show a person.
+            if await self._words(transcribe) == "human":
+                reason = f"{result.reason}|words_human"
+                self.human_by_words(reason)
+                result = dataclasses.replace(result, verdict="human", reason=reason)
+        return result
+
+    async def wait_drop(self) -> None:
+        """Until the moment to leave the voicemail message (at most ``drop_wait_max_ms``)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.drop_wait_max_ms / 1000.0 + 2.0):
+                await asyncio.shield(self.drop)
+
+    async def _words(self, transcribe: Transcribe) -> WordsVerdict | None:
+        """Once the greeting ends (``GreetingEnd``; not after a beep or past
+        ``words_check_max_ms``): what its words say (``call/amd_words.py``)."""
+        cfg = self.config
+        wait_s = (cfg.words_check_max_ms + cfg.after_greeting_silence_ms) / 1000.0 + 0.5
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                ended: asyncio.Future[Any] = self.greeting_end
+                dropped: asyncio.Future[Any] = self.drop
+                await asyncio.wait((ended, dropped), return_when=asyncio.FIRST_COMPLETED)
+        if not self.greeting_end.done():
+            return None
+        text = await transcribe(self.greeting_audio()) or ""
+        verdict = greeting_words(text)
+        log.info("amd_words", words=verdict or "neither", heard_words=len(text.split()))
+        return verdict
+
+    async def _with_asterisk(
+        self, own: AmdResult, control: CallControl | None, call_id: str
+    ) -> AmdResult:
+        """When the dialplan ran Asterisk's ``AMD()`` before handing the call over, its
+        AMDSTATUS/AMDCAUSE are combined with the detector's verdict (``combine_asterisk``)."""
+        if control is None:
+            return own
+        try:
+            async with asyncio.timeout(0.5):
+                status = await control.get_var(call_id, "AMDSTATUS")
+                if not status:
+                    return own
+                cause = await control.get_var(call_id, "AMDCAUSE") or ""
+            theirs = AsteriskAmd.parse(status, cause)
+        except Exception as exc:  # unreadable or malformed: the detector alone decides
+            log.info("asterisk_amd_unusable", error=f"{type(exc).__name__}: {exc}")
+            return own
+        return combine_asterisk(
+            own, theirs, at_s=own.decided_at_s, prefer=self.config.asterisk_prefer
+        )
 
     def feed(self, pcm: bytes) -> None:
         if self.detector.finished:

@@ -20,15 +20,14 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
 from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.call import policy
-from voicebot_pbx.call.amd import CHECKABLE_REASONS, AmdResult, AsteriskAmd, combine_asterisk
-from voicebot_pbx.call.amd_words import WordsVerdict, greeting_words
+from voicebot_pbx.call.amd import AmdResult
 from voicebot_pbx.call.answering import AmdGate
 from voicebot_pbx.call.handover import handover_vars
 from voicebot_pbx.call.listener import Listener, TranscriptTrace
@@ -257,20 +256,9 @@ class CallSession:
         """Wait for the answering-machine verdict: a person (or silence) gets the opening,
         a machine the voicemail message after its beep."""
         assert self._amd is not None
-        cfg = self.config.amd
-        try:
-            async with asyncio.timeout(cfg.total_analysis_ms / 1000.0 + 2.0):
-                result = await asyncio.shield(self._amd.verdict)
-        except TimeoutError:  # no audio at all reached the detector
-            result = AmdResult(verdict="undecided", decided_at_s=0.0, reason="no_audio")
-        result = await self._with_asterisk_amd(result)
-        own_reason = result.reason.split("|", 1)[0]
-        if result.verdict == "machine" and own_reason in CHECKABLE_REASONS and cfg.words_check:
-            # Too long for a "hello": the greeting's words may still show a person.
-            if await self._greeting_words() == "human":
-                reason = f"{result.reason}|words_human"
-                self._amd.human_by_words(reason)
-                result = dataclasses.replace(result, verdict="human", reason=reason)
+        result = await self._amd.settle(
+            self.shared.control, self.media.call_id, self.listener.transcribe_clip
+        )
         turn.fallbacks.append(f"amd_{result.verdict}:{result.reason}")
         log.info(
             "amd_verdict",
@@ -283,24 +271,6 @@ class CallSession:
         self._tell_campaign_machine()
         return await self._voicemail()
 
-    async def _greeting_words(self) -> WordsVerdict | None:
-        """Once the greeting ends (``GreetingEnd``; not after a beep or past
-        ``words_check_max_ms``): what its words say (``call/amd_words.py``)."""
-        assert self._amd is not None
-        gate, cfg = self._amd, self.config.amd
-        wait_s = (cfg.words_check_max_ms + cfg.after_greeting_silence_ms) / 1000.0 + 0.5
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                ended: asyncio.Future[Any] = gate.greeting_end
-                dropped: asyncio.Future[Any] = gate.drop
-                await asyncio.wait((ended, dropped), return_when=asyncio.FIRST_COMPLETED)
-        if not gate.greeting_end.done():
-            return None
-        text = await self.listener.transcribe_clip(gate.greeting_audio())
-        verdict = greeting_words(text or "")
-        log.info("amd_words", words=verdict or "neither", heard_words=len((text or "").split()))
-        return verdict
-
     def _tell_campaign_machine(self) -> None:
         async def tell() -> None:
             if await note_machine(self.config, self.shared.control, self.media.call_id):
@@ -309,32 +279,10 @@ class CallSession:
         if self._group is not None:
             self._group.create_task(tell())
 
-    async def _with_asterisk_amd(self, own: AmdResult) -> AmdResult:
-        """When the dialplan ran Asterisk's ``AMD()`` before handing the call over, its
-        AMDSTATUS/AMDCAUSE are combined with the detector's verdict (``combine_asterisk``)."""
-        control = self.shared.control
-        if control is None:
-            return own
-        try:
-            async with asyncio.timeout(0.5):
-                status = await control.get_var(self.media.call_id, "AMDSTATUS")
-                if not status:
-                    return own
-                cause = await control.get_var(self.media.call_id, "AMDCAUSE") or ""
-            theirs = AsteriskAmd.parse(status, cause)
-        except Exception as exc:  # unreadable or malformed: the detector alone decides
-            log.info("asterisk_amd_unusable", error=f"{type(exc).__name__}: {exc}")
-            return own
-        return combine_asterisk(
-            own, theirs, at_s=own.decided_at_s, prefer=self.config.amd.asterisk_prefer
-        )
-
     async def _voicemail(self) -> DialogueTurn:
         """After a machine's beep (or its silence): the profile's message, then hang up."""
         assert self._amd is not None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.amd.drop_wait_max_ms / 1000.0 + 2.0):
-                await asyncio.shield(self._amd.drop)
+        await self._amd.wait_drop()
         message = self.profile.voicemail_message if self.profile is not None else ""
         replies = (BotReply(text=message),) if message else ()
         return DialogueTurn(replies=replies, end="hangup", intent="voicemail", source="amd")
