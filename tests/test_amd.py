@@ -476,6 +476,7 @@ def test_an_overruled_machine_verdict_still_turns_machine_on_a_beep() -> None:
     assert cues(events) and detector.finished  # the silence cue came: a machine's message
     human = detector.overrule("long_greeting|words_human")
     assert (human.verdict, human.reason) == ("human", "long_greeting|words_human")
+    assert human.decided_at_s == detector.now_s  # the late-beep window starts now
     assert not detector.finished and detector.result == human and detector.drop_cue is None
     beep = call(sine(1000, 0.5, rate), line(0.5, rate), rate=rate)
     later = [e for k in range(0, len(beep), size) for e in detector.feed(beep[k : k + size])]

@@ -348,7 +348,9 @@ class AmdDetector:
         if it had given its drop cue. Returns the new verdict."""
         if self._result is None or self._result.verdict != "machine":
             raise ValueError("only a machine verdict can be overruled")
-        self._result = replace(self._result, verdict="human", reason=reason)
+        self._result = replace(
+            self._result, verdict="human", reason=reason, decided_at_s=self.now_s
+        )
         self._first_verdict_frame = self._n
         self._drop = None
         self._finished = False
