@@ -171,15 +171,26 @@ def test_a_person_answering_with_a_sentence_gets_the_opening_after_its_words() -
     assert session.record.end_reason != "voicemail"  # type: ignore[attr-defined]
 
 
-def test_a_machines_words_keep_the_voicemail_drop() -> None:
-    shared, stt = answered_by("Hi, you've reached Sarah, please leave a message after the tone.")
+def greeting_then_beep(
+    shared: Shared, greeting_s: float, seed: int, until_s: float
+) -> tuple[FakeMedia, CallSession, list[str]]:
+    """A machine by length: a greeting, 1 s of quiet, a beep; the voicemail message is left.
+    Returns the call and what the words check said (one entry per check)."""
     beep = tone(0.5, 8000, 1000.0, level=0.4)
     with capture_logs() as logs:
-        media, session = call(shared, [(0.5, noise(3.0, 4) + bytes(16000) + beep)], 14.0)
+        media, session = call(
+            shared, [(0.5, noise(greeting_s, seed) + bytes(16000) + beep)], until_s
+        )
     turn = greeting_turn(session)
     assert turn.fallbacks[0] == "amd_machine:long_greeting"  # type: ignore[attr-defined]
     assert turn.reply_text == VOICEMAIL  # type: ignore[attr-defined]
-    assert [e["words"] for e in logs if e["event"] == "amd_words"] == ["machine"]
+    return media, session, [e["words"] for e in logs if e["event"] == "amd_words"]
+
+
+def test_a_machines_words_keep_the_voicemail_drop() -> None:
+    shared, _ = answered_by("Hi, you've reached Sarah, please leave a message after the tone.")
+    media, session, said = greeting_then_beep(shared, 3.0, 4, 14.0)
+    assert said == ["machine"]
     beep_end = 0.5 + 3.0 + 1.0 + 0.5
     assert beep_end <= min(media.voiced_times()) < beep_end + 0.5  # type: ignore[attr-defined]
     assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
@@ -198,15 +209,11 @@ def test_a_beep_after_words_that_sounded_like_a_person_still_drops_the_message()
 
 def test_a_greeting_longer_than_the_words_check_is_not_transcribed() -> None:
     shared, _ = answered_by("Hello, who is this?")
-    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    _, _, said = greeting_then_beep(shared, 6.0, 5, 16.0)
+    assert said == []
+    amd = dataclasses.replace(shared.config.amd, words_check=False)
+    off = dataclasses.replace(shared, config=dataclasses.replace(shared.config, amd=amd))
     with capture_logs() as logs:
-        media, session = call(shared, [(0.5, noise(6.0, 5) + bytes(16000) + beep)], 16.0)
-        turn = greeting_turn(session)
-        assert turn.fallbacks[0] == "amd_machine:long_greeting"  # type: ignore[attr-defined]
-        assert turn.reply_text == VOICEMAIL  # type: ignore[attr-defined]
-        amd = dataclasses.replace(shared.config.amd, words_check=False)
-        off = dataclasses.replace(shared, config=dataclasses.replace(shared.config, amd=amd))
-        media, session = call(off, [(0.5, noise(3.0, 4))], 10.0)
-        fallbacks = greeting_turn(session).fallbacks  # type: ignore[attr-defined]
-        assert fallbacks[0] == "amd_machine:long_greeting"
+        _, session = call(off, [(0.5, noise(3.0, 4))], 10.0)
+    assert greeting_turn(session).fallbacks[0] == "amd_machine:long_greeting"  # type: ignore[attr-defined]
     assert not [e for e in logs if e["event"] == "amd_words"]
