@@ -204,11 +204,14 @@ def test_a_passage_read_for_a_question_is_trimmed_to_the_sentence_that_answers_i
     assert found is not None and found.passage.id == "tariffs#2"
     assert len(found.sentence_similarities) == 2
     brain = ComposingDialogue(UnsureNlu(), ScriptedLlm([(0.0, "Composed.")], kb=kb), CONFIG)
-    turn = asyncio.run(brain.respond(CallInfo(call_id="c"), question))
+    with capture_logs() as logs:
+        turn = asyncio.run(brain.respond(CallInfo(call_id="c"), question))
     assert turn.source == "knowledge"
     assert [r.text for r in turn.replies] == [
         "There is no exit fee on Standard Variable or Green Saver."
     ]
+    (line,) = [e for e in logs if e["event"] == "knowledge_answer"]
+    assert (line["trimmed"], line["sentences"]) == (True, 1)
     # Not trimmed when disabled (answer_sentence_lead above any cosine lead).
     whole = dataclasses.replace(CONFIG, answer_sentence_lead=2.0)
     plain = ComposingDialogue(UnsureNlu(), ScriptedLlm([(0.0, "Composed.")], kb=kb), whole)

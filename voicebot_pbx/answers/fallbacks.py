@@ -315,6 +315,13 @@ class ComposingDialogue:
     ) -> DialogueTurn:
         """The passage's own sentences, instead of the intent ``heard``: those that answer
         ``question`` (empty: the caller said yes to the passage's heading, all of them)."""
+        sentences = spoken_answer(
+            hit.passage,
+            self.knowledge.max_words,
+            question,
+            hit.sentence_similarities,
+            self.knowledge.answer_sentence_lead,
+        )
         log.info(
             "knowledge_answer",
             passage=hit.passage.id,
@@ -324,13 +331,9 @@ class ComposingDialogue:
             similarity=round(hit.similarity, 3),
             instead_of=heard.intent,
             intent_confidence=heard.confidence,
-        )
-        sentences = spoken_answer(
-            hit.passage,
-            self.knowledge.max_words,
-            question,
-            hit.sentence_similarities,
-            self.knowledge.answer_sentence_lead,
+            # trimmed to the question: fewer sentences than read in full
+            sentences=len(sentences),
+            trimmed=sentences != spoken_answer(hit.passage, self.knowledge.max_words),
         )
         return DialogueTurn(
             replies=tuple(BotReply(text=s) for s in sentences),
