@@ -451,7 +451,7 @@ def test_a_long_greeting_that_ends_soon_is_cued_for_its_words() -> None:
 
 def test_no_words_cue_for_long_greetings_beeps_or_when_off() -> None:
     rate = 8000
-    longer = call(line(0.4, rate), speech(5.5, rate), line(3.0, rate), rate=rate)
+    longer = call(line(0.4, rate), speech(6.5, rate), line(3.0, rate), rate=rate)
     assert greeting_ends(detect(longer, rate)[0]) == []  # past words_check_max_ms
     beeped = call(
         line(0.4, rate), speech(3.0, rate), line(0.3, rate), sine(1000, 0.5, rate),

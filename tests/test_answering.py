@@ -209,7 +209,7 @@ def test_a_beep_after_words_that_sounded_like_a_person_still_drops_the_message()
 
 def test_a_greeting_longer_than_the_words_check_is_not_transcribed() -> None:
     shared, _ = answered_by("Hello, who is this?")
-    _, _, said = greeting_then_beep(shared, 6.0, 5, 16.0)
+    _, _, said = greeting_then_beep(shared, 7.0, 5, 18.0)
     assert said == []
     amd = dataclasses.replace(shared.config.amd, words_check=False)
     off = dataclasses.replace(shared, config=dataclasses.replace(shared.config, amd=amd))
