@@ -53,15 +53,16 @@ class AmdGate:
         self._on_revised = on_revised
         self._pending = bytearray()
         self._machine = False  # a late beep revised the verdict
-        # The greeting's audio from the answer, for its words (bounded: the longest greeting
-        # the words check reads, and a second of silence after it).
+        # The greeting's audio from the answer, for its words (bounded: the longest wait for
+        # a first word, the longest greeting the words check reads, its silence, a second).
         self._audio = bytearray()
-        self._audio_max = (
-            (config.words_check_max_ms + config.after_greeting_silence_ms + 1000)
-            * rate_hz
-            // 1000
-            * SAMPLE_WIDTH_BYTES
+        audio_max_ms = (
+            config.initial_silence_ms
+            + config.words_check_max_ms
+            + config.after_greeting_silence_ms
+            + 1000
         )
+        self._audio_max = audio_max_ms * rate_hz // 1000 * SAMPLE_WIDTH_BYTES
         self.rate_hz = rate_hz
 
     @property
