@@ -183,6 +183,9 @@ def test_redis_endpoints_file_written(tmp_path: Path) -> None:
     argv = server.run_argv(tmp_path / "m.tar.gz")
     assert argv[argv.index("--endpoints") + 1] == str(path)
     assert argv[argv.index("--interface") + 1] == "127.0.0.1"
+    # It may hold the Redis password: stopping the server (never started here) removes it.
+    asyncio.run(server.stop())
+    assert not path.exists()
     with pytest.raises(ValueError):
         RasaServer(
             PROJECT,

@@ -120,18 +120,20 @@ def test_an_earlier_bots_orphan_on_the_port_is_replaced(tmp_path: Path) -> None:
         with socket.socket() as probe:
             assert wait_for(lambda: probe.connect_ex(("127.0.0.1", port)) == 0)
 
-        async def main() -> int | None:
+        async def main() -> tuple[int | None, str]:
             c = child(tmp_path, port)
             await c.start()
             try:
-                return c.pid
+                return c.pid, (tmp_path / "child.pid").read_text().strip()
             finally:
                 await c.stop()
 
-        new_pid = asyncio.run(main())
+        new_pid, written = asyncio.run(main())
         assert orphan.wait(10) is not None  # the orphan was stopped
         assert new_pid is not None and new_pid != orphan.pid
-        assert (tmp_path / "child.pid").read_text().strip() == str(new_pid)
+        assert written == str(new_pid)
+        # A clean stop takes its pid file away (the work folder does not fill with them).
+        assert not (tmp_path / "child.pid").exists()
     finally:
         if orphan.poll() is None:
             orphan.kill()

@@ -269,6 +269,13 @@ class RasaServer(SupervisedServer):
             return [str(self.python), "-c", _LAUNCHER, *args]
         return [str(self.venv_dir / "bin" / "rasa"), *args]
 
+    async def stop(self) -> None:
+        """Stop the server; the endpoints file written for it (it may hold the Redis
+        password) goes with it."""
+        await super().stop()
+        if self._endpoints_path is None:
+            (self.work_dir / f"endpoints-{self.port}.yml").unlink(missing_ok=True)
+
     def endpoints_file(self) -> Path | None:
         """The endpoints file the server runs with: written here when Redis or an action
         server is configured, else the given file or the project's endpoints.yml."""

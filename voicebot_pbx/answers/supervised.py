@@ -347,7 +347,17 @@ class SupervisedChild:
         if proc is not None:
             await self._kill(proc)
             log.info(self._event("stopped"), pid=proc.pid, returncode=proc.returncode)
+            self._forget_pid(proc.pid)
         self._close_log()
+
+    def _forget_pid(self, pid: int) -> None:
+        """The pid file of a child that is gone (only ours: another bot may have written it
+        since), so the work folder does not fill with them."""
+        if self.pid_path is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if int(self.pid_path.read_text().strip()) == pid:
+                self.pid_path.unlink()
 
     def _close_log(self) -> None:
         if self._log_file is not None:
