@@ -543,16 +543,23 @@ class FakeFreeSwitch:
             ],
         )
 
-    async def hang_up(self, cause: str = "NORMAL_CLEARING") -> None:
+    async def hang_up(self, cause: str = "NORMAL_CLEARING", *, unpark_first: bool = False) -> None:
         """The channel goes down: the park loop ends (unicast off), CHANNEL_HANGUP fires,
-        then read_packet sends the linger notice, or ends the listener without linger."""
+        then read_packet sends the linger notice, or ends the listener without linger.
+        ``unpark_first``: CHANNEL_UNPARK before CHANNEL_HANGUP, an order the real
+        FreeSWITCH 1.10.12 also sends (the park loop ends as the channel goes down, and the
+        state machine's hang-up event can come after it; seen once in CI, 2026-12-04)."""
         if not self.channel_up:
             return
         self.channel_up = False
         self.hangup_cause = cause
         self._stop_media()
+        if unpark_first:
+            await self.event("CHANNEL_UNPARK")
+            await asyncio.sleep(0.05)
         await self.event("CHANNEL_HANGUP", [("Hangup-Cause", cause)])
-        await self.event("CHANNEL_UNPARK")
+        if not unpark_first:
+            await self.event("CHANNEL_UNPARK")
         if self.lingering:
             await self._write(
                 esl.encode_disconnect_notice(

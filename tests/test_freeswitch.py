@@ -29,7 +29,12 @@ from voicebot_pbx.answers.dialogue import RuleDialogue
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import DialogueConfig, RuleConfig, load_config
-from voicebot_pbx.pbx.freeswitch import FreeswitchCall, FreeswitchConfig, FreeswitchServer
+from voicebot_pbx.pbx.freeswitch import (
+    UNPARK_GRACE_S,
+    FreeswitchCall,
+    FreeswitchConfig,
+    FreeswitchServer,
+)
 from voicebot_pbx.pbx.media import AudioIn, CallEnded, CallMedia, DtmfIn, InboundEvent
 from voicebot_pbx.pbx.unicast import LateFilter
 from voicebot_pbx.testing import FakeEngines, ScriptedStt, ToneTts, tone
@@ -238,6 +243,47 @@ def test_dtmf_events_reach_the_session() -> None:
         assert [e["reason"] for e in bad] == ["bad_dtmf"]
 
     run(main)
+
+
+@pytest.mark.parametrize("unpark_first", [False, True])
+def test_a_hangup_is_the_callers_whichever_event_comes_first(unpark_first: bool) -> None:
+    """The real FreeSWITCH may send CHANNEL_UNPARK before CHANNEL_HANGUP when the caller
+    hangs up: the end is still the caller's hang-up, not "unparked"."""
+
+    async def main() -> None:
+        script = Script()
+        async with bot(script) as server:
+            fs = await dial(server)
+            await fs.wait_unicast()
+            await until(lambda: bool(script.media))  # the session has the call
+            await fs.hang_up(unpark_first=unpark_first)
+            await asyncio.wait_for(script.ended.wait(), 5.0)
+        (ended,) = script.others()
+        assert isinstance(ended, CallEnded) and ended.reason == "caller_hangup"
+
+    run(main)
+
+
+def test_a_channel_taken_out_of_the_socket_app_elsewhere_ends_the_call() -> None:
+    """A lone CHANNEL_UNPARK (another app transferred the channel): "unparked", once the
+    grace for a hang-up's late events is over."""
+
+    async def main() -> float:
+        script = Script()
+        async with bot(script) as server:
+            fs = await dial(server)
+            await fs.wait_unicast()
+            await until(lambda: bool(script.media))
+            loop = asyncio.get_running_loop()
+            sent = loop.time()
+            await fs.event("CHANNEL_UNPARK")
+            await asyncio.wait_for(script.ended.wait(), 5.0)
+            (ended,) = script.others()
+            assert isinstance(ended, CallEnded) and ended.reason == "unparked"
+            return ended.at_s - sent  # loop times: time.monotonic in both threads
+
+    waited_s = run(main)
+    assert waited_s >= UNPARK_GRACE_S * 0.9
 
 
 def test_transfer_uses_uuid_transfer_and_does_not_hang_up() -> None:

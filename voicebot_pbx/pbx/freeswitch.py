@@ -64,6 +64,9 @@ log = structlog.get_logger("voicebot_pbx.freeswitch")
 T = TypeVar("T")
 
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")
+# After a CHANNEL_UNPARK, how long a hang-up still names the call's end (its events may come
+# after the unpark): the end of a call transferred from elsewhere is noticed this much later.
+UNPARK_GRACE_S = 0.5
 # Applications that play audio on the channel from FreeSWITCH's side (a uuid_broadcast, a
 # playback sent by another controller ...): while one runs, a barge-in sends uuid_break.
 _PLAYBACK_APPS = frozenset(
@@ -121,6 +124,7 @@ class FreeswitchCall(CallState):
         self.breaks_sent = 0
         self.fs_playing = 0  # FreeSWITCH-side playback applications running
         self._transfer_pending = False
+        self._unparked: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._last_generation = self.speaker.generation
         self._last_voiced = False
@@ -367,8 +371,15 @@ class FreeswitchCall(CallState):
             self._mark_closed("caller_hangup")
         elif name == "CHANNEL_UNPARK":
             # The channel left the socket app: our transfer (should its event overtake the
-            # reply), or one from elsewhere.
-            self._mark_closed("transferred" if self._transfer_pending else "unparked")
+            # reply), a hang-up (the park loop ends when the channel does, and its
+            # CHANNEL_HANGUP and linger notice may come a moment after: seen in CI, the
+            # order varies), or a transfer from elsewhere: "unparked" only if nothing
+            # else has ended the call within UNPARK_GRACE_S.
+            if self._transfer_pending:
+                self._mark_closed("transferred")
+            elif self._unparked is None and not self.closed:
+                loop = asyncio.get_running_loop()
+                self._unparked = loop.call_later(UNPARK_GRACE_S, self._mark_closed, "unparked")
         elif name == "CHANNEL_EXECUTE" and event.get("Application") in _PLAYBACK_APPS:
             self.fs_playing += 1
         elif name == "CHANNEL_EXECUTE_COMPLETE" and event.get("Application") in _PLAYBACK_APPS:
