@@ -106,6 +106,13 @@ def search_terms(text: str) -> list[str]:
     return [_stem(w) for w in _WORD_RE.findall(text) if w not in _STOPWORDS]
 
 
+def passage_terms(passage: Passage) -> frozenset[str]:
+    """The search terms ``passage`` is indexed under (title, question, keywords, text)."""
+    return frozenset(
+        search_terms(f"{passage.title} {passage.question} {passage.keywords} {passage.text}")
+    )
+
+
 class KnowledgeBase:
     """Passages from markdown FAQ files, searchable with Okapi BM25 (pure Python)."""
 
@@ -153,9 +160,7 @@ class KnowledgeBase:
         self._idf = {term: math.log(1.0 + (n - f + 0.5) / (f + 0.5)) for term, f in df.items()}
         self.vocabulary: frozenset[str] = frozenset(df)
         """Every search term the knowledge base uses (titles, questions, answers, keywords)."""
-        self._terms_by_id = {
-            p.id: frozenset(doc) for p, doc in zip(self.passages, self._docs, strict=True)
-        }
+        self._terms_by_id = {p.id: passage_terms(p) for p in self.passages}
 
     def terms_of(self, passage: Passage) -> frozenset[str]:
         """The search terms ``passage`` is indexed under (title, question, keywords, text)."""

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, search_terms
+from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, passage_terms, search_terms
 from voicebot_pbx.config import KnowledgeConfig
 from voicebot_pbx.speech.tts import split_sentences
 
@@ -196,9 +196,11 @@ def spoken_answer(
 
     Given the caller's ``question`` (a passage read instead of an intent, not after the
     caller said yes to its heading), trimmed to what answers it (:func:`answering`)."""
-    sentences = split_sentences(passage.text)
-    if question:
-        sentences = answering(passage, question, similarities, min_lead)
+    sentences = (
+        answering(passage, question, similarities, min_lead)
+        if question
+        else split_sentences(passage.text)
+    )
     chosen: list[str] = []
     words = 0
     for sentence in sentences:
@@ -232,10 +234,7 @@ def answering(
     closeness = list(similarities) if len(similarities) == len(sentences) else []
     terms = set(search_terms(question))
     if len(sentences) > 1 and sentences[0].strip(" .!,").lower() in _BARE_ANSWERS:
-        known = search_terms(
-            f"{passage.title} {passage.question} {passage.keywords} {passage.text}"
-        )
-        if not terms <= set(known):
+        if not terms <= passage_terms(passage):
             sentences, closeness = sentences[1:], closeness[1:]
     if len(closeness) < 2:
         return sentences

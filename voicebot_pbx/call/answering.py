@@ -44,7 +44,6 @@ class AmdGate:
     def __init__(
         self, config: AmdConfig, rate_hz: int, on_revised: Callable[[AmdResult], None]
     ) -> None:
-        self.config = config
         self.detector = AmdDetector(config, rate_hz)
         loop = asyncio.get_running_loop()
         self.verdict: asyncio.Future[AmdResult] = loop.create_future()
@@ -63,7 +62,6 @@ class AmdGate:
             + 1000
         )
         self._audio_max = audio_max_ms * rate_hz // 1000 * SAMPLE_WIDTH_BYTES
-        self.rate_hz = rate_hz
 
     @property
     def listening(self) -> bool:
@@ -96,7 +94,7 @@ class AmdGate:
         """The verdict the bot acts on: the detector's first, combined with Asterisk's
         ``AMD()`` when the dialplan ran it, and a machine by length taken back when the
         greeting's words are a person's (``words_check``)."""
-        cfg = self.config
+        cfg = self.detector.config
         try:
             async with asyncio.timeout(cfg.total_analysis_ms / 1000.0 + 2.0):
                 result = await asyncio.shield(self.verdict)
@@ -115,13 +113,13 @@ class AmdGate:
     async def wait_drop(self) -> None:
         """Until the moment to leave the voicemail message (at most ``drop_wait_max_ms``)."""
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.drop_wait_max_ms / 1000.0 + 2.0):
+            async with asyncio.timeout(self.detector.config.drop_wait_max_ms / 1000.0 + 2.0):
                 await asyncio.shield(self.drop)
 
     async def _words(self, transcribe: Transcribe) -> WordsVerdict | None:
         """Once the greeting ends (``GreetingEnd``; not after a beep or past
         ``words_check_max_ms``): what its words say (``call/amd_words.py``)."""
-        cfg = self.config
+        cfg = self.detector.config
         wait_s = (cfg.words_check_max_ms + cfg.after_greeting_silence_ms) / 1000.0 + 0.5
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
@@ -153,7 +151,7 @@ class AmdGate:
             log.info("asterisk_amd_unusable", error=f"{type(exc).__name__}: {exc}")
             return own
         return combine_asterisk(
-            own, theirs, at_s=own.decided_at_s, prefer=self.config.asterisk_prefer
+            own, theirs, at_s=own.decided_at_s, prefer=self.detector.config.asterisk_prefer
         )
 
     def feed(self, pcm: bytes) -> None:
