@@ -183,6 +183,7 @@ def test_originate_without_a_secret_or_an_asterisk_says_so_in_one_line(
         structlog.configure(**saved)
     assert no_secret == 1 and "AMI secret is empty" in err_no_secret
     assert no_asterisk == 1 and f"no AMI login at 127.0.0.1:{port_nobody_on}" in err_no_asterisk
+    assert "ConnectionRefusedError" in err_no_asterisk  # the last connect error, not a guess
     assert bad_var == 2 and "'NOEQUALS' is not NAME=VALUE" in err_bad_var
     for err in (err_no_secret, err_no_asterisk, err_bad_var):
         assert "Traceback" not in err

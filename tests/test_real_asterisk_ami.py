@@ -297,7 +297,8 @@ def test_refused_ami_login_is_one_clear_line_and_calls_still_transfer(bed: Bed) 
         assert len(refused()) == 1, "\n".join(refused())
         # The CLI says why, too.
         code, outcome, output = originate(bed, "c" + os.urandom(6).hex(), AMI_SECRET)
-        assert code == 1 and "Authentication failed" in str(outcome.get("message")), output
+        (said,) = [line for line in output.splitlines() if "voicebot-pbx originate:" in line]
+        assert code == 1 and not outcome and "Authentication failed" in said, output
     finally:
         connects = len(log_events(bed.bot, "ami_connected"))
         bed.asterisk.set_ami_secret(AMI_SECRET)

@@ -319,9 +319,10 @@ async def originate_call(
     await ami.start()
     try:
         if not await ami.wait_connected(config.ami.action_timeout_s):
+            why = ami.last_error or "is Asterisk running, [ami] right?"
             raise AmiNotConnected(
                 f"no AMI login at {config.ami.host}:{config.ami.port} within"
-                f" {config.ami.action_timeout_s:g} s (is Asterisk running, [ami] right?)"
+                f" {config.ami.action_timeout_s:g} s ({why})"
             )
         result = await originate(
             ami,
