@@ -147,6 +147,9 @@ class Setting:
     # turn.text_wait: no pause ends before the text model's read (False, the default: a read
     # that comes in time holds the turn or ends it; the other rules do not wait for it)
     text_wait: bool = False
+    # vad.quiet_below_peak_db (0: off): silence counts from the caller's last sound, not from
+    # the VAD probability's fall
+    quiet_below_peak_db: float = 0.0
     unfinished_below: float = -2.5
     finished_from: float = -1.5
     table: str = "main"  # "main" | "threshold" | "digits": which markdown table shows it
@@ -169,8 +172,26 @@ def _tiebreak_setting(end: int, tiebreak: int, short: int) -> Setting:
 def previous_default() -> Setting:
     """The service's defaults without the text model (turn.unfinished_max_silence_ms = 0)."""
     vad = VadConfig()
-    return _tiebreak_setting(
-        vad.end_silence_ms, TurnConfig().tiebreak_silence_ms, vad.short_utterance_ms
+    return replace(
+        _tiebreak_setting(
+            vad.end_silence_ms, TurnConfig().tiebreak_silence_ms, vad.short_utterance_ms
+        ),
+        quiet_below_peak_db=vad.quiet_below_peak_db,
+        end_silence_max_ms=vad.end_silence_max_ms,
+    )
+
+
+def quiet_setting(quiet_below_peak_db: float, end_silence_max_ms: int | None = None) -> Setting:
+    """The defaults with silence counted from another "last sound" (vad.quiet_below_peak_db;
+    0: from the VAD probability's fall)."""
+    base = previous_default()
+    longest = base.end_silence_max_ms if end_silence_max_ms is None else end_silence_max_ms
+    return replace(
+        base,
+        name=f"{base.name} quiet<{quiet_below_peak_db:g}dB max={longest}",
+        quiet_below_peak_db=quiet_below_peak_db,
+        end_silence_max_ms=longest,
+        table="quiet",
     )
 
 
@@ -218,6 +239,9 @@ def settings() -> list[Setting]:
     for end, tiebreak in ((200, 400), (150, 300), (150, 400), (150, 500)):
         out.append(_tiebreak_setting(end, tiebreak, 0))
     out.append(previous_default())  # the default: the text model is off
+    for quiet_db, longest in ((0, None), (20, None), (25, None), (30, None), (40, None)):
+        out.append(quiet_setting(quiet_db, longest))
+    out.append(quiet_setting(30, 850))
     out.append(text_setting(1500, wait=False))
     out.append(text_setting(1500, wait=True))
     out.append(text_setting(2000, wait=True))
@@ -345,7 +369,7 @@ class Item:
     speech_end_s: float
     pauses: list[tuple[float, float]]
     pcm: bytes
-    probs: list[tuple[float, float]]  # (window start s, VAD probability)
+    probs: list[tuple[float, float, float]]  # (window start s, VAD probability, level dBFS)
     digits: int = 0  # digits in the text (the digits part asks for this many)
 
 
@@ -386,12 +410,14 @@ def _slice(onset_s: float, heard_s: float, lookback_s: float) -> tuple[int, int]
 TAIL_SILENCE_S = 2.0  # silent windows fed after an item's audio, so every rule can decide
 
 
-def _with_silence_after(probs: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def _with_silence_after(
+    probs: list[tuple[float, float, float]],
+) -> list[tuple[float, float, float]]:
     """The item's VAD windows, then ``TAIL_SILENCE_S`` of silent ones (an item keeps 1.3 s
     of audio after the speech; turn.digits_max_silence_ms waits longer)."""
     last_s = probs[-1][0] if probs else -WINDOW_S
     extra = round(TAIL_SILENCE_S / WINDOW_S)
-    return [*probs, *((last_s + (k + 1) * WINDOW_S, 0.0) for k in range(extra))]
+    return [*probs, *((last_s + (k + 1) * WINDOW_S, 0.0, -120.0) for k in range(extra))]
 
 
 def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
@@ -402,6 +428,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         end_silence_max_ms=setting.end_silence_max_ms,
         short_utterance_ms=setting.short_utterance_ms,
         short_end_silence_ms=max(setting.end_silence_ms, VadConfig().short_end_silence_ms),
+        quiet_below_peak_db=setting.quiet_below_peak_db,
     )
     lookback_s = vad.lookback_ms / 1000.0
     taker = TurnTaker(vad)
@@ -473,7 +500,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         out.pause_since_s = ended.speech_end_s
         out.ready_s = max(decided_s, decode_ready.get(taker.pause_id, decided_s))
 
-    for window_s, prob in _with_silence_after(item.probs):
+    for window_s, prob, level_dbfs in _with_silence_after(item.probs):
         heard_s = window_s + WINDOW_S
         if out.decided_s is None and out.started and verdict is not None:
             # An answer that arrived between the previous window and this one.
@@ -487,7 +514,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                 ended = taker.end_turn_early(prev_window_s)
                 if ended is not None:
                     decide(verdict.ready_s, ended, "detector")
-        for action in taker.on_vad(prob, window_s):
+        for action in taker.on_vad(prob, window_s, level_dbfs):
             match action:
                 case UtteranceStarted(_, at_s):
                     if out.decided_s is None:
@@ -645,7 +672,7 @@ def key_pause(item: Item, judges: Judges) -> KeyPause:
         lo_s, hi_s = item.pauses[0][0] - KEY_PAUSE_SLACK_S, item.pauses[0][1]
     onset_s: float | None = None
     pending: dict[int, float] = {}
-    for window_s, prob in item.probs:
+    for window_s, prob, _ in item.probs:
         heard_s = window_s + WINDOW_S
         for action in taker.on_vad(prob, window_s):
             match action:
@@ -829,7 +856,9 @@ def load_items(limit: int | None) -> list[Item]:
         counts[group] = counts.get(group, 0) + 1
         pcm, rate = read_wav(turn_dataset.OUT_DIR / str(e["wav"]))
         assert rate == RATE_HZ, f"{e['wav']}: {rate} Hz"
-        probs = vad.new_stream(RATE_HZ).process_timed(pcm)
+        probs = [
+            (w.start_s, w.prob, w.level_dbfs) for w in vad.new_stream(RATE_HZ).process_windows(pcm)
+        ]
         pauses = e["pauses"]
         assert isinstance(pauses, list)
         segments = e["segments"]
@@ -972,6 +1001,16 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for s in report["settings"]:
         if s["table"] == "threshold":
+            lines.append(row(s["name"], results[s["name"]]))
+    lines += [
+        "",
+        "Silence from the caller's last sound (vad.quiet_below_peak_db; 0: from the VAD "
+        "probability's fall):",
+        "",
+        *header,
+    ]
+    for s in report["settings"]:
+        if s["table"] == "quiet":
             lines.append(row(s["name"], results[s["name"]]))
     lines += [
         "",

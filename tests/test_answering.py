@@ -221,7 +221,7 @@ def test_a_greeting_longer_than_the_words_check_is_not_transcribed() -> None:
 
 def test_a_late_sentence_is_read_to_its_end() -> None:
     """A callee who waits 2.4 s before answering with a 5.5 s sentence: the words check reads
-    all of it (its end, "who is this?", is where a person's words usually are)."""
+    all of it (its end, the question back, is where a person's words usually are)."""
     shared, stt = answered_by("Sorry, I was in the garden, who is this?")
     media, session = call(shared, [(2.4, noise(5.5, 6))], 14.0)
     assert greeting_turn(session).fallbacks[0] == "amd_human:long_greeting|words_human"  # type: ignore[attr-defined]

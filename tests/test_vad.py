@@ -292,3 +292,97 @@ def test_events_are_frozen() -> None:
     event = SpeechStarted(at_s=1.0)
     with pytest.raises(AttributeError):
         event.at_s = 2.0  # type: ignore[misc]
+
+
+# --- endpointer: silence from the caller's last sound (quiet_below_peak_db) --------------------
+
+
+def run_levels(
+    endpointer: Endpointer, windows: list[tuple[float, float]], t0: float = 0.0
+) -> list[object]:
+    """``windows``: (probability, level dBFS) per window."""
+    out = []
+    for i, (prob, level) in enumerate(windows):
+        event = endpointer.update(prob, t0 + i * STEP_S, level)
+        if event is not None:
+            out.append(event)
+    return out
+
+
+LOUD, QUIET = -12.0, -60.0
+# Speech, then the caller's last sound: the model's probability stays up for 5 windows
+# (160 ms) after the level has fallen, as silero's does after real speech.
+TRAILING = [(0.9, LOUD)] * 20 + [(0.9, QUIET)] * 5 + [(0.1, QUIET)] * 20
+
+
+def test_silence_counts_from_the_last_sound_not_from_the_probabilitys_fall() -> None:
+    old = Endpointer(min_speech_ms=100, end_silence_ms=150)
+    started, ended = run_levels(old, TRAILING)
+    assert isinstance(ended, SpeechEnded)  # off (quiet_below_peak_db 0): the model's fall
+    assert ended.speech_end_s == pytest.approx(25 * STEP_S)
+    assert ended.at_s == pytest.approx(29 * STEP_S)
+
+    new = Endpointer(min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30)
+    started, ended = run_levels(new, TRAILING)
+    assert isinstance(started, SpeechStarted) and isinstance(ended, SpeechEnded)
+    assert ended.speech_end_s == pytest.approx(20 * STEP_S)  # the first quiet window
+    # The 150 ms were heard long before the fall: the turn ends on the falling window itself.
+    assert ended.at_s == pytest.approx(25 * STEP_S)
+
+
+def test_a_quiet_run_the_model_calls_speech_is_not_a_pause() -> None:
+    # A stop consonant's closure, or a soft word: quiet windows the model still hears as
+    # speech, then loud again. No pause starts, nothing ends.
+    ep = Endpointer(min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30)
+    windows = [(0.9, LOUD)] * 10 + [(0.9, QUIET)] * 8 + [(0.9, LOUD)] * 10
+    assert [type(e) for e in run_levels(ep, windows)] == [SpeechStarted]
+    assert ep.silence_since_s is None and ep.in_speech
+
+
+def test_the_fall_is_backdated_to_an_unbroken_quiet_run_only() -> None:
+    ep = Endpointer(min_speech_ms=100, end_silence_ms=300, quiet_below_peak_db=30)
+    # Quiet, one loud window (a click the model still calls speech), quiet again, then the
+    # model falls: silence counts from the quiet run after the click, not before it.
+    windows = (
+        [(0.9, LOUD)] * 10
+        + [(0.9, QUIET)] * 2
+        + [(0.9, LOUD)]
+        + [(0.9, QUIET)] * 2
+        + [(0.1, QUIET)] * 20
+    )
+    ended = run_levels(ep, windows)[-1]
+    assert isinstance(ended, SpeechEnded)
+    assert ended.speech_end_s == pytest.approx(13 * STEP_S)
+    assert ended.at_s == pytest.approx((13 + 9) * STEP_S)  # 300 ms heard from window 13
+
+
+def test_a_line_as_noisy_as_the_voice_leaves_it_to_the_model() -> None:
+    # Line noise only 20 dB under the voice: never quiet, so nothing changes.
+    ep = Endpointer(min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30)
+    windows = [(0.9, LOUD)] * 20 + [(0.9, LOUD - 20)] * 5 + [(0.1, LOUD - 20)] * 20
+    ended = run_levels(ep, windows)[-1]
+    assert isinstance(ended, SpeechEnded)
+    assert ended.speech_end_s == pytest.approx(25 * STEP_S)
+    with pytest.raises(ValueError):
+        Endpointer(quiet_below_peak_db=-1)
+
+
+def test_the_loudest_window_is_the_utterances_own() -> None:
+    # A loud first utterance does not make the next, softer caller's speech "quiet".
+    ep = Endpointer(min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30)
+    first = [(0.9, -3.0)] * 10 + [(0.1, QUIET)] * 10
+    assert [type(e) for e in run_levels(ep, first)] == [SpeechStarted, SpeechEnded]
+    soft = [(0.9, -30.0)] * 10 + [(0.9, -50.0)] * 3 + [(0.1, -50.0)] * 10
+    ended = run_levels(ep, soft, t0=1.0)[-1]
+    assert isinstance(ended, SpeechEnded)
+    assert ended.speech_end_s == pytest.approx(1.0 + 13 * STEP_S)  # -50 is not 30 dB under -30
+
+
+def test_process_windows_gives_each_windows_level(vad: SileroVad) -> None:
+    stream = vad.new_stream(8000)
+    tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * np.arange(512) / 8000)).astype("<i2")
+    windows = stream.process_windows(bytes(512) + tone.tobytes())
+    assert [w.start_s for w in windows] == pytest.approx([0.0, 0.032, 0.064])
+    assert windows[0].level_dbfs < -100
+    assert windows[1].level_dbfs == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.2)
+    assert stream.process_timed(b"") == []

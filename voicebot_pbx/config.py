@@ -69,6 +69,11 @@ class VadConfig:
     short_utterance_ms: int = 600
     short_end_silence_ms: int = 200
     lookback_ms: int = 300
+    # Silence counted from the caller's last sound (voicebot_pbx.speech.vad.Endpointer): when
+    # the VAD probability falls (it lags the last sound by ~100-200 ms), the silence started
+    # at the first of the unbroken run of windows this far under the utterance's loudest.
+    # 0: from the probability's fall.
+    quiet_below_peak_db: float = 30.0
     # Caller speech needed while the bot talks before the bot stops (barge-in).
     barge_in_min_speech_ms: int = 120
     # Pause the bot at the first window of caller speech over it (resume at once if the
@@ -978,6 +983,8 @@ def _validate(config: Config, source: str) -> None:
         problems.append("vad thresholds need 0 < neg_threshold <= threshold < 1")
     if config.vad.end_silence_max_ms < config.vad.end_silence_ms:
         problems.append("vad.end_silence_max_ms must be >= vad.end_silence_ms")
+    if config.vad.quiet_below_peak_db < 0:
+        problems.append("vad.quiet_below_peak_db must be >= 0 (0: off)")
     if not 0.0 < config.turn.threshold < 1.0:
         problems.append("turn.threshold must be between 0 and 1")
     if config.turn.timeout_ms <= 0 or config.turn.score_after_ms < 0 or config.turn.threads < 1:

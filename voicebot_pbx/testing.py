@@ -29,6 +29,7 @@ from voicebot_pbx.speech.stt import SttCapabilities, SttResult
 from voicebot_pbx.speech.tts import split_sentences
 from voicebot_pbx.speech.turn_model import TurnScore
 from voicebot_pbx.speech.turn_text import TextTurnScore
+from voicebot_pbx.speech.vad import VadWindow
 
 T = TypeVar("T")
 
@@ -102,15 +103,18 @@ class EnergyVadStream:
         self.speech_dbfs = speech_dbfs
 
     def process_timed(self, pcm: bytes) -> list[tuple[float, float]]:
+        return [(w.start_s, w.prob) for w in self.process_windows(pcm)]
+
+    def process_windows(self, pcm: bytes) -> list[VadWindow]:
         self._pending += pcm
-        out: list[tuple[float, float]] = []
+        out: list[VadWindow] = []
         while len(self._pending) >= self._window_bytes:
             window = bytes(self._pending[: self._window_bytes])
             del self._pending[: self._window_bytes]
             level = rms_dbfs(window)
             # Level -> probability: ~0.02 for silence, ~0.98 for loud audio.
             prob = 0.98 if level >= self.speech_dbfs else 0.02
-            out.append((self._done * self.window_s, prob))
+            out.append(VadWindow(self._done * self.window_s, prob, level))
             self._done += 1
         return out
 

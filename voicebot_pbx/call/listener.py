@@ -314,12 +314,12 @@ class Listener:
         if self.utterance_open:
             self._feed_stt(pcm)
         echo = self._looks_like_echo(pcm)
-        for window_start_s, prob in self.vad.process_timed(pcm):
-            if echo:
-                prob = 0.0
+        for window in self.vad.process_windows(pcm):
+            window_start_s = window.start_s
+            prob = 0.0 if echo else window.prob
             self._last_window_s = window_start_s
             self.last_frame_at = event.at_s
-            for action in self.turns.on_vad(prob, window_start_s):
+            for action in self.turns.on_vad(prob, window_start_s, window.level_dbfs):
                 self._apply(action, event.at_s)
             self._drop_stale_speculation()
             self._maybe_request_score()

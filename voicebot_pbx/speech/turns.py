@@ -122,6 +122,7 @@ class TurnTaker:
             end_silence_ms=config.end_silence_max_ms,
             lookback_ms=config.lookback_ms,
             window_ms=window_ms,
+            quiet_below_peak_db=config.quiet_below_peak_db,
         )
         self._turn_id = 0
         self._onset_s: float | None = None
@@ -208,9 +209,11 @@ class TurnTaker:
         self._in_pause = False
         return UtteranceEnded(self._turn_id, since_s, now_s)
 
-    def on_vad(self, prob: float, now_s: float) -> list[TurnAction]:
+    def on_vad(
+        self, prob: float, now_s: float, level_dbfs: float | None = None
+    ) -> list[TurnAction]:
         actions: list[TurnAction] = []
-        event = self._endpointer.update(prob, now_s)
+        event = self._endpointer.update(prob, now_s, level_dbfs)
         match event:
             case SpeechStarted(at_s):
                 self._turn_id += 1

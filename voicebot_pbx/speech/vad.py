@@ -15,6 +15,7 @@ or 64 (16 kHz) samples of the previous window (zeros at the start); the recurren
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +123,13 @@ class VadStream:
         ``window_start_s`` is stream time (audio fed since the last reset), the time base
         :meth:`Endpointer.update` expects.
         """
+        return [(w.start_s, w.prob) for w in self.process_windows(pcm)]
+
+    def process_windows(self, pcm: bytes) -> list[VadWindow]:
+        """Like :meth:`process_timed`, with each window's level (for ``Endpointer``'s
+        energy end of speech)."""
         self._pending += pcm
-        results: list[tuple[float, float]] = []
+        results: list[VadWindow] = []
         size = self._window_bytes
         n = self.window_samples
         while len(self._pending) >= size:
@@ -132,10 +138,21 @@ class VadStream:
             x[0, self._context_samples :] = np.frombuffer(self._pending, dtype="<i2", count=n)
             x[0, self._context_samples :] *= np.float32(1.0 / 32768.0)
             del self._pending[:size]
+            window = x[0, self._context_samples :]
+            level_dbfs = 10.0 * math.log10(float(np.dot(window, window)) / n + 1e-12)
             prob, self._state = self._vad._run(x, self._state, self._sr)
-            results.append((self._windows_done * self.window_s, prob))
+            results.append(VadWindow(self._windows_done * self.window_s, prob, level_dbfs))
             self._windows_done += 1
         return results
+
+
+@dataclass(frozen=True, slots=True)
+class VadWindow:
+    start_s: float
+    """Stream time of the window's first sample."""
+    prob: float
+    level_dbfs: float
+    """RMS level of the window (full-scale sine: -3 dBFS; digital silence: -120)."""
 
 
 # --- endpointing (pure) ------------------------------------------------------------------
@@ -171,13 +188,17 @@ class Endpointer:
     * ``SpeechEnded(at_s=now, speech_end_s=...)`` once silence has lasted
       ``end_silence_ms``; a speech window before that cancels the pending end.
 
-    Durations count the audio heard: from the start of the run's first window to the end of
-    the current one (``now_s + window_ms``), so a decision is taken on the first window that
-    completes the given time (200 ms of 32 ms windows: the 7th, heard at 224 ms; measuring
-    between window starts waited for the 8th, 56 ms beyond what was configured).
-    ``lookback_s`` is how much audio before ``SpeechStarted.at_s`` the caller should keep
-    (ring buffer) and hand to STT, since the VAD fires a little after the true onset.
-    Thresholds can be changed at run time (e.g. raised while the bot is talking).
+    **Silence from the caller's last sound** (``quiet_below_peak_db`` > 0, windows given
+    with their level): silero's probability stays up for ~100-200 ms after a caller's last
+    sound (median ~110-160 ms to the first window under ``neg_threshold`` on 8 kHz espeak
+    speech), and every silence above was counted from that fall. A window
+    ``quiet_below_peak_db`` under the loudest window of the utterance so far is *quiet*; when
+    the probability falls, the silence is counted from the start of the unbroken run of quiet
+    windows that reaches the falling window. Only the fall starts a pause: a quiet run the
+    model still calls speech is not one (starting pauses there, before the fall, made the
+    end-of-turn model's verdicts worse: ``bench/bench_turn_end.py``). A caller whose line
+    noise is within ``quiet_below_peak_db`` of their voice has no quiet windows: the
+    probabilities alone decide, as before.
     """
 
     def __init__(
@@ -188,6 +209,7 @@ class Endpointer:
         end_silence_ms: int = 700,
         lookback_ms: int = 300,
         window_ms: float = WINDOW_MS,
+        quiet_below_peak_db: float = 0.0,
     ) -> None:
         self._threshold = 0.5
         self._neg_threshold = 0.35
@@ -196,6 +218,11 @@ class Endpointer:
             raise ValueError("durations must be >= 0")
         if window_ms <= 0:
             raise ValueError("window_ms must be > 0")
+        if quiet_below_peak_db < 0:
+            raise ValueError("quiet_below_peak_db must be >= 0")
+        self.quiet_below_peak_db = quiet_below_peak_db
+        self._peak_dbfs = -math.inf  # loudest speech window of the utterance so far
+        self._quiet_since_s: float | None = None
         self.window_s = window_ms / 1000.0
         self.min_speech_s = min_speech_ms / 1000.0
         self.end_silence_s = end_silence_ms / 1000.0
@@ -254,10 +281,23 @@ class Endpointer:
         self._onset_s = None
         self._in_speech = False
         self._silence_start_s = None
+        self._peak_dbfs = -math.inf
+        self._quiet_since_s = None
 
-    def update(self, prob: float, now_s: float) -> EndpointEvent | None:
+    def update(
+        self, prob: float, now_s: float, level_dbfs: float | None = None
+    ) -> EndpointEvent | None:
+        """One window: its probability, start time and (for silence from the last sound)
+        its level; without a level only the probability counts."""
         is_speech = prob >= self._threshold
         is_silence = prob < self._neg_threshold
+        if level_dbfs is not None and self.quiet_below_peak_db > 0:
+            if is_speech:
+                self._peak_dbfs = max(self._peak_dbfs, level_dbfs)
+            if level_dbfs >= self._peak_dbfs - self.quiet_below_peak_db:
+                self._quiet_since_s = None
+            elif self._quiet_since_s is None:
+                self._quiet_since_s = now_s
 
         if not self._in_speech:
             if self._onset_s is None:
@@ -265,7 +305,7 @@ class Endpointer:
                     return None
                 self._onset_s = now_s
             elif is_silence:
-                self._onset_s = None  # a blip shorter than min_speech: drop it
+                self.reset()  # a blip shorter than min_speech: drop it
                 return None
             if self.reached(self._onset_s, now_s, self.min_speech_s):
                 self._in_speech = True
@@ -278,7 +318,8 @@ class Endpointer:
             return None
         if is_silence:
             if self._silence_start_s is None:
-                self._silence_start_s = now_s
+                quiet_since = self._quiet_since_s
+                self._silence_start_s = now_s if quiet_since is None else quiet_since
             if self.reached(self._silence_start_s, now_s, self.end_silence_s):
                 ended = SpeechEnded(at_s=now_s, speech_end_s=self._silence_start_s)
                 self.reset()
