@@ -660,6 +660,8 @@ def main() -> int:
     args.pbx_mode = {"app": "bot", "driver16": "bot16", "websocket16": "ws16"}[args.channel]
     extra_toml = args.extra_toml.read_text() if args.extra_toml else ""
 
+    if not os.environ.get("VOICEBOT_TEST_PBX"):
+        parser.error("set VOICEBOT_TEST_PBX to the folder with the Asterisk build (../shared/pbx)")
     scratch = Path(tempfile.mkdtemp(prefix="bench-pbx-"))
     rows: list[dict[str, Any]] = []
     bot: BenchBot | None = None

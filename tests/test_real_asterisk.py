@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from tests.realpbx import free_port
 from tests.realpbx.asterisk import Asterisk, Recording
 from tests.realpbx.bot import BotProcess
+from tests.realpbx.echo import AudioSocketEcho
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
 from voicebot_pbx.ops.records import CallRecord
 
@@ -167,3 +169,33 @@ def test_bot_ends_the_call_and_the_dialplan_continues(bed: Bed) -> None:
     said = segments(voiced_windows(rec.said, rec.rate_hz))
     # The caller was cut off by the bot's hang-up long before its 10 s of silence ended.
     assert len(rec.said) / rec.rate_hz < said[0][1] + 9.0
+
+
+def test_the_callers_recordings_hear_an_audiosocket_echo_one_frame_later(bed: Bed) -> None:
+    """The yardstick of every caller-side figure (bench_pbx): a peer that writes each frame
+    back as it comes is heard one 20 ms frame after the caller said it, so the recordings'
+    alignment and Asterisk's own path add ~20 ms, and what is left is the bot's."""
+    rate_hz = 8000
+    burst = (0.3 * 32767 * np.sin(2 * np.pi * 1000 * np.arange(800) / rate_hz)).astype("<i2")
+    parts = []
+    for i in range(5):  # gaps not a whole number of frames: the bursts start anywhere in one
+        parts += [burst, np.zeros(int((0.9 + 0.013 * i) * rate_hz), dtype="<i2")]
+    tones = bed.asterisk.sound("tone-bursts", np.concatenate(parts).tobytes())
+    with AudioSocketEcho(bed.asterisk.echo_port) as echo:
+        tag = bed.run_call([f"p:{tones}"], mode="echo")
+    assert echo.frames_echoed > 200
+    rec = bed.asterisk.recording(tag)
+
+    def onsets(samples: np.ndarray) -> list[int]:
+        loud = np.abs(samples.astype(np.int32)) > 2000
+        starts = np.flatnonzero(loud[1:] & ~loud[:-1]) + 1
+        out: list[int] = []
+        for start in starts:  # a burst's first loud sample; its later zero crossings are not
+            if not out or start - out[-1] > rate_hz // 2:
+                out.append(int(start))
+        return out
+
+    said, heard = onsets(rec.said), onsets(rec.heard)
+    assert len(said) == 5 and len(heard) == 5, (said, heard)
+    delays_ms = [(h - s) * 1000 / rate_hz for s, h in zip(said, heard, strict=True)]
+    assert all(0 <= d <= 40 for d in delays_ms), delays_ms

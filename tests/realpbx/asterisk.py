@@ -5,7 +5,8 @@ folders filled in) to ``<root>/etc``, runs ``asterisk -C <root>/etc/asterisk.con
 and waits until the CLI answers. A call is a Local channel pair: the ``caller`` half runs a
 script of steps (play a WAV, wait without sending frames, send DTMF) and records what it
 hears and says with MixMonitor; the other half runs a ``tobot`` extension (AudioSocket from
-the dialplan at 8 kHz, the channel driver at 16 kHz, a two-node fail-over).
+the dialplan at 8 kHz, the channel driver at 16 kHz, a two-node fail-over, or an
+AudioSocket echo that calibrates the recordings).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Asterisk:
         self.bot_port = bot_port
         self.bot2_port = bot2_port or free_port()
         self.ws_port = ws_port or free_port()
+        self.echo_port = free_port()  # the [tobot] echo- extension's AudioSocket peer
         self.ami_port = free_port()
         self.ami_secret = AMI_SECRET
         self.rec = root / "rec"
@@ -76,6 +78,7 @@ class Asterisk:
             "@ROOT@": str(self.root),
             "@BOT_PORT@": str(self.bot_port),
             "@BOT2_PORT@": str(self.bot2_port),
+            "@ECHO_PORT@": str(self.echo_port),
             "@WS_PORT@": str(self.ws_port),
             "@WS_PASSWORD@": WS_PASSWORD,
             "@AMI_PORT@": str(self.ami_port),
