@@ -181,10 +181,17 @@ def previous_default() -> Setting:
     )
 
 
-def quiet_setting(quiet_below_peak_db: float, end_silence_max_ms: int | None = None) -> Setting:
+def quiet_setting(
+    quiet_below_peak_db: float, end_silence_max_ms: int | None = None, end_silence_ms: int = 0
+) -> Setting:
     """The defaults with silence counted from another "last sound" (vad.quiet_below_peak_db;
-    0: from the VAD probability's fall)."""
-    base = previous_default()
+    0: from the VAD probability's fall), optionally another end_silence_ms."""
+    vad = VadConfig()
+    end = end_silence_ms or vad.end_silence_ms
+    base = replace(
+        _tiebreak_setting(end, TurnConfig().tiebreak_silence_ms, vad.short_utterance_ms),
+        end_silence_max_ms=vad.end_silence_max_ms,
+    )
     longest = base.end_silence_max_ms if end_silence_max_ms is None else end_silence_max_ms
     return replace(
         base,
@@ -242,6 +249,8 @@ def settings() -> list[Setting]:
     for quiet_db, longest in ((0, None), (20, None), (25, None), (30, None), (40, None)):
         out.append(quiet_setting(quiet_db, longest))
     out.append(quiet_setting(30, 850))
+    out.append(quiet_setting(30, end_silence_ms=200))
+    out.append(quiet_setting(30, end_silence_ms=250))
     out.append(text_setting(1500, wait=False))
     out.append(text_setting(1500, wait=True))
     out.append(text_setting(2000, wait=True))
