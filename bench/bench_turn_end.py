@@ -71,7 +71,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -122,6 +122,9 @@ KEY_PAUSE_SLACK_S = 0.15  # a VAD pause this close before a real pause/end is th
 # --- settings -----------------------------------------------------------------------------------
 
 
+LastSound = Literal["off", "tiebreak", "all"]
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str
@@ -147,9 +150,10 @@ class Setting:
     # turn.text_wait: no pause ends before the text model's read (False, the default: a read
     # that comes in time holds the turn or ends it; the other rules do not wait for it)
     text_wait: bool = False
-    # vad.quiet_below_peak_db (0: off): silence counts from the caller's last sound, not from
-    # the VAD probability's fall
+    # vad.quiet_below_peak_db / vad.silence_from_last_sound: which silences count from the
+    # caller's last sound instead of the VAD probability's fall ("off", "tiebreak", "all")
     quiet_below_peak_db: float = 0.0
+    silence_from_last_sound: LastSound = "off"
     unfinished_below: float = -2.5
     finished_from: float = -1.5
     table: str = "main"  # "main" | "threshold" | "digits": which markdown table shows it
@@ -177,12 +181,16 @@ def previous_default() -> Setting:
             vad.end_silence_ms, TurnConfig().tiebreak_silence_ms, vad.short_utterance_ms
         ),
         quiet_below_peak_db=vad.quiet_below_peak_db,
+        silence_from_last_sound=vad.silence_from_last_sound,
         end_silence_max_ms=vad.end_silence_max_ms,
     )
 
 
 def quiet_setting(
-    quiet_below_peak_db: float, end_silence_max_ms: int | None = None, end_silence_ms: int = 0
+    quiet_below_peak_db: float,
+    end_silence_max_ms: int | None = None,
+    end_silence_ms: int = 0,
+    mode: LastSound = "all",
 ) -> Setting:
     """The defaults with silence counted from another "last sound" (vad.quiet_below_peak_db;
     0: from the VAD probability's fall), optionally another end_silence_ms."""
@@ -195,8 +203,9 @@ def quiet_setting(
     longest = base.end_silence_max_ms if end_silence_max_ms is None else end_silence_max_ms
     return replace(
         base,
-        name=f"{base.name} quiet<{quiet_below_peak_db:g}dB max={longest}",
+        name=f"{base.name} quiet<{quiet_below_peak_db:g}dB:{mode} max={longest}",
         quiet_below_peak_db=quiet_below_peak_db,
+        silence_from_last_sound=mode if quiet_below_peak_db > 0 else "off",
         end_silence_max_ms=longest,
         table="quiet",
     )
@@ -251,6 +260,16 @@ def settings() -> list[Setting]:
     out.append(quiet_setting(30, 850))
     out.append(quiet_setting(30, end_silence_ms=200))
     out.append(quiet_setting(30, end_silence_ms=250))
+    for quiet_db in (20, 30):
+        out.append(quiet_setting(quiet_db, mode="tiebreak"))
+    for tiebreak in (300, 350):
+        out.append(
+            replace(
+                quiet_setting(30, mode="tiebreak"),
+                name=f"smart-turn tiebreak={tiebreak} quiet<30dB:tiebreak",
+                tiebreak_ms=tiebreak,
+            )
+        )
     out.append(text_setting(1500, wait=False))
     out.append(text_setting(1500, wait=True))
     out.append(text_setting(2000, wait=True))
@@ -438,6 +457,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         short_utterance_ms=setting.short_utterance_ms,
         short_end_silence_ms=max(setting.end_silence_ms, VadConfig().short_end_silence_ms),
         quiet_below_peak_db=setting.quiet_below_peak_db,
+        silence_from_last_sound=setting.silence_from_last_sound,
     )
     lookback_s = vad.lookback_ms / 1000.0
     taker = TurnTaker(vad)
@@ -614,7 +634,11 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and gate(heard_s) == "pass"
             and text_gate(heard_s) == "pass"
         ):
-            ended = taker.end_turn_early(window_s, setting.tiebreak_ms)
+            ended = taker.end_turn_early(
+                window_s,
+                setting.tiebreak_ms,
+                from_last_sound=setting.silence_from_last_sound == "tiebreak",
+            )
             if ended is not None:
                 decide(heard_s, ended, "tiebreak")
         if (

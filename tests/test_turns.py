@@ -130,6 +130,30 @@ def test_end_turn_early_only_after_the_short_silence() -> None:
     assert not taker.caller_speaking
 
 
+def test_the_tiebreak_counts_from_the_last_sound_and_the_short_silence_from_the_fall() -> None:
+    """silence_from_last_sound "tiebreak" (the default): a finished-sounding pause still needs
+    its 150 ms after the VAD's fall (a 200 ms comma must not end a turn), but the tie-break's
+    400 ms count from the caller's last sound (the fall lags it by ~160 ms here)."""
+    taker = TurnTaker(VadConfig(end_silence_ms=150, end_silence_max_ms=700))
+    assert taker.config.silence_from_last_sound == "tiebreak"
+    windows = [(0.95, -12.0)] * 30 + [(0.95, -60.0)] * 5 + [(0.02, -60.0)] * 20
+    for i, (prob, level) in enumerate(windows[:36]):  # through the fall (window 35)
+        taker.on_vad(prob, i * WINDOW_S, level)
+    fall_s = 35 * WINDOW_S  # the caller's last sound ended at window 30
+    assert taker.pause_since_s == pytest.approx(fall_s)
+    assert taker.end_turn_early(fall_s, 150) is None  # the short silence: from the fall
+    assert taker.end_turn_early(fall_s, 150, from_last_sound=True) is not None
+
+    taker = TurnTaker(VadConfig(end_silence_ms=150, end_silence_max_ms=700))
+    for i, (prob, level) in enumerate(windows[:36]):
+        taker.on_vad(prob, i * WINDOW_S, level)
+    # 400 ms from the last sound are heard through the window starting at 30 + 12 windows.
+    assert taker.end_turn_early(41 * WINDOW_S, 400, from_last_sound=True) is None
+    ended = taker.end_turn_early(42 * WINDOW_S, 400, from_last_sound=True)
+    assert isinstance(ended, UtteranceEnded)
+    assert ended.speech_end_s == pytest.approx(fall_s)  # records keep the fall's time
+
+
 def test_a_short_utterance_ends_no_sooner_than_the_short_utterance_silence() -> None:
     """A question (1.2 s of speech) ends after end_silence_ms (150); a "yes" (0.4 s) only
     after short_end_silence_ms (200): "yes ... please" stays one turn."""

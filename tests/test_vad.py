@@ -322,7 +322,9 @@ def test_silence_counts_from_the_last_sound_not_from_the_probabilitys_fall() -> 
     assert ended.speech_end_s == pytest.approx(25 * STEP_S)
     assert ended.at_s == pytest.approx(29 * STEP_S)
 
-    new = Endpointer(min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30)
+    new = Endpointer(
+        min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30, silence_from_last_sound=True
+    )
     started, ended = run_levels(new, TRAILING)
     assert isinstance(started, SpeechStarted) and isinstance(ended, SpeechEnded)
     assert ended.speech_end_s == pytest.approx(20 * STEP_S)  # the first quiet window
@@ -333,14 +335,18 @@ def test_silence_counts_from_the_last_sound_not_from_the_probabilitys_fall() -> 
 def test_a_quiet_run_the_model_calls_speech_is_not_a_pause() -> None:
     # A stop consonant's closure, or a soft word: quiet windows the model still hears as
     # speech, then loud again. No pause starts, nothing ends.
-    ep = Endpointer(min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30)
+    ep = Endpointer(
+        min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30, silence_from_last_sound=True
+    )
     windows = [(0.9, LOUD)] * 10 + [(0.9, QUIET)] * 8 + [(0.9, LOUD)] * 10
     assert [type(e) for e in run_levels(ep, windows)] == [SpeechStarted]
     assert ep.silence_since_s is None and ep.in_speech
 
 
 def test_the_fall_is_backdated_to_an_unbroken_quiet_run_only() -> None:
-    ep = Endpointer(min_speech_ms=100, end_silence_ms=300, quiet_below_peak_db=30)
+    ep = Endpointer(
+        min_speech_ms=100, end_silence_ms=300, quiet_below_peak_db=30, silence_from_last_sound=True
+    )
     # Quiet, one loud window (a click the model still calls speech), quiet again, then the
     # model falls: silence counts from the quiet run after the click, not before it.
     windows = (
@@ -358,7 +364,9 @@ def test_the_fall_is_backdated_to_an_unbroken_quiet_run_only() -> None:
 
 def test_a_line_as_noisy_as_the_voice_leaves_it_to_the_model() -> None:
     # Line noise only 20 dB under the voice: never quiet, so nothing changes.
-    ep = Endpointer(min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30)
+    ep = Endpointer(
+        min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30, silence_from_last_sound=True
+    )
     windows = [(0.9, LOUD)] * 20 + [(0.9, LOUD - 20)] * 5 + [(0.1, LOUD - 20)] * 20
     ended = run_levels(ep, windows)[-1]
     assert isinstance(ended, SpeechEnded)
@@ -367,9 +375,22 @@ def test_a_line_as_noisy_as_the_voice_leaves_it_to_the_model() -> None:
         Endpointer(quiet_below_peak_db=-1)
 
 
+def test_the_last_sound_is_known_in_a_pause_counted_from_the_fall() -> None:
+    # silence_from_last_sound off: the pause and its silences start at the fall, and the
+    # last sound is there to be asked for (the tie-break counts from it).
+    ep = Endpointer(min_speech_ms=100, end_silence_ms=700, quiet_below_peak_db=30)
+    run_levels(ep, TRAILING[:26])  # speech, 5 quiet windows, then the fall
+    assert ep.silence_since_s == pytest.approx(25 * STEP_S)
+    assert ep.last_sound_s == pytest.approx(20 * STEP_S)
+    run_levels(ep, [(0.9, LOUD)], t0=26 * STEP_S)  # the caller goes on: no pause, no last sound
+    assert ep.silence_since_s is None and ep.last_sound_s is None
+
+
 def test_the_loudest_window_is_the_utterances_own() -> None:
     # A loud first utterance does not make the next, softer caller's speech "quiet".
-    ep = Endpointer(min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30)
+    ep = Endpointer(
+        min_speech_ms=100, end_silence_ms=150, quiet_below_peak_db=30, silence_from_last_sound=True
+    )
     first = [(0.9, -3.0)] * 10 + [(0.1, QUIET)] * 10
     assert [type(e) for e in run_levels(ep, first)] == [SpeechStarted, SpeechEnded]
     soft = [(0.9, -30.0)] * 10 + [(0.9, -50.0)] * 3 + [(0.1, -50.0)] * 10

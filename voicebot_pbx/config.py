@@ -69,12 +69,13 @@ class VadConfig:
     short_utterance_ms: int = 600
     short_end_silence_ms: int = 200
     lookback_ms: int = 300
-    # Silence counted from the caller's last sound (voicebot_pbx.speech.vad.Endpointer): when
-    # the VAD probability falls (it lags the last sound by ~100-200 ms), the silence started
-    # at the first of the unbroken run of windows this far under the utterance's loudest
-    # (30 answers ~40 ms sooner but ends turns at 200 ms commas: README). 0 (default): from
-    # the probability's fall.
-    quiet_below_peak_db: float = 0.0
+    # The caller's last sound (voicebot_pbx.speech.vad.Endpointer): when the VAD probability
+    # falls (it lags the last sound by ~100-200 ms), the first of the unbroken run of windows
+    # quiet_below_peak_db under the utterance's loudest (0: the fall). Which silences count
+    # from there instead of from the fall: "tiebreak" (turn.tiebreak_silence_ms), "all" (every
+    # one: answers ~40 ms sooner, but ends turns at 200 ms commas: README) or "off".
+    quiet_below_peak_db: float = 30.0
+    silence_from_last_sound: Literal["off", "tiebreak", "all"] = "tiebreak"
     # Caller speech needed while the bot talks before the bot stops (barge-in).
     barge_in_min_speech_ms: int = 120
     # Pause the bot at the first window of caller speech over it (resume at once if the
@@ -985,7 +986,7 @@ def _validate(config: Config, source: str) -> None:
     if config.vad.end_silence_max_ms < config.vad.end_silence_ms:
         problems.append("vad.end_silence_max_ms must be >= vad.end_silence_ms")
     if config.vad.quiet_below_peak_db < 0:
-        problems.append("vad.quiet_below_peak_db must be >= 0 (0: off)")
+        problems.append("vad.quiet_below_peak_db must be >= 0 (0: the VAD's fall)")
     if not 0.0 < config.turn.threshold < 1.0:
         problems.append("turn.threshold must be between 0 and 1")
     if config.turn.timeout_ms <= 0 or config.turn.score_after_ms < 0 or config.turn.threads < 1:

@@ -123,6 +123,7 @@ class TurnTaker:
             lookback_ms=config.lookback_ms,
             window_ms=window_ms,
             quiet_below_peak_db=config.quiet_below_peak_db,
+            silence_from_last_sound=config.silence_from_last_sound == "all",
         )
         self._turn_id = 0
         self._onset_s: float | None = None
@@ -184,10 +185,13 @@ class TurnTaker:
             self.config.end_silence_max_ms if max_silence_ms is None else max_silence_ms
         )
 
-    def end_turn_early(self, now_s: float, silence_ms: int | None = None) -> UtteranceEnded | None:
+    def end_turn_early(
+        self, now_s: float, silence_ms: int | None = None, *, from_last_sound: bool = False
+    ) -> UtteranceEnded | None:
         """End the utterance now (the pause is ``silence_ms`` long, by default
         ``end_silence_ms``, and the end-of-turn detector says the caller sounds finished);
-        None unless the caller is in such a pause."""
+        None unless the caller is in such a pause. ``from_last_sound``: the pause counts from
+        the caller's last sound (``Endpointer.last_sound_s``), not from the VAD's fall."""
         if silence_ms is None:
             silence_ms = self.config.end_silence_ms
         if self._barged:
@@ -202,7 +206,12 @@ class TurnTaker:
         ):
             # "yes" / "no" before a pause: "... please" / "... thanks" often follows.
             silence_ms = max(silence_ms, self.config.short_end_silence_ms)
-        if since_s is None or not self._endpointer.reached(since_s, now_s, silence_ms / 1000.0):
+        counted_from_s = self._endpointer.last_sound_s if from_last_sound else since_s
+        if (
+            since_s is None
+            or counted_from_s is None
+            or not self._endpointer.reached(counted_from_s, now_s, silence_ms / 1000.0)
+        ):
             return None
         self._endpointer.reset()
         self._onset_s = None

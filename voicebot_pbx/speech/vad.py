@@ -188,17 +188,16 @@ class Endpointer:
     * ``SpeechEnded(at_s=now, speech_end_s=...)`` once silence has lasted
       ``end_silence_ms``; a speech window before that cancels the pending end.
 
-    **Silence from the caller's last sound** (``quiet_below_peak_db`` > 0, windows given
-    with their level): silero's probability stays up for ~100-200 ms after a caller's last
-    sound (median ~110-160 ms to the first window under ``neg_threshold`` on 8 kHz espeak
-    speech), and every silence above was counted from that fall. A window
+    **The caller's last sound** (``quiet_below_peak_db`` > 0, windows given with their
+    level): silero's probability stays up for ~100-200 ms after a caller's last sound (median
+    ~110-160 ms to the first window under ``neg_threshold`` on 8 kHz espeak speech). A window
     ``quiet_below_peak_db`` under the loudest window of the utterance so far is *quiet*; when
-    the probability falls, the silence is counted from the start of the unbroken run of quiet
-    windows that reaches the falling window. Only the fall starts a pause: a quiet run the
-    model still calls speech is not one (starting pauses there, before the fall, made the
-    end-of-turn model's verdicts worse: ``bench/bench_turn_end.py``). A caller whose line
-    noise is within ``quiet_below_peak_db`` of their voice has no quiet windows: the
-    probabilities alone decide, as before.
+    the probability falls, ``last_sound_s`` is the start of the unbroken run of quiet windows
+    that reaches the falling window (the fall itself without one: a line whose noise is
+    within ``quiet_below_peak_db`` of the voice). With ``silence_from_last_sound`` every
+    silence of the pause is counted from there instead of from the fall. Only the fall starts
+    a pause: a quiet run the model still calls speech is not one (starting pauses there made
+    the end-of-turn model's verdicts worse: ``bench/bench_turn_end.py``).
     """
 
     def __init__(
@@ -210,6 +209,7 @@ class Endpointer:
         lookback_ms: int = 300,
         window_ms: float = WINDOW_MS,
         quiet_below_peak_db: float = 0.0,
+        silence_from_last_sound: bool = False,
     ) -> None:
         self._threshold = 0.5
         self._neg_threshold = 0.35
@@ -221,6 +221,8 @@ class Endpointer:
         if quiet_below_peak_db < 0:
             raise ValueError("quiet_below_peak_db must be >= 0")
         self.quiet_below_peak_db = quiet_below_peak_db
+        self.silence_from_last_sound = silence_from_last_sound
+        self._last_sound_s: float | None = None
         self._peak_dbfs = -math.inf  # loudest speech window of the utterance so far
         self._quiet_since_s: float | None = None
         self.window_s = window_ms / 1000.0
@@ -256,6 +258,12 @@ class Endpointer:
         return None if self._in_speech else self._onset_s
 
     @property
+    def last_sound_s(self) -> float | None:
+        """While in speech, in a pause: when the caller's last sound ended (see above; the
+        pause's start when no level says otherwise)."""
+        return self._last_sound_s if self.silence_since_s is not None else None
+
+    @property
     def silence_since_s(self) -> float | None:
         """While in speech: start of the current run of silent windows (a pending end)."""
         return self._silence_start_s if self._in_speech else None
@@ -283,6 +291,7 @@ class Endpointer:
         self._silence_start_s = None
         self._peak_dbfs = -math.inf
         self._quiet_since_s = None
+        self._last_sound_s = None
 
     def update(
         self, prob: float, now_s: float, level_dbfs: float | None = None
@@ -319,7 +328,9 @@ class Endpointer:
         if is_silence:
             if self._silence_start_s is None:
                 quiet_since = self._quiet_since_s
-                self._silence_start_s = now_s if quiet_since is None else quiet_since
+                self._last_sound_s = now_s if quiet_since is None else quiet_since
+                from_last = self.silence_from_last_sound
+                self._silence_start_s = self._last_sound_s if from_last else now_s
             if self.reached(self._silence_start_s, now_s, self.end_silence_s):
                 ended = SpeechEnded(at_s=now_s, speech_end_s=self._silence_start_s)
                 self.reset()
