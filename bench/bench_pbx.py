@@ -590,6 +590,14 @@ def table(rows: list[dict[str, Any]]) -> str:
             "No-frames minus streaming caller, end of speech → first audio heard: "
             + "; ".join(diffs)
         )
+    pooled = [c["barge_ms"] for r in rows for c in r["calls_detail"] if c["barge_ms"] is not None]
+    if pooled:
+        # One row's few barge-ins make a poor p95: the rows pooled are the figure to read.
+        lines.append("")
+        lines.append(
+            f"Barge-in, every row pooled: p50 {_fmt(percentile(pooled, 0.5))} / p95 "
+            f"{_fmt(percentile(pooled, 0.95))} / max {_fmt(max(pooled))} ms (n = {len(pooled)})"
+        )
     return "\n".join(lines)
 
 
