@@ -634,11 +634,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and gate(heard_s) == "pass"
             and text_gate(heard_s) == "pass"
         ):
-            ended = taker.end_turn_early(
-                window_s,
-                setting.tiebreak_ms,
-                from_last_sound=setting.silence_from_last_sound == "tiebreak",
-            )
+            ended = taker.end_turn_early(window_s, setting.tiebreak_ms, tiebreak=True)
             if ended is not None:
                 decide(heard_s, ended, "tiebreak")
         if (

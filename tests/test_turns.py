@@ -142,16 +142,24 @@ def test_the_tiebreak_counts_from_the_last_sound_and_the_short_silence_from_the_
     fall_s = 35 * WINDOW_S  # the caller's last sound ended at window 30
     assert taker.pause_since_s == pytest.approx(fall_s)
     assert taker.end_turn_early(fall_s, 150) is None  # the short silence: from the fall
-    assert taker.end_turn_early(fall_s, 150, from_last_sound=True) is not None
+    assert taker.end_turn_early(fall_s, 150, tiebreak=True) is not None
 
     taker = TurnTaker(VadConfig(end_silence_ms=150, end_silence_max_ms=700))
     for i, (prob, level) in enumerate(windows[:36]):
         taker.on_vad(prob, i * WINDOW_S, level)
     # 400 ms from the last sound are heard through the window starting at 30 + 12 windows.
-    assert taker.end_turn_early(41 * WINDOW_S, 400, from_last_sound=True) is None
-    ended = taker.end_turn_early(42 * WINDOW_S, 400, from_last_sound=True)
+    assert taker.end_turn_early(41 * WINDOW_S, 400, tiebreak=True) is None
+    ended = taker.end_turn_early(42 * WINDOW_S, 400, tiebreak=True)
     assert isinstance(ended, UtteranceEnded)
     assert ended.speech_end_s == pytest.approx(fall_s)  # records keep the fall's time
+
+    # "off": the tie-break counts from the fall like every other silence.
+    off = TurnTaker(
+        VadConfig(end_silence_ms=150, end_silence_max_ms=700, silence_from_last_sound="off")
+    )
+    for i, (prob, level) in enumerate(windows[:36]):
+        off.on_vad(prob, i * WINDOW_S, level)
+    assert off.end_turn_early(fall_s, 150, tiebreak=True) is None
 
 
 def test_a_short_utterance_ends_no_sooner_than_the_short_utterance_silence() -> None:

@@ -507,11 +507,8 @@ class Listener:
         if finished is None:
             return
         silence_ms, ended_by = finished
-        from_last_sound = (
-            ended_by == "tiebreak" and self.config.vad.silence_from_last_sound == "tiebreak"
-        )
         ended = self.turns.end_turn_early(
-            self._last_window_s, silence_ms, from_last_sound=from_last_sound
+            self._last_window_s, silence_ms, tiebreak=ended_by == "tiebreak"
         )
         if ended is not None:
             self._apply(ended, self.last_frame_at, ended_by=ended_by)

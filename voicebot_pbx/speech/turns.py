@@ -186,12 +186,13 @@ class TurnTaker:
         )
 
     def end_turn_early(
-        self, now_s: float, silence_ms: int | None = None, *, from_last_sound: bool = False
+        self, now_s: float, silence_ms: int | None = None, *, tiebreak: bool = False
     ) -> UtteranceEnded | None:
         """End the utterance now (the pause is ``silence_ms`` long, by default
         ``end_silence_ms``, and the end-of-turn detector says the caller sounds finished);
-        None unless the caller is in such a pause. ``from_last_sound``: the pause counts from
-        the caller's last sound (``Endpointer.last_sound_s``), not from the VAD's fall."""
+        None unless the caller is in such a pause. ``tiebreak``: this is the tie-break's
+        silence, counted from the caller's last sound (``Endpointer.last_sound_s``) unless
+        ``vad.silence_from_last_sound`` is "off" ("all" counts every pause from there)."""
         if silence_ms is None:
             silence_ms = self.config.end_silence_ms
         if self._barged:
@@ -206,6 +207,7 @@ class TurnTaker:
         ):
             # "yes" / "no" before a pause: "... please" / "... thanks" often follows.
             silence_ms = max(silence_ms, self.config.short_end_silence_ms)
+        from_last_sound = tiebreak and self.config.silence_from_last_sound != "off"
         counted_from_s = self._endpointer.last_sound_s if from_last_sound else since_s
         if (
             since_s is None

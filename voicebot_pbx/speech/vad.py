@@ -25,6 +25,8 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from voicebot_pbx.audio import rms_dbfs
+
 if TYPE_CHECKING:
     import onnxruntime
 
@@ -137,9 +139,8 @@ class VadStream:
             x[0, : self._context_samples] = x[0, -self._context_samples :]
             x[0, self._context_samples :] = np.frombuffer(self._pending, dtype="<i2", count=n)
             x[0, self._context_samples :] *= np.float32(1.0 / 32768.0)
+            level_dbfs = rms_dbfs(bytes(self._pending[:size]))
             del self._pending[:size]
-            window = x[0, self._context_samples :]
-            level_dbfs = 10.0 * math.log10(float(np.dot(window, window)) / n + 1e-12)
             prob, self._state = self._vad._run(x, self._state, self._sr)
             results.append(VadWindow(self._windows_done * self.window_s, prob, level_dbfs))
             self._windows_done += 1
@@ -187,6 +188,14 @@ class Endpointer:
       silent window (a shorter blip is dropped).
     * ``SpeechEnded(at_s=now, speech_end_s=...)`` once silence has lasted
       ``end_silence_ms``; a speech window before that cancels the pending end.
+
+    Durations count the audio heard: from the start of the run's first window to the end of
+    the current one (``now_s + window_ms``), so a decision is taken on the first window that
+    completes the given time (200 ms of 32 ms windows: the 7th, heard at 224 ms; measuring
+    between window starts waited for the 8th, 56 ms beyond what was configured).
+    ``lookback_s`` is how much audio before ``SpeechStarted.at_s`` the caller should keep
+    (ring buffer) and hand to STT, since the VAD fires a little after the true onset.
+    Thresholds can be changed at run time (e.g. raised while the bot is talking).
 
     **The caller's last sound** (``quiet_below_peak_db`` > 0, windows given with their
     level): silero's probability stays up for ~100-200 ms after a caller's last sound (median
