@@ -262,7 +262,7 @@ def settings() -> list[Setting]:
     out.append(quiet_setting(30, end_silence_ms=250))
     for quiet_db in (20, 30):
         out.append(quiet_setting(quiet_db, mode="tiebreak"))
-    for tiebreak in (300, 350):
+    for tiebreak in (300, 350, 400):
         out.append(
             replace(
                 quiet_setting(30, mode="tiebreak"),

@@ -178,6 +178,35 @@ def test_a_short_utterance_ends_no_sooner_than_the_short_utterance_silence() -> 
         assert isinstance(taker.end_turn_early(since_s + ends_after_s), UtteranceEnded)
 
 
+def test_an_interruption_ends_the_barge_in_silence_after_the_callers_last_sound() -> None:
+    """Over the bot ("wait, ..."): the turn ends no sooner than barge_in_end_silence_ms
+    (450), counted from the caller's last sound (5 quiet windows before the VAD's fall
+    here), or from the fall with silence_from_last_sound "off"."""
+    loud, quiet = -12.0, -60.0
+    windows = [(0.02, quiet)] * 10 + [(0.95, loud)] * 25 + [(0.95, quiet)] * 5
+    windows += [(0.02, quiet)] * 30
+    for mode, counted_from in (("tiebreak", 35), ("off", 40)):
+        config = VadConfig(
+            end_silence_ms=150,
+            barge_in_end_silence_ms=450,
+            quiet_below_peak_db=30.0,
+            silence_from_last_sound=mode,  # type: ignore[arg-type]
+        )
+        taker = TurnTaker(config)
+        taker.set_bot_speaking(True)
+        ended = None
+        for i, (prob, level) in enumerate(windows):
+            actions = taker.on_vad(prob, i * WINDOW_S, level)
+            if i >= 40 and ended is None:  # in the pause: the model says "finished"
+                ended = taker.end_turn_early(i * WINDOW_S)
+                if ended is not None:
+                    assert isinstance(ended, UtteranceEnded)
+                    # 450 ms heard from the window it counts from: 15 windows (480 ms).
+                    assert i == counted_from + 14
+            assert not any(isinstance(a, UtteranceEnded) for a in actions)
+        assert ended is not None
+
+
 def test_blip_shorter_than_min_speech_is_not_a_turn() -> None:
     taker = TurnTaker(VadConfig(min_speech_ms=160))
     assert feed(taker, [(0.1, 0.95), (1.0, 0.02)]) == []

@@ -386,6 +386,24 @@ def test_the_last_sound_is_known_in_a_pause_counted_from_the_fall() -> None:
     assert ep.silence_since_s is None and ep.last_sound_s is None
 
 
+def test_a_sound_inside_the_pause_moves_the_last_sound_to_its_end() -> None:
+    # After the fall, the caller's next word starts (loud windows) while the probability is
+    # still low: the last sound is the end of that sound, not the quiet before the fall, so
+    # a tie-break counted from it cannot end the turn in a comma that is already over.
+    ep = Endpointer(min_speech_ms=100, end_silence_ms=700, quiet_below_peak_db=30)
+    run_levels(ep, TRAILING[:26])
+    assert ep.last_sound_s == pytest.approx(20 * STEP_S)
+    run_levels(ep, [(0.1, QUIET)] * 3 + [(0.2, LOUD)] * 2, t0=26 * STEP_S)
+    assert ep.silence_since_s == pytest.approx(25 * STEP_S)  # still the same pause
+    assert ep.last_sound_s == pytest.approx(31 * STEP_S)  # the end of the second loud window
+    run_levels(ep, [(0.1, QUIET)] * 2, t0=31 * STEP_S)
+    assert ep.last_sound_s == pytest.approx(31 * STEP_S)  # quiet again since then
+    # A line as noisy as the voice: no quiet run at the fall, the levels say nothing.
+    noisy = Endpointer(min_speech_ms=100, end_silence_ms=700, quiet_below_peak_db=30)
+    run_levels(noisy, [(0.9, LOUD)] * 20 + [(0.1, LOUD - 20)] * 8)
+    assert noisy.last_sound_s == pytest.approx(20 * STEP_S)  # the fall, and it stays there
+
+
 def test_the_loudest_window_is_the_utterances_own() -> None:
     # A loud first utterance does not make the next, softer caller's speech "quiet".
     ep = Endpointer(

@@ -72,8 +72,9 @@ class VadConfig:
     # The caller's last sound (voicebot_pbx.speech.vad.Endpointer): when the VAD probability
     # falls (it lags the last sound by ~100-200 ms), the first of the unbroken run of windows
     # quiet_below_peak_db under the utterance's loudest (0: the fall). Which silences count
-    # from there instead of from the fall: "tiebreak" (turn.tiebreak_silence_ms), "all" (every
-    # one: answers ~40 ms sooner, but ends turns at 200 ms commas: README) or "off".
+    # from there instead of from the fall: "tiebreak" (turn.tiebreak_silence_ms and
+    # barge_in_end_silence_ms), "all" (every one: answers ~40 ms sooner, but ends turns at
+    # 200 ms commas: README) or "off".
     quiet_below_peak_db: float = 30.0
     silence_from_last_sound: Literal["off", "tiebreak", "all"] = "tiebreak"
     # Caller speech needed while the bot talks before the bot stops (barge-in).
@@ -82,7 +83,8 @@ class VadConfig:
     # sound ends before barge_in_min_speech_ms); false: stay audible until the barge-in.
     barge_in_pause_at_onset: bool = True
     # An utterance that barged in ends no sooner than this much silence, whatever the
-    # end-of-turn detector says ("wait, ... where are you?": the caller goes on).
+    # end-of-turn detector says ("wait, ... where are you?": the caller goes on); counted
+    # from the caller's last sound unless silence_from_last_sound is "off".
     barge_in_end_silence_ms: int = 450
     # VAD threshold while the bot is speaking (echo gating).
     barge_in_threshold: float = 0.6
@@ -95,7 +97,7 @@ class VadConfig:
     echo_residual_db: float = 25.0
 
 
-TIEBREAK_SILENCE_MS = 400  # bench/bench_turn_end.py
+TIEBREAK_SILENCE_MS = 300  # bench/bench_turn_end.py
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,28 +192,30 @@ class TurnTaker:
         ``end_silence_ms``, and the end-of-turn detector says the caller sounds finished);
         None unless the caller is in such a pause. ``tiebreak``: this is the tie-break's
         silence, counted from the caller's last sound (``Endpointer.last_sound_s``) unless
-        ``vad.silence_from_last_sound`` is "off" ("all" counts every pause from there)."""
+        ``vad.silence_from_last_sound`` is "off" ("all" counts every pause from there). An
+        utterance that talked over the bot also needs ``barge_in_end_silence_ms`` after the
+        last sound (after the fall with "off")."""
         if silence_ms is None:
             silence_ms = self.config.end_silence_ms
-        if self._barged:
-            # A caller who talked over the bot often pauses after "wait," / "sorry,": the
-            # interruption ends no sooner than barge_in_end_silence_ms.
-            silence_ms = max(silence_ms, self.config.barge_in_end_silence_ms)
         since_s = self._endpointer.silence_since_s
+        last_sound_s = self._endpointer.last_sound_s
+        if since_s is None or last_sound_s is None:
+            return None
         if (
-            since_s is not None
-            and self._onset_s is not None
+            self._onset_s is not None
             and since_s - self._onset_s < self.config.short_utterance_ms / 1000.0
         ):
             # "yes" / "no" before a pause: "... please" / "... thanks" often follows.
             silence_ms = max(silence_ms, self.config.short_end_silence_ms)
-        from_last_sound = tiebreak and self.config.silence_from_last_sound != "off"
-        counted_from_s = self._endpointer.last_sound_s if from_last_sound else since_s
-        if (
-            since_s is None
-            or counted_from_s is None
-            or not self._endpointer.reached(counted_from_s, now_s, silence_ms / 1000.0)
-        ):
+        from_last_sound = self.config.silence_from_last_sound != "off"
+        needed = [(last_sound_s if tiebreak and from_last_sound else since_s, silence_ms)]
+        if self._barged:
+            # A caller who talked over the bot often pauses after "wait," / "sorry,": the
+            # interruption ends no sooner than barge_in_end_silence_ms.
+            needed.append(
+                (last_sound_s if from_last_sound else since_s, self.config.barge_in_end_silence_ms)
+            )
+        if not all(self._endpointer.reached(s, now_s, ms / 1000.0) for s, ms in needed):
             return None
         self._endpointer.reset()
         self._onset_s = None

@@ -203,7 +203,9 @@ class Endpointer:
     ``quiet_below_peak_db`` under the loudest window of the utterance so far is *quiet*; when
     the probability falls, ``last_sound_s`` is the start of the unbroken run of quiet windows
     that reaches the falling window (the fall itself without one: a line whose noise is
-    within ``quiet_below_peak_db`` of the voice). With ``silence_from_last_sound`` every
+    within ``quiet_below_peak_db`` of the voice); a window that is not quiet later in the
+    pause (a sound before the probability rises again) moves it to that window's end. With
+    ``silence_from_last_sound`` every
     silence of the pause is counted from there instead of from the fall. Only the fall starts
     a pause: a quiet run the model still calls speech is not one (starting pauses there made
     the end-of-turn model's verdicts worse: ``bench/bench_turn_end.py``).
@@ -232,6 +234,7 @@ class Endpointer:
         self.quiet_below_peak_db = quiet_below_peak_db
         self.silence_from_last_sound = silence_from_last_sound
         self._last_sound_s: float | None = None
+        self._follows_quiet = False  # the pause began with a quiet run (levels count)
         self._peak_dbfs = -math.inf  # loudest speech window of the utterance so far
         self._quiet_since_s: float | None = None
         self.window_s = window_ms / 1000.0
@@ -301,6 +304,7 @@ class Endpointer:
         self._peak_dbfs = -math.inf
         self._quiet_since_s = None
         self._last_sound_s = None
+        self._follows_quiet = False
 
     def update(
         self, prob: float, now_s: float, level_dbfs: float | None = None
@@ -334,10 +338,18 @@ class Endpointer:
         if is_speech:
             self._silence_start_s = None
             return None
+        if self._silence_start_s is not None and self._follows_quiet:
+            # A sound inside the pause (the next word starting before the probability
+            # rises, a breath) is the caller's last sound now: count from its end.
+            quiet_since = self._quiet_since_s
+            self._last_sound_s = now_s + self.window_s if quiet_since is None else quiet_since
         if is_silence:
             if self._silence_start_s is None:
                 quiet_since = self._quiet_since_s
                 self._last_sound_s = now_s if quiet_since is None else quiet_since
+                # Without a quiet run at the fall (line noise within quiet_below_peak_db of
+                # the voice) the level says nothing: the pause counts from the fall.
+                self._follows_quiet = quiet_since is not None
                 from_last = self.silence_from_last_sound
                 self._silence_start_s = self._last_sound_s if from_last else now_s
             if self.reached(self._silence_start_s, now_s, self.end_silence_s):
