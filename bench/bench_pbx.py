@@ -24,7 +24,11 @@ Measured on the caller's recording (``said``/``heard``, per 10 ms window voiced 
   with their rule's cached reply (the set size is the "turns" column). A question the STT
   misheard gets another reply (a clarification, or the LLM fallback, which is not a cached
   reply): such turns are counted as "misheard", their caller-side figures kept in the JSON
-  (``misheard_caller_ms``, and ``caller_ms_all_turns_*`` over every turn). Calls and call
+  (``misheard_caller_ms``, and ``caller_ms_all_turns_*`` over every turn). A question that
+  began while the bot was still talking (the previous reply, often a misheard turn's longer
+  one, ran past the script's gap) is a barge-in, whose end of turn waits
+  ``vad.barge_in_end_silence_ms`` by design: counted as "asked over the bot", kept in the
+  JSON (``over_bot_caller_ms``) and out of the p50/p95/max. Calls and call
   records are paired by start order (calls start ``--stagger-s`` apart); if the counts
   differ, every turn counts. A turn whose answer is not heard before the caller's next
   utterance counts as "no answer heard";
@@ -321,6 +325,9 @@ class CallResult:
     expected_reply: list[bool] = field(default_factory=list)  # per turn, from the record
     no_answer: int = 0
     overlapped: int = 0  # a question asked while the bot was still talking (greeting/reply)
+    # per turn: the bot was talking when the question began (a barge-in: a previous reply ran
+    # longer than the script's gap), so its end of turn follows vad.barge_in_end_silence_ms
+    over_bot: list[bool] = field(default_factory=list)
     barge_ms: float | None = None
     barge_missed: bool = False
     barge_not_stopped: bool = False
@@ -337,6 +344,8 @@ def analyse(result: CallResult, heard: np.ndarray, said: np.ndarray, rate_hz: in
         return
     for turn in range(TURNS_PER_CALL):
         start_s, end_s = utterances[turn]
+        onset_heard = last_voiced_between(heard_v, max(0.0, start_s - 0.3), start_s + 0.02)
+        result.over_bot.append(onset_heard is not None)
         # Bot audio in the 100 ms before the caller's end: it was still talking.
         if last_voiced_between(heard_v, max(0.0, end_s - QUIET_S), end_s) is not None:
             result.overlapped += 1
@@ -456,6 +465,7 @@ def run_level(
     latencies_all: list[float] = []
     misheard_ms: list[float | None] = []
     misheard = 0
+    over_bot_ms: list[float | None] = []  # rule replies to questions asked over the bot
     for result in placed:
         if not matched:  # cannot tell turns apart: every turn counts
             latencies += [ms for ms in result.latencies_ms if ms is not None]
@@ -469,6 +479,9 @@ def run_level(
             if not ok:
                 misheard += 1
                 misheard_ms.append(ms)
+                continue
+            if turn < len(result.over_bot) and result.over_bot[turn]:
+                over_bot_ms.append(ms)
                 continue
             if ms is not None:
                 latencies.append(ms)
@@ -494,6 +507,8 @@ def run_level(
         "turns_bot_still_talking": sum(r.overlapped for r in results),
         "turns_misheard": misheard,  # answered with something else than their rule's reply
         "misheard_caller_ms": misheard_ms,
+        "turns_asked_over_bot": len(over_bot_ms),
+        "over_bot_caller_ms": over_bot_ms,
         "records_matched": matched,
         "caller_ms_all_turns_p50": percentile(latencies_all, 0.5),
         "caller_ms_all_turns_max": max(latencies_all) if latencies_all else None,
@@ -526,6 +541,7 @@ def run_level(
                 "latencies_ms": r.latencies_ms,
                 "socket_ms": r.socket_ms,
                 "expected_reply": r.expected_reply,
+                "asked_over_bot": r.over_bot,
                 "barge_ms": r.barge_ms,
                 "error": r.error,
             }
@@ -545,6 +561,7 @@ COLUMNS = [
     ("bot: end of speech → first frame p50 / p95 / max ms", "socket"),
     ("no answer heard", "turns_no_answer_heard"),
     ("misheard", "turns_misheard"),
+    ("asked over the bot", "turns_asked_over_bot"),
     ("barge-in: onset → bot quiet p50 / p95 ms (n)", "barge"),
     ("failed calls", "calls_failed"),
     ("calls without record", "calls_without_record"),
