@@ -333,6 +333,12 @@ class CallResult:
     barge_not_stopped: bool = False
 
 
+def bot_talking_at(heard_v: np.ndarray, onset_s: float) -> bool:
+    """The caller heard the bot when ``onset_s`` came (within 300 ms before it, up to a
+    20 ms window after): speech that began then was over the bot."""
+    return last_voiced_between(heard_v, max(0.0, onset_s - 0.3), onset_s + 0.02) is not None
+
+
 def analyse(result: CallResult, heard: np.ndarray, said: np.ndarray, rate_hz: int) -> None:
     said_v = voiced_windows(said, rate_hz)
     heard_v = voiced_windows(heard, rate_hz)
@@ -344,8 +350,7 @@ def analyse(result: CallResult, heard: np.ndarray, said: np.ndarray, rate_hz: in
         return
     for turn in range(TURNS_PER_CALL):
         start_s, end_s = utterances[turn]
-        onset_heard = last_voiced_between(heard_v, max(0.0, start_s - 0.3), start_s + 0.02)
-        result.over_bot.append(onset_heard is not None)
+        result.over_bot.append(bot_talking_at(heard_v, start_s))
         # Bot audio in the 100 ms before the caller's end: it was still talking.
         if last_voiced_between(heard_v, max(0.0, end_s - QUIET_S), end_s) is not None:
             result.overlapped += 1
@@ -358,7 +363,7 @@ def analyse(result: CallResult, heard: np.ndarray, said: np.ndarray, rate_hz: in
             continue
         result.latencies_ms.append(round((reply_s - end_s) * 1000.0, 1))
     onset_s, end_s = utterances[TURNS_PER_CALL]
-    if last_voiced_between(heard_v, max(0.0, onset_s - 0.3), onset_s + 0.02) is None:
+    if not bot_talking_at(heard_v, onset_s):
         result.barge_missed = True  # the bot was not talking when the caller started
         return
     stop_s = last_voiced_between(heard_v, onset_s, end_s)

@@ -207,14 +207,13 @@ class TurnTaker:
         ):
             # "yes" / "no" before a pause: "... please" / "... thanks" often follows.
             silence_ms = max(silence_ms, self.config.short_end_silence_ms)
-        from_last_sound = self.config.silence_from_last_sound != "off"
-        needed = [(last_sound_s if tiebreak and from_last_sound else since_s, silence_ms)]
+        if self.config.silence_from_last_sound == "off":
+            last_sound_s = since_s
+        needed = [(last_sound_s if tiebreak else since_s, silence_ms)]
         if self._barged:
             # A caller who talked over the bot often pauses after "wait," / "sorry,": the
             # interruption ends no sooner than barge_in_end_silence_ms.
-            needed.append(
-                (last_sound_s if from_last_sound else since_s, self.config.barge_in_end_silence_ms)
-            )
+            needed.append((last_sound_s, self.config.barge_in_end_silence_ms))
         if not all(self._endpointer.reached(s, now_s, ms / 1000.0) for s, ms in needed):
             return None
         self._endpointer.reset()

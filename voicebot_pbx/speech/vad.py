@@ -205,10 +205,10 @@ class Endpointer:
     that reaches the falling window (the fall itself without one: a line whose noise is
     within ``quiet_below_peak_db`` of the voice); a window that is not quiet later in the
     pause (a sound before the probability rises again) moves it to that window's end. With
-    ``silence_from_last_sound`` every
-    silence of the pause is counted from there instead of from the fall. Only the fall starts
-    a pause: a quiet run the model still calls speech is not one (starting pauses there made
-    the end-of-turn model's verdicts worse: ``bench/bench_turn_end.py``).
+    ``silence_from_last_sound`` every silence of the pause is counted from there instead of
+    from the fall. Only the fall starts a pause: a quiet run the model still calls speech is
+    not one (starting pauses there made the end-of-turn model's verdicts worse:
+    ``bench/bench_turn_end.py``).
     """
 
     def __init__(
