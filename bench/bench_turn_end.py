@@ -154,6 +154,9 @@ class Setting:
     # caller's last sound instead of the VAD probability's fall ("off", "tiebreak", "all")
     quiet_below_peak_db: float = 0.0
     silence_from_last_sound: LastSound = "off"
+    # vad.end_silence_after_sound_ms: a finished verdict also ends the pause this long after
+    # the caller's last sound when that comes first (0: off)
+    end_silence_after_sound_ms: int = 0
     unfinished_below: float = -2.5
     finished_from: float = -1.5
     table: str = "main"  # "main" | "threshold" | "digits": which markdown table shows it
@@ -183,6 +186,7 @@ def previous_default() -> Setting:
         quiet_below_peak_db=vad.quiet_below_peak_db,
         silence_from_last_sound=vad.silence_from_last_sound,
         end_silence_max_ms=vad.end_silence_max_ms,
+        end_silence_after_sound_ms=vad.end_silence_after_sound_ms,
     )
 
 
@@ -268,6 +272,18 @@ def settings() -> list[Setting]:
                 quiet_setting(30, mode="tiebreak"),
                 name=f"smart-turn tiebreak={tiebreak} quiet<30dB:tiebreak",
                 tiebreak_ms=tiebreak,
+            )
+        )
+    # vad.end_silence_after_sound_ms (2026-12-05: measured at the tie-break 300, then the
+    # tie-break with it at 250 and 200)
+    pairs = ((300, 0), (300, 200), (300, 250), (300, 300), (250, 250), (200, 250))
+    for tiebreak, after_sound_ms in pairs:
+        out.append(
+            replace(
+                previous_default(),
+                name=f"smart-turn tiebreak={tiebreak} after-sound={after_sound_ms} quiet<30dB",
+                tiebreak_ms=tiebreak,
+                end_silence_after_sound_ms=after_sound_ms,
             )
         )
     out.append(text_setting(1500, wait=False))
@@ -458,6 +474,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         short_end_silence_ms=max(setting.end_silence_ms, VadConfig().short_end_silence_ms),
         quiet_below_peak_db=setting.quiet_below_peak_db,
         silence_from_last_sound=setting.silence_from_last_sound,
+        end_silence_after_sound_ms=setting.end_silence_after_sound_ms,
     )
     lookback_s = vad.lookback_ms / 1000.0
     taker = TurnTaker(vad)
@@ -540,7 +557,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                 and gate(verdict.ready_s) == "pass"
                 and text_gate(verdict.ready_s) == "pass"
             ):
-                ended = taker.end_turn_early(prev_window_s)
+                ended = taker.end_turn_early(prev_window_s, finished=True)
                 if ended is not None:
                     decide(verdict.ready_s, ended, "detector")
         for action in taker.on_vad(prob, window_s, level_dbfs):
@@ -615,11 +632,11 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and gate(heard_s) == "pass"
             and text_gate(heard_s) == "pass"
         ):
-            ended = taker.end_turn_early(window_s)
+            ended = taker.end_turn_early(window_s, finished=True)
             if ended is not None:
                 decide(heard_s, ended, "detector")
         if out.decided_s is None and out.started and gate(heard_s) == "end":
-            ended = taker.end_turn_early(window_s, setting.end_silence_ms)
+            ended = taker.end_turn_early(window_s, setting.end_silence_ms, finished=True)
             if ended is not None:
                 decide(heard_s, ended, "digits")
         if (
@@ -646,7 +663,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
             and passes(heard_s)
         ):
             # The text model reads the caller finished: the short silence ends the turn.
-            ended = taker.end_turn_early(window_s, setting.end_silence_ms)
+            ended = taker.end_turn_early(window_s, setting.end_silence_ms, finished=True)
             if ended is not None:
                 decide(heard_s, ended, "text")
         if out.decided_s is None and out.started and reading and passes(heard_s):

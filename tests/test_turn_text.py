@@ -25,7 +25,7 @@ from voicebot_pbx.speech.turn_text import (
     caller_words,
     text_verdict,
 )
-from voicebot_pbx.testing import FakeEngines, ScriptedTextModel, run_virtual, tone
+from voicebot_pbx.testing import EnergyVad, FakeEngines, ScriptedTextModel, run_virtual, tone
 
 # --- pure ---------------------------------------------------------------------------------------
 
@@ -187,6 +187,27 @@ def test_a_transcript_read_finished_ends_the_turn_once_the_verdict_is_in() -> No
     assert (event["ended_by"], event["text_verdict"]) == ("text", "finished")
     (ended,) = [e for e in logs if e["event"] == "session_ended"]
     assert ended["text_reads"] == 1
+
+
+def test_the_text_model_reads_the_decode_started_before_the_pause_once_the_pause_begins() -> None:
+    """A VAD whose probability stays up 160 ms after the last sound: the decode starts in
+    the quiet run (vad.speculate_after_quiet_ms) and is done before the pause begins; the
+    text model reads it when the pause does (not before, when it could still be stale), and
+    its "finished" ends the turn at the short silence."""
+    model = ScriptedTextModel(delay_s=0.02)
+    shared = with_text_model(
+        make_shared(stt_delay_s=0.05, vad=EnergyVad(hangover_windows=5)), model, text_wait=True
+    )
+    with capture_logs() as logs:
+        media, _session = run_virtual(
+            call_timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0)
+        )
+    assert model.reads == [PHRASES[HOURS]]
+    (event,) = [e for e in logs if e["event"] == "transcript"]
+    assert (event["ended_by"], event["stt_source"]) == ("text", "early")
+    # A "finished" read ends the turn 250 ms after the last sound (vad.
+    # end_silence_after_sound_ms; the fall's 150 ms would be 310), in whole windows.
+    assert first_reply_after(media, 4.0) - 4.0 == pytest.approx(0.256 + 0.01, abs=0.02)
 
 
 def test_the_text_model_decides_where_the_audio_model_hears_an_unfinished_turn() -> None:

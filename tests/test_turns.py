@@ -15,6 +15,7 @@ from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_config
 from voicebot_pbx.pbx.media import AudioIn
+from voicebot_pbx.speech.stt import SttResult
 from voicebot_pbx.speech.turn_model import TurnScore
 from voicebot_pbx.speech.turns import (
     BargeIn,
@@ -27,6 +28,7 @@ from voicebot_pbx.speech.turns import (
     looks_complete,
 )
 from voicebot_pbx.testing import (
+    EnergyVad,
     FakeEngines,
     FakeMedia,
     ScriptedStt,
@@ -207,6 +209,45 @@ def test_an_interruption_ends_the_barge_in_silence_after_the_callers_last_sound(
         assert ended is not None
 
 
+@pytest.mark.parametrize(
+    ("quiet_windows", "after_sound_ms", "finished", "short", "ends_at"),
+    [
+        # 10 quiet windows (320 ms) before the fall (window 45): 250 ms after the last
+        # sound (window 35) has passed when the pause begins, so the fall itself ends it;
+        # the fall's 150 ms would be window 45 + 4.
+        (10, 250, True, False, 45),
+        (10, 0, True, False, 49),  # off: from the fall
+        (10, 250, False, False, 49),  # not a "finished" verdict (the maximum, a tie-break)
+        (10, 250, True, True, 51),  # after a short utterance: its own 200 ms from the fall
+        # 6 quiet windows: the fall at window 41, 250 ms after the last sound at 42, before
+        # the fall's 150 ms (45).
+        (6, 250, True, False, 42),
+        # The fall 2 windows after the last sound (a real voice): the fall's 150 ms first.
+        (2, 250, True, False, 41),
+    ],
+)
+def test_a_finished_turn_ends_after_the_last_sound_when_that_comes_first(
+    quiet_windows: int, after_sound_ms: int, finished: bool, short: bool, ends_at: int
+) -> None:
+    loud, quiet = -12.0, -60.0
+    speech = 8 if short else 25
+    windows = [(0.02, quiet)] * 10 + [(0.95, loud)] * speech
+    windows += [(0.95, quiet)] * quiet_windows + [(0.02, quiet)] * 30
+    config = VadConfig(
+        end_silence_ms=150,
+        end_silence_after_sound_ms=after_sound_ms,
+        quiet_below_peak_db=30.0,
+        silence_from_last_sound="tiebreak",
+    )
+    taker = TurnTaker(config)
+    ended_at = None
+    for i, (prob, level) in enumerate(windows):
+        taker.on_vad(prob, i * WINDOW_S, level)
+        if ended_at is None and taker.end_turn_early(i * WINDOW_S, 150, finished=finished):
+            ended_at = i
+    assert ended_at == ends_at + (speech - 25)
+
+
 def test_blip_shorter_than_min_speech_is_not_a_turn() -> None:
     taker = TurnTaker(VadConfig(min_speech_ms=160))
     assert feed(taker, [(0.1, 0.95), (1.0, 0.02)]) == []
@@ -279,6 +320,7 @@ def make_shared(
     tts_first_s: float = 0.15,
     incomplete_hz: frozenset[int] = frozenset({ACCOUNT}),
     stt: ScriptedStt | None = None,
+    vad: EnergyVad | None = None,
 ) -> Shared:
     base = load_config()
     rules = (
@@ -293,6 +335,7 @@ def make_shared(
     engines = FakeEngines(
         stt or ScriptedStt(PHRASES, delay_s=stt_delay_s),
         ToneTts(tts_first_s),
+        vad=vad,
         # "my account number is ..." sounds unfinished.
         turn_model=ScriptedTurnModel(incomplete_hz=incomplete_hz),
     )
@@ -753,3 +796,81 @@ def test_the_transcript_event_says_how_the_turn_ended_and_where_the_words_came_f
         ("silence", "speculative"),  # unfinished-sounding: waited for the maximum
     ]
     assert all(e["speculations_dropped"] == 0 for e in events)
+
+
+# --- the decode started in the quiet run before the pause (vad.speculate_after_quiet_ms) ------
+
+
+def with_vad(shared: Shared, **changes: object) -> Shared:
+    shared.config = dataclasses.replace(
+        shared.config, vad=dataclasses.replace(shared.config.vad, **changes)
+    )
+    return shared
+
+
+def test_the_decode_starts_in_the_quiet_run_before_the_probability_falls() -> None:
+    """A VAD whose probability stays up 160 ms after the last sound (as silero's does): the
+    decode starts 64 ms into the quiet run instead of at the fall, so a 250 ms decode is
+    ready ~100 ms sooner."""
+    latency_s: dict[int, float] = {}
+    sources: dict[int, list[str]] = {}
+    for after_ms in (64, 0):
+        shared = make_shared(stt_delay_s=0.25, vad=EnergyVad(hangover_windows=5))
+        with_vad(shared, speculate_after_quiet_ms=after_ms)
+        with capture_logs() as logs:
+            media, session = run_virtual(
+                timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0)
+            )
+        (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+        assert turn.transcript == PHRASES[HOURS] and turn.reply_text == "We open at eight."
+        latency_s[after_ms] = first_reply_after(media, 4.0) - 4.0
+        sources[after_ms] = [e["stt_source"] for e in logs if e["event"] == "transcript"]
+        assert session.speculations_dropped == 0
+    assert sources == {64: ["early"], 0: ["speculative"]}
+    # The fall 160 ms after the last sound, then the 150 ms short silence (whole windows).
+    # The answer waits for the transcript: decoded from 64 ms after the last sound instead
+    # of from the fall, 160 ms after it (then the next 20 ms tick).
+    assert latency_s[64] == pytest.approx(0.064 + 0.25 + 0.01, abs=0.02)
+    assert latency_s[0] == pytest.approx(0.16 + 0.25 + 0.01, abs=0.03)
+
+
+@pytest.mark.parametrize("stt_delay_s", [0.01, 0.05])
+def test_a_sound_before_the_fall_drops_the_early_decode(stt_delay_s: float) -> None:
+    """The caller goes on after a quiet run long enough for an early decode (a gap between
+    two words the VAD still calls speech): that decode is dropped (in flight: 50 ms; or done
+    already: 10 ms), and the turn's words are all of them, not the first phrase (which would
+    have asked for an agent)."""
+    shared = make_shared(stt_delay_s=stt_delay_s, vad=EnergyVad(hangover_windows=5))
+    said = tone(0.6, 8000, AGENT) + bytes(2 * 800) + tone(0.8, 8000, HOURS)  # a 100 ms gap
+    with capture_logs() as logs:
+        media, session = run_virtual(timeline(shared, [(3.0, said)], until_s=6.0))
+    (turn,) = [t for t in session.record.turns if t.kind == "speech"]
+    assert turn.transcript == f"{PHRASES[AGENT]} {PHRASES[HOURS]}"
+    assert turn.reply_text == "We open at eight."
+    # The decode of the first phrase alone: cancelled, or thrown away when it came.
+    assert session.speculations_dropped == (1 if stt_delay_s > 0.02 else 0)
+    assert [e["stt_source"] for e in logs if e["event"] == "transcript"] == ["early"]
+
+
+class SlowAfterFirstStt(ScriptedStt):
+    """The first decode is quick, every later one slow (a busy engine)."""
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
+        result = super().transcribe(pcm, rate_hz)
+        self.delay_s = 0.5
+        return result
+
+
+def test_a_dropped_early_transcript_never_speaks_for_the_pause() -> None:
+    """The early decode of "what are your opening hours" finished before the caller went on
+    ("... my account number is", which the model hears unfinished). While the pause's own
+    decode is still running, that stale transcript must not break the tie (it reads
+    finished): the turn waits for the maximum silence."""
+    stt = SlowAfterFirstStt(PHRASES, delay_s=0.01)
+    shared = make_shared(stt=stt, vad=EnergyVad(hangover_windows=5))
+    said = tone(0.8, 8000, HOURS) + bytes(2 * 800) + tone(0.8, 8000, ACCOUNT)
+    with capture_logs() as logs:
+        run_virtual(timeline(shared, [(3.0, said)], until_s=7.0))
+    (event,) = [e for e in logs if e["event"] == "transcript"]
+    assert event["text"] == f"{PHRASES[HOURS]} {PHRASES[ACCOUNT]}"
+    assert event["ended_by"] == "silence"

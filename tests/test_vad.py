@@ -404,6 +404,24 @@ def test_a_sound_inside_the_pause_moves_the_last_sound_to_its_end() -> None:
     assert noisy.last_sound_s == pytest.approx(20 * STEP_S)  # the fall, and it stays there
 
 
+def test_the_quiet_run_before_the_fall_is_known_while_it_lasts() -> None:
+    # What an early decode starts from: a run of quiet windows the model still calls
+    # speech. Known only inside an utterance and before the pause (in the pause, the last
+    # sound says it); a loud window ends the run.
+    ep = Endpointer(min_speech_ms=100, end_silence_ms=700, quiet_below_peak_db=30)
+    run_levels(ep, [(0.9, QUIET)] * 3)
+    assert ep.quiet_since_s is None  # not in speech yet
+    run_levels(ep, [(0.9, LOUD)] * 10 + [(0.9, QUIET)] * 2, t0=3 * STEP_S)
+    assert ep.quiet_since_s == pytest.approx(13 * STEP_S)
+    run_levels(ep, [(0.9, LOUD)], t0=15 * STEP_S)
+    assert ep.quiet_since_s is None
+    run_levels(ep, [(0.9, QUIET)] * 3 + [(0.1, QUIET)], t0=16 * STEP_S)
+    assert ep.quiet_since_s is None and ep.last_sound_s == pytest.approx(16 * STEP_S)
+    off = Endpointer(min_speech_ms=100, end_silence_ms=700)  # no levels: never known
+    run_levels(off, [(0.9, LOUD)] * 10 + [(0.9, QUIET)] * 3)
+    assert off.quiet_since_s is None
+
+
 def test_the_loudest_window_is_the_utterances_own() -> None:
     # A loud first utterance does not make the next, softer caller's speech "quiet".
     ep = Endpointer(

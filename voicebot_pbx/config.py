@@ -77,6 +77,17 @@ class VadConfig:
     # 200 ms commas: README) or "off".
     quiet_below_peak_db: float = 30.0
     silence_from_last_sound: Literal["off", "tiebreak", "all"] = "tiebreak"
+    # A whole-utterance engine (Whisper, Moonshine) starts the decode for the coming pause
+    # once the caller has been quiet this long (the quiet run above), before the probability
+    # falls: the transcript is ready sooner when the turn ends. A sound before the fall
+    # drops it (0: decode at the fall, as before).
+    speculate_after_quiet_ms: int = 64
+    # A turn the end-of-turn detector hears finished ends after end_silence_ms from the fall,
+    # or this long after the caller's last sound if that comes first (the fall lags the last
+    # sound by 100-200 ms on some voices: answers ~40 ms sooner there; a 200 ms comma is
+    # still no end). Not for short utterances (short_utterance_ms); 0, or
+    # silence_from_last_sound "off": off.
+    end_silence_after_sound_ms: int = 250
     # Caller speech needed while the bot talks before the bot stops (barge-in).
     barge_in_min_speech_ms: int = 120
     # Pause the bot at the first window of caller speech over it (resume at once if the
@@ -97,7 +108,7 @@ class VadConfig:
     echo_residual_db: float = 25.0
 
 
-TIEBREAK_SILENCE_MS = 300  # bench/bench_turn_end.py
+TIEBREAK_SILENCE_MS = 250  # bench/bench_turn_end.py
 
 
 @dataclass(frozen=True, slots=True)
@@ -989,6 +1000,10 @@ def _validate(config: Config, source: str) -> None:
         problems.append("vad.end_silence_max_ms must be >= vad.end_silence_ms")
     if config.vad.quiet_below_peak_db < 0:
         problems.append("vad.quiet_below_peak_db must be >= 0 (0: the VAD's fall)")
+    if config.vad.end_silence_after_sound_ms < 0:
+        problems.append("vad.end_silence_after_sound_ms must be >= 0 (0: off)")
+    if config.vad.speculate_after_quiet_ms < 0:
+        problems.append("vad.speculate_after_quiet_ms must be >= 0 (0: at the VAD's fall)")
     if not 0.0 < config.turn.threshold < 1.0:
         problems.append("turn.threshold must be between 0 and 1")
     if config.turn.timeout_ms <= 0 or config.turn.score_after_ms < 0 or config.turn.threads < 1:

@@ -84,23 +84,28 @@ def tone(duration_s: float, rate_hz: int, freq_hz: float = 440.0, level: float =
 
 
 class EnergyVad:
-    """Stands in for silero: probability from the window's level (speech = loud)."""
+    """Stands in for silero: probability from the window's level (speech = loud).
+    ``hangover_windows``: the probability stays up that many windows after the level falls,
+    as silero's does for ~100-200 ms after a caller's last sound."""
 
-    def __init__(self, speech_dbfs: float = -35.0) -> None:
+    def __init__(self, speech_dbfs: float = -35.0, hangover_windows: int = 0) -> None:
         self.speech_dbfs = speech_dbfs
+        self.hangover_windows = hangover_windows
 
     def new_stream(self, rate_hz: int) -> EnergyVadStream:
-        return EnergyVadStream(rate_hz, self.speech_dbfs)
+        return EnergyVadStream(rate_hz, self.speech_dbfs, self.hangover_windows)
 
 
 class EnergyVadStream:
-    def __init__(self, rate_hz: int, speech_dbfs: float) -> None:
+    def __init__(self, rate_hz: int, speech_dbfs: float, hangover_windows: int = 0) -> None:
         self.rate_hz = rate_hz
         self.window_s = (256 if rate_hz == 8000 else 512) / rate_hz
         self._window_bytes = (256 if rate_hz == 8000 else 512) * 2
         self._pending = bytearray()
         self._done = 0
         self.speech_dbfs = speech_dbfs
+        self.hangover_windows = hangover_windows
+        self._hangover_left = 0
 
     def process_timed(self, pcm: bytes) -> list[tuple[float, float]]:
         return [(w.start_s, w.prob) for w in self.process_windows(pcm)]
@@ -113,7 +118,14 @@ class EnergyVadStream:
             del self._pending[: self._window_bytes]
             level = rms_dbfs(window)
             # Level -> probability: ~0.02 for silence, ~0.98 for loud audio.
-            prob = 0.98 if level >= self.speech_dbfs else 0.02
+            if level >= self.speech_dbfs:
+                self._hangover_left = self.hangover_windows
+                prob = 0.98
+            elif self._hangover_left > 0:
+                self._hangover_left -= 1
+                prob = 0.98
+            else:
+                prob = 0.02
             out.append(VadWindow(self._done * self.window_s, prob, level))
             self._done += 1
         return out

@@ -102,7 +102,9 @@ class TranscriptTrace:
     # | "tiebreak" (turn.tiebreak_silence_ms) | "silence" (vad.end_silence_max_ms or a rule's
     # longer wait) | "digits" (all digits asked for heard)
     ended_by: str
-    source: str  # "speculative" | "final" | "stream" (Vosk) | "none" (STT failed)
+    # "speculative" (decoded at the pause), "early" (decoded in the quiet run before it),
+    # "final", "stream" (Vosk) or "none" (STT failed)
+    source: str
     stt: SttTiming | None
     speculations_dropped: int
     held_to: str | None = None  # the expectation the decode was held to (speech/expect.py)
@@ -151,11 +153,24 @@ class _Finish:
     ended_by: str  # TranscriptTrace.ended_by
 
 
+@dataclass(slots=True)
+class _EarlyDecode:
+    """A decode started before the pause it is for (``vad.speculate_after_quiet_ms`` into a
+    quiet run, before the VAD probability falls)."""
+
+    turn_id: int
+    pause_id: int  # the coming pause's id
+    quiet_since_s: float  # the quiet run it was started in
+    adopted: bool = False  # the pause began at that quiet run: it is the pause's decode
+    dropped: bool = False  # the caller went on before the pause: its transcript is stale
+
+
 @dataclass(frozen=True, slots=True)
 class _Speculate:
     turn_id: int
     pause_id: int
     pcm: bytes
+    early: _EarlyDecode | None = None  # None: started at the pause
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +192,7 @@ class _Speculation:
     turn_id: int
     pause_id: int
     result: SttResult
+    early: bool = False  # decoded before the pause (_EarlyDecode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +232,11 @@ class Listener:
         self._speculation: _Speculation | None = None
         # The speculative decode in flight: cancelled when the caller speaks on (dropped
         # unstarted from the engine's queue, so a busy engine does not decode stale audio).
-        self._speculating: tuple[int, asyncio.Future[SttResult | None]] | None = None
+        self._speculating: (
+            tuple[int, asyncio.Future[SttResult | None], _EarlyDecode | None] | None
+        ) = None
+        # The decode started in the current quiet run for the coming pause (not yet adopted).
+        self._early: _EarlyDecode | None = None
         self.speculations_dropped = 0
         self._turn_dropped_at = 0  # speculations_dropped when the current turn began
         capabilities: SttCapabilities = engines.stt.capabilities
@@ -322,18 +342,88 @@ class Listener:
             for action in self.turns.on_vad(prob, window_start_s, window.level_dbfs):
                 self._apply(action, event.at_s)
             self._drop_stale_speculation()
+            self._maybe_speculate_early()
             self._maybe_request_score()
             self._maybe_end_early()
 
     def _drop_stale_speculation(self) -> None:
         """The caller spoke on after the pause the speculative decode is for: its transcript
         can only be discarded, so stop waiting for it."""
+        self._check_early()
         if self._speculating is None:
             return
-        turn_id, decode = self._speculating
+        turn_id, decode, early = self._speculating
+        if early is not None and not early.adopted:
+            if early.dropped:
+                decode.cancel()
+            return
         # Only while its turn is open: once the turn has ended, its _Finish will use it.
         if turn_id == self.turns.turn_id and self.utterance_open and not self.turns.in_pause:
             decode.cancel()
+
+    def _check_early(self) -> None:
+        """The caller made a sound before the probability fell (the quiet run the early
+        decode was started in is broken): that decode and its transcript are stale."""
+        early = self._early
+        if early is None or self.turns.in_pause:
+            return  # none, or the pause decides (PauseStarted)
+        if (
+            early.turn_id == self.turns.turn_id
+            and self.utterance_open
+            and self.turns.quiet_since_s == early.quiet_since_s
+        ):
+            return
+        self._drop_early()
+
+    def _drop_early(self) -> None:
+        early = self._early
+        if early is None:
+            return
+        early.dropped = True
+        self._early = None
+        spec = self._speculation
+        if spec is not None and (spec.turn_id, spec.pause_id) == (early.turn_id, early.pause_id):
+            self._speculation = None  # no pause with that id has begun: it is the early one
+
+    def _maybe_speculate_early(self) -> None:
+        """``vad.speculate_after_quiet_ms`` into a quiet run inside an utterance: decode the
+        utterance so far for the pause that may come (a whole-utterance engine)."""
+        after_ms = self.config.vad.speculate_after_quiet_ms
+        if self._batch is None or after_ms <= 0 or not self.utterance_open:
+            return
+        quiet_since_s = self.turns.quiet_since_s
+        if quiet_since_s is None or self._early is not None:
+            return
+        if self._last_window_s + WINDOW_S - quiet_since_s + 1e-6 < after_ms / 1000.0:
+            return
+        turn_id = self.turns.turn_id
+        early = _EarlyDecode(turn_id, self.turns.pause_id + 1, quiet_since_s)
+        self._early = early
+        self._put_stt(_Speculate(turn_id, early.pause_id, bytes(self._utterance_pcm), early=early))
+
+    def _adopt_early(self, turn_id: int, pause_id: int) -> bool:
+        """The pause that began: if it began at the early decode's quiet run, that decode is
+        the pause's (True); else it is dropped."""
+        early = self._early
+        if early is None:
+            return False
+        if (early.turn_id, early.pause_id) != (turn_id, pause_id) or (
+            early.quiet_since_s != self.turns.last_sound_s
+        ):
+            self._drop_early()
+            return False
+        self._early = None
+        early.adopted = True
+        spec = self._speculation
+        if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
+            self._request_text_read(turn_id, pause_id, spec.result)
+        return True
+
+    def _request_text_read(self, turn_id: int, pause_id: int, result: SttResult | None) -> None:
+        if self._text_model is not None:
+            # The text worker reads it; the STT worker goes on (a _Finish need not wait).
+            self._text_request = (turn_id, pause_id, result.text if result is not None else "")
+            self._text_wakeup.set()
 
     def _looks_like_echo(self, pcm: bytes) -> bool:
         """While the bot talks: audio well below its own level that matches what it said
@@ -508,7 +598,10 @@ class Listener:
             return
         silence_ms, ended_by = finished
         ended = self.turns.end_turn_early(
-            self._last_window_s, silence_ms, tiebreak=ended_by == "tiebreak"
+            self._last_window_s,
+            silence_ms,
+            tiebreak=ended_by == "tiebreak",
+            finished=ended_by in ("detector", "digits", "text"),
         )
         if ended is not None:
             self._apply(ended, self.last_frame_at, ended_by=ended_by)
@@ -573,6 +666,7 @@ class Listener:
     def _apply(self, action: TurnAction, frame_at: float, *, ended_by: str = "silence") -> None:
         match action:
             case UtteranceStarted(turn_id, onset_s):
+                self._drop_early()
                 self.utterance_open = True
                 self._utterance_pcm.clear()
                 self._speculation = None
@@ -588,6 +682,7 @@ class Listener:
                 log.debug("utterance_started", turn_id=turn_id)
                 self.hooks.utterance_started(turn_id)
             case UtteranceEnded(turn_id, speech_end_s, _decided_s):
+                self._drop_early()
                 self.utterance_open = False
                 self._last_speech_end_s = speech_end_s
                 speech_end_at = self._to_loop_time(speech_end_s, frame_at)
@@ -595,7 +690,7 @@ class Listener:
                 self._utterance_pcm.clear()
                 self._put_stt(_Finish(turn_id, self.turns.pause_id, speech_end_at, pcm, ended_by))
             case PauseStarted(turn_id, pause_id, _since_s):
-                if self._batch is not None:
+                if self._batch is not None and not self._adopt_early(turn_id, pause_id):
                     self._put_stt(_Speculate(turn_id, pause_id, bytes(self._utterance_pcm)))
             case BargeInOnset():
                 self.hooks.barge_in_onset()
@@ -663,29 +758,29 @@ class Listener:
         self, item: _Finish | _Speculate, loop: asyncio.AbstractEventLoop
     ) -> None:
         match item:
-            case _Speculate(turn_id, pause_id, pcm):
-                if self._is_stale_pause(turn_id, pause_id) or not self.turns.in_pause:
+            case _Speculate(turn_id, pause_id, pcm, early):
+                if early is not None and not early.adopted:
+                    if early.dropped:
+                        return  # the caller went on before the pause came
+                elif self._is_stale_pause(turn_id, pause_id) or not self.turns.in_pause:
                     return
                 assert self._batch is not None
                 decode = asyncio.ensure_future(self._batch_transcribe(self._batch, pcm))
-                self._speculating = (turn_id, decode)
+                self._speculating = (turn_id, decode, early)
                 try:
                     await asyncio.wait({decode})
                 finally:
                     self._speculating = None
                     decode.cancel()  # a no-op once done; else this worker is being cancelled
-                if decode.cancelled():
+                if decode.cancelled() or (early is not None and early.dropped):
                     self.speculations_dropped += 1
                     return
                 result = decode.result()
                 if result is not None:
-                    self._speculation = _Speculation(turn_id, pause_id, result)
+                    self._speculation = _Speculation(turn_id, pause_id, result, early is not None)
                     self._maybe_end_early()
-                if self._text_model is not None:
-                    # The text worker reads it; this worker goes on (a _Finish need not wait).
-                    text = result.text if result is not None else ""
-                    self._text_request = (turn_id, pause_id, text)
-                    self._text_wakeup.set()
+                if early is None or early.adopted:
+                    self._request_text_read(turn_id, pause_id, result)
             case _Finish(turn_id, pause_id, speech_end_at, pcm, ended_by):
                 spec = self._speculation
                 read = self._text_read
@@ -695,7 +790,7 @@ class Listener:
                     else None
                 )
                 if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
-                    result, source = spec.result, "speculative"
+                    result, source = spec.result, "early" if spec.early else "speculative"
                 elif self._batch is not None:
                     result = await self._batch_transcribe(self._batch, pcm, urgent=True)
                     source = "final"

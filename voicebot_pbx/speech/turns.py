@@ -151,6 +151,17 @@ class TurnTaker:
         return self._endpointer.silence_since_s is not None
 
     @property
+    def quiet_since_s(self) -> float | None:
+        """Inside an utterance, before a pause: the start of the current run of windows
+        ``vad.quiet_below_peak_db`` under the caller's loudest (``Endpointer``)."""
+        return self._endpointer.quiet_since_s
+
+    @property
+    def last_sound_s(self) -> float | None:
+        """In a pause: when the caller's last sound ended (``Endpointer.last_sound_s``)."""
+        return self._endpointer.last_sound_s
+
+    @property
     def pause_since_s(self) -> float | None:
         """Stream time the current pause began (None: the caller is talking or idle)."""
         return self._endpointer.silence_since_s
@@ -186,7 +197,12 @@ class TurnTaker:
         )
 
     def end_turn_early(
-        self, now_s: float, silence_ms: int | None = None, *, tiebreak: bool = False
+        self,
+        now_s: float,
+        silence_ms: int | None = None,
+        *,
+        tiebreak: bool = False,
+        finished: bool = False,
     ) -> UtteranceEnded | None:
         """End the utterance now (the pause is ``silence_ms`` long, by default
         ``end_silence_ms``, and the end-of-turn detector says the caller sounds finished);
@@ -194,22 +210,33 @@ class TurnTaker:
         silence, counted from the caller's last sound (``Endpointer.last_sound_s``) unless
         ``vad.silence_from_last_sound`` is "off" ("all" counts every pause from there). An
         utterance that talked over the bot also needs ``barge_in_end_silence_ms`` after the
-        last sound (after the fall with "off")."""
+        last sound (after the fall with "off"). ``finished``: a detector hears the caller
+        finished; the pause also ends ``end_silence_after_sound_ms`` after the last sound
+        if that comes first (not after a short utterance)."""
         if silence_ms is None:
             silence_ms = self.config.end_silence_ms
         since_s = self._endpointer.silence_since_s
         last_sound_s = self._endpointer.last_sound_s
         if since_s is None or last_sound_s is None:
             return None
-        if (
+        short = (
             self._onset_s is not None
             and since_s - self._onset_s < self.config.short_utterance_ms / 1000.0
-        ):
+        )
+        if short:
             # "yes" / "no" before a pause: "... please" / "... thanks" often follows.
             silence_ms = max(silence_ms, self.config.short_end_silence_ms)
         if self.config.silence_from_last_sound == "off":
             last_sound_s = since_s
         needed = [(last_sound_s if tiebreak else since_s, silence_ms)]
+        after_sound_ms = self.config.end_silence_after_sound_ms
+        if (
+            finished
+            and not short
+            and after_sound_ms > 0
+            and self._endpointer.reached(last_sound_s, now_s, after_sound_ms / 1000.0)
+        ):
+            needed[0] = (last_sound_s, after_sound_ms)
         if self._barged:
             # A caller who talked over the bot often pauses after "wait," / "sorry,": the
             # interruption ends no sooner than barge_in_end_silence_ms.

@@ -276,6 +276,14 @@ class Endpointer:
         return self._last_sound_s if self.silence_since_s is not None else None
 
     @property
+    def quiet_since_s(self) -> float | None:
+        """While in speech and not yet in a pause: the start of the current run of quiet
+        windows (the caller may have stopped; the probability has not fallen yet)."""
+        if not self._in_speech or self._silence_start_s is not None:
+            return None
+        return self._quiet_since_s
+
+    @property
     def silence_since_s(self) -> float | None:
         """While in speech: start of the current run of silent windows (a pending end)."""
         return self._silence_start_s if self._in_speech else None
