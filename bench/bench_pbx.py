@@ -26,7 +26,9 @@ Measured on the caller's recording (``said``/``heard``, per 10 ms window voiced 
   reply): such turns are counted as "misheard", their caller-side figures kept in the JSON
   (``misheard_caller_ms``, and ``caller_ms_all_turns_*`` over every turn). A question that
   began while the bot was still talking (the previous reply, often a misheard turn's longer
-  one, ran past the script's gap) is a barge-in, whose end of turn waits
+  one, ran past the script's gap: bot speech heard in the 300 ms before its onset, or within
+  1 s before it when the bot's record says that reply was interrupted, the onset falling
+  between two of its sentences) is a barge-in, whose end of turn waits
   ``vad.barge_in_end_silence_ms`` by design: counted as "asked over the bot", kept in the
   JSON (``over_bot_caller_ms``) and out of the p50/p95/max. Calls and call
   records are paired by start order (calls start ``--stagger-s`` apart); if the counts
@@ -328,9 +330,15 @@ class CallResult:
     # per turn: the bot was talking when the question began (a barge-in: a previous reply ran
     # longer than the script's gap), so its end of turn follows vad.barge_in_end_silence_ms
     over_bot: list[bool] = field(default_factory=list)
+    # Bot speech heard within OVER_REPLY_S before each question's onset (the reply may be
+    # between two sentences at the onset).
+    bot_heard_before: list[bool] = field(default_factory=list)
     barge_ms: float | None = None
     barge_missed: bool = False
     barge_not_stopped: bool = False
+
+
+OVER_REPLY_S = 1.0  # longer than a reply's pause between two sentences
 
 
 def bot_talking_at(heard_v: np.ndarray, onset_s: float) -> bool:
@@ -351,6 +359,8 @@ def analyse(result: CallResult, heard: np.ndarray, said: np.ndarray, rate_hz: in
     for turn in range(TURNS_PER_CALL):
         start_s, end_s = utterances[turn]
         result.over_bot.append(bot_talking_at(heard_v, start_s))
+        before = last_voiced_between(heard_v, max(0.0, start_s - OVER_REPLY_S), start_s)
+        result.bot_heard_before.append(before is not None)
         # Bot audio in the 100 ms before the caller's end: it was still talking.
         if last_voiced_between(heard_v, max(0.0, end_s - QUIET_S), end_s) is not None:
             result.overlapped += 1
@@ -457,6 +467,14 @@ def run_level(
         speech = sorted((t for t in record.turns if t.kind == "speech"), key=lambda t: t.seq)
         speech = speech[:TURNS_PER_CALL]
         result.socket_ms = [t.end_of_speech_to_first_frame_ms for t in speech]
+        # A question that came between two sentences of the previous reply: heard as
+        # silence at its onset, but the bot's record says that reply was interrupted.
+        replies = sorted(
+            (t for t in record.turns if t.kind in ("greeting", "speech")), key=lambda t: t.seq
+        )
+        for turn, (before, reply) in enumerate(zip(result.bot_heard_before, replies, strict=False)):
+            if turn < len(result.over_bot) and before and reply.barged_in:
+                result.over_bot[turn] = True
         result.expected_reply = [
             t.reply_text.startswith(expected[intent])
             for t, intent in zip(speech, result.plan.intents, strict=False)
