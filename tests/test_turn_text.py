@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.test_turns import ACCOUNT, DIGITS, HOURS, PHRASES, first_reply_after, make_shared
+from tests.test_turns import (
+    ACCOUNT,
+    DIGITS,
+    HOURS,
+    PHRASES,
+    first_reply_after,
+    make_shared,
+    with_vad,
+)
 from tests.test_turns import timeline as call_timeline
 from voicebot_pbx.call.session import Shared
 from voicebot_pbx.config import load_config
@@ -198,6 +206,7 @@ def test_the_text_model_reads_the_decode_started_before_the_pause_once_the_pause
     shared = with_text_model(
         make_shared(stt_delay_s=0.05, vad=EnergyVad(hangover_windows=5)), model, text_wait=True
     )
+    with_vad(shared, speculate_after_quiet_ms=64)
     with capture_logs() as logs:
         media, _session = run_virtual(
             call_timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0)

@@ -841,6 +841,7 @@ def test_a_sound_before_the_fall_drops_the_early_decode(stt_delay_s: float) -> N
     already: 10 ms), and the turn's words are all of them, not the first phrase (which would
     have asked for an agent)."""
     shared = make_shared(stt_delay_s=stt_delay_s, vad=EnergyVad(hangover_windows=5))
+    with_vad(shared, speculate_after_quiet_ms=64)
     said = tone(0.6, 8000, AGENT) + bytes(2 * 800) + tone(0.8, 8000, HOURS)  # a 100 ms gap
     with capture_logs() as logs:
         media, session = run_virtual(timeline(shared, [(3.0, said)], until_s=6.0))
@@ -868,6 +869,7 @@ def test_a_dropped_early_transcript_never_speaks_for_the_pause() -> None:
     finished): the turn waits for the maximum silence."""
     stt = SlowAfterFirstStt(PHRASES, delay_s=0.01)
     shared = make_shared(stt=stt, vad=EnergyVad(hangover_windows=5))
+    with_vad(shared, speculate_after_quiet_ms=64)
     said = tone(0.8, 8000, HOURS) + bytes(2 * 800) + tone(0.8, 8000, ACCOUNT)
     with capture_logs() as logs:
         run_virtual(timeline(shared, [(3.0, said)], until_s=7.0))

@@ -79,9 +79,10 @@ class VadConfig:
     silence_from_last_sound: Literal["off", "tiebreak", "all"] = "tiebreak"
     # A whole-utterance engine (Whisper, Moonshine) starts the decode for the coming pause
     # once the caller has been quiet this long (the quiet run above), before the probability
-    # falls: the transcript is ready sooner when the turn ends. A sound before the fall
-    # drops it (0: decode at the fall, as before).
-    speculate_after_quiet_ms: int = 64
+    # falls; a sound before the fall drops it. For decodes slower than the short silence (a
+    # bigger model, a slower machine); 0 (default): decode at the fall. With the packaged
+    # Whisper on 2 cores it answered no sooner and cost 15-19 % more CPU per call (README).
+    speculate_after_quiet_ms: int = 0
     # A turn the end-of-turn detector hears finished ends after end_silence_ms from the fall,
     # or this long after the caller's last sound if that comes first (the fall lags the last
     # sound by 100-200 ms on some voices: answers ~40 ms sooner there; a 200 ms comma is
