@@ -289,3 +289,51 @@ def test_a_clean_close_seen_while_sending_is_the_callers_hang_up() -> None:
         return call.end_reason
 
     assert asyncio.run(scenario()) == "caller_hangup"
+
+
+def test_a_barge_in_flushes_asterisks_queue_at_once_not_at_the_next_tick() -> None:
+    """``FLUSH_MEDIA`` goes out when the speaker drops the reply, not with the pacer's next
+    frame (up to 20 ms later, more on a busy machine)."""
+    from voicebot_pbx.pbx import websocket_codec as wire
+    from voicebot_pbx.pbx.websocket import WebSocketCall
+
+    sent: list[tuple[float, str]] = []
+    interrupted: list[float] = []
+
+    class Asterisk:
+        call: WebSocketCall | None = None
+
+        async def send(self, data: object) -> None:
+            loop = asyncio.get_running_loop()
+            sent.append((loop.time(), data if isinstance(data, str) else "media"))
+            if len(sent) == 3 and self.call is not None:
+                # Just after the pacer wrote a frame: the next tick is 20 ms away.
+                def barge_in() -> None:
+                    interrupted.append(loop.time())
+                    assert self.call is not None
+                    self.call.speaker.interrupt()
+
+                loop.call_soon(barge_in)
+
+    async def scenario() -> None:
+        start = wire.parse_control(START)
+        assert isinstance(start, wire.MediaStart)
+        asterisk = Asterisk()
+        call = WebSocketCall(asterisk, start, wire.message_format(START), ServerConfig(), "p")  # type: ignore[arg-type]
+        asterisk.call = call
+        call.speaker.enqueue(tone(1.0, 16000, HOURS), call.speaker.generation)
+        pacer = asyncio.create_task(call.run_pacer())
+        await asyncio.sleep(0.2)
+        pacer.cancel()
+        try:
+            await pacer
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(scenario())
+    kinds = [kind for _, kind in sent]
+    assert kinds[:3] == ["media"] * 3
+    assert kinds[3] == "FLUSH_MEDIA"  # before any later frame
+    assert "media" not in kinds[4:]  # nothing of the dropped reply after it
+    flushed_at = sent[3][0]
+    assert flushed_at - interrupted[0] < 0.005

@@ -73,7 +73,7 @@ class WebSocketCall(CallState):
         self._config = config
         self._xon = asyncio.Event()
         self._xon.set()
-        self._flush_pending = False
+        self._flush_wanted = asyncio.Event()
         self.flushes = 0
         self.xoffs = 0
         self.speaker.on_flush = self._request_flush
@@ -126,30 +126,48 @@ class WebSocketCall(CallState):
     # --- outbound --------------------------------------------------------------------
 
     def _request_flush(self) -> None:
-        """Barge-in: the next write first tells Asterisk to drop what it holds."""
-        self._flush_pending = True
+        """Barge-in: tell Asterisk at once to drop what it holds (``run_flushes``), not at
+        the pacer's next tick."""
+        self._flush_wanted.set()
+
+    async def run_pacer(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.speaker.run(self.write_frame))
+            group.create_task(self.run_flushes())
+
+    async def run_flushes(self) -> None:
+        """Send ``FLUSH_MEDIA`` as soon as one is asked for (frames of the dropped reply
+        already written go before it, so Asterisk drops them too)."""
+        while not self._closed.is_set():
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            if self._closed.is_set():
+                return
+            self.flushes += 1
+            await self._write(wire.encode_command("FLUSH_MEDIA", self._format))
 
     async def _send(self, data: str | bytes) -> None:
         async with asyncio.timeout(self._config.write_timeout_s):
             await self._connection.send(data)
 
     async def write_frame(self, pcm: bytes, is_silence: bool) -> None:
+        if self._closed.is_set() or is_silence:
+            # Nothing to say: send nothing, so Asterisk's queue runs empty and the next
+            # reply is played as it arrives (silence sent ahead would sit in that queue as
+            # delay, and costs a send per 20 ms per call).
+            return
+        await self._write(wire.encode_media(pcm, self.codec), media=True)
+
+    async def _write(self, data: str | bytes, *, media: bool = False) -> None:
+        """One message to Asterisk (media waits for ``MEDIA_XON``); a peer that does not
+        read, or a connection that closes, ends the call with its reason."""
         if self._closed.is_set():
             return
         try:
-            if self._flush_pending:
-                self._flush_pending = False
-                self.flushes += 1
-                await self._send(wire.encode_command("FLUSH_MEDIA", self._format))
-            if is_silence:
-                # Nothing to say: send nothing, so Asterisk's queue runs empty and the next
-                # reply is played as it arrives (silence sent ahead would sit in that queue
-                # as delay, and costs a send per 20 ms per call).
-                return
-            if not self._xon.is_set():
+            if media and not self._xon.is_set():
                 async with asyncio.timeout(self._config.write_timeout_s):
                     await self._xon.wait()
-            await self._send(wire.encode_media(pcm, self.codec))
+            await self._send(data)
         except TimeoutError:
             if self._connection.state is not State.OPEN:  # the caller's side is closing
                 self._mark_closed("caller_hangup")
