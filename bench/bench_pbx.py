@@ -473,7 +473,7 @@ def run_level(
             (t for t in record.turns if t.kind in ("greeting", "speech")), key=lambda t: t.seq
         )
         for turn, (before, reply) in enumerate(zip(result.bot_heard_before, replies, strict=False)):
-            if turn < len(result.over_bot) and before and reply.barged_in:
+            if before and reply.barged_in:  # bot_heard_before and over_bot: one per question
                 result.over_bot[turn] = True
         result.expected_reply = [
             t.reply_text.startswith(expected[intent])

@@ -219,6 +219,25 @@ def test_the_text_model_reads_the_decode_started_before_the_pause_once_the_pause
     assert first_reply_after(media, 4.0) - 4.0 == pytest.approx(0.256 + 0.01, abs=0.02)
 
 
+def test_an_early_decode_that_failed_is_read_as_nothing_heard_when_the_pause_begins() -> None:
+    """The decode started in the quiet run times out (no transcript): like a failed decode at
+    the pause, the text model reads "" (unsure) once the pause begins, so turn.text_wait does
+    not hold the pause to the maximum silence; the audio model's "finished" ends it."""
+    model = ScriptedTextModel(delay_s=0.02)
+    shared = with_text_model(
+        make_shared(stt_delay_s=0.1, vad=EnergyVad(hangover_windows=5)), model, text_wait=True
+    )
+    with_vad(shared, speculate_after_quiet_ms=64)
+    shared.config = dataclasses.replace(
+        shared.config, stt=dataclasses.replace(shared.config.stt, timeout_s=0.05)
+    )
+    with capture_logs() as logs:
+        run_virtual(call_timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0))
+    assert model.reads == [""]
+    (event,) = [e for e in logs if e["event"] == "transcript"]
+    assert event["ended_by"] == "detector"
+
+
 def test_the_text_model_decides_where_the_audio_model_hears_an_unfinished_turn() -> None:
     """The audio model hears "what are your opening hours" unfinished. Read finished, the
     turn ends at the short silence; read unsure, at turn.tiebreak_silence_ms (the tie-break);

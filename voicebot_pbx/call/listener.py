@@ -163,6 +163,7 @@ class _EarlyDecode:
     quiet_since_s: float  # the quiet run it was started in
     adopted: bool = False  # the pause began at that quiet run: it is the pause's decode
     dropped: bool = False  # the caller went on before the pause: its transcript is stale
+    decoded: bool = False  # its decode came back (a transcript or none) before the pause
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,9 +415,10 @@ class Listener:
             return False
         self._early = None
         early.adopted = True
-        spec = self._speculation
-        if spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id):
-            self._request_text_read(turn_id, pause_id, spec.result)
+        if early.decoded:  # the text model reads it now, as a decode at the pause's start
+            spec = self._speculation
+            same = spec is not None and (spec.turn_id, spec.pause_id) == (turn_id, pause_id)
+            self._request_text_read(turn_id, pause_id, spec.result if spec and same else None)
         return True
 
     def _request_text_read(self, turn_id: int, pause_id: int, result: SttResult | None) -> None:
@@ -781,6 +783,8 @@ class Listener:
                     self._maybe_end_early()
                 if early is None or early.adopted:
                     self._request_text_read(turn_id, pause_id, result)
+                else:
+                    early.decoded = True  # read once the pause begins (_adopt_early)
             case _Finish(turn_id, pause_id, speech_end_at, pcm, ended_by):
                 spec = self._speculation
                 read = self._text_read
