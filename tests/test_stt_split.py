@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from tests.test_stt import caller, words
 from voicebot_pbx.config import Config, SttConfig
 from voicebot_pbx.speech.engines import load_engines
 from voicebot_pbx.speech.expect import Expectation, Expected, label
-from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
+from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult, SttTiming, timed
 from voicebot_pbx.speech.stt_split import LengthSplitEngine, speech_span_s
 from voicebot_pbx.speech.verify import KnownAnswer
 
@@ -126,6 +127,45 @@ def test_async_path_uses_each_engines_own_thread_or_the_shared_pool(
     assert whisper_like.threads == []  # never run blocking for the queued engine
 
 
+def test_a_decode_in_the_shared_pool_says_how_long_it_waited_and_ran(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """A long turn's decode queued behind other work in the shared pool: its result says so
+    (the wait, the run, the engine), as Whisper's batcher does for its own decodes."""
+    slow = Recorder("long")
+    slow_transcribe = slow.transcribe
+
+    def transcribe(pcm: bytes, rate_hz: int) -> SttResult:
+        time.sleep(0.05)
+        return slow_transcribe(pcm, rate_hz)
+
+    slow.transcribe = transcribe  # type: ignore[method-assign]
+    split = LengthSplitEngine(Recorder("short", queued_path=True), slow, long_from_s=1.5, pool=pool)
+
+    async def behind_other_work() -> SttResult:
+        busy = asyncio.get_running_loop().run_in_executor(pool, time.sleep, 0.1)
+        result = await split.transcribe_async(tone(3.0), RATE_HZ, urgent=True)
+        await busy
+        return result
+
+    result = asyncio.run(behind_other_work())
+    assert result.text == "long" and result.timing is not None
+    assert result.timing.engine == "long" and result.timing.batch == 1
+    assert result.timing.windows == 1
+    assert result.timing.queue_wait_ms >= 80.0  # behind the 100 ms job
+    assert 40.0 <= result.timing.decode_ms < result.timing.queue_wait_ms
+
+
+def test_timed_keeps_the_decodes_and_the_name_the_engine_gave() -> None:
+    retried = SttResult("hello", 0.9, timing=SttTiming(0.0, 12.0, 1, 2, "moonshine"))
+    result = timed(lambda: retried, "long")()
+    assert result.timing is not None
+    assert (result.timing.windows, result.timing.engine) == (2, "moonshine")
+    assert result.text == "hello" and result.confidence == 0.9
+    plain = timed(lambda: SttResult("hi", None), "long")()
+    assert plain.timing is not None and (plain.timing.windows, plain.timing.engine) == (1, "long")
+
+
 DIGITS = frozenset({Expectation.DIGITS})
 
 
@@ -219,5 +259,8 @@ def test_real_whisper_and_moonshine_base_share_the_turns() -> None:
         long = asyncio.run(split.transcribe_async(long_pcm, RATE_HZ, urgent=True))
         assert split.routed == {"short": 1, "long": 1, "held": 0}
         assert {"number", "4", "5", "6", "7", "2"} <= words(long.text), long.text
+        # Where its time went, for the transcript event (stt_engine, queue, decode).
+        assert long.timing is not None and long.timing.engine == "moonshine"
+        assert long.timing.windows == 1 and long.timing.decode_ms > 0
     finally:
         engines.close()

@@ -38,6 +38,7 @@ from voicebot_pbx.speech.stt import (
     SttResult,
     SttStream,
     SttTiming,
+    timed,
 )
 from voicebot_pbx.speech.turn_model import TurnModel, TurnScore
 from voicebot_pbx.speech.turn_text import TextTurnScorer, TextVerdict, text_verdict
@@ -130,6 +131,8 @@ class TranscriptTrace:
         if self.waited_unfinished_s:
             out["waited_unfinished_ms"] = round(self.waited_unfinished_s * 1000.0)
         if self.stt is not None:
+            if self.stt.engine:
+                out["stt_engine"] = self.stt.engine
             out.update(
                 stt_queue_ms=self.stt.queue_wait_ms,
                 stt_decode_ms=self.stt.decode_ms,
@@ -888,9 +891,11 @@ class Listener:
             held = functools.partial(
                 self._expecting.transcribe_expecting, pcm, self.rate_hz, self.expect, known
             )
-            return await self._stt_call(held)
+            return await self._stt_call(timed(held))
         if self._queued is None:
-            return await self._stt_call(functools.partial(batch.transcribe, pcm, self.rate_hz))
+            return await self._stt_call(
+                timed(functools.partial(batch.transcribe, pcm, self.rate_hz))
+            )
         try:
             async with asyncio.timeout(self.config.stt.timeout_s):
                 return await self._queued.transcribe_async(pcm, self.rate_hz, urgent=urgent)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ from voicebot_pbx.speech.expect import (
     label,
     prefer,
 )
-from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult
+from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult, SttTiming
 from voicebot_pbx.speech.vad import import_onnxruntime
 from voicebot_pbx.speech.verify import (
     DEFAULT_FLOOR,
@@ -326,16 +327,27 @@ class MoonshineEngine:
         expected: Expected | None,
         known: Sequence[KnownAnswer] = (),
     ) -> SttResult:
+        started_s = time.monotonic()
         audio = pcm_to_float32(pcm)
         if rate_hz != MOONSHINE_RATE_HZ and audio.size:
             # In float (no int16 rounding of the resampled signal).
             audio = np.asarray(soxr.resample(audio, rate_hz, MOONSHINE_RATE_HZ), np.float32)
         result = self._decode(audio, expected, known)
+        decodes = 1
         if not result.text and self.retry_trimmed:
             trimmed = trim_quiet_ends(audio, MOONSHINE_RATE_HZ)
             if trimmed.size < audio.size:
                 result = self._decode(trimmed, expected)
-        return result
+                decodes = 2
+        # Run time here; its wait in the pool is added by stt.timed where it queued.
+        timing = SttTiming(
+            queue_wait_ms=0.0,
+            decode_ms=round((time.monotonic() - started_s) * 1000.0, 1),
+            batch=1,
+            windows=decodes,
+            engine="moonshine",
+        )
+        return dataclasses.replace(result, timing=timing)
 
     def held_vocabulary(self, expected: Expected) -> HeldVocabulary:
         """The vocabulary a decode held to ``expected`` may use (built once per kind of

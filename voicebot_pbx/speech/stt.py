@@ -12,7 +12,9 @@ batched across calls on its own thread) and ``speech/vosk_stt.py`` (Vosk, stream
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -24,12 +26,38 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class SttTiming:
-    """Where a queued decode's time went (Whisper), so a slow turn explains itself."""
+    """Where a decode's time went, so a slow turn explains itself: Whisper's batching
+    thread, or a whole-utterance engine in the shared inference pool (:func:`timed`)."""
 
     queue_wait_ms: float  # submitted -> taken by the inference thread
     decode_ms: float  # taken -> result (all windows tried)
-    batch: int  # utterances decoded together in its first round
-    windows: int  # encoder windows tried: 1, or more after a degenerate decode (retry)
+    batch: int  # utterances decoded together in its first round (1 in the shared pool)
+    # Decodes of the audio tried: 1, or more after a degenerate or empty first decode
+    # (Whisper: a longer encoder window; Moonshine: the speech without its quiet ends).
+    windows: int
+    engine: str = ""  # the engine that decoded it ("whisper", "moonshine"; "": not said)
+
+
+def timed(fn: Callable[[], SttResult], engine: str = "") -> Callable[[], SttResult]:
+    """``fn`` (a blocking decode for the shared inference pool) with its wait in the pool
+    and its run time as the result's :class:`SttTiming`; the decodes the engine itself
+    counted (``windows``) and its name are kept when it gave them."""
+    submitted_s = time.monotonic()
+
+    def run() -> SttResult:
+        taken_s = time.monotonic()
+        result = fn()
+        own = result.timing
+        timing = SttTiming(
+            queue_wait_ms=round((taken_s - submitted_s) * 1000.0, 1),
+            decode_ms=round((time.monotonic() - taken_s) * 1000.0, 1),
+            batch=1,
+            windows=own.windows if own is not None else 1,
+            engine=(own.engine if own is not None and own.engine else engine),
+        )
+        return replace(result, timing=timing)
+
+    return run
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ number) goes to the engine that can hold it, whatever its length.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -36,6 +37,7 @@ from voicebot_pbx.speech.stt import (
     SttCapabilities,
     SttEngine,
     SttResult,
+    timed,
 )
 from voicebot_pbx.speech.verify import KnownAnswer
 
@@ -136,7 +138,8 @@ class LengthSplitEngine:
         batch = capabilities.batch
         assert batch is not None  # checked in __init__
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, batch.transcribe, pcm, rate_hz)
+        job = timed(functools.partial(batch.transcribe, pcm, rate_hz), engine.name)
+        return await loop.run_in_executor(self._pool, job)
 
     def close(self) -> None:
         self.short.close()

@@ -86,6 +86,7 @@ class _Request:
             decode_ms=round((now - self.taken_at) * 1000.0, 1),
             batch=self.batch,
             windows=self.windows,
+            engine="whisper",
         )
         self.future.set_result(replace(result, timing=timing))
 
