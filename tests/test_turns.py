@@ -798,6 +798,23 @@ def test_the_transcript_event_says_how_the_turn_ended_and_where_the_words_came_f
     assert all(e["speculations_dropped"] == 0 for e in events)
 
 
+def test_the_transcript_event_says_how_long_the_end_of_turn_verdict_took() -> None:
+    """A verdict that waited in a busy inference pool explains the late end of its turn."""
+    shared = make_shared()
+    engines = shared.engines
+    assert isinstance(engines, FakeEngines)
+    engines.script_turns.delay_s = 0.12  # a score that waited behind other calls' decodes
+    said = [(3.0, tone(1.0, 8000, HOURS)), (6.0, tone(1.0, 8000, ACCOUNT))]
+    with capture_logs() as logs:
+        media, _session = run_virtual(timeline(shared, said, until_s=9.0))
+    events = [e for e in logs if e["event"] == "transcript"]
+    assert [e["ended_by"] for e in events] == ["detector", "silence"]
+    assert 120.0 <= events[0]["turn_verdict_ms"] < 160.0
+    # The reply came no sooner than the verdict allowed (the pause's first window + 120 ms).
+    assert first_reply_after(media, 4.0) - 4.0 >= 0.12
+    assert 120.0 <= events[1]["turn_verdict_ms"] < 160.0  # "unfinished" also came late
+
+
 # --- the decode started in the quiet run before the pause (vad.speculate_after_quiet_ms) ------
 
 

@@ -115,6 +115,9 @@ class TranscriptTrace:
     # the silence waited beyond vad.end_silence_max_ms because it read "unfinished".
     text_verdict: str | None = None
     waited_unfinished_s: float = 0.0
+    # The end-of-turn model's verdict on the pause that ended the turn: asked -> known (its
+    # wait in the shared inference pool and the score); None: no verdict for that pause.
+    verdict_ms: float | None = None
 
     def fields(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -130,6 +133,8 @@ class TranscriptTrace:
             out["text_verdict"] = self.text_verdict
         if self.waited_unfinished_s:
             out["waited_unfinished_ms"] = round(self.waited_unfinished_s * 1000.0)
+        if self.verdict_ms is not None:
+            out["turn_verdict_ms"] = self.verdict_ms
         if self.stt is not None:
             if self.stt.engine:
                 out["stt_engine"] = self.stt.engine
@@ -154,6 +159,7 @@ class _Finish:
     speech_end_at: float  # loop time
     pcm: bytes  # the whole utterance (batch engines): the next one may start meanwhile
     ended_by: str  # TranscriptTrace.ended_by
+    verdict_ms: float | None  # TranscriptTrace.verdict_ms
 
 
 @dataclass(slots=True)
@@ -182,6 +188,7 @@ class _ScoreRequest:
     turn_id: int
     pause_id: int
     pcm: bytes
+    requested_at: float  # loop time
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +196,7 @@ class _Verdict:
     turn_id: int
     pause_id: int
     complete: bool
+    wait_ms: float  # requested -> verdict (the wait in the shared pool and the score)
 
 
 @dataclass(frozen=True, slots=True)
@@ -626,7 +634,8 @@ class Listener:
         if heard_s + 1e-6 < self.config.turn.score_after_ms / 1000.0:
             return
         self._scored_pause = pause
-        self._score_request = _ScoreRequest(*pause, bytes(self._utterance_pcm))
+        # Asked as the frame that reached it arrived.
+        self._score_request = _ScoreRequest(*pause, bytes(self._utterance_pcm), self.last_frame_at)
         self._score_wakeup.set()
 
     async def run_verdicts(self) -> None:
@@ -661,7 +670,8 @@ class Listener:
                 p=round(score.complete, 3),
                 cpu_ms=round(score.cpu_s * 1000.0, 1),
             )
-            self._verdict = _Verdict(request.turn_id, request.pause_id, complete)
+            wait_ms = round((asyncio.get_running_loop().time() - request.requested_at) * 1000.0, 1)
+            self._verdict = _Verdict(request.turn_id, request.pause_id, complete, wait_ms)
             self._maybe_end_early()
 
     def _to_loop_time(self, stream_s: float, frame_at: float) -> float:
@@ -693,7 +703,16 @@ class Listener:
                 speech_end_at = self._to_loop_time(speech_end_s, frame_at)
                 pcm = bytes(self._utterance_pcm)
                 self._utterance_pcm.clear()
-                self._put_stt(_Finish(turn_id, self.turns.pause_id, speech_end_at, pcm, ended_by))
+                verdict = self._verdict
+                verdict_ms = (
+                    verdict.wait_ms
+                    if verdict is not None
+                    and (verdict.turn_id, verdict.pause_id) == (turn_id, self.turns.pause_id)
+                    else None
+                )
+                self._put_stt(
+                    _Finish(turn_id, self.turns.pause_id, speech_end_at, pcm, ended_by, verdict_ms)
+                )
             case PauseStarted(turn_id, pause_id, _since_s):
                 if self._batch is not None and not self._adopt_early(turn_id, pause_id):
                     self._put_stt(_Speculate(turn_id, pause_id, bytes(self._utterance_pcm)))
@@ -788,7 +807,7 @@ class Listener:
                     self._request_text_read(turn_id, pause_id, result)
                 else:
                     early.decoded = True  # read once the pause begins (_adopt_early)
-            case _Finish(turn_id, pause_id, speech_end_at, pcm, ended_by):
+            case _Finish(turn_id, pause_id, speech_end_at, pcm, ended_by, verdict_ms):
                 spec = self._speculation
                 read = self._text_read
                 text_verdict = (
@@ -816,6 +835,7 @@ class Listener:
                     waited_for_digits_s=self._waited_for_digits_s(ended_by),
                     text_verdict=text_verdict,
                     waited_unfinished_s=self._waited_unfinished_s(ended_by, text_verdict),
+                    verdict_ms=verdict_ms,
                 )
                 self._on_transcript(
                     turn_id, result or SttResult("", None), speech_end_at, loop.time(), trace
