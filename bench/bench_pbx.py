@@ -44,6 +44,13 @@ Measured on the caller's recording (``said``/``heard``, per 10 ms window voiced 
   of the same turns (end of speech as its VAD saw it, minus the end-of-turn silence -> first
   reply frame written to the socket; that frame can be silent: for a turn that went to the
   LLM fallback it was written ~1 s before the first audible one);
+- gaps in the bot's speech heard by the caller (``tests.realpbx.speech.dropouts``): runs of
+  exact digital zeros of 20-500 ms in ``heard`` with bot speech within 200 ms on both sides.
+  MixMonitor writes zeros for a direction with nothing queued (after two idle frame times, so
+  in practice gaps of 40 ms or more): a reply frame the bot wrote late, Asterisk's queue run
+  dry (chan_websocket), or the bot pausing at a caller sound it then took for noise. The
+  bot's speech itself, its pauses between words and sentences included, is never exactly
+  zero that long. Count and longest per row, each gap per call in the JSON;
 - no frames vs streaming: the difference of the p50s, and the median of paired differences
   (same call index and turn, rule reply in both modes: same voice and question), printed under
   the table;
@@ -93,6 +100,7 @@ from tests.realpbx import PbxUnavailable, free_port  # noqa: E402
 from tests.realpbx.asterisk import WS_PASSWORD, Asterisk  # noqa: E402
 from tests.realpbx.bot import BotProcess  # noqa: E402
 from tests.realpbx.speech import (  # noqa: E402
+    dropouts,
     first_voiced_after,
     last_voiced_between,
     question_pcm,
@@ -336,6 +344,8 @@ class CallResult:
     barge_ms: float | None = None
     barge_missed: bool = False
     barge_not_stopped: bool = False
+    # (start_s, length_s) of gaps heard inside the bot's speech (tests.realpbx.speech.dropouts)
+    gaps: list[tuple[float, float]] = field(default_factory=list)
 
 
 OVER_REPLY_S = 1.0  # longer than a reply's pause between two sentences
@@ -348,6 +358,7 @@ def bot_talking_at(heard_v: np.ndarray, onset_s: float) -> bool:
 
 
 def analyse(result: CallResult, heard: np.ndarray, said: np.ndarray, rate_hz: int) -> None:
+    result.gaps = dropouts(heard, rate_hz)
     said_v = voiced_windows(said, rate_hz)
     heard_v = voiced_windows(heard, rate_hz)
     utterances = segments(said_v, min_gap_s=MIN_GAP_S)
@@ -547,6 +558,9 @@ def run_level(
         "barge_ins_measured": len(barge),
         "barge_ins_missed": sum(r.barge_missed for r in results),
         "barge_ins_not_stopped": sum(r.barge_not_stopped for r in results),
+        "gaps_in_bot_speech": sum(len(r.gaps) for r in results),
+        "gaps_in_bot_speech_ms": round(sum(g[1] for r in results for g in r.gaps) * 1000.0),
+        "gap_max_ms": round(max((g[1] for r in results for g in r.gaps), default=0.0) * 1000.0),
         "calls_failed": len(failed),
         "calls_without_record": max(0, len(placed) - len(records)),
         "bot_cpu_percent": round(100 * (bot_cpu1 - bot_cpu0) / wall_s, 1),
@@ -566,6 +580,7 @@ def run_level(
                 "expected_reply": r.expected_reply,
                 "asked_over_bot": r.over_bot,
                 "barge_ms": r.barge_ms,
+                "gaps_in_bot_speech": r.gaps,
                 "error": r.error,
             }
             for r in results
@@ -586,6 +601,7 @@ COLUMNS = [
     ("misheard", "turns_misheard"),
     ("asked over the bot", "turns_asked_over_bot"),
     ("barge-in: onset → bot quiet p50 / p95 ms (n)", "barge"),
+    ("gaps in bot speech: n / longest ms", "gaps"),
     ("failed calls", "calls_failed"),
     ("calls without record", "calls_without_record"),
     ("bot CPU", "bot_cpu_percent"),
@@ -614,6 +630,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             elif key == "barge":
                 p50, p95 = _fmt(r["barge_ms_p50"]), _fmt(r["barge_ms_p95"])
                 cells.append(f"{p50} / {p95} ({r['barge_ins_measured']})")
+            elif key == "gaps":
+                cells.append(f"{r['gaps_in_bot_speech']} / {r['gap_max_ms']}")
             elif key.endswith("cpu_percent"):
                 cells.append(f"{r[key]:.0f} %")
             else:

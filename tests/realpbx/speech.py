@@ -65,3 +65,30 @@ def last_voiced_between(voiced: np.ndarray, start_s: float, end_s: float) -> flo
     start = int(round(start_s / WINDOW_S))
     idx = np.flatnonzero(voiced[start : int(round(end_s / WINDOW_S))])
     return None if idx.size == 0 else (start + int(idx[-1]) + 1) * WINDOW_S
+
+
+DROPOUT_MIN_S = 0.02  # one 20 ms frame that never came
+DROPOUT_MAX_S = 0.5  # longer: the bot's silence between two replies
+DROPOUT_SPEECH_NEAR_S = 0.2
+
+
+def dropouts(samples: np.ndarray, rate_hz: int) -> list[tuple[float, float]]:
+    """(start_s, length_s) of the gaps heard inside speech: runs of exact digital zeros
+    ``DROPOUT_MIN_S`` to ``DROPOUT_MAX_S`` long with voiced audio within
+    ``DROPOUT_SPEECH_NEAR_S`` on both sides. MixMonitor writes zeros for a direction that had
+    no frame (a frame the bot sent late, or Asterisk's queue run dry), while the bot's
+    speech, its pauses between words and sentences included, is never exactly zero for 20 ms
+    (Piper's output is not)."""
+    voiced = voiced_windows(samples, rate_hz)
+    zero = np.concatenate(([0], (samples == 0).astype(np.int8), [0]))
+    edges = np.diff(zero)
+    out: list[tuple[float, float]] = []
+    for start, end in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+        if not DROPOUT_MIN_S * rate_hz <= end - start <= DROPOUT_MAX_S * rate_hz:
+            continue
+        start_s, end_s = start / rate_hz, end / rate_hz
+        before = last_voiced_between(voiced, max(0.0, start_s - DROPOUT_SPEECH_NEAR_S), start_s)
+        after = first_voiced_after(voiced, end_s)
+        if before is not None and after is not None and after - end_s <= DROPOUT_SPEECH_NEAR_S:
+            out.append((round(start_s, 3), round(end_s - start_s, 3)))
+    return out
