@@ -547,3 +547,104 @@ def test_silence_asked_for_on_a_silent_line_is_kept() -> None:
     speaker = Speaker(8000)
     assert speaker.enqueue(bytes(800), speaker.generation, trim_lead_in=True)
     assert speaker.queued_audio_s == pytest.approx(0.05)
+
+
+# --- send-ahead (a PBX that queues and re-times: chan_websocket) -------------------------------
+
+
+def _ahead_speaker(frames: int) -> Speaker:
+    speaker = Speaker(8000)
+    speaker.send_ahead_s = 0.1
+    for i in range(frames):
+        speaker.enqueue(frame(i + 1), speaker.generation)
+    return speaker
+
+
+def test_send_ahead_keeps_that_much_speech_queued_then_one_frame_a_tick() -> None:
+    async def main() -> Wire:
+        wire = Wire()
+        await pace_for(_ahead_speaker(20), wire, 0.205)
+        return wire
+
+    wire = run(main)
+    audio = [(t, pcm) for t, pcm, silent in wire.frames if not silent]
+    assert [pcm for _, pcm in audio] == [frame(i + 1) for i in range(16)]  # in order
+    # The frame for now and 100 ms more at once, then one per tick on the grid.
+    assert [t for t, _ in audio[:6]] == pytest.approx([0.0] * 6, abs=EPS)
+    assert [t for t, _ in audio[6:]] == pytest.approx([0.02 * i for i in range(1, 11)], abs=EPS)
+    assert not any(silent for _, _, silent in wire.frames)  # no silence while ahead
+
+
+def test_send_ahead_refills_after_a_stall_and_sends_no_silence_ahead() -> None:
+    async def main() -> Wire:
+        speaker = _ahead_speaker(12)
+
+        async def on_write(index: int) -> None:
+            if index == 7:  # the write at t = 0.04 takes the loop 60 ms
+                loop().stall(0.06)
+
+        wire = Wire(on_write)
+        await pace_for(speaker, wire, 0.4)
+        return wire
+
+    wire = run(main)
+    audio = [(round(t, 3), pcm) for t, pcm, silent in wire.frames if not silent]
+    assert [pcm for _, pcm in audio] == [frame(i + 1) for i in range(12)]
+    # After the stall (0.04 -> 0.1: three frames played meanwhile) the next tick sends the
+    # three missing frames and its own: the PBX never ran dry.
+    times = [t for t, _ in audio]
+    assert times[8:11] == pytest.approx([0.1] * 3, abs=EPS)
+    # Nothing left to say: silence is not sent ahead, one silence frame a tick afterwards.
+    silent = [t for t, _, s in wire.frames if s]
+    assert silent and all(
+        b - a == pytest.approx(FRAME_S, abs=EPS) for a, b in zip(silent, silent[1:], strict=False)
+    )
+
+
+def test_pause_takes_back_what_was_sent_ahead_and_resume_sends_it_again() -> None:
+    async def main() -> tuple[Wire, int]:
+        speaker = _ahead_speaker(20)
+        flushes = 0
+
+        def flush() -> None:
+            nonlocal flushes
+            flushes += 1
+
+        speaker.on_flush = flush
+        wire = Wire()
+        task = asyncio.create_task(speaker.run(wire))
+        await asyncio.sleep(0.05)  # frames 1-3 played (0.00-0.06), up to frame 8 sent
+        speaker.pause()
+        await asyncio.sleep(0.1)
+        speaker.resume()
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return wire, flushes
+
+    wire, flushes = run(main)
+    assert flushes == 1  # the transport drops what Asterisk holds
+    audio = wire.audio()
+    sent_before_pause = audio[:8]
+    assert sent_before_pause == [frame(i + 1) for i in range(8)]
+    # After the resume the reply goes on from the frame playing at the pause (frame 3 ends
+    # at 0.06): frames 4-8 are sent again, then the rest; none is lost.
+    assert audio[8:] == [frame(i + 1) for i in range(3, 20)]
+
+
+def test_an_interrupt_drops_what_was_sent_ahead_too() -> None:
+    async def main() -> Wire:
+        speaker = _ahead_speaker(20)
+        wire = Wire()
+        task = asyncio.create_task(speaker.run(wire))
+        await asyncio.sleep(0.05)
+        speaker.interrupt()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return wire
+
+    audio = run(main).audio()
+    assert audio == [frame(i + 1) for i in range(8)]  # nothing of the reply after it

@@ -452,6 +452,10 @@ class WebSocketConfig:
     # then says uri = wss://... and verifies it (ca_list_file, or verify_server_cert = no).
     tls_cert: str = ""
     tls_key: str = ""
+    # Speech kept sent ahead of what the caller hears, in Asterisk's queue (which re-times
+    # it): a late tick of a busy bot is then not a gap in the caller's ear. Barge-in flushes
+    # it (FLUSH_MEDIA); no silence is ever sent ahead. 0: paced 20 ms frames, as AudioSocket.
+    send_ahead_ms: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -1059,6 +1063,8 @@ def _validate(config: Config, source: str) -> None:
     ws = config.websocket
     if bool(ws.tls_cert) != bool(ws.tls_key):
         problems.append("websocket: tls_cert and tls_key go together (both or neither)")
+    if not 0 <= ws.send_ahead_ms <= 1000:
+        problems.append(f"websocket.send_ahead_ms = {ws.send_ahead_ms} must be 0-1000")
     hook = config.webhook
     if hook.url and urlsplit(hook.url).scheme not in ("http", "https"):
         problems.append(f"webhook.url {hook.url!r} must be http:// or https://")

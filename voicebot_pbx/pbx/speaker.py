@@ -11,6 +11,15 @@ sample: a voice's own lead-in silence would only delay what the caller hears.
 
 Markers let the session learn when a point of the queue reaches the wire (first frame of a
 reply, end of a reply) without polling.
+
+A transport whose PBX queues and re-times what it is sent (chan_websocket) sets
+``send_ahead_s``: while there is audio to say, the pacer keeps that much of it sent beyond
+the frame being played, so a late tick of a busy event loop is absorbed by the PBX's queue
+instead of being heard as a gap. The queue's depth is reckoned on the pacer's clock (each
+frame plays for one frame time from the later of now and the end of the previous one);
+after a stall the missing depth is sent at once. ``pause()`` takes the frames sent but not
+yet played back into the queue (the transport's flush drops them at the PBX), so a reply
+resumed after a caller's cough goes on where the caller stopped hearing it.
 """
 
 from __future__ import annotations
@@ -79,6 +88,10 @@ class Speaker:
         self.audio_frames_written = 0
         self.stalls = 0
         self.last_audio_at_s: float | None = None
+        # Audio kept sent ahead of the frame being played (0: paced, one frame per tick).
+        self.send_ahead_s = 0.0
+        # Audio frames sent and when each ends playing at the PBX (send_ahead_s > 0 only).
+        self._unplayed: deque[tuple[bytes, float]] = deque()
 
     # --- producer side (session) --------------------------------------------------
 
@@ -126,8 +139,16 @@ class Speaker:
 
     def pause(self) -> None:
         """Go silent from the next frame but keep the queue (the caller may only be saying
-        "uh-huh"): ``resume()`` continues where it stopped, ``interrupt()`` drops it."""
+        "uh-huh"): ``resume()`` continues where it stopped, ``interrupt()`` drops it. Audio
+        sent ahead and not yet played goes back to the front of the queue (the flush drops
+        it at the PBX)."""
         self._paused = True
+        if self._unplayed:
+            now_s = self._now()
+            unplayed = [f for f, end_s in self._unplayed if end_s - self._frame_s >= now_s]
+            self._unplayed.clear()
+            self._queue.extendleft(reversed(unplayed))
+            self._queued_frames += len(unplayed)
         if self.on_flush is not None:
             self.on_flush()
 
@@ -140,6 +161,7 @@ class Speaker:
         self._generation += 1
         self._queue.clear()
         self._queued_frames = 0
+        self._unplayed.clear()
         self._reframer = Reframer(self._frame_size)
         self._room.set()
         if self.on_flush is not None:
@@ -220,8 +242,35 @@ class Speaker:
             return item, False
         return self._silence, True
 
+    def _now(self) -> float:
+        return (self._clock or asyncio.get_running_loop().time)()
+
+    def _ahead_s(self, now_s: float) -> float:
+        """Audio sent beyond the frame playing at ``now_s`` (send-ahead only)."""
+        while self._unplayed and self._unplayed[0][1] <= now_s:
+            self._unplayed.popleft()
+        if not self._unplayed:
+            return 0.0
+        return max(0.0, self._unplayed[-1][1] - now_s - self._frame_s)
+
+    async def _write(self, write: WriteFrame, frame: bytes, is_silence: bool, now_s: float) -> None:
+        await write(frame, is_silence)
+        if self.tap is not None:
+            self.tap(frame, now_s)
+        self._recent_dbfs.append(-120.0 if is_silence else rms_dbfs(frame))
+        self._recent_frames.append(frame)
+        self.frames_written += 1
+        if not is_silence:
+            self.audio_frames_written += 1
+            # When the frame starts playing: now, or after what was sent ahead of it.
+            start_s = max(now_s, self._unplayed[-1][1]) if self._unplayed else now_s
+            self.last_audio_at_s = start_s
+            if self.send_ahead_s > 0:
+                self._unplayed.append((frame, start_s + self._frame_s))
+
     async def run(self, write: WriteFrame) -> None:
-        """Write one frame per tick until cancelled. Never bursts to catch up."""
+        """Write one frame per tick until cancelled. Never bursts to catch up, except to
+        keep ``send_ahead_s`` of audio sent ahead."""
         loop = asyncio.get_running_loop()
         clock = self._clock or loop.time
         origin_s = clock()
@@ -240,14 +289,18 @@ class Speaker:
                 self.stalls += 1
                 origin_s = now_s
                 tick = 0
+            if self.send_ahead_s > 0 and self._ahead_s(now_s) > self.send_ahead_s + 1e-9:
+                tick += 1  # the PBX is still playing what was sent ahead
+                continue
             frame, is_silence = self._next_frame(now_s)
-            await write(frame, is_silence)
-            if self.tap is not None:
-                self.tap(frame, clock())
-            self._recent_dbfs.append(-120.0 if is_silence else rms_dbfs(frame))
-            self._recent_frames.append(frame)
-            self.frames_written += 1
-            if not is_silence:
-                self.audio_frames_written += 1
-                self.last_audio_at_s = clock()
+            await self._write(write, frame, is_silence, clock())
+            while (
+                not is_silence
+                and self.send_ahead_s > 0
+                and self._ahead_s(clock()) < self.send_ahead_s - 1e-9
+            ):
+                frame, is_silence = self._next_frame(now_s)
+                if is_silence:
+                    break  # nothing more to say yet: no silence is sent ahead
+                await self._write(write, frame, is_silence, clock())
             tick += 1

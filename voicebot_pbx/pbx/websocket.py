@@ -6,11 +6,13 @@ The first text message is ``MEDIA_START`` (the channel, its codec, the frame siz
 wants); after it binary messages carry media in that codec both ways and text messages carry
 control (``voicebot_pbx.pbx.websocket_codec``, plain or JSON: the bot answers in the form the
 ``MEDIA_START`` came in). Asterisk re-times what it is sent from its own queue and (22.8+)
-neither pads short frames nor makes silence when the queue is empty: the ``Speaker`` paces
-whole 20 ms frames of speech and sends nothing while the bot is silent, so the queue is
-empty when a reply starts (silence frames sent ahead would wait there as delay) and the
-caller hears silence. On barge-in (``Speaker.interrupt`` /
-``pause``) the bot sends ``FLUSH_MEDIA`` so nothing Asterisk already holds is played;
+neither pads short frames nor makes silence when the queue is empty: the ``Speaker`` sends
+whole 20 ms frames of speech, keeping ``[websocket] send_ahead_ms`` of it in that queue ahead
+of what is playing (a late tick of a busy bot is absorbed there, not heard as a gap), and
+sends nothing while the bot is silent, so the queue is empty when a reply starts (silence
+frames sent ahead would wait there as delay) and the caller hears silence. On barge-in
+(``Speaker.interrupt`` / ``pause``) the bot sends ``FLUSH_MEDIA`` so nothing Asterisk already
+holds is played (a pause takes what was sent ahead back into the speaker's queue);
 ``MEDIA_XOFF`` holds the bot's writes until ``MEDIA_XON`` (a peer that never says XON is not
 reading: the call ends after ``server.write_timeout_s``). ``DTMF_END`` is a key press; the
 bot's hang-up is ``HANGUP`` then a normal close (with Dial's ``g`` the dialplan goes on); a
@@ -360,6 +362,7 @@ class WebSocketServer(CallServer[WebSocketCall]):
             return
         call = WebSocketCall(connection, start, control_format, self._server_config, peer)
         call.dtmf_filter = self._dtmf_filter
+        call.speaker.send_ahead_s = self._config.send_ahead_ms / 1000.0
         with self.serving(call.call_id, call):
             log.info(
                 "call_started",
