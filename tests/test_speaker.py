@@ -648,3 +648,54 @@ def test_an_interrupt_drops_what_was_sent_ahead_too() -> None:
 
     audio = run(main).audio()
     assert audio == [frame(i + 1) for i in range(8)]  # nothing of the reply after it
+
+
+def test_a_marker_after_speech_sent_ahead_fires_when_it_has_been_played() -> None:
+    """The end of a reply is when the caller has heard it, not when its last frame left: a
+    hang-up after "goodbye" must not cut the audio still in Asterisk's queue."""
+
+    async def main() -> tuple[Wire, list[tuple[float, float]]]:
+        speaker = _ahead_speaker(10)  # 200 ms of speech, all of it sent by t = 0.08
+        fired: list[tuple[float, float]] = []
+        speaker.mark(lambda at_s: fired.append((at_s, loop().time())), speaker.generation)
+        wire = Wire()
+        await pace_for(speaker, wire, 0.4)
+        return wire, fired
+
+    wire, fired = run(main)
+    last_sent_s = max(t for t, _, silent in wire.frames if not silent)
+    assert last_sent_s == pytest.approx(0.08, abs=EPS)
+    assert len(fired) == 1
+    at_s, called_s = fired[0]
+    assert at_s == pytest.approx(0.2, abs=EPS)  # the 10th frame ends playing at 0.2
+    assert 0.2 - EPS <= called_s < 0.2 + FRAME_S + EPS
+
+
+def test_a_pause_puts_markers_sent_past_back_in_their_place() -> None:
+    async def main() -> tuple[list[str], Wire]:
+        speaker = Speaker(8000)
+        speaker.send_ahead_s = 0.1
+        events: list[str] = []
+        gen = speaker.generation
+        for i in range(3):
+            speaker.enqueue(frame(i + 1), gen)
+        speaker.mark(lambda _at: events.append("first sentence heard"), gen)
+        for i in range(3, 12):
+            speaker.enqueue(frame(i + 1), gen)
+        wire = Wire()
+        task = asyncio.create_task(speaker.run(wire))
+        await asyncio.sleep(0.03)  # frame 2 playing; frames 3-7 and the marker sent past
+        speaker.pause()
+        events.append("paused")
+        await asyncio.sleep(0.1)
+        speaker.resume()
+        await asyncio.sleep(0.4)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return events, wire
+
+    events, wire = run(main)
+    # Frame 3 had not been heard at the pause, so neither had the end of the first sentence.
+    assert events == ["paused", "first sentence heard"]
+    assert wire.audio()[7:] == [frame(i + 1) for i in range(2, 12)]

@@ -90,8 +90,11 @@ class Speaker:
         self.last_audio_at_s: float | None = None
         # Audio kept sent ahead of the frame being played (0: paced, one frame per tick).
         self.send_ahead_s = 0.0
-        # Audio frames sent and when each ends playing at the PBX (send_ahead_s > 0 only).
-        self._unplayed: deque[tuple[bytes, float]] = deque()
+        # Sent ahead and not yet played at the PBX (send_ahead_s > 0 only): audio frames with
+        # the time each ends playing, and markers reached meanwhile with the time playback
+        # reaches them (they fire then, not when the pacer passed them).
+        self._unplayed: deque[tuple[bytes | Marker, float]] = deque()
+        self._played_until_s = 0.0  # when the last frame sent ends playing
 
     # --- producer side (session) --------------------------------------------------
 
@@ -105,8 +108,10 @@ class Speaker:
 
     @property
     def busy(self) -> bool:
-        """True while audio (not silence) is queued."""
-        return self._queued_frames > 0 or self._reframer.pending_bytes > 0
+        """True while audio (not silence) is queued, or sent ahead and not yet played."""
+        if self._queued_frames > 0 or self._reframer.pending_bytes > 0:
+            return True
+        return bool(self._unplayed) and self._played_until_s > self._now()
 
     @property
     def buffered_s(self) -> float:
@@ -145,10 +150,17 @@ class Speaker:
         self._paused = True
         if self._unplayed:
             now_s = self._now()
-            unplayed = [f for f, end_s in self._unplayed if end_s - self._frame_s >= now_s]
+            self._play_until(now_s)
+            # The frame playing now was heard; the rest (and markers between) go back.
+            back = [
+                item
+                for item, at_s in self._unplayed
+                if isinstance(item, Marker) or at_s - self._frame_s >= now_s
+            ]
             self._unplayed.clear()
-            self._queue.extendleft(reversed(unplayed))
-            self._queued_frames += len(unplayed)
+            self._played_until_s = now_s
+            self._queue.extendleft(reversed(back))
+            self._queued_frames += sum(not isinstance(item, Marker) for item in back)
         if self.on_flush is not None:
             self.on_flush()
 
@@ -162,6 +174,7 @@ class Speaker:
         self._queue.clear()
         self._queued_frames = 0
         self._unplayed.clear()
+        self._played_until_s = 0.0
         self._reframer = Reframer(self._frame_size)
         self._room.set()
         if self.on_flush is not None:
@@ -229,12 +242,11 @@ class Speaker:
                     self._queue.appendleft(item)  # its audio is not queued yet
                     return self._silence, True
                 if item.generation == self._generation:
-                    try:
-                        item.callback(now_s)
-                    except Exception:
-                        # A session bug must not stop the pacer: the call would go silent
-                        # and Asterisk hangs up after 2 s without frames.
-                        log.exception("marker_callback_failed")
+                    if self.send_ahead_s > 0 and self._played_until_s > now_s:
+                        # Audio before it is still in the PBX's queue: fire when it is played.
+                        self._unplayed.append((item, self._played_until_s))
+                    else:
+                        self._fire(item, now_s)
                 continue
             self._queued_frames -= 1
             if self._queued_frames < self._max_buffered_frames:
@@ -245,13 +257,27 @@ class Speaker:
     def _now(self) -> float:
         return (self._clock or asyncio.get_running_loop().time)()
 
+    def _fire(self, marker: Marker, at_s: float) -> None:
+        if marker.generation != self._generation:
+            return
+        try:
+            marker.callback(at_s)
+        except Exception:
+            # A session bug must not stop the pacer: the call would go silent and Asterisk
+            # hangs up after 2 s without frames.
+            log.exception("marker_callback_failed")
+
+    def _play_until(self, now_s: float) -> None:
+        """Forget what the PBX has played by ``now_s``; fire the markers it reached."""
+        while self._unplayed and self._unplayed[0][1] <= now_s:
+            item, at_s = self._unplayed.popleft()
+            if isinstance(item, Marker):
+                self._fire(item, at_s)
+
     def _ahead_s(self, now_s: float) -> float:
         """Audio sent beyond the frame playing at ``now_s`` (send-ahead only)."""
-        while self._unplayed and self._unplayed[0][1] <= now_s:
-            self._unplayed.popleft()
-        if not self._unplayed:
-            return 0.0
-        return max(0.0, self._unplayed[-1][1] - now_s - self._frame_s)
+        self._play_until(now_s)
+        return max(0.0, self._played_until_s - now_s - self._frame_s)
 
     async def _write(self, write: WriteFrame, frame: bytes, is_silence: bool, now_s: float) -> None:
         await write(frame, is_silence)
@@ -263,10 +289,11 @@ class Speaker:
         if not is_silence:
             self.audio_frames_written += 1
             # When the frame starts playing: now, or after what was sent ahead of it.
-            start_s = max(now_s, self._unplayed[-1][1]) if self._unplayed else now_s
+            start_s = max(now_s, self._played_until_s)
             self.last_audio_at_s = start_s
             if self.send_ahead_s > 0:
-                self._unplayed.append((frame, start_s + self._frame_s))
+                self._played_until_s = start_s + self._frame_s
+                self._unplayed.append((frame, self._played_until_s))
 
     async def run(self, write: WriteFrame) -> None:
         """Write one frame per tick until cancelled. Never bursts to catch up, except to
