@@ -10,8 +10,9 @@ jumps while a callback runs, as when the process is descheduled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import selectors
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
@@ -560,13 +561,15 @@ def _ahead_speaker(frames: int) -> Speaker:
     return speaker
 
 
-def test_send_ahead_keeps_that_much_speech_queued_then_one_frame_a_tick() -> None:
-    async def main() -> Wire:
-        wire = Wire()
-        await pace_for(_ahead_speaker(20), wire, 0.205)
-        return wire
+def paced(speaker: Speaker, seconds: float) -> Wire:
+    """What ``speaker`` writes in ``seconds`` of virtual time."""
+    wire = Wire()
+    run(lambda: pace_for(speaker, wire, seconds))
+    return wire
 
-    wire = run(main)
+
+def test_send_ahead_keeps_that_much_speech_queued_then_one_frame_a_tick() -> None:
+    wire = paced(_ahead_speaker(20), 0.205)
     audio = [(t, pcm) for t, pcm, silent in wire.frames if not silent]
     assert [pcm for _, pcm in audio] == [frame(i + 1) for i in range(16)]  # in order
     # The frame for now and 100 ms more at once, then one per tick on the grid.
@@ -601,6 +604,30 @@ def test_send_ahead_refills_after_a_stall_and_sends_no_silence_ahead() -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def pacing(speaker: Speaker, wire: Wire) -> AsyncIterator[None]:
+    """``speaker``'s pacer runs into ``wire`` for the body of the block."""
+    task = asyncio.create_task(speaker.run(wire))
+    yield
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def pace_with_a_pause(
+    speaker: Speaker, wire: Wire, pause_at_s: float, on_pause: Callable[[], None] = lambda: None
+) -> None:
+    """Pace ``speaker``, pause it at ``pause_at_s`` (then ``on_pause()``), resume 100 ms
+    later and pace 400 ms more."""
+    async with pacing(speaker, wire):
+        await asyncio.sleep(pause_at_s)
+        speaker.pause()
+        on_pause()
+        await asyncio.sleep(0.1)
+        speaker.resume()
+        await asyncio.sleep(0.4)
+
+
 def test_pause_takes_back_what_was_sent_ahead_and_resume_sends_it_again() -> None:
     async def main() -> tuple[Wire, int]:
         speaker = _ahead_speaker(20)
@@ -612,15 +639,8 @@ def test_pause_takes_back_what_was_sent_ahead_and_resume_sends_it_again() -> Non
 
         speaker.on_flush = flush
         wire = Wire()
-        task = asyncio.create_task(speaker.run(wire))
-        await asyncio.sleep(0.05)  # frames 1-3 played (0.00-0.06), up to frame 8 sent
-        speaker.pause()
-        await asyncio.sleep(0.1)
-        speaker.resume()
-        await asyncio.sleep(0.5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        # At 0.05 frame 3 plays (0.04-0.06) and up to frame 8 has been sent.
+        await pace_with_a_pause(speaker, wire, 0.05)
         return wire, flushes
 
     wire, flushes = run(main)
@@ -637,13 +657,10 @@ def test_an_interrupt_drops_what_was_sent_ahead_too() -> None:
     async def main() -> Wire:
         speaker = _ahead_speaker(20)
         wire = Wire()
-        task = asyncio.create_task(speaker.run(wire))
-        await asyncio.sleep(0.05)
-        speaker.interrupt()
-        await asyncio.sleep(0.2)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        async with pacing(speaker, wire):
+            await asyncio.sleep(0.05)
+            speaker.interrupt()
+            await asyncio.sleep(0.2)
         return wire
 
     audio = run(main).audio()
@@ -683,16 +700,8 @@ def test_a_pause_puts_markers_sent_past_back_in_their_place() -> None:
         for i in range(3, 12):
             speaker.enqueue(frame(i + 1), gen)
         wire = Wire()
-        task = asyncio.create_task(speaker.run(wire))
-        await asyncio.sleep(0.03)  # frame 2 playing; frames 3-7 and the marker sent past
-        speaker.pause()
-        events.append("paused")
-        await asyncio.sleep(0.1)
-        speaker.resume()
-        await asyncio.sleep(0.4)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        # At 0.03 frame 2 plays; frames 3-7 and the marker have been sent or passed.
+        await pace_with_a_pause(speaker, wire, 0.03, lambda: events.append("paused"))
         return events, wire
 
     events, wire = run(main)
