@@ -708,3 +708,18 @@ def test_a_pause_puts_markers_sent_past_back_in_their_place() -> None:
     # Frame 3 had not been heard at the pause, so neither had the end of the first sentence.
     assert events == ["paused", "first sentence heard"]
     assert wire.audio()[7:] == [frame(i + 1) for i in range(2, 12)]
+
+
+def test_speech_sent_ahead_counts_as_still_to_be_heard() -> None:
+    async def main() -> tuple[bool, float, bool, float]:
+        speaker = _ahead_speaker(10)  # all sent by t = 0.08, heard until 0.2
+        async with pacing(speaker, Wire()):
+            await asyncio.sleep(0.11)
+            during = speaker.busy, speaker.buffered_s
+            await asyncio.sleep(0.15)
+            after = speaker.busy, speaker.buffered_s
+        return (*during, *after)
+
+    busy, buffered_s, busy_after, buffered_after_s = run(main)
+    assert busy and buffered_s == pytest.approx(0.09, abs=EPS)
+    assert not busy_after and buffered_after_s == 0.0

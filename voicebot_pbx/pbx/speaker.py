@@ -115,7 +115,11 @@ class Speaker:
 
     @property
     def buffered_s(self) -> float:
-        return self._queued_frames * self._frame_s
+        """Audio still to be heard: queued here, and sent ahead but not yet played."""
+        queued_s = self._queued_frames * self._frame_s
+        if not self._unplayed:
+            return queued_s
+        return queued_s + max(0.0, self._played_until_s - self._now())
 
     def set_rate(self, rate_hz: int) -> None:
         """Change the outbound rate (only before any audio is queued)."""
