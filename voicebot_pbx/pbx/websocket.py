@@ -383,6 +383,7 @@ class WebSocketServer(CallServer[WebSocketCall]):
                     frames_out=call.speaker.audio_frames_written,
                     flushes=call.flushes,
                     xoffs=call.xoffs,
+                    stalls=call.speaker.stalls,
                 )
 
     async def _media_start(
