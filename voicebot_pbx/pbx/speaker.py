@@ -245,12 +245,11 @@ class Speaker:
                 if item.with_audio and not self._queue and item.generation == self._generation:
                     self._queue.appendleft(item)  # its audio is not queued yet
                     return self._silence, True
-                if item.generation == self._generation:
-                    if self.send_ahead_s > 0 and self._played_until_s > now_s:
-                        # Audio before it is still in the PBX's queue: fire when it is played.
-                        self._unplayed.append((item, self._played_until_s))
-                    else:
-                        self._fire(item, now_s)
+                if self.send_ahead_s > 0 and self._played_until_s > now_s:
+                    # Audio before it is still in the PBX's queue: fire when it is played.
+                    self._unplayed.append((item, self._played_until_s))
+                else:
+                    self._fire(item, now_s)  # an older generation's marker is dropped
                 continue
             self._queued_frames -= 1
             if self._queued_frames < self._max_buffered_frames:

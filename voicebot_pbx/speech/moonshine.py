@@ -339,7 +339,7 @@ class MoonshineEngine:
             if trimmed.size < audio.size:
                 result = self._decode(trimmed, expected)
                 decodes = 2
-        # Run time here; its wait in the pool is added by stt.timed where it queued.
+        # Its run time; the wait in the pool is added by stt.timed where it queued.
         timing = SttTiming(
             queue_wait_ms=0.0,
             decode_ms=round((time.monotonic() - started_s) * 1000.0, 1),

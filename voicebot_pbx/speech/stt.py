@@ -40,21 +40,25 @@ class SttTiming:
 
 def timed(fn: Callable[[], SttResult], engine: str = "") -> Callable[[], SttResult]:
     """``fn`` (a blocking decode for the shared inference pool) with its wait in the pool
-    and its run time as the result's :class:`SttTiming`; the decodes the engine itself
-    counted (``windows``) and its name are kept when it gave them."""
+    in the result's :class:`SttTiming`: added to the engine's own timing when it gave one
+    (its run time, batch, decodes and name are its own), else measured here (one decode,
+    ``engine``)."""
     submitted_s = time.monotonic()
 
     def run() -> SttResult:
         taken_s = time.monotonic()
         result = fn()
+        wait_ms = (taken_s - submitted_s) * 1000.0
         own = result.timing
-        timing = SttTiming(
-            queue_wait_ms=round((taken_s - submitted_s) * 1000.0, 1),
-            decode_ms=round((time.monotonic() - taken_s) * 1000.0, 1),
-            batch=1,
-            windows=own.windows if own is not None else 1,
-            engine=(own.engine if own is not None and own.engine else engine),
-        )
+        if own is not None:
+            timing = replace(
+                own,
+                queue_wait_ms=round(own.queue_wait_ms + wait_ms, 1),
+                engine=own.engine or engine,
+            )
+        else:
+            run_ms = (time.monotonic() - taken_s) * 1000.0
+            timing = SttTiming(round(wait_ms, 1), round(run_ms, 1), 1, 1, engine)
         return replace(result, timing=timing)
 
     return run
