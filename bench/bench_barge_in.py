@@ -2,9 +2,11 @@
 
 While the bot speaks, a barge-in needs ``vad.barge_in_min_speech_ms`` of caller speech at
 the raised VAD threshold (``vad.barge_in_threshold``). Shorter means the bot stops sooner
-for a caller who interrupts, and more often for a cough. This runs a seeded set through the
-real silero VAD and the real ``TurnTaker`` (bot speaking from the start) for several
-settings and reports, per setting:
+for a caller who interrupts, and more often for a cough. Before that, the bot pauses at the
+first window of speech over it (``vad.barge_in_pause_at_onset``), or at the first window of
+a sound ``vad.barge_in_level_db`` over the line's floor, which the VAD must then confirm.
+This runs a seeded set through the real silero VAD and the real ``TurnTaker`` (bot speaking
+from the start) for several settings and reports, per setting:
 
 - **interruptions** ("wait", "hold on", "sorry, where is your office", ...; 6 espeak-ng
   voice variants no other set uses): detected n/N, true speech onset -> barge-in decision
@@ -12,11 +14,16 @@ settings and reports, per setting:
 - **coughs and noise** (brown-noise bursts shaped like coughs, clicks, breaths, a door):
   barge-ins n/N (each one pauses the bot until the transcript comes back empty);
 - **backchannels** ("uh-huh", "mm-hm", "okay", "right", "yeah"): barge-ins n/N (the session
-  resumes the reply once the transcript is a backchannel; fewer is better).
+  resumes the reply once the transcript is a backchannel; fewer is better);
+- **pauses at onset**: true onset -> bot quiet p50 / p95 for interruptions, how many
+  noises and backchannels pause the bot and for how long (a gap in its speech) when they
+  are not barge-ins, and interruptions whose pause was cancelled before the barge-in.
 
 Every item goes through the phone line of ``bench/stt_dataset.py`` (8 kHz, band-pass, level,
-pink line noise at 20 dB SNR on half, µ-law). Not modelled: line echo of the bot (the echo
-gate in ``call/listener`` runs before the VAD and does not depend on these settings).
+pink line noise at 20 dB SNR on half, µ-law), after half a second of the same line (its
+own lead-in: the noise runs on before the sound, as on a call). Not modelled: line echo of
+the bot (the echo gate in ``call/listener`` runs before the VAD and the level test and does
+not depend on these settings).
 
     .venv/bin/python bench/bench_barge_in.py   # -> bench/results/barge_in.json / .md
 """
@@ -42,7 +49,12 @@ sys.path.insert(0, str(ROOT))
 from bench.stt_dataset import RATE_HZ, espeak_pcm, phone_line  # noqa: E402
 from voicebot_pbx.config import VadConfig  # noqa: E402
 from voicebot_pbx.models import SILERO_VAD, model_path  # noqa: E402
-from voicebot_pbx.speech.turns import BargeIn, BargeInOnset, TurnTaker  # noqa: E402
+from voicebot_pbx.speech.turns import (  # noqa: E402
+    BargeIn,
+    BargeInCancelled,
+    BargeInOnset,
+    TurnTaker,
+)
 from voicebot_pbx.speech.vad import WINDOW_MS, SileroVad, VadStream  # noqa: E402
 
 SEED = 20270402
@@ -61,7 +73,23 @@ INTERRUPTIONS = [
 ]
 BACKCHANNELS = ["uh-huh", "mm-hm", "okay", "right", "yeah"]
 WINDOW_S = WINDOW_MS / 1000.0
-SETTINGS = [(200, 0.6), (160, 0.6), (120, 0.6), (100, 0.6), (120, 0.7), (160, 0.5)]
+LEVEL_DB = VadConfig().barge_in_level_db
+VOICING = VadConfig().barge_in_level_voicing
+# (barge_in_min_speech_ms, barge_in_threshold, barge_in_level_db, barge_in_level_voicing)
+SETTINGS = [
+    (120, 0.6, LEVEL_DB, VOICING),
+    (120, 0.6, 0.0, VOICING),
+    (120, 0.6, LEVEL_DB, 0.0),
+    (120, 0.6, LEVEL_DB, 0.4),
+    (120, 0.6, LEVEL_DB, 0.6),
+    (120, 0.6, 10.0, VOICING),
+    (120, 0.6, 20.0, VOICING),
+    (200, 0.6, LEVEL_DB, VOICING),
+    (100, 0.6, LEVEL_DB, VOICING),
+    (120, 0.7, LEVEL_DB, VOICING),
+    (160, 0.5, LEVEL_DB, VOICING),
+]
+Window = tuple[float, float, float, bytes]  # (start s, probability, level dBFS, audio)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,33 +160,60 @@ def build_items() -> list[Item]:
     return items
 
 
-def probabilities(vad: SileroVad, pcm: bytes) -> list[tuple[float, float]]:
+def windows(vad: SileroVad, pcm: bytes) -> list[Window]:
+    """The item's VAD windows after half a second of its own line (the lead-in before the
+    sound, repeated): the VAD's state and the line's noise floor settle as on a call."""
     stream = VadStream(vad, RATE_HZ)
-    # Half a second of the same line before the item: the VAD's state settles.
-    return [(t - 0.5, p) for t, p in stream.process_timed(bytes(RATE_HZ) + pcm)]
+    lead = pcm[: 2 * RATE_HZ // 4]  # 250 ms of the item's lead-in (line noise or silence)
+    before = (lead * 2)[: 2 * RATE_HZ // 2]
+    return [
+        (w.start_s - 0.5, w.prob, w.level_dbfs, w.pcm) for w in stream.process_windows(before + pcm)
+    ]
 
 
-def decide(probs: list[tuple[float, float]], config: VadConfig) -> float | None:
+def decide(wins: list[Window], config: VadConfig) -> float | None:
     """Stream time the barge-in is decided (end of the deciding window), or None."""
-    return first_action(probs, config, BargeIn)
+    return first_action(wins, config, BargeIn)
 
 
-def first_pause(probs: list[tuple[float, float]], config: VadConfig) -> float | None:
-    """With ``barge_in_pause_at_onset``: when the bot first goes quiet (end of the window
-    that gives ``BargeInOnset``), or None when nothing over it sounded like speech."""
-    return first_action(probs, replace(config, barge_in_pause_at_onset=True), BargeInOnset)
-
-
-def first_action(
-    probs: list[tuple[float, float]], config: VadConfig, kind: type[object]
-) -> float | None:
+def first_action(wins: list[Window], config: VadConfig, kind: type[object]) -> float | None:
     taker = TurnTaker(config)
     taker.set_bot_speaking(True)
-    for window_s, prob in probs:
-        for action in taker.on_vad(prob, window_s):
+    for window_s, prob, level, pcm in wins:
+        for action in taker.on_vad(prob, window_s, level, pcm=pcm):
             if isinstance(action, kind):
                 return window_s + WINDOW_S
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Pauses:
+    """The bot's pauses at onset over one item: (quiet from, speaking again at or None)."""
+
+    spans: list[tuple[float, float | None]]
+    barged: bool
+
+    @property
+    def first_s(self) -> float | None:
+        return self.spans[0][0] if self.spans else None
+
+
+def pauses(wins: list[Window], config: VadConfig) -> Pauses:
+    """With ``barge_in_pause_at_onset``: every pause of the bot (end of the window that
+    gives ``BargeInOnset`` to the end of the one that gives ``BargeInCancelled``) until a
+    barge-in, which keeps it quiet."""
+    taker = TurnTaker(replace(config, barge_in_pause_at_onset=True))
+    taker.set_bot_speaking(True)
+    spans: list[tuple[float, float | None]] = []
+    for window_s, prob, level, pcm in wins:
+        for action in taker.on_vad(prob, window_s, level, pcm=pcm):
+            if isinstance(action, BargeInOnset):
+                spans.append((window_s + WINDOW_S, None))
+            elif isinstance(action, BargeInCancelled) and spans:
+                spans[-1] = (spans[-1][0], window_s + WINDOW_S)
+            elif isinstance(action, BargeIn):
+                return Pauses(spans, True)
+    return Pauses(spans, False)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -170,29 +225,39 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def evaluate(
     items: list[Item],
-    probs: list[list[tuple[float, float]]],
-    settings: list[tuple[int, float]] = SETTINGS,
+    wins: list[list[Window]],
+    settings: list[tuple[int, float, float, float]] = SETTINGS,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for min_speech_ms, threshold in settings:
+    for min_speech_ms, threshold, level_db, min_voicing in settings:
         config = replace(
-            VadConfig(), barge_in_min_speech_ms=min_speech_ms, barge_in_threshold=threshold
+            VadConfig(),
+            barge_in_min_speech_ms=min_speech_ms,
+            barge_in_threshold=threshold,
+            barge_in_level_db=level_db,
+            barge_in_level_voicing=min_voicing,
         )
         delays: list[float] = []
-        quiet: list[float] = []  # onset -> the bot paused at the first speech window
+        quiet: list[float] = []  # onset -> the bot paused
         paused = {"noise": 0, "backchannel": 0}
+        gaps: list[float] = []  # a noise's or backchannel's pause that ended (ms)
+        resumed_early = 0  # interruptions whose pause was cancelled before the barge-in
         counts = {"interruption": 0, "noise": 0, "backchannel": 0}
         totals = {"interruption": 0, "noise": 0, "backchannel": 0}
         fired: list[str] = []
-        for item, p in zip(items, probs, strict=True):
+        for item, w in zip(items, wins, strict=True):
             totals[item.kind] += 1
-            pause_at = first_pause(p, config)
-            if pause_at is not None:
+            spans = pauses(w, config)
+            first = spans.first_s
+            if first is not None:
                 if item.kind == "interruption":
-                    quiet.append((pause_at - item.onset_s) * 1000.0)
+                    quiet.append((first - item.onset_s) * 1000.0)
+                    resumed_early += any(end is not None for _, end in spans.spans)
                 else:
                     paused[item.kind] += 1
-            decided = decide(p, config)
+                    if not spans.barged:
+                        gaps.extend((end - start) * 1000.0 for start, end in spans.spans if end)
+            decided = decide(w, config)
             if decided is None:
                 continue
             counts[item.kind] += 1
@@ -205,6 +270,8 @@ def evaluate(
             {
                 "barge_in_min_speech_ms": min_speech_ms,
                 "barge_in_threshold": threshold,
+                "barge_in_level_db": level_db,
+                "barge_in_level_voicing": min_voicing,
                 "interruptions_detected": counts["interruption"],
                 "interruptions": totals["interruption"],
                 "onset_to_decision_ms_p50": None if p50 is None else round(p50, 1),
@@ -218,6 +285,10 @@ def evaluate(
                 "onset_to_pause_ms_p95": _round(percentile(quiet, 0.95)),
                 "noise_pauses": paused["noise"],
                 "backchannel_pauses": paused["backchannel"],
+                "gap_ms_p50": _round(percentile(gaps, 0.5)),
+                "gap_ms_p95": _round(percentile(gaps, 0.95)),
+                "gaps": len(gaps),
+                "interruptions_resumed_before_barge_in": resumed_early,
             }
         )
     return rows
@@ -234,20 +305,25 @@ def markdown(rows: list[dict[str, Any]], run_s: float) -> str:
         f"Seed {SEED}; run {run_s:.0f} s. Onset: true start of the sound; decision: end of "
         "the VAD window that completes the needed speech.",
         "",
-        "| min speech ms | threshold | interruptions detected | onset → decision p50 / p95 ms"
-        " | coughs/noise that barge in | backchannels that barge in | with the pause at onset:"
-        " onset → bot quiet p50 / p95 ms | noises / backchannels that pause the bot |",
-        "|---|---|---|---|---|---|---|---|",
+        "| min speech ms | threshold | level dB (0: off) | voicing | interruptions detected"
+        " | onset → decision p50 / p95 ms | coughs/noise that barge in"
+        " | backchannels that barge in | with the pause at onset: onset → bot quiet p50 / p95 ms"
+        " | noises / backchannels that pause the bot | their gaps p50 / p95 ms (n)"
+        " | interruptions resumed before the barge-in |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['barge_in_min_speech_ms']} | {r['barge_in_threshold']:g} | "
+            f"{r['barge_in_level_db']:g} | {r['barge_in_level_voicing']:g} | "
             f"{r['interruptions_detected']}/{r['interruptions']} | "
             f"{r['onset_to_decision_ms_p50']} / {r['onset_to_decision_ms_p95']} | "
             f"{r['noise_barge_ins']}/{r['noises']} ({', '.join(r['noise_kinds_fired']) or '-'}) | "
             f"{r['backchannel_barge_ins']}/{r['backchannels']} | "
             f"{r['onset_to_pause_ms_p50']} / {r['onset_to_pause_ms_p95']} | "
-            f"{r['noise_pauses']}/{r['noises']} / {r['backchannel_pauses']}/{r['backchannels']} |"
+            f"{r['noise_pauses']}/{r['noises']} / {r['backchannel_pauses']}/{r['backchannels']} | "
+            f"{r['gap_ms_p50']} / {r['gap_ms_p95']} ({r['gaps']}) | "
+            f"{r['interruptions_resumed_before_barge_in']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -258,20 +334,26 @@ def main() -> None:
     parser.add_argument(
         "--settings",
         nargs="+",
-        metavar="MS:THRESHOLD",
-        help="barge_in_min_speech_ms:barge_in_threshold pairs (default: "
-        + " ".join(f"{ms}:{t:g}" for ms, t in SETTINGS)
+        metavar="MS:THRESHOLD[:LEVEL_DB[:VOICING]]",
+        help="barge_in_min_speech_ms:barge_in_threshold[:barge_in_level_db"
+        f"[:barge_in_level_voicing]] (defaults {LEVEL_DB:g}, {VOICING:g}; settings: "
+        + " ".join(":".join(f"{v:g}" for v in setting) for setting in SETTINGS)
         + ")",
     )
     args = parser.parse_args()
     settings = SETTINGS
     if args.settings:
-        settings = [(int(ms), float(t)) for ms, t in (x.split(":") for x in args.settings)]
+        settings = []
+        for x in args.settings:
+            ms, t, *rest = x.split(":")
+            level = float(rest[0]) if rest else LEVEL_DB
+            min_voicing = float(rest[1]) if len(rest) > 1 else VOICING
+            settings.append((int(ms), float(t), level, min_voicing))
     started = time.perf_counter()
     items = build_items()
     vad = SileroVad(model_path(SILERO_VAD))
-    probs = [probabilities(vad, item.pcm) for item in items]
-    rows = evaluate(items, probs, settings)
+    wins = [windows(vad, item.pcm) for item in items]
+    rows = evaluate(items, wins, settings)
     run_s = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"seed": SEED, "voices": VOICES, "rows": rows, "run_s": round(run_s, 1)}

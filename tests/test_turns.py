@@ -122,6 +122,26 @@ def test_the_bot_may_pause_at_the_first_window_of_speech_over_it() -> None:
     assert feed(off, [(0.064, 0.95), (0.5, 0.02)]) == []
 
 
+def test_a_second_interruption_pauses_the_bot_at_its_onset_too() -> None:
+    """After one barge-in has ended its turn, the next sound over the next reply pauses the
+    bot at its first window again (it used to wait for the barge-in decision)."""
+    config = VadConfig(barge_in_min_speech_ms=120, barge_in_threshold=0.6, barge_in_level_db=0)
+    taker = TurnTaker(config)
+    taker.set_bot_speaking(True)
+    first = feed(taker, [(0.32, 0.02), (0.6, 0.95), (1.0, 0.02)])
+    assert [type(a) for _, a in first if not isinstance(a, PauseStarted)] == [
+        BargeInOnset,
+        UtteranceStarted,
+        BargeIn,
+        UtteranceEnded,
+    ]
+    taker.set_bot_speaking(False)
+    taker.set_bot_speaking(True)  # the reply to the interruption
+    second = feed(taker, [(0.32, 0.02), (0.6, 0.95)])
+    assert isinstance(second[0][1], BargeInOnset)
+    assert second[0][0] == pytest.approx(0.32)
+
+
 def test_end_turn_early_only_after_the_short_silence() -> None:
     taker = TurnTaker(VadConfig(end_silence_ms=200, end_silence_max_ms=700))
     feed(taker, [(0.5, 0.95), (0.1, 0.02)])

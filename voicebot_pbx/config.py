@@ -94,6 +94,17 @@ class VadConfig:
     # Pause the bot at the first window of caller speech over it (resume at once if the
     # sound ends before barge_in_min_speech_ms); false: stay audible until the barge-in.
     barge_in_pause_at_onset: bool = True
+    # With the pause at onset: a window this much over the caller line's noise floor (and at
+    # least barge_in_level_min_dbfs) pauses the bot at once, before the VAD hears speech
+    # (silero needs 90-210 ms of it); the VAD must call it speech within
+    # barge_in_level_confirm_ms, or once the sound stops, else the bot goes on (a cough: a
+    # short gap). 0: only the VAD's first speech window pauses the bot (speech/level_onset.py).
+    barge_in_level_db: float = 15.0
+    barge_in_level_min_dbfs: float = -45.0
+    barge_in_level_confirm_ms: int = 250
+    # ... and is voiced: periodic at a pitch lag at least this much (breaths, clicks, coughs
+    # are noise and do not pause the bot; 0: any sound does).
+    barge_in_level_voicing: float = 0.5
     # An utterance that barged in ends no sooner than this much silence, whatever the
     # end-of-turn detector says ("wait, ... where are you?": the caller goes on); counted
     # from the caller's last sound unless silence_from_last_sound is "off".
@@ -1007,6 +1018,14 @@ def _validate(config: Config, source: str) -> None:
         problems.append("vad.quiet_below_peak_db must be >= 0 (0: the VAD's fall)")
     if config.vad.end_silence_after_sound_ms < 0:
         problems.append("vad.end_silence_after_sound_ms must be >= 0 (0: off)")
+    if config.vad.barge_in_level_db < 0 or config.vad.barge_in_level_confirm_ms <= 0:
+        problems.append(
+            "vad.barge_in_level_db must be >= 0 (0: off) and vad.barge_in_level_confirm_ms > 0"
+        )
+    if not -120.0 <= config.vad.barge_in_level_min_dbfs <= 0.0:
+        problems.append("vad.barge_in_level_min_dbfs must be between -120 and 0")
+    if not 0.0 <= config.vad.barge_in_level_voicing < 1.0:
+        problems.append("vad.barge_in_level_voicing must be between 0 (any sound) and 1")
     if config.vad.speculate_after_quiet_ms < 0:
         problems.append("vad.speculate_after_quiet_ms must be >= 0 (0: at the VAD's fall)")
     if not 0.0 < config.turn.threshold < 1.0:

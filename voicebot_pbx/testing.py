@@ -126,7 +126,7 @@ class EnergyVadStream:
                 prob = 0.98
             else:
                 prob = 0.02
-            out.append(VadWindow(self._done * self.window_s, prob, level))
+            out.append(VadWindow(self._done * self.window_s, prob, level, window))
             self._done += 1
         return out
 

@@ -351,7 +351,9 @@ class Listener:
             prob = 0.0 if echo else window.prob
             self._last_window_s = window_start_s
             self.last_frame_at = event.at_s
-            for action in self.turns.on_vad(prob, window_start_s, window.level_dbfs):
+            for action in self.turns.on_vad(
+                prob, window_start_s, window.level_dbfs, echo=echo, pcm=window.pcm
+            ):
                 self._apply(action, event.at_s)
             self._drop_stale_speculation()
             self._maybe_speculate_early()

@@ -8,7 +8,10 @@ drive whole conversations on a scripted timeline. The session executes the actio
 * ``BargeIn``: the caller talks over the bot long enough: silence the bot now.
 * ``BargeInOnset`` / ``BargeInCancelled``: with ``vad.barge_in_pause_at_onset``, the first
   window of caller speech over the bot (the bot may pause at once), and the end of that
-  sound before it became a barge-in (the bot goes on).
+  sound before it became a barge-in (the bot goes on). With ``vad.barge_in_level_db`` the
+  first voiced window of a sound over the line's noise floor is that onset (``LevelOnset``:
+  before the VAD hears speech); the VAD must then hear speech within
+  ``barge_in_level_confirm_ms`` (or before the sound stops), else it is cancelled.
 
 While the bot is speaking the VAD threshold is raised (echo gating) and a barge-in needs
 ``barge_in_min_speech_ms`` of caller speech, so a cough or the line echo of the bot's own
@@ -20,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from voicebot_pbx.config import VadConfig
+from voicebot_pbx.speech.level_onset import LevelOnset, voicing
 from voicebot_pbx.speech.vad import WINDOW_MS, Endpointer, SpeechEnded, SpeechStarted
 
 # A transcript ending in one of these is probably not the end of what the caller says:
@@ -130,6 +134,16 @@ class TurnTaker:
         self._bot_speaking = False
         self._barged = False
         self._tentative_onset_s: float | None = None  # a BargeInOnset not yet decided
+        # ... started by the line's level, the VAD has not heard speech yet
+        self._tentative_by_level = False
+        self._window_s = window_ms / 1000.0
+        self._level: LevelOnset | None = None
+        if config.barge_in_pause_at_onset and config.barge_in_level_db > 0:
+            self._level = LevelOnset(
+                above_db=config.barge_in_level_db,
+                min_dbfs=config.barge_in_level_min_dbfs,
+                window_s=window_ms / 1000.0,
+            )
         self._pause_id = 0
         self._in_pause = False
 
@@ -176,6 +190,7 @@ class TurnTaker:
             return
         self._bot_speaking = speaking
         self._tentative_onset_s = None  # the session decides what a pending onset becomes
+        self._tentative_by_level = False
         if speaking:
             self._endpointer.set_threshold(
                 self.config.barge_in_threshold,
@@ -246,13 +261,29 @@ class TurnTaker:
         self._endpointer.reset()
         self._onset_s = None
         self._in_pause = False
+        self._barged = False  # the next sound over the bot may pause it at its onset again
         return UtteranceEnded(self._turn_id, since_s, now_s)
 
     def on_vad(
-        self, prob: float, now_s: float, level_dbfs: float | None = None
+        self,
+        prob: float,
+        now_s: float,
+        level_dbfs: float | None = None,
+        *,
+        echo: bool = False,
+        pcm: bytes = b"",
     ) -> list[TurnAction]:
+        """One VAD window: its probability, start time, level (dBFS), whether the echo
+        gate took it for the bot's own voice (then it is no sound over the bot) and its
+        audio (for the voicing test of a sound over the bot)."""
         actions: list[TurnAction] = []
         event = self._endpointer.update(prob, now_s, level_dbfs)
+        loud = False
+        if self._level is not None and level_dbfs is not None:
+            if echo:
+                self._level.echo()
+            else:
+                loud = self._level.update(level_dbfs) and self._voiced(pcm)
         match event:
             case SpeechStarted(at_s):
                 self._turn_id += 1
@@ -262,6 +293,7 @@ class TurnTaker:
             case SpeechEnded(at_s, speech_end_s):
                 self._onset_s = None
                 self._in_pause = False
+                self._barged = False
                 actions.append(UtteranceEnded(self._turn_id, speech_end_s, at_s))
             case None:
                 silence_since_s = self._endpointer.silence_since_s
@@ -282,25 +314,55 @@ class TurnTaker:
         ):
             self._barged = True
             self._tentative_onset_s = None
+            self._tentative_by_level = False
             actions.append(BargeIn(self._turn_id, self._onset_s, now_s))
-        actions.extend(self._tentative_actions(now_s))
+        actions.extend(self._tentative_actions(now_s, loud))
         return actions
 
-    def _tentative_actions(self, now_s: float) -> list[TurnAction]:
-        """``BargeInOnset`` at the first speech window over the bot; ``BargeInCancelled``
-        when that run of windows is dropped as a blip (shorter than the barge-in needs)."""
+    def _voiced(self, pcm: bytes) -> bool:
+        """A loud window that may pause the bot is voiced (``barge_in_level_voicing``);
+        only tested while it could (the test costs an FFT)."""
+        min_voicing = self.config.barge_in_level_voicing
+        if min_voicing <= 0:
+            return True
+        if not self._bot_speaking or self._barged or self._tentative_onset_s is not None:
+            return False
+        rate_hz = round(len(pcm) / 2 / self._window_s) if pcm else 0
+        return rate_hz > 0 and voicing(pcm, rate_hz) >= min_voicing
+
+    def _tentative_actions(self, now_s: float, loud: bool) -> list[TurnAction]:
+        """``BargeInOnset`` at the first speech window over the bot, or the first window of
+        a sound over the line's floor (``loud``); ``BargeInCancelled`` when that run of
+        windows is dropped as a blip (shorter than the barge-in needs), or when the VAD did
+        not hear speech in a sound that started by its level."""
         pending_s = self._endpointer.pending_onset_s
+        heard = pending_s is not None or self._endpointer.in_speech
         if self._tentative_onset_s is not None:
-            if pending_s is None and not self._endpointer.in_speech:
+            if self._tentative_by_level:
+                if heard:
+                    self._tentative_by_level = False  # speech: the VAD's rules from here
+                    return []
+                assert self._level is not None
+                confirm_s = self.config.barge_in_level_confirm_ms / 1000.0
+                if self._level.quiet_windows >= 2 or self._endpointer.reached(
+                    self._tentative_onset_s, now_s, confirm_s
+                ):
+                    self._level.unconfirmed()
+                    self._tentative_onset_s = None
+                    self._tentative_by_level = False
+                    return [BargeInCancelled(now_s)]
+                return []
+            if not heard:
                 self._tentative_onset_s = None
                 return [BargeInCancelled(now_s)]
             return []
-        if (
-            self.config.barge_in_pause_at_onset
-            and self._bot_speaking
-            and not self._barged
-            and pending_s is not None
-        ):
+        if not (self.config.barge_in_pause_at_onset and self._bot_speaking and not self._barged):
+            return []
+        if pending_s is not None:
             self._tentative_onset_s = pending_s
             return [BargeInOnset(pending_s)]
+        if loud and not self._endpointer.in_speech:
+            self._tentative_onset_s = now_s
+            self._tentative_by_level = True
+            return [BargeInOnset(now_s)]
         return []

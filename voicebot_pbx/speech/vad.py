@@ -139,10 +139,11 @@ class VadStream:
             x[0, : self._context_samples] = x[0, -self._context_samples :]
             x[0, self._context_samples :] = np.frombuffer(self._pending, dtype="<i2", count=n)
             x[0, self._context_samples :] *= np.float32(1.0 / 32768.0)
-            level_dbfs = rms_dbfs(bytes(self._pending[:size]))
+            pcm = bytes(self._pending[:size])
+            level_dbfs = rms_dbfs(pcm)
             del self._pending[:size]
             prob, self._state = self._vad._run(x, self._state, self._sr)
-            results.append(VadWindow(self._windows_done * self.window_s, prob, level_dbfs))
+            results.append(VadWindow(self._windows_done * self.window_s, prob, level_dbfs, pcm))
             self._windows_done += 1
         return results
 
@@ -154,6 +155,8 @@ class VadWindow:
     prob: float
     level_dbfs: float
     """RMS level of the window (full-scale sine: -3 dBFS; digital silence: -120)."""
+    pcm: bytes = b""
+    """The window's audio (16-bit little-endian), for the voicing test of a barge-in."""
 
 
 # --- endpointing (pure) ------------------------------------------------------------------
