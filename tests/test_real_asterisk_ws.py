@@ -85,6 +85,14 @@ def test_a_spoken_question_is_answered_over_the_websocket_channel(
     speech = [t for t in record.turns if t.kind == "speech"]
     assert len(speech) == 1 and speech[0].reply_text.startswith(HOURS_REPLY)
     assert "session_crashed" not in bed.bot.log_text()
+    # Asterisk reported every MARK_MEDIA the bot put after a reply's speech sent ahead (the
+    # greeting's end; the caller hangs up during the answer): its timings are what the
+    # caller heard.
+    closed = [
+        json.loads(line) for line in bed.bot.log_text().splitlines() if '"call_closed"' in line
+    ]
+    mine = [c for c in closed if c["call_id"] == record.call_id]
+    assert mine and mine[-1]["marks"] >= 1 and mine[-1]["marks_unconfirmed"] == 0, mine
 
 
 def test_the_bots_goodbye_hangs_up_and_the_dialplan_goes_on(bed: Bed) -> None:

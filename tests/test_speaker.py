@@ -723,3 +723,116 @@ def test_speech_sent_ahead_counts_as_still_to_be_heard() -> None:
     busy, buffered_s, busy_after, buffered_after_s = run(main)
     assert busy and buffered_s == pytest.approx(0.09, abs=EPS)
     assert not busy_after and buffered_after_s == 0.0
+
+
+class MarkingPbx:
+    """A PBX that queues what it is sent and plays it 20 ms a frame from ``start_s`` (later
+    than the pacer's clock reckons when ``late_s``), reporting each mark as it reaches the
+    head of its queue (as chan_websocket's MEDIA_MARK_PROCESSED); ``report=False``: never."""
+
+    def __init__(self, speaker: Speaker, *, late_s: float = 0.0, report: bool = True) -> None:
+        self.speaker = speaker
+        self.late_s = late_s
+        self.report = report
+        self.sent: list[str | bytes] = []
+        self.play_end_s = 0.0
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def write(self, pcm: bytes, is_silence: bool) -> None:
+        if is_silence:
+            return
+        now_s = loop().time()
+        self.sent.append(pcm)
+        self.play_end_s = max(self.play_end_s, now_s + self.late_s) + FRAME_S
+
+    async def write_mark(self, mark_id: str) -> None:
+        self.sent.append(mark_id)
+        if self.report:
+            at_s = max(self.play_end_s, loop().time())
+            self.tasks.append(asyncio.create_task(self._report(mark_id, at_s)))
+
+    async def _report(self, mark_id: str, at_s: float) -> None:
+        await asyncio.sleep(at_s - loop().time())
+        self.speaker.mark_played(mark_id, loop().time())
+
+
+def _marking(late_s: float = 0.0, report: bool = True) -> tuple[Speaker, MarkingPbx]:
+    speaker = _ahead_speaker(10)  # 200 ms of speech, all of it sent by t = 0.08
+    pbx = MarkingPbx(speaker, late_s=late_s, report=report)
+    speaker.mark_writer = pbx.write_mark
+    return speaker, pbx
+
+
+def test_a_marker_fires_when_the_pbx_reports_its_mark_played() -> None:
+    """With a PBX that reports marks the end of a reply is when it says so: here it plays
+    60 ms later than the pacer reckons, and the marker waits for it."""
+
+    async def main() -> tuple[list[float], MarkingPbx, Speaker]:
+        speaker, pbx = _marking(late_s=0.06)
+        fired: list[float] = []
+        speaker.mark(fired.append, speaker.generation)
+        task = asyncio.create_task(speaker.run(pbx.write))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return fired, pbx, speaker
+
+    fired, pbx, speaker = run(main)
+    assert pbx.sent[:10] == [frame(i + 1) for i in range(10)] and pbx.sent[10] == "m1"
+    assert fired == [pytest.approx(0.26, abs=EPS)]  # not 0.2, the pacer's own reckoning
+    assert (speaker.marks_sent, speaker.marks_unconfirmed) == (1, 0)
+
+
+def test_a_mark_never_reported_fires_on_the_clock_after_the_grace() -> None:
+    async def main() -> tuple[list[float], Speaker]:
+        speaker, pbx = _marking(report=False)
+        speaker.mark_grace_s = 0.1
+        fired: list[float] = []
+        speaker.mark(lambda at_s: fired.append(loop().time()), speaker.generation)
+        task = asyncio.create_task(speaker.run(pbx.write))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return fired, speaker
+
+    fired, speaker = run(main)
+    assert len(fired) == 1 and 0.3 - EPS <= fired[0] < 0.3 + FRAME_S + EPS
+    assert speaker.marks_unconfirmed == 1
+
+
+def test_a_pause_drops_the_mark_and_the_marker_goes_out_again_with_a_new_one() -> None:
+    """The flush at a pause drops the mark at the PBX (no report ever comes for it); the
+    marker goes back in its place and is marked anew when its frames are sent again."""
+
+    async def main() -> tuple[list[str], MarkingPbx, Speaker]:
+        speaker = Speaker(8000)
+        speaker.send_ahead_s = 0.1
+        pbx = MarkingPbx(speaker, report=False)
+        speaker.mark_writer = pbx.write_mark
+        events: list[str] = []
+        gen = speaker.generation
+        for i in range(3):
+            speaker.enqueue(frame(i + 1), gen)
+        speaker.mark(lambda _at: events.append("first sentence heard"), gen)
+        for i in range(3, 12):
+            speaker.enqueue(frame(i + 1), gen)
+        task = asyncio.create_task(speaker.run(pbx.write))
+        await asyncio.sleep(0.03)
+        speaker.pause()
+        events.append("paused")
+        speaker.mark_played("m1", loop().time())  # a report of the flushed mark: ignored
+        pbx.report = True
+        await asyncio.sleep(0.1)
+        speaker.resume()
+        await asyncio.sleep(0.4)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return events, pbx, speaker
+
+    events, pbx, speaker = run(main)
+    assert events == ["paused", "first sentence heard"]
+    assert [m for m in pbx.sent if isinstance(m, str)] == ["m1", "m2"]
+    assert (speaker.marks_sent, speaker.marks_unconfirmed) == (2, 0)

@@ -89,6 +89,7 @@ def test_a_call_over_chan_websocket_greets_answers_flushes_on_barge_in_and_hangs
     texts, greeting, calls = asyncio.run(scenario())
     assert calls == 1 and greeting > 0, "the greeting was sent as media"
     assert "FLUSH_MEDIA" in texts, texts  # the barge-in dropped what Asterisk held
+    assert any(t.startswith("MARK_MEDIA m") for t in texts), texts  # after speech sent ahead
     (record,) = recorder.read_all()
     assert record["call_id"] == "1764720000.42" and record["rate_hz"] == 16000
     assert record["end_reason"] == "caller_hangup"
@@ -337,3 +338,42 @@ def test_a_barge_in_flushes_asterisks_queue_at_once_not_at_the_next_tick() -> No
     assert "media" not in kinds[4:]  # nothing of the dropped reply after it
     flushed_at = sent[3][0]
     assert flushed_at - interrupted[0] < 0.005
+
+
+def test_asterisks_mark_report_fires_the_marker_its_mark_was_sent_for() -> None:
+    """``MARK_MEDIA <id>`` goes out in order after the frames before a marker;
+    ``MEDIA_MARK_PROCESSED <id>`` from Asterisk fires it (a report for another id does not)."""
+    from voicebot_pbx.pbx import websocket_codec as wire
+    from voicebot_pbx.pbx.websocket import WebSocketCall
+
+    sent: list[str] = []
+
+    class Asterisk:
+        async def send(self, data: object) -> None:
+            sent.append(data if isinstance(data, str) else "media")
+
+    async def scenario() -> list[float]:
+        start = wire.parse_control(START)
+        assert isinstance(start, wire.MediaStart)
+        call = WebSocketCall(Asterisk(), start, "plain", ServerConfig(), "p")  # type: ignore[arg-type]
+        call.speaker.send_ahead_s = 0.1
+        call.speaker.mark_writer = call.write_mark
+        fired: list[float] = []
+        generation = call.speaker.generation
+        call.speaker.enqueue(tone(0.1, 16000, HOURS), generation)
+        call.speaker.mark(fired.append, generation)
+        pacer = asyncio.create_task(call.run_pacer())
+        await asyncio.sleep(0.05)
+        call._on_control(wire.parse_control("MEDIA_MARK_PROCESSED m9"), 1.0)
+        assert fired == []
+        call._on_control(wire.parse_control("MEDIA_MARK_PROCESSED m1"), 2.0)
+        pacer.cancel()
+        try:
+            await pacer
+        except asyncio.CancelledError:
+            pass
+        return fired
+
+    fired = asyncio.run(scenario())
+    assert fired == [2.0]
+    assert sent == ["media"] * 5 + ["MARK_MEDIA m1"]

@@ -467,6 +467,10 @@ class WebSocketConfig:
     # it): a late tick of a busy bot is then not a gap in the caller's ear. Barge-in flushes
     # it (FLUSH_MEDIA); no silence is ever sent ahead. 0: paced 20 ms frames, as AudioSocket.
     send_ahead_ms: int = 100
+    # With speech sent ahead: MARK_MEDIA at each point of a reply the bot tracks (its first
+    # audio, its end), so the call record's timings and what an interrupted reply got to
+    # are Asterisk's (MEDIA_MARK_PROCESSED), not the bot's reckoning.
+    marks: bool = True
 
 
 @dataclass(frozen=True, slots=True)

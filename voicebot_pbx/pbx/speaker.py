@@ -20,6 +20,14 @@ frame plays for one frame time from the later of now and the end of the previous
 after a stall the missing depth is sent at once. ``pause()`` takes the frames sent but not
 yet played back into the queue (the transport's flush drops them at the PBX), so a reply
 resumed after a caller's cough goes on where the caller stopped hearing it.
+
+Markers reached while audio before them is still sent ahead fire when it has been played.
+When the PBX can say so (``mark_writer``: chan_websocket's ``MARK_MEDIA``, reported back as
+``MEDIA_MARK_PROCESSED``), the speaker sends a mark in the stream at that point and the
+marker fires when the PBX reports it (``mark_played``): a reply's end, its first audio and
+what an interrupted reply got to are then what the caller heard by the PBX's own clock. A
+mark not reported ``mark_grace_s`` after the pacer's clock says it was played fires on that
+clock (counted in ``marks_unconfirmed``).
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ class Marker:
     # Fire with the first frame queued after it (the reply's first audio), not as soon as
     # the pacer reaches it: a reply still being synthesized has queued nothing yet.
     with_audio: bool = False
+    # The id of the mark sent to the PBX for it (``Speaker.mark_writer``), until it fires.
+    mark_id: str | None = None
 
 
 class Speaker:
@@ -95,6 +105,14 @@ class Speaker:
         # reaches them (they fire then, not when the pacer passed them).
         self._unplayed: deque[tuple[bytes | Marker, float]] = deque()
         self._played_until_s = 0.0  # when the last frame sent ends playing
+        # Send-ahead with a PBX that reports marks: sends one (its id) in the stream, in
+        # order with the frames; the marker then fires on ``mark_played``.
+        self.mark_writer: Callable[[str], Awaitable[None]] | None = None
+        self.mark_grace_s = 0.5
+        self._mark_seq = 0
+        self._marks_out: list[str] = []  # ids to send before the next frame
+        self.marks_sent = 0
+        self.marks_unconfirmed = 0
 
     # --- producer side (session) --------------------------------------------------
 
@@ -154,13 +172,17 @@ class Speaker:
         self._paused = True
         if self._unplayed:
             now_s = self._now()
-            self._play_until(now_s)
+            self._play_until(now_s, settle=True)
             # The frame playing now was heard; the rest (and markers between) go back.
             back = [
                 item
                 for item, at_s in self._unplayed
                 if isinstance(item, Marker) or at_s - self._frame_s >= now_s
             ]
+            for item in back:
+                if isinstance(item, Marker):
+                    item.mark_id = None  # the flush drops its mark; a new one goes with it
+            self._marks_out.clear()
             self._unplayed.clear()
             self._played_until_s = now_s
             self._queue.extendleft(reversed(back))
@@ -178,6 +200,7 @@ class Speaker:
         self._queue.clear()
         self._queued_frames = 0
         self._unplayed.clear()
+        self._marks_out.clear()
         self._played_until_s = 0.0
         self._reframer = Reframer(self._frame_size)
         self._room.set()
@@ -246,7 +269,12 @@ class Speaker:
                     self._queue.appendleft(item)  # its audio is not queued yet
                     return self._silence, True
                 if self.send_ahead_s > 0 and self._played_until_s > now_s:
-                    # Audio before it is still in the PBX's queue: fire when it is played.
+                    # Audio before it is still in the PBX's queue: fire when it is played
+                    # (when the PBX reports the mark sent here, if it can).
+                    if self.mark_writer is not None and item.generation == self._generation:
+                        self._mark_seq += 1
+                        item.mark_id = f"m{self._mark_seq}"
+                        self._marks_out.append(item.mark_id)
                     self._unplayed.append((item, self._played_until_s))
                 else:
                     self._fire(item, now_s)  # an older generation's marker is dropped
@@ -270,12 +298,45 @@ class Speaker:
             # hangs up after 2 s without frames.
             log.exception("marker_callback_failed")
 
-    def _play_until(self, now_s: float) -> None:
-        """Forget what the PBX has played by ``now_s``; fire the markers it reached."""
+    def _play_until(self, now_s: float, *, settle: bool = False) -> None:
+        """Forget what the PBX has played by ``now_s`` (the pacer's clock); fire the markers
+        it reached. A marker whose mark the PBX will report waits for that, up to
+        ``mark_grace_s`` (``settle``: not at all; a pause's flush drops the mark)."""
         while self._unplayed and self._unplayed[0][1] <= now_s:
-            item, at_s = self._unplayed.popleft()
+            item, at_s = self._unplayed[0]
+            if isinstance(item, Marker) and item.mark_id is not None:
+                if not settle and now_s < at_s + self.mark_grace_s:
+                    break  # the PBX says when
+                if not settle:
+                    self.marks_unconfirmed += 1
+                item.mark_id = None
+            self._unplayed.popleft()
             if isinstance(item, Marker):
                 self._fire(item, at_s)
+
+    def mark_played(self, mark_id: str, at_s: float) -> None:
+        """The PBX reports the mark ``mark_id`` reached: everything sent before it has been
+        played. Its marker (and any earlier one) fires with ``at_s``; an id no marker waits
+        for (its mark was flushed, or the clock fired it already) is ignored."""
+        if not any(
+            isinstance(item, Marker) and item.mark_id == mark_id for item, _ in self._unplayed
+        ):
+            return
+        while self._unplayed:
+            item, _ = self._unplayed.popleft()
+            if isinstance(item, Marker):
+                reached = item.mark_id == mark_id
+                item.mark_id = None
+                self._fire(item, at_s)
+                if reached:
+                    return
+
+    async def _send_marks(self) -> None:
+        """The marks reached since the last frame, before the next one."""
+        while self._marks_out and self.mark_writer is not None:
+            mark_id = self._marks_out.pop(0)
+            self.marks_sent += 1
+            await self.mark_writer(mark_id)
 
     def _ahead_s(self, now_s: float) -> float:
         """Audio sent beyond the frame playing at ``now_s`` (send-ahead only)."""
@@ -323,6 +384,7 @@ class Speaker:
                 tick += 1  # the PBX is still playing what was sent ahead
                 continue
             frame, is_silence = self._next_frame(now_s)
+            await self._send_marks()
             await self._write(write, frame, is_silence, clock())
             while (
                 not is_silence
@@ -330,6 +392,7 @@ class Speaker:
                 and self._ahead_s(clock()) < self.send_ahead_s - 1e-9
             ):
                 frame, is_silence = self._next_frame(now_s)
+                await self._send_marks()
                 if is_silence:
                     break  # nothing more to say yet: no silence is sent ahead
                 await self._write(write, frame, is_silence, clock())

@@ -12,7 +12,10 @@ of what is playing (a late tick of a busy bot is absorbed there, not heard as a 
 sends nothing while the bot is silent, so the queue is empty when a reply starts (silence
 frames sent ahead would wait there as delay) and the caller hears silence. On barge-in
 (``Speaker.interrupt`` / ``pause``) the bot sends ``FLUSH_MEDIA`` so nothing Asterisk already
-holds is played (a pause takes what was sent ahead back into the speaker's queue);
+holds is played (a pause takes what was sent ahead back into the speaker's queue). With
+``[websocket] marks`` a ``MARK_MEDIA`` goes in the stream at each point the session marks
+(a reply's first audio, its end), and Asterisk's ``MEDIA_MARK_PROCESSED`` says when the
+caller heard it (``Speaker.mark_played``);
 ``MEDIA_XOFF`` holds the bot's writes until ``MEDIA_XON`` (a peer that never says XON is not
 reading: the call ends after ``server.write_timeout_s``). ``DTMF_END`` is a key press; the
 bot's hang-up is ``HANGUP`` then a normal close (with Dial's ``g`` the dialplan goes on); a
@@ -120,6 +123,9 @@ class WebSocketCall(CallState):
                 self._xon.clear()
             case wire.MediaXon():
                 self._xon.set()
+            case wire.MediaMarkProcessed(correlation_id):
+                if correlation_id:
+                    self.speaker.mark_played(correlation_id, now_s)
             case wire.MediaStart():
                 raise wire.ControlError("a second MEDIA_START")
             case _:
@@ -151,6 +157,11 @@ class WebSocketCall(CallState):
     async def _send(self, data: str | bytes) -> None:
         async with asyncio.timeout(self._config.write_timeout_s):
             await self._connection.send(data)
+
+    async def write_mark(self, mark_id: str) -> None:
+        """``MARK_MEDIA <id>`` after the frames sent so far: Asterisk reports it
+        (``MEDIA_MARK_PROCESSED``) when those have been played."""
+        await self._write(wire.encode_command("MARK_MEDIA", self._format, correlation_id=mark_id))
 
     async def write_frame(self, pcm: bytes, is_silence: bool) -> None:
         if self._closed.is_set() or is_silence:
@@ -363,6 +374,8 @@ class WebSocketServer(CallServer[WebSocketCall]):
         call = WebSocketCall(connection, start, control_format, self._server_config, peer)
         call.dtmf_filter = self._dtmf_filter
         call.speaker.send_ahead_s = self._config.send_ahead_ms / 1000.0
+        if self._config.marks and call.speaker.send_ahead_s > 0:
+            call.speaker.mark_writer = call.write_mark
         with self.serving(call.call_id, call):
             log.info(
                 "call_started",
@@ -384,6 +397,8 @@ class WebSocketServer(CallServer[WebSocketCall]):
                     flushes=call.flushes,
                     xoffs=call.xoffs,
                     stalls=call.speaker.stalls,
+                    marks=call.speaker.marks_sent,
+                    marks_unconfirmed=call.speaker.marks_unconfirmed,
                 )
 
     async def _media_start(
