@@ -13,7 +13,6 @@ import math
 import selectors
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,6 +24,7 @@ from voicebot_pbx.config import LlmConfig
 from voicebot_pbx.pbx.media import AudioIn, CallEnded, DtmfIn, InboundEvent
 from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
+from voicebot_pbx.speech.pool import PriorityPool
 from voicebot_pbx.speech.stt import SttCapabilities, SttResult
 from voicebot_pbx.speech.tts import split_sentences
 from voicebot_pbx.speech.turn_model import TurnScore
@@ -273,7 +273,7 @@ class FakeEngines(Engines):
             vad=vad or EnergyVad(),  # type: ignore[arg-type]
             stt=stt,
             tts=tts,  # type: ignore[arg-type]
-            pool=ThreadPoolExecutor(max_workers=1),
+            pool=PriorityPool(1, thread_name_prefix="fake-inference"),
             turn_model=scripted_turns,
             text_model=text_model,  # None: the listener has no text model ([turn] off)
         )

@@ -7,7 +7,6 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -25,6 +24,7 @@ from voicebot_pbx.models import (
     resolve_model_path,
 )
 from voicebot_pbx.speech.cpu import limit_blas_threads, lower_thread_priority, set_inference_nice
+from voicebot_pbx.speech.pool import PriorityPool, stage_priority
 from voicebot_pbx.speech.stt import SttEngine
 from voicebot_pbx.speech.stt_load import load_stt
 from voicebot_pbx.speech.stt_split import LengthSplitEngine
@@ -64,7 +64,7 @@ class Engines:
     vad: SileroVad
     stt: SttEngine
     tts: PiperTts
-    pool: ThreadPoolExecutor
+    pool: PriorityPool
     load_s: float = 0.0
     tts_backup: PiperTts | None = None  # a second voice for when the first one fails
     turn_model: TurnModel | None = None  # [turn] detector = "smart-turn"
@@ -72,13 +72,13 @@ class Engines:
     timer: JobTimer | None = None  # set by the service: pool wait/run time into the metrics
 
     async def run(self, stage: str, timeout_s: float, fn: Callable[[], T]) -> T:
-        """Run blocking ``fn`` in the shared pool under a timeout."""
-        loop = asyncio.get_running_loop()
+        """Run blocking ``fn`` in the shared pool under a timeout, queued at the stage's
+        priority (``speech/pool.py``: end-of-turn scores first)."""
         # Observes the wait in the pool queue as well as the run.
         job = self.timer.timed_job(stage, fn) if self.timer is not None else fn
         try:
             async with asyncio.timeout(timeout_s):
-                return await loop.run_in_executor(self.pool, job)
+                return await asyncio.wrap_future(self.pool.submit_at(stage_priority(stage), job))
         except TimeoutError:
             raise EngineTimeout(stage, timeout_s) from None
 
@@ -125,8 +125,8 @@ def load_engines(config: Config) -> Engines:
     }
     if config.stt.engine == "moonshine":
         stt_options = {"cpu_threads": config.stt.threads, **verify}
-    pool = ThreadPoolExecutor(
-        max_workers=config.inference.pool_threads,
+    pool = PriorityPool(
+        config.inference.pool_threads,
         thread_name_prefix="inference",
         initializer=lower_thread_priority,
         initargs=(config.inference.nice,),
