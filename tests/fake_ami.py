@@ -313,6 +313,14 @@ class FakeAmi:
             "DialBegin", "call", caller.snapshot() + dest_fields + [("DialString", "voicebot")]
         )
 
+    async def var_set(self, channel: FakeChannel, variable: str, value: str) -> None:
+        """manager_channels.c channel_varset_cb(): VarSet (dialplan class) with the channel's
+        snapshot, then Variable and Value."""
+        channel.variables[variable] = value
+        await self.emit(
+            "VarSet", "dialplan", channel.snapshot() + [("Variable", variable), ("Value", value)]
+        )
+
     async def hangup_event(self, channel: FakeChannel, cause: int = 16) -> None:
         """channel_state_change(): the Hangup event; the channel is gone afterwards."""
         self.channels.pop(channel.name, None)

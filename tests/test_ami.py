@@ -354,6 +354,38 @@ def test_a_websocket_call_is_controlled_on_the_channel_that_dialled_it() -> None
     run(main)
 
 
+def test_an_incoming_websocket_channel_is_offered_to_the_bot_by_its_connection_id() -> None:
+    """Dial(WebSocket/INCOMING/...): chan_websocket sets MEDIA_WEBSOCKET_CONNECTION_ID on the
+    new channel; its VarSet event hands the id to ``on_incoming_media`` (once; other
+    variables and other channels' ids are not offers)."""
+
+    async def main() -> list[str]:
+        fake = FakeAmi()
+        await fake.start()
+        client = await connected_client(fake)
+        offered: list[str] = []
+        client.on_incoming_media = offered.append
+        try:
+            incoming = fake.add_channel("WebSocket/INCOMING/0x7efc6000adc0")
+            await fake.var_set(incoming, "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE", "640")
+            await fake.var_set(
+                incoming, "MEDIA_WEBSOCKET_CONNECTION_ID", "0b2c7e4e-57b9-4a55-a7f5-4c1f7d0d2a01"
+            )
+            outgoing = fake.add_channel("WebSocket/voicebot/0x7efc6000ae00")
+            await fake.var_set(outgoing, "MEDIA_WEBSOCKET_CONNECTION_ID", "voicebot")
+            for _ in range(50):
+                if offered:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+            await fake.stop()
+        return offered
+
+    assert run(main) == ["0b2c7e4e-57b9-4a55-a7f5-4c1f7d0d2a01"]
+
+
 def test_transfer_failures_return_false() -> None:
     async def main() -> None:
         fake = FakeAmi()

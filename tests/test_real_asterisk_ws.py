@@ -35,6 +35,7 @@ def ws_bed(folder: Path, *, tls: bool = False) -> Iterator[Bed]:
     ws_port = free_port()
     asterisk = Asterisk(folder / "asterisk", bot_port=free_port(), ws_port=ws_port)
     toml = f'[websocket]\nenabled = true\nport = {ws_port}\nusername = "asterisk"\n'
+    toml += f'incoming_url = "ws://127.0.0.1:{asterisk.http_port}/media"\n'
     if tls:
         cert, key = self_signed(folder / "asterisk" / "keys")
         other, _ = self_signed(folder / "other")
@@ -93,6 +94,24 @@ def test_a_spoken_question_is_answered_over_the_websocket_channel(
     ]
     mine = [c for c in closed if c["call_id"] == record.call_id]
     assert mine and mine[-1]["marks"] >= 1 and mine[-1]["marks_unconfirmed"] == 0, mine
+
+
+def test_the_incoming_form_the_bot_connects_to_asterisk_and_answers(bed: Bed) -> None:
+    """``Dial(WebSocket/INCOMING/c(slin16))``: Asterisk waits; AMI's VarSet event gives the
+    bot the connection id and it connects to Asterisk's HTTP server at /media/<id>."""
+    hours = bed.asterisk.sound("hours-in", question_pcm("what are your opening hours"))
+    tag = bed.run_call([f"p:silence/{GREETING_S}", f"p:{hours}", "p:silence/5"], mode="wsi16")
+    question_end_s, reply_s = asked_and_answered(bed, tag)
+    assert reply_s < question_end_s + 5.0
+    (record,) = bed.new_records()
+    assert record.rate_hz == 16000 and record.end_reason == "caller_hangup"
+    speech = [t for t in record.turns if t.kind == "speech"]
+    assert len(speech) == 1 and speech[0].reply_text.startswith(HOURS_REPLY)
+    started = [
+        json.loads(line) for line in bed.bot.log_text().splitlines() if '"call_started"' in line
+    ]
+    mine = [c for c in started if c.get("call_id") == record.call_id]
+    assert mine and mine[-1]["channel"].startswith("WebSocket/INCOMING/"), mine
 
 
 def test_the_bots_goodbye_hangs_up_and_the_dialplan_goes_on(bed: Bed) -> None:

@@ -377,3 +377,89 @@ def test_asterisks_mark_report_fires_the_marker_its_mark_was_sent_for() -> None:
     fired = asyncio.run(scenario())
     assert fired == [2.0]
     assert sent == ["media"] * 5 + ["MARK_MEDIA m1"]
+
+
+def test_the_incoming_form_the_bot_connects_to_asterisks_media_url(tmp_path: object) -> None:
+    """``Dial(WebSocket/INCOMING/...)``: given the connection id (from AMI), the bot
+    connects to ``<incoming_url>/<id>`` with the ``media`` subprotocol and serves the call
+    as one Asterisk dialled in; an id Asterisk does not know (404) is one log line."""
+    from pathlib import Path
+
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.http11 import Request, Response
+
+    recorder = JsonlRecorder(Path(str(tmp_path)) / "calls.jsonl")
+    paths: list[str] = []
+    texts: list[str] = []
+
+    def only_known(connection: ServerConnection, request: Request) -> Response | None:
+        paths.append(request.path)
+        if request.path != "/media/0b2c7e4e-57b9-4a55-a7f5-4c1f7d0d2a01":
+            return connection.respond(404, "WebSocket instance not found\n")
+        return None
+
+    async def asterisk(ws: ServerConnection) -> None:
+        await ws.send(START)
+        await drain(ws, 1.0, texts)  # type: ignore[arg-type]
+        await speak(ws, tone(0.8, 16000, HOURS) + bytes(FRAME_BYTES * 25))  # type: ignore[arg-type]
+        await drain(ws, 1.0, texts)  # type: ignore[arg-type]
+
+    async def scenario() -> WebSocketServer:
+        async with serve(
+            asterisk, "127.0.0.1", 0, subprotocols=["media"], process_request=only_known
+        ) as http:  # type: ignore[list-item]
+            port = next(iter(http.sockets)).getsockname()[1]
+            shared = dataclasses.replace(make_shared(stt_delay_s=0.05), recorder=recorder)
+            server = WebSocketServer(
+                WebSocketConfig(port=0, incoming_url=f"ws://127.0.0.1:{port}/media/"),
+                ServerConfig(port=0, first_message_timeout_s=1.0, write_timeout_s=1.0),
+                make_handler(shared),
+            )
+            await server.start()
+            try:
+                with structlog.testing.capture_logs() as logs:
+                    server.dial_incoming("ffffffff-0000-0000-0000-000000000000")
+                    server.dial_incoming("../../etc/passwd")
+                    server.dial_incoming("0b2c7e4e-57b9-4a55-a7f5-4c1f7d0d2a01")
+                    await asyncio.sleep(0.5)
+                    await asyncio.wait_for(server.wait_idle(), 8.0)
+                    await asyncio.sleep(0.2)
+            finally:
+                await server.close()
+            assert [e["event"] for e in logs if e["event"] == "incoming_media_failed"] == [
+                "incoming_media_failed"
+            ]
+            assert any(e.get("reason") == "incoming_media_bad_id" for e in logs)
+        return server
+
+    server = asyncio.run(scenario())
+    assert server.calls_total == 1 and server.calls_rejected == 1
+    assert sorted(paths) == [
+        "/media/0b2c7e4e-57b9-4a55-a7f5-4c1f7d0d2a01",
+        "/media/ffffffff-0000-0000-0000-000000000000",
+    ]
+    (record,) = recorder.read_all()
+    assert record["call_id"] == "1764720000.42"
+    turns = record["turns"]
+    assert isinstance(turns, list)
+    assert "opening hours" in [t for t in turns if t["kind"] == "speech"][-1]["transcript"]
+
+
+def test_incoming_url_is_checked(tmp_path: object) -> None:
+    from pathlib import Path
+
+    import pytest
+
+    from voicebot_pbx.config import ConfigError, load_config
+
+    path = Path(str(tmp_path)) / "v.toml"
+    good = '[websocket]\nenabled = true\nincoming_url = "ws://127.0.0.1:8088/media"\n'
+    path.write_text(good + "[ami]\nenabled = true\n")
+    assert load_config(path).websocket.incoming_url == "ws://127.0.0.1:8088/media"
+    for bad, words in (
+        (good.replace("ws://", "http://") + "[ami]\nenabled = true\n", "must start ws://"),
+        (good, "needs [websocket] enabled = true and [ami] enabled = true"),
+    ):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            load_config(path)

@@ -471,6 +471,11 @@ class WebSocketConfig:
     # audio, its end), so the call record's timings and what an interrupted reply got to
     # are Asterisk's (MEDIA_MARK_PROCESSED), not the bot's reckoning.
     marks: bool = True
+    # Dial(WebSocket/INCOMING/c(slin16)): Asterisk waits for the application to connect to
+    # its HTTP server at /media/<id>. With [ami] on, the bot learns each id from AMI's
+    # VarSet event (MEDIA_WEBSOCKET_CONNECTION_ID; manager.conf must let it through) and
+    # connects to <incoming_url>/<id>, e.g. "ws://127.0.0.1:8088/media". Empty: off.
+    incoming_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1086,6 +1091,13 @@ def _validate(config: Config, source: str) -> None:
     ws = config.websocket
     if bool(ws.tls_cert) != bool(ws.tls_key):
         problems.append("websocket: tls_cert and tls_key go together (both or neither)")
+    if ws.incoming_url and not ws.incoming_url.startswith(("ws://", "wss://")):
+        problems.append(f"websocket.incoming_url = {ws.incoming_url!r} must start ws:// or wss://")
+    if ws.incoming_url and not (ws.enabled and config.ami.enabled):
+        problems.append(
+            "websocket.incoming_url needs [websocket] enabled = true and [ami] enabled = true "
+            "(the connection ids come from AMI)"
+        )
     if not 0 <= ws.send_ahead_ms <= 1000:
         problems.append(f"websocket.send_ahead_ms = {ws.send_ahead_ms} must be 0-1000")
     hook = config.webhook

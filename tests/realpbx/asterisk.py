@@ -60,6 +60,7 @@ class Asterisk:
         self.ws_port = ws_port or free_port()
         self.echo_port = free_port()  # the [tobot] echo- extension's AudioSocket peer
         self.ami_port = free_port()
+        self.http_port = free_port()  # Dial(WebSocket/INCOMING/...): the bot connects here
         self.ami_secret = AMI_SECRET
         self.rec = root / "rec"
         self.sounds = root / "sounds"
@@ -82,6 +83,7 @@ class Asterisk:
             "@WS_PORT@": str(self.ws_port),
             "@WS_PASSWORD@": WS_PASSWORD,
             "@AMI_PORT@": str(self.ami_port),
+            "@HTTP_PORT@": str(self.http_port),
             "@AMI_SECRET@": self.ami_secret,
         }
         for template in CONF_DIR.glob("*.conf"):

@@ -595,7 +595,11 @@ async def serve(
         if config.websocket.enabled:
             from voicebot_pbx.pbx.websocket import WebSocketServer
 
-            state.servers.append(WebSocketServer(config.websocket, config.server, handler))
+            websocket = WebSocketServer(config.websocket, config.server, handler)
+            state.servers.append(websocket)
+            if config.websocket.incoming_url and state.ami is not None:
+                # Dial(WebSocket/INCOMING/...): AMI says which connection Asterisk awaits.
+                state.ami.on_incoming_media = websocket.dial_incoming
         if state.ami is not None or freeswitch is not None:
             shared.control = RoutedControl(freeswitch, state.ami)
         for profile in config.profiles:

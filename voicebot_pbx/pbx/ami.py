@@ -55,6 +55,7 @@ from voicebot_pbx.pbx.ami_codec import (
     DtmfEndEvent,
     HangupEvent,
     NewextenEvent,
+    VarSetEvent,
     audiosocket_uuid,
     canonical_uuid,
     parse_event,
@@ -77,7 +78,10 @@ _BACKOFF_BASE_S = 0.5
 _RELOG_EVERY = 50
 _EVENT_QUEUE_SIZE = 1000
 _MAX_MAPPED_CALLS = 10_000
-_HANDLED = frozenset({"newexten", "hangup", "dtmfend", "dialbegin"})
+_HANDLED = frozenset({"newexten", "hangup", "dtmfend", "dialbegin", "varset"})
+# Set by chan_websocket on a Dial(WebSocket/INCOMING/...) channel: the id under which
+# Asterisk's HTTP server waits for the application's connection (/media/<id>).
+MEDIA_CONNECTION_VARIABLE = "MEDIA_WEBSOCKET_CONNECTION_ID"
 _SAFE_VALUE = re.compile(r"^[^\x00-\x1f\x7f]*$")
 _SAFE_DIALPLAN_NAME = re.compile(r"^[^\x00-\x1f\x7f,]+$")
 
@@ -117,6 +121,9 @@ class AmiClient:
         callback_timeout_s: float = 2.0,
     ) -> None:
         self.config = config
+        # Called with the connection id of each Dial(WebSocket/INCOMING/...) Asterisk makes
+        # (its VarSet event): the WebSocket server connects to it ([websocket] incoming_url).
+        self.on_incoming_media: Callable[[str], None] | None = None
         self._secret = secret
         self._environ = environ
         self._on_dtmf = on_dtmf
@@ -553,6 +560,14 @@ class AmiClient:
             # (MEDIA_START channel_id); control acts on the channel that dialled it.
             if event.dest_channel.startswith("WebSocket/") and event.dest_uniqueid:
                 self._bind(event.dest_uniqueid, event.channel)
+        elif isinstance(event, VarSetEvent):
+            if (
+                event.variable == MEDIA_CONNECTION_VARIABLE
+                and event.channel.startswith("WebSocket/INCOMING/")
+                and event.value
+                and self.on_incoming_media is not None
+            ):
+                self.on_incoming_media(event.value)
         elif isinstance(event, HangupEvent):
             if self._resync_hangups is not None:
                 self._resync_hangups.add(event.channel)

@@ -168,6 +168,17 @@ class DialBeginEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class VarSetEvent:
+    """A channel variable was set (``VarSet``; chan_websocket sets
+    ``MEDIA_WEBSOCKET_CONNECTION_ID`` on a ``WebSocket/INCOMING`` channel as it is made)."""
+
+    channel: str
+    uniqueid: str
+    variable: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class OtherEvent:
     name: str
     message: AmiMessage
@@ -180,6 +191,7 @@ AmiEvent = (
     | OriginateResponseEvent
     | CoreShowChannelEvent
     | DialBeginEvent
+    | VarSetEvent
     | OtherEvent
 )
 
@@ -206,6 +218,13 @@ def parse_event(message: AmiMessage) -> AmiEvent:
             uniqueid=get("Uniqueid"),
             dest_channel=get("DestChannel"),
             dest_uniqueid=get("DestUniqueid"),
+        )
+    if key == "varset":
+        return VarSetEvent(
+            channel=get("Channel"),
+            uniqueid=get("Uniqueid"),
+            variable=get("Variable"),
+            value=get("Value"),
         )
     if key == "hangup":
         return HangupEvent(

@@ -29,12 +29,15 @@ import base64
 import contextlib
 import hmac
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 
 import structlog
+from websockets.asyncio.client import connect
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
@@ -48,6 +51,7 @@ log = structlog.get_logger("voicebot_pbx.websocket")
 
 SUBPROTOCOL = Subprotocol("media")
 _MAX_MESSAGE_BYTES = 64 * 1024  # a 20 ms slin16 frame is 640 bytes; Asterisk never sends more
+_CONNECTION_ID = re.compile(r"[A-Za-z0-9-]{1,64}\Z")  # chan_websocket's is a UUID
 
 
 class WebSocketCall(CallState):
@@ -58,7 +62,7 @@ class WebSocketCall(CallState):
 
     def __init__(
         self,
-        connection: ServerConnection,
+        connection: Connection,
         start: wire.MediaStart,
         control_format: wire.ControlFormat,
         config: ServerConfig,
@@ -217,7 +221,7 @@ def _select_media(
     return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
-def _peer_of(connection: ServerConnection) -> tuple[str, str]:
+def _peer_of(connection: Connection) -> tuple[str, str]:
     address = connection.remote_address
     if isinstance(address, tuple) and len(address) >= 2:
         return str(address[0]), f"{address[0]}:{address[1]}"
@@ -245,6 +249,7 @@ class WebSocketServer(CallServer[WebSocketCall]):
         self._server_config = server_config
         self._dtmf_filter = dtmf_filter
         self._server: Server | None = None
+        self._closing = False
         # Basic auth: (username, password); a username without a password refuses everyone.
         self._credentials: tuple[str, str] | None = None
         if config.username:
@@ -321,6 +326,7 @@ class WebSocketServer(CallServer[WebSocketCall]):
         return response
 
     async def stop_accepting(self) -> None:
+        self._closing = True  # no more INCOMING connections either
         if self._server is not None:
             self._server.close(close_connections=False)
 
@@ -337,7 +343,7 @@ class WebSocketServer(CallServer[WebSocketCall]):
         finally:
             self._connections.discard(task)
 
-    async def _refuse(self, connection: ServerConnection, peer: str, reason: str) -> None:
+    async def _refuse(self, connection: Connection, peer: str, reason: str) -> None:
         self.calls_rejected += 1
         log.warning("call_rejected", reason=reason, peer=peer, pbx="asterisk-websocket")
         with contextlib.suppress(ConnectionClosed, ConnectionError, OSError, TimeoutError):
@@ -352,6 +358,51 @@ class WebSocketServer(CallServer[WebSocketCall]):
         if connection.subprotocol != SUBPROTOCOL:
             await self._refuse(connection, peer, "subprotocol_not_media")
             return
+        await self._serve_media(connection, peer)
+
+    def dial_incoming(self, connection_id: str) -> None:
+        """Asterisk made a ``Dial(WebSocket/INCOMING/...)`` channel waiting for us under
+        ``connection_id`` (learnt from AMI): connect to ``[websocket] incoming_url`` and
+        serve the call as one Asterisk dialled in."""
+        if not self._config.incoming_url or self._closing:
+            return
+        task = asyncio.create_task(self._dial_incoming(connection_id))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _dial_incoming(self, connection_id: str) -> None:
+        if not _CONNECTION_ID.match(connection_id):
+            log.warning("bad_input", reason="incoming_media_bad_id", detail=connection_id[:80])
+            return
+        url = f"{self._config.incoming_url.rstrip('/')}/{connection_id}"
+        peer = url.split("/")[2]
+        try:
+            connection = await connect(
+                url,
+                subprotocols=[SUBPROTOCOL],
+                compression=None,
+                max_size=_MAX_MESSAGE_BYTES,
+                ping_interval=None,
+                open_timeout=self._server_config.first_message_timeout_s,
+            )
+        except (InvalidHandshake, OSError, TimeoutError) as exc:
+            self.calls_rejected += 1
+            log.warning(
+                "incoming_media_failed",
+                reason=f"{type(exc).__name__}: {exc}"[:200],
+                url=url,
+                pbx="asterisk-websocket",
+            )
+            return
+        async with connection:
+            if connection.subprotocol != SUBPROTOCOL:
+                await self._refuse(connection, peer, "subprotocol_not_media")
+                return
+            await self._serve_media(connection, peer)
+
+    async def _serve_media(self, connection: Connection, peer: str) -> None:
+        """One call over an open connection with the ``media`` subprotocol, whichever
+        side opened it."""
         try:
             start, control_format = await self._media_start(connection)
         except (wire.ControlError, TimeoutError, ConnectionClosed) as exc:
@@ -402,7 +453,7 @@ class WebSocketServer(CallServer[WebSocketCall]):
                 )
 
     async def _media_start(
-        self, connection: ServerConnection
+        self, connection: Connection
     ) -> tuple[wire.MediaStart, wire.ControlFormat]:
         """The first control message must be MEDIA_START with a codec the bot can take."""
         async with asyncio.timeout(self._server_config.first_message_timeout_s):
