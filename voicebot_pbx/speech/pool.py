@@ -18,6 +18,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
+import structlog
+
+log = structlog.get_logger("voicebot_pbx.speech.pool")
+
 T = TypeVar("T")
 
 PRIORITY_TURN = 0  # end-of-turn model scores: short, and the turn waits on them
@@ -38,8 +42,8 @@ def stage_priority(stage: str) -> int:
 
 class PriorityPool(Executor):
     """``submit`` queues at ``PRIORITY_DEFAULT`` (``loop.run_in_executor`` uses it);
-    ``submit_at`` at a given priority. Threads start with the first jobs, up to
-    ``max_workers``."""
+    ``submit_at`` at a given priority. The ``max_workers`` threads start with the first
+    job."""
 
     def __init__(
         self,
@@ -59,7 +63,6 @@ class PriorityPool(Executor):
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._idle = 0
         self._shutdown = False
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -75,16 +78,14 @@ class PriorityPool(Executor):
             heapq.heappush(
                 self._heap, (priority, next(self._seq), future, lambda: fn(*args, **kwargs))
             )
-            if self._idle == 0 and len(self._threads) < self._max_workers:
-                thread = threading.Thread(
-                    target=self._work,
-                    name=f"{self._prefix}_{len(self._threads)}",
-                    daemon=True,
-                )
-                self._threads.append(thread)
-                thread.start()
-            else:
-                self._cond.notify()
+            if not self._threads:
+                for index in range(self._max_workers):
+                    thread = threading.Thread(
+                        target=self._work, name=f"{self._prefix}_{index}", daemon=True
+                    )
+                    self._threads.append(thread)
+                    thread.start()
+            self._cond.notify()
         return future
 
     @property
@@ -96,14 +97,12 @@ class PriorityPool(Executor):
         if self._initializer is not None:
             try:
                 self._initializer(*self._initargs)
-            except Exception:  # a failed nice() must not cost the pool a thread
-                pass
+            except Exception as exc:  # a failed nice() must not cost the pool a thread
+                log.warning("pool_thread_init_failed", error=f"{type(exc).__name__}: {exc}")
         while True:
             with self._cond:
-                self._idle += 1
                 while not self._heap and not self._shutdown:
                     self._cond.wait()
-                self._idle -= 1
                 if not self._heap:
                     return  # shut down and nothing left
                 _, _, future, job = heapq.heappop(self._heap)
