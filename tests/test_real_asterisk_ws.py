@@ -21,6 +21,7 @@ from tests.realpbx.asterisk import WS_PASSWORD, Asterisk
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
 from tests.test_real_asterisk import Bed  # the same bed: one Asterisk, one bot
+from voicebot_pbx.ops.records import CallRecord
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.models, pytest.mark.slow]
 
@@ -62,6 +63,20 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     yield from ws_bed(tmp_path_factory.mktemp("real-asterisk-ws"))
 
 
+def hours_asked_and_answered(bed: Bed, sound: str, mode: str) -> CallRecord:
+    """One call in ``mode`` asks "what are your opening hours" (the sound ``sound``) and
+    hears the answer; its call record (the caller hung up, one turn)."""
+    hours = bed.asterisk.sound(sound, question_pcm("what are your opening hours"))
+    tag = bed.run_call([f"p:silence/{GREETING_S}", f"p:{hours}", "p:silence/5"], mode=mode)
+    question_end_s, reply_s = asked_and_answered(bed, tag)
+    assert reply_s < question_end_s + 5.0
+    (record,) = bed.new_records()
+    assert record.end_reason == "caller_hangup"
+    speech = [t for t in record.turns if t.kind == "speech"]
+    assert len(speech) == 1 and speech[0].reply_text.startswith(HOURS_REPLY)
+    return record
+
+
 def asked_and_answered(bed: Bed, tag: str) -> tuple[float, float]:
     rec = bed.asterisk.recording(tag)
     said = segments(voiced_windows(rec.said, rec.rate_hz))
@@ -77,14 +92,8 @@ def asked_and_answered(bed: Bed, tag: str) -> tuple[float, float]:
 def test_a_spoken_question_is_answered_over_the_websocket_channel(
     bed: Bed, mode: str, rate_hz: int
 ) -> None:
-    hours = bed.asterisk.sound(f"hours-{mode}", question_pcm("what are your opening hours"))
-    tag = bed.run_call([f"p:silence/{GREETING_S}", f"p:{hours}", "p:silence/5"], mode=mode)
-    question_end_s, reply_s = asked_and_answered(bed, tag)
-    assert reply_s < question_end_s + 5.0
-    (record,) = bed.new_records()
-    assert record.rate_hz == rate_hz and record.end_reason == "caller_hangup"
-    speech = [t for t in record.turns if t.kind == "speech"]
-    assert len(speech) == 1 and speech[0].reply_text.startswith(HOURS_REPLY)
+    record = hours_asked_and_answered(bed, f"hours-{mode}", mode)
+    assert record.rate_hz == rate_hz
     assert "session_crashed" not in bed.bot.log_text()
     # Asterisk reported every MARK_MEDIA the bot put after a reply's speech sent ahead (the
     # greeting's end; the caller hangs up during the answer): its timings are what the
@@ -99,14 +108,8 @@ def test_a_spoken_question_is_answered_over_the_websocket_channel(
 def test_the_incoming_form_the_bot_connects_to_asterisk_and_answers(bed: Bed) -> None:
     """``Dial(WebSocket/INCOMING/c(slin16))``: Asterisk waits; AMI's VarSet event gives the
     bot the connection id and it connects to Asterisk's HTTP server at /media/<id>."""
-    hours = bed.asterisk.sound("hours-in", question_pcm("what are your opening hours"))
-    tag = bed.run_call([f"p:silence/{GREETING_S}", f"p:{hours}", "p:silence/5"], mode="wsi16")
-    question_end_s, reply_s = asked_and_answered(bed, tag)
-    assert reply_s < question_end_s + 5.0
-    (record,) = bed.new_records()
-    assert record.rate_hz == 16000 and record.end_reason == "caller_hangup"
-    speech = [t for t in record.turns if t.kind == "speech"]
-    assert len(speech) == 1 and speech[0].reply_text.startswith(HOURS_REPLY)
+    record = hours_asked_and_answered(bed, "hours-in", "wsi16")
+    assert record.rate_hz == 16000
     started = [
         json.loads(line) for line in bed.bot.log_text().splitlines() if '"call_started"' in line
     ]
@@ -177,14 +180,8 @@ def tls_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
 
 
 def test_a_question_is_answered_over_wss_with_the_certificate_verified(tls_bed: Bed) -> None:
-    hours = tls_bed.asterisk.sound("hours-wss", question_pcm("what are your opening hours"))
-    tag = tls_bed.run_call([f"p:silence/{GREETING_S}", f"p:{hours}", "p:silence/5"], mode="wss16")
-    question_end_s, reply_s = asked_and_answered(tls_bed, tag)
-    assert reply_s < question_end_s + 5.0
-    (record,) = tls_bed.new_records()
-    assert record.rate_hz == 16000 and record.end_reason == "caller_hangup"
-    speech = [t for t in record.turns if t.kind == "speech"]
-    assert len(speech) == 1 and speech[0].reply_text.startswith(HOURS_REPLY)
+    record = hours_asked_and_answered(tls_bed, "hours-wss", "wss16")
+    assert record.rate_hz == 16000
     listening = [
         json.loads(line)
         for line in tls_bed.bot.log_text().splitlines()

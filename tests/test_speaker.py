@@ -86,7 +86,9 @@ class Wire:
         return [pcm for _, pcm, silent in self.frames if not silent]
 
 
-async def pace_for(speaker: Speaker, wire: Wire, seconds: float) -> None:
+async def pace_for(
+    speaker: Speaker, wire: Callable[[bytes, bool], Awaitable[None]], seconds: float
+) -> None:
     task = asyncio.create_task(speaker.run(wire))
     await asyncio.sleep(seconds)
     task.cancel()
@@ -605,7 +607,9 @@ def test_send_ahead_refills_after_a_stall_and_sends_no_silence_ahead() -> None:
 
 
 @contextlib.asynccontextmanager
-async def pacing(speaker: Speaker, wire: Wire) -> AsyncIterator[None]:
+async def pacing(
+    speaker: Speaker, wire: Callable[[bytes, bool], Awaitable[None]]
+) -> AsyncIterator[None]:
     """``speaker``'s pacer runs into ``wire`` for the body of the block."""
     task = asyncio.create_task(speaker.run(wire))
     yield
@@ -615,7 +619,10 @@ async def pacing(speaker: Speaker, wire: Wire) -> AsyncIterator[None]:
 
 
 async def pace_with_a_pause(
-    speaker: Speaker, wire: Wire, pause_at_s: float, on_pause: Callable[[], None] = lambda: None
+    speaker: Speaker,
+    wire: Callable[[bytes, bool], Awaitable[None]],
+    pause_at_s: float,
+    on_pause: Callable[[], None] = lambda: None,
 ) -> None:
     """Pace ``speaker``, pause it at ``pause_at_s`` (then ``on_pause()``), resume 100 ms
     later and pace 400 ms more."""
@@ -688,17 +695,23 @@ def test_a_marker_after_speech_sent_ahead_fires_when_it_has_been_played() -> Non
     assert 0.2 - EPS <= called_s < 0.2 + FRAME_S + EPS
 
 
+def _two_sentences(events: list[str]) -> Speaker:
+    """Speech sent 100 ms ahead: 3 frames, a marker ("first sentence heard"), 9 frames."""
+    speaker = Speaker(8000)
+    speaker.send_ahead_s = 0.1
+    gen = speaker.generation
+    for i in range(3):
+        speaker.enqueue(frame(i + 1), gen)
+    speaker.mark(lambda _at: events.append("first sentence heard"), gen)
+    for i in range(3, 12):
+        speaker.enqueue(frame(i + 1), gen)
+    return speaker
+
+
 def test_a_pause_puts_markers_sent_past_back_in_their_place() -> None:
     async def main() -> tuple[list[str], Wire]:
-        speaker = Speaker(8000)
-        speaker.send_ahead_s = 0.1
         events: list[str] = []
-        gen = speaker.generation
-        for i in range(3):
-            speaker.enqueue(frame(i + 1), gen)
-        speaker.mark(lambda _at: events.append("first sentence heard"), gen)
-        for i in range(3, 12):
-            speaker.enqueue(frame(i + 1), gen)
+        speaker = _two_sentences(events)
         wire = Wire()
         # At 0.03 frame 2 plays; frames 3-7 and the marker have been sent or passed.
         await pace_with_a_pause(speaker, wire, 0.03, lambda: events.append("paused"))
@@ -771,11 +784,7 @@ def test_a_marker_fires_when_the_pbx_reports_its_mark_played() -> None:
         speaker, pbx = _marking(late_s=0.06)
         fired: list[float] = []
         speaker.mark(fired.append, speaker.generation)
-        task = asyncio.create_task(speaker.run(pbx.write))
-        await asyncio.sleep(0.5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await pace_for(speaker, pbx.write, 0.5)
         return fired, pbx, speaker
 
     fired, pbx, speaker = run(main)
@@ -790,11 +799,7 @@ def test_a_mark_never_reported_fires_on_the_clock_after_the_grace() -> None:
         speaker.mark_grace_s = 0.1
         fired: list[float] = []
         speaker.mark(lambda at_s: fired.append(loop().time()), speaker.generation)
-        task = asyncio.create_task(speaker.run(pbx.write))
-        await asyncio.sleep(0.5)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await pace_for(speaker, pbx.write, 0.5)
         return fired, speaker
 
     fired, speaker = run(main)
@@ -807,29 +812,17 @@ def test_a_pause_drops_the_mark_and_the_marker_goes_out_again_with_a_new_one() -
     marker goes back in its place and is marked anew when its frames are sent again."""
 
     async def main() -> tuple[list[str], MarkingPbx, Speaker]:
-        speaker = Speaker(8000)
-        speaker.send_ahead_s = 0.1
+        events: list[str] = []
+        speaker = _two_sentences(events)
         pbx = MarkingPbx(speaker, report=False)
         speaker.mark_writer = pbx.write_mark
-        events: list[str] = []
-        gen = speaker.generation
-        for i in range(3):
-            speaker.enqueue(frame(i + 1), gen)
-        speaker.mark(lambda _at: events.append("first sentence heard"), gen)
-        for i in range(3, 12):
-            speaker.enqueue(frame(i + 1), gen)
-        task = asyncio.create_task(speaker.run(pbx.write))
-        await asyncio.sleep(0.03)
-        speaker.pause()
-        events.append("paused")
-        speaker.mark_played("m1", loop().time())  # a report of the flushed mark: ignored
-        pbx.report = True
-        await asyncio.sleep(0.1)
-        speaker.resume()
-        await asyncio.sleep(0.4)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+
+        def on_pause() -> None:
+            events.append("paused")
+            speaker.mark_played("m1", loop().time())  # a report of the flushed mark: ignored
+            pbx.report = True
+
+        await pace_with_a_pause(speaker, pbx.write, 0.03, on_pause)
         return events, pbx, speaker
 
     events, pbx, speaker = run(main)
