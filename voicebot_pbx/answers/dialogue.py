@@ -161,11 +161,33 @@ def _contains(words: list[str], phrase: tuple[str, ...]) -> bool:
     return any(tuple(words[i : i + n]) == phrase for i in range(len(words) - n + 1))
 
 
+# After a closing phrase a caller may still add these ("that's all, thanks, bye").
+_CLOSING_TAIL = frozenset(
+    "thanks thank you very much cheers bye goodbye then ok okay for now today".split()
+)
+_CLOSING_MAX_EXTRA_WORDS = 2
+
+
+def _says_goodbye(words: list[str], phrase: tuple[str, ...]) -> bool:
+    """A hang-up phrase ends the call only when it closes what the caller said: at the
+    end (but for thanks/bye words), or in an utterance little longer than it. In the middle
+    of a longer sentence ("what payments made that is all you take", a mishearing) it
+    is no goodbye: hanging up is not undone."""
+    n = len(phrase)
+    if len(words) <= n + _CLOSING_MAX_EXTRA_WORDS:
+        return _contains(words, phrase)
+    for i in range(len(words) - n + 1):
+        if tuple(words[i : i + n]) == phrase and all(w in _CLOSING_TAIL for w in words[i + n :]):
+            return True
+    return False
+
+
 class RuleDialogue:
     """Keyword/phrase rules -> reply text (+ optional hang-up or transfer).
 
     Matching is on whole words; when several rules match, the one with the longest matched
-    phrase wins (ties: the earlier rule). Nothing matched -> the reprompt, with
+    phrase wins (ties: the earlier rule). A hang-up rule's phrase counts only where it
+    closes the utterance (``_says_goodbye``). Nothing matched -> the reprompt, with
     ``needs_fallback`` set so a smarter brain (the LLM) may answer instead. DTMF ``0``
     goes to the first transfer rule; other digits get the reprompt.
     """
@@ -199,8 +221,9 @@ class RuleDialogue:
         words = _words(text)
         best: tuple[int, Rule] | None = None
         for rule in self.rules:
+            found = _says_goodbye if rule.then == "hangup" else _contains
             for phrase in rule.phrases:
-                if _contains(words, phrase) and (best is None or len(phrase) > best[0]):
+                if found(words, phrase) and (best is None or len(phrase) > best[0]):
                     best = (len(phrase), rule)
         return None if best is None else best[1]
 
