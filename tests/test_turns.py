@@ -14,7 +14,7 @@ from voicebot_pbx.answers.dialogue import RuleDialogue
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_config
-from voicebot_pbx.pbx.media import AudioIn
+from voicebot_pbx.pbx.media import AudioIn, InboundEvent
 from voicebot_pbx.speech.stt import SttResult
 from voicebot_pbx.speech.turn_model import TurnScore
 from voicebot_pbx.speech.turns import (
@@ -437,6 +437,55 @@ def test_a_caller_who_sends_no_frames_while_silent_is_answered_as_fast() -> None
         differences.append(latency[False] - latency[True])
     assert sorted(differences)[len(differences) // 2] <= 0.05 + 1e-6
     assert max(differences) <= 0.03 + 2 * 0.02 + 1e-6
+
+
+def test_frames_queued_as_the_wait_for_them_times_out_are_audio_not_a_gap() -> None:
+    """The bot's loop runs late: the reader queues the caller's next frame in the same
+    loop turn as the session's wait for it times out. That frame is the caller's audio; no
+    silence is filled in before it (it used to be: a gap inside the caller's words)."""
+
+    class ArrivesAtTheTimeout(asyncio.Queue[InboundEvent]):
+        """Frames become available exactly when a wait for them is given up."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.late: list[InboundEvent] = []
+            self.drained = asyncio.Event()
+
+        async def get(self) -> InboundEvent:
+            try:
+                return await super().get()
+            except asyncio.CancelledError:
+                if self.late:
+                    self.put_nowait(self.late.pop(0))
+                    if not self.late:
+                        self.drained.set()
+                raise
+
+    async def main() -> tuple[float, float]:
+        media = FakeMedia()
+        queue = ArrivesAtTheTimeout()
+        media.inbound = queue
+        session = CallSession(media, make_shared())
+        loop = asyncio.get_running_loop()
+        async with asyncio.TaskGroup() as group:
+            pacer = group.create_task(media.speaker.run(media.write))
+            runner = group.create_task(session.run())
+            queue.put_nowait(AudioIn(bytes(320), 8000, loop.time()))  # the clock starts
+            # 1 s of the caller's audio, each frame queued as the wait for it times out.
+            queue.late.extend(AudioIn(bytes(320), 8000, 0.0) for _ in range(50))
+            await queue.drained.wait()
+            await asyncio.sleep(0.01)
+            clock = session.listener.clock
+            filled_s, stream_s = clock.filled_s, clock.stream_s
+            await media.hangup("caller_hangup")
+            await runner
+            pacer.cancel()
+        return filled_s, stream_s
+
+    filled_s, stream_s = run_virtual(main())
+    assert stream_s == pytest.approx(1.02, abs=0.001)  # every frame, nothing filled between
+    assert filled_s == 0.0
 
 
 def test_speech_in_the_first_frame_after_no_frames_gets_a_silent_lookback() -> None:

@@ -336,7 +336,10 @@ class CallSession:
                     async with asyncio.timeout(due_s):
                         event = await inbound.get()
                 except TimeoutError:
-                    self.listener.fill_silence(loop.time())
+                    if inbound.empty():
+                        self.listener.fill_silence(loop.time())
+                    # else: frames came in as the wait timed out (the loop ran late and the
+                    # reader queued them first): they are the caller's audio, not a gap.
                     continue
             else:
                 event = inbound.get_nowait()
