@@ -156,9 +156,14 @@ class Rule:
     target: str | None = None
 
 
-def _contains(words: list[str], phrase: tuple[str, ...]) -> bool:
+def _phrase_ends(words: list[str], phrase: tuple[str, ...]) -> list[int]:
+    """Where each occurrence of ``phrase`` in ``words`` ends (the index after it)."""
     n = len(phrase)
-    return any(tuple(words[i : i + n]) == phrase for i in range(len(words) - n + 1))
+    return [i + n for i in range(len(words) - n + 1) if tuple(words[i : i + n]) == phrase]
+
+
+def _contains(words: list[str], phrase: tuple[str, ...]) -> bool:
+    return bool(_phrase_ends(words, phrase))
 
 
 # After a closing phrase a caller may still add these ("that's all, thanks, bye").
@@ -173,13 +178,10 @@ def _says_goodbye(words: list[str], phrase: tuple[str, ...]) -> bool:
     end (but for thanks/bye words), or in an utterance little longer than it. In the middle
     of a longer sentence ("what payments made that is all you take", a mishearing) it
     is no goodbye: hanging up is not undone."""
-    n = len(phrase)
-    if len(words) <= n + _CLOSING_MAX_EXTRA_WORDS:
-        return _contains(words, phrase)
-    for i in range(len(words) - n + 1):
-        if tuple(words[i : i + n]) == phrase and all(w in _CLOSING_TAIL for w in words[i + n :]):
-            return True
-    return False
+    ends = _phrase_ends(words, phrase)
+    if len(words) <= len(phrase) + _CLOSING_MAX_EXTRA_WORDS:
+        return bool(ends)
+    return any(all(w in _CLOSING_TAIL for w in words[end:]) for end in ends)
 
 
 class RuleDialogue:

@@ -26,6 +26,7 @@ import numpy as np
 from voicebot_pbx.audio import pcm_to_int16
 
 REFRACTORY_MARGIN_DB = 3.0
+SOUND_OVER_WINDOWS = 2  # windows in a row under the bar that end a sound
 PITCH_LAGS_S = (0.0025, 0.0125)  # 400 Hz down to 80 Hz
 
 
@@ -92,17 +93,17 @@ class LevelOnset:
         return max(floor + self.above_db + extra_db, self.min_dbfs)
 
     @property
-    def quiet_windows(self) -> int:
-        """Windows in a row under the bar (0 while a sound goes on)."""
-        return self._quiet_run
+    def sound_over(self) -> bool:
+        """The last sound has ended (``SOUND_OVER_WINDOWS`` windows under the bar)."""
+        return self._quiet_run >= SOUND_OVER_WINDOWS
 
     def update(self, level_dbfs: float) -> bool:
         """One window's level; True when it is over the bar (a sound)."""
         loud = level_dbfs >= self.bar_dbfs
         if loud:
-            if self._quiet_run >= 2:  # a new sound
-                self._burst_peak_dbfs = level_dbfs
-            self._burst_peak_dbfs = max(self._burst_peak_dbfs, level_dbfs)
+            # The loudest window of this sound (a new one after the last ended).
+            previous = -math.inf if self.sound_over else self._burst_peak_dbfs
+            self._burst_peak_dbfs = max(previous, level_dbfs)
             self._quiet_run = 0
         else:
             self._quiet_run += 1

@@ -319,13 +319,19 @@ class TurnTaker:
         actions.extend(self._tentative_actions(now_s, loud))
         return actions
 
+    @property
+    def _may_pause_at_onset(self) -> bool:
+        """A sound now may pause the bot (``barge_in_pause_at_onset``): it is speaking and
+        this utterance has not barged in yet."""
+        return self.config.barge_in_pause_at_onset and self._bot_speaking and not self._barged
+
     def _voiced(self, pcm: bytes) -> bool:
         """A loud window that may pause the bot is voiced (``barge_in_level_voicing``);
         only tested while it could (the test costs an FFT)."""
         min_voicing = self.config.barge_in_level_voicing
         if min_voicing <= 0:
             return True
-        if not self._bot_speaking or self._barged or self._tentative_onset_s is not None:
+        if not self._may_pause_at_onset or self._tentative_onset_s is not None:
             return False
         rate_hz = round(len(pcm) / 2 / self._window_s) if pcm else 0
         return rate_hz > 0 and voicing(pcm, rate_hz) >= min_voicing
@@ -344,7 +350,7 @@ class TurnTaker:
                     return []
                 assert self._level is not None
                 confirm_s = self.config.barge_in_level_confirm_ms / 1000.0
-                if self._level.quiet_windows >= 2 or self._endpointer.reached(
+                if self._level.sound_over or self._endpointer.reached(
                     self._tentative_onset_s, now_s, confirm_s
                 ):
                     self._level.unconfirmed()
@@ -356,7 +362,7 @@ class TurnTaker:
                 self._tentative_onset_s = None
                 return [BargeInCancelled(now_s)]
             return []
-        if not (self.config.barge_in_pause_at_onset and self._bot_speaking and not self._barged):
+        if not self._may_pause_at_onset:
             return []
         if pending_s is not None:
             self._tentative_onset_s = pending_s
