@@ -171,27 +171,13 @@ def windows(vad: SileroVad, pcm: bytes) -> list[Window]:
     ]
 
 
-def decide(wins: list[Window], config: VadConfig) -> float | None:
-    """Stream time the barge-in is decided (end of the deciding window), or None."""
-    return first_action(wins, config, BargeIn)
-
-
-def first_action(wins: list[Window], config: VadConfig, kind: type[object]) -> float | None:
-    taker = TurnTaker(config)
-    taker.set_bot_speaking(True)
-    for window_s, prob, level, pcm in wins:
-        for action in taker.on_vad(prob, window_s, level, pcm=pcm):
-            if isinstance(action, kind):
-                return window_s + WINDOW_S
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class Pauses:
-    """The bot's pauses at onset over one item: (quiet from, speaking again at or None)."""
+    """What the bot does over one item: its pauses at onset (quiet from, speaking again at
+    or None) and when the barge-in was decided (end of the deciding window), if it was."""
 
     spans: list[tuple[float, float | None]]
-    barged: bool
+    barge_in_s: float | None
 
     @property
     def first_s(self) -> float | None:
@@ -212,8 +198,8 @@ def pauses(wins: list[Window], config: VadConfig) -> Pauses:
             elif isinstance(action, BargeInCancelled) and spans:
                 spans[-1] = (spans[-1][0], window_s + WINDOW_S)
             elif isinstance(action, BargeIn):
-                return Pauses(spans, True)
-    return Pauses(spans, False)
+                return Pauses(spans, window_s + WINDOW_S)
+    return Pauses(spans, None)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -255,9 +241,9 @@ def evaluate(
                     resumed_early += any(end is not None for _, end in spans.spans)
                 else:
                     paused[item.kind] += 1
-                    if not spans.barged:
+                    if spans.barge_in_s is None:
                         gaps.extend((end - start) * 1000.0 for start, end in spans.spans if end)
-            decided = decide(w, config)
+            decided = spans.barge_in_s
             if decided is None:
                 continue
             counts[item.kind] += 1
