@@ -760,6 +760,10 @@ class KnowledgeConfig:
         "report_outage=power-cuts",
         "reset_password=online-account",
     )
+    # Task intents (trained on requests) that yield a strong hit on their own topic to a
+    # caller's question for information about the task ("how long will the fitter be at
+    # my house?": voicebot_pbx.answers.question_form), whatever the closeness says.
+    question_form_intents: tuple[str, ...] = ("book_appointment", "report_outage")
     info_intents: tuple[str, ...] = ("opening_hours", "address", "billing_question")
     info_min_confidence: float = 0.8
     # A likely hit (hybrid: score and lead over the runner-up at least these) that is not

@@ -25,6 +25,7 @@ from voicebot_pbx.answers.dialogue import (
     Understanding,
 )
 from voicebot_pbx.answers.knowledge import KnowledgeBase
+from voicebot_pbx.answers.question_form import asks_for, question_form
 from voicebot_pbx.answers.rasa import DialogueUnavailable
 from voicebot_pbx.answers.routing import (
     KnowledgeHit,
@@ -239,8 +240,17 @@ class ComposingDialogue:
                 hit = knowledge_hit(kb, text)
                 heard = await self.inner.understand(call, text)
             closeness = kb.intent_similarity(heard.intent, text) if hit is not None else None
+            form = question_form(text)
+            if hit is not None and not hit.fits:
+                log.info("knowledge_hit_cannot_answer", passage=hit.passage.id, asks=asks_for(text))
             where = route(
-                heard.intent, heard.confidence, heard.needs_fallback, hit, self.knowledge, closeness
+                heard.intent,
+                heard.confidence,
+                heard.needs_fallback,
+                hit,
+                self.knowledge,
+                closeness,
+                form,
             )
             if where == "passage" and hit is not None:
                 return self._read_out(hit, heard, text)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, passage_terms, search_terms
+from voicebot_pbx.answers.question_form import QuestionForm, asks_for, states
 from voicebot_pbx.config import KnowledgeConfig
 from voicebot_pbx.speech.tts import split_sentences
 
@@ -48,6 +49,10 @@ class KnowledgeHit:
     similarity: float = 0.0  # hybrid: the question's cosine similarity to the passage
     # hybrid: its similarity to each of the passage's sentences (split_sentences)
     sentence_similarities: tuple[float, ...] = ()
+    # The passage states the kind of answer the question asks for, when it names one
+    # ("how much is ...": an amount; question_form.asks_for). A passage that cannot answer
+    # is never read out or asked back, however close it is.
+    fits: bool = True
 
     @property
     def margin(self) -> float:
@@ -73,11 +78,13 @@ def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
     runner_up = scored[1][1] if len(scored) > 1 else 0.0
     similarity = kb.similarity(passage, question)
     sentences = kb.sentence_similarities(passage, question)
-    return KnowledgeHit(passage, score, coverage, runner_up, kb.hybrid, similarity, sentences)
+    kind = asks_for(question)
+    fits = kind is None or states(kind, passage.text)
+    return KnowledgeHit(passage, score, coverage, runner_up, kb.hybrid, similarity, sentences, fits)
 
 
 def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
-    if hit is None:
+    if hit is None or not hit.fits:
         return False
     if hit.hybrid:
         return hit.score >= config.hybrid_direct_min_score and (
@@ -92,7 +99,7 @@ def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
 
 def is_likely(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
     """Worth asking the caller about (hybrid retrieval only; BM25 scores have no scale)."""
-    if hit is None or not hit.hybrid or not config.confirm:
+    if hit is None or not hit.hybrid or not config.confirm or not hit.fits:
         return False
     return hit.score >= config.confirm_min_score and hit.lead >= config.confirm_min_lead
 
@@ -149,8 +156,10 @@ def route(
     hit: KnowledgeHit | None,
     config: KnowledgeConfig,
     intent_similarity: float | None = None,
+    form: QuestionForm = "unclear",
 ) -> Route:
-    """Where the turn's answer comes from (see the module docstring)."""
+    """Where the turn's answer comes from (see the module docstring). ``form``: what the
+    caller's words ask for (:func:`voicebot_pbx.answers.question_form.question_form`)."""
     strong = config.direct and is_strong(hit, config)
     unsure: Route = "confirm" if config.direct and is_likely(hit, config) else "compose"
     if needs_fallback or intent is None:
@@ -160,6 +169,10 @@ def route(
     if strong and hit is not None:
         topics = dict(pair.split("=", 1) for pair in config.intent_topics)
         if topics.get(intent) == _topic(hit.passage):
+            if form == "information" and intent in config.question_form_intents:
+                # A question about the task ("how long will the fitter be?"), not the
+                # task: its training examples are requests, so closeness cannot tell.
+                return "passage"
             # The intent's own reply covers this passage's topic, unless (hybrid, the
             # intent's training examples embedded) the question is at least as close to
             # the passage as to the intent's nearest example: "does a smart meter cost
@@ -172,14 +185,20 @@ def route(
             return "intent"
         if confidence is None or confidence < config.override_below_confidence:
             return "passage"
-        return "intent"
+        # A sure intent on another topic keeps a request, not a question for a fact the
+        # passage holds ("if I switch supplier before my fixed deal ends how much will I be
+        # charged": billing_question 1.00, the tariffs' exit fees).
+        return "passage" if form == "information" else "intent"
+    asks_about_task = form == "information" and intent in config.question_form_intents
     if (
-        intent in config.info_intents
+        (intent in config.info_intents or asks_about_task)
         and confidence is not None
         and confidence < config.info_min_confidence
     ):
         # An unsure information reply ("our opening hours are ...") to a question the
         # knowledge base cannot answer either: better the honest offer than a wrong fact.
+        # So is an unsure task reply to a question for a fact ("how much is a kilowatt
+        # hour on your cheapest plan?": report_outage 0.68).
         return unsure
     return "intent"
 

@@ -1,0 +1,175 @@
+"""What a caller's words ask for, by their form (voicebot_pbx.answers.question_form), and how
+the router uses it (voicebot_pbx.answers.routing). The evaluation set's own questions are
+never used here (bench/answers_dataset.py checks)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from voicebot_pbx.answers.knowledge import KnowledgeBase
+from voicebot_pbx.answers.question_form import asks_for, question_form, states
+from voicebot_pbx.answers.routing import KnowledgeHit, is_likely, is_strong, knowledge_hit, route
+from voicebot_pbx.config import KnowledgeConfig
+
+KNOWLEDGE = Path(__file__).resolve().parents[1] / "knowledge"
+CONFIG = KnowledgeConfig()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "how long does a meter exchange usually take",
+        "what day will the engineer turn up",
+        "Is there a number I can text instead?",
+        "we've lost power, what do I do with the freezer",
+        "if the fuse has tripped should I reset it myself",
+        "whereabouts is the meter cupboard usually",
+        "if I pay late do I get charged extra",
+        "I moved in yesterday and how much will the first bill be",
+        "does the visit cost anything",
+    ],
+)
+def test_questions_for_a_fact(text: str) -> None:
+    assert question_form(text) == "information"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'd like to know how long the visit takes",  # a want wins over the question in it
+        "I need someone to come out tomorrow",
+        "I want to report that my lights are off",
+        "can you send an engineer",
+        "could you check my balance",
+        "will you book me in for Friday",
+    ],
+)
+def test_requests(text: str) -> None:
+    assert question_form(text) == "request"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "can I get an engineer out on Monday",  # a task as often as a fact
+        "could someone look at my meter",
+        "how do I book a visit",  # the procedure is the task
+        "my power has gone off",
+        "the meter is making a noise",
+        "",
+        "I do think so",  # a subject before the auxiliary: no inversion
+    ],
+)
+def test_unclear(text: str) -> None:
+    assert question_form(text) == "unclear"
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("how much is the standing charge", "amount"),
+        ("how much would a new meter cost", "amount"),
+        ("what's the price of a meter", "amount"),
+        ("how long will it take", "duration"),
+        ("how many plans can I choose from", "number"),
+        ("what time do you shut", "clock_time"),
+        ("how early can the engineer arrive", "clock_time"),
+        ("how often should I read my meter", "frequency"),
+        ("what percentage is wind power", "percentage"),
+        ("how much warning do you need", None),  # a noun after "how much": not a price
+        ("where is your office", None),
+        ("can I pay by card", None),
+    ],
+)
+def test_the_kind_of_answer_a_question_names(text: str, kind: str | None) -> None:
+    assert asks_for(text) == kind
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "expected"),
+    [
+        ("amount", "There is a fee of £30 per fuel.", True),
+        ("amount", "Installation is free.", True),
+        ("amount", "There is no exit fee on Standard Variable.", False),  # not a price
+        ("amount", "Prices can change at any time.", False),
+        ("duration", "We reply within 5 working days.", True),
+        ("duration", "The fitting takes about two hours.", True),
+        ("duration", "We reply by letter.", False),
+        ("number", "We have 3 plans.", True),
+        ("number", "We have plans for everyone.", False),
+        ("clock_time", "Open from 8 am to 6 pm.", True),
+        ("clock_time", "The line is open 24 hours a day.", True),
+        ("clock_time", "Open on weekdays.", False),
+        ("frequency", "Bills are sent every month.", True),
+        ("frequency", "Bills are sent by post.", False),
+        ("percentage", "It is 100 percent renewable.", True),
+        ("percentage", "It is renewable.", False),
+    ],
+)
+def test_whether_a_passage_states_that_kind(kind: str, text: str, expected: bool) -> None:
+    assert states(kind, text) is expected  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def kb() -> KnowledgeBase:
+    return KnowledgeBase.load(KNOWLEDGE)
+
+
+def test_a_passage_that_cannot_answer_the_kind_asked_is_never_read_or_asked_back(
+    kb: KnowledgeBase,
+) -> None:
+    # The tariffs overview names the plans but no price: "how much" cannot be answered.
+    asked = knowledge_hit(kb, "how much do you charge per unit on the tariffs you offer")
+    assert asked is not None and asked.passage.id == "tariffs#1" and not asked.fits
+    answerable = knowledge_hit(kb, "which tariffs do you offer")
+    assert answerable is not None and answerable.passage.id == "tariffs#1" and answerable.fits
+    hybrid = dataclasses.replace(asked, hybrid=True, score=0.9, runner_up=0.1)
+    assert not is_strong(hybrid, CONFIG) and not is_likely(hybrid, CONFIG)
+    fitting = dataclasses.replace(hybrid, fits=True)
+    assert is_strong(fitting, CONFIG) and is_likely(fitting, CONFIG)
+    assert route(None, None, True, hybrid, CONFIG) == "compose"
+    assert route(None, None, True, fitting, CONFIG) == "passage"
+
+
+def test_a_question_about_a_task_reads_the_passage_on_the_tasks_topic(
+    kb: KnowledgeBase,
+) -> None:
+    passage = next(p for p in kb.passages if p.id == "appointments#2")
+    strong = KnowledgeHit(passage, 0.9, 1.0, runner_up=0.5, hybrid=True, similarity=0.5)
+    # The question is closer to the booking examples (0.7) than to the passage (0.5): the
+    # topic rule alone keeps the booking flow, whatever the words ask.
+    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7) == "intent"
+    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7, "request") == "intent"
+    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7, "unclear") == "intent"
+    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7, "information") == "passage"
+    # Only the task intents named: an information intent on its topic keeps its closeness rule.
+    hours = next(p for p in kb.passages if p.id == "opening-hours#1")
+    on_hours = dataclasses.replace(strong, passage=hours)
+    assert route("opening_hours", 0.9, False, on_hours, CONFIG, 0.7, "information") == "intent"
+    off = dataclasses.replace(CONFIG, question_form_intents=())
+    assert route("book_appointment", 0.9, False, strong, off, 0.7, "information") == "intent"
+
+
+def test_a_sure_intent_on_another_topic_yields_only_to_a_question_for_a_fact(
+    kb: KnowledgeBase,
+) -> None:
+    passage = next(p for p in kb.passages if p.id == "tariffs#2")
+    strong = KnowledgeHit(passage, 0.9, 1.0, runner_up=0.5, hybrid=True, similarity=0.6)
+    assert route("billing_question", 1.0, False, strong, CONFIG) == "intent"
+    assert route("billing_question", 1.0, False, strong, CONFIG, None, "request") == "intent"
+    assert route("billing_question", 1.0, False, strong, CONFIG, None, "information") == "passage"
+    # Unsure: the strong hit wins whatever the form, as before.
+    assert route("billing_question", 0.9, False, strong, CONFIG, None, "request") == "passage"
+
+
+def test_an_unsure_task_intent_for_a_question_without_a_strong_hit_gets_the_honest_offer(
+    kb: KnowledgeBase,
+) -> None:
+    passage = next(p for p in kb.passages if p.id == "power-cuts#1")
+    weak = KnowledgeHit(passage, 0.3, 1.0, runner_up=0.25, hybrid=True, similarity=0.3)
+    assert route("report_outage", 0.7, False, weak, CONFIG, None, "information") == "compose"
+    assert route("report_outage", 0.7, False, weak, CONFIG, None, "unclear") == "intent"
+    assert route("report_outage", 0.9, False, weak, CONFIG, None, "information") == "intent"
