@@ -727,6 +727,10 @@ class KnowledgeConfig:
     # A strong hit, hybrid: score (similarity + weighted BM25) and lead over the runner-up.
     hybrid_direct_min_score: float = 0.5
     hybrid_direct_min_lead: float = 0.04
+    # Two passages both at hybrid_direct_min_score but closer than the lead: read the
+    # sentence of each that is closest to the question (routing.is_tied) instead of asking
+    # the LLM to choose.
+    read_ties: bool = True
     # With the dialogue's intent examples embedded (Rasa's data/*.yml): a strong hit answers
     # instead of an intent when its similarity is at least the intent's nearest example's
     # + hybrid_intent_lead (0: the closer of the two; not tuned).

@@ -31,10 +31,13 @@ from voicebot_pbx.answers.routing import (
     KnowledgeHit,
     Route,
     confirm_question,
+    is_strong,
+    is_tied,
     knowledge_hit,
     offers_transfer,
     route,
     spoken_answer,
+    tied_answer,
     yes_or_no,
 )
 from voicebot_pbx.config import KnowledgeConfig
@@ -325,12 +328,19 @@ class ComposingDialogue:
     ) -> DialogueTurn:
         """The passage's own sentences, instead of the intent ``heard``: those that answer
         ``question`` (empty: the caller said yes to the passage's heading, all of them)."""
-        sentences = spoken_answer(
-            hit.passage,
-            self.knowledge.max_words,
-            question,
-            hit.sentence_similarities,
-            self.knowledge.answer_sentence_lead,
+        tied = (
+            bool(question) and is_tied(hit, self.knowledge) and not is_strong(hit, self.knowledge)
+        )
+        sentences = (
+            tied_answer(hit)
+            if tied
+            else spoken_answer(
+                hit.passage,
+                self.knowledge.max_words,
+                question,
+                hit.sentence_similarities,
+                self.knowledge.answer_sentence_lead,
+            )
         )
         log.info(
             "knowledge_answer",
@@ -343,6 +353,7 @@ class ComposingDialogue:
             intent_confidence=heard.confidence,
             # trimmed to the question: fewer sentences than read in full
             sentences=len(sentences),
+            tied_with=hit.second.id if tied and hit.second is not None else None,
             trimmed=sentences != spoken_answer(hit.passage, self.knowledge.max_words),
         )
         return DialogueTurn(
@@ -350,7 +361,7 @@ class ComposingDialogue:
             intent=heard.intent,
             confidence=heard.confidence,
             source="knowledge",
-            sources=(hit.passage.id,),
+            sources=(hit.passage.id, hit.second.id) if tied and hit.second else (hit.passage.id,),
         )
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:

@@ -53,6 +53,11 @@ class KnowledgeHit:
     # ("how much is ...": an amount; question_form.asks_for). A passage that cannot answer
     # is never read out or asked back, however close it is.
     fits: bool = True
+    # hybrid: the runner-up passage, the question's similarity to each of its sentences,
+    # and whether it states the kind of answer asked for (a tie reads both: is_tied).
+    second: Passage | None = None
+    second_similarities: tuple[float, ...] = ()
+    second_fits: bool = True
 
     @property
     def margin(self) -> float:
@@ -80,7 +85,20 @@ def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
     sentences = kb.sentence_similarities(passage, question)
     kind = asks_for(question)
     fits = kind is None or states(kind, passage.text)
-    return KnowledgeHit(passage, score, coverage, runner_up, kb.hybrid, similarity, sentences, fits)
+    second = scored[1][0] if len(scored) > 1 and kb.hybrid else None
+    return KnowledgeHit(
+        passage,
+        score,
+        coverage,
+        runner_up,
+        kb.hybrid,
+        similarity,
+        sentences,
+        fits,
+        second,
+        kb.sentence_similarities(second, question) if second is not None else (),
+        second is None or kind is None or states(kind, second.text),
+    )
 
 
 def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
@@ -94,6 +112,25 @@ def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
         hit.score >= config.direct_min_score
         and hit.coverage >= config.direct_min_coverage
         and hit.margin >= config.direct_min_margin
+    )
+
+
+def is_tied(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
+    """Two passages (hybrid) both scoring a strong hit's floor, too close to choose between
+    (``hybrid_direct_min_lead``), both stating the kind of answer asked for: with
+    ``read_ties`` both are read (:func:`tied_answer`), the sentence of each that is closest
+    to the question. "can I report a power cut on Christmas day" is answered by the power
+    cut passage and by the one about calling outside opening hours alike; asking the LLM to
+    choose almost always ended in "I'm not sure"."""
+    if hit is None or not hit.hybrid or not config.read_ties or hit.second is None:
+        return False
+    floor = config.hybrid_direct_min_score
+    return (
+        hit.fits
+        and hit.second_fits
+        and hit.score >= floor
+        and hit.runner_up >= floor
+        and hit.lead < config.hybrid_direct_min_lead
     )
 
 
@@ -160,7 +197,7 @@ def route(
 ) -> Route:
     """Where the turn's answer comes from (see the module docstring). ``form``: what the
     caller's words ask for (:func:`voicebot_pbx.answers.question_form.question_form`)."""
-    strong = config.direct and is_strong(hit, config)
+    strong = config.direct and (is_strong(hit, config) or is_tied(hit, config))
     unsure: Route = "confirm" if config.direct and is_likely(hit, config) else "compose"
     if needs_fallback or intent is None:
         return "passage" if strong else unsure
@@ -265,11 +302,51 @@ def answering(
     return sentences[start : best + 1]
 
 
+def tied_answer(hit: KnowledgeHit) -> list[str]:
+    """What a tie (:func:`is_tied`) reads: of each of the two passages, the sentence closest
+    to the question (with the one before it when it refers back, "It is free ..."), best
+    first. A bare "Yes." / "No." opening it is dropped: it answers its own heading, not
+    necessarily this question. Both are read whatever ``max_words`` says: which of the two
+    answers is what the tie does not know."""
+    picked: list[tuple[float, list[str]]] = []
+    for passage, closeness in (
+        (hit.passage, hit.sentence_similarities),
+        (hit.second, hit.second_similarities),
+    ):
+        if passage is None:
+            continue
+        sentences = split_sentences(passage.text)
+        if len(closeness) != len(sentences):
+            closeness = tuple(0.0 for _ in sentences)
+        best = max(range(len(sentences)), key=lambda i: (closeness[i], -i))
+        first_word = sentences[best].split(maxsplit=1)[0].lower().strip(",'")
+        start = best - 1 if best > 0 and first_word in _REFERS_BACK else best
+        picked.append(
+            (closeness[best], [_without_bare_answer(t) for t in sentences[start : best + 1]])
+        )
+    picked.sort(key=lambda item: -item[0])
+    chosen: list[str] = []
+    for _, sentences in picked:
+        chosen.extend(t for t in sentences if t and t not in chosen)
+    return chosen
+
+
+def _without_bare_answer(sentence: str) -> str:
+    """``sentence`` without a leading "Yes." / "No." (the sentence splitter keeps a short
+    one with what follows)."""
+    head, _, rest = sentence.partition(" ")
+    if head.strip(".!,").lower() in _BARE_ANSWERS and head[-1:] in ".!,":
+        return rest.strip()
+    return sentence
+
+
 def spoken_sentences(kb: KnowledgeBase, max_words: int) -> list[str]:
     """Every sentence a direct answer can say (to warm the TTS cache): each passage read in
-    full up to ``max_words``, and each of its sentences alone (:func:`answering`)."""
+    full up to ``max_words``, and each of its sentences alone (:func:`answering`), also
+    without a bare "Yes." / "No." opening it (:func:`tied_answer`)."""
     texts: dict[str, None] = {}
     for passage in kb.passages:
         texts.update(dict.fromkeys(spoken_answer(passage, max_words)))
-        texts.update(dict.fromkeys(split_sentences(passage.text)))
-    return list(texts)
+        for sentence in split_sentences(passage.text):
+            texts.update(dict.fromkeys((sentence, _without_bare_answer(sentence))))
+    return [text for text in texts if text]
