@@ -53,6 +53,7 @@ from voicebot_pbx.call.amd import (  # noqa: E402
     AmdResult,
     DropCue,
     GreetingEnd,
+    LikelyHuman,
     detect,
 )
 from voicebot_pbx.call.amd_words import greeting_words  # noqa: E402
@@ -122,6 +123,16 @@ def run_item(
         "cue": None,
         "beeps": [dataclasses.asdict(b) for b in detector.beeps],
     }
+    # The opening may start at the first LikelyHuman before the first verdict; a machine
+    # verdict then cuts it (talk-over: from that start to the verdict).
+    likely = [
+        e
+        for e in events
+        if isinstance(e, LikelyHuman) and (first is None or e.at_s <= first.decided_at_s)
+    ]
+    row["likely_at_s"] = likely[0].at_s if likely else None
+    if likely and first is not None and first.verdict == "machine":
+        row["talk_over_s"] = round(first.decided_at_s - likely[0].at_s, 3)
     ends = [e for e in events if isinstance(e, GreetingEnd)]
     checked = (
         transcribe is not None
@@ -152,6 +163,10 @@ def run_item(
             return _cue_fields(row, item, detector, cues)
     if first and item.get("first_end_s") is not None:
         row["after_first_end_s"] = round(first.decided_at_s - float(item["first_end_s"]), 3)
+        if first.verdict == "human" and likely:
+            row["opening_after_first_end_s"] = round(likely[0].at_s - float(item["first_end_s"]), 3)
+        else:
+            row["opening_after_first_end_s"] = row["after_first_end_s"]
     return _cue_fields(row, item, detector, cues)
 
 
@@ -221,6 +236,24 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "after_first_end_max_s": round(max(after_end), 3) if after_end else None,
         "from_answer_p50_s": _pct(from_answer, 50),
         "from_answer_p95_s": _pct(from_answer, 95),
+    }
+    opening = [
+        r["opening_after_first_end_s"] for r in ok_humans if "opening_after_first_end_s" in r
+    ]
+    out["human_decision"].update(
+        {
+            "opening_after_first_end_p50_s": _pct(opening, 50),
+            "opening_after_first_end_p95_s": _pct(opening, 95),
+            "opening_early": sum(1 for r in ok_humans if r.get("likely_at_s") is not None),
+        }
+    )
+    talked_over = [r for r in rows if "talk_over_s" in r]
+    out["talk_over"] = {
+        "by_class": {c: sum(1 for r in talked_over if r["cls"] == c) for c in CLASSES},
+        "N": {c: sum(1 for r in rows if r["cls"] == c) for c in CLASSES},
+        "p50_s": _pct([r["talk_over_s"] for r in talked_over], 50),
+        "max_s": round(max(r["talk_over_s"] for r in talked_over), 3) if talked_over else None,
+        "with_beep_after": sum(1 for r in talked_over if r["cue"] and r["cue"]["cause"] == "beep"),
     }
     checked = [r for r in rows if "words_check" in r]
     by_words = [r["words_after_speech_end_s"] for r in checked if "words_after_speech_end_s" in r]
@@ -333,6 +366,9 @@ _TIMING_ROWS = [
      "after_first_end_p50_s", 1000),
     ("... p95", "human_decision", "after_first_end_p95_s", 1000),
     ("... max", "human_decision", "after_first_end_max_s", 1000),
+    ("human: opening starts (LikelyHuman, else the verdict), after their first utterance, p50",
+     "human_decision", "opening_after_first_end_p50_s", 1000),
+    ("... p95", "human_decision", "opening_after_first_end_p95_s", 1000),
     ("human decided, from the answer, p50", "human_decision", "from_answer_p50_s", 1000),
     ("machine decided, from the answer, p50", "machine_decision", "from_answer_p50_s", 1000),
     ("beep end error abs p50", "beep", "end_err_abs_p50_ms", 1),
@@ -416,6 +452,25 @@ def markdown(report: dict[str, Any]) -> str:
                 "| to a person | " + " | ".join(cells) + " |",
                 "",
             ]
+        cells = []
+        for split in (*SPLITS, "all"):
+            t = by_split[split]["talk_over"]
+            h = by_split[split]["human_decision"]
+            cells.append(
+                f"people {h['opening_early']}; machines {t['by_class']['machine']}/"
+                f"{t['N']['machine']}, people {t['by_class']['human']}/{t['N']['human']} "
+                f"(p50 {t['p50_s']} s, max {t['max_s']} s; beep after: {t['with_beep_after']})"
+            )
+        lines += [
+            "The opening started early (`likely_human_silence_ms`: a short greeting, then that "
+            "much silence) and never cut: people; started and cut by a machine verdict "
+            "(talk-over until the verdict; all before any beep the voicemail records after):",
+            "",
+            "| | " + " | ".join((*SPLITS, "all")) + " |",
+            "|---|---|---|---|",
+            "| early opening | " + " | ".join(cells) + " |",
+            "",
+        ]
         for split in ("test", "all"):
             conf = by_split[split]["first"]["confusion"]
             lines += [

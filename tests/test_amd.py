@@ -20,6 +20,7 @@ from voicebot_pbx.call.amd import (
     AsteriskAmd,
     DropCue,
     GreetingEnd,
+    LikelyHuman,
     Verdict,
     combine_asterisk,
     detect,
@@ -511,3 +512,53 @@ def test_an_overruled_machine_verdict_still_turns_machine_on_a_beep() -> None:
 )
 def test_a_greetings_words_say_who_answered(text: str, expected: str | None) -> None:
     assert greeting_words(text) == expected
+
+
+# --- a person likely before the verdict ---------------------------------------------------------
+
+
+def likely(events: list[AmdEvent]) -> list[LikelyHuman]:
+    return [e for e in events if isinstance(e, LikelyHuman)]
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_a_short_greeting_makes_a_person_likely_before_the_verdict(rate: int) -> None:
+    config = AmdConfig()
+    pcm = call(line(0.5, rate), speech(0.6, rate), line(4.0, rate), rate=rate)
+    events, _ = detect(pcm, rate, config)
+    (early,) = likely(events)
+    (verdict,) = results(events)
+    assert events.index(early) < events.index(verdict)
+    hello_end_s = 1.1
+    silence_s = (config.energy_hangover_ms + config.likely_human_silence_ms) / 1000
+    assert early.at_s == pytest.approx(hello_end_s + silence_s, abs=0.06)
+    gap_ms = config.after_greeting_silence_ms - config.likely_human_silence_ms
+    assert verdict.decided_at_s - early.at_s == pytest.approx(gap_ms / 1000, abs=0.03)
+    assert early.greeting_s == pytest.approx(verdict.greeting_s or 0.0)
+
+
+def test_likely_once_per_pause_and_not_for_long_greetings_or_when_off() -> None:
+    rate, config = 8000, AmdConfig()
+    # "Hi, you've reached Sam. [0.7 s] Leave a message ...": likely in the pause, then machine.
+    pcm = call(line(0.4, rate), speech(0.6, rate, seed=3), line(0.7, rate),
+               speech(3.0, rate, seed=4), line(2.0, rate), rate=rate)  # fmt: skip
+    events, _ = detect(pcm, rate, config)
+    assert len(likely(events)) == 1
+    first = results(events)[0]
+    assert (first.verdict, first.reason) == ("machine", "long_greeting")
+    assert likely(events)[0].at_s < first.decided_at_s
+    # Two such pauses: one each.
+    pcm = call(line(0.4, rate), speech(0.3, rate, seed=3), line(0.7, rate),
+               speech(0.3, rate, seed=4), line(0.7, rate), speech(2.0, rate, seed=5),
+               line(2.0, rate), rate=rate)  # fmt: skip
+    assert len(likely(detect(pcm, rate, config)[0])) == 2
+    # A greeting already too long for a person's: never likely.
+    pcm = call(line(0.4, rate), speech(2.5, rate), line(0.7, rate), speech(1.0, rate, seed=6),
+               line(2.0, rate), rate=rate)  # fmt: skip
+    assert likely(detect(pcm, rate, config)[0]) == []
+    off = dataclasses.replace(config, likely_human_silence_ms=0)
+    pcm = call(line(0.5, rate), speech(0.6, rate), line(3.0, rate), rate=rate)
+    events, _ = detect(pcm, rate, off)
+    assert likely(events) == [] and results(events)[0].verdict == "human"
+    with pytest.raises(ValueError, match="likely_human_silence_ms"):
+        AmdConfig(likely_human_silence_ms=600)

@@ -49,12 +49,66 @@ def test_a_person_gets_the_opening_after_their_hello() -> None:
     media, session = call(outbound(), [(0.4, noise(0.5, 1))], 8.0)
     turn = greeting_turn(session)
     assert turn.kind == "greeting" and turn.reply_text == OPENING  # type: ignore[attr-defined]
-    assert turn.fallbacks[0].startswith("amd_human:")  # type: ignore[attr-defined]
+    assert turn.fallbacks == [  # type: ignore[attr-defined]
+        "amd_likely_human",
+        "amd_human:short_greeting_then_silence",
+    ]
     first = min(media.voiced_times())  # type: ignore[attr-defined]
-    # Not over the callee's "hello?" (0.4-0.9 s): after it and the detector's silence.
-    assert 0.9 + 0.5 <= first < 0.9 + 1.3
+    # Not over the callee's "hello?" (0.4-0.9 s): after it, its 200 ms hangover and the 350 ms
+    # that make a person likely; before the verdict's 600 ms.
+    amd = session.config.amd  # type: ignore[attr-defined]
+    likely_s = 0.9 + (amd.energy_hangover_ms + amd.likely_human_silence_ms) / 1000
+    verdict_s = 0.9 + (amd.energy_hangover_ms + amd.after_greeting_silence_ms) / 1000
+    assert likely_s <= first < verdict_s
     # The "hello?" was the detector's: no dialogue turn was made of it.
     assert [t.kind for t in session.record.turns] == ["greeting"]  # type: ignore[attr-defined]
+
+
+def without_likely(shared: Shared) -> Shared:
+    amd = dataclasses.replace(shared.config.amd, likely_human_silence_ms=0)
+    return dataclasses.replace(shared, config=dataclasses.replace(shared.config, amd=amd))
+
+
+def test_without_the_likely_person_rule_the_opening_waits_for_the_verdict() -> None:
+    media, session = call(without_likely(outbound()), [(0.4, noise(0.5, 1))], 8.0)
+    turn = greeting_turn(session)
+    assert turn.fallbacks == ["amd_human:short_greeting_then_silence"]  # type: ignore[attr-defined]
+    amd = session.config.amd  # type: ignore[attr-defined]
+    verdict_s = 0.9 + (amd.energy_hangover_ms + amd.after_greeting_silence_ms) / 1000
+    assert verdict_s <= min(media.voiced_times()) < verdict_s + 0.3  # type: ignore[attr-defined]
+
+
+def test_an_opening_started_in_a_machines_pause_is_cut_before_its_beep() -> None:
+    """ "Hi, you've reached Sam. [0.7 s] I can't take your call, leave a message." The pause
+    makes a person likely (the opening starts); the greeting goes on and the length rule
+    calls it a machine: the opening stops at once, long before the beep, and the message
+    is left after the beep."""
+    start, first_part, pause, rest = 0.4, 0.6, 0.7, 2.5
+    beep_at = start + first_part + pause + rest + 0.2
+    script: list[tuple[float, bytes | str]] = [
+        (start, noise(first_part, 4)),
+        (start + first_part + pause, noise(rest, 5)),
+        (beep_at, tone(0.5, 8000, 1000.0, level=0.4)),
+    ]
+    media, session = call(outbound(), script, 16.0)
+    opening = greeting_turn(session)
+    amd = session.config.amd  # type: ignore[attr-defined]
+    assert opening.fallbacks == [  # type: ignore[attr-defined]
+        "amd_likely_human",
+        "amd_opening_cut",
+        "amd_machine:long_greeting",
+    ]
+    voiced = sorted(media.voiced_times())  # type: ignore[attr-defined]
+    likely_s = start + first_part + (amd.energy_hangover_ms + amd.likely_human_silence_ms) / 1000
+    cut_s = start + amd.greeting_max_ms / 1000  # the long-greeting verdict
+    before_beep = [t for t in voiced if t < beep_at + 0.5]
+    assert before_beep and likely_s <= before_beep[0]
+    assert max(before_beep) < cut_s + 0.1  # cut at the verdict, nothing after it
+    after = [t for t in voiced if t >= beep_at + 0.5]
+    assert after and after[0] < beep_at + 0.5 + 0.5  # the message right after the beep
+    voicemail = next(t for t in session.record.turns if t.kind == "voicemail")  # type: ignore[attr-defined]
+    assert voicemail.reply_text == VOICEMAIL
+    assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
 
 
 def test_a_machine_gets_the_voicemail_message_after_its_beep_then_a_hang_up() -> None:
@@ -227,3 +281,28 @@ def test_a_late_sentence_is_read_to_its_end() -> None:
     assert greeting_turn(session).fallbacks[0] == "amd_human:long_greeting|words_human"  # type: ignore[attr-defined]
     spoken_end_s = 2.4 + 5.5
     assert max(len(clip) for clip in stt.clips) >= (spoken_end_s + 0.6) * 8000 * 2
+
+
+def test_the_line_echo_of_the_opening_is_silence_to_the_detector() -> None:
+    """Once the opening plays on a likely person, the line may carry its echo back: the
+    listener's echo gate marks it, and the detector must not take it for a greeting going on
+    (a person's opening cut for a "machine")."""
+    import asyncio
+
+    from voicebot_pbx.call.amd import AmdConfig
+    from voicebot_pbx.call.answering import AmdGate
+
+    async def verdict(echo: bool) -> str:
+        gate = AmdGate(AmdConfig(), 8000, lambda result: None)
+        frame = 320
+        hello = bytes(4000) + noise(0.6, 6) + bytes(9600)  # then 0.6 s of silence
+        for i in range(0, len(hello), frame):
+            gate.feed(hello[i : i + frame])
+        assert await gate.likely_first()
+        echoed = noise(3.0, 7, level=1000.0)  # the opening, 10 dB down, as the line returns it
+        for i in range(0, len(echoed), frame):
+            gate.feed(echoed[i : i + frame], echo)
+        return (await gate.first_verdict()).verdict
+
+    assert asyncio.run(verdict(echo=True)) == "human"
+    assert asyncio.run(verdict(echo=False)) == "machine"

@@ -22,7 +22,7 @@ from tests.realpbx import CAMPAIGN_SETTINGS, campaign_cli, free_port, run_campai
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.freeswitch import Call, FreeSwitch, Recording, Step, dtmf, play, silence
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
-from voicebot_pbx.ops.records import CallRecord
+from voicebot_pbx.ops.records import CallRecord, TurnRecord
 from voicebot_pbx.testing import tone
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.models, pytest.mark.slow]
@@ -314,6 +314,19 @@ def test_a_campaign_dials_through_freeswitch_into_the_bot(bed: Bed, tmp_path: Pa
     assert [t.kind for t in record.turns][:1] == ["greeting"]
 
 
+def verdict_of(turn: TurnRecord) -> str:
+    """The answering-machine verdict on a call's first turn (its ``amd_<verdict>:`` fallback;
+    an opening started on a likely person, ``amd_likely_human``, comes before it)."""
+    return next(
+        (
+            f
+            for f in turn.fallbacks
+            if f.startswith(("amd_human:", "amd_machine:", "amd_silence:", "amd_undecided:"))
+        ),
+        "",
+    )
+
+
 def _outbound_call(bed: Bed, steps: list[Step]) -> tuple[Call, Recording, CallRecord]:
     call = bed.fs.call(steps, variables={"VOICEBOT_PROFILE": "outbound"})
     bed.fs.wait_call_gone(call, 60.0)
@@ -327,7 +340,9 @@ def test_answering_machine_detection_lets_a_person_hear_the_opening(bed: Bed) ->
     call, rec, record = _outbound_call(bed, [silence(0.5), play(hello), silence(9.0)])
     greeting = record.turns[0]
     assert greeting.kind == "greeting" and greeting.reply_text == OPENING, bed.bot.log_tail()
-    assert greeting.fallbacks[0].startswith("amd_human:"), greeting.fallbacks
+    # The pause after "hello?" made a person likely: the opening started before the verdict.
+    assert greeting.fallbacks[:1] == ["amd_likely_human"], greeting.fallbacks
+    assert verdict_of(greeting).startswith("amd_human:"), greeting.fallbacks
     (said_hello, *_) = said_segments(rec)
     first = heard_after(rec, 0.0)
     assert first is not None and first >= said_hello[1], "nothing over the hello"
@@ -345,8 +360,8 @@ def test_answering_machine_detection_hears_a_person_who_answers_with_a_sentence(
     call, rec, record = _outbound_call(bed, [silence(0.5), play(answer), silence(9.0)])
     greeting = record.turns[0]
     assert greeting.reply_text == OPENING, (greeting.fallbacks, bed.bot.log_tail())
-    assert greeting.fallbacks[0].startswith("amd_human:long_greeting"), greeting.fallbacks
-    assert "words_human" in greeting.fallbacks[0]
+    assert verdict_of(greeting).startswith("amd_human:long_greeting"), greeting.fallbacks
+    assert "words_human" in verdict_of(greeting)
     assert record.end_reason != "voicemail"
     (said, *_) = said_segments(rec)
     first = heard_after(rec, 0.0)
@@ -364,7 +379,9 @@ def test_answering_machine_detection_leaves_the_message_after_the_beep(bed: Bed)
     machine = bed.fs.sound("amd_machine", greeting + bytes(3200) + beep)
     call, rec, record = _outbound_call(bed, [silence(0.5), play(machine), silence(12.0)])
     turn = record.turns[0]
-    assert turn.fallbacks[0].startswith("amd_machine:"), (turn.fallbacks, bed.bot.log_tail())
+    assert verdict_of(turn).startswith("amd_machine:"), (turn.fallbacks, bed.bot.log_tail())
+    # This greeting's pauses are too short to make a person likely: no opening was started.
+    assert "amd_likely_human" not in turn.fallbacks, turn.fallbacks
     assert turn.reply_text == VOICEMAIL and turn.intent == "voicemail"
     assert record.end_reason == "voicemail"
     said = said_segments(rec)
@@ -384,7 +401,7 @@ def test_answering_machine_detection_prompts_a_silent_line(bed: Bed) -> None:
     prompt once ``[amd] initial_silence_ms`` (2.5 s) has passed without a word."""
     call, rec, record = _outbound_call(bed, [silence(6.0)])
     greeting = record.turns[0]
-    assert greeting.fallbacks[0] == "amd_silence:initial_silence", greeting.fallbacks
+    assert greeting.fallbacks == ["amd_silence:initial_silence"], greeting.fallbacks
     assert greeting.reply_text == OPENING
     first = heard_after(rec, 0.0)
     assert first is not None and first >= 2.5, "not before the initial silence has passed"
@@ -435,7 +452,7 @@ def test_a_campaign_contact_answered_by_a_machine_is_left_the_message_and_retrie
     assert [r.call_id for r in bed.bot.records()].count(call_id) == 1
     assert record.end_reason == "voicemail"
     assert record.turns[0].reply_text == VOICEMAIL
-    assert record.turns[0].fallbacks[0].startswith("amd_machine:")
+    assert verdict_of(record.turns[0]).startswith("amd_machine:")
 
 
 def test_a_campaign_callee_who_says_stop_calling_me_goes_on_the_do_not_call_list(

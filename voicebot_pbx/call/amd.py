@@ -38,6 +38,12 @@ The decision is the call-centre dialer's (the rules and names follow Asterisk's 
 * nothing decided within ``total_analysis_ms``: ``cap_verdict`` ("human" by default, or
   "undecided"; reason ``max_analysis_time``).
 
+Before the verdict, a greeting short enough for a person's followed by
+``likely_human_silence_ms`` of silence (less than ``after_greeting_silence_ms``) gives a
+:class:`LikelyHuman`, once per pause: the opening may start then (a person hears it ~250 ms
+sooner), and is cut if the greeting goes on and the verdict comes out machine, which is
+before any beep, so a voicemail never records it.
+
 A beep is a steady tone: frames whose spectrum holds ``beep_purity`` of its 100-3800 Hz power
 within 100 Hz of one peak between ``beep_min_hz`` and ``beep_max_hz`` (a 20 ms Hann-windowed
 FFT, zero-padded, the peak interpolated), at ``beep_min_dbfs`` or louder, the peak within
@@ -123,6 +129,9 @@ class AmdConfig:
     initial_silence_ms: int = 2500  # no word by then: initial_silence_verdict
     greeting_max_ms: int = 1800  # a longer greeting (pauses included) is a machine's
     after_greeting_silence_ms: int = 600  # silence after a short greeting: a human waiting
+    # A short greeting followed by this much silence is *likely* a person (LikelyHuman): the
+    # bot may start the opening then and cut it if the verdict comes out machine (0: off).
+    likely_human_silence_ms: int = 350
     total_analysis_ms: int = 4500  # nothing decided by then: cap_verdict
     min_word_ms: int = 100  # shorter runs of speech (clicks, breaths) are not words
     between_words_ms: int = 60  # a shorter gap does not split a word
@@ -180,7 +189,12 @@ class AmdConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"amd.{name} must be positive, not {getattr(self, name)}")
-        for name in ("between_words_ms", "late_beep_ms", "energy_hangover_ms"):
+        for name in (
+            "between_words_ms",
+            "late_beep_ms",
+            "energy_hangover_ms",
+            "likely_human_silence_ms",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"amd.{name} must be >= 0, not {getattr(self, name)}")
         if self.cap_verdict not in ("human", "undecided"):
@@ -198,6 +212,10 @@ class AmdConfig:
             raise ValueError("amd: 0 <= speech_neg_threshold <= speech_threshold <= 1 needed")
         if not 0.0 < self.beep_min_hz < self.beep_max_hz:
             raise ValueError("amd: 0 < beep_min_hz < beep_max_hz needed")
+        if 0 < self.after_greeting_silence_ms <= self.likely_human_silence_ms:
+            raise ValueError(
+                "amd.likely_human_silence_ms must be below after_greeting_silence_ms (or 0: off)"
+            )
         if self.beep_min_ms > self.beep_max_ms:
             raise ValueError("amd: beep_min_ms <= beep_max_ms needed")
         if self.noise_rise_db_per_s <= 0:
@@ -241,6 +259,17 @@ class GreetingEnd:
     greeting_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class LikelyHuman:
+    """No verdict yet, but a greeting short enough for a person's "hello?" has been followed
+    by ``likely_human_silence_ms`` of silence (``at_s`` from the answer): the opening may
+    start now, to be cut if the verdict comes out machine (the greeting goes on). Given at
+    most once per pause."""
+
+    at_s: float
+    greeting_s: float
+
+
 CHECKABLE_REASONS = frozenset({"long_greeting", "many_words", "max_word_length"})
 
 
@@ -252,7 +281,7 @@ class Beep:
     level_dbfs: float
 
 
-AmdEvent = AmdResult | DropCue | GreetingEnd
+AmdEvent = AmdResult | DropCue | GreetingEnd | LikelyHuman
 
 
 @dataclass(slots=True)
@@ -318,6 +347,7 @@ class AmdDetector:
         self._first_verdict_frame: int | None = None
         self._drop: DropCue | None = None
         self._greeting_end: GreetingEnd | None = None
+        self._likely_after: int | None = None  # the sound end the last LikelyHuman followed
         self._finished = False
 
     # -- state --------------------------------------------------------------------------------
@@ -556,6 +586,9 @@ class AmdDetector:
                 verdict, reason = "machine", "max_word_length"
             elif silence_ms >= c.after_greeting_silence_ms and not self._tone_in_progress():
                 verdict, reason = "human", "short_greeting_then_silence"
+            elif self._likely(silence_ms):
+                self._likely_after = self._last_sound_end
+                return [LikelyHuman(self._time(i + 1), greeting_ms / 1000.0)]
         elif self._elapsed_ms(i + 1) >= c.initial_silence_ms - 1e-6:
             verdict, reason = c.initial_silence_verdict, "initial_silence"
         if verdict is None and self._elapsed_ms(i + 1) >= c.total_analysis_ms - 1e-6:
@@ -568,6 +601,19 @@ class AmdDetector:
         if beep is not None:
             events.append(self._cue(i, "beep", beep))
         return events
+
+    def _likely(self, silence_ms: int) -> bool:
+        """A short greeting (the caller checked it is no longer than ``greeting_max_ms``, has
+        fewer than ``max_words``) followed by ``likely_human_silence_ms`` of silence, no tone
+        under way, not yet said for this pause."""
+        c = self.config
+        return (
+            0 < c.likely_human_silence_ms < c.after_greeting_silence_ms
+            and silence_ms >= c.likely_human_silence_ms
+            and not self._voiced
+            and not self._tone_in_progress()
+            and self._likely_after != self._last_sound_end
+        )
 
     def _greeting_ended(self, i: int) -> list[AmdEvent]:
         """The GreetingEnd event, once, for a machine verdict ``words_check`` may revisit."""

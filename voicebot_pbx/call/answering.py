@@ -7,7 +7,10 @@ acts on before the opening: the detector's first, combined with Asterisk's ``AMD
 when the dialplan ran it, and a greeting the length rule took for a machine's read for its
 words (``GreetingEnd``; the greeting's audio is kept for that: ``call/amd_words.py``).
 :meth:`AmdGate.wait_drop` waits for the moment to leave the voicemail message; a late beep
-that revises a verdict to "machine" is passed to ``on_revised``.
+that revises a verdict to "machine" is passed to ``on_revised``. :meth:`AmdGate.likely_first`
+says whether a short greeting's pause made a person likely before any verdict
+(``LikelyHuman``): the session then starts the opening at once and cuts it if the verdict
+comes out machine.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from voicebot_pbx.call.amd import (
     AsteriskAmd,
     DropCue,
     GreetingEnd,
+    LikelyHuman,
     combine_asterisk,
 )
 from voicebot_pbx.call.amd_words import WordsVerdict, greeting_words
@@ -49,6 +53,7 @@ class AmdGate:
         self.verdict: asyncio.Future[AmdResult] = loop.create_future()
         self.drop: asyncio.Future[DropCue] = loop.create_future()
         self.greeting_end: asyncio.Future[GreetingEnd] = loop.create_future()
+        self.likely: asyncio.Future[LikelyHuman] = loop.create_future()
         self._on_revised = on_revised
         self._pending = bytearray()
         self._machine = False  # a late beep revised the verdict
@@ -110,6 +115,27 @@ class AmdGate:
                 result = dataclasses.replace(result, verdict="human", reason=reason)
         return result
 
+    async def likely_first(self) -> bool:
+        """Whether a person became likely (``LikelyHuman``) before any verdict; waits for
+        the first of the two (at most ``total_analysis_ms`` and 2 s)."""
+        cfg = self.detector.config
+        if cfg.likely_human_silence_ms <= 0:
+            return False
+        pending: tuple[asyncio.Future[Any], ...] = (self.likely, self.verdict)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(cfg.total_analysis_ms / 1000.0 + 2.0):
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        return self.likely.done() and not self.verdict.done()
+
+    async def first_verdict(self) -> AmdResult:
+        """The detector's own first verdict (before Asterisk's and the words check)."""
+        cfg = self.detector.config
+        try:
+            async with asyncio.timeout(cfg.total_analysis_ms / 1000.0 + 2.0):
+                return await asyncio.shield(self.verdict)
+        except TimeoutError:
+            return AmdResult(verdict="undecided", decided_at_s=0.0, reason="no_audio")
+
     async def wait_drop(self) -> None:
         """Until the moment to leave the voicemail message (at most ``drop_wait_max_ms``)."""
         with contextlib.suppress(TimeoutError):
@@ -154,7 +180,9 @@ class AmdGate:
             own, theirs, at_s=own.decided_at_s, prefer=self.detector.config.asterisk_prefer
         )
 
-    def feed(self, pcm: bytes) -> None:
+    def feed(self, pcm: bytes, echo: bool = False) -> None:
+        """The callee's audio; ``echo``: it is the line echo of the bot's own voice (the
+        listener's echo gate), which is silence to the detector, not a greeting going on."""
         if self.detector.finished:
             return
         if len(self._audio) < self._audio_max:
@@ -164,8 +192,11 @@ class AmdGate:
         while len(self._pending) >= size and not self.detector.finished:
             frame = bytes(self._pending[:size])
             del self._pending[:size]
-            for event in self.detector.feed(frame):
-                if isinstance(event, GreetingEnd):
+            for event in self.detector.feed(frame, 0.0 if echo else None):
+                if isinstance(event, LikelyHuman):
+                    if not self.likely.done() and not self.verdict.done():
+                        self.likely.set_result(event)
+                elif isinstance(event, GreetingEnd):
                     if not self.greeting_end.done():
                         self.greeting_end.set_result(event)
                 elif isinstance(event, DropCue):

@@ -233,7 +233,8 @@ class Listener:
         self.turns = TurnTaker(config.vad)
         self.clock = InboundClock()
         # Sees all caller audio (real and filled silence) at the session's rate.
-        self.audio_tap: Callable[[bytes], None] | None = None
+        # (the caller's audio, whether it is the echo of the bot's own voice)
+        self.audio_tap: Callable[[bytes, bool], None] | None = None
         self.rate_hz = 8000
         self._stt_queue: asyncio.Queue[_Audio | _Finish | _Speculate] = asyncio.Queue(
             _STT_QUEUE_ITEMS
@@ -340,12 +341,12 @@ class Listener:
             if not pcm:
                 return
         self._fed_s += len(pcm) / (2 * self.rate_hz)
-        if self.audio_tap is not None:
-            self.audio_tap(pcm)  # answering-machine detection (outbound calls)
         self._recent.append((self._fed_s, pcm))
+        echo = self._looks_like_echo(pcm)
+        if self.audio_tap is not None:
+            self.audio_tap(pcm, echo)  # answering-machine detection (outbound calls)
         if self.utterance_open:
             self._feed_stt(pcm)
-        echo = self._looks_like_echo(pcm)
         for window in self.vad.process_windows(pcm):
             window_start_s = window.start_s
             prob = 0.0 if echo else window.prob

@@ -254,8 +254,17 @@ class CallSession:
 
     async def _greeting_after_amd(self, turn: TurnRecord) -> DialogueTurn:
         """Wait for the answering-machine verdict: a person (or silence) gets the opening,
-        a machine the voicemail message after its beep."""
+        a machine the voicemail message after its beep. A short greeting's pause that makes
+        a person likely before the verdict (``LikelyHuman``) starts the opening at once;
+        :meth:`_confirm_likely` cuts it if the verdict comes out machine."""
         assert self._amd is not None
+        if await self._amd.likely_first():
+            likely = self._amd.likely.result()
+            turn.fallbacks.append("amd_likely_human")
+            log.info("amd_likely_human", at_s=round(likely.at_s, 2))
+            if self._group is not None:
+                self._group.create_task(self._confirm_likely(turn))
+            return await self._greeting()
         result = await self._amd.settle(
             self.shared.control, self.media.call_id, self.listener.transcribe_clip
         )
@@ -270,6 +279,39 @@ class CallSession:
             return await self._greeting()
         self._tell_campaign_machine()
         return await self._voicemail()
+
+    async def _confirm_likely(self, opening: TurnRecord) -> None:
+        """After an opening started on a likely person: the verdict. A machine (the
+        greeting went on) cuts the opening at once, before its beep, and gets the voicemail
+        message; a person the length rule took for a machine but the words check did not
+        hears the opening again from its start."""
+        assert self._amd is not None
+        first = await self._amd.first_verdict()
+        cut = first.verdict == "machine"
+        if cut:
+            log.info("amd_opening_cut", reason=first.reason)
+            opening.fallbacks.append("amd_opening_cut")
+            self._interrupt()
+        result = await self._amd.settle(
+            self.shared.control, self.media.call_id, self.listener.transcribe_clip
+        )
+        opening.fallbacks.append(f"amd_{result.verdict}:{result.reason}")
+        log.info(
+            "amd_verdict",
+            verdict=result.verdict,
+            reason=result.reason,
+            decided_at_s=round(result.decided_at_s, 2),
+        )
+        loop = asyncio.get_running_loop()
+        if result.verdict == "machine":
+            if not cut:
+                self._interrupt()
+            self._tell_campaign_machine()
+            turn = TurnRecord(turn_id=self.turns.turn_id, kind="voicemail")
+            self._start_reply(turn, self._voicemail(), loop.time())
+        elif cut:
+            turn = TurnRecord(turn_id=self.turns.turn_id, kind="greeting")
+            self._start_reply(turn, self._greeting(), loop.time())
 
     def _tell_campaign_machine(self) -> None:
         async def tell() -> None:
