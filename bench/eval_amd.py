@@ -385,6 +385,19 @@ _TIMING_ROWS = [
 ]  # fmt: skip
 
 
+def _one_row_table(caption: str, label: str, cells: list[str]) -> list[str]:
+    """A caption and a one-row table with a cell per split."""
+    header = "| | " + " | ".join((*SPLITS, "all")) + " |"
+    return [
+        caption,
+        "",
+        header,
+        "|---|---|---|---|",
+        f"| {label} | " + " | ".join(cells) + " |",
+        "",
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Answering-machine detection (`voicebot_pbx.call.amd`)",
@@ -442,16 +455,13 @@ def markdown(report: dict[str, Any]) -> str:
                     f"people {w['to_human']['human']}/{w['checked']['human']}, "
                     f"machines {w['to_human']['machine']}/{w['checked']['machine']}"
                 )
-            lines += [
+            lines += _one_row_table(
                 "Words check (a machine by length whose greeting ended within "
                 "`words_check_max_ms`, transcribed by the default speech recognition; "
                 "taken for a person / checked):",
-                "",
-                "| | " + " | ".join((*SPLITS, "all")) + " |",
-                "|---|---|---|---|",
-                "| to a person | " + " | ".join(cells) + " |",
-                "",
-            ]
+                "to a person",
+                cells,
+            )
         cells = []
         for split in (*SPLITS, "all"):
             t = by_split[split]["talk_over"]
@@ -461,16 +471,13 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{t['N']['machine']}, people {t['by_class']['human']}/{t['N']['human']} "
                 f"(p50 {t['p50_s']} s, max {t['max_s']} s; beep after: {t['with_beep_after']})"
             )
-        lines += [
+        lines += _one_row_table(
             "The opening started early (`likely_human_silence_ms`: a short greeting, then that "
             "much silence) and never cut: people; started and cut by a machine verdict "
             "(talk-over until the verdict; all before any beep the voicemail records after):",
-            "",
-            "| | " + " | ".join((*SPLITS, "all")) + " |",
-            "|---|---|---|---|",
-            "| early opening | " + " | ".join(cells) + " |",
-            "",
-        ]
+            "early opening",
+            cells,
+        )
         for split in ("test", "all"):
             conf = by_split[split]["first"]["confusion"]
             lines += [

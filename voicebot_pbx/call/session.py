@@ -265,6 +265,15 @@ class CallSession:
             if self._group is not None:
                 self._group.create_task(self._confirm_likely(turn))
             return await self._greeting()
+        result = await self._settled_verdict(turn)
+        if result.verdict != "machine":
+            return await self._greeting()
+        self._tell_campaign_machine()
+        return await self._voicemail()
+
+    async def _settled_verdict(self, turn: TurnRecord) -> AmdResult:
+        """The verdict the bot acts on (``AmdGate.settle``), noted on ``turn`` and logged."""
+        assert self._amd is not None
         result = await self._amd.settle(
             self.shared.control, self.media.call_id, self.listener.transcribe_clip
         )
@@ -275,16 +284,13 @@ class CallSession:
             reason=result.reason,
             decided_at_s=round(result.decided_at_s, 2),
         )
-        if result.verdict != "machine":
-            return await self._greeting()
-        self._tell_campaign_machine()
-        return await self._voicemail()
+        return result
 
     async def _confirm_likely(self, opening: TurnRecord) -> None:
         """After an opening started on a likely person: the verdict. A machine (the
         greeting went on) cuts the opening at once, before its beep, and gets the voicemail
-        message; a person the length rule took for a machine but the words check did not
-        hears the opening again from its start."""
+        message; a greeting the length rule called a machine's but whose words are a
+        person's (the words check) hears the opening again from its start."""
         assert self._amd is not None
         first = await self._amd.first_verdict()
         cut = first.verdict == "machine"
@@ -292,16 +298,7 @@ class CallSession:
             log.info("amd_opening_cut", reason=first.reason)
             opening.fallbacks.append("amd_opening_cut")
             self._interrupt()
-        result = await self._amd.settle(
-            self.shared.control, self.media.call_id, self.listener.transcribe_clip
-        )
-        opening.fallbacks.append(f"amd_{result.verdict}:{result.reason}")
-        log.info(
-            "amd_verdict",
-            verdict=result.verdict,
-            reason=result.reason,
-            decided_at_s=round(result.decided_at_s, 2),
-        )
+        result = await self._settled_verdict(opening)
         loop = asyncio.get_running_loop()
         if result.verdict == "machine":
             if not cut:
