@@ -163,13 +163,25 @@ def test_a_sure_intent_on_another_topic_yields_only_to_a_question_for_a_fact(
     assert route("billing_question", 1.0, False, strong, CONFIG, None, "information") == "passage"
     # Unsure: the strong hit wins whatever the form, as before.
     assert route("billing_question", 0.9, False, strong, CONFIG, None, "request") == "passage"
+    # An intent with no topic (the rule dialogue's matched rule) keeps its own answer.
+    assert route("rule0", 1.0, False, strong, CONFIG, None, "information") == "intent"
 
 
-def test_an_unsure_task_intent_for_a_question_without_a_strong_hit_gets_the_honest_offer(
-    kb: KnowledgeBase,
-) -> None:
-    passage = next(p for p in kb.passages if p.id == "power-cuts#1")
-    weak = KnowledgeHit(passage, 0.3, 1.0, runner_up=0.25, hybrid=True, similarity=0.3)
-    assert route("report_outage", 0.7, False, weak, CONFIG, None, "information") == "compose"
-    assert route("report_outage", 0.7, False, weak, CONFIG, None, "unclear") == "intent"
-    assert route("report_outage", 0.9, False, weak, CONFIG, None, "information") == "intent"
+def test_the_rule_dialogues_own_answer_to_a_question_is_kept(kb: KnowledgeBase) -> None:
+    """An admin's rule matched a question for a fact: its reply is said, not a passage
+    (the real-PBX tests' "what are your opening hours" against the rule for hours)."""
+    from voicebot_pbx.answers.dialogue import CallInfo, RuleDialogue
+    from voicebot_pbx.answers.fallbacks import ComposingDialogue
+    from voicebot_pbx.config import DialogueConfig, RuleConfig
+    from voicebot_pbx.testing import ScriptedLlm, run_virtual
+
+    rules = RuleDialogue.from_config(
+        DialogueConfig(rules=(RuleConfig(keywords=("date",), reply="Dates are on your bill."),))
+    )
+    question = "what date will my direct debit payment come out of my bank"
+    assert question_form(question) == "information"
+    found = knowledge_hit(kb, question)
+    assert found is not None and is_strong(found, CONFIG)
+    brain = ComposingDialogue(rules, ScriptedLlm([], kb=kb), CONFIG)
+    turn = run_virtual(brain.respond(CallInfo(call_id="c"), question))
+    assert turn.replies[0].text == "Dates are on your bill." and turn.source == "rules"

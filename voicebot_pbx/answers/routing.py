@@ -222,10 +222,12 @@ def route(
             return "intent"
         if confidence is None or confidence < config.override_below_confidence:
             return "passage"
-        # A sure intent on another topic keeps a request, not a question for a fact the
-        # passage holds ("if I switch supplier before my fixed deal ends how much will I be
-        # charged": billing_question 1.00, the tariffs' exit fees).
-        return "passage" if form == "information" else "intent"
+        # A sure intent on another known topic keeps a request, not a question for a fact
+        # the passage holds ("if I switch supplier before my fixed deal ends how much will I
+        # be charged": billing_question 1.00, the tariffs' exit fees). An intent without a
+        # topic (an admin's rule: "rule0") is its own answer to whatever it matched.
+        other_topic = intent in topics
+        return "passage" if form == "information" and other_topic else "intent"
     asks_about_task = form == "information" and intent in config.question_form_intents
     if (
         (intent in config.info_intents or asks_about_task)
