@@ -45,10 +45,17 @@ def test_questions_for_a_fact(text: str) -> None:
         "can you send an engineer",
         "could you check my balance",
         "will you book me in for Friday",
+        "hi, I'd like a new meter",  # after a filler
+        "the meter is broken, I need someone to look at it",  # a later clause
     ],
 )
 def test_requests(text: str) -> None:
     assert question_form(text) == "request"
+
+
+def test_a_want_inside_a_question_is_part_of_the_question() -> None:
+    assert question_form("is there anything I need to bring to the appointment") == "information"
+    assert question_form("what do I need to read my meter") == "information"
 
 
 @pytest.mark.parametrize(
@@ -145,6 +152,9 @@ def test_a_question_about_a_task_reads_the_passage_on_the_tasks_topic(
     assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7, "request") == "intent"
     assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7, "unclear") == "intent"
     assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7, "information") == "passage"
+    # A request for the task keeps the task's flow even when the passage is the closer.
+    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.3, "unclear") == "passage"
+    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.3, "request") == "intent"
     # Only the task intents named: an information intent on its topic keeps its closeness rule.
     hours = next(p for p in kb.passages if p.id == "opening-hours#1")
     on_hours = dataclasses.replace(strong, passage=hours)

@@ -13,9 +13,9 @@ closer to the intent's training examples than to the passage. The grammar can:
   "how often", ...), or a yes/no question with be/do/have/should/will and a subject other
   than "you" for the modals ("is there ...", "do I have to ...", "if I close my account do I
   have to ...");
-- **request**: the caller says what they want ("I'd like ...", "I need ...", "I want ...")
-  or asks the bot to do something ("can you ...", "could you ...", "will you ...") — these
-  win over a question inside them ("I'd like to find out how much I owe");
+- **request**: a clause opens with what the caller wants ("I'd like ...", "I need ...", "I
+  want ...") or the bot is asked to do something ("can you ...", "could you ...", "will you
+  ...") — these win over a question inside them ("I'd like to find out how much I owe");
 - **unclear**: the rest, including "can I ..." / "could someone ...", which asks for a task
   as often as for a fact ("can I book an engineer" / "can I report a power cut on Christmas
   day"), "how do I ..." (the procedure is the task), and statements.
@@ -61,13 +61,23 @@ _WANTS = (
 )
 
 
+_FILLERS = frozenset(
+    "so and but um uh er erm well hi hello hiya yeah yes oh right ok okay please hey just".split()
+)
+
+
 def _words(clause: str) -> list[str]:
     return _WORD_RE.findall(clause.lower().replace("’", "'"))
 
 
-def _has(words: list[str], phrase: tuple[str, ...]) -> bool:
-    n = len(phrase)
-    return any(tuple(words[i : i + n]) == phrase for i in range(len(words) - n + 1))
+def _wants(words: list[str]) -> bool:
+    """A clause that opens (after fillers: "so", "um", "hi", ...) by saying what the caller
+    wants ("I'd like ...", "I need ..."); inside a question it is part of the question ("is
+    there anything I need to do?")."""
+    rest = list(words)
+    while rest and rest[0] in _FILLERS:
+        rest.pop(0)
+    return any(tuple(rest[: len(phrase)]) == phrase for phrase in _WANTS)
 
 
 def _clause_asks(words: list[str]) -> bool:
@@ -101,11 +111,11 @@ def question_form(text: str) -> QuestionForm:
     words = _words(text)
     if not words:
         return "unclear"
-    if any(_has(words, phrase) for phrase in _WANTS):
+    clauses = [_words(c) for c in _CLAUSE_RE.split(text)]
+    if any(_wants(c) for c in clauses):
         return "request"
     if words[0] in _MODAL_REQUEST and len(words) > 1 and words[1] == "you":
         return "request"
-    clauses = [_words(c) for c in _CLAUSE_RE.split(text)]
     if any(_clause_asks(c) for c in clauses):
         return "information"
     if any(words[i] == "how" and words[i + 1] in _HOW_FACT for i in range(len(words) - 1)):

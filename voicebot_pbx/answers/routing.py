@@ -210,6 +210,10 @@ def route(
                 # A question about the task ("how long will the fitter be?"), not the
                 # task: its training examples are requests, so closeness cannot tell.
                 return "passage"
+            if form == "request":
+                # The caller asks for what the intent does ("I need to make an appointment
+                # with an engineer"), however close the passage about it is.
+                return "intent"
             # The intent's own reply covers this passage's topic, unless (hybrid, the
             # intent's training examples embedded) the question is at least as close to
             # the passage as to the intent's nearest example: "does a smart meter cost
