@@ -11,8 +11,8 @@ closer to the intent's training examples than to the passage. The grammar can:
   earliest time ...", "..., what should I check before calling", "whereabouts on the bill
   ..."), a how-phrase asking for a quantity anywhere ("how long", "how much", "how many",
   "how often", ...), or a yes/no question with be/do/have/should/will and a subject other
-  than "you" for the modals ("is there ...", "do I have to ...", "if I close my account do I
-  have to ...");
+  than "you" ("is there ...", "do I have to ...", "if I close my account do I have to ...";
+  "do you ..." is unclear);
 - **request**: a clause opens with what the caller wants ("I'd like ...", "I need ...", "I
   want ...") or the bot is asked to do something ("can you ...", "could you ...", "will you
   ...") — these win over a question inside them ("I'd like to find out how much I owe");
@@ -20,8 +20,11 @@ closer to the intent's training examples than to the passage. The grammar can:
   as often as for a fact ("can I book an engineer" / "can I report a power cut on Christmas
   day"), "how do I ..." (the procedure is the task), and statements.
 
-:func:`voicebot_pbx.answers.routing.route` uses it only to break a tie between an intent and a
-strong knowledge-base hit; "unclear" leaves the existing rules in charge.
+:func:`voicebot_pbx.answers.routing.route` uses it where an intent and a strong
+knowledge-base hit compete (a question about a task reads the passage, a request keeps the
+intent), and to send an unsure task intent's question without a strong hit to the honest
+offer; "unclear" leaves the other rules in charge. :func:`asks_for` / :func:`states`: the kind
+of answer a question names, and whether a passage states one.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ _AUX = frozenset(
     "is are was were does do did should shall will has have am isn't aren't doesn't don't".split()
 )
 _SUBJECTS = frozenset("i it there my the a an this that they we your our he she its".split())
-# Modal questions whose subject is the bot ("will you ...") ask it to act.
+# Before an inversion's auxiliary ("... do I have to"), not a subject or a wh-word.
 _NOT_BEFORE_INVERSION = frozenset("you we they he she to how".split()) | _WH
+# Modal questions whose subject is the bot ("will you ...") ask it to act.
 _MODAL_REQUEST = frozenset("can could would will".split())
 _WANTS = (
     ("i'd", "like"),
@@ -59,8 +63,6 @@ _WANTS = (
     ("i'd", "love"),
     ("i", "wish"),
 )
-
-
 _FILLERS = frozenset(
     "so and but um uh er erm well hi hello hiya yeah yes oh right ok okay please hey just".split()
 )
@@ -95,8 +97,8 @@ def _clause_asks(words: list[str]) -> bool:
 
 def _inverted(words: list[str]) -> bool:
     """An aux-subject inversion inside the clause ("if I close my account do I have to
-    ..."): an auxiliary followed by "I"/"there"/"it" after a word that is not a subject (so
-    not "I do it")."""
+    ..."): an auxiliary followed by "I" or "there" after a word that is neither a subject
+    nor a wh-word (so not "I do it", "what do I")."""
     return any(
         words[i] in _AUX
         and words[i + 1] in ("i", "there")

@@ -23,6 +23,14 @@ runner-up it is):
   <the passage's heading>"), and a yes reads the passage out. With the packaged LLM
   composing from such passages almost never answers (1 of 98 knowledge questions), while
   the question back costs one short turn and is grounded by construction.
+
+What the caller's words ask for (:mod:`voicebot_pbx.answers.question_form`) refines this: a
+question for a fact about a task reads a strong hit on the task's own topic
+(``question_form_intents``) and overrules a sure intent of another known topic; a request
+keeps its own topic's intent; an unsure task intent's question without a strong hit gets the
+honest offer. A passage that does not state the kind of answer asked for ("how much ...": an
+amount) is neither strong nor likely (``KnowledgeHit.fits``). Two passages both strong but
+for their lead are a *tie* (:func:`is_tied`): both are read (:func:`tied_answer`).
 """
 
 from __future__ import annotations
