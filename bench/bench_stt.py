@@ -256,6 +256,7 @@ class Variant:
     encoder_batch: int = 1
     long_from_s: float | None = None  # the split variant: None = the service's default
     prompt: bool = False  # Whisper: MEASURED_PROMPT as [stt] prompt
+    second_opinion: bool = False  # the split: [stt] second_opinion, the shipped vocabulary
 
 
 # The [stt] prompt measured in README "Speech recognition" (the setting is off by default).
@@ -306,7 +307,23 @@ def make_split(
         long_from_s=SttConfig().long_from_s if v.long_from_s is None else v.long_from_s,
         pool=pool,
     )
+    if v.second_opinion:
+        split.use_vocabulary(shipped_vocabulary())
     return split, whisper
+
+
+def shipped_vocabulary() -> frozenset[str]:
+    """The vocabulary ``serve`` gives the split on its defaults: the Rasa project's examples,
+    the knowledge files, the default rules' keywords (``ops.service.stt_vocabulary``)."""
+    from voicebot_pbx.answers.knowledge import KnowledgeBase
+    from voicebot_pbx.config import Config
+    from voicebot_pbx.ops.service import stt_vocabulary
+    from voicebot_pbx.speech.stt_split import vocabulary_words
+
+    config = Config()
+    kb = KnowledgeBase.load(ROOT / config.llm.knowledge_dir)
+    passages = vocabulary_words(f"{p.question} {p.text} {p.keywords}" for p in kb.passages)
+    return stt_vocabulary(config, None) | passages
 
 
 def run_split(v: Variant, items: list[Item]) -> dict[str, Any]:
@@ -314,7 +331,7 @@ def run_split(v: Variant, items: list[Item]) -> dict[str, Any]:
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="inference")
     split, _ = make_split(v, pool, max_batch=1)
     split.transcribe(items[0].pcm, items[0].rate_hz)  # warm-up, not counted
-    split.routed = {"short": 0, "long": 0, "held": 0}
+    split.routed = dict.fromkeys(split.routed, 0)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     hyps = [split.transcribe(i.pcm, i.rate_hz).text for i in items]
     cpu = time.process_time() - cpu0
@@ -717,6 +734,8 @@ ACCURACY_VARIANTS = [
     Variant("split-1.5", model="whisper+moonshine-base", threads=2, long_from_s=1.5),
     # the default split with [stt] prompt = MEASURED_PROMPT
     Variant("split-prompt", model="whisper+moonshine-base", threads=2, prompt=True),
+    # the default split with [stt] second_opinion (the shipped vocabulary)
+    Variant("split-second", model="whisper+moonshine-base", threads=2, second_opinion=True),
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [

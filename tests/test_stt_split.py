@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,13 @@ from voicebot_pbx.config import Config, SttConfig
 from voicebot_pbx.speech.engines import load_engines
 from voicebot_pbx.speech.expect import Expectation, Expected, label
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult, SttTiming, timed
-from voicebot_pbx.speech.stt_split import LengthSplitEngine, speech_span_s
+from voicebot_pbx.speech.stt_split import (
+    LengthSplitEngine,
+    known_and_unknown,
+    second_opinion_wins,
+    speech_span_s,
+    vocabulary_words,
+)
 from voicebot_pbx.speech.verify import KnownAnswer
 
 RATE_HZ = 8000
@@ -103,7 +110,7 @@ def test_utterances_go_to_the_engine_for_their_length(pool: ThreadPoolExecutor) 
     # short although the whole buffer is 2 s long; 2.5 s of speech is long.
     assert split.transcribe(silence(300) + tone(1.0) + silence(700), RATE_HZ).text == "short"
     assert split.transcribe(silence(300) + tone(2.5) + silence(700), RATE_HZ).text == "long"
-    assert split.routed == {"short": 1, "long": 1, "held": 0}
+    assert split.routed == {"short": 1, "long": 1, "held": 0, "second": 0, "second_kept": 0}
     split.close()
     assert short.closed and long.closed
 
@@ -203,7 +210,7 @@ def test_a_held_decode_goes_to_the_engine_that_can_hold_it_whatever_its_length(
         got = split.transcribe_expecting(short_turn, RATE_HZ, DIGITS)
         holder = long if isinstance(long, Holding) else short
         assert (got.text, got.held_to) == (holder.name + " (held)", "digits")
-        assert split.routed == {"short": 0, "long": 0, "held": 1}
+        assert split.routed == {"short": 0, "long": 0, "held": 1, "second": 0, "second_kept": 0}
         postcode = KnownAnswer(Expectation.POSTCODE, "NW9 4RQ")
         split.transcribe_expecting(short_turn, RATE_HZ, DIGITS, (postcode,))
         assert holder.known == [(), (postcode,)]  # the known answers go along
@@ -250,17 +257,101 @@ def test_real_whisper_and_moonshine_base_share_the_turns() -> None:
         assert isinstance(split, LengthSplitEngine)
         assert split.name == "whisper+moonshine"
         short = split.transcribe(caller("yes please"), RATE_HZ)
-        assert split.routed == {"short": 1, "long": 0, "held": 0}
+        assert split.routed == {"short": 1, "long": 0, "held": 0, "second": 0, "second_kept": 0}
         heard = words(short.text)
         assert "please" in heard and heard & {"yes", "yeah"}, short.text
         question = "my account number is four five six seven two"
         long_pcm = caller(question)
         assert speech_span_s(long_pcm, RATE_HZ) >= split.long_from_s
         long = asyncio.run(split.transcribe_async(long_pcm, RATE_HZ, urgent=True))
-        assert split.routed == {"short": 1, "long": 1, "held": 0}
+        assert split.routed == {"short": 1, "long": 1, "held": 0, "second": 0, "second_kept": 0}
         assert {"number", "4", "5", "6", "7", "2"} <= words(long.text), long.text
         # Where its time went, for the transcript event (stt_engine, queue, decode).
         assert long.timing is not None and long.timing.engine == "moonshine"
         assert long.timing.windows == 1 and long.timing.decode_ms > 0
     finally:
         engines.close()
+
+
+@dataclass
+class Saying:
+    """A whole-utterance engine that hears what it is told to."""
+
+    name: str
+    text: str
+    calls: int = 0
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
+        self.calls += 1
+        return SttResult(self.text, 0.9)
+
+    @property
+    def capabilities(self) -> SttCapabilities:
+        return SttCapabilities(batch=self)
+
+    def new_stream(self, rate_hz: int) -> BufferedStream:
+        return BufferedStream(self, rate_hz)
+
+    def close(self) -> None:
+        pass
+
+
+VOCABULARY = vocabulary_words(["what's my balance", "I want to check my balance", "goodbye"])
+
+
+def test_the_vocabulary_weighs_two_transcripts() -> None:
+    assert known_and_unknown("What's my madness?", VOCABULARY) == (2, 1)
+    assert known_and_unknown("What’s my balance?", VOCABULARY) == (3, 0)
+    assert second_opinion_wins("What's my madness?", "What's my balance?", VOCABULARY)
+    assert not second_opinion_wins("What's my balance?", "What's my madness?", VOCABULARY)
+    assert not second_opinion_wins("What's my madness?", "", VOCABULARY)  # heard nothing
+    assert not second_opinion_wins("What's my madness?", "What's?", VOCABULARY)  # fewer known
+    assert not second_opinion_wins("What's my madness?", "What's my sadness?", VOCABULARY)
+
+
+@pytest.mark.parametrize("path", ["blocking", "async"])
+def test_a_short_turn_outside_the_vocabulary_gets_the_long_engines_opinion(
+    pool: ThreadPoolExecutor, path: str
+) -> None:
+    def heard(short_says: str, long_says: str, vocabulary: frozenset[str]) -> tuple[str, int]:
+        short, long = Saying("short", short_says), Saying("long", long_says)
+        split = LengthSplitEngine(short, long, long_from_s=1.5, pool=pool)
+        assert split.capabilities.vocabulary is split
+        split.use_vocabulary(vocabulary)
+        pcm = tone(0.8)
+        if path == "blocking":
+            text = split.transcribe(pcm, RATE_HZ).text
+        else:
+            text = asyncio.run(split.transcribe_async(pcm, RATE_HZ)).text
+        assert split.routed["second"] == long.calls
+        return text, long.calls
+
+    # Misheard outside the vocabulary, heard right by the long engine: its transcript.
+    assert heard("What's my madness?", "What's my balance?", VOCABULARY) == (
+        "What's my balance?",
+        1,
+    )
+    # The long engine no better: the short engine's.
+    assert heard("What's my madness?", "What's my man?", VOCABULARY) == ("What's my madness?", 1)
+    # All in the vocabulary: no second decode at all.
+    assert heard("Goodbye.", "Good bye.", VOCABULARY) == ("Goodbye.", 0)
+    # No vocabulary given ([stt] second_opinion = false): never.
+    assert heard("What's my madness?", "What's my balance?", frozenset()) == (
+        "What's my madness?",
+        0,
+    )
+
+
+def test_serve_gives_the_split_the_deployments_vocabulary() -> None:
+    """The Rasa project's examples, the knowledge files and the rules' keywords."""
+    from voicebot_pbx.answers.knowledge import KnowledgeBase
+    from voicebot_pbx.ops.service import stt_vocabulary
+
+    class Llm:
+        kb = KnowledgeBase.load(Path(__file__).resolve().parents[1] / "knowledge")
+
+    config = Config()
+    words = stt_vocabulary(config, Llm())  # type: ignore[arg-type]
+    assert {"balance", "appointment", "tariff", "ombudsman", "closing"} <= words
+    assert "madness" not in words
+    assert "ombudsman" not in stt_vocabulary(config, None)  # the knowledge files' own word

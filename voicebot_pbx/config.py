@@ -204,6 +204,10 @@ class SttConfig:
     # text so short requests come out in its vocabulary (placeholders are filled
     # from knowledge/facts.toml). Empty (default): none. README "Speech recognition".
     prompt: str = ""
+    # With the length split: a short turn whose transcript has a word outside the
+    # deployment's vocabulary (the Rasa examples, the knowledge files) is decoded by the long
+    # engine too, and the more in-vocabulary transcript kept (speech/stt_split.py).
+    second_opinion: bool = True
     # A second engine for long utterances: every utterance with at least long_from_s of
     # speech goes to it, shorter ones to `engine` (speech/stt_split.py; README "Speech
     # recognition"). "moonshine" is the packaged Moonshine base, "whisper" the packaged

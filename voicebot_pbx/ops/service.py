@@ -46,6 +46,7 @@ from voicebot_pbx.pbx.ami import AmiClient
 from voicebot_pbx.pbx.audiosocket import AudioSocketServer
 from voicebot_pbx.pbx.media import DtmfIn
 from voicebot_pbx.speech.engines import Engines, load_engines
+from voicebot_pbx.speech.stt_split import vocabulary_words
 
 if TYPE_CHECKING:
     from voicebot_pbx.pbx.freeswitch import FreeswitchServer
@@ -196,6 +197,20 @@ def open_webhook(config: Config) -> WebhookSender | None:
     )
 
 
+def stt_vocabulary(config: Config, llm: LlmAnswerer | None) -> frozenset[str]:
+    """The words the deployment's callers are expected to use, for the speech recognition's
+    second opinion (``speech/stt_split.py``): the Rasa project's training examples, the
+    knowledge files (the loaded knowledge base's) and the rule dialogue's keywords. A part
+    that cannot be read is left out (its own load reports it)."""
+    texts: list[str] = [kw for rule in config.dialogue.rules for kw in rule.keywords]
+    with contextlib.suppress(RasaExamplesError):
+        for examples in load_intent_examples(config.rasa.project_dir).values():
+            texts.extend(examples)
+    if llm is not None:
+        texts.extend(f"{p.question} {p.text} {p.keywords}" for p in llm.kb.passages)
+    return vocabulary_words(texts)
+
+
 async def build_shared(config: Config, webhook: WebhookSender | None = None) -> Shared:
     started = time.perf_counter()
     engines = await asyncio.to_thread(load_engines, config)
@@ -207,6 +222,11 @@ async def build_shared(config: Config, webhook: WebhookSender | None = None) -> 
     llm = await load_llm_or_none(config)
     if llm is not None:
         texts = texts + list(llm.fixed_replies())
+    user = engines.stt.capabilities.vocabulary
+    if user is not None and config.stt.second_opinion:
+        words = await asyncio.to_thread(stt_vocabulary, config, llm)
+        user.use_vocabulary(words)
+        log.info("stt_vocabulary", words=len(words))
     clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))
     for problem in clips.problems:
         log.warning("clip_unusable", problem=problem)

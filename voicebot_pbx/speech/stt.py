@@ -145,6 +145,13 @@ class ExpectingTranscriber(Protocol):
         ...
 
 
+class VocabularyUser(Protocol):
+    """Takes the words the deployment's callers are expected to use (the dialogue's examples,
+    the knowledge files), to weigh decodes against (``speech/stt_split.py``)."""
+
+    def use_vocabulary(self, words: frozenset[str]) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SttCapabilities:
     """What an engine can do, declared by the engine (``SttEngine.capabilities``).
@@ -154,11 +161,13 @@ class SttCapabilities:
     awaited (else the session runs ``batch.transcribe`` in the shared pool). An engine with
     neither is fed continuously through ``new_stream`` (Vosk: one recognizer per call).
     ``expecting``: it can hold a decode to an expected answer (Moonshine), which the session
-    asks for after the dialogue asked for digits."""
+    asks for after the dialogue asked for digits. ``vocabulary``: it weighs its decodes
+    against the deployment's words (the length split's second opinion), given at start-up."""
 
     batch: BatchTranscriber | None = None
     queued: QueuedTranscriber | None = None
     expecting: ExpectingTranscriber | None = None
+    vocabulary: VocabularyUser | None = None
 
 
 class SttEngine(Protocol):

@@ -7,6 +7,13 @@ with at least ``long_from_s`` of speech (:func:`speech_span_s`: the STT look-bac
 end-of-turn silence do not count) to the long engine; the shorter ones, including every
 speculative decode at a pause that is still short, go to the configured engine.
 
+**A second opinion** (``[stt] second_opinion``): given the deployment's vocabulary (the
+dialogue's training examples and the knowledge files' words, :meth:`use_vocabulary` at
+start-up), a short turn whose transcript holds a word outside it ("What's my madness?") is
+decoded by the long engine too, and its transcript is kept when it has fewer such words and
+no fewer known ones ("What's my balance?"). Both engines mishear synthetic voices, but
+rarely the same turn the same way. A turn in the vocabulary costs nothing more.
+
 Each engine keeps its own path: one with its own inference thread (Whisper's batcher,
 ``SttCapabilities.queued``) is awaited there; one without runs in the service's shared
 inference pool, given here, never on the event loop. A decode held to what the caller is
@@ -18,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 
 import numpy as np
@@ -40,6 +48,33 @@ from voicebot_pbx.speech.stt import (
     timed,
 )
 from voicebot_pbx.speech.verify import KnownAnswer
+
+_WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def vocabulary_words(texts: Iterable[str]) -> frozenset[str]:
+    """The lower-case words of ``texts`` (apostrophes kept: "what's")."""
+    words: set[str] = set()
+    for text in texts:
+        words.update(_WORD_RE.findall(text.lower().replace("’", "'")))
+    return frozenset(words)
+
+
+def known_and_unknown(text: str, vocabulary: frozenset[str]) -> tuple[int, int]:
+    """How many of ``text``'s words are in ``vocabulary``, and how many are not."""
+    words = _WORD_RE.findall(text.lower().replace("’", "'"))
+    known = sum(1 for w in words if w in vocabulary)
+    return known, len(words) - known
+
+
+def second_opinion_wins(first: str, second: str, vocabulary: frozenset[str]) -> bool:
+    """Whether the second engine's transcript is the better one: not empty, fewer words
+    outside ``vocabulary``, no fewer inside it."""
+    if not second.strip():
+        return False
+    known_1, unknown_1 = known_and_unknown(first, vocabulary)
+    known_2, unknown_2 = known_and_unknown(second, vocabulary)
+    return unknown_2 < unknown_1 and known_2 >= known_1
 
 
 def speech_span_s(pcm: bytes, rate_hz: int) -> float:
@@ -82,8 +117,15 @@ class LengthSplitEngine:
         self.long = long
         self.long_from_s = long_from_s
         self._pool = pool
-        # Decodes sent to each engine, and those held to an expectation (bench, tests).
-        self.routed = {"short": 0, "long": 0, "held": 0}
+        # Decodes sent to each engine, those held to an expectation, short turns given a
+        # second opinion and those whose second opinion was kept (bench, tests).
+        self.routed = {"short": 0, "long": 0, "held": 0, "second": 0, "second_kept": 0}
+        self._vocabulary: frozenset[str] = frozenset()
+
+    def use_vocabulary(self, words: frozenset[str]) -> None:
+        """The deployment's words: short turns with a word outside them get a second
+        opinion from the long engine (empty: never)."""
+        self._vocabulary = frozenset(words)
 
     @property
     def name(self) -> str:
@@ -92,7 +134,7 @@ class LengthSplitEngine:
     @property
     def capabilities(self) -> SttCapabilities:
         expecting = self if self._expecting() is not None else None
-        return SttCapabilities(batch=self, queued=self, expecting=expecting)
+        return SttCapabilities(batch=self, queued=self, expecting=expecting, vocabulary=self)
 
     def _expecting(self) -> ExpectingTranscriber | None:
         """The engine that holds decodes to an expectation: the long one when it can (the
@@ -124,14 +166,26 @@ class LengthSplitEngine:
 
     def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
         """Blocking, on the calling worker thread."""
-        batch = self.pick(pcm, rate_hz).capabilities.batch
+        engine = self.pick(pcm, rate_hz)
+        batch = engine.capabilities.batch
         assert batch is not None  # checked in __init__
-        return batch.transcribe(pcm, rate_hz)
+        result = batch.transcribe(pcm, rate_hz)
+        if not self._wants_second_opinion(engine, result):
+            return result
+        long_batch = self.long.capabilities.batch
+        assert long_batch is not None
+        return self._better(result, long_batch.transcribe(pcm, rate_hz))
 
     async def transcribe_async(
         self, pcm: bytes, rate_hz: int, *, urgent: bool = False
     ) -> SttResult:
         engine = self.pick(pcm, rate_hz)
+        result = await self._decode(engine, pcm, rate_hz, urgent)
+        if not self._wants_second_opinion(engine, result):
+            return result
+        return self._better(result, await self._decode(self.long, pcm, rate_hz, urgent))
+
+    async def _decode(self, engine: SttEngine, pcm: bytes, rate_hz: int, urgent: bool) -> SttResult:
         capabilities = engine.capabilities
         if capabilities.queued is not None:
             return await capabilities.queued.transcribe_async(pcm, rate_hz, urgent=urgent)
@@ -140,6 +194,20 @@ class LengthSplitEngine:
         loop = asyncio.get_running_loop()
         job = timed(functools.partial(batch.transcribe, pcm, rate_hz), engine.name)
         return await loop.run_in_executor(self._pool, job)
+
+    def _wants_second_opinion(self, engine: SttEngine, result: SttResult) -> bool:
+        if engine is not self.short or not self._vocabulary:
+            return False
+        if known_and_unknown(result.text, self._vocabulary)[1] == 0:
+            return False
+        self.routed["second"] += 1
+        return True
+
+    def _better(self, first: SttResult, second: SttResult) -> SttResult:
+        if not second_opinion_wins(first.text, second.text, self._vocabulary):
+            return first
+        self.routed["second_kept"] += 1
+        return second
 
     def close(self) -> None:
         self.short.close()
