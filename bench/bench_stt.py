@@ -318,12 +318,9 @@ def shipped_vocabulary() -> frozenset[str]:
     from voicebot_pbx.answers.knowledge import KnowledgeBase
     from voicebot_pbx.config import Config
     from voicebot_pbx.ops.service import stt_vocabulary
-    from voicebot_pbx.speech.stt_split import vocabulary_words
 
     config = Config()
-    kb = KnowledgeBase.load(ROOT / config.llm.knowledge_dir)
-    passages = vocabulary_words(f"{p.question} {p.text} {p.keywords}" for p in kb.passages)
-    return stt_vocabulary(config, None) | passages
+    return stt_vocabulary(config, KnowledgeBase.load(ROOT / config.llm.knowledge_dir))
 
 
 def run_split(v: Variant, items: list[Item]) -> dict[str, Any]:

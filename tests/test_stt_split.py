@@ -347,11 +347,10 @@ def test_serve_gives_the_split_the_deployments_vocabulary() -> None:
     from voicebot_pbx.answers.knowledge import KnowledgeBase
     from voicebot_pbx.ops.service import stt_vocabulary
 
-    class Llm:
-        kb = KnowledgeBase.load(Path(__file__).resolve().parents[1] / "knowledge")
-
     config = Config()
-    words = stt_vocabulary(config, Llm())  # type: ignore[arg-type]
+    words = stt_vocabulary(
+        config, KnowledgeBase.load(Path(__file__).resolve().parents[1] / "knowledge")
+    )
     assert {"balance", "appointment", "tariff", "ombudsman", "closing"} <= words
     assert "madness" not in words
     assert "ombudsman" not in stt_vocabulary(config, None)  # the knowledge files' own word

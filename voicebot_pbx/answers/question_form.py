@@ -32,9 +32,10 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from voicebot_pbx.speech.stt_split import spoken_words
+
 QuestionForm = Literal["information", "request", "unclear"]
 
-_WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _CLAUSE_RE = re.compile(r"[,;:?!.]|\s-\s")
 
 _WH = frozenset(
@@ -66,10 +67,6 @@ _WANTS = (
 _FILLERS = frozenset(
     "so and but um uh er erm well hi hello hiya yeah yes oh right ok okay please hey just".split()
 )
-
-
-def _words(clause: str) -> list[str]:
-    return _WORD_RE.findall(clause.lower().replace("’", "'"))
 
 
 def _wants(words: list[str]) -> bool:
@@ -110,10 +107,10 @@ def _inverted(words: list[str]) -> bool:
 def question_form(text: str) -> QuestionForm:
     """Whether ``text`` asks for information, asks for a task, or cannot be told (see the
     module docstring)."""
-    words = _words(text)
+    words = spoken_words(text)
     if not words:
         return "unclear"
-    clauses = [_words(c) for c in _CLAUSE_RE.split(text)]
+    clauses = [spoken_words(c) for c in _CLAUSE_RE.split(text)]
     if any(_wants(c) for c in clauses):
         return "request"
     if words[0] in _MODAL_REQUEST and len(words) > 1 and words[1] == "you":
@@ -177,7 +174,7 @@ _STATES: dict[AnswerKind, re.Pattern[str]] = {
 def asks_for(text: str) -> AnswerKind | None:
     """The kind of answer ``text`` asks for when its words name one ("how much is ..." an
     amount, "how long ..." a duration, "what time ..." a clock time; None: any answer)."""
-    lowered = " ".join(_words(text))
+    lowered = " ".join(spoken_words(text))
     for kind, pattern in _ASKS:
         if pattern.search(lowered):
             return kind

@@ -608,7 +608,7 @@ class AmdDetector:
         under way, not yet said for this pause."""
         c = self.config
         return (
-            0 < c.likely_human_silence_ms < c.after_greeting_silence_ms
+            c.likely_human_silence_ms > 0  # below after_greeting_silence_ms (AmdConfig)
             and silence_ms >= c.likely_human_silence_ms
             and not self._voiced
             and not self._tone_in_progress()

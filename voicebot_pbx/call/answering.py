@@ -100,12 +100,7 @@ class AmdGate:
         ``AMD()`` when the dialplan ran it, and a machine by length taken back when the
         greeting's words are a person's (``words_check``)."""
         cfg = self.detector.config
-        try:
-            async with asyncio.timeout(cfg.total_analysis_ms / 1000.0 + 2.0):
-                result = await asyncio.shield(self.verdict)
-        except TimeoutError:  # no audio at all reached the detector
-            result = AmdResult(verdict="undecided", decided_at_s=0.0, reason="no_audio")
-        result = await self._with_asterisk(result, control, call_id)
+        result = await self._with_asterisk(await self.first_verdict(), control, call_id)
         own_reason = result.reason.split("|", 1)[0]
         if result.verdict == "machine" and own_reason in CHECKABLE_REASONS and cfg.words_check:
             # Too long for a "hello": the greeting's words may still show a person.
@@ -133,7 +128,7 @@ class AmdGate:
         try:
             async with asyncio.timeout(cfg.total_analysis_ms / 1000.0 + 2.0):
                 return await asyncio.shield(self.verdict)
-        except TimeoutError:
+        except TimeoutError:  # no audio at all reached the detector
             return AmdResult(verdict="undecided", decided_at_s=0.0, reason="no_audio")
 
     async def wait_drop(self) -> None:

@@ -197,17 +197,17 @@ def open_webhook(config: Config) -> WebhookSender | None:
     )
 
 
-def stt_vocabulary(config: Config, llm: LlmAnswerer | None) -> frozenset[str]:
+def stt_vocabulary(config: Config, kb: KnowledgeBase | None) -> frozenset[str]:
     """The words the deployment's callers are expected to use, for the speech recognition's
     second opinion (``speech/stt_split.py``): the Rasa project's training examples, the
-    knowledge files (the loaded knowledge base's) and the rule dialogue's keywords. A part
+    knowledge files (``kb``, the loaded knowledge base) and the rule dialogue's keywords. A part
     that cannot be read is left out (its own load reports it)."""
     texts: list[str] = [kw for rule in config.dialogue.rules for kw in rule.keywords]
     with contextlib.suppress(RasaExamplesError):
         for examples in load_intent_examples(config.rasa.project_dir).values():
             texts.extend(examples)
-    if llm is not None:
-        texts.extend(f"{p.question} {p.text} {p.keywords}" for p in llm.kb.passages)
+    if kb is not None:
+        texts.extend(f"{p.question} {p.text} {p.keywords}" for p in kb.passages)
     return vocabulary_words(texts)
 
 
@@ -224,7 +224,8 @@ async def build_shared(config: Config, webhook: WebhookSender | None = None) -> 
         texts = texts + list(llm.fixed_replies())
     user = engines.stt.capabilities.vocabulary
     if user is not None and config.stt.second_opinion:
-        words = await asyncio.to_thread(stt_vocabulary, config, llm)
+        kb = llm.kb if llm is not None else None
+        words = await asyncio.to_thread(stt_vocabulary, config, kb)
         user.use_vocabulary(words)
         log.info("stt_vocabulary", words=len(words))
     clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))

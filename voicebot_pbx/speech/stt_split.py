@@ -52,17 +52,20 @@ from voicebot_pbx.speech.verify import KnownAnswer
 _WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 
+def spoken_words(text: str) -> list[str]:
+    """The lower-case words of ``text``, apostrophes kept ("what's"; a curly one made
+    straight), punctuation and digits dropped."""
+    return _WORD_RE.findall(text.lower().replace("’", "'"))
+
+
 def vocabulary_words(texts: Iterable[str]) -> frozenset[str]:
-    """The lower-case words of ``texts`` (apostrophes kept: "what's")."""
-    words: set[str] = set()
-    for text in texts:
-        words.update(_WORD_RE.findall(text.lower().replace("’", "'")))
-    return frozenset(words)
+    """The words (:func:`spoken_words`) of ``texts``."""
+    return frozenset(word for text in texts for word in spoken_words(text))
 
 
 def known_and_unknown(text: str, vocabulary: frozenset[str]) -> tuple[int, int]:
     """How many of ``text``'s words are in ``vocabulary``, and how many are not."""
-    words = _WORD_RE.findall(text.lower().replace("’", "'"))
+    words = spoken_words(text)
     known = sum(1 for w in words if w in vocabulary)
     return known, len(words) - known
 
