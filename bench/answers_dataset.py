@@ -106,6 +106,9 @@ class Question:
     facts: tuple[tuple[str, ...], ...] = ()  # every group matched by one alternative
     contradiction: tuple[str, ...] = ()  # any present (not negated): the answer says the opposite
     intent: str = ""  # intent: the expected Rasa intent
+    # unknown: asked about something beside a knowledge-base passage (NEAR_DEV / NEAR_TEST),
+    # its split fixed rather than drawn
+    near: str = ""  # "" | "dev" | "test"
 
 
 _NO_ANSWER = ["yes it does", "yes you do", "yes you will", "yes it is", "yes there is"]
@@ -948,7 +951,89 @@ INTENTS: list[Question] = [
     for text in texts
 ]
 
-QUESTIONS: list[Question] = KNOWLEDGE + UNKNOWN + INTENTS
+# --- out-of-knowledge questions beside a passage (2026-12-05) ----------------------------------
+# The questions above are mostly far from the knowledge base (heat pumps, the cricket): the
+# honest offer is easy there. Callers more often ask about something *beside* a passage:
+# parking at the customer centre (the passage says when to visit), bills in Welsh (the passage
+# says large print and braille). Both lists were written the same hour, on the same themes,
+# before any routing change was tried on them; NEAR_DEV was then used to choose the
+# "uncovered words" thresholds ([knowledge] uncovered_min_weight / uncovered_max_gain) and
+# NEAR_TEST only to report. Their split is fixed, not drawn, so that adding them moved no
+# earlier item between dev and test.
+
+NEAR_DEV: list[Question] = [
+    Question("unknown", text, near="dev")
+    for text in [
+        "do you send bills in welsh",
+        "is there parking at your customer centre",
+        "is your customer centre wheelchair accessible",
+        "how much will a smart meter save me a year",
+        "what make of smart meter do you install",
+        "do you charge a fee for paying by credit card",
+        "what's the email address for complaints",
+        "how many complaints did you get last year",
+        "can I move my direct debit to a different bank",
+        "what happens to my account if I move abroad",
+        "do you pay compensation when a power cut lasts a long time",
+        "is there a fixed tariff that lasts two years",
+        "do you have a tariff for people with electric cars",
+        "what's the unit rate on fixed twelve",
+        "does the ombudsman have a phone number",
+        "can you send my bills to my son instead of me",
+        "how do I change the name on my account",
+        "can I add my partner to my account",
+        "do you check my credit score when I join",
+        "is there a deposit to open an account with you",
+        "how do I switch to you from my current supplier",
+        "what's your company registration number",
+        "can I have my gas and electricity on one bill",
+        "do you give a discount for paying a year in advance",
+        "how do I close my online account",
+        "do you have a mobile app I can download",
+        "can I get a refund on my late payment fee",
+        "will an engineer fit a new fuse box for me",
+        "do you offer an energy efficiency survey of my home",
+        "can I nominate someone to speak to you on my behalf",
+    ]
+]
+
+NEAR_TEST: list[Question] = [
+    Question("unknown", text, near="test")
+    for text in [
+        "do you print bills in polish or other languages",
+        "how many car parking spaces are at your office",
+        "is there a lift in the customer centre building",
+        "which company makes the smart meters you fit",
+        "what's the fee for paying with american express",
+        "who do I email about a complaint",
+        "what percentage of complaints do you sort out in a week",
+        "can I pay my direct debit from a building society account",
+        "can I keep my account if I move to spain",
+        "how much compensation do I get if my power is off for two days",
+        "do you have a three year fixed deal",
+        "is there a special rate for charging an electric car overnight",
+        "how much per unit is green saver",
+        "can I phone the ombudsman directly",
+        "can my daughter get my bills sent to her house",
+        "how do I put my account in my married name",
+        "can my husband be added as a second account holder",
+        "do you run a credit check on new customers",
+        "will I need to pay a security deposit",
+        "how long does it take to switch my supply over to you",
+        "what is your vat number",
+        "do you do dual fuel accounts",
+        "is it cheaper if I pay annually",
+        "can I delete my online account",
+        "is there an app for iphone",
+        "can I get my late payment charge taken off",
+        "can your engineer move my meter to the garage",
+        "do you do free home energy checks",
+        "can my carer talk to you about my account",
+        "do you give money back if my smart meter is faulty",
+    ]
+]
+
+QUESTIONS: list[Question] = KNOWLEDGE + UNKNOWN + INTENTS + NEAR_DEV + NEAR_TEST
 
 
 # --- checks ---------------------------------------------------------------------------------
@@ -1094,8 +1179,11 @@ def splits() -> dict[str, str]:
     """Item id -> "dev" | "test": per kind, a seeded shuffle; the first third is dev."""
     rng = random.Random(SPLIT_SEED)
     result: dict[str, str] = {}
+    for uid, q in _ids():
+        if q.near:
+            result[uid] = q.near
     for kind in KINDS:
-        ids = [uid for uid, q in _ids() if q.kind == kind]
+        ids = [uid for uid, q in _ids() if q.kind == kind and not q.near]
         rng.shuffle(ids)
         n_dev = round(len(ids) * DEV_SHARE)
         for index, uid in enumerate(ids):
@@ -1105,13 +1193,31 @@ def splits() -> dict[str, str]:
 
 def plan() -> list[Item]:
     """Every item with its voice and line settings: deterministic from SEED."""
-    rng = random.Random(SEED)
-    chosen = _ids()
+    split_of = splits()
+    items: list[Item] = []
+    every = _ids()
+    # The near questions draw from a generator of their own: adding them changed no voice,
+    # speed or line of the items before them.
+    for seed, chosen in (
+        (SEED, [(uid, q) for uid, q in every if not q.near]),
+        (SEED + 1, [(uid, q) for uid, q in every if q.near]),
+    ):
+        items.extend(_planned(random.Random(seed), chosen, split_of))
+    return items
+
+
+def near_ids() -> set[str]:
+    """The ids of the questions beside a passage (NEAR_DEV, NEAR_TEST)."""
+    return {uid for uid, q in _ids() if q.near}
+
+
+def _planned(
+    rng: random.Random, chosen: list[tuple[str, Question]], split_of: dict[str, str]
+) -> list[Item]:
     voices = [VOICES[i % len(VOICES)] for i in range(len(chosen))]
     snrs = [SNRS[i % len(SNRS)] for i in range(len(chosen))]
     rng.shuffle(voices)
     rng.shuffle(snrs)
-    split_of = splits()
     items: list[Item] = []
     for index, (uid, q) in enumerate(chosen):
         items.append(

@@ -644,6 +644,11 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "n": len(applicable),
                 "not_applicable": len(of_kind) - len(applicable),
             } | {o: sum(1 for r in applicable if r["outcome"] == o) for o in outcomes}
+        near = answers_dataset.near_ids()
+        beside = [r for r in chosen if r["kind"] == "unknown" and r["id"] in near]
+        part["unknown_near"] = {"n": len(beside)} | {
+            o: sum(1 for r in beside if r["outcome"] == o) for o in OUTCOMES["unknown"]
+        }
         knowledge = [r for r in chosen if r["kind"] == "knowledge" and r["first_ms"] is not None]
         for name, pick in ANSWER_KINDS.items():
             values = [float(r["first_ms"]) for r in knowledge if pick(r)]
@@ -708,6 +713,15 @@ def table(run: dict[str, Any]) -> str:
             cells = [_rate(s[sp][kind][outcome], s[sp][kind]["n"]) for sp in splits]
             target = targets.get((kind, outcome), "")
             lines.append(f"| {kind}: {outcome} | {' | '.join(cells)} | {target} |")
+    if all("unknown_near" in s[sp] for sp in splits):
+        for outcome in OUTCOMES["unknown"]:
+            cells = [
+                _rate(s[sp]["unknown_near"][outcome], s[sp]["unknown_near"]["n"]) for sp in splits
+            ]
+            lines.append(
+                f"| of which beside a passage (NEAR_DEV / NEAR_TEST): {outcome} "
+                f"| {' | '.join(cells)} | |"
+            )
     latencies = (
         ("fixed", "fixed reply (intent or passage)", TARGET_FIXED_P50_MS),
         ("passage", "of which read from a passage", TARGET_FIXED_P50_MS),

@@ -47,10 +47,16 @@ def test_split_is_seeded_stable_and_about_a_third_dev() -> None:
     assert first == answers_dataset.splits()
     plan = answers_dataset.plan()
     assert [i.id for i in plan] == [i.id for i in answers_dataset.plan()]
+    near = answers_dataset.near_ids()
     for kind in answers_dataset.KINDS:
-        of_kind = [i for i in plan if i.kind == kind]
+        of_kind = [i for i in plan if i.kind == kind and i.id not in near]
         dev = sum(1 for i in of_kind if i.split == "dev")
         assert abs(dev - len(of_kind) / 3) <= 1
+    # The questions beside a passage: their split is the list they were written in.
+    assert len(near) == len(answers_dataset.NEAR_DEV) + len(answers_dataset.NEAR_TEST) == 60
+    by_text = {i.text: i.split for i in plan}
+    assert {by_text[q.text] for q in answers_dataset.NEAR_DEV} == {"dev"}
+    assert {by_text[q.text] for q in answers_dataset.NEAR_TEST} == {"test"}
 
 
 def test_voices_are_new_to_the_project() -> None:

@@ -744,6 +744,15 @@ class KnowledgeConfig:
     direct_min_coverage: float = 0.25
     direct_min_margin: float = 1.0
     max_words: int = 45
+    # A hit whose question names something the passage does not cover (hybrid: a word
+    # that, left out, moves the question's embedding by at least uncovered_min_weight
+    # while the passage's similarity falls by no more than uncovered_max_gain, i.e. rises
+    # with it gone: "could you send my bills in welsh" and the large-print passage) is not read
+    # out as strong: the caller is asked back when it is likely, else the LLM / honest
+    # offer (KnowledgeBase.uncovered_words). Thresholds: bench/eval_answers.py, dev split.
+    check_uncovered: bool = True
+    uncovered_min_weight: float = 0.05
+    uncovered_max_gain: float = -0.03
     # A passage read instead of an intent is trimmed to the sentence that answers the
     # question (hybrid): a later sentence at least this much closer to the question (cosine)
     # than the first is read alone. Above 1: never trimmed.

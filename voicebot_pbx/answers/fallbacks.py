@@ -153,9 +153,10 @@ class _Offered:
 
 @dataclass(frozen=True, slots=True)
 class _Confirming:
-    """The bot asked whether the caller means ``hit``'s passage."""
+    """The bot asked whether the caller means ``hit``'s passage, asked as ``question``."""
 
     hit: KnowledgeHit
+    question: str
 
 
 class _OfferWatch:
@@ -234,18 +235,25 @@ class ComposingDialogue:
                 # without the embedding, not wrapped in an ExceptionGroup.
                 try:
                     async with asyncio.TaskGroup() as group:
-                        finding = group.create_task(asyncio.to_thread(knowledge_hit, kb, text))
+                        finding = group.create_task(
+                            asyncio.to_thread(knowledge_hit, kb, text, self.knowledge)
+                        )
                         hearing = group.create_task(self.inner.understand(call, text))
                 except ExceptionGroup as errors:
                     raise errors.exceptions[0] from None
                 hit, heard = finding.result(), hearing.result()
             else:
-                hit = knowledge_hit(kb, text)
+                hit = knowledge_hit(kb, text, self.knowledge)
                 heard = await self.inner.understand(call, text)
             closeness = kb.intent_similarity(heard.intent, text) if hit is not None else None
             form = question_form(text)
             if hit is not None and not hit.fits:
                 log.info("knowledge_hit_cannot_answer", passage=hit.passage.id, asks=asks_for(text))
+            if hit is not None and hit.uncovered:
+                # How many, not which: the caller's words (a name) stay out of the log.
+                log.info(
+                    "knowledge_hit_uncovered", passage=hit.passage.id, words=len(hit.uncovered)
+                )
             where = route(
                 heard.intent,
                 heard.confidence,
@@ -258,7 +266,7 @@ class ComposingDialogue:
             if where == "passage" and hit is not None:
                 return self._read_out(hit, heard, text)
             if where == "confirm" and hit is not None:
-                return self._ask_back(call, hit, heard)
+                return self._ask_back(call, hit, heard, text)
         turn = await self.inner.respond(call, text)
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):
@@ -285,7 +293,7 @@ class ComposingDialogue:
             return None
         if isinstance(asked, _Confirming):
             if answer:
-                return self._read_out(asked.hit, heard)
+                return self._read_out(asked.hit, heard, asked.question, confirmed=True)
             self._note(call, _Offered())
             return DialogueTurn(
                 replies=(BotReply(text=self.composer.config.fallback_reply),),
@@ -304,7 +312,9 @@ class ComposingDialogue:
             source="knowledge",
         )
 
-    def _ask_back(self, call: CallInfo, hit: KnowledgeHit, heard: Understanding) -> DialogueTurn:
+    def _ask_back(
+        self, call: CallInfo, hit: KnowledgeHit, heard: Understanding, question: str
+    ) -> DialogueTurn:
         """ "Just to check, are you asking: <heading>?" for a likely, not strong, hit."""
         log.info(
             "knowledge_confirm",
@@ -314,7 +324,7 @@ class ComposingDialogue:
             instead_of=heard.intent,
             intent_confidence=heard.confidence,
         )
-        self._note(call, _Confirming(hit))
+        self._note(call, _Confirming(hit, question))
         return DialogueTurn(
             replies=(BotReply(text=confirm_question(hit.passage, self.knowledge)),),
             intent=heard.intent,
@@ -324,12 +334,24 @@ class ComposingDialogue:
         )
 
     def _read_out(
-        self, hit: KnowledgeHit, heard: Understanding, question: str = ""
+        self,
+        hit: KnowledgeHit,
+        heard: Understanding,
+        question: str = "",
+        *,
+        confirmed: bool = False,
     ) -> DialogueTurn:
         """The passage's own sentences, instead of the intent ``heard``: those that answer
-        ``question`` (empty: the caller said yes to the passage's heading, all of them)."""
+        ``question``. ``confirmed``: the caller said yes to the passage's heading, so all of
+        them, but for a bare "Yes." / "No." opening that ``question`` (what the caller first
+        asked) would hear as the opposite of the passage (``routing.answering``): "can my
+        direct debit come out on the thirtieth", yes to "Can I change my direct debit
+        date?", hears the 1st to the 28th without "Yes." first."""
         tied = (
-            bool(question) and is_tied(hit, self.knowledge) and not is_strong(hit, self.knowledge)
+            not confirmed
+            and bool(question)
+            and is_tied(hit, self.knowledge)
+            and not is_strong(hit, self.knowledge)
         )
         sentences = (
             tied_answer(hit)
@@ -338,7 +360,7 @@ class ComposingDialogue:
                 hit.passage,
                 self.knowledge.max_words,
                 question,
-                hit.sentence_similarities,
+                () if confirmed else hit.sentence_similarities,
                 self.knowledge.answer_sentence_lead,
             )
         )

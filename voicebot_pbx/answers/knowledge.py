@@ -83,6 +83,13 @@ _STOPWORDS = frozenset(
     s t d ll m re ve also still just really much many""".split()
 )
 _WORD_RE = re.compile(r"[a-z0-9]+")
+_LETTERS_RE = re.compile(r"[^a-z]")
+# Words that name no subject of their own ("is there some kind of list ..."): never taken
+# for what a question asks about (KnowledgeBase.uncovered_words).
+_VAGUE_WORDS = frozenset(
+    """anyone anything someone something somebody kind sort way thing things go going come
+    ever whats hows wheres theres""".split()
+)
 
 
 def _stem(word: str) -> str:
@@ -262,6 +269,44 @@ class KnowledgeBase:
         if vectors is None:
             return ()
         return tuple(float(x) for x in vectors @ self._question_vector(question))
+
+    def uncovered_words(
+        self, passage: Passage, question: str, min_weight: float, max_gain: float
+    ) -> tuple[str, ...]:
+        """The words of ``question`` that carry its meaning but not its closeness to
+        ``passage``: not a word of the passage (stemmed, its heading and keywords too) and,
+        left out, the question's embedding moves by at least ``min_weight``
+        (1 - cosine) while its similarity to the passage falls by no more than ``max_gain``
+        (a negative ``max_gain``: it rises). "could you send my bills in welsh" is close to the
+        passage about bills in large print and braille, and closer still without "welsh":
+        the passage does not say what the caller asks about. Empty when not hybrid.
+        Blocking (one embedding per content word, ~5 ms each): off the event loop."""
+        if self._vectors is None or self._embedder is None:
+            return ()
+        tokens = question.split()
+        vector = self._question_vector(question)
+        passage_vector = self._vectors[self.passages.index(passage)]
+        base = float(passage_vector @ vector)
+        words: list[str] = []
+        variants: list[str] = []
+        for index, token in enumerate(tokens):
+            word = _LETTERS_RE.sub("", token.lower())
+            if not word or word in _STOPWORDS or word in _VAGUE_WORDS:
+                continue
+            if _stem(word) in self._terms_by_id[passage.id]:
+                continue  # the passage says it (or a word with its stem)
+            words.append(word)
+            variants.append(" ".join(tokens[:index] + tokens[index + 1 :]))
+        if not variants:
+            return ()
+        without = np.stack([self._embedder.embed(text) for text in variants])
+        weights = 1.0 - without @ vector
+        gains = base - without @ passage_vector
+        return tuple(
+            word
+            for word, weight, gain in zip(words, weights, gains, strict=True)
+            if weight >= min_weight and gain <= max_gain
+        )
 
     def _question_vector(self, question: str) -> npt.NDArray[np.float32]:
         assert self._embedder is not None

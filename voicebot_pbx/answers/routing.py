@@ -30,11 +30,14 @@ question for a fact about a task reads a strong hit on the task's own topic
 keeps its own topic's intent; an unsure task intent's question without a strong hit gets the
 honest offer. A passage that does not state the kind of answer asked for ("how much ...": an
 amount) is neither strong nor likely (``KnowledgeHit.fits``). Two passages both strong but
-for their lead are a *tie* (:func:`is_tied`): both are read (:func:`tied_answer`).
+for their lead are a *tie* (:func:`is_tied`): both are read (:func:`tied_answer`). A hit
+whose question names something the passage does not cover (``KnowledgeHit.uncovered``: "could
+you send my bills in welsh" and the large-print passage) is asked back instead of read out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -66,6 +69,10 @@ class KnowledgeHit:
     second: Passage | None = None
     second_similarities: tuple[float, ...] = ()
     second_fits: bool = True
+    # hybrid, with KnowledgeConfig.check_uncovered: the words the question asks about that
+    # the passage does not cover (KnowledgeBase.uncovered_words; looked for only when the
+    # hit could be strong). Such a hit is never read out unasked, or as half of a tie.
+    uncovered: tuple[str, ...] = ()
 
     @property
     def margin(self) -> float:
@@ -78,9 +85,13 @@ class KnowledgeHit:
         return self.score - self.runner_up
 
 
-def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
+def knowledge_hit(
+    kb: KnowledgeBase, question: str, config: KnowledgeConfig | None = None
+) -> KnowledgeHit | None:
     """The best passage for ``question`` and the evidence for it (None: nothing relevant).
-    Blocking (a hybrid knowledge base embeds the question): run it off the event loop."""
+    With ``config`` (``check_uncovered``), a hybrid hit that scores a strong hit's floor
+    also says which of the question's words the passage does not cover. Blocking (a hybrid
+    knowledge base embeds the question): run it off the event loop."""
     scored = kb.scores(question)
     if not scored:
         return None
@@ -94,6 +105,16 @@ def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
     kind = asks_for(question)
     fits = kind is None or states(kind, passage.text)
     second = scored[1][0] if len(scored) > 1 and kb.hybrid else None
+    uncovered: tuple[str, ...] = ()
+    if (
+        config is not None
+        and config.check_uncovered
+        and kb.hybrid
+        and score >= config.hybrid_direct_min_score
+    ):
+        uncovered = kb.uncovered_words(
+            passage, question, config.uncovered_min_weight, config.uncovered_max_gain
+        )
     return KnowledgeHit(
         passage,
         score,
@@ -106,11 +127,12 @@ def knowledge_hit(kb: KnowledgeBase, question: str) -> KnowledgeHit | None:
         second,
         kb.sentence_similarities(second, question) if second is not None else (),
         second is None or kind is None or states(kind, second.text),
+        uncovered,
     )
 
 
 def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
-    if hit is None or not hit.fits:
+    if hit is None or not hit.fits or hit.uncovered:
         return False
     if hit.hybrid:
         return hit.score >= config.hybrid_direct_min_score and (
@@ -135,6 +157,7 @@ def is_tied(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
     floor = config.hybrid_direct_min_score
     return (
         hit.fits
+        and not hit.uncovered
         and hit.second_fits
         and hit.score >= floor
         and hit.runner_up >= floor
@@ -194,7 +217,7 @@ def _topic(passage: Passage) -> str:
     return passage.id.split("#", 1)[0]
 
 
-def route(
+def _route(
     intent: str | None,
     confidence: float | None,
     needs_fallback: bool,
@@ -203,8 +226,7 @@ def route(
     intent_similarity: float | None = None,
     form: QuestionForm = "unclear",
 ) -> Route:
-    """Where the turn's answer comes from (see the module docstring). ``form``: what the
-    caller's words ask for (:func:`voicebot_pbx.answers.question_form.question_form`)."""
+    """:func:`route` for a hit taken as covering the question."""
     strong = config.direct and (is_strong(hit, config) or is_tied(hit, config))
     unsure: Route = "confirm" if config.direct and is_likely(hit, config) else "compose"
     if needs_fallback or intent is None:
@@ -252,6 +274,43 @@ def route(
         # hour on your cheapest plan?": report_outage 0.68).
         return unsure
     return "intent"
+
+
+def route(
+    intent: str | None,
+    confidence: float | None,
+    needs_fallback: bool,
+    hit: KnowledgeHit | None,
+    config: KnowledgeConfig,
+    intent_similarity: float | None = None,
+    form: QuestionForm = "unclear",
+) -> Route:
+    """Where the turn's answer comes from (see the module docstring). ``form``: what the
+    caller's words ask for (:func:`voicebot_pbx.answers.question_form.question_form`).
+
+    A hit that would be read out but for words of the question the passage does not cover
+    (``KnowledgeHit.uncovered``) is asked back instead (``confirm``; the LLM when asking
+    back is off): "could you send my bills in welsh" hears "Just to check, are you asking: Can I
+    get my bill in another format?", not the large-print passage. So is such a hit on the
+    topic of the intent that would keep the turn, when the caller asks for information:
+    "can I park at your customer centre" is no better answered by the address
+    intent's reply than by the visiting passage."""
+    if hit is None or not hit.uncovered:
+        return _route(intent, confidence, needs_fallback, hit, config, intent_similarity, form)
+    covered = dataclasses.replace(hit, uncovered=())
+    where = _route(intent, confidence, needs_fallback, covered, config, intent_similarity, form)
+    ask_back: Route = "confirm" if config.confirm else "compose"
+    if where == "passage":
+        return ask_back
+    if (
+        where == "intent"
+        and form == "information"
+        and is_strong(covered, config)
+        and dict(pair.split("=", 1) for pair in config.intent_topics).get(intent or "")
+        == _topic(hit.passage)
+    ):
+        return ask_back
+    return where
 
 
 def spoken_answer(
