@@ -159,6 +159,10 @@ class Setting:
     end_silence_after_sound_ms: int = 0
     unfinished_below: float = -2.5
     finished_from: float = -1.5
+    # The reader of the decode at each pause (with unfinished_max_ms): "model" (the text
+    # model) or "words" (turn.text_reader = "words": the old word list, no model: a
+    # transcript ending in a word no sentence ends in reads unfinished, else unsure)
+    reader: str = "model"
     table: str = "main"  # "main" | "threshold" | "digits": which markdown table shows it
 
 
@@ -234,7 +238,17 @@ def default_setting() -> Setting:
     turn = TurnConfig()
     if turn.unfinished_max_silence_ms == 0:
         return previous_default()
+    if turn.text_reader == "words":
+        return word_hold_setting(turn.unfinished_max_silence_ms)
     return text_setting(turn.unfinished_max_silence_ms, turn.text_wait)
+
+
+def word_hold_setting(hold_ms: int) -> Setting:
+    """The previous defaults with the word list reading the decode at each pause."""
+    base = previous_default()
+    return replace(
+        base, name=f"{base.name} word-hold={hold_ms}", unfinished_max_ms=hold_ms, reader="words"
+    )
 
 
 def settings() -> list[Setting]:
@@ -258,7 +272,7 @@ def settings() -> list[Setting]:
             )
     for end, tiebreak in ((200, 400), (150, 300), (150, 400), (150, 500)):
         out.append(_tiebreak_setting(end, tiebreak, 0))
-    out.append(previous_default())  # the default: the text model is off
+    out.append(previous_default())  # the default until 2026-12-05: no reading
     for quiet_db, longest in ((0, None), (20, None), (25, None), (30, None), (40, None)):
         out.append(quiet_setting(quiet_db, longest))
     out.append(quiet_setting(30, 850))
@@ -286,6 +300,8 @@ def settings() -> list[Setting]:
                 end_silence_after_sound_ms=after_sound_ms,
             )
         )
+    for hold_ms in (1200, 1500):
+        out.append(word_hold_setting(hold_ms))
     out.append(text_setting(1500, wait=False))
     out.append(text_setting(1500, wait=True))
     out.append(text_setting(2000, wait=True))
@@ -588,7 +604,17 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                         decode_ready[pause_id] = spec_busy_until_s
                     if out.decided_s is None and (setting.tiebreak_ms > 0 or reading):
                         spec = Verdict(pause_id, spec_busy_until_s, decoded.value >= 0.5)
-                        if reading:
+                        if reading and setting.reader == "words":
+                            unfinished = bool(decoded.text.strip()) and not looks_complete(
+                                decoded.text
+                            )
+                            spec = Verdict(
+                                pause_id,
+                                spec_busy_until_s,
+                                not unfinished,
+                                "unfinished" if unfinished else "unsure",
+                            )
+                        elif reading:
                             read, words = judges.text(decoded.text)
                             spec_busy_until_s += read.wall_s
                             out.evaluations += 1

@@ -108,7 +108,8 @@ def test_check_config_and_serve_refuse_a_missing_turn_model(
     config = tmp_path / "voicebot.toml"
     config.write_text(
         f'state_dir = "{tmp_path / "state"}"\n'
-        f'[turn]\nunfinished_max_silence_ms = 1500\n{setting} = "{tmp_path / missing}"\n'
+        f'[turn]\nunfinished_max_silence_ms = 1500\ntext_reader = "model"\n'
+        f'{setting} = "{tmp_path / missing}"\n'
         "[server]\nport = 0\n[health]\nenabled = false\n"
     )
     assert main(["check-config", "--config", str(config)]) == 1

@@ -32,6 +32,7 @@ from voicebot_pbx.speech.turn_text import (
     TextTurnScore,
     caller_words,
     text_verdict,
+    word_list_verdict,
 )
 from voicebot_pbx.testing import EnergyVad, FakeEngines, ScriptedTextModel, run_virtual, tone
 
@@ -133,7 +134,11 @@ def with_text_model(shared: Shared, model: ScriptedTextModel, **turn: object) ->
     assert isinstance(engines, FakeEngines)
     engines.text_model = model
     engines.script_text = model
-    settings: dict[str, object] = {"unfinished_max_silence_ms": 1500, **turn}
+    settings: dict[str, object] = {
+        "unfinished_max_silence_ms": 1500,
+        "text_reader": "model",
+        **turn,
+    }
     shared.config = dataclasses.replace(
         shared.config, turn=dataclasses.replace(shared.config.turn, **settings)
     )
@@ -145,7 +150,8 @@ ACCOUNT_READ = frozenset({PHRASES[ACCOUNT]})
 
 def test_a_transcript_read_unfinished_keeps_the_turn_open_through_a_long_pause() -> None:
     """ "my account number is", 1.2 s of silence, then the digits: one turn with the text
-    model; without it the pause (longer than vad.end_silence_max_ms) splits the answer."""
+    model; with no reader at all the pause (longer than vad.end_silence_max_ms) splits the
+    answer."""
     said = [(3.0, tone(1.0, 8000, ACCOUNT)), (5.2, tone(0.8, 8000, DIGITS))]
     whole = f"{PHRASES[ACCOUNT]} {PHRASES[DIGITS]}"
 
@@ -155,7 +161,11 @@ def test_a_transcript_read_unfinished_keeps_the_turn_open_through_a_long_pause()
     assert [t.transcript for t in turns] == [whole]
     assert turns[0].reply_text == "Thanks, got your account."
 
-    _media, session = run_virtual(call_timeline(make_shared(), said, until_s=9.0))
+    unread = make_shared()
+    unread.config = dataclasses.replace(
+        unread.config, turn=dataclasses.replace(unread.config.turn, unfinished_max_silence_ms=0)
+    )
+    _media, session = run_virtual(call_timeline(unread, said, until_s=9.0))
     turns = [t for t in session.record.turns if t.kind == "speech"]
     assert [t.transcript for t in turns] == [PHRASES[ACCOUNT], PHRASES[DIGITS]]
 
@@ -309,3 +319,40 @@ def test_without_text_wait_a_read_only_holds_the_turns_it_reads_unfinished() -> 
     unfinished_s = shared.config.turn.unfinished_max_silence_ms / 1000.0
     # (+ the reprompt's synthesis: no rule answers "my account number is")
     assert unfinished_s <= first_reply_after(media, 4.0) - 4.0 < unfinished_s + 0.25
+
+
+def test_the_word_list_as_reader_holds_a_sentence_that_stops_on_its_last_word() -> None:
+    """turn.text_reader = "words": no model; "my account number is" ends in a word no
+    sentence ends in, so it holds the turn through a 1.2 s pause (one turn with the digits
+    after it), and a caller who stops there is answered at unfinished_max_silence_ms; "what
+    are your opening hours" is not held (the audio model's "finished", short silence)."""
+    said = [(3.0, tone(1.0, 8000, ACCOUNT)), (5.2, tone(0.8, 8000, DIGITS))]
+    shared = make_shared()
+    assert isinstance(shared.engines, FakeEngines) and shared.engines.text_model is None
+    words = dataclasses.replace(
+        shared.config.turn, unfinished_max_silence_ms=1500, text_reader="words"
+    )
+    shared.config = dataclasses.replace(shared.config, turn=words)
+    _media, session = run_virtual(call_timeline(shared, said, until_s=9.0))
+    turns = [t for t in session.record.turns if t.kind == "speech"]
+    assert [t.transcript for t in turns] == [f"{PHRASES[ACCOUNT]} {PHRASES[DIGITS]}"]
+
+    with capture_logs() as logs:
+        media, _ = run_virtual(
+            call_timeline(shared, [(3.0, tone(1.0, 8000, ACCOUNT))], until_s=8.0)
+        )
+    assert 1.5 <= first_reply_after(media, 4.0) - 4.0 < 1.5 + 0.25
+    (event,) = [e for e in logs if e["event"] == "transcript"]
+    assert (event["ended_by"], event["text_verdict"]) == ("silence", "unfinished")
+
+    media, _ = run_virtual(call_timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0))
+    assert first_reply_after(media, 4.0) - 4.0 < 0.4
+
+
+def test_the_word_list_reader_reads_no_sentence_finished() -> None:
+    assert word_list_verdict("my account number is") == "unfinished"
+    assert word_list_verdict("I'd like to") == "unfinished"
+    assert word_list_verdict("one five eight") == "unfinished"  # digits being read out
+    assert word_list_verdict("what are your opening hours?") == "unsure"
+    assert word_list_verdict("agent please") == "unsure"
+    assert word_list_verdict("") == "unsure"  # nothing heard: the audio model decides

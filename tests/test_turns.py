@@ -773,12 +773,19 @@ def test_the_model_ends_a_finished_turn_at_the_short_silence() -> None:
 
 def test_an_unfinished_sounding_pause_waits_for_the_maximum_silence() -> None:
     """The model hears "my account number is" as unfinished: the caller who then says
-    nothing more is answered only after vad.end_silence_max_ms, not at the short silence."""
-    shared = make_shared()
+    nothing more is answered only after vad.end_silence_max_ms, not at the short silence;
+    with the word list reading the transcript (the default turn.text_reader, "is" ends no
+    sentence), after turn.unfinished_max_silence_ms."""
+    shared = with_turn(make_shared(), unfinished_max_silence_ms=0)
     media, session = run_virtual(timeline(shared, [(3.0, tone(1.0, 8000, ACCOUNT))], until_s=7.0))
     first = first_reply_after(media, 4.0)
     assert first - 4.0 >= 0.7
     assert first - 4.0 < 0.7 + 0.032 + 0.25
+
+    shared = make_shared()
+    held_s = shared.config.turn.unfinished_max_silence_ms / 1000.0
+    media, session = run_virtual(timeline(shared, [(3.0, tone(1.0, 8000, ACCOUNT))], until_s=7.0))
+    assert held_s <= first_reply_after(media, 4.0) - 4.0 < held_s + 0.032 + 0.25
 
 
 def test_a_finished_transcript_breaks_the_models_unfinished_verdict() -> None:

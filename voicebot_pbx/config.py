@@ -148,18 +148,25 @@ class TurnConfig:
     # turn only after this much silence (callers read numbers in groups); the turn ends at
     # the short silence once all are heard. 0: no such rule.
     digits_max_silence_ms: int = 1500
-    # The decode at each pause read by a small chat LLM (speech/turn_text.py; the packaged
-    # SmolLM2-135M unless text_model_path): a transcript it reads unfinished ("the reason
-    # I'm calling is") holds the turn open up to unfinished_max_silence_ms (the same wait as
-    # for digits: a caller mid-answer); one it reads finished ends the turn at the short
-    # silence; one it reads unsure is left to the audio model and the tie-break (instead of
-    # the old word list). A read acts when it comes (text_wait: no pause ends before it).
-    # 0 (default): off (the word list breaks ties; vad.end_silence_max_ms ends every pause);
-    # 1500 turns it on. Off by default because of its CPU: at 16 calls on 2 cores the
-    # answers' p50 went from 386 to 544 ms (bench_turns) for premature ends 95 % -> 86 % of
-    # mid-sentence pauses (bench_turn_end; README "End of turn"). Off with Vosk, which
-    # streams (no decode at a pause to read).
-    unfinished_max_silence_ms: int = 0
+    # The decode at each pause is read (text_reader): a transcript read unfinished holds the
+    # turn open up to unfinished_max_silence_ms (the same wait as for digits: a caller
+    # mid-sentence), whatever the audio model says; any other pause ends by the audio model,
+    # the tie-break and vad.end_silence_max_ms. 0: no reading. Off with Vosk, which streams
+    # (no decode at a pause to read).
+    # text_reader "words" (default): the word list, no model and no CPU: a transcript that
+    # ends in a word no sentence ends in ("to", "the", "my", "and", "um") or in digits being
+    # read out reads unfinished, any other "unsure". Offline (bench_turn_end, 221 paused and
+    # 293 complete turns): premature ends 207 -> 155 of 221, complete turns' decision p50
+    # 248 -> 250 ms, p95 832 -> 1638 (turns that end in such a word by design: "yes it is",
+    # phone numbers), 176 / 314 -> 176 / 326 ms on the recorded voice.
+    # text_reader "model": a small chat LLM (speech/turn_text.py; the packaged SmolLM2-135M
+    # unless text_model_path) reads it; "finished" also ends the turn at the short silence,
+    # "unsure" is left to the audio model and the tie-break. A read acts when it comes
+    # (text_wait: no pause ends before it). Not the default because of its CPU: at 16 calls
+    # on 2 cores the answers' p50 went from 386 to 544 ms (bench_turns) for premature ends
+    # 95 % -> 86 % of mid-sentence pauses (README "End of turn").
+    unfinished_max_silence_ms: int = 1500
+    text_reader: Literal["model", "words"] = "words"
     text_model_path: str = ""  # a ChatML instruct GGUF; empty: the packaged SmolLM2-135M
     # log10 P(the caller's message ends after these words): below -> unfinished, at or above
     # -> finished (chosen on a development list of texts, not on the evaluation set).
@@ -1104,6 +1111,8 @@ def _validate(config: Config, source: str) -> None:
             f"turn.unfinished_max_silence_ms = {unfinished_ms} must be 0 (off) or at least "
             f"vad.end_silence_max_ms ({config.vad.end_silence_max_ms}): it waits longer"
         )
+    if config.turn.text_reader not in ("model", "words"):
+        problems.append(f'turn.text_reader = "{config.turn.text_reader}": "model" or "words"')
     if config.turn.text_unfinished_below > config.turn.text_finished_from:
         problems.append(
             f"turn.text_unfinished_below = {config.turn.text_unfinished_below} must not be "

@@ -41,7 +41,12 @@ from voicebot_pbx.speech.stt import (
     timed,
 )
 from voicebot_pbx.speech.turn_model import TurnModel, TurnScore
-from voicebot_pbx.speech.turn_text import TextTurnScorer, TextVerdict, text_verdict
+from voicebot_pbx.speech.turn_text import (
+    TextTurnScorer,
+    TextVerdict,
+    text_verdict,
+    word_list_verdict,
+)
 from voicebot_pbx.speech.turns import (
     BargeIn,
     BargeInCancelled,
@@ -287,11 +292,14 @@ class Listener:
         self.turn_scores = 0
         self.turn_model_cpu_s = 0.0
         self._turn_model_failed = False
-        # The text model reads the decode at each pause (needs whole-utterance decodes).
+        # The text model, or the word list (turn.text_reader), reads the decode at each
+        # pause (needs whole-utterance decodes).
+        reading = config.turn.unfinished_max_silence_ms > 0 and self._batch is not None
         self._text_model: TextTurnScorer | None = (
-            engines.text_model
-            if config.turn.unfinished_max_silence_ms > 0 and self._batch is not None
-            else None
+            engines.text_model if reading and config.turn.text_reader == "model" else None
+        )
+        self._reading = self._text_model is not None or (
+            reading and config.turn.text_reader == "words"
         )
         self._text_read: _TextRead | None = None
         self._text_request: tuple[int, int, str] | None = None  # the newest decode to read
@@ -436,7 +444,11 @@ class Listener:
         return True
 
     def _request_text_read(self, turn_id: int, pause_id: int, result: SttResult | None) -> None:
-        if self._text_model is not None:
+        if self._reading and self._text_model is None:
+            # The word list reads it at once (no model, no CPU to speak of).
+            text = result.text if result is not None else ""
+            self._text_read = _TextRead(turn_id, pause_id, word_list_verdict(text))
+        elif self._text_model is not None:
             # The text worker reads it; the STT worker goes on (a _Finish need not wait).
             self._text_request = (turn_id, pause_id, result.text if result is not None else "")
             self._text_wakeup.set()
@@ -486,7 +498,7 @@ class Listener:
         waits = [0]
         if self._expect_digits is not None:
             waits.append(self.config.turn.digits_max_silence_ms)
-        if self._text_model is not None:
+        if self._reading:
             waits.append(self.config.turn.unfinished_max_silence_ms)
         longest = max(waits)
         return longest if longest > self.config.vad.end_silence_max_ms else None
@@ -522,7 +534,7 @@ class Listener:
         at this pause (with turn.text_wait; without, the detectors decide meanwhile),
         "hold" when it reads it unfinished (only turn.unfinished_max_silence_ms ends the
         turn), else "pass" (the detectors decide, vad.end_silence_max_ms at the latest)."""
-        if self._text_model is None:
+        if not self._reading:
             return "pass"
         read = self._text_read
         if read is None or self._is_stale_pause(read.turn_id, read.pause_id):
@@ -556,7 +568,7 @@ class Listener:
                 return silence_ms, ended_by
         if self._text_gate() != "pass":
             return None
-        if self._text_model is not None and self._text_read_as("finished"):
+        if self._reading and self._text_read_as("finished"):
             return self.config.vad.end_silence_ms, "text"
         verdict = self._detector_verdict()
         if verdict is None and self._longest_silence_ms() is not None:
@@ -593,8 +605,9 @@ class Listener:
 
     def _transcript_reads_finished(self) -> bool:
         """The speculative transcript of the current pause may be a finished turn: the text
-        model, when it is on, does not read it unfinished; else the old word list."""
-        if self._text_model is not None:
+        model (or the word list as its reader), when it is on, does not read it unfinished;
+        else the old word list."""
+        if self._reading:
             return self._text_read_as("finished", "unsure")
         spec = self._speculation
         return (
@@ -805,11 +818,12 @@ class Listener:
                 result = decode.result()
                 if result is not None:
                     self._speculation = _Speculation(turn_id, pause_id, result, early is not None)
-                    self._maybe_end_early()
                 if early is None or early.adopted:
                     self._request_text_read(turn_id, pause_id, result)
                 else:
                     early.decoded = True  # read once the pause begins (_adopt_early)
+                if result is not None:
+                    self._maybe_end_early()
             case _Finish(turn_id, pause_id, speech_end_at, pcm, ended_by, verdict_ms):
                 spec = self._speculation
                 read = self._text_read

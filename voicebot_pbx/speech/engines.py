@@ -199,8 +199,13 @@ def load_turn_model(config: Config) -> SmartTurn:
 
 
 def text_model_wanted(config: Config) -> bool:
-    """The text model is on and has decodes at pauses to read (Vosk streams: none)."""
-    return config.turn.unfinished_max_silence_ms > 0 and config.stt.engine != "vosk"
+    """The text model is on and has decodes at pauses to read (Vosk streams: none); the
+    word list (``turn.text_reader = "words"``) needs no model."""
+    return (
+        config.turn.unfinished_max_silence_ms > 0
+        and config.turn.text_reader == "model"
+        and config.stt.engine != "vosk"
+    )
 
 
 def load_text_model(config: Config) -> TextTurnModel:

@@ -35,6 +35,7 @@ import numpy as np
 
 from voicebot_pbx.speech.cpu import import_llama_cpp
 from voicebot_pbx.speech.turn_model import TurnModelError
+from voicebot_pbx.speech.turns import looks_complete
 
 _LAST_WORDS = 8
 # What the caller is: the model's idea of a finished message depends on it a little.
@@ -71,6 +72,14 @@ def caller_words(text: str) -> str:
     the last ``_LAST_WORDS`` words."""
     words = _NOT_WORD.sub(" ", text.lower()).split()
     return " ".join(words[-_LAST_WORDS:])
+
+
+def word_list_verdict(text: str) -> TextVerdict:
+    """The old word list as the reader of a decode at a pause (``turn.text_reader =
+    "words"``): "unfinished" when the transcript ends in a word no sentence ends in, or in
+    digits being read out (:func:`voicebot_pbx.speech.turns.looks_complete`); otherwise
+    "unsure" (never "finished": that is the audio model's to say)."""
+    return "unfinished" if text.strip() and not looks_complete(text) else "unsure"
 
 
 def text_verdict(
