@@ -198,8 +198,24 @@ def test_grounding_names_codes_addresses_and_shape(kb: KnowledgeBase) -> None:
     ]
     assert grounding_problems("", web) == ["empty answer"]
     assert grounding_problems(" - ", web) == ["empty answer"]
+
     long = "You can do that online " * 10
     assert grounding_problems(long, web, max_words=35) == ["too long: 50 words > 35"]
+
+
+def test_grounding_refuses_a_way_to_reach_us_the_passages_never_name(kb: KnowledgeBase) -> None:
+    # Every fact of the sentence is in the passages; the e-mail channel is not.
+    complaints = passages(kb, "complaints#1", "address#1")
+    invented = "The email address for complaints is 12 Harbour Street, Northwind."
+    assert grounding_problems(invented, complaints) == ["contact channel email not in the passages"]
+    assert grounding_problems("You can send us a text message, or use our app.", complaints) == [
+        "contact channel text message not in the passages",
+        "contact channel app not in the passages",
+    ]
+    assert grounding_problems("You can complain by letter to 12 Harbour Street.", complaints) == []
+    # A passage that names the channel grounds it: bills come by e-mail.
+    bills = passages(kb, "billing#1")
+    assert grounding_problems("Bills are sent every month by email.", bills) == []
 
 
 # --- sentences from a token stream ------------------------------------------------------------

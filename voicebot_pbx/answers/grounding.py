@@ -75,6 +75,20 @@ _TOKEN_RE = re.compile(
     r"|(?P<sym>[^\sA-Za-z\d])"
 )
 _RUN_SEPARATORS = frozenset({"-", ",", "(", ")", "/", "–", ":"})
+# Ways to reach the company that a caller would go and use: one the passages never name is
+# invented, whatever the sentence gives as its address ("The email address for complaints
+# is 12 Harbour Street": every fact in it is in the passages, the channel is not).
+_CHANNELS: dict[str, re.Pattern[str]] = {
+    name: re.compile(pattern, re.IGNORECASE)
+    for name, pattern in {
+        "email": r"\be-?mail",
+        "fax": r"\bfax",
+        "text message": r"\b(?:text messages?|sms|texting us)\b",
+        "whatsapp": r"\bwhats ?app\b",
+        "live chat": r"\b(?:live ?chat|web ?chat)\b",
+        "app": r"\bapps?\b",
+    }.items()
+}
 _EMAIL_URL_RE = re.compile(
     r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|(?:https?://|www\.)\S+|\b[\w-]+\.(?:com|co\.uk|org|net|uk|io)\b",
     re.IGNORECASE,
@@ -516,7 +530,8 @@ def grounding_problems(
     number (a run of 5+ digits, compared digit by digit: "oh eight hundred, one one one, nine
     nine nine" is 0800111999), amount ("£30", "thirty pounds": must be an amount in the
     passages), time ("6 pm": that hour with that am/pm), date (ordinals, capitalised month
-    and weekday names), code ("4EN"), e-mail/web address and capitalised name must appear in
+    and weekday names), code ("4EN"), e-mail/web address, capitalised name and way of
+    reaching the company (e-mail, fax, text message, an app, live chat) must appear in
     ``passages``. ``allowed_words`` adds names that are always fine (the company's name).
     Also rejects empty text and text longer than ``max_words`` words. Pure; never raises.
 
@@ -596,6 +611,9 @@ def grounding_problems(
     for match in _EMAIL_URL_RE.finditer(text):
         if match.group(0).lower().rstrip(".") not in source.text:
             problems.append(f"address {match.group(0)} not in the passages")
+    for name, pattern in _CHANNELS.items():
+        if pattern.search(text) and not pattern.search(source.text):
+            problems.append(f"contact channel {name} not in the passages")
     return problems + _contradictions(text, passages, question)
 
 

@@ -217,6 +217,12 @@ def _topic(passage: Passage) -> str:
     return passage.id.split("#", 1)[0]
 
 
+def _intent_topic(intent: str | None, config: KnowledgeConfig) -> str | None:
+    """The knowledge file ``intent`` answers for (``intent_topics``; None: none)."""
+    topics = dict(pair.split("=", 1) for pair in config.intent_topics)
+    return topics.get(intent or "")
+
+
 def _route(
     intent: str | None,
     confidence: float | None,
@@ -234,8 +240,7 @@ def _route(
     if intent in config.keep_intents:
         return "intent"
     if strong and hit is not None:
-        topics = dict(pair.split("=", 1) for pair in config.intent_topics)
-        if topics.get(intent) == _topic(hit.passage):
+        if _intent_topic(intent, config) == _topic(hit.passage):
             if form == "information" and intent in config.question_form_intents:
                 # A question about the task ("how long will the fitter be?"), not the
                 # task: its training examples are requests, so closeness cannot tell.
@@ -260,7 +265,7 @@ def _route(
         # the passage holds ("if I switch supplier before my fixed deal ends how much will I
         # be charged": billing_question 1.00, the tariffs' exit fees). An intent without a
         # topic (an admin's rule: "rule0") is its own answer to whatever it matched.
-        other_topic = intent in topics
+        other_topic = _intent_topic(intent, config) is not None
         return "passage" if form == "information" and other_topic else "intent"
     asks_about_task = form == "information" and intent in config.question_form_intents
     if (
@@ -306,8 +311,7 @@ def route(
         where == "intent"
         and form == "information"
         and is_strong(covered, config)
-        and dict(pair.split("=", 1) for pair in config.intent_topics).get(intent or "")
-        == _topic(hit.passage)
+        and _intent_topic(intent, config) == _topic(hit.passage)
     ):
         return ask_back
     return where
