@@ -239,15 +239,20 @@ def default_setting() -> Setting:
     if turn.unfinished_max_silence_ms == 0:
         return previous_default()
     if turn.text_reader == "words":
-        return word_hold_setting(turn.unfinished_max_silence_ms)
+        return word_hold_setting(turn.unfinished_max_silence_ms, turn.text_wait)
     return text_setting(turn.unfinished_max_silence_ms, turn.text_wait)
 
 
-def word_hold_setting(hold_ms: int) -> Setting:
-    """The previous defaults with the word list reading the decode at each pause."""
+def word_hold_setting(hold_ms: int, wait: bool = False) -> Setting:
+    """The previous defaults with the word list reading the decode at each pause (``wait``:
+    no pause ends before that decode is back, turn.text_wait)."""
     base = previous_default()
     return replace(
-        base, name=f"{base.name} word-hold={hold_ms}", unfinished_max_ms=hold_ms, reader="words"
+        base,
+        name=f"{base.name} word-hold={hold_ms}{' wait' if wait else ''}",
+        unfinished_max_ms=hold_ms,
+        reader="words",
+        text_wait=wait,
     )
 
 
@@ -302,6 +307,7 @@ def settings() -> list[Setting]:
         )
     for hold_ms in (1200, 1500):
         out.append(word_hold_setting(hold_ms))
+    out.append(word_hold_setting(1500, wait=True))
     out.append(text_setting(1500, wait=False))
     out.append(text_setting(1500, wait=True))
     out.append(text_setting(2000, wait=True))
