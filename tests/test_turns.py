@@ -312,6 +312,9 @@ def test_barge_in_needs_min_speech_and_the_raised_threshold() -> None:
         ("where can I find you", True),
         ("I'd like to", False),
         ("um", False),
+        # The STT's question mark: it heard a whole question, whatever its last word.
+        ("so it's the one in the town centre then?", True),
+        ("so it's the one in the town centre then", False),
     ],
 )
 def test_looks_complete(text: str, complete: bool) -> None:

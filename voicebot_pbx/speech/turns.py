@@ -51,6 +51,8 @@ def looks_complete(text: str) -> bool:
     words = [w for w in words if w]
     if not words:
         return False
+    if text.rstrip().endswith("?"):
+        return True  # the STT heard a whole question ("... in your office, okay, then?")
     last = words[-1]
     if last in _CONTINUATION_WORDS or last in _SPOKEN_DIGITS:
         return False
