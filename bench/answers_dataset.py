@@ -961,9 +961,14 @@ INTENTS: list[Question] = [
 # NEAR_TEST only to report. Their split is fixed, not drawn, so that adding them moved no
 # earlier item between dev and test.
 
-NEAR_DEV: list[Question] = [
-    Question("unknown", text, near="dev")
-    for text in [
+
+def _beside(split: str, texts: list[str]) -> list[Question]:
+    return [Question("unknown", text, near=split) for text in texts]
+
+
+NEAR_DEV: list[Question] = _beside(
+    "dev",
+    [
         "do you send bills in welsh",
         "is there parking at your customer centre",
         "is your customer centre wheelchair accessible",
@@ -994,12 +999,12 @@ NEAR_DEV: list[Question] = [
         "will an engineer fit a new fuse box for me",
         "do you offer an energy efficiency survey of my home",
         "can I nominate someone to speak to you on my behalf",
-    ]
-]
+    ],
+)
 
-NEAR_TEST: list[Question] = [
-    Question("unknown", text, near="test")
-    for text in [
+NEAR_TEST: list[Question] = _beside(
+    "test",
+    [
         "do you print bills in polish or other languages",
         "how many car parking spaces are at your office",
         "is there a lift in the customer centre building",
@@ -1030,8 +1035,8 @@ NEAR_TEST: list[Question] = [
         "do you do free home energy checks",
         "can my carer talk to you about my account",
         "do you give money back if my smart meter is faulty",
-    ]
-]
+    ],
+)
 
 QUESTIONS: list[Question] = KNOWLEDGE + UNKNOWN + INTENTS + NEAR_DEV + NEAR_TEST
 

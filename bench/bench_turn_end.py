@@ -102,6 +102,7 @@ from voicebot_pbx.speech.turn_text import (  # noqa: E402
     TextTurnScorer,
     TextVerdict,
     text_verdict,
+    word_list_verdict,
 )
 from voicebot_pbx.speech.turns import (  # noqa: E402
     PauseStarted,
@@ -611,14 +612,12 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                     if out.decided_s is None and (setting.tiebreak_ms > 0 or reading):
                         spec = Verdict(pause_id, spec_busy_until_s, decoded.value >= 0.5)
                         if reading and setting.reader == "words":
-                            unfinished = bool(decoded.text.strip()) and not looks_complete(
-                                decoded.text
-                            )
+                            verdict_words = word_list_verdict(decoded.text)
                             spec = Verdict(
                                 pause_id,
                                 spec_busy_until_s,
-                                not unfinished,
-                                "unfinished" if unfinished else "unsure",
+                                verdict_words != "unfinished",
+                                verdict_words,
                             )
                         elif reading:
                             read, words = judges.text(decoded.text)

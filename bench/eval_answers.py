@@ -634,6 +634,7 @@ ANSWER_KINDS: dict[str, Callable[[dict[str, Any]], bool]] = {
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Counts per kind and outcome, latency percentiles, per split ("dev", "test", "all")."""
     summary: dict[str, Any] = {}
+    near = answers_dataset.near_ids()
     for split in ("dev", "test", "all"):
         chosen = [r for r in results if split == "all" or r["split"] == split]
         part: dict[str, Any] = {}
@@ -644,7 +645,6 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
                 "n": len(applicable),
                 "not_applicable": len(of_kind) - len(applicable),
             } | {o: sum(1 for r in applicable if r["outcome"] == o) for o in outcomes}
-        near = answers_dataset.near_ids()
         beside = [r for r in chosen if r["kind"] == "unknown" and r["id"] in near]
         part["unknown_near"] = {"n": len(beside)} | {
             o: sum(1 for r in beside if r["outcome"] == o) for o in OUTCOMES["unknown"]

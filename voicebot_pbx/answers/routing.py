@@ -71,7 +71,8 @@ class KnowledgeHit:
     second_fits: bool = True
     # hybrid, with KnowledgeConfig.check_uncovered: the words the question asks about that
     # the passage does not cover (KnowledgeBase.uncovered_words; looked for only when the
-    # hit could be strong). Such a hit is never read out unasked, or as half of a tie.
+    # hit would be read out: strong or tied). Such a hit is never read out unasked, or as
+    # half of a tie.
     uncovered: tuple[str, ...] = ()
 
     @property
@@ -89,7 +90,7 @@ def knowledge_hit(
     kb: KnowledgeBase, question: str, config: KnowledgeConfig | None = None
 ) -> KnowledgeHit | None:
     """The best passage for ``question`` and the evidence for it (None: nothing relevant).
-    With ``config`` (``check_uncovered``), a hybrid hit that scores a strong hit's floor
+    With ``config`` (``check_uncovered``), a hit that would be read out (strong or tied)
     also says which of the question's words the passage does not cover. Blocking (a hybrid
     knowledge base embeds the question): run it off the event loop."""
     scored = kb.scores(question)
@@ -105,17 +106,7 @@ def knowledge_hit(
     kind = asks_for(question)
     fits = kind is None or states(kind, passage.text)
     second = scored[1][0] if len(scored) > 1 and kb.hybrid else None
-    uncovered: tuple[str, ...] = ()
-    if (
-        config is not None
-        and config.check_uncovered
-        and kb.hybrid
-        and score >= config.hybrid_direct_min_score
-    ):
-        uncovered = kb.uncovered_words(
-            passage, question, config.uncovered_min_weight, config.uncovered_max_gain
-        )
-    return KnowledgeHit(
+    hit = KnowledgeHit(
         passage,
         score,
         coverage,
@@ -127,8 +118,19 @@ def knowledge_hit(
         second,
         kb.sentence_similarities(second, question) if second is not None else (),
         second is None or kind is None or states(kind, second.text),
-        uncovered,
     )
+    if (
+        config is None
+        or not config.check_uncovered
+        or not config.direct
+        or not (is_strong(hit, config) or is_tied(hit, config))
+    ):
+        return hit
+    # Only a hit that would be read out: one embedding per candidate word.
+    uncovered = kb.uncovered_words(
+        passage, question, config.uncovered_min_weight, config.uncovered_max_gain
+    )
+    return dataclasses.replace(hit, uncovered=uncovered)
 
 
 def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
