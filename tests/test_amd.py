@@ -491,6 +491,16 @@ def test_an_overruled_machine_verdict_still_turns_machine_on_a_beep() -> None:
     assert person.result is not None and person.result.verdict == "human"
     with pytest.raises(ValueError, match="only a machine verdict"):
         person.overrule("words")
+    # No verdict yet (Asterisk's AMD() heard the person before the call reached the bot):
+    # a person from now on, the late-beep watch starting now.
+    fresh = AmdDetector(AmdConfig(), rate)
+    taken = fresh.overrule("asterisk:HUMAN-HUMAN")
+    assert (taken.verdict, taken.reason, taken.decided_at_s) == (
+        "human",
+        "asterisk:HUMAN-HUMAN",
+        0.0,
+    )
+    assert fresh.result == taken and not fresh.finished
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 from structlog.testing import capture_logs
 
-from tests.test_turns import PHRASES, make_shared, timeline
+from tests.test_turns import HOURS, PHRASES, make_shared, timeline
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import ProfileConfig
 from voicebot_pbx.speech.stt import SttResult
@@ -43,6 +43,16 @@ def call(
 
 def greeting_turn(session: object) -> object:
     return session.record.turns[0]  # type: ignore[attr-defined]
+
+
+def assert_opening_then_beep_drop(session: CallSession) -> None:
+    """The opening played (a person, it seemed), then a late beep made the call a
+    voicemail: the message was left and the call ended as one."""
+    kinds = [(t.kind, t.reply_text) for t in session.record.turns]
+    assert kinds[0] == ("greeting", OPENING) and ("voicemail", VOICEMAIL) in kinds
+    voicemail = next(t for t in session.record.turns if t.kind == "voicemail")
+    assert voicemail.fallbacks == ["amd_machine:beep"]
+    assert session.record.end_reason == "voicemail"
 
 
 def test_a_person_gets_the_opening_after_their_hello() -> None:
@@ -166,14 +176,60 @@ class AmdVariables:
         return self.variables.get(name)
 
 
-def test_asterisks_amd_result_is_combined_kindly_to_people() -> None:
-    """The dialplan ran AMD() and says HUMAN; the detector hears a long greeting (a person
-    answering with a whole sentence): with ``asterisk_prefer = "human"`` the opening plays."""
-    shared = dataclasses.replace(outbound(), control=AmdVariables("HUMAN", "HUMAN-1200-500"))  # type: ignore[arg-type]
-    media, session = call(shared, [(0.5, noise(3.5, 2))], 12.0)
+def test_a_person_asterisks_amd_heard_gets_the_opening_at_once() -> None:
+    """The dialplan ran AMD() before handing the call over and it heard a person: the
+    callee's "hello?" and pause are behind the call, the bot hears only their silence. The
+    opening starts at once (not after ``initial_silence_ms``), and what the callee says
+    next is the dialogue's (the question stands in as a tone: after ``late_beep_ms``, or it
+    would be a beep)."""
+    shared = dataclasses.replace(outbound(), control=AmdVariables("HUMAN", "HUMAN-300-800"))  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        media, session = call(shared, [(6.5, tone(1.0, 8000, HOURS))], 10.0)
     turn = greeting_turn(session)
     assert turn.reply_text == OPENING  # type: ignore[attr-defined]
-    assert turn.fallbacks[0].startswith("amd_human:") and "asterisk:HUMAN" in turn.fallbacks[0]  # type: ignore[attr-defined]
+    assert turn.fallbacks == ["amd_human:asterisk:HUMAN-HUMAN"]  # type: ignore[attr-defined]
+    assert min(media.voiced_times()) < 0.3  # type: ignore[attr-defined]
+    verdicts = [e["reason"] for e in logs if e["event"] == "amd_verdict"]
+    assert verdicts == ["asterisk:HUMAN-HUMAN"]
+    speech = [t for t in session.record.turns if t.kind == "speech"]  # type: ignore[attr-defined]
+    assert [t.transcript for t in speech] == [PHRASES[HOURS]]
+
+
+def test_with_asterisk_prefer_own_the_detector_still_waits() -> None:
+    """``asterisk_prefer = "own"``: Asterisk's HUMAN is not taken at once; the detector hears
+    the silence and the opening is its prompt after ``initial_silence_ms``."""
+    shared = dataclasses.replace(outbound(), control=AmdVariables("HUMAN", "HUMAN-300-800"))  # type: ignore[arg-type]
+    amd = dataclasses.replace(shared.config.amd, asterisk_prefer="own")
+    shared = dataclasses.replace(shared, config=dataclasses.replace(shared.config, amd=amd))
+    media, session = call(shared, [], 8.0)
+    turn = greeting_turn(session)
+    assert turn.fallbacks == ["amd_silence:initial_silence|asterisk:HUMAN-HUMAN"]  # type: ignore[attr-defined]
+    assert min(media.voiced_times()) >= amd.initial_silence_ms / 1000  # type: ignore[attr-defined]
+
+
+def test_a_beep_after_asterisks_person_still_leaves_the_message() -> None:
+    """AMD() said HUMAN but a beep follows (a short greeting it took for a person's): within
+    ``late_beep_ms`` the opening stops and the voicemail message is left after the beep."""
+    shared = dataclasses.replace(outbound(), control=AmdVariables("HUMAN", "HUMAN-300-800"))  # type: ignore[arg-type]
+    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    media, session = call(shared, [(1.0, beep)], 12.0)
+    assert_opening_then_beep_drop(session)
+
+
+def test_asterisks_machine_waits_for_the_detector_and_the_beep() -> None:
+    """AMD() said MACHINE (a long greeting it heard the start of): nothing is taken early;
+    the detector hears the rest of the greeting and its beep, the message follows it."""
+    shared = dataclasses.replace(
+        outbound(), control=AmdVariables("MACHINE", "LONGGREETING-1520-1500")
+    )  # type: ignore[arg-type]
+    beep = tone(0.5, 8000, 1000.0, level=0.4)
+    media, session = call(shared, [(0.2, noise(2.5, 3) + bytes(1600) + beep)], 14.0)
+    turn = greeting_turn(session)
+    assert turn.fallbacks[0].startswith("amd_machine:")  # type: ignore[attr-defined]
+    assert "asterisk:MACHINE-LONGGREETING" in turn.fallbacks[0]  # type: ignore[attr-defined]
+    beep_end = 0.2 + 2.5 + 0.1 + 0.5
+    assert beep_end <= min(media.voiced_times()) < beep_end + 0.5  # type: ignore[attr-defined]
+    assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
 
 
 def test_a_malformed_asterisk_amd_result_leaves_the_detector_alone() -> None:
@@ -254,11 +310,7 @@ def test_a_beep_after_words_that_sounded_like_a_person_still_drops_the_message()
     shared, _ = answered_by("Hello, who is this?")
     beep = tone(0.5, 8000, 1000.0, level=0.4)
     media, session = call(shared, [(0.5, noise(3.0, 4)), (5.5, beep)], 16.0)
-    kinds = [(t.kind, t.reply_text) for t in session.record.turns]  # type: ignore[attr-defined]
-    assert kinds[0] == ("greeting", OPENING) and ("voicemail", VOICEMAIL) in kinds
-    voicemail = next(t for t in session.record.turns if t.kind == "voicemail")  # type: ignore[attr-defined]
-    assert voicemail.fallbacks == ["amd_machine:beep"]
-    assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
+    assert_opening_then_beep_drop(session)
 
 
 def test_a_greeting_longer_than_the_words_check_is_not_transcribed() -> None:

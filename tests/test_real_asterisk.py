@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.realpbx import free_port
-from tests.realpbx.asterisk import Asterisk, Recording
+from tests.realpbx.asterisk import Asterisk, Recording, running
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.echo import AudioSocketEcho
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
@@ -46,24 +47,24 @@ class Bed:
         return tag
 
 
-@pytest.fixture(scope="module")
-def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
-    folder = tmp_path_factory.mktemp("real-asterisk")
+def audiosocket_bed(folder: Path, extra_toml: str = "") -> Iterator[Bed]:
+    """One Asterisk and one bot (AMI on, ``extra_toml`` added to its config) for a module."""
     bot_port = free_port()
     asterisk = Asterisk(folder / "asterisk", bot_port=bot_port)
-    asterisk.start()
     bot = BotProcess(
         folder / "bot",
         port=bot_port,
         ami_port=asterisk.ami_port,
         ami_secret=asterisk.ami_secret,
+        extra_toml=extra_toml,
     )
-    try:
-        bot.start()
+    with running(asterisk, bot):
         yield Bed(asterisk, bot, set())
-    finally:
-        bot.stop()
-        asterisk.cleanup()
+
+
+@pytest.fixture(scope="module")
+def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
+    yield from audiosocket_bed(tmp_path_factory.mktemp("real-asterisk"))
 
 
 def question(bed: Bed, name: str, text: str) -> str:

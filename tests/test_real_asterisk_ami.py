@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.realpbx import CAMPAIGN_SETTINGS, ROOT, free_port, run_campaign_through
+from tests.realpbx import ROOT, asterisk_campaign_config, free_port, run_campaign_through
 from tests.realpbx.asterisk import AMI_SECRET, AmiWatcher, Asterisk
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
@@ -237,13 +237,7 @@ def test_a_campaign_dials_through_asterisk_and_resumes_without_redialling(
     contact reaches the bot (its call record has the UUID the campaign chose), a busy one is
     retried once, a number on the do-not-call list is never dialled, and running the same
     command again dials nobody."""
-    config = tmp_path / "campaign.toml"
-    config.write_text(
-        (bed.bot.folder / "voicebot.toml").read_text()
-        + '\n[campaign]\nchannel = "Local/{number}@callee"\n'
-        + CAMPAIGN_SETTINGS
-    )
-    env = {**os.environ, "VOICEBOT_AMI_SECRET": bed.asterisk.ami_secret}
+    config, env = asterisk_campaign_config(bed.bot.folder, tmp_path, bed.asterisk.ami_secret)
     run_campaign_through(config, env, tmp_path)
     (record,) = bed.new_records(timeout_s=30.0)
     assert [t.kind for t in record.turns][:1] == ["greeting"]

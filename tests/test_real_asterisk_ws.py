@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.realpbx import free_port, self_signed
-from tests.realpbx.asterisk import WS_PASSWORD, Asterisk
+from tests.realpbx.asterisk import WS_PASSWORD, Asterisk, running
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
 from tests.test_real_asterisk import Bed  # the same bed: one Asterisk, one bot
@@ -42,7 +42,6 @@ def ws_bed(folder: Path, *, tls: bool = False) -> Iterator[Bed]:
         other, _ = self_signed(folder / "other")
         other.rename(folder / "asterisk" / "keys" / "other-cert.pem")
         toml += f'tls_cert = "{cert}"\ntls_key = "{key}"\n'
-    asterisk.start()
     bot = BotProcess(
         folder / "bot",
         ami_port=asterisk.ami_port,
@@ -50,12 +49,8 @@ def ws_bed(folder: Path, *, tls: bool = False) -> Iterator[Bed]:
         extra_toml=toml,
         extra_env={"VOICEBOT_WEBSOCKET_PASSWORD": WS_PASSWORD},
     )
-    try:
-        bot.start()
+    with running(asterisk, bot):
         yield Bed(asterisk, bot, set())
-    finally:
-        bot.stop()
-        asterisk.cleanup()
 
 
 @pytest.fixture(scope="module")

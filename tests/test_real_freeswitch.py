@@ -21,9 +21,18 @@ import pytest
 from tests.realpbx import CAMPAIGN_SETTINGS, campaign_cli, free_port, run_campaign_through
 from tests.realpbx.bot import BotProcess
 from tests.realpbx.freeswitch import Call, FreeSwitch, Recording, Step, dtmf, play, silence
+from tests.realpbx.outbound import (
+    OPENING,
+    PROFILE_TOML,
+    VOICEMAIL,
+    check_message_after_beep,
+    machine_pcm,
+    peak_hz,
+    run_machine_campaign,
+    verdict_of,
+)
 from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
-from voicebot_pbx.ops.records import CallRecord, TurnRecord
-from voicebot_pbx.testing import tone
+from voicebot_pbx.ops.records import CallRecord
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.models, pytest.mark.slow]
 
@@ -32,10 +41,6 @@ GOODBYE_REPLY = "Thank you for calling. Goodbye!"
 TRANSFER_REPLY = "Please hold while I transfer you to an agent."
 GREETING_S = 6.0  # the greeting (~3.7 s) plays while the caller waits
 AGENTS_TONE_HZ = 1000.0  # what the "agents" extension plays (freeswitch.xml)
-# Outbound calls with answering-machine detection (issue #23): the profile the callee's
-# channel names in VOICEBOT_PROFILE.
-OPENING = "Hello, this is Northwind Energy calling about your meter reading."
-VOICEMAIL = "This is Northwind Energy. Please call us back about your meter reading."
 
 
 @dataclass
@@ -79,13 +84,7 @@ enabled = true
 port = {esl_port}
 udp_port_min = {udp_min}
 udp_port_max = {udp_min + 49}
-
-[[profiles]]
-name = "outbound"
-greeting = "{OPENING}"
-voicemail_message = "{VOICEMAIL}"
-amd = true
-""",
+{PROFILE_TOML}""",
     )
     try:
         bot.start()
@@ -105,11 +104,6 @@ def said_segments(rec: Recording) -> list[tuple[float, float]]:
 
 def heard_after(rec: Recording, t_s: float) -> float | None:
     return first_voiced_after(voiced_windows(rec.heard, rec.rate_hz), t_s)
-
-
-def peak_hz(samples: np.ndarray, rate_hz: int) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
-    return float(np.fft.rfftfreq(len(samples), 1.0 / rate_hz)[int(np.argmax(spectrum))])
 
 
 def speech_turns(record: CallRecord) -> list[tuple[str, str]]:
@@ -314,19 +308,6 @@ def test_a_campaign_dials_through_freeswitch_into_the_bot(bed: Bed, tmp_path: Pa
     assert [t.kind for t in record.turns][:1] == ["greeting"]
 
 
-def verdict_of(turn: TurnRecord) -> str:
-    """The answering-machine verdict on a call's first turn (its ``amd_<verdict>:`` fallback;
-    an opening started on a likely person, ``amd_likely_human``, comes before it)."""
-    return next(
-        (
-            f
-            for f in turn.fallbacks
-            if f.startswith(("amd_human:", "amd_machine:", "amd_silence:", "amd_undecided:"))
-        ),
-        "",
-    )
-
-
 def _outbound_call(bed: Bed, steps: list[Step]) -> tuple[Call, Recording, CallRecord]:
     call = bed.fs.call(steps, variables={"VOICEBOT_PROFILE": "outbound"})
     bed.fs.wait_call_gone(call, 60.0)
@@ -371,12 +352,11 @@ def test_answering_machine_detection_hears_a_person_who_answers_with_a_sentence(
 def test_answering_machine_detection_leaves_the_message_after_the_beep(bed: Bed) -> None:
     """A voicemail greeting, then its beep: the bot stays silent through the greeting,
     leaves the profile's message after the beep and hangs up (end reason "voicemail")."""
-    greeting = question_pcm(
+    greeting = machine_pcm(
         "Hi, you have reached the Taylor household. We can't take your call right now."
         " Please leave a message after the tone."
     )
-    beep = tone(0.5, 8000, 1000.0, level=0.4)
-    machine = bed.fs.sound("amd_machine", greeting + bytes(3200) + beep)
+    machine = bed.fs.sound("amd_machine", greeting)
     call, rec, record = _outbound_call(bed, [silence(0.5), play(machine), silence(12.0)])
     turn = record.turns[0]
     assert verdict_of(turn).startswith("amd_machine:"), (turn.fallbacks, bed.bot.log_tail())
@@ -384,16 +364,7 @@ def test_answering_machine_detection_leaves_the_message_after_the_beep(bed: Bed)
     assert "amd_likely_human" not in turn.fallbacks, turn.fallbacks
     assert turn.reply_text == VOICEMAIL and turn.intent == "voicemail"
     assert record.end_reason == "voicemail"
-    said = said_segments(rec)
-    beep_end_s = said[-1][1]  # the beep is the last thing the callee plays
-    assert peak_hz(
-        rec.said[int((beep_end_s - 0.3) * rec.rate_hz) : int(beep_end_s * rec.rate_hz)], rec.rate_hz
-    ) == pytest.approx(1000.0, abs=20.0)
-    first = heard_after(rec, 0.0)
-    assert first is not None and first >= beep_end_s, "silent until the beep has ended"
-    # The message was left: the callee heard about as long a reply as the message takes.
-    heard = voiced_windows(rec.heard, rec.rate_hz)
-    assert heard.sum() * 0.01 > 2.0
+    check_message_after_beep(rec.said, rec.heard, rec.rate_hz)
 
 
 def test_answering_machine_detection_prompts_a_silent_line(bed: Bed) -> None:
@@ -415,39 +386,17 @@ def test_a_campaign_contact_answered_by_a_machine_is_left_the_message_and_retrie
     outbound profile whose line is an answering machine (73xxx); the bot detects it, leaves
     the message after the beep and hangs up, and the campaign's store then counts the
     attempt as ``machine`` with the contact due again after ``machine_retries_s``."""
-    import json
-
-    greeting = question_pcm(
-        "Hello, you have reached Dee. I can't come to the phone. Leave a message after the tone."
+    bed.fs.sound(
+        "machine",
+        machine_pcm(
+            "Hello, you have reached Dee. I can't come to the phone."
+            " Leave a message after the tone."
+        ),
     )
-    bed.fs.sound("machine", greeting + bytes(3200) + tone(0.5, 8000, 1000.0, level=0.4))
     config, env = campaign_config(bed, tmp_path)
-    contacts = tmp_path / "machines.csv"
-    contacts.write_text("number,name,profile\n73001,Dee,outbound\n")
-
-    started = time.time()
-    run = campaign_cli(config, env, "run", str(contacts), "--once")
-    assert run.returncode == 0, run.stdout + run.stderr
-    deadline = time.monotonic() + 45.0
-    while True:
-        status = campaign_cli(config, env, "status", "machines", "--json")
-        assert status.returncode == 0, status.stderr
-        (summary,) = json.loads(status.stdout)
-        if summary["attempts"].get("machine"):
-            break
-        assert time.monotonic() < deadline, (summary, bed.bot.log_tail())
-        time.sleep(0.5)
-    assert summary["attempts"] == {"machine": 1}, summary
-    from voicebot_pbx.campaign.state import CampaignStore
-
-    store = CampaignStore(bed.bot.state_dir / "campaigns.sqlite")
-    try:
-        (call_id,) = store.call_ids("machines", outcome="machine")
-        next_at = store.next_due_at("machines")
-    finally:
-        store.close()
-    # Due again after the first machine retry (7200 s by default), not now.
-    assert next_at is not None and next_at >= started + 7000.0
+    call_id = run_machine_campaign(
+        config, env, tmp_path, bed.bot.state_dir, "73001", bed.bot.log_tail
+    )
     record = bed.record_of(call_id, timeout_s=30.0)
     assert [r.call_id for r in bed.bot.records()].count(call_id) == 1
     assert record.end_reason == "voicemail"

@@ -175,6 +175,20 @@ CAMPAIGN_SETTINGS = (
 )
 
 
+def asterisk_campaign_config(
+    bot_folder: Path, folder: Path, ami_secret: str
+) -> tuple[Path, dict[str, str]]:
+    """A campaign config (the bot's own, dialling ``Local/{number}@callee`` over the test
+    Asterisk's AMI) and the environment with its AMI secret."""
+    config = folder / "campaign.toml"
+    config.write_text(
+        (bot_folder / "voicebot.toml").read_text()
+        + '\n[campaign]\nchannel = "Local/{number}@callee"\n'
+        + CAMPAIGN_SETTINGS
+    )
+    return config, {**os.environ, "VOICEBOT_AMI_SECRET": ami_secret}
+
+
 def campaign_cli(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``voicebot-pbx campaign ARGS --config CONFIG`` as its own process (as an admin runs it)."""
     import sys

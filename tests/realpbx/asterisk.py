@@ -20,9 +20,10 @@ import threading
 import time
 import uuid
 import wave
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from tests.realpbx import (
     wait_ready,
     wait_stopped,
 )
+
+if TYPE_CHECKING:
+    from tests.realpbx.bot import BotProcess
 
 CONF_DIR = Path(__file__).with_name("asterisk")
 DEBIAN_SOUNDS = Path("/usr/share/asterisk/sounds")
@@ -219,6 +223,19 @@ class Asterisk:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(asterisk: Asterisk, bot: BotProcess) -> Iterator[None]:
+    """Asterisk, then the bot, started for a test module; the bot stopped and Asterisk's
+    folder removed however the module ends."""
+    asterisk.start()
+    try:
+        bot.start()
+        yield
+    finally:
+        bot.stop()
+        asterisk.cleanup()
 
 
 def _read_wav(path: Path) -> tuple[np.ndarray, int]:

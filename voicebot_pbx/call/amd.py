@@ -372,15 +372,19 @@ class AmdDetector:
         return self._time(self._n)
 
     def overrule(self, reason: str) -> AmdResult:
-        """A machine verdict taken back (the greeting's words were a person's,
-        ``call/amd_words.py``): from the next frame on the detector watches as after a
-        "human" verdict (a beep within ``late_beep_ms`` still revises it to machine), even
-        if it had given its drop cue. Returns the new verdict."""
-        if self._result is None or self._result.verdict != "machine":
-            raise ValueError("only a machine verdict can be overruled")
-        self._result = replace(
-            self._result, verdict="human", reason=reason, decided_at_s=self.now_s
-        )
+        """A person, on other evidence: a machine verdict taken back (the greeting's words
+        were a person's, ``call/amd_words.py``), or no verdict yet and Asterisk's ``AMD()``
+        heard a person before the call reached the bot. From the next frame on the detector
+        watches as after a "human" verdict (a beep within ``late_beep_ms`` still revises it
+        to machine), even if it had given its drop cue. Returns the new verdict."""
+        if self._result is None:
+            self._result = AmdResult(verdict="human", decided_at_s=self.now_s, reason=reason)
+        elif self._result.verdict == "machine":
+            self._result = replace(
+                self._result, verdict="human", reason=reason, decided_at_s=self.now_s
+            )
+        else:
+            raise ValueError("only a machine verdict or none can be overruled")
         self._first_verdict_frame = self._n
         self._drop = None
         self._finished = False

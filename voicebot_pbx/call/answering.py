@@ -57,6 +57,9 @@ class AmdGate:
         self._on_revised = on_revised
         self._pending = bytearray()
         self._machine = False  # a late beep revised the verdict
+        # Asterisk's AMD() outcome, read over AMI once (None: the dialplan ran none)
+        self._asterisk: AsteriskAmd | None = None
+        self._asterisk_read = False
         # The greeting's audio from the answer, for its words (bounded: the longest wait for
         # a first word, the longest greeting the words check reads, its silence, a second).
         self._audio = bytearray()
@@ -110,6 +113,21 @@ class AmdGate:
                 result = dataclasses.replace(result, verdict="human", reason=reason)
         return result
 
+    async def asterisk_person(self, control: CallControl | None, call_id: str) -> AmdResult | None:
+        """A person already heard by Asterisk's ``AMD()``, which the dialplan ran before it
+        handed the call over: the callee's hello and pause are behind the call, so the
+        detector would hear only their silence (and wait ``initial_silence_ms``). Taken at
+        once, unless ``asterisk_prefer = "own"``: the verdict, from which the callee's audio
+        is the dialogue's (a beep within ``late_beep_ms`` still makes it a machine)."""
+        if self.detector.config.asterisk_prefer == "own" or self.verdict.done():
+            return None
+        theirs = await self._asterisk_amd(control, call_id)
+        if theirs is None or theirs.verdict != "human" or self.verdict.done():
+            return None
+        result = self.detector.overrule(f"asterisk:{theirs.label}")
+        self.verdict.set_result(result)
+        return result
+
     async def likely_first(self) -> bool:
         """Whether a person became likely (``LikelyHuman``) before any verdict; waits for
         the first of the two (at most ``total_analysis_ms`` and 2 s)."""
@@ -159,21 +177,20 @@ class AmdGate:
     ) -> AmdResult:
         """When the dialplan ran Asterisk's ``AMD()`` before handing the call over, its
         AMDSTATUS/AMDCAUSE are combined with the detector's verdict (``combine_asterisk``)."""
-        if control is None:
-            return own
-        try:
-            async with asyncio.timeout(0.5):
-                status = await control.get_var(call_id, "AMDSTATUS")
-                if not status:
-                    return own
-                cause = await control.get_var(call_id, "AMDCAUSE") or ""
-            theirs = AsteriskAmd.parse(status, cause)
-        except Exception as exc:  # unreadable or malformed: the detector alone decides
-            log.info("asterisk_amd_unusable", error=f"{type(exc).__name__}: {exc}")
+        theirs = await self._asterisk_amd(control, call_id)
+        if theirs is None:
             return own
         return combine_asterisk(
             own, theirs, at_s=own.decided_at_s, prefer=self.detector.config.asterisk_prefer
         )
+
+    async def _asterisk_amd(self, control: CallControl | None, call_id: str) -> AsteriskAmd | None:
+        """AMDSTATUS/AMDCAUSE of the call's channel over AMI, read once per call (None: no
+        ``AMD()`` ran, no AMI, or an unusable answer: the detector alone decides)."""
+        if control is not None and not self._asterisk_read:
+            self._asterisk = await _read_asterisk_amd(control, call_id)
+            self._asterisk_read = True
+        return self._asterisk
 
     def feed(self, pcm: bytes, echo: bool = False) -> None:
         """The callee's audio; ``echo``: it is the line echo of the bot's own voice (the
@@ -202,3 +219,16 @@ class AmdGate:
                 elif event.revises is not None:
                     self._machine = True
                     self._on_revised(event)
+
+
+async def _read_asterisk_amd(control: CallControl, call_id: str) -> AsteriskAmd | None:
+    try:
+        async with asyncio.timeout(0.5):
+            status = await control.get_var(call_id, "AMDSTATUS")
+            if not status:
+                return None
+            cause = await control.get_var(call_id, "AMDCAUSE") or ""
+        return AsteriskAmd.parse(status, cause)
+    except Exception as exc:  # unreadable or malformed: the detector alone decides
+        log.info("asterisk_amd_unusable", error=f"{type(exc).__name__}: {exc}")
+        return None

@@ -254,10 +254,15 @@ class CallSession:
 
     async def _greeting_after_amd(self, turn: TurnRecord) -> DialogueTurn:
         """Wait for the answering-machine verdict: a person (or silence) gets the opening,
-        a machine the voicemail message after its beep. A short greeting's pause that makes
+        a machine the voicemail message after its beep. A person Asterisk's ``AMD()`` heard
+        before the call reached the bot gets it at once. A short greeting's pause that makes
         a person likely before the verdict (``LikelyHuman``) starts the opening at once;
         :meth:`_confirm_likely` cuts it if the verdict comes out machine."""
         assert self._amd is not None
+        early = await self._amd.asterisk_person(self.shared.control, self.media.call_id)
+        if early is not None:
+            self._note_verdict(turn, early)
+            return await self._greeting()
         if await self._amd.likely_first():
             likely = self._amd.likely.result()
             turn.fallbacks.append("amd_likely_human")
@@ -277,6 +282,11 @@ class CallSession:
         result = await self._amd.settle(
             self.shared.control, self.media.call_id, self.listener.transcribe_clip
         )
+        self._note_verdict(turn, result)
+        return result
+
+    @staticmethod
+    def _note_verdict(turn: TurnRecord, result: AmdResult) -> None:
         turn.fallbacks.append(f"amd_{result.verdict}:{result.reason}")
         log.info(
             "amd_verdict",
@@ -284,7 +294,6 @@ class CallSession:
             reason=result.reason,
             decided_at_s=round(result.decided_at_s, 2),
         )
-        return result
 
     async def _confirm_likely(self, opening: TurnRecord) -> None:
         """After an opening started on a likely person: the verdict. A machine (the
