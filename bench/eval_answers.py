@@ -1,10 +1,11 @@
 """Answers evaluation (issue #18 item 4): the spoken set of ``bench/answers_dataset.py`` through
 the whole pipeline, as a call runs it.
 
-Per item: the 8 kHz µ-law WAV -> the configured STT (Whisper; engines loaded by
-``voicebot_pbx.speech.engines.load_engines`` from ``voicebot_pbx.config.load_config()``, the
-transcript taken the way the listener takes it: the engine's queued / batch / streaming
-interface) -> the brain a call uses: ``factory.answering(dialogue, llm)`` with
+Per item: the 8 kHz µ-law WAV -> the configured STT (engines loaded by
+``voicebot_pbx.speech.engines.load_engines`` from ``voicebot_pbx.config.load_config()``, given
+the deployment's words for ``[stt] second_opinion`` as ``serve`` does
+(``voicebot_pbx.ops.service.share_vocabulary``), the transcript taken the way the listener
+takes it: the engine's queued / batch / streaming interface) -> the brain a call uses: ``factory.answering(dialogue, llm)`` with
 ``factory.build_dialogue(config, "rasa")`` against a real Rasa server (started here on a free
 port, as tests/test_rasa_call.py does) or ``--dialogue rules``, and the packaged LLM loaded by
 ``voicebot_pbx.ops.service.load_llm_or_none``. One fresh call per item: ``brain.start``,
@@ -91,7 +92,7 @@ from voicebot_pbx.answers.routing import offers_transfer  # noqa: E402
 from voicebot_pbx.audio import read_wav  # noqa: E402
 from voicebot_pbx.config import Config, load_config  # noqa: E402
 from voicebot_pbx.ops.logs import configure_logging  # noqa: E402
-from voicebot_pbx.ops.service import load_llm_or_none  # noqa: E402
+from voicebot_pbx.ops.service import load_llm_or_none, share_vocabulary  # noqa: E402
 from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -530,6 +531,10 @@ async def evaluate(args: argparse.Namespace) -> Run:
     t0 = time.perf_counter()
     llm = await load_llm_or_none(config)
     seconds["llm_load"] = round(time.perf_counter() - t0, 1)
+    if engines is not None:  # the speech recogniser as serve sets it up (second opinion)
+        await share_vocabulary(engines, config, llm.kb if llm is not None else None)
+        if config.stt.second_opinion:
+            info["stt"] += ", second opinion"
     info["llm"] = (
         "unavailable" if llm is None else config.llm.model_path or "(packaged SmolLM2-135M)"
     )

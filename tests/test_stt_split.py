@@ -21,6 +21,7 @@ from voicebot_pbx.speech.engines import load_engines
 from voicebot_pbx.speech.expect import Expectation, Expected, label
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult, SttTiming, timed
 from voicebot_pbx.speech.stt_split import (
+    EMPTY_SECOND_OPINION_MIN_S,
     LengthSplitEngine,
     known_and_unknown,
     second_opinion_wins,
@@ -307,18 +308,25 @@ def test_the_vocabulary_weighs_two_transcripts() -> None:
     assert not second_opinion_wins("What's my madness?", "", VOCABULARY)  # heard nothing
     assert not second_opinion_wins("What's my madness?", "What's?", VOCABULARY)  # fewer known
     assert not second_opinion_wins("What's my madness?", "What's my sadness?", VOCABULARY)
+    # The first heard nothing: the second's words, when as many are known as not.
+    assert second_opinion_wins("", "What's my balance?", VOCABULARY)
+    assert second_opinion_wins("", "What's my sadness?", VOCABULARY)  # 2 known, 1 not
+    assert not second_opinion_wins("", "Thanks a lot.", VOCABULARY)  # none known
+    assert not second_opinion_wins("", "", VOCABULARY)
 
 
 @pytest.mark.parametrize("path", ["blocking", "async"])
 def test_a_short_turn_outside_the_vocabulary_gets_the_long_engines_opinion(
     pool: ThreadPoolExecutor, path: str
 ) -> None:
-    def heard(short_says: str, long_says: str, vocabulary: frozenset[str]) -> tuple[str, int]:
+    def heard(
+        short_says: str, long_says: str, vocabulary: frozenset[str], speech_s: float = 0.8
+    ) -> tuple[str, int]:
         short, long = Saying("short", short_says), Saying("long", long_says)
         split = LengthSplitEngine(short, long, long_from_s=1.5, pool=pool)
         assert split.capabilities.vocabulary is split
         split.use_vocabulary(vocabulary)
-        pcm = tone(0.8)
+        pcm = silence(300) + tone(speech_s) + silence(300)
         if path == "blocking":
             text = split.transcribe(pcm, RATE_HZ).text
         else:
@@ -335,6 +343,12 @@ def test_a_short_turn_outside_the_vocabulary_gets_the_long_engines_opinion(
     assert heard("What's my madness?", "What's my man?", VOCABULARY) == ("What's my madness?", 1)
     # All in the vocabulary: no second decode at all.
     assert heard("Goodbye.", "Good bye.", VOCABULARY) == ("Goodbye.", 0)
+    # Heard as nothing, though it holds speech: the long engine's words.
+    assert heard("", "What's my balance?", VOCABULARY) == ("What's my balance?", 1)
+    assert heard("", "Thanks a lot.", VOCABULARY) == ("", 1)  # no known word: still nothing
+    # Nothing in a sound too short to be a question (a cough, a click): no second decode.
+    short_s = EMPTY_SECOND_OPINION_MIN_S - 0.15
+    assert heard("", "What's my balance?", VOCABULARY, speech_s=short_s) == ("", 0)
     # No vocabulary given ([stt] second_opinion = false): never.
     assert heard("What's my madness?", "What's my balance?", frozenset()) == (
         "What's my madness?",

@@ -211,6 +211,17 @@ def stt_vocabulary(config: Config, kb: KnowledgeBase | None) -> frozenset[str]:
     return vocabulary_words(texts)
 
 
+async def share_vocabulary(engines: Engines, config: Config, kb: KnowledgeBase | None) -> None:
+    """``[stt] second_opinion``: the deployment's words (:func:`stt_vocabulary`) to a speech
+    recogniser that weighs its transcripts by them (``SttCapabilities.vocabulary``)."""
+    user = engines.stt.capabilities.vocabulary
+    if user is None or not config.stt.second_opinion:
+        return
+    words = await asyncio.to_thread(stt_vocabulary, config, kb)
+    user.use_vocabulary(words)
+    log.info("stt_vocabulary", words=len(words))
+
+
 async def build_shared(config: Config, webhook: WebhookSender | None = None) -> Shared:
     started = time.perf_counter()
     engines = await asyncio.to_thread(load_engines, config)
@@ -222,12 +233,7 @@ async def build_shared(config: Config, webhook: WebhookSender | None = None) -> 
     llm = await load_llm_or_none(config)
     if llm is not None:
         texts = texts + list(llm.fixed_replies())
-    user = engines.stt.capabilities.vocabulary
-    if user is not None and config.stt.second_opinion:
-        kb = llm.kb if llm is not None else None
-        words = await asyncio.to_thread(stt_vocabulary, config, kb)
-        user.use_vocabulary(words)
-        log.info("stt_vocabulary", words=len(words))
+    await share_vocabulary(engines, config, llm.kb if llm is not None else None)
     clips = ClipLibrary(clip_paths(config.prompts.dir, config.prompts.clips))
     for problem in clips.problems:
         log.warning("clip_unusable", problem=problem)

@@ -11,8 +11,11 @@ speculative decode at a pause that is still short, go to the configured engine.
 dialogue's training examples and the knowledge files' words, :meth:`use_vocabulary` at
 start-up), a short turn whose transcript holds a word outside it ("What's my madness?") is
 decoded by the long engine too, and its transcript is kept when it has fewer such words and
-no fewer known ones ("What's my balance?"). Both engines mishear synthetic voices, but
-rarely the same turn the same way. A turn in the vocabulary costs nothing more.
+no fewer known ones ("What's my balance?"). So is a short turn heard as nothing although it
+holds 0.4 s of speech or more (Whisper's no-speech score rejects some voices' questions
+whole): the long engine's words are kept when at least as many are known as not. Both
+engines mishear synthetic voices, but rarely the same turn the same way. A turn in the
+vocabulary costs nothing more.
 
 Each engine keeps its own path: one with its own inference thread (Whisper's batcher,
 ``SttCapabilities.queued``) is awaited there; one without runs in the service's shared
@@ -50,6 +53,10 @@ from voicebot_pbx.speech.stt import (
 from voicebot_pbx.speech.verify import KnownAnswer
 
 _WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?")
+# A short turn the short engine heard as nothing gets a second opinion when it holds this
+# much speech (speech_span_s): Whisper's no-speech score rejects some voices' whole questions
+# ("where are you located", 1.2 s, en-029+m4), while a cough or a click is shorter.
+EMPTY_SECOND_OPINION_MIN_S = 0.4
 
 
 def spoken_words(text: str) -> list[str]:
@@ -72,11 +79,14 @@ def known_and_unknown(text: str, vocabulary: frozenset[str]) -> tuple[int, int]:
 
 def second_opinion_wins(first: str, second: str, vocabulary: frozenset[str]) -> bool:
     """Whether the second engine's transcript is the better one: not empty, fewer words
-    outside ``vocabulary``, no fewer inside it."""
+    outside ``vocabulary``, no fewer inside it; when the first heard no words at all, at
+    least as many words inside ``vocabulary`` as outside it (one at least)."""
     if not second.strip():
         return False
     known_1, unknown_1 = known_and_unknown(first, vocabulary)
     known_2, unknown_2 = known_and_unknown(second, vocabulary)
+    if known_1 + unknown_1 == 0:
+        return known_2 >= max(1, unknown_2)
     return unknown_2 < unknown_1 and known_2 >= known_1
 
 
@@ -161,19 +171,20 @@ class LengthSplitEngine:
     def new_stream(self, rate_hz: int) -> BufferedStream:
         return BufferedStream(self, rate_hz)
 
-    def pick(self, pcm: bytes, rate_hz: int) -> SttEngine:
-        """The engine for this utterance (counted in ``routed``)."""
-        long = speech_span_s(pcm, rate_hz) >= self.long_from_s
+    def _pick(self, pcm: bytes, rate_hz: int) -> tuple[SttEngine, float]:
+        """The engine for this utterance (counted in ``routed``) and its seconds of speech."""
+        span_s = speech_span_s(pcm, rate_hz)
+        long = span_s >= self.long_from_s
         self.routed["long" if long else "short"] += 1
-        return self.long if long else self.short
+        return (self.long if long else self.short), span_s
 
     def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
         """Blocking, on the calling worker thread."""
-        engine = self.pick(pcm, rate_hz)
+        engine, span_s = self._pick(pcm, rate_hz)
         batch = engine.capabilities.batch
         assert batch is not None  # checked in __init__
         result = batch.transcribe(pcm, rate_hz)
-        if not self._wants_second_opinion(engine, result):
+        if not self._wants_second_opinion(engine, result, span_s):
             return result
         long_batch = self.long.capabilities.batch
         assert long_batch is not None
@@ -182,9 +193,9 @@ class LengthSplitEngine:
     async def transcribe_async(
         self, pcm: bytes, rate_hz: int, *, urgent: bool = False
     ) -> SttResult:
-        engine = self.pick(pcm, rate_hz)
+        engine, span_s = self._pick(pcm, rate_hz)
         result = await self._decode(engine, pcm, rate_hz, urgent)
-        if not self._wants_second_opinion(engine, result):
+        if not self._wants_second_opinion(engine, result, span_s):
             return result
         return self._better(result, await self._decode(self.long, pcm, rate_hz, urgent))
 
@@ -198,10 +209,13 @@ class LengthSplitEngine:
         job = timed(functools.partial(batch.transcribe, pcm, rate_hz), engine.name)
         return await loop.run_in_executor(self._pool, job)
 
-    def _wants_second_opinion(self, engine: SttEngine, result: SttResult) -> bool:
+    def _wants_second_opinion(self, engine: SttEngine, result: SttResult, span_s: float) -> bool:
+        """A short turn heard with a word outside the vocabulary, or heard as nothing
+        although it holds ``EMPTY_SECOND_OPINION_MIN_S`` of speech or more."""
         if engine is not self.short or not self._vocabulary:
             return False
-        if known_and_unknown(result.text, self._vocabulary)[1] == 0:
+        known, unknown = known_and_unknown(result.text, self._vocabulary)
+        if unknown == 0 and (known > 0 or span_s < EMPTY_SECOND_OPINION_MIN_S):
             return False
         self.routed["second"] += 1
         return True
