@@ -5,7 +5,8 @@ listener's audio tap (the caller's audio at the session's rate, silence filled i
 that never came), re-framed to 20 ms. :meth:`AmdGate.settle` gives the verdict the session
 acts on before the opening: the detector's first, combined with Asterisk's ``AMD()`` result
 when the dialplan ran it, and a greeting the length rule took for a machine's read for its
-words (``GreetingEnd``; the greeting's audio is kept for that: ``call/amd_words.py``).
+words (``GreetingEnd``; the greeting's audio is kept for that: ``call/amd_words.py``). A
+person ``AMD()`` already heard is the verdict at once (:meth:`AmdGate.asterisk_person`).
 :meth:`AmdGate.wait_drop` waits for the moment to leave the voicemail message; a late beep
 that revises a verdict to "machine" is passed to ``on_revised``. :meth:`AmdGate.likely_first`
 says whether a short greeting's pause made a person likely before any verdict

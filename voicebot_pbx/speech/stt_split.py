@@ -215,12 +215,11 @@ class LengthSplitEngine:
         if engine is not self.short or not self._vocabulary:
             return False
         known, unknown = known_and_unknown(result.text, self._vocabulary)
-        if unknown == 0 and (known > 0 or span_s < EMPTY_SECOND_OPINION_MIN_S):
-            return False
-        self.routed["second"] += 1
-        return True
+        return unknown > 0 or (known == 0 and span_s >= EMPTY_SECOND_OPINION_MIN_S)
 
     def _better(self, first: SttResult, second: SttResult) -> SttResult:
+        """The short engine's transcript or the long engine's second opinion (both counted)."""
+        self.routed["second"] += 1
         if not second_opinion_wins(first.text, second.text, self._vocabulary):
             return first
         self.routed["second_kept"] += 1
