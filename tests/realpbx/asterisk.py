@@ -56,9 +56,19 @@ class Recording:
 
 
 class Asterisk:
-    def __init__(self, root: Path, *, bot_port: int, bot2_port: int = 0, ws_port: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        bot_port: int,
+        bot2_port: int = 0,
+        ws_port: int = 0,
+        extensions: str | None = None,
+    ) -> None:
+        """``extensions``: a dialplan to run instead of the test bed's (taken as is)."""
         self.prefix = unpacked("asterisk")
         self.root = root
+        self.extensions = extensions
         self.bot_port = bot_port
         self.bot2_port = bot2_port or free_port()
         self.ws_port = ws_port or free_port()
@@ -95,6 +105,8 @@ class Asterisk:
             for key, value in values.items():
                 text = text.replace(key, value)
             (etc / template.name).write_text(text)
+        if self.extensions is not None:
+            (etc / "extensions.conf").write_text(self.extensions)
         # Files Asterisk reads from its data dir: the build's own, and Debian's recorded
         # prompts (silence/N, the 8 kHz prompts) as the sounds folder.
         lib = self.root / "var" / "lib"
