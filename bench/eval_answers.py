@@ -5,9 +5,10 @@ Per item: the 8 kHz µ-law WAV -> the configured STT (engines loaded by
 ``voicebot_pbx.speech.engines.load_engines`` from ``voicebot_pbx.config.load_config()``, given
 the deployment's words for ``[stt] second_opinion`` as ``serve`` does
 (``voicebot_pbx.ops.service.share_vocabulary``), the transcript taken the way the listener
-takes it: the engine's queued / batch / streaming interface) -> the brain a call uses: ``factory.answering(dialogue, llm)`` with
-``factory.build_dialogue(config, "rasa")`` against a real Rasa server (started here on a free
-port, as tests/test_rasa_call.py does) or ``--dialogue rules``, and the packaged LLM loaded by
+takes it: the engine's queued / batch / streaming interface) -> the brain a call uses:
+``factory.answering(dialogue, llm)`` with ``factory.build_dialogue(config, "rasa")`` against
+a real Rasa server (started here on a free port, as tests/test_rasa_call.py does) or
+``--dialogue rules``, and the packaged LLM loaded by
 ``voicebot_pbx.ops.service.load_llm_or_none``. One fresh call per item: ``brain.start``,
 ``brain.respond(call, transcript)``, ``brain.end``. What the caller hears is what the session
 plays (``voicebot_pbx/call/session.py``): the turn's fixed ``replies``, or, when the turn is
