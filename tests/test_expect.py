@@ -304,3 +304,57 @@ def test_a_caller_who_stops_short_of_the_digits_is_answered_after_the_longer_wai
     first = first_reply_after(media, 7.0) - 7.0
     wait_s = shared.config.turn.digits_max_silence_ms / 1000.0
     assert wait_s <= first < wait_s + 0.4
+
+
+class AsksForPostcode(RuleDialogue):
+    """The rules, but the reply to the hours question asks for the postcode or the date of
+    birth (as the balance form's identity question does: ``expect: [postcode, date]``)."""
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        turn = await super().respond(call, text)
+        if "hours" in text:
+            return dataclasses.replace(turn, expect=("postcode", "date"))
+        return turn
+
+
+OUTWARD = 1110  # a tone "saying" a postcode's first half
+INWARD = 1230  # ... and its second half
+
+
+@pytest.mark.parametrize("holding_ms", [1500, 0])
+def test_a_postcode_read_out_with_a_pause_inside_stays_one_turn(holding_ms: int) -> None:
+    """A postcode (or date of birth) expected, said as "N W 5, [0.8 s] 6 P L": the pause
+    after the first half, whose decode holds a digit, ends the turn only at
+    turn.digits_max_silence_ms, so the caller's second half joins it (a known answer can be
+    confirmed on the first half alone: bench/eval_verify.py's cut-short row). Without the
+    rule the pause ends the turn (here at vad.end_silence_max_ms)."""
+    phrases = {**PHRASES, OUTWARD: "N W 5", INWARD: "6 P L"}
+    stt = ExpectingScriptedStt(phrases, delay_s=0.1)
+    shared = make_shared(stt=stt)
+    config = dataclasses.replace(
+        shared.config,
+        turn=dataclasses.replace(
+            shared.config.turn, digits_max_silence_ms=holding_ms, unfinished_max_silence_ms=0
+        ),
+    )
+    shared = dataclasses.replace(
+        shared, config=config, dialogue=AsksForPostcode.from_config(config.dialogue)
+    )
+    said = [
+        (3.0, tone(1.0, 8000, HOURS)),  # -> the postcode or the date of birth asked for
+        (6.0, tone(0.8, 8000, OUTWARD)),
+        (7.6, tone(0.8, 8000, INWARD)),  # after a 0.8 s pause
+    ]
+    with capture_logs() as logs:
+        media, session = run_virtual(timeline(shared, said, until_s=12.0))
+    speech = [t.transcript for t in session.record.turns if t.kind == "speech"]
+    if holding_ms:
+        assert speech == [PHRASES[HOURS], "N W 5 6 P L"]
+        event = [e for e in logs if e["event"] == "transcript"][-1]
+        assert event["ended_by"] == "silence"
+        # The longer wait is the caller's, not dead air.
+        assert event["waited_for_digits_ms"] > 0
+        wait_s = holding_ms / 1000.0
+        assert wait_s <= first_reply_after(media, 8.4) - 8.4 < wait_s + 0.4
+    else:
+        assert speech[:2] == [PHRASES[HOURS], "N W 5"]

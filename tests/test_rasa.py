@@ -522,6 +522,38 @@ def test_appointment_in_one_sentence_and_cancel(dlg: RasaDialogue, aloop: LoopTh
     assert "I've stopped that" in texts(turn)
 
 
+@needs_rasa
+@pytest.mark.rasa
+def test_an_unfinished_turn_taken_back_leaves_no_form_behind(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """The caller paused in the middle ("I need an engineer"), the bot sent that to Rasa,
+    then the caller went on: ``retract`` rewinds the message and what Rasa did after it
+    (the booking form), so the whole utterance is the conversation's only message. Text
+    that is not the last message is left alone."""
+    call = new_call()
+    aloop.run(dlg.start(call))
+    assert "Which day" in texts(aloop.run(dlg.respond(call, "uh i need an engineer")))
+    aloop.run(dlg.retract(call, "something the caller never said"))  # not the last: kept
+    turn = aloop.run(dlg.respond(call, "what are your opening hours"))
+    assert "Monday to Friday" in texts(turn) and "Which day" in texts(turn)  # still in it
+    call = new_call()
+    aloop.run(dlg.start(call))
+    assert "Which day" in texts(aloop.run(dlg.respond(call, "uh i need an engineer")))
+    aloop.run(dlg.retract(call, "uh i need an engineer"))
+    turn = aloop.run(dlg.respond(call, "uh i need an engineer what are your opening hours"))
+    tracker = aloop.run(
+        dlg._request(  # noqa: SLF001
+            "GET", f"/conversations/{call.call_id}/tracker", params={"include_events": "APPLIED"}
+        )
+    )
+    users = [e["text"] for e in tracker["events"] if e["event"] == "user"]
+    assert users == ["/greet", "uh i need an engineer what are your opening hours"], users
+    assert texts(turn), "answered"
+    turn = aloop.run(dlg.respond(call, "what are your opening hours"))
+    assert "Monday to Friday" in texts(turn)
+
+
 DEMO = demo_accounts()
 
 

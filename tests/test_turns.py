@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from voicebot_pbx.answers.dialogue import RuleDialogue
+from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn, RuleDialogue
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.session import CallSession, Shared
 from voicebot_pbx.config import DialogueConfig, RuleConfig, VadConfig, load_config
@@ -972,3 +973,41 @@ def test_a_dropped_early_transcript_never_speaks_for_the_pause() -> None:
     (event,) = [e for e in logs if e["event"] == "transcript"]
     assert event["text"] == f"{PHRASES[HOURS]} {PHRASES[ACCOUNT]}"
     assert event["ended_by"] == "silence"
+
+
+class SlowRecordingRules(RuleDialogue):
+    """The rules, 0.5 s to answer (a dialogue server), noting what they were given and
+    what was taken back."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.given: list[str] = []
+        self.retracted: list[str] = []
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        self.given.append(text)
+        await asyncio.sleep(0.5)
+        return await super().respond(call, text)
+
+    async def retract(self, call: CallInfo, text: str) -> None:
+        self.retracted.append(text)
+
+
+def test_a_caller_who_goes_on_before_the_answer_is_answered_whole_and_the_part_taken_back() -> None:
+    """The caller stops long enough to end the turn, then goes on while the dialogue is
+    still answering: the answer to the first part is dropped, the dialogue takes that part
+    back (``Dialogue.retract``: Rasa forgets the message and what it did after it) and
+    answers the whole utterance once."""
+    shared = make_shared()
+    dialogue = SlowRecordingRules.from_config(shared.config.dialogue)
+    shared = dataclasses.replace(shared, dialogue=dialogue)
+    said = [(3.0, tone(1.0, 8000, TARIFF)), (4.4, tone(1.0, 8000, HOURS))]
+    media, session = run_virtual(timeline(shared, said, until_s=9.0))
+    whole = f"{PHRASES[TARIFF]} {PHRASES[HOURS]}"
+    assert dialogue.given == [PHRASES[TARIFF], whole]
+    assert dialogue.retracted == [PHRASES[TARIFF]]
+    speech = [t for t in session.record.turns if t.kind == "speech"]
+    assert speech[-1].transcript == whole and speech[-1].reply_text == "We open at eight."
+    # Nothing of the first part's answer was heard: the first bot audio after the caller
+    # began is the whole utterance's answer, after its end.
+    assert first_reply_after(media, 3.0) > 5.4

@@ -135,6 +135,11 @@ class Dialogue(Protocol):
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn: ...
 
+    async def retract(self, call: CallInfo, text: str) -> None:
+        """Forget the caller's last turn, ``text``, if it was taken in: it was not finished
+        (the caller went on before its answer was heard) and comes again with the rest."""
+        ...
+
     async def end(self, call: CallInfo) -> None: ...
 
 
@@ -268,6 +273,9 @@ class RuleDialogue:
                 if rule.then == "transfer":
                     return self._turn(rule)
         return DialogueTurn(replies=(BotReply(text=self.reprompt),), source=self.name)
+
+    async def retract(self, call: CallInfo, text: str) -> None:
+        """Nothing to forget: the rules keep no state between turns."""
 
     async def end(self, call: CallInfo) -> None:
         return None

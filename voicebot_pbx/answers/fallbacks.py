@@ -137,6 +137,14 @@ class FallbackDialogue:
             "dtmf", lambda: self.primary.dtmf(call, digits), lambda: self.backup.dtmf(call, digits)
         )
 
+    async def retract(self, call: CallInfo, text: str) -> None:
+        for brain in (self.primary, self.backup):
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await brain.retract(call, text)
+            except (DialogueUnavailable, TimeoutError):
+                pass
+
     async def end(self, call: CallInfo) -> None:
         for brain in (self.primary, self.backup):
             try:
@@ -389,6 +397,11 @@ class ComposingDialogue:
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
         self._asked.pop(call.call_id, None)
         return await self.inner.dtmf(call, digits)
+
+    async def retract(self, call: CallInfo, text: str) -> None:
+        """The unfinished turn's question asked back or transfer offered is forgotten too."""
+        self._asked.pop(call.call_id, None)
+        await self.inner.retract(call, text)
 
     async def end(self, call: CallInfo) -> None:
         self._asked.pop(call.call_id, None)

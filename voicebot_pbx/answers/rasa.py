@@ -372,6 +372,26 @@ class RasaDialogue:
             raise ValueError(f"not DTMF digits: {digits!r}")
         return await self._turn(call, "/dtmf" + json.dumps({"digits": digits}))
 
+    async def retract(self, call: CallInfo, text: str) -> None:
+        """Undo the caller's last message when it is ``text`` (Rasa's ``rewind`` event,
+        ``UserUtteranceReverted``: the message and what the bot did after it are gone, slots
+        and form included). The tracker is read first: a turn answered from the knowledge
+        base never reached the conversation, and an older message must not be undone. Best
+        effort: a failure is logged, the next message goes on as it would have."""
+        path = f"/conversations/{quote(call.call_id, safe='')}/tracker"
+        try:
+            tracker = await self._request("GET", path, params={"include_events": "NONE"})
+            latest = tracker.get("latest_message") if isinstance(tracker, Mapping) else None
+            if not isinstance(latest, Mapping) or latest.get("text") != text:
+                return
+            # The rewind also drops the action_listen the message followed: without it
+            # again, the next message's policies predict listening at once (no reply).
+            events = [{"event": "rewind"}, {"event": "action", "name": "action_listen"}]
+            await self._request("POST", f"{path}/events", json_body=events)
+            log.info("rasa.retracted", call_id=call.call_id)
+        except DialogueUnavailable as exc:
+            log.warning("rasa.retract_failed", call_id=call.call_id, error=str(exc))
+
     async def end(self, call: CallInfo) -> None:
         """Forget the call's conversation (best effort: the call is over either way)."""
         if not self.forget_on_end:

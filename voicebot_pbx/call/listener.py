@@ -267,6 +267,9 @@ class Listener:
         self.expect: Expected | None = None
         self.known: tuple[KnownAnswer, ...] = ()  # speech/verify.py; never logged
         self._expect_digits: int | None = None  # how many digits complete that answer
+        # A postcode or a date of birth is expected: read out with pauses inside it
+        # ("N W 5, [pause] 6 P L"), and a known answer can be confirmed on its first half.
+        self._expect_read_out = False
         self.stt: SttStream | None = None
         # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
         self._recent: deque[tuple[float, bytes]] = deque(maxlen=100)
@@ -483,12 +486,17 @@ class Listener:
         """What the caller's next turn is expected to be (``expect``; the session sets it
         with each answer), the answers the dialogue knows to it (``known``) and, for digits,
         how many complete it: until then a pause ends the turn only after
-        ``turn.digits_max_silence_ms``."""
+        ``turn.digits_max_silence_ms``. So does any pause after a digit while a postcode or
+        a date is expected: its end cannot be told from the words (a known answer is
+        confirmed on "N W 5" as well as on "N W 5, 6 P L": ``bench/eval_verify.py``'s
+        cut-short row)."""
         self.expect = expected
         self.known = known if expected else ()
         holding = self.config.turn.digits_max_silence_ms
         counting = bool(expected and Expectation.DIGITS in expected and digits and holding > 0)
         self._expect_digits = digits if counting else None
+        read_out = {Expectation.POSTCODE, Expectation.DATE} & set(expected or ())
+        self._expect_read_out = bool(read_out) and not counting and holding > 0
         self.turns.set_max_silence_ms(self._longest_silence_ms())
 
     def _longest_silence_ms(self) -> int | None:
@@ -496,7 +504,7 @@ class Listener:
         still expected, a transcript read unfinished); None: vad.end_silence_max_ms. The
         rules end other pauses sooner (``_finished_after_ms``)."""
         waits = [0]
-        if self._expect_digits is not None:
+        if self._expect_digits is not None or self._expect_read_out:
             waits.append(self.config.turn.digits_max_silence_ms)
         if self._reading:
             waits.append(self.config.turn.unfinished_max_silence_ms)
@@ -516,8 +524,8 @@ class Listener:
 
     def _waited_for_digits_s(self, ended_by: str) -> float:
         """The longer wait of a turn ended by the maximum silence while digits were still
-        expected."""
-        if self._expect_digits is None:
+        expected (or a postcode or date read out)."""
+        if self._expect_digits is None and not self._expect_read_out:
             return 0.0
         return self._waited_longer_s(ended_by, self.config.turn.digits_max_silence_ms)
 
@@ -546,15 +554,16 @@ class Listener:
         this pause holds as many digits as asked for (``(ms, "digits")``); "wait" while that
         decode is still running or holds fewer (only the maximum silence ends the turn);
         "no_opinion" when no digits are expected or the caller said no digit at all (the
-        detectors decide)."""
+        detectors decide). While a postcode or date is expected, any digit heard means
+        "wait": only the maximum silence ends it."""
         wanted = self._expect_digits
-        if wanted is None:
+        if wanted is None and not self._expect_read_out:
             return "no_opinion"
         spec = self._speculation
         if spec is None or self._is_stale_pause(spec.turn_id, spec.pause_id):
             return "wait"  # the decode at this pause is still running
         heard = count_digits(spec.result.text)
-        if heard >= wanted:
+        if wanted is not None and heard >= wanted:
             return self.config.vad.end_silence_ms, "digits"
         return "no_opinion" if heard == 0 else "wait"
 

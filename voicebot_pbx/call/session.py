@@ -119,6 +119,9 @@ class CallSession:
         # Outbound calls of a profile with ``amd``: who answered, before the opening.
         self._amd: AmdGate | None = None
         self._amd_turns: set[int] = set()  # callee turns that began before the verdict
+        # The transcript the dialogue was given before the caller went on (carried into
+        # the next turn): taken back from the dialogue before that turn is answered.
+        self._unfinished: str | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -423,8 +426,12 @@ class CallSession:
         self._cancel_no_input()
         self._no_input_count = 0
         if self._reply_task is not None and not self._reply_started:
-            # The caller went on talking before we answered: answer the whole thing.
-            self.listener.carry(self._reply_turn.transcript if self._reply_turn else "")
+            # The caller went on talking before we answered: answer the whole thing, and
+            # the dialogue forgets the part it was given (``Dialogue.retract``).
+            unfinished = self._reply_turn
+            self.listener.carry(unfinished.transcript if unfinished else "")
+            if unfinished is not None and unfinished.kind == "speech" and unfinished.transcript:
+                self._unfinished = unfinished.transcript
             self._cancel_reply()
 
     def barge_in_onset(self) -> None:
@@ -519,12 +526,23 @@ class CallSession:
         if self.shared.control is not None and is_opt_out(text):
             self._start_reply(turn, self._opt_out_or_respond(text), speech_end_at)
             return
+        unfinished, self._unfinished = self._unfinished, None
         self._start_reply(
             turn,
-            self.dialogue.respond(self.call, text),
+            self._respond(text, unfinished),
             speech_end_at,
             dead_air_from=speech_end_at + trace.waited_for_digits_s + trace.waited_unfinished_s,
         )
+
+    async def _respond(self, text: str, unfinished: str | None) -> DialogueTurn:
+        """The dialogue's answer to ``text``; first, the part of it the dialogue was given
+        before the caller went on (``unfinished``) is taken back."""
+        if unfinished is not None:
+            try:
+                await self.dialogue.retract(self.call, unfinished)
+            except Exception as exc:  # the answer matters more than a clean tracker
+                log.warning("dialogue_retract_failed", error=f"{type(exc).__name__}: {exc}")
+        return await self.dialogue.respond(self.call, text)
 
     async def _opt_out_or_respond(self, text: str) -> DialogueTurn:
         """ "Stop calling me" on a campaign call: listed, confirmed, goodbye (issue #23)."""
