@@ -134,7 +134,6 @@ class LengthSplitEngine:
         # second opinion and those whose second opinion was kept (bench, tests).
         self.routed = {"short": 0, "long": 0, "held": 0, "second": 0, "second_kept": 0}
         self._vocabulary: frozenset[str] = frozenset()
-        self.long_second_opinion = False
 
     def use_vocabulary(self, words: frozenset[str]) -> None:
         """The deployment's words: short turns with a word outside them get a second
@@ -187,9 +186,9 @@ class LengthSplitEngine:
         result = batch.transcribe(pcm, rate_hz)
         if not self._wants_second_opinion(engine, result, span_s):
             return result
-        other = self._other(engine).capabilities.batch
-        assert other is not None
-        return self._better(result, other.transcribe(pcm, rate_hz))
+        long_batch = self.long.capabilities.batch
+        assert long_batch is not None
+        return self._better(result, long_batch.transcribe(pcm, rate_hz))
 
     async def transcribe_async(
         self, pcm: bytes, rate_hz: int, *, urgent: bool = False
@@ -198,10 +197,7 @@ class LengthSplitEngine:
         result = await self._decode(engine, pcm, rate_hz, urgent)
         if not self._wants_second_opinion(engine, result, span_s):
             return result
-        return self._better(result, await self._decode(self._other(engine), pcm, rate_hz, urgent))
-
-    def _other(self, engine: SttEngine) -> SttEngine:
-        return self.long if engine is self.short else self.short
+        return self._better(result, await self._decode(self.long, pcm, rate_hz, urgent))
 
     async def _decode(self, engine: SttEngine, pcm: bytes, rate_hz: int, urgent: bool) -> SttResult:
         capabilities = engine.capabilities
@@ -216,12 +212,8 @@ class LengthSplitEngine:
     def _wants_second_opinion(self, engine: SttEngine, result: SttResult, span_s: float) -> bool:
         """A short turn heard with a word outside the vocabulary, or heard as nothing
         although it holds ``EMPTY_SECOND_OPINION_MIN_S`` of speech or more."""
-        if not self._vocabulary:
+        if engine is not self.short or not self._vocabulary:
             return False
-        if engine is not self.short:
-            return (
-                self.long_second_opinion and known_and_unknown(result.text, self._vocabulary)[1] > 0
-            )
         known, unknown = known_and_unknown(result.text, self._vocabulary)
         return unknown > 0 or (known == 0 and span_s >= EMPTY_SECOND_OPINION_MIN_S)
 
