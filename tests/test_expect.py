@@ -249,6 +249,21 @@ def test_a_held_decode_that_runs_on_keeps_its_first_sentence() -> None:
 FOUR_DIGITS = 990  # a tone "saying" four digits
 
 
+def holding(phrases: dict[int, str], dialogue: type[RuleDialogue], holding_ms: int) -> Shared:
+    """The test service hearing ``phrases``, with ``dialogue`` (rules that ask for an
+    answer) and turn.digits_max_silence_ms = ``holding_ms`` (the word list's own hold,
+    turn.unfinished_max_silence_ms, off: it would keep an answer's parts together too, at
+    its own pace)."""
+    shared = make_shared(stt=ExpectingScriptedStt(phrases, delay_s=0.1))
+    turn = dataclasses.replace(
+        shared.config.turn, digits_max_silence_ms=holding_ms, unfinished_max_silence_ms=0
+    )
+    config = dataclasses.replace(shared.config, turn=turn)
+    return dataclasses.replace(
+        shared, config=config, dialogue=dialogue.from_config(config.dialogue)
+    )
+
+
 @pytest.mark.parametrize("holding_ms", [1500, 0])
 def test_a_caller_reading_digits_in_groups_keeps_the_turn_until_all_are_heard(
     holding_ms: int,
@@ -258,17 +273,7 @@ def test_a_caller_reading_digits_in_groups_keeps_the_turn_until_all_are_heard(
     digit ends it at the short silence. Without the rule the pause ends the first turn (the
     word list's hold of a transcript that ends in digits, turn.unfinished_max_silence_ms,
     is off here: it would keep the groups together too, only at its own pace)."""
-    stt = ExpectingScriptedStt({**PHRASES, FOUR_DIGITS: "one two three four"}, delay_s=0.1)
-    shared = make_shared(stt=stt)
-    config = dataclasses.replace(
-        shared.config,
-        turn=dataclasses.replace(
-            shared.config.turn, digits_max_silence_ms=holding_ms, unfinished_max_silence_ms=0
-        ),
-    )
-    shared = dataclasses.replace(
-        shared, config=config, dialogue=AsksForDigits.from_config(config.dialogue)
-    )
+    shared = holding({**PHRASES, FOUR_DIGITS: "one two three four"}, AsksForDigits, holding_ms)
     said = [
         (3.0, tone(1.0, 8000, HOURS)),  # -> 8 digits asked for
         (6.0, tone(1.0, 8000, FOUR_DIGITS)),
@@ -328,18 +333,7 @@ def test_a_postcode_read_out_with_a_pause_inside_stays_one_turn(holding_ms: int)
     turn.digits_max_silence_ms, so the caller's second half joins it (a known answer can be
     confirmed on the first half alone: bench/eval_verify.py's cut-short row). Without the
     rule the pause ends the turn (here at vad.end_silence_max_ms)."""
-    phrases = {**PHRASES, OUTWARD: "N W 5", INWARD: "6 P L"}
-    stt = ExpectingScriptedStt(phrases, delay_s=0.1)
-    shared = make_shared(stt=stt)
-    config = dataclasses.replace(
-        shared.config,
-        turn=dataclasses.replace(
-            shared.config.turn, digits_max_silence_ms=holding_ms, unfinished_max_silence_ms=0
-        ),
-    )
-    shared = dataclasses.replace(
-        shared, config=config, dialogue=AsksForPostcode.from_config(config.dialogue)
-    )
+    shared = holding({**PHRASES, OUTWARD: "N W 5", INWARD: "6 P L"}, AsksForPostcode, holding_ms)
     said = [
         (3.0, tone(1.0, 8000, HOURS)),  # -> the postcode or the date of birth asked for
         (6.0, tone(0.8, 8000, OUTWARD)),
