@@ -132,6 +132,21 @@ def test_greeting_and_a_question_through_socket_and_unicast(bed: Bed) -> None:
     assert bed.fs.global_var(f"vbnext_{call.tag}") == ""
 
 
+def test_the_example_dialplan_an_admin_copies_answers_a_call(bed: Bed) -> None:
+    """``dialplans/freeswitch/voicebot.xml`` as an admin installs it (only the bot's port
+    changed): 5000 answers, hands the call to the bot over ``socket ... async full``, and
+    the caller's question is answered."""
+    hours = question(bed, "hours", "what are your opening hours")
+    call = bed.run_call([silence(GREETING_S), play(hours), silence(6)], mode="example")
+    record = bed.record(call)
+    assert record.pbx == "freeswitch", bed.bot.log_tail()
+    ((transcript, reply),) = speech_turns(record)
+    assert "hour" in transcript.lower() and reply.startswith(HOURS_REPLY)
+    rec = bed.fs.recording(call)
+    (said, *_) = said_segments(rec)
+    assert heard_after(rec, said[1]) is not None, "the caller heard the answer"
+
+
 def test_inline_socket_and_a_caller_hanging_up_mid_reply(bed: Bed) -> None:
     """originate ... '&socket(127.0.0.1:<port> async full)' (no dialplan on the bot's
     side); the caller hangs up 2.5 s after the question, inside the ~6 s reply: the record

@@ -35,6 +35,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from tests.realpbx import (
+    ROOT,
     PbxUnavailable,
     free_port,
     log_tail,
@@ -45,6 +46,7 @@ from tests.realpbx import (
 )
 
 CONF_DIR = Path(__file__).with_name("freeswitch")
+EXAMPLE_DIALPLAN = ROOT / "dialplans" / "freeswitch" / "voicebot.xml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,12 @@ class FreeSwitch:
         (self.root / "conf" / "freeswitch.xml").write_text(text)
         # The include needs at least one file to match.
         (self.callers / "_none.xml").write_text("<include></include>\n")
+        # The admin's example dialplan, pointed at this bed's bot.
+        example = EXAMPLE_DIALPLAN.read_text().replace(
+            "127.0.0.1:8084", f"127.0.0.1:{self.bot_port}"
+        )
+        (self.root / "conf" / "example").mkdir(exist_ok=True)
+        (self.root / "conf" / "example" / "voicebot.xml").write_text(example)
 
     def start(self, timeout_s: float = 30.0) -> None:
         binary = self.prefix / "bin" / "freeswitch"
@@ -235,7 +243,8 @@ class FreeSwitch:
         """Place a test call whose caller runs ``steps``.
 
         ``mode``: ``dialplan`` (the bot half runs ``tobot_<tag>``: socket from the XML
-        dialplan, the dialplan going on after it), ``static`` (the same without ``async``)
+        dialplan, the dialplan going on after it), ``static`` (the same without ``async``),
+        ``example`` (5000 in the admin's example dialplan, ``dialplans/freeswitch``)
         or ``inline`` (``originate ...
         '&socket(127.0.0.1:<port> async full)'``, nothing after it). ``variables``: channel
         variables of the bot's half (``VOICEBOT_PROFILE``), set on the originate."""
@@ -270,6 +279,11 @@ class FreeSwitch:
             command = (
                 f"originate {{origination_uuid={bot_uuid}{extra}}}loopback/caller_{tag}/default "
                 f"tobotstatic_{tag} XML default"
+            )
+        elif mode == "example":
+            command = (
+                f"originate {{origination_uuid={bot_uuid}{extra}}}loopback/caller_{tag}/default "
+                "5000 XML example"
             )
         elif mode == "inline":
             command = (
