@@ -487,6 +487,9 @@ class CallSession:
         if turn_id in self._amd_turns:
             log.info("amd_turn_ignored", turn_id=turn_id)
             return
+        # What the dialogue was given before the caller went on (only this turn takes it
+        # back; the dialogue checks it is still its last message).
+        unfinished, self._unfinished = self._unfinished, None
         turn = TurnRecord(
             turn_id=turn_id,
             transcript=text,
@@ -526,7 +529,6 @@ class CallSession:
         if self.shared.control is not None and is_opt_out(text):
             self._start_reply(turn, self._opt_out_or_respond(text), speech_end_at)
             return
-        unfinished, self._unfinished = self._unfinished, None
         self._start_reply(
             turn,
             self._respond(text, unfinished),
