@@ -165,6 +165,7 @@ class AmdVariables:
 
     def __init__(self, status: str, cause: str) -> None:
         self.variables = {"AMDSTATUS": status, "AMDCAUSE": cause}
+        self.reads: list[str] = []
 
     async def transfer(self, call_id: str, target: str) -> bool:
         return True
@@ -173,6 +174,7 @@ class AmdVariables:
         return True
 
     async def get_var(self, call_id: str, name: str) -> str | None:
+        self.reads.append(name)
         return self.variables.get(name)
 
 
@@ -219,14 +221,15 @@ def test_a_beep_after_asterisks_person_still_leaves_the_message() -> None:
 def test_asterisks_machine_waits_for_the_detector_and_the_beep() -> None:
     """AMD() said MACHINE (a long greeting it heard the start of): nothing is taken early;
     the detector hears the rest of the greeting and its beep, the message follows it."""
-    shared = dataclasses.replace(
-        outbound(), control=AmdVariables("MACHINE", "LONGGREETING-1520-1500")
-    )  # type: ignore[arg-type]
+    control = AmdVariables("MACHINE", "LONGGREETING-1520-1500")
+    shared = dataclasses.replace(outbound(), control=control)  # type: ignore[arg-type]
     beep = tone(0.5, 8000, 1000.0, level=0.4)
     media, session = call(shared, [(0.2, noise(2.5, 3) + bytes(1600) + beep)], 14.0)
     turn = greeting_turn(session)
     assert turn.fallbacks[0].startswith("amd_machine:")  # type: ignore[attr-defined]
     assert "asterisk:MACHINE-LONGGREETING" in turn.fallbacks[0]  # type: ignore[attr-defined]
+    # Read once at the start (a person would open at once), used again for the verdict.
+    assert [r for r in control.reads if r.startswith("AMD")] == ["AMDSTATUS", "AMDCAUSE"]
     beep_end = 0.2 + 2.5 + 0.1 + 0.5
     assert beep_end <= min(media.voiced_times()) < beep_end + 0.5  # type: ignore[attr-defined]
     assert session.record.end_reason == "voicemail"  # type: ignore[attr-defined]
