@@ -355,4 +355,8 @@ def test_the_word_list_reader_reads_no_sentence_finished() -> None:
     assert word_list_verdict("one five eight") == "unfinished"  # digits being read out
     assert word_list_verdict("what are your opening hours?") == "unsure"
     assert word_list_verdict("an agent, please") == "unsure"
+    # A trailing comma is not a word: only the word before it counts.
+    assert word_list_verdict("When are you open on Saturday,") == "unsure"
+    assert word_list_verdict("I'd like to,") == "unfinished"
+    assert word_list_verdict("four five two,") == "unfinished"
     assert word_list_verdict("") == "unsure"  # nothing heard: the audio model decides

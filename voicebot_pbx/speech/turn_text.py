@@ -78,8 +78,11 @@ def word_list_verdict(text: str) -> TextVerdict:
     """The old word list as the reader of a decode at a pause (``turn.text_reader =
     "words"``): "unfinished" when the transcript ends in a word no sentence ends in, or in
     digits being read out (:func:`voicebot_pbx.speech.turns.looks_complete`); otherwise
-    "unsure" (never "finished": that is the audio model's to say)."""
-    return "unfinished" if text.strip() and not looks_complete(text) else "unsure"
+    "unsure" (never "finished": that is the audio model's to say). A trailing comma alone
+    holds nothing: the recognisers end whole questions with one ("When are you open on
+    Saturday,"), and the long hold is for words."""
+    words = text.rstrip().rstrip(",").rstrip()
+    return "unfinished" if words and not looks_complete(words) else "unsure"
 
 
 def text_verdict(
