@@ -138,18 +138,18 @@ class FallbackDialogue:
         )
 
     async def retract(self, call: CallInfo, text: str) -> None:
-        for brain in (self.primary, self.backup):
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    await brain.retract(call, text)
-            except (DialogueUnavailable, TimeoutError):
-                pass
+        await self._tell_both(lambda brain: brain.retract(call, text))
 
     async def end(self, call: CallInfo) -> None:
+        await self._tell_both(lambda brain: brain.end(call))
+
+    async def _tell_both(self, act: Callable[[Dialogue], Awaitable[None]]) -> None:
+        """``act`` on each brain in turn, best effort (an unavailable or slow one is
+        skipped)."""
         for brain in (self.primary, self.backup):
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    await brain.end(call)
+                    await act(brain)
             except (DialogueUnavailable, TimeoutError):
                 pass
 

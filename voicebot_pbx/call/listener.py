@@ -499,12 +499,18 @@ class Listener:
         self._expect_read_out = bool(read_out) and not counting and holding > 0
         self.turns.set_max_silence_ms(self._longest_silence_ms())
 
+    @property
+    def _holding_answer(self) -> bool:
+        """Digits still to come, or a postcode or date being read out: a pause after a
+        digit waits for ``turn.digits_max_silence_ms``."""
+        return self._expect_digits is not None or self._expect_read_out
+
     def _longest_silence_ms(self) -> int | None:
         """The endpointer's maximum silence: the longest wait a rule can ask for (digits
         still expected, a transcript read unfinished); None: vad.end_silence_max_ms. The
         rules end other pauses sooner (``_finished_after_ms``)."""
         waits = [0]
-        if self._expect_digits is not None or self._expect_read_out:
+        if self._holding_answer:
             waits.append(self.config.turn.digits_max_silence_ms)
         if self._reading:
             waits.append(self.config.turn.unfinished_max_silence_ms)
@@ -525,7 +531,7 @@ class Listener:
     def _waited_for_digits_s(self, ended_by: str) -> float:
         """The longer wait of a turn ended by the maximum silence while digits were still
         expected (or a postcode or date read out)."""
-        if self._expect_digits is None and not self._expect_read_out:
+        if not self._holding_answer:
             return 0.0
         return self._waited_longer_s(ended_by, self.config.turn.digits_max_silence_ms)
 
@@ -557,7 +563,7 @@ class Listener:
         detectors decide). While a postcode or date is expected, any digit heard means
         "wait": only the maximum silence ends it."""
         wanted = self._expect_digits
-        if wanted is None and not self._expect_read_out:
+        if not self._holding_answer:
             return "no_opinion"
         spec = self._speculation
         if spec is None or self._is_stale_pause(spec.turn_id, spec.pause_id):
