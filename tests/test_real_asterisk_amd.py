@@ -28,7 +28,11 @@ from tests.realpbx.outbound import (
     run_machine_campaign,
     verdict_of,
 )
-from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
+from tests.realpbx.speech import (
+    heard_after,
+    question_pcm,
+    said_segments,
+)
 from tests.test_real_asterisk import Bed, audiosocket_bed  # the same bed
 from voicebot_pbx.ops.records import CallRecord
 
@@ -56,14 +60,6 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     yield from audiosocket_bed(tmp_path_factory.mktemp("real-asterisk-amd"), PROFILE_TOML)
 
 
-def said_segments(rec: Recording) -> list[tuple[float, float]]:
-    return segments(voiced_windows(rec.said, rec.rate_hz))
-
-
-def heard_first(rec: Recording) -> float | None:
-    return first_voiced_after(voiced_windows(rec.heard, rec.rate_hz), 0.0)
-
-
 def test_a_person_hears_the_opening_after_their_hello(bed: Bed) -> None:
     """The callee says "hello?" and waits: a person (its pause made one likely first, so the
     opening started before the verdict), and the opening plays after the hello, not over it;
@@ -76,7 +72,7 @@ def test_a_person_hears_the_opening_after_their_hello(bed: Bed) -> None:
     assert greeting.fallbacks[:1] == ["amd_likely_human"], greeting.fallbacks
     assert verdict_of(greeting).startswith("amd_human:"), greeting.fallbacks
     (said_hello, *_) = said_segments(rec)
-    first = heard_first(rec)
+    first = heard_after(rec, 0.0)
     assert first is not None and first >= said_hello[1], "nothing over the hello"
     assert not [t for t in record.turns if t.kind == "speech"], "the hello was the detector's"
 
@@ -96,7 +92,7 @@ def test_a_voicemail_greeting_gets_the_message_after_its_beep(bed: Bed) -> None:
     assert verdict_of(turn).startswith("amd_machine:"), (turn.fallbacks, bed.bot.log_tail())
     assert turn.reply_text == VOICEMAIL and turn.intent == "voicemail"
     assert record.end_reason == "voicemail"
-    check_message_after_beep(rec.said, rec.heard, rec.rate_hz)
+    check_message_after_beep(rec)
 
 
 def test_a_silent_line_hears_the_opening_as_its_prompt(bed: Bed) -> None:
@@ -106,7 +102,7 @@ def test_a_silent_line_hears_the_opening_as_its_prompt(bed: Bed) -> None:
     greeting = record.turns[0]
     assert greeting.fallbacks == ["amd_silence:initial_silence"], greeting.fallbacks
     assert greeting.reply_text == OPENING
-    first = heard_first(rec)
+    first = heard_after(rec, 0.0)
     assert first is not None and BOT_INITIAL_SILENCE_S <= first < 4.5
 
 
@@ -124,7 +120,7 @@ def test_a_person_asterisks_amd_heard_hears_the_opening_at_once(bed: Bed) -> Non
     assert greeting.reply_text == OPENING, (greeting.fallbacks, bed.bot.log_tail())
     assert greeting.fallbacks == ["amd_human:asterisk:HUMAN-HUMAN"], greeting.fallbacks
     (said_hello, *_) = said_segments(rec)
-    first = heard_first(rec)
+    first = heard_after(rec, 0.0)
     assert first is not None and first >= said_hello[1] + ASTERISK_AFTER_GREETING_S
     # Not after the bot's own wait for a word in the silence that AMD() left it.
     assert first < said_hello[1] + ASTERISK_AFTER_GREETING_S + BOT_INITIAL_SILENCE_S

@@ -31,7 +31,13 @@ from tests.realpbx.outbound import (
     run_machine_campaign,
     verdict_of,
 )
-from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
+from tests.realpbx.speech import (
+    first_voiced_after,
+    heard_after,
+    question_pcm,
+    said_segments,
+    voiced_windows,
+)
 from voicebot_pbx.ops.records import CallRecord
 
 pytestmark = [pytest.mark.realpbx, pytest.mark.models, pytest.mark.slow]
@@ -96,14 +102,6 @@ udp_port_max = {udp_min + 49}
 
 def question(bed: Bed, name: str, text: str) -> str:
     return bed.fs.sound(name, question_pcm(text))
-
-
-def said_segments(rec: Recording) -> list[tuple[float, float]]:
-    return segments(voiced_windows(rec.said, rec.rate_hz))
-
-
-def heard_after(rec: Recording, t_s: float) -> float | None:
-    return first_voiced_after(voiced_windows(rec.heard, rec.rate_hz), t_s)
 
 
 def speech_turns(record: CallRecord) -> list[tuple[str, str]]:
@@ -379,7 +377,7 @@ def test_answering_machine_detection_leaves_the_message_after_the_beep(bed: Bed)
     assert "amd_likely_human" not in turn.fallbacks, turn.fallbacks
     assert turn.reply_text == VOICEMAIL and turn.intent == "voicemail"
     assert record.end_reason == "voicemail"
-    check_message_after_beep(rec.said, rec.heard, rec.rate_hz)
+    check_message_after_beep(rec)
 
 
 def test_answering_machine_detection_prompts_a_silent_line(bed: Bed) -> None:

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from tests.realpbx import campaign_cli
-from tests.realpbx.speech import first_voiced_after, question_pcm, segments, voiced_windows
+from tests.realpbx.speech import (
+    WINDOW_S,
+    Recorded,
+    heard_after,
+    question_pcm,
+    said_segments,
+    voiced_windows,
+)
 from voicebot_pbx.ops.records import TurnRecord
 from voicebot_pbx.testing import tone
 
@@ -40,16 +47,16 @@ def peak_hz(samples: np.ndarray, rate_hz: int) -> float:
     return float(np.fft.rfftfreq(len(samples), 1.0 / rate_hz)[int(np.argmax(spectrum))])
 
 
-def check_message_after_beep(said: np.ndarray, heard: np.ndarray, rate_hz: int) -> None:
-    """The callee's recordings (what it played, what it heard): its last sound is the beep,
-    nothing of the bot was heard before the beep ended, and about a message's length after."""
-    beep_end_s = segments(voiced_windows(said, rate_hz))[-1][1]
-    tail = said[int((beep_end_s - 0.3) * rate_hz) : int(beep_end_s * rate_hz)]
-    assert peak_hz(tail, rate_hz) == pytest.approx(BEEP_HZ, abs=20.0)
-    heard_voiced = voiced_windows(heard, rate_hz)
-    first = first_voiced_after(heard_voiced, 0.0)
+def check_message_after_beep(rec: Recorded) -> None:
+    """The callee's recordings: its last sound is the beep, nothing of the bot was heard
+    before the beep ended, and about a message's length after."""
+    beep_end_s = said_segments(rec)[-1][1]
+    tail = rec.said[int((beep_end_s - 0.3) * rec.rate_hz) : int(beep_end_s * rec.rate_hz)]
+    assert peak_hz(tail, rec.rate_hz) == pytest.approx(BEEP_HZ, abs=20.0)
+    first = heard_after(rec, 0.0)
     assert first is not None and first >= beep_end_s, "silent until the beep has ended"
-    assert heard_voiced.sum() * 0.01 > 2.0, "the message was left"
+    heard_s = voiced_windows(rec.heard, rec.rate_hz).sum() * WINDOW_S
+    assert heard_s > 2.0, "the message was left"
 
 
 def verdict_of(turn: TurnRecord) -> str:

@@ -7,6 +7,8 @@ analysis works on the caller half's MixMonitor files: ``said`` (what the caller 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from tests.speech import espeak_pcm
@@ -65,6 +67,27 @@ def last_voiced_between(voiced: np.ndarray, start_s: float, end_s: float) -> flo
     start = int(round(start_s / WINDOW_S))
     idx = np.flatnonzero(voiced[start : int(round(end_s / WINDOW_S))])
     return None if idx.size == 0 else (start + int(idx[-1]) + 1) * WINDOW_S
+
+
+class Recorded(Protocol):
+    """A caller half's recordings (Asterisk's MixMonitor, FreeSWITCH's record_session)."""
+
+    @property
+    def heard(self) -> np.ndarray: ...
+    @property
+    def said(self) -> np.ndarray: ...
+    @property
+    def rate_hz(self) -> int: ...
+
+
+def said_segments(rec: Recorded) -> list[tuple[float, float]]:
+    """What the caller said, as (start_s, end_s) stretches (:func:`segments`)."""
+    return segments(voiced_windows(rec.said, rec.rate_hz))
+
+
+def heard_after(rec: Recorded, t_s: float) -> float | None:
+    """When the caller first heard the bot at or after ``t_s``."""
+    return first_voiced_after(voiced_windows(rec.heard, rec.rate_hz), t_s)
 
 
 DROPOUT_MIN_S = 0.02  # one 20 ms frame that never came
