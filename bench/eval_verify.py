@@ -21,9 +21,9 @@ date of birth of:
 * **near miss**: this account with the said answer one character, day, month or year off
   (a caller who misremembers, or a neighbour's postcode): a false accept too;
 * **cut short**: this account's own answers, the audio cut after ``CUT_SHORT`` of its speech
-  and the line's last 0.5 s put after it (what the recogniser has at a pause inside the
-  answer, "N W 5, [pause]", when the turn ends there): accepted = confirmed on words the
-  caller had not said yet, a false accept.
+  (``turn_dataset.speech_bounds``) and the line's last ``TAIL_S`` put after it (what the
+  recogniser has at a pause inside the answer, "N W 5, [pause]", when the turn ends there):
+  accepted = confirmed on words the caller had not said yet, a false accept.
 
 Reports accept rates with the set size, the said kind's mean lead of its digits, letters and
 months over their rivals and its worst one (percentiles), CPU-s per check. Writes
@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "rasa_project"))
 
 import eval_balance  # noqa: E402
+import numpy as np  # noqa: E402
+import turn_dataset  # noqa: E402
 from structlog.testing import capture_logs  # noqa: E402
 
 from voicebot_pbx.models import MOONSHINE_BASE_EN, MOONSHINE_TOKENIZER, model_path  # noqa: E402
@@ -112,15 +114,17 @@ def check(
 CUT_SHORT = 0.55  # of the utterance's speech span
 
 
-def cut_short(pcm: bytes) -> bytes:
-    """The utterance up to ``CUT_SHORT`` of its speech, then its last 0.5 s (line noise)."""
-    from voicebot_pbx.audio import LEVEL_FRAME_S, frame_levels_db, pcm_to_float32
+TAIL_S = 0.5  # the line's last half second, put after the cut
 
-    energy_db, _ = frame_levels_db(pcm_to_float32(pcm), eval_balance.RATE_HZ)
-    loud = [i for i, db in enumerate(energy_db) if db >= float(energy_db.max()) - 30.0]
-    start_s, end_s = loud[0] * LEVEL_FRAME_S, (loud[-1] + 1) * LEVEL_FRAME_S
-    cut = int((start_s + CUT_SHORT * (end_s - start_s)) * eval_balance.RATE_HZ) * 2
-    return pcm[:cut] + pcm[-eval_balance.RATE_HZ :]
+
+def cut_short(pcm: bytes) -> bytes:
+    """The utterance up to ``CUT_SHORT`` of its speech (``turn_dataset.speech_bounds``),
+    then its last ``TAIL_S`` (line noise)."""
+    samples = np.frombuffer(pcm, dtype="<i2")
+    rate = eval_balance.RATE_HZ
+    start, end = turn_dataset.speech_bounds(samples.astype(np.float64), rate)
+    cut = start + int(CUT_SHORT * (end - start))
+    return samples[:cut].tobytes() + samples[-int(TAIL_S * rate) :].tobytes()
 
 
 def pct(values: list[float], q: float) -> float | None:
