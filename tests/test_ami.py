@@ -434,6 +434,34 @@ def test_hangup_getvar_setvar() -> None:
     run(main)
 
 
+def test_a_lookup_at_the_calls_start_waits_for_its_channel() -> None:
+    """The AudioSocket connection can reach the bot before the Newexten event that names the
+    channel (seen through the real Asterisk: a campaign call's VOICEBOT_PROFILE read as
+    unknown). A Getvar asked then waits for the event, up to CHANNEL_WAIT_S; a call whose
+    channel never comes gets None after that wait."""
+
+    async def main() -> None:
+        fake = FakeAmi()
+        await fake.start()
+        client = await connected_client(fake)
+        try:
+            call_id = new_uuid()
+            chan = fake.add_channel("Local/73001@callee-00000001;1")
+            chan.variables["VOICEBOT_PROFILE"] = "outbound"
+            lookup = asyncio.create_task(client.get_var(call_id, "VOICEBOT_PROFILE"))
+            await asyncio.sleep(0.05)
+            assert not lookup.done()
+            await fake.newexten(chan, "AudioSocket", f"{call_id},127.0.0.1:9092")
+            assert await lookup == "outbound"
+            assert await client.get_var(new_uuid(), "VOICEBOT_PROFILE") is None
+            assert not client._awaited  # noqa: SLF001 - no waiter left behind
+        finally:
+            await client.close()
+            await fake.stop()
+
+    run(main)
+
+
 def test_dtmf_end_reaches_the_callback_once() -> None:
     async def main() -> None:
         fake = FakeAmi()

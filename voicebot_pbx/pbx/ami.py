@@ -78,6 +78,8 @@ _BACKOFF_BASE_S = 0.5
 _RELOG_EVERY = 50
 _EVENT_QUEUE_SIZE = 1000
 _MAX_MAPPED_CALLS = 10_000
+# A lookup at a call's start waits this long for the Newexten event naming its channel.
+CHANNEL_WAIT_S = 0.3
 _HANDLED = frozenset({"newexten", "hangup", "dtmfend", "dialbegin", "varset"})
 # Set by chan_websocket on a Dial(WebSocket/INCOMING/...) channel: the id under which
 # Asterisk's HTTP server waits for the application's connection (/media/<id>).
@@ -132,6 +134,7 @@ class AmiClient:
         self._callback_timeout_s = callback_timeout_s
         self._channels: dict[str, str] = {}  # call_id -> caller's channel name
         self._calls: dict[str, str] = {}  # channel name -> call_id
+        self._awaited: dict[str, asyncio.Event] = {}  # call_id -> set when its channel is known
         self._resync_hangups: set[str] | None = None
         self.dtmf = DtmfDeduper()
         self._conn: _Connection | None = None
@@ -266,7 +269,11 @@ class AmiClient:
         return ok
 
     async def get_var(self, call_id: str, name: str) -> str | None:
-        """A channel variable or function of the caller's channel (None if unavailable)."""
+        """A channel variable or function of the caller's channel (None if unavailable).
+        Asked at a call's start (its profile, Asterisk's AMD() result), the channel may not
+        be known yet: the AudioSocket connection can come before the ``Newexten`` event
+        that names it, so the lookup waits for it up to ``CHANNEL_WAIT_S``."""
+        await self._channel_soon(call_id)
         channel = self._ready_channel("get_var", call_id)
         if channel is None:
             return None
@@ -322,6 +329,22 @@ class AmiClient:
         return await self._send(action, timeout_s=timeout_s)
 
     # -- internals: actions ----------------------------------------------------------------
+
+    async def _channel_soon(self, call_id: str) -> None:
+        """Until the call's channel is known (its ``Newexten`` event), at most
+        ``CHANNEL_WAIT_S``; at once when AMI is down."""
+        key = canonical_uuid(call_id) or call_id
+        if key in self._channels or not self.connected:
+            return
+        bound = self._awaited.setdefault(key, asyncio.Event())
+        try:
+            async with asyncio.timeout(CHANNEL_WAIT_S):
+                await bound.wait()
+        except TimeoutError:
+            pass
+        finally:
+            if self._awaited.get(key) is bound and not bound.is_set():
+                del self._awaited[key]
 
     def _ready_channel(self, op: str, call_id: str) -> str | None:
         channel = self.channel_for(call_id)
@@ -632,6 +655,9 @@ class AmiClient:
             self._calls.pop(self._channels.pop(oldest), None)
         self._channels[call_id] = channel
         self._calls[channel] = call_id
+        awaited = self._awaited.pop(call_id, None)
+        if awaited is not None:
+            awaited.set()
 
     def _unbind(self, channel: str) -> str | None:
         call_id = self._calls.pop(channel, None)
