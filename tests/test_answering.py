@@ -7,6 +7,7 @@ after the beep, then the bot hangs up; a silent line gets the opening as its pro
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 from structlog.testing import capture_logs
@@ -361,3 +362,90 @@ def test_the_line_echo_of_the_opening_is_silence_to_the_detector() -> None:
 
     assert asyncio.run(verdict(echo=True)) == "human"
     assert asyncio.run(verdict(echo=False)) == "machine"
+
+
+@dataclasses.dataclass
+class TalkBackStt(GreetingStt):
+    """As ``GreetingStt``, and hears ``back`` in a clip under 2 s (what the callee says over
+    the voicemail message)."""
+
+    back: str = ""
+
+    def transcribe(self, pcm: bytes, rate_hz: int) -> SttResult:
+        heard = super().transcribe(pcm, rate_hz)
+        return heard if heard.text else SttResult(self.back, 0.9 if self.back else None)
+
+
+GREETING_S = 3.0  # the callee's greeting from 0.5 s: a machine's length
+TALK_AT_S = 6.2  # over the voicemail message, which starts after the greeting's 1.5 s quiet
+
+
+def talked_over(
+    back: str,
+    *,
+    beep: bool = False,
+    talk_back_is_person: bool = True,
+    adapt: Callable[[Shared], Shared] = lambda shared: shared,
+) -> tuple[FakeMedia, CallSession, list[dict[str, object]]]:
+    """A callee whose greeting is a machine's length, words that say neither, then quiet
+    (with ``beep``: a beep after 1 s of it); it says ``back`` over the voicemail message.
+    ``adapt``: the test's own changes to the bot."""
+    stt = TalkBackStt(
+        PHRASES, delay_s=0.1, greeting="Morning, Sam here, just back from the shops.", back=back
+    )
+    shared = outbound()
+    amd = dataclasses.replace(shared.config.amd, talk_back_is_person=talk_back_is_person)
+    config = dataclasses.replace(shared.config, amd=amd)
+    shared = adapt(dataclasses.replace(shared, config=config, engines=make_shared(stt=stt).engines))
+    greeting = noise(GREETING_S, 8)
+    if beep:
+        greeting += bytes(16000) + tone(0.5, 8000, 1000.0, level=0.4)
+    with capture_logs() as logs:
+        media, session = call(shared, [(0.5, greeting), (TALK_AT_S, noise(0.8, 9))], 14.0)
+    return media, session, logs
+
+
+def test_a_person_who_talks_over_the_voicemail_message_gets_the_opening() -> None:
+    """A person's long answer taken for a machine's greeting (its words said neither), no
+    beep, the message starts in the quiet: the callee's "hello? who's this?" over it is a
+    person's (a recording does not talk back). The message stops, the opening plays."""
+    media, session, logs = talked_over("Hello? Who's this?")
+    first = greeting_turn(session)
+    assert first.fallbacks[0] == "amd_machine:long_greeting"  # type: ignore[attr-defined]
+    assert first.reply_text == VOICEMAIL and first.barged_in  # type: ignore[attr-defined]
+    message_at = min(media.voiced_times())  # type: ignore[attr-defined]
+    assert message_at < TALK_AT_S, "the message was playing when the callee spoke"
+    (opening,) = [t for t in session.record.turns[1:] if t.kind == "greeting"]
+    assert opening.reply_text == OPENING and opening.transcript == "Hello? Who's this?"
+    assert opening.fallbacks == ["amd_human:talked_over_message"]
+    assert session.record.end_reason != "voicemail"
+    verdicts = [e for e in logs if e["event"] == "amd_verdict"]
+    assert verdicts[-1]["verdict"] == "human" and verdicts[-1]["revises"] == "machine"
+    # The opening after the callee's words, not the rest of the message before it.
+    talk_end = TALK_AT_S + 0.8
+    assert any(talk_end < t < talk_end + 1.5 for t in media.voiced_times())  # type: ignore[attr-defined]
+
+
+def test_a_machines_words_over_its_message_or_a_beep_keep_the_voicemail() -> None:
+    """What can still be a machine keeps the message: its greeting going on with a
+    machine's words, or a sound with no words (the message paused for it, then went on); a
+    greeting that ended in a beep, or the rule off (the message plays through)."""
+    for back, beep, on, pauses in (
+        ("Please leave your message after the tone.", False, True, True),
+        ("", False, True, True),
+        ("Hello? Who's this?", True, True, False),
+        ("Hello? Who's this?", False, False, False),
+    ):
+        case = (back, beep, on)
+        media, session, logs = talked_over(back, beep=beep, talk_back_is_person=on)
+        talk_s = TALK_AT_S
+        voiced = media.voiced_times()  # type: ignore[attr-defined]
+        assert any(talk_s - 0.5 < t < talk_s for t in voiced), "the message was playing"
+        during = [t for t in voiced if talk_s + 0.3 < t < talk_s + 0.8]
+        assert (not during) == pauses, case
+        assert any(t > talk_s + 0.8 for t in voiced), ("the message went on", case)
+        # The callee's sound was heard and set aside.
+        assert any(e["event"] == "amd_turn_ignored" for e in logs), case
+        kinds = [(t.kind, t.reply_text) for t in session.record.turns]
+        assert ("greeting", OPENING) not in kinds, (case, kinds)
+        assert session.record.end_reason == "voicemail", case

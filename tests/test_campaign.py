@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from tests.fake_ami import FakeAmi, OriginatePlan
+from voicebot_pbx.call.session import Shared
 from voicebot_pbx.campaign.contacts import Contact, ContactsError, parse_contacts
 from voicebot_pbx.campaign.policy import RateGate, Window, retry_after_s
 from voicebot_pbx.campaign.runner import AmiDialer, DialResult, RunStats, run_campaign
@@ -536,6 +537,39 @@ def test_the_bot_tells_the_campaign_when_a_machine_answered(
     call(shared, [(0.5, noise(3.5, 2) + bytes(1600) + beep)], 12.0)
     assert store.summary("c1")["attempts"] == {"machine": 1}
     assert store.summary("c1")["status"] == {"pending": 1}  # machine_retries_s: once more
+
+
+def test_a_person_who_talked_over_the_message_is_answered_again_for_the_campaign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bot took the callee for a machine, then the callee talked over the voicemail
+    message (a person: ``tests/test_answering.py``): the attempt it had marked ``machine``
+    is ``answered`` again and its contact done, not due for a machine's retry."""
+    from tests.test_answering import talked_over
+    from voicebot_pbx.campaign import opt_out
+    from voicebot_pbx.testing import FakeMedia
+
+    async def inline(fn: Callable[..., object], *args: object) -> object:
+        return fn(*args)
+
+    monkeypatch.setattr(opt_out, "run_blocking", inline)
+    state = tmp_path / "state"
+    store = opened(state, contacts_csv("9301,,,,"))
+    attempt = store.start_attempt("c1", 1, FakeMedia.call_id, WED_10)
+    store.finish_attempt("c1", 1, attempt, outcome="answered", detail="", now=WED_10, retry_at=None)
+
+    def campaign_call(shared: Shared) -> Shared:
+        config = dataclasses.replace(shared.config, state_dir=str(state))
+        control = CampaignControl({"VOICEBOT_CAMPAIGN": "c1", "VOICEBOT_CONTACT": "1"})
+        return dataclasses.replace(shared, config=config, control=control)  # type: ignore[arg-type]
+
+    _, session, logs = talked_over("Hello? Who's this?", adapt=campaign_call)
+    noted = [e.get("machine") for e in logs if e["event"] == "campaign_machine_noted"]
+    assert noted == [True, False], "marked a machine at the verdict, then taken back"
+    assert session.record.end_reason != "voicemail"
+    summary = store.summary("c1")
+    assert summary["attempts"] == {"answered": 1} and summary["status"] == {"done": 1}
+    assert not store.unmark_machine("c1", FakeMedia.call_id, now=WED_10), "only a machine's"
 
 
 def test_a_pbx_link_that_drops_pauses_the_campaign_without_spending_attempts(

@@ -2,10 +2,11 @@
 
 One Asterisk (AMI on, ``app_amd`` loaded) and one ``voicebot-pbx serve`` with an outbound
 profile (``amd = true``) for the module. The callee is the caller half of a Local channel
-pair: its script plays a "hello?", a voicemail greeting and its beep, or nothing, and
+pair: its script plays a "hello?", a voicemail greeting and its beep, a person's long answer
+and words over the voicemail message, or nothing, and
 MixMonitor records what it played and heard. The bot's half (``[tobot] amd-<tag>``) names the
 outbound profile in VOICEBOT_PROFILE, which the bot reads over AMI; ``amdast-<tag>`` runs
-Asterisk's own ``AMD()`` first. The last test runs ``voicebot-pbx campaign`` against a callee
+Asterisk's own ``AMD()`` first. One test runs ``voicebot-pbx campaign`` against a callee
 that is an answering machine (``[callee] 73xxx``). What is checked: the bot's call records,
 what the callee heard and when relative to what it said (order, not speed), astdb marks.
 """
@@ -146,3 +147,38 @@ def test_a_campaign_contact_answered_by_a_machine_is_left_the_message_and_retrie
     (record,) = [r for r in bed.new_records(timeout_s=30.0) if r.call_id == call_id]
     assert record.end_reason == "voicemail" and record.turns[0].reply_text == VOICEMAIL
     assert verdict_of(record.turns[0]).startswith("amd_machine:")
+
+
+def test_a_person_taken_for_a_machine_who_talks_over_the_message_hears_the_opening(
+    bed: Bed,
+) -> None:
+    """A callee answers with a whole sentence (a machine's length; its words say neither
+    a person nor a machine), no beep: the bot takes it for a machine and starts the
+    voicemail message in the quiet. The callee talks over it ("hello? who am I talking to?"),
+    which a recording never does: the message stops and the opening plays after the words."""
+    answer = bed.asterisk.sound(
+        "amd_long_answer",
+        question_pcm("Morning, Alex here, I am just walking back from the station now."),
+    )
+    back = bed.asterisk.sound("amd_talk_back", question_pcm("Hello? Who am I talking to?"))
+    _, rec, record = outbound_call(
+        bed, ["p:silence/1", f"p:{answer}", "p:silence/3", f"p:{back}", "p:silence/8"]
+    )
+    first = record.turns[0]
+    import os
+
+    if os.environ.get("DUMP_BOT_LOG"):
+        Path(os.environ["DUMP_BOT_LOG"]).write_text(bed.bot.log_tail(200000))
+    assert verdict_of(first) == "amd_machine:long_greeting", (first.fallbacks, bed.bot.log_tail())
+    assert first.reply_text == VOICEMAIL
+    openings = [t for t in record.turns[1:] if t.kind == "greeting"]
+    assert [t.fallbacks for t in openings] == [["amd_human:talked_over_message"]], (
+        [(t.kind, t.transcript, t.fallbacks) for t in record.turns],
+        bed.bot.log_tail(),
+    )
+    assert openings[0].reply_text == OPENING
+    assert record.end_reason != "voicemail"
+    said_answer, said_back = said_segments(rec)[:2]
+    message = heard_after(rec, said_answer[1])
+    assert message is not None and message < said_back[0], "the message began before the words"
+    assert heard_after(rec, said_back[1]) is not None, "the opening after them"

@@ -97,6 +97,34 @@ class AmdGate:
             self.drop = asyncio.get_running_loop().create_future()
         return self.detector.overrule(reason)
 
+    @property
+    def message_to_a_recording(self) -> bool:
+        """The voicemail message is being left on what was taken for a machine by its
+        greeting's length or words (not a beep), whose greeting went quiet without a beep
+        (drop cue "silence"): a recording, which does not talk back (``talk_back_is_person``)."""
+        result = self.detector.result
+        return (
+            self.detector.config.talk_back_is_person
+            and not self._machine
+            and result is not None
+            and result.verdict == "machine"
+            and result.reason.split("|", 1)[0] in CHECKABLE_REASONS
+            and self.drop.done()
+            and self.drop.result().cause == "silence"
+        )
+
+    def talked_back(self, text: str) -> AmdResult | None:
+        """The callee talked over the voicemail message (``text``: what they said, in a turn
+        that began while :attr:`message_to_a_recording`): words, none of them a machine's
+        (``call/amd_words.py``), are a person's. The verdict becomes human, the callee's audio
+        the dialogue's; a beep within ``late_beep_ms`` still makes the call a voicemail.
+        None: no such words, or the message is not (or no longer) to a recording."""
+        if not self.message_to_a_recording or not any(c.isalnum() for c in text):
+            return None
+        if greeting_words(text) == "machine":
+            return None
+        return self.human_by_words("talked_over_message")
+
     async def settle(
         self, control: CallControl | None, call_id: str, transcribe: Transcribe
     ) -> AmdResult:

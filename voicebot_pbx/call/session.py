@@ -119,6 +119,9 @@ class CallSession:
         # Outbound calls of a profile with ``amd``: who answered, before the opening.
         self._amd: AmdGate | None = None
         self._amd_turns: set[int] = set()  # callee turns that began before the verdict
+        # ... of them, those that began over a voicemail message left on a recording that may
+        # be a person after all (AmdGate.message_to_a_recording)
+        self._talk_back_turns: set[int] = set()
         # The transcript the dialogue was given before the caller went on (carried into
         # the next turn): taken back from the dialogue before that turn is answered.
         self._unfinished: str | None = None
@@ -322,10 +325,34 @@ class CallSession:
             turn = TurnRecord(turn_id=self.turns.turn_id, kind="greeting")
             self._start_reply(turn, self._greeting(), loop.time())
 
-    def _tell_campaign_machine(self) -> None:
+    def _talked_back(self, turn_id: int, text: str, now: float) -> bool:
+        """The callee talked over the voicemail message left on what seemed a recording
+        (``AmdGate.talked_back``): a person after all. The message stops, the opening plays,
+        the campaign counts the call as answered again."""
+        assert self._amd is not None
+        self._talk_back_turns.discard(turn_id)
+        result = self._amd.talked_back(text)
+        if result is None:
+            return False
+        log.info("amd_verdict", verdict=result.verdict, reason=result.reason, revises="machine")
+        message, self._paused_turn = self._paused_turn, None
+        if message is not None:
+            message.barged_in = True
+            self._turn_finished(message)
+        self._interrupt()
+        turn = TurnRecord(turn_id=turn_id, kind="greeting", transcript=text)
+        turn.fallbacks.append(f"amd_human:{result.reason}")
+        self._tell_campaign_machine(machine=False)
+        self._start_reply(turn, self._greeting(), now)
+        return True
+
+    def _tell_campaign_machine(self, *, machine: bool = True) -> None:
         async def tell() -> None:
-            if await note_machine(self.config, self.shared.control, self.media.call_id):
-                log.info("campaign_machine_noted")
+            noted = await note_machine(
+                self.config, self.shared.control, self.media.call_id, machine=machine
+            )
+            if noted:
+                log.info("campaign_machine_noted", machine=machine)
 
         if self._group is not None:
             self._group.create_task(tell())
@@ -422,6 +449,8 @@ class CallSession:
     def utterance_started(self, turn_id: int) -> None:
         if self._amd is not None and self._amd.listening:
             self._amd_turns.add(turn_id)  # "hello?" is the detector's, not the dialogue's
+            if self._amd.message_to_a_recording:
+                self._talk_back_turns.add(turn_id)
             return
         self._cancel_no_input()
         self._no_input_count = 0
@@ -434,8 +463,17 @@ class CallSession:
                 self._unfinished = unfinished.transcript
             self._cancel_reply()
 
+    @property
+    def _amd_hears_callee(self) -> bool:
+        """The callee's sounds are the answering-machine detector's: no barge-in (a machine's
+        beep or greeting does not interrupt its message). Not while the message goes to what
+        seemed a recording: a callee talking over it pauses it (a person, maybe)."""
+        return (
+            self._amd is not None and self._amd.listening and not self._amd.message_to_a_recording
+        )
+
     def barge_in_onset(self) -> None:
-        if self._amd is not None and self._amd.listening:
+        if self._amd_hears_callee:
             return
         if self._reply_turn is None or not self._reply_started or self.speaker.paused:
             return
@@ -454,8 +492,8 @@ class CallSession:
 
     def barge_in(self, turn_id: int, onset_to_decision_ms: float, lag_ms: float) -> None:
         self._onset_paused = False
-        if self._amd is not None and self._amd.listening:
-            return  # a machine's beep or greeting does not interrupt its message
+        if self._amd_hears_callee:
+            return
         interrupted = self._reply_turn
         if interrupted is None or not self._reply_started:
             return
@@ -485,7 +523,13 @@ class CallSession:
         trace: TranscriptTrace,
     ) -> None:
         if turn_id in self._amd_turns:
+            if turn_id in self._talk_back_turns and self._talked_back(turn_id, text, now):
+                return
             log.info("amd_turn_ignored", turn_id=turn_id)
+            if self._paused_turn is not None:  # the message, paused by the callee's sound
+                self._paused_turn = None
+                self.speaker.resume()
+                self.turns.set_bot_speaking(True)
             return
         # What the dialogue was given before the caller went on (only this turn takes it
         # back; the dialogue checks it is still its last message).

@@ -93,13 +93,16 @@ async def opt_out(
         return "failed"
 
 
-def _mark_machine(path: Path, config: Config, campaign: str, call_id: str) -> bool:
+def _mark(path: Path, config: Config, campaign: str, call_id: str, machine: bool) -> bool:
+    now = time.time()
+    if not machine:
+        return bool(_in_store(path, lambda store: store.unmark_machine(campaign, call_id, now=now)))
     marked = _in_store(
         path,
         lambda store: store.mark_machine(
             campaign,
             call_id,
-            now=time.time(),
+            now=now,
             retry_after=lambda attempt: retry_after_s("machine", attempt, config.campaign),
         ),
     )
@@ -107,10 +110,17 @@ def _mark_machine(path: Path, config: Config, campaign: str, call_id: str) -> bo
 
 
 async def note_machine(
-    config: Config, control: CallControl | None, call_id: str, timeout_s: float = 1.0
+    config: Config,
+    control: CallControl | None,
+    call_id: str,
+    timeout_s: float = 1.0,
+    *,
+    machine: bool = True,
 ) -> bool:
     """An answering machine took this call: tell its campaign (False: not a campaign call,
-    or the store could not be updated)."""
+    or the store could not be updated). ``machine=False`` takes that back (a person talked
+    over the voicemail message): the attempt is under way again, its outcome left to the
+    runner when the call ends."""
     if control is None:
         return False
     try:
@@ -119,7 +129,7 @@ async def note_machine(
             if not campaign:
                 return False
             marked: bool = await run_blocking(
-                _mark_machine, store_path(config), config, campaign, call_id
+                _mark, store_path(config), config, campaign, call_id, machine
             )
     except Exception as exc:
         log.warning("campaign_machine_not_noted", error=f"{type(exc).__name__}: {exc}"[:200])
@@ -128,6 +138,8 @@ async def note_machine(
         log.warning(
             "campaign_machine_not_noted",
             campaign=campaign,
-            error=f"no answered attempt {call_id} in {store_path(config)}",
+            machine=machine,
+            error=f"no {'answered' if machine else 'machine'} attempt {call_id} in "
+            f"{store_path(config)}",
         )
     return marked

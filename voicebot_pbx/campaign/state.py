@@ -299,6 +299,34 @@ class CampaignStore:
             )
             return True
 
+    def unmark_machine(self, name: str, call_id: str, *, now: float) -> bool:
+        """The bot took back its machine verdict on this call (a person talked over the
+        voicemail message): the attempt is ``answered`` again and its contact ``done``, as
+        the runner wrote them when the call was answered (a runner that has not written
+        its outcome yet still does). False when the call is not one of the campaign's
+        attempts marked ``machine``."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT seq, attempt FROM attempts WHERE campaign = ? AND call_id = ?"
+                " AND outcome = 'machine'",
+                (name, call_id),
+            ).fetchone()
+            if row is None:
+                return False
+            seq, attempt = int(row[0]), int(row[1])
+            db.execute(
+                "UPDATE attempts SET outcome = 'answered'"
+                " WHERE campaign = ? AND seq = ? AND attempt = ?",
+                (name, seq, attempt),
+            )
+            db.execute(
+                "UPDATE contacts SET status = 'done', next_at = ?, last_outcome = 'answered',"
+                " updated_at = ? WHERE campaign = ? AND seq = ? AND last_outcome = 'machine'"
+                " AND status IN ('pending', 'exhausted')",
+                (now, now, name, seq),
+            )
+            return True
+
     # --- do not call -------------------------------------------------------------------
 
     def is_dnc(self, number: str) -> bool:
