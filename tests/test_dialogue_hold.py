@@ -27,6 +27,9 @@ class SlowDialogue:
     async def understand(self, call: CallInfo, text: str) -> Understanding:
         return await self.inner.understand(call, text)
 
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        pass
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         await asyncio.sleep(self.delay_s)
         return await self.inner.respond(call, text)

@@ -198,6 +198,9 @@ class AsksForDigits(RuleDialogue):
     """The rules, but the reply to the hours question asks for an account number on the
     keypad or spoken (as Rasa's balance form does: ``collect_dtmf`` + ``expect``)."""
 
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        pass
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         turn = await super().respond(call, text)
         if "hours" in text:
@@ -314,6 +317,9 @@ def test_a_caller_who_stops_short_of_the_digits_is_answered_after_the_longer_wai
 class AsksForPostcode(RuleDialogue):
     """The rules, but the reply to the hours question asks for the postcode or the date of
     birth (as the balance form's identity question does: ``expect: [postcode, date]``)."""
+
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        pass
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         turn = await super().respond(call, text)

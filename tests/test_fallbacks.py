@@ -168,6 +168,9 @@ class BrokenDialogue:
     async def start(self, call: CallInfo) -> DialogueTurn:
         return DialogueTurn()
 
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        pass
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         raise RuntimeError("boom")
 

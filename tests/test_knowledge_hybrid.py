@@ -178,6 +178,55 @@ def test_the_dialogue_reads_a_passage_found_only_by_meaning(kb: KnowledgeBase) -
     assert question not in nlu.acted
 
 
+def test_a_decode_at_a_pause_prepares_the_routing_and_the_turn_takes_it(
+    kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prepare`` (the session calls it with the decode at a pause) looks the question up
+    and asks the dialogue what it understands, both without side effects; ``respond`` with
+    the same words takes that instead of working it out again, other words are worked out
+    as before, and the call's end forgets what was prepared."""
+    from tests.test_routing import UnsureNlu
+    from voicebot_pbx.answers import fallbacks
+
+    class Counting(UnsureNlu):
+        def __init__(self) -> None:
+            super().__init__()
+            self.understood: list[str] = []
+
+        async def understand(self, call: CallInfo, text: str) -> Understanding:
+            self.understood.append(text)
+            return await super().understand(call, text)
+
+    looked_up: list[str] = []
+
+    def counted(kb: KnowledgeBase, question: str, config: KnowledgeConfig | None = None) -> object:
+        looked_up.append(question)
+        return knowledge_hit(kb, question, config)
+
+    monkeypatch.setattr(fallbacks, "knowledge_hit", counted)
+    nlu = Counting()
+    brain = ComposingDialogue(nlu, ScriptedLlm([(0.0, "Composed.")], kb=kb), CONFIG)
+    call = CallInfo(call_id="c")
+    question = "who do I talk to if I can't afford my bills"
+
+    async def calls() -> tuple[object, object, int]:
+        await brain.prepare(call, question)
+        await brain.prepare(call, question)  # the same words again: nothing more
+        assert nlu.acted == [], "nothing acted on before the turn ended"
+        prepared = await brain.respond(call, question)
+        other = await brain.respond(call, "what time do you open")
+        await brain.prepare(call, "tell me a joke")
+        await brain.end(call)
+        return prepared, other, len(brain._prepared)
+
+    prepared, other, left = asyncio.run(calls())
+    assert prepared.source == "knowledge" and prepared.sources == ("billing#3",)  # type: ignore[attr-defined]
+    assert other.replies[0].text == "We open at eight."  # type: ignore[attr-defined]
+    assert looked_up == [question, "what time do you open", "tell me a joke"]
+    assert nlu.understood == [question, "what time do you open", "tell me a joke"]
+    assert left == 0
+
+
 def test_a_dialogue_error_is_raised_as_itself_beside_the_embedding(kb: KnowledgeBase) -> None:
     from tests.test_routing import UnsureNlu
     from voicebot_pbx.answers.rasa import DialogueUnavailable

@@ -195,6 +195,9 @@ class UnsureNlu:
         turn = self._turn(text)
         return Understanding(turn.intent, turn.confidence, turn.needs_fallback)
 
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        pass
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         self.acted.append(text)  # a real Rasa would now be in this intent's form
         return self._turn(text)

@@ -983,6 +983,10 @@ class SlowRecordingRules(RuleDialogue):
         super().__init__(*args, **kwargs)
         self.given: list[str] = []
         self.retracted: list[str] = []
+        self.prepared: list[tuple[float, str]] = []  # (loop time, text)
+
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        self.prepared.append((asyncio.get_running_loop().time(), text))
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         self.given.append(text)
@@ -1011,3 +1015,21 @@ def test_a_caller_who_goes_on_before_the_answer_is_answered_whole_and_the_part_t
     # Nothing of the first part's answer was heard: the first bot audio after the caller
     # began is the whole utterance's answer, after its end.
     assert first_reply_after(media, 3.0) > 5.4
+
+
+def test_the_dialogue_may_prepare_the_answer_to_the_decode_at_a_pause() -> None:
+    """The decode at the caller's pause reaches the dialogue's ``prepare`` (work without
+    side effects: the knowledge lookup and the parse) before the turn has ended; the
+    dialogue is given the turn only when it has."""
+    shared = make_shared()
+    dialogue = SlowRecordingRules.from_config(shared.config.dialogue)
+    shared = dataclasses.replace(shared, dialogue=dialogue)
+    with capture_logs() as logs:
+        run_virtual(timeline(shared, [(3.0, tone(1.0, 8000, HOURS))], until_s=6.0))
+    (event,) = [e for e in logs if e["event"] == "transcript"]
+    assert [text for _, text in dialogue.prepared] == [PHRASES[HOURS]]
+    assert dialogue.given == [PHRASES[HOURS]]
+    # Prepared inside the pause, before the turn ended (the speech ended at 4.0 s; the turn
+    # after vad.end_silence_ms, the decode took 0.1 s of it).
+    prepared_at = dialogue.prepared[0][0]
+    assert 4.0 < prepared_at < 4.0 + event["stt_ms"] / 1000.0

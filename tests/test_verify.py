@@ -87,6 +87,9 @@ class AsksWhoYouAre(RuleDialogue):
     """The rules, but the reply to the hours question is the identity question with the
     answers the back end knows (as action_ask_identity_check sends them)."""
 
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        pass
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         turn = await super().respond(call, text)
         if "hours" in text:

@@ -131,6 +131,12 @@ class Dialogue(Protocol):
         """The intent ``respond`` would act on, for routing before the dialogue acts."""
         ...
 
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        """The caller may end the turn with ``text`` (the decode at a pause, before the turn
+        is over): work without side effects that ``respond`` would do for it may start now,
+        and ``respond`` uses it if the turn does end so."""
+        ...
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn: ...
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn: ...
@@ -254,6 +260,9 @@ class RuleDialogue:
         if rule is None:
             return Understanding(None, 0.0, True)
         return Understanding(rule.name, 1.0, False)
+
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        """Nothing to prepare: matching the rules is instant."""
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         rule = self.match(text)

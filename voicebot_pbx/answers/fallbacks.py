@@ -125,6 +125,9 @@ class FallbackDialogue:
                 self._failed()
             return await self.backup.understand(call, text)
 
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        """Nothing: each brain takes the turn when it is over."""
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         return await self._try(
             "respond",
@@ -197,6 +200,11 @@ class _OfferWatch:
             raise
 
 
+# What the knowledge routing needs of a question: its best passage and the dialogue's reading.
+_Found = tuple[KnowledgeHit | None, Understanding]
+_PREPARED_PER_CALL = 2
+
+
 class ComposingDialogue:
     """``inner``, with knowledge-base questions routed to the knowledge base
     (:func:`voicebot_pbx.answers.routing.route`): a strong retrieval hit is read out as the
@@ -217,6 +225,9 @@ class ComposingDialogue:
         self.name = inner.name
         # call id -> the question the bot's last turn asked (dropped at the call's end).
         self._asked: dict[str, _Offered | _Confirming] = {}
+        # (call id, text) -> the knowledge hit and understanding of a decode at a pause
+        # (``prepare``), taken by ``respond`` when the turn ends with that text
+        self._prepared: dict[tuple[str, str], asyncio.Future[_Found]] = {}
 
     async def start(self, call: CallInfo) -> DialogueTurn:
         return await self.inner.start(call)
@@ -238,18 +249,7 @@ class ComposingDialogue:
             # Route before the dialogue acts: a knowledge answer must not leave Rasa inside
             # a form it started for the nearest intent.
             if kb.hybrid:
-                # Embedding the question (~10 ms) runs beside the dialogue's parse. The
-                # dialogue's own error (DialogueUnavailable, ...) is raised as itself, as
-                # without the embedding, not wrapped in an ExceptionGroup.
-                try:
-                    async with asyncio.TaskGroup() as group:
-                        finding = group.create_task(
-                            asyncio.to_thread(knowledge_hit, kb, text, self.knowledge)
-                        )
-                        hearing = group.create_task(self.inner.understand(call, text))
-                except ExceptionGroup as errors:
-                    raise errors.exceptions[0] from None
-                hit, heard = finding.result(), hearing.result()
+                hit, heard = await self._prepared_or_found(call, kb, text)
             else:
                 hit = knowledge_hit(kb, text, self.knowledge)
                 heard = await self.inner.understand(call, text)
@@ -281,6 +281,56 @@ class ComposingDialogue:
             watched = _OfferWatch(self.composer, lambda: self._note(call, _Offered()))
             return dataclasses.replace(turn, composed=ComposedReply(text, watched))
         return turn
+
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        """The knowledge hit and the dialogue's understanding of ``text`` (both without side
+        effects), kept for ``respond`` if the turn ends with it: the embeddings (~5-25 ms)
+        and the parse are then done while the caller's silence is still being waited out.
+        At most ``_PREPARED_PER_CALL`` texts a call are kept."""
+        kb = self.composer.kb
+        key = (call.call_id, text)
+        if kb is None or not kb.hybrid or not self.knowledge.direct or key in self._prepared:
+            return
+        if not text.strip():
+            return
+        mine = [k for k in self._prepared if k[0] == call.call_id]
+        for old in mine[: max(0, len(mine) - _PREPARED_PER_CALL + 1)]:
+            self._prepared.pop(old).cancel()
+        future: asyncio.Future[_Found] = asyncio.get_running_loop().create_future()
+        self._prepared[key] = future
+        try:
+            found = await self._find(call, kb, text)
+        except BaseException:
+            future.cancel()  # respond works it out itself
+            raise
+        if not future.done():
+            future.set_result(found)
+
+    async def _prepared_or_found(self, call: CallInfo, kb: KnowledgeBase, text: str) -> _Found:
+        """What ``prepare`` found for ``text`` (waiting for it if it is under way), else
+        found now."""
+        prepared = self._prepared.pop((call.call_id, text), None)
+        if prepared is not None:
+            await asyncio.wait({prepared})
+            if not prepared.cancelled():
+                log.debug("dialogue_prepared_used")
+                return prepared.result()
+        return await self._find(call, kb, text)
+
+    async def _find(self, call: CallInfo, kb: KnowledgeBase, text: str) -> _Found:
+        """The knowledge hit for ``text`` and the dialogue's understanding of it: embedding
+        the question (~10 ms) runs beside the dialogue's parse. The dialogue's own error
+        (DialogueUnavailable, ...) is raised as itself, as without the embedding, not
+        wrapped in an ExceptionGroup."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                finding = group.create_task(
+                    asyncio.to_thread(knowledge_hit, kb, text, self.knowledge)
+                )
+                hearing = group.create_task(self.inner.understand(call, text))
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+        return finding.result(), hearing.result()
 
     def _note(self, call: CallInfo, asked: _Offered | _Confirming) -> None:
         self._asked[call.call_id] = asked
@@ -405,4 +455,6 @@ class ComposingDialogue:
 
     async def end(self, call: CallInfo) -> None:
         self._asked.pop(call.call_id, None)
+        for key in [k for k in self._prepared if k[0] == call.call_id]:
+            self._prepared.pop(key).cancel()
         await self.inner.end(call)

@@ -358,6 +358,10 @@ class RasaDialogue:
             needs_fallback=not name or name in FALLBACK_INTENTS,
         )
 
+    async def prepare(self, call: CallInfo, text: str) -> None:
+        """Nothing: the conversation takes the message only when the turn is over (the
+        knowledge routing around it prepares the parse, ``ComposingDialogue.prepare``)."""
+
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         """One recognised caller utterance (normalised here; never Rasa's /intent syntax)."""
         normalized = normalize(text)

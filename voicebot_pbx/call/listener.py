@@ -84,6 +84,10 @@ class ListenerHooks(Protocol):
         ``onset_to_decision_ms`` of caller audio (VAD onset to decision, stream time) and
         ``lag_ms`` from the deciding frame's arrival to now (event-loop delay)."""
 
+    def heard_so_far(self, turn_id: int, text: str) -> None:
+        """A decode of the utterance so far, at or just before a pause: the turn may end
+        with these words (its answer may be prepared; nothing may act on them yet)."""
+
     def transcript(
         self,
         turn_id: int,
@@ -833,6 +837,8 @@ class Listener:
                 result = decode.result()
                 if result is not None:
                     self._speculation = _Speculation(turn_id, pause_id, result, early is not None)
+                    if result.text.strip():
+                        self.hooks.heard_so_far(turn_id, result.text)
                 if early is None or early.adopted:
                     self._request_text_read(turn_id, pause_id, result)
                 else:

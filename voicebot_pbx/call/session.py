@@ -513,6 +513,20 @@ class CallSession:
             played_s = self.listener.last_frame_at - self._reply_first_frame_at
             interrupted.played_ms = round(played_s * 1000.0, 1)
 
+    def heard_so_far(self, turn_id: int, text: str) -> None:
+        """The dialogue may prepare the answer to ``text`` while the end of the turn is
+        still being waited for (``Dialogue.prepare``: no side effects)."""
+        if self._group is None or self._ending or turn_id in self._amd_turns:
+            return
+        self._group.create_task(self._prepare(text))
+
+    async def _prepare(self, text: str) -> None:
+        try:
+            async with asyncio.timeout(self.config.dialogue.timeout_s):
+                await self.dialogue.prepare(self.call, text)
+        except Exception as exc:  # respond works it out itself, and reports what fails
+            log.debug("dialogue_prepare_failed", error=f"{type(exc).__name__}: {exc}")
+
     def transcript(
         self,
         turn_id: int,
