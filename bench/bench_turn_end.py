@@ -12,7 +12,9 @@ item's 8 kHz audio goes through the real ``SileroVad`` and ``TurnTaker``; at eac
 * ``silence-700`` / ``silence-200``: no detector, only vad.end_silence_max_ms (700; 200 for
   reference) of silence ends a turn;
 * ``transcript`` (the old rule): at each pause the utterance so far (from onset minus
-  vad.lookback_ms) is transcribed by Whisper tiny.en (the service's default STT options) and
+  vad.lookback_ms) is transcribed by the service's recognition (``serve``'s defaults: Whisper
+  tiny.en for short turns, Moonshine base from 2 s of speech, the second opinion weighed by
+  the deployment's words; ``--stt whisper``: Whisper tiny.en alone, as before 2026-12-05) and
   ``looks_complete(text)`` decides: complete -> the turn ends at vad.end_silence_ms into the
   pause or when the transcript is ready, whichever is later; else at end_silence_max_ms;
 * ``smart-turn`` (the model): once per pause, at ``score_after_ms`` into it (the listener's
@@ -21,7 +23,7 @@ item's 8 kHz audio goes through the real ``SileroVad`` and ``TurnTaker``; at eac
   score is ready, whichever is later; else at end_silence_max_ms. A score slower than
   turn.timeout_ms (400) is dropped (silence-only for that pause), as the listener does;
 * ``text-model hold=N`` (off by default: turn.unfinished_max_silence_ms = 0): the
-  listener's decode at each pause (Whisper tiny.en) read by the end-of-turn text model
+  listener's decode at each pause (the same recognition) read by the end-of-turn text model
   (speech/turn_text.py): "unfinished" holds the turn up to N ms, "finished" ends it at
   end_silence_ms, "unsure" leaves it to smart-turn and the tie-break, once the read is
   back (decode + read wall time after the pause began); the other rules do not wait for
@@ -41,7 +43,7 @@ Measured per detector setting, for the espeak and recorded parts and both togeth
   the detector cuts (its own error, "short pauses cut");
 * complete turns: real end of speech (from the dataset, not the VAD's guess) -> decision,
   p50/p95/max; the share that waited for end_silence_max_ms; turns cut before their end;
-* CPU: per model score / Whisper decode (mean, p95) and per utterance (all the scores or
+* CPU: per model score / decode (mean, p95) and per utterance (all the scores or
   speculative decodes of the turn); wall times are measured on this machine, as run (2
   cores, whatever else runs), so they shift the latency figures a little.
 
@@ -340,7 +342,7 @@ class Judgement:
 
 
 class Judges:
-    """The model and Whisper, each answer cached per (item, audio slice): every setting that
+    """The model and the recogniser, each answer cached per (item, audio slice): every setting that
     asks about the same audio gets the same answer and the same measured times."""
 
     def __init__(
@@ -958,23 +960,46 @@ def load_items(limit: int | None) -> list[Item]:
     return items
 
 
-def load_judges() -> tuple[Judges, Callable[[], None]]:
+def service_stt() -> Any:
+    """The speech recognition ``serve`` runs on its defaults: Whisper tiny.en for short
+    turns, Moonshine base from ``long_from_s``, the second opinion weighed by the
+    deployment's words (``ops/service.py``'s vocabulary: the rules, the Rasa examples, the
+    knowledge files)."""
+    from voicebot_pbx.answers.knowledge import KnowledgeBase
+    from voicebot_pbx.config import load_config
+    from voicebot_pbx.ops.service import stt_vocabulary
+    from voicebot_pbx.speech.engines import load_engines
+
+    config = load_config()
+    engines = load_engines(config)
+    user = engines.stt.capabilities.vocabulary
+    if user is not None and config.stt.second_opinion:
+        kb = KnowledgeBase.load(ROOT / config.llm.knowledge_dir)
+        user.use_vocabulary(stt_vocabulary(config, kb))
+    return engines.stt
+
+
+def load_judges(stt_choice: str = "service") -> tuple[Judges, Callable[[], None]]:
     stt_config = SttConfig()
-    stt = load_stt(
-        "whisper",
-        model_path(WHISPER_TINY_EN),
-        compute_type=stt_config.compute_type,
-        cpu_threads=stt_config.cpu_threads,
-        beam_size=stt_config.beam_size,
-        language=stt_config.language,
-        short_input=stt_config.short_input,
-        short_min_input_s=stt_config.short_min_input_s,
-        timestamps=stt_config.timestamps,
-        max_batch=stt_config.max_batch,
-        batch_wait_ms=stt_config.batch_wait_ms,
+    stt = (
+        service_stt()
+        if stt_choice == "service"
+        else load_stt(
+            "whisper",
+            model_path(WHISPER_TINY_EN),
+            compute_type=stt_config.compute_type,
+            cpu_threads=stt_config.cpu_threads,
+            beam_size=stt_config.beam_size,
+            language=stt_config.language,
+            short_input=stt_config.short_input,
+            short_min_input_s=stt_config.short_min_input_s,
+            timestamps=stt_config.timestamps,
+            max_batch=stt_config.max_batch,
+            batch_wait_ms=stt_config.batch_wait_ms,
+        )
     )
     batch = stt.capabilities.batch
-    assert batch is not None, "Whisper transcribes whole utterances"
+    assert batch is not None, "the recogniser transcribes whole utterances"
     model = SmartTurn(model_path(SMART_TURN), threads=TurnConfig().threads)
     warm = bytes(2 * RATE_HZ)  # first calls allocate: keep them out of the figures
     for _ in range(2):
@@ -1031,19 +1056,20 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Set (bench/turn_dataset.py, seed {report['dataset_seed']}): "
         + ", ".join(f"{k} {v}" for k, v in sizes.items())
-        + f". VAD {report['vad']}. Run {report['run']['wall_s']:.0f} s on "
-        f"{report['run']['cpus']} CPUs.",
+        + f". VAD {report['vad']}. Decodes at pauses: "
+        + ("serve's recognition" if report.get("stt", "service") == "service" else "Whisper alone")
+        + f". Run {report['run']['wall_s']:.0f} s on {report['run']['cpus']} CPUs.",
         "",
         "Premature: paused turns decided over while the caller was going to speak again "
         "(n/N; how many of them the detector ended early, the rest were pauses longer than "
         "end_silence_max_ms). Short pauses: of the paused turns whose pause the 700 ms "
         "silence rule waits out, how many the detector cuts (its own error). Latency: real "
         "end of speech -> decision, complete turns not cut early; transcript ready: -> the "
-        "decision or the decode at the pause that ended the turn (Whisper, started at the "
+        "decision or the decode at the pause that ended the turn (started at the "
         "pause as the listener does), whichever is later: when an answer can start. Waited "
         "max: share of those "
         "that waited for end_silence_max_ms. Cut early: complete turns decided over before "
-        "their end. CPU: per model score or Whisper decode (mean / p95) and per utterance "
+        "their end. CPU: per model score or decode (mean / p95) and per utterance "
         "(mean).",
         "",
         *header,
@@ -1226,6 +1252,12 @@ def main() -> None:
         "--digits", action="store_true", help="also the digits-asked-for part (Moonshine base)"
     )
     parser.add_argument("--digits-only", action="store_true", help="only the digits-asked-for part")
+    parser.add_argument(
+        "--stt",
+        choices=["service", "whisper"],
+        default="service",
+        help="the decodes at pauses: serve's recognition (default) or Whisper tiny.en alone",
+    )
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     disable_telemetry()
@@ -1234,7 +1266,7 @@ def main() -> None:
     cpu_started = time.process_time()
     items = load_items(args.limit)
     print(f"{len(items)} items, VAD done in {time.perf_counter() - started:.0f} s", flush=True)
-    judges, close = load_judges()
+    judges, close = load_judges(args.stt)
     if args.digits_only:
         try:
             report = {"digits": digits_part(items, judges), **run_info(started, cpu_started)}
@@ -1291,6 +1323,7 @@ def main() -> None:
         "dataset_seed": turn_dataset.SEED,
         "dataset_version": turn_dataset.DATASET_VERSION,
         "limit": args.limit,
+        "stt": args.stt,
         "set": sizes,
         "vad": (
             f"threshold {vad.threshold}/{vad.neg_threshold}, min_speech {vad.min_speech_ms} ms, "
