@@ -316,6 +316,15 @@ def test_barge_in_needs_min_speech_and_the_raised_threshold() -> None:
         # The STT's question mark: it heard a whole question, whatever its last word.
         ("so it's the one in the town centre then?", True),
         ("so it's the one in the town centre then", False),
+        # A be-verb after a pronoun and a particle after an object pronoun end a sentence;
+        # after a noun they do not.
+        ("yes they were", True),
+        ("I am not sure where we are", True),
+        ("the trouble is", False),
+        ("can the fitter let us in", True),
+        ("please turn them on", True),
+        ("the meter cupboard is in", False),
+        ("I moved house on", False),
     ],
 )
 def test_looks_complete(text: str, complete: bool) -> None:

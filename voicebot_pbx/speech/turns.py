@@ -39,13 +39,22 @@ _CONTINUATION_WORDS = frozenset(
 _SPOKEN_DIGITS = frozenset(
     "zero oh one two three four five six seven eight nine double triple".split()
 )
+# A be-verb after a pronoun ends a sentence ("yes it is", "I know who you are"), after a
+# noun it does not ("my account number is"); a particle after an object pronoun ends a
+# phrasal verb ("log me in", "switch it on"), after a noun it is a preposition ("I live in").
+_BE_VERBS = frozenset("is are was were am".split())
+_PRONOUNS = frozenset("it i we you they he she that this there here who what".split())
+_PARTICLES = frozenset("in on out up off back over down".split())
+_OBJECT_PRONOUNS = frozenset("me it us them him her you".split())
 
 
 def looks_complete(text: str) -> bool:
     """Pure heuristic: does this transcript read like a finished turn?
 
     Incomplete: empty, trailing conjunction/preposition/article/filler ("my account number
-    is ..."), or a run of digits being read out (callers pause between digit groups).
+    is ..."), or a run of digits being read out (callers pause between digit groups); but a
+    be-verb after a pronoun ("yes it is") and a particle after an object pronoun ("log me
+    in") end a sentence.
     """
     words = [w.strip(".,?!;:\"'") for w in text.lower().split()]
     words = [w for w in words if w]
@@ -54,9 +63,14 @@ def looks_complete(text: str) -> bool:
     if text.rstrip().endswith("?"):
         return True  # the STT heard a whole question ("... in your office, okay, then?")
     last = words[-1]
-    if last in _CONTINUATION_WORDS or last in _SPOKEN_DIGITS:
-        return False
     if text.rstrip().endswith((",", "-", "...")):
+        return False
+    before = words[-2] if len(words) > 1 else ""
+    if (last in _BE_VERBS and before in _PRONOUNS) or (
+        last in _PARTICLES and before in _OBJECT_PRONOUNS
+    ):
+        return True
+    if last in _CONTINUATION_WORDS or last in _SPOKEN_DIGITS:
         return False
     return not any(ch.isdigit() for ch in last)
 
