@@ -278,13 +278,10 @@ class CampaignStore:
         ``machine`` and the contact is due again after ``retry_after(attempt)`` seconds (or
         exhausted). False when the call is not one of the campaign's attempts."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT seq, attempt FROM attempts WHERE campaign = ? AND call_id = ?",
-                (name, call_id),
-            ).fetchone()
-            if row is None:
+            found = _attempt_of(db, name, call_id)
+            if found is None:
                 return False
-            seq, attempt = int(row[0]), int(row[1])
+            seq, attempt = found
             db.execute(
                 "UPDATE attempts SET outcome = 'machine', ended_at = COALESCE(ended_at, ?)"
                 " WHERE campaign = ? AND seq = ? AND attempt = ?",
@@ -306,14 +303,10 @@ class CampaignStore:
         its outcome yet still does). False when the call is not one of the campaign's
         attempts marked ``machine``."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT seq, attempt FROM attempts WHERE campaign = ? AND call_id = ?"
-                " AND outcome = 'machine'",
-                (name, call_id),
-            ).fetchone()
-            if row is None:
+            found = _attempt_of(db, name, call_id, outcome="machine")
+            if found is None:
                 return False
-            seq, attempt = int(row[0]), int(row[1])
+            seq, attempt = found
             db.execute(
                 "UPDATE attempts SET outcome = 'answered'"
                 " WHERE campaign = ? AND seq = ? AND attempt = ?",
@@ -399,3 +392,16 @@ class CampaignStore:
             "in_flight": in_flight,
             "opted_out": opted_out,
         }
+
+
+def _attempt_of(
+    db: sqlite3.Connection, name: str, call_id: str, *, outcome: str | None = None
+) -> tuple[int, int] | None:
+    """(seq, attempt) of the campaign's attempt that placed ``call_id`` (with ``outcome``
+    only, when given); None when there is none."""
+    sql = "SELECT seq, attempt FROM attempts WHERE campaign = ? AND call_id = ?"
+    args: tuple[str, ...] = (name, call_id)
+    if outcome is not None:
+        sql, args = sql + " AND outcome = ?", (*args, outcome)
+    row = db.execute(sql, args).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
