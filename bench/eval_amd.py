@@ -160,6 +160,7 @@ def run_item(
                 row["words_after_speech_end_s"] = round(
                     row["decided_at_s"] - float(item["speech_end_s"]), 3
                 )
+            row["after_talk_back"] = row["final"]
             return _cue_fields(row, item, detector, cues)
     if first and item.get("first_end_s") is not None:
         row["after_first_end_s"] = round(first.decided_at_s - float(item["first_end_s"]), 3)
@@ -167,7 +168,45 @@ def run_item(
             row["opening_after_first_end_s"] = round(likely[0].at_s - float(item["first_end_s"]), 3)
         else:
             row["opening_after_first_end_s"] = row["after_first_end_s"]
+    _talk_back(row, item, pcm, rate_hz, config, cues, transcribe)
     return _cue_fields(row, item, detector, cues)
+
+
+def _talk_back(
+    row: dict[str, Any],
+    item: dict[str, Any],
+    pcm: bytes,
+    rate_hz: int,
+    config: AmdConfig,
+    cues: list[DropCue],
+    transcribe: Transcribe | None,
+) -> None:
+    """``talk_back_is_person`` as the session applies it: a machine by length or words
+    whose drop cue was its greeting's silence gets the message from the cue on; a callee
+    who speaks after the cue (the set's own speech end, not a VAD: an offline stand-in for
+    the listener's turn) is transcribed from the cue to 0.5 s after that speech, and words
+    none of which a machine says make it a person (``after_talk_back``)."""
+    row["after_talk_back"] = row["final"]
+    speech_end = item.get("speech_end_s")
+    if (
+        transcribe is None
+        or not config.talk_back_is_person
+        or row["final"] != "machine"
+        or row["final_reason"] not in CHECKABLE_REASONS
+        or not cues
+        or cues[0].cause != "silence"
+        or speech_end is None
+        or float(speech_end) <= cues[0].at_s + 0.1
+    ):
+        return
+    start = int(cues[0].at_s * rate_hz) * 2
+    end = min(len(pcm), int((float(speech_end) + 0.5) * rate_hz) * 2)
+    heard = transcribe(pcm[start:end], rate_hz)
+    said = greeting_words(heard)
+    person = any(c.isalnum() for c in heard) and said != "machine"
+    row["talk_back"] = {"at_s": cues[0].at_s, "heard": heard, "person": person}
+    if person:
+        row["after_talk_back"] = "human"
 
 
 def _cue_fields(
@@ -264,6 +303,19 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             for c in CLASSES
         },
         "human_after_speech_end_p50_s": _pct(by_words, 50),
+    }
+    talked = [r for r in rows if "talk_back" in r]
+    out["talk_back"] = {
+        "checked": {c: sum(1 for r in talked if r["cls"] == c) for c in CLASSES},
+        "to_human": {
+            c: sum(1 for r in talked if r["cls"] == c and r["talk_back"]["person"]) for c in CLASSES
+        },
+        "human_as_machine_after": _frac(
+            [r for r in rows if r["cls"] == "human"], "after_talk_back", "machine"
+        ),
+        "machine_after": _frac(
+            [r for r in rows if r["cls"] == "machine"], "after_talk_back", "machine"
+        ),
     }
     machines = [r for r in rows if r["cls"] == "machine" and r["first"] == "machine"]
     machine_at = [r["decided_at_s"] for r in machines]
@@ -462,6 +514,24 @@ def markdown(report: dict[str, Any]) -> str:
                 "to a person",
                 cells,
             )
+            cells = []
+            for split in (*SPLITS, "all"):
+                b = by_split[split]["talk_back"]
+                cells.append(
+                    f"talked back: people {b['to_human']['human']}/{b['checked']['human']}, "
+                    f"machines {b['to_human']['machine']}/{b['checked']['machine']}; "
+                    f"people still machines {_nN(b['human_as_machine_after'])}, "
+                    f"machines kept {_nN(b['machine_after'])}"
+                )
+            lines += _one_row_table(
+                "A machine that talks back (`talk_back_is_person`): a machine by length or "
+                "words whose greeting went quiet without a beep gets the message; a callee "
+                "who speaks after that (the set's own speech times) is transcribed, and words "
+                "no machine says make a person. Taken for a person / spoke after the cue; "
+                "then people still taken for machines, machines still machines:",
+                "talk back",
+                cells,
+            )
         cells = []
         for split in (*SPLITS, "all"):
             t = by_split[split]["talk_over"]
@@ -578,7 +648,9 @@ def main_eval(modes: list[str], words: bool = True) -> None:
                 f"{_nN(s['first']['human_as_machine'])}; final machine "
                 f"{_nN(s['final']['per_class']['machine'])}; human p50 "
                 f"{s['human_decision']['after_first_end_p50_s']} s after hello; words check "
-                f"{s['words_check']}"
+                f"{s['words_check']}; after talking back: human->machine "
+                f"{_nN(s['talk_back']['human_as_machine_after'])}, machines kept "
+                f"{_nN(s['talk_back']['machine_after'])}"
             )
     print(f"wrote {RESULTS / 'amd.md'} ({report['run_s']} s)")
 
