@@ -428,11 +428,13 @@ def test_a_person_who_talks_over_the_voicemail_message_gets_the_opening() -> Non
 
 def test_a_machines_words_over_its_message_or_a_beep_keep_the_voicemail() -> None:
     """What can still be a machine keeps the message: its greeting going on with a
-    machine's words, or a sound with no words (the message paused for it, then went on); a
-    greeting that ended in a beep, or the rule off (the message plays through)."""
+    machine's words, a sound with no words, or the message's own words (its echo: the
+    message paused for it, then went on); a greeting that ended in a beep, or the rule off
+    (the message plays through)."""
     for back, beep, on, pauses in (
         ("Please leave your message after the tone.", False, True, True),
         ("", False, True, True),
+        ("Northwind Energy please call us back", False, True, True),  # the message's echo
         ("Hello? Who's this?", True, True, False),
         ("Hello? Who's this?", False, False, False),
     ):

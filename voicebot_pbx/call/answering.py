@@ -38,6 +38,7 @@ from voicebot_pbx.call.amd import (
 )
 from voicebot_pbx.call.amd_words import WordsVerdict, greeting_words
 from voicebot_pbx.pbx.media import CallControl
+from voicebot_pbx.speech.stt_split import spoken_words
 
 log = structlog.get_logger(__name__)
 
@@ -113,15 +114,16 @@ class AmdGate:
             and self.drop.result().cause == "silence"
         )
 
-    def talked_back(self, text: str) -> AmdResult | None:
+    def talked_back(self, text: str, message: str = "") -> AmdResult | None:
         """The callee talked over the voicemail message (``text``: what they said, in a turn
         that began while :attr:`message_to_a_recording`): words, none of them a machine's
         (``call/amd_words.py``), are a person's. The verdict becomes human, the callee's audio
         the dialogue's; a beep within ``late_beep_ms`` still makes the call a voicemail.
-        None: no such words, or the message is not (or no longer) to a recording."""
+        None: no such words, words that are mostly the ``message``'s own (its line echo, if
+        the echo gate let any through), or the message is not (or no longer) to a recording."""
         if not self.message_to_a_recording or not any(c.isalnum() for c in text):
             return None
-        if greeting_words(text) == "machine":
+        if greeting_words(text) == "machine" or _echoes(text, message):
             return None
         return self.human_by_words("talked_over_message")
 
@@ -248,6 +250,13 @@ class AmdGate:
                 elif event.revises is not None:
                     self._machine = True
                     self._on_revised(event)
+
+
+def _echoes(text: str, message: str) -> bool:
+    """Three words or more, at least three quarters of them the message's own."""
+    heard = spoken_words(text)
+    own = set(spoken_words(message))
+    return len(heard) >= 3 and sum(word in own for word in heard) >= 0.75 * len(heard)
 
 
 async def _read_asterisk_amd(control: CallControl, call_id: str) -> AsteriskAmd | None:

@@ -331,7 +331,8 @@ class CallSession:
         the campaign counts the call as answered again."""
         assert self._amd is not None
         self._talk_back_turns.discard(turn_id)
-        result = self._amd.talked_back(text)
+        said = self.profile.voicemail_message if self.profile is not None else ""
+        result = self._amd.talked_back(text, said)
         if result is None:
             return False
         log.info("amd_verdict", verdict=result.verdict, reason=result.reason, revises="machine")
