@@ -504,7 +504,9 @@ def test_understand_reads_the_intent_without_acting_on_it(
     # Not in the booking form: an opening-hours question gets only the hours.
     turn = aloop.run(dlg.respond(call, "what are your opening hours"))
     assert "Monday to Friday" in texts(turn) and "Which day" not in texts(turn)
-    assert aloop.run(dlg.understand(call, "purple elephant fridge")).needs_fallback
+    # Nonsense with no word of the domain ("... fridge" read as an outage at 0.5002 on one
+    # machine, 0.5 being the FallbackClassifier's threshold: a knife edge, not a test).
+    assert aloop.run(dlg.understand(call, "banana telescope")).needs_fallback
 
 
 @needs_rasa
