@@ -119,8 +119,8 @@ async def note_machine(
 ) -> bool:
     """An answering machine took this call: tell its campaign (False: not a campaign call,
     or the store could not be updated). ``machine=False`` takes that back (a person talked
-    over the voicemail message): the attempt is under way again, its outcome left to the
-    runner when the call ends."""
+    over the voicemail message): the attempt is ``answered`` again and its contact done
+    (``CampaignStore.unmark_machine``)."""
     if control is None:
         return False
     try:
