@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from voicebot_pbx.answers.dialogue import CallInfo, Understanding
+from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, Understanding
 from voicebot_pbx.answers.embedder import EmbedderModelError, SentenceEmbedder, load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase
@@ -176,6 +176,54 @@ def test_the_dialogue_reads_a_passage_found_only_by_meaning(kb: KnowledgeBase) -
     turn = asyncio.run(brain.respond(call, question))
     assert turn.source == "knowledge" and turn.sources == ("billing#3",)
     assert question not in nlu.acted
+
+
+def test_an_intent_the_words_are_far_from_is_not_acted_on(kb: KnowledgeBase) -> None:
+    """A question about none of Rasa's intents lands on one with confidence; measured
+    against that intent's real training examples, words far from all of them do not start
+    its form: the composer answers (the honest offer when nothing in the knowledge base
+    does), and the dialogue never sees the turn. A request in new words still does."""
+    from tests.test_routing import UnsureNlu
+
+    class SureBalance(UnsureNlu):
+        def _turn(self, text: str) -> DialogueTurn:
+            return DialogueTurn(
+                replies=(BotReply(text="What's your account number?"),),
+                collect_dtmf_digits=8,
+                intent="check_balance",
+                confidence=0.92,
+            )
+
+    probe = KnowledgeBase.load(KNOWLEDGE, embedder=kb.embedder, bm25_weight=kb.bm25_weight)
+    examples = load_intent_examples(ROOT / "rasa_project")
+    probe.add_intent_examples({"check_balance": examples["check_balance"]})
+    nlu = SureBalance()
+    brain = ComposingDialogue(nlu, ScriptedLlm([(0.0, "Composed.")], kb=probe), CONFIG)
+    call = CallInfo(call_id="c")
+    far = "can my son take over my account when I die"
+    near = "what do I currently owe you"
+    assert probe.intent_similarity("check_balance", far) < CONFIG.intent_min_similarity
+    assert probe.intent_similarity("check_balance", near) >= CONFIG.intent_min_similarity
+    with capture_logs() as logs:
+        doubted = asyncio.run(brain.respond(call, far))
+    assert doubted.composed is not None and doubted.needs_fallback
+    assert doubted.collect_dtmf_digits is None and far not in nlu.acted
+    assert [e["intent"] for e in logs if e["event"] == "intent_far_from_examples"] == [
+        "check_balance"
+    ]
+    # Beside a passage, the caller is asked back as for a turn not understood.
+    beside = "can my lodger have his own account with you"
+    checked = asyncio.run(brain.respond(call, beside))
+    assert checked.source == "knowledge_confirm" and beside not in nlu.acted
+    asyncio.run(brain.end(call))
+    asked = asyncio.run(brain.respond(call, near))
+    assert asked.collect_dtmf_digits == 8 and asked.composed is None and near in nlu.acted
+    off = ComposingDialogue(
+        nlu,
+        ScriptedLlm([], kb=probe),
+        dataclasses.replace(CONFIG, intent_min_similarity=0.0),
+    )
+    assert asyncio.run(off.respond(call, far)).collect_dtmf_digits == 8
 
 
 def test_a_decode_at_a_pause_prepares_the_routing_and_the_turn_takes_it(

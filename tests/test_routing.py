@@ -91,6 +91,28 @@ def test_an_unsure_information_intent_without_evidence_gets_the_honest_offer(
     assert route("check_balance", 0.66, False, weak, CONFIG) == "intent"  # an action
 
 
+def test_an_intent_far_from_its_training_examples_counts_as_not_understood(
+    kb: KnowledgeBase,
+) -> None:
+    """A classifier spreads its confidence over the intents it knows, so a question about
+    none of them still lands on one, often confidently; its words far from every example of
+    that intent (cosine below ``intent_min_similarity``) make it a turn not understood."""
+    weak = hit(kb, "billing#1", score=3.0)
+    strong = hit(kb, "refunds#1", score=9.0)
+    far = CONFIG.intent_min_similarity - 0.1
+    near = CONFIG.intent_min_similarity + 0.1
+    assert route("check_balance", 0.95, False, weak, CONFIG, far) == "compose"
+    assert route("check_balance", 0.95, False, None, CONFIG, far) == "compose"
+    assert route("check_balance", 0.95, False, strong, CONFIG, far) == "passage"
+    assert route("check_balance", 0.95, False, weak, CONFIG, near) == "intent"
+    assert route("check_balance", 0.95, False, weak, CONFIG) == "intent"  # no examples
+    # Conversation intents and an intent of no known topic (an admin's rule) are not doubted.
+    assert route("affirm", 0.95, False, weak, CONFIG, 0.0) == "intent"
+    assert route("rule0", 1.0, False, weak, CONFIG, 0.0) == "intent"
+    off = dataclasses.replace(CONFIG, intent_min_similarity=0.0)
+    assert route("check_balance", 0.95, False, weak, off, far) == "intent"
+
+
 def test_what_the_dialogue_did_not_understand_goes_to_the_passage_or_the_llm(
     kb: KnowledgeBase,
 ) -> None:

@@ -746,6 +746,12 @@ class KnowledgeConfig:
     # instead of an intent when its similarity is at least the intent's nearest example's
     # + hybrid_intent_lead (0: the closer of the two; not tuned).
     hybrid_intent_lead: float = 0.0
+    # With the intent examples embedded: an intent of a known topic (intent_topics) whose
+    # nearest training example is less similar (cosine) to the caller's words than this is
+    # taken as not understood ("will I need to pay a security deposit": billing_question
+    # 0.87, nearest example 0.38): the knowledge base, the question back or the honest
+    # offer answer, not the intent's fixed reply. 0: off. Chosen on the dev split.
+    intent_min_similarity: float = 0.5
     # A strong hit, BM25 alone: score, coverage of the question's terms, score / runner-up.
     direct_min_score: float = 6.0
     direct_min_coverage: float = 0.25
@@ -813,7 +819,12 @@ class KnowledgeConfig:
             problems.append('retrieval must be "hybrid" or "bm25"')
         if self.bm25_weight < 0 or self.hybrid_direct_min_lead < 0:
             problems.append("bm25_weight and hybrid_direct_min_lead must be >= 0")
-        for name in ("direct_min_coverage", "override_below_confidence", "info_min_confidence"):
+        for name in (
+            "direct_min_coverage",
+            "override_below_confidence",
+            "info_min_confidence",
+            "intent_min_similarity",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
         if self.max_words < 1:

@@ -31,6 +31,7 @@ from voicebot_pbx.answers.routing import (
     KnowledgeHit,
     Route,
     confirm_question,
+    far_from_examples,
     is_strong,
     is_tied,
     knowledge_hit,
@@ -253,7 +254,8 @@ class ComposingDialogue:
             else:
                 hit = knowledge_hit(kb, text, self.knowledge)
                 heard = await self.inner.understand(call, text)
-            closeness = kb.intent_similarity(heard.intent, text) if hit is not None else None
+            # The question is embedded by now (knowledge_hit): no model runs here.
+            closeness = kb.intent_similarity(heard.intent, text)
             form = question_form(text)
             if hit is not None and not hit.fits:
                 log.info("knowledge_hit_cannot_answer", passage=hit.passage.id, asks=asks_for(text))
@@ -275,6 +277,18 @@ class ComposingDialogue:
                 return self._read_out(hit, heard, text)
             if where == "confirm" and hit is not None:
                 return self._ask_back(call, hit, heard, text)
+            if where == "compose" and far_from_examples(heard.intent, closeness, self.knowledge):
+                # The intent was not understood, so the dialogue does not act on it (the
+                # balance form would start for "can my carer talk to you about my account").
+                log.info("intent_far_from_examples", intent=heard.intent)
+                watched = _OfferWatch(self.composer, lambda: self._note(call, _Offered()))
+                return DialogueTurn(
+                    intent=heard.intent,
+                    confidence=heard.confidence,
+                    source=self.inner.name,
+                    needs_fallback=True,
+                    composed=ComposedReply(text, watched),
+                )
         turn = await self.inner.respond(call, text)
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):

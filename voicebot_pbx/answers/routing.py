@@ -225,6 +225,22 @@ def _intent_topic(intent: str | None, config: KnowledgeConfig) -> str | None:
     return topics.get(intent or "")
 
 
+def far_from_examples(
+    intent: str | None, intent_similarity: float | None, config: KnowledgeConfig
+) -> bool:
+    """Whether the caller's words are too far from every training example of ``intent``
+    (an intent of a known topic) for its fixed reply to be the answer: a classifier's
+    confidence is spread over the intents it knows, so a question about none of them still
+    lands on one, often with confidence ("will I need to pay a security deposit":
+    billing_question 0.87; its nearest example only 0.38 similar). Such an intent counts as
+    not understood."""
+    return (
+        intent_similarity is not None
+        and intent_similarity < config.intent_min_similarity
+        and _intent_topic(intent, config) is not None
+    )
+
+
 def _route(
     intent: str | None,
     confidence: float | None,
@@ -237,7 +253,7 @@ def _route(
     """:func:`route` for a hit taken as covering the question."""
     strong = config.direct and (is_strong(hit, config) or is_tied(hit, config))
     unsure: Route = "confirm" if config.direct and is_likely(hit, config) else "compose"
-    if needs_fallback or intent is None:
+    if needs_fallback or intent is None or far_from_examples(intent, intent_similarity, config):
         return "passage" if strong else unsure
     if intent in config.keep_intents:
         return "intent"
