@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import contextlib
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +63,24 @@ async def connected_client(fake: FakeAmi, *, secret: str = SECRET, **kwargs: Any
     await client.start()
     assert await client.wait_connected(5.0)
     return client
+
+
+@contextlib.asynccontextmanager
+async def ami_pair(
+    fake: FakeAmi | None = None, **client_kwargs: Any
+) -> AsyncIterator[tuple[FakeAmi, AmiClient]]:
+    """A started fake Asterisk (``FakeAmi()`` unless given) and a client logged in to it
+    (``connected_client``); both closed on the way out, the fake also when the login fails."""
+    fake = fake if fake is not None else FakeAmi()
+    await fake.start()
+    try:
+        client = await connected_client(fake, **client_kwargs)
+        try:
+            yield fake, client
+        finally:
+            await client.close()
+    finally:
+        await fake.stop()
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
@@ -255,10 +274,7 @@ def test_connect_refused_retries_until_asterisk_is_up() -> None:
 
 def test_newexten_maps_uuid_to_channel_and_hangup_cleans_up() -> None:
     async def main() -> None:
-        fake = FakeAmi()
-        await fake.start()
-        client = await connected_client(fake)
-        try:
+        async with ami_pair() as (fake, client):
             call_id = new_uuid()
             chan = fake.add_channel("PJSIP/trunk-00000001")
             await fake.newexten(chan, "Answer", "")
@@ -276,19 +292,14 @@ def test_newexten_maps_uuid_to_channel_and_hangup_cleans_up() -> None:
             await fake.hangup_event(chan)
             await until(lambda: client.channel_for(call_id) is None)
             assert client.channel_for(wide_id) == "PJSIP/trunk-00000002"
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
 
 def test_transfer_redirects_the_callers_channel() -> None:
     async def main() -> None:
-        fake = FakeAmi(chunk_size=7)  # Asterisk's writes arrive in arbitrary pieces
-        await fake.start()
-        client = await connected_client(fake)
-        try:
+        # Asterisk's writes arrive in arbitrary pieces
+        async with ami_pair(FakeAmi(chunk_size=7)) as (fake, client):
             call_id, chan = await audiosocket_call(fake, client, "PJSIP/trunk-00000003")
 
             assert await client.transfer(call_id, "agents") is True
@@ -312,9 +323,6 @@ def test_transfer_redirects_the_callers_channel() -> None:
             assert await client.transfer(call_id, "support,200") is True
             redirect = fake.actions_named("Redirect")[-1]
             assert (first(redirect, "Context"), first(redirect, "Exten")) == ("support", "200")
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
@@ -325,10 +333,7 @@ def test_a_websocket_call_is_controlled_on_the_channel_that_dialled_it() -> None
     Setvar act on."""
 
     async def main() -> None:
-        fake = FakeAmi()
-        await fake.start()
-        client = await connected_client(fake)
-        try:
+        async with ami_pair() as (fake, client):
             caller = fake.add_channel("PJSIP/trunk-00000007")
             ws = fake.add_channel("WebSocket/voicebot/0x7efc6000adc0")
             await fake.dial_begin(caller, ws)
@@ -347,9 +352,6 @@ def test_a_websocket_call_is_controlled_on_the_channel_that_dialled_it() -> None
             await fake.dial_begin(caller, other)
             await asyncio.sleep(0.1)
             assert client.channel_for(other.uniqueid) is None
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
@@ -360,12 +362,9 @@ def test_an_incoming_websocket_channel_is_offered_to_the_bot_by_its_connection_i
     variables and other channels' ids are not offers)."""
 
     async def main() -> list[str]:
-        fake = FakeAmi()
-        await fake.start()
-        client = await connected_client(fake)
         offered: list[str] = []
-        client.on_incoming_media = offered.append
-        try:
+        async with ami_pair() as (fake, client):
+            client.on_incoming_media = offered.append
             incoming = fake.add_channel("WebSocket/INCOMING/0x7efc6000adc0")
             await fake.var_set(incoming, "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE", "640")
             await fake.var_set(
@@ -378,9 +377,6 @@ def test_an_incoming_websocket_channel_is_offered_to_the_bot_by_its_connection_i
                     break
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0.1)
-        finally:
-            await client.close()
-            await fake.stop()
         return offered
 
     assert run(main) == ["0b2c7e4e-57b9-4a55-a7f5-4c1f7d0d2a01"]
@@ -388,10 +384,7 @@ def test_an_incoming_websocket_channel_is_offered_to_the_bot_by_its_connection_i
 
 def test_transfer_failures_return_false() -> None:
     async def main() -> None:
-        fake = FakeAmi()
-        await fake.start()
-        client = await connected_client(fake)
-        try:
+        async with ami_pair() as (fake, client):
             # Unknown call: nothing is sent.
             assert await client.transfer(new_uuid(), "agents") is False
             assert not fake.actions_named("Redirect")
@@ -404,19 +397,13 @@ def test_transfer_failures_return_false() -> None:
             # Header injection is refused before anything is written.
             assert await client.transfer(call_id, "agents\nAction: Originate") is False
             assert len(fake.actions_named("Redirect")) == 1
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
 
 def test_hangup_getvar_setvar() -> None:
     async def main() -> None:
-        fake = FakeAmi()
-        await fake.start()
-        client = await connected_client(fake)
-        try:
+        async with ami_pair() as (fake, client):
             call_id, chan = await audiosocket_call(
                 fake, client, "PJSIP/trunk-00000005", **{"CALLERID(num)": "5551234"}
             )
@@ -427,9 +414,6 @@ def test_hangup_getvar_setvar() -> None:
             assert first(fake.actions_named("Hangup")[-1], "Channel") == chan.name
             await until(lambda: client.channel_for(call_id) is None)  # its Hangup event
             assert await client.hangup(call_id) is False
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
@@ -441,10 +425,7 @@ def test_a_lookup_at_the_calls_start_waits_for_its_channel() -> None:
     channel never comes gets None after that wait."""
 
     async def main() -> None:
-        fake = FakeAmi()
-        await fake.start()
-        client = await connected_client(fake)
-        try:
+        async with ami_pair() as (fake, client):
             call_id = new_uuid()
             chan = fake.add_channel("Local/73001@callee-00000001;1")
             chan.variables["VOICEBOT_PROFILE"] = "outbound"
@@ -455,24 +436,18 @@ def test_a_lookup_at_the_calls_start_waits_for_its_channel() -> None:
             assert await lookup == "outbound"
             assert await client.get_var(new_uuid(), "VOICEBOT_PROFILE") is None
             assert not client._awaited  # noqa: SLF001 - no waiter left behind
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
 
 def test_dtmf_end_reaches_the_callback_once() -> None:
     async def main() -> None:
-        fake = FakeAmi()
-        await fake.start()
         got: list[tuple[str, str]] = []
 
         async def on_dtmf(call_id: str, digit: str) -> None:
             got.append((call_id, digit))
 
-        client = await connected_client(fake, on_dtmf=on_dtmf)
-        try:
+        async with ami_pair(on_dtmf=on_dtmf) as (fake, client):
             call_id, chan = await audiosocket_call(fake, client, "PJSIP/trunk-00000006")
             await fake.dtmf_end(chan, "4")
             await fake.dtmf_end(chan, "9", direction="Sent")  # played to the caller: ignored
@@ -486,19 +461,14 @@ def test_dtmf_end_reaches_the_callback_once() -> None:
             await fake.dtmf_end(chan, "3")
             await asyncio.sleep(0.1)
             assert got == [(call_id, "4")]
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
 
 def test_core_show_channels_is_a_complete_list() -> None:
     async def main() -> None:
-        fake = FakeAmi(chunk_size=1)  # every byte in its own segment
-        await fake.start()
-        client = await connected_client(fake, action_timeout_s=10.0)
-        try:
+        # every byte in its own segment
+        async with ami_pair(FakeAmi(chunk_size=1), action_timeout_s=10.0) as (fake, client):
             ids = [new_uuid() for _ in range(3)]
             for n, call_id in enumerate(ids):
                 fake.add_channel(f"PJSIP/trunk-0000001{n}", app_data=f"{call_id},127.0.0.1:9092")
@@ -508,19 +478,13 @@ def test_core_show_channels_is_a_complete_list() -> None:
             assert all(isinstance(c, CoreShowChannelEvent) for c in channels)
             assert channels[0].application == "AudioSocket"
             assert channels[3].application_data == "PJSIP/200"
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main, timeout_s=40.0)
 
 
 def test_drop_and_reconnect_recovers_calls_through_core_show_channels() -> None:
     async def main() -> None:
-        fake = FakeAmi()
-        await fake.start()
-        client = await connected_client(fake)
-        try:
+        async with ami_pair() as (fake, client):
             early = new_uuid()
             chan = fake.add_channel("PJSIP/trunk-00000030", app_data=f"{early},127.0.0.1:9092")
             await fake.newexten(chan, "AudioSocket", f"{early},127.0.0.1:9092")
@@ -543,9 +507,6 @@ def test_drop_and_reconnect_recovers_calls_through_core_show_channels() -> None:
             events = [e["event"] for e in logs]
             assert "ami_disconnected" in events and "ami_degraded" in events
             assert await client.transfer(late, "agents") is True
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
@@ -571,10 +532,7 @@ def test_resync_without_reporting_permission_is_not_fatal() -> None:
 
 def test_actions_time_out_and_pending_ones_fail_on_disconnect() -> None:
     async def main() -> None:
-        fake = FakeAmi()
-        await fake.start()
-        client = await connected_client(fake, action_timeout_s=0.2)
-        try:
+        async with ami_pair(action_timeout_s=0.2) as (fake, client):
             fake.unanswered.add("getvar")
             with pytest.raises(AmiTimeout):
                 await client.send_action({"Action": "Getvar", "Variable": "X"})
@@ -589,25 +547,16 @@ def test_actions_time_out_and_pending_ones_fail_on_disconnect() -> None:
                 await asyncio.wait_for(pending, 2.0)
             with pytest.raises(AmiNotConnected):
                 await client.send_action({"Action": "Ping"})
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
 
 def test_ping_timeout_triggers_reconnect() -> None:
     async def main() -> None:
-        fake = FakeAmi()
-        await fake.start()
-        client = await connected_client(fake, action_timeout_s=0.2, ping_interval_s=0.05)
-        try:
+        async with ami_pair(action_timeout_s=0.2, ping_interval_s=0.05) as (fake, client):
             fake.unanswered.add("ping")  # a stuck PBX: TCP is up, nothing answers
             await until(lambda: client.connects >= 2, timeout_s=5.0)
             assert len(fake.actions_named("Login")) >= 2
-        finally:
-            await client.close()
-            await fake.stop()
 
     run(main)
 
