@@ -92,6 +92,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from tests.speech import espeak_pcm, silence  # noqa: E402
+from voicebot_pbx.answers.dialogue import Understanding  # noqa: E402
 from voicebot_pbx.answers.knowledge import KnowledgeBase  # noqa: E402
 from voicebot_pbx.answers.normalize import normalize  # noqa: E402
 from voicebot_pbx.answers.rasa import FALLBACK_INTENTS  # noqa: E402
@@ -1704,9 +1705,7 @@ async def llm_question(bot: Bot) -> tuple[str, list[dict[str, Any]]]:
             intent = response.json().get("intent") or {}
             name, confidence = intent.get("name"), intent.get("confidence")
             where = route(
-                name,
-                confidence,
-                not name or name in FALLBACK_INTENTS,
+                Understanding(name, confidence, not name or name in FALLBACK_INTENTS),
                 knowledge_hit(kb, question),
                 knowledge,
             )

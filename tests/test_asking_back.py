@@ -21,6 +21,7 @@ from voicebot_pbx.answers.dialogue import (
     DialogueTurn,
     Rejected,
     Sentence,
+    Understanding,
 )
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
@@ -82,17 +83,31 @@ def _hybrid(score: float, runner_up: float) -> KnowledgeHit:
 
 def test_a_likely_hit_that_would_go_to_the_llm_is_asked_back_instead() -> None:
     likely = _hybrid(0.42, 0.25)
-    assert route(None, None, True, likely, CONFIG) == "confirm"
-    assert route("opening_hours", 0.55, False, likely, CONFIG) == "confirm"  # unsure info
-    assert route("opening_hours", 0.95, False, likely, CONFIG) == "intent"  # sure: its reply
-    assert route("check_balance", 0.55, False, likely, CONFIG) == "intent"  # an action
-    assert route(None, None, True, _hybrid(0.42, 0.38), CONFIG) == "compose"  # no lead
-    assert route(None, None, True, _hybrid(0.30, 0.0), CONFIG) == "compose"  # too weak
-    assert route(None, None, True, _hybrid(0.8, 0.3), CONFIG) == "passage"  # strong
-    assert route(None, None, True, likely, KnowledgeConfig(confirm=False)) == "compose"
-    assert route(None, None, True, likely, KnowledgeConfig(direct=False)) == "compose"
+    assert route(Understanding(None, None, True), likely, CONFIG) == "confirm"
+    assert (
+        route(Understanding("opening_hours", 0.55, False), likely, CONFIG) == "confirm"
+    )  # unsure info
+    assert (
+        route(Understanding("opening_hours", 0.95, False), likely, CONFIG) == "intent"
+    )  # sure: its reply
+    assert (
+        route(Understanding("check_balance", 0.55, False), likely, CONFIG) == "intent"
+    )  # an action
+    assert (
+        route(Understanding(None, None, True), _hybrid(0.42, 0.38), CONFIG) == "compose"
+    )  # no lead
+    assert (
+        route(Understanding(None, None, True), _hybrid(0.30, 0.0), CONFIG) == "compose"
+    )  # too weak
+    assert route(Understanding(None, None, True), _hybrid(0.8, 0.3), CONFIG) == "passage"  # strong
+    assert (
+        route(Understanding(None, None, True), likely, KnowledgeConfig(confirm=False)) == "compose"
+    )
+    assert (
+        route(Understanding(None, None, True), likely, KnowledgeConfig(direct=False)) == "compose"
+    )
     bm25 = KnowledgeHit(CUTS, 5.0, 0.2, 1.0, hybrid=False)  # BM25 scores have no scale
-    assert route(None, None, True, bm25, CONFIG) == "compose"
+    assert route(Understanding(None, None, True), bm25, CONFIG) == "compose"
 
 
 def test_yes_and_no_come_from_the_intent_or_else_the_words() -> None:

@@ -114,7 +114,12 @@ def test_a_question_about_a_topic_is_told_from_the_task_request(kb: KnowledgeBas
         assert found is not None and found.passage.id.startswith("appointments#"), found
         closeness = probe.intent_similarity("book_appointment", question)
         assert closeness is not None
-        return route("book_appointment", 0.95, False, found, config, closeness)
+        return route(
+            Understanding("book_appointment", 0.95, False),
+            found,
+            config,
+            intent_similarity=closeness,
+        )
 
     # Without the examples the topic rule keeps the booking intent for both.
     # (The evaluation set's own questions are never used here: bench/answers_dataset.py.)
@@ -125,13 +130,19 @@ def test_a_question_about_a_topic_is_told_from_the_task_request(kb: KnowledgeBas
 def test_the_topic_rule_applies_without_intent_examples(kb: KnowledgeBase) -> None:
     passage = next(p for p in kb.passages if p.id.startswith("appointments#"))
     strong = KnowledgeHit(passage, 0.9, 1.0, runner_up=0.5, hybrid=True, similarity=0.8)
-    assert route("book_appointment", 0.9, False, strong, CONFIG) == "intent"
-    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.5) == "passage"
-    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.85) == "intent"
+    assert route(Understanding("book_appointment", 0.9, False), strong, CONFIG) == "intent"
+    assert (
+        route(Understanding("book_appointment", 0.9, False), strong, CONFIG, intent_similarity=0.5)
+        == "passage"
+    )
+    assert (
+        route(Understanding("book_appointment", 0.9, False), strong, CONFIG, intent_similarity=0.85)
+        == "intent"
+    )
     weak = dataclasses.replace(strong, score=CONFIG.hybrid_direct_min_score - 0.01)
-    assert route(None, None, True, weak, CONFIG) == "compose"
+    assert route(Understanding(None, None, True), weak, CONFIG) == "compose"
     close_call = dataclasses.replace(strong, runner_up=0.9 - CONFIG.hybrid_direct_min_lead / 2)
-    assert route(None, None, True, close_call, CONFIG) == "compose"
+    assert route(Understanding(None, None, True), close_call, CONFIG) == "compose"
 
 
 def test_a_broken_embedding_model_is_named_and_the_llm_falls_back_to_bm25(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from voicebot_pbx.answers.dialogue import CallInfo
+from voicebot_pbx.answers.dialogue import CallInfo, Understanding
 from voicebot_pbx.answers.embedder import load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase
@@ -43,8 +43,11 @@ def test_a_tie_reads_the_closest_sentence_of_both_passages(kb: KnowledgeBase) ->
     assert hit is not None and hit.second is not None
     assert {hit.passage.id, hit.second.id} == {"opening-hours#2", "power-cuts#1"}
     assert not is_strong(hit, CONFIG) and is_tied(hit, CONFIG)
-    assert route(None, None, True, hit, CONFIG) == "passage"
-    assert route(None, None, True, hit, dataclasses.replace(CONFIG, read_ties=False)) == "compose"
+    assert route(Understanding(None, None, True), hit, CONFIG) == "passage"
+    assert (
+        route(Understanding(None, None, True), hit, dataclasses.replace(CONFIG, read_ties=False))
+        == "compose"
+    )
     read = tied_answer(hit)
     assert len(read) == 2
     # "Yes." opens the opening-hours passage: it answers its own heading, not this question.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from voicebot_pbx.answers.dialogue import Understanding
 from voicebot_pbx.answers.knowledge import KnowledgeBase
 from voicebot_pbx.answers.question_form import asks_for, question_form, states
 from voicebot_pbx.answers.routing import KnowledgeHit, is_likely, is_strong, knowledge_hit, route
@@ -137,8 +138,8 @@ def test_a_passage_that_cannot_answer_the_kind_asked_is_never_read_or_asked_back
     assert not is_strong(hybrid, CONFIG) and not is_likely(hybrid, CONFIG)
     fitting = dataclasses.replace(hybrid, fits=True)
     assert is_strong(fitting, CONFIG) and is_likely(fitting, CONFIG)
-    assert route(None, None, True, hybrid, CONFIG) == "compose"
-    assert route(None, None, True, fitting, CONFIG) == "passage"
+    assert route(Understanding(None, None, True), hybrid, CONFIG) == "compose"
+    assert route(Understanding(None, None, True), fitting, CONFIG) == "passage"
 
 
 def test_a_question_about_a_task_reads_the_passage_on_the_tasks_topic(
@@ -148,19 +149,71 @@ def test_a_question_about_a_task_reads_the_passage_on_the_tasks_topic(
     strong = KnowledgeHit(passage, 0.9, 1.0, runner_up=0.5, hybrid=True, similarity=0.5)
     # The question is closer to the booking examples (0.7) than to the passage (0.5): the
     # topic rule alone keeps the booking flow, whatever the words ask.
-    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7) == "intent"
-    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7, "request") == "intent"
-    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7, "unclear") == "intent"
-    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.7, "information") == "passage"
-    # A request for the task keeps the task's flow even when the passage is the closer.
-    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.3, "unclear") == "passage"
-    assert route("book_appointment", 0.9, False, strong, CONFIG, 0.3, "request") == "intent"
+    assert (
+        route(Understanding("book_appointment", 0.9, False), strong, CONFIG, intent_similarity=0.7)
+        == "intent"
+    )
+    assert (
+        route(
+            Understanding("book_appointment", 0.9, False),
+            strong,
+            CONFIG,
+            intent_similarity=0.7,
+            form="request",
+        )
+        == "intent"
+    )
+    assert (
+        route(
+            Understanding("book_appointment", 0.9, False),
+            strong,
+            CONFIG,
+            intent_similarity=0.7,
+            form="unclear",
+        )
+        == "intent"
+    )
+    assert (
+        route(
+            Understanding("book_appointment", 0.9, False),
+            strong,
+            CONFIG,
+            intent_similarity=0.7,
+            form="information",
+        )
+        == "passage"
+    )
+    # A request for the task keeps the task's flow even when the passage is the closer ...
+    closer = dataclasses.replace(strong, similarity=0.8)
+    booking = Understanding("book_appointment", 0.9, False)
+    assert route(booking, closer, CONFIG, intent_similarity=0.6, form="unclear") == "passage"
+    assert route(booking, closer, CONFIG, intent_similarity=0.6, form="request") == "intent"
+    # ... but not one far from every booking example: the intent is not understood.
+    assert route(booking, closer, CONFIG, intent_similarity=0.3, form="request") == "passage"
     # Only the task intents named: an information intent on its topic keeps its closeness rule.
     hours = next(p for p in kb.passages if p.id == "opening-hours#1")
     on_hours = dataclasses.replace(strong, passage=hours)
-    assert route("opening_hours", 0.9, False, on_hours, CONFIG, 0.7, "information") == "intent"
+    assert (
+        route(
+            Understanding("opening_hours", 0.9, False),
+            on_hours,
+            CONFIG,
+            intent_similarity=0.7,
+            form="information",
+        )
+        == "intent"
+    )
     off = dataclasses.replace(CONFIG, question_form_intents=())
-    assert route("book_appointment", 0.9, False, strong, off, 0.7, "information") == "intent"
+    assert (
+        route(
+            Understanding("book_appointment", 0.9, False),
+            strong,
+            off,
+            intent_similarity=0.7,
+            form="information",
+        )
+        == "intent"
+    )
 
 
 def test_a_sure_intent_on_another_topic_yields_only_to_a_question_for_a_fact(
@@ -168,13 +221,49 @@ def test_a_sure_intent_on_another_topic_yields_only_to_a_question_for_a_fact(
 ) -> None:
     passage = next(p for p in kb.passages if p.id == "tariffs#2")
     strong = KnowledgeHit(passage, 0.9, 1.0, runner_up=0.5, hybrid=True, similarity=0.6)
-    assert route("billing_question", 1.0, False, strong, CONFIG) == "intent"
-    assert route("billing_question", 1.0, False, strong, CONFIG, None, "request") == "intent"
-    assert route("billing_question", 1.0, False, strong, CONFIG, None, "information") == "passage"
+    assert route(Understanding("billing_question", 1.0, False), strong, CONFIG) == "intent"
+    assert (
+        route(
+            Understanding("billing_question", 1.0, False),
+            strong,
+            CONFIG,
+            intent_similarity=None,
+            form="request",
+        )
+        == "intent"
+    )
+    assert (
+        route(
+            Understanding("billing_question", 1.0, False),
+            strong,
+            CONFIG,
+            intent_similarity=None,
+            form="information",
+        )
+        == "passage"
+    )
     # Unsure: the strong hit wins whatever the form, as before.
-    assert route("billing_question", 0.9, False, strong, CONFIG, None, "request") == "passage"
+    assert (
+        route(
+            Understanding("billing_question", 0.9, False),
+            strong,
+            CONFIG,
+            intent_similarity=None,
+            form="request",
+        )
+        == "passage"
+    )
     # An intent with no topic (the rule dialogue's matched rule) keeps its own answer.
-    assert route("rule0", 1.0, False, strong, CONFIG, None, "information") == "intent"
+    assert (
+        route(
+            Understanding("rule0", 1.0, False),
+            strong,
+            CONFIG,
+            intent_similarity=None,
+            form="information",
+        )
+        == "intent"
+    )
 
 
 def test_the_rule_dialogues_own_answer_to_a_question_is_kept(kb: KnowledgeBase) -> None:

@@ -56,27 +56,30 @@ def test_a_question_in_callers_words_finds_its_passage_with_strong_evidence(
 def test_conversation_intents_are_never_taken_over(kb: KnowledgeBase) -> None:
     strong = hit(kb, "direct-debit#2", score=15.0)
     for intent in ("speak_to_agent", "affirm", "deny", "goodbye"):
-        assert route(intent, 0.3, False, strong, CONFIG) == "intent"
+        assert route(Understanding(intent, 0.3, False), strong, CONFIG) == "intent"
 
 
 def test_a_strong_hit_on_another_topic_wins_over_the_nearest_intent(kb: KnowledgeBase) -> None:
     # Rasa put a smart-meter question on book_appointment with 0.90 (measured on the dev set).
     meters = hit(kb, "meter-readings#2", score=10.9)
-    assert route("book_appointment", 0.90, False, meters, CONFIG) == "passage"
-    assert route("opening_hours", 0.95, False, meters, CONFIG) == "passage"
+    assert route(Understanding("book_appointment", 0.90, False), meters, CONFIG) == "passage"
+    assert route(Understanding("opening_hours", 0.95, False), meters, CONFIG) == "passage"
     # ... unless the hit is the intent's own topic: a booking request keeps the booking flow.
     own = hit(kb, "appointments#1", score=15.0)
-    assert route("book_appointment", 0.6, False, own, CONFIG) == "intent"
-    assert route("opening_hours", 0.55, False, hit(kb, "opening-hours#1", score=15.0), CONFIG) == (
-        "intent"
-    )
+    assert route(Understanding("book_appointment", 0.6, False), own, CONFIG) == "intent"
+    assert route(
+        Understanding("opening_hours", 0.55, False), hit(kb, "opening-hours#1", score=15.0), CONFIG
+    ) == ("intent")
     # A confident intent keeps the turn when so configured.
     sure = KnowledgeConfig(override_below_confidence=0.9)
-    assert route("opening_hours", 0.95, False, meters, sure) == "intent"
+    assert route(Understanding("opening_hours", 0.95, False), meters, sure) == "intent"
     # Weak evidence never takes a turn.
-    assert route("check_balance", 0.6, False, hit(kb, "refunds#1", score=3.0), CONFIG) == "intent"
+    assert (
+        route(Understanding("check_balance", 0.6, False), hit(kb, "refunds#1", score=3.0), CONFIG)
+        == "intent"
+    )
     thin = hit(kb, "direct-debit#2", score=15.0, coverage=0.2)
-    assert route("check_balance", 0.6, False, thin, CONFIG) == "intent"
+    assert route(Understanding("check_balance", 0.6, False), thin, CONFIG) == "intent"
 
 
 def test_an_unsure_information_intent_without_evidence_gets_the_honest_offer(
@@ -85,10 +88,10 @@ def test_an_unsure_information_intent_without_evidence_gets_the_honest_offer(
     """A weather question put on billing_question at 0.66: better "I'm not sure, shall
     I put you through" (the LLM path, which refuses without passages) than the billing reply."""
     weak = hit(kb, "billing#1", score=3.0)
-    assert route("billing_question", 0.66, False, weak, CONFIG) == "compose"
-    assert route("billing_question", 0.66, False, None, CONFIG) == "compose"
-    assert route("billing_question", 0.85, False, weak, CONFIG) == "intent"
-    assert route("check_balance", 0.66, False, weak, CONFIG) == "intent"  # an action
+    assert route(Understanding("billing_question", 0.66, False), weak, CONFIG) == "compose"
+    assert route(Understanding("billing_question", 0.66, False), None, CONFIG) == "compose"
+    assert route(Understanding("billing_question", 0.85, False), weak, CONFIG) == "intent"
+    assert route(Understanding("check_balance", 0.66, False), weak, CONFIG) == "intent"  # an action
 
 
 def test_an_intent_far_from_its_training_examples_counts_as_not_understood(
@@ -101,26 +104,52 @@ def test_an_intent_far_from_its_training_examples_counts_as_not_understood(
     strong = hit(kb, "refunds#1", score=9.0)
     far = CONFIG.intent_min_similarity - 0.1
     near = CONFIG.intent_min_similarity + 0.1
-    assert route("check_balance", 0.95, False, weak, CONFIG, far) == "compose"
-    assert route("check_balance", 0.95, False, None, CONFIG, far) == "compose"
-    assert route("check_balance", 0.95, False, strong, CONFIG, far) == "passage"
-    assert route("check_balance", 0.95, False, weak, CONFIG, near) == "intent"
-    assert route("check_balance", 0.95, False, weak, CONFIG) == "intent"  # no examples
+    assert (
+        route(Understanding("check_balance", 0.95, False), weak, CONFIG, intent_similarity=far)
+        == "compose"
+    )
+    assert (
+        route(Understanding("check_balance", 0.95, False), None, CONFIG, intent_similarity=far)
+        == "compose"
+    )
+    assert (
+        route(Understanding("check_balance", 0.95, False), strong, CONFIG, intent_similarity=far)
+        == "passage"
+    )
+    assert (
+        route(Understanding("check_balance", 0.95, False), weak, CONFIG, intent_similarity=near)
+        == "intent"
+    )
+    assert (
+        route(Understanding("check_balance", 0.95, False), weak, CONFIG) == "intent"
+    )  # no examples
     # Conversation intents and an intent of no known topic (an admin's rule) are not doubted.
-    assert route("affirm", 0.95, False, weak, CONFIG, 0.0) == "intent"
-    assert route("rule0", 1.0, False, weak, CONFIG, 0.0) == "intent"
+    assert (
+        route(Understanding("affirm", 0.95, False), weak, CONFIG, intent_similarity=0.0) == "intent"
+    )
+    assert (
+        route(Understanding("rule0", 1.0, False), weak, CONFIG, intent_similarity=0.0) == "intent"
+    )
     off = dataclasses.replace(CONFIG, intent_min_similarity=0.0)
-    assert route("check_balance", 0.95, False, weak, off, far) == "intent"
+    assert (
+        route(Understanding("check_balance", 0.95, False), weak, off, intent_similarity=far)
+        == "intent"
+    )
 
 
 def test_what_the_dialogue_did_not_understand_goes_to_the_passage_or_the_llm(
     kb: KnowledgeBase,
 ) -> None:
-    assert route(None, None, True, hit(kb, "refunds#1", score=9.0), CONFIG) == "passage"
-    assert route("nlu_fallback", 0.4, True, hit(kb, "refunds#1", score=1.0), CONFIG) == "compose"
-    assert route("out_of_scope", 0.9, True, None, CONFIG) == "compose"
+    assert (
+        route(Understanding(None, None, True), hit(kb, "refunds#1", score=9.0), CONFIG) == "passage"
+    )
+    assert (
+        route(Understanding("nlu_fallback", 0.4, True), hit(kb, "refunds#1", score=1.0), CONFIG)
+        == "compose"
+    )
+    assert route(Understanding("out_of_scope", 0.9, True), None, CONFIG) == "compose"
     off = KnowledgeConfig(direct=False)
-    assert route(None, None, True, hit(kb, "refunds#1", score=9.0), off) == "compose"
+    assert route(Understanding(None, None, True), hit(kb, "refunds#1", score=9.0), off) == "compose"
 
 
 def test_a_passage_is_read_as_written_up_to_the_word_budget() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_asking_back import PRINT, WordsEmbedder, YesNoNlu
-from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn
+from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn, Understanding
 from voicebot_pbx.answers.embedder import SentenceEmbedder, load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
@@ -84,16 +84,16 @@ def _strong_hit(uncovered: tuple[str, ...]) -> KnowledgeHit:
 def test_a_hit_that_would_be_read_is_asked_back_when_the_question_is_beside_it() -> None:
     covered, beside = _strong_hit(()), _strong_hit(("compensation",))
     # Not understood by the dialogue: the passage, or the question back.
-    assert route(None, None, True, covered, CONFIG) == "passage"
-    assert route(None, None, True, beside, CONFIG) == "confirm"
+    assert route(Understanding(None, None, True), covered, CONFIG) == "passage"
+    assert route(Understanding(None, None, True), beside, CONFIG) == "confirm"
     # An unsure intent of another topic yields to a strong hit; beside it, asked back.
-    assert route("billing_question", 0.7, False, covered, CONFIG) == "passage"
-    assert route("billing_question", 0.7, False, beside, CONFIG) == "confirm"
+    assert route(Understanding("billing_question", 0.7, False), covered, CONFIG) == "passage"
+    assert route(Understanding("billing_question", 0.7, False), beside, CONFIG) == "confirm"
     # Without asking back, the LLM (or its honest offer) instead of the passage.
     no_asking = dataclasses.replace(CONFIG, confirm=False)
-    assert route(None, None, True, beside, no_asking) == "compose"
+    assert route(Understanding(None, None, True), beside, no_asking) == "compose"
     # Conversation intents keep the turn whatever the hit.
-    assert route("speak_to_agent", 0.9, False, beside, CONFIG) == "intent"
+    assert route(Understanding("speak_to_agent", 0.9, False), beside, CONFIG) == "intent"
     # A strong hit is not a tie either.
     assert not is_tied(beside, CONFIG)
 
@@ -103,10 +103,37 @@ def test_a_question_for_information_beside_the_intents_own_topic_is_asked_back()
     # "is there compensation for a long power cut": report_outage's topic
     # is the power cuts file, and its own reply covers compensation no better than the
     # passage.
-    assert route("report_outage", 0.99, False, beside, CONFIG, None, "information") == "confirm"
+    assert (
+        route(
+            Understanding("report_outage", 0.99, False),
+            beside,
+            CONFIG,
+            intent_similarity=None,
+            form="information",
+        )
+        == "confirm"
+    )
     # A request keeps the intent; so does a covered question on the intent's topic.
-    assert route("report_outage", 0.99, False, beside, CONFIG, None, "request") == "intent"
-    assert route("report_outage", 0.99, False, _strong_hit(()), CONFIG, None, "request") == "intent"
+    assert (
+        route(
+            Understanding("report_outage", 0.99, False),
+            beside,
+            CONFIG,
+            intent_similarity=None,
+            form="request",
+        )
+        == "intent"
+    )
+    assert (
+        route(
+            Understanding("report_outage", 0.99, False),
+            _strong_hit(()),
+            CONFIG,
+            intent_similarity=None,
+            form="request",
+        )
+        == "intent"
+    )
 
 
 def _brain() -> ComposingDialogue:

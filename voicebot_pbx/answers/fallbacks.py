@@ -264,15 +264,7 @@ class ComposingDialogue:
                 log.info(
                     "knowledge_hit_uncovered", passage=hit.passage.id, words=len(hit.uncovered)
                 )
-            where = route(
-                heard.intent,
-                heard.confidence,
-                heard.needs_fallback,
-                hit,
-                self.knowledge,
-                closeness,
-                form,
-            )
+            where = route(heard, hit, self.knowledge, intent_similarity=closeness, form=form)
             if where == "passage" and hit is not None:
                 return self._read_out(hit, heard, text)
             if where == "confirm" and hit is not None:

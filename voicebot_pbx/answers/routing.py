@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from voicebot_pbx.answers.dialogue import Understanding
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, passage_terms, search_terms
 from voicebot_pbx.answers.question_form import QuestionForm, asks_for, states
 from voicebot_pbx.config import KnowledgeConfig
@@ -242,18 +243,21 @@ def far_from_examples(
 
 
 def _route(
-    intent: str | None,
-    confidence: float | None,
-    needs_fallback: bool,
+    heard: Understanding,
     hit: KnowledgeHit | None,
     config: KnowledgeConfig,
-    intent_similarity: float | None = None,
-    form: QuestionForm = "unclear",
+    intent_similarity: float | None,
+    form: QuestionForm,
 ) -> Route:
     """:func:`route` for a hit taken as covering the question."""
+    intent, confidence = heard.intent, heard.confidence
     strong = config.direct and (is_strong(hit, config) or is_tied(hit, config))
     unsure: Route = "confirm" if config.direct and is_likely(hit, config) else "compose"
-    if needs_fallback or intent is None or far_from_examples(intent, intent_similarity, config):
+    if (
+        heard.needs_fallback
+        or intent is None
+        or far_from_examples(intent, intent_similarity, config)
+    ):
         return "passage" if strong else unsure
     if intent in config.keep_intents:
         return "intent"
@@ -300,16 +304,18 @@ def _route(
 
 
 def route(
-    intent: str | None,
-    confidence: float | None,
-    needs_fallback: bool,
+    heard: Understanding,
     hit: KnowledgeHit | None,
     config: KnowledgeConfig,
+    *,
     intent_similarity: float | None = None,
     form: QuestionForm = "unclear",
 ) -> Route:
-    """Where the turn's answer comes from (see the module docstring). ``form``: what the
-    caller's words ask for (:func:`voicebot_pbx.answers.question_form.question_form`).
+    """Where the turn's answer comes from (see the module docstring): ``heard``, what the
+    dialogue makes of the caller's words; ``hit``, the knowledge base's best passage;
+    ``intent_similarity``, how close the words are to the intent's nearest training example
+    (None: not known); ``form``, what the words ask for
+    (:func:`voicebot_pbx.answers.question_form.question_form`).
 
     A hit that would be read out but for words of the question the passage does not cover
     (``KnowledgeHit.uncovered``) is asked back instead (``confirm``; the LLM when asking
@@ -319,9 +325,9 @@ def route(
     "can I park at your customer centre" is no better answered by the address
     intent's reply than by the visiting passage."""
     if hit is None or not hit.uncovered:
-        return _route(intent, confidence, needs_fallback, hit, config, intent_similarity, form)
+        return _route(heard, hit, config, intent_similarity, form)
     covered = dataclasses.replace(hit, uncovered=())
-    where = _route(intent, confidence, needs_fallback, covered, config, intent_similarity, form)
+    where = _route(heard, covered, config, intent_similarity, form)
     ask_back: Route = "confirm" if config.confirm else "compose"
     if where == "passage":
         return ask_back
@@ -329,7 +335,7 @@ def route(
         where == "intent"
         and form == "information"
         and is_strong(covered, config)
-        and _intent_topic(intent, config) == _topic(hit.passage)
+        and _intent_topic(heard.intent, config) == _topic(hit.passage)
     ):
         return ask_back
     return where
