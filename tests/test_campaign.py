@@ -564,8 +564,8 @@ def test_a_person_who_talked_over_the_message_is_answered_again_for_the_campaign
         return dataclasses.replace(shared, config=config, control=control)  # type: ignore[arg-type]
 
     _, session, logs = talked_over("Hello? Who's this?", adapt=campaign_call)
-    noted = [e.get("machine") for e in logs if e["event"] == "campaign_machine_noted"]
-    assert noted == [True, False], "marked a machine at the verdict, then taken back"
+    noted = [e.get("verdict") for e in logs if e["event"] == "campaign_verdict_noted"]
+    assert noted == ["machine", "person"], "marked a machine at the verdict, then taken back"
     assert session.record.end_reason != "voicemail"
     summary = store.summary("c1")
     assert summary["attempts"] == {"answered": 1} and summary["status"] == {"done": 1}

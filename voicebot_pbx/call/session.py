@@ -20,7 +20,7 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import structlog
 
@@ -33,7 +33,7 @@ from voicebot_pbx.call.handover import handover_vars
 from voicebot_pbx.call.listener import Listener, TranscriptTrace
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.responder import Responder, SpeechSynth
-from voicebot_pbx.campaign.opt_out import is_opt_out, note_machine, opt_out
+from voicebot_pbx.campaign.opt_out import is_opt_out, note_machine, note_person, opt_out
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.ops.analytics_open import recordings_dir
 from voicebot_pbx.ops.recording import CallRecording
@@ -279,7 +279,7 @@ class CallSession:
         result = await self._settled_verdict(turn)
         if result.verdict != "machine":
             return await self._greeting()
-        self._tell_campaign_machine()
+        self._tell_campaign("machine")
         return await self._voicemail()
 
     async def _settled_verdict(self, turn: TurnRecord) -> AmdResult:
@@ -318,7 +318,7 @@ class CallSession:
         if result.verdict == "machine":
             if not cut:
                 self._interrupt()
-            self._tell_campaign_machine()
+            self._tell_campaign("machine")
             turn = TurnRecord(turn_id=self.turns.turn_id, kind="voicemail")
             self._start_reply(turn, self._voicemail(), loop.time())
         elif cut:
@@ -343,17 +343,18 @@ class CallSession:
         self._interrupt()
         turn = TurnRecord(turn_id=turn_id, kind="greeting", transcript=text)
         turn.fallbacks.append(f"amd_human:{result.reason}")
-        self._tell_campaign_machine(machine=False)
+        self._tell_campaign("person")
         self._start_reply(turn, self._greeting(), now)
         return True
 
-    def _tell_campaign_machine(self, *, machine: bool = True) -> None:
+    def _tell_campaign(self, verdict: Literal["machine", "person"]) -> None:
+        """The answering-machine verdict to the call's campaign (if it is one's): a machine,
+        or a person after all (one who talked over the voicemail message)."""
+        note = note_machine if verdict == "machine" else note_person
+
         async def tell() -> None:
-            noted = await note_machine(
-                self.config, self.shared.control, self.media.call_id, machine=machine
-            )
-            if noted:
-                log.info("campaign_machine_noted", machine=machine)
+            if await note(self.config, self.shared.control, self.media.call_id):
+                log.info("campaign_verdict_noted", verdict=verdict)
 
         if self._group is not None:
             self._group.create_task(tell())
@@ -373,7 +374,7 @@ class CallSession:
         )
         turn = TurnRecord(turn_id=self.turns.turn_id, kind="voicemail")
         turn.fallbacks.append(f"amd_machine:{result.reason}")
-        self._tell_campaign_machine()
+        self._tell_campaign("machine")
         self._interrupt()
         self._start_reply(turn, self._voicemail(), asyncio.get_running_loop().time())
 

@@ -110,17 +110,29 @@ def _mark(path: Path, config: Config, campaign: str, call_id: str, machine: bool
 
 
 async def note_machine(
+    config: Config, control: CallControl | None, call_id: str, timeout_s: float = 1.0
+) -> bool:
+    """An answering machine took this call: tell its campaign, which retries the contact by
+    its machine rule (False: not a campaign call, or the store could not be updated)."""
+    return await _note_verdict(config, control, call_id, timeout_s, machine=True)
+
+
+async def note_person(
+    config: Config, control: CallControl | None, call_id: str, timeout_s: float = 1.0
+) -> bool:
+    """Takes :func:`note_machine` back: a person talked over the voicemail message. The
+    attempt is ``answered`` again and its contact done (``CampaignStore.unmark_machine``)."""
+    return await _note_verdict(config, control, call_id, timeout_s, machine=False)
+
+
+async def _note_verdict(
     config: Config,
     control: CallControl | None,
     call_id: str,
-    timeout_s: float = 1.0,
+    timeout_s: float,
     *,
-    machine: bool = True,
+    machine: bool,
 ) -> bool:
-    """An answering machine took this call: tell its campaign (False: not a campaign call,
-    or the store could not be updated). ``machine=False`` takes that back (a person talked
-    over the voicemail message): the attempt is ``answered`` again and its contact done
-    (``CampaignStore.unmark_machine``)."""
     if control is None:
         return False
     try:
