@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator
 import numpy as np
 import numpy.typing as npt
 
+from tests.routes import routed
 from tests.test_routing import UnsureNlu
 from voicebot_pbx.answers.dialogue import (
     BotReply,
@@ -21,7 +22,6 @@ from voicebot_pbx.answers.dialogue import (
     DialogueTurn,
     Rejected,
     Sentence,
-    Understanding,
 )
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
@@ -30,7 +30,6 @@ from voicebot_pbx.answers.routing import (
     confirm_question,
     confirm_questions,
     knowledge_hit,
-    route,
     spoken_answer,
     yes_or_no,
 )
@@ -83,31 +82,17 @@ def _hybrid(score: float, runner_up: float) -> KnowledgeHit:
 
 def test_a_likely_hit_that_would_go_to_the_llm_is_asked_back_instead() -> None:
     likely = _hybrid(0.42, 0.25)
-    assert route(Understanding(None, None, True), likely, CONFIG) == "confirm"
-    assert (
-        route(Understanding("opening_hours", 0.55, False), likely, CONFIG) == "confirm"
-    )  # unsure info
-    assert (
-        route(Understanding("opening_hours", 0.95, False), likely, CONFIG) == "intent"
-    )  # sure: its reply
-    assert (
-        route(Understanding("check_balance", 0.55, False), likely, CONFIG) == "intent"
-    )  # an action
-    assert (
-        route(Understanding(None, None, True), _hybrid(0.42, 0.38), CONFIG) == "compose"
-    )  # no lead
-    assert (
-        route(Understanding(None, None, True), _hybrid(0.30, 0.0), CONFIG) == "compose"
-    )  # too weak
-    assert route(Understanding(None, None, True), _hybrid(0.8, 0.3), CONFIG) == "passage"  # strong
-    assert (
-        route(Understanding(None, None, True), likely, KnowledgeConfig(confirm=False)) == "compose"
-    )
-    assert (
-        route(Understanding(None, None, True), likely, KnowledgeConfig(direct=False)) == "compose"
-    )
+    assert routed(None, None, likely, CONFIG, fallback=True) == "confirm"
+    assert routed("opening_hours", 0.55, likely, CONFIG) == "confirm"  # unsure info
+    assert routed("opening_hours", 0.95, likely, CONFIG) == "intent"  # sure: its reply
+    assert routed("check_balance", 0.55, likely, CONFIG) == "intent"  # an action
+    assert routed(None, None, _hybrid(0.42, 0.38), CONFIG, fallback=True) == "compose"  # no lead
+    assert routed(None, None, _hybrid(0.30, 0.0), CONFIG, fallback=True) == "compose"  # too weak
+    assert routed(None, None, _hybrid(0.8, 0.3), CONFIG, fallback=True) == "passage"  # strong
+    assert routed(None, None, likely, KnowledgeConfig(confirm=False), fallback=True) == "compose"
+    assert routed(None, None, likely, KnowledgeConfig(direct=False), fallback=True) == "compose"
     bm25 = KnowledgeHit(CUTS, 5.0, 0.2, 1.0, hybrid=False)  # BM25 scores have no scale
-    assert route(Understanding(None, None, True), bm25, CONFIG) == "compose"
+    assert routed(None, None, bm25, CONFIG, fallback=True) == "compose"
 
 
 def test_yes_and_no_come_from_the_intent_or_else_the_words() -> None:

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from tests.routes import routed
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, Understanding
 from voicebot_pbx.answers.embedder import EmbedderModelError, SentenceEmbedder, load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase
 from voicebot_pbx.answers.llm import load_llm
 from voicebot_pbx.answers.rasa_examples import RasaExamplesError, load_intent_examples
-from voicebot_pbx.answers.routing import KnowledgeHit, is_strong, knowledge_hit, route
+from voicebot_pbx.answers.routing import KnowledgeHit, is_strong, knowledge_hit
 from voicebot_pbx.config import KnowledgeConfig, LlmConfig, LlmEndpointConfig
 from voicebot_pbx.models import MINILM_L6_V2, model_path
 from voicebot_pbx.testing import ScriptedLlm
@@ -114,12 +115,7 @@ def test_a_question_about_a_topic_is_told_from_the_task_request(kb: KnowledgeBas
         assert found is not None and found.passage.id.startswith("appointments#"), found
         closeness = probe.intent_similarity("book_appointment", question)
         assert closeness is not None
-        return route(
-            Understanding("book_appointment", 0.95, False),
-            found,
-            config,
-            intent_similarity=closeness,
-        )
+        return routed("book_appointment", 0.95, found, config, closeness)
 
     # Without the examples the topic rule keeps the booking intent for both.
     # (The evaluation set's own questions are never used here: bench/answers_dataset.py.)
@@ -130,19 +126,13 @@ def test_a_question_about_a_topic_is_told_from_the_task_request(kb: KnowledgeBas
 def test_the_topic_rule_applies_without_intent_examples(kb: KnowledgeBase) -> None:
     passage = next(p for p in kb.passages if p.id.startswith("appointments#"))
     strong = KnowledgeHit(passage, 0.9, 1.0, runner_up=0.5, hybrid=True, similarity=0.8)
-    assert route(Understanding("book_appointment", 0.9, False), strong, CONFIG) == "intent"
-    assert (
-        route(Understanding("book_appointment", 0.9, False), strong, CONFIG, intent_similarity=0.5)
-        == "passage"
-    )
-    assert (
-        route(Understanding("book_appointment", 0.9, False), strong, CONFIG, intent_similarity=0.85)
-        == "intent"
-    )
+    assert routed("book_appointment", 0.9, strong, CONFIG) == "intent"
+    assert routed("book_appointment", 0.9, strong, CONFIG, 0.5) == "passage"
+    assert routed("book_appointment", 0.9, strong, CONFIG, 0.85) == "intent"
     weak = dataclasses.replace(strong, score=CONFIG.hybrid_direct_min_score - 0.01)
-    assert route(Understanding(None, None, True), weak, CONFIG) == "compose"
+    assert routed(None, None, weak, CONFIG, fallback=True) == "compose"
     close_call = dataclasses.replace(strong, runner_up=0.9 - CONFIG.hybrid_direct_min_lead / 2)
-    assert route(Understanding(None, None, True), close_call, CONFIG) == "compose"
+    assert routed(None, None, close_call, CONFIG, fallback=True) == "compose"
 
 
 def test_a_broken_embedding_model_is_named_and_the_llm_falls_back_to_bm25(

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from voicebot_pbx.answers.dialogue import CallInfo, Understanding
+from tests.routes import routed
+from voicebot_pbx.answers.dialogue import CallInfo
 from voicebot_pbx.answers.embedder import load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase
@@ -18,7 +19,6 @@ from voicebot_pbx.answers.routing import (
     is_strong,
     is_tied,
     knowledge_hit,
-    route,
     spoken_sentences,
     tied_answer,
 )
@@ -43,9 +43,9 @@ def test_a_tie_reads_the_closest_sentence_of_both_passages(kb: KnowledgeBase) ->
     assert hit is not None and hit.second is not None
     assert {hit.passage.id, hit.second.id} == {"opening-hours#2", "power-cuts#1"}
     assert not is_strong(hit, CONFIG) and is_tied(hit, CONFIG)
-    assert route(Understanding(None, None, True), hit, CONFIG) == "passage"
+    assert routed(None, None, hit, CONFIG, fallback=True) == "passage"
     assert (
-        route(Understanding(None, None, True), hit, dataclasses.replace(CONFIG, read_ties=False))
+        routed(None, None, hit, dataclasses.replace(CONFIG, read_ties=False), fallback=True)
         == "compose"
     )
     read = tied_answer(hit)

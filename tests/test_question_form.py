@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.routes import routed
 from voicebot_pbx.answers.dialogue import Understanding
 from voicebot_pbx.answers.knowledge import KnowledgeBase
 from voicebot_pbx.answers.question_form import asks_for, question_form, states
@@ -138,8 +139,8 @@ def test_a_passage_that_cannot_answer_the_kind_asked_is_never_read_or_asked_back
     assert not is_strong(hybrid, CONFIG) and not is_likely(hybrid, CONFIG)
     fitting = dataclasses.replace(hybrid, fits=True)
     assert is_strong(fitting, CONFIG) and is_likely(fitting, CONFIG)
-    assert route(Understanding(None, None, True), hybrid, CONFIG) == "compose"
-    assert route(Understanding(None, None, True), fitting, CONFIG) == "passage"
+    assert routed(None, None, hybrid, CONFIG, fallback=True) == "compose"
+    assert routed(None, None, fitting, CONFIG, fallback=True) == "passage"
 
 
 def test_a_question_about_a_task_reads_the_passage_on_the_tasks_topic(
@@ -149,40 +150,10 @@ def test_a_question_about_a_task_reads_the_passage_on_the_tasks_topic(
     strong = KnowledgeHit(passage, 0.9, 1.0, runner_up=0.5, hybrid=True, similarity=0.5)
     # The question is closer to the booking examples (0.7) than to the passage (0.5): the
     # topic rule alone keeps the booking flow, whatever the words ask.
-    assert (
-        route(Understanding("book_appointment", 0.9, False), strong, CONFIG, intent_similarity=0.7)
-        == "intent"
-    )
-    assert (
-        route(
-            Understanding("book_appointment", 0.9, False),
-            strong,
-            CONFIG,
-            intent_similarity=0.7,
-            form="request",
-        )
-        == "intent"
-    )
-    assert (
-        route(
-            Understanding("book_appointment", 0.9, False),
-            strong,
-            CONFIG,
-            intent_similarity=0.7,
-            form="unclear",
-        )
-        == "intent"
-    )
-    assert (
-        route(
-            Understanding("book_appointment", 0.9, False),
-            strong,
-            CONFIG,
-            intent_similarity=0.7,
-            form="information",
-        )
-        == "passage"
-    )
+    assert routed("book_appointment", 0.9, strong, CONFIG, 0.7) == "intent"
+    assert routed("book_appointment", 0.9, strong, CONFIG, 0.7, "request") == "intent"
+    assert routed("book_appointment", 0.9, strong, CONFIG, 0.7, "unclear") == "intent"
+    assert routed("book_appointment", 0.9, strong, CONFIG, 0.7, "information") == "passage"
     # A request for the task keeps the task's flow even when the passage is the closer ...
     closer = dataclasses.replace(strong, similarity=0.8)
     booking = Understanding("book_appointment", 0.9, False)
@@ -193,27 +164,9 @@ def test_a_question_about_a_task_reads_the_passage_on_the_tasks_topic(
     # Only the task intents named: an information intent on its topic keeps its closeness rule.
     hours = next(p for p in kb.passages if p.id == "opening-hours#1")
     on_hours = dataclasses.replace(strong, passage=hours)
-    assert (
-        route(
-            Understanding("opening_hours", 0.9, False),
-            on_hours,
-            CONFIG,
-            intent_similarity=0.7,
-            form="information",
-        )
-        == "intent"
-    )
+    assert routed("opening_hours", 0.9, on_hours, CONFIG, 0.7, "information") == "intent"
     off = dataclasses.replace(CONFIG, question_form_intents=())
-    assert (
-        route(
-            Understanding("book_appointment", 0.9, False),
-            strong,
-            off,
-            intent_similarity=0.7,
-            form="information",
-        )
-        == "intent"
-    )
+    assert routed("book_appointment", 0.9, strong, off, 0.7, "information") == "intent"
 
 
 def test_a_sure_intent_on_another_topic_yields_only_to_a_question_for_a_fact(
@@ -221,49 +174,13 @@ def test_a_sure_intent_on_another_topic_yields_only_to_a_question_for_a_fact(
 ) -> None:
     passage = next(p for p in kb.passages if p.id == "tariffs#2")
     strong = KnowledgeHit(passage, 0.9, 1.0, runner_up=0.5, hybrid=True, similarity=0.6)
-    assert route(Understanding("billing_question", 1.0, False), strong, CONFIG) == "intent"
-    assert (
-        route(
-            Understanding("billing_question", 1.0, False),
-            strong,
-            CONFIG,
-            intent_similarity=None,
-            form="request",
-        )
-        == "intent"
-    )
-    assert (
-        route(
-            Understanding("billing_question", 1.0, False),
-            strong,
-            CONFIG,
-            intent_similarity=None,
-            form="information",
-        )
-        == "passage"
-    )
+    assert routed("billing_question", 1.0, strong, CONFIG) == "intent"
+    assert routed("billing_question", 1.0, strong, CONFIG, None, "request") == "intent"
+    assert routed("billing_question", 1.0, strong, CONFIG, None, "information") == "passage"
     # Unsure: the strong hit wins whatever the form, as before.
-    assert (
-        route(
-            Understanding("billing_question", 0.9, False),
-            strong,
-            CONFIG,
-            intent_similarity=None,
-            form="request",
-        )
-        == "passage"
-    )
+    assert routed("billing_question", 0.9, strong, CONFIG, None, "request") == "passage"
     # An intent with no topic (the rule dialogue's matched rule) keeps its own answer.
-    assert (
-        route(
-            Understanding("rule0", 1.0, False),
-            strong,
-            CONFIG,
-            intent_similarity=None,
-            form="information",
-        )
-        == "intent"
-    )
+    assert routed("rule0", 1.0, strong, CONFIG, None, "information") == "intent"
 
 
 def test_the_rule_dialogues_own_answer_to_a_question_is_kept(kb: KnowledgeBase) -> None:

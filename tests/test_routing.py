@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.routes import routed
 from voicebot_pbx.answers.dialogue import (
     BotReply,
     CallInfo,
@@ -21,7 +22,6 @@ from voicebot_pbx.answers.routing import (
     KnowledgeHit,
     answering,
     knowledge_hit,
-    route,
     spoken_answer,
     spoken_sentences,
 )
@@ -56,30 +56,27 @@ def test_a_question_in_callers_words_finds_its_passage_with_strong_evidence(
 def test_conversation_intents_are_never_taken_over(kb: KnowledgeBase) -> None:
     strong = hit(kb, "direct-debit#2", score=15.0)
     for intent in ("speak_to_agent", "affirm", "deny", "goodbye"):
-        assert route(Understanding(intent, 0.3, False), strong, CONFIG) == "intent"
+        assert routed(intent, 0.3, strong, CONFIG) == "intent"
 
 
 def test_a_strong_hit_on_another_topic_wins_over_the_nearest_intent(kb: KnowledgeBase) -> None:
     # Rasa put a smart-meter question on book_appointment with 0.90 (measured on the dev set).
     meters = hit(kb, "meter-readings#2", score=10.9)
-    assert route(Understanding("book_appointment", 0.90, False), meters, CONFIG) == "passage"
-    assert route(Understanding("opening_hours", 0.95, False), meters, CONFIG) == "passage"
+    assert routed("book_appointment", 0.90, meters, CONFIG) == "passage"
+    assert routed("opening_hours", 0.95, meters, CONFIG) == "passage"
     # ... unless the hit is the intent's own topic: a booking request keeps the booking flow.
     own = hit(kb, "appointments#1", score=15.0)
-    assert route(Understanding("book_appointment", 0.6, False), own, CONFIG) == "intent"
-    assert route(
-        Understanding("opening_hours", 0.55, False), hit(kb, "opening-hours#1", score=15.0), CONFIG
-    ) == ("intent")
+    assert routed("book_appointment", 0.6, own, CONFIG) == "intent"
+    assert routed("opening_hours", 0.55, hit(kb, "opening-hours#1", score=15.0), CONFIG) == (
+        "intent"
+    )
     # A confident intent keeps the turn when so configured.
     sure = KnowledgeConfig(override_below_confidence=0.9)
-    assert route(Understanding("opening_hours", 0.95, False), meters, sure) == "intent"
+    assert routed("opening_hours", 0.95, meters, sure) == "intent"
     # Weak evidence never takes a turn.
-    assert (
-        route(Understanding("check_balance", 0.6, False), hit(kb, "refunds#1", score=3.0), CONFIG)
-        == "intent"
-    )
+    assert routed("check_balance", 0.6, hit(kb, "refunds#1", score=3.0), CONFIG) == "intent"
     thin = hit(kb, "direct-debit#2", score=15.0, coverage=0.2)
-    assert route(Understanding("check_balance", 0.6, False), thin, CONFIG) == "intent"
+    assert routed("check_balance", 0.6, thin, CONFIG) == "intent"
 
 
 def test_an_unsure_information_intent_without_evidence_gets_the_honest_offer(
@@ -88,10 +85,10 @@ def test_an_unsure_information_intent_without_evidence_gets_the_honest_offer(
     """A weather question put on billing_question at 0.66: better "I'm not sure, shall
     I put you through" (the LLM path, which refuses without passages) than the billing reply."""
     weak = hit(kb, "billing#1", score=3.0)
-    assert route(Understanding("billing_question", 0.66, False), weak, CONFIG) == "compose"
-    assert route(Understanding("billing_question", 0.66, False), None, CONFIG) == "compose"
-    assert route(Understanding("billing_question", 0.85, False), weak, CONFIG) == "intent"
-    assert route(Understanding("check_balance", 0.66, False), weak, CONFIG) == "intent"  # an action
+    assert routed("billing_question", 0.66, weak, CONFIG) == "compose"
+    assert routed("billing_question", 0.66, None, CONFIG) == "compose"
+    assert routed("billing_question", 0.85, weak, CONFIG) == "intent"
+    assert routed("check_balance", 0.66, weak, CONFIG) == "intent"  # an action
 
 
 def test_an_intent_far_from_its_training_examples_counts_as_not_understood(
@@ -104,52 +101,29 @@ def test_an_intent_far_from_its_training_examples_counts_as_not_understood(
     strong = hit(kb, "refunds#1", score=9.0)
     far = CONFIG.intent_min_similarity - 0.1
     near = CONFIG.intent_min_similarity + 0.1
-    assert (
-        route(Understanding("check_balance", 0.95, False), weak, CONFIG, intent_similarity=far)
-        == "compose"
-    )
-    assert (
-        route(Understanding("check_balance", 0.95, False), None, CONFIG, intent_similarity=far)
-        == "compose"
-    )
-    assert (
-        route(Understanding("check_balance", 0.95, False), strong, CONFIG, intent_similarity=far)
-        == "passage"
-    )
-    assert (
-        route(Understanding("check_balance", 0.95, False), weak, CONFIG, intent_similarity=near)
-        == "intent"
-    )
-    assert (
-        route(Understanding("check_balance", 0.95, False), weak, CONFIG) == "intent"
-    )  # no examples
+    assert routed("check_balance", 0.95, weak, CONFIG, far) == "compose"
+    assert routed("check_balance", 0.95, None, CONFIG, far) == "compose"
+    assert routed("check_balance", 0.95, strong, CONFIG, far) == "passage"
+    assert routed("check_balance", 0.95, weak, CONFIG, near) == "intent"
+    assert routed("check_balance", 0.95, weak, CONFIG) == "intent"  # no examples
     # Conversation intents and an intent of no known topic (an admin's rule) are not doubted.
-    assert (
-        route(Understanding("affirm", 0.95, False), weak, CONFIG, intent_similarity=0.0) == "intent"
-    )
-    assert (
-        route(Understanding("rule0", 1.0, False), weak, CONFIG, intent_similarity=0.0) == "intent"
-    )
+    assert routed("affirm", 0.95, weak, CONFIG, 0.0) == "intent"
+    assert routed("rule0", 1.0, weak, CONFIG, 0.0) == "intent"
     off = dataclasses.replace(CONFIG, intent_min_similarity=0.0)
-    assert (
-        route(Understanding("check_balance", 0.95, False), weak, off, intent_similarity=far)
-        == "intent"
-    )
+    assert routed("check_balance", 0.95, weak, off, far) == "intent"
 
 
 def test_what_the_dialogue_did_not_understand_goes_to_the_passage_or_the_llm(
     kb: KnowledgeBase,
 ) -> None:
+    assert routed(None, None, hit(kb, "refunds#1", score=9.0), CONFIG, fallback=True) == "passage"
     assert (
-        route(Understanding(None, None, True), hit(kb, "refunds#1", score=9.0), CONFIG) == "passage"
-    )
-    assert (
-        route(Understanding("nlu_fallback", 0.4, True), hit(kb, "refunds#1", score=1.0), CONFIG)
+        routed("nlu_fallback", 0.4, hit(kb, "refunds#1", score=1.0), CONFIG, fallback=True)
         == "compose"
     )
-    assert route(Understanding("out_of_scope", 0.9, True), None, CONFIG) == "compose"
+    assert routed("out_of_scope", 0.9, None, CONFIG, fallback=True) == "compose"
     off = KnowledgeConfig(direct=False)
-    assert route(Understanding(None, None, True), hit(kb, "refunds#1", score=9.0), off) == "compose"
+    assert routed(None, None, hit(kb, "refunds#1", score=9.0), off, fallback=True) == "compose"
 
 
 def test_a_passage_is_read_as_written_up_to_the_word_budget() -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.routes import routed
 from tests.test_asking_back import PRINT, WordsEmbedder, YesNoNlu
-from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn, Understanding
+from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn
 from voicebot_pbx.answers.embedder import SentenceEmbedder, load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
@@ -21,7 +22,6 @@ from voicebot_pbx.answers.routing import (
     is_strong,
     is_tied,
     knowledge_hit,
-    route,
 )
 from voicebot_pbx.config import KnowledgeConfig
 from voicebot_pbx.testing import ScriptedLlm, run_virtual
@@ -84,16 +84,16 @@ def _strong_hit(uncovered: tuple[str, ...]) -> KnowledgeHit:
 def test_a_hit_that_would_be_read_is_asked_back_when_the_question_is_beside_it() -> None:
     covered, beside = _strong_hit(()), _strong_hit(("compensation",))
     # Not understood by the dialogue: the passage, or the question back.
-    assert route(Understanding(None, None, True), covered, CONFIG) == "passage"
-    assert route(Understanding(None, None, True), beside, CONFIG) == "confirm"
+    assert routed(None, None, covered, CONFIG, fallback=True) == "passage"
+    assert routed(None, None, beside, CONFIG, fallback=True) == "confirm"
     # An unsure intent of another topic yields to a strong hit; beside it, asked back.
-    assert route(Understanding("billing_question", 0.7, False), covered, CONFIG) == "passage"
-    assert route(Understanding("billing_question", 0.7, False), beside, CONFIG) == "confirm"
+    assert routed("billing_question", 0.7, covered, CONFIG) == "passage"
+    assert routed("billing_question", 0.7, beside, CONFIG) == "confirm"
     # Without asking back, the LLM (or its honest offer) instead of the passage.
     no_asking = dataclasses.replace(CONFIG, confirm=False)
-    assert route(Understanding(None, None, True), beside, no_asking) == "compose"
+    assert routed(None, None, beside, no_asking, fallback=True) == "compose"
     # Conversation intents keep the turn whatever the hit.
-    assert route(Understanding("speak_to_agent", 0.9, False), beside, CONFIG) == "intent"
+    assert routed("speak_to_agent", 0.9, beside, CONFIG) == "intent"
     # A strong hit is not a tie either.
     assert not is_tied(beside, CONFIG)
 
@@ -103,37 +103,10 @@ def test_a_question_for_information_beside_the_intents_own_topic_is_asked_back()
     # "is there compensation for a long power cut": report_outage's topic
     # is the power cuts file, and its own reply covers compensation no better than the
     # passage.
-    assert (
-        route(
-            Understanding("report_outage", 0.99, False),
-            beside,
-            CONFIG,
-            intent_similarity=None,
-            form="information",
-        )
-        == "confirm"
-    )
+    assert routed("report_outage", 0.99, beside, CONFIG, None, "information") == "confirm"
     # A request keeps the intent; so does a covered question on the intent's topic.
-    assert (
-        route(
-            Understanding("report_outage", 0.99, False),
-            beside,
-            CONFIG,
-            intent_similarity=None,
-            form="request",
-        )
-        == "intent"
-    )
-    assert (
-        route(
-            Understanding("report_outage", 0.99, False),
-            _strong_hit(()),
-            CONFIG,
-            intent_similarity=None,
-            form="request",
-        )
-        == "intent"
-    )
+    assert routed("report_outage", 0.99, beside, CONFIG, None, "request") == "intent"
+    assert routed("report_outage", 0.99, _strong_hit(()), CONFIG, None, "request") == "intent"
 
 
 def _brain() -> ComposingDialogue:
