@@ -17,7 +17,9 @@ runner-up it is):
   hit wins;
 - an information intent (opening hours, address, billing) that is unsure and has no strong
   hit behind it, and what the dialogue did not understand, go to the LLM, which refuses
-  (the honest "shall I put you through") without passages scoring ``llm.min_score``;
+  (the honest "shall I put you through") without passages scoring ``llm.min_score``; an
+  intent of a known topic whose nearest training example is far from the caller's words
+  (``intent_min_similarity``, :func:`far_from_examples`) counts as not understood;
 - unless the hit, not strong, is still *likely* (hybrid: ``confirm_min_score`` and
   ``confirm_min_lead``): then the caller is asked back ("Just to check, are you asking:
   <the passage's heading>"), and a yes reads the passage out. With the packaged LLM
