@@ -733,6 +733,14 @@ ACCURACY_VARIANTS = [
     Variant("split-prompt", model="whisper+moonshine-base", threads=2, prompt=True),
     # the default split with [stt] second_opinion (the shipped vocabulary)
     Variant("split-second", model="whisper+moonshine-base", threads=2, second_opinion=True),
+    # the same with the split at 1.5 s
+    Variant(
+        "split-1.5-second",
+        model="whisper+moonshine-base",
+        threads=2,
+        long_from_s=1.5,
+        second_opinion=True,
+    ),
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [
