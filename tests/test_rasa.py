@@ -1043,14 +1043,14 @@ def test_an_intent_far_from_its_examples_does_not_start_its_form(
     from voicebot_pbx.answers.embedder import load_embedder
     from voicebot_pbx.answers.fallbacks import ComposingDialogue
     from voicebot_pbx.answers.knowledge import KnowledgeBase
-    from voicebot_pbx.answers.rasa_examples import load_intent_examples
-    from voicebot_pbx.config import KnowledgeConfig
+    from voicebot_pbx.config import KnowledgeConfig, parse_config
+    from voicebot_pbx.ops.service import add_intent_examples
     from voicebot_pbx.testing import ScriptedLlm
 
-    knowledge = KnowledgeConfig()
+    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
+    knowledge = config.knowledge
     kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(knowledge))
-    examples = load_intent_examples(REPO / "rasa_project")
-    kb.add_intent_examples({k: v for k, v in examples.items() if k not in knowledge.keep_intents})
+    add_intent_examples(kb, config)  # as serve does
     question = "can my son take over my account when I die"
     llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
 

@@ -273,20 +273,24 @@ class ComposingDialogue:
                 # The intent was not understood, so the dialogue does not act on it (the
                 # balance form would start for "can my carer talk to you about my account").
                 log.info("intent_far_from_examples", intent=heard.intent)
-                watched = _OfferWatch(self.composer, lambda: self._note(call, _Offered()))
                 return DialogueTurn(
                     intent=heard.intent,
                     confidence=heard.confidence,
                     source=self.inner.name,
                     needs_fallback=True,
-                    composed=ComposedReply(text, watched),
+                    composed=self._composed(call, text),
                 )
         turn = await self.inner.respond(call, text)
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):
-            watched = _OfferWatch(self.composer, lambda: self._note(call, _Offered()))
-            return dataclasses.replace(turn, composed=ComposedReply(text, watched))
+            return dataclasses.replace(turn, composed=self._composed(call, text))
         return turn
+
+    def _composed(self, call: CallInfo, text: str) -> ComposedReply:
+        """The composer's answer to ``text``, noting an honest offer it ends in (a yes to
+        it then transfers)."""
+        watched = _OfferWatch(self.composer, lambda: self._note(call, _Offered()))
+        return ComposedReply(text, watched)
 
     async def prepare(self, call: CallInfo, text: str) -> None:
         """The knowledge hit and the dialogue's understanding of ``text`` (both without side
