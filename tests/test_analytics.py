@@ -714,7 +714,7 @@ def test_open_store_needs_an_existing_database_and_a_dsn_for_postgres(tmp_path: 
 def test_analytics_config_parses_like_the_rest_of_the_config() -> None:
     """The ``[analytics]`` table: types checked and errors named as for every other table."""
     from voicebot_pbx import config as config_module
-    from voicebot_pbx import config_parse
+    from voicebot_pbx.config import parse as config_parse
 
     data = {
         "backend": "postgres",

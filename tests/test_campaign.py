@@ -21,7 +21,7 @@ from voicebot_pbx.campaign.policy import RateGate, Window, retry_after_s
 from voicebot_pbx.campaign.runner import AmiDialer, DialResult, RunStats, run_campaign
 from voicebot_pbx.campaign.state import CampaignError, CampaignStore
 from voicebot_pbx.config import AmiConfig, CampaignConfig, Config, parse_config
-from voicebot_pbx.config_parse import ConfigError
+from voicebot_pbx.config.parse import ConfigError
 from voicebot_pbx.testing import run_virtual
 
 # Wednesday 2026-12-02 10:00 in London (UTC+0 in winter): inside the default window.

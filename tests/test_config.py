@@ -1,4 +1,4 @@
-"""config.py: defaults without a file, errors that name the key and the file, masking."""
+"""voicebot_pbx.config: defaults without a file, errors that name the key and the file, masking."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from voicebot_pbx.config import (
     load_config,
     parse_config,
 )
-from voicebot_pbx.config_parse import ConfigError, as_dict
+from voicebot_pbx.config.parse import ConfigError, as_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO_ROOT / "voicebot.example.toml"

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import pytest
 from structlog.testing import capture_logs
 
-from voicebot_pbx import config_parse
 from voicebot_pbx.answers.dialogue import Rejected, Sentence
 from voicebot_pbx.answers.grounding import grounding_problems
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage, parse_knowledge_markdown
@@ -43,6 +42,7 @@ from voicebot_pbx.answers.llm_prompt import (
     system_prompt,
 )
 from voicebot_pbx.config import LlmConfig, LlmEndpointConfig
+from voicebot_pbx.config import parse as config_parse
 from voicebot_pbx.models import model_path
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,7 +30,7 @@ from voicebot_pbx.config import (
     RuleConfig,
     load_config,
 )
-from voicebot_pbx.config_parse import ConfigError
+from voicebot_pbx.config.parse import ConfigError
 from voicebot_pbx.ops.profiles import ProfileKit, build_profile_kits
 from voicebot_pbx.speech.engines import Engines
 from voicebot_pbx.testing import (

@@ -39,7 +39,7 @@ from voicebot_pbx.config import (
     load_config,
     parse_config,
 )
-from voicebot_pbx.config_parse import ConfigError
+from voicebot_pbx.config.parse import ConfigError
 from voicebot_pbx.ops.records import JsonlRecorder
 from voicebot_pbx.pbx.ami import AmiClient
 from voicebot_pbx.pbx.audiosocket import AudioSocketServer

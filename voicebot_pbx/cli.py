@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from voicebot_pbx.config import Config, load_config
-from voicebot_pbx.config_parse import ConfigError, as_dict
+from voicebot_pbx.config.parse import ConfigError, as_dict
 from voicebot_pbx.ops.logs import configure_logging
 
 

@@ -190,7 +190,7 @@ class ActionServer(SupervisedServer):
 
 def main(argv: Sequence[str] | None = None) -> int:
     from voicebot_pbx.config import load_config
-    from voicebot_pbx.config_parse import ConfigError
+    from voicebot_pbx.config.parse import ConfigError
 
     p = argparse.ArgumentParser(prog="python -m voicebot_pbx.answers.action_server")
     p.add_argument("command", choices=("exec", "wait"))

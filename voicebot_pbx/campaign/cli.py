@@ -18,7 +18,7 @@ from voicebot_pbx.campaign.esl_dialer import EslDialer
 from voicebot_pbx.campaign.runner import AmiDialer, DialerUnavailable, run_campaign
 from voicebot_pbx.campaign.state import CampaignError, CampaignStore, store_path
 from voicebot_pbx.config import Config, load_config
-from voicebot_pbx.config_parse import ConfigError
+from voicebot_pbx.config.parse import ConfigError
 from voicebot_pbx.ops.logs import configure_logging
 
 

@@ -3,8 +3,8 @@
 Owns :class:`ConfigError`, :func:`build` (a TOML table into a dataclass, every value checked
 against the field's type: an unknown key or a wrong type is a ``ConfigError`` naming the key
 and the file) and :func:`as_dict` (a config back to plain data for ``check-config``, with the
-fields :func:`is_secret_field` names masked). Knows no section: ``voicebot_pbx/config.py``
-holds the schema and loads the file.
+fields :func:`is_secret_field` names masked). Knows no section: the section modules beside it
+hold the schema, ``load.py`` loads the file.
 """
 
 from __future__ import annotations

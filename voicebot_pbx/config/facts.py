@@ -13,7 +13,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from voicebot_pbx.config_parse import ConfigError
+from voicebot_pbx.config.parse import ConfigError
 from voicebot_pbx.facts import FactsError, facts_path, load_facts, render
 
 if TYPE_CHECKING:
