@@ -101,9 +101,18 @@ def test_an_intent_far_from_its_training_examples_counts_as_not_understood(
     strong = hit(kb, "refunds#1", score=9.0)
     far = CONFIG.intent_min_similarity - 0.1
     near = CONFIG.intent_min_similarity + 0.1
-    assert routed("check_balance", 0.95, weak, CONFIG, far) == "compose"
-    assert routed("check_balance", 0.95, None, CONFIG, far) == "compose"
+    assert routed("check_balance", 0.95, weak, CONFIG, far) == "compose_alone"
+    assert routed("check_balance", 0.95, None, CONFIG, far) == "compose_alone"
     assert routed("check_balance", 0.95, strong, CONFIG, far) == "passage"
+    # A likely (hybrid) hit behind the far intent is asked back, as for any turn not
+    # understood; the same hit behind an understood intent leaves the turn to it.
+    likely = dataclasses.replace(
+        hit(kb, "refunds#1", score=CONFIG.confirm_min_score + 0.05),
+        runner_up=CONFIG.confirm_min_score - 0.1,
+        hybrid=True,
+    )
+    assert routed("check_balance", 0.95, likely, CONFIG, far) == "confirm"
+    assert routed("check_balance", 0.95, likely, CONFIG, near) == "intent"
     assert routed("check_balance", 0.95, weak, CONFIG, near) == "intent"
     assert routed("check_balance", 0.95, weak, CONFIG) == "intent"  # no examples
     # Conversation intents and an intent of no known topic (an admin's rule) are not doubted.

@@ -31,7 +31,6 @@ from voicebot_pbx.answers.routing import (
     KnowledgeHit,
     Route,
     confirm_question,
-    far_from_examples,
     is_strong,
     is_tied,
     knowledge_hit,
@@ -269,9 +268,7 @@ class ComposingDialogue:
                 return self._read_out(hit, heard, text)
             if where == "confirm" and hit is not None:
                 return self._ask_back(call, hit, heard, text)
-            if where == "compose" and far_from_examples(heard.intent, closeness, self.knowledge):
-                # The intent was not understood, so the dialogue does not act on it (the
-                # balance form would start for "can my carer talk to you about my account").
+            if where == "compose_alone":
                 log.info("intent_far_from_examples", intent=heard.intent)
                 return DialogueTurn(
                     intent=heard.intent,

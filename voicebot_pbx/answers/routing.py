@@ -50,7 +50,10 @@ from voicebot_pbx.answers.question_form import QuestionForm, asks_for, states
 from voicebot_pbx.config import KnowledgeConfig
 from voicebot_pbx.speech.tts import split_sentences
 
-Route = Literal["intent", "passage", "compose", "confirm"]
+Route = Literal["intent", "passage", "compose", "compose_alone", "confirm"]
+"""``compose``: the dialogue answers, the LLM (or its honest offer) when the dialogue did not
+understand; ``compose_alone``: the LLM answers and the dialogue is not told (an intent far
+from its own examples, which it would act on: :func:`far_from_examples`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,12 +258,12 @@ def _route(
     intent, confidence = heard.intent, heard.confidence
     strong = config.direct and (is_strong(hit, config) or is_tied(hit, config))
     unsure: Route = "confirm" if config.direct and is_likely(hit, config) else "compose"
-    if (
-        heard.needs_fallback
-        or intent is None
-        or far_from_examples(intent, intent_similarity, config)
-    ):
+    if heard.needs_fallback or intent is None:
         return "passage" if strong else unsure
+    if far_from_examples(intent, intent_similarity, config):
+        # Not understood either, but the dialogue would act on it (start the balance form
+        # for "can my carer talk to you about my account"): it is not told.
+        return "passage" if strong else ("confirm" if unsure == "confirm" else "compose_alone")
     if intent in config.keep_intents:
         return "intent"
     if strong and hit is not None:
