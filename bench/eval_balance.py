@@ -38,10 +38,12 @@ set is 2 x ``--n`` calls, reported per entry mode and per entry mode and identit
 per voice and per identity mode.
 
 One call per account and entry mode over a real AudioSocket connection (``SimulatedCaller``,
-real time) into one in-process bot (``tests/conftest.py`` ``running_bot``: the real engines,
-Whisper tiny.en by default) whose dialogue is the service's own (``factory.build_dialogue(config,
-"rasa")``: Rasa, the rules when Rasa is down or slow) against one real Rasa server and one
-real rasa-sdk action server reading a freshly seeded demo database (fresh temp state dir).
+real time) into one in-process bot (``tests/conftest.py`` ``running_bot``: the real engines as
+``serve`` loads them, with the deployment's words for the second opinion, which this
+benchmark left out until 2026-12-06: ``ops.service.share_vocabulary``) whose dialogue is
+the service's own (``factory.build_dialogue(config, "rasa")``: Rasa, the rules when Rasa is
+down or slow) against one real Rasa server and one real rasa-sdk action server reading a
+freshly seeded demo database (fresh temp state dir).
 ``--concurrency`` calls at a time.
 
 Scored from the call records (``calls.jsonl``): each speech turn is matched to the caller's
@@ -102,12 +104,13 @@ from actions.wording import say_balance  # noqa: E402
 from tests.conftest import running_bot  # noqa: E402
 from voicebot_pbx.answers import factory  # noqa: E402
 from voicebot_pbx.answers.action_server import ActionServer  # noqa: E402
+from voicebot_pbx.answers.knowledge import KnowledgeBase  # noqa: E402
 from voicebot_pbx.answers.normalize import normalize  # noqa: E402
 from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv  # noqa: E402
 from voicebot_pbx.config import ActionsConfig, Config, load_config  # noqa: E402
 from voicebot_pbx.ops.logs import configure_logging  # noqa: E402
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord  # noqa: E402
-from voicebot_pbx.ops.service import warm_stt  # noqa: E402
+from voicebot_pbx.ops.service import share_vocabulary, warm_stt  # noqa: E402
 from voicebot_pbx.pbx.caller import Say, SendDtmf, SimulatedCaller  # noqa: E402
 from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
 
@@ -457,10 +460,26 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         engines: Engines = await asyncio.to_thread(load_engines, config)
         stack.callback(engines.close)
         await asyncio.to_thread(warm_stt, engines)
-        info["stt"] = f"{config.stt.engine} {config.stt.model_dir or '(packaged default)'}" + (
-            f", {config.stt.long_engine_name} from {config.stt.long_from_s:g} s of speech"
-            if config.stt.long_engine_name
-            else ""
+        # The deployment's words for the second opinion, as serve gives them (the knowledge
+        # base's passages without its embedder: only their words are read).
+        knowledge_dir = Path(config.llm.knowledge_dir)
+        kb = await asyncio.to_thread(
+            KnowledgeBase.load,
+            knowledge_dir if knowledge_dir.is_absolute() else ROOT / knowledge_dir,
+        )
+        await share_vocabulary(engines, config, kb)
+        info["stt"] = (
+            f"{config.stt.engine} {config.stt.model_dir or '(packaged default)'}"
+            + (
+                f", {config.stt.long_engine_name} from {config.stt.long_from_s:g} s of speech"
+                if config.stt.long_engine_name
+                else ""
+            )
+            + (
+                ", second opinion outside the deployment's words"
+                if config.stt.second_opinion
+                else ""
+            )
         )
         audio = await rendering
         seconds["engines_and_audio"] = round(time.perf_counter() - t0, 1)
