@@ -256,10 +256,14 @@ def holding(phrases: dict[int, str], dialogue: type[RuleDialogue], holding_ms: i
     """The test service hearing ``phrases``, with ``dialogue`` (rules that ask for an
     answer) and turn.digits_max_silence_ms = ``holding_ms`` (the word list's own hold,
     turn.unfinished_max_silence_ms, off: it would keep an answer's parts together too, at
-    its own pace)."""
+    its own pace; so is turn.went_on_within_ms, which joins a part said over the reply to
+    the one before it)."""
     shared = make_shared(stt=ExpectingScriptedStt(phrases, delay_s=0.1))
     turn = dataclasses.replace(
-        shared.config.turn, digits_max_silence_ms=holding_ms, unfinished_max_silence_ms=0
+        shared.config.turn,
+        digits_max_silence_ms=holding_ms,
+        unfinished_max_silence_ms=0,
+        went_on_within_ms=0,
     )
     config = dataclasses.replace(shared.config, turn=turn)
     return dataclasses.replace(

@@ -548,7 +548,9 @@ def test_barge_in_silences_the_bot() -> None:
         question_end = unicast.last_speech_sent_at
         assert question_end is not None
         await until(lambda: any(t > question_end for t in voiced_times(unicast)), timeout_s=10.0)
-        await asyncio.sleep(0.6)  # the long reply (4.5 s of tone) is playing ...
+        # The long reply (4.5 s of tone) is playing; the caller has heard some of it (sooner,
+        # turn.went_on_within_ms would take the words as the rest of the question's).
+        await asyncio.sleep(1.2)
         unicast.last_speech_sent_at = None
         marks["interrupt_start"] = time.monotonic()
         fs.say(tone(1.5, 8000, HOURS))

@@ -622,9 +622,14 @@ def test_the_next_utterance_does_not_reach_back_into_the_previous_one(gap_s: flo
     # with "agent please now" 250-300 ms after finishing, less than the 300 ms lookback kept
     # before an onset. The lookback stops where the previous speech ended: the new turn's
     # transcript does not repeat the question (it did, so the caller got the hours again
-    # instead of an agent).
+    # instead of an agent). The words are what the test is about: with
+    # turn.went_on_within_ms on, the second utterance (over the answer, so soon after the
+    # first) would be answered together with the first (the test just below).
     said = [(3.0, tone(1.0, 8000, HOURS)), (4.0 + gap_s, tone(0.8, 8000, AGENT))]
-    _, session = speech_transcripts(make_shared(stt_delay_s=0.1), said, until_s=8.0)
+    shared = make_shared(stt_delay_s=0.1)
+    turn = dataclasses.replace(shared.config.turn, went_on_within_ms=0)
+    shared = dataclasses.replace(shared, config=dataclasses.replace(shared.config, turn=turn))
+    _, session = speech_transcripts(shared, said, until_s=8.0)
     turns = [t for t in session.record.turns if t.kind == "speech"]
     assert [t.transcript for t in turns] == [PHRASES[HOURS], PHRASES[AGENT]]
     assert turns[0].barged_in and turns[1].reply_text == "Transferring you."
@@ -988,6 +993,8 @@ class SlowRecordingRules(RuleDialogue):
     """The rules, 0.5 s to answer (a dialogue server), noting what they were given and
     what was taken back."""
 
+    delay_s = 0.5
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.given: list[str] = []
@@ -999,7 +1006,7 @@ class SlowRecordingRules(RuleDialogue):
 
     async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
         self.given.append(text)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(self.delay_s)
         return await super().respond(call, text)
 
     async def retract(self, call: CallInfo, text: str) -> None:
@@ -1024,6 +1031,55 @@ def test_a_caller_who_goes_on_before_the_answer_is_answered_whole_and_the_part_t
     # Nothing of the first part's answer was heard: the first bot audio after the caller
     # began is the whole utterance's answer, after its end.
     assert first_reply_after(media, 3.0) > 5.4
+
+
+def test_a_caller_who_goes_on_over_the_answer_is_answered_whole_and_the_part_taken_back() -> None:
+    """The turn ended at the caller's pause and its answer has begun when the caller goes on
+    (0.8 s after their words, within ``turn.went_on_within_ms``): the answer stops (a
+    barge-in), the dialogue takes the first part back and answers the whole utterance."""
+    shared = make_shared()
+    dialogue = SlowRecordingRules.from_config(shared.config.dialogue)
+    dialogue.delay_s = 0.0
+    shared = dataclasses.replace(shared, dialogue=dialogue)
+    said = [(3.0, tone(1.0, 8000, TARIFF)), (4.8, tone(1.0, 8000, HOURS))]
+    with capture_logs() as logs:
+        media, session = run_virtual(timeline(shared, said, until_s=10.0))
+    whole = f"{PHRASES[TARIFF]} {PHRASES[HOURS]}"
+    # The first part's answer was heard before the caller went on.
+    assert first_reply_after(media, 4.0) < 4.8
+    assert dialogue.given == [PHRASES[TARIFF], whole]
+    assert dialogue.retracted == [PHRASES[TARIFF]]
+    speech = [t for t in session.record.turns if t.kind == "speech"]
+    assert speech[0].barged_in
+    assert speech[-1].transcript == whole and speech[-1].reply_text == "We open at eight."
+    assert "went_on_over_reply" in speech[-1].fallbacks
+    (went_on,) = [e for e in logs if e["event"] == "caller_went_on"]
+    assert 700 <= went_on["after_silence_ms"] <= 1000
+
+
+@pytest.mark.parametrize(("second_at_s", "within_ms"), [(5.3, None), (4.8, 0)])
+def test_speech_over_the_answer_after_a_longer_silence_is_a_turn_of_its_own(
+    second_at_s: float, within_ms: int | None
+) -> None:
+    """Speech over an answer 1.3 s after the caller's words (past the default
+    ``turn.went_on_within_ms``: a caller answering what they heard of it), or 0.8 s after
+    them with the rule off: the answer stops, and the new words are answered alone; nothing
+    is taken back."""
+    shared = make_shared()
+    if within_ms is not None:
+        turn = dataclasses.replace(shared.config.turn, went_on_within_ms=within_ms)
+        shared = dataclasses.replace(shared, config=dataclasses.replace(shared.config, turn=turn))
+    dialogue = SlowRecordingRules.from_config(shared.config.dialogue)
+    dialogue.delay_s = 0.0
+    shared = dataclasses.replace(shared, dialogue=dialogue)
+    said = [(3.0, tone(1.0, 8000, TARIFF)), (second_at_s, tone(1.0, 8000, HOURS))]
+    media, session = run_virtual(timeline(shared, said, until_s=11.0))
+    assert first_reply_after(media, 4.0) < second_at_s
+    assert dialogue.given == [PHRASES[TARIFF], PHRASES[HOURS]]
+    assert dialogue.retracted == []
+    speech = [t for t in session.record.turns if t.kind == "speech"]
+    assert speech[0].barged_in
+    assert speech[-1].transcript == PHRASES[HOURS]
 
 
 def test_the_dialogue_may_prepare_the_answer_to_the_decode_at_a_pause() -> None:

@@ -69,8 +69,9 @@ WINDOW_S = WINDOW_MS / 1000.0
 
 
 class ListenerHooks(Protocol):
-    def utterance_started(self, turn_id: int) -> None:
-        """The caller started speaking (turn ``turn_id``)."""
+    def utterance_started(self, turn_id: int, after_silence_s: float) -> None:
+        """The caller started speaking (turn ``turn_id``) ``after_silence_s`` after the end of
+        their previous utterance (infinite for the first)."""
 
     def barge_in_onset(self) -> None:
         """The first window of caller speech over the bot (``vad.barge_in_pause_at_onset``):
@@ -730,7 +731,7 @@ class Listener:
                 missing = round((self._fed_s - start_s) * self.rate_hz) - len(heard) // 2
                 self._feed_stt(bytes(2 * missing) + heard if missing > 0 else heard)
                 log.debug("utterance_started", turn_id=turn_id)
-                self.hooks.utterance_started(turn_id)
+                self.hooks.utterance_started(turn_id, onset_s - self._last_speech_end_s)
             case UtteranceEnded(turn_id, speech_end_s, _decided_s):
                 self._drop_early()
                 self.utterance_open = False

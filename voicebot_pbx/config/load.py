@@ -172,6 +172,8 @@ def _validate(config: Config, source: str) -> None:
             f"turn.unfinished_max_silence_ms = {unfinished_ms} must be 0 (off) or at least "
             f"vad.end_silence_max_ms ({config.vad.end_silence_max_ms}): it waits longer"
         )
+    if config.turn.went_on_within_ms < 0:
+        problems.append("turn.went_on_within_ms must be >= 0 (0: off)")
     if config.turn.text_reader not in ("model", "words"):
         problems.append(f'turn.text_reader = "{config.turn.text_reader}": "model" or "words"')
     if config.turn.text_unfinished_below > config.turn.text_finished_from:

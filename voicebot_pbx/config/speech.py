@@ -130,6 +130,13 @@ class TurnConfig:
     # time. Waiting holds more mid-sentence pauses (bench_turn_end: premature ends 72 % vs
     # 86 %) but every answer waits for its read (decision p50 406 vs 252 ms offline).
     text_wait: bool = False
+    # A turn ended at a pause, the caller speaks again over its reply within this much
+    # silence after their last words: they were going on with the same sentence ("I'd like
+    # to ... book an appointment"). The reply stops (a barge-in), the dialogue takes the
+    # first part back and answers the whole utterance once. Later speech over a reply is a
+    # new turn, as before: a caller who answers the reply has heard some of it, and it
+    # begins ~0.3 s after their words; a reaction takes another half second or more. 0: off.
+    went_on_within_ms: int = 1000
 
 
 MAX_STT_PROMPT_WORDS = 60

@@ -28,6 +28,9 @@ _FALLBACK_STAGES = {
     # The bot paused at a sound over its reply that stopped short, and went on (a click, a
     # cough, line echo past the echo gate): many on one line point at echo.
     "paused_for_noise": "turn_taking",
+    # The caller went on with their sentence over the reply to its first part (the turn
+    # had ended inside it): many point at turns that end too soon.
+    "went_on_over_reply": "turn_taking",
     "not_understood": "dialogue",
     "max_duration": "call",
     "error": "call",
