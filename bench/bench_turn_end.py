@@ -40,7 +40,10 @@ Measured per detector setting, for the espeak and recorded parts and both togeth
   decided over while the caller will speak again (VAD onset of more speech before the real
   end of the item's speech), how many by the detector (the rest: a pause longer than
   end_silence_max_ms), and of the paused turns the 700 ms silence rule waits out, how many
-  the detector cuts (its own error, "short pauses cut");
+  the detector cuts (its own error, "short pauses cut"); of the premature ends, how many
+  the caller went on from within ``turn.went_on_within_ms`` of silence ("whole": the
+  session answers the two parts as one utterance, though a reply to the first part may
+  have begun);
 * complete turns: real end of speech (from the dataset, not the VAD's guess) -> decision,
   p50/p95/max; the share that waited for end_silence_max_ms; turns cut before their end;
 * CPU: per model score / decode (mean, p95) and per utterance (all the scores or
@@ -461,6 +464,9 @@ class Outcome:
     pause_since_s: float | None = None  # start of the pause that ended the turn
     premature: bool = False  # the caller spoke again after the decision
     at_inserted_pause: bool = False  # ... and the decision was inside the inserted pause
+    # ... that long after the speech before the pause (the session's after_silence_s: within
+    # turn.went_on_within_ms the two parts are answered as one, README "End of turn")
+    went_on_after_s: float | None = None
     latency_s: float | None = None  # real end of speech -> decision (not premature)
     # real end of speech -> the turn's transcript is ready (not premature): the decision or
     # the decode at the pause that ended the turn, whichever is later
@@ -593,6 +599,8 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                         onset_s = at_s
                     elif at_s < item.speech_end_s - EPS_S:
                         out.premature = True  # the caller went on after the decision
+                        if out.pause_since_s is not None:
+                            out.went_on_after_s = at_s - out.pause_since_s
                 case UtteranceEnded():
                     if out.decided_s is None:
                         decide(heard_s, action, "max")
@@ -819,6 +827,13 @@ def summarise(outcomes: Iterable[Outcome], kept: set[str]) -> dict[str, Any]:
             "premature": len(premature),
             "premature_pct": _pct(len(premature), len(paused)),
             "premature_at_inserted_pause": sum(o.at_inserted_pause for o in premature),
+            # ... of which the caller went on within turn.went_on_within_ms: one answer to
+            # the whole utterance (the first part's reply, if begun, stops)
+            "premature_answered_whole": sum(
+                o.went_on_after_s is not None
+                and o.went_on_after_s * 1000.0 <= TurnConfig().went_on_within_ms
+                for o in premature
+            ),
             # ended early by the detector's verdict (the rest: the pause outlasted the max)
             "premature_by_detector": sum(o.ended_by != "max" for o in premature),
             "short_pause_n": len(short),
@@ -1038,7 +1053,7 @@ def _premature(s: dict[str, Any]) -> str:
     p = s["paused"]
     return (
         f"{p['premature']}/{p['n']} ({_fmt(p['premature_pct'], ' %')}; "
-        f"{p['premature_by_detector']} det.)"
+        f"{p['premature_by_detector']} det.; {p['premature_answered_whole']} whole)"
     )
 
 
