@@ -626,9 +626,7 @@ def test_the_next_utterance_does_not_reach_back_into_the_previous_one(gap_s: flo
     # turn.went_on_within_ms on, the second utterance (over the answer, so soon after the
     # first) would be answered together with the first (the test just below).
     said = [(3.0, tone(1.0, 8000, HOURS)), (4.0 + gap_s, tone(0.8, 8000, AGENT))]
-    shared = make_shared(stt_delay_s=0.1)
-    turn = dataclasses.replace(shared.config.turn, went_on_within_ms=0)
-    shared = dataclasses.replace(shared, config=dataclasses.replace(shared.config, turn=turn))
+    shared = with_turn(make_shared(stt_delay_s=0.1), went_on_within_ms=0)
     _, session = speech_transcripts(shared, said, until_s=8.0)
     turns = [t for t in session.record.turns if t.kind == "speech"]
     assert [t.transcript for t in turns] == [PHRASES[HOURS], PHRASES[AGENT]]
@@ -1067,8 +1065,7 @@ def test_speech_over_the_answer_after_a_longer_silence_is_a_turn_of_its_own(
     is taken back."""
     shared = make_shared()
     if within_ms is not None:
-        turn = dataclasses.replace(shared.config.turn, went_on_within_ms=within_ms)
-        shared = dataclasses.replace(shared, config=dataclasses.replace(shared.config, turn=turn))
+        shared = with_turn(shared, went_on_within_ms=within_ms)
     dialogue = SlowRecordingRules.from_config(shared.config.dialogue)
     dialogue.delay_s = 0.0
     shared = dataclasses.replace(shared, dialogue=dialogue)
