@@ -1079,6 +1079,31 @@ def test_speech_over_the_answer_after_a_longer_silence_is_a_turn_of_its_own(
     assert speech[-1].transcript == PHRASES[HOURS]
 
 
+def test_words_carried_into_a_later_turn_keep_the_silence_before_them() -> None:
+    """Speech over an answer 2.4 s after the caller's words is a turn of its own (past
+    ``turn.went_on_within_ms``); when the caller speaks again 0.9 s after it, before its slow
+    decode is back, its words open the next turn's transcript, and the silence before *them*
+    decides: nothing of the first turn is joined or taken back."""
+    shared = make_shared(stt_delay_s=1.2)
+    dialogue = SlowRecordingRules.from_config(shared.config.dialogue)
+    dialogue.delay_s = 0.0
+    shared = dataclasses.replace(shared, dialogue=dialogue)
+    said = [
+        (3.0, tone(1.0, 8000, TARIFF)),
+        (6.4, tone(0.5, 8000, HOURS)),
+        (7.8, tone(0.5, 8000, ACCOUNT)),
+    ]
+    with capture_logs() as logs:
+        media, session = run_virtual(timeline(shared, said, until_s=14.0))
+    assert first_reply_after(media, 4.0) < 6.4  # the first answer had begun
+    assert dialogue.retracted[:1] != [PHRASES[TARIFF]]
+    assert not any(text.startswith(PHRASES[TARIFF] + " ") for text in dialogue.given)
+    assert [e for e in logs if e["event"] == "caller_went_on"] == []
+    speech = [t for t in session.record.turns if t.kind == "speech"]
+    assert speech[0].barged_in
+    assert all("went_on_over_reply" not in t.fallbacks for t in speech)
+
+
 def test_the_dialogue_may_prepare_the_answer_to_the_decode_at_a_pause() -> None:
     """The decode at the caller's pause reaches the dialogue's ``prepare`` (work without
     side effects: the knowledge lookup and the parse) before the turn has ended; the

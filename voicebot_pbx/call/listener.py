@@ -17,7 +17,7 @@ import functools
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeVar
 
 import structlog
@@ -65,13 +65,14 @@ log = structlog.get_logger("voicebot_pbx.call.listener")
 T = TypeVar("T")
 
 _STT_QUEUE_ITEMS = 512
+# Utterances whose silence before them is kept until their transcript comes (turn ids).
+_SILENCES_KEPT = 8
 WINDOW_S = WINDOW_MS / 1000.0
 
 
 class ListenerHooks(Protocol):
-    def utterance_started(self, turn_id: int, after_silence_s: float) -> None:
-        """The caller started speaking (turn ``turn_id``) ``after_silence_s`` after the end of
-        their previous utterance (infinite for the first)."""
+    def utterance_started(self, turn_id: int) -> None:
+        """The caller started speaking (turn ``turn_id``)."""
 
     def barge_in_onset(self) -> None:
         """The first window of caller speech over the bot (``vad.barge_in_pause_at_onset``):
@@ -125,6 +126,10 @@ class TranscriptTrace:
     # the silence waited beyond vad.end_silence_max_ms because it read "unfinished".
     text_verdict: str | None = None
     waited_unfinished_s: float = 0.0
+    # The silence before the transcript's first words began, after the caller's previous
+    # utterance (inf: none before them); for words carried over from a turn decoded late,
+    # the silence before those.
+    after_silence_s: float = math.inf
     # The end-of-turn model's verdict on the pause that ended the turn: asked -> known (its
     # wait in the shared inference pool and the score); None: no verdict for that pause.
     verdict_ms: float | None = None
@@ -285,6 +290,11 @@ class Listener:
         self._last_window_s = 0.0
         self.last_frame_at = 0.0
         self._carry_text = ""
+        # The silence before each utterance began, by turn id, until its transcript comes
+        # (bounded: a turn that never gets one is dropped later); for the carried words of a
+        # late transcript, the silence before them (None: no words carried that way).
+        self._silence_before_s: dict[int, float] = {}
+        self._carry_silence_s: float | None = None
         self._inbound_resampler: Resampler | None = None
         # End of turn: the detector's verdict on the current pause (None: none yet).
         self._detector = config.turn.detector
@@ -332,6 +342,7 @@ class Listener:
     def carry(self, text: str) -> None:
         """Words already heard that were never answered: they open the next transcript."""
         self._carry_text = text
+        self._carry_silence_s = None
 
     # --- audio in ----------------------------------------------------------------------
 
@@ -731,7 +742,10 @@ class Listener:
                 missing = round((self._fed_s - start_s) * self.rate_hz) - len(heard) // 2
                 self._feed_stt(bytes(2 * missing) + heard if missing > 0 else heard)
                 log.debug("utterance_started", turn_id=turn_id)
-                self.hooks.utterance_started(turn_id, onset_s - self._last_speech_end_s)
+                self._silence_before_s[turn_id] = onset_s - self._last_speech_end_s
+                for old in [t for t in self._silence_before_s if t <= turn_id - _SILENCES_KEPT]:
+                    del self._silence_before_s[old]
+                self.hooks.utterance_started(turn_id)
             case UtteranceEnded(turn_id, speech_end_s, _decided_s):
                 self._drop_early()
                 self.utterance_open = False
@@ -980,11 +994,17 @@ class Listener:
         trace: TranscriptTrace,
     ) -> None:
         text = " ".join(part for part in (self._carry_text, result.text.strip()) if part)
+        silence_s = self._silence_before_s.pop(turn_id, math.inf)
+        if self._carry_text and self._carry_silence_s is not None:
+            silence_s = self._carry_silence_s  # the words carried over came first
         if turn_id != self.turns.turn_id or self.utterance_open:
             # The caller spoke again before this turn's words were transcribed: nothing was
             # answered yet, so they open the next turn's transcript instead of being lost.
             self._carry_text = text
+            self._carry_silence_s = silence_s if text else None
             log.debug("late_transcript_carried", turn_id=turn_id, carried=bool(result.text.strip()))
             return
         self._carry_text = ""
+        self._carry_silence_s = None
+        trace = replace(trace, after_silence_s=silence_s)
         self.hooks.transcript(turn_id, text, result.confidence, speech_end_at, now, trace)

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -126,9 +125,6 @@ class CallSession:
         # The transcript the dialogue was given before the caller went on (carried into
         # the next turn): taken back from the dialogue before that turn is answered.
         self._unfinished: str | None = None
-        # The silence before the caller's latest utterance began (seconds; inf: the first):
-        # short enough, speech over a reply goes on with the words it answers.
-        self._after_silence_s = math.inf
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -452,8 +448,7 @@ class CallSession:
 
     # --- what the listener reports (ListenerHooks) ----------------------------------------
 
-    def utterance_started(self, turn_id: int, after_silence_s: float) -> None:
-        self._after_silence_s = after_silence_s
+    def utterance_started(self, turn_id: int) -> None:
         if self._amd is not None and self._amd.listening:
             self._amd_turns.add(turn_id)  # "hello?" is the detector's, not the dialogue's
             if self._amd.message_to_a_recording:
@@ -584,14 +579,14 @@ class CallSession:
             paused.barged_in = True
             self._turn_finished(paused)
             self._interrupt()
-            if self._went_on(paused):
+            if self._went_on(paused, trace.after_silence_s):
                 # The turn ended inside the caller's sentence: the whole of it is the
                 # question, the part answered is taken back (as when the caller goes on
                 # before the answer is heard).
                 log.info(
                     "caller_went_on",
                     turn_id=turn_id,
-                    after_silence_ms=round(self._after_silence_s * 1000.0),
+                    after_silence_ms=round(trace.after_silence_s * 1000.0),
                 )
                 unfinished = paused.transcript
                 text = f"{paused.transcript} {text}"
@@ -614,15 +609,16 @@ class CallSession:
             dead_air_from=speech_end_at + trace.waited_for_digits_s + trace.waited_unfinished_s,
         )
 
-    def _went_on(self, interrupted: TurnRecord) -> bool:
+    def _went_on(self, interrupted: TurnRecord, after_silence_s: float) -> bool:
         """Whether speech over the reply to ``interrupted`` goes on with its words: a speech
-        turn, and the caller spoke again within ``turn.went_on_within_ms`` of silence."""
+        turn, and the words over the reply began within ``turn.went_on_within_ms`` of silence
+        after the caller's (``after_silence_s``: ``TranscriptTrace.after_silence_s``)."""
         within_ms = self.config.turn.went_on_within_ms
         return (
             within_ms > 0
             and interrupted.kind == "speech"
             and bool(interrupted.transcript)
-            and self._after_silence_s * 1000.0 <= within_ms
+            and after_silence_s * 1000.0 <= within_ms
         )
 
     async def _respond(self, text: str, unfinished: str | None) -> DialogueTurn:
