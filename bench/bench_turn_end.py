@@ -465,7 +465,7 @@ class Outcome:
     premature: bool = False  # the caller spoke again after the decision
     at_inserted_pause: bool = False  # ... and the decision was inside the inserted pause
     # ... that long after the speech before the pause (the session's after_silence_s: within
-    # turn.went_on_within_ms the two parts are answered as one, README "End of turn")
+    # turn.went_on_within_ms the two parts are answered as one, bench/README.md "End of turn")
     went_on_after_s: float | None = None
     latency_s: float | None = None  # real end of speech -> decision (not premature)
     # real end of speech -> the turn's transcript is ready (not premature): the decision or

@@ -27,14 +27,15 @@ class VadConfig:
     # quiet_below_peak_db under the utterance's loudest (0: the fall). Which silences count
     # from there instead of from the fall: "tiebreak" (turn.tiebreak_silence_ms and
     # barge_in_end_silence_ms), "all" (every one: answers ~40 ms sooner, but ends turns at
-    # 200 ms commas: README) or "off".
+    # 200 ms commas: bench/README.md "End of turn") or "off".
     quiet_below_peak_db: float = 30.0
     silence_from_last_sound: Literal["off", "tiebreak", "all"] = "tiebreak"
     # A whole-utterance engine (Whisper, Moonshine) starts the decode for the coming pause
     # once the caller has been quiet this long (the quiet run above), before the probability
     # falls; a sound before the fall drops it. For decodes slower than the short silence (a
     # bigger model, a slower machine); 0 (default): decode at the fall. With the packaged
-    # Whisper on 2 cores it answered no sooner and cost 15-19 % more CPU per call (README).
+    # Whisper on 2 cores it answered no sooner and cost 15-19 % more CPU per call
+    # (bench/README.md "End of turn").
     speculate_after_quiet_ms: int = 0
     # A turn the end-of-turn detector hears finished ends after end_silence_ms from the fall,
     # or this long after the caller's last sound if that comes first (the fall lags the last
@@ -117,7 +118,7 @@ class TurnConfig:
     # "unsure" is left to the audio model and the tie-break. A read acts when it comes
     # (text_wait: no pause ends before it). Not the default because of its CPU: at 16 calls
     # on 2 cores the answers' p50 went from 386 to 544 ms (bench_turns) for premature ends
-    # 95 % -> 86 % of mid-sentence pauses (README "End of turn").
+    # 95 % -> 86 % of mid-sentence pauses (bench/README.md "End of turn").
     unfinished_max_silence_ms: int = 1500
     text_reader: Literal["model", "words"] = "words"
     text_model_path: str = ""  # a ChatML instruct GGUF; empty: the packaged SmolLM2-135M
