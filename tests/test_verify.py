@@ -19,6 +19,7 @@ from voicebot_pbx.models import MOONSHINE_BASE_EN, MOONSHINE_TOKENIZER, model_pa
 from voicebot_pbx.speech.expect import Expectation
 from voicebot_pbx.speech.moonshine import MoonshineEngine
 from voicebot_pbx.speech.verify import (
+    MIN_END_GAP,
     FormScore,
     KnownAnswer,
     accepted,
@@ -60,10 +61,26 @@ def test_digits_letters_and_months_are_each_others_rivals() -> None:
 
 
 def test_an_answer_is_confirmed_on_its_lead_and_its_worst_token() -> None:
-    assert accepted(FormScore(-1.0, 1.2, -0.5), 0.5, -3.0)
-    assert not accepted(FormScore(-1.0, 0.3, -0.5), 0.5, -3.0)  # trails on average
-    assert not accepted(FormScore(-1.0, 2.0, -4.0), 0.5, -3.0)  # one token far behind
-    assert not accepted(FormScore(-1.0, math.inf, math.inf), 0.5, -3.0)  # nothing to check
+    date = Expectation.DATE
+    assert accepted(FormScore(-1.0, 1.2, -0.5), date, 0.5, -3.0)
+    assert not accepted(FormScore(-1.0, 0.3, -0.5), date, 0.5, -3.0)  # trails on average
+    assert not accepted(FormScore(-1.0, 2.0, -4.0), date, 0.5, -3.0)  # one token far behind
+    assert not accepted(FormScore(-1.0, math.inf, math.inf), date, 0.5, -3.0)  # nothing
+
+
+def test_an_answer_whose_tokens_barely_beat_the_end_of_the_text_is_not_confirmed() -> None:
+    """Audio that stopped before the answer's end ("the 23rd of June", no year): the decoder
+    fills in the rest, leading its rivals, but those tokens barely beat the end of the text.
+    The guard is per kind: a postcode's letters compete with the end even when heard."""
+    date, postcode = Expectation.DATE, Expectation.POSTCODE
+    heard_to_the_end = FormScore(-1.0, 2.0, -0.5, MIN_END_GAP[date] + 1.0)
+    cut_short = FormScore(-1.0, 2.0, -0.5, MIN_END_GAP[date] - 1.0)
+    assert accepted(heard_to_the_end, date, 0.5, -3.0)
+    assert not accepted(cut_short, date, 0.5, -3.0)
+    assert accepted(FormScore(-1.0, 2.0, -0.5, MIN_END_GAP[postcode] + 0.5), postcode, 0.5, -3.0)
+    assert not accepted(
+        FormScore(-1.0, 2.0, -0.5, MIN_END_GAP[postcode] - 0.5), postcode, 0.5, -3.0
+    )
 
 
 def test_the_verify_payload_becomes_the_turns_known_answers_out_of_sight() -> None:
@@ -155,3 +172,20 @@ def test_moonshine_confirms_the_answer_said_and_not_another(
     assert refused.text != written(wrong)
     checks = [e for e in logs if e["event"] == "stt.moonshine.verify"]
     assert len(checks) == 4 and right.value not in str(logs)
+
+
+@pytest.mark.models
+@needs_espeak
+def test_moonshine_does_not_confirm_a_date_whose_year_was_never_said(
+    base: MoonshineEngine,
+) -> None:
+    """A caller who knows the day and the month but not the year: the decoder would fill in
+    the year (its digits still lead their rivals), but they barely beat the end of the text,
+    so the answer is not confirmed; the whole date, said the same way, is."""
+    said_part = espeak_pcm("the 23rd of June.", 8000, voice="en-gb", speed=140)
+    said_whole = espeak_pcm("the 23rd of June 1987.", 8000, voice="en-gb", speed=140)
+    part = base.transcribe_expecting(said_part, 8000, EXPECTED, (BORN,))
+    whole = base.transcribe_expecting(said_whole, 8000, EXPECTED, (BORN,))
+    assert part.held_to is None or not part.held_to.startswith("known:")
+    assert part.text != written(BORN)
+    assert (whole.text, whole.held_to) == (written(BORN), "known:date")

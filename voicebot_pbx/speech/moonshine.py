@@ -509,6 +509,7 @@ class MoonshineEngine:
         feeds = self._feeds(hidden, n_samples)
         total = 0.0
         leads: list[float] = []
+        end_gaps: list[float] = []  # each known token against the end of the text
         previous = self._bos
         for step, token in enumerate([*ids, self._eos]):
             row = self._step(step, feeds, previous)
@@ -517,10 +518,16 @@ class MoonshineEngine:
             rivals = self._rivals.get(token)
             if rivals:
                 leads.append(float(row[token] - row[list(rivals)].max()))
+                end_gaps.append(float(row[token] - row[self._eos]))
             previous = token
         if not leads:
             return FormScore(total / (len(ids) + 1), math.inf, math.inf)
-        return FormScore(total / (len(ids) + 1), sum(leads) / len(leads), min(leads))
+        return FormScore(
+            total / (len(ids) + 1),
+            sum(leads) / len(leads),
+            min(leads),
+            min(end_gaps[1:], default=math.inf),
+        )
 
     def _verify(
         self, hidden: Any, n_samples: int, known: Sequence[KnownAnswer]
@@ -531,13 +538,14 @@ class MoonshineEngine:
         for answer in known:
             forms = [self._score(hidden, n_samples, form) for form in spoken_forms(answer)]
             score = max(forms, key=lambda f: f.mean)
-            ok = accepted(score, self.verify_min_lead, self.verify_floor)
+            ok = accepted(score, answer.kind, self.verify_min_lead, self.verify_floor)
             # Never the answer itself: it is the caller's secret.
             log.info(
                 "stt.moonshine.verify",
                 kind=answer.kind.value,
                 lead=round(score.lead, 3) if math.isfinite(score.lead) else None,
                 worst=round(score.worst, 3) if math.isfinite(score.worst) else None,
+                end_gap=round(score.end_gap, 3) if math.isfinite(score.end_gap) else None,
                 accepted=ok,
             )
             if ok and (best is None or score.mean > best[0]):

@@ -7,9 +7,11 @@ the recogniser can be asked a narrower question: *does this audio say the known 
 Each written form of the answer is fed to the decoder token by token (teacher forcing), and
 at each of its digits, letters and months the known token is compared with its likeliest
 rival there (another digit, letter or month). The answer is confirmed when the known
-tokens lead their rivals on average by ``min_lead`` and none trails by more than
-``floor``: then the transcript is the answer written plainly ("NW9 4RQ", "the 23rd of June
-1987") and the dialogue's own check passes. Otherwise the transcript is whatever was
+tokens lead their rivals on average by ``min_lead``, none trails by more than ``floor``, and
+each after the first beats the end of the text by :data:`MIN_END_GAP` (audio that stopped
+before the answer's end, "the 23rd of June" and no year, has the decoder fill in the rest,
+and those tokens barely beat the end): then the transcript is the answer written plainly
+("NW9 4RQ", "the 23rd of June 1987") and the dialogue's own check passes. Otherwise the transcript is whatever was
 decoded, and the dialogue's check fails as before. A caller who says another postcode or
 date trails at several places; one who says a neighbour's postcode, one letter off, trails
 at one (``floor`` is that guard: measured in ``bench/eval_verify.py``, README "Known
@@ -39,6 +41,14 @@ DEFAULT_MIN_LEAD = 0.5
 # 0: each must be the likeliest (a neighbour's postcode one letter off is refused, and so
 # are many real callers on a poor line); more negative: more forgiving.
 DEFAULT_FLOOR = -3.0
+# The end guard, by the kind of answer: each digit, letter and month after the first must beat
+# the end of the text by this much (log-probability). Audio that stops before the answer's
+# end (a caller who says "the 23rd of June" and no year) still has its tokens lead their
+# rivals, the decoder filling in what it never heard, but there they barely beat the end.
+# Chosen on bench/eval_verify.py's dev set, midway between the genuine answers' lowest and
+# the cut-short answers' highest (dates 8.7 / 5.5; postcodes -3.9 / -4.5, whose letters
+# compete with the end even when heard).
+MIN_END_GAP: dict[Expectation, float] = {Expectation.DATE: 7.0, Expectation.POSTCODE: -4.2}
 _POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?) ([0-9][A-Z]{2})$")
 
 
@@ -115,14 +125,22 @@ class FormScore:
     """How the audio takes one written form of an answer: the mean log-probability of its
     tokens (which form it says), and over its digits, letters and months each token's
     log-probability less its likeliest rival's: the mean (``lead``) and the lowest
-    (``worst``); both inf when it has none."""
+    (``worst``); both inf when it has none. ``end_gap``: over those tokens after the first,
+    the lowest log-probability less the end of the text's (inf: fewer than two)."""
 
     mean: float
     lead: float
     worst: float
+    end_gap: float = math.inf
 
 
-def accepted(score: FormScore, min_lead: float, floor: float) -> bool:
-    """The known tokens lead their rivals by ``min_lead`` on average, and none trails by
-    more than ``floor``."""
-    return math.isfinite(score.lead) and score.lead >= min_lead and score.worst >= floor
+def accepted(score: FormScore, kind: Expectation, min_lead: float, floor: float) -> bool:
+    """The known tokens lead their rivals by ``min_lead`` on average, none trails by more
+    than ``floor``, and none after the first comes close to the end of the text
+    (:data:`MIN_END_GAP` for the answer's ``kind``: the audio went on to the answer's end)."""
+    return (
+        math.isfinite(score.lead)
+        and score.lead >= min_lead
+        and score.worst >= floor
+        and score.end_gap >= MIN_END_GAP.get(kind, -math.inf)
+    )
