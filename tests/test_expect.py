@@ -30,7 +30,7 @@ from voicebot_pbx.speech.expect import (
 )
 from voicebot_pbx.speech.moonshine import MoonshineEngine
 from voicebot_pbx.speech.stt import SttCapabilities, SttResult
-from voicebot_pbx.speech.verify import KnownAnswer
+from voicebot_pbx.speech.verify import KnownAnswer, confirmed_label, written
 from voicebot_pbx.testing import ScriptedStt, run_virtual, tone
 
 PIECES = [
@@ -362,3 +362,69 @@ def test_a_postcode_read_out_with_a_pause_inside_stays_one_turn(holding_ms: int)
         assert wait_s <= first_reply_after(media, 8.4) - 8.4 < wait_s + 0.4
     else:
         assert speech[:2] == [PHRASES[HOURS], "N W 5"]
+
+
+BORN = "1987-06-23"
+WHOLE_DATE = 1350  # a tone "saying" the whole date of birth
+
+
+class AsksForIdentity(AsksForPostcode):
+    """As ``AsksForPostcode``, with the date of birth the back end knows beside the question
+    (the action server's ``verify``)."""
+
+    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+        turn = await super().respond(call, text)
+        if "hours" in text:
+            return dataclasses.replace(turn, known=(("date", BORN),))
+        return turn
+
+
+@dataclasses.dataclass
+class ConfirmingStt(ExpectingScriptedStt):
+    """Confirms the known date when the audio says it whole (``confirm``), as the Moonshine
+    check does (speech/verify.py); else decodes as ``ExpectingScriptedStt``."""
+
+    confirm: bool = True
+
+    def transcribe_expecting(
+        self,
+        pcm: bytes,
+        rate_hz: int,
+        expected: Expected,
+        known: Sequence[KnownAnswer] = (),
+    ) -> SttResult:
+        result = super().transcribe_expecting(pcm, rate_hz, expected, known)
+        dates = [k for k in known if k.kind is Expectation.DATE]
+        if self.confirm and dates and result.text == self.phrases[WHOLE_DATE]:
+            return SttResult(written(dates[0]), 0.9, held_to=confirmed_label(Expectation.DATE))
+        return result
+
+
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_a_date_of_birth_confirmed_whole_ends_the_turn_without_the_longer_wait(
+    confirmed: bool,
+) -> None:
+    """The identity answer holds digits, so a pause after it waits for
+    turn.digits_max_silence_ms (the caller may be reading on). A date the decode at the
+    pause confirms whole (verify's end guard: its year was heard) leaves nothing to wait
+    for: the turn ends at the short silence. Unconfirmed, the longer wait stays."""
+    phrases = {**PHRASES, WHOLE_DATE: "the 23rd of June 1987"}
+    shared = holding(phrases, AsksForIdentity, 1500)
+    stt = ConfirmingStt(phrases, delay_s=0.1, confirm=confirmed)
+    shared = dataclasses.replace(shared, engines=make_shared(stt=stt).engines)
+    said = [
+        (3.0, tone(1.0, 8000, HOURS)),  # -> the postcode or the date of birth asked for
+        (6.0, tone(1.0, 8000, WHOLE_DATE)),
+    ]
+    with capture_logs() as logs:
+        media, session = run_virtual(timeline(shared, said, until_s=11.0))
+    assert stt.known[-1] == (KnownAnswer(Expectation.DATE, BORN),)
+    event = [e for e in logs if e["event"] == "transcript"][-1]
+    first = first_reply_after(media, 7.0) - 7.0
+    if confirmed:
+        assert event["ended_by"] == "known"
+        assert session.record.turns[-1].transcript == "the 23rd of June 1987"
+        assert first < 0.6
+    else:
+        assert event["ended_by"] == "silence"
+        assert first >= shared.config.turn.digits_max_silence_ms / 1000.0

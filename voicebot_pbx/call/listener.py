@@ -59,12 +59,14 @@ from voicebot_pbx.speech.turns import (
     looks_complete,
 )
 from voicebot_pbx.speech.vad import WINDOW_MS
-from voicebot_pbx.speech.verify import KnownAnswer
+from voicebot_pbx.speech.verify import KnownAnswer, confirmed_label
 
 log = structlog.get_logger("voicebot_pbx.call.listener")
 T = TypeVar("T")
 
 _STT_QUEUE_ITEMS = 512
+# A decode that confirmed a date the dialogue knows (speech/verify.py, the engine's held_to).
+CONFIRMED_DATE = confirmed_label(Expectation.DATE)
 # Utterances whose silence before them is kept until their transcript comes (turn ids).
 _SILENCES_KEPT = 8
 WINDOW_S = WINDOW_MS / 1000.0
@@ -112,7 +114,8 @@ class TranscriptTrace:
 
     # "detector" (short silence) | "text" (short silence: the text model read it finished)
     # | "tiebreak" (turn.tiebreak_silence_ms) | "silence" (vad.end_silence_max_ms or a rule's
-    # longer wait) | "digits" (all digits asked for heard)
+    # longer wait) | "digits" (all digits asked for heard) | "known" (a date the dialogue
+    # knows confirmed whole at the pause: speech/verify.py)
     ended_by: str
     # "speculative" (decoded at the pause), "early" (decoded in the quiet run before it),
     # "final", "stream" (Vosk) or "none" (STT failed)
@@ -577,13 +580,18 @@ class Listener:
         decode is still running or holds fewer (only the maximum silence ends the turn);
         "no_opinion" when no digits are expected or the caller said no digit at all (the
         detectors decide). While a postcode or date is expected, any digit heard means
-        "wait": only the maximum silence ends it."""
+        "wait": only the maximum silence ends it; unless the decode at this pause confirms
+        a date the dialogue knows (``(ms, "known")``): verify's end guard confirms a date
+        only when the audio went on to its end (its year heard), so nothing is left to
+        wait for. A confirmed postcode still waits (it has no such guard)."""
         wanted = self._expect_digits
         if not self._holding_answer:
             return "no_opinion"
         spec = self._speculation
         if spec is None or self._is_stale_pause(spec.turn_id, spec.pause_id):
             return "wait"  # the decode at this pause is still running
+        if self._expect_read_out and spec.result.held_to == CONFIRMED_DATE:
+            return self.config.vad.end_silence_ms, "known"
         heard = count_digits(spec.result.text)
         if wanted is not None and heard >= wanted:
             return self.config.vad.end_silence_ms, "digits"
@@ -661,7 +669,7 @@ class Listener:
             self._last_window_s,
             silence_ms,
             tiebreak=ended_by == "tiebreak",
-            finished=ended_by in ("detector", "digits", "text"),
+            finished=ended_by in ("detector", "digits", "known", "text"),
         )
         if ended is not None:
             self._apply(ended, self.last_frame_at, ended_by=ended_by)

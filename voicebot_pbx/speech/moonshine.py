@@ -78,6 +78,7 @@ from voicebot_pbx.speech.verify import (
     FormScore,
     KnownAnswer,
     accepted,
+    confirmed_label,
     rival_classes,
     spoken_forms,
     written,
@@ -556,7 +557,7 @@ class MoonshineEngine:
         return SttResult(
             text=written(answer),
             confidence=min(1.0, math.exp(mean)),
-            held_to=f"known:{answer.kind.value}",
+            held_to=confirmed_label(answer.kind),
         )
 
 

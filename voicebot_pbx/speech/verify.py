@@ -92,6 +92,12 @@ def written(answer: KnownAnswer) -> str:
     return answer.value
 
 
+def confirmed_label(kind: Expectation) -> str:
+    """A confirmed answer's ``held_to`` on the transcript ("known:date"): what the engine
+    says it held the decode to."""
+    return f"known:{kind.value}"
+
+
 def spoken_forms(answer: KnownAnswer) -> list[str]:
     """How the recogniser may write the answer when it hears it (each is scored; the best
     counts)."""
