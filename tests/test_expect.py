@@ -428,3 +428,33 @@ def test_a_date_of_birth_confirmed_whole_ends_the_turn_without_the_longer_wait(
     else:
         assert event["ended_by"] == "silence"
         assert first >= shared.config.turn.digits_max_silence_ms / 1000.0
+
+
+GARBLED = 1470  # a tone the decode hears as no digits at all ("But when people come")
+YEAR = 1590  # ... and the rest of the answer
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_a_pause_in_an_identity_answer_that_confirms_nothing_waits_while_answers_are_known(
+    known: bool,
+) -> None:
+    """The first half of a date of birth decoded as words without a digit ("the 21st of
+    September" heard as "but when people come"), then a 0.8 s pause: with answers known,
+    a pause whose decode confirms none of them waits for turn.digits_max_silence_ms, so
+    the rest joins the same turn and the answer is checked whole. Without known answers the
+    digit rule alone holds a pause, and this one ends the turn."""
+    phrases = {**PHRASES, GARBLED: "but when people come", YEAR: "1957"}
+    shared = holding(phrases, AsksForIdentity if known else AsksForPostcode, 1500)
+    stt = ConfirmingStt(phrases, delay_s=0.1, confirm=False)
+    shared = dataclasses.replace(shared, engines=make_shared(stt=stt).engines)
+    said = [
+        (3.0, tone(1.0, 8000, HOURS)),  # -> the postcode or the date of birth asked for
+        (6.0, tone(0.8, 8000, GARBLED)),
+        (7.6, tone(0.6, 8000, YEAR)),  # after a 0.8 s pause
+    ]
+    _media, session = run_virtual(timeline(shared, said, until_s=12.0))
+    speech = [t.transcript for t in session.record.turns if t.kind == "speech"]
+    if known:
+        assert speech == [PHRASES[HOURS], "but when people come 1957"]
+    else:
+        assert speech[:2] == [PHRASES[HOURS], "but when people come"]

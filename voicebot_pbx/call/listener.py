@@ -519,6 +519,18 @@ class Listener:
         self.turns.set_max_silence_ms(self._longest_silence_ms())
 
     @property
+    def _confirms_known(self) -> bool:
+        """The decodes of this turn check the answers the dialogue knows (speech/verify.py):
+        there are some, and the engine holds decodes and verifies."""
+        stt = self.config.stt
+        return (
+            bool(self.known)
+            and self._expecting is not None
+            and stt.hold_expected
+            and stt.verify_known
+        )
+
+    @property
     def _holding_answer(self) -> bool:
         """Digits still to come, or a postcode or date being read out: a pause after a
         digit waits for ``turn.digits_max_silence_ms``."""
@@ -583,7 +595,9 @@ class Listener:
         "wait": only the maximum silence ends it; unless the decode at this pause confirms
         a date the dialogue knows (``(ms, "known")``): verify's end guard confirms a date
         only when the audio went on to its end (its year heard), so nothing is left to
-        wait for. A confirmed postcode still waits (it has no such guard)."""
+        wait for. A confirmed postcode still waits (it has no such guard). With answers
+        known, anything else waits too, digits heard or not: a decode that confirms nothing
+        may be a garbled first half ("the 21st of September, [pause] 1957")."""
         wanted = self._expect_digits
         if not self._holding_answer:
             return "no_opinion"
@@ -592,6 +606,8 @@ class Listener:
             return "wait"  # the decode at this pause is still running
         if self._expect_read_out and spec.result.held_to == CONFIRMED_DATE:
             return self.config.vad.end_silence_ms, "known"
+        if self._expect_read_out and self._confirms_known:
+            return "wait"
         heard = count_digits(spec.result.text)
         if wanted is not None and heard >= wanted:
             return self.config.vad.end_silence_ms, "digits"
