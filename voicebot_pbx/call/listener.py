@@ -519,16 +519,13 @@ class Listener:
         self.turns.set_max_silence_ms(self._longest_silence_ms())
 
     @property
-    def _confirms_known(self) -> bool:
-        """The decodes of this turn check the answers the dialogue knows (speech/verify.py):
-        there are some, and the engine holds decodes and verifies."""
+    def _known_checked(self) -> tuple[KnownAnswer, ...]:
+        """The answers the dialogue knows that this turn's decodes check (speech/verify.py):
+        only a held decode checks them (an answer expected, an engine that holds decodes,
+        ``stt.hold_expected``), and only with ``stt.verify_known``."""
         stt = self.config.stt
-        return (
-            bool(self.known)
-            and self._expecting is not None
-            and stt.hold_expected
-            and stt.verify_known
-        )
+        held = bool(self.expect) and self._expecting is not None and stt.hold_expected
+        return self.known if held and stt.verify_known else ()
 
     @property
     def _holding_answer(self) -> bool:
@@ -606,7 +603,7 @@ class Listener:
             return "wait"  # the decode at this pause is still running
         if self._expect_read_out and spec.result.held_to == CONFIRMED_DATE:
             return self.config.vad.end_silence_ms, "known"
-        if self._expect_read_out and self._confirms_known:
+        if self._expect_read_out and self._known_checked:
             return "wait"
         heard = count_digits(spec.result.text)
         if wanted is not None and heard >= wanted:
@@ -984,9 +981,12 @@ class Listener:
         While an answer is expected (``expect``) and the engine can hold a decode to it, the
         decode runs held, in the shared pool."""
         if self.expect and self._expecting is not None and self.config.stt.hold_expected:
-            known = self.known if self.config.stt.verify_known else ()
             held = functools.partial(
-                self._expecting.transcribe_expecting, pcm, self.rate_hz, self.expect, known
+                self._expecting.transcribe_expecting,
+                pcm,
+                self.rate_hz,
+                self.expect,
+                self._known_checked,
             )
             return await self._stt_call(timed(held))
         if self._queued is None:

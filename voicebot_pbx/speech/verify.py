@@ -49,7 +49,7 @@ DEFAULT_FLOOR = -3.0
 # and the cut-short dates' highest (5.5). Not for postcodes: their letters compete with the
 # end even when heard (a genuine "N W 9, 5 A E" in eval_balance's set: -6.8, below every
 # cut-short postcode of the dev set), so no threshold separates them.
-MIN_END_GAP: dict[Expectation, float] = {Expectation.DATE: 7.0}
+MIN_END_GAP: Mapping[Expectation, float] = {Expectation.DATE: 7.0}
 _POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?) ([0-9][A-Z]{2})$")
 
 
