@@ -2,8 +2,9 @@
 
 ``Listener`` owns everything between the caller's frames and a finished transcript: the
 inbound clock (missing frames count as silence), echo gating, VAD and the pure
-``TurnTaker``, the look-back before an onset, the end-of-turn verdict at each pause (the
-smart-turn model, scored by the per-call verdict worker), and the per-call STT worker with
+``TurnTaker``, the look-back before an onset, the evidence at each pause for the
+end-of-turn rules of ``call/turn_end.py`` (the smart-turn model scored by the per-call
+verdict worker, the text reader, the speculative decode), and the per-call STT worker with
 its speculative decodes at pauses. It tells the session what happened through
 ``ListenerHooks`` (synchronous calls on the event loop): an utterance started, the caller
 barged in, a turn's transcript is ready. It never touches replies or records beyond
@@ -18,18 +19,28 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
-from voicebot_pbx.answers.normalize import count_digits
 from voicebot_pbx.audio import Resampler
+from voicebot_pbx.call.turn_end import (
+    FINISHED,
+    NOTHING_EXPECTED,
+    PauseEvidence,
+    TurnRules,
+    answer_expected,
+    end_after,
+    longest_silence_ms,
+    waited_for_answer_s,
+    waited_unfinished_s,
+)
 from voicebot_pbx.config import Config
 from voicebot_pbx.pbx.media import AudioIn
 from voicebot_pbx.pbx.speaker import Speaker
 from voicebot_pbx.speech.echo import is_line_echo
 from voicebot_pbx.speech.engines import Engines, EngineTimeout
-from voicebot_pbx.speech.expect import Expectation, Expected
+from voicebot_pbx.speech.expect import Expected
 from voicebot_pbx.speech.inbound_clock import InboundClock
 from voicebot_pbx.speech.log_mel import WINDOW_S as MODEL_WINDOW_S  # what the model hears
 from voicebot_pbx.speech.stt import (
@@ -56,17 +67,14 @@ from voicebot_pbx.speech.turns import (
     TurnTaker,
     UtteranceEnded,
     UtteranceStarted,
-    looks_complete,
 )
 from voicebot_pbx.speech.vad import WINDOW_MS
-from voicebot_pbx.speech.verify import KnownAnswer, confirmed_label
+from voicebot_pbx.speech.verify import KnownAnswer
 
 log = structlog.get_logger("voicebot_pbx.call.listener")
 T = TypeVar("T")
 
 _STT_QUEUE_ITEMS = 512
-# A decode that confirmed a date the dialogue knows (speech/verify.py, the engine's held_to).
-CONFIRMED_DATE = confirmed_label(Expectation.DATE)
 # Utterances whose silence before them is kept until their transcript comes (turn ids).
 _SILENCES_KEPT = 8
 WINDOW_S = WINDOW_MS / 1000.0
@@ -279,10 +287,9 @@ class Listener:
         # where the engine can (SttCapabilities.expecting) and stt.hold_expected is on.
         self.expect: Expected | None = None
         self.known: tuple[KnownAnswer, ...] = ()  # speech/verify.py; never logged
-        self._expect_digits: int | None = None  # how many digits complete that answer
-        # A postcode or a date of birth is expected: read out with pauses inside it
-        # ("N W 5, [pause] 6 P L"), and a known answer can be confirmed on its first half.
-        self._expect_read_out = False
+        # The end-of-turn rules' view of it (call/turn_end.py): digits to count, a postcode
+        # or a date of birth read out with pauses inside it ("N W 5, [pause] 6 P L").
+        self._answer_expected = NOTHING_EXPECTED
         self.stt: SttStream | None = None
         # (stream time at the frame's end, pcm) of recent frames, for STT look-back.
         self._recent: deque[tuple[float, bytes]] = deque(maxlen=100)
@@ -322,13 +329,14 @@ class Listener:
         self._reading = self._text_model is not None or (
             reading and config.turn.text_reader == "words"
         )
+        self._rules = TurnRules.from_config(config, reading=self._reading)
         self._text_read: _TextRead | None = None
         self._text_request: tuple[int, int, str] | None = None  # the newest decode to read
         self._text_wakeup = asyncio.Event()
         self._text_model_failed = False
         self.text_reads = 0
         self.text_model_cpu_s = 0.0
-        self.turns.set_max_silence_ms(self._longest_silence_ms())
+        self.turns.set_max_silence_ms(longest_silence_ms(self._rules, self._answer_expected))
 
     def start(self, rate_hz: int) -> None:
         """The call's rate is known: make the per-call VAD (and STT stream) state."""
@@ -504,19 +512,15 @@ class Listener:
     ) -> None:
         """What the caller's next turn is expected to be (``expect``; the session sets it
         with each answer), the answers the dialogue knows to it (``known``) and, for digits,
-        how many complete it: until then a pause ends the turn only after
-        ``turn.digits_max_silence_ms``. So does any pause after a digit while a postcode or
-        a date is expected: its end cannot be told from the words (a known answer is
-        confirmed on "N W 5" as well as on "N W 5, 6 P L": ``bench/eval_verify.py``'s
-        cut-short row)."""
+        how many complete it: the end-of-turn rules hold such an answer
+        (``call/turn_end.py``: until the digits are all there, a pause ends the turn only
+        after ``turn.digits_max_silence_ms``; so does a pause in a postcode or a date)."""
         self.expect = expected
         self.known = known if expected else ()
-        holding = self.config.turn.digits_max_silence_ms
-        counting = bool(expected and Expectation.DIGITS in expected and digits and holding > 0)
-        self._expect_digits = digits if counting else None
-        read_out = {Expectation.POSTCODE, Expectation.DATE} & set(expected or ())
-        self._expect_read_out = bool(read_out) and not counting and holding > 0
-        self.turns.set_max_silence_ms(self._longest_silence_ms())
+        self._answer_expected = answer_expected(
+            self._rules, expected or frozenset(), digits, bool(self._known_checked)
+        )
+        self.turns.set_max_silence_ms(longest_silence_ms(self._rules, self._answer_expected))
 
     @property
     def _known_checked(self) -> tuple[KnownAnswer, ...]:
@@ -527,145 +531,22 @@ class Listener:
         held = bool(self.expect) and self._expecting is not None and stt.hold_expected
         return self.known if held and stt.verify_known else ()
 
-    @property
-    def _holding_answer(self) -> bool:
-        """Digits still to come, or a postcode or date being read out: a pause after a
-        digit waits for ``turn.digits_max_silence_ms``."""
-        return self._expect_digits is not None or self._expect_read_out
-
-    def _longest_silence_ms(self) -> int | None:
-        """The endpointer's maximum silence: the longest wait a rule can ask for (digits
-        still expected, a transcript read unfinished); None: vad.end_silence_max_ms. The
-        rules end other pauses sooner (``_finished_after_ms``)."""
-        waits = [0]
-        if self._holding_answer:
-            waits.append(self.config.turn.digits_max_silence_ms)
-        if self._reading:
-            waits.append(self.config.turn.unfinished_max_silence_ms)
-        longest = max(waits)
-        return longest if longest > self.config.vad.end_silence_max_ms else None
-
-    def _waited_longer_s(self, ended_by: str, rule_ms: int) -> float:
-        """How much longer than ``vad.end_silence_max_ms`` a turn ended by the maximum
-        silence waited (a rule that holds the turn, ``rule_ms`` long, was on)."""
-        if ended_by != "silence":
-            return 0.0
-        longest = self._longest_silence_ms()
-        if longest is None:
-            return 0.0
-        extra_ms = min(longest, rule_ms) - self.config.vad.end_silence_max_ms
-        return max(0.0, extra_ms / 1000.0)
-
-    def _waited_for_digits_s(self, ended_by: str) -> float:
-        """The longer wait of a turn ended by the maximum silence while digits were still
-        expected (or a postcode or date read out)."""
-        if not self._holding_answer:
-            return 0.0
-        return self._waited_longer_s(ended_by, self.config.turn.digits_max_silence_ms)
-
-    def _waited_unfinished_s(self, ended_by: str, verdict: TextVerdict | None) -> float:
-        """The longer wait of a turn ended by the maximum silence after the text model read
-        its last pause unfinished (beyond what the digits rule accounts for)."""
-        if verdict != "unfinished":
-            return 0.0
-        waited = self._waited_longer_s(ended_by, self.config.turn.unfinished_max_silence_ms)
-        return max(0.0, waited - self._waited_for_digits_s(ended_by))
-
-    def _text_gate(self) -> Literal["pass", "wait", "hold"]:
-        """The text model's rule on the current pause: "wait" until it has read the decode
-        at this pause (with turn.text_wait; without, the detectors decide meanwhile),
-        "hold" when it reads it unfinished (only turn.unfinished_max_silence_ms ends the
-        turn), else "pass" (the detectors decide, vad.end_silence_max_ms at the latest)."""
-        if not self._reading:
-            return "pass"
-        read = self._text_read
-        if read is None or self._is_stale_pause(read.turn_id, read.pause_id):
-            return "wait" if self.config.turn.text_wait else "pass"
-        return "hold" if read.verdict == "unfinished" else "pass"
-
-    def _digits_verdict(self) -> tuple[int, str] | Literal["wait", "no_opinion"]:
-        """While digits are expected: the turn ends at the short silence once the decode at
-        this pause holds as many digits as asked for (``(ms, "digits")``); "wait" while that
-        decode is still running or holds fewer (only the maximum silence ends the turn);
-        "no_opinion" when no digits are expected or the caller said no digit at all (the
-        detectors decide). While a postcode or date is expected, any digit heard means
-        "wait": only the maximum silence ends it; unless the decode at this pause confirms
-        a date the dialogue knows (``(ms, "known")``): verify's end guard confirms a date
-        only when the audio went on to its end (its year heard), so nothing is left to
-        wait for. A confirmed postcode still waits (it has no such guard). With answers
-        known, anything else waits too, digits heard or not: a decode that confirms nothing
-        may be a garbled first half ("the 21st of September, [pause] 1957")."""
-        wanted = self._expect_digits
-        if not self._holding_answer:
-            return "no_opinion"
+    def _pause_evidence(self) -> PauseEvidence:
+        """What is known of the current pause: its speculative decode, the text reader's
+        verdict on it, the smart-turn verdict (each None until it is back)."""
         spec = self._speculation
-        if spec is None or self._is_stale_pause(spec.turn_id, spec.pause_id):
-            return "wait"  # the decode at this pause is still running
-        if self._expect_read_out and spec.result.held_to == CONFIRMED_DATE:
-            return self.config.vad.end_silence_ms, "known"
-        if self._expect_read_out and self._known_checked:
-            return "wait"
-        heard = count_digits(spec.result.text)
-        if wanted is not None and heard >= wanted:
-            return self.config.vad.end_silence_ms, "digits"
-        return "no_opinion" if heard == 0 else "wait"
-
-    def _finished_after_ms(self) -> tuple[int, str] | None:
-        """The end-of-turn detector's verdict on the current pause: how much silence ends
-        the turn now (and what decided it), or None (only the maximum silence does)."""
-        match self._digits_verdict():
-            case "wait":
-                return None
-            case (int() as silence_ms, str() as ended_by):
-                return silence_ms, ended_by
-        if self._text_gate() != "pass":
-            return None
-        if self._reading and self._text_read_as("finished"):
-            return self.config.vad.end_silence_ms, "text"
-        verdict = self._detector_verdict()
-        if verdict is None and self._longest_silence_ms() is not None:
-            # The endpointer waits for the longest rule: no rule holds this pause.
-            return self.config.vad.end_silence_max_ms, "silence"
-        return verdict
-
-    def _detector_verdict(self) -> tuple[int, str] | None:
-        """The end-of-turn detector's verdict once no rule holds the pause."""
-        if self._detector == "smart-turn":
-            verdict = self._verdict
-            if verdict is None or self._is_stale_pause(verdict.turn_id, verdict.pause_id):
-                return None
-            if verdict.complete:
-                return self.config.vad.end_silence_ms, "detector"
-            # The model hears an unfinished turn; a transcript that reads finished breaks
-            # the tie at a middle silence (callers whose prosody the model misjudges).
-            tiebreak_ms = self.config.turn.tiebreak_silence_ms
-            if tiebreak_ms > 0 and self._transcript_reads_finished():
-                return tiebreak_ms, "tiebreak"
-            return None
-        if self._detector == "transcript" and self._transcript_reads_finished():
-            return self.config.vad.end_silence_ms, "detector"
-        return None  # "silence": only end_silence_max_ms ends a turn
-
-    def _text_read_as(self, *verdicts: TextVerdict) -> bool:
-        """The text model read the decode at the current pause as one of ``verdicts``."""
         read = self._text_read
-        return (
-            read is not None
-            and not self._is_stale_pause(read.turn_id, read.pause_id)
-            and read.verdict in verdicts
-        )
-
-    def _transcript_reads_finished(self) -> bool:
-        """The speculative transcript of the current pause may be a finished turn: the text
-        model (or the word list as its reader), when it is on, does not read it unfinished;
-        else the old word list."""
-        if self._reading:
-            return self._text_read_as("finished", "unsure")
-        spec = self._speculation
-        return (
-            spec is not None
-            and not self._is_stale_pause(spec.turn_id, spec.pause_id)
-            and looks_complete(spec.result.text)
+        verdict = self._verdict
+        return PauseEvidence(
+            decode=None
+            if spec is None or self._is_stale_pause(spec.turn_id, spec.pause_id)
+            else spec.result,
+            text_read=None
+            if read is None or self._is_stale_pause(read.turn_id, read.pause_id)
+            else read.verdict,
+            model_complete=None
+            if verdict is None or self._is_stale_pause(verdict.turn_id, verdict.pause_id)
+            else verdict.complete,
         )
 
     def _maybe_end_early(self) -> None:
@@ -674,7 +555,7 @@ class Listener:
         endpointer ends it at vad.end_silence_max_ms."""
         if not self.utterance_open:
             return
-        finished = self._finished_after_ms()
+        finished = end_after(self._rules, self._answer_expected, self._pause_evidence())
         if finished is None:
             return
         silence_ms, ended_by = finished
@@ -682,7 +563,7 @@ class Listener:
             self._last_window_s,
             silence_ms,
             tiebreak=ended_by == "tiebreak",
-            finished=ended_by in ("detector", "digits", "known", "text"),
+            finished=ended_by in FINISHED,
         )
         if ended is not None:
             self._apply(ended, self.last_frame_at, ended_by=ended_by)
@@ -906,9 +787,13 @@ class Listener:
                     stt=result.timing if result is not None else None,
                     speculations_dropped=self.speculations_dropped - self._turn_dropped_at,
                     held_to=result.held_to if result is not None else None,
-                    waited_for_digits_s=self._waited_for_digits_s(ended_by),
+                    waited_for_digits_s=waited_for_answer_s(
+                        self._rules, self._answer_expected, ended_by
+                    ),
                     text_verdict=text_verdict,
-                    waited_unfinished_s=self._waited_unfinished_s(ended_by, text_verdict),
+                    waited_unfinished_s=waited_unfinished_s(
+                        self._rules, self._answer_expected, ended_by, text_verdict
+                    ),
                     verdict_ms=verdict_ms,
                 )
                 self._on_transcript(
