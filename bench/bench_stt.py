@@ -259,7 +259,7 @@ class Variant:
     second_opinion: bool = False  # the split: [stt] second_opinion, the shipped vocabulary
 
 
-# The [stt] prompt measured in README "Speech recognition" (the setting is off by default).
+# The [stt] prompt measured in bench/README.md "Whisper's prompt" (the setting is off by default).
 MEASURED_PROMPT = (
     "Energy supplier's customer line. Balance, bill, account number, postcode, date of "
     "birth, power cut, meter reading, direct debit, tariff, engineer appointment, agent."
