@@ -82,6 +82,8 @@ def test_unclear(text: str) -> None:
         ("how much is the standing charge", "amount"),
         ("how much would a new meter cost", "amount"),
         ("what's the price of a meter", "amount"),
+        ("what is your night rate", "amount"),  # a rate or a fee, one word before it
+        ("what's the exit fee", "amount"),
         ("how long will it take", "duration"),
         ("how many plans can I choose from", "number"),
         ("what time do you shut", "clock_time"),

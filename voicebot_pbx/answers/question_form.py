@@ -137,7 +137,7 @@ _ASKS: tuple[tuple[AnswerKind, re.Pattern[str]], ...] = (
         re.compile(
             r"\bhow much (is|are|does|do|will|would|did|was|has|have|'s)\b"
             r"|\bhow much\b.*\b(cost|charge|charged|pay|fee)\b"
-            r"|\bwhat('s| is| are)? (the|your) (price|cost|charge|fee)s?\b"
+            r"|\bwhat('s| is| are)? (the|your) (\w+ )?(price|cost|charge|fee|rate)s?\b"
         ),
     ),
     ("duration", re.compile(r"\bhow long\b(?! is my)")),
