@@ -850,6 +850,31 @@ def test_real_model_tokens_reach_tts_sentence_by_sentence(llama: LlamaCppEngine)
 
 
 @pytest.mark.models
+def test_real_model_answers_a_question_the_same_whatever_came_before(
+    llama: LlamaCppEngine,
+) -> None:
+    """Sampling starts from the configured seed at every generation: the same messages get
+    the same answer after another caller's question (llama-cpp-python would otherwise draw
+    each call's seed from the previous one). Temperature 1 makes any drift show."""
+    colour = [STORY[0], {"role": "user", "content": "Name a colour and a fruit."}]
+    trains = [STORY[0], {"role": "user", "content": "Say something about trains."}]
+
+    async def text(messages: list[dict[str, str]]) -> str:
+        async with contextlib.aclosing(
+            llama.stream_chat(messages, max_tokens=25, temperature=1.0)
+        ) as stream:
+            return "".join([piece async for piece in stream])
+
+    async def main() -> None:
+        first = await text(colour)
+        await text(trains)
+        assert await text(colour) == first
+        assert first
+
+    run(main())
+
+
+@pytest.mark.models
 def test_real_model_cancellation_stops_generation(llama: LlamaCppEngine) -> None:
     async def main() -> None:
         pieces = 0

@@ -157,6 +157,10 @@ class LlamaCppEngine:
             verbose=False,
         )
         self.model_path = path
+        # Every generation samples from this seed afresh (llama-cpp-python otherwise draws
+        # each call's seed from the one before): a question gets the same answer whatever
+        # the model was asked before, on this call or another.
+        self.seed = seed
         self.queue_max = queue_max
         self.queue_timeout_s = queue_timeout_s
         self.token_timeout_s = token_timeout_s
@@ -196,7 +200,11 @@ class LlamaCppEngine:
             if stop.is_set():
                 return
             chunks = self._llama.create_chat_completion(
-                messages=messages, max_tokens=max_tokens, temperature=temperature, stream=True
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=self.seed,
+                stream=True,
             )
             try:
                 for chunk in chunks:

@@ -72,7 +72,10 @@ class LlmConfig:
     n_threads_batch: int = 0  # prompt evaluation threads (0: n_threads)
     n_batch: int = 256
     max_tokens: int = 80
-    temperature: float = 0.2
+    # 0: greedy, the model's likeliest words (bench/README.md, "Answers from the knowledge
+    # base": fewer answers the post-check stops); above 0 sampling starts from the engine's
+    # seed at every answer, so a question still gets the same answer every time.
+    temperature: float = 0.0
     # openai engine: endpoints, and a file of NAME=key lines for names not in the environment.
     endpoints: tuple[LlmEndpointConfig, ...] = ()
     keys_file: str = ""
