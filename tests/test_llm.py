@@ -412,6 +412,29 @@ def test_a_first_sentence_with_nothing_from_the_passages_is_no_answer(
         ]
 
 
+@pytest.mark.parametrize(
+    ("answer", "spoken"),
+    [
+        ("We pay refunds to your bank account.", False),  # "how long" asked: no duration
+        ("We pay it to your bank account within 10 working days.", True),
+    ],
+)
+def test_a_first_sentence_must_state_the_kind_of_answer_asked_for(
+    kb: KnowledgeBase, answer: str, spoken: bool
+) -> None:
+    engine = ScriptedEngine(words(answer))
+    question = "once I ask for my credit back how long until it lands"
+    result = run(collect(LlmAnswerer(engine, kb, LlmConfig()), question))
+    if spoken:
+        assert isinstance(result[0], Sentence), result
+    else:
+        assert isinstance(result[0], Rejected), result
+        assert (result[0].reason, result[0].problems) == (
+            "no_answer",
+            ("asked for duration, states none",),
+        )
+
+
 def test_later_ungrounded_sentence_ends_the_answer_there(kb: KnowledgeBase) -> None:
     engine = ScriptedEngine(words("Call 105 from any phone. Or ask for Dave on 0800 555 0101."))
     result = run(collect(LlmAnswerer(engine, kb, LlmConfig()), "how do I report a power cut"))

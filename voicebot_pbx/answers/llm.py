@@ -58,6 +58,7 @@ from voicebot_pbx.answers.llm_prompt import (
     is_decline,
     system_prompt,
 )
+from voicebot_pbx.answers.question_form import asks_for, states
 from voicebot_pbx.config import (
     DEFAULT_FALLBACK_REPLY as DEFAULT_FALLBACK_REPLY,
 )
@@ -153,6 +154,10 @@ class LlmAnswerer:
             for term in search_terms(question)
             if len(term) >= 5 and term not in self.kb.vocabulary and term not in NEUTRAL_TERMS
         }
+        # "How much will a smart meter save me?" -> "A smart meter saves you a year.": when
+        # the question names the kind of answer (an amount, a duration, a time, ...), the
+        # first sentence must state one, or it answers something else.
+        kind = asks_for(question)
         stream = self.engine.stream_chat(
             messages, max_tokens=config.max_tokens, temperature=config.temperature
         )
@@ -205,6 +210,8 @@ class LlmAnswerer:
                     elif not problems and index == 0 and _says_nothing(text, passage_terms):
                         # "I'm sorry for the confusion.": no answer, and no offer either.
                         problems, reason = ["no word of it is in the passages"], "no_answer"
+                    elif not problems and index == 0 and kind and not states(kind, text):
+                        problems, reason = [f"asked for {kind}, states none"], "no_answer"
                     if problems:
                         log.info(
                             "llm_sentence_rejected",
