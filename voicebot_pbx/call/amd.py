@@ -165,7 +165,7 @@ class AmdConfig:
     words_check_max_ms: int = 6000  # chosen on the dev split (bench/eval_amd.py)
     # A machine by length or words whose greeting went quiet with no beep, and who then talks
     # over the voicemail message (words, none a machine's): a person after all (a recording
-    # machine does not talk back); the message stops and the opening plays (call/session.py).
+    # machine does not talk back); the message stops and the opening plays (call/outbound.py).
     talk_back_is_person: bool = True
     # -- after the verdict
     late_beep_ms: int = 6000  # after human/silence/undecided, a beep this soon: machine

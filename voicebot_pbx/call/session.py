@@ -18,22 +18,21 @@ import contextlib
 import dataclasses
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from voicebot_pbx.answers import factory
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, Dialogue, DialogueTurn
 from voicebot_pbx.call import policy
-from voicebot_pbx.call.amd import AmdResult
-from voicebot_pbx.call.answering import AmdGate
 from voicebot_pbx.call.handover import handover_vars
 from voicebot_pbx.call.listener import Listener, TranscriptTrace
+from voicebot_pbx.call.outbound import OutboundOpening
 from voicebot_pbx.call.prompts import ClipLibrary, TtsCache
 from voicebot_pbx.call.responder import Responder, SpeechSynth
-from voicebot_pbx.campaign.opt_out import is_opt_out, note_machine, note_person, opt_out
+from voicebot_pbx.campaign.opt_out import is_opt_out, opt_out
 from voicebot_pbx.config import Config, ProfileConfig, profile_named
 from voicebot_pbx.ops.analytics_open import recordings_dir
 from voicebot_pbx.ops.recording import CallRecording
@@ -116,12 +115,9 @@ class CallSession:
         self._no_input_count = 0
         self._no_input_task: asyncio.Task[None] | None = None
         self.rate_hz = media.rate_hz
-        # Outbound calls of a profile with ``amd``: who answered, before the opening.
-        self._amd: AmdGate | None = None
-        self._amd_turns: set[int] = set()  # callee turns that began before the verdict
-        # ... of them, those that began over a voicemail message left on a recording that may
-        # be a person after all (AmdGate.message_to_a_recording)
-        self._talk_back_turns: set[int] = set()
+        # Outbound calls of a profile with ``amd``: who answered, before the opening
+        # (call/outbound.py).
+        self._outbound: OutboundOpening | None = None
         # The transcript the dialogue was given before the caller went on (carried into
         # the next turn): taken back from the dialogue before that turn is answered.
         self._unfinished: str | None = None
@@ -164,9 +160,17 @@ class CallSession:
                 wrap_up = group.create_task(self._wrap_up_timer())
                 greeting = TurnRecord(turn_id=0, kind="greeting")
                 if self.profile is not None and self.profile.amd:
-                    self._amd = AmdGate(self.config.amd, self.rate_hz, self._amd_revised)
-                    self.listener.audio_tap = self._amd.feed
-                    self._start_reply(greeting, self._greeting_after_amd(greeting), loop.time())
+                    self._outbound = OutboundOpening(
+                        self.config,
+                        self.rate_hz,
+                        self.profile,
+                        self.shared.control,
+                        self.media.call_id,
+                        self,
+                        self.listener.transcribe_clip,
+                    )
+                    self.listener.audio_tap = self._outbound.gate.feed
+                    self._start_reply(greeting, self._outbound.greeting(greeting), loop.time())
                 else:
                     self._start_reply(greeting, self._greeting(), loop.time())
                 try:
@@ -258,125 +262,36 @@ class CallSession:
             return DialogueTurn(replies=(reply,), intent="greet", source="profile")
         return await self.dialogue.start(self.call)
 
-    async def _greeting_after_amd(self, turn: TurnRecord) -> DialogueTurn:
-        """Wait for the answering-machine verdict: a person (or silence) gets the opening,
-        a machine the voicemail message after its beep. A person Asterisk's ``AMD()`` heard
-        before the call reached the bot gets it at once. A short greeting's pause that makes
-        a person likely before the verdict (``LikelyHuman``) starts the opening at once;
-        :meth:`_confirm_likely` cuts it if the verdict comes out machine."""
-        assert self._amd is not None
-        early = await self._amd.asterisk_person(self.shared.control, self.media.call_id)
-        if early is not None:
-            self._note_verdict(turn, early)
-            return await self._greeting()
-        if await self._amd.likely_first():
-            likely = self._amd.likely.result()
-            turn.fallbacks.append("amd_likely_human")
-            log.info("amd_likely_human", at_s=round(likely.at_s, 2))
-            if self._group is not None:
-                self._group.create_task(self._confirm_likely(turn))
-            return await self._greeting()
-        result = await self._settled_verdict(turn)
-        if result.verdict != "machine":
-            return await self._greeting()
-        self._tell_campaign("machine")
-        return await self._voicemail()
+    # --- what the outbound opening asks of the call (call/outbound.py, OpeningHost) -----
 
-    async def _settled_verdict(self, turn: TurnRecord) -> AmdResult:
-        """The verdict the bot acts on (``AmdGate.settle``), noted on ``turn`` and logged."""
-        assert self._amd is not None
-        result = await self._amd.settle(
-            self.shared.control, self.media.call_id, self.listener.transcribe_clip
-        )
-        self._note_verdict(turn, result)
-        return result
+    @property
+    def turn_id(self) -> int:
+        return self.turns.turn_id
 
-    @staticmethod
-    def _note_verdict(turn: TurnRecord, result: AmdResult) -> None:
-        turn.fallbacks.append(f"amd_{result.verdict}:{result.reason}")
-        log.info(
-            "amd_verdict",
-            verdict=result.verdict,
-            reason=result.reason,
-            decided_at_s=round(result.decided_at_s, 2),
-        )
+    def start_reply(self, turn: TurnRecord, make_turn: Awaitable[DialogueTurn], now: float) -> None:
+        self._start_reply(turn, make_turn, now)
 
-    async def _confirm_likely(self, opening: TurnRecord) -> None:
-        """After an opening started on a likely person: the verdict. A machine (the
-        greeting went on) cuts the opening at once, before its beep, and gets the voicemail
-        message; a greeting the length rule called a machine's but whose words are a
-        person's (the words check) hears the opening again from its start."""
-        assert self._amd is not None
-        first = await self._amd.first_verdict()
-        cut = first.verdict == "machine"
-        if cut:
-            log.info("amd_opening_cut", reason=first.reason)
-            opening.fallbacks.append("amd_opening_cut")
-            self._interrupt()
-        result = await self._settled_verdict(opening)
-        loop = asyncio.get_running_loop()
-        if result.verdict == "machine":
-            if not cut:
-                self._interrupt()
-            self._tell_campaign("machine")
-            turn = TurnRecord(turn_id=self.turns.turn_id, kind="voicemail")
-            self._start_reply(turn, self._voicemail(), loop.time())
-        elif cut:
-            turn = TurnRecord(turn_id=self.turns.turn_id, kind="greeting")
-            self._start_reply(turn, self._greeting(), loop.time())
+    def interrupt(self) -> None:
+        self._interrupt()
 
-    def _talked_back(self, turn_id: int, text: str, now: float) -> bool:
-        """The callee talked over the voicemail message left on what seemed a recording
-        (``AmdGate.talked_back``): a person after all. The message stops, the opening plays,
-        the campaign counts the call as answered again."""
-        assert self._amd is not None
-        self._talk_back_turns.discard(turn_id)
-        said = self.profile.voicemail_message if self.profile is not None else ""
-        result = self._amd.talked_back(text, said)
-        if result is None:
-            return False
-        log.info("amd_verdict", verdict=result.verdict, reason=result.reason, revises="machine")
+    def opening(self) -> Awaitable[DialogueTurn]:
+        return self._greeting()
+
+    def drop_paused_reply(self) -> None:
         message, self._paused_turn = self._paused_turn, None
         if message is not None:
             message.barged_in = True
             self._turn_finished(message)
-        self._interrupt()
-        turn = TurnRecord(turn_id=turn_id, kind="greeting", transcript=text)
-        turn.fallbacks.append(f"amd_human:{result.reason}")
-        self._tell_campaign("person")
-        self._start_reply(turn, self._greeting(), now)
-        return True
 
-    def _tell_campaign(self, verdict: Literal["machine", "person"]) -> None:
-        """The answering-machine verdict to the call's campaign (if it is one's): a machine,
-        or a person after all (one who talked over the voicemail message)."""
-        note = note_machine if verdict == "machine" else note_person
+    def spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        if self._group is None:
+            job.close()  # the call is over: never started
+            return
+        self._group.create_task(job)
 
-        async def tell() -> None:
-            if await note(self.config, self.shared.control, self.media.call_id):
-                log.info("campaign_verdict_noted", verdict=verdict)
-
-        if self._group is not None:
-            self._group.create_task(tell())
-
-    async def _voicemail(self) -> DialogueTurn:
-        """After a machine's beep (or its silence): the profile's message, then hang up."""
-        assert self._amd is not None
-        await self._amd.wait_drop()
-        message = self.profile.voicemail_message if self.profile is not None else ""
-        replies = (BotReply(text=message),) if message else ()
-        return DialogueTurn(replies=replies, end="hangup", intent="voicemail", source="amd")
-
-    def _amd_revised(self, result: AmdResult) -> None:
-        """A beep after all (a short "leave a message" greeting): stop, leave the message."""
-        log.info(
-            "amd_verdict", verdict=result.verdict, reason=result.reason, revises=result.revises
-        )
-        turn = TurnRecord(turn_id=self.turns.turn_id, kind="voicemail")
-        turn.fallbacks.append(f"amd_machine:{result.reason}")
-        self._tell_campaign("machine")
-        self._interrupt()
-        self._start_reply(turn, self._voicemail(), asyncio.get_running_loop().time())
+    def _detectors_turn(self, turn_id: int) -> bool:
+        """The callee's turn began before the answering-machine verdict."""
+        return self._outbound is not None and self._outbound.owns(turn_id)
 
     async def _write_record(self) -> None:
         if self.shared.recorder is None:
@@ -449,11 +364,8 @@ class CallSession:
     # --- what the listener reports (ListenerHooks) ----------------------------------------
 
     def utterance_started(self, turn_id: int) -> None:
-        if self._amd is not None and self._amd.listening:
-            self._amd_turns.add(turn_id)  # "hello?" is the detector's, not the dialogue's
-            if self._amd.message_to_a_recording:
-                self._talk_back_turns.add(turn_id)
-            return
+        if self._outbound is not None and self._outbound.utterance_started(turn_id):
+            return  # "hello?" before the verdict is the detector's, not the dialogue's
         self._cancel_no_input()
         self._no_input_count = 0
         if self._reply_task is not None and not self._reply_started:
@@ -467,12 +379,9 @@ class CallSession:
 
     @property
     def _amd_hears_callee(self) -> bool:
-        """The callee's sounds are the answering-machine detector's: no barge-in (a machine's
-        beep or greeting does not interrupt its message). Not while the message goes to what
-        seemed a recording: a callee talking over it pauses it (a person, maybe)."""
-        return (
-            self._amd is not None and self._amd.listening and not self._amd.message_to_a_recording
-        )
+        """The callee's sounds are the answering-machine detector's: no barge-in
+        (``OutboundOpening.hears_callee``)."""
+        return self._outbound is not None and self._outbound.hears_callee
 
     def barge_in_onset(self) -> None:
         if self._amd_hears_callee:
@@ -518,7 +427,7 @@ class CallSession:
     def heard_so_far(self, turn_id: int, text: str) -> None:
         """The dialogue may prepare the answer to ``text`` while the end of the turn is
         still being waited for (``Dialogue.prepare``: no side effects)."""
-        if self._group is None or self._ending or turn_id in self._amd_turns:
+        if self._group is None or self._ending or self._detectors_turn(turn_id):
             return
         self._group.create_task(self._prepare(text))
 
@@ -538,8 +447,8 @@ class CallSession:
         now: float,
         trace: TranscriptTrace,
     ) -> None:
-        if turn_id in self._amd_turns:
-            if turn_id in self._talk_back_turns and self._talked_back(turn_id, text, now):
+        if self._outbound is not None and self._outbound.owns(turn_id):
+            if self._outbound.talked_back(turn_id, text, now):
                 return
             log.info("amd_turn_ignored", turn_id=turn_id)
             if self._paused_turn is not None:  # the message, paused by the callee's sound
@@ -827,7 +736,7 @@ class CallSession:
         loop = asyncio.get_running_loop()
         dialogue_started = loop.time()
         timeout_s = self.config.dialogue.timeout_s
-        if self._amd is not None and turn.kind in ("greeting", "voicemail"):
+        if self._outbound is not None and turn.kind in ("greeting", "voicemail"):
             # The opening waits for the verdict, a voicemail message for the beep.
             amd = self.config.amd
             timeout_s += (amd.total_analysis_ms + amd.drop_wait_max_ms) / 1000.0 + 4.0
