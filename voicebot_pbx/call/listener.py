@@ -80,6 +80,17 @@ _SILENCES_KEPT = 8
 WINDOW_S = WINDOW_MS / 1000.0
 
 
+class _OfAPause(Protocol):
+    @property
+    def turn_id(self) -> int: ...
+    @property
+    def pause_id(self) -> int: ...
+
+
+# A verdict, decode or reading that belongs to one pause of one turn.
+_PauseItem = TypeVar("_PauseItem", bound=_OfAPause)
+
+
 class ListenerHooks(Protocol):
     def utterance_started(self, turn_id: int) -> None:
         """The caller started speaking (turn ``turn_id``)."""
@@ -534,20 +545,20 @@ class Listener:
     def _pause_evidence(self) -> PauseEvidence:
         """What is known of the current pause: its speculative decode, the text reader's
         verdict on it, the smart-turn verdict (each None until it is back)."""
-        spec = self._speculation
-        read = self._text_read
-        verdict = self._verdict
+        spec = self._of_this_pause(self._speculation)
+        read = self._of_this_pause(self._text_read)
+        verdict = self._of_this_pause(self._verdict)
         return PauseEvidence(
-            decode=None
-            if spec is None or self._is_stale_pause(spec.turn_id, spec.pause_id)
-            else spec.result,
-            text_read=None
-            if read is None or self._is_stale_pause(read.turn_id, read.pause_id)
-            else read.verdict,
-            model_complete=None
-            if verdict is None or self._is_stale_pause(verdict.turn_id, verdict.pause_id)
-            else verdict.complete,
+            decode=spec.result if spec is not None else None,
+            text_read=read.verdict if read is not None else None,
+            model_complete=verdict.complete if verdict is not None else None,
         )
+
+    def _of_this_pause(self, item: _PauseItem | None) -> _PauseItem | None:
+        """``item`` if it belongs to the current pause, else None."""
+        if item is None or self._is_stale_pause(item.turn_id, item.pause_id):
+            return None
+        return item
 
     def _maybe_end_early(self) -> None:
         """End the turn at the short silence (vad.end_silence_ms) if the caller sounds
