@@ -805,6 +805,25 @@ def test_keyless_endpoint_sends_no_authorization() -> None:
     run(main())
 
 
+def test_a_sampling_request_carries_the_seed_and_a_greedy_one_none() -> None:
+    async def main() -> None:
+        async with FakeServer() as server:
+            engine = make_engine([server.url])
+            try:
+                await text_of(engine)  # temperature 0
+                async with contextlib.aclosing(
+                    engine.stream_chat(MESSAGES, max_tokens=50, temperature=0.7)
+                ) as stream:
+                    _ = [piece async for piece in stream]
+            finally:
+                await engine.aclose()
+            greedy, sampled = (request["body"] for request in server.requests)
+            assert isinstance(greedy, dict) and "seed" not in greedy
+            assert isinstance(sampled, dict) and sampled["seed"] == engine.seed
+
+    run(main())
+
+
 def test_http_barge_in_closes_the_stream_and_the_server_stops(kb: KnowledgeBase) -> None:
     async def main() -> None:
         text = "You can pay by card. " + "It is quick and easy. " * 40

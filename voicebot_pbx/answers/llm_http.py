@@ -317,8 +317,13 @@ class OpenAIEngine:
         endpoint_timeout_s: float = 2.0,
         stream_timeout_s: float = 3.0,
         client: httpx.AsyncClient | None = None,
+        seed: int = 1234,
     ) -> None:
         self.pool = pool
+        # Sent with every request that samples (temperature above 0), so an endpoint that
+        # honours it (llama.cpp's server, vLLM, OpenAI) gives a question the same answer
+        # every time, as the local engine does; greedy requests need none and carry none.
+        self.seed = seed
         self.endpoint_timeout_s = endpoint_timeout_s
         self.stream_timeout_s = stream_timeout_s
         self._own_client = client is None
@@ -357,6 +362,8 @@ class OpenAIEngine:
                 "temperature": temperature,
                 "stream": True,
             }
+            if temperature > 0:
+                body["seed"] = self.seed
             outcome: Outcome = "cancelled"
             retry_after: float | None = None
             yielded = False
