@@ -457,9 +457,11 @@ class Item:
 
 @dataclass(slots=True)
 class Verdict:
+    """What one pause's detector, decode or reading gave, ready at ``ready_s``."""
+
     pause_id: int
     ready_s: float
-    complete: bool
+    complete: bool = False  # the detector's: the caller sounds finished
     text: TextVerdict = "unsure"  # the text reader's verdict (the decode at the pause)
     said: str = ""  # a decode's words
 
@@ -637,12 +639,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                         lo, hi = _slice(onset_s, heard_s, lookback_s)
                         answer = judges.held_digits(item.id, item.pcm, lo, hi)
                         held_busy_until_s = max(heard_s, held_busy_until_s) + answer.wall_s
-                        held = Verdict(
-                            pause_id,
-                            held_busy_until_s,
-                            answer.value >= item.digits,
-                            said=answer.text,
-                        )
+                        held = Verdict(pause_id, held_busy_until_s, said=answer.text)
                         out.evaluations += 1
                         out.cpu_s.append(answer.cpu_s)
                     if out.decided_s is None:
@@ -651,12 +648,10 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                         decoded = judges.decode(item.id, item.pcm, lo, hi)
                         spec_busy_until_s = max(heard_s, spec_busy_until_s) + decoded.wall_s
                         decode_ready[pause_id] = spec_busy_until_s
-                        free = Verdict(
-                            pause_id, spec_busy_until_s, decoded.value >= 0.5, said=decoded.text
-                        )
+                        free = Verdict(pause_id, spec_busy_until_s, said=decoded.text)
                         if reading and setting.reader == "words":
                             read = Verdict(
-                                pause_id, spec_busy_until_s, True, word_list_verdict(decoded.text)
+                                pause_id, spec_busy_until_s, text=word_list_verdict(decoded.text)
                             )
                         elif reading:
                             reader, words = judges.text(decoded.text)
@@ -668,7 +663,7 @@ def simulate(item: Item, setting: Setting, judges: Judges) -> Outcome:
                                 unfinished_below=setting.unfinished_below,
                                 finished_from=setting.finished_from,
                             )
-                            read = Verdict(pause_id, spec_busy_until_s, True, verdict_text)
+                            read = Verdict(pause_id, spec_busy_until_s, text=verdict_text)
                     if out.decided_s is None and setting.detector == "transcript":
                         ask(
                             pause_id,

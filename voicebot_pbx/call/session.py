@@ -447,7 +447,8 @@ class CallSession:
         now: float,
         trace: TranscriptTrace,
     ) -> None:
-        if self._outbound is not None and self._outbound.owns(turn_id):
+        if self._detectors_turn(turn_id):
+            assert self._outbound is not None
             if self._outbound.talked_back(turn_id, text, now):
                 return
             log.info("amd_turn_ignored", turn_id=turn_id)
