@@ -741,6 +741,14 @@ ACCURACY_VARIANTS = [
         long_from_s=1.5,
         second_opinion=True,
     ),
+    # and at 1 s (a long engine's turn under 2 s gets the short engine's opinion too)
+    Variant(
+        "split-1.0-second",
+        model="whisper+moonshine-base",
+        threads=2,
+        long_from_s=1.0,
+        second_opinion=True,
+    ),
 ]
 QUICK_VARIANTS = ["full", "short10", "short10-b8"]
 CONCURRENCY = [

@@ -22,6 +22,7 @@ from voicebot_pbx.speech.expect import Expectation, Expected, label
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult, SttTiming, timed
 from voicebot_pbx.speech.stt_split import (
     EMPTY_SECOND_OPINION_MIN_S,
+    LONG_SECOND_OPINION_BELOW_S,
     LengthSplitEngine,
     known_and_unknown,
     second_opinion_wins,
@@ -352,6 +353,51 @@ def test_a_short_turn_outside_the_vocabulary_gets_the_long_engines_opinion(
     # No vocabulary given ([stt] second_opinion = false): never.
     assert heard("What's my madness?", "What's my balance?", frozenset()) == (
         "What's my madness?",
+        0,
+    )
+
+
+@pytest.mark.parametrize("path", ["blocking", "async"])
+def test_a_long_engines_turn_under_two_seconds_gets_the_short_engines_opinion(
+    pool: ThreadPoolExecutor, path: str
+) -> None:
+    """With the split set lower than LONG_SECOND_OPINION_BELOW_S, a turn between the two
+    goes to the long engine first, and the short one checks it by the same rule."""
+
+    def heard(long_says: str, short_says: str, speech_s: float) -> tuple[str, int, int]:
+        short, long = Saying("short", short_says), Saying("long", long_says)
+        split = LengthSplitEngine(short, long, long_from_s=1.0, pool=pool)
+        split.use_vocabulary(VOCABULARY)
+        pcm = silence(300) + tone(speech_s) + silence(300)
+        if path == "blocking":
+            text = split.transcribe(pcm, RATE_HZ).text
+        else:
+            text = asyncio.run(split.transcribe_async(pcm, RATE_HZ)).text
+        assert split.routed["second"] == short.calls
+        return text, long.calls, short.calls
+
+    under_s = LONG_SECOND_OPINION_BELOW_S - 0.5
+    # Misheard by the long engine, heard right by the short one: the short one's words.
+    assert heard("What's my madness?", "What's my balance?", under_s) == (
+        "What's my balance?",
+        1,
+        1,
+    )
+    # The short engine no better: the long engine's.
+    assert heard("What's my madness?", "What's my man?", under_s) == ("What's my madness?", 1, 1)
+    # Heard as nothing: the short engine's words, when enough of them are known.
+    assert heard("", "What's my balance?", under_s) == ("What's my balance?", 1, 1)
+    # In the vocabulary: no second decode.
+    assert heard("What's my balance?", "What's my madness?", under_s) == (
+        "What's my balance?",
+        1,
+        0,
+    )
+    # A longer turn is the long engine's alone, as with the default split.
+    over_s = LONG_SECOND_OPINION_BELOW_S + 0.5
+    assert heard("What's my madness?", "What's my balance?", over_s) == (
+        "What's my madness?",
+        1,
         0,
     )
 

@@ -174,7 +174,8 @@ class SttConfig:
     prompt: str = ""
     # With the length split: a short turn whose transcript has a word outside the
     # deployment's vocabulary (the Rasa examples, the knowledge files) is decoded by the long
-    # engine too, and the more in-vocabulary transcript kept (speech/stt_split.py).
+    # engine too, and the more in-vocabulary transcript kept; so is a long engine's turn
+    # under 2 s of speech by the short engine (speech/stt_split.py).
     second_opinion: bool = True
     # A second engine for long utterances: every utterance with at least long_from_s of
     # speech goes to it, shorter ones to `engine` (speech/stt_split.py; README "Speech

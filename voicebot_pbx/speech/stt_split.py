@@ -1,11 +1,11 @@
 """Two speech-to-text engines split by utterance length: short turns to one, long to another.
 
 Measured on the 350-utterance STT set (bench/bench_stt.py): Whisper tiny.en makes fewer word
-errors on short turns ("yes", "agent", "goodbye"), Moonshine base on longer ones (on the
-recorded prompts 3.6 % against 6.2 % at 2-4 s). ``[stt] long_engine`` sends every utterance
-with at least ``long_from_s`` of speech (:func:`speech_span_s`: the STT look-back and the
-end-of-turn silence do not count) to the long engine; the shorter ones, including every
-speculative decode at a pause that is still short, go to the configured engine.
+errors on the shortest turns ("yes", "agent", "goodbye"), Moonshine base on longer ones (on
+the recorded prompts 3.6 % against 6.2 % at 2-4 s). ``[stt] long_engine`` sends every
+utterance with at least ``long_from_s`` of speech (:func:`speech_span_s`: the STT look-back
+and the end-of-turn silence do not count) to the long engine; the shorter ones, including
+every speculative decode at a pause that is still short, go to the configured engine.
 
 **A second opinion** (``[stt] second_opinion``): given the deployment's vocabulary (the
 dialogue's training examples and the knowledge files' words, :meth:`use_vocabulary` at
@@ -13,9 +13,11 @@ start-up), a short turn whose transcript holds a word outside it ("What's my mad
 decoded by the long engine too, and its transcript is kept when it has fewer such words and
 no fewer known ones ("What's my balance?"). So is a short turn heard as nothing although it
 holds 0.4 s of speech or more (Whisper's no-speech score rejects some voices' questions
-whole): the long engine's words are kept when at least as many are known as not. Both
-engines mishear synthetic voices, but rarely the same turn the same way. A turn in the
-vocabulary costs nothing more.
+whole): the long engine's words are kept when at least as many are known as not. A turn
+the long engine decoded with less than ``LONG_SECOND_OPINION_BELOW_S`` (2 s) of speech gets
+the short engine's opinion by the same rules: the short requests between ``long_from_s`` and
+2 s are where Moonshine base is weakest. Both engines mishear synthetic voices, but rarely
+the same turn the same way. A turn in the vocabulary costs nothing more.
 
 Each engine keeps its own path: one with its own inference thread (Whisper's batcher,
 ``SttCapabilities.queued``) is awaited there; one without runs in the service's shared
@@ -57,6 +59,10 @@ _WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?")
 # much speech (speech_span_s): Whisper's no-speech score rejects some voices' whole questions
 # ("where are you located", 1.2 s, en-029+m4), while a cough or a click is shorter.
 EMPTY_SECOND_OPINION_MIN_S = 0.4
+# A turn the long engine decoded (``long_from_s`` set below this) gets the short engine's
+# opinion under the same rules when it holds less speech than this: the short requests an
+# IVR lives on are where Moonshine base is weakest (bench/README.md, "Why the split at 2 s").
+LONG_SECOND_OPINION_BELOW_S = 2.0
 
 
 def spoken_words(text: str) -> list[str]:
@@ -184,20 +190,22 @@ class LengthSplitEngine:
         batch = engine.capabilities.batch
         assert batch is not None  # checked in __init__
         result = batch.transcribe(pcm, rate_hz)
-        if not self._wants_second_opinion(engine, result, span_s):
+        other = self._second_opinion_from(engine, result, span_s)
+        if other is None:
             return result
-        long_batch = self.long.capabilities.batch
-        assert long_batch is not None
-        return self._better(result, long_batch.transcribe(pcm, rate_hz))
+        other_batch = other.capabilities.batch
+        assert other_batch is not None
+        return self._better(result, other_batch.transcribe(pcm, rate_hz))
 
     async def transcribe_async(
         self, pcm: bytes, rate_hz: int, *, urgent: bool = False
     ) -> SttResult:
         engine, span_s = self._pick(pcm, rate_hz)
         result = await self._decode(engine, pcm, rate_hz, urgent)
-        if not self._wants_second_opinion(engine, result, span_s):
+        other = self._second_opinion_from(engine, result, span_s)
+        if other is None:
             return result
-        return self._better(result, await self._decode(self.long, pcm, rate_hz, urgent))
+        return self._better(result, await self._decode(other, pcm, rate_hz, urgent))
 
     async def _decode(self, engine: SttEngine, pcm: bytes, rate_hz: int, urgent: bool) -> SttResult:
         capabilities = engine.capabilities
@@ -209,16 +217,28 @@ class LengthSplitEngine:
         job = timed(functools.partial(batch.transcribe, pcm, rate_hz), engine.name)
         return await loop.run_in_executor(self._pool, job)
 
-    def _wants_second_opinion(self, engine: SttEngine, result: SttResult, span_s: float) -> bool:
-        """A short turn heard with a word outside the vocabulary, or heard as nothing
-        although it holds ``EMPTY_SECOND_OPINION_MIN_S`` of speech or more."""
-        if engine is not self.short or not self._vocabulary:
-            return False
+    def _second_opinion_from(
+        self, engine: SttEngine, result: SttResult, span_s: float
+    ) -> SttEngine | None:
+        """The other engine, for a turn heard with a word outside the vocabulary, or heard
+        as nothing although it holds ``EMPTY_SECOND_OPINION_MIN_S`` of speech or more: every
+        short engine's turn, and a long engine's turn under ``LONG_SECOND_OPINION_BELOW_S``
+        of speech. None: the first transcript stands."""
+        if not self._vocabulary:
+            return None
+        if engine is self.short:
+            other = self.long
+        elif span_s < LONG_SECOND_OPINION_BELOW_S:
+            other = self.short
+        else:
+            return None
         known, unknown = known_and_unknown(result.text, self._vocabulary)
-        return unknown > 0 or (known == 0 and span_s >= EMPTY_SECOND_OPINION_MIN_S)
+        if unknown > 0 or (known == 0 and span_s >= EMPTY_SECOND_OPINION_MIN_S):
+            return other
+        return None
 
     def _better(self, first: SttResult, second: SttResult) -> SttResult:
-        """The short engine's transcript or the long engine's second opinion (both counted)."""
+        """The first engine's transcript or the other's second opinion (both counted)."""
         self.routed["second"] += 1
         if not second_opinion_wins(first.text, second.text, self._vocabulary):
             return first
