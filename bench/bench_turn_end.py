@@ -323,6 +323,10 @@ def settings() -> list[Setting]:
         )
     for hold_ms in (1200, 1500):
         out.append(word_hold_setting(hold_ms))
+    # vad.end_silence_ms under the default 150 (2026-12-06): 4 and 3 VAD windows of 32 ms
+    for end in (120, 90):
+        base = word_hold_setting(1500)
+        out.append(replace(base, name=f"{base.name} short-end={end}", end_silence_ms=end))
     out.append(word_hold_setting(1500, wait=True))
     out.append(text_setting(1500, wait=False))
     out.append(text_setting(1500, wait=True))
