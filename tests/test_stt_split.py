@@ -298,6 +298,15 @@ class Saying:
         pass
 
 
+def spoken_tone(split: LengthSplitEngine, speech_s: float, path: str) -> str:
+    """The split's transcript of ``speech_s`` of tone between silences, decoded on the
+    blocking or the async path."""
+    pcm = silence(300) + tone(speech_s) + silence(300)
+    if path == "blocking":
+        return split.transcribe(pcm, RATE_HZ).text
+    return asyncio.run(split.transcribe_async(pcm, RATE_HZ)).text
+
+
 VOCABULARY = vocabulary_words(["what's my balance", "I want to check my balance", "goodbye"])
 
 
@@ -327,11 +336,7 @@ def test_a_short_turn_outside_the_vocabulary_gets_the_long_engines_opinion(
         split = LengthSplitEngine(short, long, long_from_s=1.5, pool=pool)
         assert split.capabilities.vocabulary is split
         split.use_vocabulary(vocabulary)
-        pcm = silence(300) + tone(speech_s) + silence(300)
-        if path == "blocking":
-            text = split.transcribe(pcm, RATE_HZ).text
-        else:
-            text = asyncio.run(split.transcribe_async(pcm, RATE_HZ)).text
+        text = spoken_tone(split, speech_s, path)
         assert split.routed["second"] == long.calls
         return text, long.calls
 
@@ -368,11 +373,7 @@ def test_a_long_engines_turn_under_two_seconds_gets_the_short_engines_opinion(
         short, long = Saying("short", short_says), Saying("long", long_says)
         split = LengthSplitEngine(short, long, long_from_s=1.0, pool=pool)
         split.use_vocabulary(VOCABULARY)
-        pcm = silence(300) + tone(speech_s) + silence(300)
-        if path == "blocking":
-            text = split.transcribe(pcm, RATE_HZ).text
-        else:
-            text = asyncio.run(split.transcribe_async(pcm, RATE_HZ)).text
+        text = spoken_tone(split, speech_s, path)
         assert split.routed["second"] == short.calls
         return text, long.calls, short.calls
 
