@@ -206,7 +206,9 @@ def test_outage_fail_then_hang_then_recover_loses_nothing(tmp_path: Path) -> Non
                 await until(lambda: crm.seen["hang"] >= 1)
                 crm.mode = "ok"
                 await until(lambda: len(crm.received) == 5)
-                await until(lambda: outbox.pending() == 0)
+                # The outbox row goes in a worker thread before the sender counts the
+                # delivery: wait for the count too, or leaving `running` may cancel it.
+                await until(lambda: outbox.pending() == 0 and sender.stats.delivered >= 5)
             pending = outbox.pending()
             outbox.close()
             return crm, sender, pending
