@@ -18,7 +18,7 @@ from typing import Any, Literal
 import httpx
 import structlog
 
-from voicebot_pbx.answers.llm_local import LlmBusy, LlmError, LlmUnavailable
+from voicebot_pbx.answers.llm_local import DEFAULT_SEED, LlmBusy, LlmError, LlmUnavailable
 from voicebot_pbx.config import (
     DEFAULT_FALLBACK_REPLY as DEFAULT_FALLBACK_REPLY,
 )
@@ -317,7 +317,7 @@ class OpenAIEngine:
         endpoint_timeout_s: float = 2.0,
         stream_timeout_s: float = 3.0,
         client: httpx.AsyncClient | None = None,
-        seed: int = 1234,
+        seed: int = DEFAULT_SEED,
     ) -> None:
         self.pool = pool
         # Sent with every request that samples (temperature above 0), so an endpoint that

@@ -31,6 +31,11 @@ log = structlog.get_logger(__name__)
 # --- errors ----------------------------------------------------------------------------------
 
 
+# The sampling seed of every engine (the local model's and the one sent to an endpoint), so
+# a sampled answer is the same whichever engine gives it.
+DEFAULT_SEED = 1234
+
+
 class LlmError(Exception):
     """The model could not produce an answer (the session plays the fallback reply)."""
 
@@ -140,7 +145,7 @@ class LlamaCppEngine:
         queue_max: int = 8,
         queue_timeout_s: float = 1.0,
         token_timeout_s: float = 6.0,
-        seed: int = 1234,
+        seed: int = DEFAULT_SEED,
     ) -> None:
         llama_cpp = import_llama_cpp()
         path = Path(model_path)
