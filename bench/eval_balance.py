@@ -20,6 +20,10 @@ shuffled the same way), a speed and pitch drawn from the seed. The caller says:
 2. the account number digit by digit ("1 5 8 0 5 4 2 7"),
 3. the postcode letter by letter as a caller says it ("N W 9, 4 R Q") or the date of birth
    ("the 23rd of June 1987"),
+4. only when the bot asks for it (a first identity answer that did not match gets the
+   identity question again, asking for the other answer, the account number kept): the
+   other answer, the date of birth after a postcode, the postcode after a date of birth
+   (``Say(only_if=...)`` reads the bot's latest reply from its recorder),
 
 each through the phone line of ``bench/turn_dataset.py`` (``phone_line``: 300-3400 Hz band,
 a level drawn in -24..-18 dBFS, pink line noise at ``--snr`` dB, G.711 µ-law round trip,
@@ -33,7 +37,7 @@ and most real callers do: the 8 digits as DTMF (``SendDtmf``, 0.25 s apart, afte
 finished playing); the bot's entry (``collect_dtmf`` max_digits 8, ``policy.DtmfEntry``) ends
 at the 8th key and sends them to Rasa as one ``/dtmf`` turn, so no ``#`` is pressed (a ``#``
 after the 8th would reach the dialogue as a key of its own). Steps 1 and 3 are spoken either
-way. ``both`` runs every account once per entry mode (same audio for steps 1 and 3), so the
+way. ``both`` runs every account once per entry mode (same audio for steps 1, 3, 4), so the
 set is 2 x ``--n`` calls, reported per entry mode and per entry mode and identity mode besides
 per voice and per identity mode.
 
@@ -50,9 +54,10 @@ Scored from the call records (``calls.jsonl``): each speech turn is matched to t
 step it answers (the turn is written when its reply finished playing, before the caller's
 next step starts; a DTMF turn is step 2). **Correct**: the last turn of step 3 has a
 ``reply_text`` that starts with ``say_balance(account.balance_pence)`` (the action's exact
-sentence). Otherwise the call failed at the first step whose reply is not the expected
-one: ``intent`` (no request for the account number), ``account`` (no identity question),
-``identity`` (no balance).
+sentence), or the retry's (step 4) does; "first answer" counts step 3 alone. Otherwise the
+call failed at the first step whose reply is not the expected one: ``intent`` (no request
+for the account number), ``account`` (no identity question), ``identity`` (no balance, no
+retry asked), ``retry`` (no balance after the other answer).
 Also counted: turns whose normalised transcript (``voicebot_pbx/answers/normalize.py``)
 differs from the normalised words said ("misheard"; for a keyed account number, the digits
 the dialogue got differ from the account number), ``identity_mismatch`` and other
@@ -99,7 +104,11 @@ import turn_dataset  # noqa: E402
 import yaml  # noqa: E402
 from actions.backend import Account  # noqa: E402
 from actions.demo_data import demo_accounts  # noqa: E402
-from actions.wording import say_balance  # noqa: E402
+from actions.wording import (  # noqa: E402
+    ASK_DATE_OF_BIRTH_INSTEAD,
+    ASK_POSTCODE_INSTEAD,
+    say_balance,
+)
 
 from tests.conftest import running_bot  # noqa: E402
 from voicebot_pbx.answers import factory  # noqa: E402
@@ -117,14 +126,16 @@ from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
 OUT_JSON = ROOT / ".cache" / "reports" / "eval_balance.json"
 RATE_HZ = turn_dataset.RATE_HZ  # 8 kHz: the AudioSocket / SimulatedCaller default
 TARGET = 0.95
-VERSION = 2
+VERSION = 3
 
 # espeak-ng voice+variants nobody else in this project speaks with (taken: see the lists in
 # bench/answers_dataset.py, bench/turn_dataset.py, bench/stt_dataset.py, bench/bench_pbx.py;
 # the tests speak en-us and en-gb).
 VOICES = ["en-us+m4", "en-gb-x-rp+f3", "en-gb-scotland+m4", "en-gb+m5", "en-us+f4"]
 MODES = ("postcode", "birth_date")
-STEPS = ("request", "account", "identity")
+# "retry": the other identity answer (a postcode's date of birth, a date's postcode), said
+# only when the bot asks for it after a first answer that did not match.
+STEPS = ("request", "account", "identity", "retry")
 ENTRIES = ("spoken", "keypad")  # how the account number (step 2) is given
 SPEED = (140, 166)  # espeak words per minute, [lo, hi)
 PITCH = (40, 61)
@@ -170,12 +181,11 @@ class Plan:
     level_dbfs: float
 
     @property
-    def texts(self) -> tuple[str, str, str]:
+    def texts(self) -> tuple[str, str, str, str]:
         a = self.account
-        identity = (
-            say_postcode(a.postcode) if self.mode == "postcode" else say_birth_date(a.birth_date)
-        )
-        return (REQUEST, say_digits(a.number), identity)
+        postcode, born = say_postcode(a.postcode), say_birth_date(a.birth_date)
+        identity, other = (postcode, born) if self.mode == "postcode" else (born, postcode)
+        return (REQUEST, say_digits(a.number), identity, other)
 
     @property
     def expected(self) -> str:
@@ -220,6 +230,8 @@ def render(
     number (step 2) is read as two groups of four digits with a pause drawn from this range
     between them, as callers read numbers."""
     text = p.texts[step]
+    # steps 0-2 keep the line noise they had before the retry step existed
+    noise_seed = seed * 1000 + (p.index * 3 + step if step < 3 else 500 + p.index)
     if step == 1 and groups_pause_s is not None:
         digits = text.split()
         pause = np.zeros(int(account_pause_s(p, seed, groups_pause_s) * RATE_HZ))
@@ -228,9 +240,7 @@ def render(
         )
     else:
         x = _spoken(text + ("?" if step == 0 else "."), p)
-    return turn_dataset.phone_line(
-        x, level_dbfs=p.level_dbfs, snr_db=snr_db, seed=seed * 1000 + p.index * 3 + step
-    )
+    return turn_dataset.phone_line(x, level_dbfs=p.level_dbfs, snr_db=snr_db, seed=noise_seed)
 
 
 # --- turn timing ----------------------------------------------------------------------------
@@ -238,17 +248,20 @@ def render(
 
 class StampingRecorder:
     """The bot's recorder, plus the loop time each turn was written (when its reply finished
-    playing): matches a record's turns to the caller's steps."""
+    playing): matches a record's turns to the caller's steps; and each call's latest reply,
+    which the caller's retry step reads (it answers only what the bot asked)."""
 
     def __init__(self, inner: Recorder) -> None:
         self.inner = inner
         self.stamps: dict[tuple[str, int], float] = {}
+        self.last_reply: dict[str, str] = {}
 
     async def call_started(self, call: CallRecord) -> None:
         await self.inner.call_started(call)
 
     async def turn_finished(self, call: CallRecord, turn: TurnRecord) -> None:
         self.stamps[(call.call_id, turn.seq)] = asyncio.get_running_loop().time()
+        self.last_reply[call.call_id] = turn.reply_text
         await self.inner.turn_finished(call, turn)
 
     async def call_ended(self, call: CallRecord) -> None:
@@ -271,17 +284,19 @@ class Outcome:
     expected: str
     said: list[str]
     said_normalised: list[str]
-    heard: list[list[str]] = field(default_factory=lambda: [[], [], []])  # transcripts per step
-    heard_normalised: list[str] = field(default_factory=lambda: ["", "", ""])
-    misheard: list[bool] = field(default_factory=lambda: [False, False, False])
-    replies: list[str] = field(default_factory=lambda: ["", "", ""])  # last turn's reply
-    turns_per_step: list[int] = field(default_factory=lambda: [0, 0, 0])
+    heard: list[list[str]] = field(default_factory=lambda: [[] for _ in STEPS])  # per step
+    heard_normalised: list[str] = field(default_factory=lambda: ["" for _ in STEPS])
+    misheard: list[bool] = field(default_factory=lambda: [False for _ in STEPS])
+    replies: list[str] = field(default_factory=lambda: ["" for _ in STEPS])  # last turn's reply
+    turns_per_step: list[int] = field(default_factory=lambda: [0 for _ in STEPS])
+    retried: bool = False  # the bot asked for the other identity answer and the caller gave it
     fallbacks: list[str] = field(default_factory=list)
     dialogues: list[str] = field(default_factory=list)
     identity_mismatch: int = 0
     latency_ms: list[float | None] = field(default_factory=list)
-    stage: str = ""  # ok | intent | account | identity | error
-    correct: bool = False
+    stage: str = ""  # ok | intent | account | identity | retry | error
+    correct: bool = False  # the balance read back within the call
+    correct_first: bool = False  # ... after the first identity answer
     call_s: float = 0.0
     error: str = ""
 
@@ -297,8 +312,14 @@ def prompts() -> tuple[str, str]:
 
 
 def said_steps(entry: str) -> tuple[int, ...]:
-    """The steps the caller says (``Say``), in order; the others are keyed."""
-    return (0, 2) if entry == "keypad" else (0, 1, 2)
+    """The steps the caller says (``Say``), in order; the others are keyed. The last
+    (retry) only when the bot asked for it."""
+    return (0, 2, 3) if entry == "keypad" else (0, 1, 2, 3)
+
+
+def asks_other_answer(reply: str) -> bool:
+    """The bot's reply asks for the other identity answer (``actions.wording``)."""
+    return ASK_DATE_OF_BIRTH_INSTEAD in reply or ASK_POSTCODE_INSTEAD in reply
 
 
 def score(
@@ -346,8 +367,10 @@ def score(
     out.identity_mismatch = sum(1 for f in out.fallbacks if f.startswith("identity_mismatch"))
     for step in range(len(STEPS)):
         out.heard_normalised[step] = normalize(" ".join(out.heard[step]))
-        out.misheard[step] = out.heard_normalised[step] != out.said_normalised[step]
-    out.correct = out.replies[2].startswith(out.expected)
+        said = step < 3 or out.retried
+        out.misheard[step] = said and out.heard_normalised[step] != out.said_normalised[step]
+    out.correct_first = out.replies[2].startswith(out.expected)
+    out.correct = out.correct_first or (out.retried and out.replies[3].startswith(out.expected))
     if out.correct:
         out.stage = "ok"
     elif asks[0] not in out.replies[0]:
@@ -355,7 +378,7 @@ def score(
     elif asks[1] not in out.replies[1]:
         out.stage = "account"
     else:
-        out.stage = "identity"
+        out.stage = "retry" if out.retried else "identity"
 
 
 async def one_call(
@@ -363,6 +386,7 @@ async def one_call(
     entry: str,
     audio: list[bytes],
     port: int,
+    recorder: StampingRecorder,
 ) -> tuple[Outcome, str, list[float]]:
     said = list(p.texts)
     if entry == "keypad":
@@ -380,13 +404,21 @@ async def one_call(
         said=said,
         said_normalised=[normalize(t) for t in said],
     )
-    steps: list[Say | SendDtmf] = [Say(pcm) for pcm in audio]
-    if entry == "keypad":
-        # The entry ends at the 8th key (collect_dtmf max_digits 8): no "#".
-        steps[1] = SendDtmf(p.account.number)
     caller = SimulatedCaller(
         "127.0.0.1", port, rate_hz=RATE_HZ, reply_gap_s=1.0, reply_timeout_s=25.0
     )
+
+    def asked_again() -> bool:
+        # The reply to the identity answer was written when it finished playing, a second
+        # before this step (reply_gap_s): the caller gives the other answer only if asked.
+        out.retried = asks_other_answer(recorder.last_reply.get(caller.result.call_id, ""))
+        return out.retried
+
+    steps: list[Say | SendDtmf] = [Say(pcm) for pcm in audio[:3]]
+    steps.append(Say(audio[3], only_if=asked_again))
+    if entry == "keypad":
+        # The entry ends at the 8th key (collect_dtmf max_digits 8): no "#".
+        steps[1] = SendDtmf(p.account.number)
     started = time.perf_counter()
     try:
         result = await caller.run(steps, hangup_after_s=0.3)
@@ -497,7 +529,7 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         async def run(p: Plan, entry: str) -> tuple[Outcome, str, list[float]]:
             nonlocal done
             async with gate:
-                got = await one_call(p, entry, audio[p.index], bot.port)
+                got = await one_call(p, entry, audio[p.index], bot.port, recorder)
             done += 1
             print(
                 f"  {done}/{len(runs)} calls ({time.perf_counter() - t0:.0f} s)",
@@ -554,11 +586,13 @@ def _group(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "n": n,
         "correct": correct,
         "rate": round(correct / n, 4) if n else None,
+        "correct_first": sum(o.correct_first for o in outcomes),
+        "retried": sum(o.retried for o in outcomes),
         "misheard": {s: sum(o.misheard[k] for o in outcomes) for k, s in enumerate(STEPS)},
         "identity_mismatch": sum(o.identity_mismatch for o in outcomes),
         "stages": {
             s: sum(o.stage == s for o in outcomes)
-            for s in ("ok", "intent", "account", "identity", "error")
+            for s in ("ok", "intent", "account", "identity", "retry", "error")
         },
     }
 
@@ -589,7 +623,12 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         },
         "fallbacks": dict(sorted(fallbacks.items(), key=lambda kv: -kv[1])),
         "split_turns": sum(1 for o in outcomes for c in o.turns_per_step if c > 1),
-        "missing_turns": sum(1 for o in outcomes for c in o.turns_per_step if c == 0),
+        "missing_turns": sum(  # the retry is a step only when the bot asked for it
+            1
+            for o in outcomes
+            for k, c in enumerate(o.turns_per_step)
+            if c == 0 and (k < 3 or o.retried)
+        ),
         "not_rasa_turns": sum(1 for o in outcomes for d in o.dialogues if d != "rasa"),
         "call_s": {
             "p50": round(statistics.median(call_s), 1) if call_s else None,
@@ -598,18 +637,19 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
     }
 
 
-def _rate(group: dict[str, Any]) -> str:
+def _rate(group: dict[str, Any], key: str = "correct") -> str:
     n = group["n"]
-    return f"{group['correct']}/{n} ({100.0 * group['correct'] / n:.0f} %)" if n else "0/0"
+    return f"{group[key]}/{n} ({100.0 * group[key] / n:.0f} %)" if n else "0/0"
 
 
 def _row(name: str, g: dict[str, Any]) -> str:
     m = g["misheard"]
     st = g["stages"]
     return (
-        f"| {name} | {_rate(g)} | {m['request']} / {m['account']} / {m['identity']} "
+        f"| {name} | {_rate(g)} | {_rate(g, 'correct_first')} | {g['retried']} "
+        f"| {m['request']} / {m['account']} / {m['identity']} / {m['retry']} "
         f"| {g['identity_mismatch']} | {st['intent']} / {st['account']} / {st['identity']} "
-        f"/ {st['error']} |"
+        f"/ {st['retry']} / {st['error']} |"
     )
 
 
@@ -631,17 +671,21 @@ def markdown(run: dict[str, Any]) -> str:
         f"load average {run['info'].get('loadavg')}; wall time {run['seconds'].get('total')} s "
         f"(calls {run['seconds'].get('calls')} s).",
         "",
-        f"**Balance read back correctly: {_rate(a)}** (target >= {TARGET:.0%}).",
+        f"**Balance read back correctly: {_rate(a)}** within the call (target >= "
+        f"{TARGET:.0%}); after the first identity answer {_rate(a, 'correct_first')}.",
         "",
-        "Misheard = turns whose normalised transcript differs from the normalised words said "
-        "(request / account / identity; a keyed account number: the digits the dialogue got "
-        "differ from the account number). Failed at = first step whose reply was wrong "
-        "(intent: no account-number question; account: no identity question; identity: no "
-        "balance; error: no record).",
+        "A first identity answer that does not match gets the identity question again, "
+        "asking for the other answer (the account number kept); the caller then gives it "
+        "(retry: a postcode's date of birth, a date's postcode). Misheard = turns whose "
+        "normalised transcript differs from the normalised words said (request / account / "
+        "identity / retry; a keyed account number: the digits the dialogue got differ from "
+        "the account number). Failed at = first step whose reply was wrong (intent: no "
+        "account-number question; account: no identity question; identity: no balance and "
+        "no retry asked; retry: no balance after the other answer; error: no record).",
         "",
-        "| | correct | misheard req / acct / id | identity_mismatch | failed at "
-        "intent / account / identity / error |",
-        "| --- | --- | --- | --- | --- |",
+        "| | correct | first answer | retried | misheard req / acct / id / retry "
+        "| identity_mismatch | failed at intent / account / identity / retry / error |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         _row("all", a),
     ]
     for entry, g in s["by_entry"].items():
@@ -673,6 +717,8 @@ def markdown(run: dict[str, Any]) -> str:
             f"fallbacks {c['fallbacks'] or '-'}"
         )
         for k, step in enumerate(STEPS):
+            if step == "retry" and not c["retried"]:
+                continue
             mark = "MISHEARD" if c["misheard"][k] else "ok"
             heard = " | ".join(c["heard"][k]) or "(no turn)"
             lines.append(
@@ -688,7 +734,8 @@ def summary_line(run: dict[str, Any]) -> str:
     by_entry = ", ".join(f"{e} {_rate(g)}" for e, g in run["summary"]["by_entry"].items())
     by_mode = ", ".join(f"{m} {_rate(g)}" for m, g in run["summary"]["by_entry_mode"].items())
     return (
-        f"balance read back correctly: {_rate(a)} (target >= {TARGET:.0%}); {by_entry}; "
+        f"balance read back correctly: {_rate(a)} (target >= {TARGET:.0%}; first identity "
+        f"answer {_rate(a, 'correct_first')}, {a['retried']} retried); {by_entry}; "
         f"{by_mode}; "
         f"wall {run['seconds'].get('total')} s"
     )

@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from voicebot_pbx.config import ServerConfig
 from voicebot_pbx.pbx import audiosocket_codec as wire
 from voicebot_pbx.pbx.audiosocket import AudioSocketServer
-from voicebot_pbx.pbx.caller import Pause, SendDtmf, SimulatedCaller
+from voicebot_pbx.pbx.caller import Pause, Say, SendDtmf, SimulatedCaller
 from voicebot_pbx.pbx.media import AudioIn, CallEnded, CallMedia, DtmfIn
 
 T = TypeVar("T")
@@ -317,6 +317,40 @@ def test_echo_call_plays_the_reply_paced() -> None:
         assert len(voiced) == len(tone_frames(1.5, 8000))  # the tone came back, once
         assert bot.calls[str(call_id)].rates == {8000}
         assert warnings_for(logs, peer=peer.addr, call_id=str(call_id)) == []
+
+    run(main)
+
+
+def test_a_conditional_step_is_said_only_when_its_condition_holds() -> None:
+    """``Say(only_if=...)``: asked when the step comes; False skips it (no turn, no audio)."""
+
+    async def main() -> None:
+        tone = b"".join(tone_frames(0.4, 8000))
+        asked: list[str] = []
+
+        def ask(name: str, answer: bool) -> Callable[[], bool]:
+            def condition() -> bool:
+                asked.append(name)
+                return answer
+
+            return condition
+
+        bot = Bot(echo=True)
+        async with serving(bot) as server:
+            caller = good_caller(server.port, reply_gap_s=0.2, reply_timeout_s=1.0)
+            result = await caller.run(
+                [
+                    Say(tone),
+                    Say(tone, only_if=ask("skipped", False)),
+                    Say(tone, only_if=ask("said", True)),
+                ]
+            )
+            assert await eventually(lambda: not server.calls)
+        assert asked == ["skipped", "said"]
+        assert [t.step for t in result.turns] == [0, 2]
+        heard = [e.pcm for e in bot.calls[result.call_id].events if isinstance(e, AudioIn)]
+        voiced = sum(1 for pcm in heard if any(pcm))
+        assert voiced == 2 * len(tone_frames(0.4, 8000))  # two tones reached the bot
 
     run(main)
 

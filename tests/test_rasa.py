@@ -613,8 +613,15 @@ def test_all_on_the_keypad_account_then_date_of_birth(dlg: RasaDialogue, aloop: 
     assert turn.expect == ("postcode", "date")
     wrong = born.replace(year=born.year - 1)
     turn = aloop.run(dlg.dtmf(call, f"{wrong:%d%m%Y}"))
-    assert "don't match our records" in texts(turn)
-    aloop.run(dlg.dtmf(call, account.number))
+    # A keyed date that does not match: the account number is kept and the postcode asked
+    # for, the date allowed again, with the answers to check against as before.
+    assert "doesn't match our records" in texts(turn)
+    assert "postcode of the property instead" in texts(turn)
+    assert turn.expect == ("postcode", "date") and turn.collect_dtmf_digits == 8
+    assert dict(turn.known) == {
+        "postcode": account.postcode,
+        "date": born.isoformat(),
+    }
     turn = aloop.run(dlg.dtmf(call, f"{born:%d%m%Y}"))
     assert texts(turn).startswith(balance_words(account)), texts(turn)
 
@@ -634,17 +641,25 @@ def test_identity_check_failures_and_refusal(dlg: RasaDialogue, aloop: LoopThrea
     assert "isn't an 8 digit account number" in texts(turn)
     assert "account_number_invalid" in turn.fallbacks
     say(account.number)
-    turn = say("nw1 1aa")  # wrong postcode
-    assert "don't match our records" in texts(turn) and turn.fallbacks == ("identity_mismatch",)
-    say(account.number)
-    turn = say("the first of january 19 70")  # wrong date of birth
-    assert "don't match our records" in texts(turn)
+    turn = say("nw1 1aa")  # wrong postcode: the account number kept, the date of birth asked
+    assert "doesn't match our records" in texts(turn) and turn.fallbacks == ("identity_mismatch",)
+    assert "date of birth instead" in texts(turn) and "account number" not in texts(turn)
+    turn = say("the first of january 19 70")  # wrong date of birth: from the account again
+    assert "don't match our records" in texts(turn) and "account number" in texts(turn)
     unknown = say("99999999")  # an account that does not exist: the same answer, nothing revealed
     assert "postcode of the property" in texts(unknown) and unknown.known == ()
     turn = say(account.postcode.lower())
     assert "couldn't confirm your details" in texts(turn) and "anything else" not in texts(turn)
     assert (turn.end, turn.transfer_target) == ("transfer", "billing")
     assert "identity_verified" not in turn.entities
+
+    # The retry is the same for a number with no account behind it: nothing revealed.
+    nobody = new_call()
+    aloop.run(dlg.start(nobody))
+    aloop.run(dlg.respond(nobody, "what's my balance"))
+    aloop.run(dlg.respond(nobody, "99999999"))
+    turn = aloop.run(dlg.respond(nobody, "nw1 1aa"))
+    assert "doesn't match our records" in texts(turn) and "date of birth instead" in texts(turn)
 
     refusing = new_call()
     aloop.run(dlg.start(refusing))

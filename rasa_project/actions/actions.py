@@ -34,6 +34,8 @@ from .backend import Account, BackendError, SlotTaken, normalise_postcode
 from .runtime import Runtime, runtime
 from .when import parse_day, parse_time
 from .wording import (
+    ASK_DATE_OF_BIRTH_INSTEAD,
+    ASK_POSTCODE_INSTEAD,
     say_balance,
     say_date,
     say_digits,
@@ -153,6 +155,37 @@ def identity_matches(account: Account, answer: str) -> bool:
     return _birth_date(answer.lower()) == account.birth_date
 
 
+def retry_identity_question(answer: str) -> str:
+    """The identity question after the first answer did not match (the account number
+    kept): the other of the two answers, the first one allowed again. A date of birth said
+    or keyed gets the postcode; anything else (a postcode, or words heard as neither, most
+    often a postcode spelled out on a phone line) gets the date of birth."""
+    lowered = answer.lower()
+    if keyed_birth_date(answer) is not None or (
+        postcode_in(answer) is None and _birth_date(lowered) is not None
+    ):
+        return ASK_POSTCODE_INSTEAD
+    return ASK_DATE_OF_BIRTH_INSTEAD
+
+
+def _last_answer(tracker: Tracker) -> str:
+    """What the caller last said, or the digits they keyed (``/dtmf{"digits": ...}``)."""
+    message = tracker.latest_message or {}
+    if (message.get("intent") or {}).get("name") == "dtmf":
+        for entity in message.get("entities") or []:
+            if entity.get("entity") == "digits":
+                return str(entity.get("value") or "")
+    return str(message.get("text") or "")
+
+
+def _retrying_identity(tracker: Tracker) -> bool:
+    """The identity question is being asked again for the same account number (one answer
+    did not match, ``validate_identity_check``)."""
+    return int(tracker.get_slot("identity_failures") or 0) == 1 and bool(
+        tracker.get_slot("account_number")
+    )
+
+
 class ValidateBalanceForm(FormValidationAction):
     def name(self) -> str:
         return "validate_balance_form"
@@ -216,6 +249,12 @@ class ValidateBalanceForm(FormValidationAction):
                 "identity_failures": float(failures),
                 "identity_verified": False,
             }
+        if failures == 1:
+            # The account number stays: the identity question comes again, asking for the
+            # other answer (action_ask_identity_check). The same whether the account exists
+            # or not, so the retry reveals nothing about the number.
+            dispatcher.utter_message(text="Sorry, that doesn't match our records.")
+            return {**forget, "identity_check": None, "identity_failures": float(failures)}
         dispatcher.utter_message(
             text="Sorry, those details don't match our records. Let's try again."
         )
@@ -247,6 +286,8 @@ class ActionAskIdentityCheck(Action):
         text = str(
             template.get("text") or "To check it's you, what's the postcode of the property?"
         )
+        if _retrying_identity(tracker):
+            text = retry_identity_question(_last_answer(tracker))
         custom = dict(template.get("custom") or {})
         number = str(tracker.get_slot("account_number") or "")
         rt = runtime()

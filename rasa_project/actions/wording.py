@@ -13,6 +13,8 @@ import datetime
 from collections.abc import Sequence
 
 __all__ = [
+    "ASK_DATE_OF_BIRTH_INSTEAD",
+    "ASK_POSTCODE_INSTEAD",
     "MONTH_NAMES",
     "ONES",
     "TENS",
@@ -31,6 +33,16 @@ __all__ = [
     "say_time",
     "say_year",
 ]
+
+# The identity question asked again after a first answer that did not match (the account
+# number kept): the other of the two answers, the first allowed again.
+ASK_DATE_OF_BIRTH_INSTEAD = (
+    "Let's try the account holder's date of birth instead. You can also type it on the "
+    "keypad, as day, month and year."
+)
+ASK_POSTCODE_INSTEAD = (
+    "Let's try the postcode of the property instead. Or say the date of birth again."
+)
 
 ONES: tuple[str, ...] = (
     "zero",

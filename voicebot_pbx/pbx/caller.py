@@ -15,7 +15,7 @@ import contextlib
 import socket
 import statistics
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from voicebot_pbx.audio import FRAME_MS, frame_bytes, rms_dbfs, split_frames
@@ -32,6 +32,9 @@ class Say:
     pcm: bytes
     # Start this long after the bot's reply began (barge-in) instead of after it finished.
     barge_in_after_s: float | None = None
+    # Asked when the step comes (after the previous reply): False skips it. A caller who
+    # answers only what the bot asked (a benchmark's closure reads the bot's call record).
+    only_if: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +293,8 @@ class SimulatedCaller:
             for index, step in enumerate(steps):
                 if self._closed.is_set():
                     break
+                if isinstance(step, Say) and step.only_if is not None and not step.only_if():
+                    continue
                 following = steps[index + 1] if index + 1 < len(steps) else None
                 barge_next = isinstance(following, Say) and following.barge_in_after_s is not None
                 match step:
