@@ -318,6 +318,26 @@ def test_a_caller_who_stops_short_of_the_digits_is_answered_after_the_longer_wai
     assert wait_s <= first < wait_s + 0.4
 
 
+def test_the_wait_for_digits_is_not_dead_air_for_the_voice_either() -> None:
+    """The reply to a turn that waited turn.digits_max_silence_ms is synthesized (not
+    cached): the voice's dead-air clock, like the dialogue's, starts when the bot stopped
+    waiting for the caller, so the hold line does not play before the reply. (Counted from
+    the caller's last word, the 1.5 s wait was already past max_dead_air_s: every spelled
+    postcode in eval_balance heard "One moment, please." before its balance.)"""
+    stt = ExpectingScriptedStt({**PHRASES, FOUR_DIGITS: "one two three four"}, delay_s=0.1)
+    shared = make_shared(stt=stt)
+    shared = dataclasses.replace(shared, dialogue=AsksForDigits.from_config(shared.config.dialogue))
+    hold = shared.config.dialogue.hold_reply
+    shared.tts_cache.put(hold, 8000, shared.engines.script_tts.synthesize_all(hold, 8000))
+    said = [(3.0, tone(1.0, 8000, HOURS)), (6.0, tone(1.0, 8000, FOUR_DIGITS))]
+    media, session = run_virtual(timeline(shared, said, until_s=11.0))
+    (_hours, digits) = [t for t in session.record.turns if t.kind == "speech"]
+    assert digits.reply_text == "Thanks, got your account."
+    assert digits.fallbacks == [], digits.fallbacks
+    wait_s = shared.config.turn.digits_max_silence_ms / 1000.0
+    assert wait_s <= first_reply_after(media, 7.0) - 7.0 < wait_s + 0.5
+
+
 class AsksForPostcode(RuleDialogue):
     """The rules, but the reply to the hours question asks for the postcode or the date of
     birth (as the balance form's identity question does: ``expect: [postcode, date]``)."""

@@ -67,17 +67,17 @@ class Responder:
             self._cancel.set()
 
     async def play(
-        self, reply: BotReply, generation: int, turn: TurnRecord, origin_at: float
+        self, reply: BotReply, generation: int, turn: TurnRecord, dead_air_from: float
     ) -> str:
         queued_before_s = self.speaker.queued_audio_s
         try:
-            return await self._play_reply(reply, generation, turn, origin_at)
+            return await self._play_reply(reply, generation, turn, dead_air_from)
         finally:
             added_ms = (self.speaker.queued_audio_s - queued_before_s) * 1000.0
             turn.reply_audio_ms = round((turn.reply_audio_ms or 0.0) + added_ms, 1)
 
     async def _play_reply(
-        self, reply: BotReply, generation: int, turn: TurnRecord, origin_at: float
+        self, reply: BotReply, generation: int, turn: TurnRecord, dead_air_from: float
     ) -> str:
         sources: list[str] = []
         if reply.clip:
@@ -88,14 +88,14 @@ class Responder:
             elif not reply.text:
                 turn.fallbacks.append(f"clip_missing:{reply.clip}")
         if reply.text:
-            sources.append(await self._speak(reply.text, generation, turn, origin_at))
+            sources.append(await self._speak(reply.text, generation, turn, dead_air_from))
         self.speaker.end_segment(generation)
         return "+".join(sources)
 
-    async def hold(self, text: str, generation: int, turn: TurnRecord, origin_at: float) -> str:
+    async def hold(self, text: str, generation: int, turn: TurnRecord, dead_air_from: float) -> str:
         """While an answer is late: the "hold" clip when there is one, else ``text``."""
         hold = BotReply(clip="hold") if self._has_hold_clip() else BotReply(text=text)
-        return await self.play(hold, generation, turn, origin_at)
+        return await self.play(hold, generation, turn, dead_air_from)
 
     def _has_hold_clip(self) -> bool:
         return self.clips.get("hold", self.rate_hz) is not None
@@ -117,7 +117,7 @@ class Responder:
         pending: asyncio.Future[Any],
         *,
         turn: TurnRecord,
-        origin_at: float,
+        dead_air_from: float,
         quiet_from: float,
         generation: int,
         hold_after_s: float,
@@ -128,7 +128,8 @@ class Responder:
         """Wait for ``pending`` (a dialogue answer, an LLM sentence, a voice's sentence)
         without leaving the caller in silence: once the line has been quiet for
         ``hold_after_s`` (counted from ``quiet_from`` at the earliest), or for
-        ``[dialogue] max_dead_air_s`` since the caller's end of speech ``origin_at``, the
+        ``[dialogue] max_dead_air_s`` since ``dead_air_from`` (the caller's end of speech,
+        or later when the bot chose to wait longer for the caller, as for digits), the
         hold line plays (once per ``tag`` and turn; not when ``hold_text`` is None), and
         once it has been quiet ``max_dead_air_s`` after that, or at ``limit_s``, this gives
         up. True when ``pending`` is done."""
@@ -143,7 +144,7 @@ class Responder:
                 until = min(deadline, self._silent_since(quiet_from) + budget_s)
             if holding_stage and dead_air_s > 0:
                 # However the stage counts, the caller waits no longer than this.
-                until = min(until, self._silent_since(origin_at) + dead_air_s)
+                until = min(until, self._silent_since(dead_air_from) + dead_air_s)
             now = loop.time()
             if until > now:
                 await asyncio.wait({pending}, timeout=until - now)
@@ -154,7 +155,7 @@ class Responder:
             quiet_from = now  # the dead-air allowance starts here (or when the hold ends)
             if hold_text is not None and f"{tag}_hold" not in turn.fallbacks:
                 turn.fallbacks.append(f"{tag}_hold")
-                await self.hold(hold_text, generation, turn, origin_at)
+                await self.hold(hold_text, generation, turn, dead_air_from)
         return pending.done()
 
     async def speak_line(self, text: str, generation: int, turn: TurnRecord) -> str:
@@ -162,7 +163,9 @@ class Responder:
         turn.reply_text = text
         return await self.play(BotReply(text=text), generation, turn, 0.0)
 
-    async def _speak(self, text: str, generation: int, turn: TurnRecord, origin_at: float) -> str:
+    async def _speak(
+        self, text: str, generation: int, turn: TurnRecord, dead_air_from: float
+    ) -> str:
         cached = self.tts_cache.get(text, self.rate_hz)
         if cached is not None:
             if turn.tts_first_audio_ms is None:
@@ -174,7 +177,7 @@ class Responder:
             voices.append(("tts_backup", self.engines.tts_backup))
         for source, voice in voices:
             try:
-                await self._synthesize(voice, text, generation, turn, origin_at)
+                await self._synthesize(voice, text, generation, turn, dead_air_from)
                 return source
             except EngineTimeout:
                 turn.fallbacks.append(f"{source}_timeout")
@@ -198,7 +201,7 @@ class Responder:
         return ""
 
     async def _synthesize(
-        self, voice: SpeechSynth, text: str, generation: int, turn: TurnRecord, origin_at: float
+        self, voice: SpeechSynth, text: str, generation: int, turn: TurnRecord, dead_air_from: float
     ) -> None:
         """Sentence by sentence into the speaker; raises if the voice fails before the
         first sentence (after that, what was said stays said). A late first sentence gets
@@ -223,7 +226,7 @@ class Responder:
                     in_time = await self.wait_audible(
                         job,
                         turn=turn,
-                        origin_at=origin_at,
+                        dead_air_from=dead_air_from,
                         quiet_from=loop.time(),  # the voice's own lateness
                         generation=generation,
                         hold_after_s=self.config.dialogue.max_dead_air_s if first else 0.0,
@@ -261,7 +264,7 @@ class Responder:
         composed: ComposedReply,
         turn: TurnRecord,
         generation: int,
-        origin_at: float,
+        dead_air_from: float,
         sources: list[str],
     ) -> bool:
         """Stream a grounded LLM answer sentence by sentence into TTS. A hold line plays if
@@ -282,7 +285,7 @@ class Responder:
                 in_time = await self.wait_audible(
                     pending,
                     turn=turn,
-                    origin_at=origin_at,
+                    dead_air_from=dead_air_from,
                     quiet_from=started,
                     generation=generation,
                     hold_after_s=cfg.first_sentence_timeout_s,
@@ -308,14 +311,14 @@ class Responder:
                             turn.llm_first_sentence_ms = round((loop.time() - started) * 1000, 1)
                         answered = True
                         spoken.append(item.text)
-                        await self._speak(item.text, generation, turn, origin_at)
+                        await self._speak(item.text, generation, turn, dead_air_from)
                         sources.append("llm")
                     pending = asyncio.ensure_future(anext(stream, None))
                     rest_s = max(0.0, cfg.hard_timeout_s - (loop.time() - started))
                     if not await self.wait_audible(
                         pending,
                         turn=turn,
-                        origin_at=origin_at,
+                        dead_air_from=dead_air_from,
                         quiet_from=loop.time(),
                         generation=generation,
                         hold_after_s=0.0,

@@ -698,7 +698,7 @@ class CallSession:
         self.turns.set_bot_speaking(False)
 
     async def _answer_with_hold(
-        self, make_turn: Awaitable[DialogueTurn], turn: TurnRecord, origin_at: float
+        self, make_turn: Awaitable[DialogueTurn], turn: TurnRecord, dead_air_from: float
     ) -> DialogueTurn:
         """The dialogue's answer; if it is late (a back-end lookup), the hold line plays
         while it is worked out, and past the hold line's ``max_dead_air_s`` it counts as a
@@ -711,7 +711,7 @@ class CallSession:
             in_time = await self.responder.wait_audible(
                 pending,
                 turn=turn,
-                origin_at=origin_at,
+                dead_air_from=dead_air_from,
                 quiet_from=asyncio.get_running_loop().time(),
                 generation=self.speaker.generation,
                 hold_after_s=cfg.hold_after_s,
@@ -810,7 +810,9 @@ class CallSession:
         self.speaker.mark(on_first_frame, generation, with_audio=True)
         sources: list[str] = []
         if composed is not None:
-            answered = await self.responder.compose(composed, turn, generation, origin_at, sources)
+            answered = await self.responder.compose(
+                composed, turn, generation, dead_air_from, sources
+            )
             if answered:
                 self._not_understood = 0
             else:
@@ -819,11 +821,11 @@ class CallSession:
                     answer = self._give_up_turn("not_understood")
                     for reply in answer.replies:
                         sources.append(
-                            await self.responder.play(reply, generation, turn, origin_at)
+                            await self.responder.play(reply, generation, turn, dead_air_from)
                         )
         else:
             for reply in answer.replies:
-                source = await self.responder.play(reply, generation, turn, origin_at)
+                source = await self.responder.play(reply, generation, turn, dead_air_from)
                 if source:
                     sources.append(source)
         if answer.replies and not sources:
