@@ -136,6 +136,7 @@ MODES = ("postcode", "birth_date")
 # "retry": the other identity answer (a postcode's date of birth, a date's postcode), said
 # only when the bot asks for it after a first answer that did not match.
 STEPS = ("request", "account", "identity", "retry")
+RETRY = STEPS.index("retry")
 ENTRIES = ("spoken", "keypad")  # how the account number (step 2) is given
 SPEED = (140, 166)  # espeak words per minute, [lo, hi)
 PITCH = (40, 61)
@@ -231,7 +232,7 @@ def render(
     between them, as callers read numbers."""
     text = p.texts[step]
     # steps 0-2 keep the line noise they had before the retry step existed
-    noise_seed = seed * 1000 + (p.index * 3 + step if step < 3 else 500 + p.index)
+    noise_seed = seed * 1000 + (p.index * 3 + step if step < RETRY else 500 + p.index)
     if step == 1 and groups_pause_s is not None:
         digits = text.split()
         pause = np.zeros(int(account_pause_s(p, seed, groups_pause_s) * RATE_HZ))
@@ -317,6 +318,12 @@ def said_steps(entry: str) -> tuple[int, ...]:
     return (0, 2, 3) if entry == "keypad" else (0, 1, 2, 3)
 
 
+def step_taken(step: int, retried: bool) -> bool:
+    """Whether the caller took ``step`` in the call: every step but the retry, which only
+    when the bot asked for it."""
+    return step != RETRY or retried
+
+
 def asks_other_answer(reply: str) -> bool:
     """The bot's reply asks for the other identity answer (``actions.wording``)."""
     return ASK_DATE_OF_BIRTH_INSTEAD in reply or ASK_POSTCODE_INSTEAD in reply
@@ -367,10 +374,12 @@ def score(
     out.identity_mismatch = sum(1 for f in out.fallbacks if f.startswith("identity_mismatch"))
     for step in range(len(STEPS)):
         out.heard_normalised[step] = normalize(" ".join(out.heard[step]))
-        said = step < 3 or out.retried
-        out.misheard[step] = said and out.heard_normalised[step] != out.said_normalised[step]
+        out.misheard[step] = (
+            step_taken(step, out.retried)
+            and out.heard_normalised[step] != out.said_normalised[step]
+        )
     out.correct_first = out.replies[2].startswith(out.expected)
-    out.correct = out.correct_first or (out.retried and out.replies[3].startswith(out.expected))
+    out.correct = out.correct_first or (out.retried and out.replies[RETRY].startswith(out.expected))
     if out.correct:
         out.stage = "ok"
     elif asks[0] not in out.replies[0]:
@@ -623,11 +632,11 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         },
         "fallbacks": dict(sorted(fallbacks.items(), key=lambda kv: -kv[1])),
         "split_turns": sum(1 for o in outcomes for c in o.turns_per_step if c > 1),
-        "missing_turns": sum(  # the retry is a step only when the bot asked for it
+        "missing_turns": sum(
             1
             for o in outcomes
             for k, c in enumerate(o.turns_per_step)
-            if c == 0 and (k < 3 or o.retried)
+            if c == 0 and step_taken(k, o.retried)
         ),
         "not_rasa_turns": sum(1 for o in outcomes for d in o.dialogues if d != "rasa"),
         "call_s": {
@@ -717,7 +726,7 @@ def markdown(run: dict[str, Any]) -> str:
             f"fallbacks {c['fallbacks'] or '-'}"
         )
         for k, step in enumerate(STEPS):
-            if step == "retry" and not c["retried"]:
+            if not step_taken(k, c["retried"]):
                 continue
             mark = "MISHEARD" if c["misheard"][k] else "ok"
             heard = " | ".join(c["heard"][k]) or "(no turn)"

@@ -178,12 +178,17 @@ def _last_answer(tracker: Tracker) -> str:
     return str(message.get("text") or "")
 
 
+def _keeps_account(failures: int) -> bool:
+    """After this many identity answers that did not match, the account number is kept and
+    the other answer asked for (the first miss only; later ones start from the account)."""
+    return failures == 1
+
+
 def _retrying_identity(tracker: Tracker) -> bool:
     """The identity question is being asked again for the same account number (one answer
     did not match, ``validate_identity_check``)."""
-    return int(tracker.get_slot("identity_failures") or 0) == 1 and bool(
-        tracker.get_slot("account_number")
-    )
+    failures = int(tracker.get_slot("identity_failures") or 0)
+    return _keeps_account(failures) and bool(tracker.get_slot("account_number"))
 
 
 class ValidateBalanceForm(FormValidationAction):
@@ -249,7 +254,7 @@ class ValidateBalanceForm(FormValidationAction):
                 "identity_failures": float(failures),
                 "identity_verified": False,
             }
-        if failures == 1:
+        if _keeps_account(failures):
             # The account number stays: the identity question comes again, asking for the
             # other answer (action_ask_identity_check). The same whether the account exists
             # or not, so the retry reveals nothing about the number.
