@@ -176,6 +176,7 @@ class ExpectingScriptedStt(ScriptedStt):
         return super().transcribe(pcm, rate_hz)
 
     known: list[tuple[KnownAnswer, ...]] = dataclasses.field(default_factory=list)
+    digits: list[int | None] = dataclasses.field(default_factory=list)
 
     def transcribe_expecting(
         self,
@@ -183,10 +184,12 @@ class ExpectingScriptedStt(ScriptedStt):
         rate_hz: int,
         expected: Expected,
         known: Sequence[KnownAnswer] = (),
+        digits: int | None = None,
     ) -> SttResult:
         result = super().transcribe(pcm, rate_hz)
         self.held.append(expected)
         self.known.append(tuple(known))
+        self.digits.append(digits)
         return dataclasses.replace(result, held_to=label(expected))
 
     @property
@@ -239,6 +242,8 @@ def test_the_answer_after_a_request_for_digits_is_decoded_held_to_digits(enabled
     per_turn = {e["turn_id"]: e.get("stt_held_to") for e in logs if e["event"] == "transcript"}
     assert list(per_turn.values()) == [None, "digits" if enabled else None, None]
     assert set(stt.held) == ({None, DIGITS_ONLY} if enabled else {None})
+    # The held decodes know how many digits the dialogue asked for (speech/digit_beam.py).
+    assert set(stt.digits) == ({8} if enabled else set())
 
 
 def test_a_held_decode_that_runs_on_keeps_its_first_sentence() -> None:
@@ -412,8 +417,9 @@ class ConfirmingStt(ExpectingScriptedStt):
         rate_hz: int,
         expected: Expected,
         known: Sequence[KnownAnswer] = (),
+        digits: int | None = None,
     ) -> SttResult:
-        result = super().transcribe_expecting(pcm, rate_hz, expected, known)
+        result = super().transcribe_expecting(pcm, rate_hz, expected, known, digits)
         dates = [k for k in known if k.kind is Expectation.DATE]
         if self.confirm and dates and result.text == self.phrases[WHOLE_DATE]:
             return SttResult(written(dates[0]), 0.9, held_to=confirmed_label(Expectation.DATE))

@@ -185,6 +185,7 @@ class Holding(Recorder):
     held: list[Expected] = field(default_factory=list)
 
     known: list[tuple[KnownAnswer, ...]] = field(default_factory=list)
+    digits: list[int | None] = field(default_factory=list)
 
     def transcribe_expecting(
         self,
@@ -192,9 +193,11 @@ class Holding(Recorder):
         rate_hz: int,
         expected: Expected,
         known: Sequence[KnownAnswer] = (),
+        digits: int | None = None,
     ) -> SttResult:
         self.held.append(expected)
         self.known.append(tuple(known))
+        self.digits.append(digits)
         return SttResult(self.name + " (held)", 1.0, held_to=label(expected))
 
     @property
@@ -214,8 +217,9 @@ def test_a_held_decode_goes_to_the_engine_that_can_hold_it_whatever_its_length(
         assert (got.text, got.held_to) == (holder.name + " (held)", "digits")
         assert split.routed == {"short": 0, "long": 0, "held": 1, "second": 0, "second_kept": 0}
         postcode = KnownAnswer(Expectation.POSTCODE, "NW9 4RQ")
-        split.transcribe_expecting(short_turn, RATE_HZ, DIGITS, (postcode,))
+        split.transcribe_expecting(short_turn, RATE_HZ, DIGITS, (postcode,), 8)
         assert holder.known == [(), (postcode,)]  # the known answers go along
+        assert holder.digits == [None, 8]  # and the count of digits
     neither = LengthSplitEngine(Recorder("short"), Recorder("long"), long_from_s=1.5, pool=pool)
     assert neither.capabilities.expecting is None
     # Asked anyway, it decodes freely by length.

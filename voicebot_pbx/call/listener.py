@@ -298,6 +298,7 @@ class Listener:
         # where the engine can (SttCapabilities.expecting) and stt.hold_expected is on.
         self.expect: Expected | None = None
         self.known: tuple[KnownAnswer, ...] = ()  # speech/verify.py; never logged
+        self.expect_digits: int | None = None  # how many digits complete the expected answer
         # The end-of-turn rules' view of it (call/turn_end.py): digits to count, a postcode
         # or a date of birth read out with pauses inside it ("N W 5, [pause] 6 P L").
         self._answer_expected = NOTHING_EXPECTED
@@ -528,6 +529,7 @@ class Listener:
         after ``turn.digits_max_silence_ms``; so does a pause in a postcode or a date)."""
         self.expect = expected
         self.known = known if expected else ()
+        self.expect_digits = digits if expected else None
         self._answer_expected = answer_expected(
             self._rules, expected or frozenset(), digits, bool(self._known_checked)
         )
@@ -883,6 +885,7 @@ class Listener:
                 self.rate_hz,
                 self.expect,
                 self._known_checked,
+                self.expect_digits,
             )
             return await self._stt_call(timed(held))
         if self._queued is None:

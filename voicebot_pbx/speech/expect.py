@@ -21,6 +21,7 @@ Measured in ``bench/eval_balance.py`` (README "Answers the dialogue expects").
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -64,8 +65,19 @@ WORDS: dict[Expectation, frozenset[str]] = {
 # words held to digits lose 0.2-0.5 or come out empty (README "Answers the dialogue expects").
 DEFAULT_MARGIN = 0.05
 
+_DIGIT_WORD_SET = frozenset(_DIGIT_WORDS)
 _WORD_START = ("\u2581", " ")  # SentencePiece's word-start mark, or a space
 _BREAKS = frozenset(" ,.-?0123456789")  # end a word; always allowed
+_RUNS = re.compile(r"[a-z]+|[0-9]+")
+
+
+def count_digits(text: str) -> int:
+    """How many digits ``text`` reads out: each figure, and each digit word ("five", "oh").
+    Exact for a decode held to digits (it has no other words)."""
+    count = 0
+    for run in _RUNS.findall(text.lower()):
+        count += len(run) if run.isdigit() else int(run in _DIGIT_WORD_SET)
+    return count
 
 
 def parse_expected(values: Iterable[object]) -> Expected:
@@ -143,6 +155,8 @@ class HeldVocabulary:
             elif all(w in self.words for w in parsed.inner) and parsed.tail in self._prefixes:
                 self._closing.setdefault(parsed.lead, []).append(token_id)
         self._cache: dict[str, npt.NDArray[np.int64]] = {}
+        # Figures each token writes ("5,", "1016"): for decodes held to a count of digits.
+        self._figures = [sum(c.isdigit() for c in piece) for piece in pieces]
 
     def complete(self, state: str) -> bool:
         """Whether a decode may end (or break) here: between words or after a whole one."""
@@ -169,6 +183,23 @@ class HeldVocabulary:
         allowed = np.array(sorted(ids), dtype=np.int64)
         self._cache[state] = allowed
         return allowed
+
+    def digits_after(self, state: str, token_id: int) -> int:
+        """How many digits ``token_id`` adds after ``state``: its figures, and the digit
+        words ("five", "oh") it completes. The end of text adds :meth:`digits_ending`."""
+        parsed = self._pieces[token_id]
+        if parsed is None:
+            return 0
+        added = self._figures[token_id]
+        if parsed.tail is not None:
+            done = (state + parsed.lead, *parsed.inner)
+            added += sum(w.lower() in _DIGIT_WORD_SET for w in done)
+        return added
+
+    @staticmethod
+    def digits_ending(state: str) -> int:
+        """1 when the decode ending at ``state`` completes a digit word, else 0."""
+        return int(state.lower() in _DIGIT_WORD_SET)
 
     def advance(self, state: str, token_id: int) -> str:
         parsed = self._pieces[token_id]

@@ -61,11 +61,14 @@ from voicebot_pbx.audio import (
     frame_levels_db,
     pcm_to_float32,
 )
+from voicebot_pbx.speech.digit_beam import DEFAULT_BEAM, DIGITS_MIN_CONFIDENCE, decode_digits
 from voicebot_pbx.speech.expect import (
     DEFAULT_MARGIN,
     WORDS,
+    Expectation,
     Expected,
     HeldVocabulary,
+    count_digits,
     first_sentence,
     label,
     prefer,
@@ -169,6 +172,7 @@ class MoonshineEngine:
         expect_margin: float = DEFAULT_MARGIN,
         verify_min_lead: float = DEFAULT_MIN_LEAD,
         verify_floor: float = DEFAULT_FLOOR,
+        digits_beam: int = DEFAULT_BEAM,
     ) -> None:
         self.model_dir = Path(model_dir)
         # Nothing recognised: decode the speech without its quiet ends once more.
@@ -194,6 +198,8 @@ class MoonshineEngine:
         self.expect_margin = expect_margin
         self.verify_min_lead = verify_min_lead
         self.verify_floor = verify_floor
+        # A held decode of digits with the wrong count is searched again (0: never).
+        self.digits_beam = digits_beam
         size = int(self._tokenizer.get_vocab_size())
         self._pieces = [str(self._tokenizer.id_to_token(i) or "") for i in range(size)]
         self._held: dict[Expected, HeldVocabulary] = {}
@@ -315,11 +321,13 @@ class MoonshineEngine:
         rate_hz: int,
         expected: Expected,
         known: Sequence[KnownAnswer] = (),
+        digits: int | None = None,
     ) -> SttResult:
         """As :meth:`transcribe`, also held to ``expected``; the better of the two. With
         ``known`` answers (``speech/verify.py``), one the audio is confirmed to say is the
-        transcript, written plainly (and nothing else is decoded)."""
-        return self._transcribe(pcm, rate_hz, expected, known)
+        transcript, written plainly (and nothing else is decoded). ``digits``: how many
+        digits complete an expected number (``speech/digit_beam.py``)."""
+        return self._transcribe(pcm, rate_hz, expected, known, digits)
 
     def _transcribe(
         self,
@@ -327,18 +335,19 @@ class MoonshineEngine:
         rate_hz: int,
         expected: Expected | None,
         known: Sequence[KnownAnswer] = (),
+        digits: int | None = None,
     ) -> SttResult:
         started_s = time.monotonic()
         audio = pcm_to_float32(pcm)
         if rate_hz != MOONSHINE_RATE_HZ and audio.size:
             # In float (no int16 rounding of the resampled signal).
             audio = np.asarray(soxr.resample(audio, rate_hz, MOONSHINE_RATE_HZ), np.float32)
-        result = self._decode(audio, expected, known)
+        result = self._decode(audio, expected, known, digits)
         decodes = 1
         if not result.text and self.retry_trimmed:
             trimmed = trim_quiet_ends(audio, MOONSHINE_RATE_HZ)
             if trimmed.size < audio.size:
-                result = self._decode(trimmed, expected)
+                result = self._decode(trimmed, expected, digits=digits)
                 decodes = 2
         # Its run time; the wait in the pool is added by stt.timed where it queued.
         timing = SttTiming(
@@ -368,6 +377,7 @@ class MoonshineEngine:
         audio: npt.NDArray[np.float32],
         expected: Expected | None,
         known: Sequence[KnownAnswer] = (),
+        digits: int | None = None,
     ) -> SttResult:
         if audio.size < _MIN_SAMPLES:
             return SttResult(text="", confidence=None)
@@ -382,6 +392,8 @@ class MoonshineEngine:
             return free
         vocabulary = self.held_vocabulary(expected)
         held = self._result(hidden, audio.size, duration_s, vocabulary)
+        if digits and Expectation.DIGITS in expected and self.digits_beam > 0:
+            held = self._counted(hidden, audio.size, duration_s, vocabulary, held, digits)
         if prefer(free, held, margin=self.expect_margin):
             return dataclasses.replace(held, held_to=label(expected))
         return free
@@ -422,6 +434,51 @@ class MoonshineEngine:
             )
         confidence = math.exp(sum(logprobs) / len(logprobs))
         return SttResult(text=text, confidence=min(1.0, confidence))
+
+    def _counted(
+        self,
+        hidden: Any,
+        n_samples: int,
+        duration_s: float,
+        vocabulary: HeldVocabulary,
+        held: SttResult,
+        digits: int,
+    ) -> SttResult:
+        """``held`` when it reads ``digits`` digits; else the search for a decode that does
+        (``speech/digit_beam.py``) when it finds one sure enough, else ``held``."""
+        greedy_count = count_digits(held.text)
+        if greedy_count == digits:
+            return held
+        first_feed, next_feed = self._feeds(hidden, n_samples)
+
+        def step(index: int, past: dict[str, Any], token: int) -> tuple[Any, dict[str, Any]]:
+            own = dict(past)  # this hypothesis's cache; the step replaces its tensors
+            return self._step(index, (first_feed, own), token), own
+
+        found = decode_digits(
+            step,
+            next_feed,
+            vocabulary,
+            n_digits=digits,
+            bos=self._bos,
+            eos=self._eos,
+            max_tokens=token_budget(duration_s),
+            beam=self.digits_beam,
+        )
+        kept = found is not None and found.confidence >= DIGITS_MIN_CONFIDENCE
+        # Counts and confidence only: the digits are the caller's account number.
+        log.info(
+            "stt.moonshine.digits_search",
+            wanted=digits,
+            greedy=greedy_count,
+            found=found is not None,
+            confidence=round(found.confidence, 3) if found is not None else None,
+            kept=kept,
+        )
+        if found is None or not kept:
+            return held
+        text = str(self._tokenizer.decode(list(found.tokens))).strip()
+        return SttResult(text=text, confidence=min(1.0, found.confidence))
 
     def _encode(self, audio: npt.NDArray[np.float32]) -> Any:
         values = audio[np.newaxis, :]

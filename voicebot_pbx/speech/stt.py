@@ -139,9 +139,11 @@ class ExpectingTranscriber(Protocol):
         rate_hz: int,
         expected: Expected,
         known: Sequence[KnownAnswer] = (),
+        digits: int | None = None,
     ) -> SttResult:
         """Blocking, on the calling worker thread. ``known``: answers the dialogue knows
-        (``speech/verify.py``): one the audio says is the transcript, written plainly."""
+        (``speech/verify.py``): one the audio says is the transcript, written plainly.
+        ``digits``: how many digits complete an expected number (the dialogue's count)."""
         ...
 
 

@@ -166,13 +166,14 @@ class LengthSplitEngine:
         rate_hz: int,
         expected: Expected,
         known: Sequence[KnownAnswer] = (),
+        digits: int | None = None,
     ) -> SttResult:
         """Blocking: whatever the utterance's length, on the engine that can hold it."""
         expecting = self._expecting()
         if expecting is None:
             return self.transcribe(pcm, rate_hz)
         self.routed["held"] += 1
-        return expecting.transcribe_expecting(pcm, rate_hz, expected, known)
+        return expecting.transcribe_expecting(pcm, rate_hz, expected, known, digits)
 
     def new_stream(self, rate_hz: int) -> BufferedStream:
         return BufferedStream(self, rate_hz)

@@ -1,0 +1,154 @@
+"""speech/digit_beam.py: a decode held to a known number of digits (an account number whose
+length the dialogue said), searched with a beam over a scripted decoder; the digit counts
+of speech/expect.py it relies on; and the real Moonshine engine searching only when its
+greedy held decode has the wrong count."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from structlog.testing import capture_logs
+
+from tests.test_moonshine import moonshine  # noqa: F401  (the packaged tiny model, module-scoped)
+from tests.test_stt import caller
+from voicebot_pbx.answers.normalize import normalize
+from voicebot_pbx.speech.digit_beam import DIGITS_MIN_CONFIDENCE, Step, decode_digits
+from voicebot_pbx.speech.expect import WORDS, Expectation, HeldVocabulary, count_digits
+from voicebot_pbx.speech.moonshine import MoonshineEngine
+
+PIECES = [
+    "<unk>",  # 0
+    "<s>",  # 1
+    "</s>",  # 2: the end of text
+    "5",  # 3
+    "42",  # 4
+    ",",  # 5
+    "\u2581five",  # 6
+    "\u2581nine",  # 7
+    "\u2581time",  # 8: not a digit word
+    "\u2581fi",  # 9
+    "ve,",  # 10
+]
+EOS = 2
+DIGITS_ONLY = frozenset({Expectation.DIGITS})
+Tokens = tuple[int, ...]
+START: Tokens = ()
+
+
+def vocabulary() -> HeldVocabulary:
+    return HeldVocabulary(PIECES, WORDS[Expectation.DIGITS], end_id=EOS, special=[0, 1, 2])
+
+
+def scripted(logits: dict[Tokens, dict[int, float]]) -> tuple[list[Tokens], Step[Tokens]]:
+    """A decoder whose next-token logits depend on the tokens so far (others -10); its
+    state is those tokens. Returns the prefixes it was stepped on, and the step."""
+    stepped: list[Tokens] = []
+
+    def step(index: int, state: Tokens, token: int) -> tuple[npt.NDArray[np.float64], Tokens]:
+        now = state if index == 0 else (*state, token)
+        assert len(now) == index  # each hypothesis steps on its own history
+        stepped.append(now)
+        row = np.full(len(PIECES), -10.0)
+        for tid, value in logits.get(now, {}).items():
+            row[tid] = value
+        return row, now
+
+    return stepped, step
+
+
+def test_digits_are_counted_as_figures_and_digit_words() -> None:
+    assert count_digits("Six, four, 55 and oh.") == 5
+    assert count_digits("4338-0626") == 8
+    assert count_digits("I don't have it") == 0
+    held = vocabulary()
+    assert held.digits_after("", 4) == 2  # "42"
+    assert held.digits_after("", 6) == 0  # "five" is not complete until a break or the end
+    assert held.digits_after("five", 5) == 1  # "," completes it
+    assert held.digits_after("fi", 10) == 1  # "ve," completes "five"
+    assert held.digits_ending("five") == 1 and held.digits_ending("") == 0
+
+
+def test_the_end_of_text_comes_only_after_exactly_the_digits_asked_for() -> None:
+    # Greedy would end after "42": two digits of the three asked for.
+    _, step = scripted({(): {4: 3.0, 3: 1.0}, (4,): {EOS: 3.0, 3: 1.0}, (4, 3): {EOS: 3.0}})
+    found = decode_digits(step, START, vocabulary(), n_digits=3, bos=1, eos=EOS, max_tokens=6)
+    assert found is not None and found.tokens == (4, 3)  # "425"
+    # Never more digits than asked for: "42" is not allowed after "5" when two are asked for.
+    _, step = scripted({(): {3: 3.0}, (3,): {4: 5.0, 3: 1.0}, (3, 3): {EOS: 3.0}})
+    found = decode_digits(step, START, vocabulary(), n_digits=2, bos=1, eos=EOS, max_tokens=6)
+    assert found is not None and found.tokens == (3, 3)
+
+
+def test_the_beam_keeps_a_decode_that_starts_a_little_less_likely_but_ends_well() -> None:
+    logits = {
+        (): {3: 2.0, 4: 1.9},  # "5" slightly ahead of "42"
+        (3,): {EOS: 6.0, 3: 0.0},  # after "5" the model wants to stop: "55" is unlikely
+        (3, 3): {EOS: 3.0},
+        (4,): {EOS: 6.0},  # "42" ends well
+    }
+    _, step = scripted(logits)
+    greedy = decode_digits(
+        step, START, vocabulary(), n_digits=2, bos=1, eos=EOS, max_tokens=6, beam=1
+    )
+    searched = decode_digits(
+        step, START, vocabulary(), n_digits=2, bos=1, eos=EOS, max_tokens=6, beam=2
+    )
+    assert greedy is not None and greedy.tokens == (3, 3)
+    assert searched is not None and searched.tokens == (4,)
+    # Its confidence is over the tokens it was allowed (the end of text included).
+    assert searched.confidence == pytest.approx(
+        math.exp((searched.logprobs[0] + searched.logprobs[1]) / 2)
+    )
+    assert searched.logprobs[1] == pytest.approx(0.0, abs=1e-3)  # the end: all but certain
+
+
+def test_digit_words_count_and_other_words_are_never_decoded() -> None:
+    logits = {
+        (): {8: 9.0, 6: 2.0},  # "time" likeliest, but not a digit word
+        (6,): {7: 2.0, EOS: 5.0},
+        (6, 7): {EOS: 4.0},
+    }
+    stepped, step = scripted(logits)
+    found = decode_digits(step, START, vocabulary(), n_digits=2, bos=1, eos=EOS, max_tokens=6)
+    assert found is not None and found.tokens == (6, 7)  # "five nine"
+    assert all(8 not in prefix for prefix in stepped)
+
+
+def test_no_decode_when_the_digits_cannot_be_reached() -> None:
+    _, step = scripted({(): {3: 3.0}, (3,): {3: 3.0}, (3, 3): {3: 3.0}})
+    found = decode_digits(step, START, vocabulary(), n_digits=8, bos=1, eos=EOS, max_tokens=3)
+    assert found is None
+
+
+@pytest.mark.models
+def test_moonshine_searches_when_its_held_decode_has_the_wrong_count(
+    moonshine: MoonshineEngine,  # noqa: F811
+) -> None:
+    """A repeated nine heard once ("5 5 8 7 6 9 9 3" -> seven digits): told the number has
+    eight, the engine searches and finds them; a decode with the right count is kept as it
+    is, with no search."""
+    pcm = caller("5 5 8 7 6 9 9 3", 8000)
+    uncounted = moonshine.transcribe_expecting(pcm, 8000, DIGITS_ONLY)
+    assert uncounted.held_to == "digits" and count_digits(uncounted.text) == 7, uncounted
+    with capture_logs() as logs:
+        counted = moonshine.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8)
+    assert normalize(counted.text).replace(" ", "") == "55876993", counted
+    assert counted.held_to == "digits" and counted.confidence is not None
+    assert counted.confidence >= DIGITS_MIN_CONFIDENCE
+    [search] = [e for e in logs if e["event"] == "stt.moonshine.digits_search"]
+    assert (search["wanted"], search["greedy"], search["kept"]) == (8, 7, True)
+    assert not re.search(r"\d{4}", str(search))  # counts, never the caller's digits
+    right = caller("2 9 0 5 9 9 5 1", 8000)
+    with capture_logs() as logs:
+        kept = moonshine.transcribe_expecting(right, 8000, DIGITS_ONLY, digits=8)
+    assert kept == moonshine.transcribe_expecting(right, 8000, DIGITS_ONLY)
+    assert count_digits(kept.text) == 8
+    assert not [e for e in logs if e["event"] == "stt.moonshine.digits_search"]
+    off = MoonshineEngine(
+        moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, digits_beam=0
+    )
+    assert off.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8).text == uncounted.text
