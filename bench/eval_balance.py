@@ -25,6 +25,14 @@ shuffled the same way), a speed and pitch drawn from the seed. The caller says:
    other answer, the date of birth after a postcode, the postcode after a date of birth
    (``Say(only_if=...)`` reads the bot's latest reply from its recorder),
 
+and between 2 and 3, only when the bot asks for the account number again after the first
+reading ("that isn't an 8 digit account number", or "I didn't catch that"): the account
+number once more (step "again", spoken entry; a caller asked again says it again; since
+2026-12-06, VERSION 4); and before that, when the bot read back a spoken account number
+that is not the caller's ("That's account number ..."), "no, that's the wrong number"
+(step "wrong"; once: a number read back wrong a second time is let pass, and the identity
+answer follows),
+
 each through the phone line of ``bench/turn_dataset.py`` (``phone_line``: 300-3400 Hz band,
 a level drawn in -24..-18 dBFS, pink line noise at ``--snr`` dB, G.711 µ-law round trip,
 0.3 s before and 1.3 s after the speech), 8 kHz. ``--account-groups MIN_S MAX_S`` reads the
@@ -74,6 +82,7 @@ import datetime
 import json
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -126,7 +135,7 @@ from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
 OUT_JSON = ROOT / ".cache" / "reports" / "eval_balance.json"
 RATE_HZ = turn_dataset.RATE_HZ  # 8 kHz: the AudioSocket / SimulatedCaller default
 TARGET = 0.95
-VERSION = 3
+VERSION = 4
 
 # espeak-ng voice+variants nobody else in this project speaks with (taken: see the lists in
 # bench/answers_dataset.py, bench/turn_dataset.py, bench/stt_dataset.py, bench/bench_pbx.py;
@@ -134,9 +143,17 @@ VERSION = 3
 VOICES = ["en-us+m4", "en-gb-x-rp+f3", "en-gb-scotland+m4", "en-gb+m5", "en-us+f4"]
 MODES = ("postcode", "birth_date")
 # "retry": the other identity answer (a postcode's date of birth, a date's postcode), said
-# only when the bot asks for it after a first answer that did not match.
-STEPS = ("request", "account", "identity", "retry")
+# only when the bot asks for it after a first answer that did not match; "again": the
+# account number said once more, only when the bot asks for it again after the first
+# reading (spoken entry); "wrong": "no" to the account number read back, only when the
+# number read back is not the caller's. Listed in this order so steps 0-3 keep their line
+# noise.
+STEPS = ("request", "account", "identity", "retry", "again", "wrong")
 RETRY = STEPS.index("retry")
+AGAIN = STEPS.index("again")
+WRONG = STEPS.index("wrong")
+NOT_MY_NUMBER = "no, that's the wrong number"
+_READ_BACK = re.compile(r"That's account number ([\d ,]+)\.")
 ENTRIES = ("spoken", "keypad")  # how the account number (step 2) is given
 SPEED = (140, 166)  # espeak words per minute, [lo, hi)
 PITCH = (40, 61)
@@ -182,11 +199,12 @@ class Plan:
     level_dbfs: float
 
     @property
-    def texts(self) -> tuple[str, str, str, str]:
+    def texts(self) -> tuple[str, str, str, str, str, str]:
         a = self.account
         postcode, born = say_postcode(a.postcode), say_birth_date(a.birth_date)
         identity, other = (postcode, born) if self.mode == "postcode" else (born, postcode)
-        return (REQUEST, say_digits(a.number), identity, other)
+        digits = say_digits(a.number)
+        return (REQUEST, digits, identity, other, digits, NOT_MY_NUMBER)
 
     @property
     def expected(self) -> str:
@@ -232,8 +250,9 @@ def render(
     between them, as callers read numbers."""
     text = p.texts[step]
     # steps 0-2 keep the line noise they had before the retry step existed
-    noise_seed = seed * 1000 + (p.index * 3 + step if step < RETRY else 500 + p.index)
-    if step == 1 and groups_pause_s is not None:
+    later = {RETRY: 500, AGAIN: 700, WRONG: 900}
+    noise_seed = seed * 1000 + (p.index * 3 + step if step < RETRY else later[step] + p.index)
+    if step in (1, AGAIN) and groups_pause_s is not None:
         digits = text.split()
         pause = np.zeros(int(account_pause_s(p, seed, groups_pause_s) * RATE_HZ))
         x = np.concatenate(
@@ -291,6 +310,8 @@ class Outcome:
     replies: list[str] = field(default_factory=lambda: ["" for _ in STEPS])  # last turn's reply
     turns_per_step: list[int] = field(default_factory=lambda: [0 for _ in STEPS])
     retried: bool = False  # the bot asked for the other identity answer and the caller gave it
+    said_again: bool = False  # the bot asked for the account number again and got it
+    said_wrong: bool = False  # the caller said "no" to a wrong account number read back
     fallbacks: list[str] = field(default_factory=list)
     dialogues: list[str] = field(default_factory=list)
     identity_mismatch: int = 0
@@ -306,22 +327,50 @@ def prompts() -> tuple[str, str]:
     """The two questions of the balance form, as Rasa says them (domain.yml)."""
     domain = yaml.safe_load((ROOT / "rasa_project" / "domain.yml").read_text(encoding="utf-8"))
     responses = domain["responses"]
+    # The identity question may come with the account number read back after its "Thanks."
+    identity = str(responses["utter_ask_identity_check"][0]["text"])
     return (
         str(responses["utter_ask_account_number"][0]["text"]),
-        str(responses["utter_ask_identity_check"][0]["text"]),
+        identity.removeprefix("Thanks. "),
     )
 
 
-def said_steps(entry: str) -> tuple[int, ...]:
-    """The steps the caller says (``Say``), in order; the others are keyed. The last
-    (retry) only when the bot asked for it."""
-    return (0, 2, 3) if entry == "keypad" else (0, 1, 2, 3)
+def said_steps(entry: str, retried: bool, said_again: bool, said_wrong: bool) -> tuple[int, ...]:
+    """The steps the caller said (``Say``), in the order said; the others are keyed. The
+    "no" to a wrong read-back, the account number again and the retry only when the bot's
+    reply called for them."""
+    if entry == "keypad":
+        return (0, 2, RETRY) if retried else (0, 2)
+    return (
+        0,
+        1,
+        *((WRONG,) if said_wrong else ()),
+        *((AGAIN,) if said_again else ()),
+        2,
+        *((RETRY,) if retried else ()),
+    )
 
 
-def step_taken(step: int, retried: bool) -> bool:
-    """Whether the caller took ``step`` in the call: every step but the retry, which only
-    when the bot asked for it."""
-    return step != RETRY or retried
+def step_taken(step: int, retried: bool, said_again: bool, said_wrong: bool = False) -> bool:
+    """Whether the caller took ``step`` in the call: every step but the retry, the account
+    number again and the "no" to a wrong read-back, which only when called for."""
+    return {RETRY: retried, AGAIN: said_again, WRONG: said_wrong}.get(step, True)
+
+
+def read_back(reply: str) -> str | None:
+    """The account number the bot read back in ``reply`` (digits), or None."""
+    match = _READ_BACK.search(reply)
+    return re.sub(r"\D", "", match.group(1)) if match else None
+
+
+def asks_account_again(reply: str, account_question: str) -> bool:
+    """The bot's reply asks for the account number again (``account_question``, Rasa's
+    text), or to say it again (the dialogue's and the session's "didn't catch that")."""
+    return (
+        account_question in reply
+        or "didn't catch that" in reply
+        or ("didn't quite catch that" in reply)
+    )
 
 
 def asks_other_answer(reply: str) -> bool:
@@ -342,7 +391,7 @@ def score(
         out.error = out.error or "no call record"
         return
     turns = [t for t in record["turns"] if t["kind"] in ("speech", "dtmf")]
-    say_steps = said_steps(out.entry)
+    say_steps = said_steps(out.entry, out.retried, out.said_again, out.said_wrong)
     # Turn -> step: a DTMF turn is the keyed account number (step 2); a speech turn, the
     # last said step that started before the turn was written; a turn never written on its
     # own (merged into the next, or cut by the hang-up) takes the next stamped turn's time;
@@ -375,7 +424,7 @@ def score(
     for step in range(len(STEPS)):
         out.heard_normalised[step] = normalize(" ".join(out.heard[step]))
         out.misheard[step] = (
-            step_taken(step, out.retried)
+            step_taken(step, out.retried, out.said_again, out.said_wrong)
             and out.heard_normalised[step] != out.said_normalised[step]
         )
     out.correct_first = out.replies[2].startswith(out.expected)
@@ -384,7 +433,7 @@ def score(
         out.stage = "ok"
     elif asks[0] not in out.replies[0]:
         out.stage = "intent"
-    elif asks[1] not in out.replies[1]:
+    elif asks[1] not in out.replies[1] and not (out.said_again and asks[1] in out.replies[AGAIN]):
         out.stage = "account"
     else:
         out.stage = "retry" if out.retried else "identity"
@@ -396,6 +445,7 @@ async def one_call(
     audio: list[bytes],
     port: int,
     recorder: StampingRecorder,
+    account_question: str,
 ) -> tuple[Outcome, str, list[float]]:
     said = list(p.texts)
     if entry == "keypad":
@@ -423,11 +473,30 @@ async def one_call(
         out.retried = asks_other_answer(recorder.last_reply.get(caller.result.call_id, ""))
         return out.retried
 
-    steps: list[Say | SendDtmf] = [Say(pcm) for pcm in audio[:3]]
-    steps.append(Say(audio[3], only_if=asked_again))
+    def read_back_wrong() -> bool:
+        # As above: the reply to the account number. A caller who hears another number
+        # read back says so.
+        heard = read_back(recorder.last_reply.get(caller.result.call_id, ""))
+        out.said_wrong = heard is not None and heard != p.account.number
+        return out.said_wrong
+
+    def asked_for_account_again() -> bool:
+        # As above: the reply to the account number, a second before this step.
+        reply = recorder.last_reply.get(caller.result.call_id, "")
+        out.said_again = asks_account_again(reply, account_question)
+        return out.said_again
+
+    steps: list[Say | SendDtmf] = [Say(audio[0])]
     if entry == "keypad":
         # The entry ends at the 8th key (collect_dtmf max_digits 8): no "#".
-        steps[1] = SendDtmf(p.account.number)
+        steps.append(SendDtmf(p.account.number))
+    else:
+        steps += [
+            Say(audio[1]),
+            Say(audio[WRONG], only_if=read_back_wrong),
+            Say(audio[AGAIN], only_if=asked_for_account_again),
+        ]
+    steps += [Say(audio[2]), Say(audio[RETRY], only_if=asked_again)]
     started = time.perf_counter()
     try:
         result = await caller.run(steps, hangup_after_s=0.3)
@@ -538,7 +607,7 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         async def run(p: Plan, entry: str) -> tuple[Outcome, str, list[float]]:
             nonlocal done
             async with gate:
-                got = await one_call(p, entry, audio[p.index], bot.port, recorder)
+                got = await one_call(p, entry, audio[p.index], bot.port, recorder, asks[0])
             done += 1
             print(
                 f"  {done}/{len(runs)} calls ({time.perf_counter() - t0:.0f} s)",
@@ -597,6 +666,8 @@ def _group(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "rate": round(correct / n, 4) if n else None,
         "correct_first": sum(o.correct_first for o in outcomes),
         "retried": sum(o.retried for o in outcomes),
+        "said_again": sum(o.said_again for o in outcomes),
+        "said_wrong": sum(o.said_wrong for o in outcomes),
         "misheard": {s: sum(o.misheard[k] for o in outcomes) for k, s in enumerate(STEPS)},
         "identity_mismatch": sum(o.identity_mismatch for o in outcomes),
         "stages": {
@@ -636,7 +707,7 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
             1
             for o in outcomes
             for k, c in enumerate(o.turns_per_step)
-            if c == 0 and step_taken(k, o.retried)
+            if c == 0 and step_taken(k, o.retried, o.said_again, o.said_wrong)
         ),
         "not_rasa_turns": sum(1 for o in outcomes for d in o.dialogues if d != "rasa"),
         "call_s": {
@@ -655,8 +726,11 @@ def _row(name: str, g: dict[str, Any]) -> str:
     m = g["misheard"]
     st = g["stages"]
     return (
-        f"| {name} | {_rate(g)} | {_rate(g, 'correct_first')} | {g['retried']} "
-        f"| {m['request']} / {m['account']} / {m['identity']} / {m['retry']} "
+        f"| {name} | {_rate(g)} | {_rate(g, 'correct_first')} | {g.get('said_wrong', 0)} "
+        f"| {g.get('said_again', 0)} "
+        f"| {g['retried']} | {m['request']} / {m['account']} / {m.get('wrong', 0)} / "
+        f"{m.get('again', 0)} / "
+        f"{m['identity']} / {m['retry']} "
         f"| {g['identity_mismatch']} | {st['intent']} / {st['account']} / {st['identity']} "
         f"/ {st['retry']} / {st['error']} |"
     )
@@ -685,16 +759,21 @@ def markdown(run: dict[str, Any]) -> str:
         "",
         "A first identity answer that does not match gets the identity question again, "
         "asking for the other answer (the account number kept); the caller then gives it "
-        "(retry: a postcode's date of birth, a date's postcode). Misheard = turns whose "
+        "(retry: a postcode's date of birth, a date's postcode). A spoken account number "
+        "the bot asks for again (or asks to hear again) is said once more (account again); "
+        "a spoken number read back wrong gets a no first. "
+        "Misheard = turns whose "
         "normalised transcript differs from the normalised words said (request / account / "
-        "identity / retry; a keyed account number: the digits the dialogue got differ from "
-        "the account number). Failed at = first step whose reply was wrong (intent: no "
-        "account-number question; account: no identity question; identity: no balance and "
+        "again / identity / retry; a keyed account number: the digits the dialogue got "
+        "differ from the account number). Failed at = first step whose reply was wrong "
+        "(intent: no account-number question; account: no identity question after the "
+        "account number or its second reading; identity: no balance and "
         "no retry asked; retry: no balance after the other answer; error: no record).",
         "",
-        "| | correct | first answer | retried | misheard req / acct / id / retry "
+        "| | correct | first answer | said no to read-back | account again | retried "
+        "| misheard req / acct / no / again / id / retry "
         "| identity_mismatch | failed at intent / account / identity / retry / error |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         _row("all", a),
     ]
     for entry, g in s["by_entry"].items():
@@ -726,7 +805,9 @@ def markdown(run: dict[str, Any]) -> str:
             f"fallbacks {c['fallbacks'] or '-'}"
         )
         for k, step in enumerate(STEPS):
-            if not step_taken(k, c["retried"]):
+            if not step_taken(
+                k, c["retried"], c.get("said_again", False), c.get("said_wrong", False)
+            ):
                 continue
             mark = "MISHEARD" if c["misheard"][k] else "ok"
             heard = " | ".join(c["heard"][k]) or "(no turn)"

@@ -661,11 +661,61 @@ def test_identity_check_failures_and_refusal(dlg: RasaDialogue, aloop: LoopThrea
     turn = aloop.run(dlg.respond(nobody, "nw1 1aa"))
     assert "doesn't match our records" in texts(turn) and "date of birth instead" in texts(turn)
 
+    # "No" to the identity question after a keyed account number declines the check.
     refusing = new_call()
     aloop.run(dlg.start(refusing))
     aloop.run(dlg.respond(refusing, "what's my balance"))
-    aloop.run(dlg.respond(refusing, account.number))
+    turn = aloop.run(dlg.dtmf(refusing, account.number))
+    assert "That's account number" not in texts(turn)  # keyed: nothing read back
     turn = aloop.run(dlg.respond(refusing, "no"))
+    assert "Without checking it's you I can't read out account details" in texts(turn)
+    assert "anything else" in texts(turn) and turn.end is None
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_a_spoken_account_number_is_read_back_and_a_no_asks_for_it_again(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """A misheard account number is read back with the identity question; the caller's
+    "no" asks for the number again (no identity failure counted), "yes" alone asks the
+    question again; twice "no" is allowed, the third declines the check."""
+    account = DEMO[5]
+    misheard = account.number[:-1] + str((int(account.number[-1]) + 1) % 10)
+    call = new_call()
+
+    def say(text: str) -> DialogueTurn:
+        return aloop.run(dlg.respond(call, text))
+
+    aloop.run(dlg.start(call))
+    say("what's my balance")
+    turn = say(" ".join(misheard))
+    back = f"That's account number {' '.join(misheard[:4])}, {' '.join(misheard[4:])}."
+    assert back in texts(turn) and "what's the postcode of the property" in texts(turn)
+    assert turn.expect == ("postcode", "date")
+    turn = say("no that's not my account number")
+    assert "take the account number again" in texts(turn), texts(turn)
+    assert "type your account number" in texts(turn) and turn.expect == ("digits",)
+    assert turn.fallbacks == ("account_read_back_denied",)
+    turn = say(" ".join(account.number))
+    assert f"That's account number {' '.join(account.number[:4])}," in texts(turn)
+    assert dict(turn.known)["postcode"] == account.postcode
+    turn = say("yes")  # not an answer yet: the question again, nothing counted against it
+    assert "what's the postcode of the property" in texts(turn)
+    assert "match our records" not in texts(turn) and "That's account" not in texts(turn)
+    turn = say(account.postcode.lower())  # the first answer after the read-back: verified
+    assert texts(turn).startswith(balance_words(account)), texts(turn)
+
+    stubborn = new_call()
+    aloop.run(dlg.start(stubborn))
+    aloop.run(dlg.respond(stubborn, "what's my balance"))
+    for _ in range(2):
+        turn = aloop.run(dlg.respond(stubborn, " ".join(misheard)))
+        assert "That's account number" in texts(turn)
+        turn = aloop.run(dlg.respond(stubborn, "no"))
+        assert "take the account number again" in texts(turn)
+    aloop.run(dlg.respond(stubborn, " ".join(misheard)))
+    turn = aloop.run(dlg.respond(stubborn, "no"))
     assert "Without checking it's you I can't read out account details" in texts(turn)
 
 

@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rasa_project"))
 
 from actions.wording import (  # noqa: E402
+    read_back_account,
+    say_account_number,
     say_balance,
     say_date,
     say_digits,
@@ -384,3 +386,9 @@ def test_everything_is_speakable() -> None:
     texts += [say_duration_until(NOW + dt.timedelta(minutes=k), NOW) for k in range(-30, 5000, 7)]
     for text in texts:
         assert SPEAKABLE.fullmatch(text), text
+
+
+def test_an_account_number_is_read_back_in_two_groups() -> None:
+    assert say_account_number("55876993") == "5 5 8 7, 6 9 9 3"
+    assert say_account_number("123") == "1 2 3"  # too short to group
+    assert read_back_account("12345678") == "That's account number 1 2 3 4, 5 6 7 8."

@@ -3,6 +3,9 @@
 * ``validate_balance_form``: the account number (8 digits, said or keyed; ``*``/``#``
   mistakes heard as such) and the identity check: the property's postcode or the account
   holder's date of birth, looked up in the billing back end, ``identity_attempts`` tries.
+  A spoken account number is read back with the identity question
+  (``action_ask_identity_check``); "no" to it asks for the number again
+  (``ACCOUNT_DENIALS`` times), "no" after a keyed one declines the check.
 * ``action_tell_balance``: balance and last bill in words, or why not.
 * ``validate_appointment_form`` / ``action_ask_time`` / ``action_ask_appointment_confirmed`` /
   ``action_book_appointment``: a day and a time the bookings back end has free (else the
@@ -34,8 +37,10 @@ from .backend import Account, BackendError, SlotTaken, normalise_postcode
 from .runtime import Runtime, runtime
 from .when import parse_day, parse_time
 from .wording import (
+    ACCOUNT_AGAIN,
     ASK_DATE_OF_BIRTH_INSTEAD,
     ASK_POSTCODE_INSTEAD,
+    read_back_account,
     say_balance,
     say_date,
     say_digits,
@@ -49,6 +54,9 @@ from .wording import (
 log = logging.getLogger(__name__)
 
 ACCOUNT_DIGITS = 8
+# A caller may say "no" to the account number read back this many times; the next "no"
+# declines the check (utter_identity_refused), as "no" to the account number question does.
+ACCOUNT_DENIALS = 2
 NEAREST_SLOTS = 3
 _SYSTEM_WORDS = {"billing": "billing", "outages": "power cut", "bookings": "bookings"}
 
@@ -178,6 +186,20 @@ def _last_answer(tracker: Tracker) -> str:
     return str(message.get("text") or "")
 
 
+def _latest_intent(tracker: Tracker) -> str:
+    message = tracker.latest_message or {}
+    return str((message.get("intent") or {}).get("name") or "")
+
+
+def _just_said_account(tracker: Tracker, number: str) -> bool:
+    """The caller's latest message said the account number (spoken, not keyed): its digits
+    are the number."""
+    if not number or _latest_intent(tracker) == "dtmf":
+        return False
+    text = str((tracker.latest_message or {}).get("text") or "")
+    return re.sub(r"\D", "", text) == number
+
+
 def _keeps_account(failures: int) -> bool:
     """After this many identity answers that did not match, the account number is kept and
     the other answer asked for (the first miss only; later ones start from the account)."""
@@ -225,6 +247,12 @@ class ValidateBalanceForm(FormValidationAction):
         answer = str(slot_value or "")
         # The postcode or date said here is not a power cut's postcode nor a visit's day.
         forget = {"postcode": None, "date": None}
+        intent = _latest_intent(tracker)
+        if intent == "deny":
+            return {**forget, **self._denied(dispatcher, tracker)}
+        if intent == "affirm" and not re.search(r"\d", answer):
+            # "yes" to the account number read back: not an answer yet; asked again.
+            return {**forget, "identity_check": None}
         try:
             # What the identity question just looked up (action_ask_identity_check), else
             # the back end now.
@@ -270,6 +298,24 @@ class ValidateBalanceForm(FormValidationAction):
             "identity_failures": float(failures),
         }
 
+    @staticmethod
+    def _denied(dispatcher: CollectingDispatcher, tracker: Tracker) -> dict[str, Any]:
+        """ "No" to the identity question. After the account number was read back it is
+        "that's not my number": the number is asked for again (``ACCOUNT_DENIALS`` times,
+        no identity failure counted); otherwise the caller declines the check
+        (``action_tell_balance`` says so)."""
+        denials = int(tracker.get_slot("account_denials") or 0) + 1
+        if tracker.get_slot("account_read_back") and denials <= ACCOUNT_DENIALS:
+            dispatcher.utter_message(text=ACCOUNT_AGAIN)
+            _note(dispatcher, fallback="account_read_back_denied")
+            return {
+                "account_number": None,
+                "identity_check": None,
+                "account_read_back": False,
+                "account_denials": float(denials),
+            }
+        return {"identity_check": "refused"}
+
 
 class ActionAskIdentityCheck(Action):
     """The identity question (the domain's ``utter_ask_identity_check``: its text and
@@ -291,10 +337,16 @@ class ActionAskIdentityCheck(Action):
         text = str(
             template.get("text") or "To check it's you, what's the postcode of the property?"
         )
+        number = str(tracker.get_slot("account_number") or "")
+        read_back = False
         if _retrying_identity(tracker):
             text = retry_identity_question(_last_answer(tracker))
+        elif _just_said_account(tracker, number):
+            # A number heard, not keyed: read back, so a caller can say "no" to a mistake.
+            read_back = True
+            question = text.removeprefix("Thanks. ")
+            text = f"Thanks. {read_back_account(number)} {question}"
         custom = dict(template.get("custom") or {})
-        number = str(tracker.get_slot("account_number") or "")
         rt = runtime()
         account: Account | None = None
         if number:
@@ -311,7 +363,7 @@ class ActionAskIdentityCheck(Action):
                 "date": account.birth_date.isoformat(),
             }
         dispatcher.utter_message(text=text, json_message=custom or None)
-        return []
+        return [SlotSet("account_read_back", read_back)]
 
 
 class ActionTellBalance(Action):
@@ -325,6 +377,10 @@ class ActionTellBalance(Action):
         failed = _failed_in_form(tracker, "billing")
         if failed is not None:
             return [SlotSet("identity_check", None), *_backend_down(dispatcher, failed)]
+        if tracker.get_slot("identity_check") == "refused":
+            # "no" to the identity question (validate_identity_check); asked again next time.
+            dispatcher.utter_message(response="utter_identity_refused")
+            return [SlotSet("identity_check", None), SlotSet("account_denials", None)]
         if tracker.get_slot("identity_verified") is not True:
             dispatcher.utter_message(
                 text="Sorry, I couldn't confirm your details, so I'll put you through to "

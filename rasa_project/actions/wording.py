@@ -15,10 +15,13 @@ from collections.abc import Sequence
 __all__ = [
     "ASK_DATE_OF_BIRTH_INSTEAD",
     "ASK_POSTCODE_INSTEAD",
+    "ACCOUNT_AGAIN",
     "MONTH_NAMES",
     "ONES",
     "TENS",
     "WEEKDAY_NAMES",
+    "read_back_account",
+    "say_account_number",
     "say_balance",
     "say_date",
     "say_digits",
@@ -43,6 +46,24 @@ ASK_DATE_OF_BIRTH_INSTEAD = (
 ASK_POSTCODE_INSTEAD = (
     "Let's try the postcode of the property instead. Or say the date of birth again."
 )
+
+# After a caller said "no" to the account number read back to them.
+ACCOUNT_AGAIN = "Sorry about that. Let's take the account number again."
+
+
+def say_account_number(number: str) -> str:
+    """An account number read back in two groups: "12345678" -> "1 2 3 4, 5 6 7 8"."""
+    digits = say_digits(number).split()
+    half = len(digits) // 2
+    if half < 2:
+        return " ".join(digits)
+    return f"{' '.join(digits[:half])}, {' '.join(digits[half:])}"
+
+
+def read_back_account(number: str) -> str:
+    """The account number a caller said, read back before the identity question."""
+    return f"That's account number {say_account_number(number)}."
+
 
 ONES: tuple[str, ...] = (
     "zero",
