@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from tests.speech import espeak_pcm
 from tests.test_moonshine import moonshine  # noqa: F401  (the packaged tiny model, module-scoped)
-from tests.test_stt import caller, words
+from tests.test_stt import caller, silence, words
 from tests.test_turns import DIGITS, HOURS, PHRASES, first_reply_after, make_shared, timeline
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, RuleDialogue
 from voicebot_pbx.call import policy
@@ -27,6 +28,7 @@ from voicebot_pbx.speech.expect import (
     first_sentence,
     label,
     prefer,
+    spoken_units,
 )
 from voicebot_pbx.speech.moonshine import MoonshineEngine
 from voicebot_pbx.speech.stt import SttCapabilities, SttResult
@@ -101,6 +103,12 @@ def test_the_held_decode_wins_when_about_as_sure_as_the_free_one() -> None:
     assert not prefer(free, SttResult("Five, nine, one, two.", 0.64), margin=0.05)
     assert not prefer(free, SttResult("", None))  # the held decode found no digits
     assert prefer(SttResult("", None), SttResult("Four.", 0.4))  # the free one found nothing
+    # A held decode that says far less than the free one explains only part of the audio.
+    said = SttResult("No, that's the wrong number.", 0.60)
+    assert not prefer(said, SttResult("November.", 0.78))
+    assert not prefer(said, SttResult("November one.", 0.71))
+    assert prefer(SttResult("I made me a rope and one me.", 0.5), SttResult("98071005", 0.6))
+    assert spoken_units("the 23rd of June 1987") == 10 and spoken_units("NW9 4RQ") == 4
 
 
 DIGITS_ONLY = frozenset({Expectation.DIGITS})
@@ -484,3 +492,21 @@ def test_a_pause_in_an_identity_answer_that_confirms_nothing_waits_while_answers
         assert speech == [PHRASES[HOURS], "but when people come 1957"]
     else:
         assert speech[:2] == [PHRASES[HOURS], "but when people come"]
+
+
+@pytest.mark.models
+def test_a_no_to_the_identity_question_is_not_held_to_a_date(
+    moonshine: MoonshineEngine,  # noqa: F811
+) -> None:
+    """ "No" to the account number read back, while a postcode or a date is expected, with
+    the line's quiet after it: the free decode of the whole audio comes out empty, and the
+    held one is "November.m."; the free decode of the speech without its quiet ends is the
+    transcript."""
+    pcm = silence(300, 8000) + espeak_pcm(
+        "no, that is not my account", 8000, voice="en-gb", speed=140
+    )
+    pcm += silence(2000, 8000)
+    result = moonshine.transcribe_expecting(
+        pcm, 8000, frozenset({Expectation.POSTCODE, Expectation.DATE})
+    )
+    assert result.held_to is None and words(result.text) >= {"no", "not", "account"}, result

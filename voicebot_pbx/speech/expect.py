@@ -220,11 +220,22 @@ def first_sentence(pieces: Sequence[str]) -> int:
     return len(pieces)
 
 
+def spoken_units(text: str) -> int:
+    """How much ``text`` says: its words, each figure counted as one ("NW9 4RQ": 4;
+    "the 23rd of June 1987": 10; "No, that's the wrong number.": 5)."""
+    return sum(len(run) if run.isdigit() else 1 for run in _RUNS.findall(text.lower()))
+
+
 def prefer(free: SttResult, held: SttResult, *, margin: float = DEFAULT_MARGIN) -> bool:
-    """Whether the held decode should be the transcript: it has words, and its confidence
-    is within ``margin`` of the free decode's (or the free one has none)."""
+    """Whether the held decode should be the transcript: it has words, its confidence is
+    within ``margin`` of the free decode's (or the free one has none), and it says at least
+    half as much as the free one: a held decode of one allowed word for a sentence of other
+    words ("No, that's the wrong number." held to a date: "November.") is not the answer,
+    however sure of that word the model is."""
     if not held.text.strip() or held.confidence is None:
         return False
     if free.confidence is None or not free.text.strip():
         return True
+    if 2 * spoken_units(held.text) < spoken_units(free.text):
+        return False
     return held.confidence >= free.confidence - margin

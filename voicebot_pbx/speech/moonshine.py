@@ -390,6 +390,15 @@ class MoonshineEngine:
         free = self._result(hidden, audio.size, duration_s, None)
         if not expected:
             return free
+        if not free.text and self.retry_trimmed:
+            # As in _transcribe, but before the choice: an empty free decode would hand the
+            # turn to the held one whatever was said ("no, that's the wrong number" held to
+            # a date: "November"). Both decode the speech without its quiet ends.
+            trimmed = trim_quiet_ends(audio, MOONSHINE_RATE_HZ)
+            if _MIN_SAMPLES <= trimmed.size < audio.size:
+                audio, duration_s = trimmed, trimmed.size / MOONSHINE_RATE_HZ
+                hidden = self._encode(audio)
+                free = self._result(hidden, audio.size, duration_s, None)
         vocabulary = self.held_vocabulary(expected)
         held = self._result(hidden, audio.size, duration_s, vocabulary)
         if digits and Expectation.DIGITS in expected and self.digits_beam > 0:
