@@ -697,6 +697,10 @@ def test_a_spoken_account_number_is_read_back_and_a_no_asks_for_it_again(
     assert "take the account number again" in texts(turn), texts(turn)
     assert "type your account number" in texts(turn) and turn.expect == ("digits",)
     assert turn.fallbacks == ("account_read_back_denied",)
+    turn = say(" ".join(misheard))  # misheard again: words that say so, whatever the intent
+    assert "That's account number" in texts(turn)
+    turn = say("hmm you have got that wrong")
+    assert "take the account number again" in texts(turn), texts(turn)
     turn = say(" ".join(account.number))
     assert f"That's account number {' '.join(account.number[:4])}," in texts(turn)
     assert dict(turn.known)["postcode"] == account.postcode

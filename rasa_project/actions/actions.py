@@ -200,6 +200,21 @@ def _just_said_account(tracker: Tracker, number: str) -> bool:
     return re.sub(r"\D", "", text) == number
 
 
+_CORRECTION = re.compile(r"\b(?:no|nope|not|wrong|incorrect|isn't|mistake)\b", re.IGNORECASE)
+
+
+def corrects_read_back(answer: str) -> bool:
+    """The caller's words after their account number was read back say it is wrong ("no,
+    that's not it"; "so that's the wrong number", as a phone line may hear the "no"), and
+    hold no postcode, date or digits that could be the identity answer itself."""
+    return (
+        _CORRECTION.search(answer) is not None
+        and re.search(r"\d", answer) is None
+        and postcode_in(answer) is None
+        and _birth_date(answer.lower()) is None
+    )
+
+
 def _keeps_account(failures: int) -> bool:
     """After this many identity answers that did not match, the account number is kept and
     the other answer asked for (the first miss only; later ones start from the account)."""
@@ -248,7 +263,8 @@ class ValidateBalanceForm(FormValidationAction):
         # The postcode or date said here is not a power cut's postcode nor a visit's day.
         forget = {"postcode": None, "date": None}
         intent = _latest_intent(tracker)
-        if intent == "deny":
+        read_back = bool(tracker.get_slot("account_read_back"))
+        if intent == "deny" or (read_back and corrects_read_back(answer)):
             return {**forget, **self._denied(dispatcher, tracker)}
         if intent == "affirm" and not re.search(r"\d", answer):
             # "yes" to the account number read back: not an answer yet; asked again.
