@@ -222,20 +222,27 @@ def first_sentence(pieces: Sequence[str]) -> int:
 
 def spoken_units(text: str) -> int:
     """How much ``text`` says: its words, each figure counted as one ("NW9 4RQ": 4;
-    "the 23rd of June 1987": 10; "No, that's the wrong number.": 5)."""
+    "the 23rd of June 1987": 10)."""
     return sum(len(run) if run.isdigit() else 1 for run in _RUNS.findall(text.lower()))
+
+
+def real_words(text: str) -> int:
+    """Words of three letters or more in ``text``: what a free decode says beyond the
+    letters and short pieces it makes of a spelled postcode ("And, u.l.u. F.m." -> 1;
+    "No, that is not my account." -> 3)."""
+    return sum(1 for run in _RUNS.findall(text.lower()) if run.isalpha() and len(run) >= 3)
 
 
 def prefer(free: SttResult, held: SttResult, *, margin: float = DEFAULT_MARGIN) -> bool:
     """Whether the held decode should be the transcript: it has words, its confidence is
     within ``margin`` of the free decode's (or the free one has none), and it says at least
-    half as much as the free one: a held decode of one allowed word for a sentence of other
-    words ("No, that's the wrong number." held to a date: "November.") is not the answer,
-    however sure of that word the model is."""
+    half as much as the free one's words (:func:`real_words`): a held decode of one allowed
+    word for a sentence of other words ("No, that is not my account number." held to a
+    date: "November.") is not the answer, however sure of that word the model is."""
     if not held.text.strip() or held.confidence is None:
         return False
     if free.confidence is None or not free.text.strip():
         return True
-    if 2 * spoken_units(held.text) < spoken_units(free.text):
+    if 2 * spoken_units(held.text) < real_words(free.text):
         return False
     return held.confidence >= free.confidence - margin
