@@ -27,10 +27,8 @@ shuffled the same way), a speed and pitch drawn from the seed. The caller says:
 
 and between 2 and 3, only when the bot asks for the account number again after the first
 reading ("that isn't an 8 digit account number", or "I didn't catch that"): the account
-number once more (step "again", spoken entry; asked again, and asked to say it slowly,
-four digits at a time, the caller says it a fifth slower as two groups of four with a
-0.5-1.0 s pause between them, where the first reading was one run; since 2026-12-06,
-VERSION 4); and before that, when the bot read back a spoken account number
+number once more (step "again", spoken entry; a caller asked again says it again; since
+2026-12-06, VERSION 4); and before that, when the bot read back a spoken account number
 that is not the caller's ("That's account number ..."), "no, that's the wrong number"
 (step "wrong"; once: a number read back wrong a second time is let pass, and the identity
 answer follows),
@@ -234,14 +232,8 @@ def plan(n: int, seed: int, voices: Sequence[str]) -> list[Plan]:
     ]
 
 
-# Asked again (the bot asks for it slowly, four digits at a time), the caller says the
-# account number a fifth slower, as two groups of four with a pause drawn from this range.
-AGAIN_SLOWER = 0.8
-AGAIN_PAUSE_S = (0.5, 1.0)
-
-
-def _spoken(text: str, p: Plan, speed: int | None = None) -> npt.NDArray[np.float64]:
-    return turn_dataset.espeak_speech(text, p.voice, speed or p.speed, p.pitch)
+def _spoken(text: str, p: Plan) -> npt.NDArray[np.float64]:
+    return turn_dataset.espeak_speech(text, p.voice, p.speed, p.pitch)
 
 
 def account_pause_s(p: Plan, seed: int, pause_s: tuple[float, float]) -> float:
@@ -260,18 +252,11 @@ def render(
     # steps 0-2 keep the line noise they had before the retry step existed
     later = {RETRY: 500, AGAIN: 700, WRONG: 900}
     noise_seed = seed * 1000 + (p.index * 3 + step if step < RETRY else later[step] + p.index)
-    if step == AGAIN:
-        groups_pause_s = AGAIN_PAUSE_S
     if step in (1, AGAIN) and groups_pause_s is not None:
         digits = text.split()
         pause = np.zeros(int(account_pause_s(p, seed, groups_pause_s) * RATE_HZ))
-        speed = round(p.speed * AGAIN_SLOWER) if step == AGAIN else None
         x = np.concatenate(
-            [
-                _spoken(" ".join(digits[:4]) + ",", p, speed),
-                pause,
-                _spoken(" ".join(digits[4:]) + ".", p, speed),
-            ]
+            [_spoken(" ".join(digits[:4]) + ",", p), pause, _spoken(" ".join(digits[4:]) + ".", p)]
         )
     else:
         x = _spoken(text + ("?" if step == 0 else "."), p)

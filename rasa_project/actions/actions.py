@@ -40,7 +40,6 @@ from .wording import (
     ACCOUNT_AGAIN,
     ASK_DATE_OF_BIRTH_INSTEAD,
     ASK_POSTCODE_INSTEAD,
-    SAY_IT_SLOWLY,
     read_back_account,
     say_balance,
     say_date,
@@ -242,10 +241,9 @@ class ValidateBalanceForm(FormValidationAction):
     ) -> dict[str, Any]:
         number = keyed_or_said_account(slot_value)
         if number is None:
-            again = "Let's try again."
-            if _latest_intent(tracker) != "dtmf":  # said: say it slowly this time
-                again = SAY_IT_SLOWLY
-            dispatcher.utter_message(text=f"Sorry, that isn't an 8 digit account number. {again}")
+            dispatcher.utter_message(
+                text="Sorry, that isn't an 8 digit account number. Let's try again."
+            )
             _note(dispatcher, fallback="account_number_invalid")
             return {"account_number": None}
         return {"account_number": number}

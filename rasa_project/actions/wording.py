@@ -16,7 +16,6 @@ __all__ = [
     "ASK_DATE_OF_BIRTH_INSTEAD",
     "ASK_POSTCODE_INSTEAD",
     "ACCOUNT_AGAIN",
-    "SAY_IT_SLOWLY",
     "MONTH_NAMES",
     "ONES",
     "TENS",
@@ -48,11 +47,8 @@ ASK_POSTCODE_INSTEAD = (
     "Let's try the postcode of the property instead. Or say the date of birth again."
 )
 
-# How to say an account number again after it was misheard: callers who slow down and
-# group the digits are heard better than a second reading like the first.
-SAY_IT_SLOWLY = "This time, please say it slowly, four digits at a time."
 # After a caller said "no" to the account number read back to them.
-ACCOUNT_AGAIN = f"Sorry about that. {SAY_IT_SLOWLY}"
+ACCOUNT_AGAIN = "Sorry about that. Let's take the account number again."
 
 
 def say_account_number(number: str) -> str:
