@@ -539,9 +539,11 @@ def test_base_retries_the_trimmed_speech_when_it_hears_nothing(
     decoded: list[int] = []
     original = base_engine._decode
 
-    def counting(audio: np.ndarray, expected: object, known: object = ()) -> object:
+    def counting(
+        audio: np.ndarray, expected: object, known: object = (), digits: object = None
+    ) -> object:
         decoded.append(audio.size)
-        return original(audio, expected, known)  # type: ignore[arg-type]
+        return original(audio, expected, known, digits)  # type: ignore[arg-type]
 
     base_engine._decode = counting  # type: ignore[method-assign]
     try:
