@@ -30,6 +30,7 @@ from voicebot_pbx.models import (
     sha256_file,
     verify_converted,
 )
+from voicebot_pbx.speech.expect import Expectation
 from voicebot_pbx.speech.moonshine import (
     DECODER_FIRST_NAME,
     DECODER_WITH_PAST_NAME,
@@ -46,6 +47,7 @@ from voicebot_pbx.speech.moonshine_convert import (
     split_merged_decoder,
 )
 from voicebot_pbx.speech.ort_reader import OrtModelError, read_ort_model
+from voicebot_pbx.speech.stt import SttResult
 from voicebot_pbx.speech.stt_load import load_stt
 
 D, V = 4, 8  # toy hidden size and vocabulary
@@ -536,24 +538,46 @@ def test_base_retries_the_trimmed_speech_when_it_hears_nothing(
     padded = np.concatenate([noise, speech, noise]).tobytes()
     heard = base_engine.transcribe(padded, 8000)
     assert {"pay", "bill"} <= words(heard.text), heard.text
-    decoded: list[int] = []
-    original = base_engine._decode
+    encoded: list[int] = []
+    original = base_engine._encode
 
-    def counting(
-        audio: np.ndarray, expected: object, known: object = (), digits: object = None
-    ) -> object:
-        decoded.append(audio.size)
-        return original(audio, expected, known, digits)  # type: ignore[arg-type]
+    def counting(audio: np.ndarray) -> object:
+        encoded.append(audio.size)
+        return original(audio)
 
-    base_engine._decode = counting  # type: ignore[method-assign]
+    base_engine._encode = counting  # type: ignore[method-assign]
     try:
         base_engine.retry_trimmed = False
         once = base_engine.transcribe(padded, 8000)
+        assert len(encoded) == 1
         base_engine.retry_trimmed = True
-        base_engine.transcribe(padded, 8000)
+        again = base_engine.transcribe(padded, 8000)
+        plain = len(encoded)
+        base_engine.transcribe_expecting(padded, 8000, frozenset({Expectation.DATE}))
+        held_encodes = len(encoded) - plain
     finally:
-        base_engine._decode = original  # type: ignore[method-assign]
-    assert len(decoded) == 1 + (2 if not once.text else 1)
+        base_engine._encode = original  # type: ignore[method-assign]
+    # The speech is encoded once more only when the whole clip gave nothing, and only once
+    # (the retry before a held decode is the same retry), on fewer samples.
+    assert plain == (3 if not once.text else 2), encoded
+    assert again.timing is not None and again.timing.windows == plain - 1
+    assert held_encodes == (2 if not once.text else 1), encoded
+    if not once.text:
+        assert encoded[2] < encoded[1]
+
+    # Nothing heard by any decode, free or held: still one retry, not one per layer.
+    encoded.clear()
+    result = base_engine._result
+    base_engine._encode = counting  # type: ignore[method-assign]
+    base_engine._result = lambda *args: SttResult(text="", confidence=None)  # type: ignore[method-assign]
+    try:
+        nothing = base_engine.transcribe_expecting(
+            padded, 8000, frozenset({Expectation.DATE}), digits=None
+        )
+    finally:
+        base_engine._encode = original  # type: ignore[method-assign]
+        base_engine._result = result  # type: ignore[method-assign]
+    assert nothing.text == "" and len(encoded) == 2, encoded
 
 
 def test_base_is_a_moonshine_model_and_check_config_names_a_missing_conversion(

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voicebot_pbx.speech.expect import HeldVocabulary
+from voicebot_pbx.speech.logits import log_softmax
 
 State = TypeVar("State")
 # (step index, the hypothesis's decoder state, its last token) -> (next-token logits, the
@@ -65,11 +66,6 @@ class _Hypothesis(Generic[State]):
     last: int
 
 
-def _log_softmax(row: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    top = float(row.max())
-    return row - (top + math.log(float(np.exp(row - top).sum())))
-
-
 def decode_digits(
     step: Step[State],
     start: State,
@@ -89,12 +85,12 @@ def decode_digits(
         grown: list[_Hypothesis[State]] = []
         for h in alive:
             row, state = step(index, h.state, h.last)
-            full = _log_softmax(row)
+            full = log_softmax(row)
             allowed = vocabulary.allowed(h.word)
             allowed = allowed[(allowed < row.size) & ((index > 0) | (allowed != eos))]
             if not allowed.size:
                 continue
-            over_allowed = _log_softmax(row[allowed])
+            over_allowed = log_softmax(row[allowed])
             taken = 0
             for k in np.argsort(-row[allowed], kind="stable"):
                 token = int(allowed[k])

@@ -73,6 +73,7 @@ from voicebot_pbx.speech.expect import (
     label,
     prefer,
 )
+from voicebot_pbx.speech.logits import log_sum_exp
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult, SttTiming
 from voicebot_pbx.speech.vad import import_onnxruntime
 from voicebot_pbx.speech.verify import (
@@ -342,19 +343,13 @@ class MoonshineEngine:
         if rate_hz != MOONSHINE_RATE_HZ and audio.size:
             # In float (no int16 rounding of the resampled signal).
             audio = np.asarray(soxr.resample(audio, rate_hz, MOONSHINE_RATE_HZ), np.float32)
-        result = self._decode(audio, expected, known, digits)
-        decodes = 1
-        if not result.text and self.retry_trimmed:
-            trimmed = trim_quiet_ends(audio, MOONSHINE_RATE_HZ)
-            if trimmed.size < audio.size:
-                result = self._decode(trimmed, expected, digits=digits)
-                decodes = 2
+        result, decodes = self._decode(audio, expected, known, digits)
         # Its run time; the wait in the pool is added by stt.timed where it queued.
         timing = SttTiming(
             queue_wait_ms=0.0,
             decode_ms=round((time.monotonic() - started_s) * 1000.0, 1),
             batch=1,
-            windows=decodes,
+            windows=max(decodes, 1),
             engine="moonshine",
         )
         return dataclasses.replace(result, timing=timing)
@@ -378,34 +373,38 @@ class MoonshineEngine:
         expected: Expected | None,
         known: Sequence[KnownAnswer] = (),
         digits: int | None = None,
-    ) -> SttResult:
+    ) -> tuple[SttResult, int]:
+        """The transcript and how many times the audio was encoded. When the free decode
+        gives nothing, the speech without its quiet ends is decoded once more
+        (``retry_trimmed``), before any held decode: an empty free decode would hand the
+        turn to the held one whatever was said ("no, that's the wrong number" held to a
+        date: "November")."""
         if audio.size < _MIN_SAMPLES:
-            return SttResult(text="", confidence=None)
+            return SttResult(text="", confidence=None), 0
         duration_s = audio.size / MOONSHINE_RATE_HZ
         hidden = self._encode(audio)
+        encoded = 1
         if known:
             verified = self._verify(hidden, audio.size, known)
             if verified is not None:
-                return verified
+                return verified, encoded
         free = self._result(hidden, audio.size, duration_s, None)
-        if not expected:
-            return free
         if not free.text and self.retry_trimmed:
-            # As in _transcribe, but before the choice: an empty free decode would hand the
-            # turn to the held one whatever was said ("no, that's the wrong number" held to
-            # a date: "November"). Both decode the speech without its quiet ends.
             trimmed = trim_quiet_ends(audio, MOONSHINE_RATE_HZ)
             if _MIN_SAMPLES <= trimmed.size < audio.size:
                 audio, duration_s = trimmed, trimmed.size / MOONSHINE_RATE_HZ
                 hidden = self._encode(audio)
+                encoded = 2
                 free = self._result(hidden, audio.size, duration_s, None)
+        if not expected:
+            return free, encoded
         vocabulary = self.held_vocabulary(expected)
         held = self._result(hidden, audio.size, duration_s, vocabulary)
         if digits and Expectation.DIGITS in expected and self.digits_beam > 0:
             held = self._counted(hidden, audio.size, duration_s, vocabulary, held, digits)
         if prefer(free, held, margin=self.expect_margin):
-            return dataclasses.replace(held, held_to=label(expected))
-        return free
+            return dataclasses.replace(held, held_to=label(expected)), encoded
+        return free, encoded
 
     def _result(
         self,
@@ -560,8 +559,7 @@ class MoonshineEngine:
             next_id = int(row.argmax())
             if held is not None:
                 word = held.advance(word, next_id)
-            top = row[next_id]
-            logprobs.append(float(-math.log(np.exp(row - top).sum())))
+            logprobs.append(float(row[next_id]) - log_sum_exp(row))
             if next_id == self._eos:
                 return tokens, logprobs, True
             if step == max_tokens:
@@ -580,8 +578,7 @@ class MoonshineEngine:
         previous = self._bos
         for step, token in enumerate([*ids, self._eos]):
             row = self._step(step, feeds, previous)
-            top = float(row.max())
-            total += float(row[token]) - top - math.log(float(np.exp(row - top).sum()))
+            total += float(row[token]) - log_sum_exp(row)
             rivals = self._rivals.get(token)
             if rivals:
                 leads.append(float(row[token] - row[list(rivals)].max()))

@@ -34,6 +34,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from voicebot_pbx.speech.cpu import import_llama_cpp
+from voicebot_pbx.speech.logits import log_sum_exp
 from voicebot_pbx.speech.turn_model import TurnModelError
 from voicebot_pbx.speech.turns import looks_complete
 
@@ -161,8 +162,6 @@ class TextTurnModel:
             ).astype(np.float64)
         finally:
             self._free.put(llama)
-        top = float(logits.max())
-        log_total = top + math.log(float(np.exp(logits - top).sum()))
-        ends = float(np.exp(logits[self._ends] - log_total).sum())
+        ends = float(np.exp(logits[self._ends] - log_sum_exp(logits)).sum())
         finished = math.log10(max(ends, 1e-30))
         return TextTurnScore(finished, len(words.split()), time.thread_time() - started)
