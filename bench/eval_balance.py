@@ -116,6 +116,7 @@ from actions.demo_data import demo_accounts  # noqa: E402
 from actions.wording import (  # noqa: E402
     ASK_DATE_OF_BIRTH_INSTEAD,
     ASK_POSTCODE_INSTEAD,
+    READ_BACK_OPENING,
     say_balance,
 )
 
@@ -153,7 +154,7 @@ RETRY = STEPS.index("retry")
 AGAIN = STEPS.index("again")
 WRONG = STEPS.index("wrong")
 NOT_MY_NUMBER = "no, that's the wrong number"
-_READ_BACK = re.compile(r"That's account number ([\d ,]+)\.")
+_READ_BACK = re.compile(re.escape(READ_BACK_OPENING) + r" ([\d ,]+)\.")
 ENTRIES = ("spoken", "keypad")  # how the account number (step 2) is given
 SPEED = (140, 166)  # espeak words per minute, [lo, hi)
 PITCH = (40, 61)

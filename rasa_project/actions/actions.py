@@ -179,7 +179,7 @@ def retry_identity_question(answer: str) -> str:
 def _last_answer(tracker: Tracker) -> str:
     """What the caller last said, or the digits they keyed (``/dtmf{"digits": ...}``)."""
     message = tracker.latest_message or {}
-    if (message.get("intent") or {}).get("name") == "dtmf":
+    if _latest_intent(tracker) == "dtmf":
         for entity in message.get("entities") or []:
             if entity.get("entity") == "digits":
                 return str(entity.get("value") or "")
@@ -265,7 +265,8 @@ class ValidateBalanceForm(FormValidationAction):
         intent = _latest_intent(tracker)
         read_back = bool(tracker.get_slot("account_read_back"))
         if intent == "deny" or (read_back and corrects_read_back(answer)):
-            return {**forget, **self._denied(dispatcher, tracker)}
+            denials = int(tracker.get_slot("account_denials") or 0) + 1
+            return {**forget, **self._denied(dispatcher, read_back, denials)}
         if intent == "affirm" and not re.search(r"\d", answer):
             # "yes" to the account number read back: not an answer yet; asked again.
             return {**forget, "identity_check": None}
@@ -315,13 +316,12 @@ class ValidateBalanceForm(FormValidationAction):
         }
 
     @staticmethod
-    def _denied(dispatcher: CollectingDispatcher, tracker: Tracker) -> dict[str, Any]:
-        """ "No" to the identity question. After the account number was read back it is
-        "that's not my number": the number is asked for again (``ACCOUNT_DENIALS`` times,
-        no identity failure counted); otherwise the caller declines the check
-        (``action_tell_balance`` says so)."""
-        denials = int(tracker.get_slot("account_denials") or 0) + 1
-        if tracker.get_slot("account_read_back") and denials <= ACCOUNT_DENIALS:
+    def _denied(dispatcher: CollectingDispatcher, read_back: bool, denials: int) -> dict[str, Any]:
+        """ "No" to the identity question (the ``denials``-th in this call). After the
+        account number was ``read_back`` it is "that's not my number": the number is asked
+        for again (``ACCOUNT_DENIALS`` times, no identity failure counted); otherwise the
+        caller declines the check (``action_tell_balance`` says so)."""
+        if read_back and denials <= ACCOUNT_DENIALS:
             dispatcher.utter_message(text=ACCOUNT_AGAIN)
             _note(dispatcher, fallback="account_read_back_denied")
             return {

@@ -17,6 +17,7 @@ __all__ = [
     "ASK_POSTCODE_INSTEAD",
     "ACCOUNT_AGAIN",
     "MONTH_NAMES",
+    "READ_BACK_OPENING",
     "ONES",
     "TENS",
     "WEEKDAY_NAMES",
@@ -60,9 +61,14 @@ def say_account_number(number: str) -> str:
     return f"{' '.join(digits[:half])}, {' '.join(digits[half:])}"
 
 
+# How the account number read back to the caller begins (the evaluation's caller listens
+# for it).
+READ_BACK_OPENING = "That's account number"
+
+
 def read_back_account(number: str) -> str:
     """The account number a caller said, read back before the identity question."""
-    return f"That's account number {say_account_number(number)}."
+    return f"{READ_BACK_OPENING} {say_account_number(number)}."
 
 
 ONES: tuple[str, ...] = (
