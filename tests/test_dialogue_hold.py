@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 
 from tests.test_turns import HOURS, make_shared, timeline
 from voicebot_pbx.answers.dialogue import CallInfo, Dialogue, DialogueTurn, Understanding
@@ -30,7 +31,9 @@ class SlowDialogue:
     async def prepare(self, call: CallInfo, text: str) -> None:
         pass
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
         await asyncio.sleep(self.delay_s)
         return await self.inner.respond(call, text)
 

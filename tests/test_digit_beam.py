@@ -1,7 +1,7 @@
 """speech/digit_beam.py: a decode held to a known number of digits (an account number whose
 length the dialogue said), searched with a beam over a scripted decoder; the digit counts
-of speech/expect.py it relies on; and the real Moonshine engine searching only when its
-greedy held decode has the wrong count."""
+of speech/expect.py it relies on; and the real Moonshine engine taking the search's decode
+only when its greedy held decode has the wrong count, and its other readings always."""
 
 from __future__ import annotations
 
@@ -16,8 +16,20 @@ from structlog.testing import capture_logs
 from tests.test_moonshine import moonshine  # noqa: F401  (the packaged tiny model, module-scoped)
 from tests.test_stt import caller
 from voicebot_pbx.answers.normalize import normalize
-from voicebot_pbx.speech.digit_beam import DIGITS_MIN_CONFIDENCE, Step, decode_digits
-from voicebot_pbx.speech.expect import WORDS, Expectation, HeldVocabulary, count_digits
+from voicebot_pbx.speech.digit_beam import (
+    DIGITS_MIN_CONFIDENCE,
+    MAX_ALTERNATIVES,
+    Step,
+    decode_digits,
+    search_digits,
+)
+from voicebot_pbx.speech.expect import (
+    WORDS,
+    Expectation,
+    HeldVocabulary,
+    count_digits,
+    read_digits,
+)
 from voicebot_pbx.speech.moonshine import MoonshineEngine
 
 PIECES = [
@@ -118,6 +130,45 @@ def test_digit_words_count_and_other_words_are_never_decoded() -> None:
     assert all(8 not in prefix for prefix in stepped)
 
 
+def test_the_search_keeps_the_other_readings_likeliest_first() -> None:
+    logits = {
+        (): {3: 2.0, 6: 1.5, 7: 0.5},  # "5", "five", "nine" as the first digit
+        (3,): {3: 2.0, 7: 1.0},
+        (6,): {5: 3.0},
+        (6, 5): {7: 2.0},
+        (7,): {3: 2.0},
+        (3, 3): {EOS: 5.0},
+        (3, 7): {EOS: 5.0},
+        (6, 5, 7): {EOS: 5.0},
+        (7, 3): {EOS: 5.0},
+    }
+    _, step = scripted(logits)
+    found = search_digits(
+        step, START, vocabulary(), n_digits=2, bos=1, eos=EOS, max_tokens=6, beam=3, keep=3
+    )
+    readings = [
+        read_digits("".join(PIECES[t] for t in f.tokens).replace("\u2581", " ")) for f in found
+    ]
+    # "five, nine" and "5 nine" are two decodes of one number (the engine keeps it once).
+    assert [f.tokens for f in found] == [(3, 3), (6, 5, 7), (3, 7)]
+    assert readings == ["55", "59", "59"]
+    assert len(found) == 3 and len({f.tokens for f in found}) == 3
+    # Likeliest first: the one decode_digits returns, then the others.
+    best = decode_digits(step, START, vocabulary(), n_digits=2, bos=1, eos=EOS, max_tokens=6)
+    assert best is not None and found[0] == best and found[0].tokens == (3, 3)
+    assert all(len(r) == 2 for r in readings)
+    one = search_digits(
+        step, START, vocabulary(), n_digits=2, bos=1, eos=EOS, max_tokens=6, beam=3, keep=1
+    )
+    assert one == [best]
+
+
+def test_digits_are_read_in_order_from_figures_and_words() -> None:
+    assert read_digits("Five, 5, oh nine.") == "5509"
+    assert read_digits("42, zero o") == "4200"
+    assert read_digits("I don't have it") == ""
+
+
 def test_no_decode_when_the_digits_cannot_be_reached() -> None:
     _, step = scripted({(): {3: 3.0}, (3,): {3: 3.0}, (3, 3): {3: 3.0}})
     found = decode_digits(step, START, vocabulary(), n_digits=8, bos=1, eos=EOS, max_tokens=3)
@@ -147,7 +198,16 @@ def test_moonshine_searches_when_its_held_decode_has_the_wrong_count(
         kept = moonshine.transcribe_expecting(right, 8000, DIGITS_ONLY, digits=8)
     assert kept == moonshine.transcribe_expecting(right, 8000, DIGITS_ONLY)
     assert count_digits(kept.text) == 8
-    assert not [e for e in logs if e["event"] == "stt.moonshine.digits_search"]
+    # The search ran for the other readings only: eight digits each, none the one heard.
+    [search] = [e for e in logs if e["event"] == "stt.moonshine.digits_search"]
+    assert (search["greedy"], search["kept"]) == (8, False)
+    assert search["alternatives"] == len(kept.alternatives) <= MAX_ALTERNATIVES
+    heard = read_digits(kept.text)
+    for other in kept.alternatives:
+        assert len(other) == 8 and other.isdigit() and other != heard
+    assert len(set(kept.alternatives)) == len(kept.alternatives)
+    # Not told the count: no search, no other readings.
+    assert moonshine.transcribe_expecting(right, 8000, DIGITS_ONLY).alternatives == ()
     off = MoonshineEngine(
         moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, digits_beam=0
     )

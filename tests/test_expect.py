@@ -186,6 +186,8 @@ class ExpectingScriptedStt(ScriptedStt):
 
     known: list[tuple[KnownAnswer, ...]] = dataclasses.field(default_factory=list)
     digits: list[int | None] = dataclasses.field(default_factory=list)
+    # The other readings a held decode told its count of digits gives.
+    readings: tuple[str, ...] = ()
 
     def transcribe_expecting(
         self,
@@ -199,7 +201,8 @@ class ExpectingScriptedStt(ScriptedStt):
         self.held.append(expected)
         self.known.append(tuple(known))
         self.digits.append(digits)
-        return dataclasses.replace(result, held_to=label(expected))
+        readings = self.readings if digits else ()
+        return dataclasses.replace(result, held_to=label(expected), alternatives=readings)
 
     @property
     def capabilities(self) -> SttCapabilities:
@@ -213,8 +216,10 @@ class AsksForDigits(RuleDialogue):
     async def prepare(self, call: CallInfo, text: str) -> None:
         pass
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
-        turn = await super().respond(call, text)
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
+        turn = await super().respond(call, text, alternatives)
         if "hours" in text:
             return dataclasses.replace(turn, collect_dtmf_digits=8, expect=("digits",))
         return turn
@@ -253,6 +258,35 @@ def test_the_answer_after_a_request_for_digits_is_decoded_held_to_digits(enabled
     assert set(stt.held) == ({None, DIGITS_ONLY} if enabled else {None})
     # The held decodes know how many digits the dialogue asked for (speech/digit_beam.py).
     assert set(stt.digits) == ({8} if enabled else set())
+
+
+class HearsReadings(AsksForDigits):
+    """``AsksForDigits``, noting the recogniser's other readings each turn came with."""
+
+    given: list[tuple[str, tuple[str, ...]]] = []
+
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
+        HearsReadings.given.append((text, tuple(alternatives)))
+        return await super().respond(call, text, alternatives)
+
+
+def test_the_other_readings_of_the_number_asked_for_reach_the_dialogue() -> None:
+    stt = ExpectingScriptedStt(PHRASES, delay_s=0.1, readings=("12345678", "12345679"))
+    shared = asking_shared(stt, HearsReadings)
+    HearsReadings.given = []
+    said = [
+        (3.0, tone(1.0, 8000, HOURS)),  # -> 8 digits asked for
+        (6.0, tone(1.0, 8000, DIGITS)),  # the answer: decoded held, with its readings
+        (11.0, tone(1.0, 8000, HOURS)),  # a free decode: none
+    ]
+    run_virtual(timeline(shared, said, until_s=14.0))
+    assert HearsReadings.given == [
+        (PHRASES[HOURS], ()),
+        (PHRASES[DIGITS], ("12345678", "12345679")),
+        (PHRASES[HOURS], ()),
+    ]
 
 
 def test_a_held_decode_that_runs_on_keeps_its_first_sentence() -> None:
@@ -359,8 +393,10 @@ class AsksForPostcode(RuleDialogue):
     async def prepare(self, call: CallInfo, text: str) -> None:
         pass
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
-        turn = await super().respond(call, text)
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
+        turn = await super().respond(call, text, alternatives)
         if "hours" in text:
             return dataclasses.replace(turn, expect=("postcode", "date"))
         return turn
@@ -406,8 +442,10 @@ class AsksForIdentity(AsksForPostcode):
     """As ``AsksForPostcode``, with the date of birth the back end knows beside the question
     (the action server's ``verify``)."""
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
-        turn = await super().respond(call, text)
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
+        turn = await super().respond(call, text, alternatives)
         if "hours" in text:
             return dataclasses.replace(turn, known=(("date", BORN),))
         return turn

@@ -4,7 +4,7 @@ set delays) through the real session: no dead air, no talking over the caller.""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 import pytest
 
@@ -171,7 +171,9 @@ class BrokenDialogue:
     async def prepare(self, call: CallInfo, text: str) -> None:
         pass
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
         raise RuntimeError("boom")
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:

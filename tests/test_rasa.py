@@ -723,6 +723,66 @@ def test_a_spoken_account_number_is_read_back_and_a_no_asks_for_it_again(
     assert "Without checking it's you I can't read out account details" in texts(turn)
 
 
+def _no_account_near(number: str) -> str:
+    """``number`` with its last digit changed until no demo account has it."""
+    taken = {a.number for a in DEMO}
+    for step in range(1, 10):
+        other = number[:-1] + str((int(number[-1]) + step) % 10)
+        if other not in taken:
+            return other
+    raise AssertionError("every neighbour is an account")
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_a_spoken_number_that_is_no_account_takes_the_recognisers_reading_that_is(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """The bot sends the recogniser's other readings of a spoken account number with it
+    (metadata); when the number heard is no account, the first reading that is one is
+    taken and read back. A number heard that is an account stays, whatever the readings."""
+    account, other = DEMO[6], DEMO[7]
+    misheard = _no_account_near(account.number)
+    nobody = _no_account_near(misheard)
+    call = new_call()
+    aloop.run(dlg.start(call))
+    aloop.run(dlg.respond(call, "what's my balance"))
+    turn = aloop.run(
+        dlg.respond(call, " ".join(misheard), alternatives=(nobody, account.number, other.number))
+    )
+    said = " ".join(account.number[:4]) + ", " + " ".join(account.number[4:])
+    assert f"That's account number {said}." in texts(turn), texts(turn)
+    assert "account_alternative" in turn.fallbacks
+    assert dict(turn.known)["postcode"] == account.postcode
+    turn = aloop.run(dlg.respond(call, "yes"))  # the question again ...
+    assert "what's the postcode of the property" in texts(turn)
+    turn = aloop.run(dlg.respond(call, "that's the wrong number"))  # ... still about the number
+    assert "take the account number again" in texts(turn), texts(turn)
+
+    # Heard as an account: kept, and no reading looked at.
+    kept = new_call()
+    aloop.run(dlg.start(kept))
+    aloop.run(dlg.respond(kept, "what's my balance"))
+    turn = aloop.run(dlg.respond(kept, " ".join(other.number), alternatives=(account.number,)))
+    assert f"That's account number {' '.join(other.number[:4])}," in texts(turn)
+    assert "account_alternative" not in turn.fallbacks
+    # Nine digits heard: not an account number, but a reading of eight that is one.
+    nine = new_call()
+    aloop.run(dlg.start(nine))
+    aloop.run(dlg.respond(nine, "what's my balance"))
+    turn = aloop.run(
+        dlg.respond(nine, " ".join("3" + account.number), alternatives=(account.number,))
+    )
+    assert f"That's account number {said}." in texts(turn), texts(turn)
+    # No reading is an account: the number heard is read back, as without readings.
+    none = new_call()
+    aloop.run(dlg.start(none))
+    aloop.run(dlg.respond(none, "what's my balance"))
+    turn = aloop.run(dlg.respond(none, " ".join(misheard), alternatives=(nobody,)))
+    assert f"That's account number {' '.join(misheard[:4])}," in texts(turn)
+    assert "account_alternative" not in turn.fallbacks and turn.known == ()
+
+
 @needs_rasa
 @pytest.mark.rasa
 def test_balance_by_voice_with_date_of_birth(dlg: RasaDialogue, aloop: LoopThread) -> None:

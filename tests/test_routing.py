@@ -4,6 +4,7 @@ the project's real knowledge files."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -232,7 +233,9 @@ class UnsureNlu:
     async def prepare(self, call: CallInfo, text: str) -> None:
         pass
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
         self.acted.append(text)  # a real Rasa would now be in this intent's form
         return self._turn(text)
 

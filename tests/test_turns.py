@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -1002,10 +1003,12 @@ class SlowRecordingRules(RuleDialogue):
     async def prepare(self, call: CallInfo, text: str) -> None:
         self.prepared.append((asyncio.get_running_loop().time(), text))
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
         self.given.append(text)
         await asyncio.sleep(self.delay_s)
-        return await super().respond(call, text)
+        return await super().respond(call, text, alternatives)
 
     async def retract(self, call: CallInfo, text: str) -> None:
         self.retracted.append(text)

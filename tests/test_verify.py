@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import pytest
 from structlog.testing import capture_logs
@@ -104,8 +105,10 @@ class AsksWhoYouAre(RuleDialogue):
     async def prepare(self, call: CallInfo, text: str) -> None:
         pass
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
-        turn = await super().respond(call, text)
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
+        turn = await super().respond(call, text, alternatives)
         if "hours" in text:
             return dataclasses.replace(
                 turn,

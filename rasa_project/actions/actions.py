@@ -26,6 +26,7 @@ import asyncio
 import datetime as dt
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from rasa_sdk import Action, FormValidationAction, Tracker
@@ -191,13 +192,50 @@ def _latest_intent(tracker: Tracker) -> str:
     return str((message.get("intent") or {}).get("name") or "")
 
 
+def _alternatives(tracker: Tracker) -> list[str]:
+    """The recogniser's other readings of a number in the caller's latest message (the
+    bot's ``metadata.alternatives``: digits, likeliest first)."""
+    metadata = (tracker.latest_message or {}).get("metadata") or {}
+    values = metadata.get("alternatives") if isinstance(metadata, dict) else None
+    if not isinstance(values, list):
+        return []
+    return [str(v) for v in values if str(v).isdigit()]
+
+
 def _just_said_account(tracker: Tracker, number: str) -> bool:
-    """The caller's latest message said the account number (spoken, not keyed): its digits
-    are the number."""
+    """The caller's latest message said the account number (spoken, not keyed): its digits,
+    or one of the recogniser's other readings of them, are the number."""
     if not number or _latest_intent(tracker) == "dtmf":
         return False
     text = str((tracker.latest_message or {}).get("text") or "")
-    return re.sub(r"\D", "", text) == number
+    return re.sub(r"\D", "", text) == number or number in _alternatives(tracker)
+
+
+async def _existing_reading(rt: Runtime, heard: str | None, readings: Sequence[str]) -> str | None:
+    """``heard`` (8 digits or None), unless it is no account and one of the recogniser's
+    other ``readings`` of the spoken number is: then the first such (at most
+    ``rt.account_alternatives`` looked up). A back end that fails keeps ``heard``: the
+    identity question's own lookup reports it."""
+    others = [r for r in dict.fromkeys(readings) if r != heard and keyed_or_said_account(r)]
+    if not others or rt.account_alternatives <= 0:
+        return heard
+    billing = rt.backend("billing")
+
+    async def first_found() -> str | None:
+        if heard is not None and await billing.account(heard) is not None:
+            return heard
+        for reading in others[: rt.account_alternatives]:
+            account = await billing.account(reading)
+            if account is not None:
+                rt.remember(account)
+                return reading
+        return heard
+
+    try:  # all the lookups within the one action budget
+        found: str | None = await _bounded(rt, "billing", first_found())
+    except BackendError:
+        return heard
+    return found
 
 
 _CORRECTION = re.compile(r"\b(?:no|nope|not|wrong|incorrect|isn't|mistake)\b", re.IGNORECASE)
@@ -240,6 +278,12 @@ class ValidateBalanceForm(FormValidationAction):
         domain: DomainDict,
     ) -> dict[str, Any]:
         number = keyed_or_said_account(slot_value)
+        if _latest_intent(tracker) != "dtmf":
+            heard = number
+            number = await _existing_reading(runtime(), heard, _alternatives(tracker))
+            if number != heard:
+                # Which reading, not the digits: they are the caller's account number.
+                _note(dispatcher, fallback="account_alternative")
         if number is None:
             dispatcher.utter_message(
                 text="Sorry, that isn't an 8 digit account number. Let's try again."
@@ -313,6 +357,7 @@ class ValidateBalanceForm(FormValidationAction):
             "account_number": None,
             "identity_check": None,
             "identity_failures": float(failures),
+            "account_read_back": False,
         }
 
     @staticmethod
@@ -362,6 +407,9 @@ class ActionAskIdentityCheck(Action):
             read_back = True
             question = text.removeprefix("Thanks. ")
             text = f"Thanks. {read_back_account(number)} {question}"
+        else:
+            # Asked again after a "yes" alone: a "no" now is still about the number read back.
+            read_back = bool(tracker.get_slot("account_read_back"))
         custom = dict(template.get("custom") or {})
         rt = runtime()
         account: Account | None = None

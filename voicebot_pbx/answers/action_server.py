@@ -78,6 +78,7 @@ def backends_document(config: ActionsConfig, state_dir: str | Path) -> dict[str,
     return {
         "budget_s": config.budget_s,
         "identity_attempts": config.identity_attempts,
+        "account_alternatives": config.account_alternatives,
         "default": _system_spec("", config, state_dir),
         "systems": {
             name: _system_spec(getattr(config, name), config, state_dir)

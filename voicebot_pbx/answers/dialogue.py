@@ -7,7 +7,7 @@ plays its replies; the brain never touches audio.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -137,7 +137,13 @@ class Dialogue(Protocol):
         and ``respond`` uses it if the turn does end so."""
         ...
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn: ...
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
+        """The dialogue's turn for the caller's ``text``; ``alternatives``: the recogniser's
+        other readings of a number the dialogue asked for (``SttResult.alternatives``),
+        which it may check against its records."""
+        ...
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn: ...
 
@@ -264,7 +270,10 @@ class RuleDialogue:
     async def prepare(self, call: CallInfo, text: str) -> None:
         """Nothing to prepare: matching the rules is instant."""
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
+        """The matched rule's reply (no records to check ``alternatives`` against)."""
         rule = self.match(text)
         if rule is None:
             return DialogueTurn(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -128,11 +128,13 @@ class FallbackDialogue:
     async def prepare(self, call: CallInfo, text: str) -> None:
         """Nothing: each brain takes the turn when it is over."""
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
         return await self._try(
             "respond",
-            lambda: self.primary.respond(call, text),
-            lambda: self.backup.respond(call, text),
+            lambda: self.primary.respond(call, text, alternatives),
+            lambda: self.backup.respond(call, text, alternatives),
         )
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
@@ -235,9 +237,11 @@ class ComposingDialogue:
     async def understand(self, call: CallInfo, text: str) -> Understanding:
         return await self.inner.understand(call, text)
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
         if not text.strip():
-            return await self.inner.respond(call, text)
+            return await self.inner.respond(call, text, alternatives)
         asked = self._asked.pop(call.call_id, None)
         if asked is not None:
             settled = await self._settle(call, text, asked)
@@ -277,7 +281,7 @@ class ComposingDialogue:
                     needs_fallback=True,
                     composed=self._composed(call, text),
                 )
-        turn = await self.inner.respond(call, text)
+        turn = await self.inner.respond(call, text, alternatives)
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):
             return dataclasses.replace(turn, composed=self._composed(call, text))

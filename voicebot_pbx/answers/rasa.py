@@ -286,17 +286,18 @@ class RasaDialogue:
         except ValueError as exc:
             raise DialogueUnavailable(f"{method} {path}: invalid JSON", retryable=False) from exc
 
-    async def _turn(self, call: CallInfo, message: str) -> DialogueTurn:
-        body = {
-            "sender": call.call_id,
-            "message": message,
-            "metadata": {
-                "call_id": call.call_id,
-                "caller_id": call.caller_id,
-                "pbx": call.pbx,
-                "profile": call.profile,
-            },
+    async def _turn(
+        self, call: CallInfo, message: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
+        metadata: dict[str, object] = {
+            "call_id": call.call_id,
+            "caller_id": call.caller_id,
+            "pbx": call.pbx,
+            "profile": call.profile,
         }
+        if alternatives:
+            metadata["alternatives"] = list(alternatives)
+        body = {"sender": call.call_id, "message": message, "metadata": metadata}
         messages = await self._request("POST", "/webhooks/rest/webhook", json_body=body)
         if not isinstance(messages, list):
             raise DialogueUnavailable("webhook did not return a list", retryable=False)
@@ -362,13 +363,18 @@ class RasaDialogue:
         """Nothing: the conversation takes the message only when the turn is over (the
         knowledge routing around it prepares the parse, ``ComposingDialogue.prepare``)."""
 
-    async def respond(self, call: CallInfo, text: str) -> DialogueTurn:
-        """One recognised caller utterance (normalised here; never Rasa's /intent syntax)."""
+    async def respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
+    ) -> DialogueTurn:
+        """One recognised caller utterance (normalised here; never Rasa's /intent syntax).
+        ``alternatives`` (digits only) go with it as the message's metadata: the action
+        server may look them up (``actions.account_alternatives``)."""
         normalized = normalize(text)
         if not normalized:
             # nothing Rasa could classify: let the caller's session decide (LLM / reprompt)
             return DialogueTurn(source="rasa", needs_fallback=True)
-        return await self._turn(call, normalized)
+        readings = [a for a in alternatives if a.isdigit()]
+        return await self._turn(call, normalized, readings)
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
         """Keypad digits: ``/dtmf{"digits":"..."}`` (menu choice or an account number)."""

@@ -119,9 +119,12 @@ class ListenerHooks(Protocol):
         speech_end_at: float,
         now: float,
         trace: TranscriptTrace,
+        alternatives: tuple[str, ...] = (),
     ) -> None:
         """The turn's words (joined with any carried over), ``speech_end_at`` in loop time;
-        ``trace`` says where the time went."""
+        ``trace`` says where the time went; ``alternatives``: other readings of the number
+        the dialogue asked for (``SttResult.alternatives``; none when words were carried
+        over)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -916,6 +919,7 @@ class Listener:
         now: float,
         trace: TranscriptTrace,
     ) -> None:
+        carried = bool(self._carry_text)
         text = " ".join(part for part in (self._carry_text, result.text.strip()) if part)
         silence_s = self._silence_before_s.pop(turn_id, math.inf)
         if self._carry_text and self._carry_silence_s is not None:
@@ -930,4 +934,7 @@ class Listener:
         self._carry_text = ""
         self._carry_silence_s = None
         trace = replace(trace, after_silence_s=silence_s)
-        self.hooks.transcript(turn_id, text, result.confidence, speech_end_at, now, trace)
+        alternatives = () if carried else result.alternatives
+        self.hooks.transcript(
+            turn_id, text, result.confidence, speech_end_at, now, trace, alternatives
+        )

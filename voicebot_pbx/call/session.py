@@ -446,6 +446,7 @@ class CallSession:
         speech_end_at: float,
         now: float,
         trace: TranscriptTrace,
+        alternatives: tuple[str, ...] = (),
     ) -> None:
         if self._detectors_turn(turn_id):
             assert self._outbound is not None
@@ -500,6 +501,7 @@ class CallSession:
                 )
                 unfinished = paused.transcript
                 text = f"{paused.transcript} {text}"
+                alternatives = ()  # readings of the last part alone
                 turn.transcript = text
                 turn.fallbacks.append("went_on_over_reply")
         low_confidence = confidence is not None and confidence < self.fallbacks.min_stt_confidence
@@ -514,7 +516,7 @@ class CallSession:
             return
         self._start_reply(
             turn,
-            self._respond(text, unfinished),
+            self._respond(text, unfinished, alternatives),
             speech_end_at,
             dead_air_from=speech_end_at + trace.waited_for_digits_s + trace.waited_unfinished_s,
         )
@@ -531,15 +533,18 @@ class CallSession:
             and after_silence_s * 1000.0 <= within_ms
         )
 
-    async def _respond(self, text: str, unfinished: str | None) -> DialogueTurn:
-        """The dialogue's answer to ``text``; first, the part of it the dialogue was given
-        before the caller went on (``unfinished``) is taken back."""
+    async def _respond(
+        self, text: str, unfinished: str | None, alternatives: tuple[str, ...] = ()
+    ) -> DialogueTurn:
+        """The dialogue's answer to ``text`` (with the recogniser's ``alternatives`` for a
+        number asked for); first, the part of it the dialogue was given before the caller
+        went on (``unfinished``) is taken back."""
         if unfinished is not None:
             try:
                 await self.dialogue.retract(self.call, unfinished)
             except Exception as exc:  # the answer matters more than a clean tracker
                 log.warning("dialogue_retract_failed", error=f"{type(exc).__name__}: {exc}")
-        return await self.dialogue.respond(self.call, text)
+        return await self.dialogue.respond(self.call, text, alternatives)
 
     async def _opt_out_or_respond(self, text: str) -> DialogueTurn:
         """ "Stop calling me" on a campaign call: listed, confirmed, goodbye (issue #23)."""

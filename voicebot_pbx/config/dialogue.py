@@ -115,6 +115,10 @@ class ActionsConfig:
     # Each action's whole back-end work (lookups, retries) stays within this.
     budget_s: float = 1.5
     identity_attempts: int = 3
+    # A spoken account number that is no account: how many of the recogniser's other
+    # readings of it (SttResult.alternatives) are looked up, the first one found taken and
+    # read back to the caller. 0: none (the number heard is taken as it is).
+    account_alternatives: int = 3
     backend: Literal["sql", "http"] = "sql"
     dsn: str = ""
     dsn_env: str = "VOICEBOT_BACKEND_DSN"
@@ -140,6 +144,8 @@ def actions_problems(actions: ActionsConfig) -> list[str]:
     problems: list[str] = []
     if actions.budget_s <= 0 or actions.identity_attempts < 1 or actions.http_timeout_s <= 0:
         problems.append("actions: budget_s and http_timeout_s > 0, identity_attempts >= 1")
+    if actions.account_alternatives < 0:
+        problems.append("actions.account_alternatives must be >= 0")
     url = urlsplit(actions.url)
     if url.scheme != "http" or not url.hostname or url.port is None:
         problems.append(f"actions.url {actions.url!r} must be http://HOST:PORT")

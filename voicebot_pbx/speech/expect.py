@@ -66,18 +66,29 @@ WORDS: dict[Expectation, frozenset[str]] = {
 DEFAULT_MARGIN = 0.05
 
 _DIGIT_WORD_SET = frozenset(_DIGIT_WORDS)
+_DIGIT_VALUE = {"zero": "0", "oh": "0", "o": "0"} | {
+    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())
+}
 _WORD_START = ("\u2581", " ")  # SentencePiece's word-start mark, or a space
 _BREAKS = frozenset(" ,.-?0123456789")  # end a word; always allowed
 _RUNS = re.compile(r"[a-z]+|[0-9]+")
 
 
-def count_digits(text: str) -> int:
-    """How many digits ``text`` reads out: each figure, and each digit word ("five", "oh").
-    Exact for a decode held to digits (it has no other words)."""
-    count = 0
+def read_digits(text: str) -> str:
+    """The digits ``text`` reads out, in order: each figure, and each digit word ("five",
+    "oh"). Exact for a decode held to digits (it has no other words)."""
+    out: list[str] = []
     for run in _RUNS.findall(text.lower()):
-        count += len(run) if run.isdigit() else int(run in _DIGIT_WORD_SET)
-    return count
+        if run.isdigit():
+            out.append(run)
+        elif run in _DIGIT_VALUE:
+            out.append(_DIGIT_VALUE[run])
+    return "".join(out)
+
+
+def count_digits(text: str) -> int:
+    """How many digits ``text`` reads out (:func:`read_digits`)."""
+    return len(read_digits(text))
 
 
 def parse_expected(values: Iterable[object]) -> Expected:

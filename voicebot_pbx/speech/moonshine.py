@@ -61,7 +61,12 @@ from voicebot_pbx.audio import (
     frame_levels_db,
     pcm_to_float32,
 )
-from voicebot_pbx.speech.digit_beam import DEFAULT_BEAM, DIGITS_MIN_CONFIDENCE, decode_digits
+from voicebot_pbx.speech.digit_beam import (
+    DEFAULT_BEAM,
+    DIGITS_MIN_CONFIDENCE,
+    MAX_ALTERNATIVES,
+    search_digits,
+)
 from voicebot_pbx.speech.expect import (
     DEFAULT_MARGIN,
     WORDS,
@@ -72,6 +77,7 @@ from voicebot_pbx.speech.expect import (
     first_sentence,
     label,
     prefer,
+    read_digits,
 )
 from voicebot_pbx.speech.logits import log_sum_exp
 from voicebot_pbx.speech.stt import BufferedStream, SttCapabilities, SttResult, SttTiming
@@ -404,7 +410,9 @@ class MoonshineEngine:
             held = self._counted(hidden, audio.size, duration_s, vocabulary, held, digits)
         if prefer(free, held, margin=self.expect_margin):
             return dataclasses.replace(held, held_to=label(expected)), encoded
-        return free, encoded
+        said = read_digits(free.text)
+        others = tuple(a for a in held.alternatives if a != said)
+        return dataclasses.replace(free, alternatives=others), encoded
 
     def _result(
         self,
@@ -452,18 +460,16 @@ class MoonshineEngine:
         held: SttResult,
         digits: int,
     ) -> SttResult:
-        """``held`` when it reads ``digits`` digits; else the search for a decode that does
-        (``speech/digit_beam.py``) when it finds one sure enough, else ``held``."""
-        greedy_count = count_digits(held.text)
-        if greedy_count == digits:
-            return held
+        """``held`` when it reads ``digits`` digits, else the search's best decode that does
+        (``speech/digit_beam.py``) when it is sure enough, else ``held``; with the search's
+        other readings of that many digits as ``alternatives``."""
         first_feed, next_feed = self._feeds(hidden, n_samples)
 
         def step(index: int, past: dict[str, Any], token: int) -> tuple[Any, dict[str, Any]]:
             own = dict(past)  # this hypothesis's cache; the step replaces its tensors
             return self._step(index, (first_feed, own), token), own
 
-        found = decode_digits(
+        found = search_digits(
             step,
             next_feed,
             vocabulary,
@@ -472,21 +478,35 @@ class MoonshineEngine:
             eos=self._eos,
             max_tokens=token_budget(duration_s),
             beam=self.digits_beam,
+            keep=self.digits_beam,
         )
-        kept = found is not None and found.confidence >= DIGITS_MIN_CONFIDENCE
+        readings = [str(self._tokenizer.decode(list(f.tokens))).strip() for f in found]
+        greedy_count = count_digits(held.text)
+        best = found[0] if found else None
+        kept = (
+            greedy_count != digits and best is not None and best.confidence >= DIGITS_MIN_CONFIDENCE
+        )
+        result = held
+        if kept:
+            assert best is not None
+            result = SttResult(text=readings[0], confidence=min(1.0, best.confidence))
+        heard = read_digits(result.text)
+        others: list[str] = []
+        for reading in readings:
+            number = read_digits(reading)
+            if number != heard and number not in others and len(number) == digits:
+                others.append(number)
         # Counts and confidence only: the digits are the caller's account number.
         log.info(
             "stt.moonshine.digits_search",
             wanted=digits,
             greedy=greedy_count,
-            found=found is not None,
-            confidence=round(found.confidence, 3) if found is not None else None,
+            found=best is not None,
+            confidence=round(best.confidence, 3) if best is not None else None,
             kept=kept,
+            alternatives=len(others[:MAX_ALTERNATIVES]),
         )
-        if found is None or not kept:
-            return held
-        text = str(self._tokenizer.decode(list(found.tokens))).strip()
-        return SttResult(text=text, confidence=min(1.0, found.confidence))
+        return dataclasses.replace(result, alternatives=tuple(others[:MAX_ALTERNATIVES]))
 
     def _encode(self, audio: npt.NDArray[np.float32]) -> Any:
         values = audio[np.newaxis, :]

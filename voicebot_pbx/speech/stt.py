@@ -74,6 +74,10 @@ class SttResult:
     held_to: str | None = field(default=None, compare=False)
     """What the transcript's decode was held to (``speech/expect.label``: "digits",
     "date+postcode"); None for a free decode."""
+    alternatives: tuple[str, ...] = field(default=(), compare=False)
+    """Other readings of a number the dialogue asked for with its count of digits (as
+    digits, likeliest first; ``speech/digit_beam.py``): the dialogue may check them against
+    its records when the one heard is not there."""
 
 
 class SttStream(Protocol):
