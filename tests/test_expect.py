@@ -27,6 +27,7 @@ from voicebot_pbx.speech.expect import (
     HeldVocabulary,
     first_sentence,
     label,
+    only_yes_or_no,
     prefer,
     spoken_units,
 )
@@ -110,6 +111,11 @@ def test_the_held_decode_wins_when_about_as_sure_as_the_free_one() -> None:
     assert spoken_units("the 23rd of June 1987") == 10 and spoken_units("NW9 4RQ") == 4
     # Letters and pieces of a spelled postcode are not words the held decode leaves out.
     assert prefer(SttResult("And, u.l.u. F.m. and, i.e. D.l.u.", 0.5), SttResult("NW7 9PW", 0.6))
+    # A yes or no alone is the caller's answer to something else, not a date's first sound.
+    for answer in ("No.", "Nope", "no, no", "Yeah."):
+        assert not prefer(SttResult(answer, 0.6), SttResult("November.", 0.9)), answer
+    assert prefer(SttResult("Note.", 0.6), SttResult("November.", 0.9))
+    assert only_yes_or_no("Yes, yep.") and not only_yes_or_no("no 5") and not only_yes_or_no("")
 
 
 DIGITS_ONLY = frozenset({Expectation.DIGITS})

@@ -244,16 +244,30 @@ def real_words(text: str) -> int:
     return sum(1 for run in _RUNS.findall(text.lower()) if run.isalpha() and len(run) >= 3)
 
 
+# A free decode of these words alone is the caller's yes or no, not the start of an answer
+# (a lone "no" held to a date comes out "November").
+_YES_NO = frozenset({"no", "nope", "nah", "yes", "yeah", "yep", "yup"})
+
+
+def only_yes_or_no(text: str) -> bool:
+    """``text`` says nothing but yes or no words ("No.", "Nope, no.", "Yes")."""
+    runs = _RUNS.findall(text.lower())
+    return bool(runs) and all(run in _YES_NO for run in runs)
+
+
 def prefer(free: SttResult, held: SttResult, *, margin: float = DEFAULT_MARGIN) -> bool:
     """Whether the held decode should be the transcript: it has words, its confidence is
-    within ``margin`` of the free decode's (or the free one has none), and it says at least
-    half as much as the free one's words (:func:`real_words`): a held decode of one allowed
-    word for a sentence of other words ("No, that is not my account number." held to a
-    date: "November.") is not the answer, however sure of that word the model is."""
+    within ``margin`` of the free decode's (or the free one has none), the free one is
+    not a yes or no alone (:func:`only_yes_or_no`), and it says at least half as much as
+    the free one's words (:func:`real_words`): a held decode of one allowed word for a
+    sentence of other words ("No, that is not my account number." held to a date:
+    "November.") is not the answer, however sure of that word the model is."""
     if not held.text.strip() or held.confidence is None:
         return False
     if free.confidence is None or not free.text.strip():
         return True
+    if only_yes_or_no(free.text):
+        return False
     if 2 * spoken_units(held.text) < real_words(free.text):
         return False
     return held.confidence >= free.confidence - margin
