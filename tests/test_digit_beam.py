@@ -19,8 +19,8 @@ from voicebot_pbx.answers.normalize import normalize
 from voicebot_pbx.speech.digit_beam import (
     DIGITS_MIN_CONFIDENCE,
     MAX_ALTERNATIVES,
+    Found,
     Step,
-    decode_digits,
     search_digits,
 )
 from voicebot_pbx.speech.expect import (
@@ -70,6 +70,14 @@ def scripted(logits: dict[Tokens, dict[int, float]]) -> tuple[list[Tokens], Step
         return row, now
 
     return stepped, step
+
+
+def decode_digits(
+    step: Step[Tokens], start: Tokens, held: HeldVocabulary, **settings: int
+) -> Found | None:
+    """The search's best decode (keep 1), or None."""
+    found = search_digits(step, start, held, keep=1, **settings)
+    return found[0] if found else None
 
 
 def test_digits_are_counted_as_figures_and_digit_words() -> None:
@@ -153,7 +161,7 @@ def test_the_search_keeps_the_other_readings_likeliest_first() -> None:
     assert [f.tokens for f in found] == [(3, 3), (6, 5, 7), (3, 7)]
     assert readings == ["55", "59", "59"]
     assert len(found) == 3 and len({f.tokens for f in found}) == 3
-    # Likeliest first: the one decode_digits returns, then the others.
+    # Likeliest first: the best decode, then the others.
     best = decode_digits(step, START, vocabulary(), n_digits=2, bos=1, eos=EOS, max_tokens=6)
     assert best is not None and found[0] == best and found[0].tokens == (3, 3)
     assert all(len(r) == 2 for r in readings)

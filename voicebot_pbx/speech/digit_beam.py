@@ -5,7 +5,7 @@ The dialogue says how many digits an account number has (Rasa's ``max_digits`` b
 ``expect: [digits]``). A greedy decode held to digits (``speech/expect.py``) often gets
 the count wrong on a phone line: a repeated digit heard once ("5 5 8 7 6 9 9 3" ->
 "5587693"), a digit heard twice, a "nine" lost at a pause. When it does, the engine
-searches again: :func:`decode_digits` keeps the ``beam`` likeliest partial decodes, each
+searches again: :func:`search_digits` keeps the ``beam`` likeliest partial decodes, each
 held to the same words, never past the count, and lets one end only with exactly that
 many digits. Hypotheses are ranked by the model's log-probability (over all tokens); the
 one kept reports its tokens' log-probabilities over the tokens it was allowed, as the
@@ -75,33 +75,6 @@ class _Hypothesis(Generic[State]):
     last: int
 
 
-def decode_digits(
-    step: Step[State],
-    start: State,
-    vocabulary: HeldVocabulary,
-    *,
-    n_digits: int,
-    bos: int,
-    eos: int,
-    max_tokens: int,
-    beam: int = DEFAULT_BEAM,
-) -> Found | None:
-    """The likeliest decode held to ``vocabulary`` that reads exactly ``n_digits`` digits
-    within ``max_tokens`` tokens, or None when no hypothesis gets there."""
-    found = search_digits(
-        step,
-        start,
-        vocabulary,
-        n_digits=n_digits,
-        bos=bos,
-        eos=eos,
-        max_tokens=max_tokens,
-        beam=beam,
-        keep=1,
-    )
-    return found[0] if found else None
-
-
 def search_digits(
     step: Step[State],
     start: State,
@@ -114,7 +87,8 @@ def search_digits(
     beam: int = DEFAULT_BEAM,
     keep: int = 1,
 ) -> list[Found]:
-    """Up to ``keep`` decodes as :func:`decode_digits` finds them, likeliest first."""
+    """Up to ``keep`` decodes held to ``vocabulary`` that read exactly ``n_digits`` digits
+    within ``max_tokens`` tokens, likeliest first (none when no hypothesis gets there)."""
     alive: list[_Hypothesis[State]] = [_Hypothesis(0.0, (), (), "", 0, start, bos)]
     finished: list[tuple[float, Found]] = []
     for index in range(max_tokens + 1):
