@@ -785,6 +785,34 @@ def test_a_spoken_number_that_is_no_account_takes_the_recognisers_reading_that_i
 
 @needs_rasa
 @pytest.mark.rasa
+def test_digits_heard_in_the_identity_answer_are_not_a_new_account_number(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """A date of birth heard as eight digits is a wrong identity answer, not an account
+    number said again: the account read back stays, and the other answer is asked for."""
+    account = DEMO[8]
+    call = new_call()
+    aloop.run(dlg.start(call))
+    aloop.run(dlg.respond(call, "what's my balance"))
+    turn = aloop.run(dlg.respond(call, " ".join(account.number)))
+    assert f"That's account number {' '.join(account.number[:4])}," in texts(turn)
+    turn = aloop.run(dlg.respond(call, "3 1 1 1 1 1 1 1"))
+    assert "That's account number" not in texts(turn), texts(turn)
+    assert "doesn't match our records" in texts(turn) and turn.fallbacks == ("identity_mismatch",)
+    assert dict(turn.known)["postcode"] == account.postcode  # still this account's answers
+    turn = aloop.run(dlg.respond(call, account.postcode.lower()))
+    assert texts(turn).startswith(balance_words(account)), texts(turn)
+    # Said with the request, before any form: still taken.
+    early = new_call()
+    aloop.run(dlg.start(early))
+    turn = aloop.run(
+        dlg.respond(early, f"what's my balance my account number is {' '.join(account.number)}")
+    )
+    assert "postcode of the property" in texts(turn), texts(turn)
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_balance_by_voice_with_date_of_birth(dlg: RasaDialogue, aloop: LoopThread) -> None:
     account = DEMO[3]
     said_number = " ".join(account.number)
