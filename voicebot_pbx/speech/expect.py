@@ -65,10 +65,9 @@ WORDS: dict[Expectation, frozenset[str]] = {
 # words held to digits lose 0.2-0.5 or come out empty (README "Answers the dialogue expects").
 DEFAULT_MARGIN = 0.05
 
+# Each digit word's figure, in _DIGIT_WORDS' order ("zero", "oh" and "o" are all 0).
+_DIGIT_VALUE = dict(zip(_DIGIT_WORDS, "000123456789", strict=True))
 _DIGIT_WORD_SET = frozenset(_DIGIT_WORDS)
-_DIGIT_VALUE = {"zero": "0", "oh": "0", "o": "0"} | {
-    w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine".split())
-}
 _WORD_START = ("\u2581", " ")  # SentencePiece's word-start mark, or a space
 _BREAKS = frozenset(" ,.-?0123456789")  # end a word; always allowed
 _RUNS = re.compile(r"[a-z]+|[0-9]+")
