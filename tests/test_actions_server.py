@@ -27,6 +27,7 @@ from tests.test_rasa import (
     VENV,
     LoopThread,
     _free_port,
+    _no_account_near,
     needs_rasa,
     texts,
 )
@@ -182,8 +183,8 @@ class Call:
         self.dlg, self.loop = dlg, loop
         loop.run(dlg.start(self.info))
 
-    def say(self, text: str) -> DialogueTurn:
-        return self.loop.run(self.dlg.respond(self.info, text))
+    def say(self, text: str, alternatives: tuple[str, ...] = ()) -> DialogueTurn:
+        return self.loop.run(self.dlg.respond(self.info, text, alternatives))
 
 
 def ask_balance(call: Call) -> DialogueTurn:
@@ -203,6 +204,33 @@ def test_balance_through_the_http_back_end(
     assert turn.fallbacks == () and turn.entities["identity_verified"] == "true"
     # One account lookup for the whole call: the identity question's (which also sent the
     # known answers to the bot); the check and the balance read what it found.
+    assert backend.api.count("GET") - before == 1
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_a_spoken_number_and_its_readings_are_looked_up_once_each(
+    dlg: RasaDialogue, loop: LoopThread, backend: ApiServer
+) -> None:
+    """The recogniser's readings of a spoken account number are looked up once each: the
+    identity question, the check of the answer and the balance read what the validation
+    found for this call."""
+    misheard = _no_account_near(ACCOUNT.number)
+    call = Call(dlg, loop)
+    call.say("what's my balance")
+    before = backend.api.count("GET")
+    turn = call.say(" ".join(misheard), alternatives=(ACCOUNT.number, demo_accounts()[6].number))
+    assert f"That's account number {' '.join(ACCOUNT.number[:4])}," in texts(turn), texts(turn)
+    assert backend.api.count("GET") - before == 2  # the number heard, then the first reading
+    turn = call.say(f"it's {ACCOUNT.postcode.lower()}")
+    assert texts(turn).startswith(say_balance(ACCOUNT.balance_pence)), texts(turn)
+    assert backend.api.count("GET") - before == 2
+
+    heard = Call(dlg, loop)  # heard right: one lookup, no reading looked at
+    heard.say("what's my balance")
+    before = backend.api.count("GET")
+    turn = heard.say(" ".join(ACCOUNT.number), alternatives=(misheard,))
+    assert f"That's account number {' '.join(ACCOUNT.number[:4])}," in texts(turn), texts(turn)
     assert backend.api.count("GET") - before == 1
 
 

@@ -211,24 +211,26 @@ def _just_said_account(tracker: Tracker, number: str) -> bool:
     return re.sub(r"\D", "", text) == number or number in _alternatives(tracker)
 
 
-async def _existing_reading(rt: Runtime, heard: str | None, readings: Sequence[str]) -> str | None:
+async def _existing_reading(
+    rt: Runtime, call: str, heard: str | None, readings: Sequence[str]
+) -> str | None:
     """``heard`` (8 digits or None), unless it is no account and one of the recogniser's
     other ``readings`` of the spoken number is: then the first such (at most
-    ``rt.account_alternatives`` looked up). A back end that fails keeps ``heard``: the
-    identity question's own lookup reports it."""
+    ``rt.account_alternatives`` looked up). The account found is remembered for ``call``
+    (the conversation), so the identity question asks the back end no second time. A back
+    end that fails keeps ``heard``: the identity question's own lookup reports it."""
     others = [r for r in dict.fromkeys(readings) if r != heard and keyed_or_said_account(r)]
     if not others or rt.account_alternatives <= 0:
         return heard
     billing = rt.backend("billing")
 
     async def first_found() -> str | None:
-        if heard is not None and await billing.account(heard) is not None:
-            return heard
-        for reading in others[: rt.account_alternatives]:
-            account = await billing.account(reading)
+        # Each account found is remembered: the identity question asks the memory first.
+        for number in ([heard] if heard is not None else []) + others[: rt.account_alternatives]:
+            account = await billing.account(number)
             if account is not None:
-                rt.remember(account)
-                return reading
+                rt.remember(call, account)
+                return number
         return heard
 
     try:  # all the lookups within the one action budget
@@ -280,7 +282,9 @@ class ValidateBalanceForm(FormValidationAction):
         number = keyed_or_said_account(slot_value)
         if _latest_intent(tracker) != "dtmf":
             heard = number
-            number = await _existing_reading(runtime(), heard, _alternatives(tracker))
+            number = await _existing_reading(
+                runtime(), tracker.sender_id, heard, _alternatives(tracker)
+            )
             if number != heard:
                 # Which reading, not the digits: they are the caller's account number.
                 _note(dispatcher, fallback="account_alternative")
@@ -317,9 +321,9 @@ class ValidateBalanceForm(FormValidationAction):
         try:
             # What the identity question just looked up (action_ask_identity_check), else
             # the back end now.
-            account = rt.recent(number)
+            account = rt.recent(tracker.sender_id, number)
             if account is None:
-                failed = rt.recent_failure(number)
+                failed = rt.recent_failure(tracker.sender_id, number)
                 if failed is not None:
                     raise failed
                 account = await _bounded(rt, "billing", rt.backend("billing").account(number))
@@ -331,7 +335,7 @@ class ValidateBalanceForm(FormValidationAction):
                 "backend_error": f"{exc.reason}:billing",
             }
         if account is not None and identity_matches(account, answer):
-            rt.remember(account)
+            rt.remember(tracker.sender_id, account)
             _note(dispatcher, entities={"identity_verified": "true", "account_number": number})
             return {**forget, "identity_check": "verified", "identity_verified": True}
         failures = int(tracker.get_slot("identity_failures") or 0) + 1
@@ -414,14 +418,17 @@ class ActionAskIdentityCheck(Action):
         rt = runtime()
         account: Account | None = None
         if number:
-            # One lookup per question: the check of the answer reads what it found (or
-            # that it failed) instead of asking the back end again.
-            try:
-                account = await _bounded(rt, "billing", rt.backend("billing").account(number))
-            except BackendError as exc:
-                rt.remember_failure(number, exc)
+            # One lookup per account number: the validation may just have found it (a spoken
+            # number's readings); the check of the answer reads what was found (or that it
+            # failed) instead of asking the back end again.
+            account = rt.recent(tracker.sender_id, number)
+            if account is None:
+                try:
+                    account = await _bounded(rt, "billing", rt.backend("billing").account(number))
+                except BackendError as exc:
+                    rt.remember_failure(tracker.sender_id, number, exc)
         if account is not None:
-            rt.remember(account)
+            rt.remember(tracker.sender_id, account)
             custom["verify"] = {
                 "postcode": account.postcode,
                 "date": account.birth_date.isoformat(),
@@ -454,7 +461,7 @@ class ActionTellBalance(Action):
             _note(dispatcher, fallback="identity_failed")
             return [FollowupAction("action_listen")]  # no "anything else?" before the transfer
         number = str(tracker.get_slot("account_number") or "")
-        account = rt.recent(number)
+        account = rt.recent(tracker.sender_id, number)
         if account is None:
             try:
                 account = await _bounded(rt, "billing", rt.backend("billing").account(number))

@@ -54,10 +54,12 @@ class Runtime:
                 rows = seed_demo(dsn)
                 log.info("demo back end ready: %s (%d accounts)", spec["dsn"], rows)
         self._backends: dict[str, Backend] = open_backends(config)
-        # Accounts just read by the identity check, so the balance that follows in the same
-        # turn needs no second lookup (seconds, in this process only).
-        self._recent: dict[str, tuple[float, Account]] = {}
-        self._failed: dict[str, tuple[float, BackendError]] = {}
+        # Accounts just read for a call (its spoken number's readings, the identity
+        # question), so the check and the balance that follow need no second lookup
+        # (seconds, in this process only). Keyed by (call, account number): another call's
+        # lookup never stands in for this one's, so a back end down now is noticed.
+        self._recent: dict[tuple[str, str], tuple[float, Account]] = {}
+        self._failed: dict[tuple[str, str], tuple[float, BackendError]] = {}
 
     def backend(self, system: str) -> Backend:
         return self._backends[system]
@@ -67,27 +69,29 @@ class Runtime:
         self._recent = {k: v for k, v in self._recent.items() if v[0] >= cutoff}
         self._failed = {k: v for k, v in self._failed.items() if v[0] >= cutoff}
 
-    def remember(self, account: Account) -> None:
+    def remember(self, call: str, account: Account) -> None:
         self._forget_old()
-        self._failed.pop(account.number, None)
-        self._recent[account.number] = (time.monotonic(), account)
+        self._failed.pop((call, account.number), None)
+        self._recent[(call, account.number)] = (time.monotonic(), account)
 
-    def remember_failure(self, number: str, error: BackendError) -> None:
-        """The back end failed to read ``number`` (the identity question's lookup): the
-        check of the answer that follows says so without asking it again."""
+    def remember_failure(self, call: str, number: str, error: BackendError) -> None:
+        """The back end failed to read ``number`` for ``call`` (the identity question's
+        lookup): the check of the answer that follows says so without asking it again."""
         self._forget_old()
-        self._failed[number] = (time.monotonic(), error)
-        self._recent.pop(number, None)
+        self._failed[(call, number)] = (time.monotonic(), error)
+        self._recent.pop((call, number), None)
 
-    def recent_failure(self, number: str) -> BackendError | None:
-        """The failure just remembered for ``number`` (once; None after RECENT_S)."""
-        seen = self._failed.pop(number, None)
+    def recent_failure(self, call: str, number: str) -> BackendError | None:
+        """The failure just remembered for ``number`` in ``call`` (once; None after
+        RECENT_S)."""
+        seen = self._failed.pop((call, number), None)
         if seen is None or seen[0] < time.monotonic() - RECENT_S:
             return None
         return seen[1]
 
-    def recent(self, number: str) -> Account | None:
-        seen = self._recent.get(number)
+    def recent(self, call: str, number: str) -> Account | None:
+        """The account ``call`` read within RECENT_S, or None."""
+        seen = self._recent.get((call, number))
         if seen is None or seen[0] < time.monotonic() - RECENT_S:
             return None
         return seen[1]
