@@ -774,6 +774,13 @@ def test_a_spoken_number_that_is_no_account_takes_the_recognisers_reading_that_i
         dlg.respond(nine, " ".join("3" + account.number), alternatives=(account.number,))
     )
     assert f"That's account number {said}." in texts(turn), texts(turn)
+    # Nine digits heard and no reading sent: the number with one digit left out that is one.
+    inserted = new_call()
+    aloop.run(dlg.start(inserted))
+    aloop.run(dlg.respond(inserted, "what's my balance"))
+    turn = aloop.run(dlg.respond(inserted, " ".join(account.number[:3] + "0" + account.number[3:])))
+    assert f"That's account number {said}." in texts(turn), texts(turn)
+    assert "account_alternative" in turn.fallbacks
     # No reading is an account: the number heard is read back, as without readings.
     none = new_call()
     aloop.run(dlg.start(none))

@@ -34,6 +34,7 @@ from rasa_sdk.events import EventType, FollowupAction, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
+from .account_numbers import keyed_or_said_account, one_digit_too_many, readings_to_look_up
 from .backend import Account, BackendError, SlotTaken, normalise_postcode
 from .runtime import Runtime, runtime
 from .when import parse_day, parse_time
@@ -54,7 +55,6 @@ from .wording import (
 
 log = logging.getLogger(__name__)
 
-ACCOUNT_DIGITS = 8
 # A caller may say "no" to the account number read back this many times; the next "no"
 # declines the check (utter_identity_refused), as "no" to the account number question does.
 ACCOUNT_DENIALS = 2
@@ -97,16 +97,6 @@ async def _bounded(rt: Runtime, system: str, work: Any) -> Any:
     except Exception as exc:  # a back end's bug is a failed back end, spoken as such
         log.exception("back end %s raised", system)
         raise BackendError(system, "error", f"{type(exc).__name__}: {exc}") from exc
-
-
-def keyed_or_said_account(value: Any) -> str | None:
-    """8 digits from what the caller said or keyed, or None. A keyed ``#`` ends the entry;
-    a ``*`` (or anything else) makes it a mistake."""
-    text = str(value or "").strip().rstrip("#")
-    digits = re.sub(r"[\s-]", "", text)
-    if len(digits) == ACCOUNT_DIGITS and digits.isdigit():
-        return digits
-    return None
 
 
 def _birth_date(text: str) -> dt.date | None:
@@ -204,29 +194,32 @@ def _alternatives(tracker: Tracker) -> list[str]:
 
 def _just_said_account(tracker: Tracker, number: str) -> bool:
     """The caller's latest message said the account number (spoken, not keyed): its digits,
-    or one of the recogniser's other readings of them, are the number."""
+    one of the recogniser's other readings of them, or its digits with one left out
+    (``account_numbers.one_digit_too_many``) are the number."""
     if not number or _latest_intent(tracker) == "dtmf":
         return False
-    text = str((tracker.latest_message or {}).get("text") or "")
-    return re.sub(r"\D", "", text) == number or number in _alternatives(tracker)
+    digits = re.sub(r"\D", "", str((tracker.latest_message or {}).get("text") or ""))
+    return (
+        digits == number or number in _alternatives(tracker) or number in one_digit_too_many(digits)
+    )
 
 
 async def _existing_reading(
-    rt: Runtime, call: str, heard: str | None, readings: Sequence[str]
+    rt: Runtime, call: str, heard: str | None, others: Sequence[str]
 ) -> str | None:
-    """``heard`` (8 digits or None), unless it is no account and one of the recogniser's
-    other ``readings`` of the spoken number is: then the first such (at most
-    ``rt.account_alternatives`` looked up). The account found is remembered for ``call``
-    (the conversation), so the identity question asks the back end no second time. A back
-    end that fails keeps ``heard``: the identity question's own lookup reports it."""
-    others = [r for r in dict.fromkeys(readings) if r != heard and keyed_or_said_account(r)]
-    if not others or rt.account_alternatives <= 0:
+    """``heard`` (8 digits or None), unless it is no account and one of the ``others``
+    (``account_numbers.readings_to_look_up``: the recogniser's other readings of the spoken
+    number, those of a number heard with a digit too many) is: then the first such. The
+    account found is remembered for ``call`` (the conversation), so the identity question
+    asks the back end no second time. A back end that fails keeps ``heard``: the identity
+    question's own lookup reports it."""
+    if not others:
         return heard
     billing = rt.backend("billing")
 
     async def first_found() -> str | None:
         # Each account found is remembered: the identity question asks the memory first.
-        for number in ([heard] if heard is not None else []) + others[: rt.account_alternatives]:
+        for number in ([heard] if heard is not None else []) + list(others):
             account = await billing.account(number)
             if account is not None:
                 rt.remember(call, account)
@@ -282,9 +275,11 @@ class ValidateBalanceForm(FormValidationAction):
         number = keyed_or_said_account(slot_value)
         if _latest_intent(tracker) != "dtmf":
             heard = number
-            number = await _existing_reading(
-                runtime(), tracker.sender_id, heard, _alternatives(tracker)
+            rt = runtime()
+            others = readings_to_look_up(
+                heard, slot_value, _alternatives(tracker), rt.account_alternatives
             )
+            number = await _existing_reading(rt, tracker.sender_id, heard, others)
             if number != heard:
                 # Which reading, not the digits: they are the caller's account number.
                 _note(dispatcher, fallback="account_alternative")
