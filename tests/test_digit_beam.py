@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +17,8 @@ from structlog.testing import capture_logs
 from tests.test_moonshine import moonshine  # noqa: F401  (the packaged tiny model, module-scoped)
 from tests.test_stt import caller
 from voicebot_pbx.answers.normalize import normalize
+from voicebot_pbx.audio import pcm_to_float32
+from voicebot_pbx.models import MOONSHINE_BASE_EN, MOONSHINE_TOKENIZER, model_path
 from voicebot_pbx.speech.digit_beam import (
     DIGITS_MIN_CONFIDENCE,
     MAX_ALTERNATIVES,
@@ -30,6 +33,7 @@ from voicebot_pbx.speech.expect import (
     count_digits,
     read_digits,
 )
+from voicebot_pbx.speech.logits import log_softmax
 from voicebot_pbx.speech.moonshine import MoonshineEngine
 
 PIECES = [
@@ -60,14 +64,20 @@ def scripted(logits: dict[Tokens, dict[int, float]]) -> tuple[list[Tokens], Step
     state is those tokens. Returns the prefixes it was stepped on, and the step."""
     stepped: list[Tokens] = []
 
-    def step(index: int, state: Tokens, token: int) -> tuple[npt.NDArray[np.float64], Tokens]:
-        now = state if index == 0 else (*state, token)
-        assert len(now) == index  # each hypothesis steps on its own history
-        stepped.append(now)
-        row = np.full(len(PIECES), -10.0)
-        for tid, value in logits.get(now, {}).items():
-            row[tid] = value
-        return row, now
+    def step(
+        index: int, states: Sequence[Tokens], tokens: Sequence[int]
+    ) -> tuple[npt.NDArray[np.float64], list[Tokens]]:
+        rows, nows = [], []
+        for state, token in zip(states, tokens, strict=True):
+            now = state if index == 0 else (*state, token)
+            assert len(now) == index  # each hypothesis steps on its own history
+            stepped.append(now)
+            row = np.full(len(PIECES), -10.0)
+            for tid, value in logits.get(now, {}).items():
+                row[tid] = value
+            rows.append(row)
+            nows.append(now)
+        return np.stack(rows), nows
 
     return stepped, step
 
@@ -220,3 +230,38 @@ def test_moonshine_searches_when_its_held_decode_has_the_wrong_count(
         moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, digits_beam=0
     )
     assert off.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8).text == uncounted.text
+
+
+@pytest.mark.parametrize("model", ["tiny", "base"])
+def test_a_step_of_several_hypotheses_in_one_batch_is_each_ones_own_step(
+    moonshine: MoonshineEngine,  # noqa: F811
+    model: str,
+) -> None:
+    """The search runs a step's hypotheses as one batch on the decoder: each row and each
+    cache is what that hypothesis's own step gives (the packaged tiny model's merged
+    decoder, and the converted base model's split one), up to the int8 models' dynamic
+    quantisation, which scales a batch's activations together (a few tenths of a logit on
+    unlikely tokens; the probabilities within 0.05, the likeliest token the same)."""
+    engine = moonshine
+    if model == "base":
+        engine = MoonshineEngine(
+            model_path(MOONSHINE_BASE_EN), tokenizer_path=model_path(MOONSHINE_TOKENIZER)
+        )
+    audio = pcm_to_float32(caller("4 0 7 2", 16000))
+    hidden = engine._encode(audio)
+    first_feed, start = engine._feeds(hidden, audio.size)
+    rows, [after_start] = engine._step_many(0, first_feed, [start], [engine._bos])
+    digits = [engine._tokenizer.token_to_id(d) for d in "3479"]
+    batched, caches = engine._step_many(1, first_feed, [after_start] * 4, digits)
+    batched2, _ = engine._step_many(2, first_feed, caches, digits[::-1])
+    for k, token in enumerate(digits):
+        own = dict(after_start)
+        row = engine._step(1, (first_feed, own), token)
+        row2 = engine._step(2, (first_feed, own), digits[::-1][k])
+        for got, own_row in ((batched[k], row), (batched2[k], row2)):
+            p_got, p_own = np.exp(log_softmax(got)), np.exp(log_softmax(own_row))
+            np.testing.assert_allclose(p_got, p_own, rtol=0, atol=0.05)
+            assert int(np.argmax(got)) == int(np.argmax(own_row))
+    # the rows are each hypothesis's own: their histories differ by more than that
+    other = np.exp(log_softmax(batched2[0])) - np.exp(log_softmax(batched2[1]))
+    assert np.abs(other).max() > 0.2, np.abs(other).max()

@@ -465,9 +465,10 @@ class MoonshineEngine:
         other readings of that many digits as ``alternatives``."""
         first_feed, next_feed = self._feeds(hidden, n_samples)
 
-        def step(index: int, past: dict[str, Any], token: int) -> tuple[Any, dict[str, Any]]:
-            own = dict(past)  # this hypothesis's cache; the step replaces its tensors
-            return self._step(index, (first_feed, own), token), own
+        def step(
+            index: int, pasts: Sequence[dict[str, Any]], tokens: Sequence[int]
+        ) -> tuple[npt.NDArray[np.float64], list[dict[str, Any]]]:
+            return self._step_many(index, first_feed, pasts, tokens)
 
         found = search_digits(
             step,
@@ -550,6 +551,45 @@ class MoonshineEngine:
             if (step == 0 or ".decoder." in name) and name in self._next_past:
                 next_feed[name] = value
         return np.asarray(logits[0, -1], dtype=np.float64)
+
+    def _step_many(
+        self,
+        step: int,
+        first_feed: dict[str, Any],
+        pasts: Sequence[dict[str, Any]],
+        tokens: Sequence[int],
+    ) -> tuple[npt.NDArray[np.float64], list[dict[str, Any]]]:
+        """One decoder step for several hypotheses on the same audio, each with its own
+        cache (the with-past feed :meth:`_step` keeps), in one batch: their next-token
+        logits (one row each) and each one's cache after its token. The caches given are
+        not changed. Step 0 is the start, one hypothesis, as :meth:`_step` runs it."""
+        if step == 0:
+            rows, caches = [], []
+            for past, token in zip(pasts, tokens, strict=True):
+                own = dict(past)  # the step replaces its tensors
+                rows.append(self._step(0, (first_feed, own), token))
+                caches.append(own)
+            return np.stack(rows), caches
+        n = len(pasts)
+        feed = dict(pasts[0])  # the static inputs, and the cross-attention cache, shared
+        for name in self._next_past:
+            if ".decoder." in name:  # self-attention: each hypothesis its own
+                feed[name] = np.concatenate([p[name] for p in pasts], axis=0)
+            else:
+                feed[name] = np.repeat(feed[name], n, axis=0)
+        for name in ("encoder_hidden_states", "encoder_attention_mask"):
+            if name in feed:
+                feed[name] = np.repeat(feed[name], n, axis=0)
+        feed["input_ids"] = np.array([[t] for t in tokens], dtype=np.int64)
+        logits, *present = self._decoder_with_past.run(None, feed)
+        caches = []
+        for b, past in enumerate(pasts):
+            own = dict(past)
+            for name, value in zip(self._next_present, present, strict=True):
+                if ".decoder." in name and name in self._next_past:
+                    own[name] = value[b : b + 1]
+            caches.append(own)
+        return np.asarray(logits[:, -1], dtype=np.float64), caches
 
     def _generate(
         self,
