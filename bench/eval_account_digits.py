@@ -13,7 +13,9 @@ engine decodes an expected account number (``transcribe_expecting`` with ``expec
 and the 8 digits the dialogue asks for); its transcript is normalised as the bot sends it to
 Rasa (``answers/normalize.py``) and the number taken as Rasa's ``account_number`` regex takes
 it (6-10 digits). Then the action server's rule (``actions/account_numbers.py``): the 8 digits
-heard, else the first of the readings to look up that is a demo account.
+heard, else the first of the readings to look up (``--look-up``, ``[actions]
+account_alternatives``) that is a demo account. The readings are both listens' (the second
+at ``--tempo``, ``[stt] digits_tempo``; 1.0: one listen).
 
 Reports, per seed and reading (whole / groups), with the set size:
 
@@ -51,9 +53,14 @@ from actions.account_numbers import keyed_or_said_account, readings_to_look_up  
 from actions.demo_data import demo_accounts  # noqa: E402
 
 from voicebot_pbx.answers.normalize import normalize  # noqa: E402
+from voicebot_pbx.config import ActionsConfig  # noqa: E402
 from voicebot_pbx.models import MOONSHINE_BASE_EN, MOONSHINE_TOKENIZER, model_path  # noqa: E402
 from voicebot_pbx.speech import moonshine  # noqa: E402
-from voicebot_pbx.speech.digit_beam import DEFAULT_BEAM, MAX_ALTERNATIVES  # noqa: E402
+from voicebot_pbx.speech.digit_beam import (  # noqa: E402
+    DEFAULT_BEAM,
+    DIGITS_TEMPO,
+    MAX_ALTERNATIVES,
+)
 from voicebot_pbx.speech.expect import Expectation  # noqa: E402
 from voicebot_pbx.speech.moonshine import MoonshineEngine  # noqa: E402
 
@@ -94,8 +101,19 @@ def main() -> int:
         "--alternatives",
         type=int,
         default=MAX_ALTERNATIVES,
-        help="other readings handed on and looked up (the engine's MAX_ALTERNATIVES and "
-        "[actions] account_alternatives together)",
+        help="other readings a listen hands on (the engine's MAX_ALTERNATIVES)",
+    )
+    parser.add_argument(
+        "--tempo",
+        type=float,
+        default=DIGITS_TEMPO,
+        help="the second listen's tempo (the engine's digits_tempo; 1.0: none)",
+    )
+    parser.add_argument(
+        "--look-up",
+        type=int,
+        default=ActionsConfig().account_alternatives,
+        help="readings looked up ([actions] account_alternatives)",
     )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -104,6 +122,7 @@ def main() -> int:
         model_path(MOONSHINE_BASE_EN),
         tokenizer_path=model_path(MOONSHINE_TOKENIZER),
         digits_beam=args.beam,
+        digits_tempo=args.tempo,
     )
     _, voices = eval_verify.SETS["dev"]
     accounts = frozenset(a.number for a in demo_accounts())
@@ -119,7 +138,7 @@ def main() -> int:
                 cpu_s = time.process_time() - started
                 slot = slot_value(result.text)
                 said = p.account.number
-                took = taken(slot, result.alternatives, accounts, args.alternatives)
+                took = taken(slot, result.alternatives, accounts, args.look_up)
                 rows.append(
                     {
                         "seed": seed,
@@ -164,6 +183,8 @@ def main() -> int:
         "voices": voices,
         "beam": args.beam,
         "alternatives": args.alternatives,
+        "tempo": args.tempo,
+        "look_up": args.look_up,
         "summary": summary,
         "rows": rows,
     }
@@ -172,7 +193,8 @@ def main() -> int:
     lines = [
         f"# Account numbers said aloud (bench/eval_account_digits.py), {run['when']}, "
         f"{args.n} accounts a seed, each read whole and in two groups; beam {args.beam}, "
-        f"{args.alternatives} other readings",
+        f"{args.alternatives} other readings a listen, second listen at tempo {args.tempo:g}, "
+        f"{args.look_up} looked up",
         "",
         "| seed | reading | n | heard | among the readings | taken | taken, another account "
         "| 9 digits heard: taken right | CPU-s mean / p95 |",

@@ -124,6 +124,16 @@ def test_invalid_values_are_rejected(tmp_path: Path) -> None:
     assert "hold_after_s and max_dead_air_s >= 0" in str(info.value)
 
 
+def test_the_second_listens_tempo_is_bounded(tmp_path: Path) -> None:
+    for value in (0.3, 2.5):
+        path = write(tmp_path, f"[stt]\ndigits_tempo = {value}\n")
+        with pytest.raises(ConfigError, match="digits_tempo"):
+            load_config(path)
+    for value in (1.0, 1.3):
+        path = write(tmp_path, f"[stt]\ndigits_tempo = {value}\n")
+        assert load_config(path).stt.digits_tempo == value
+
+
 def check_turn_setting(
     tmp_path: Path, key: str, rejected: tuple[int, ...], accepted: tuple[int, ...]
 ) -> None:

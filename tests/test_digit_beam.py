@@ -21,9 +21,11 @@ from voicebot_pbx.audio import pcm_to_float32
 from voicebot_pbx.models import MOONSHINE_BASE_EN, MOONSHINE_TOKENIZER, model_path
 from voicebot_pbx.speech.digit_beam import (
     DIGITS_MIN_CONFIDENCE,
+    DIGITS_TEMPO,
     MAX_ALTERNATIVES,
     Found,
     Step,
+    merge_readings,
     search_digits,
 )
 from voicebot_pbx.speech.expect import (
@@ -216,10 +218,14 @@ def test_moonshine_searches_when_its_held_decode_has_the_wrong_count(
         kept = moonshine.transcribe_expecting(right, 8000, DIGITS_ONLY, digits=8)
     assert kept == moonshine.transcribe_expecting(right, 8000, DIGITS_ONLY)
     assert count_digits(kept.text) == 8
-    # The search ran for the other readings only: eight digits each, none the one heard.
+    # The search ran for the other readings only: eight digits each, none the one heard;
+    # with the second listen's (logged by count, never the digits).
     [search] = [e for e in logs if e["event"] == "stt.moonshine.digits_search"]
     assert (search["greedy"], search["kept"]) == (8, False)
-    assert search["alternatives"] == len(kept.alternatives) <= MAX_ALTERNATIVES
+    assert search["alternatives"] <= MAX_ALTERNATIVES
+    assert len(kept.alternatives) <= 2 * MAX_ALTERNATIVES
+    [faster] = [e for e in logs if e["event"] == "stt.moonshine.digits_faster"]
+    assert faster["tempo"] == DIGITS_TEMPO and not re.search(r"\d{4}", str(faster))
     heard = read_digits(kept.text)
     for other in kept.alternatives:
         assert len(other) == 8 and other.isdigit() and other != heard
@@ -230,6 +236,54 @@ def test_moonshine_searches_when_its_held_decode_has_the_wrong_count(
         moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, digits_beam=0
     )
     assert off.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8).text == uncounted.text
+
+
+def test_the_second_listens_best_reading_comes_first_then_the_first_listens() -> None:
+    heard = "11111646"
+    first = ("11111846", "17111646", "11111646")
+    second = ("77111646", "17111646", "71111646", "11111646")
+    merged = merge_readings(heard, first, second, 6)
+    assert merged == ("77111646", "11111846", "17111646", "71111646")
+    assert merge_readings(heard, first, second, 2) == ("77111646", "11111846")
+    assert merge_readings(heard, first, (), 6) == ("11111846", "17111646")
+    assert merge_readings(heard, (), (), 6) == ()
+
+
+def test_the_second_listen_hears_the_same_speech_faster(
+    moonshine: MoonshineEngine,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An expected number with its count is encoded twice: as said, then played
+    ``digits_tempo`` times faster (shorter, not longer); the second listen's readings go
+    with the first's. ``digits_tempo = 1.0``: one listen, its own readings only."""
+    pcm = caller("7 7 1 1 1 6 4 6", 8000)
+    sizes: list[int] = []
+    encode = MoonshineEngine._encode
+
+    def counting(self: MoonshineEngine, audio: npt.NDArray[np.float32]) -> object:
+        sizes.append(int(audio.size))
+        return encode(self, audio)
+
+    monkeypatch.setattr(MoonshineEngine, "_encode", counting)
+    both = moonshine.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8)
+    assert len(sizes) == 2, sizes
+    assert sizes[1] == pytest.approx(sizes[0] / DIGITS_TEMPO, rel=0.01)
+    one = MoonshineEngine(
+        moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, digits_tempo=1.0
+    )
+    sizes.clear()
+    with capture_logs() as logs:
+        alone = one.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8)
+    assert len(sizes) == 1
+    assert not [e for e in logs if e["event"] == "stt.moonshine.digits_faster"]
+    [search] = [e for e in logs if e["event"] == "stt.moonshine.digits_search"]
+    assert len(alone.alternatives) == search["alternatives"]
+    assert alone.text == both.text  # the second listen adds readings, never the transcript
+    assert set(alone.alternatives) <= set(both.alternatives) | {read_digits(both.text)}
+    with pytest.raises(ValueError, match="digits_tempo"):
+        MoonshineEngine(
+            moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, digits_tempo=3.0
+        )
 
 
 @pytest.mark.parametrize("model", ["tiny", "base"])

@@ -32,7 +32,7 @@ _DEMO_DB = Path(__file__).resolve().parents[2] / ".cache" / "state" / "backend-d
 _DEFAULT: dict[str, Any] = {
     "budget_s": 1.5,
     "identity_attempts": 3,
-    "account_alternatives": 3,
+    "account_alternatives": 6,
     "default": {"kind": "sql", "dsn": str(_DEMO_DB), "demo": True},
     "systems": {},
 }
@@ -43,7 +43,7 @@ class Runtime:
         self.config = dict(config)
         self.budget_s = float(config.get("budget_s", 1.5))
         self.identity_attempts = int(config.get("identity_attempts", 3))
-        self.account_alternatives = int(config.get("account_alternatives", 3))
+        self.account_alternatives = int(config.get("account_alternatives", 6))
         for spec in [config.get("default", {}), *dict(config.get("systems", {})).values()]:
             if spec.get("kind") == "sql" and spec.get("demo"):
                 dsn = str(spec["dsn"])

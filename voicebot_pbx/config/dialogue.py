@@ -117,8 +117,9 @@ class ActionsConfig:
     identity_attempts: int = 3
     # A spoken account number that is no account: how many of the recogniser's other
     # readings of it (SttResult.alternatives) are looked up, the first one found taken and
-    # read back to the caller. 0: none (the number heard is taken as it is).
-    account_alternatives: int = 3
+    # read back to the caller. 0: none (the number heard is taken as it is). 6: the
+    # recogniser's two listens hand on up to 3 each (speech/digit_beam.py).
+    account_alternatives: int = 6
     backend: Literal["sql", "http"] = "sql"
     dsn: str = ""
     dsn_env: str = "VOICEBOT_BACKEND_DSN"

@@ -197,10 +197,16 @@ class SttConfig:
     verify_known: bool = True
     verify_min_lead: float = 0.5
     verify_floor: float = -3.0
+    # An expected number whose count the dialogue says (an account number) is heard twice:
+    # as said, and played this many times faster; the second listen's readings go to the
+    # dialogue beside the first's (speech/digit_beam.py; Moonshine). 1.0: once.
+    digits_tempo: float = 1.2
 
     def __post_init__(self) -> None:
         if self.verify_floor > 0:
             raise ValueError("stt: verify_floor must be <= 0 (0: every token the likeliest)")
+        if not 0.5 <= self.digits_tempo <= 2.0:
+            raise ValueError("stt: digits_tempo must be within 0.5-2.0 (1.0: one listen)")
         if self.model == "base" and self.engine != "moonshine":
             raise ValueError('stt: model = "base" is a Moonshine model (engine = "moonshine")')
         if self.cpu_threads < 0:

@@ -122,6 +122,7 @@ def load_engines(config: Config) -> Engines:
     verify: dict[str, Any] = {
         "verify_min_lead": config.stt.verify_min_lead,
         "verify_floor": config.stt.verify_floor,
+        "digits_tempo": config.stt.digits_tempo,
     }
     if config.stt.engine == "moonshine":
         stt_options = {"cpu_threads": config.stt.threads, **verify}

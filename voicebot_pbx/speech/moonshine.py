@@ -64,7 +64,10 @@ from voicebot_pbx.audio import (
 from voicebot_pbx.speech.digit_beam import (
     DEFAULT_BEAM,
     DIGITS_MIN_CONFIDENCE,
+    DIGITS_TEMPO,
     MAX_ALTERNATIVES,
+    Found,
+    merge_readings,
     search_digits,
 )
 from voicebot_pbx.speech.expect import (
@@ -180,6 +183,7 @@ class MoonshineEngine:
         verify_min_lead: float = DEFAULT_MIN_LEAD,
         verify_floor: float = DEFAULT_FLOOR,
         digits_beam: int = DEFAULT_BEAM,
+        digits_tempo: float = DIGITS_TEMPO,
     ) -> None:
         self.model_dir = Path(model_dir)
         # Nothing recognised: decode the speech without its quiet ends once more.
@@ -207,6 +211,10 @@ class MoonshineEngine:
         self.verify_floor = verify_floor
         # A held decode of digits with the wrong count is searched again (0: never).
         self.digits_beam = digits_beam
+        # ... and searched once more played this much faster (1.0: not).
+        if not 0.5 <= digits_tempo <= 2.0:
+            raise ValueError(f"digits_tempo must be within 0.5-2.0, not {digits_tempo}")
+        self.digits_tempo = digits_tempo
         size = int(self._tokenizer.get_vocab_size())
         self._pieces = [str(self._tokenizer.id_to_token(i) or "") for i in range(size)]
         self._held: dict[Expected, HeldVocabulary] = {}
@@ -406,13 +414,23 @@ class MoonshineEngine:
             return free, encoded
         vocabulary = self.held_vocabulary(expected)
         held = self._result(hidden, audio.size, duration_s, vocabulary)
-        if digits and Expectation.DIGITS in expected and self.digits_beam > 0:
+        counted = bool(digits) and Expectation.DIGITS in expected and self.digits_beam > 0
+        if counted and digits:
             held = self._counted(hidden, audio.size, duration_s, vocabulary, held, digits)
         if prefer(free, held, margin=self.expect_margin):
-            return dataclasses.replace(held, held_to=label(expected)), encoded
-        said = read_digits(free.text)
-        others = tuple(a for a in held.alternatives if a != said)
-        return dataclasses.replace(free, alternatives=others), encoded
+            result = dataclasses.replace(held, held_to=label(expected))
+        else:
+            said = read_digits(free.text)
+            others = tuple(a for a in held.alternatives if a != said)
+            result = dataclasses.replace(free, alternatives=others)
+        if counted and digits and self.digits_tempo != 1.0:
+            faster = self._faster_readings(audio, vocabulary, digits)
+            encoded += 1
+            merged = merge_readings(
+                read_digits(result.text), result.alternatives, faster, 2 * MAX_ALTERNATIVES
+            )
+            result = dataclasses.replace(result, alternatives=merged)
+        return result, encoded
 
     def _result(
         self,
@@ -463,24 +481,7 @@ class MoonshineEngine:
         """``held`` when it reads ``digits`` digits, else the search's best decode that does
         (``speech/digit_beam.py``) when it is sure enough, else ``held``; with the search's
         other readings of that many digits as ``alternatives``."""
-        first_feed, next_feed = self._feeds(hidden, n_samples)
-
-        def step(
-            index: int, pasts: Sequence[dict[str, Any]], tokens: Sequence[int]
-        ) -> tuple[npt.NDArray[np.float64], list[dict[str, Any]]]:
-            return self._step_many(index, first_feed, pasts, tokens)
-
-        found = search_digits(
-            step,
-            next_feed,
-            vocabulary,
-            n_digits=digits,
-            bos=self._bos,
-            eos=self._eos,
-            max_tokens=token_budget(duration_s),
-            beam=self.digits_beam,
-            keep=self.digits_beam,
-        )
+        found = self._search(hidden, n_samples, duration_s, vocabulary, digits)
         readings = [str(self._tokenizer.decode(list(f.tokens))).strip() for f in found]
         greedy_count = count_digits(held.text)
         best = found[0] if found else None
@@ -508,6 +509,57 @@ class MoonshineEngine:
             alternatives=len(others[:MAX_ALTERNATIVES]),
         )
         return dataclasses.replace(result, alternatives=tuple(others[:MAX_ALTERNATIVES]))
+
+    def _search(
+        self,
+        hidden: Any,
+        n_samples: int,
+        duration_s: float,
+        vocabulary: HeldVocabulary,
+        digits: int,
+    ) -> list[Found]:
+        """The digit search's finished decodes of ``digits`` digits, likeliest first."""
+        first_feed, next_feed = self._feeds(hidden, n_samples)
+
+        def step(
+            index: int, pasts: Sequence[dict[str, Any]], tokens: Sequence[int]
+        ) -> tuple[npt.NDArray[np.float64], list[dict[str, Any]]]:
+            return self._step_many(index, first_feed, pasts, tokens)
+
+        return search_digits(
+            step,
+            next_feed,
+            vocabulary,
+            n_digits=digits,
+            bos=self._bos,
+            eos=self._eos,
+            max_tokens=token_budget(duration_s),
+            beam=self.digits_beam,
+            keep=self.digits_beam,
+        )
+
+    def _faster_readings(
+        self, audio: npt.NDArray[np.float32], vocabulary: HeldVocabulary, digits: int
+    ) -> list[str]:
+        """The second listen (``digits_tempo``, ``speech/digit_beam.py``): the readings of
+        ``digits`` digits in the same speech played that much faster (resampled as if it had
+        been recorded at that multiple of the rate: shorter, and higher): the greedy held
+        decode's, then the search's."""
+        faster = np.asarray(
+            soxr.resample(audio, MOONSHINE_RATE_HZ * self.digits_tempo, MOONSHINE_RATE_HZ),
+            np.float32,
+        )
+        if faster.size < _MIN_SAMPLES:
+            return []
+        hidden = self._encode(faster)
+        duration_s = faster.size / MOONSHINE_RATE_HZ
+        held = self._result(hidden, faster.size, duration_s, vocabulary)
+        found = self._search(hidden, faster.size, duration_s, vocabulary, digits)
+        texts = [held.text, *(str(self._tokenizer.decode(list(f.tokens))).strip() for f in found)]
+        readings = [n for n in dict.fromkeys(read_digits(t) for t in texts) if len(n) == digits]
+        # Counts only: the digits are the caller's account number.
+        log.info("stt.moonshine.digits_faster", tempo=self.digits_tempo, readings=len(readings))
+        return readings[: MAX_ALTERNATIVES + 1]
 
     def _encode(self, audio: npt.NDArray[np.float32]) -> Any:
         values = audio[np.newaxis, :]
