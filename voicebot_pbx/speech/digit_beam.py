@@ -18,9 +18,9 @@ The search also runs when the count is right: its other finished decodes
 as ``SttResult.alternatives``: one digit misheard ("7" as "3") is often the second or
 third reading, and the action server looks them up when the one heard is no account.
 The engine also searches the same speech played ``DIGITS_TEMPO`` times faster (a second
-listen, as a person asks themselves what they heard): a voice whose digits the model
-mishears at its own pace is often read right a little faster, and :func:`merge_readings`
-puts that listen's readings beside the first's.
+listen): another hearing of the same speech often reads right a digit the first misheard
+(the tempo itself is no better: free transcription played faster is worse), and
+:func:`merge_readings` puts that listen's readings beside the first's.
 
 Measured by ``bench/eval_account_digits.py`` (``eval_balance``'s set builder, dev seeds 4343
 and 4344, six espeak-ng voices ``eval_balance`` does not use; README "Answers the dialogue
@@ -62,10 +62,10 @@ MAX_ALTERNATIVES = 3
 # found at 0.52-0.88.
 DIGITS_MIN_CONFIDENCE = 0.55
 # The second listen's tempo (1.0: none). On the dev set, with the readings merged by
-# merge_readings and 6 looked up: the number said taken 90 -> 104-105 of 120 at 1.1 and
-# 107-109 at 1.2 (96 at 1.05, 102-103 at 1.15; 0 taken that are another account); the
-# second listen alone at 1.2 took 96. A real voice (Asterisk's recorded digits, 120
-# readings): 120 heard right at 1.0 and at 1.2.
+# merge_readings and 6 looked up: the number said taken 90 -> 101 of 120 at 1.1, 105 at
+# 1.2 and 107 at 1.3 (0 taken that are another account's); 1.2 rather than the set's best
+# (two more, within its spread: the smaller change of the audio). A real voice (Asterisk's
+# recorded digits, 120 readings): 120 heard right by either listen at 1.0, 1.2 and 1.3.
 DIGITS_TEMPO = 1.2
 
 

@@ -119,13 +119,13 @@ def load_engines(config: Config) -> Engines:
             "batch_wait_ms": config.stt.batch_wait_ms,
             "initial_prompt": config.stt.prompt,
         }
-    verify: dict[str, Any] = {
+    moonshine_options: dict[str, Any] = {
         "verify_min_lead": config.stt.verify_min_lead,
         "verify_floor": config.stt.verify_floor,
         "digits_tempo": config.stt.digits_tempo,
     }
     if config.stt.engine == "moonshine":
-        stt_options = {"cpu_threads": config.stt.threads, **verify}
+        stt_options = {"cpu_threads": config.stt.threads, **moonshine_options}
     pool = PriorityPool(
         config.inference.pool_threads,
         thread_name_prefix="inference",
@@ -143,7 +143,7 @@ def load_engines(config: Config) -> Engines:
                 None,
                 cpu_threads=long_threads,
                 **(
-                    verify
+                    moonshine_options
                     if config.stt.long_engine_name == "moonshine"
                     else {"initial_prompt": config.stt.prompt}
                 ),
