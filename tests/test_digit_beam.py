@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -284,6 +286,40 @@ def test_the_second_listen_hears_the_same_speech_faster(
         MoonshineEngine(
             moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, digits_tempo=3.0
         )
+
+
+def test_the_second_listen_runs_beside_the_first_in_the_pool_or_after_it_when_busy(
+    moonshine: MoonshineEngine,  # noqa: F811
+) -> None:
+    """Given the shared pool, the second listen goes there and runs beside the first; when
+    the pool is busy it is taken back (cancelled) and run after the first, so a decode
+    holding a pool thread never waits on a job queued behind it. The readings are the
+    same every way."""
+    pcm = caller("7 7 1 1 1 6 4 6", 8000)
+    alone = moonshine.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8)
+    threads: list[str] = []
+    faster = MoonshineEngine._faster_readings
+
+    def where(self: MoonshineEngine, *args: object, **kwargs: object) -> list[str]:
+        threads.append(threading.current_thread().name)
+        return faster(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pool") as pool:
+        engine = MoonshineEngine(
+            moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, pool=pool
+        )
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(MoonshineEngine, "_faster_readings", where)
+            beside = engine.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8)
+            assert threads == ["pool_0"]
+            release = threading.Event()
+            busy = pool.submit(release.wait, 30)
+            after = engine.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8)
+            release.set()
+            busy.result(timeout=30)
+            assert threads == ["pool_0", threading.current_thread().name]
+    assert (beside.text, beside.alternatives) == (alone.text, alone.alternatives)
+    assert (after.text, after.alternatives) == (alone.text, alone.alternatives)
 
 
 @pytest.mark.parametrize("model", ["tiny", "base"])

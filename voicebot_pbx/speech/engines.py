@@ -119,19 +119,20 @@ def load_engines(config: Config) -> Engines:
             "batch_wait_ms": config.stt.batch_wait_ms,
             "initial_prompt": config.stt.prompt,
         }
-    moonshine_options: dict[str, Any] = {
-        "verify_min_lead": config.stt.verify_min_lead,
-        "verify_floor": config.stt.verify_floor,
-        "digits_tempo": config.stt.digits_tempo,
-    }
-    if config.stt.engine == "moonshine":
-        stt_options = {"cpu_threads": config.stt.threads, **moonshine_options}
     pool = PriorityPool(
         config.inference.pool_threads,
         thread_name_prefix="inference",
         initializer=lower_thread_priority,
         initargs=(config.inference.nice,),
     )
+    moonshine_options: dict[str, Any] = {
+        "verify_min_lead": config.stt.verify_min_lead,
+        "verify_floor": config.stt.verify_floor,
+        "digits_tempo": config.stt.digits_tempo,
+        "pool": pool,  # the account number's second listen beside the first
+    }
+    if config.stt.engine == "moonshine":
+        stt_options = {"cpu_threads": config.stt.threads, **moonshine_options}
     stt = load_stt(config.stt.engine, stt_dir, config.stt.model, **stt_options)
     if config.stt.long_engine_name:
         # The long engine's packaged model on its default threads (whisper 2, moonshine 1).

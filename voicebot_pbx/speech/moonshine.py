@@ -46,6 +46,7 @@ import math
 import re
 import time
 from collections.abc import Collection, Sequence
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,7 @@ class MoonshineEngine:
         verify_floor: float = DEFAULT_FLOOR,
         digits_beam: int = DEFAULT_BEAM,
         digits_tempo: float = DIGITS_TEMPO,
+        pool: Executor | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         # Nothing recognised: decode the speech without its quiet ends once more.
@@ -215,6 +217,9 @@ class MoonshineEngine:
         if not 0.5 <= digits_tempo <= 2.0:
             raise ValueError(f"digits_tempo must be within 0.5-2.0, not {digits_tempo}")
         self.digits_tempo = digits_tempo
+        # Where the second listen may run beside the first (the shared inference pool, whose
+        # thread a decode already holds); None: after it.
+        self._pool = pool
         size = int(self._tokenizer.get_vocab_size())
         self._pieces = [str(self._tokenizer.id_to_token(i) or "") for i in range(size)]
         self._held: dict[Expected, HeldVocabulary] = {}
@@ -413,8 +418,11 @@ class MoonshineEngine:
         if not expected:
             return free, encoded
         vocabulary = self.held_vocabulary(expected)
-        held = self._result(hidden, audio.size, duration_s, vocabulary)
         counted = bool(digits) and Expectation.DIGITS in expected and self.digits_beam > 0
+        second: Future[list[str]] | None = None
+        if counted and digits and self.digits_tempo != 1.0 and self._pool is not None:
+            second = self._pool.submit(self._faster_readings, audio, vocabulary, digits)
+        held = self._result(hidden, audio.size, duration_s, vocabulary)
         if counted and digits:
             held = self._counted(hidden, audio.size, duration_s, vocabulary, held, digits)
         if prefer(free, held, margin=self.expect_margin):
@@ -424,7 +432,10 @@ class MoonshineEngine:
             others = tuple(a for a in held.alternatives if a != said)
             result = dataclasses.replace(free, alternatives=others)
         if counted and digits and self.digits_tempo != 1.0:
-            faster = self._faster_readings(audio, vocabulary, digits)
+            if second is not None and not second.cancel():
+                faster = second.result()  # it is running on another of the pool's threads
+            else:  # no pool, or still queued there (the pool is busy): here, now
+                faster = self._faster_readings(audio, vocabulary, digits)
             encoded += 1
             merged = merge_readings(
                 read_digits(result.text), result.alternatives, faster, 2 * MAX_ALTERNATIVES
