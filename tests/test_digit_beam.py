@@ -320,6 +320,9 @@ def test_the_second_listen_runs_beside_the_first_in_the_pool_or_after_it_when_bu
             assert threads == ["pool_0", threading.current_thread().name]
     assert (beside.text, beside.alternatives) == (alone.text, alone.alternatives)
     assert (after.text, after.alternatives) == (alone.text, alone.alternatives)
+    # A pool shut down (the service stopping) takes no job: the decode runs both itself.
+    closed = engine.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8)
+    assert (closed.text, closed.alternatives) == (alone.text, alone.alternatives)
 
 
 @pytest.mark.parametrize("model", ["tiny", "base"])

@@ -169,7 +169,10 @@ class MoonshineEngine:
     set to -inf at each step, so its confidence is over the words it may say), and keeps
     the held one when :func:`expect.prefer` says so (``expect_margin``). Given the answers
     the dialogue knows (``speech/verify.py``), it first asks the decoder whether the audio
-    says one of them (``verify_min_lead``, ``verify_floor``)."""
+    says one of them (``verify_min_lead``, ``verify_floor``). A number whose count is known
+    (``digits``) is searched for that many digits and heard a second time, played
+    ``digits_tempo`` times faster, beside the first in ``pool`` when given
+    (``speech/digit_beam.py``)."""
 
     name = "moonshine"
 
@@ -418,24 +421,23 @@ class MoonshineEngine:
         if not expected:
             return free, encoded
         vocabulary = self.held_vocabulary(expected)
-        counted = bool(digits) and Expectation.DIGITS in expected and self.digits_beam > 0
-        second: Future[list[str]] | None = None
-        if counted and digits and self.digits_tempo != 1.0 and self._pool is not None:
-            second = self._pool.submit(self._faster_readings, audio, vocabulary, digits)
+        # The number's count when the digit search runs (an account number), else None.
+        count = digits if Expectation.DIGITS in expected and self.digits_beam > 0 else None
+        second = self._second_listen(audio, vocabulary, count)
         held = self._result(hidden, audio.size, duration_s, vocabulary)
-        if counted and digits:
-            held = self._counted(hidden, audio.size, duration_s, vocabulary, held, digits)
+        if count:
+            held = self._counted(hidden, audio.size, duration_s, vocabulary, held, count)
         if prefer(free, held, margin=self.expect_margin):
             result = dataclasses.replace(held, held_to=label(expected))
         else:
             said = read_digits(free.text)
             others = tuple(a for a in held.alternatives if a != said)
             result = dataclasses.replace(free, alternatives=others)
-        if counted and digits and self.digits_tempo != 1.0:
+        if count and self.digits_tempo != 1.0:
             if second is not None and not second.cancel():
                 faster = second.result()  # it is running on another of the pool's threads
             else:  # no pool, or still queued there (the pool is busy): here, now
-                faster = self._faster_readings(audio, vocabulary, digits)
+                faster = self._faster_readings(audio, vocabulary, count)
             encoded += 1
             merged = merge_readings(
                 read_digits(result.text), result.alternatives, faster, 2 * MAX_ALTERNATIVES
@@ -548,6 +550,18 @@ class MoonshineEngine:
             beam=self.digits_beam,
             keep=self.digits_beam,
         )
+
+    def _second_listen(
+        self, audio: npt.NDArray[np.float32], vocabulary: HeldVocabulary, count: int | None
+    ) -> Future[list[str]] | None:
+        """The second listen sent to the pool to run beside the first, when there is one to
+        run and a pool that takes it (not one shutting down); else None."""
+        if not count or self.digits_tempo == 1.0 or self._pool is None:
+            return None
+        try:
+            return self._pool.submit(self._faster_readings, audio, vocabulary, count)
+        except RuntimeError:  # the pool is shutting down: the first listen's thread runs it
+            return None
 
     def _faster_readings(
         self, audio: npt.NDArray[np.float32], vocabulary: HeldVocabulary, digits: int
