@@ -37,7 +37,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from voicebot_pbx.speech.expect import HeldVocabulary
+from voicebot_pbx.speech.expect import HeldVocabulary, read_digits
 from voicebot_pbx.speech.logits import log_softmax
 
 State = TypeVar("State")
@@ -155,6 +155,12 @@ def search_digits(
             break
     finished.sort(key=lambda f: -f[0])
     return [f for _, f in finished[:keep]]
+
+
+def numbers_read(texts: Sequence[str], n_digits: int) -> list[str]:
+    """The numbers ``texts`` read (figures or digit words), in order, each once, those of
+    exactly ``n_digits`` digits."""
+    return [n for n in dict.fromkeys(read_digits(t) for t in texts) if len(n) == n_digits]
 
 
 def merge_readings(

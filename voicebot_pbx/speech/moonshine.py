@@ -69,6 +69,7 @@ from voicebot_pbx.speech.digit_beam import (
     MAX_ALTERNATIVES,
     Found,
     merge_readings,
+    numbers_read,
     search_digits,
 )
 from voicebot_pbx.speech.expect import (
@@ -459,7 +460,7 @@ class MoonshineEngine:
             keep = first_sentence([self._pieces[t] for t in tokens])
             if keep < len(tokens):
                 tokens, logprobs, ended = tokens[:keep], logprobs[:keep], True
-        text = str(self._tokenizer.decode(tokens)).strip()
+        text = self._text(tokens)
         if not ended:
             log.info(
                 "stt.moonshine.degenerate",
@@ -495,7 +496,7 @@ class MoonshineEngine:
         (``speech/digit_beam.py``) when it is sure enough, else ``held``; with the search's
         other readings of that many digits as ``alternatives``."""
         found = self._search(hidden, n_samples, duration_s, vocabulary, digits)
-        readings = [str(self._tokenizer.decode(list(f.tokens))).strip() for f in found]
+        readings = [self._text(f.tokens) for f in found]
         greedy_count = count_digits(held.text)
         best = found[0] if found else None
         kept = (
@@ -506,11 +507,7 @@ class MoonshineEngine:
             assert best is not None
             result = SttResult(text=readings[0], confidence=min(1.0, best.confidence))
         heard = read_digits(result.text)
-        others: list[str] = []
-        for reading in readings:
-            number = read_digits(reading)
-            if number != heard and number not in others and len(number) == digits:
-                others.append(number)
+        others = [n for n in numbers_read(readings, digits) if n != heard]
         # Counts and confidence only: the digits are the caller's account number.
         log.info(
             "stt.moonshine.digits_search",
@@ -551,6 +548,10 @@ class MoonshineEngine:
             keep=self.digits_beam,
         )
 
+    def _text(self, tokens: Sequence[int]) -> str:
+        """A search's decode as text."""
+        return str(self._tokenizer.decode(list(tokens))).strip()
+
     def _second_listen(
         self, audio: npt.NDArray[np.float32], vocabulary: HeldVocabulary, count: int | None
     ) -> Future[list[str]] | None:
@@ -580,8 +581,7 @@ class MoonshineEngine:
         duration_s = faster.size / MOONSHINE_RATE_HZ
         held = self._result(hidden, faster.size, duration_s, vocabulary)
         found = self._search(hidden, faster.size, duration_s, vocabulary, digits)
-        texts = [held.text, *(str(self._tokenizer.decode(list(f.tokens))).strip() for f in found)]
-        readings = [n for n in dict.fromkeys(read_digits(t) for t in texts) if len(n) == digits]
+        readings = numbers_read([held.text, *(self._text(f.tokens) for f in found)], digits)
         # Counts only: the digits are the caller's account number.
         log.info("stt.moonshine.digits_faster", tempo=self.digits_tempo, readings=len(readings))
         return readings[: MAX_ALTERNATIVES + 1]
