@@ -54,11 +54,11 @@ from actions.demo_data import demo_accounts  # noqa: E402
 
 from voicebot_pbx.answers.normalize import normalize  # noqa: E402
 from voicebot_pbx.config import ActionsConfig  # noqa: E402
+from voicebot_pbx.config.speech import DIGITS_TEMPO  # noqa: E402
 from voicebot_pbx.models import MOONSHINE_BASE_EN, MOONSHINE_TOKENIZER, model_path  # noqa: E402
 from voicebot_pbx.speech import moonshine  # noqa: E402
 from voicebot_pbx.speech.digit_beam import (  # noqa: E402
     DEFAULT_BEAM,
-    DIGITS_TEMPO,
     MAX_ALTERNATIVES,
 )
 from voicebot_pbx.speech.expect import Expectation  # noqa: E402

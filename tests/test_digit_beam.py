@@ -20,10 +20,10 @@ from tests.test_moonshine import moonshine  # noqa: F401  (the packaged tiny mod
 from tests.test_stt import caller
 from voicebot_pbx.answers.normalize import normalize
 from voicebot_pbx.audio import pcm_to_float32
+from voicebot_pbx.config.speech import DIGITS_TEMPO
 from voicebot_pbx.models import MOONSHINE_BASE_EN, MOONSHINE_TOKENIZER, model_path
 from voicebot_pbx.speech.digit_beam import (
     DIGITS_MIN_CONFIDENCE,
-    DIGITS_TEMPO,
     MAX_ALTERNATIVES,
     Found,
     Step,

@@ -41,9 +41,11 @@ _DEFAULT: dict[str, Any] = {
 class Runtime:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
-        self.budget_s = float(config.get("budget_s", 1.5))
-        self.identity_attempts = int(config.get("identity_attempts", 3))
-        self.account_alternatives = int(config.get("account_alternatives", 6))
+        self.budget_s = float(config.get("budget_s", _DEFAULT["budget_s"]))
+        self.identity_attempts = int(config.get("identity_attempts", _DEFAULT["identity_attempts"]))
+        self.account_alternatives = int(
+            config.get("account_alternatives", _DEFAULT["account_alternatives"])
+        )
         for spec in [config.get("default", {}), *dict(config.get("systems", {})).values()]:
             if spec.get("kind") == "sql" and spec.get("demo"):
                 dsn = str(spec["dsn"])

@@ -117,8 +117,9 @@ class ActionsConfig:
     identity_attempts: int = 3
     # A spoken account number that is no account: how many of the recogniser's other
     # readings of it (SttResult.alternatives) are looked up, the first one found taken and
-    # read back to the caller. 0: none (the number heard is taken as it is). 6: the
-    # recogniser's two listens hand on up to 3 each (speech/digit_beam.py).
+    # read back to the caller. 0: none (the number heard is taken as it is). 6: what the
+    # recogniser's two listens hand on together at most (speech/digit_beam.merge_readings).
+    # The action server's own default (rasa_project/actions/runtime.py) is the same.
     account_alternatives: int = 6
     backend: Literal["sql", "http"] = "sql"
     dsn: str = ""

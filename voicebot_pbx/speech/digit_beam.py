@@ -17,9 +17,10 @@ The search also runs when the count is right: its other finished decodes
 (:func:`search_digits`, ``keep``) are the number's other readings, handed to the dialogue
 as ``SttResult.alternatives``: one digit misheard ("7" as "3") is often the second or
 third reading, and the action server looks them up when the one heard is no account.
-The engine also searches the same speech played ``DIGITS_TEMPO`` times faster (a second
-listen): another hearing of the same speech often reads right a digit the first misheard
-(the tempo itself is no better: free transcription played faster is worse), and
+The engine also searches the same speech played ``[stt] digits_tempo`` times faster (a
+second listen; its default and measurement: ``config.speech.DIGITS_TEMPO``): another
+hearing of the same speech often reads right a digit the first misheard (the tempo itself
+is no better: free transcription played faster is worse), and
 :func:`merge_readings` puts that listen's readings beside the first's.
 
 Measured by ``bench/eval_account_digits.py`` (``eval_balance``'s set builder, dev seeds 4343
@@ -54,19 +55,13 @@ Step = Callable[[int, Sequence[State], Sequence[int]], tuple[npt.NDArray[np.floa
 # beam 4 and 90 at beam 8, at 0.28 and 0.38 CPU-s.
 DEFAULT_BEAM = 8
 # Other readings a listen hands to the dialogue with the one heard (SttResult.alternatives;
-# with the second listen, DIGITS_TEMPO, at most twice this in all): at beam 8, 4 instead of
-# 3 took no more numbers on the dev set.
+# with the second listen, [stt] digits_tempo, one more and at most twice this in all): at
+# beam 8, 4 instead of 3 took no more numbers on the dev set.
 MAX_ALTERNATIVES = 3
 # A search's result below this confidence (mean allowed-token probability) is not kept:
 # digits forced onto other words came out at 0.19-0.53 on the dev set, digits read out and
 # found at 0.52-0.88.
 DIGITS_MIN_CONFIDENCE = 0.55
-# The second listen's tempo (1.0: none). On the dev set, with the readings merged by
-# merge_readings and 6 looked up: the number said taken 90 -> 101 of 120 at 1.1, 105 at
-# 1.2 and 107 at 1.3 (0 taken that are another account's); 1.2 rather than the set's best
-# (two more, within its spread: the smaller change of the audio). A real voice (Asterisk's
-# recorded digits, 120 readings): 120 heard right by either listen at 1.0, 1.2 and 1.3.
-DIGITS_TEMPO = 1.2
 
 
 @dataclass(frozen=True, slots=True)

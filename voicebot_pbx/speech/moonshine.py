@@ -62,10 +62,10 @@ from voicebot_pbx.audio import (
     frame_levels_db,
     pcm_to_float32,
 )
+from voicebot_pbx.config.speech import DIGITS_TEMPO, digits_tempo_problem
 from voicebot_pbx.speech.digit_beam import (
     DEFAULT_BEAM,
     DIGITS_MIN_CONFIDENCE,
-    DIGITS_TEMPO,
     MAX_ALTERNATIVES,
     Found,
     merge_readings,
@@ -218,8 +218,9 @@ class MoonshineEngine:
         # A held decode of digits with the wrong count is searched again (0: never).
         self.digits_beam = digits_beam
         # ... and searched once more played this much faster (1.0: not).
-        if not 0.5 <= digits_tempo <= 2.0:
-            raise ValueError(f"digits_tempo must be within 0.5-2.0, not {digits_tempo}")
+        problem = digits_tempo_problem(digits_tempo)
+        if problem is not None:
+            raise ValueError(problem)
         self.digits_tempo = digits_tempo
         # Where the second listen may run beside the first (the shared inference pool, whose
         # thread a decode already holds); None: after it.
