@@ -15,6 +15,14 @@ modes differ only in how the caller is silent):
 - ``noframes``: the caller ``Wait()``s instead and sends no frames at all while silent (as a
   trunk with silence suppression does).
 
+``--voice recorded`` (rule dialogue only): the caller's questions are instead Debian's
+recorded Asterisk prompts (``asterisk-core-sounds-en-wav``: one real studio voice, 8 kHz),
+prompts of 1-4 s that name a conference, a message or a number and no word of another rule;
+the bot gets three rules for those words, with cached replies, the number's long (the
+barge-in is a conference prompt over it). The prompts are not questions; what is measured is
+how fast the bot answers a real voice (silero's probability falls 30 ms after a real voice's
+last sound, 110-160 ms after espeak's: bench/README.md, "End of turn").
+
 Measured on the caller's recording (``said``/``heard``, per 10 ms window voiced above
 -40 dBFS):
 
@@ -78,10 +86,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import gzip
 import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -105,8 +116,10 @@ from tests.realpbx.speech import (  # noqa: E402
     last_voiced_between,
     question_pcm,
     segments,
+    trim_silence,
     voiced_windows,
 )
+from voicebot_pbx.audio import read_wav  # noqa: E402
 from voicebot_pbx.config import RuleConfig, load_config  # noqa: E402
 
 # espeak-ng voices + variants: none is one the tests, bench_turns or bench_stt's set speak with
@@ -119,6 +132,7 @@ VOICES = [
     "en-us+f5",
     "en-gb-x-rp+m6",
 ]
+PAYMENT_KEYWORDS = ("pay", "payment", "card", "debit")
 PAYMENT_REPLY = "You can pay by direct debit, by card on our website, or by bank transfer."
 QUESTIONS = {
     "address": ["where are you located", "what is your address", "where can I find you"],
@@ -141,6 +155,26 @@ RASA_QUESTIONS = {
     "hours": ["what are your opening hours", "when are you open"],
 }
 RASA_BARGE = ["sorry, what is the address of your office"]
+# A real voice (``--voice recorded``): Debian's recorded Asterisk prompts and their published
+# transcripts (bench/stt_dataset.py's real part reads the same files).
+RECORDED_SOUNDS = Path("/usr/share/asterisk/sounds/en")
+RECORDED_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
+RECORDED_S = (1.0, 4.0)  # a prompt's length, its silence included
+# (No digits in a reply: the call record redacts them, and the reply's start tells a turn
+# answered by its rule.)
+NUMBER_REPLY = (
+    "You will find our main number on the back of every bill and on our website. The lines "
+    "are staffed from eight in the morning until six in the evening, Monday to Friday."
+)
+# A prompt with a pause this long inside (spliced prompts: "Press 6 | to play the next
+# message") is left out: the bot answers its first part, and the turn counts as misheard.
+RECORDED_MAX_PAUSE_S = 0.2
+# intent -> (keywords of its bench rule, its cached reply); "number" is the long reply.
+RECORDED_RULES = {
+    "conference": (("conference",), "Conference calls are set up by your account manager."),
+    "message": (("message", "messages"), "Your messages are kept for thirty days."),
+    "number": (("number",), NUMBER_REPLY),
+}
 TURNS_PER_CALL = 3
 QUIET_S = 0.1  # a barge-in is "not stopped" when the bot was heard this close to its end
 MIN_GAP_S = 1.0  # said: voiced stretches closer than this are one utterance
@@ -167,9 +201,10 @@ class BenchBot(BotProcess):
     """The test bed's bot with the default rules plus a payment rule, and room for the
     largest level (``max_calls``)."""
 
-    def __init__(self, *args: Any, max_calls: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_calls: int, voice: str = "espeak", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.max_calls = max_calls
+        self.voice = voice
 
     def config_text(self) -> str:
         text = (
@@ -179,9 +214,12 @@ class BenchBot(BotProcess):
         lines = []
         for rule in rules[:2]:
             lines.append(_rule_toml(list(rule.keywords), rule.reply, rule.then, rule.target))
-        lines.append(_rule_toml(["pay", "payment", "card", "debit"], PAYMENT_REPLY, "", ""))
+        lines.append(_rule_toml(list(PAYMENT_KEYWORDS), PAYMENT_REPLY, "", ""))
         for rule in rules[2:]:
             lines.append(_rule_toml(list(rule.keywords), rule.reply, rule.then, rule.target))
+        if self.voice == "recorded":
+            for keywords, reply in RECORDED_RULES.values():
+                lines.append(_rule_toml(list(keywords), reply, "", ""))
         return text + "\n" + "\n".join(lines)
 
 
@@ -197,8 +235,10 @@ def _rule_toml(keywords: list[str], reply: str, then: str, target: str) -> str:
     return out
 
 
-def expected_replies(dialogue: str) -> dict[str, str]:
+def expected_replies(dialogue: str, voice: str = "espeak") -> dict[str, str]:
     """Intent -> the start of the reply that answers it (to count misheard turns)."""
+    if voice == "recorded":
+        return {intent: reply[:20] for intent, (_, reply) in RECORDED_RULES.items()}
     if dialogue == "rasa":
         return {"address": "Our customer centre", "payment": "To reset", "hours": "Our phone"}
     rules = default_rules()
@@ -262,8 +302,79 @@ class CallPlan:
     barge: str
 
 
-def plan_call(seed: int, index: int, dialogue: str) -> CallPlan:
+def _names(text: str, words: tuple[str, ...] | list[str]) -> bool:
+    return any(re.search(rf"\b{re.escape(word)}\b", text) for word in words)
+
+
+def _samples(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2")
+
+
+@functools.cache
+def recorded_transcripts() -> dict[str, str]:
+    """The recorded prompts' published transcripts (file stem -> text, lower case): those
+    of 8 kHz WAVs that are there, a description ("[beep]") left out."""
+    if not RECORDED_TRANSCRIPTS.is_file():
+        raise SystemExit(
+            f"--voice recorded needs {RECORDED_TRANSCRIPTS} and the WAVs in {RECORDED_SOUNDS} "
+            "(Debian's asterisk-core-sounds-en and -en-wav; scripts/install installs them)"
+        )
+    out: dict[str, str] = {}
+    with gzip.open(RECORDED_TRANSCRIPTS, "rt", encoding="utf-8") as lines:
+        for line in lines:
+            name, sep, text = line.partition(":")
+            name, text = name.strip(), text.strip().lower()
+            if sep and "/" not in name and "[" not in text and text:
+                if (RECORDED_SOUNDS / f"{name}.wav").is_file():
+                    out[name] = text
+    return out
+
+
+@functools.cache
+def recorded_prompts() -> dict[str, tuple[str, ...]]:
+    """Intent -> the recorded prompts (file stems) for ``--voice recorded``: 8 kHz, 1-4 s
+    long, in one breath (no pause of ``RECORDED_MAX_PAUSE_S``), naming that intent's rule
+    word and no word of any other rule (the service's default rules and the bench's payment
+    rule included)."""
+    others = [k for rule in default_rules() for k in rule.keywords] + list(PAYMENT_KEYWORDS)
+    pools: dict[str, list[str]] = {intent: [] for intent in RECORDED_RULES}
+    for name, text in recorded_transcripts().items():
+        hits = [i for i, (words, _) in RECORDED_RULES.items() if _names(text, words)]
+        if len(hits) != 1 or _names(text, others):
+            continue
+        pcm, rate_hz = read_wav(RECORDED_SOUNDS / f"{name}.wav")
+        if (
+            rate_hz == 8000
+            and RECORDED_S[0] <= len(pcm) / 2 / rate_hz <= RECORDED_S[1]
+            and len(segments(voiced_windows(_samples(pcm), rate_hz), RECORDED_MAX_PAUSE_S)) == 1
+        ):
+            pools[hits[0]].append(name)
+    return {intent: tuple(sorted(names)) for intent, names in pools.items()}
+
+
+def plan_recorded_call(seed: int, index: int) -> CallPlan:
+    """``--voice recorded``: the call's prompts, a function of (seed, call index) only."""
+    rng = random.Random(f"{seed}-{index}-recorded")
+    pools = recorded_prompts()
+    first = ["conference", "message"]
+    rng.shuffle(first)
+    intents = [*first, "number"]
+    texts = [rng.choice(pools[i]) for i in intents]
+    return CallPlan(
+        index=index,
+        voice="recorded",
+        speed=0,
+        pitch=0,
+        intents=intents,
+        texts=texts,
+        barge=rng.choice([p for p in pools["conference"] if p not in texts]),
+    )
+
+
+def plan_call(seed: int, index: int, dialogue: str, voice: str = "espeak") -> CallPlan:
     """The call's voice and questions: a function of (seed, call index) only."""
+    if voice == "recorded":
+        return plan_recorded_call(seed, index)
     rng = random.Random(f"{seed}-{index}")
     questions = RASA_QUESTIONS if dialogue == "rasa" else QUESTIONS
     first = ["address", "payment"]
@@ -291,8 +402,7 @@ class Sounds:
         key = f"{text}|{plan.voice}|{plan.speed}|{plan.pitch}"
         if key not in self._made:
             name = "q" + hashlib.sha1(key.encode()).hexdigest()[:12]
-            pcm = question_pcm(text, voice=plan.voice, speed=plan.speed, pitch=plan.pitch)
-            self._made[key] = self.asterisk.sound(name, pcm)
+            self._made[key] = self.asterisk.sound(name, speech_pcm(text, plan))
         return self._made[key]
 
     def silence(self, seconds: float, mode: str) -> str:
@@ -303,6 +413,15 @@ class Sounds:
             samples = int(round(seconds * 8000))
             self._made[key] = self.asterisk.sound(f"sil{int(seconds * 1000)}", bytes(2 * samples))
         return "p:" + self._made[key]
+
+
+def speech_pcm(text: str, plan: CallPlan) -> bytes:
+    """What the caller says for ``text``: espeak-ng in the plan's voice, or the recorded
+    prompt of that name (``--voice recorded``); 8 kHz, silence trimmed."""
+    if plan.voice == "recorded":
+        pcm, _ = read_wav(RECORDED_SOUNDS / f"{text}.wav")
+        return trim_silence(pcm)
+    return question_pcm(text, voice=plan.voice, speed=plan.speed, pitch=plan.pitch)
 
 
 def call_steps(plan: CallPlan, mode: str, sounds: Sounds, timing: Timing) -> list[str]:
@@ -317,10 +436,7 @@ def call_steps(plan: CallPlan, mode: str, sounds: Sounds, timing: Timing) -> lis
 
 
 def call_length_s(plan: CallPlan, timing: Timing) -> float:
-    speech_s = sum(
-        len(question_pcm(t, plan.voice, plan.speed, plan.pitch)) / 16000
-        for t in [*plan.texts, plan.barge]
-    )
+    speech_s = sum(len(speech_pcm(t, plan)) / 16000 for t in [*plan.texts, plan.barge])
     quiet = timing.greeting_s + 2 * timing.gap_s + timing.barge_after_s + timing.tail_s
     return speech_s + quiet
 
@@ -415,7 +531,7 @@ def run_level(
     seen: set[str],
 ) -> dict[str, Any]:
     timing = TIMINGS[args.dialogue]
-    plans = [plan_call(args.seed, i, args.dialogue) for i in range(calls)]
+    plans = [plan_call(args.seed, i, args.dialogue, args.voice) for i in range(calls)]
     steps = [call_steps(p, mode, sounds, timing) for p in plans]  # sounds made before timing
     longest_s = max(call_length_s(p, timing) for p in plans)
     results = [CallResult(plan=p) for p in plans]
@@ -473,7 +589,7 @@ def run_level(
     seen.update(r.call_id for r in records)
     # Records in start order are the calls in placing order (starts are stagger_s apart).
     matched = len(records) == len(placed)
-    expected = expected_replies(args.dialogue)
+    expected = expected_replies(args.dialogue, args.voice)
     for result, record in zip(placed, records if matched else [], strict=False):
         speech = sorted((t for t in record.turns if t.kind == "speech"), key=lambda t: t.seq)
         speech = speech[:TURNS_PER_CALL]
@@ -702,6 +818,13 @@ def main() -> int:
     parser.add_argument("--stagger-s", type=float, default=0.37, help="between call starts")
     parser.add_argument("--dialogue", choices=["rules", "rasa"], default="rules")
     parser.add_argument(
+        "--voice",
+        choices=["espeak", "recorded"],
+        default="espeak",
+        help="the callers' voice: espeak-ng variants, or Asterisk's recorded prompts (a real "
+        "voice; rule dialogue only)",
+    )
+    parser.add_argument(
         "--channel",
         choices=["app", "driver16", "websocket16"],
         default="app",
@@ -723,6 +846,8 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(m not in ("stream", "noframes") for m in modes) or not levels:
         parser.error("--modes takes stream and/or noframes; --calls at least one level")
+    if args.voice == "recorded" and args.dialogue != "rules":
+        parser.error("--voice recorded needs the rule dialogue (its bench rules name the prompts)")
     args.pbx_mode = {"app": "bot", "driver16": "bot16", "websocket16": "ws16"}[args.channel]
     extra_toml = args.extra_toml.read_text() if args.extra_toml else ""
 
@@ -745,6 +870,7 @@ def main() -> int:
             extra_env={"VOICEBOT_WEBSOCKET_PASSWORD": WS_PASSWORD},
             dialogue=args.dialogue,
             max_calls=max(64, 2 * max(levels)),
+            voice=args.voice,
         )
         bot.start()
         time.sleep(1.0)
@@ -787,6 +913,7 @@ def main() -> int:
                 "asterisk": "22.10.1 (tests/realpbx)",
                 "channel": args.channel,
                 "dialogue": args.dialogue,
+                "voice": args.voice,
                 "seed": args.seed,
                 "stagger_s": args.stagger_s,
                 "turns_per_call": TURNS_PER_CALL,
@@ -807,7 +934,8 @@ def main() -> int:
     )
     text = table(good)
     header = (
-        f"Real Asterisk 22.10.1, {args.channel}, {args.dialogue} dialogue, seed {args.seed}: "
+        f"Real Asterisk 22.10.1, {args.channel}, {args.dialogue} dialogue, "
+        f"{args.voice} voice, seed {args.seed}: "
         f"{TURNS_PER_CALL} turns + 1 barge-in per call (set size per row: turns measured)."
     )
     args.out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")

@@ -323,6 +323,17 @@ def settings() -> list[Setting]:
         )
     for hold_ms in (1200, 1500):
         out.append(word_hold_setting(hold_ms))
+    # vad.end_silence_after_sound_ms under the default 250 (2026-12-07): the caller's wait
+    # through the real Asterisk is the decision's ~250 ms after the last sound plus ~40
+    for after_sound_ms in (200, 180):
+        base = word_hold_setting(1500)
+        out.append(
+            replace(
+                base,
+                name=f"{base.name} after-sound={after_sound_ms}",
+                end_silence_after_sound_ms=after_sound_ms,
+            )
+        )
     # vad.end_silence_ms under the default 150 (2026-12-06): 4 and 3 VAD windows of 32 ms
     for end in (120, 90):
         base = word_hold_setting(1500)

@@ -377,7 +377,7 @@ def test_the_wait_for_digits_is_not_dead_air_for_the_voice_either() -> None:
     cached): the voice's dead-air clock, like the dialogue's, starts when the bot stopped
     waiting for the caller, so the hold line does not play before the reply. (Counted from
     the caller's last word, the 1.5 s wait was already past max_dead_air_s: every spelled
-    postcode in eval_balance heard "One moment, please." before its balance.)"""
+    postcode in eval_balance heard the hold line before its balance.)"""
     stt = ExpectingScriptedStt({**PHRASES, FOUR_DIGITS: "one two three four"}, delay_s=0.1)
     shared = make_shared(stt=stt)
     shared = dataclasses.replace(shared, dialogue=AsksForDigits.from_config(shared.config.dialogue))

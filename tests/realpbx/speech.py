@@ -19,7 +19,11 @@ VOICED_DBFS = -40.0
 
 def question_pcm(text: str, voice: str = "en-us", speed: int = 150, pitch: int = 50) -> bytes:
     """A spoken question at 8 kHz, the leading and trailing silence of espeak trimmed."""
-    pcm = espeak_pcm(text, 8000, voice=voice, speed=speed, pitch=pitch)
+    return trim_silence(espeak_pcm(text, 8000, voice=voice, speed=speed, pitch=pitch))
+
+
+def trim_silence(pcm: bytes) -> bytes:
+    """16-bit PCM without its leading and trailing near-silence (|sample| <= 300)."""
     samples = np.frombuffer(pcm, dtype="<i2")
     voiced = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
     if voiced.size == 0:
