@@ -17,7 +17,7 @@ from tests.routes import routed
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, Understanding
 from voicebot_pbx.answers.embedder import EmbedderModelError, SentenceEmbedder, load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
-from voicebot_pbx.answers.knowledge import KnowledgeBase
+from voicebot_pbx.answers.knowledge import KnowledgeBase, question_words
 from voicebot_pbx.answers.llm import load_llm
 from voicebot_pbx.answers.rasa_examples import RasaExamplesError, load_intent_examples
 from voicebot_pbx.answers.routing import KnowledgeHit, is_strong, knowledge_hit
@@ -315,3 +315,37 @@ def test_a_passage_read_for_a_question_is_trimmed_to_the_sentence_that_answers_i
     plain = ComposingDialogue(UnsureNlu(), ScriptedLlm([(0.0, "Composed.")], kb=kb), whole)
     turn = asyncio.run(plain.respond(CallInfo(call_id="c"), question))
     assert len(turn.replies) == 2 and "£30" in turn.replies[0].text
+
+
+def test_the_recognisers_capitals_and_marks_change_nothing(kb: KnowledgeBase) -> None:
+    """A transcript's capitals and punctuation are the recogniser's: the same words route the
+    same with or without them (they once moved a question's embedding enough to read out a
+    passage for words it does not cover, which the bare words asked back)."""
+    pairs = [
+        ("Could you refund my missed payment charge?", "could you refund my missed payment charge"),
+        ("Hello, is the power cut line free, or not?", "hello is the power cut line free or not"),
+    ]
+    config = dataclasses.replace(CONFIG, check_uncovered=True)
+    for spoken, plain in pairs:
+        a, b = knowledge_hit(kb, spoken, config), knowledge_hit(kb, plain, config)
+        assert a is not None and b is not None
+        assert (a.passage.id, a.score, a.lead, a.uncovered) == (
+            b.passage.id,
+            b.score,
+            b.lead,
+            b.uncovered,
+        )
+        assert a.sentence_similarities == b.sentence_similarities
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("Can I PAY by card?", "can i pay by card"),
+        ("I’m moving, what's next – £5?", "i'm moving what's next 5"),
+        ("‘quoted’ and 'single' words", "quoted and single words"),
+        ("...", ""),
+    ],
+)
+def test_question_words_are_lower_case_without_marks(text: str, words: str) -> None:
+    assert question_words(text) == words

@@ -107,6 +107,19 @@ def _stem(word: str) -> str:
     return word
 
 
+_NOT_WORD_RE = re.compile(r"[^a-z0-9']+")
+
+
+def question_words(text: str) -> str:
+    """The caller's words as retrieval embeds them: lower case, punctuation dropped
+    (apostrophes kept). A transcript's capitals and marks are the recogniser's, not the
+    caller's: "Can I get a refund on my late payment fee?" and the same words without them
+    embedded apart enough to be read out in one case and asked back in the other."""
+    plain = text.lower().replace("’", "'")
+    words = (w.strip("'") for w in _NOT_WORD_RE.sub(" ", plain).split())
+    return " ".join(w for w in words if w)
+
+
 def search_terms(text: str) -> list[str]:
     """Lower-cased, stop-word-free, stemmed terms (apostrophes dropped: "don't" -> "dont")."""
     text = text.lower().replace("'", "").replace("’", "")
@@ -283,7 +296,7 @@ class KnowledgeBase:
         Blocking (one embedding per content word, ~5 ms each): off the event loop."""
         if self._vectors is None or self._embedder is None:
             return ()
-        tokens = question.split()
+        tokens = question_words(question).split()
         vector = self._question_vector(question)
         passage_vector = self._vectors[self.passages.index(passage)]
         base = float(passage_vector @ vector)
@@ -310,6 +323,7 @@ class KnowledgeBase:
 
     def _question_vector(self, question: str) -> npt.NDArray[np.float32]:
         assert self._embedder is not None
+        question = question_words(question)
         with self._recent_lock:
             found = self._recent.get(question)
         if found is not None:
