@@ -86,6 +86,7 @@ def test_unclear(text: str) -> None:
         ("what's the exit fee", "amount"),
         ("how long will it take", "duration"),
         ("how many plans can I choose from", "number"),
+        ("how many working days will it take", "duration"),  # a count of time is a duration
         ("what time do you shut", "clock_time"),
         ("how early can the engineer arrive", "clock_time"),
         ("how often should I read my meter", "frequency"),
@@ -111,6 +112,12 @@ def test_the_kind_of_answer_a_question_names(text: str, kind: str | None) -> Non
         ("duration", "We reply by letter.", False),
         ("number", "We have 3 plans.", True),
         ("number", "We have plans for everyone.", False),
+        ("number", "We have three plans and a tariff for businesses.", True),
+        ("number", "An account number has 8 digits.", True),
+        ("number", "We reply within 5 working days, or 8 weeks at most.", False),  # durations
+        ("number", "The fee is £30 for each fuel, 2.5 percent of a bill.", False),  # amounts
+        ("number", "Call 0800 555 0199 from 8 am.", False),  # a phone number, a time
+        ("number", "A meter reading counts.", False),  # "a" counts nothing
         ("clock_time", "Open from 8 am to 6 pm.", True),
         ("clock_time", "The line is open 24 hours a day.", True),
         ("clock_time", "Open on weekdays.", False),

@@ -130,6 +130,17 @@ _NUMBER_WORDS = (
     r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
     r"fifty|hundred|a|an|a few|several"
 )
+_TIME_UNITS = r"(seconds?|minutes?|hours?|days?|weeks?|months?|years?)"
+# A number that counts something ("3 tariffs", "three engineers"): not followed by a unit
+# of time, money or a clock, nor a price, a decimal or a phone number's last group itself.
+_COUNT_WORDS = (
+    r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
+    r"fifty|hundred"
+)
+_NOT_COUNTED = (
+    r"((working|full|calendar) )?" + _TIME_UNITS + r"\b"
+    r"|(percent|per cent|pence|p|pounds?|am|pm|o'clock)\b"
+)
 # What a question asks for, when it names the kind of answer ("how much is ...").
 _ASKS: tuple[tuple[AnswerKind, re.Pattern[str]], ...] = (
     (
@@ -140,7 +151,10 @@ _ASKS: tuple[tuple[AnswerKind, re.Pattern[str]], ...] = (
             r"|\bwhat('s| is| are)? (the|your) (\w+ )?(price|cost|charge|fee|rate)s?\b"
         ),
     ),
-    ("duration", re.compile(r"\bhow long\b(?! is my)")),
+    (
+        "duration",
+        re.compile(r"\bhow long\b(?! is my)|\bhow many (working )?" + _TIME_UNITS + r"\b"),
+    ),
     ("number", re.compile(r"\bhow many\b")),
     (
         "clock_time",
@@ -159,7 +173,10 @@ _STATES: dict[AnswerKind, re.Pattern[str]] = {
         r"(seconds?|minutes?|hours?|days?|weeks?|months?|years?)\b"
         r"|\bimmediately\b|\bstraight away\b|\bsame day\b|\bnext day\b"
     ),
-    "number": re.compile(rf"\b\d+|\b({_NUMBER_WORDS})\b(?! (few|several))"),
+    # "how many <things>": a count of things, not the number of days something takes
+    # ("how many complaints did you get" is not answered by "we reply within 5 working days";
+    # "how many days ..." asks for a duration).
+    "number": re.compile(rf"(?<![£\d.])(?<!\d )\b(\d+|{_COUNT_WORDS})\s+(?!{_NOT_COUNTED})[a-z]"),
     "clock_time": re.compile(
         r"\b\d{1,2}(:\d\d)?\s?(am|pm)\b|\b\d{1,2}:\d\d\b|\bmidnight\b|\bnoon\b|\b24 hours\b"
     ),
