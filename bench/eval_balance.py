@@ -524,6 +524,10 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     plans = plan(args.n, args.seed, args.voices)
     entries = ENTRIES if args.account_entry == "both" else (args.account_entry,)
     runs = [(p, entry) for p in plans for entry in entries]
+    if args.only:
+        # The set is still drawn whole (every call keeps its voice, account and line noise).
+        wanted = {int(k) for k in args.only.split(",")}
+        runs = [(p, entry) for p, entry in runs if p.index in wanted]
     asks = prompts()
     base = load_config()
     config: Config = dataclasses.replace(
@@ -873,6 +877,12 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=OUT_JSON, help="JSON; the .md beside it")
     parser.add_argument("--log-level", default="error")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated call numbers of the set (as the report numbers them) to run alone, "
+        "e.g. with --log-level info to see their turns",
+    )
     args = parser.parse_args()
     if not 1 <= args.n <= len(demo_accounts()):
         parser.error("--n must be between 1 and 200")
