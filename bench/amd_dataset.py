@@ -65,16 +65,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import seeded_set  # noqa: E402
 import stt_dataset  # noqa: E402
 import turn_dataset  # noqa: E402
 
-from voicebot_pbx.audio import pcm_to_ulaw, read_wav, ulaw_to_pcm, write_wav  # noqa: E402
+from voicebot_pbx.audio import pcm_to_ulaw, ulaw_to_pcm  # noqa: E402
 
 OUT_DIR = ROOT / "bench" / "results" / "amd_set"
 RATE_HZ = turn_dataset.RATE_HZ
 DATASET_VERSION = 1
 SEED = 20270523
 SPLIT_SEED = 23052027
+INFO = seeded_set.SetInfo(DATASET_VERSION, SEED, SPLIT_SEED, RATE_HZ)  # the manifest header
 DEV_SHARE = 0.4
 
 # espeak-ng voice+variants nobody else in this project speaks with (bench/stt_dataset.py,
@@ -469,28 +471,9 @@ def render(item: Item) -> bytes:
     )
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def up_to_date(out_dir: Path, items: list[Item]) -> bool:
     """The manifest matches the plan and every WAV is there with its recorded hash."""
-    manifest = out_dir / "manifest.json"
-    if not manifest.exists():
-        return False
-    try:
-        data = json.loads(manifest.read_text())
-    except ValueError:
-        return False
-    if data.get("plan_sha256") != plan_sha256(items) or len(data.get("items", [])) != len(items):
-        return False
-    for entry, item in zip(data["items"], items, strict=True):
-        path = out_dir / item.wav
-        if entry.get("id") != item.id or not path.exists():
-            return False
-        if entry.get("sha256") != _sha256_file(path):
-            return False
-    return True
+    return seeded_set.up_to_date(out_dir, items, plan_sha256(items))
 
 
 def build(out_dir: Path = OUT_DIR, *, force: bool = False) -> tuple[Path, bool]:
@@ -500,27 +483,7 @@ def build(out_dir: Path = OUT_DIR, *, force: bool = False) -> tuple[Path, bool]:
         return out_dir / "manifest.json", False
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
         raise SystemExit("espeak-ng and sox are needed (scripts/install installs them)")
-    (out_dir / "wav").mkdir(parents=True, exist_ok=True)
-    for item in items:
-        path = out_dir / item.wav
-        write_wav(path, render(item), RATE_HZ)
-        item.sha256 = _sha256_file(path)
-        item.duration_s = round(len(read_wav(path)[0]) / 2 / RATE_HZ, 3)
-    manifest = out_dir / "manifest.json"
-    manifest.write_text(
-        json.dumps(
-            {
-                "version": DATASET_VERSION,
-                "seed": SEED,
-                "split_seed": SPLIT_SEED,
-                "rate_hz": RATE_HZ,
-                "plan_sha256": plan_sha256(items),
-                "items": [asdict(i) for i in items],
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    manifest = seeded_set.write_set(out_dir, items, render, INFO, plan_sha256(items), asdict)
     return manifest, True
 
 
