@@ -87,7 +87,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import gzip
 import hashlib
 import json
 import os
@@ -106,6 +105,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import turn_dataset  # noqa: E402
 
 from tests.realpbx import PbxUnavailable, free_port  # noqa: E402
 from tests.realpbx.asterisk import WS_PASSWORD, Asterisk  # noqa: E402
@@ -157,8 +159,8 @@ RASA_QUESTIONS = {
 RASA_BARGE = ["sorry, what is the address of your office"]
 # A real voice (``--voice recorded``): Debian's recorded Asterisk prompts and their published
 # transcripts (bench/stt_dataset.py's real part reads the same files).
-RECORDED_SOUNDS = Path("/usr/share/asterisk/sounds/en")
-RECORDED_TRANSCRIPTS = Path("/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz")
+RECORDED_SOUNDS = turn_dataset.ASTERISK_EN
+RECORDED_TRANSCRIPTS = turn_dataset.ASTERISK_TRANSCRIPTS
 RECORDED_S = (1.0, 4.0)  # a prompt's length, its silence included
 # (No digits in a reply: the call record redacts them, and the reply's start tells a turn
 # answered by its rule.)
@@ -312,22 +314,22 @@ def _samples(pcm: bytes) -> np.ndarray:
 
 @functools.cache
 def recorded_transcripts() -> dict[str, str]:
-    """The recorded prompts' published transcripts (file stem -> text, lower case): those
-    of 8 kHz WAVs that are there, a description ("[beep]") left out."""
+    """The recorded prompts' published transcripts (``turn_dataset.asterisk_transcripts``:
+    file stem -> text, here lower case): those whose WAV is there, a description ("[beep]")
+    left out."""
     if not RECORDED_TRANSCRIPTS.is_file():
         raise SystemExit(
             f"--voice recorded needs {RECORDED_TRANSCRIPTS} and the WAVs in {RECORDED_SOUNDS} "
             "(Debian's asterisk-core-sounds-en and -en-wav; scripts/install installs them)"
         )
-    out: dict[str, str] = {}
-    with gzip.open(RECORDED_TRANSCRIPTS, "rt", encoding="utf-8") as lines:
-        for line in lines:
-            name, sep, text = line.partition(":")
-            name, text = name.strip(), text.strip().lower()
-            if sep and "/" not in name and "[" not in text and text:
-                if (RECORDED_SOUNDS / f"{name}.wav").is_file():
-                    out[name] = text
-    return out
+    return {
+        name: text.lower()
+        for name, text in turn_dataset.asterisk_transcripts().items()
+        if text
+        and "/" not in name
+        and "[" not in text
+        and (RECORDED_SOUNDS / f"{name}.wav").is_file()
+    }
 
 
 @functools.cache

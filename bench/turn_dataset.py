@@ -486,7 +486,9 @@ def espeak_plan() -> list[Plan]:
     return plans
 
 
-def _transcripts() -> dict[str, str]:
+def asterisk_transcripts() -> dict[str, str]:
+    """Debian's published transcripts of its recorded Asterisk prompts (file stem -> text,
+    whitespace collapsed; descriptions such as "[beep]" included)."""
     texts: dict[str, str] = {}
     for line in gzip.open(ASTERISK_TRANSCRIPTS, "rt", encoding="utf-8", errors="replace"):
         name, sep, text = line.partition(":")
@@ -498,7 +500,7 @@ def _transcripts() -> dict[str, str]:
 def recorded_plan() -> list[Plan]:
     if not ASTERISK_TRANSCRIPTS.exists() or not ASTERISK_EN.is_dir():
         return []
-    texts = _transcripts()
+    texts = asterisk_transcripts()
     complete: list[tuple[str, str, Path]] = []
     paused: list[tuple[str, str, Path]] = []
     for wav in sorted(ASTERISK_EN.glob("*.wav")):
