@@ -107,7 +107,7 @@ def _stem(word: str) -> str:
     return word
 
 
-_NOT_WORD_RE = re.compile(r"[^a-z0-9']+")
+_QUESTION_WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 
 
 def question_words(text: str) -> str:
@@ -115,9 +115,7 @@ def question_words(text: str) -> str:
     (apostrophes kept). A transcript's capitals and marks are the recogniser's, not the
     caller's: "Can I get a refund on my late payment fee?" and the same words without them
     embedded apart enough to be read out in one case and asked back in the other."""
-    plain = text.lower().replace("’", "'")
-    words = (w.strip("'") for w in _NOT_WORD_RE.sub(" ", plain).split())
-    return " ".join(w for w in words if w)
+    return " ".join(_QUESTION_WORD_RE.findall(text.lower().replace("’", "'")))
 
 
 def search_terms(text: str) -> list[str]:

@@ -126,17 +126,14 @@ def question_form(text: str) -> QuestionForm:
 
 AnswerKind = Literal["amount", "duration", "number", "clock_time", "frequency", "percentage"]
 
-_NUMBER_WORDS = (
-    r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
-    r"fifty|hundred|a|an|a few|several"
-)
-_TIME_UNITS = r"(seconds?|minutes?|hours?|days?|weeks?|months?|years?)"
-# A number that counts something ("3 tariffs", "three engineers"): not followed by a unit
-# of time, money or a clock, nor a price, a decimal or a phone number's last group itself.
 _COUNT_WORDS = (
     r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
     r"fifty|hundred"
 )
+_NUMBER_WORDS = _COUNT_WORDS + r"|a|an|a few|several"
+_TIME_UNITS = r"(seconds?|minutes?|hours?|days?|weeks?|months?|years?)"
+# A number that counts something ("3 tariffs", "three engineers"): not followed by a unit
+# of time, money or a clock, nor a price, a decimal or a phone number's last group itself.
 _NOT_COUNTED = (
     r"((working|full|calendar) )?" + _TIME_UNITS + r"\b"
     r"|(percent|per cent|pence|p|pounds?|am|pm|o'clock)\b"
@@ -169,8 +166,7 @@ _STATES: dict[AnswerKind, re.Pattern[str]] = {
         r"£\s?\d|\b\d+(\.\d+)?\s?(p|pence|pounds?)\b|\bfree\b|\bno charge\b|\bnothing\b"
     ),
     "duration": re.compile(
-        rf"\b(\d+|{_NUMBER_WORDS})(\s(working|full|calendar))?\s"
-        r"(seconds?|minutes?|hours?|days?|weeks?|months?|years?)\b"
+        rf"\b(\d+|{_NUMBER_WORDS})(\s(working|full|calendar))?\s{_TIME_UNITS}\b"
         r"|\bimmediately\b|\bstraight away\b|\bsame day\b|\bnext day\b"
     ),
     # "how many <things>": a count of things, not the number of days something takes
