@@ -425,7 +425,9 @@ class MoonshineEngine:
         vocabulary = self.held_vocabulary(expected)
         # The number's count when the digit search runs (an account number), else None.
         count = digits if Expectation.DIGITS in expected and self.digits_beam > 0 else None
-        second = self._second_listen(audio, vocabulary, count)
+        # ... and when it is heard a second time, faster (digits_tempo), else None.
+        twice = count if count and self.digits_tempo != 1.0 else None
+        second = self._second_listen(audio, vocabulary, twice)
         held = self._result(hidden, audio.size, duration_s, vocabulary)
         if count:
             held = self._counted(hidden, audio.size, duration_s, vocabulary, held, count)
@@ -435,11 +437,11 @@ class MoonshineEngine:
             said = read_digits(free.text)
             others = tuple(a for a in held.alternatives if a != said)
             result = dataclasses.replace(free, alternatives=others)
-        if count and self.digits_tempo != 1.0:
+        if twice:
             if second is not None and not second.cancel():
                 faster = second.result()  # it is running on another of the pool's threads
             else:  # no pool, or still queued there (the pool is busy): here, now
-                faster = self._faster_readings(audio, vocabulary, count)
+                faster = self._faster_readings(audio, vocabulary, twice)
             encoded += 1
             merged = merge_readings(
                 read_digits(result.text), result.alternatives, faster, 2 * MAX_ALTERNATIVES
@@ -554,14 +556,14 @@ class MoonshineEngine:
         return str(self._tokenizer.decode(list(tokens))).strip()
 
     def _second_listen(
-        self, audio: npt.NDArray[np.float32], vocabulary: HeldVocabulary, count: int | None
+        self, audio: npt.NDArray[np.float32], vocabulary: HeldVocabulary, twice: int | None
     ) -> Future[list[str]] | None:
-        """The second listen sent to the pool to run beside the first, when there is one to
-        run and a pool that takes it (not one shutting down); else None."""
-        if not count or self.digits_tempo == 1.0 or self._pool is None:
+        """The second listen of a number of ``twice`` digits (None: none) sent to the pool to
+        run beside the first, when a pool takes it (not one shutting down); else None."""
+        if twice is None or self._pool is None:
             return None
         try:
-            return self._pool.submit(self._faster_readings, audio, vocabulary, count)
+            return self._pool.submit(self._faster_readings, audio, vocabulary, twice)
         except RuntimeError:  # the pool is shutting down: the first listen's thread runs it
             return None
 
