@@ -33,6 +33,11 @@ that is not the caller's ("That's account number ..."), "no, that's the wrong nu
 (step "wrong"; once: a number read back wrong a second time is let pass, and the identity
 answer follows),
 
+and between 3 and 4, only when the bot asks to hear the identity answer again ("I didn't
+catch that", or its identity question again after answering something else) and not for
+the other answer: the same answer once more (step "identity again", since 2026-12-07,
+VERSION 5; before, such a caller said nothing more and the call counted as failed),
+
 each through the phone line of ``bench/turn_dataset.py`` (``phone_line``: 300-3400 Hz band,
 a level drawn in -24..-18 dBFS, pink line noise at ``--snr`` dB, G.711 µ-law round trip,
 0.3 s before and 1.3 s after the speech), 8 kHz. ``--account-groups MIN_S MAX_S`` reads the
@@ -89,7 +94,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +141,7 @@ from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
 OUT_JSON = ROOT / ".cache" / "reports" / "eval_balance.json"
 RATE_HZ = turn_dataset.RATE_HZ  # 8 kHz: the AudioSocket / SimulatedCaller default
 TARGET = 0.95
-VERSION = 4
+VERSION = 5
 
 # espeak-ng voice+variants nobody else in this project speaks with (taken: see the lists in
 # bench/answers_dataset.py, bench/turn_dataset.py, bench/stt_dataset.py, bench/bench_pbx.py;
@@ -147,12 +152,14 @@ MODES = ("postcode", "birth_date")
 # only when the bot asks for it after a first answer that did not match; "again": the
 # account number said once more, only when the bot asks for it again after the first
 # reading (spoken entry); "wrong": "no" to the account number read back, only when the
-# number read back is not the caller's. Listed in this order so steps 0-3 keep their line
-# noise.
-STEPS = ("request", "account", "identity", "retry", "again", "wrong")
+# number read back is not the caller's; "identity again": the identity answer said once
+# more, only when the bot asks to hear it again. Listed in this order so steps 0-3 keep
+# their line noise.
+STEPS = ("request", "account", "identity", "retry", "again", "wrong", "identity again")
 RETRY = STEPS.index("retry")
 AGAIN = STEPS.index("again")
 WRONG = STEPS.index("wrong")
+ID_AGAIN = STEPS.index("identity again")
 NOT_MY_NUMBER = "no, that's the wrong number"
 _READ_BACK = re.compile(re.escape(READ_BACK_OPENING) + r" ([\d ,]+)\.")
 ENTRIES = ("spoken", "keypad")  # how the account number (step 2) is given
@@ -200,12 +207,12 @@ class Plan:
     level_dbfs: float
 
     @property
-    def texts(self) -> tuple[str, str, str, str, str, str]:
+    def texts(self) -> tuple[str, str, str, str, str, str, str]:
         a = self.account
         postcode, born = say_postcode(a.postcode), say_birth_date(a.birth_date)
         identity, other = (postcode, born) if self.mode == "postcode" else (born, postcode)
         digits = say_digits(a.number)
-        return (REQUEST, digits, identity, other, digits, NOT_MY_NUMBER)
+        return (REQUEST, digits, identity, other, digits, NOT_MY_NUMBER, identity)
 
     @property
     def expected(self) -> str:
@@ -251,7 +258,7 @@ def render(
     between them, as callers read numbers."""
     text = p.texts[step]
     # steps 0-2 keep the line noise they had before the retry step existed
-    later = {RETRY: 500, AGAIN: 700, WRONG: 900}
+    later = {RETRY: 500, AGAIN: 700, WRONG: 900, ID_AGAIN: 1100}
     noise_seed = seed * 1000 + (p.index * 3 + step if step < RETRY else later[step] + p.index)
     if step in (1, AGAIN) and groups_pause_s is not None:
         digits = text.split()
@@ -313,6 +320,7 @@ class Outcome:
     retried: bool = False  # the bot asked for the other identity answer and the caller gave it
     said_again: bool = False  # the bot asked for the account number again and got it
     said_wrong: bool = False  # the caller said "no" to a wrong account number read back
+    said_identity_again: bool = False  # the bot asked to hear the identity answer again
     fallbacks: list[str] = field(default_factory=list)
     dialogues: list[str] = field(default_factory=list)
     identity_mismatch: int = 0
@@ -336,26 +344,35 @@ def prompts() -> tuple[str, str]:
     )
 
 
-def said_steps(entry: str, retried: bool, said_again: bool, said_wrong: bool) -> tuple[int, ...]:
-    """The steps the caller said (``Say``), in the order said; the others are keyed. The
-    "no" to a wrong read-back, the account number again and the retry only when the bot's
-    reply called for them."""
+# The steps said only when the bot's reply called for them, by the call's flag that says so.
+OPTIONAL = {
+    RETRY: "retried",
+    AGAIN: "said_again",
+    WRONG: "said_wrong",
+    ID_AGAIN: "said_identity_again",
+}
+
+
+def optional_taken(call: Mapping[str, Any]) -> frozenset[int]:
+    """The optional steps a call took, from its flags (an ``Outcome`` as a dict; a flag a
+    report of an older version lacks was not taken)."""
+    return frozenset(step for step, flag in OPTIONAL.items() if call.get(flag, False))
+
+
+def said_steps(entry: str, taken: frozenset[int]) -> tuple[int, ...]:
+    """The steps the caller said (``Say``), in the order said; the others are keyed.
+    Optional steps only when ``taken``."""
     if entry == "keypad":
-        return (0, 2, RETRY) if retried else (0, 2)
-    return (
-        0,
-        1,
-        *((WRONG,) if said_wrong else ()),
-        *((AGAIN,) if said_again else ()),
-        2,
-        *((RETRY,) if retried else ()),
-    )
+        order: tuple[int, ...] = (0, 2, ID_AGAIN, RETRY)
+    else:
+        order = (0, 1, WRONG, AGAIN, 2, ID_AGAIN, RETRY)
+    return tuple(k for k in order if step_taken(k, taken))
 
 
-def step_taken(step: int, retried: bool, said_again: bool, said_wrong: bool = False) -> bool:
-    """Whether the caller took ``step`` in the call: every step but the retry, the account
-    number again and the "no" to a wrong read-back, which only when called for."""
-    return {RETRY: retried, AGAIN: said_again, WRONG: said_wrong}.get(step, True)
+def step_taken(step: int, taken: frozenset[int]) -> bool:
+    """Whether the caller took ``step`` in the call: every step but the optional ones,
+    which only when called for."""
+    return step not in OPTIONAL or step in taken
 
 
 def read_back(reply: str) -> str | None:
@@ -379,6 +396,15 @@ def asks_other_answer(reply: str) -> bool:
     return ASK_DATE_OF_BIRTH_INSTEAD in reply or ASK_POSTCODE_INSTEAD in reply
 
 
+def asks_identity_again(reply: str, identity_question: str) -> bool:
+    """The bot's reply to the identity answer asks to hear it again: "didn't catch that",
+    or the identity question again (after answering something else it heard), and not
+    for the other answer."""
+    if asks_other_answer(reply):
+        return False
+    return identity_question in reply or "catch that" in reply
+
+
 def score(
     out: Outcome,
     record: dict[str, Any] | None,
@@ -392,7 +418,8 @@ def score(
         out.error = out.error or "no call record"
         return
     turns = [t for t in record["turns"] if t["kind"] in ("speech", "dtmf")]
-    say_steps = said_steps(out.entry, out.retried, out.said_again, out.said_wrong)
+    taken = optional_taken(dataclasses.asdict(out))
+    say_steps = said_steps(out.entry, taken)
     # Turn -> step: a DTMF turn is the keyed account number (step 2); a speech turn, the
     # last said step that started before the turn was written; a turn never written on its
     # own (merged into the next, or cut by the hang-up) takes the next stamped turn's time;
@@ -425,11 +452,12 @@ def score(
     for step in range(len(STEPS)):
         out.heard_normalised[step] = normalize(" ".join(out.heard[step]))
         out.misheard[step] = (
-            step_taken(step, out.retried, out.said_again, out.said_wrong)
-            and out.heard_normalised[step] != out.said_normalised[step]
+            step_taken(step, taken) and out.heard_normalised[step] != out.said_normalised[step]
         )
     out.correct_first = out.replies[2].startswith(out.expected)
-    out.correct = out.correct_first or (out.retried and out.replies[RETRY].startswith(out.expected))
+    out.correct = out.correct_first or any(
+        step in taken and out.replies[step].startswith(out.expected) for step in (ID_AGAIN, RETRY)
+    )
     if out.correct:
         out.stage = "ok"
     elif asks[0] not in out.replies[0]:
@@ -446,7 +474,7 @@ async def one_call(
     audio: list[bytes],
     port: int,
     recorder: StampingRecorder,
-    account_question: str,
+    asks: tuple[str, str],
 ) -> tuple[Outcome, str, list[float]]:
     said = list(p.texts)
     if entry == "keypad":
@@ -484,8 +512,14 @@ async def one_call(
     def asked_for_account_again() -> bool:
         # As above: the reply to the account number, a second before this step.
         reply = recorder.last_reply.get(caller.result.call_id, "")
-        out.said_again = asks_account_again(reply, account_question)
+        out.said_again = asks_account_again(reply, asks[0])
         return out.said_again
+
+    def asked_for_identity_again() -> bool:
+        # As above: the reply to the identity answer.
+        reply = recorder.last_reply.get(caller.result.call_id, "")
+        out.said_identity_again = asks_identity_again(reply, asks[1])
+        return out.said_identity_again
 
     steps: list[Say | SendDtmf] = [Say(audio[0])]
     if entry == "keypad":
@@ -497,7 +531,11 @@ async def one_call(
             Say(audio[WRONG], only_if=read_back_wrong),
             Say(audio[AGAIN], only_if=asked_for_account_again),
         ]
-    steps += [Say(audio[2]), Say(audio[RETRY], only_if=asked_again)]
+    steps += [
+        Say(audio[2]),
+        Say(audio[ID_AGAIN], only_if=asked_for_identity_again),
+        Say(audio[RETRY], only_if=asked_again),
+    ]
     started = time.perf_counter()
     try:
         result = await caller.run(steps, hangup_after_s=0.3)
@@ -612,7 +650,7 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         async def run(p: Plan, entry: str) -> tuple[Outcome, str, list[float]]:
             nonlocal done
             async with gate:
-                got = await one_call(p, entry, audio[p.index], bot.port, recorder, asks[0])
+                got = await one_call(p, entry, audio[p.index], bot.port, recorder, asks)
             done += 1
             print(
                 f"  {done}/{len(runs)} calls ({time.perf_counter() - t0:.0f} s)",
@@ -673,6 +711,7 @@ def _group(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "retried": sum(o.retried for o in outcomes),
         "said_again": sum(o.said_again for o in outcomes),
         "said_wrong": sum(o.said_wrong for o in outcomes),
+        "said_identity_again": sum(o.said_identity_again for o in outcomes),
         "misheard": {s: sum(o.misheard[k] for o in outcomes) for k, s in enumerate(STEPS)},
         "identity_mismatch": sum(o.identity_mismatch for o in outcomes),
         "stages": {
@@ -712,7 +751,7 @@ def summarise(outcomes: Sequence[Outcome]) -> dict[str, Any]:
             1
             for o in outcomes
             for k, c in enumerate(o.turns_per_step)
-            if c == 0 and step_taken(k, o.retried, o.said_again, o.said_wrong)
+            if c == 0 and step_taken(k, optional_taken(dataclasses.asdict(o)))
         ),
         "not_rasa_turns": sum(1 for o in outcomes for d in o.dialogues if d != "rasa"),
         "call_s": {
@@ -733,9 +772,10 @@ def _row(name: str, g: dict[str, Any]) -> str:
     return (
         f"| {name} | {_rate(g)} | {_rate(g, 'correct_first')} | {g.get('said_wrong', 0)} "
         f"| {g.get('said_again', 0)} "
+        f"| {g.get('said_identity_again', 0)} "
         f"| {g['retried']} | {m['request']} / {m['account']} / {m.get('wrong', 0)} / "
         f"{m.get('again', 0)} / "
-        f"{m['identity']} / {m['retry']} "
+        f"{m['identity']} / {m.get('identity again', 0)} / {m['retry']} "
         f"| {g['identity_mismatch']} | {st['intent']} / {st['account']} / {st['identity']} "
         f"/ {st['retry']} / {st['error']} |"
     )
@@ -766,19 +806,22 @@ def markdown(run: dict[str, Any]) -> str:
         "asking for the other answer (the account number kept); the caller then gives it "
         "(retry: a postcode's date of birth, a date's postcode). A spoken account number "
         "the bot asks for again (or asks to hear again) is said once more (account again); "
-        "a spoken number read back wrong gets a no first. "
+        "a spoken number read back wrong gets a no first; an identity answer the bot asks "
+        "to hear again (didn't catch it, or asked the identity question again) is said once "
+        "more (identity again). "
         "Misheard = turns whose "
         "normalised transcript differs from the normalised words said (request / account / "
-        "again / identity / retry; a keyed account number: the digits the dialogue got "
-        "differ from the account number). Failed at = first step whose reply was wrong "
+        "again / identity / identity again / retry; a keyed account number: the digits the "
+        "dialogue got differ from the account number). Failed at = first step whose reply "
+        "was wrong "
         "(intent: no account-number question; account: no identity question after the "
         "account number or its second reading; identity: no balance and "
         "no retry asked; retry: no balance after the other answer; error: no record).",
         "",
-        "| | correct | first answer | said no to read-back | account again | retried "
-        "| misheard req / acct / no / again / id / retry "
+        "| | correct | first answer | said no to read-back | account again | identity again "
+        "| retried | misheard req / acct / no / again / id / id again / retry "
         "| identity_mismatch | failed at intent / account / identity / retry / error |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         _row("all", a),
     ]
     for entry, g in s["by_entry"].items():
@@ -810,9 +853,7 @@ def markdown(run: dict[str, Any]) -> str:
             f"fallbacks {c['fallbacks'] or '-'}"
         )
         for k, step in enumerate(STEPS):
-            if not step_taken(
-                k, c["retried"], c.get("said_again", False), c.get("said_wrong", False)
-            ):
+            if not step_taken(k, optional_taken(c)):
                 continue
             mark = "MISHEARD" if c["misheard"][k] else "ok"
             heard = " | ".join(c["heard"][k]) or "(no turn)"
