@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import yaml
 from structlog.testing import capture_logs
 
 from voicebot_pbx.answers.action_server import ActionServer
@@ -788,6 +789,44 @@ def test_a_spoken_number_that_is_no_account_takes_the_recognisers_reading_that_i
     turn = aloop.run(dlg.respond(none, " ".join(misheard), alternatives=(nobody,)))
     assert f"That's account number {' '.join(misheard[:4])}," in texts(turn)
     assert "account_alternative" not in turn.fallbacks and turn.known == ()
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_an_identity_answer_heard_as_odd_letters_is_checked_not_answered_as_an_faq(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """A postcode heard as odd letters and figures (as a phone line made of "N W 3, 9 R P")
+    that Rasa puts in an FAQ's intent is still the identity answer: checked (no match, the
+    date of birth asked for), not answered with the customer centre's address."""
+    heard = "and u u u 3 i u u v"
+    domain = yaml.safe_load((PROJECT / "domain.yml").read_text(encoding="utf-8"))
+    (mapping,) = [
+        m for m in domain["slots"]["identity_check"]["mappings"] if m["type"] == "from_text"
+    ]
+    call = new_call()
+    understood = aloop.run(dlg.understand(call, heard))
+    # The case itself: an intent the domain's mapping does not take an answer from.
+    assert understood.intent in mapping["not_intent"], (
+        f"Rasa now reads {heard!r} as {understood.intent}: pick words it puts in an FAQ"
+    )
+    account = DEMO[3]
+    aloop.run(dlg.start(call))
+    aloop.run(dlg.respond(call, "what's my balance"))
+    aloop.run(dlg.respond(call, " ".join(account.number)))
+    turn = aloop.run(dlg.respond(call, heard))
+    assert "doesn't match our records" in texts(turn), texts(turn)
+    assert "date of birth instead" in texts(turn) and "Harbour Street" not in texts(turn)
+    born = account.birth_date
+    turn = aloop.run(dlg.respond(call, f"{born:%B} {born.day}th {born.year}".lower()))
+    assert texts(turn).startswith(balance_words(account)), texts(turn)
+    # A question in the middle is still answered, and the question asked again.
+    asking = new_call()
+    aloop.run(dlg.start(asking))
+    aloop.run(dlg.respond(asking, "what's my balance"))
+    aloop.run(dlg.respond(asking, " ".join(account.number)))
+    turn = aloop.run(dlg.respond(asking, "what's your address"))
+    assert "Harbour Street" in texts(turn) and "postcode of the property" in texts(turn)
 
 
 @needs_rasa

@@ -35,6 +35,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
 from .account_numbers import keyed_or_said_account, one_digit_too_many, readings_to_look_up
+from .answer_words import only_answer_words
 from .backend import Account, BackendError, SlotTaken, normalise_postcode
 from .runtime import Runtime, runtime
 from .when import parse_day, parse_time
@@ -290,6 +291,23 @@ class ValidateBalanceForm(FormValidationAction):
             _note(dispatcher, fallback="account_number_invalid")
             return {"account_number": None}
         return {"account_number": number}
+
+    async def extract_identity_check(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> dict[str, Any]:
+        """The identity answer heard as odd letters and figures ("and u u u 3 i u u v") is
+        the answer whatever intent Rasa gave it: the domain's mapping leaves out an FAQ's
+        (the form would step aside for the customer centre's address) or a goodbye's,
+        whose words it has none of; anything else is left to the domain's mappings
+        (``answer_words``)."""
+        if (
+            tracker.active_loop_name != self.form_name()
+            or tracker.get_slot("requested_slot") != "identity_check"
+            or tracker.get_slot("identity_check") is not None
+        ):
+            return {}
+        text = str((tracker.latest_message or {}).get("text") or "")
+        return {"identity_check": text} if only_answer_words(text) else {}
 
     async def validate_identity_check(
         self,
