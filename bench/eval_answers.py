@@ -264,6 +264,10 @@ class Result:
     # the simulated caller's answer ("yes" only when it is the item's own entry).
     confirm: str = ""
     confirm_passage: str = ""
+    # ... or asked whether the caller wants an intent ("Just to check, do you want to ...?":
+    # words far from a sure intent's examples); the caller says "yes" only when it is the
+    # item's own intent.
+    confirm_intent: str = ""
     # The answer offered a transfer: did "yes please" to it transfer?
     offer_taken: bool | None = None
     outcome: str = ""
@@ -470,7 +474,8 @@ async def ask(
 ) -> None:
     """One call: the item's question; when the bot asks back which passage is meant, the
     caller's "yes" (the item's own entry) or "no" (anything else; every unknown and intent
-    item); when the answer offers a transfer (the fallback reply, or the refusal when it
+    item); when it asks whether the caller wants an intent, "yes" only for an intent item's
+    own intent; when the answer offers a transfer (the fallback reply, or the refusal when it
     asks), "yes please": is it taken?"""
     call = CallInfo(call_id=f"eval-answers-{item.id}-{uuid.uuid4().hex[:8]}", pbx="bench")
     await brain.start(call)
@@ -478,6 +483,11 @@ async def ask(
     if turn.source == "knowledge_confirm":
         result.confirm_passage = turn.sources[0] if turn.sources else ""
         meant = item.kind == "knowledge" and headings.get(result.confirm_passage) == item.entry
+        result.confirm = "yes" if meant else "no"
+        turn = await _turn(brain, config, call, result.confirm, result)
+    elif turn.source == "intent_confirm":
+        result.confirm_intent = turn.intent or ""
+        meant = item.kind == "intent" and result.confirm_intent == item.intent
         result.confirm = "yes" if meant else "no"
         turn = await _turn(brain, config, call, result.confirm, result)
     offers = (config.llm.fallback_reply, config.llm.refusal_reply)
@@ -678,7 +688,18 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "correct_after_yes": sum(
                 1 for r in asked if r["confirm"] == "yes" and r["outcome"] == "correct"
             ),
-            "other_kinds": sum(1 for r in asked if r["kind"] != "knowledge"),
+            "other_kinds": sum(
+                1 for r in asked if r["kind"] != "knowledge" and not r.get("confirm_intent")
+            ),
+            "intent_yes": sum(
+                1 for r in asked if r.get("confirm_intent") and r["confirm"] == "yes"
+            ),
+            "intent_no": sum(1 for r in asked if r.get("confirm_intent") and r["confirm"] == "no"),
+            "kept_after_yes": sum(
+                1
+                for r in asked
+                if r.get("confirm_intent") and r["confirm"] == "yes" and r["outcome"] == "kept"
+            ),
         }
         offers = [r for r in chosen if r.get("offer_taken") is not None]
         part["offers"] = {"n": len(offers), "taken": sum(1 for r in offers if r["offer_taken"])}
@@ -751,8 +772,18 @@ def table(run: dict[str, Any]) -> str:
             for sp in splits
         ]
         lines.append(
-            f'| asked back ("just to check ..."): knowledge items / unknown + intent items '
-            f"| {' | '.join(cells)} | |"
+            f'| asked back ("just to check, are you asking ..."): knowledge items / unknown + '
+            f"intent items | {' | '.join(cells)} | |"
+        )
+        cells = [
+            "{intent_yes} yes ({kept_after_yes} then kept) / {intent_no} no".format(
+                **{"intent_yes": 0, "intent_no": 0, "kept_after_yes": 0, **s[sp]["asked_back"]}
+            )
+            for sp in splits
+        ]
+        lines.append(
+            f'| intent asked back ("just to check, do you want to ..."): its own / another '
+            f"item's | {' | '.join(cells)} | |"
         )
         cells = [_rate(s[sp]["offers"]["taken"], s[sp]["offers"]["n"]) for sp in splits]
         lines.append(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import re
 from collections.abc import AsyncGenerator
@@ -109,11 +110,15 @@ def test_yes_and_no_come_from_the_intent_or_else_the_words() -> None:
 def test_every_question_back_is_listed_for_the_cache() -> None:
     kb = hybrid_kb()
     questions = confirm_questions(kb, CONFIG)
-    assert questions == [
+    assert questions[:2] == [
         "Just to check, are you asking: Can I get my bill in large print?",
         "Just to check, are you asking: How do I report a power cut?",
     ]
-    assert confirm_questions(kb, KnowledgeConfig(confirm=False)) == []
+    assert questions[2:] == [
+        f"Just to check, do you want to {pair.split('=', 1)[1]}?" for pair in CONFIG.confirm_intents
+    ]
+    assert "Just to check, do you want to report a power cut?" in questions
+    assert confirm_questions(kb, KnowledgeConfig(confirm=False, confirm_intents=())) == []
     mine = KnowledgeConfig(confirm_question="Is it this: {question}")
     assert confirm_question(CUTS, mine) == "Is it this: How do I report a power cut?"
 
@@ -295,3 +300,186 @@ def test_the_end_of_the_call_or_a_key_forgets_the_question() -> None:
 
     after_end, after_key = run_virtual(talk())
     assert after_end.source != "knowledge" and after_key.source != "knowledge"
+
+
+GARBLED = "my lecturers did not just cut out"  # "my electricity has just cut out", misheard
+
+
+class SureNlu(YesNoNlu):
+    """``YesNoNlu``, sure the garbled words are report_outage (0.95), as Rasa was; its
+    first training example starts the outage form."""
+
+    def _turn(self, text: str) -> DialogueTurn:
+        if text == GARBLED:
+            return DialogueTurn(
+                replies=(BotReply(text="Outage?"),), intent="report_outage", confidence=0.95
+            )
+        if text == "my power is out":
+            return DialogueTurn(
+                replies=(BotReply(text="Sorry to hear that. What's your postcode?"),),
+                intent="report_outage",
+                confidence=1.0,
+            )
+        return super()._turn(text)
+
+
+def _sure_brain() -> tuple[ComposingDialogue, SureNlu]:
+    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))])
+    kb = hybrid_kb()
+    kb.add_intent_examples({"report_outage": ["my power is out", "i have no electricity"]})
+    llm.kb = kb
+    inner = SureNlu()
+    return ComposingDialogue(inner, llm, CONFIG), inner
+
+
+def test_words_far_from_a_sure_intent_are_asked_back_and_a_yes_starts_it() -> None:
+    """Rasa sure of report_outage for words a phone line garbled, far from its examples
+    and from every passage: "Just to check, do you want to report a power cut?"; a yes gives
+    the dialogue the intent's first example, and its flow starts; the garbled words never
+    reached it."""
+    brain, inner = _sure_brain()
+    kb = brain.composer.kb
+    assert kb is not None
+    closeness = kb.intent_similarity("report_outage", GARBLED)
+    assert closeness is not None and closeness < CONFIG.intent_min_similarity
+    hit = knowledge_hit(kb, GARBLED)
+    assert hit is None or hit.score < CONFIG.confirm_min_score
+    call = CallInfo(call_id="c")
+
+    async def talk() -> tuple[DialogueTurn, DialogueTurn]:
+        return await brain.respond(call, GARBLED), await brain.respond(call, "yes")
+
+    asked, started = run_virtual(talk())
+    assert asked.source == "intent_confirm" and asked.intent == "report_outage"
+    assert [r.text for r in asked.replies] == ["Just to check, do you want to report a power cut?"]
+    assert [r.text for r in started.replies] == ["Sorry to hear that. What's your postcode?"]
+    assert inner.acted == ["my power is out"]
+
+
+def test_a_no_to_the_intent_asked_back_gets_the_honest_offer() -> None:
+    brain, inner = _sure_brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> list[DialogueTurn]:
+        return [
+            await brain.respond(call, GARBLED),
+            await brain.respond(call, "no"),
+            await brain.respond(call, "yes"),
+        ]
+
+    asked, offer, taken = run_virtual(talk())
+    assert asked.source == "intent_confirm"
+    assert [r.text for r in offer.replies] == [LlmConfig().fallback_reply]
+    assert taken.end == "transfer" and inner.acted == []
+    # Not asked back without a wording for the intent: the LLM / the honest offer at once.
+    quiet = ComposingDialogue(
+        SureNlu(), brain.composer, dataclasses.replace(CONFIG, confirm_intents=())
+    )
+    turn = run_virtual(quiet.respond(CallInfo(call_id="d"), GARBLED))
+    assert turn.source != "intent_confirm" and turn.composed is not None
+
+
+class FormNlu(SureNlu):
+    """A balance form: the request asks for the account number (keys or digits); while it
+    waits, digits are the answer, and words it cannot read get its own "say it another
+    way" with the question again (Rasa's nlu_fallback inside a form)."""
+
+    async def retract(self, call: CallInfo, text: str) -> None:
+        self.acted.remove(text)
+
+    def _turn(self, text: str) -> DialogueTurn:
+        if text == "what's my balance":
+            return DialogueTurn(
+                replies=(BotReply(text="Please say your account number."),),
+                collect_dtmf_digits=8,
+                expect=("digits",),
+                intent="check_balance",
+                confidence=1.0,
+            )
+        if text.replace(" ", "").isdigit():
+            return DialogueTurn(replies=(BotReply(text="Thanks."),), intent="inform")
+        if text == "mumble":
+            return DialogueTurn(
+                replies=(BotReply(text="Say it another way? Please say your account number."),),
+                collect_dtmf_digits=8,
+                expect=("digits",),
+                intent="nlu_fallback",
+                needs_fallback=True,
+            )
+        return super()._turn(text)
+
+
+def _form_brain() -> tuple[ComposingDialogue, FormNlu]:
+    brain, _ = _sure_brain()
+    inner = FormNlu()
+    return ComposingDialogue(inner, brain.composer, CONFIG), inner
+
+
+def test_while_an_answer_is_awaited_words_for_another_task_ask_the_question_again() -> None:
+    """Garbled words of an account number that the dialogue would take for another task
+    (an intent far from its examples): not asked back as that task, not the LLM, and the
+    dialogue never sees them; the question is asked again with what it expects, and the
+    number said next is its answer."""
+    brain, inner = _form_brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> list[DialogueTurn]:
+        return [
+            await brain.respond(call, "what's my balance"),
+            await brain.respond(call, GARBLED),
+            await brain.respond(call, "1 2 3 4 5 6 7 8"),
+        ]
+
+    asked, again, answered = run_virtual(talk())
+    assert asked.collect_dtmf_digits == 8
+    assert [r.text for r in again.replies] == [CONFIG.answer_reprompt]
+    assert again.source == "answer_reprompt" and again.needs_fallback and again.composed is None
+    assert (again.collect_dtmf_digits, again.expect) == (8, ("digits",))
+    assert [r.text for r in answered.replies] == ["Thanks."]
+    assert inner.acted == ["what's my balance", "1 2 3 4 5 6 7 8"]
+
+
+def test_while_an_answer_is_awaited_the_dialogues_own_reply_is_spoken_not_the_llms() -> None:
+    """Words the dialogue's form could not read get its own reply (it asks again), not the
+    LLM's honest offer (the session would have spoken that instead of the form's)."""
+    brain, inner = _form_brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> list[DialogueTurn]:
+        await brain.respond(call, "what's my balance")
+        return [await brain.respond(call, "mumble"), await brain.respond(call, "mumble")]
+
+    first, second = run_virtual(talk())
+    for turn in (first, second):  # still waiting after the form asked again
+        assert turn.composed is None and turn.needs_fallback
+        assert [r.text for r in turn.replies] == [
+            "Say it another way? Please say your account number."
+        ]
+    assert inner.acted == ["what's my balance", "mumble", "mumble"]
+    # With no question open, the same words go to the LLM, as before.
+    fresh = CallInfo(call_id="d")
+    assert run_virtual(brain.respond(fresh, "mumble")).composed is not None
+
+
+def test_an_answer_taken_back_leaves_the_question_waiting_again() -> None:
+    """The caller went on after their answer: the dialogue takes it back and waits for the
+    answer again, and so does the guard."""
+    brain, _ = _form_brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> DialogueTurn:
+        await brain.respond(call, "what's my balance")
+        await brain.respond(call, "1 2 3 4 5 6 7 8")  # answered: nothing waits
+        await brain.retract(call, "1 2 3 4 5 6 7 8")
+        return await brain.respond(call, GARBLED)
+
+    assert run_virtual(talk()).source == "answer_reprompt"
+    # Without the take-back, nothing waits: the garbled words are asked back as a task.
+    other = CallInfo(call_id="e")
+
+    async def answered() -> DialogueTurn:
+        await brain.respond(other, "what's my balance")
+        await brain.respond(other, "1 2 3 4 5 6 7 8")
+        return await brain.respond(other, GARBLED)
+
+    assert run_virtual(answered()).source == "intent_confirm"

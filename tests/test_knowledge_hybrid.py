@@ -182,8 +182,10 @@ def test_the_dialogue_reads_a_passage_found_only_by_meaning(kb: KnowledgeBase) -
 def test_an_intent_the_words_are_far_from_is_not_acted_on(kb: KnowledgeBase) -> None:
     """A question about none of Rasa's intents lands on one with confidence; measured
     against that intent's real training examples, words far from all of them do not start
-    its form: the composer answers (the honest offer when nothing in the knowledge base
-    does), and the dialogue never sees the turn. A request in new words still does."""
+    its form: the caller is asked whether they want it (the intent was sure) and a no gets
+    the honest offer, or without that question the composer answers (the honest offer when
+    nothing in the knowledge base does); the dialogue never sees the turn. A request in new
+    words still starts it."""
     from tests.test_routing import UnsureNlu
 
     class SureBalance(UnsureNlu):
@@ -207,6 +209,22 @@ def test_an_intent_the_words_are_far_from_is_not_acted_on(kb: KnowledgeBase) -> 
     assert probe.intent_similarity("check_balance", near) >= CONFIG.intent_min_similarity
     with capture_logs() as logs:
         doubted = asyncio.run(brain.respond(call, far))
+        declined = asyncio.run(brain.respond(call, "no"))
+    assert doubted.source == "intent_confirm" and doubted.collect_dtmf_digits is None
+    assert [r.text for r in doubted.replies] == [
+        "Just to check, do you want to check your balance?"
+    ]
+    assert declined.replies[0].text == LlmConfig().fallback_reply
+    assert far not in nlu.acted and "no" not in nlu.acted
+    assert [e["intent"] for e in logs if e["event"] == "intent_confirm"] == ["check_balance"]
+    asyncio.run(brain.end(call))
+    unasked = ComposingDialogue(
+        nlu,
+        ScriptedLlm([(0.0, "Composed.")], kb=probe),
+        dataclasses.replace(CONFIG, confirm_intents=()),
+    )
+    with capture_logs() as logs:
+        doubted = asyncio.run(unasked.respond(call, far))
     assert doubted.composed is not None and doubted.needs_fallback
     assert doubted.collect_dtmf_digits is None and far not in nlu.acted
     assert [e["intent"] for e in logs if e["event"] == "intent_far_from_examples"] == [

@@ -31,7 +31,7 @@ import yaml
 from structlog.testing import capture_logs
 
 from voicebot_pbx.answers.action_server import ActionServer
-from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn
+from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, Understanding
 from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue, parse_bot_messages
 from voicebot_pbx.answers.rasa_server import (
     RASA_ENV,
@@ -1257,21 +1257,111 @@ def test_an_intent_far_from_its_examples_does_not_start_its_form(
     question = "can my son take over my account when I die"
     llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
 
-    async def ask(config: KnowledgeConfig) -> tuple[str | None, DialogueTurn]:
+    async def ask(config: KnowledgeConfig) -> tuple[Understanding, DialogueTurn]:
         call = new_call()
         await dlg.start(call)
         heard = await dlg.understand(call, question)
-        return heard.intent, await ComposingDialogue(dlg, llm, config).respond(call, question)
+        return heard, await ComposingDialogue(dlg, llm, config).respond(call, question)
 
-    intent, doubted = aloop.run(ask(knowledge))
+    heard, doubted = aloop.run(ask(knowledge))
     # The premise (a changed model or NLU data may need another question): Rasa's intent,
     # clearly below the closeness floor.
-    assert intent == "check_balance"
+    assert heard.intent == "check_balance", heard
     closeness = kb.intent_similarity("check_balance", question)
     assert closeness is not None and closeness < knowledge.intent_min_similarity - 0.05
+    # Rasa was not sure of it either: not asked back (confirm_intent_min_confidence).
+    assert heard.confidence is not None
+    assert heard.confidence < knowledge.confirm_intent_min_confidence
     assert doubted.composed is not None and doubted.collect_dtmf_digits is None
     _, acted = aloop.run(ask(dataclasses.replace(knowledge, intent_min_similarity=0.0)))
     assert acted.composed is None and acted.collect_dtmf_digits is not None
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_garbled_words_rasa_is_sure_of_are_asked_back_and_a_yes_starts_the_task(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """ "My electricity has just cut out" as a phone line made it: the real Rasa is sure it
+    is an outage, but the words are far from every outage example. The caller is asked
+    "Just to check, do you want to report a power cut?", and a yes starts the outage form
+    (the intent's first example goes to Rasa); a no gets the honest offer."""
+    from voicebot_pbx.answers.embedder import load_embedder
+    from voicebot_pbx.answers.fallbacks import ComposingDialogue
+    from voicebot_pbx.answers.knowledge import KnowledgeBase
+    from voicebot_pbx.config import parse_config
+    from voicebot_pbx.ops.service import add_intent_examples
+    from voicebot_pbx.testing import ScriptedLlm
+
+    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
+    knowledge = config.knowledge
+    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(knowledge))
+    add_intent_examples(kb, config)
+    garbled = "my lecturers did not just cut out"
+    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
+    brain = ComposingDialogue(dlg, llm, knowledge)
+
+    async def ask(answer: str) -> tuple[Understanding, DialogueTurn, DialogueTurn]:
+        call = new_call()
+        await brain.start(call)
+        heard = await dlg.understand(call, garbled)
+        asked = await brain.respond(call, garbled)
+        return heard, asked, await brain.respond(call, answer)
+
+    heard, asked, started = aloop.run(ask("yes"))
+    # The premise (another model may need other words): sure, and far from its examples.
+    assert heard.intent == "report_outage", heard
+    assert heard.confidence is not None
+    assert heard.confidence >= knowledge.confirm_intent_min_confidence
+    closeness = kb.intent_similarity("report_outage", garbled)
+    assert closeness is not None and closeness < knowledge.intent_min_similarity
+    assert asked.source == "intent_confirm"
+    assert texts(asked) == "Just to check, do you want to report a power cut?"
+    assert started.source == "rasa" and "postcode" in texts(started), texts(started)
+    _, _, declined = aloop.run(ask("no"))
+    assert texts(declined) == llm.config.fallback_reply
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_an_identity_answer_rasa_did_not_understand_gets_the_forms_reply_not_the_llms(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """With the knowledge routing in front (as serve has it), a garbled identity answer
+    that Rasa's classifier could not place still fills the form's slot and is checked: the
+    caller hears the form's reply (no match, the other answer asked for), not the LLM's
+    honest offer, which used to replace it."""
+    from voicebot_pbx.answers.embedder import load_embedder
+    from voicebot_pbx.answers.fallbacks import ComposingDialogue
+    from voicebot_pbx.answers.knowledge import KnowledgeBase
+    from voicebot_pbx.answers.rasa import FALLBACK_INTENTS
+    from voicebot_pbx.config import parse_config
+    from voicebot_pbx.ops.service import add_intent_examples
+    from voicebot_pbx.testing import ScriptedLlm
+
+    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
+    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(config.knowledge))
+    add_intent_examples(kb, config)
+    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
+    brain = ComposingDialogue(dlg, llm, config.knowledge)
+    account = DEMO[4]
+    heard = "and one l u p e a d s"  # "N W 3, 8 E S" as a phone line made it
+
+    async def call_in() -> tuple[str | None, DialogueTurn]:
+        call = new_call()
+        await brain.start(call)
+        await brain.respond(call, "what's my balance")
+        asked = await brain.respond(call, " ".join(account.number))
+        assert "postcode of the property" in texts(asked)
+        understood = await dlg.understand(call, heard)
+        return understood.intent, await brain.respond(call, heard)
+
+    intent, turn = aloop.run(call_in())
+    # The premise: Rasa could not place the words (another model may need other words).
+    assert intent in FALLBACK_INTENTS, intent
+    assert turn.composed is None, "the LLM answered instead of the form"
+    assert "doesn't match our records" in texts(turn), texts(turn)
+    assert "date of birth instead" in texts(turn)
 
 
 @needs_rasa

@@ -102,8 +102,14 @@ def test_an_intent_far_from_its_training_examples_counts_as_not_understood(
     strong = hit(kb, "refunds#1", score=9.0)
     far = CONFIG.intent_min_similarity - 0.1
     near = CONFIG.intent_min_similarity + 0.1
-    assert routed("check_balance", 0.95, weak, CONFIG, far) == "compose_alone"
-    assert routed("check_balance", 0.95, None, CONFIG, far) == "compose_alone"
+    # Sure of it all the same (words a phone line garbled): asked back, when it has a
+    # wording; unsure, or without one, the LLM / the honest offer.
+    assert routed("check_balance", 0.95, weak, CONFIG, far) == "confirm_intent"
+    assert routed("check_balance", 0.95, None, CONFIG, far) == "confirm_intent"
+    unsure = CONFIG.confirm_intent_min_confidence - 0.05
+    assert routed("check_balance", unsure, weak, CONFIG, far) == "compose_alone"
+    not_asked = dataclasses.replace(CONFIG, confirm_intents=())
+    assert routed("check_balance", 0.95, weak, not_asked, far) == "compose_alone"
     assert routed("check_balance", 0.95, strong, CONFIG, far) == "passage"
     # A likely (hybrid) hit behind the far intent is asked back, as for any turn not
     # understood; the same hit behind an understood intent leaves the turn to it.

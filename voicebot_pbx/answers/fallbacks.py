@@ -30,7 +30,9 @@ from voicebot_pbx.answers.rasa import DialogueUnavailable
 from voicebot_pbx.answers.routing import (
     KnowledgeHit,
     Route,
+    confirm_intent_question,
     confirm_question,
+    intent_task,
     is_strong,
     is_tied,
     knowledge_hit,
@@ -172,6 +174,15 @@ class _Confirming:
     question: str
 
 
+@dataclass(frozen=True, slots=True)
+class _ConfirmingIntent:
+    """The bot asked whether the caller wants ``intent`` (words far from its examples that
+    the dialogue was sure of); a yes gives the dialogue ``request`` (its first example)."""
+
+    intent: str
+    request: str
+
+
 class _OfferWatch:
     """``composer``, noting (``offered()``) when its answer ends in the honest offer: a
     ``Rejected`` whose reply asks (ends in "?": the fallback reply, "... shall I put you
@@ -202,6 +213,8 @@ class _OfferWatch:
             raise
 
 
+# The bot's own question, answered on the caller's next turn.
+_Asked = _Offered | _Confirming | _ConfirmingIntent
 # What the knowledge routing needs of a question: its best passage and the dialogue's reading.
 _Found = tuple[KnowledgeHit | None, Understanding]
 _PREPARED_PER_CALL = 2
@@ -226,22 +239,50 @@ class ComposingDialogue:
         self.knowledge = knowledge if knowledge is not None else KnowledgeConfig()
         self.name = inner.name
         # call id -> the question the bot's last turn asked (dropped at the call's end).
-        self._asked: dict[str, _Offered | _Confirming] = {}
+        self._asked: dict[str, _Asked] = {}
         # (call id, text) -> the knowledge hit and understanding of a decode at a pause
         # (``prepare``), taken by ``respond`` when the turn ends with that text
         self._prepared: dict[tuple[str, str], asyncio.Future[_Found]] = {}
+        # call id -> the dialogue's last question that asked for an answer (keys or words
+        # of a kind: ``collect_dtmf_digits``, ``expect``), while it waits for it; and what
+        # waited before the last turn (a turn taken back restores it)
+        self._waiting: dict[str, DialogueTurn] = {}
+        self._waiting_before: dict[str, DialogueTurn | None] = {}
 
     async def start(self, call: CallInfo) -> DialogueTurn:
-        return await self.inner.start(call)
+        return self._from_dialogue(call, await self.inner.start(call))
 
     async def understand(self, call: CallInfo, text: str) -> Understanding:
         return await self.inner.understand(call, text)
 
+    def _from_dialogue(self, call: CallInfo, turn: DialogueTurn) -> DialogueTurn:
+        """``turn``, the dialogue's own: whether it now waits for an answer (a turn the
+        dialogue never saw, a passage read out, leaves that as it was)."""
+        if turn.collect_dtmf_digits or turn.expect:
+            self._waiting[call.call_id] = turn
+        else:
+            self._waiting.pop(call.call_id, None)
+        return turn
+
     async def respond(
         self, call: CallInfo, text: str, alternatives: Sequence[str] = ()
     ) -> DialogueTurn:
+        waiting = self._waiting.get(call.call_id)
+        self._waiting_before[call.call_id] = waiting
+        return await self._respond(call, text, alternatives, waiting)
+
+    async def _respond(
+        self, call: CallInfo, text: str, alternatives: Sequence[str], waiting: DialogueTurn | None
+    ) -> DialogueTurn:
+        """:meth:`respond`; ``waiting``: the dialogue's question still waiting for an
+        answer (an account number, a postcode). Words the router would take from the
+        dialogue as not understood are then its answer heard wrong, not a question: the
+        dialogue gets them (its form re-asks or checks them) and its own reply is spoken,
+        not the LLM's; and an intent far from its examples, which would start another task
+        in the middle (a garbled account number heard as a booking), gets the question
+        again (``answer_reprompt``), the dialogue left waiting."""
         if not text.strip():
-            return await self.inner.respond(call, text, alternatives)
+            return self._from_dialogue(call, await self.inner.respond(call, text, alternatives))
         asked = self._asked.pop(call.call_id, None)
         if asked is not None:
             settled = await self._settle(call, text, asked)
@@ -270,8 +311,15 @@ class ComposingDialogue:
             where = route(heard, hit, self.knowledge, intent_similarity=closeness, form=form)
             if where == "passage" and hit is not None:
                 return self._read_out(hit, heard, text)
-            if where == "confirm" and hit is not None:
+            if waiting is not None and where in ("confirm_intent", "compose_alone"):
+                return self._ask_again(heard, waiting)
+            if where == "confirm" and hit is not None and waiting is None:
                 return self._ask_back(call, hit, heard, text)
+            if where == "confirm_intent":
+                asking = self._ask_intent_back(call, kb, heard)
+                if asking is not None:
+                    return asking
+                where = "compose_alone"
             if where == "compose_alone":
                 log.info("intent_far_from_examples", intent=heard.intent)
                 return DialogueTurn(
@@ -281,11 +329,28 @@ class ComposingDialogue:
                     needs_fallback=True,
                     composed=self._composed(call, text),
                 )
-        turn = await self.inner.respond(call, text, alternatives)
+        turn = self._from_dialogue(call, await self.inner.respond(call, text, alternatives))
+        if waiting is not None and turn.replies:
+            return turn  # its form's own reply to the answer, checked or asked again
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):
             return dataclasses.replace(turn, composed=self._composed(call, text))
         return turn
+
+    def _ask_again(self, heard: Understanding, waiting: DialogueTurn) -> DialogueTurn:
+        """The dialogue's question ``waiting`` asked again (``answer_reprompt``), with what
+        it expects: the words were not its answer, nor anything else understood."""
+        log.info("answer_not_understood", intent=heard.intent, intent_confidence=heard.confidence)
+        return DialogueTurn(
+            replies=(BotReply(text=self.knowledge.answer_reprompt),),
+            collect_dtmf_digits=waiting.collect_dtmf_digits,
+            expect=waiting.expect,
+            known=waiting.known,
+            intent=heard.intent,
+            confidence=heard.confidence,
+            source="answer_reprompt",
+            needs_fallback=True,
+        )
 
     def _composed(self, call: CallInfo, text: str) -> ComposedReply:
         """The composer's answer to ``text``, noting an honest offer it ends in (a yes to
@@ -343,25 +408,26 @@ class ComposingDialogue:
             raise errors.exceptions[0] from None
         return finding.result(), hearing.result()
 
-    def _note(self, call: CallInfo, asked: _Offered | _Confirming) -> None:
+    def _note(self, call: CallInfo, asked: _Asked) -> None:
         self._asked[call.call_id] = asked
 
-    async def _settle(
-        self, call: CallInfo, text: str, asked: _Offered | _Confirming
-    ) -> DialogueTurn | None:
+    async def _settle(self, call: CallInfo, text: str, asked: _Asked) -> DialogueTurn | None:
         """The caller's answer to the bot's own question (None: not a yes or a no)."""
         heard = await self.inner.understand(call, text)
         answer = yes_or_no(heard.intent, text, self.knowledge)
+        kinds = {_Offered: "offer", _Confirming: "confirm", _ConfirmingIntent: "confirm_intent"}
         log.info(
             "knowledge_question_answered",
-            asked="offer" if isinstance(asked, _Offered) else "confirm",
+            asked=kinds[type(asked)],
             answer={True: "yes", False: "no", None: "other"}[answer],
             intent=heard.intent,
         )
         if answer is None:
             return None
-        if isinstance(asked, _Confirming):
-            if answer:
+        if isinstance(asked, _ConfirmingIntent) and answer:
+            return self._from_dialogue(call, await self.inner.respond(call, asked.request))
+        if isinstance(asked, _Confirming | _ConfirmingIntent):
+            if isinstance(asked, _Confirming) and answer:
                 return self._read_out(asked.hit, heard, asked.question, confirmed=True)
             self._note(call, _Offered())
             return DialogueTurn(
@@ -400,6 +466,25 @@ class ComposingDialogue:
             confidence=heard.confidence,
             source="knowledge_confirm",
             sources=(hit.passage.id,),
+        )
+
+    def _ask_intent_back(
+        self, call: CallInfo, kb: KnowledgeBase, heard: Understanding
+    ) -> DialogueTurn | None:
+        """ "Just to check, do you want to <task>?" for an intent the dialogue was sure of
+        in words far from its examples (None: no wording or no example to ask it with)."""
+        intent = heard.intent or ""
+        task = intent_task(intent, self.knowledge)
+        request = kb.intent_request(intent)
+        if task is None or request is None:
+            return None
+        log.info("intent_confirm", intent=intent, intent_confidence=heard.confidence)
+        self._note(call, _ConfirmingIntent(intent, request))
+        return DialogueTurn(
+            replies=(BotReply(text=confirm_intent_question(task, self.knowledge)),),
+            intent=intent,
+            confidence=heard.confidence,
+            source="intent_confirm",
         )
 
     def _read_out(
@@ -457,15 +542,23 @@ class ComposingDialogue:
 
     async def dtmf(self, call: CallInfo, digits: str) -> DialogueTurn:
         self._asked.pop(call.call_id, None)
-        return await self.inner.dtmf(call, digits)
+        return self._from_dialogue(call, await self.inner.dtmf(call, digits))
 
     async def retract(self, call: CallInfo, text: str) -> None:
-        """The unfinished turn's question asked back or transfer offered is forgotten too."""
+        """The unfinished turn's question asked back or transfer offered is forgotten too,
+        and what the dialogue waited for before it waits again."""
         self._asked.pop(call.call_id, None)
+        before = self._waiting_before.pop(call.call_id, None)
+        if before is not None:
+            self._waiting[call.call_id] = before
+        else:
+            self._waiting.pop(call.call_id, None)
         await self.inner.retract(call, text)
 
     async def end(self, call: CallInfo) -> None:
         self._asked.pop(call.call_id, None)
+        self._waiting.pop(call.call_id, None)
+        self._waiting_before.pop(call.call_id, None)
         for key in [k for k in self._prepared if k[0] == call.call_id]:
             self._prepared.pop(key).cancel()
         await self.inner.end(call)

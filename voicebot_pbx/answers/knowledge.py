@@ -161,6 +161,7 @@ class KnowledgeBase:
         self._recent: dict[str, npt.NDArray[np.float32]] = {}
         self._recent_lock = Lock()
         self._intent_vectors: dict[str, npt.NDArray[np.float32]] = {}
+        self._intent_requests: dict[str, str] = {}  # intent -> its first example
         # The heading and keywords count twice: they say what the passage is about.
         self._docs: list[Counter[str]] = [
             Counter(
@@ -254,8 +255,14 @@ class KnowledgeBase:
         for intent, texts in examples.items():
             if texts:
                 self._intent_vectors[intent] = np.stack([self._embedder.embed(t) for t in texts])
+                self._intent_requests[intent] = texts[0]
                 count += len(texts)
         return count
+
+    def intent_request(self, intent: str) -> str | None:
+        """``intent``'s first training example (:meth:`add_intent_examples`): the words
+        that ask the dialogue for it, once the caller said yes to it asked back."""
+        return self._intent_requests.get(intent)
 
     def intent_similarity(self, intent: str | None, question: str) -> float | None:
         """How close ``question`` is to ``intent``'s nearest training example (cosine;

@@ -19,7 +19,11 @@ runner-up it is):
   hit behind it, and what the dialogue did not understand, go to the LLM, which refuses
   (the honest "shall I put you through") without passages scoring ``llm.min_score``; an
   intent of a known topic whose nearest training example is far from the caller's words
-  (``intent_min_similarity``, :func:`far_from_examples`) counts as not understood;
+  (``intent_min_similarity``, :func:`far_from_examples`) counts as not understood, but when
+  the dialogue was sure of it (``confirm_intent_min_confidence``) the caller is asked
+  whether they want it ("Just to check, do you want to report a power cut?",
+  ``confirm_intents``): a phone line garbles a request's words more often than a caller
+  asks about nothing the bot knows;
 - unless the hit, not strong, is still *likely* (hybrid: ``confirm_min_score`` and
   ``confirm_min_lead``): then the caller is asked back ("Just to check, are you asking:
   <the passage's heading>"), and a yes reads the passage out. With the packaged LLM
@@ -50,10 +54,12 @@ from voicebot_pbx.answers.question_form import QuestionForm, asks_for, states
 from voicebot_pbx.config import KnowledgeConfig
 from voicebot_pbx.speech.tts import split_sentences
 
-Route = Literal["intent", "passage", "compose", "compose_alone", "confirm"]
+Route = Literal["intent", "passage", "compose", "compose_alone", "confirm", "confirm_intent"]
 """``compose``: the dialogue answers, the LLM (or its honest offer) when the dialogue did not
 understand; ``compose_alone``: the LLM answers and the dialogue is not told (an intent far
-from its own examples, which it would act on: :func:`far_from_examples`)."""
+from its own examples, which it would act on: :func:`far_from_examples`);
+``confirm_intent``: such an intent the dialogue was sure of is asked back
+(:func:`intent_task`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +192,14 @@ def confirm_question(passage: Passage, config: KnowledgeConfig) -> str:
 
 
 def confirm_questions(kb: KnowledgeBase, config: KnowledgeConfig) -> list[str]:
-    """Every question back the router can ask (to warm the TTS cache)."""
-    return [confirm_question(p, config) for p in kb.passages] if config.confirm else []
+    """Every question back the router can ask (to warm the TTS cache): a passage's, an
+    intent's."""
+    passages = [confirm_question(p, config) for p in kb.passages] if config.confirm else []
+    intents = [
+        confirm_intent_question(pair.split("=", 1)[1].strip(), config)
+        for pair in config.confirm_intents
+    ]
+    return passages + intents
 
 
 def offers_transfer(reply: str) -> bool:
@@ -247,6 +259,19 @@ def far_from_examples(
     )
 
 
+def intent_task(intent: str | None, config: KnowledgeConfig) -> str | None:
+    """What the caller would want to do with ``intent``, as the question back words it
+    (``confirm_intents``; None: not asked back)."""
+    tasks = dict(pair.split("=", 1) for pair in config.confirm_intents)
+    task = tasks.get(intent or "")
+    return task.strip() if task else None
+
+
+def confirm_intent_question(task: str, config: KnowledgeConfig) -> str:
+    """ "Just to check, do you want to <task>?" (``confirm_intent_question``)."""
+    return config.confirm_intent_question.replace("{task}", task)
+
+
 def _route(
     heard: Understanding,
     hit: KnowledgeHit | None,
@@ -262,8 +287,15 @@ def _route(
         return "passage" if strong else unsure
     if far_from_examples(intent, intent_similarity, config):
         # Not understood either, but the dialogue would act on it (start the balance form
-        # for "can my carer talk to you about my account"): it is not told.
-        return "passage" if strong else ("confirm" if unsure == "confirm" else "compose_alone")
+        # for "can my carer talk to you about my account"): it is not told. Unless it was
+        # sure: words a phone line garbled are asked back ("do you want to report a power
+        # cut?"), as a passage likely meant is.
+        if strong:
+            return "passage"
+        if unsure == "confirm":
+            return "confirm"
+        sure = confidence is not None and confidence >= config.confirm_intent_min_confidence
+        return "confirm_intent" if sure and intent_task(intent, config) else "compose_alone"
     if intent in config.keep_intents:
         return "intent"
     if strong and hit is not None:

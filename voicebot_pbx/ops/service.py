@@ -100,7 +100,11 @@ async def warm_knowledge_answers(shared: Shared) -> None:
         return
     knowledge = shared.config.knowledge
     texts = spoken_sentences(llm.kb, knowledge.max_words)
-    texts += [*confirm_questions(llm.kb, knowledge), knowledge.offer_accepted_reply]
+    texts += [
+        *confirm_questions(llm.kb, knowledge),
+        knowledge.offer_accepted_reply,
+        knowledge.answer_reprompt,
+    ]
     started = time.perf_counter()
     made = 0
     try:
