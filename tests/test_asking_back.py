@@ -302,7 +302,7 @@ def test_the_end_of_the_call_or_a_key_forgets_the_question() -> None:
     assert after_end.source != "knowledge" and after_key.source != "knowledge"
 
 
-GARBLED = "my lecturers did not just cut out"  # "my electricity has just cut out", misheard
+GARBLED = "the lecture city went off in my house"  # a power cut as a phone line garbles it
 
 
 class SureNlu(YesNoNlu):

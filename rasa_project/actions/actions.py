@@ -295,7 +295,7 @@ class ValidateBalanceForm(FormValidationAction):
     async def extract_identity_check(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
     ) -> dict[str, Any]:
-        """The identity answer heard as odd letters and figures ("and u u u 3 i u u v") is
+        """The identity answer heard as odd letters and figures ("and b y b v e v") is
         the answer whatever intent Rasa gave it: the domain's mapping leaves out an FAQ's
         (the form would step aside for the customer centre's address) or a goodbye's,
         whose words it has none of; anything else is left to the domain's mappings

@@ -2,11 +2,12 @@
 
 After "what's the postcode of the property, or the account holder's date of birth?", a
 caller spells letters and digits or says a date. On a phone line such an answer is often
-heard as a string of odd letters ("and u u u 3 i u u v"), which Rasa's classifier may put
-in any intent, an FAQ's among them: the form then steps aside for the FAQ's answer (the
-customer centre's address) instead of checking the answer. Words made only of what a
-postcode or a date is made of are the answer, whatever intent they were given; a question
-in the middle ("what's your address?") has other words and is answered as before.
+heard as a string of odd letters ("and b y b v e v"), which Rasa's classifier may put in
+any intent, an FAQ's or a goodbye's among them: the form then steps aside for the FAQ's
+answer (the customer centre's address) or the goodbye instead of checking the answer.
+Words made only of what a postcode or a date is made of are the answer, whatever intent
+they were given; a question in the middle ("what's your address?") has other words and is
+answered as before.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 def only_answer_words(text: str) -> bool:
     """``text`` is made only of the words of a postcode or a date of birth, and says at
-    least one of them ("and u u u 3 i u u v", "nw3 9rp", "the 23rd of june 19 87"; not
+    least one of them ("and b y b v e v", "nw3 9rp", "the 23rd of june 19 87"; not
     "what's your address", "no", "the of")."""
     words = _WORD.findall(text.lower())
     said = [w for w in words if w not in _BETWEEN]
