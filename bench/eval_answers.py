@@ -678,19 +678,19 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
         }
         part["hold_line"] = sum(1 for r in knowledge if r["hold"])
         asked = [r for r in chosen if r.get("confirm")]
+        # passages asked back ("are you asking ...") apart from intents ("do you want to ...")
+        passages = [r for r in asked if not r.get("confirm_intent")]
         part["asked_back"] = {
             "knowledge_yes": sum(
-                1 for r in asked if r["kind"] == "knowledge" and r["confirm"] == "yes"
+                1 for r in passages if r["kind"] == "knowledge" and r["confirm"] == "yes"
             ),
             "knowledge_no": sum(
-                1 for r in asked if r["kind"] == "knowledge" and r["confirm"] == "no"
+                1 for r in passages if r["kind"] == "knowledge" and r["confirm"] == "no"
             ),
             "correct_after_yes": sum(
-                1 for r in asked if r["confirm"] == "yes" and r["outcome"] == "correct"
+                1 for r in passages if r["confirm"] == "yes" and r["outcome"] == "correct"
             ),
-            "other_kinds": sum(
-                1 for r in asked if r["kind"] != "knowledge" and not r.get("confirm_intent")
-            ),
+            "other_kinds": sum(1 for r in passages if r["kind"] != "knowledge"),
             "intent_yes": sum(
                 1 for r in asked if r.get("confirm_intent") and r["confirm"] == "yes"
             ),
