@@ -134,7 +134,7 @@ from voicebot_pbx.answers.rasa_server import RasaServer, default_rasa_venv  # no
 from voicebot_pbx.config import ActionsConfig, Config, load_config  # noqa: E402
 from voicebot_pbx.ops.logs import configure_logging  # noqa: E402
 from voicebot_pbx.ops.records import CallRecord, Recorder, TurnRecord  # noqa: E402
-from voicebot_pbx.ops.service import share_vocabulary, warm_stt  # noqa: E402
+from voicebot_pbx.ops.service import load_llm_or_none, share_vocabulary, warm_stt  # noqa: E402
 from voicebot_pbx.pbx.caller import Say, SendDtmf, SimulatedCaller  # noqa: E402
 from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
 
@@ -613,13 +613,21 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         engines: Engines = await asyncio.to_thread(load_engines, config)
         stack.callback(engines.close)
         await asyncio.to_thread(warm_stt, engines)
-        # The deployment's words for the second opinion, as serve gives them (the knowledge
-        # base's passages without its embedder: only their words are read).
-        knowledge_dir = Path(config.llm.knowledge_dir)
-        kb = await asyncio.to_thread(
-            KnowledgeBase.load,
-            knowledge_dir if knowledge_dir.is_absolute() else ROOT / knowledge_dir,
-        )
+        # The knowledge routing and the grounded LLM around the dialogue, as serve has them
+        # (its sessions wrap the dialogue: factory.answering), unless --rasa-only.
+        llm = None if args.rasa_only else await load_llm_or_none(config)
+        if llm is not None:
+            stack.push_async_callback(llm.aclose)
+            kb = llm.kb
+        else:
+            # The deployment's words for the second opinion, as serve gives them (the
+            # knowledge base's passages without its embedder: only their words are read).
+            knowledge_dir = Path(config.llm.knowledge_dir)
+            kb = await asyncio.to_thread(
+                KnowledgeBase.load,
+                knowledge_dir if knowledge_dir.is_absolute() else ROOT / knowledge_dir,
+            )
+        info["knowledge_routing"] = llm is not None
         await share_vocabulary(engines, config, kb)
         info["stt"] = (
             f"{config.stt.engine} {config.stt.model_dir or '(packaged default)'}"
@@ -640,6 +648,7 @@ async def evaluate(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             running_bot(engines, config, work / "tts-cache", work / "state")
         )
         shared.dialogue = built.dialogue
+        shared.llm = llm
         assert shared.recorder is not None
         recorder = StampingRecorder(shared.recorder)
         shared.recorder = recorder
@@ -789,13 +798,19 @@ def markdown(run: dict[str, Any]) -> str:
     groups = st.get("account_groups_pause_s")
     if groups:
         snr += f"; account read as 4 + 4 digits, {groups[0]:g}-{groups[1]:g} s apart"
+    routing = (
+        ", with the knowledge routing and the LLM around it"
+        if run["info"].get("knowledge_routing")
+        else ", Rasa alone (no knowledge routing)"
+    )
     lines = [
         "# Balance evaluation (bench/eval_balance.py)",
         "",
         f"{run['when']}; {st['n']} accounts (seed {st['seed']}), account number "
         f"{' / '.join(st['account_entry'])}: {st['calls']} calls, {st['concurrency']} at a time; "
         f"voices {', '.join(st['voices'])}; {st['rate_hz']} Hz phone band, {snr}, µ-law; "
-        f"STT {run['info'].get('stt')}; Rasa model {run['info'].get('rasa_model')}; "
+        f"STT {run['info'].get('stt')}; Rasa model {run['info'].get('rasa_model')}"
+        f"{routing}; "
         f"load average {run['info'].get('loadavg')}; wall time {run['seconds'].get('total')} s "
         f"(calls {run['seconds'].get('calls')} s).",
         "",
@@ -918,6 +933,11 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=OUT_JSON, help="JSON; the .md beside it")
     parser.add_argument("--log-level", default="error")
+    parser.add_argument(
+        "--rasa-only",
+        action="store_true",
+        help="without the knowledge routing and the LLM around the dialogue (before 2026-12-07)",
+    )
     parser.add_argument(
         "--only",
         default="",
