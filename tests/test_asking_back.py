@@ -396,6 +396,10 @@ class FormNlu(SureNlu):
                 intent="check_balance",
                 confidence=1.0,
             )
+        if text == "menu":
+            return DialogueTurn(
+                replies=(BotReply(text="Press 1 for your balance."),), collect_dtmf_digits=1
+            )
         if text.replace(" ", "").isdigit():
             return DialogueTurn(replies=(BotReply(text="Thanks."),), intent="inform")
         if text == "mumble":
@@ -483,3 +487,16 @@ def test_an_answer_taken_back_leaves_the_question_waiting_again() -> None:
         return await brain.respond(other, GARBLED)
 
     assert run_virtual(answered()).source == "intent_confirm"
+
+
+def test_a_keypad_menu_waits_for_no_answer_of_a_kind() -> None:
+    """A menu that collects a key but expects no kind of words (no ``expect``) leaves the
+    next turn to the router as any other: garbled words for a task are asked back."""
+    brain, _ = _form_brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> DialogueTurn:
+        await brain.respond(call, "menu")
+        return await brain.respond(call, GARBLED)
+
+    assert run_virtual(talk()).source == "intent_confirm"

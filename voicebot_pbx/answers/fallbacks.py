@@ -243,9 +243,9 @@ class ComposingDialogue:
         # (call id, text) -> the knowledge hit and understanding of a decode at a pause
         # (``prepare``), taken by ``respond`` when the turn ends with that text
         self._prepared: dict[tuple[str, str], asyncio.Future[_Found]] = {}
-        # call id -> the dialogue's last question that asked for an answer (keys or words
-        # of a kind: ``collect_dtmf_digits``, ``expect``), while it waits for it; and what
-        # waited before the last turn (a turn taken back restores it)
+        # call id -> the dialogue's last question that asked for an answer of a kind
+        # (``expect``: an account number, a postcode; not a keypad menu), while it waits
+        # for it; and what waited before the last turn (a turn taken back restores it)
         self._waiting: dict[str, DialogueTurn] = {}
         self._waiting_before: dict[str, DialogueTurn | None] = {}
 
@@ -258,7 +258,7 @@ class ComposingDialogue:
     def _from_dialogue(self, call: CallInfo, turn: DialogueTurn) -> DialogueTurn:
         """``turn``, the dialogue's own: whether it now waits for an answer (a turn the
         dialogue never saw, a passage read out, leaves that as it was)."""
-        if turn.collect_dtmf_digits or turn.expect:
+        if turn.expect:
             self._waiting[call.call_id] = turn
         else:
             self._waiting.pop(call.call_id, None)

@@ -199,7 +199,7 @@ class KnowledgeConfig:
     confirm_intent_min_confidence: float = 0.8
     confirm_intent_question: str = "Just to check, do you want to {task}?"
     # While the dialogue waits for an answer it asked for (an account number, a postcode:
-    # collect_dtmf / expect), words it would not understand are that answer heard wrong:
+    # Rasa's expect), words it would not understand are that answer heard wrong:
     # the dialogue's form reads them, and an intent far from its examples (another task
     # started in the middle) gets this, the question still open (answers.fallbacks).
     answer_reprompt: str = "Sorry, I didn't catch that. Could you say it again?"
