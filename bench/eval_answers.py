@@ -480,14 +480,14 @@ async def ask(
     call = CallInfo(call_id=f"eval-answers-{item.id}-{uuid.uuid4().hex[:8]}", pbx="bench")
     await brain.start(call)
     turn = await _turn(brain, config, call, result.transcript, result)
+    meant: bool | None = None  # the bot asked back: whether it named what the item asks
     if turn.source == "knowledge_confirm":
         result.confirm_passage = turn.sources[0] if turn.sources else ""
         meant = item.kind == "knowledge" and headings.get(result.confirm_passage) == item.entry
-        result.confirm = "yes" if meant else "no"
-        turn = await _turn(brain, config, call, result.confirm, result)
     elif turn.source == "intent_confirm":
         result.confirm_intent = turn.intent or ""
         meant = item.kind == "intent" and result.confirm_intent == item.intent
+    if meant is not None:
         result.confirm = "yes" if meant else "no"
         turn = await _turn(brain, config, call, result.confirm, result)
     offers = (config.llm.fallback_reply, config.llm.refusal_reply)

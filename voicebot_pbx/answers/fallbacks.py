@@ -424,24 +424,25 @@ class ComposingDialogue:
         )
         if answer is None:
             return None
-        if isinstance(asked, _ConfirmingIntent) and answer:
-            return self._from_dialogue(call, await self.inner.respond(call, asked.request))
-        if isinstance(asked, _Confirming | _ConfirmingIntent):
-            if isinstance(asked, _Confirming) and answer:
-                return self._read_out(asked.hit, heard, asked.question, confirmed=True)
-            self._note(call, _Offered())
+        if isinstance(asked, _Offered):
+            if not answer:
+                return None  # the dialogue's own "no" ("Okay. What can I help you with?")
             return DialogueTurn(
-                replies=(BotReply(text=self.composer.config.fallback_reply),),
+                replies=(BotReply(text=self.knowledge.offer_accepted_reply),),
+                end="transfer",
+                transfer_target=self.knowledge.offer_target,
                 intent=heard.intent,
                 confidence=heard.confidence,
                 source="knowledge",
             )
-        if not answer:
-            return None  # the dialogue's own "no" ("Okay. What can I help you with?")
+        if answer:
+            if isinstance(asked, _Confirming):
+                return self._read_out(asked.hit, heard, asked.question, confirmed=True)
+            return self._from_dialogue(call, await self.inner.respond(call, asked.request))
+        # No to a question back (a passage's or an intent's): the honest offer.
+        self._note(call, _Offered())
         return DialogueTurn(
-            replies=(BotReply(text=self.knowledge.offer_accepted_reply),),
-            end="transfer",
-            transfer_target=self.knowledge.offer_target,
+            replies=(BotReply(text=self.composer.config.fallback_reply),),
             intent=heard.intent,
             confidence=heard.confidence,
             source="knowledge",

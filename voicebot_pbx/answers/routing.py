@@ -195,11 +195,8 @@ def confirm_questions(kb: KnowledgeBase, config: KnowledgeConfig) -> list[str]:
     """Every question back the router can ask (to warm the TTS cache): a passage's, an
     intent's."""
     passages = [confirm_question(p, config) for p in kb.passages] if config.confirm else []
-    intents = [
-        confirm_intent_question(pair.split("=", 1)[1].strip(), config)
-        for pair in config.confirm_intents
-    ]
-    return passages + intents
+    tasks = _pairs(config.confirm_intents).values()
+    return passages + [confirm_intent_question(task.strip(), config) for task in tasks]
 
 
 def offers_transfer(reply: str) -> bool:
@@ -237,10 +234,15 @@ def _topic(passage: Passage) -> str:
     return passage.id.split("#", 1)[0]
 
 
+def _pairs(entries: Sequence[str]) -> dict[str, str]:
+    """``"intent=value"`` entries of the config (``intent_topics``, ``confirm_intents``;
+    their shape is checked when the config loads) as intent -> value."""
+    return dict(entry.split("=", 1) for entry in entries)
+
+
 def _intent_topic(intent: str | None, config: KnowledgeConfig) -> str | None:
     """The knowledge file ``intent`` answers for (``intent_topics``; None: none)."""
-    topics = dict(pair.split("=", 1) for pair in config.intent_topics)
-    return topics.get(intent or "")
+    return _pairs(config.intent_topics).get(intent or "")
 
 
 def far_from_examples(
@@ -262,8 +264,7 @@ def far_from_examples(
 def intent_task(intent: str | None, config: KnowledgeConfig) -> str | None:
     """What the caller would want to do with ``intent``, as the question back words it
     (``confirm_intents``; None: not asked back)."""
-    tasks = dict(pair.split("=", 1) for pair in config.confirm_intents)
-    task = tasks.get(intent or "")
+    task = _pairs(config.confirm_intents).get(intent or "")
     return task.strip() if task else None
 
 
