@@ -402,6 +402,14 @@ class FormNlu(SureNlu):
             )
         if text.replace(" ", "").isdigit():
             return DialogueTurn(replies=(BotReply(text="Thanks."),), intent="inform")
+        if text in ("bellow bellow", "goodbye"):  # the first a date of birth misheard
+            sure = text == "goodbye"
+            return DialogueTurn(
+                replies=(BotReply(text="Goodbye."),),
+                end="hangup",
+                intent="goodbye",
+                confidence=0.98 if sure else 0.6,
+            )
         if text == "mumble":
             return DialogueTurn(
                 replies=(BotReply(text="Say it another way? Please say your account number."),),
@@ -463,6 +471,31 @@ def test_while_an_answer_is_awaited_the_dialogues_own_reply_is_spoken_not_the_ll
     # With no question open, the same words go to the LLM, as before.
     fresh = CallInfo(call_id="d")
     assert run_virtual(brain.respond(fresh, "mumble")).composed is not None
+
+
+def test_while_an_answer_is_awaited_an_unsure_goodbye_asks_the_question_again() -> None:
+    """An answer misheard as a goodbye the dialogue is not sure of (end_min_confidence)
+    does not hang up on a caller in the middle of their task: the question is asked again
+    and the dialogue never sees the words. A clear goodbye still ends the call, and so does
+    an unsure one when no answer is awaited (or with the rule off)."""
+    brain, inner = _form_brain()
+    call = CallInfo(call_id="c")
+
+    async def talk(last: str, target: ComposingDialogue = brain) -> DialogueTurn:
+        await target.respond(call, "what's my balance")
+        return await target.respond(call, last)
+
+    again = run_virtual(talk("bellow bellow"))
+    assert again.source == "answer_reprompt" and again.end is None
+    assert [r.text for r in again.replies] == [CONFIG.answer_reprompt]
+    assert (again.collect_dtmf_digits, again.expect) == (8, ("digits",))
+    assert inner.acted == ["what's my balance"]
+    assert run_virtual(talk("goodbye")).end == "hangup"
+    assert run_virtual(brain.respond(CallInfo(call_id="d"), "bellow bellow")).end == "hangup"
+    off = ComposingDialogue(
+        inner, brain.composer, dataclasses.replace(CONFIG, end_min_confidence=0)
+    )
+    assert run_virtual(talk("bellow bellow", off)).end == "hangup"
 
 
 def test_an_answer_taken_back_leaves_the_question_waiting_again() -> None:

@@ -1366,6 +1366,50 @@ def test_an_identity_answer_rasa_did_not_understand_gets_the_forms_reply_not_the
 
 @needs_rasa
 @pytest.mark.rasa
+def test_an_identity_answer_heard_as_an_unsure_goodbye_does_not_hang_up(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """With the knowledge routing in front (as serve has it), words the real Rasa takes
+    for a goodbye it is not sure of, said while the form waits for the postcode, get the
+    question again instead of the goodbye that ended the call; the form still takes the
+    right answer next."""
+    from voicebot_pbx.answers.embedder import load_embedder
+    from voicebot_pbx.answers.fallbacks import ComposingDialogue
+    from voicebot_pbx.answers.knowledge import KnowledgeBase
+    from voicebot_pbx.config import parse_config
+    from voicebot_pbx.ops.service import add_intent_examples
+    from voicebot_pbx.testing import ScriptedLlm
+
+    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
+    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(config.knowledge))
+    add_intent_examples(kb, config)
+    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
+    brain = ComposingDialogue(dlg, llm, config.knowledge)
+    account = DEMO[4]
+    heard = "bellow bellow"  # an identity answer as a phone line may garble it
+
+    async def call_in() -> tuple[Understanding, DialogueTurn, DialogueTurn]:
+        call = new_call()
+        await brain.start(call)
+        await brain.respond(call, "what's my balance")
+        asked = await brain.respond(call, " ".join(account.number))
+        assert "postcode of the property" in texts(asked)
+        understood = await dlg.understand(call, heard)
+        again = await brain.respond(call, heard)
+        return understood, again, await brain.respond(call, account.postcode.lower())
+
+    understood, again, answered = aloop.run(call_in())
+    # The premise: a goodbye Rasa is not sure of (another model may need other words).
+    assert understood.intent == "goodbye", understood
+    assert understood.confidence is not None
+    assert understood.confidence < config.knowledge.end_min_confidence
+    assert again.end is None, "hung up on the caller"
+    assert texts(again) == config.knowledge.answer_reprompt
+    assert "identity_verified" in answered.entities, texts(answered)
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_without_an_llm_a_yes_to_rasas_own_refusal_transfers(
     dlg: RasaDialogue, aloop: LoopThread
 ) -> None:

@@ -280,7 +280,8 @@ class ComposingDialogue:
         dialogue gets them (its form re-asks or checks them) and its own reply is spoken,
         not the LLM's; and an intent far from its examples, which would start another task
         in the middle (a garbled account number heard as a booking), gets the question
-        again (``answer_reprompt``), the dialogue left waiting."""
+        again (``answer_reprompt``), the dialogue left waiting; so does a goodbye the
+        dialogue was not sure of (:meth:`_unsure_end`), which would hang up."""
         if not text.strip():
             return self._from_dialogue(call, await self.inner.respond(call, text, alternatives))
         asked = self._asked.pop(call.call_id, None)
@@ -311,7 +312,9 @@ class ComposingDialogue:
             where = route(heard, hit, self.knowledge, intent_similarity=closeness, form=form)
             if where == "passage" and hit is not None:
                 return self._read_out(hit, heard, text)
-            if waiting is not None and where in ("confirm_intent", "compose_alone"):
+            if waiting is not None and (
+                where in ("confirm_intent", "compose_alone") or self._unsure_end(heard)
+            ):
                 return self._ask_again(heard, waiting)
             if where == "confirm" and hit is not None and waiting is None:
                 return self._ask_back(call, hit, heard, text)
@@ -336,6 +339,16 @@ class ComposingDialogue:
         if turn.needs_fallback or (where == "compose" and not ends):
             return dataclasses.replace(turn, composed=self._composed(call, text))
         return turn
+
+    def _unsure_end(self, heard: Understanding) -> bool:
+        """Whether ``heard`` would end the call (``end_intents``) but the dialogue was not
+        sure of it (``end_min_confidence``): while an answer is awaited, that answer heard
+        wrong rather than a goodbye."""
+        return (
+            heard.intent in self.knowledge.end_intents
+            and heard.confidence is not None
+            and heard.confidence < self.knowledge.end_min_confidence
+        )
 
     def _ask_again(self, heard: Understanding, waiting: DialogueTurn) -> DialogueTurn:
         """The dialogue's question ``waiting`` asked again (``answer_reprompt``), with what

@@ -203,6 +203,13 @@ class KnowledgeConfig:
     # the dialogue's form reads them, and an intent far from its examples (another task
     # started in the middle) gets this, the question still open (answers.fallbacks).
     answer_reprompt: str = "Sorry, I didn't catch that. Could you say it again?"
+    # ... and an intent that ends the call (end_intents) heard with less confidence than
+    # end_min_confidence, while such an answer is awaited, is that answer heard wrong too:
+    # answer_reprompt, not a hang-up on a caller in the middle of their task (a date of
+    # birth heard as "below, below": goodbye 0.58). A clear goodbye (0.9 and more) still
+    # ends the call. 0: off.
+    end_intents: tuple[str, ...] = ("goodbye",)
+    end_min_confidence: float = 0.8
     # A strong hit, BM25 alone: score, coverage of the question's terms, score / runner-up.
     direct_min_score: float = 6.0
     direct_min_coverage: float = 0.25
@@ -276,6 +283,7 @@ class KnowledgeConfig:
             "info_min_confidence",
             "intent_min_similarity",
             "confirm_intent_min_confidence",
+            "end_min_confidence",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
