@@ -680,9 +680,14 @@ def test_a_spoken_account_number_is_read_back_and_a_no_asks_for_it_again(
 ) -> None:
     """A misheard account number is read back with the identity question; the caller's
     "no" asks for the number again (no identity failure counted), "yes" alone asks the
-    question again; twice "no" is allowed, the third declines the check."""
+    question again; twice "no" is allowed, the third declines the check. The reading said
+    "no" to, heard again, is not read back again: the keypad is offered."""
     account = DEMO[5]
-    misheard = account.number[:-1] + str((int(account.number[-1]) + 1) % 10)
+
+    def wrong(step: int) -> str:
+        return account.number[:-1] + str((int(account.number[-1]) + step) % 10)
+
+    misheard = wrong(1)
     call = new_call()
 
     def say(text: str) -> DialogueTurn:
@@ -698,9 +703,13 @@ def test_a_spoken_account_number_is_read_back_and_a_no_asks_for_it_again(
     assert "take the account number again" in texts(turn), texts(turn)
     assert "type your account number" in texts(turn) and turn.expect == ("digits",)
     assert turn.fallbacks == ("account_read_back_denied",)
-    turn = say(" ".join(misheard))  # misheard again: words that say so, whatever the intent
+    turn = say(" ".join(misheard))  # the same reading again: not read back, the keypad
+    assert "heard the same number again" in texts(turn), texts(turn)
+    assert "That's account number" not in texts(turn) and "on the keypad" in texts(turn)
+    assert turn.fallbacks == ("account_heard_again",) and turn.expect == ("digits",)
+    turn = say(" ".join(wrong(2)))  # another reading: read back
     assert "That's account number" in texts(turn)
-    turn = say("hmm you have got that wrong")
+    turn = say("hmm you have got that wrong")  # words that say so, whatever the intent
     assert "take the account number again" in texts(turn), texts(turn)
     turn = say(" ".join(account.number))
     assert f"That's account number {' '.join(account.number[:4])}," in texts(turn)
@@ -714,14 +723,27 @@ def test_a_spoken_account_number_is_read_back_and_a_no_asks_for_it_again(
     stubborn = new_call()
     aloop.run(dlg.start(stubborn))
     aloop.run(dlg.respond(stubborn, "what's my balance"))
-    for _ in range(2):
-        turn = aloop.run(dlg.respond(stubborn, " ".join(misheard)))
+    for step in (1, 2):
+        turn = aloop.run(dlg.respond(stubborn, " ".join(wrong(step))))
         assert "That's account number" in texts(turn)
         turn = aloop.run(dlg.respond(stubborn, "no"))
         assert "take the account number again" in texts(turn)
-    aloop.run(dlg.respond(stubborn, " ".join(misheard)))
+    aloop.run(dlg.respond(stubborn, " ".join(wrong(3))))
     turn = aloop.run(dlg.respond(stubborn, "no"))
     assert "Without checking it's you I can't read out account details" in texts(turn)
+
+    # Heard as another caller's account, said no to, then heard so again: the recogniser's
+    # other reading that is an account is taken instead.
+    other = DEMO[8]
+    mixed = new_call()
+    aloop.run(dlg.start(mixed))
+    aloop.run(dlg.respond(mixed, "what's my balance"))
+    turn = aloop.run(dlg.respond(mixed, " ".join(other.number)))
+    assert f"That's account number {' '.join(other.number[:4])}," in texts(turn)
+    aloop.run(dlg.respond(mixed, "no"))
+    turn = aloop.run(dlg.respond(mixed, " ".join(other.number), alternatives=(account.number,)))
+    assert f"That's account number {' '.join(account.number[:4])}," in texts(turn), texts(turn)
+    assert "account_alternative" in turn.fallbacks
 
 
 def _no_account_near(number: str) -> str:

@@ -5,7 +5,9 @@
   holder's date of birth, looked up in the billing back end, ``identity_attempts`` tries.
   A spoken account number is read back with the identity question
   (``action_ask_identity_check``); "no" to it asks for the number again
-  (``ACCOUNT_DENIALS`` times), "no" after a keyed one declines the check.
+  (``ACCOUNT_DENIALS`` times), "no" after a keyed one declines the check. A reading the
+  caller said "no" to is not read back again: another reading that is an account, else
+  the keypad is offered (``SAME_NUMBER_AGAIN``).
 * ``action_tell_balance``: balance and last bill in words, or why not.
 * ``validate_appointment_form`` / ``action_ask_time`` / ``action_ask_appointment_confirmed`` /
   ``action_book_appointment``: a day and a time the bookings back end has free (else the
@@ -43,6 +45,7 @@ from .wording import (
     ACCOUNT_AGAIN,
     ASK_DATE_OF_BIRTH_INSTEAD,
     ASK_POSTCODE_INSTEAD,
+    SAME_NUMBER_AGAIN,
     read_back_account,
     say_balance,
     say_date,
@@ -193,6 +196,11 @@ def _alternatives(tracker: Tracker) -> list[str]:
     return [str(v) for v in values if str(v).isdigit()]
 
 
+def _denied_numbers(tracker: Tracker) -> list[str]:
+    """The account numbers read back in this call that the caller said "no" to."""
+    return str(tracker.get_slot("account_denied") or "").split()
+
+
 def _just_said_account(tracker: Tracker, number: str) -> bool:
     """The caller's latest message said the account number (spoken, not keyed): its digits,
     one of the recogniser's other readings of them, or its digits with one left out
@@ -281,6 +289,16 @@ class ValidateBalanceForm(FormValidationAction):
                 heard, slot_value, _alternatives(tracker), rt.account_alternatives
             )
             number = await _existing_reading(rt, tracker.sender_id, heard, others)
+            denied = _denied_numbers(tracker)
+            if number is not None and number in denied:
+                # The reading the caller said "no" to, heard again: another reading that
+                # is an account, else the keypad.
+                left = [r for r in others if r not in denied]
+                number = await _existing_reading(rt, tracker.sender_id, None, left)
+                if number is None:
+                    dispatcher.utter_message(text=SAME_NUMBER_AGAIN)
+                    _note(dispatcher, fallback="account_heard_again")
+                    return {"account_number": None}
             if number != heard:
                 # Which reading, not the digits: they are the caller's account number.
                 _note(dispatcher, fallback="account_alternative")
@@ -327,7 +345,12 @@ class ValidateBalanceForm(FormValidationAction):
         read_back = bool(tracker.get_slot("account_read_back"))
         if intent == "deny" or (read_back and corrects_read_back(answer)):
             denials = int(tracker.get_slot("account_denials") or 0) + 1
-            return {**forget, **self._denied(dispatcher, read_back, denials)}
+            denied = self._denied(dispatcher, read_back, denials)
+            if read_back and "account_number" in denied:
+                # Remembered for the call: not read back again (validate_account_number).
+                numbers = [*_denied_numbers(tracker), number]
+                denied["account_denied"] = " ".join(dict.fromkeys(numbers))
+            return {**forget, **denied}
         if intent == "affirm" and not re.search(r"\d", answer):
             # "yes" to the account number read back: not an answer yet; asked again.
             return {**forget, "identity_check": None}

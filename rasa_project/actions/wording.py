@@ -51,6 +51,10 @@ ASK_POSTCODE_INSTEAD = (
 # After a caller said "no" to the account number read back to them.
 ACCOUNT_AGAIN = "Sorry about that. Let's take the account number again."
 
+# The account number heard again as the reading the caller said "no" to (before the
+# account number question, which offers the keypad).
+SAME_NUMBER_AGAIN = "Sorry, I heard the same number again. It may be easier on the keypad."
+
 
 def say_account_number(number: str) -> str:
     """An account number read back in two groups: "12345678" -> "1 2 3 4, 5 6 7 8"."""
