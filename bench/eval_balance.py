@@ -38,6 +38,12 @@ catch that", or its identity question again after answering something else) and 
 the other answer: the same answer once more (step "identity again", since 2026-12-07,
 VERSION 5; before, such a caller said nothing more and the call counted as failed),
 
+and after "again", only when the bot heard the number said again as the reading the caller
+had said "no" to and offered the keypad instead of reading it back again
+(``SAME_NUMBER_AGAIN``): the account number keyed (step "keyed", ``SendDtmf``, as a caller
+asked to type it does; since 2026-12-07, VERSION 6; before, the bot read the same wrong
+number back again and the identity answer that followed could not match),
+
 each through the phone line of ``bench/turn_dataset.py`` (``phone_line``: 300-3400 Hz band,
 a level drawn in -24..-18 dBFS, pink line noise at ``--snr`` dB, G.711 µ-law round trip,
 0.3 s before and 1.3 s after the speech), 8 kHz. ``--account-groups MIN_S MAX_S`` reads the
@@ -122,6 +128,7 @@ from actions.wording import (  # noqa: E402
     ASK_DATE_OF_BIRTH_INSTEAD,
     ASK_POSTCODE_INSTEAD,
     READ_BACK_OPENING,
+    SAME_NUMBER_AGAIN,
     say_balance,
 )
 
@@ -141,7 +148,7 @@ from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
 OUT_JSON = ROOT / ".cache" / "reports" / "eval_balance.json"
 RATE_HZ = turn_dataset.RATE_HZ  # 8 kHz: the AudioSocket / SimulatedCaller default
 TARGET = 0.95
-VERSION = 5
+VERSION = 6
 
 # espeak-ng voice+variants nobody else in this project speaks with (taken: see the lists in
 # bench/answers_dataset.py, bench/turn_dataset.py, bench/stt_dataset.py, bench/bench_pbx.py;
@@ -153,13 +160,15 @@ MODES = ("postcode", "birth_date")
 # account number said once more, only when the bot asks for it again after the first
 # reading (spoken entry); "wrong": "no" to the account number read back, only when the
 # number read back is not the caller's; "identity again": the identity answer said once
-# more, only when the bot asks to hear it again. Listed in this order so steps 0-3 keep
-# their line noise.
-STEPS = ("request", "account", "identity", "retry", "again", "wrong", "identity again")
+# more, only when the bot asks to hear it again; "keyed": the account number keyed after
+# all, only when the bot heard the reading the caller said "no" to again and offered the
+# keypad (spoken entry). Listed in this order so steps 0-3 keep their line noise.
+STEPS = ("request", "account", "identity", "retry", "again", "wrong", "identity again", "keyed")
 RETRY = STEPS.index("retry")
 AGAIN = STEPS.index("again")
 WRONG = STEPS.index("wrong")
 ID_AGAIN = STEPS.index("identity again")
+KEYED = STEPS.index("keyed")
 NOT_MY_NUMBER = "no, that's the wrong number"
 _READ_BACK = re.compile(re.escape(READ_BACK_OPENING) + r" ([\d ,]+)\.")
 ENTRIES = ("spoken", "keypad")  # how the account number (step 2) is given
@@ -207,12 +216,12 @@ class Plan:
     level_dbfs: float
 
     @property
-    def texts(self) -> tuple[str, str, str, str, str, str, str]:
+    def texts(self) -> tuple[str, str, str, str, str, str, str, str]:
         a = self.account
         postcode, born = say_postcode(a.postcode), say_birth_date(a.birth_date)
         identity, other = (postcode, born) if self.mode == "postcode" else (born, postcode)
         digits = say_digits(a.number)
-        return (REQUEST, digits, identity, other, digits, NOT_MY_NUMBER, identity)
+        return (REQUEST, digits, identity, other, digits, NOT_MY_NUMBER, identity, a.number)
 
     @property
     def expected(self) -> str:
@@ -256,6 +265,8 @@ def render(
     """One caller utterance on the phone line (8 kHz slin). ``groups_pause_s``: the account
     number (step 2) is read as two groups of four digits with a pause drawn from this range
     between them, as callers read numbers."""
+    if step == KEYED:
+        return b""  # keys, not speech
     text = p.texts[step]
     # steps 0-2 keep the line noise they had before the retry step existed
     later = {RETRY: 500, AGAIN: 700, WRONG: 900, ID_AGAIN: 1100}
@@ -321,6 +332,7 @@ class Outcome:
     said_again: bool = False  # the bot asked for the account number again and got it
     said_wrong: bool = False  # the caller said "no" to a wrong account number read back
     said_identity_again: bool = False  # the bot asked to hear the identity answer again
+    keyed: bool = False  # the bot offered the keypad after the account number said again
     fallbacks: list[str] = field(default_factory=list)
     dialogues: list[str] = field(default_factory=list)
     identity_mismatch: int = 0
@@ -350,6 +362,7 @@ OPTIONAL = {
     AGAIN: "said_again",
     WRONG: "said_wrong",
     ID_AGAIN: "said_identity_again",
+    KEYED: "keyed",
 }
 
 
@@ -440,7 +453,8 @@ def score(
         spoken = [t for t in turns if t["kind"] == "speech"]
         order = iter(say_steps[min(i, len(say_steps) - 1)] for i in range(len(spoken)))
         steps = [1 if t["kind"] == "dtmf" else next(order) for t in turns]
-    steps = [1 if t["kind"] == "dtmf" else k for t, k in zip(turns, steps, strict=True)]
+    keyed_step = KEYED if out.entry == "spoken" else 1
+    steps = [keyed_step if t["kind"] == "dtmf" else k for t, k in zip(turns, steps, strict=True)]
     for turn, step in zip(turns, steps, strict=True):
         out.heard[step].append(str(turn["transcript"]))
         out.replies[step] = str(turn["reply_text"])
@@ -462,7 +476,11 @@ def score(
         out.stage = "ok"
     elif asks[0] not in out.replies[0]:
         out.stage = "intent"
-    elif asks[1] not in out.replies[1] and not (out.said_again and asks[1] in out.replies[AGAIN]):
+    elif (
+        asks[1] not in out.replies[1]
+        and not (out.said_again and asks[1] in out.replies[AGAIN])
+        and not (out.keyed and asks[1] in out.replies[KEYED])
+    ):
         out.stage = "account"
     else:
         out.stage = "retry" if out.retried else "identity"
@@ -515,6 +533,12 @@ async def one_call(
         out.said_again = asks_account_again(reply, asks[0])
         return out.said_again
 
+    def asked_to_key() -> bool:
+        # As above: the reply to the account number said again.
+        reply = recorder.last_reply.get(caller.result.call_id, "")
+        out.keyed = SAME_NUMBER_AGAIN in reply
+        return out.keyed
+
     def asked_for_identity_again() -> bool:
         # As above: the reply to the identity answer.
         reply = recorder.last_reply.get(caller.result.call_id, "")
@@ -530,6 +554,7 @@ async def one_call(
             Say(audio[1]),
             Say(audio[WRONG], only_if=read_back_wrong),
             Say(audio[AGAIN], only_if=asked_for_account_again),
+            SendDtmf(p.account.number, only_if=asked_to_key),
         ]
     steps += [
         Say(audio[2]),
@@ -721,6 +746,7 @@ def _group(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "said_again": sum(o.said_again for o in outcomes),
         "said_wrong": sum(o.said_wrong for o in outcomes),
         "said_identity_again": sum(o.said_identity_again for o in outcomes),
+        "keyed": sum(o.keyed for o in outcomes),
         "misheard": {s: sum(o.misheard[k] for o in outcomes) for k, s in enumerate(STEPS)},
         "identity_mismatch": sum(o.identity_mismatch for o in outcomes),
         "stages": {
@@ -781,7 +807,7 @@ def _row(name: str, g: dict[str, Any]) -> str:
     return (
         f"| {name} | {_rate(g)} | {_rate(g, 'correct_first')} | {g.get('said_wrong', 0)} "
         f"| {g.get('said_again', 0)} "
-        f"| {g.get('said_identity_again', 0)} "
+        f"| {g.get('said_identity_again', 0)} | {g.get('keyed', 0)} "
         f"| {g['retried']} | {m['request']} / {m['account']} / {m.get('wrong', 0)} / "
         f"{m.get('again', 0)} / "
         f"{m['identity']} / {m.get('identity again', 0)} / {m['retry']} "
@@ -823,7 +849,8 @@ def markdown(run: dict[str, Any]) -> str:
         "the bot asks for again (or asks to hear again) is said once more (account again); "
         "a spoken number read back wrong gets a no first; an identity answer the bot asks "
         "to hear again (didn't catch it, or asked the identity question again) is said once "
-        "more (identity again). "
+        "more (identity again); the account number heard again as the reading the caller "
+        "said no to gets the keypad offered, and the caller keys it (keyed). "
         "Misheard = turns whose "
         "normalised transcript differs from the normalised words said (request / account / "
         "again / identity / identity again / retry; a keyed account number: the digits the "
@@ -834,9 +861,9 @@ def markdown(run: dict[str, Any]) -> str:
         "no retry asked; retry: no balance after the other answer; error: no record).",
         "",
         "| | correct | first answer | said no to read-back | account again | identity again "
-        "| retried | misheard req / acct / no / again / id / id again / retry "
+        "| keyed after | retried | misheard req / acct / no / again / id / id again / retry "
         "| identity_mismatch | failed at intent / account / identity / retry / error |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         _row("all", a),
     ]
     for entry, g in s["by_entry"].items():

@@ -322,7 +322,8 @@ def test_echo_call_plays_the_reply_paced() -> None:
 
 
 def test_a_conditional_step_is_said_only_when_its_condition_holds() -> None:
-    """``Say(only_if=...)``: asked when the step comes; False skips it (no turn, no audio)."""
+    """``Say(only_if=...)`` and ``SendDtmf(only_if=...)``: asked when the step comes; False
+    skips it (no turn, no audio, no keys)."""
 
     async def main() -> None:
         tone = b"".join(tone_frames(0.4, 8000))
@@ -343,12 +344,16 @@ def test_a_conditional_step_is_said_only_when_its_condition_holds() -> None:
                     Say(tone),
                     Say(tone, only_if=ask("skipped", False)),
                     Say(tone, only_if=ask("said", True)),
+                    SendDtmf("1", only_if=ask("not keyed", False)),
+                    SendDtmf("2", only_if=ask("keyed", True)),
                 ]
             )
             assert await eventually(lambda: not server.calls)
-        assert asked == ["skipped", "said"]
+        assert asked == ["skipped", "said", "not keyed", "keyed"]
         assert [t.step for t in result.turns] == [0, 2]
-        heard = [e.pcm for e in bot.calls[result.call_id].events if isinstance(e, AudioIn)]
+        events = bot.calls[result.call_id].events
+        assert [e.digit for e in events if isinstance(e, DtmfIn)] == ["2"]
+        heard = [e.pcm for e in events if isinstance(e, AudioIn)]
         voiced = sum(1 for pcm in heard if any(pcm))
         assert voiced == 2 * len(tone_frames(0.4, 8000))  # two tones reached the bot
 

@@ -41,6 +41,8 @@ class Say:
 class SendDtmf:
     digits: str
     gap_s: float = 0.25
+    # As Say's: asked when the step comes; False skips it.
+    only_if: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +295,11 @@ class SimulatedCaller:
             for index, step in enumerate(steps):
                 if self._closed.is_set():
                     break
-                if isinstance(step, Say) and step.only_if is not None and not step.only_if():
+                if (
+                    isinstance(step, Say | SendDtmf)
+                    and step.only_if is not None
+                    and not step.only_if()
+                ):
                     continue
                 following = steps[index + 1] if index + 1 < len(steps) else None
                 barge_next = isinstance(following, Say) and following.barge_in_after_s is not None
@@ -308,7 +314,7 @@ class SimulatedCaller:
                             await self._idle(max(0.0, onset + delay_s - loop.time()))
                         await self._say(index, step)
                         await self._wait_reply_done(loop.time(), self.reply_timeout_s)
-                    case SendDtmf(digits, gap_s):
+                    case SendDtmf(digits=digits, gap_s=gap_s):
                         for digit in digits:
                             await self._send(wire.encode_dtmf(digit))
                             await self._idle(gap_s)
