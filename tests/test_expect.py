@@ -27,6 +27,7 @@ from voicebot_pbx.speech.expect import (
     HeldVocabulary,
     first_sentence,
     label,
+    only_expected_words,
     only_yes_or_no,
     prefer,
     spoken_units,
@@ -555,3 +556,23 @@ def test_a_no_to_the_identity_question_is_not_held_to_a_date(
         pcm, 8000, frozenset({Expectation.POSTCODE, Expectation.DATE})
     )
     assert result.held_to is None and words(result.text) >= {"no", "not", "account"}, result
+
+
+def test_words_made_only_of_an_expected_answer() -> None:
+    """A spelled postcode or a date as a phone line may make them are the answer's words;
+    a question, a lone "no" or other words are not."""
+    identity = frozenset({Expectation.POSTCODE, Expectation.DATE})
+    for text in (
+        "And, u.l.u. F.m. and, i.e. D.l.u.",
+        "and i double i double i",
+        "NW7 8LW",
+        "the 23rd of february 1991",
+        "the twentieth, the third of february, nineteen hundred and nineteen one",
+    ):
+        assert only_expected_words(text, identity), text
+    for text in ("what's your address?", "no", "the of", "bellow bellow", "The fans of 1900", ""):
+        assert not only_expected_words(text, identity), text
+    digits = frozenset({Expectation.DIGITS})
+    assert only_expected_words("seven seven one one, 6 4 6", digits)
+    assert not only_expected_words("february", digits)  # a date's word, not a digit's
+    assert not only_expected_words("and then 3 in the air", digits)

@@ -1432,6 +1432,50 @@ def test_an_identity_answer_heard_as_an_unsure_goodbye_does_not_hang_up(
 
 @needs_rasa
 @pytest.mark.rasa
+def test_a_spelled_postcode_heard_as_an_unsure_goodbye_is_checked_not_asked_again(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """With the knowledge routing in front (as serve has it), a postcode spelled as odd
+    letters that the classifier took for a goodbye it is not sure of, said while the form
+    waits for the identity answer, reaches the form: it is checked (no match here) and the
+    other answer is asked for, rather than "say it again" for as long as the line garbles
+    it (and rather than the goodbye)."""
+    from voicebot_pbx.answers.embedder import load_embedder
+    from voicebot_pbx.answers.fallbacks import ComposingDialogue
+    from voicebot_pbx.answers.knowledge import KnowledgeBase
+    from voicebot_pbx.config import parse_config
+    from voicebot_pbx.ops.service import add_intent_examples
+    from voicebot_pbx.testing import ScriptedLlm
+
+    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
+    knowledge = config.knowledge
+    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(knowledge))
+    add_intent_examples(kb, config)
+    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
+    brain = ComposingDialogue(dlg, llm, knowledge)
+    account = DEMO[9]
+    heard = "and e double e double e"  # a spelled postcode as a phone line may make it
+
+    async def call_in() -> tuple[Understanding, DialogueTurn]:
+        call = new_call()
+        await brain.start(call)
+        await brain.respond(call, "what's my balance")
+        asked = await brain.respond(call, " ".join(account.number))
+        assert "postcode of the property" in texts(asked)
+        return await dlg.understand(call, heard), await brain.respond(call, heard)
+
+    understood, turn = aloop.run(call_in())
+    # The premise: an unsure goodbye (another model may need other words).
+    assert understood.intent == "goodbye", understood
+    assert understood.confidence is not None
+    assert understood.confidence < knowledge.end_min_confidence
+    assert turn.end is None and turn.source != "answer_reprompt", texts(turn)
+    assert "doesn't match our records" in texts(turn), texts(turn)
+    assert "date of birth instead" in texts(turn)
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_without_an_llm_a_yes_to_rasas_own_refusal_transfers(
     dlg: RasaDialogue, aloop: LoopThread
 ) -> None:

@@ -43,6 +43,7 @@ from voicebot_pbx.answers.routing import (
     yes_or_no,
 )
 from voicebot_pbx.config import KnowledgeConfig
+from voicebot_pbx.speech.expect import only_expected_words, parse_expected
 
 log = structlog.get_logger("voicebot_pbx.answers.fallbacks")
 
@@ -220,6 +221,16 @@ _Found = tuple[KnowledgeHit | None, Understanding]
 _PREPARED_PER_CALL = 2
 
 
+def _answer_words(text: str, waiting: DialogueTurn) -> bool:
+    """``text`` is made only of the words of the answer ``waiting`` expects
+    (:func:`voicebot_pbx.speech.expect.only_expected_words`)."""
+    try:
+        expected = parse_expected(waiting.expect)
+    except ValueError:  # a kind of answer the recogniser does not know: no words to read
+        return False
+    return only_expected_words(text, expected)
+
+
 class ComposingDialogue:
     """``inner``, with knowledge-base questions routed to the knowledge base
     (:func:`voicebot_pbx.answers.routing.route`): a strong retrieval hit is read out as the
@@ -315,7 +326,12 @@ class ComposingDialogue:
             if waiting is not None and (
                 where in ("confirm_intent", "compose_alone") or self._unsure_end(heard)
             ):
-                return self._ask_again(heard, waiting)
+                if not _answer_words(text, waiting):
+                    return self._ask_again(heard, waiting)
+                # Made only of the answer's words (a spelled postcode heard as odd
+                # letters): the dialogue's form checks it, whatever intent it was given.
+                log.info("answer_words_to_dialogue", intent=heard.intent)
+                where = "intent"
             if where == "confirm" and hit is not None and waiting is None:
                 return self._ask_back(call, hit, heard, text)
             if where == "confirm_intent":

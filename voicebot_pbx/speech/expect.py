@@ -243,6 +243,24 @@ def real_words(text: str) -> int:
     return sum(1 for run in _RUNS.findall(text.lower()) if run.isalpha() and len(run) >= 3)
 
 
+# Said between the pieces of a date or a spelled postcode, saying nothing on their own.
+_BETWEEN = frozenset({"the", "of", "and"})
+_TOKEN = re.compile(r"[a-z0-9]+")
+# A figure ("23rd" with its ending) or a piece of a postcode ("nw7", "8lw").
+_FIGURE = re.compile(r"\d+(?:st|nd|rd|th)?|[a-z]{0,2}\d[a-z\d]{0,2}")
+
+
+def only_expected_words(text: str, expected: Expected) -> bool:
+    """``text`` says something and is made only of what an answer of ``expected`` is made
+    of: figures and postcode pieces ("23rd", "nw7") and the expectations' words
+    (:data:`WORDS`: a postcode's letters said alone, a date's number words and months);
+    "the", "of" and "and" are allowed but say nothing. A spelled postcode as a phone line
+    makes it ("And, u.l.u. F.m."), not "what's your address?" nor a lone "no"."""
+    said = [word for word in _TOKEN.findall(text.lower()) if word not in _BETWEEN]
+    allowed = frozenset().union(*(WORDS[e] for e in expected))
+    return bool(said) and all(_FIGURE.fullmatch(word) or word in allowed for word in said)
+
+
 # A free decode of these words alone is the caller's yes or no, not the start of an answer
 # (a lone "no" held to a date comes out "November").
 _YES_NO = frozenset({"no", "nope", "nah", "yes", "yeah", "yep", "yup"})
