@@ -32,6 +32,9 @@ from structlog.testing import capture_logs
 
 from voicebot_pbx.answers.action_server import ActionServer
 from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, Understanding
+from voicebot_pbx.answers.embedder import load_embedder
+from voicebot_pbx.answers.fallbacks import ComposingDialogue
+from voicebot_pbx.answers.knowledge import KnowledgeBase
 from voicebot_pbx.answers.rasa import DialogueUnavailable, RasaDialogue, parse_bot_messages
 from voicebot_pbx.answers.rasa_server import (
     RASA_ENV,
@@ -41,7 +44,9 @@ from voicebot_pbx.answers.rasa_server import (
     project_hash,
     redis_endpoints,
 )
-from voicebot_pbx.config import ActionsConfig
+from voicebot_pbx.config import ActionsConfig, KnowledgeConfig, parse_config
+from voicebot_pbx.ops.service import add_intent_examples
+from voicebot_pbx.testing import ScriptedLlm
 
 T = TypeVar("T")
 
@@ -1218,6 +1223,25 @@ def test_a_profile_served_by_its_own_rasa_server(rasa: RasaServer, aloop: LoopTh
                 aloop.run(kit.rasa.aclose())
 
 
+@dataclasses.dataclass(frozen=True)
+class _Routed:
+    """The real dialogue with the knowledge routing in front, as serve has it."""
+
+    brain: ComposingDialogue
+    kb: KnowledgeBase
+    knowledge: KnowledgeConfig
+
+
+def _routed(dlg: RasaDialogue) -> _Routed:
+    """``dlg`` wrapped as serve wraps it: the packaged knowledge base with its embedder, the
+    project's intent examples embedded, and an LLM that declines (its honest offer)."""
+    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
+    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(config.knowledge))
+    add_intent_examples(kb, config)  # as serve does
+    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
+    return _Routed(ComposingDialogue(dlg, llm, config.knowledge), kb, config.knowledge)
+
+
 @needs_rasa
 @pytest.mark.rasa
 def test_a_yes_to_the_honest_offer_transfers_and_a_no_does_not(
@@ -1229,10 +1253,6 @@ def test_a_yes_to_the_honest_offer_transfers_and_a_no_does_not(
     import contextlib
 
     from voicebot_pbx.answers.dialogue import Rejected
-    from voicebot_pbx.answers.fallbacks import ComposingDialogue
-    from voicebot_pbx.answers.knowledge import KnowledgeBase
-    from voicebot_pbx.config import KnowledgeConfig
-    from voicebot_pbx.testing import ScriptedLlm
 
     llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=KnowledgeBase.load(REPO / "knowledge"))
     brain = ComposingDialogue(dlg, llm, KnowledgeConfig())
@@ -1265,19 +1285,9 @@ def test_an_intent_far_from_its_examples_does_not_start_its_form(
     words are far from every balance example (the real embedder, the project's own NLU
     data), so the turn is not understood: the balance form does not start, the honest
     offer is composed. With the rule off, the same question starts the form."""
-    from voicebot_pbx.answers.embedder import load_embedder
-    from voicebot_pbx.answers.fallbacks import ComposingDialogue
-    from voicebot_pbx.answers.knowledge import KnowledgeBase
-    from voicebot_pbx.config import KnowledgeConfig, parse_config
-    from voicebot_pbx.ops.service import add_intent_examples
-    from voicebot_pbx.testing import ScriptedLlm
-
-    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
-    knowledge = config.knowledge
-    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(knowledge))
-    add_intent_examples(kb, config)  # as serve does
+    routed = _routed(dlg)
+    kb, knowledge, llm = routed.kb, routed.knowledge, routed.brain.composer
     question = "can my son take over my account when I die"
-    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
 
     async def ask(config: KnowledgeConfig) -> tuple[Understanding, DialogueTurn]:
         call = new_call()
@@ -1308,20 +1318,10 @@ def test_garbled_words_rasa_is_sure_of_are_asked_back_and_a_yes_starts_the_task(
     outage, but the words are far from every outage example. The caller is asked
     "Just to check, do you want to report a power cut?", and a yes starts the outage form
     (the intent's first example goes to Rasa); a no gets the honest offer."""
-    from voicebot_pbx.answers.embedder import load_embedder
-    from voicebot_pbx.answers.fallbacks import ComposingDialogue
-    from voicebot_pbx.answers.knowledge import KnowledgeBase
-    from voicebot_pbx.config import parse_config
-    from voicebot_pbx.ops.service import add_intent_examples
-    from voicebot_pbx.testing import ScriptedLlm
-
-    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
-    knowledge = config.knowledge
-    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(knowledge))
-    add_intent_examples(kb, config)
+    routed = _routed(dlg)
+    brain, kb, knowledge = routed.brain, routed.kb, routed.knowledge
+    llm = brain.composer
     garbled = "the elect tricity is gone in our flat"
-    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
-    brain = ComposingDialogue(dlg, llm, knowledge)
 
     async def ask(answer: str) -> tuple[Understanding, DialogueTurn, DialogueTurn]:
         call = new_call()
@@ -1353,19 +1353,9 @@ def test_an_identity_answer_rasa_did_not_understand_gets_the_forms_reply_not_the
     that Rasa's classifier could not place still fills the form's slot and is checked: the
     caller hears the form's reply (no match, the other answer asked for), not the LLM's
     honest offer, which used to replace it."""
-    from voicebot_pbx.answers.embedder import load_embedder
-    from voicebot_pbx.answers.fallbacks import ComposingDialogue
-    from voicebot_pbx.answers.knowledge import KnowledgeBase
     from voicebot_pbx.answers.rasa import FALLBACK_INTENTS
-    from voicebot_pbx.config import parse_config
-    from voicebot_pbx.ops.service import add_intent_examples
-    from voicebot_pbx.testing import ScriptedLlm
 
-    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
-    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(config.knowledge))
-    add_intent_examples(kb, config)
-    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
-    brain = ComposingDialogue(dlg, llm, config.knowledge)
+    brain = _routed(dlg).brain
     account = DEMO[4]
     heard = "and one r u p e a d s"  # a spelled postcode as a phone line may make it
 
@@ -1395,18 +1385,8 @@ def test_an_identity_answer_heard_as_an_unsure_goodbye_does_not_hang_up(
     for a goodbye it is not sure of, said while the form waits for the postcode, get the
     question again instead of the goodbye that ended the call; the form still takes the
     right answer next."""
-    from voicebot_pbx.answers.embedder import load_embedder
-    from voicebot_pbx.answers.fallbacks import ComposingDialogue
-    from voicebot_pbx.answers.knowledge import KnowledgeBase
-    from voicebot_pbx.config import parse_config
-    from voicebot_pbx.ops.service import add_intent_examples
-    from voicebot_pbx.testing import ScriptedLlm
-
-    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
-    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(config.knowledge))
-    add_intent_examples(kb, config)
-    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
-    brain = ComposingDialogue(dlg, llm, config.knowledge)
+    routed = _routed(dlg)
+    brain, knowledge = routed.brain, routed.knowledge
     account = DEMO[4]
     heard = "bellow bellow"  # an identity answer as a phone line may garble it
 
@@ -1424,9 +1404,9 @@ def test_an_identity_answer_heard_as_an_unsure_goodbye_does_not_hang_up(
     # The premise: a goodbye Rasa is not sure of (another model may need other words).
     assert understood.intent == "goodbye", understood
     assert understood.confidence is not None
-    assert understood.confidence < config.knowledge.end_min_confidence
+    assert understood.confidence < knowledge.end_min_confidence
     assert again.end is None, "hung up on the caller"
-    assert texts(again) == config.knowledge.answer_reprompt
+    assert texts(again) == knowledge.answer_reprompt
     assert "identity_verified" in answered.entities, texts(answered)
 
 
@@ -1440,19 +1420,8 @@ def test_a_spelled_postcode_heard_as_an_unsure_goodbye_is_checked_not_asked_agai
     waits for the identity answer, reaches the form: it is checked (no match here) and the
     other answer is asked for, rather than "say it again" for as long as the line garbles
     it (and rather than the goodbye)."""
-    from voicebot_pbx.answers.embedder import load_embedder
-    from voicebot_pbx.answers.fallbacks import ComposingDialogue
-    from voicebot_pbx.answers.knowledge import KnowledgeBase
-    from voicebot_pbx.config import parse_config
-    from voicebot_pbx.ops.service import add_intent_examples
-    from voicebot_pbx.testing import ScriptedLlm
-
-    config = parse_config({"rasa": {"project_dir": str(REPO / "rasa_project")}})
-    knowledge = config.knowledge
-    kb = KnowledgeBase.load(REPO / "knowledge", embedder=load_embedder(knowledge))
-    add_intent_examples(kb, config)
-    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))], kb=kb)
-    brain = ComposingDialogue(dlg, llm, knowledge)
+    routed = _routed(dlg)
+    brain, knowledge = routed.brain, routed.knowledge
     account = DEMO[9]
     heard = "and e double e double e"  # a spelled postcode as a phone line may make it
 
