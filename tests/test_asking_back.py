@@ -457,9 +457,10 @@ def test_while_an_answer_is_awaited_words_for_another_task_ask_the_question_agai
 
 def test_while_an_answer_is_awaited_words_made_of_the_answers_words_reach_the_dialogue() -> None:
     """Words made only of what the awaited answer is made of (digit words for an account
-    number), which the classifier put on another task far from its examples, are not asked
-    again: the dialogue's form reads them as the answer (a spelled postcode heard as odd
-    letters is checked, and the form then asks for the other answer)."""
+    number), which the classifier put on another task far from its examples, are asked
+    again once; said again, the dialogue's form reads them as the answer (a spelled
+    postcode heard as odd letters is checked, and the form then asks for the other answer)
+    rather than "say it again" for as long as the line garbles them."""
     brain, inner = _form_brain()
     call = CallInfo(call_id="c")
     kb = brain.composer.kb
@@ -467,11 +468,14 @@ def test_while_an_answer_is_awaited_words_made_of_the_answers_words_reach_the_di
     closeness = kb.intent_similarity("report_outage", "oh one one two")
     assert closeness is not None and closeness < CONFIG.intent_min_similarity  # the premise
 
-    async def talk() -> DialogueTurn:
+    async def talk() -> tuple[DialogueTurn, DialogueTurn]:
         await brain.respond(call, "what's my balance")
-        return await brain.respond(call, "oh one one two")
+        return await brain.respond(call, "oh one one two"), await brain.respond(
+            call, "oh one one two"
+        )
 
-    turn = run_virtual(talk())
+    again, turn = run_virtual(talk())
+    assert again.source == "answer_reprompt" and again.expect == ("digits",)
     assert [r.text for r in turn.replies] == ["Thanks."]
     assert turn.source != "answer_reprompt" and turn.composed is None
     assert inner.acted == ["what's my balance", "oh one one two"]

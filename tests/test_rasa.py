@@ -1417,9 +1417,9 @@ def test_a_spelled_postcode_heard_as_an_unsure_goodbye_is_checked_not_asked_agai
 ) -> None:
     """With the knowledge routing in front (as serve has it), a postcode spelled as odd
     letters that the classifier took for a goodbye it is not sure of, said while the form
-    waits for the identity answer, reaches the form: it is checked (no match here) and the
-    other answer is asked for, rather than "say it again" for as long as the line garbles
-    it (and rather than the goodbye)."""
+    waits for the identity answer, is asked for again once, then reaches the form: it is
+    checked (no match here) and the other answer is asked for, rather than "say it again"
+    for as long as the line garbles it (and rather than the goodbye)."""
     routed = _routed(dlg)
     brain, knowledge = routed.brain, routed.knowledge
     account = DEMO[9]
@@ -1431,7 +1431,10 @@ def test_a_spelled_postcode_heard_as_an_unsure_goodbye_is_checked_not_asked_agai
         await brain.respond(call, "what's my balance")
         asked = await brain.respond(call, " ".join(account.number))
         assert "postcode of the property" in texts(asked)
-        return await dlg.understand(call, heard), await brain.respond(call, heard)
+        understood = await dlg.understand(call, heard)
+        again = await brain.respond(call, heard)  # asked again once ...
+        assert again.source == "answer_reprompt" and again.end is None, texts(again)
+        return understood, await brain.respond(call, heard)  # ... then checked
 
     understood, turn = aloop.run(call_in())
     # The premise: an unsure goodbye (another model may need other words).

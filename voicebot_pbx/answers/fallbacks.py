@@ -259,6 +259,9 @@ class ComposingDialogue:
         # for it; and what waited before the last turn (a turn taken back restores it)
         self._waiting: dict[str, DialogueTurn] = {}
         self._waiting_before: dict[str, DialogueTurn | None] = {}
+        # call id -> the waiting question already asked again for words made of its
+        # answer's words (the next such words go to the dialogue: no endless "say it again")
+        self._asked_again: dict[str, DialogueTurn] = {}
 
     async def start(self, call: CallInfo) -> DialogueTurn:
         return self._from_dialogue(call, await self.inner.start(call))
@@ -292,7 +295,9 @@ class ComposingDialogue:
         not the LLM's; and an intent far from its examples, which would start another task
         in the middle (a garbled account number heard as a booking), gets the question
         again (``answer_reprompt``), the dialogue left waiting; so does a goodbye the
-        dialogue was not sure of (:meth:`_unsure_end`), which would hang up."""
+        dialogue was not sure of (:meth:`_unsure_end`), which would hang up. Words made
+        only of the answer's words get the question again once, then go to the dialogue
+        (its form checks them and moves on)."""
         if not text.strip():
             return self._from_dialogue(call, await self.inner.respond(call, text, alternatives))
         asked = self._asked.pop(call.call_id, None)
@@ -328,8 +333,13 @@ class ComposingDialogue:
             ):
                 if not _answer_words(text, waiting):
                     return self._ask_again(heard, waiting)
-                # Made only of the answer's words (a spelled postcode heard as odd
-                # letters): the dialogue's form checks it, whatever intent it was given.
+                if self._asked_again.get(call.call_id) is not waiting:
+                    # Made only of the answer's words (a spelled postcode heard as odd
+                    # letters): asked again once, as it may be heard right ...
+                    self._asked_again[call.call_id] = waiting
+                    return self._ask_again(heard, waiting)
+                # ... then the dialogue's form checks it, whatever intent it was given
+                # (no match: it asks for the other answer).
                 log.info("answer_words_to_dialogue", intent=heard.intent)
                 where = "intent"
             if where == "confirm" and hit is not None and waiting is None:
@@ -588,6 +598,7 @@ class ComposingDialogue:
     async def end(self, call: CallInfo) -> None:
         self._asked.pop(call.call_id, None)
         self._waiting.pop(call.call_id, None)
+        self._asked_again.pop(call.call_id, None)
         self._waiting_before.pop(call.call_id, None)
         for key in [k for k in self._prepared if k[0] == call.call_id]:
             self._prepared.pop(key).cancel()
