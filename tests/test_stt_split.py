@@ -226,6 +226,40 @@ def test_a_held_decode_goes_to_the_engine_that_can_hold_it_whatever_its_length(
     assert neither.transcribe_expecting(short_turn, RATE_HZ, DIGITS).text == "short"
 
 
+@dataclass
+class HeldToNothing(Holding):
+    """A Holding engine whose held decodes come out empty (Moonshine's token limit)."""
+
+    def transcribe_expecting(
+        self,
+        pcm: bytes,
+        rate_hz: int,
+        expected: Expected,
+        known: Sequence[KnownAnswer] = (),
+        digits: int | None = None,
+    ) -> SttResult:
+        super().transcribe_expecting(pcm, rate_hz, expected, known, digits)
+        return SttResult("", None)
+
+
+def test_a_held_decode_heard_as_nothing_gets_the_other_engines_free_decode(
+    pool: ThreadPoolExecutor,
+) -> None:
+    """An expected answer held to nothing although the turn holds speech is decoded freely
+    by the other engine, by the second opinion's rule (as a turn heard as nothing is); a
+    click is not, and without the deployment's words (second opinions off) neither."""
+    turn = silence(300) + tone(1.0) + silence(700)
+    split = LengthSplitEngine(Recorder("short"), HeldToNothing("long"), long_from_s=1.5, pool=pool)
+    split.use_vocabulary(frozenset({"short"}))
+    assert split.transcribe_expecting(turn, RATE_HZ, DIGITS).text == "short"
+    assert (split.routed["second"], split.routed["second_kept"]) == (1, 1)
+    click = silence(300) + tone(0.2) + silence(700)
+    assert split.transcribe_expecting(click, RATE_HZ, DIGITS).text == ""
+    off = LengthSplitEngine(Recorder("short"), HeldToNothing("long"), long_from_s=1.5, pool=pool)
+    assert off.transcribe_expecting(turn, RATE_HZ, DIGITS).text == ""
+    assert off.routed["second"] == 0
+
+
 def test_split_refuses_a_streaming_engine_and_a_bad_length(pool: ThreadPoolExecutor) -> None:
     with pytest.raises(ValueError, match="streaming engine streams"):
         LengthSplitEngine(Recorder("a"), Streaming(), long_from_s=1.5, pool=pool)

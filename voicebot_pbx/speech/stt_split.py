@@ -168,12 +168,24 @@ class LengthSplitEngine:
         known: Sequence[KnownAnswer] = (),
         digits: int | None = None,
     ) -> SttResult:
-        """Blocking: whatever the utterance's length, on the engine that can hold it."""
+        """Blocking: whatever the utterance's length, on the engine that can hold it; heard
+        as nothing although it holds ``EMPTY_SECOND_OPINION_MIN_S`` of speech, the other
+        engine's free decode (by the second opinion's rule; only with the vocabulary)."""
         expecting = self._expecting()
         if expecting is None:
             return self.transcribe(pcm, rate_hz)
         self.routed["held"] += 1
-        return expecting.transcribe_expecting(pcm, rate_hz, expected, known, digits)
+        result = expecting.transcribe_expecting(pcm, rate_hz, expected, known, digits)
+        if result.text.strip() or not self._vocabulary:
+            return result
+        # Heard as nothing although it holds speech (a held decode that ran into its token
+        # limit, "0, 0, 0, ..."): the other engine's free decode, as for any other turn.
+        if speech_span_s(pcm, rate_hz) < EMPTY_SECOND_OPINION_MIN_S:
+            return result
+        other = self.short if self.long.capabilities.expecting is not None else self.long
+        other_batch = other.capabilities.batch
+        assert other_batch is not None  # checked in __init__
+        return self._better(result, other_batch.transcribe(pcm, rate_hz))
 
     def new_stream(self, rate_hz: int) -> BufferedStream:
         return BufferedStream(self, rate_hz)
