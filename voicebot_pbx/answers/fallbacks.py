@@ -331,17 +331,10 @@ class ComposingDialogue:
             if waiting is not None and (
                 where in ("confirm_intent", "compose_alone") or self._unsure_end(heard)
             ):
-                if not _answer_words(text, waiting):
-                    return self._ask_again(heard, waiting)
-                if self._asked_again.get(call.call_id) is not waiting:
-                    # Made only of the answer's words (a spelled postcode heard as odd
-                    # letters): asked again once, as it may be heard right ...
-                    self._asked_again[call.call_id] = waiting
-                    return self._ask_again(heard, waiting)
-                # ... then the dialogue's form checks it, whatever intent it was given
-                # (no match: it asks for the other answer).
-                log.info("answer_words_to_dialogue", intent=heard.intent)
-                where = "intent"
+                again = self._not_the_answer(call, text, heard, waiting)
+                if again is not None:
+                    return again
+                where = "intent"  # the dialogue's form checks it
             if where == "confirm" and hit is not None and waiting is None:
                 return self._ask_back(call, hit, heard, text)
             if where == "confirm_intent":
@@ -365,6 +358,23 @@ class ComposingDialogue:
         if turn.needs_fallback or (where == "compose" and not ends):
             return dataclasses.replace(turn, composed=self._composed(call, text))
         return turn
+
+    def _not_the_answer(
+        self, call: CallInfo, text: str, heard: Understanding, waiting: DialogueTurn
+    ) -> DialogueTurn | None:
+        """Words the router would take away from the dialogue ``waiting`` for an answer:
+        the question asked again (:meth:`_ask_again`), or None when they go to the dialogue
+        after all. Words made only of the answer's words (a spelled postcode heard as odd
+        letters) are asked again once, as they may be heard right; then the dialogue's form
+        checks them, whatever intent they were given (no match: it asks for the other
+        answer), rather than "say it again" for as long as the line garbles them."""
+        if not _answer_words(text, waiting):
+            return self._ask_again(heard, waiting)
+        if self._asked_again.get(call.call_id) is not waiting:
+            self._asked_again[call.call_id] = waiting
+            return self._ask_again(heard, waiting)
+        log.info("answer_words_to_dialogue", intent=heard.intent)
+        return None
 
     def _unsure_end(self, heard: Understanding) -> bool:
         """Whether ``heard`` would end the call (``end_intents``) but the dialogue was not
