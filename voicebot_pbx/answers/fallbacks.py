@@ -221,16 +221,6 @@ _Found = tuple[KnowledgeHit | None, Understanding]
 _PREPARED_PER_CALL = 2
 
 
-def _answer_words(text: str, waiting: DialogueTurn) -> bool:
-    """``text`` is made only of the words of the answer ``waiting`` expects
-    (:func:`voicebot_pbx.speech.expect.only_expected_words`)."""
-    try:
-        expected = parse_expected(waiting.expect)
-    except ValueError:  # a kind of answer the recogniser does not know: no words to read
-        return False
-    return only_expected_words(text, expected)
-
-
 class ComposingDialogue:
     """``inner``, with knowledge-base questions routed to the knowledge base
     (:func:`voicebot_pbx.answers.routing.route`): a strong retrieval hit is read out as the
@@ -368,7 +358,8 @@ class ComposingDialogue:
         letters) are asked again once, as they may be heard right; then the dialogue's form
         checks them, whatever intent they were given (no match: it asks for the other
         answer), rather than "say it again" for as long as the line garbles them."""
-        if not _answer_words(text, waiting):
+        # The dialogue's reader kept known kinds only (as for call.policy.expected_answer).
+        if not only_expected_words(text, parse_expected(waiting.expect)):
             return self._ask_again(heard, waiting)
         if self._asked_again.get(call.call_id) is not waiting:
             self._asked_again[call.call_id] = waiting

@@ -46,7 +46,6 @@ from voicebot_pbx.audio import (
 from voicebot_pbx.speech.expect import Expected
 from voicebot_pbx.speech.stt import (
     BufferedStream,
-    ExpectingTranscriber,
     SttCapabilities,
     SttEngine,
     SttResult,
@@ -152,13 +151,16 @@ class LengthSplitEngine:
 
     @property
     def capabilities(self) -> SttCapabilities:
-        expecting = self if self._expecting() is not None else None
+        expecting = self if self._holder() is not None else None
         return SttCapabilities(batch=self, queued=self, expecting=expecting, vocabulary=self)
 
-    def _expecting(self) -> ExpectingTranscriber | None:
+    def _holder(self) -> SttEngine | None:
         """The engine that holds decodes to an expectation: the long one when it can (the
         packaged split: Moonshine base), else the short one, else none."""
-        return self.long.capabilities.expecting or self.short.capabilities.expecting
+        for engine in (self.long, self.short):
+            if engine.capabilities.expecting is not None:
+                return engine
+        return None
 
     def transcribe_expecting(
         self,
@@ -171,9 +173,11 @@ class LengthSplitEngine:
         """Blocking: whatever the utterance's length, on the engine that can hold it; heard
         as nothing although it holds ``EMPTY_SECOND_OPINION_MIN_S`` of speech, the other
         engine's free decode (by the second opinion's rule; only with the vocabulary)."""
-        expecting = self._expecting()
-        if expecting is None:
+        holder = self._holder()
+        if holder is None:
             return self.transcribe(pcm, rate_hz)
+        expecting = holder.capabilities.expecting
+        assert expecting is not None  # _holder
         self.routed["held"] += 1
         result = expecting.transcribe_expecting(pcm, rate_hz, expected, known, digits)
         if result.text.strip() or not self._vocabulary:
@@ -182,7 +186,7 @@ class LengthSplitEngine:
         # limit, "0, 0, 0, ..."): the other engine's free decode, as for any other turn.
         if speech_span_s(pcm, rate_hz) < EMPTY_SECOND_OPINION_MIN_S:
             return result
-        other = self.short if self.long.capabilities.expecting is not None else self.long
+        other = self.short if holder is self.long else self.long
         other_batch = other.capabilities.batch
         assert other_batch is not None  # checked in __init__
         return self._better(result, other_batch.transcribe(pcm, rate_hz))
