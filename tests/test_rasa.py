@@ -368,6 +368,14 @@ def new_call() -> CallInfo:
     return CallInfo(call_id=f"test-{uuid.uuid4().hex[:12]}", caller_id="+441234000000")
 
 
+def asking_balance(dlg: RasaDialogue, aloop: LoopThread) -> CallInfo:
+    """A new call whose caller asked for their balance: the form waits for the number."""
+    call = new_call()
+    aloop.run(dlg.start(call))
+    aloop.run(dlg.respond(call, "what's my balance"))
+    return call
+
+
 def texts(turn: DialogueTurn) -> str:
     return " ".join(r.text for r in turn.replies if r.text)
 
@@ -660,17 +668,13 @@ def test_identity_check_failures_and_refusal(dlg: RasaDialogue, aloop: LoopThrea
     assert "identity_verified" not in turn.entities
 
     # The retry is the same for a number with no account behind it: nothing revealed.
-    nobody = new_call()
-    aloop.run(dlg.start(nobody))
-    aloop.run(dlg.respond(nobody, "what's my balance"))
+    nobody = asking_balance(dlg, aloop)
     aloop.run(dlg.respond(nobody, "99999999"))
     turn = aloop.run(dlg.respond(nobody, "nw1 1aa"))
     assert "doesn't match our records" in texts(turn) and "date of birth instead" in texts(turn)
 
     # "No" to the identity question after a keyed account number declines the check.
-    refusing = new_call()
-    aloop.run(dlg.start(refusing))
-    aloop.run(dlg.respond(refusing, "what's my balance"))
+    refusing = asking_balance(dlg, aloop)
     turn = aloop.run(dlg.dtmf(refusing, account.number))
     assert "That's account number" not in texts(turn)  # keyed: nothing read back
     turn = aloop.run(dlg.respond(refusing, "no"))
@@ -725,9 +729,7 @@ def test_a_spoken_account_number_is_read_back_and_a_no_asks_for_it_again(
     turn = say(account.postcode.lower())  # the first answer after the read-back: verified
     assert texts(turn).startswith(balance_words(account)), texts(turn)
 
-    stubborn = new_call()
-    aloop.run(dlg.start(stubborn))
-    aloop.run(dlg.respond(stubborn, "what's my balance"))
+    stubborn = asking_balance(dlg, aloop)
     for step in (1, 2):
         turn = aloop.run(dlg.respond(stubborn, " ".join(wrong(step))))
         assert "That's account number" in texts(turn)
@@ -740,9 +742,7 @@ def test_a_spoken_account_number_is_read_back_and_a_no_asks_for_it_again(
     # Heard as another caller's account, said no to, then heard so again: the recogniser's
     # other reading that is an account is taken instead.
     other = DEMO[8]
-    mixed = new_call()
-    aloop.run(dlg.start(mixed))
-    aloop.run(dlg.respond(mixed, "what's my balance"))
+    mixed = asking_balance(dlg, aloop)
     turn = aloop.run(dlg.respond(mixed, " ".join(other.number)))
     assert f"That's account number {' '.join(other.number[:4])}," in texts(turn)
     aloop.run(dlg.respond(mixed, "no"))
@@ -772,9 +772,7 @@ def test_a_spoken_number_that_is_no_account_takes_the_recognisers_reading_that_i
     account, other = DEMO[6], DEMO[7]
     misheard = _no_account_near(account.number)
     nobody = _no_account_near(misheard)
-    call = new_call()
-    aloop.run(dlg.start(call))
-    aloop.run(dlg.respond(call, "what's my balance"))
+    call = asking_balance(dlg, aloop)
     turn = aloop.run(
         dlg.respond(call, " ".join(misheard), alternatives=(nobody, account.number, other.number))
     )
@@ -788,31 +786,23 @@ def test_a_spoken_number_that_is_no_account_takes_the_recognisers_reading_that_i
     assert "take the account number again" in texts(turn), texts(turn)
 
     # Heard as an account: kept, and no reading looked at.
-    kept = new_call()
-    aloop.run(dlg.start(kept))
-    aloop.run(dlg.respond(kept, "what's my balance"))
+    kept = asking_balance(dlg, aloop)
     turn = aloop.run(dlg.respond(kept, " ".join(other.number), alternatives=(account.number,)))
     assert f"That's account number {' '.join(other.number[:4])}," in texts(turn)
     assert "account_alternative" not in turn.fallbacks
     # Nine digits heard: not an account number, but a reading of eight that is one.
-    nine = new_call()
-    aloop.run(dlg.start(nine))
-    aloop.run(dlg.respond(nine, "what's my balance"))
+    nine = asking_balance(dlg, aloop)
     turn = aloop.run(
         dlg.respond(nine, " ".join("3" + account.number), alternatives=(account.number,))
     )
     assert f"That's account number {said}." in texts(turn), texts(turn)
     # Nine digits heard and no reading sent: the number with one digit left out that is one.
-    inserted = new_call()
-    aloop.run(dlg.start(inserted))
-    aloop.run(dlg.respond(inserted, "what's my balance"))
+    inserted = asking_balance(dlg, aloop)
     turn = aloop.run(dlg.respond(inserted, " ".join(account.number[:3] + "0" + account.number[3:])))
     assert f"That's account number {said}." in texts(turn), texts(turn)
     assert "account_alternative" in turn.fallbacks
     # No reading is an account: the number heard is read back, as without readings.
-    none = new_call()
-    aloop.run(dlg.start(none))
-    aloop.run(dlg.respond(none, "what's my balance"))
+    none = asking_balance(dlg, aloop)
     turn = aloop.run(dlg.respond(none, " ".join(misheard), alternatives=(nobody,)))
     assert f"That's account number {' '.join(misheard[:4])}," in texts(turn)
     assert "account_alternative" not in turn.fallbacks and turn.known == ()
@@ -848,9 +838,7 @@ def test_an_identity_answer_heard_as_odd_letters_is_checked_not_taken_for_an_int
     turn = aloop.run(dlg.respond(call, f"{born:%B} {born.day}th {born.year}".lower()))
     assert texts(turn).startswith(balance_words(account)), texts(turn)
     # A question in the middle is still answered, and the question asked again.
-    asking = new_call()
-    aloop.run(dlg.start(asking))
-    aloop.run(dlg.respond(asking, "what's my balance"))
+    asking = asking_balance(dlg, aloop)
     aloop.run(dlg.respond(asking, " ".join(account.number)))
     turn = aloop.run(dlg.respond(asking, "what's your address"))
     assert "Harbour Street" in texts(turn) and "postcode of the property" in texts(turn)
@@ -864,9 +852,7 @@ def test_digits_heard_in_the_identity_answer_are_not_a_new_account_number(
     """A date of birth heard as eight digits is a wrong identity answer, not an account
     number said again: the account read back stays, and the other answer is asked for."""
     account = DEMO[8]
-    call = new_call()
-    aloop.run(dlg.start(call))
-    aloop.run(dlg.respond(call, "what's my balance"))
+    call = asking_balance(dlg, aloop)
     turn = aloop.run(dlg.respond(call, " ".join(account.number)))
     assert f"That's account number {' '.join(account.number[:4])}," in texts(turn)
     turn = aloop.run(dlg.respond(call, "3 1 1 1 1 1 1 1"))
