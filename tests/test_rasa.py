@@ -1209,6 +1209,17 @@ def test_a_profile_served_by_its_own_rasa_server(rasa: RasaServer, aloop: LoopTh
                 aloop.run(kit.rasa.aclose())
 
 
+async def at_identity_question(brain: ComposingDialogue, account: Account) -> CallInfo:
+    """A new call through ``brain`` in which ``account``'s number was said: the form asks
+    for the postcode or the date of birth."""
+    call = new_call()
+    await brain.start(call)
+    await brain.respond(call, "what's my balance")
+    asked = await brain.respond(call, " ".join(account.number))
+    assert "postcode of the property" in texts(asked)
+    return call
+
+
 @dataclasses.dataclass(frozen=True)
 class _Routed:
     """The real dialogue with the knowledge routing in front, as serve has it."""
@@ -1346,11 +1357,7 @@ def test_an_identity_answer_rasa_did_not_understand_gets_the_forms_reply_not_the
     heard = "and one r u p e a d s"  # a spelled postcode as a phone line may make it
 
     async def call_in() -> tuple[str | None, DialogueTurn]:
-        call = new_call()
-        await brain.start(call)
-        await brain.respond(call, "what's my balance")
-        asked = await brain.respond(call, " ".join(account.number))
-        assert "postcode of the property" in texts(asked)
+        call = await at_identity_question(brain, account)
         understood = await dlg.understand(call, heard)
         return understood.intent, await brain.respond(call, heard)
 
@@ -1377,11 +1384,7 @@ def test_an_identity_answer_heard_as_an_unsure_goodbye_does_not_hang_up(
     heard = "bellow bellow"  # an identity answer as a phone line may garble it
 
     async def call_in() -> tuple[Understanding, DialogueTurn, DialogueTurn]:
-        call = new_call()
-        await brain.start(call)
-        await brain.respond(call, "what's my balance")
-        asked = await brain.respond(call, " ".join(account.number))
-        assert "postcode of the property" in texts(asked)
+        call = await at_identity_question(brain, account)
         understood = await dlg.understand(call, heard)
         again = await brain.respond(call, heard)
         return understood, again, await brain.respond(call, account.postcode.lower())
@@ -1412,11 +1415,7 @@ def test_a_spelled_postcode_heard_as_an_unsure_goodbye_is_checked_not_asked_agai
     heard = "and e double e double e"  # a spelled postcode as a phone line may make it
 
     async def call_in() -> tuple[Understanding, DialogueTurn]:
-        call = new_call()
-        await brain.start(call)
-        await brain.respond(call, "what's my balance")
-        asked = await brain.respond(call, " ".join(account.number))
-        assert "postcode of the property" in texts(asked)
+        call = await at_identity_question(brain, account)
         understood = await dlg.understand(call, heard)
         again = await brain.respond(call, heard)  # asked again once ...
         assert again.source == "answer_reprompt" and again.end is None, texts(again)
