@@ -382,7 +382,9 @@ def test_a_no_to_the_intent_asked_back_gets_the_honest_offer() -> None:
 class FormNlu(SureNlu):
     """A balance form: the request asks for the account number (keys or digits); while it
     waits, digits are the answer, and words it cannot read get its own "say it another
-    way" with the question again (Rasa's nlu_fallback inside a form)."""
+    way" with the question again (Rasa's nlu_fallback inside a form); an answer of another
+    kind (a postcode) gets "say it another way" alone (Rasa's core fallback after its form
+    rejected the words: the words taken back, the form still waiting)."""
 
     async def retract(self, call: CallInfo, text: str) -> None:
         self.acted.remove(text)
@@ -413,6 +415,13 @@ class FormNlu(SureNlu):
         if text == "oh one one two":  # digits a classifier put on a task, surely
             return DialogueTurn(
                 replies=(BotReply(text="Thanks."),), intent="report_outage", confidence=0.95
+            )
+        if text == "n w 1 4 e n":
+            return DialogueTurn(
+                replies=(BotReply(text="Sorry, could you say that another way?"),),
+                intent="inform",
+                confidence=0.95,
+                needs_fallback=True,
             )
         if text == "mumble":
             return DialogueTurn(
@@ -504,6 +513,37 @@ def test_while_an_answer_is_awaited_the_dialogues_own_reply_is_spoken_not_the_ll
     # With no question open, the same words go to the LLM, as before.
     fresh = CallInfo(call_id="d")
     assert run_virtual(brain.respond(fresh, "mumble")).composed is not None
+
+
+def test_an_answer_the_form_cannot_take_gets_its_question_again_with_what_it_expects() -> None:
+    """A postcode said when the form asked for the account number: the dialogue's own
+    fallback says only "say it another way" and expects nothing, so the caller would not
+    hear what is asked, the keypad entry would close and the recogniser would no longer be
+    held to digits. The caller hears answer_reask and the form's question again, with what
+    it expects; it counts as not understood; the number said next is the answer."""
+    brain, inner = _form_brain()
+    call = CallInfo(call_id="c")
+
+    async def talk() -> list[DialogueTurn]:
+        return [
+            await brain.respond(call, "what's my balance"),
+            await brain.respond(call, "n w 1 4 e n"),
+            await brain.respond(call, "1 2 3 4 5 6 7 8"),
+        ]
+
+    asked, again, answered = run_virtual(talk())
+    assert [r.text for r in again.replies] == [
+        CONFIG.answer_reask,
+        "Please say your account number.",
+    ]
+    assert (again.collect_dtmf_digits, again.expect) == (8, ("digits",))
+    assert again.needs_fallback and again.composed is None and again.end is None
+    assert "answer_question_again" in again.fallbacks
+    assert [r.text for r in answered.replies] == ["Thanks."]
+    assert inner.acted == ["what's my balance", "n w 1 4 e n", "1 2 3 4 5 6 7 8"]
+    # With no question open, the dialogue's fallback goes to the LLM, as before.
+    fresh = CallInfo(call_id="d")
+    assert run_virtual(brain.respond(fresh, "n w 1 4 e n")).composed is not None
 
 
 def test_while_an_answer_is_awaited_an_unsure_goodbye_asks_the_question_again() -> None:

@@ -1433,6 +1433,36 @@ def test_a_spelled_postcode_heard_as_an_unsure_goodbye_is_checked_not_asked_agai
 
 @needs_rasa
 @pytest.mark.rasa
+def test_a_postcode_said_for_the_account_number_gets_the_question_again(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """With the knowledge routing in front (as serve has it), a postcode said when the
+    form asked for the account number: the real Rasa's form rejects it and its own
+    fallback ("say it another way") asks nothing and expects nothing. The caller hears the
+    account-number question again, the keypad and the digits expectation stay open, and
+    the number said next moves the form on to the identity question."""
+    routed = _routed(dlg)
+    brain, knowledge = routed.brain, routed.knowledge
+    account = DEMO[6]
+
+    async def call_in() -> tuple[DialogueTurn, DialogueTurn, DialogueTurn]:
+        call = new_call()
+        await brain.start(call)
+        asked = await brain.respond(call, "what's my balance")
+        again = await brain.respond(call, account.postcode.lower())
+        return asked, again, await brain.respond(call, " ".join(account.number))
+
+    asked, again, answered = aloop.run(call_in())
+    assert asked.expect == ("digits",) and asked.collect_dtmf_digits == 8, texts(asked)
+    assert again.replies[0].text == knowledge.answer_reask, texts(again)
+    assert again.replies[-1] == asked.replies[-1], texts(again)
+    assert (again.expect, again.collect_dtmf_digits) == (asked.expect, 8)
+    assert again.needs_fallback and again.end is None and again.composed is None
+    assert "postcode of the property" in texts(answered), texts(answered)
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_without_an_llm_a_yes_to_rasas_own_refusal_transfers(
     dlg: RasaDialogue, aloop: LoopThread
 ) -> None:

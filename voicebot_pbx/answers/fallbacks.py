@@ -214,6 +214,19 @@ class _OfferWatch:
             raise
 
 
+def _question_left_out(turn: DialogueTurn) -> bool:
+    """Whether the dialogue's ``turn`` to an awaited answer is its fallback without the
+    question (Rasa's "say it another way" after its form rejected the words): not
+    understood, and nothing asked, ended, handed over or expected."""
+    return (
+        turn.needs_fallback
+        and not turn.expect
+        and turn.end is None
+        and turn.transfer_target is None
+        and turn.collect_dtmf_digits is None
+    )
+
+
 # The bot's own question, answered on the caller's next turn.
 _Asked = _Offered | _Confirming | _ConfirmingIntent
 # What the knowledge routing needs of a question: its best passage and the dialogue's reading.
@@ -343,6 +356,9 @@ class ComposingDialogue:
                 )
         turn = self._from_dialogue(call, await self.inner.respond(call, text, alternatives))
         if waiting is not None and turn.replies:
+            if _question_left_out(turn):
+                self._waiting[call.call_id] = waiting  # its form still waits
+                return self._ask_question_again(turn, waiting)
             return turn  # its form's own reply to the answer, checked or asked again
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):
@@ -390,6 +406,21 @@ class ComposingDialogue:
             confidence=heard.confidence,
             source="answer_reprompt",
             needs_fallback=True,
+        )
+
+    def _ask_question_again(self, turn: DialogueTurn, waiting: DialogueTurn) -> DialogueTurn:
+        """The dialogue's own fallback ``turn`` to words its form could not take ("Sorry,
+        ... say it another way": Rasa took the words back and its form still waits) as
+        ``answer_reask`` and the question ``waiting`` asked again, with what it expects."""
+        log.info("answer_question_again", intent=turn.intent)
+        question = waiting.replies[-1:]
+        return dataclasses.replace(
+            turn,
+            replies=(BotReply(text=self.knowledge.answer_reask), *question),
+            collect_dtmf_digits=waiting.collect_dtmf_digits,
+            expect=waiting.expect,
+            known=waiting.known,
+            fallbacks=(*turn.fallbacks, "answer_question_again"),
         )
 
     def _composed(self, call: CallInfo, text: str) -> ComposedReply:

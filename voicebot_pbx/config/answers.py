@@ -203,6 +203,11 @@ class KnowledgeConfig:
     # the dialogue's form reads them, and an intent far from its examples (another task
     # started in the middle) gets this, the question still open (answers.fallbacks).
     answer_reprompt: str = "Sorry, I didn't catch that. Could you say it again?"
+    # ... and words the dialogue's form could not take at all (a postcode when it asked
+    # for the account number: Rasa's own "say it another way", the question left out): this,
+    # then the form's question again, what it expects kept (the keypad open, the recogniser
+    # held to the answer).
+    answer_reask: str = "Sorry, I didn't catch that."
     # ... and an intent that ends the call (end_intents) heard with less confidence than
     # end_min_confidence, while such an answer is awaited, is that answer heard wrong too:
     # answer_reprompt, not a hang-up on a caller in the middle of their task (a date of
@@ -295,8 +300,8 @@ class KnowledgeConfig:
             problems.append("confirm_question must hold {question} once")
         if self.confirm_intent_question.count("{task}") != 1:
             problems.append("confirm_intent_question must hold {task} once")
-        if not self.answer_reprompt.strip():
-            problems.append("answer_reprompt must not be empty")
+        if not self.answer_reprompt.strip() or not self.answer_reask.strip():
+            problems.append("answer_reprompt and answer_reask must not be empty")
         if not self.offer_accepted_reply.strip() or not self.offer_target.strip():
             problems.append("offer_accepted_reply and offer_target must not be empty")
         bad = [pair for pair in self.intent_topics if pair.count("=") != 1]

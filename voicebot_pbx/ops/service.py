@@ -104,6 +104,7 @@ async def warm_knowledge_answers(shared: Shared) -> None:
         *confirm_questions(llm.kb, knowledge),
         knowledge.offer_accepted_reply,
         knowledge.answer_reprompt,
+        knowledge.answer_reask,
     ]
     started = time.perf_counter()
     made = 0
