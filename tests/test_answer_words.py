@@ -1,4 +1,5 @@
-"""Words that are nothing but an identity answer (rasa_project/actions/answer_words.py)."""
+"""Words that are nothing but an identity answer, and words that say a read-back is wrong
+(rasa_project/actions/answer_words.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "rasa_project"))
 
-from actions.answer_words import only_answer_words  # noqa: E402
+from actions.answer_words import only_answer_words, says_it_is_wrong  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -44,3 +45,36 @@ def test_an_answer_made_of_its_words(text: str) -> None:
 )
 def test_anything_else_is_not(text: str) -> None:
     assert not only_answer_words(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no",
+        "nope",
+        "no that's not it",
+        "that's the wrong number",
+        "so that's the wrong number",  # the "no" lost on the line
+        "that's not my number",
+        "it isn't mine",
+        "that's not right",
+        "it's not",
+        "incorrect",
+    ],
+)
+def test_words_that_say_the_read_back_is_wrong(text: str) -> None:
+    assert says_it_is_wrong(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "and not a new fan when say pal not a new",  # a spelled postcode as the line made it
+        "yes that's right",
+        "n w 7 8 l w",
+        "the 3rd of may 19 80",
+        "that's not a problem",
+    ],
+)
+def test_words_with_a_bare_not_do_not_say_the_read_back_is_wrong(text: str) -> None:
+    assert not says_it_is_wrong(text)

@@ -1433,6 +1433,34 @@ def test_a_spelled_postcode_heard_as_an_unsure_goodbye_is_checked_not_asked_agai
 
 @needs_rasa
 @pytest.mark.rasa
+def test_a_garbled_identity_answer_with_a_bare_not_is_checked_not_taken_for_a_no(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """After the account number is read back with the identity question, a spelled postcode
+    as a phone line may garble it, holding a bare "not", is checked as the identity answer
+    (no match: the other answer is asked for), not taken for "no, that's not my number"
+    (which started the account number again). "that's the wrong number" still is a no."""
+    routed = _routed(dlg)
+    brain = routed.brain
+    account = DEMO[3]
+    garbled = "and not a new fan when say pal not a new"
+
+    async def call_in() -> tuple[Understanding, DialogueTurn, DialogueTurn]:
+        call = await at_identity_question(brain, account)
+        understood = await dlg.understand(call, garbled)
+        checked = await brain.respond(call, garbled)
+        other = await at_identity_question(brain, account)
+        return understood, checked, await brain.respond(other, "that's the wrong number")
+
+    understood, checked, denied = aloop.run(call_in())
+    assert understood.intent != "deny", understood  # the premise: Rasa hears no "no"
+    assert "account_read_back_denied" not in checked.fallbacks, texts(checked)
+    assert "doesn't match our records" in texts(checked), texts(checked)
+    assert "account_read_back_denied" in denied.fallbacks, texts(denied)
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_a_postcode_said_for_the_account_number_gets_the_question_again(
     dlg: RasaDialogue, aloop: LoopThread
 ) -> None:

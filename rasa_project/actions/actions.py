@@ -37,7 +37,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
 from .account_numbers import keyed_or_said_account, one_digit_too_many, readings_to_look_up
-from .answer_words import only_answer_words
+from .answer_words import only_answer_words, says_it_is_wrong
 from .backend import Account, BackendError, SlotTaken, normalise_postcode
 from .runtime import Runtime, runtime
 from .when import parse_day, parse_time
@@ -242,15 +242,12 @@ async def _existing_reading(
     return found
 
 
-_CORRECTION = re.compile(r"\b(?:no|nope|not|wrong|incorrect|isn't|mistake)\b", re.IGNORECASE)
-
-
 def corrects_read_back(answer: str) -> bool:
     """The caller's words after their account number was read back say it is wrong ("no,
     that's not it"; "so that's the wrong number", as a phone line may hear the "no"), and
     hold no postcode, date or digits that could be the identity answer itself."""
     return (
-        _CORRECTION.search(answer) is not None
+        says_it_is_wrong(answer)
         and re.search(r"\d", answer) is None
         and postcode_in(answer) is None
         and _birth_date(answer.lower()) is None

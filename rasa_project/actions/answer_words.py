@@ -1,4 +1,5 @@
-"""Whether a caller's words are nothing but an identity answer (pure; no rasa_sdk here).
+"""Whether a caller's words are nothing but an identity answer, and whether they say the
+account number read back is wrong (pure; no rasa_sdk here).
 
 After "what's the postcode of the property, or the account holder's date of birth?", a
 caller spells letters and digits or says a date. On a phone line such an answer is often
@@ -50,3 +51,21 @@ def only_answer_words(text: str) -> bool:
     words = _WORD.findall(text.lower())
     said = [w for w in words if w not in _BETWEEN]
     return bool(said) and all(_PIECE.fullmatch(w) or w in ANSWER_WORDS for w in said)
+
+
+# "No", "wrong", ... anywhere; "not" / "isn't" only before what was read back ("not it", "not
+# right", "isn't my number") or at the end ("it's not"): a spelled postcode garbled by the
+# line holds a bare "not" often enough ("N W 7, 8 L W" heard as "and not a new fan when say
+# pal not a new").
+_CORRECTION = re.compile(
+    r"\b(?:no|nope|wrong|incorrect|mistake)\b"
+    r"|\b(?:not|isn't|isnt)\s+(?:\w+\s+)?(?:it|right|correct|mine|my|that|this|the)\b"
+    r"|\b(?:not|isn't|isnt)\W*$",
+    re.IGNORECASE,
+)
+
+
+def says_it_is_wrong(text: str) -> bool:
+    """Whether ``text`` says what the bot read back is wrong ("no, that's not it", "that's
+    the wrong number", "it isn't mine")."""
+    return _CORRECTION.search(text) is not None
