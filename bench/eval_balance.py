@@ -38,6 +38,12 @@ catch that", or its identity question again after answering something else) and 
 the other answer: the same answer once more (step "identity again", since 2026-12-07,
 VERSION 5; before, such a caller said nothing more and the call counted as failed),
 
+and after 1, only when the bot's reply to the request did not ask for the account number
+(a misheard request got the refusal, another task's answer or "say it again"): the request
+in other words, "I want to know the balance of my account" (step "asked again", since
+2026-12-07, VERSION 7; before, such a caller read out their account number to a bot that
+had not asked for it),
+
 and after "again", only when the bot heard the number said again as the reading the caller
 had said "no" to and offered the keypad instead of reading it back again
 (``SAME_NUMBER_AGAIN``): the account number keyed (step "keyed", ``SendDtmf``, as a caller
@@ -148,7 +154,7 @@ from voicebot_pbx.speech.engines import Engines, load_engines  # noqa: E402
 OUT_JSON = ROOT / ".cache" / "reports" / "eval_balance.json"
 RATE_HZ = turn_dataset.RATE_HZ  # 8 kHz: the AudioSocket / SimulatedCaller default
 TARGET = 0.95
-VERSION = 6
+VERSION = 7
 
 # espeak-ng voice+variants nobody else in this project speaks with (taken: see the lists in
 # bench/answers_dataset.py, bench/turn_dataset.py, bench/stt_dataset.py, bench/bench_pbx.py;
@@ -162,13 +168,27 @@ MODES = ("postcode", "birth_date")
 # number read back is not the caller's; "identity again": the identity answer said once
 # more, only when the bot asks to hear it again; "keyed": the account number keyed after
 # all, only when the bot heard the reading the caller said "no" to again and offered the
-# keypad (spoken entry). Listed in this order so steps 0-3 keep their line noise.
-STEPS = ("request", "account", "identity", "retry", "again", "wrong", "identity again", "keyed")
+# keypad (spoken entry); "asked again": the request in other words, only when the bot's
+# reply to it did not ask for the account number (a misheard request got another task's
+# answer, the refusal, or "say it again"). Listed in this order so steps 0-3 keep their
+# line noise.
+STEPS = (
+    "request",
+    "account",
+    "identity",
+    "retry",
+    "again",
+    "wrong",
+    "identity again",
+    "keyed",
+    "asked again",
+)
 RETRY = STEPS.index("retry")
 AGAIN = STEPS.index("again")
 WRONG = STEPS.index("wrong")
 ID_AGAIN = STEPS.index("identity again")
 KEYED = STEPS.index("keyed")
+REQUEST_AGAIN = STEPS.index("asked again")
 NOT_MY_NUMBER = "no, that's the wrong number"
 _READ_BACK = re.compile(re.escape(READ_BACK_OPENING) + r" ([\d ,]+)\.")
 ENTRIES = ("spoken", "keypad")  # how the account number (step 2) is given
@@ -176,6 +196,9 @@ SPEED = (140, 166)  # espeak words per minute, [lo, hi)
 PITCH = (40, 61)
 LEVEL_DBFS = (-24.0, -18.0)
 REQUEST = "what's my balance"
+# The request in other words (no Rasa training example says it), as a caller whose first
+# words were not taken says it again.
+REQUEST_OTHER_WORDS = "I want to know the balance of my account"
 MONTHS = (
     "January February March April May June July August September October November December"
 ).split()
@@ -216,12 +239,22 @@ class Plan:
     level_dbfs: float
 
     @property
-    def texts(self) -> tuple[str, str, str, str, str, str, str, str]:
+    def texts(self) -> tuple[str, str, str, str, str, str, str, str, str]:
         a = self.account
         postcode, born = say_postcode(a.postcode), say_birth_date(a.birth_date)
         identity, other = (postcode, born) if self.mode == "postcode" else (born, postcode)
         digits = say_digits(a.number)
-        return (REQUEST, digits, identity, other, digits, NOT_MY_NUMBER, identity, a.number)
+        return (
+            REQUEST,
+            digits,
+            identity,
+            other,
+            digits,
+            NOT_MY_NUMBER,
+            identity,
+            a.number,
+            REQUEST_OTHER_WORDS,
+        )
 
     @property
     def expected(self) -> str:
@@ -269,7 +302,7 @@ def render(
         return b""  # keys, not speech
     text = p.texts[step]
     # steps 0-2 keep the line noise they had before the retry step existed
-    later = {RETRY: 500, AGAIN: 700, WRONG: 900, ID_AGAIN: 1100}
+    later = {RETRY: 500, AGAIN: 700, WRONG: 900, ID_AGAIN: 1100, REQUEST_AGAIN: 1300}
     noise_seed = seed * 1000 + (p.index * 3 + step if step < RETRY else later[step] + p.index)
     if step in (1, AGAIN) and groups_pause_s is not None:
         digits = text.split()
@@ -278,7 +311,7 @@ def render(
             [_spoken(" ".join(digits[:4]) + ",", p), pause, _spoken(" ".join(digits[4:]) + ".", p)]
         )
     else:
-        x = _spoken(text + ("?" if step == 0 else "."), p)
+        x = _spoken(text + ("?" if step == 0 else "."), p)  # REQUEST_AGAIN: a statement
     return turn_dataset.phone_line(x, level_dbfs=p.level_dbfs, snr_db=snr_db, seed=noise_seed)
 
 
@@ -333,6 +366,7 @@ class Outcome:
     said_wrong: bool = False  # the caller said "no" to a wrong account number read back
     said_identity_again: bool = False  # the bot asked to hear the identity answer again
     keyed: bool = False  # the bot offered the keypad after the account number said again
+    asked_again: bool = False  # the request said again: its first reply took it elsewhere
     fallbacks: list[str] = field(default_factory=list)
     dialogues: list[str] = field(default_factory=list)
     identity_mismatch: int = 0
@@ -363,6 +397,7 @@ OPTIONAL = {
     WRONG: "said_wrong",
     ID_AGAIN: "said_identity_again",
     KEYED: "keyed",
+    REQUEST_AGAIN: "asked_again",
 }
 
 
@@ -376,9 +411,9 @@ def said_steps(entry: str, taken: frozenset[int]) -> tuple[int, ...]:
     """The steps the caller said (``Say``), in the order said; the others are keyed.
     Optional steps only when ``taken``."""
     if entry == "keypad":
-        order: tuple[int, ...] = (0, 2, ID_AGAIN, RETRY)
+        order: tuple[int, ...] = (0, REQUEST_AGAIN, 2, ID_AGAIN, RETRY)
     else:
-        order = (0, 1, WRONG, AGAIN, 2, ID_AGAIN, RETRY)
+        order = (0, REQUEST_AGAIN, 1, WRONG, AGAIN, 2, ID_AGAIN, RETRY)
     return tuple(k for k in order if step_taken(k, taken))
 
 
@@ -474,7 +509,9 @@ def score(
     )
     if out.correct:
         out.stage = "ok"
-    elif asks[0] not in out.replies[0]:
+    elif asks[0] not in out.replies[0] and not (
+        out.asked_again and asks[0] in out.replies[REQUEST_AGAIN]
+    ):
         out.stage = "intent"
     elif (
         asks[1] not in out.replies[1]
@@ -514,6 +551,13 @@ async def one_call(
         "127.0.0.1", port, rate_hz=RATE_HZ, reply_gap_s=1.0, reply_timeout_s=25.0
     )
 
+    def request_not_taken() -> bool:
+        # The reply to the request, a second before this step: a caller not asked for
+        # their account number asks again, in other words.
+        reply = recorder.last_reply.get(caller.result.call_id, "")
+        out.asked_again = asks[0] not in reply
+        return out.asked_again
+
     def asked_again() -> bool:
         # The reply to the identity answer was written when it finished playing, a second
         # before this step (reply_gap_s): the caller gives the other answer only if asked.
@@ -545,7 +589,10 @@ async def one_call(
         out.said_identity_again = asks_identity_again(reply, asks[1])
         return out.said_identity_again
 
-    steps: list[Say | SendDtmf] = [Say(audio[0])]
+    steps: list[Say | SendDtmf] = [
+        Say(audio[0]),
+        Say(audio[REQUEST_AGAIN], only_if=request_not_taken),
+    ]
     if entry == "keypad":
         # The entry ends at the 8th key (collect_dtmf max_digits 8): no "#".
         steps.append(SendDtmf(p.account.number))
@@ -747,6 +794,7 @@ def _group(outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "said_wrong": sum(o.said_wrong for o in outcomes),
         "said_identity_again": sum(o.said_identity_again for o in outcomes),
         "keyed": sum(o.keyed for o in outcomes),
+        "asked_again": sum(o.asked_again for o in outcomes),
         "misheard": {s: sum(o.misheard[k] for o in outcomes) for k, s in enumerate(STEPS)},
         "identity_mismatch": sum(o.identity_mismatch for o in outcomes),
         "stages": {
@@ -808,7 +856,9 @@ def _row(name: str, g: dict[str, Any]) -> str:
         f"| {name} | {_rate(g)} | {_rate(g, 'correct_first')} | {g.get('said_wrong', 0)} "
         f"| {g.get('said_again', 0)} "
         f"| {g.get('said_identity_again', 0)} | {g.get('keyed', 0)} "
-        f"| {g['retried']} | {m['request']} / {m['account']} / {m.get('wrong', 0)} / "
+        f"| {g.get('asked_again', 0)} "
+        f"| {g['retried']} | {m['request']} / {m.get('asked again', 0)} / {m['account']} / "
+        f"{m.get('wrong', 0)} / "
         f"{m.get('again', 0)} / "
         f"{m['identity']} / {m.get('identity again', 0)} / {m['retry']} "
         f"| {g['identity_mismatch']} | {st['intent']} / {st['account']} / {st['identity']} "
@@ -850,20 +900,24 @@ def markdown(run: dict[str, Any]) -> str:
         "a spoken number read back wrong gets a no first; an identity answer the bot asks "
         "to hear again (didn't catch it, or asked the identity question again) is said once "
         "more (identity again); the account number heard again as the reading the caller "
-        "said no to gets the keypad offered, and the caller keys it (keyed). "
+        "said no to gets the keypad offered, and the caller keys it (keyed); a request "
+        "whose reply does not ask for the account number is said again in other words "
+        f'(asked again: "{REQUEST_OTHER_WORDS}"). '
         "Misheard = turns whose "
-        "normalised transcript differs from the normalised words said (request / account / "
-        "again / identity / identity again / retry; a keyed account number: the digits the "
-        "dialogue got differ from the account number). Failed at = first step whose reply "
-        "was wrong "
-        "(intent: no account-number question; account: no identity question after the "
+        "normalised transcript differs from the normalised words said (request / request "
+        "again / account / no / again / identity / identity again / retry; a keyed account "
+        "number: the digits the dialogue got differ from the account number). Failed at = "
+        "first step whose reply was wrong "
+        "(intent: no account-number question, after the request said again either; "
+        "account: no identity question after the "
         "account number or its second reading; identity: no balance and "
         "no retry asked; retry: no balance after the other answer; error: no record).",
         "",
         "| | correct | first answer | said no to read-back | account again | identity again "
-        "| keyed after | retried | misheard req / acct / no / again / id / id again / retry "
+        "| keyed after | asked again | retried "
+        "| misheard req / req again / acct / no / again / id / id again / retry "
         "| identity_mismatch | failed at intent / account / identity / retry / error |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         _row("all", a),
     ]
     for entry, g in s["by_entry"].items():
