@@ -18,6 +18,7 @@ import numpy.typing as npt
 from tests.routes import routed
 from tests.test_routing import UnsureNlu
 from voicebot_pbx.answers.dialogue import (
+    WORDS_NOT_TAKEN,
     BotReply,
     CallInfo,
     DialogueTurn,
@@ -422,6 +423,14 @@ class FormNlu(SureNlu):
                 intent="inform",
                 confidence=0.95,
                 needs_fallback=True,
+                fallbacks=(WORDS_NOT_TAKEN,),
+            )
+        if text == "n w 9 4 r q":  # taken by the form, though not placed by the classifier
+            return DialogueTurn(
+                replies=(BotReply(text="Your balance is 12 pounds."),),
+                intent="nlu_fallback",
+                confidence=0.4,
+                needs_fallback=True,
             )
         if text == "mumble":
             return DialogueTurn(
@@ -544,6 +553,16 @@ def test_an_answer_the_form_cannot_take_gets_its_question_again_with_what_it_exp
     # With no question open, the dialogue's fallback goes to the LLM, as before.
     fresh = CallInfo(call_id="d")
     assert run_virtual(brain.respond(fresh, "n w 1 4 e n")).composed is not None
+    # An answer the form took is its own reply, whatever the classifier made of the words.
+    took = CallInfo(call_id="e")
+
+    async def answered_at_once() -> DialogueTurn:
+        await brain.respond(took, "what's my balance")
+        return await brain.respond(took, "n w 9 4 r q")
+
+    assert [r.text for r in run_virtual(answered_at_once()).replies] == [
+        "Your balance is 12 pounds."
+    ]
 
 
 def test_while_an_answer_is_awaited_an_unsure_goodbye_asks_the_question_again() -> None:

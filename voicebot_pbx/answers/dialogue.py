@@ -15,6 +15,10 @@ from voicebot_pbx.answers.knowledge import KnowledgeBase
 from voicebot_pbx.config import DialogueConfig, LlmConfig
 
 EndAction = Literal["hangup", "transfer"]
+# In ``DialogueTurn.fallbacks``: the dialogue did not take the caller's words and said its
+# own fallback ("Sorry, could you say that another way?"; Rasa's core fallback, the words
+# taken back), whatever its classifier made of them.
+WORDS_NOT_TAKEN = "dialogue_words_not_taken"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import structlog
 
 from voicebot_pbx.answers.dialogue import (
+    WORDS_NOT_TAKEN,
     BotReply,
     CallInfo,
     ComposedReply,
@@ -216,10 +217,11 @@ class _OfferWatch:
 
 def _question_left_out(turn: DialogueTurn) -> bool:
     """Whether the dialogue's ``turn`` to an awaited answer is its fallback without the
-    question (Rasa's "say it another way" after its form rejected the words): not
-    understood, and nothing asked, ended, handed over or expected."""
+    question (Rasa's "say it another way" after its form rejected the words): the words not
+    taken (``WORDS_NOT_TAKEN``; a form that took them, even words its classifier did not
+    place, answers on), and nothing asked, ended, handed over or expected."""
     return (
-        turn.needs_fallback
+        WORDS_NOT_TAKEN in turn.fallbacks
         and not turn.expect
         and turn.end is None
         and turn.transfer_target is None

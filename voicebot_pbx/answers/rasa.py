@@ -37,6 +37,7 @@ import httpx
 import structlog
 
 from voicebot_pbx.answers.dialogue import (
+    WORDS_NOT_TAKEN,
     BotReply,
     CallInfo,
     DialogueTurn,
@@ -333,7 +334,7 @@ class RasaDialogue:
             source="rasa",
             needs_fallback=needs_fallback,
             entities={**acted.entities, **said.entities},
-            fallbacks=said.fallbacks,
+            fallbacks=(*said.fallbacks, WORDS_NOT_TAKEN) if acted.core_fallback else said.fallbacks,
         )
 
     # -- Dialogue protocol -----------------------------------------------------------------
