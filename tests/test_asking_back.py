@@ -24,6 +24,7 @@ from voicebot_pbx.answers.dialogue import (
     DialogueTurn,
     Rejected,
     Sentence,
+    Understanding,
 )
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
@@ -322,6 +323,50 @@ class SureNlu(YesNoNlu):
                 confidence=1.0,
             )
         return super()._turn(text)
+
+
+class OutageFormNlu(SureNlu):
+    """``SureNlu`` whose outage form asks for the postcode without saying what kind of
+    answer it expects, and takes a spelled postcode its classifier does not place (Rasa:
+    nlu_fallback to the parse, the form's slot filled when it acts)."""
+
+    async def understand(self, call: CallInfo, text: str) -> Understanding:
+        if text == "n w 9 4 r q":
+            return Understanding("nlu_fallback", 0.5, True)
+        return await super().understand(call, text)
+
+    def _turn(self, text: str) -> DialogueTurn:
+        if text == "n w 9 4 r q":
+            return DialogueTurn(
+                replies=(BotReply(text="Thanks. I've logged your power cut."),),
+                intent="nlu_fallback",
+                confidence=0.5,
+                taken=True,
+            )
+        return super()._turn(text)
+
+
+def test_an_answer_a_form_took_is_its_reply_though_the_words_were_not_placed() -> None:
+    """A postcode the outage form took (its question expects no kind of answer, so nothing
+    is awaited) though the classifier did not place the words: the form's reply is spoken,
+    not the LLM's (the routing sent the unplaced words to compose); the same words with no
+    form to take them still go to the LLM."""
+    llm = ScriptedLlm([(0.0, ("reject", "no_answer"))])
+    llm.kb = hybrid_kb()
+    inner = OutageFormNlu()
+    brain = ComposingDialogue(inner, llm, CONFIG)
+    call = CallInfo(call_id="c")
+
+    async def talk() -> DialogueTurn:
+        await brain.respond(call, "my power is out")
+        return await brain.respond(call, "n w 9 4 r q")
+
+    turn = run_virtual(talk())
+    assert turn.composed is None and not turn.needs_fallback
+    assert [r.text for r in turn.replies] == ["Thanks. I've logged your power cut."]
+    assert inner.acted == ["my power is out", "n w 9 4 r q"]
+    untaken = ComposingDialogue(SureNlu(), llm, CONFIG)
+    assert run_virtual(untaken.respond(CallInfo(call_id="d"), "n w 9 4 r q")).composed is not None
 
 
 def _sure_brain() -> tuple[ComposingDialogue, SureNlu]:

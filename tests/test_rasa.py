@@ -31,7 +31,13 @@ import yaml
 from structlog.testing import capture_logs
 
 from voicebot_pbx.answers.action_server import ActionServer
-from voicebot_pbx.answers.dialogue import BotReply, CallInfo, DialogueTurn, Understanding
+from voicebot_pbx.answers.dialogue import (
+    WORDS_NOT_TAKEN,
+    BotReply,
+    CallInfo,
+    DialogueTurn,
+    Understanding,
+)
 from voicebot_pbx.answers.embedder import load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
 from voicebot_pbx.answers.knowledge import KnowledgeBase
@@ -292,6 +298,66 @@ def test_turn_uses_last_user_event_and_detects_core_fallback() -> None:
     assert turn.intent == "inform" and turn.confidence == pytest.approx(0.99)
     assert turn.needs_fallback and turn.entities == {"date": "friday"}
     assert turn.replies == (BotReply(text="Sorry?"),) and turn.source == "rasa"
+
+
+def _turn_after(events: list[dict[str, object]], intent: str) -> DialogueTurn:
+    """The turn ``RasaDialogue`` makes of a tracker whose last message was given ``intent``
+    and then ``events``."""
+    user = {
+        "event": "user",
+        "text": "nw9 4rq",
+        "parse_data": {"intent": {"name": intent, "confidence": 0.5}, "entities": []},
+    }
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/webhooks/rest/webhook":
+            return httpx.Response(200, json=[{"recipient_id": "call-1", "text": "Okay."}])
+        return httpx.Response(200, json={"events": [user, *events]})
+
+    return asyncio.run(_mock_dialogue(handler).respond(CALL, "N W 9, 4 R Q."))
+
+
+def test_a_message_a_form_took_is_understood_whatever_its_intent() -> None:
+    """A form (any action but listening and utterances) that set a slot after the message
+    took the words: not a fallback, though the classifier said nlu_fallback. A slot the
+    classifier filled from entities before any action, the form's requested_slot, a slot
+    emptied, or a core fallback: not taken."""
+    took = _turn_after(
+        [
+            {"event": "action", "name": "outage_form"},
+            {"event": "slot", "name": "postcode", "value": "NW9 4RQ"},
+            {"event": "slot", "name": "requested_slot", "value": None},
+            {"event": "action", "name": "action_listen"},
+        ],
+        "nlu_fallback",
+    )
+    assert took.taken and not took.needs_fallback
+    for events in (
+        [
+            {"event": "slot", "name": "postcode", "value": "NW9 4RQ"},  # from the entity
+            {"event": "action", "name": "utter_default"},
+            {"event": "action", "name": "balance_form"},
+            {"event": "slot", "name": "requested_slot", "value": "account_number"},
+            {"event": "action", "name": "action_listen"},
+        ],
+        [
+            {"event": "action", "name": "balance_form"},
+            {"event": "slot", "name": "identity_check", "value": None},
+            {"event": "action", "name": "action_listen"},
+        ],
+    ):
+        turn = _turn_after(events, "nlu_fallback")
+        assert not turn.taken and turn.needs_fallback
+    core = _turn_after(
+        [
+            {"event": "slot", "name": "date", "value": "friday"},
+            {"event": "action", "name": "action_default_fallback"},
+            {"event": "rewind"},
+            {"event": "action", "name": "action_listen"},
+        ],
+        "inform",
+    )
+    assert not core.taken and core.needs_fallback and WORDS_NOT_TAKEN in core.fallbacks
 
 
 def test_dtmf_rejects_non_digits() -> None:
@@ -1432,6 +1498,34 @@ def test_a_spelled_postcode_heard_as_an_unsure_goodbye_is_checked_not_asked_agai
     assert turn.end is None and turn.source != "answer_reprompt", texts(turn)
     assert "doesn't match our records" in texts(turn), texts(turn)
     assert "date of birth instead" in texts(turn)
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_a_postcode_the_outage_form_takes_gets_its_reply_not_the_llms(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """With the knowledge routing in front (as serve has it), the postcode asked for by the
+    outage form, which says no kind of answer is expected: Rasa's classifier does not place
+    a spoken postcode (nlu_fallback), so the routing sends it to the LLM, but the form took
+    it and logged the report. The caller hears the form's reply, not the LLM's refusal."""
+    brain = _routed(dlg).brain
+    postcode = DEMO[1].postcode
+
+    async def call_in() -> tuple[Understanding, DialogueTurn]:
+        call = new_call()
+        await brain.start(call)
+        asked = await brain.respond(call, "my power has gone off")
+        assert "postcode of the property" in texts(asked), texts(asked)
+        understood = await dlg.understand(call, postcode.lower())
+        return understood, await brain.respond(call, postcode.lower())
+
+    understood, turn = aloop.run(call_in())
+    assert understood.intent in FALLBACK_INTENTS, understood  # the premise
+    assert turn.composed is None, "the LLM answered instead of the form"
+    assert turn.taken and not turn.needs_fallback
+    spelled = " ".join(postcode.split()[0]) + ", " + " ".join(postcode.split()[1])
+    assert spelled in texts(turn), texts(turn)
 
 
 @needs_rasa

@@ -49,6 +49,9 @@ class DialogueTurn:
     source: str = "rules"
     # True when the brain could not understand (out of scope / NLU fallback): the LLM may answer.
     needs_fallback: bool = False
+    # The brain took the words as the answer to its own question (a form filled a slot with
+    # them), whatever its classifier made of them: its reply is the answer, not the LLM's.
+    taken: bool = False
     entities: dict[str, str] = field(default_factory=dict)
     # Fallbacks taken to produce this turn (e.g. "nlu_unavailable"), for the call record.
     fallbacks: tuple[str, ...] = ()

@@ -362,6 +362,10 @@ class ComposingDialogue:
                 self._waiting[call.call_id] = waiting  # its form still waits
                 return self._ask_question_again(turn, waiting)
             return turn  # its form's own reply to the answer, checked or asked again
+        if turn.taken:
+            # Its form took the words (a postcode for the outage form, which expects no kind
+            # of answer): its reply, not the LLM's, though the words were not placed.
+            return turn
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):
             return dataclasses.replace(turn, composed=self._composed(call, text))

@@ -79,6 +79,9 @@ class _ActedOn:
     confidence: float | None
     entities: dict[str, str]
     core_fallback: bool
+    # An action after the message set a slot (a form took the words as its answer: the
+    # outage form a postcode its classifier calls nlu_fallback).
+    took: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +186,23 @@ def _expect(custom: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _acted_on(tracker: Mapping[str, Any]) -> _ActedOn:
-    """The last user event of the tracker and whether a core fallback followed it."""
+    """The last user event of the tracker, whether a core fallback followed it, and whether
+    an action after it set a slot (not the form's ``requested_slot``; slots the classifier
+    filled from entities come before any action and do not count)."""
     events = tracker.get("events") or []
     core_fallback = False
+    slot_set = False  # a slot set after the next (earlier) event, walking backwards
+    took = False
     for event in reversed(events):
         kind = event.get("event")
-        if kind == "action" and event.get("name") in _CORE_FALLBACK_ACTIONS:
+        if kind == "slot":
+            slot_set = slot_set or (
+                event.get("name") != "requested_slot" and event.get("value") is not None
+            )
+        elif kind == "action" and event.get("name") in _CORE_FALLBACK_ACTIONS:
             core_fallback = True
+        elif kind == "action" and slot_set and _acts(str(event.get("name") or "")):
+            took = True
         elif kind == "user":
             parse = event.get("parse_data") or {}
             intent = parse.get("intent") or {}
@@ -203,8 +216,15 @@ def _acted_on(tracker: Mapping[str, Any]) -> _ActedOn:
                 confidence=float(confidence) if confidence is not None else None,
                 entities=entities,
                 core_fallback=core_fallback,
+                took=took and not core_fallback,
             )
     return _ActedOn(None, None, {}, core_fallback)
+
+
+def _acts(action: str) -> bool:
+    """Whether ``action`` acts on the caller's words (a form, its validation, a custom
+    action), not only speaks or listens."""
+    return action != "action_listen" and not action.startswith("utter_")
 
 
 class RasaDialogue:
@@ -311,7 +331,9 @@ class RasaDialogue:
             raise DialogueUnavailable("tracker is not an object", retryable=False)
         acted = _acted_on(tracker)
         said = parse_bot_messages(messages)
-        needs_fallback = acted.intent in FALLBACK_INTENTS or acted.core_fallback
+        needs_fallback = acted.core_fallback or (
+            acted.intent in FALLBACK_INTENTS and not acted.took
+        )
         log.debug(
             "rasa.turn",
             call_id=call.call_id,
@@ -333,6 +355,7 @@ class RasaDialogue:
             confidence=acted.confidence,
             source="rasa",
             needs_fallback=needs_fallback,
+            taken=acted.took,
             entities={**acted.entities, **said.entities},
             fallbacks=(*said.fallbacks, WORDS_NOT_TAKEN) if acted.core_fallback else said.fallbacks,
         )
