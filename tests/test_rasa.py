@@ -345,6 +345,14 @@ def test_a_message_a_form_took_is_understood_whatever_its_intent() -> None:
             {"event": "slot", "name": "identity_check", "value": None},
             {"event": "action", "name": "action_listen"},
         ],
+        [  # the question asked again by the form's own asking action, which notes it
+            {"event": "action", "name": "utter_default"},
+            {"event": "action", "name": "balance_form"},
+            {"event": "slot", "name": "requested_slot", "value": "identity_check"},
+            {"event": "action", "name": "action_ask_identity_check"},
+            {"event": "slot", "name": "account_read_back", "value": False},
+            {"event": "action", "name": "action_listen"},
+        ],
     ):
         turn = _turn_after(events, "nlu_fallback")
         assert not turn.taken and turn.needs_fallback

@@ -191,7 +191,7 @@ def _acted_on(tracker: Mapping[str, Any]) -> _ActedOn:
     filled from entities come before any action and do not count)."""
     events = tracker.get("events") or []
     core_fallback = False
-    slot_set = False  # a slot set after the next (earlier) event, walking backwards
+    slot_set = False  # walking backwards: a slot set since the action before it
     took = False
     for event in reversed(events):
         kind = event.get("event")
@@ -199,10 +199,11 @@ def _acted_on(tracker: Mapping[str, Any]) -> _ActedOn:
             slot_set = slot_set or (
                 event.get("name") != "requested_slot" and event.get("value") is not None
             )
-        elif kind == "action" and event.get("name") in _CORE_FALLBACK_ACTIONS:
-            core_fallback = True
-        elif kind == "action" and slot_set and _acts(str(event.get("name") or "")):
-            took = True
+        elif kind == "action":
+            name = str(event.get("name") or "")
+            core_fallback = core_fallback or name in _CORE_FALLBACK_ACTIONS
+            took = took or (slot_set and _acts(name))
+            slot_set = False  # the slots after an action are its own
         elif kind == "user":
             parse = event.get("parse_data") or {}
             intent = parse.get("intent") or {}
@@ -223,8 +224,9 @@ def _acted_on(tracker: Mapping[str, Any]) -> _ActedOn:
 
 def _acts(action: str) -> bool:
     """Whether ``action`` acts on the caller's words (a form, its validation, a custom
-    action), not only speaks or listens."""
-    return action != "action_listen" and not action.startswith("utter_")
+    action), not only speaks, asks (a form's ``action_ask_<slot>``, whose own slots say
+    what it asked) or listens."""
+    return action != "action_listen" and not action.startswith(("utter_", "action_ask_"))
 
 
 class RasaDialogue:
