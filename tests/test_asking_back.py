@@ -325,6 +325,14 @@ class SureNlu(YesNoNlu):
         return super()._turn(text)
 
 
+def form_took(reply: str) -> DialogueTurn:
+    """A form's ``reply`` to words it took though the classifier did not place them, as
+    ``RasaDialogue`` makes it (nlu_fallback, but taken: not a fallback)."""
+    return DialogueTurn(
+        replies=(BotReply(text=reply),), intent="nlu_fallback", confidence=0.5, taken=True
+    )
+
+
 class OutageFormNlu(SureNlu):
     """``SureNlu`` whose outage form asks for the postcode without saying what kind of
     answer it expects, and takes a spelled postcode its classifier does not place (Rasa:
@@ -337,12 +345,7 @@ class OutageFormNlu(SureNlu):
 
     def _turn(self, text: str) -> DialogueTurn:
         if text == "n w 9 4 r q":
-            return DialogueTurn(
-                replies=(BotReply(text="Thanks. I've logged your power cut."),),
-                intent="nlu_fallback",
-                confidence=0.5,
-                taken=True,
-            )
+            return form_took("Thanks. I've logged your power cut.")
         return super()._turn(text)
 
 
@@ -471,12 +474,7 @@ class FormNlu(SureNlu):
                 fallbacks=(WORDS_NOT_TAKEN,),
             )
         if text == "n w 9 4 r q":  # taken by the form, though not placed by the classifier
-            return DialogueTurn(
-                replies=(BotReply(text="Your balance is 12 pounds."),),
-                intent="nlu_fallback",
-                confidence=0.4,
-                needs_fallback=True,
-            )
+            return form_took("Your balance is 12 pounds.")
         if text == "mumble":
             return DialogueTurn(
                 replies=(BotReply(text="Say it another way? Please say your account number."),),
