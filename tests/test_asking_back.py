@@ -26,7 +26,7 @@ from voicebot_pbx.answers.dialogue import (
     Sentence,
     Understanding,
 )
-from voicebot_pbx.answers.fallbacks import ComposingDialogue
+from voicebot_pbx.answers.fallbacks import ComposingDialogue, question_said_again
 from voicebot_pbx.answers.knowledge import KnowledgeBase, Passage
 from voicebot_pbx.answers.routing import (
     KnowledgeHit,
@@ -606,6 +606,60 @@ def test_an_answer_the_form_cannot_take_gets_its_question_again_with_what_it_exp
     assert [r.text for r in run_virtual(answered_at_once()).replies] == [
         "Your balance is 12 pounds."
     ]
+
+
+class ReadBackForm(FormNlu):
+    """The balance form whose identity question begins with thanks and the number read
+    back, as the action server's does after a spoken account number."""
+
+    def _turn(self, text: str) -> DialogueTurn:
+        if text == "my account is 1 2 3 4 5 6 7 8":
+            return DialogueTurn(
+                replies=(
+                    BotReply(text="Thanks. That's account number 1 2 3 4, 5 6 7 8. Postcode?"),
+                ),
+                expect=("postcode",),
+                intent="inform",
+                confidence=0.9,
+            )
+        return super()._turn(text)
+
+
+def test_the_question_asked_again_does_not_thank_the_caller_again() -> None:
+    """Words the identity question's form could not take: the caller hears "Sorry, I
+    didn't catch that." and the question again with the number read back, not a "Thanks."
+    for the words that were not taken."""
+    brain, _ = _sure_brain()
+    inner = ReadBackForm()
+    dialogue = ComposingDialogue(inner, brain.composer, CONFIG)
+    call = CallInfo(call_id="c")
+
+    async def talk() -> DialogueTurn:
+        await dialogue.respond(call, "my account is 1 2 3 4 5 6 7 8")
+        return await dialogue.respond(call, "n w 1 4 e n")
+
+    again = run_virtual(talk())
+    assert "answer_question_again" in again.fallbacks
+    assert [r.text for r in again.replies] == [
+        CONFIG.answer_reask,
+        "That's account number 1 2 3 4, 5 6 7 8. Postcode?",
+    ]
+    assert again.expect == ("postcode",)
+
+
+def test_question_said_again_drops_only_a_thank_you_sentence_before_it() -> None:
+    def said(text: str) -> str:
+        return question_said_again(BotReply(text=text)).text
+
+    assert said("Thank you, what's the postcode?") == "What's the postcode?"
+    assert said("great! Your date of birth?") == "Your date of birth?"
+    assert said("Thank you for calling. What's the postcode?") == (
+        "Thank you for calling. What's the postcode?"
+    )
+    assert said("Thanks.") == "Thanks."  # nothing else to say
+    assert said("Please say your account number.") == "Please say your account number."
+    clip = BotReply(text="Thanks. Your postcode?", clip="beep")
+    assert question_said_again(clip) == BotReply(text="Your postcode?", clip="beep")
 
 
 def test_while_an_answer_is_awaited_an_unsure_goodbye_asks_the_question_again() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -229,6 +230,21 @@ def _question_left_out(turn: DialogueTurn) -> bool:
     )
 
 
+# A thank-you the question began with when first asked ("Thanks. That's account number
+# ..."): said again after "Sorry, I didn't catch that." it would thank the caller for words
+# that were not taken.
+_THANKS_FIRST = re.compile(r"^\s*(?:thanks|thank you|great|lovely)[.!,]\s*", re.IGNORECASE)
+
+
+def question_said_again(reply: BotReply) -> BotReply:
+    """``reply`` (a question the dialogue asked) to say again after the words given to it
+    were not taken: without the thank-you it began with, unless nothing else is left."""
+    rest = _THANKS_FIRST.sub("", reply.text, count=1)
+    if not rest.strip() or rest == reply.text:
+        return reply
+    return dataclasses.replace(reply, text=rest[:1].upper() + rest[1:])
+
+
 # The bot's own question, answered on the caller's next turn.
 _Asked = _Offered | _Confirming | _ConfirmingIntent
 # What the knowledge routing needs of a question: its best passage and the dialogue's reading.
@@ -419,7 +435,7 @@ class ComposingDialogue:
         ... say it another way": Rasa took the words back and its form still waits) as
         ``answer_reask`` and the question ``waiting`` asked again, with what it expects."""
         log.info("answer_question_again", intent=turn.intent)
-        question = waiting.replies[-1:]
+        question = tuple(question_said_again(reply) for reply in waiting.replies[-1:])
         return dataclasses.replace(
             turn,
             replies=(BotReply(text=self.knowledge.answer_reask), *question),
