@@ -350,8 +350,9 @@ class OutageFormNlu(SureNlu):
 
 
 def test_an_answer_a_form_took_is_its_reply_though_the_words_were_not_placed() -> None:
-    """A postcode the outage form took (its question expects no kind of answer, so nothing
-    is awaited) though the classifier did not place the words: the form's reply is spoken,
+    """An answer a form took to a question that says no kind of answer (so nothing is
+    awaited; the outage form's postcode question did before it said ``expect``) though the
+    classifier did not place the words: the form's reply is spoken,
     not the LLM's (the routing sent the unplaced words to compose); the same words with no
     form to take them still go to the LLM."""
     llm = ScriptedLlm([(0.0, ("reject", "no_answer"))])

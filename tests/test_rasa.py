@@ -119,6 +119,8 @@ def test_parse_bot_messages_reads_what_a_spoken_answer_is_expected_to_be() -> No
     assert expect({"max_digits": 8, "expect": "digits"}) == ("digits",)
     assert expect({"max_digits": 8, "expect": ["postcode", "date"]}) == ("postcode", "date")
     assert expect({"max_digits": 8}) == ()  # keys only: no guess at a spoken answer
+    spoken = parse_bot_messages([{"custom": {"action": "expect", "expect": ["postcode"]}}])
+    assert (spoken.expect, spoken.collect_dtmf_digits) == (("postcode",), None)
     with capture_logs() as logs:
         assert expect({"max_digits": 8, "expect": ["digits", "shoe size"]}) == ("digits",)
     assert [e["event"] for e in logs] == ["rasa.bad_expect"]
@@ -1514,9 +1516,9 @@ def test_a_postcode_the_outage_form_takes_gets_its_reply_not_the_llms(
     dlg: RasaDialogue, aloop: LoopThread
 ) -> None:
     """With the knowledge routing in front (as serve has it), the postcode asked for by the
-    outage form, which says no kind of answer is expected: Rasa's classifier does not place
-    a spoken postcode (nlu_fallback), so the routing sends it to the LLM, but the form took
-    it and logged the report. The caller hears the form's reply, not the LLM's refusal."""
+    outage form (which expects a postcode said, no keypad entry): Rasa's classifier does not
+    place a spoken postcode (nlu_fallback), but the form took it and logged the report. The
+    caller hears the form's reply, not the LLM's refusal."""
     brain = _routed(dlg).brain
     postcode = DEMO[1].postcode
 
@@ -1525,6 +1527,8 @@ def test_a_postcode_the_outage_form_takes_gets_its_reply_not_the_llms(
         await brain.start(call)
         asked = await brain.respond(call, "my power has gone off")
         assert "postcode of the property" in texts(asked), texts(asked)
+        # A spoken postcode is expected (held to its words, the word hold), no keys.
+        assert (asked.expect, asked.collect_dtmf_digits) == (("postcode",), None)
         understood = await dlg.understand(call, postcode.lower())
         return understood, await brain.respond(call, postcode.lower())
 

@@ -379,8 +379,8 @@ class ComposingDialogue:
                 return self._ask_question_again(turn, waiting)
             return turn  # its form's own reply to the answer, checked or asked again
         if turn.taken:
-            # Its form took the words (a postcode for the outage form, which expects no kind
-            # of answer): its reply, not the LLM's, though the words were not placed.
+            # Its form took the words (an answer to a question that says no kind of answer
+            # expected): its reply, not the LLM's, though the words were not placed.
             return turn
         ends = turn.end is not None or turn.collect_dtmf_digits is not None
         if turn.needs_fallback or (where == "compose" and not ends):

@@ -16,6 +16,8 @@ Rasa's reply messages map onto ``DialogueTurn``:
   also decoded held to those words (``speech/expect.py``); with ``"verify": {"postcode":
   "NW9 4RQ", "date": "1987-06-23"}`` (the action server, which knows them) -> ``known``: the
   engine is asked whether the caller says one of them (``speech/verify.py``)
+* ``{"custom": {"action": "expect", "expect": ["postcode"]}}`` -> ``expect`` alone: a spoken
+  answer of that kind, no keypad entry (the outage form's postcode question)
 * ``{"custom": {"action": "note", "entities": {...}, "fallback": REASON}}`` (the custom
   actions, rasa_project/actions) -> ``entities`` for the call, ``fallbacks`` for its record
 
@@ -142,6 +144,8 @@ def parse_bot_messages(messages: Sequence[Mapping[str, Any]]) -> BotMessages:
                 log.warning("rasa.bad_collect_dtmf", payload=dict(custom))
             expect = _expect(custom) or expect
             known = _known(custom) or known
+        elif action == "expect":
+            expect = _expect(custom) or expect
         elif action == "note":
             _note(custom, entities, fallbacks)
         else:
@@ -172,8 +176,9 @@ def _known(custom: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _expect(custom: Mapping[str, Any]) -> tuple[str, ...]:
-    """``expect: [digits]`` (or one word) beside ``collect_dtmf``: what the caller may say
-    instead of typing (speech/expect.py); an unknown kind is dropped with one line."""
+    """``expect: [digits]`` (or one word) beside ``collect_dtmf`` (what the caller may say
+    instead of typing) or in an ``expect`` payload (what they will say):
+    speech/expect.py's kinds; an unknown kind is dropped with one line."""
     raw = custom.get("expect")
     if raw is None:
         return ()
