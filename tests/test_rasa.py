@@ -981,7 +981,10 @@ def test_dtmf_menu_options(dlg: RasaDialogue, aloop: LoopThread) -> None:
     turn = aloop.run(dlg.dtmf(call, "5"))  # a key the outage form did not ask for
     assert "isn't used here" in texts(turn) and "postcode" in texts(turn)
     turn = aloop.run(dlg.respond(call, "it's s w one a one a a"))
-    assert turn.entities == {"postcode": "sw1a 1aa", "outage": "reported"}
+    assert turn.entities == {"postcode": "sw1a 1aa"}
+    assert "I heard S W 1 A, 1 A A" in texts(turn)
+    turn = aloop.run(dlg.respond(call, "yes"))
+    assert turn.entities == {"outage": "reported"}
     assert "no known power cut at S W 1 A, 1 A A" in texts(turn)
     turn = aloop.run(dlg.dtmf(call, "0"))
     assert (turn.end, turn.transfer_target) == ("transfer", "agents")
@@ -994,11 +997,39 @@ def test_known_outage_by_postcode_then_another_report(dlg: RasaDialogue, aloop: 
     aloop.run(dlg.start(call))
     aloop.run(dlg.respond(call, "my power has gone off"))
     turn = aloop.run(dlg.respond(call, "n w 3 2 q g"))
+    assert "I heard N W 3, 2 Q G. Is that right?" in texts(turn)  # nothing looked up yet
+    assert "outage" not in turn.entities
+    turn = aloop.run(dlg.respond(call, "yes"))
     assert "known power cut in your area, caused by a damaged underground cable" in texts(turn)
     assert "We expect power back by about" in texts(turn) and turn.entities["outage"] == "known"
     # the postcode is cleared: a second report asks again
     turn = aloop.run(dlg.respond(call, "there's another power cut at my mum's"))
     assert "postcode of the property" in texts(turn)
+
+
+@needs_rasa
+@pytest.mark.rasa
+def test_a_postcode_read_back_wrong_is_asked_again_and_nothing_reported(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """A line that garbles a spelled postcode must not log a power cut at another address:
+    "no" to the postcode read back asks for it again (still expected as a postcode), and
+    only the postcode the caller says yes to is looked up and reported."""
+    call = new_call()
+    aloop.run(dlg.start(call))
+    aloop.run(dlg.respond(call, "there's no electricity in my house"))
+    read_back = aloop.run(dlg.respond(call, "n w 8 2 q g"))
+    assert "I heard N W 8, 2 Q G" in texts(read_back), texts(read_back)
+    again = aloop.run(dlg.respond(call, "no"))
+    assert "Sorry about that" in texts(again) and "postcode of the property" in texts(again)
+    assert again.expect == ("postcode",) and again.end is None
+    assert "outage" not in again.entities
+    assert "postcode_read_back_denied" in again.fallbacks
+    second = aloop.run(dlg.respond(call, "n w 3 2 q g"))
+    assert "I heard N W 3, 2 Q G" in texts(second), texts(second)
+    done = aloop.run(dlg.respond(call, "yes that's right"))
+    assert "known power cut in your area" in texts(done), texts(done)
+    assert done.entities["outage"] == "known"
 
 
 @needs_rasa
@@ -1537,7 +1568,7 @@ def test_a_postcode_the_outage_form_takes_gets_its_reply_not_the_llms(
     assert turn.composed is None, "the LLM answered instead of the form"
     assert turn.taken and not turn.needs_fallback
     spelled = " ".join(postcode.split()[0]) + ", " + " ".join(postcode.split()[1])
-    assert spelled in texts(turn), texts(turn)
+    assert f"I heard {spelled}" in texts(turn), texts(turn)  # read back first
 
 
 @needs_rasa

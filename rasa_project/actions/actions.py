@@ -13,8 +13,9 @@
   ``action_book_appointment``: a day and a time the bookings back end has free (else the
   nearest free ones are offered), then booked; the slots are cleared so a second booking in
   the same call starts afresh.
-* ``validate_outage_form`` / ``action_check_outage``: a known outage by postcode (cause and
-  estimated fix) or a new report.
+* ``validate_outage_form`` / ``action_ask_postcode_confirmed`` / ``action_check_outage``: the
+  postcode read back ("I heard N W 3, 2 Q G. Is that right?"; "no" asks for it again), then
+  a known outage by postcode (cause and estimated fix) or a new report.
 
 Every back-end failure is spoken ("I can't reach our billing system right now.") and followed
 by ``utter_offer_transfer``; the reason goes to the bot in a ``note`` payload
@@ -529,6 +530,36 @@ class ValidateOutageForm(FormValidationAction):
             return {"postcode": None}
         return {"postcode": postcode}
 
+    async def validate_postcode_confirmed(
+        self,
+        slot_value: Any,
+        dispatcher: CollectingDispatcher,
+        tracker: Tracker,
+        domain: DomainDict,
+    ) -> dict[str, Any]:
+        """A "no" to the postcode read back: nothing is reported; the postcode is asked for
+        again (the form's question)."""
+        if slot_value == "confirmed":
+            return {"postcode_confirmed": "confirmed"}
+        dispatcher.utter_message(text="Sorry about that.")
+        _note(dispatcher, fallback="postcode_read_back_denied")
+        return {"postcode": None, "postcode_confirmed": None}
+
+
+class ActionAskPostcodeConfirmed(Action):
+    """The postcode heard, read back before anything is looked up or reported: a line that
+    garbles a spelled postcode must not log a power cut at another address."""
+
+    def name(self) -> str:
+        return "action_ask_postcode_confirmed"
+
+    async def run(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict
+    ) -> list[EventType]:
+        postcode = str(tracker.get_slot("postcode") or "")
+        dispatcher.utter_message(text=f"I heard {say_postcode(postcode)}. Is that right?")
+        return []
+
 
 class ActionCheckOutage(Action):
     def name(self) -> str:
@@ -539,7 +570,7 @@ class ActionCheckOutage(Action):
     ) -> list[EventType]:
         rt = runtime()
         postcode = str(tracker.get_slot("postcode") or "")
-        reset: list[EventType] = [SlotSet("postcode", None)]
+        reset: list[EventType] = [SlotSet("postcode", None), SlotSet("postcode_confirmed", None)]
         try:
             outage = await _bounded(rt, "outages", rt.backend("outages").outage(postcode))
         except BackendError as exc:
