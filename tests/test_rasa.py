@@ -1014,7 +1014,8 @@ def test_a_postcode_read_back_wrong_is_asked_again_and_nothing_reported(
 ) -> None:
     """A line that garbles a spelled postcode must not log a power cut at another address:
     "no" to the postcode read back asks for it again (still expected as a postcode), and
-    only the postcode the caller says yes to is looked up and reported."""
+    only the postcode the caller says yes to is looked up and reported; a second "no" puts
+    the caller through instead of asking for ever."""
     call = new_call()
     aloop.run(dlg.start(call))
     aloop.run(dlg.respond(call, "there's no electricity in my house"))
@@ -1030,6 +1031,19 @@ def test_a_postcode_read_back_wrong_is_asked_again_and_nothing_reported(
     done = aloop.run(dlg.respond(call, "yes that's right"))
     assert "known power cut in your area" in texts(done), texts(done)
     assert done.entities["outage"] == "known"
+    # Two postcodes said "no" to: put through, nothing reported (and the count starts
+    # afresh for the next report).
+    call = new_call()
+    aloop.run(dlg.start(call))
+    aloop.run(dlg.respond(call, "there's no electricity in my house"))
+    aloop.run(dlg.respond(call, "n w 8 2 q g"))
+    aloop.run(dlg.respond(call, "no"))
+    aloop.run(dlg.respond(call, "n w 8 2 q e"))
+    through = aloop.run(dlg.respond(call, "no"))
+    assert (through.end, through.transfer_target) == ("transfer", "agents"), texts(through)
+    assert "can't get the postcode right" in texts(through), texts(through)
+    assert "anything else" not in texts(through) and "outage" not in through.entities
+    assert "postcode_not_heard" in through.fallbacks
 
 
 @needs_rasa

@@ -14,8 +14,9 @@
   nearest free ones are offered), then booked; the slots are cleared so a second booking in
   the same call starts afresh.
 * ``validate_outage_form`` / ``action_ask_postcode_confirmed`` / ``action_check_outage``: the
-  postcode read back ("I heard N W 3, 2 Q G. Is that right?"; "no" asks for it again), then
-  a known outage by postcode (cause and estimated fix) or a new report.
+  postcode read back ("I heard N W 3, 2 Q G. Is that right?"; "no" asks for it again, the
+  ``POSTCODE_DENIALS``th puts the caller through), then a known outage by postcode (cause
+  and estimated fix) or a new report.
 
 Every back-end failure is spoken ("I can't reach our billing system right now.") and followed
 by ``utter_offer_transfer``; the reason goes to the bot in a ``note`` payload
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 # A caller may say "no" to the account number read back this many times; the next "no"
 # declines the check (utter_identity_refused), as "no" to the account number question does.
 ACCOUNT_DENIALS = 2
+# Postcodes read back that the caller may say "no" to before being put through.
+POSTCODE_DENIALS = 2
 NEAREST_SLOTS = 3
 _SYSTEM_WORDS = {"billing": "billing", "outages": "power cut", "bookings": "bookings"}
 
@@ -538,12 +541,16 @@ class ValidateOutageForm(FormValidationAction):
         domain: DomainDict,
     ) -> dict[str, Any]:
         """A "no" to the postcode read back: nothing is reported; the postcode is asked for
-        again (the form's question)."""
+        again (the form's question), or at the ``POSTCODE_DENIALS``th "no" the form ends
+        "denied" and ``action_check_outage`` puts the caller through."""
         if slot_value == "confirmed":
             return {"postcode_confirmed": "confirmed"}
-        dispatcher.utter_message(text="Sorry about that.")
         _note(dispatcher, fallback="postcode_read_back_denied")
-        return {"postcode": None, "postcode_confirmed": None}
+        denials = int(tracker.get_slot("postcode_denials") or 0) + 1
+        if denials >= POSTCODE_DENIALS:
+            return {"postcode_confirmed": "denied", "postcode_denials": float(denials)}
+        dispatcher.utter_message(text="Sorry about that.")
+        return {"postcode": None, "postcode_confirmed": None, "postcode_denials": float(denials)}
 
 
 class ActionAskPostcodeConfirmed(Action):
@@ -570,7 +577,19 @@ class ActionCheckOutage(Action):
     ) -> list[EventType]:
         rt = runtime()
         postcode = str(tracker.get_slot("postcode") or "")
-        reset: list[EventType] = [SlotSet("postcode", None), SlotSet("postcode_confirmed", None)]
+        reset: list[EventType] = [
+            SlotSet("postcode", None),
+            SlotSet("postcode_confirmed", None),
+            SlotSet("postcode_denials", None),
+        ]
+        if tracker.get_slot("postcode_confirmed") == "denied":
+            dispatcher.utter_message(
+                text="Sorry, I can't get the postcode right on this line, so I'll put you "
+                "through to someone who can take your report.",
+                json_message={"action": "transfer", "target": "agents"},
+            )
+            _note(dispatcher, fallback="postcode_not_heard")
+            return [*reset, FollowupAction("action_listen")]  # no "anything else?" first
         try:
             outage = await _bounded(rt, "outages", rt.backend("outages").outage(postcode))
         except BackendError as exc:
