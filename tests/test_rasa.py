@@ -1567,7 +1567,7 @@ def test_a_postcode_the_outage_form_takes_gets_its_reply_not_the_llms(
     brain = _routed(dlg).brain
     postcode = DEMO[1].postcode
 
-    async def call_in() -> tuple[Understanding, DialogueTurn]:
+    async def call_in() -> tuple[Understanding, DialogueTurn, DialogueTurn]:
         call = new_call()
         await brain.start(call)
         asked = await brain.respond(call, "my power has gone off")
@@ -1575,14 +1575,16 @@ def test_a_postcode_the_outage_form_takes_gets_its_reply_not_the_llms(
         # A spoken postcode is expected (held to its words, the word hold), no keys.
         assert (asked.expect, asked.collect_dtmf_digits) == (("postcode",), None)
         understood = await dlg.understand(call, postcode.lower())
-        return understood, await brain.respond(call, postcode.lower())
+        read_back = await brain.respond(call, postcode.lower())
+        return understood, read_back, await brain.respond(call, "yes")
 
-    understood, turn = aloop.run(call_in())
+    understood, turn, reported = aloop.run(call_in())
     assert understood.intent in FALLBACK_INTENTS, understood  # the premise
     assert turn.composed is None, "the LLM answered instead of the form"
     assert turn.taken and not turn.needs_fallback
     spelled = " ".join(postcode.split()[0]) + ", " + " ".join(postcode.split()[1])
     assert f"I heard {spelled}" in texts(turn), texts(turn)  # read back first
+    assert reported.composed is None and "outage" in reported.entities, texts(reported)
 
 
 @needs_rasa
