@@ -140,16 +140,19 @@ def wait_ready(
     raise PbxUnavailable(f"{name} not ready in {timeout_s} s: {log_tail()}")
 
 
-def cpu_mismatch(name: str) -> str:
-    """Why a PBX build died of SIGILL: the AVX-512 flags it was built for, this CPU's."""
-    flags: set[str] = set()
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    avx512 = sorted(f for f in flags if f.startswith("avx512"))
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_mismatch(name: str) -> str:
+    """Why a PBX build died of SIGILL: the AVX-512 flags it was built for, this CPU's."""
+    avx512 = sorted(f for f in cpu_flags() if f.startswith("avx512"))
     return (
         f"{name} from {ENV} died of SIGILL (illegal instruction) at start: the build uses "
         f"CPU instructions this machine lacks (its AVX-512 flags: {avx512 or 'none'}); "

@@ -29,6 +29,7 @@ import numpy as np
 
 from tests.realpbx import (
     PbxUnavailable,
+    cpu_flags,
     free_port,
     log_tail,
     run_tool,
@@ -44,6 +45,17 @@ CONF_DIR = Path(__file__).with_name("asterisk")
 DEBIAN_SOUNDS = Path("/usr/share/asterisk/sounds")
 AMI_SECRET = "testbed-secret"
 WS_PASSWORD = "testbed-ws-secret"  # websocket_client.conf [voicebot] password
+
+
+def resampler(flags: frozenset[str]) -> str:
+    """The module that translates between 8 and 16 kHz audio on this CPU. The shared
+    build's ``codec_resample.so`` (the speex resampler) was compiled with AVX-VNNI
+    instructions (VEX ``vpdpwssd``): on a CPU without ``avx_vnni`` (AVX-512 VNNI alone is
+    another encoding) Asterisk dies of SIGILL at the first 8 <-> 16 kHz translation, in the
+    middle of a call. There ``codec_g722.so`` is loaded instead: Asterisk then translates
+    through G.722 (8 kHz audio in, 16 kHz out, and back), a wideband codec, so the bot still
+    gets 16 kHz audio from the same dialplan."""
+    return "codec_resample.so" if "avx_vnni" in flags else "codec_g722.so"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,7 @@ class Asterisk:
             "@AMI_PORT@": str(self.ami_port),
             "@HTTP_PORT@": str(self.http_port),
             "@AMI_SECRET@": self.ami_secret,
+            "@RESAMPLER@": resampler(cpu_flags()),
         }
         for template in CONF_DIR.glob("*.conf"):
             text = template.read_text()
