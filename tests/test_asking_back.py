@@ -609,6 +609,47 @@ def test_an_answer_the_form_cannot_take_gets_its_question_again_with_what_it_exp
     ]
 
 
+def test_the_question_is_asked_again_twice_then_a_transfer_is_offered() -> None:
+    """A line that garbles every try (a spelled postcode no form takes): the question
+    again question_again_max times in a row, then answer_give_up, a transfer offer a yes
+    takes up; an answer said instead still reaches the form, and a new question starts the
+    count afresh."""
+    brain, inner = _form_brain()
+    call = CallInfo(call_id="c")
+
+    async def talk(*said: str) -> list[DialogueTurn]:
+        return [await brain.respond(call, text) for text in said]
+
+    asked, first, second, offer, taken = run_virtual(
+        talk("what's my balance", *["n w 1 4 e n"] * 3, "yes")
+    )
+    for again in (first, second):
+        assert [r.text for r in again.replies] == [
+            CONFIG.answer_reask,
+            "Please say your account number.",
+        ]
+    assert [r.text for r in offer.replies] == [CONFIG.answer_give_up]
+    assert "answer_given_up" in offer.fallbacks and offer.expect == () and offer.end is None
+    assert (taken.end, taken.transfer_target) == ("transfer", CONFIG.offer_target)
+    # An answer said instead of a yes or a no is the form's; the count starts afresh.
+    call = CallInfo(call_id="d")
+    again = ("what's my balance", "n w 1 4 e n")
+    turns = run_virtual(talk(*again, "n w 1 4 e n", "n w 1 4 e n", "1 2 3 4 5 6 7 8", *again))
+    assert [r.text for r in turns[-3].replies] == ["Thanks."]
+    assert turns[-1].replies[0].text == CONFIG.answer_reask
+    # At 0 the offer comes at the first such words.
+    at_once = ComposingDialogue(
+        FormNlu(), brain.composer, dataclasses.replace(CONFIG, question_again_max=0)
+    )
+    call = CallInfo(call_id="e")
+
+    async def once() -> DialogueTurn:
+        await at_once.respond(call, "what's my balance")
+        return await at_once.respond(call, "n w 1 4 e n")
+
+    assert [r.text for r in run_virtual(once()).replies] == [CONFIG.answer_give_up]
+
+
 class ReadBackForm(FormNlu):
     """The balance form whose identity question begins with thanks and the number read
     back, as the action server's does after a spoken account number."""

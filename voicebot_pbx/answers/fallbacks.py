@@ -283,6 +283,9 @@ class ComposingDialogue:
         # call id -> the waiting question already asked again for words made of its
         # answer's words (the next such words go to the dialogue: no endless "say it again")
         self._asked_again: dict[str, DialogueTurn] = {}
+        # The question asked again after words its form could not take, and how many
+        # times in a row (question_again_max).
+        self._questions_again: dict[str, tuple[DialogueTurn, int]] = {}
 
     async def start(self, call: CallInfo) -> DialogueTurn:
         return self._from_dialogue(call, await self.inner.start(call))
@@ -376,7 +379,7 @@ class ComposingDialogue:
         if waiting is not None and turn.replies:
             if _question_left_out(turn):
                 self._waiting[call.call_id] = waiting  # its form still waits
-                return self._ask_question_again(turn, waiting)
+                return self._ask_question_again(call, turn, waiting)
             return turn  # its form's own reply to the answer, checked or asked again
         if turn.taken:
             # Its form took the words (an answer to a question that says no kind of answer
@@ -430,10 +433,25 @@ class ComposingDialogue:
             needs_fallback=True,
         )
 
-    def _ask_question_again(self, turn: DialogueTurn, waiting: DialogueTurn) -> DialogueTurn:
+    def _ask_question_again(
+        self, call: CallInfo, turn: DialogueTurn, waiting: DialogueTurn
+    ) -> DialogueTurn:
         """The dialogue's own fallback ``turn`` to words its form could not take ("Sorry,
         ... say it another way": Rasa took the words back and its form still waits) as
-        ``answer_reask`` and the question ``waiting`` asked again, with what it expects."""
+        ``answer_reask`` and the question ``waiting`` asked again, with what it expects;
+        after ``question_again_max`` times in a row, ``answer_give_up`` (a transfer offer;
+        the form still waits for an answer said instead of a yes or a no)."""
+        last, times = self._questions_again.get(call.call_id, (None, 0))
+        times = times + 1 if last is waiting else 1
+        self._questions_again[call.call_id] = (waiting, times)
+        if times > self.knowledge.question_again_max:
+            log.info("answer_given_up", intent=turn.intent, asked_again=times - 1)
+            self._note(call, _Offered())
+            return dataclasses.replace(
+                turn,
+                replies=(BotReply(text=self.knowledge.answer_give_up),),
+                fallbacks=(*turn.fallbacks, "answer_given_up"),
+            )
         log.info("answer_question_again", intent=turn.intent)
         question = tuple(question_said_again(reply) for reply in waiting.replies[-1:])
         return dataclasses.replace(
@@ -653,6 +671,7 @@ class ComposingDialogue:
         self._asked.pop(call.call_id, None)
         self._waiting.pop(call.call_id, None)
         self._asked_again.pop(call.call_id, None)
+        self._questions_again.pop(call.call_id, None)
         self._waiting_before.pop(call.call_id, None)
         for key in [k for k in self._prepared if k[0] == call.call_id]:
             self._prepared.pop(key).cancel()

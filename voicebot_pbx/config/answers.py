@@ -208,6 +208,14 @@ class KnowledgeConfig:
     # then the form's question again, what it expects kept (the keypad open, the recogniser
     # held to the answer).
     answer_reask: str = "Sorry, I didn't catch that."
+    # ... at most question_again_max times in a row for one question; the next time the
+    # caller hears answer_give_up instead, a transfer offer a yes takes up (offer_target):
+    # a line that garbles every try of a spelled postcode does not keep the caller in a
+    # loop. 0: the offer at the first such words.
+    question_again_max: int = 2
+    answer_give_up: str = (
+        "Sorry, I'm still not catching that. Shall I put you through to someone who can help?"
+    )
     # ... and an intent that ends the call (end_intents) heard with less confidence than
     # end_min_confidence, while such an answer is awaited, is that answer heard wrong too:
     # answer_reprompt, not a hang-up on a caller in the middle of their task (a date of
@@ -302,6 +310,10 @@ class KnowledgeConfig:
             problems.append("confirm_intent_question must hold {task} once")
         if not self.answer_reprompt.strip() or not self.answer_reask.strip():
             problems.append("answer_reprompt and answer_reask must not be empty")
+        if self.question_again_max < 0:
+            problems.append("question_again_max must be >= 0")
+        if not self.answer_give_up.rstrip().endswith("?"):
+            problems.append("answer_give_up must ask the caller (end in '?'): a yes transfers")
         if not self.offer_accepted_reply.strip() or not self.offer_target.strip():
             problems.append("offer_accepted_reply and offer_target must not be empty")
         bad = [pair for pair in self.intent_topics if pair.count("=") != 1]

@@ -105,6 +105,7 @@ async def warm_knowledge_answers(shared: Shared) -> None:
         knowledge.offer_accepted_reply,
         knowledge.answer_reprompt,
         knowledge.answer_reask,
+        knowledge.answer_give_up,
     ]
     started = time.perf_counter()
     made = 0
