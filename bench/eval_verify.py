@@ -25,6 +25,12 @@ date of birth of:
   recogniser has at a pause inside the answer, "N W 5, [pause]", when the turn ends there):
   accepted = confirmed on words the caller had not said yet, a false accept.
 
+And each spelled postcode with **no known answers** (what the outage form has: any postcode
+may be reported), decoded held to a postcode (``expect: [postcode]``) and freely: the
+postcode the form would take from the transcript (``normalise_postcode`` of the app's
+normalised text) is right, another postcode (read back to the caller, who must say no), or
+none ("that doesn't sound like a postcode").
+
 Reports accept rates with the set size, the said kind's mean lead of its digits, letters and
 months over their rivals and its worst one (percentiles), CPU-s per check. Writes
 ``.cache/reports/eval_verify.json`` and ``.md``.
@@ -50,8 +56,10 @@ sys.path.insert(0, str(ROOT / "rasa_project"))
 import eval_balance  # noqa: E402
 import numpy as np  # noqa: E402
 import turn_dataset  # noqa: E402
+from actions.backend import normalise_postcode  # noqa: E402
 from structlog.testing import capture_logs  # noqa: E402
 
+from voicebot_pbx.answers.normalize import normalize  # noqa: E402
 from voicebot_pbx.models import MOONSHINE_BASE_EN, MOONSHINE_TOKENIZER, model_path  # noqa: E402
 from voicebot_pbx.speech.expect import Expectation  # noqa: E402
 from voicebot_pbx.speech.moonshine import MoonshineEngine  # noqa: E402
@@ -68,6 +76,17 @@ SETS = {
 }
 OUT = ROOT / ".cache" / "reports" / "eval_verify.json"
 EXPECTED = frozenset({Expectation.POSTCODE, Expectation.DATE})
+POSTCODE_ONLY = frozenset({Expectation.POSTCODE})
+
+
+def postcode_taken(engine: MoonshineEngine, pcm: bytes, held: bool) -> str | None:
+    """The postcode the outage form would take from the transcript (no known answers),
+    decoded held to a postcode or freely."""
+    if held:
+        result = engine.transcribe_expecting(pcm, eval_balance.RATE_HZ, POSTCODE_ONLY)
+    else:
+        result = engine.transcribe(pcm, eval_balance.RATE_HZ)
+    return normalise_postcode(normalize(result.text))
 
 
 def answers_of(account: Any) -> tuple[KnownAnswer, KnownAnswer]:
@@ -153,8 +172,18 @@ def main() -> int:
     accounts = [p.account for p in plans]
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
+    unknown: dict[str, dict[str, int]] = {
+        how: {"right": 0, "wrong": 0, "none": 0} for how in ("held", "free")
+    }
     for p in plans:
         pcm = eval_balance.render(p, 2, 30.0, seed, None)
+        if p.mode == "postcode":
+            for how in unknown:
+                taken = postcode_taken(engine, pcm, held=how == "held")
+                outcome = (
+                    "none" if taken is None else "right" if taken == p.account.postcode else "wrong"
+                )
+                unknown[how][outcome] += 1
         postcode, date = answers_of(p.account)
         said = postcode if p.mode == "postcode" else date
         other = rng.choice([a for a in accounts if a.number != p.account.number])
@@ -210,6 +239,7 @@ def main() -> int:
         "voices": voices,
         "cpu_s_p50_p95": [pct(cpu, 50), pct(cpu, 95)],
         "summary": summary,
+        "no_known_answers": unknown,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +260,17 @@ def main() -> int:
             f"| {s['near_miss']['accepted']}/{s['near_miss']['n']} "
             f"| {s['cut_short']['accepted']}/{s['cut_short']['n']} |"
         )
+    lines += [
+        "",
+        "Spelled postcodes with no known answers (the outage form): the postcode taken",
+        "",
+        "| decoded | right | another postcode | none |",
+        "|---|---|---|---|",
+    ]
+    for how, label in (("held", "held to a postcode (default)"), ("free", "freely")):
+        u = unknown[how]
+        n = sum(u.values())
+        lines.append(f"| {label} | {u['right']}/{n} | {u['wrong']}/{n} | {u['none']}/{n} |")
     lines += ["", f"CPU-s per check p50 / p95: {run['cpu_s_p50_p95']}", ""]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
