@@ -27,6 +27,7 @@ from voicebot_pbx.speech.digit_beam import (
     MAX_ALTERNATIVES,
     Found,
     Step,
+    looping,
     merge_readings,
     search_digits,
 )
@@ -238,6 +239,47 @@ def test_moonshine_searches_when_its_held_decode_has_the_wrong_count(
         moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, digits_beam=0
     )
     assert off.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8).text == uncounted.text
+
+
+def test_a_run_of_one_digit_the_greedy_reading_does_not_have_is_a_loop() -> None:
+    """The search forced to eight digits repeats the last one ("6 0 0 0 0 0 0 0" for a
+    number the greedy decode read as nine digits): a loop. A run the greedy reading has too
+    (a number with "0 0 0 0" in it), or a run of three, is the caller's."""
+    assert looping("60000000", "634639777")
+    assert looping("22658888", "2265995")
+    assert looping("30000000", "33068631")
+    assert not looping("10000457", "100004573")
+    assert not looping("60639777", "6063977")
+    assert not looping("71106740", "7110674")
+    assert looping("11110000", "1111000")  # the zeros: four here, three in the greedy
+
+
+@pytest.mark.models
+def test_moonshine_drops_the_searchs_loops_from_the_number_and_its_readings(
+    moonshine: MoonshineEngine,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A searched reading that loops is neither the number taken nor one of its other
+    readings, however sure the search was of it; the log counts the loops dropped."""
+    pcm = caller("5 5 8 7 6 9 9 3", 8000)  # the greedy held decode reads seven digits
+    search = MoonshineEngine._search
+    loop_ids = moonshine._tokenizer.encode("5, 5, 8, 8, 8, 8, 8, 8.").ids
+    loop_ids = [t for t in loop_ids if t not in (moonshine._bos, moonshine._eos)]
+    assert read_digits(moonshine._text(loop_ids)) == "55888888"
+
+    def looping_first(self: MoonshineEngine, *args: object) -> list[Found]:
+        return [Found(tuple(loop_ids), (-0.01,) * (len(loop_ids) + 1)), *search(self, *args)]  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MoonshineEngine, "_search", looping_first)
+    one = MoonshineEngine(
+        moonshine.model_dir, tokenizer_path=moonshine.tokenizer_path, digits_tempo=1.0
+    )
+    with capture_logs() as logs:
+        counted = one.transcribe_expecting(pcm, 8000, DIGITS_ONLY, digits=8)
+    assert read_digits(counted.text) == "55876993", counted
+    assert "55888888" not in counted.alternatives
+    [logged] = [e for e in logs if e["event"] == "stt.moonshine.digits_search"]
+    assert logged["loops"] == 1 and logged["kept"] is True
 
 
 def test_the_second_listens_best_reading_comes_first_then_the_first_listens() -> None:

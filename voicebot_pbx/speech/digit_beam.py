@@ -62,6 +62,14 @@ MAX_ALTERNATIVES = 3
 # digits forced onto other words came out at 0.19-0.53 on the dev set, digits read out and
 # found at 0.52-0.88.
 DIGITS_MIN_CONFIDENCE = 0.55
+# A reading the search forced to the count by repeating one digit ("6 0 6 3 9 7 7 7" read
+# "6 0 0 0 0 0 0 0"): the decoder, held to digits, repeats the last one cheaply once the
+# speech no longer steers it. On the dev set (bench/eval_account_digits.py, 120 readings) 13
+# held such a run of five or more among the heard number or its readings; eval_balance's
+# calls 16 and 22 (seed 7) had the account number read back as "6 0 0 0, 0 0 0 0". A run
+# of LOOP_RUN or more of one digit that the model's own (greedy) reading does not have is
+# such a loop (:func:`looping`).
+LOOP_RUN = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +158,29 @@ def search_digits(
             break
     finished.sort(key=lambda f: -f[0])
     return [f for _, f in finished[:keep]]
+
+
+def _longest_runs(number: str) -> dict[str, int]:
+    """Each digit's longest run in ``number`` ("2000" -> {"2": 1, "0": 3})."""
+    runs: dict[str, int] = {}
+    last, length = "", 0
+    for digit in number:
+        length = length + 1 if digit == last else 1
+        last = digit
+        runs[digit] = max(runs.get(digit, 0), length)
+    return runs
+
+
+def looping(number: str, greedy: str) -> bool:
+    """Whether a searched reading ``number`` (digits) repeats one digit ``LOOP_RUN`` or more
+    times in a row where the greedy held reading ``greedy`` (digits) has no run of that
+    digit as long: the decoder's loop, not the caller's number. A number that has such a run
+    ("1 0 0 0 0 4 5 7") is read with it by the greedy decode too, and kept."""
+    theirs = _longest_runs(greedy)
+    return any(
+        length >= LOOP_RUN and theirs.get(digit, 0) < length
+        for digit, length in _longest_runs(number).items()
+    )
 
 
 def numbers_read(texts: Sequence[str], n_digits: int) -> list[str]:

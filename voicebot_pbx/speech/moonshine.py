@@ -68,6 +68,7 @@ from voicebot_pbx.speech.digit_beam import (
     DIGITS_MIN_CONFIDENCE,
     MAX_ALTERNATIVES,
     Found,
+    looping,
     merge_readings,
     numbers_read,
     search_digits,
@@ -78,7 +79,6 @@ from voicebot_pbx.speech.expect import (
     Expectation,
     Expected,
     HeldVocabulary,
-    count_digits,
     first_sentence,
     label,
     prefer,
@@ -498,9 +498,16 @@ class MoonshineEngine:
         """``held`` when it reads ``digits`` digits, else the search's best decode that does
         (``speech/digit_beam.py``) when it is sure enough, else ``held``; with the search's
         other readings of that many digits as ``alternatives``."""
-        found = self._search(hidden, n_samples, duration_s, vocabulary, digits)
-        readings = [self._text(f.tokens) for f in found]
-        greedy_count = count_digits(held.text)
+        searched = self._search(hidden, n_samples, duration_s, vocabulary, digits)
+        greedy = read_digits(held.text)
+        found: list[Found] = []
+        readings: list[str] = []
+        for f in searched:
+            text = self._text(f.tokens)
+            if not looping(read_digits(text), greedy):
+                found.append(f)
+                readings.append(text)
+        greedy_count = len(greedy)
         best = found[0] if found else None
         kept = (
             greedy_count != digits and best is not None and best.confidence >= DIGITS_MIN_CONFIDENCE
@@ -520,6 +527,7 @@ class MoonshineEngine:
             confidence=round(best.confidence, 3) if best is not None else None,
             kept=kept,
             alternatives=len(others[:MAX_ALTERNATIVES]),
+            loops=len(searched) - len(found),
         )
         return dataclasses.replace(result, alternatives=tuple(others[:MAX_ALTERNATIVES]))
 
@@ -584,7 +592,9 @@ class MoonshineEngine:
         duration_s = faster.size / MOONSHINE_RATE_HZ
         held = self._result(hidden, faster.size, duration_s, vocabulary)
         found = self._search(hidden, faster.size, duration_s, vocabulary, digits)
-        readings = numbers_read([held.text, *(self._text(f.tokens) for f in found)], digits)
+        greedy = read_digits(held.text)
+        searched = [read_digits(self._text(f.tokens)) for f in found]
+        readings = numbers_read([greedy, *(n for n in searched if not looping(n, greedy))], digits)
         # Counts only: the digits are the caller's account number.
         log.info("stt.moonshine.digits_faster", tempo=self.digits_tempo, readings=len(readings))
         return readings[: MAX_ALTERNATIVES + 1]
