@@ -547,8 +547,11 @@ def test_while_an_answer_is_awaited_words_made_of_the_answers_words_reach_the_di
 
 
 def test_while_an_answer_is_awaited_the_dialogues_own_reply_is_spoken_not_the_llms() -> None:
-    """Words the dialogue's form could not read get its own reply (it asks again), not the
-    LLM's honest offer (the session would have spoken that instead of the form's)."""
+    """Words the dialogue's form could not read, which its classifier put on a fallback
+    intent, get its question again (``answer_reask`` and the question, as the form asks
+    it: not its own "say it another way" before it, nor the refusal Rasa says for
+    ``out_of_scope``), not the LLM's honest offer (the session would have spoken that
+    instead of the form's)."""
     brain, inner = _form_brain()
     call = CallInfo(call_id="c")
 
@@ -560,8 +563,11 @@ def test_while_an_answer_is_awaited_the_dialogues_own_reply_is_spoken_not_the_ll
     for turn in (first, second):  # still waiting after the form asked again
         assert turn.composed is None and turn.needs_fallback
         assert [r.text for r in turn.replies] == [
-            "Say it another way? Please say your account number."
+            CONFIG.answer_reask,
+            "Please say your account number.",
         ]
+        assert (turn.collect_dtmf_digits, turn.expect) == (8, ("digits",))
+        assert "answer_question_again" in turn.fallbacks
     assert inner.acted == ["what's my balance", "mumble", "mumble"]
     # With no question open, the same words go to the LLM, as before.
     fresh = CallInfo(call_id="d")

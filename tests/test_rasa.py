@@ -1656,6 +1656,47 @@ def test_a_date_said_for_the_account_number_gets_the_question_again(
 
 @needs_rasa
 @pytest.mark.rasa
+def test_words_rasa_calls_out_of_scope_while_a_form_waits_get_its_question_again(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """The account number heard as words the real Rasa places on ``out_of_scope``: its own
+    reply would be the refusal and its transfer question, then the form's question (two
+    questions in one turn). With the knowledge routing in front, the caller hears "Sorry, I
+    didn't catch that." and the question, the keypad and the digits still open; after
+    ``question_again_max`` times in a row, the offer to put them through; the number said
+    then still moves the form on."""
+    routed = _routed(dlg)
+    brain, knowledge = routed.brain, routed.knowledge
+    account = DEMO[1]
+    garbled = "what's the capital of france"
+
+    async def call_in() -> tuple[Understanding, list[DialogueTurn]]:
+        call = new_call()
+        await brain.start(call)
+        turns = [await brain.respond(call, "what's my balance")]
+        placed = await dlg.understand(call, garbled)
+        for _ in range(knowledge.question_again_max + 1):
+            turns.append(await brain.respond(call, garbled))
+        turns.append(await brain.respond(call, " ".join(account.number)))
+        return placed, turns
+
+    placed, (asked, *again, gave_up, answered) = aloop.run(call_in())
+    assert placed.intent == "out_of_scope", placed  # the premise
+    assert asked.expect == ("digits",) and asked.collect_dtmf_digits == 8, texts(asked)
+    assert len(again) == knowledge.question_again_max
+    for turn in again:
+        assert turn.replies[0].text == knowledge.answer_reask, texts(turn)
+        assert turn.replies[-1] == asked.replies[-1], texts(turn)
+        assert len(turn.replies) == 2, texts(turn)
+        assert (turn.expect, turn.collect_dtmf_digits) == (asked.expect, 8)
+        assert turn.end is None and turn.composed is None
+    assert texts(gave_up) == knowledge.answer_give_up, texts(gave_up)
+    assert "answer_given_up" in gave_up.fallbacks
+    assert "postcode of the property" in texts(answered), texts(answered)
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_without_an_llm_a_yes_to_rasas_own_refusal_transfers(
     dlg: RasaDialogue, aloop: LoopThread
 ) -> None:

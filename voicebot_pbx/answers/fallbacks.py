@@ -28,7 +28,7 @@ from voicebot_pbx.answers.dialogue import (
 )
 from voicebot_pbx.answers.knowledge import KnowledgeBase
 from voicebot_pbx.answers.question_form import asks_for, question_form
-from voicebot_pbx.answers.rasa import DialogueUnavailable
+from voicebot_pbx.answers.rasa import FALLBACK_INTENTS, DialogueUnavailable
 from voicebot_pbx.answers.routing import (
     KnowledgeHit,
     Route,
@@ -230,6 +230,22 @@ def _question_left_out(turn: DialogueTurn) -> bool:
     )
 
 
+def _answer_not_understood(turn: DialogueTurn) -> bool:
+    """Whether the dialogue's ``turn`` to an awaited answer is its reply to words it could
+    not place (``out_of_scope``, ``nlu_fallback``) and did not take, with its form's question
+    asked again: the answer heard wrong, not a question off the topic. Rasa says its own
+    reply first ("Sorry, I can't help with that on this line ... Shall I put you through to an
+    agent?" and then the question: two questions in one turn), so the question is asked
+    again as after words its form rejected (:meth:`ComposingDialogue._ask_question_again`)."""
+    return (
+        turn.intent in FALLBACK_INTENTS
+        and not turn.taken
+        and turn.end is None
+        and turn.transfer_target is None
+        and (bool(turn.expect) or turn.collect_dtmf_digits is not None)
+    )
+
+
 # A thank-you the question began with when first asked ("Thanks. That's account number
 # ..."): said again after "Sorry, I didn't catch that." it would thank the caller for words
 # that were not taken.
@@ -379,6 +395,9 @@ class ComposingDialogue:
         if waiting is not None and turn.replies:
             if _question_left_out(turn):
                 self._waiting[call.call_id] = waiting  # its form still waits
+                return self._ask_question_again(call, turn, waiting)
+            if _answer_not_understood(turn):
+                self._waiting[call.call_id] = waiting  # the same question, asked again
                 return self._ask_question_again(call, turn, waiting)
             return turn  # its form's own reply to the answer, checked or asked again
         if turn.taken:
