@@ -1048,6 +1048,45 @@ def test_a_postcode_read_back_wrong_is_asked_again_and_nothing_reported(
 
 @needs_rasa
 @pytest.mark.rasa
+def test_words_not_understood_after_the_postcode_read_back_get_the_read_back_again(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """ "Is that right?" after the postcode read back says no kind of answer (a yes or a
+    no), but the outage form waits for one: words the real Rasa cannot place then get
+    "Sorry, I didn't catch that." and the read-back again (they used to go to the LLM,
+    whose honest offer the caller's "no" would then have answered, saying no to the
+    postcode), and the yes said next reports the outage. A turn with no form waiting
+    awaits nothing."""
+    routed = _routed(dlg)
+    brain, knowledge = routed.brain, routed.knowledge
+    garbled = "the kettle is in the garden shed"
+
+    async def call_in() -> tuple[Understanding, DialogueTurn, DialogueTurn, DialogueTurn]:
+        call = new_call()
+        await brain.start(call)
+        await brain.respond(call, "there's no electricity in my house")
+        read_back = await brain.respond(call, "n w 3 2 q g")
+        placed = await dlg.understand(call, garbled)
+        again = await brain.respond(call, garbled)
+        return placed, read_back, again, await brain.respond(call, "yes that's right")
+
+    placed, read_back, again, done = aloop.run(call_in())
+    assert placed.intent in FALLBACK_INTENTS, placed  # the premise
+    assert "I heard N W 3, 2 Q G" in texts(read_back), texts(read_back)
+    assert read_back.awaits_answer and not read_back.expect
+    assert again.replies[0].text == knowledge.answer_reask, texts(again)
+    assert again.replies[-1] == read_back.replies[-1], texts(again)
+    assert again.composed is None and again.end is None
+    assert "answer_question_again" in again.fallbacks
+    assert "known power cut in your area" in texts(done), texts(done)
+    assert not done.awaits_answer
+    call = new_call()
+    aloop.run(dlg.start(call))
+    assert not aloop.run(dlg.respond(call, "when are you open")).awaits_answer
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_transfer_and_hangup_payloads(dlg: RasaDialogue, aloop: LoopThread) -> None:
     call = new_call()
     aloop.run(dlg.start(call))

@@ -52,6 +52,10 @@ class DialogueTurn:
     # The brain took the words as the answer to its own question (a form filled a slot with
     # them), whatever its classifier made of them: its reply is the answer, not the LLM's.
     taken: bool = False
+    # The brain's form asked a question and waits for its answer (Rasa: a form is still
+    # active after the turn), whether or not ``expect`` says what kind: a yes or a no to
+    # "I heard N W 3, 2 Q G. Is that right?" is awaited as an account number is.
+    awaits_answer: bool = False
     entities: dict[str, str] = field(default_factory=dict)
     # Fallbacks taken to produce this turn (e.g. "nlu_unavailable"), for the call record.
     fallbacks: tuple[str, ...] = ()

@@ -242,7 +242,7 @@ def _answer_not_understood(turn: DialogueTurn) -> bool:
         and not turn.taken
         and turn.end is None
         and turn.transfer_target is None
-        and (bool(turn.expect) or turn.collect_dtmf_digits is not None)
+        and (bool(turn.expect) or turn.collect_dtmf_digits is not None or turn.awaits_answer)
     )
 
 
@@ -312,7 +312,7 @@ class ComposingDialogue:
     def _from_dialogue(self, call: CallInfo, turn: DialogueTurn) -> DialogueTurn:
         """``turn``, the dialogue's own: whether it now waits for an answer (a turn the
         dialogue never saw, a passage read out, leaves that as it was)."""
-        if turn.expect:
+        if turn.expect or turn.awaits_answer:
             self._waiting[call.call_id] = turn
         else:
             self._waiting.pop(call.call_id, None)
@@ -449,6 +449,7 @@ class ComposingDialogue:
             intent=heard.intent,
             confidence=heard.confidence,
             source="answer_reprompt",
+            awaits_answer=waiting.awaits_answer,
             needs_fallback=True,
         )
 
