@@ -39,7 +39,12 @@ def embedder() -> SentenceEmbedder:
 
 @pytest.fixture(scope="module")
 def kb(embedder: SentenceEmbedder) -> KnowledgeBase:
-    return KnowledgeBase.load(KNOWLEDGE, embedder=embedder, bm25_weight=CONFIG.bm25_weight)
+    """The packaged knowledge base with the dialogue's words beside its own, as serve has
+    it (``ops.service.add_intent_examples``): a word no passage or example has is unknown."""
+    loaded = KnowledgeBase.load(KNOWLEDGE, embedder=embedder, bm25_weight=CONFIG.bm25_weight)
+    examples = load_intent_examples(ROOT / "rasa_project")
+    loaded.add_known_words(text for texts in examples.values() for text in texts)
+    return loaded
 
 
 def test_the_embedder_reproduces_sentence_similarity(embedder: SentenceEmbedder) -> None:

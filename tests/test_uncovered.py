@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.routes import routed
-from tests.test_asking_back import PRINT, WordsEmbedder, YesNoNlu
+from tests.test_asking_back import CUTS, PRINT, WordsEmbedder, YesNoNlu
 from voicebot_pbx.answers.dialogue import CallInfo, DialogueTurn
 from voicebot_pbx.answers.embedder import SentenceEmbedder, load_embedder
 from voicebot_pbx.answers.fallbacks import ComposingDialogue
@@ -70,7 +70,7 @@ def test_the_hit_carries_its_uncovered_words_only_when_asked(kb: KnowledgeBase) 
     assert with_config is not None and with_config.passage.id == "accessibility#2"
     assert with_config.uncovered == ("welsh",)
     assert not is_strong(with_config, CONFIG)
-    assert is_strong(dataclasses.replace(with_config, uncovered=()), CONFIG)
+    assert is_strong(dataclasses.replace(with_config, uncovered=(), unknown=()), CONFIG)
     unchecked = knowledge_hit(kb, question, dataclasses.replace(CONFIG, check_uncovered=False))
     assert unchecked is not None and unchecked.uncovered == ()
     assert knowledge_hit(kb, question) == unchecked  # no config: not looked for
@@ -143,3 +143,46 @@ def test_a_yes_reads_the_passage_without_a_yes_to_words_it_never_mentions() -> N
         "Yes.",
         "We send bills in large print.",
     ]
+
+
+def test_a_word_no_passage_or_intent_example_has_is_unknown() -> None:
+    """Words of the question that neither the passage nor any of the deployment's words
+    has (another passage, the dialogue's examples) are unknown; a word sharing its first
+    letters with one of them is known (the crude stemmer keeps "writing" and "written"
+    apart); stop words and vague words never count."""
+    kb = KnowledgeBase([PRINT, CUTS], embedder=WordsEmbedder(), bm25_weight=0.0)
+    question = "can something in writing about my bill come in quibbance print"
+    assert kb.unknown_words(PRINT, question) == ("writing", "quibbance")
+    assert kb.unknown_words(PRINT, "can my bill come by phone") == ()  # the other passage's
+    kb.add_known_words(["I would like it written down"])
+    assert kb.unknown_words(PRINT, question) == ("quibbance",)
+    kb.add_intent_examples({"billing_question": ["what is the quibbance on my bill"]})
+    assert kb.unknown_words(PRINT, question) == ()
+
+
+def test_the_hit_carries_its_unknown_words_when_asked(kb: KnowledgeBase) -> None:
+    question = "i want to know the quibbance of my online account"
+    hit = knowledge_hit(kb, question, CONFIG)
+    assert hit is not None and hit.passage.id == "online-account#2"
+    assert hit.unknown == ("quibbance",) and not is_strong(hit, CONFIG)
+    assert is_strong(dataclasses.replace(hit, unknown=()), CONFIG)  # the premise
+    off = knowledge_hit(kb, question, dataclasses.replace(CONFIG, uncovered_unknown_words=False))
+    assert off is not None and off.unknown == () and is_strong(off, CONFIG)
+
+
+def test_a_passage_with_unknown_words_is_asked_back_but_its_topics_intent_answers() -> None:
+    known, unknown = _strong_hit(()), dataclasses.replace(_strong_hit(()), unknown=("quib",))
+    assert routed(None, None, known, CONFIG, fallback=True) == "passage"
+    assert routed(None, None, unknown, CONFIG, fallback=True) == "confirm"
+    assert routed("billing_question", 0.7, unknown, CONFIG) == "confirm"
+    assert not is_tied(unknown, CONFIG)
+    # Unlike a word the passage does not cover, an unknown word leaves the intent of the
+    # passage's own topic to answer a question for information ("what hours are your
+    # phones staffed": the opening hours).
+    hours = Passage("opening-hours#1", "Hours", "When are your lines open?", "8 to 6.")
+    known_hours = KnowledgeHit(hours, 0.8, 1.0, 0.5, hybrid=True, similarity=0.7)
+    unknown_hours = dataclasses.replace(known_hours, unknown=("quib",))
+    beside_hours = dataclasses.replace(known_hours, uncovered=("quib",))
+    assert routed("opening_hours", 0.99, known_hours, CONFIG, None, "information") == "intent"
+    assert routed("opening_hours", 0.99, unknown_hours, CONFIG, None, "information") == "intent"
+    assert routed("opening_hours", 0.99, beside_hours, CONFIG, None, "information") == "confirm"

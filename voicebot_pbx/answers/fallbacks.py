@@ -360,10 +360,13 @@ class ComposingDialogue:
             form = question_form(text)
             if hit is not None and not hit.fits:
                 log.info("knowledge_hit_cannot_answer", passage=hit.passage.id, asks=asks_for(text))
-            if hit is not None and hit.uncovered:
+            if hit is not None and (hit.uncovered or hit.unknown):
                 # How many, not which: the caller's words (a name) stay out of the log.
                 log.info(
-                    "knowledge_hit_uncovered", passage=hit.passage.id, words=len(hit.uncovered)
+                    "knowledge_hit_uncovered",
+                    passage=hit.passage.id,
+                    words=len(hit.uncovered),
+                    unknown_words=len(hit.unknown),
                 )
             where = route(heard, hit, self.knowledge, intent_similarity=closeness, form=form)
             if where == "passage" and hit is not None:

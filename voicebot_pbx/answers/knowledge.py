@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Lock
@@ -90,6 +90,11 @@ _VAGUE_WORDS = frozenset(
     """anyone anything someone something somebody kind sort way thing things go going come
     ever whats hows wheres theres""".split()
 )
+
+
+# Letters a word shares with one of the deployment's words to count as known (its stem
+# missed by _stem): KnowledgeBase._know.
+_KNOWN_PREFIX = 4
 
 
 def _stem(word: str) -> str:
@@ -180,6 +185,28 @@ class KnowledgeBase:
         self.vocabulary: frozenset[str] = frozenset(df)
         """Every search term the knowledge base uses (titles, questions, answers, keywords)."""
         self._terms_by_id = {p.id: passage_terms(p) for p in self.passages}
+        # The search terms of the deployment's own words: the passages', then the dialogue's
+        # intent examples' (add_intent_examples). A word outside them is one nothing here
+        # was written about, or the recogniser's mishearing (uncovered_words).
+        self._known_terms: set[str] = set()
+        self._know(self.vocabulary)
+
+    def add_known_words(self, texts: Iterable[str]) -> None:
+        """Words the deployment's callers use (the dialogue's training examples, any
+        intent's): a question's word found here is not unknown (``uncovered_words``)."""
+        for text in texts:
+            self._know(search_terms(text))
+
+    def _know(self, terms: Iterable[str]) -> None:
+        """Add ``terms`` to the deployment's words, with their first ``_KNOWN_PREFIX``
+        letters: the crude stemmer leaves "writing" as "writ" and "write" as it is."""
+        for term in terms:
+            self._known_terms.add(term)
+            self._known_terms.add(term[:_KNOWN_PREFIX])
+
+    def _known(self, word: str) -> bool:
+        """Whether ``word`` (a content word) is one of the deployment's (``_know``)."""
+        return _stem(word) in self._known_terms or word[:_KNOWN_PREFIX] in self._known_terms
 
     def terms_of(self, passage: Passage) -> frozenset[str]:
         """The search terms ``passage`` is indexed under (title, question, keywords, text)."""
@@ -252,6 +279,7 @@ class KnowledgeBase:
         if self._embedder is None:
             return 0
         count = 0
+        self.add_known_words(text for texts in examples.values() for text in texts)
         for intent, texts in examples.items():
             if texts:
                 self._intent_vectors[intent] = np.stack([self._embedder.embed(t) for t in texts])
@@ -287,6 +315,23 @@ class KnowledgeBase:
         if vectors is None:
             return ()
         return tuple(float(x) for x in vectors @ self._question_vector(question))
+
+    def unknown_words(self, passage: Passage, question: str) -> tuple[str, ...]:
+        """The content words of ``question`` that neither ``passage`` nor any of the
+        deployment's words has (no passage, no intent example of the dialogue's:
+        :meth:`add_known_words`): nothing here was written about them, or the recogniser
+        misheard them ("I want to know the merrence of my account" is no question about the
+        online account, however near its embedding is). A paraphrase in words the
+        deployment never used is then asked back rather than read out; the words of a
+        larger knowledge base or dialogue make that rarer."""
+        out: list[str] = []
+        for token in question_words(question).split():
+            word = _LETTERS_RE.sub("", token.lower())
+            if not word or word in _STOPWORDS or word in _VAGUE_WORDS:
+                continue
+            if _stem(word) not in self._terms_by_id[passage.id] and not self._known(word):
+                out.append(word)
+        return tuple(out)
 
     def uncovered_words(
         self, passage: Passage, question: str, min_weight: float, max_gain: float

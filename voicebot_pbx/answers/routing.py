@@ -86,6 +86,10 @@ class KnowledgeHit:
     # hit would be read out: strong or tied). Such a hit is never read out unasked, or as
     # half of a tie.
     uncovered: tuple[str, ...] = ()
+    # ... and the question's words that no word of the deployment has
+    # (KnowledgeBase.unknown_words; with KnowledgeConfig.uncovered_unknown_words): such a hit
+    # is not read out either, but an intent on its topic still answers.
+    unknown: tuple[str, ...] = ()
 
     @property
     def margin(self) -> float:
@@ -142,11 +146,12 @@ def knowledge_hit(
     uncovered = kb.uncovered_words(
         passage, question, config.uncovered_min_weight, config.uncovered_max_gain
     )
-    return dataclasses.replace(hit, uncovered=uncovered)
+    unknown = kb.unknown_words(passage, question) if config.uncovered_unknown_words else ()
+    return dataclasses.replace(hit, uncovered=uncovered, unknown=unknown)
 
 
 def is_strong(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
-    if hit is None or not hit.fits or hit.uncovered:
+    if hit is None or not hit.fits or hit.uncovered or hit.unknown:
         return False
     if hit.hybrid:
         return hit.score >= config.hybrid_direct_min_score and (
@@ -172,6 +177,7 @@ def is_tied(hit: KnowledgeHit | None, config: KnowledgeConfig) -> bool:
     return (
         hit.fits
         and not hit.uncovered
+        and not hit.unknown
         and hit.second_fits
         and hit.score >= floor
         and hit.runner_up >= floor
@@ -361,16 +367,20 @@ def route(
     get my bill in another format?", not the large-print passage. So is such a hit on the
     topic of the intent that would keep the turn, when the caller asks for information:
     "can I park at your customer centre" is no better answered by the address
-    intent's reply than by the visiting passage."""
-    if hit is None or not hit.uncovered:
+    intent's reply than by the visiting passage. Words no word of the deployment has
+    (``KnowledgeHit.unknown``) stop a passage being read out the same way, but leave an
+    intent's own answer alone: "what hours are your phones staffed" is the opening
+    hours."""
+    if hit is None or not (hit.uncovered or hit.unknown):
         return _route(heard, hit, config, intent_similarity, form)
-    covered = dataclasses.replace(hit, uncovered=())
+    covered = dataclasses.replace(hit, uncovered=(), unknown=())
     where = _route(heard, covered, config, intent_similarity, form)
     ask_back: Route = "confirm" if config.confirm else "compose"
     if where == "passage":
         return ask_back
     if (
         where == "intent"
+        and hit.uncovered
         and form == "information"
         and is_strong(covered, config)
         and _intent_topic(heard.intent, config) == _topic(hit.passage)

@@ -237,6 +237,10 @@ class KnowledgeConfig:
     check_uncovered: bool = True
     uncovered_min_weight: float = 0.05
     uncovered_max_gain: float = -0.03
+    # ... and a word of the question that none of the deployment's words has (no passage,
+    # no intent example of the dialogue's) is such a word whatever its embedding: nothing
+    # here was written about it, or the recogniser misheard it.
+    uncovered_unknown_words: bool = True
     # A passage read instead of an intent is trimmed to the sentence that answers the
     # question (hybrid): a later sentence at least this much closer to the question (cosine)
     # than the first is read alone. Above 1: never trimmed.

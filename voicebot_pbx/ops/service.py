@@ -135,7 +135,8 @@ def warm_stt(engines: Engines) -> None:
 def add_intent_examples(kb: KnowledgeBase, config: Config) -> None:
     """Embed the Rasa project's examples of every intent the router may overrule (not the
     ``keep_intents``), so a knowledge question is told from a task request by closeness
-    (``voicebot_pbx.answers.routing``). A project that cannot be read leaves the router on
+    (``voicebot_pbx.answers.routing``); every intent's examples' words are the deployment's
+    words (``KnowledgeBase.add_known_words``). A project that cannot be read leaves the router on
     its topic rule, with one ``intent_examples_unavailable`` line."""
     try:
         examples = load_intent_examples(config.rasa.project_dir)
@@ -143,6 +144,7 @@ def add_intent_examples(kb: KnowledgeBase, config: Config) -> None:
         log.warning("intent_examples_unavailable", error=str(exc))
         return
     keep = set(config.knowledge.keep_intents)
+    kb.add_known_words(text for texts in examples.values() for text in texts)
     count = kb.add_intent_examples({k: v for k, v in examples.items() if k not in keep})
     log.info("intent_examples_embedded", examples=count)
 
