@@ -396,11 +396,8 @@ class ComposingDialogue:
                 )
         turn = self._from_dialogue(call, await self.inner.respond(call, text, alternatives))
         if waiting is not None and turn.replies:
-            if _question_left_out(turn):
-                self._waiting[call.call_id] = waiting  # its form still waits
-                return self._ask_question_again(call, turn, waiting)
-            if _answer_not_understood(turn):
-                self._waiting[call.call_id] = waiting  # the same question, asked again
+            if _question_left_out(turn) or _answer_not_understood(turn):
+                self._waiting[call.call_id] = waiting  # its form still waits: asked again
                 return self._ask_question_again(call, turn, waiting)
             return turn  # its form's own reply to the answer, checked or asked again
         if turn.taken:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Lock
@@ -186,14 +186,14 @@ class KnowledgeBase:
         """Every search term the knowledge base uses (titles, questions, answers, keywords)."""
         self._terms_by_id = {p.id: passage_terms(p) for p in self.passages}
         # The search terms of the deployment's own words: the passages', then the dialogue's
-        # intent examples' (add_intent_examples). A word outside them is one nothing here
-        # was written about, or the recogniser's mishearing (uncovered_words).
+        # intent examples' (add_known_words). A word outside them is one nothing here was
+        # written about, or the recogniser's mishearing (unknown_words).
         self._known_terms: set[str] = set()
         self._know(self.vocabulary)
 
     def add_known_words(self, texts: Iterable[str]) -> None:
         """Words the deployment's callers use (the dialogue's training examples, any
-        intent's): a question's word found here is not unknown (``uncovered_words``)."""
+        intent's): a question's word found here is not unknown (:meth:`unknown_words`)."""
         for text in texts:
             self._know(search_terms(text))
 
@@ -279,7 +279,6 @@ class KnowledgeBase:
         if self._embedder is None:
             return 0
         count = 0
-        self.add_known_words(text for texts in examples.values() for text in texts)
         for intent, texts in examples.items():
             if texts:
                 self._intent_vectors[intent] = np.stack([self._embedder.embed(t) for t in texts])
@@ -324,14 +323,21 @@ class KnowledgeBase:
         online account, however near its embedding is). A paraphrase in words the
         deployment never used is then asked back rather than read out; the words of a
         larger knowledge base or dialogue make that rarer."""
-        out: list[str] = []
-        for token in question_words(question).split():
+        tokens = question_words(question).split()
+        return tuple(
+            word for _, word in self._words_beside(passage, tokens) if not self._known(word)
+        )
+
+    def _words_beside(self, passage: Passage, tokens: Sequence[str]) -> Iterator[tuple[int, str]]:
+        """The content words among ``tokens`` (a question's words) that ``passage`` does not
+        use (stemmed; stop words and vague words never count), with their index."""
+        for index, token in enumerate(tokens):
             word = _LETTERS_RE.sub("", token.lower())
             if not word or word in _STOPWORDS or word in _VAGUE_WORDS:
                 continue
-            if _stem(word) not in self._terms_by_id[passage.id] and not self._known(word):
-                out.append(word)
-        return tuple(out)
+            if _stem(word) in self._terms_by_id[passage.id]:
+                continue  # the passage says it (or a word with its stem)
+            yield index, word
 
     def uncovered_words(
         self, passage: Passage, question: str, min_weight: float, max_gain: float
@@ -352,12 +358,7 @@ class KnowledgeBase:
         base = float(passage_vector @ vector)
         words: list[str] = []
         variants: list[str] = []
-        for index, token in enumerate(tokens):
-            word = _LETTERS_RE.sub("", token.lower())
-            if not word or word in _STOPWORDS or word in _VAGUE_WORDS:
-                continue
-            if _stem(word) in self._terms_by_id[passage.id]:
-                continue  # the passage says it (or a word with its stem)
+        for index, word in self._words_beside(passage, tokens):
             words.append(word)
             variants.append(" ".join(tokens[:index] + tokens[index + 1 :]))
         if not variants:

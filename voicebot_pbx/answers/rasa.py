@@ -338,8 +338,10 @@ class RasaDialogue:
             raise DialogueUnavailable("tracker is not an object", retryable=False)
         acted = _acted_on(tracker)
         said = parse_bot_messages(messages)
+        # A form still active after Rasa said something (not a goodbye): it asked a question.
         form = tracker.get("active_loop")
-        awaits = isinstance(form, Mapping) and bool(form.get("name")) and said.end is None
+        awaits = isinstance(form, Mapping) and bool(form.get("name"))
+        awaits = awaits and said.end is None and bool(said.replies)
         needs_fallback = acted.core_fallback or (
             acted.intent in FALLBACK_INTENTS and not acted.took
         )
@@ -365,7 +367,7 @@ class RasaDialogue:
             source="rasa",
             needs_fallback=needs_fallback,
             taken=acted.took,
-            awaits_answer=awaits and bool(said.replies),
+            awaits_answer=awaits,
             entities={**acted.entities, **said.entities},
             fallbacks=(*said.fallbacks, WORDS_NOT_TAKEN) if acted.core_fallback else said.fallbacks,
         )
