@@ -94,6 +94,14 @@ VOICES = [
     "en-gb-x-rp+m5",
     "en-us+max",
 ]
+# The flite family (--voices flite, written to amd_set_flite/): the same items, texts,
+# pauses, beeps and line, spoken by Debian flite's English voices (bench/answers_dataset.py's
+# FLITE_VOICES) instead, each item's durations stretched by FLITE_STRETCH_PERCENT (its
+# ``speed``); drawn from SEED + FLITE_SEED_OFFSET, the espeak plan unchanged.
+FLITE_VOICES = ["slt", "rms", "awb", "kal16"]
+FLITE_STRETCH_PERCENT = (90, 116)  # [lo, hi)
+FLITE_SEED_OFFSET = 100
+VOICE_FAMILIES = ("espeak", "flite")
 SNRS: list[float | None] = [None, None, 30.0, 20.0, 15.0]  # None: no line noise
 SPEED = (140, 186)  # espeak words per minute, [lo, hi)
 PITCH = (30, 76)
@@ -306,8 +314,32 @@ def splits(items: list[Item]) -> dict[str, str]:
     return result
 
 
-def plan() -> list[Item]:
-    """Every item with its texts, voice, line and beep settings: deterministic from SEED."""
+def out_dir(voices: str = "espeak") -> Path:
+    """Where the set spoken by the ``voices`` family is written."""
+    if voices not in VOICE_FAMILIES:
+        raise ValueError(f"unknown voice family {voices!r} (one of {VOICE_FAMILIES})")
+    return OUT_DIR if voices == "espeak" else OUT_DIR.with_name(f"{OUT_DIR.name}_{voices}")
+
+
+def plan(voices: str = "espeak") -> list[Item]:
+    """Every item with its texts, voice, line and beep settings: deterministic from SEED.
+    The flite family is the espeak plan with each speaking item's voice and pace drawn
+    again (SEED + FLITE_SEED_OFFSET): same texts, pauses, beeps, line and split."""
+    out_dir(voices)  # a known family
+    items = _espeak_plan()
+    if voices == "flite":
+        rng = random.Random(SEED + FLITE_SEED_OFFSET)
+        speaking = [item for item in items if item.kind != "silence"]
+        names = [FLITE_VOICES[i % len(FLITE_VOICES)] for i in range(len(speaking))]
+        rng.shuffle(names)
+        for item, name in zip(speaking, names, strict=True):
+            item.voice = f"flite:{name}"
+            item.speed = rng.randrange(*FLITE_STRETCH_PERCENT)
+            item.pitch = 0
+    return items
+
+
+def _espeak_plan() -> list[Item]:
     rng = random.Random(SEED)
     texts = _texts(rng)
     voices = [VOICES[i % len(VOICES)] for i in range(len(texts))]
@@ -405,11 +437,10 @@ def _click(rng: np.random.Generator) -> np.ndarray:
 
 
 def _speech(item: Item, text: str) -> np.ndarray:
-    voice = item.voice.split(":", 1)[1]
-    pcm = turn_dataset.espeak_pcm(text, voice, item.speed, item.pitch)
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    start, end = turn_dataset.speech_bounds(x, RATE_HZ)
-    return x[start:end]
+    family, voice = item.voice.split(":", 1)
+    if family == "flite":
+        return turn_dataset.flite_speech(text, voice, item.speed / 100.0)
+    return turn_dataset.espeak_speech(text, voice, item.speed, item.pitch)
 
 
 def _silent_line(item: Item, seed: int) -> bytes:
@@ -476,14 +507,19 @@ def up_to_date(out_dir: Path, items: list[Item]) -> bool:
     return seeded_set.up_to_date(out_dir, items, plan_sha256(items))
 
 
-def build(out_dir: Path = OUT_DIR, *, force: bool = False) -> tuple[Path, bool]:
-    """(manifest path, whether anything was generated)."""
-    items = plan()
-    if not force and up_to_date(out_dir, items):
-        return out_dir / "manifest.json", False
-    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-        raise SystemExit("espeak-ng and sox are needed (scripts/install installs them)")
-    manifest = seeded_set.write_set(out_dir, items, render, INFO, plan_sha256(items), asdict)
+def build(
+    folder: Path | None = None, *, force: bool = False, voices: str = "espeak"
+) -> tuple[Path, bool]:
+    """(manifest path, whether anything was generated): the set spoken by the ``voices``
+    family, in ``folder`` (default: :func:`out_dir`)."""
+    folder = out_dir(voices) if folder is None else folder
+    items = plan(voices)
+    if not force and up_to_date(folder, items):
+        return folder / "manifest.json", False
+    speaker = "flite" if voices == "flite" else "espeak-ng"
+    if shutil.which(speaker) is None or shutil.which("sox") is None:
+        raise SystemExit(f"{speaker} and sox are needed (scripts/install installs them)")
+    manifest = seeded_set.write_set(folder, items, render, INFO, plan_sha256(items), asdict)
     return manifest, True
 
 
@@ -504,13 +540,14 @@ def counts(items: list[Item] | None = None) -> dict[str, dict[str, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument("--out", type=Path, default=None, help="default: by --voices")
+    parser.add_argument("--voices", choices=VOICE_FAMILIES, default="espeak")
     parser.add_argument("--force", action="store_true", help="rebuild every WAV")
     args = parser.parse_args()
-    manifest, made = build(args.out, force=args.force)
+    manifest, made = build(args.out, force=args.force, voices=args.voices)
     print(
-        f"{manifest}: {'built' if made else 'up to date'}, {len(load_manifest(args.out))} "
-        f"items {counts()}"
+        f"{manifest}: {'built' if made else 'up to date'}, "
+        f"{len(load_manifest(manifest.parent))} items {counts()}"
     )
 
 

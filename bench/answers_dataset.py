@@ -24,7 +24,11 @@ tune on dev, report on test.
 
 Spoken: each text by an espeak-ng voice+variant that no other dataset, benchmark or test of
 this project speaks with (``VOICES``; see bench/turn_dataset.py and bench/bench_pbx.py for
-the ones taken), speed and pitch drawn per item, then the phone line of
+the ones taken), speed and pitch drawn per item; or, as a voice family of its own
+(``--voices flite``, written to ``answers_set_flite/``), by Debian flite's voices
+(``FLITE_VOICES``: CMU's slt, rms and awb and the kal16 diphone voice, nearer a human
+talker than espeak-ng's formant voices and spoken by nothing else here), their pace drawn
+per item; the same items and split either way. Then the phone line of
 ``bench/turn_dataset.py`` (imported, not copied): 300-3400 Hz band (sox, repeatable mode), a
 level of -26..-16 dBFS, pink line noise on half the set (30 / 20 dB SNR), 0.3 s before and
 1.3 s after the speech, a G.711 µ-law round trip, 8 kHz int16 WAV. Everything comes from RNGs
@@ -90,6 +94,13 @@ VOICES = [
     "en-us+m1",
     "en-gb+f1",
 ]
+# The flite family (--voices flite): Debian flite's English voices but kal (kal16 is the
+# same speaker at 16 kHz), each item's durations stretched by FLITE_STRETCH_PERCENT (its
+# ``speed``). Its plan draws from SEED + FLITE_SEED_OFFSET: the espeak plan is unchanged.
+FLITE_VOICES = ["slt", "rms", "awb", "kal16"]
+FLITE_STRETCH_PERCENT = (90, 116)  # [lo, hi)
+FLITE_SEED_OFFSET = 100
+VOICE_FAMILIES = ("espeak", "flite")
 SNRS: list[float | None] = [None, None, 30.0, 20.0]  # None: no line noise
 SPEED = (140, 176)  # espeak words per minute, [lo, hi)
 PITCH = (32, 72)
@@ -1161,9 +1172,9 @@ class Item:
     facts: list[list[str]]
     contradiction: list[str]
     intent: str
-    voice: str
-    speed: int
-    pitch: int
+    voice: str  # "espeak:<voice+variant>" or "flite:<voice>"
+    speed: int  # espeak: words per minute; flite: its durations stretched, in percent
+    pitch: int  # espeak only (flite: 0)
     level_dbfs: float
     snr_db: float | None
     wav: str
@@ -1196,18 +1207,29 @@ def splits() -> dict[str, str]:
     return result
 
 
-def plan() -> list[Item]:
-    """Every item with its voice and line settings: deterministic from SEED."""
+def out_dir(voices: str = "espeak") -> Path:
+    """Where the set spoken by the ``voices`` family is written."""
+    if voices not in VOICE_FAMILIES:
+        raise ValueError(f"unknown voice family {voices!r} (one of {VOICE_FAMILIES})")
+    return OUT_DIR if voices == "espeak" else OUT_DIR.with_name(f"{OUT_DIR.name}_{voices}")
+
+
+def plan(voices: str = "espeak") -> list[Item]:
+    """Every item with its voice and line settings: deterministic from SEED (the flite
+    family from SEED + FLITE_SEED_OFFSET: the same items and split, its own voices)."""
+    out_dir(voices)  # a known family
     split_of = splits()
     items: list[Item] = []
     every = _ids()
+    base = SEED if voices == "espeak" else SEED + FLITE_SEED_OFFSET
     # The near questions draw from a generator of their own: adding them changed no voice,
     # speed or line of the items before them.
     for seed, chosen in (
-        (SEED, [(uid, q) for uid, q in every if not q.near]),
-        (SEED + 1, [(uid, q) for uid, q in every if q.near]),
+        (base, [(uid, q) for uid, q in every if not q.near]),
+        (base + 1, [(uid, q) for uid, q in every if q.near]),
     ):
-        items.extend(_planned(random.Random(seed), chosen, split_of))
+        planned = _planned if voices == "espeak" else _planned_flite
+        items.extend(planned(random.Random(seed), chosen, split_of))
     return items
 
 
@@ -1247,6 +1269,35 @@ def _planned(
     return items
 
 
+def _planned_flite(
+    rng: random.Random, chosen: list[tuple[str, Question]], split_of: dict[str, str]
+) -> list[Item]:
+    voices = [FLITE_VOICES[i % len(FLITE_VOICES)] for i in range(len(chosen))]
+    snrs = [SNRS[i % len(SNRS)] for i in range(len(chosen))]
+    rng.shuffle(voices)
+    rng.shuffle(snrs)
+    return [
+        Item(
+            id=uid,
+            kind=q.kind,
+            split=split_of[uid],
+            text=q.text,
+            topic=q.topic,
+            entry=q.entry,
+            facts=[list(group) for group in q.facts],
+            contradiction=list(q.contradiction),
+            intent=q.intent,
+            voice=f"flite:{voices[index]}",
+            speed=rng.randrange(*FLITE_STRETCH_PERCENT),
+            pitch=0,
+            level_dbfs=round(rng.uniform(-26.0, -16.0), 1),
+            snr_db=snrs[index],
+            wav=f"wav/{uid}.wav",
+        )
+        for index, (uid, q) in enumerate(chosen)
+    ]
+
+
 def plan_sha256(items: list[Item]) -> str:
     """The whole plan (texts, facts, markers, split, voice and line settings) and the line's
     constants: the manifest is rewritten when any of it changes."""
@@ -1273,8 +1324,11 @@ _QUESTION_START = re.compile(
 def render(item: Item) -> bytes:
     """The item's phone-line audio (8 kHz int16 PCM)."""
     spoken = item.text + ("?" if _QUESTION_START.match(item.text) else ".")
-    voice = item.voice.split(":", 1)[1]
-    pcm = turn_dataset.espeak_pcm(spoken, voice, item.speed, item.pitch)
+    family, voice = item.voice.split(":", 1)
+    if family == "flite":
+        pcm = turn_dataset.flite_pcm(spoken, voice, item.speed / 100.0)
+    else:
+        pcm = turn_dataset.espeak_pcm(spoken, voice, item.speed, item.pitch)
     x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
     start, end = turn_dataset.speech_bounds(x, RATE_HZ)
     seed = int(hashlib.sha256(f"answers:{item.id}".encode()).hexdigest()[:8], 16)
@@ -1288,19 +1342,24 @@ def up_to_date(out_dir: Path, items: list[Item]) -> bool:
     return seeded_set.up_to_date(out_dir, items, plan_sha256(items))
 
 
-def build(out_dir: Path = OUT_DIR, *, force: bool = False) -> tuple[Path, bool]:
-    """(manifest path, whether anything was generated)."""
+def build(
+    folder: Path | None = None, *, force: bool = False, voices: str = "espeak"
+) -> tuple[Path, bool]:
+    """(manifest path, whether anything was generated): the set spoken by the ``voices``
+    family, in ``folder`` (default: :func:`out_dir`)."""
+    folder = out_dir(voices) if folder is None else folder
     check_texts_are_new([q.text for q in QUESTIONS])
     if fact_problems():
         raise SystemExit("bad facts:\n  " + "\n  ".join(fact_problems()))
     for problem in coverage_problems():
         print(f"warning: {problem}", file=sys.stderr)
-    items = plan()
-    if not force and up_to_date(out_dir, items):
-        return out_dir / "manifest.json", False
-    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-        raise SystemExit("espeak-ng and sox are needed (scripts/install installs them)")
-    manifest = seeded_set.write_set(out_dir, items, render, INFO, plan_sha256(items), _item_json)
+    items = plan(voices)
+    if not force and up_to_date(folder, items):
+        return folder / "manifest.json", False
+    speaker = "flite" if voices == "flite" else "espeak-ng"
+    if shutil.which(speaker) is None or shutil.which("sox") is None:
+        raise SystemExit(f"{speaker} and sox are needed (scripts/install installs them)")
+    manifest = seeded_set.write_set(folder, items, render, INFO, plan_sha256(items), _item_json)
     return manifest, True
 
 
@@ -1325,7 +1384,8 @@ def counts(items: list[Item] | None = None) -> dict[str, dict[str, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument("--out", type=Path, default=None, help="default: by --voices")
+    parser.add_argument("--voices", choices=VOICE_FAMILIES, default="espeak")
     parser.add_argument("--force", action="store_true", help="rebuild every WAV")
     parser.add_argument("--check", action="store_true", help="text checks only, no audio")
     args = parser.parse_args()
@@ -1336,9 +1396,9 @@ def main() -> None:
             print(problem)
         print(f"{len(QUESTIONS)} texts, all new; {counts()}")
         raise SystemExit(1 if problems else 0)
-    manifest, made = build(args.out, force=args.force)
+    manifest, made = build(args.out, force=args.force, voices=args.voices)
     print(
-        f"{manifest}: {'built' if made else 'up to date'}, {len(load_manifest(args.out))} "
+        f"{manifest}: {'built' if made else 'up to date'}, {len(load_manifest(manifest.parent))} "
         f"items {counts()}"
     )
 

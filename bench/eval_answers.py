@@ -506,11 +506,15 @@ class Run:
     results: list[Result]
     seconds: dict[str, float]
     info: dict[str, Any]
+    voices: str = "espeak"  # the spoken set's voice family (answers_dataset.VOICE_FAMILIES)
 
     @property
     def key(self) -> str:
         limit = f"/limit{self.limit}" if self.limit else ""
-        return f"{self.dialogue}/{'text' if self.text_only else 'audio'}/{self.split}{limit}"
+        heard = "text" if self.text_only else "audio"
+        if not self.text_only and self.voices != "espeak":
+            heard = f"audio-{self.voices}"
+        return f"{self.dialogue}/{heard}/{self.split}{limit}"
 
 
 async def evaluate(args: argparse.Namespace) -> Run:
@@ -520,9 +524,10 @@ async def evaluate(args: argparse.Namespace) -> Run:
         config = dataclasses.replace(
             config, dialogue=dataclasses.replace(config.dialogue, engine="rules")
         )
-    items = answers_dataset.plan()
+    items = answers_dataset.plan(args.voices)
+    folder = answers_dataset.out_dir(args.voices)
     if not args.text_only:
-        answers_dataset.build()  # skipped when the manifest matches
+        answers_dataset.build(voices=args.voices)  # skipped when the manifest matches
     if args.split != "all":
         items = [i for i in items if i.split == args.split]
     if args.limit:
@@ -585,7 +590,7 @@ async def evaluate(args: argparse.Namespace) -> Run:
         for n, item in enumerate(items, 1):
             result = Result(item.id, item.kind, item.split, item.text, item.text)
             if engines is not None:
-                pcm, rate = read_wav(answers_dataset.OUT_DIR / item.wav)
+                pcm, rate = read_wav(folder / item.wav)
                 s0 = time.perf_counter()
                 result.transcript = (await transcribe(engines, config, pcm, rate)).strip()
                 result.stt_ms = round((time.perf_counter() - s0) * 1000.0, 1)
@@ -604,7 +609,9 @@ async def evaluate(args: argparse.Namespace) -> Run:
                 print(f"  {n}/{len(items)} items", file=sys.stderr, flush=True)
         seconds["items"] = round(time.perf_counter() - t0, 1)
     info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
-    return Run(args.dialogue, args.text_only, args.split, args.limit, results, seconds, info)
+    return Run(
+        args.dialogue, args.text_only, args.split, args.limit, results, seconds, info, args.voices
+    )
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -829,6 +836,7 @@ def save(run: Run) -> dict[str, Any]:
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "dialogue": run.dialogue,
         "text_only": run.text_only,
+        "voices": None if run.text_only else run.voices,
         "split": run.split,
         "limit": run.limit,
         "seconds": run.seconds,
@@ -856,6 +864,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N items only")
     parser.add_argument(
         "--text-only", action="store_true", help="feed the reference text (no audio, no STT)"
+    )
+    parser.add_argument(
+        "--voices",
+        choices=answers_dataset.VOICE_FAMILIES,
+        default="espeak",
+        help="the spoken set's voices: espeak-ng (default) or Debian flite's",
     )
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()

@@ -283,6 +283,12 @@ def plan(n: int, seed: int, voices: Sequence[str]) -> list[Plan]:
 
 
 def _spoken(text: str, p: Plan) -> npt.NDArray[np.float64]:
+    """``text`` in ``p``'s voice: an espeak-ng voice+variant at the plan's speed and pitch,
+    or "flite:<voice>" (``--voices flite:slt,flite:rms``: Debian flite's voices, at their own
+    pace; the plan's speed and pitch are not theirs)."""
+    family, _, flite_voice = p.voice.partition(":")
+    if family == "flite":
+        return turn_dataset.flite_speech(text, flite_voice)
     return turn_dataset.espeak_speech(text, p.voice, p.speed, p.pitch)
 
 
@@ -1002,7 +1008,10 @@ def main() -> int:
         "--snr", type=float, default=30.0, help="line noise SNR in dB (0: clean line)"
     )
     parser.add_argument(
-        "--voices", type=lambda s: s.split(","), default=VOICES, help="comma-separated"
+        "--voices",
+        type=lambda s: s.split(","),
+        default=VOICES,
+        help="comma-separated espeak-ng voices, or flite ones as flite:slt,flite:rms,...",
     )
     parser.add_argument(
         "--account-groups",

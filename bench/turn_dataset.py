@@ -56,6 +56,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -619,6 +620,13 @@ def espeak_speech(text: str, voice: str, speed: int, pitch: int) -> FloatArray:
     return x[start:end]
 
 
+def flite_speech(text: str, voice: str, stretch: float = 1.0) -> FloatArray:
+    """``text`` spoken by a flite voice at 8 kHz (:func:`flite_pcm`), cut to its speech."""
+    x = np.frombuffer(flite_pcm(text, voice, stretch), dtype="<i2").astype(np.float64)
+    start, end = speech_bounds(x, RATE_HZ)
+    return x[start:end]
+
+
 def _to_pcm(x: FloatArray) -> bytes:
     return np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
 
@@ -642,6 +650,29 @@ def espeak_pcm(text: str, voice: str, speed: int, pitch: int) -> bytes:
         capture_output=True,
     ).stdout
     return _sox(["-t", "wav", "-", *_raw(), "-"], wav)
+
+
+def flite_pcm(text: str, voice: str, stretch: float) -> bytes:
+    """``text`` spoken by one of Debian flite's voices (``flite -lv``), its durations
+    stretched by ``stretch`` (1.0: the voice's own pace), as 8 kHz int16 PCM."""
+    with tempfile.TemporaryDirectory() as folder:
+        wav = Path(folder) / "flite.wav"
+        subprocess.run(
+            [
+                "flite",
+                "-voice",
+                voice,
+                "--setf",
+                f"duration_stretch={stretch:.3f}",
+                "-t",
+                text,
+                "-o",
+                str(wav),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return _sox([str(wav), *_raw(), "-"], b"")
 
 
 def band_limit(x: FloatArray) -> FloatArray:

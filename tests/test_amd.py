@@ -429,6 +429,23 @@ def test_espeak_items_of_the_evaluation_set() -> None:
     assert sum(right) >= 7, dict(zip(chosen, right, strict=True))
 
 
+def test_flite_family_is_the_espeak_plan_in_other_voices() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import amd_dataset
+
+    espeak, flite = amd_dataset.plan(), amd_dataset.plan("flite")
+    same = ("id", "kind", "split", "segments", "pauses_s", "beep_hz", "beep_s", "snr_db")
+    assert [[getattr(i, k) for k in same] for i in flite] == [
+        [getattr(i, k) for k in same] for i in espeak
+    ]
+    speaking = [i for i in flite if i.kind != "silence"]
+    assert {i.voice for i in speaking} == {f"flite:{v}" for v in amd_dataset.FLITE_VOICES}
+    assert all(i.voice == "" for i in flite if i.kind == "silence")
+    assert amd_dataset.out_dir("flite") != amd_dataset.out_dir()
+    with pytest.raises(ValueError, match="unknown voice family"):
+        amd_dataset.plan("piper")
+
+
 # --- the words check's cue (call/amd_words.py reads the words) ----------------------------------
 
 

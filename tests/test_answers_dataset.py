@@ -1,15 +1,19 @@
 """The answers evaluation set (bench/answers_dataset.py): sizes, new texts, a stable seeded
-split, every knowledge file covered. Text only: no audio, no models."""
+split, every knowledge file covered. Text only (no models), but for one flite item
+rendered."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import answers_dataset  # noqa: E402
+import turn_dataset  # noqa: E402
 
 
 def test_set_sizes() -> None:
@@ -72,3 +76,32 @@ def test_voices_are_new_to_the_project() -> None:
 
 def test_no_fact_is_in_its_own_question() -> None:
     assert answers_dataset.fact_problems() == []
+
+
+def test_flite_family_speaks_the_same_items_with_its_own_voices() -> None:
+    espeak = answers_dataset.plan()
+    flite = answers_dataset.plan("flite")
+    assert [(i.id, i.text, i.split, i.kind) for i in flite] == [
+        (i.id, i.text, i.split, i.kind) for i in espeak
+    ]
+    assert {i.voice for i in flite} == {f"flite:{v}" for v in answers_dataset.FLITE_VOICES}
+    low, high = answers_dataset.FLITE_STRETCH_PERCENT
+    assert all(low <= i.speed < high and i.pitch == 0 for i in flite)
+    # Its own folder and plan: building one family never rewrites the other's set.
+    assert answers_dataset.out_dir("flite") != answers_dataset.out_dir("espeak")
+    assert answers_dataset.plan_sha256(flite) != answers_dataset.plan_sha256(espeak)
+    assert [i.voice for i in flite] == [i.voice for i in answers_dataset.plan("flite")]
+
+
+def test_unknown_voice_family_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown voice family"):
+        answers_dataset.plan("piper")
+
+
+def test_a_flite_item_renders_repeatably_on_the_phone_line() -> None:
+    item = next(i for i in answers_dataset.plan("flite") if i.voice == "flite:slt")
+    first = answers_dataset.render(item)
+    assert first == answers_dataset.render(item)  # the same bytes every build
+    seconds = len(first) / 2 / answers_dataset.RATE_HZ
+    # The line's lead and tail around the spoken question.
+    assert seconds > turn_dataset.LEAD_S + turn_dataset.TAIL_S + 0.5
