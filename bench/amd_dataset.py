@@ -95,13 +95,13 @@ VOICES = [
     "en-us+max",
 ]
 # The flite family (--voices flite, written to amd_set_flite/): the same items, texts,
-# pauses, beeps and line, spoken by Debian flite's English voices (bench/answers_dataset.py's
-# FLITE_VOICES) instead, each item's durations stretched by FLITE_STRETCH_PERCENT (its
-# ``speed``); drawn from SEED + FLITE_SEED_OFFSET, the espeak plan unchanged.
-FLITE_VOICES = ["slt", "rms", "awb", "kal16"]
-FLITE_STRETCH_PERCENT = (90, 116)  # [lo, hi)
-FLITE_SEED_OFFSET = 100
-VOICE_FAMILIES = ("espeak", "flite")
+# pauses, beeps and line, spoken by bench/turn_dataset.py's FLITE_VOICES instead, each
+# item's durations stretched by FLITE_STRETCH_PERCENT (its ``speed``); drawn from
+# SEED + FLITE_SEED_OFFSET, the espeak plan unchanged.
+FLITE_VOICES = turn_dataset.FLITE_VOICES
+FLITE_STRETCH_PERCENT = turn_dataset.FLITE_STRETCH_PERCENT
+FLITE_SEED_OFFSET = turn_dataset.FLITE_SEED_OFFSET
+VOICE_FAMILIES = turn_dataset.VOICE_FAMILIES
 SNRS: list[float | None] = [None, None, 30.0, 20.0, 15.0]  # None: no line noise
 SPEED = (140, 186)  # espeak words per minute, [lo, hi)
 PITCH = (30, 76)
@@ -316,9 +316,7 @@ def splits(items: list[Item]) -> dict[str, str]:
 
 def out_dir(voices: str = "espeak") -> Path:
     """Where the set spoken by the ``voices`` family is written."""
-    if voices not in VOICE_FAMILIES:
-        raise ValueError(f"unknown voice family {voices!r} (one of {VOICE_FAMILIES})")
-    return OUT_DIR if voices == "espeak" else OUT_DIR.with_name(f"{OUT_DIR.name}_{voices}")
+    return turn_dataset.family_folder(OUT_DIR, voices)
 
 
 def plan(voices: str = "espeak") -> list[Item]:
@@ -502,9 +500,9 @@ def render(item: Item) -> bytes:
     )
 
 
-def up_to_date(out_dir: Path, items: list[Item]) -> bool:
+def up_to_date(folder: Path, items: list[Item]) -> bool:
     """The manifest matches the plan and every WAV is there with its recorded hash."""
-    return seeded_set.up_to_date(out_dir, items, plan_sha256(items))
+    return seeded_set.up_to_date(folder, items, plan_sha256(items))
 
 
 def build(
@@ -523,8 +521,8 @@ def build(
     return manifest, True
 
 
-def load_manifest(out_dir: Path = OUT_DIR) -> list[dict[str, object]]:
-    data = json.loads((out_dir / "manifest.json").read_text())
+def load_manifest(folder: Path = OUT_DIR) -> list[dict[str, object]]:
+    data = json.loads((folder / "manifest.json").read_text())
     items: list[dict[str, object]] = data["items"]
     return items
 

@@ -131,7 +131,7 @@ from voicebot_pbx.speech.vad import WINDOW_MS, SileroVad  # noqa: E402
 RATE_HZ = 8000
 WINDOW_S = WINDOW_MS / 1000.0
 EPS_S = 1e-6
-PARTS = ("all", "espeak", "recorded")
+PARTS = ("all", "espeak", "recorded")  # --voices flite: ("all", "flite", "recorded")
 KEY_PAUSE_SLACK_S = 0.15  # a VAD pause this close before a real pause/end is that pause
 
 
@@ -908,7 +908,7 @@ def summarise_keys(keys: list[KeyPause]) -> dict[str, Any]:
 def reference_verdicts(items: list[Item]) -> dict[str, Any]:
     """looks_complete on what was really said (a perfect transcript)."""
     out: dict[str, Any] = {}
-    for part in ("espeak", "recorded"):
+    for part in PARTS[1:]:
         complete = [i for i in items if i.kind == "complete" and i.part == part]
         paused = [i for i in items if i.kind == "paused" and i.part == part and i.segments[1:]]
         out[part] = {
@@ -923,11 +923,11 @@ def reference_verdicts(items: list[Item]) -> dict[str, Any]:
 # --- loading ------------------------------------------------------------------------------------
 
 
-def load_items(limit: int | None) -> list[Item]:
-    manifest = turn_dataset.OUT_DIR / "manifest.json"
-    if not manifest.exists():
-        turn_dataset.build()
-    entries = turn_dataset.load_manifest()
+def load_items(limit: int | None, voices: str = "espeak") -> list[Item]:
+    folder = turn_dataset.out_dir(voices)
+    if not (folder / "manifest.json").exists():
+        turn_dataset.build(voices=voices)
+    entries = turn_dataset.load_manifest(folder)
     vad = SileroVad(model_path(SILERO_VAD))
     counts: dict[tuple[str, str], int] = {}
     items: list[Item] = []
@@ -936,7 +936,7 @@ def load_items(limit: int | None) -> list[Item]:
         if limit is not None and counts.get(group, 0) >= limit:
             continue
         counts[group] = counts.get(group, 0) + 1
-        pcm, rate = read_wav(turn_dataset.OUT_DIR / str(e["wav"]))
+        pcm, rate = read_wav(folder / str(e["wav"]))
         assert rate == RATE_HZ, f"{e['wav']}: {rate} Hz"
         probs = [
             (w.start_s, w.prob, w.level_dbfs) for w in vad.new_stream(RATE_HZ).process_windows(pcm)
@@ -1047,9 +1047,10 @@ def _premature(s: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     sizes = report["set"]
+    synthetic = PARTS[1]
     header = [
-        "| setting | premature all | espeak | recorded | short pauses cut "
-        "| latency p50 / p95 / max ms (n) | transcript ready p50 / p95 | espeak p50 / p95 "
+        f"| setting | premature all | {synthetic} | recorded | short pauses cut "
+        f"| latency p50 / p95 / max ms (n) | transcript ready p50 / p95 | {synthetic} p50 / p95 "
         "| recorded p50 / p95 | waited max | cut early | CPU ms per pause mean / p95 "
         "| per utterance |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -1261,13 +1262,22 @@ def main() -> None:
         default="service",
         help="the decodes at pauses: serve's recognition (default) or Whisper tiny.en alone",
     )
+    parser.add_argument(
+        "--voices",
+        choices=turn_dataset.VOICE_FAMILIES,
+        default="espeak",
+        help="the synthetic part's voices: espeak-ng (default) or Debian flite's "
+        "(turn_end_flite.json / .md)",
+    )
     args = parser.parse_args()
+    global PARTS
+    PARTS = ("all", args.voices, "recorded")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     disable_telemetry()
     limit_blas_threads()
     started = time.perf_counter()
     cpu_started = time.process_time()
-    items = load_items(args.limit)
+    items = load_items(args.limit, args.voices)
     print(f"{len(items)} items, VAD done in {time.perf_counter() - started:.0f} s", flush=True)
     judges, close = load_judges(args.stt)
     if args.digits_only:
@@ -1351,11 +1361,13 @@ def main() -> None:
     if digits is not None:
         report["digits"] = digits
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "turn_end.json").write_text(json.dumps(report, indent=1))
+    name = "turn_end" if args.voices == "espeak" else f"turn_end_{args.voices}"
+    report["voices"] = args.voices
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
     text = markdown(report)
     if digits is not None:
         text += "\n".join(digits_markdown(digits)) + "\n"
-    (args.out / "turn_end.md").write_text(text)
+    (args.out / f"{name}.md").write_text(text)
     print(text)
 
 

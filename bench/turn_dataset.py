@@ -17,6 +17,9 @@ Two parts, reported separately by ``bench/bench_turn_end.py``:
 * **espeak**: the texts below (new ones, none from ``rasa_project/``, ``bench/stt_dataset.py``
   or the tests; :func:`check_texts_are_new` enforces it) spoken by espeak-ng voice variants
   this project never used before (``VOICES``), speed and pitch drawn per item;
+  or, with ``--voices flite`` (written to ``.cache/turn-bench-flite/``), the same texts,
+  pauses and commas spoken by Debian flite's English voices (``FLITE_VOICES``), its pace
+  drawn per item: the **flite** part in place of the espeak one;
 * **recorded** (when the Debian package ``asterisk-core-sounds-en-wav`` is installed): real
   recorded 8 kHz telephone prompts (one human voice, /usr/share/asterisk/sounds/en): short
   ones (< 3 s of speech, transcript ending a sentence) as complete turns, others as paused
@@ -109,6 +112,15 @@ VOICES = [
     "en-gb-x-gbcwmd+f1",
 ]
 SNRS: list[float | None] = [None, None, 30.0, 20.0, 15.0]  # None: no line noise
+# Debian flite's English voices (``flite -lv``; kal16 is kal at 16 kHz): CMU's slt, rms and
+# awb and the kal diphone voice, nearer a human talker than espeak-ng's formant voices. The
+# evaluation sets' second voice family (``--voices flite`` here, in answers_dataset.py and
+# amd_dataset.py): each item's durations stretched by FLITE_STRETCH_PERCENT (its ``speed``),
+# drawn from the set's seed + FLITE_SEED_OFFSET, so the espeak plans do not change.
+FLITE_VOICES = ["slt", "rms", "awb", "kal16"]
+FLITE_STRETCH_PERCENT = (90, 116)  # [lo, hi)
+FLITE_SEED_OFFSET = 100
+VOICE_FAMILIES = ("espeak", "flite")
 
 # --- texts ------------------------------------------------------------------------------------
 
@@ -424,7 +436,7 @@ def check_texts_are_new(texts: list[str]) -> None:
 class Plan:
     id: str
     kind: str  # "complete" | "paused"
-    part: str  # "espeak" | "recorded"
+    part: str  # "espeak" | "flite" | "recorded"
     text: str
     segments: list[str]
     pauses_s: list[float]  # inserted silence after each segment but the last
@@ -484,6 +496,35 @@ def espeak_plan() -> list[Plan]:
                     commas=commas,
                 )
             )
+    return plans
+
+
+def family_folder(folder: Path, voices: str, sep: str = "_") -> Path:
+    """A set's folder for the ``voices`` family: ``folder`` itself for espeak (the first),
+    else beside it with the family's name after ``sep``."""
+    if voices not in VOICE_FAMILIES:
+        raise ValueError(f"unknown voice family {voices!r} (one of {VOICE_FAMILIES})")
+    return folder if voices == "espeak" else folder.with_name(f"{folder.name}{sep}{voices}")
+
+
+def out_dir(voices: str = "espeak") -> Path:
+    """Where the set whose synthetic part the ``voices`` family speaks is written."""
+    return family_folder(OUT_DIR, voices, "-")
+
+
+def flite_plan() -> list[Plan]:
+    """The espeak plan's texts, pauses and commas spoken by flite's voices (the flite part:
+    ids ``fli-...``), each item's voice and pace drawn again."""
+    rng = random.Random(SEED + FLITE_SEED_OFFSET)
+    plans = espeak_plan()
+    names = [FLITE_VOICES[i % len(FLITE_VOICES)] for i in range(len(plans))]
+    rng.shuffle(names)
+    for plan, name in zip(plans, names, strict=True):
+        plan.id = "fli-" + plan.id.removeprefix("esp-")
+        plan.part = "flite"
+        plan.voice = f"flite:{name}"
+        plan.speed = rng.randrange(*FLITE_STRETCH_PERCENT)
+        plan.pitch = 0
     return plans
 
 
@@ -605,12 +646,15 @@ def word_gap(speech: FloatArray, rate: int) -> int | None:
     return int((best + window / 2) * rate * _FRAME_S)
 
 
-def _espeak_segment(text: str, plan: Plan, final: bool, comma: bool) -> FloatArray:
+def _synthetic_segment(text: str, plan: Plan, final: bool, comma: bool) -> FloatArray:
     if final:
         spoken = text + ("?" if _QUESTION_START.match(text) else ".")
     else:
         spoken = text + ("," if comma else "")
-    return espeak_speech(spoken, plan.voice.split(":", 1)[1], plan.speed, plan.pitch)
+    family, voice = plan.voice.split(":", 1)
+    if family == "flite":
+        return flite_speech(spoken, voice, plan.speed / 100.0)
+    return espeak_speech(spoken, voice, plan.speed, plan.pitch)
 
 
 def espeak_speech(text: str, voice: str, speed: int, pitch: int) -> FloatArray:
@@ -727,12 +771,12 @@ def render(plan: Plan) -> tuple[FloatArray, float, float, list[dict[str, float]]
     """Clean speech with the pauses inserted; (samples, speech start, speech end, pauses) in
     seconds from the start of the speech (before the lead-in)."""
     pauses: list[dict[str, float]] = []
-    if plan.part == "espeak":
+    if plan.part in ("espeak", "flite"):
         pieces: list[FloatArray] = []
         t = 0.0
         for i, segment in enumerate(plan.segments):
             final = i == len(plan.segments) - 1
-            x = _espeak_segment(segment, plan, final, final or plan.commas[i])
+            x = _synthetic_segment(segment, plan, final, final or plan.commas[i])
             pieces.append(x)
             t += x.size / RATE_HZ
             if not final:
@@ -770,12 +814,23 @@ def render(plan: Plan) -> tuple[FloatArray, float, float, list[dict[str, float]]
     return speech, start, end, pauses
 
 
-def build(out_dir: Path = OUT_DIR, *, force: bool = False, recorded: bool = True) -> Path:
-    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
-        raise SystemExit("espeak-ng and sox are needed (scripts/install installs them)")
-    plans = espeak_plan() + (recorded_plan() if recorded else [])
-    check_texts_are_new([p.text for p in plans if p.part == "espeak"])
-    wav_dir = out_dir / "wav"
+def build(
+    folder: Path | None = None,
+    *,
+    force: bool = False,
+    recorded: bool = True,
+    voices: str = "espeak",
+) -> Path:
+    """The set whose synthetic part the ``voices`` family speaks, in ``folder`` (default:
+    :func:`out_dir`); the recorded part is the same in every family."""
+    folder = out_dir(voices) if folder is None else folder
+    speaker = "flite" if voices == "flite" else "espeak-ng"
+    if shutil.which(speaker) is None or shutil.which("sox") is None:
+        raise SystemExit(f"{speaker} and sox are needed (scripts/install installs them)")
+    synthetic = flite_plan() if voices == "flite" else espeak_plan()
+    plans = synthetic + (recorded_plan() if recorded else [])
+    check_texts_are_new([p.text for p in synthetic])
+    wav_dir = folder / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
     items: list[Item] = []
     for plan in plans:
@@ -813,7 +868,7 @@ def build(out_dir: Path = OUT_DIR, *, force: bool = False, recorded: bool = True
                 before_pause_punct=["," if c else "" for c in plan.commas],
             )
         )
-    manifest = out_dir / "manifest.json"
+    manifest = folder / "manifest.json"
     manifest.write_text(
         json.dumps(
             {
@@ -828,21 +883,22 @@ def build(out_dir: Path = OUT_DIR, *, force: bool = False, recorded: bool = True
     return manifest
 
 
-def load_manifest(out_dir: Path = OUT_DIR) -> list[dict[str, object]]:
-    data = json.loads((out_dir / "manifest.json").read_text())
+def load_manifest(folder: Path = OUT_DIR) -> list[dict[str, object]]:
+    data = json.loads((folder / "manifest.json").read_text())
     items: list[dict[str, object]] = data["items"]
     return items
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    parser.add_argument("--out", type=Path, default=None, help="default: by --voices")
+    parser.add_argument("--voices", choices=VOICE_FAMILIES, default="espeak")
     parser.add_argument("--force", action="store_true", help="rebuild every WAV")
-    parser.add_argument("--no-recorded", action="store_true", help="espeak part only")
+    parser.add_argument("--no-recorded", action="store_true", help="the synthetic part only")
     args = parser.parse_args()
-    manifest = build(args.out, force=args.force, recorded=not args.no_recorded)
+    manifest = build(args.out, force=args.force, recorded=not args.no_recorded, voices=args.voices)
     counts: dict[str, int] = {}
-    for item in load_manifest(args.out):
+    for item in load_manifest(manifest.parent):
         key = f"{item['part']}/{item['kind']}"
         counts[key] = counts.get(key, 0) + 1
     print(f"{manifest}: {sum(counts.values())} items {dict(sorted(counts.items()))}")
