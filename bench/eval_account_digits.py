@@ -68,7 +68,7 @@ OUT = ROOT / ".cache" / "reports" / "eval_account_digits.json"
 DEV_SEEDS = (4343, 4344)
 GROUPS_PAUSE_S = (0.4, 1.2)
 ACCOUNT_STEP = eval_balance.STEPS.index("account")
-_SLOT = re.compile(r"\b\d{6,10}\b")  # rasa_project/data/nlu.yml's account_number regex
+_SLOT = re.compile(r"\b\d{6,12}\b")  # rasa_project/data/nlu.yml's account_number regex
 
 
 def slot_value(transcript: str) -> str | None:

@@ -891,6 +891,27 @@ def test_a_spoken_number_that_is_no_account_takes_the_recognisers_reading_that_i
 
 @needs_rasa
 @pytest.mark.rasa
+def test_a_number_heard_as_a_phone_number_is_still_the_answer_to_the_account_question(
+    dlg: RasaDialogue, aloop: LoopThread
+) -> None:
+    """A spoken account number heard as eleven digits (the recogniser's habit of writing a
+    digit string as a phone number, "1-800-439-5732.") is still the answer to the account
+    question: its 8-digit readings sent with it are looked up and one that is an account is
+    read back; with none, the caller hears that it is no 8 digit number, not "didn't catch
+    that" with the readings never looked at."""
+    account = DEMO[6]
+    said = " ".join(account.number[:4]) + ", " + " ".join(account.number[4:])
+    call = asking_balance(dlg, aloop)
+    turn = aloop.run(dlg.respond(call, "1-800-439-5732.", alternatives=(account.number,)))
+    assert f"That's account number {said}." in texts(turn), texts(turn)
+    assert "account_alternative" in turn.fallbacks
+    alone = asking_balance(dlg, aloop)
+    turn = aloop.run(dlg.respond(alone, "1-800-439-5732."))
+    assert "isn't an 8 digit account number" in texts(turn), texts(turn)
+
+
+@needs_rasa
+@pytest.mark.rasa
 def test_an_identity_answer_heard_as_odd_letters_is_checked_not_taken_for_an_intent(
     dlg: RasaDialogue, aloop: LoopThread
 ) -> None:
