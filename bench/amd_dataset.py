@@ -54,7 +54,6 @@ import argparse
 import hashlib
 import json
 import random
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -514,9 +513,7 @@ def build(
     items = plan(voices)
     if not force and up_to_date(folder, items):
         return folder / "manifest.json", False
-    speaker = "flite" if voices == "flite" else "espeak-ng"
-    if shutil.which(speaker) is None or shutil.which("sox") is None:
-        raise SystemExit(f"{speaker} and sox are needed (scripts/install installs them)")
+    turn_dataset.require_speaker(voices)
     manifest = seeded_set.write_set(folder, items, render, INFO, plan_sha256(items), asdict)
     return manifest, True
 

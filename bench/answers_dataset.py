@@ -55,7 +55,6 @@ import hashlib
 import json
 import random
 import re
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -1226,8 +1225,7 @@ def plan(voices: str = "espeak") -> list[Item]:
         (base, [(uid, q) for uid, q in every if not q.near]),
         (base + 1, [(uid, q) for uid, q in every if q.near]),
     ):
-        planned = _planned if voices == "espeak" else _planned_flite
-        items.extend(planned(random.Random(seed), chosen, split_of))
+        items.extend(_planned(random.Random(seed), chosen, split_of, voices))
     return items
 
 
@@ -1237,11 +1235,16 @@ def near_ids() -> set[str]:
 
 
 def _planned(
-    rng: random.Random, chosen: list[tuple[str, Question]], split_of: dict[str, str]
+    rng: random.Random,
+    chosen: list[tuple[str, Question]],
+    split_of: dict[str, str],
+    voices: str = "espeak",
 ) -> list[Item]:
-    voices = [VOICES[i % len(VOICES)] for i in range(len(chosen))]
+    flite = voices == "flite"
+    names = FLITE_VOICES if flite else VOICES
+    speakers = [names[i % len(names)] for i in range(len(chosen))]
     snrs = [SNRS[i % len(SNRS)] for i in range(len(chosen))]
-    rng.shuffle(voices)
+    rng.shuffle(speakers)
     rng.shuffle(snrs)
     items: list[Item] = []
     for index, (uid, q) in enumerate(chosen):
@@ -1256,44 +1259,15 @@ def _planned(
                 facts=[list(group) for group in q.facts],
                 contradiction=list(q.contradiction),
                 intent=q.intent,
-                voice=f"espeak:{voices[index]}",
-                speed=rng.randrange(*SPEED),
-                pitch=rng.randrange(*PITCH),
+                voice=f"{voices}:{speakers[index]}",
+                speed=rng.randrange(*(FLITE_STRETCH_PERCENT if flite else SPEED)),
+                pitch=0 if flite else rng.randrange(*PITCH),
                 level_dbfs=round(rng.uniform(-26.0, -16.0), 1),
                 snr_db=snrs[index],
                 wav=f"wav/{uid}.wav",
             )
         )
     return items
-
-
-def _planned_flite(
-    rng: random.Random, chosen: list[tuple[str, Question]], split_of: dict[str, str]
-) -> list[Item]:
-    voices = [FLITE_VOICES[i % len(FLITE_VOICES)] for i in range(len(chosen))]
-    snrs = [SNRS[i % len(SNRS)] for i in range(len(chosen))]
-    rng.shuffle(voices)
-    rng.shuffle(snrs)
-    return [
-        Item(
-            id=uid,
-            kind=q.kind,
-            split=split_of[uid],
-            text=q.text,
-            topic=q.topic,
-            entry=q.entry,
-            facts=[list(group) for group in q.facts],
-            contradiction=list(q.contradiction),
-            intent=q.intent,
-            voice=f"flite:{voices[index]}",
-            speed=rng.randrange(*FLITE_STRETCH_PERCENT),
-            pitch=0,
-            level_dbfs=round(rng.uniform(-26.0, -16.0), 1),
-            snr_db=snrs[index],
-            wav=f"wav/{uid}.wav",
-        )
-        for index, (uid, q) in enumerate(chosen)
-    ]
 
 
 def plan_sha256(items: list[Item]) -> str:
@@ -1354,9 +1328,7 @@ def build(
     items = plan(voices)
     if not force and up_to_date(folder, items):
         return folder / "manifest.json", False
-    speaker = "flite" if voices == "flite" else "espeak-ng"
-    if shutil.which(speaker) is None or shutil.which("sox") is None:
-        raise SystemExit(f"{speaker} and sox are needed (scripts/install installs them)")
+    turn_dataset.require_speaker(voices)
     manifest = seeded_set.write_set(folder, items, render, INFO, plan_sha256(items), _item_json)
     return manifest, True
 

@@ -507,6 +507,13 @@ def family_folder(folder: Path, voices: str, sep: str = "_") -> Path:
     return folder if voices == "espeak" else folder.with_name(f"{folder.name}{sep}{voices}")
 
 
+def require_speaker(voices: str) -> None:
+    """Exit with one line when the ``voices`` family's synthesiser or sox is missing."""
+    speaker = "flite" if voices == "flite" else "espeak-ng"
+    if shutil.which(speaker) is None or shutil.which("sox") is None:
+        raise SystemExit(f"{speaker} and sox are needed (scripts/install installs them)")
+
+
 def out_dir(voices: str = "espeak") -> Path:
     """Where the set whose synthetic part the ``voices`` family speaks is written."""
     return family_folder(OUT_DIR, voices, "-")
@@ -824,9 +831,7 @@ def build(
     """The set whose synthetic part the ``voices`` family speaks, in ``folder`` (default:
     :func:`out_dir`); the recorded part is the same in every family."""
     folder = out_dir(voices) if folder is None else folder
-    speaker = "flite" if voices == "flite" else "espeak-ng"
-    if shutil.which(speaker) is None or shutil.which("sox") is None:
-        raise SystemExit(f"{speaker} and sox are needed (scripts/install installs them)")
+    require_speaker(voices)
     synthetic = flite_plan() if voices == "flite" else espeak_plan()
     plans = synthetic + (recorded_plan() if recorded else [])
     check_texts_are_new([p.text for p in synthetic])
