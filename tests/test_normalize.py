@@ -145,6 +145,14 @@ def test_dates(spoken: str, expected: str) -> None:
         ("nw14en", "nw1 4en"),
         ("m one one a e", "m1 1ae"),
         ("it's e fourteen five a b", "it's e14 5ab"),
+        # W said as its name, as recognisers write it
+        ("n double u five six p l", "nw5 6pl"),
+        ("n double u5 6 p l", "nw5 6pl"),
+        ("double you one four e n", "w1 4en"),
+        ("s double u nine, two b y", "sw9 2by"),
+        # "double" before a digit is still two of it, and "double u" in words stays words
+        ("my number is double five one two", "my number is 5512"),
+        ("i want double you know", "i want double you know"),
     ],
 )
 def test_postcodes(spoken: str, expected: str) -> None:

@@ -13,7 +13,8 @@ is rewritten into the canonical forms the NLU regexes and training examples use:
   (default 8) are taken as afternoon: this is an office-hours line, nobody books 3 am;
 * dates: "the fifth of march" / "march the fifth" / "march fifth" / "5th march" -> "march 5th";
   "on the fifth" -> "on the 5th"; relative words ("tomorrow", "next monday") are kept as is;
-* UK postcodes spelled out: "n w one four e n" -> "nw1 4en", "sw1a 1aa" kept;
+* UK postcodes spelled out: "n w one four e n" -> "nw1 4en", "n double u one ..." too,
+  "sw1a 1aa" kept;
 * lower case, punctuation removed (apostrophes inside words kept), so STT text can never look
   like Rasa's ``/intent{...}`` syntax.
 """
@@ -44,6 +45,9 @@ _CLOCK_RE = re.compile(r"(\d{1,2})[:.](\d{2})")
 _DIGIT_ORDINAL_RE = re.compile(r"(\d{1,2})(st|nd|rd|th)")
 _POSTCODE_RE = re.compile(r"([a-z]{1,2}\d[a-z\d]?)(\d[a-z]{2})")
 _POSTCODE_PIECE_RE = re.compile(r"[a-z\d]{1,7}")
+# The letter W said as its name, as a recogniser writes it ("u", "you", "u5" with the figure
+# after it run on): the word after "double" in a spelled postcode.
+_DOUBLE_U_RE = re.compile(r"(?:u|you)(\d{0,2})")
 
 # Text clean-up, applied in order on the lower-cased text.
 _CLEANUPS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -368,11 +372,16 @@ class _Parser:
         return None
 
     def postcode(self, i: int) -> tuple[str, int] | None:
-        """A UK postcode spelled in pieces: "n w one four e n", "sw1a 1aa", "nw14en"."""
+        """A UK postcode spelled in pieces: "n w one four e n", "sw1a 1aa", "nw14en"; a W
+        said as its name: "n double u five ...", "n double you5 ..." (the recogniser's)."""
         pieces: list[str] = []
         best: tuple[str, int] | None = None
-        for j in range(i, min(i + 8, len(self.t))):
-            w = self.t[j]
+        j = i
+        while j < min(i + 9, len(self.t)):
+            w, used = self.t[j], 1
+            double_u = _DOUBLE_U_RE.fullmatch(self.tok(j + 1)) if w == "double" else None
+            if double_u is not None:  # "double u" / "double you", maybe a figure after it
+                w, used = "w" + double_u.group(1), 2
             number = UNITS.get(w, TEENS.get(w))  # "e fourteen" -> "e14"
             piece = str(number) if number is not None else w
             if not _POSTCODE_PIECE_RE.fullmatch(piece):
@@ -380,9 +389,10 @@ class _Parser:
             if len(piece) > 1 and piece.isalpha():
                 break  # a real word ends the spelling
             pieces.append(piece)
+            j += used
             m = _POSTCODE_RE.fullmatch("".join(pieces))
             if m:
-                best = f"{m.group(1)} {m.group(2)}", j - i + 1
+                best = f"{m.group(1)} {m.group(2)}", j - i
         return best
 
     # -- driver ----------------------------------------------------------------------------
