@@ -21,7 +21,9 @@ prompts of 1-4 s that name a conference, a message or a number and no word of an
 the bot gets three rules for those words, with cached replies, the number's long (the
 barge-in is a conference prompt over it). The prompts are not questions; what is measured is
 how fast the bot answers a real voice (silero's probability falls 30 ms after a real voice's
-last sound, 110-160 ms after espeak's: bench/README.md, "End of turn").
+last sound, 110-160 ms after espeak's: bench/README.md, "End of turn"). ``--voice flite``:
+the espeak run's questions (same seed, same order) spoken by Debian flite's voices instead
+(``turn_dataset.FLITE_VOICES``, one per call, drawn from the seed), at their own pace.
 
 Measured on the caller's recording (``said``/``heard``, per 10 ms window voiced above
 -40 dBFS):
@@ -382,9 +384,12 @@ def plan_call(seed: int, index: int, dialogue: str, voice: str = "espeak") -> Ca
     first = ["address", "payment"]
     rng.shuffle(first)
     intents = [*first, "hours"]
+    espeak_voice = rng.choice(VOICES)
+    if voice == "flite":  # the same questions, in one of flite's voices (its own pace)
+        flite = random.Random(f"{seed}-{index}-flite").choice(turn_dataset.FLITE_VOICES)
     return CallPlan(
         index=index,
-        voice=rng.choice(VOICES),
+        voice=f"flite:{flite}" if voice == "flite" else espeak_voice,
         speed=rng.randint(130, 160),
         pitch=rng.randint(35, 65),
         intents=intents,
@@ -423,6 +428,9 @@ def speech_pcm(text: str, plan: CallPlan) -> bytes:
     if plan.voice == "recorded":
         pcm, _ = read_wav(RECORDED_SOUNDS / f"{text}.wav")
         return trim_silence(pcm)
+    family, _, name = plan.voice.partition(":")
+    if family == "flite":
+        return trim_silence(turn_dataset.flite_pcm(text, name, 1.0))
     return question_pcm(text, voice=plan.voice, speed=plan.speed, pitch=plan.pitch)
 
 
@@ -821,10 +829,10 @@ def main() -> int:
     parser.add_argument("--dialogue", choices=["rules", "rasa"], default="rules")
     parser.add_argument(
         "--voice",
-        choices=["espeak", "recorded"],
+        choices=["espeak", "flite", "recorded"],
         default="espeak",
-        help="the callers' voice: espeak-ng variants, or Asterisk's recorded prompts (a real "
-        "voice; rule dialogue only)",
+        help="the callers' voice: espeak-ng variants, Debian flite's voices (the same "
+        "questions), or Asterisk's recorded prompts (a real voice; rule dialogue only)",
     )
     parser.add_argument(
         "--channel",

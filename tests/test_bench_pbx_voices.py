@@ -54,3 +54,17 @@ def test_a_recorded_call_plan_depends_on_the_seed_and_index_only() -> None:
         assert plan.barge not in plan.texts
         pcm = bench_pbx.speech_pcm(plan.texts[0], plan)
         assert 0.5 < len(pcm) / 16000 <= bench_pbx.RECORDED_S[1]
+
+
+def test_a_flite_call_asks_the_espeak_calls_questions_in_a_flite_voice() -> None:
+    for index in range(6):
+        espeak = bench_pbx.plan_call(7, index, "rules")
+        flite = bench_pbx.plan_call(7, index, "rules", "flite")
+        assert (flite.texts, flite.intents, flite.barge) == (
+            espeak.texts,
+            espeak.intents,
+            espeak.barge,
+        )
+        assert flite.voice.removeprefix("flite:") in bench_pbx.turn_dataset.FLITE_VOICES
+        pcm = bench_pbx.speech_pcm(flite.texts[0], flite)
+        assert 0.5 < len(pcm) / 16000 < 4.0
