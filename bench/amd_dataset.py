@@ -433,13 +433,6 @@ def _click(rng: np.random.Generator) -> np.ndarray:
     return rng.normal(0.0, 3000.0, n) * np.exp(-np.arange(n) / (0.006 * RATE_HZ))
 
 
-def _speech(item: Item, text: str) -> np.ndarray:
-    family, voice = item.voice.split(":", 1)
-    if family == "flite":
-        return turn_dataset.flite_speech(text, voice, item.speed / 100.0)
-    return turn_dataset.espeak_speech(text, voice, item.speed, item.pitch)
-
-
 def _silent_line(item: Item, seed: int) -> bytes:
     """Nobody speaks: line noise at ``noise_dbfs`` (pink, phone band) or digital silence, a
     pick-up click in the first half second when ``click``; as long as a phone_line clip of
@@ -470,7 +463,7 @@ def render(item: Item) -> bytes:
     t = item.lead_s
     speech_rms: list[float] = []
     for index, text in enumerate(item.segments):
-        x = _speech(item, text)
+        x = turn_dataset.synthetic_speech(text, item.voice, item.speed, item.pitch)
         speech_rms.append(float(np.sqrt(np.mean(x**2))))
         if index == 0:
             item.speech_start_s = round(lead + t, 3)
@@ -509,13 +502,17 @@ def build(
 ) -> tuple[Path, bool]:
     """(manifest path, whether anything was generated): the set spoken by the ``voices``
     family, in ``folder`` (default: :func:`out_dir`)."""
-    folder = out_dir(voices) if folder is None else folder
     items = plan(voices)
-    if not force and up_to_date(folder, items):
-        return folder / "manifest.json", False
-    turn_dataset.require_speaker(voices)
-    manifest = seeded_set.write_set(folder, items, render, INFO, plan_sha256(items), asdict)
-    return manifest, True
+    return seeded_set.build_if_stale(
+        out_dir(voices) if folder is None else folder,
+        items,
+        plan_sha256(items),
+        render,
+        INFO,
+        asdict,
+        force=force,
+        before_writing=lambda: turn_dataset.require_speaker(voices),
+    )
 
 
 def load_manifest(folder: Path = OUT_DIR) -> list[dict[str, object]]:

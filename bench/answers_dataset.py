@@ -59,8 +59,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -1296,16 +1294,10 @@ _QUESTION_START = re.compile(
 def render(item: Item) -> bytes:
     """The item's phone-line audio (8 kHz int16 PCM)."""
     spoken = item.text + ("?" if _QUESTION_START.match(item.text) else ".")
-    family, voice = item.voice.split(":", 1)
-    if family == "flite":
-        pcm = turn_dataset.flite_pcm(spoken, voice, item.speed / 100.0)
-    else:
-        pcm = turn_dataset.espeak_pcm(spoken, voice, item.speed, item.pitch)
-    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    start, end = turn_dataset.speech_bounds(x, RATE_HZ)
+    speech = turn_dataset.synthetic_speech(spoken, item.voice, item.speed, item.pitch)
     seed = int(hashlib.sha256(f"answers:{item.id}".encode()).hexdigest()[:8], 16)
     return turn_dataset.phone_line(
-        x[start:end], level_dbfs=item.level_dbfs, snr_db=item.snr_db, seed=seed
+        speech, level_dbfs=item.level_dbfs, snr_db=item.snr_db, seed=seed
     )
 
 
@@ -1319,18 +1311,22 @@ def build(
 ) -> tuple[Path, bool]:
     """(manifest path, whether anything was generated): the set spoken by the ``voices``
     family, in ``folder`` (default: :func:`out_dir`)."""
-    folder = out_dir(voices) if folder is None else folder
     check_texts_are_new([q.text for q in QUESTIONS])
     if fact_problems():
         raise SystemExit("bad facts:\n  " + "\n  ".join(fact_problems()))
     for problem in coverage_problems():
         print(f"warning: {problem}", file=sys.stderr)
     items = plan(voices)
-    if not force and up_to_date(folder, items):
-        return folder / "manifest.json", False
-    turn_dataset.require_speaker(voices)
-    manifest = seeded_set.write_set(folder, items, render, INFO, plan_sha256(items), _item_json)
-    return manifest, True
+    return seeded_set.build_if_stale(
+        out_dir(voices) if folder is None else folder,
+        items,
+        plan_sha256(items),
+        render,
+        INFO,
+        _item_json,
+        force=force,
+        before_writing=lambda: turn_dataset.require_speaker(voices),
+    )
 
 
 def _item_json(item: Item) -> dict[str, object]:

@@ -1,6 +1,6 @@
 """What the seeded evaluation sets' builders share (``bench/amd_dataset.py``,
 ``bench/answers_dataset.py``): a WAV's hash, whether a built set is up to date with its
-plan, and writing the WAVs and the manifest.
+plan, writing the WAVs and the manifest, and building a set only when it is stale.
 
 A set's items are dataclasses with at least ``id``, ``wav`` (a path relative to the set's
 folder), ``sha256`` and ``duration_s``; the manifest is ``{header..., "plan_sha256",
@@ -76,3 +76,23 @@ def write_set(
         json.dumps({**header, "items": [item_json(i) for i in items]}, indent=1) + "\n"
     )
     return manifest
+
+
+def build_if_stale(
+    out_dir: Path,
+    items: Sequence[Any],
+    plan_sha256: str,
+    render: Callable[[Any], bytes],
+    info: SetInfo,
+    item_json: Callable[[Any], dict[str, Any]],
+    *,
+    force: bool = False,
+    before_writing: Callable[[], None] = lambda: None,
+) -> tuple[Path, bool]:
+    """(manifest path, whether anything was written): :func:`write_set` unless the set is
+    :func:`up_to_date` (or ``force``); ``before_writing`` runs first (a check that the
+    synthesiser is there)."""
+    if not force and up_to_date(out_dir, items, plan_sha256):
+        return out_dir / MANIFEST, False
+    before_writing()
+    return write_set(out_dir, items, render, info, plan_sha256, item_json), True

@@ -658,10 +658,17 @@ def _synthetic_segment(text: str, plan: Plan, final: bool, comma: bool) -> Float
         spoken = text + ("?" if _QUESTION_START.match(text) else ".")
     else:
         spoken = text + ("," if comma else "")
-    family, voice = plan.voice.split(":", 1)
+    return synthetic_speech(spoken, plan.voice, plan.speed, plan.pitch)
+
+
+def synthetic_speech(text: str, voice: str, speed: int, pitch: int) -> FloatArray:
+    """``text`` in a set item's ``voice``, "espeak:<voice+variant>" (``speed`` in words per
+    minute, ``pitch``) or "flite:<voice>" (``speed``: its durations stretched, in percent;
+    no pitch), at 8 kHz, cut to its speech."""
+    family, name = voice.split(":", 1)
     if family == "flite":
-        return flite_speech(spoken, voice, plan.speed / 100.0)
-    return espeak_speech(spoken, voice, plan.speed, plan.pitch)
+        return flite_speech(text, name, speed / 100.0)
+    return espeak_speech(text, name, speed, pitch)
 
 
 def espeak_speech(text: str, voice: str, speed: int, pitch: int) -> FloatArray:
